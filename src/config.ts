@@ -1,0 +1,203 @@
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+/**
+ * Configuration is parsed once, here, from (lowest to highest precedence) defaults, a YAML
+ * file, HOIST_* environment variables and command-line flags; then validated and frozen.
+ * Nothing else in the code reads the environment (fastify lib/initial-config-validation.js).
+ *
+ * Environment names are the option path in SCREAMING_SNAKE_CASE under one prefix:
+ * `uploads.chunkBytes` is HOIST_UPLOADS_CHUNK_BYTES, `listen` is HOIST_LISTEN.
+ */
+export const ENV_PREFIX = 'HOIST_';
+
+const UNITS: Record<string, number> = {
+  '': 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9,
+  kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, ki: 1024, mi: 1024 ** 2, gi: 1024 ** 3,
+};
+
+/** Byte sizes: a number or `16MiB`, `512k`, `1GiB`. */
+const bytes = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') return v;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(v);
+  const unit = m ? UNITS[m[2]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `not a byte size: ${JSON.stringify(v)} (e.g. 16MiB)` });
+    return z.NEVER;
+  }
+  return Math.round(Number(m[1]) * unit);
+}).pipe(z.number().int().nonnegative());
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
+
+/** Durations in milliseconds: a number (ms) or `10s`, `5m`, `1h`, `7d`. */
+export const durationMs = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') return v;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$/.exec(v);
+  if (!m) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `not a duration: ${JSON.stringify(v)} (e.g. 30s, 1h)` });
+    return z.NEVER;
+  }
+  return Math.round(Number(m[1]) * DURATION_UNITS[m[2] ?? 'ms']!);
+}).pipe(z.number().int().nonnegative());
+
+const listen = z.string().transform((v, ctx) => {
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(v);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected HOST:PORT, got ${JSON.stringify(v)}` });
+    return z.NEVER;
+  }
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+});
+
+const storage = z.string().refine((v) => /^(fs|memory|s3):/.test(v), {
+  message: 'expected fs:PATH, memory: or s3://BUCKET/PREFIX?...',
+});
+
+const integerish = z.union([z.number(), z.string().regex(/^\d+$/).transform(Number)]).pipe(z.number().int());
+const booleanish = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]);
+
+export const ConfigSchema = z.object({
+  listen: listen.default('127.0.0.1:5000'),
+  storage: storage.default('fs:./data'),
+  /** Which HTTP front end: uWebSockets.js when its binary loads ('auto'), or force one. */
+  frontend: z.enum(['auto', 'uws', 'node']).default('auto'),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Grace period for in-flight requests on SIGINT/SIGTERM. */
+  shutdownTimeoutMs: durationMs.default('10s'),
+  uploads: z.object({
+    /**
+     * Bytes are gathered into buffers of this size before they are hashed and written:
+     * tasks sized in MiB amortise the cost of a worker round trip (STYLE.md).
+     */
+    chunkBytes: bytes.pipe(z.number().min(64 * 1024).max(64 * 1024 ** 2)).default('4MiB'),
+    /** Upper bound on request bytes held in memory across all uploads. */
+    maxBufferedBytes: bytes.pipe(z.number().min(1024 ** 2)).default('256MiB'),
+    /** Upper bound on bytes one upload may hold in memory before its socket is paused. */
+    maxSessionBufferedBytes: bytes.pipe(z.number().min(64 * 1024)).default('16MiB'),
+    /** Smallest chunk clients should send (advertised as OCI-Chunk-Min-Length). */
+    minChunkBytes: bytes.default(0),
+    /** Hashing worker threads; 0 means one per available core. */
+    hashThreads: integerish.pipe(z.number().min(0).max(64)).default(0),
+    /** Largest monolithic or chunked upload the registry accepts (0: no limit). */
+    maxBlobBytes: bytes.default(0),
+  }).default({}),
+  manifests: z.object({
+    maxBytes: bytes.default('4MiB'),
+  }).default({}),
+  /** Answer GET /v2/ etc. with extra debugging detail in error bodies. Off in production. */
+  debugErrors: booleanish.default(false),
+}).strict();
+
+export type Config = z.output<typeof ConfigSchema>;
+export type ConfigInput = z.input<typeof ConfigSchema>;
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+type Json = Record<string, unknown>;
+
+/** Flattens the schema's option paths so env names can be derived from them. */
+function optionPaths(schema: z.ZodTypeAny, prefix: string[] = []): string[][] {
+  let s: z.ZodTypeAny = schema;
+  while (s instanceof z.ZodDefault || s instanceof z.ZodOptional || s instanceof z.ZodEffects) {
+    s = s instanceof z.ZodEffects ? s.innerType() : s._def.innerType;
+  }
+  if (s instanceof z.ZodObject) {
+    return Object.entries(s.shape as Record<string, z.ZodTypeAny>).flatMap(([k, v]) => optionPaths(v, [...prefix, k]));
+  }
+  return [prefix];
+}
+
+export function envName(path: string[]): string {
+  return ENV_PREFIX + path.map((p) => p.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()).join('_');
+}
+
+function setPath(obj: Json, path: string[], value: unknown): void {
+  let o = obj;
+  for (const k of path.slice(0, -1)) {
+    if (typeof o[k] !== 'object' || o[k] === null) o[k] = {};
+    o = o[k] as Json;
+  }
+  o[path[path.length - 1]!] = value;
+}
+
+function merge(base: Json, over: Json): Json {
+  const out: Json = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (v === undefined) continue;
+    const b = out[k];
+    out[k] = v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' ? merge(b as Json, v as Json) : v;
+  }
+  return out;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object') {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}
+
+export interface LoadConfigOptions {
+  /** Path of a YAML config file. */
+  file?: string;
+  /** Usually process.env; only main/cli pass it. */
+  env?: NodeJS.ProcessEnv;
+  /** Values from command-line flags, already shaped like the config (e.g. { listen: '...' }). */
+  overrides?: Json;
+}
+
+/** Builds the frozen config, or throws ConfigError naming the offending option. */
+export function loadConfig(opts: LoadConfigOptions = {}): Readonly<Config> {
+  let fileValues: Json = {};
+  if (opts.file) {
+    let text: string;
+    try {
+      text = readFileSync(opts.file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${opts.file}: ${(err as Error).message}`);
+    }
+    try {
+      fileValues = (parseYaml(text) ?? {}) as Json;
+    } catch (err) {
+      throw new ConfigError(`config file ${opts.file} is not valid YAML: ${(err as Error).message}`);
+    }
+    if (typeof fileValues !== 'object' || Array.isArray(fileValues)) throw new ConfigError(`config file ${opts.file} must hold a mapping`);
+  }
+  const envValues: Json = {};
+  const env = opts.env ?? {};
+  const sources = new Map<string, string>();
+  for (const path of optionPaths(ConfigSchema)) {
+    const name = envName(path);
+    const v = env[name];
+    if (v !== undefined && v !== '') {
+      setPath(envValues, path, v);
+      sources.set(path.join('.'), name);
+    }
+  }
+  const merged = merge(merge(fileValues, envValues), opts.overrides ?? {});
+  const result = ConfigSchema.safeParse(merged);
+  if (!result.success) {
+    const lines = result.error.issues.map((i) => {
+      const key = i.path.join('.');
+      const from = sources.get(key);
+      return `  ${key || '(root)'}${from ? ` (from ${from})` : ''}: ${i.message}`;
+    });
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  const cfg = result.data;
+  if (cfg.uploads.hashThreads === 0) cfg.uploads.hashThreads = Math.max(1, availableParallelism());
+  if (cfg.uploads.maxSessionBufferedBytes < cfg.uploads.chunkBytes * 2) {
+    throw new ConfigError('invalid configuration:\n  uploads.maxSessionBufferedBytes: must be at least twice uploads.chunkBytes');
+  }
+  if (cfg.uploads.maxBufferedBytes < cfg.uploads.maxSessionBufferedBytes) {
+    throw new ConfigError('invalid configuration:\n  uploads.maxBufferedBytes: must be at least uploads.maxSessionBufferedBytes');
+  }
+  return deepFreeze(cfg);
+}

@@ -1,0 +1,90 @@
+/**
+ * The one table of OCI distribution error codes (distribution-spec v1.1 "Error Codes",
+ * plus the extensions the reference registry uses that clients understand).
+ *
+ * Every error the registry core raises is a RegistryError carrying one of these codes.
+ * The HTTP layer takes the status from this table; handlers never pick statuses
+ * case by case (see src/http/errors.ts).
+ */
+export const ErrorCodes = {
+  BLOB_UNKNOWN: { status: 404, message: 'blob unknown to registry' },
+  BLOB_UPLOAD_INVALID: { status: 400, message: 'blob upload invalid' },
+  BLOB_UPLOAD_UNKNOWN: { status: 404, message: 'blob upload unknown to registry' },
+  DIGEST_INVALID: { status: 400, message: 'provided digest did not match uploaded content' },
+  MANIFEST_BLOB_UNKNOWN: { status: 400, message: 'manifest references a manifest or blob unknown to registry' },
+  MANIFEST_INVALID: { status: 400, message: 'manifest invalid' },
+  MANIFEST_UNKNOWN: { status: 404, message: 'manifest unknown to registry' },
+  NAME_INVALID: { status: 400, message: 'invalid repository name' },
+  NAME_UNKNOWN: { status: 404, message: 'repository name not known to registry' },
+  SIZE_INVALID: { status: 400, message: 'provided length did not match content length' },
+  UNAUTHORIZED: { status: 401, message: 'authentication required' },
+  DENIED: { status: 403, message: 'requested access to the resource is denied' },
+  UNSUPPORTED: { status: 405, message: 'the operation is unsupported' },
+  TOOMANYREQUESTS: { status: 429, message: 'too many requests' },
+  // Extensions used by distribution (registry/api/v2/errors.go) and understood by clients.
+  RANGE_INVALID: { status: 416, message: 'invalid content range' },
+  TAG_INVALID: { status: 400, message: 'manifest tag did not match URI' },
+  PAGINATION_NUMBER_INVALID: { status: 400, message: 'invalid number of results requested' },
+  NOT_FOUND: { status: 404, message: 'route not found' },
+  PAYLOAD_TOO_LARGE: { status: 413, message: 'request body too large' },
+  UNAVAILABLE: { status: 503, message: 'service unavailable' },
+  UNKNOWN: { status: 500, message: 'unknown error' },
+} as const satisfies Record<string, { status: number; message: string }>;
+
+export type ErrorCode = keyof typeof ErrorCodes;
+
+export interface RegistryErrorOptions {
+  /** Structured detail shown to the client (the spec's `detail` field). Never internals. */
+  detail?: unknown;
+  /** The underlying error, logged but never sent. */
+  cause?: unknown;
+  /** Overrides the table's message for this instance. */
+  message?: string;
+}
+
+/** A domain error with a stable OCI code. The core throws only these (or lets a bug surface as UNKNOWN). */
+export class RegistryError extends Error {
+  override readonly name = 'RegistryError';
+  readonly code: ErrorCode;
+  readonly detail: unknown;
+
+  constructor(code: ErrorCode, opts: RegistryErrorOptions = {}) {
+    super(opts.message ?? ErrorCodes[code].message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.code = code;
+    this.detail = opts.detail;
+  }
+
+  get status(): number {
+    return ErrorCodes[this.code].status;
+  }
+}
+
+/**
+ * Raised when a chunk does not start at the upload's current offset. The HTTP layer adds
+ * the current `Range` so the client can resume (distribution-spec "Pushing a blob in chunks").
+ */
+export class UploadRangeError extends RegistryError {
+  readonly offset: number;
+  readonly uploadId: string;
+  readonly repository: string;
+  constructor(repository: string, uploadId: string, offset: number, message?: string) {
+    super('RANGE_INVALID', { message: message ?? 'chunk does not start at the upload offset', detail: { offset } });
+    this.offset = offset;
+    this.uploadId = uploadId;
+    this.repository = repository;
+  }
+}
+
+/** The request body ended before its declared length (client went away or lied). */
+export class ClientAbortError extends Error {
+  override readonly name = 'ClientAbortError';
+  constructor(message = 'client aborted the request') {
+    super(message);
+  }
+}
+
+/** Turn anything thrown into a RegistryError; unknown errors become UNKNOWN with the cause kept for the log. */
+export function toRegistryError(err: unknown): RegistryError {
+  if (err instanceof RegistryError) return err;
+  return new RegistryError('UNKNOWN', { cause: err });
+}

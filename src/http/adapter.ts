@@ -1,0 +1,86 @@
+import type { Readable } from 'node:stream';
+
+/**
+ * The small seam between an HTTP server implementation (uWebSockets.js, or node:http where
+ * its binary does not load) and the protocol handlers in src/http/handlers.ts.
+ * Both front ends must behave identically; one test suite runs against each.
+ */
+
+export interface IncomingRequest {
+  /** Upper-case method: GET, HEAD, POST, PUT, PATCH, DELETE, ... */
+  readonly method: string;
+  /** The request target's path exactly as received (still percent-encoded), without the query. */
+  readonly path: string;
+  /** The raw query string without '?', or ''. */
+  readonly rawQuery: string;
+  /** Parsed query. */
+  readonly query: URLSearchParams;
+  /** A request header by lower-case name, or undefined. Repeated headers are joined with ', '. */
+  header(name: string): string | undefined;
+  /** All headers, lower-case names (for logging; redact before logging). */
+  headers(): Record<string, string>;
+  readonly remoteAddress: string;
+  /**
+   * Streams the request body into `sink`, with backpressure: when sink.write() returns false
+   * the socket is paused until sink.drained() resolves. Resolves with the number of body bytes
+   * once the body ended; rejects with ClientAbortError if the client went away first.
+   * Call at most once. A request whose body is never read is drained and discarded by the
+   * front end after the response is sent.
+   */
+  readBody(sink: BodySink): Promise<number>;
+}
+
+export interface BodySink {
+  /**
+   * Takes one chunk. The chunk is valid only during this call (uWS neuters it on return), so
+   * the sink must copy what it keeps. Returns false when the caller should stop sending until
+   * drained() resolves. Must still accept chunks after returning false (a read may already
+   * be under way when the socket is paused).
+   */
+  write(chunk: Uint8Array): boolean;
+  /** Resolves when the sink can take more. Rejects if the sink failed (the read then stops). */
+  drained(): Promise<void>;
+}
+
+export type HeaderMap = Record<string, string>;
+
+export interface OutgoingResponse {
+  /** True once the client went away; nothing more can be sent. */
+  readonly aborted: boolean;
+  /** True once a response was started (send/stream called). */
+  readonly started: boolean;
+  /** Registers a callback for the client going away (before the response completed). */
+  onAbort(cb: () => void): void;
+  /**
+   * Sends a complete response. With no body and an explicit `content-length` header (HEAD),
+   * that length is reported and no body is sent. Otherwise Content-Length is the body's.
+   */
+  send(status: number, headers: HeaderMap, body?: string | Uint8Array): void;
+  /**
+   * Streams `body` (exactly `length` bytes) with backpressure. Resolves when all was written
+   * or the client went away (then the stream is destroyed).
+   */
+  stream(status: number, headers: HeaderMap, body: Readable, length: number): Promise<void>;
+}
+
+export type RequestHandler = (req: IncomingRequest, res: OutgoingResponse) => Promise<void>;
+
+export interface FrontEndOptions {
+  /** Largest accepted request header section, bytes. */
+  maxHeaderBytes?: number;
+}
+
+export interface FrontEnd {
+  readonly kind: 'uws' | 'node';
+  /** Starts listening; resolves with the bound port (useful with port 0). */
+  listen(host: string, port: number): Promise<number>;
+  /** Number of requests in flight. */
+  readonly inFlight: number;
+  /**
+   * Stops accepting new connections and waits up to `timeoutMs` for in-flight requests to
+   * finish, then closes every remaining connection. Resolves when everything is closed.
+   */
+  close(timeoutMs: number): Promise<void>;
+}
+
+export type FrontEndKind = FrontEnd['kind'];

@@ -1,0 +1,115 @@
+import type { Readable } from 'node:stream';
+
+/**
+ * The storage driver interface, modelled on distribution's storagedriver.go: small reads and
+ * writes, a reader at an offset, a resumable writer, stat, list, move, delete.
+ *
+ * Paths are '/'-separated, start with '/', and contain only the characters the registry core
+ * builds them from (see src/registry/paths.ts); drivers reject anything else with
+ * InvalidPathError so no path can leave the driver's root.
+ *
+ * Drivers throw PathNotFoundError for missing paths and let other errors through; the core
+ * turns them into OCI errors.
+ */
+export interface StorageDriver {
+  /** Short name for logs: 'fs', 'memory', 's3'. */
+  readonly name: string;
+
+  /** Reads a whole (small) object. Throws PathNotFoundError. */
+  getContent(path: string): Promise<Buffer>;
+
+  /**
+   * Stores a small object atomically: readers see the old content or the new, never a mix.
+   * With `ifNotExists`, does nothing and returns false when the path already exists
+   * (the check and the write are one atomic step).
+   */
+  putContent(path: string, content: Uint8Array, opts?: { ifNotExists?: boolean }): Promise<boolean>;
+
+  /**
+   * Streams the object from `offset` (default 0), at most `length` bytes (default: to the end).
+   * Throws PathNotFoundError; an offset past the end yields an empty stream.
+   */
+  reader(path: string, offset?: number, length?: number): Promise<Readable>;
+
+  /**
+   * Opens a writer. With `append` false any existing object is truncated; with `append` true
+   * writing continues at the object's current size (what an earlier writer closed with).
+   * The object is not guaranteed readable at `path` until commit().
+   */
+  writer(path: string, append: boolean): Promise<FileWriter>;
+
+  /** Size and modification time of an object, or that a directory (prefix) exists. Throws PathNotFoundError. */
+  stat(path: string): Promise<FileInfo>;
+
+  /** Direct children of a directory (prefix), as full paths, sorted. Throws PathNotFoundError if there are none. */
+  list(path: string): Promise<string[]>;
+
+  /** Moves an object, replacing any object at `dest`. Throws PathNotFoundError for a missing source. */
+  move(source: string, dest: string): Promise<void>;
+
+  /** Deletes an object or everything under a directory (prefix). Throws PathNotFoundError if nothing was there. */
+  delete(path: string): Promise<void>;
+
+  /** Releases connections, file handles, timers. */
+  close(): Promise<void>;
+}
+
+export interface FileInfo {
+  readonly path: string;
+  readonly size: number;
+  readonly modTime: Date;
+  readonly isDir: boolean;
+}
+
+/**
+ * A resumable writer (distribution's FileWriter).
+ *
+ * Ownership: write() may keep a reference to `data` until its promise settles; the caller
+ * must not change the bytes before then. Calls must not overlap: await each write() before
+ * the next.
+ */
+export interface FileWriter {
+  /** Bytes written so far, including what earlier writers of this path stored. */
+  readonly size: number;
+  write(data: Uint8Array): Promise<void>;
+  /** Makes everything written durable and releases resources; a later writer(path, true) continues. */
+  close(): Promise<void>;
+  /** Finishes the object: afterwards it is readable at the path. No further writes. */
+  commit(): Promise<void>;
+  /** Discards everything written, including by earlier writers of this path. */
+  cancel(): Promise<void>;
+}
+
+export class PathNotFoundError extends Error {
+  override readonly name = 'PathNotFoundError';
+  readonly path: string;
+  constructor(path: string, opts?: { cause?: unknown }) {
+    super(`path not found: ${path}`, opts);
+    this.path = path;
+  }
+}
+
+export class InvalidPathError extends Error {
+  override readonly name = 'InvalidPathError';
+  readonly path: string;
+  constructor(path: string) {
+    super(`invalid path: ${JSON.stringify(path).slice(0, 300)}`);
+    this.path = path;
+  }
+}
+
+/** Paths the core builds: '/'-rooted, segments of [A-Za-z0-9._-], no '.' or '..' segments. */
+const SEGMENT_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
+
+export function checkPath(path: string): string {
+  if (path === '/') return path;
+  if (!path.startsWith('/') || path.endsWith('/') || path.length > 4096) throw new InvalidPathError(path);
+  for (const seg of path.slice(1).split('/')) {
+    if (!SEGMENT_RE.test(seg)) throw new InvalidPathError(path);
+  }
+  return path;
+}
+
+export function isPathNotFound(err: unknown): err is PathNotFoundError {
+  return err instanceof PathNotFoundError;
+}
