@@ -88,3 +88,12 @@ export function toRegistryError(err: unknown): RegistryError {
   if (err instanceof RegistryError) return err;
   return new RegistryError('UNKNOWN', { cause: err });
 }
+
+/** A blob Range the blob cannot satisfy (RFC 9110 §15.5.17); the HTTP layer adds `Content-Range: bytes *\/size`. */
+export class RangeNotSatisfiableError extends RegistryError {
+  readonly size: number;
+  constructor(size: number) {
+    super('RANGE_INVALID', { message: 'requested range not satisfiable', detail: { size } });
+    this.size = size;
+  }
+}

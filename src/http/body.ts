@@ -1,0 +1,35 @@
+import { RegistryError } from '../errors.js';
+import type { BodySink, IncomingRequest } from './adapter.js';
+
+/** Reads a small body (a manifest) into memory, refusing more than `maxBytes`. */
+export async function readSmallBody(req: IncomingRequest, maxBytes: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let total = 0;
+  let tooLarge = false;
+  const sink: BodySink = {
+    write(chunk) {
+      total += chunk.length;
+      if (total > maxBytes) {
+        tooLarge = true;
+        return false;
+      }
+      parts.push(Buffer.from(chunk));
+      return true;
+    },
+    drained: () => (tooLarge ? Promise.reject(tooLargeError(maxBytes)) : Promise.resolve()),
+  };
+  await req.readBody(sink);
+  if (tooLarge) throw tooLargeError(maxBytes);
+  return Buffer.concat(parts, total);
+}
+
+function tooLargeError(maxBytes: number): RegistryError {
+  return new RegistryError('MANIFEST_INVALID', { message: 'manifest too large', detail: { limit: maxBytes } });
+}
+
+/** True when the request announces a body (RFC 9112 §6.3): a non-zero length, or chunked. */
+export function hasBody(req: IncomingRequest): boolean {
+  const length = req.header('content-length');
+  if (length !== undefined) return length.trim() !== '0';
+  return req.header('transfer-encoding') !== undefined;
+}

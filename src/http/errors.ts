@@ -1,0 +1,44 @@
+import type { Logger } from 'pino';
+import { ErrorCodes, RangeNotSatisfiableError, RegistryError, UploadRangeError, toRegistryError } from '../errors.js';
+import type { HeaderMap, OutgoingResponse } from './adapter.js';
+import { locations } from './routes.js';
+
+export const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry/2.0' } as const;
+
+/**
+ * The one place that turns an error into an HTTP response: the status comes from the
+ * error code's entry in the table (src/errors.ts), the body is the spec's envelope
+ * `{"errors":[{"code","message","detail"}]}` (distribution errcode/handler.go). Unknown
+ * errors become UNKNOWN/500; their cause goes to the log, never to the client.
+ */
+export function sendError(res: OutgoingResponse, method: string, err: unknown, log: Logger): number {
+  const e = toRegistryError(err);
+  const status = ErrorCodes[e.code].status;
+  if (e.code === 'UNKNOWN') log.error({ err: e.cause ?? err }, 'request failed');
+  if (res.aborted || res.started) return status;
+  const headers: HeaderMap = { ...API_VERSION_HEADER, 'content-type': 'application/json' };
+  if (e instanceof UploadRangeError) {
+    // Tell the client where the upload stands so it can resume from there.
+    headers['location'] = locations.upload(e.repository, e.uploadId);
+    headers['range'] = rangeHeader(e.offset);
+    headers['docker-upload-uuid'] = e.uploadId;
+  }
+  if (e instanceof RangeNotSatisfiableError) headers['content-range'] = `bytes */${e.size}`;
+  if (e.code === 'UNAUTHORIZED') headers['www-authenticate'] ??= 'Basic realm="hoist"';
+  const body = JSON.stringify({ errors: [envelopeEntry(e)] });
+  if (method === 'HEAD') {
+    res.send(status, { ...headers, 'content-length': String(Buffer.byteLength(body)) });
+  } else {
+    res.send(status, headers, body);
+  }
+  return status;
+}
+
+function envelopeEntry(e: RegistryError): { code: string; message: string; detail?: unknown } {
+  return e.detail === undefined ? { code: e.code, message: e.message } : { code: e.code, message: e.message, detail: e.detail };
+}
+
+/** The upload `Range` header: inclusive end, and "0-0" for an empty upload (as distribution does). */
+export function rangeHeader(offset: number): string {
+  return `0-${Math.max(0, offset - 1)}`;
+}

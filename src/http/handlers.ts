@@ -1,0 +1,313 @@
+import { performance } from 'node:perf_hooks';
+import type { Logger } from 'pino';
+import { ClientAbortError, RegistryError } from '../errors.js';
+import type { ByteRange } from '../registry/blobs.js';
+import type { Page } from '../registry/manifests.js';
+import type { Registry } from '../registry/registry.js';
+import type { BodySource } from '../registry/upload-write.js';
+import type { ChunkRange } from '../registry/uploads.js';
+import type { HeaderMap, IncomingRequest, OutgoingResponse, RequestHandler } from './adapter.js';
+import { hasBody, readSmallBody } from './body.js';
+import { API_VERSION_HEADER, rangeHeader, sendError } from './errors.js';
+import { locations, matchRoute, type RouteMatch } from './routes.js';
+
+export interface HandlerOptions {
+  registry: Registry;
+  log: Logger;
+  maxManifestBytes: number;
+  /** Advertised as OCI-Chunk-Min-Length (0: not advertised). */
+  minChunkBytes: number;
+}
+
+interface Ctx {
+  readonly req: IncomingRequest;
+  readonly res: OutgoingResponse;
+  readonly m: RouteMatch;
+  readonly registry: Registry;
+  readonly o: HandlerOptions;
+  /** Filled in for the request log line. */
+  uploadId?: string;
+  bytesIn?: number;
+}
+
+type Handler = (c: Ctx) => Promise<void>;
+
+/**
+ * Protocol translation only: parse the path and headers, call one core method, reply.
+ * One dispatcher per route and one function per verb (distribution registry/handlers/).
+ */
+const HANDLERS: Record<RouteMatch['route']['name'], Partial<Record<string, Handler>>> = {
+  base: { GET: base, HEAD: base },
+  catalog: { GET: catalog },
+  tags: { GET: tags },
+  manifest: { GET: getManifest, HEAD: getManifest, PUT: putManifest, DELETE: deleteManifest },
+  uploads: { POST: startUpload },
+  upload: { GET: uploadStatus, PATCH: patchUpload, PUT: putUpload, DELETE: cancelUpload },
+  blob: { GET: getBlob, HEAD: getBlob, DELETE: deleteBlob },
+  referrers: {},
+};
+
+export interface RegistryHandler extends RequestHandler {
+  /** Waits for running handlers (their uploads flush to storage) up to `timeoutMs`. */
+  drain(timeoutMs: number): Promise<void>;
+}
+
+export function createHandler(o: HandlerOptions): RegistryHandler {
+  const running = new Set<Promise<void>>();
+  let seq = 0;
+  const handle = async (req: IncomingRequest, res: OutgoingResponse): Promise<void> => {
+    const started = performance.now();
+    const reqId = (++seq).toString(36);
+    const m = matchRoute(req.path);
+    const log = o.log.child({ reqId, ...(m?.name ? { repository: m.name } : {}) });
+    const c: Ctx | undefined = m ? { req, res, m, registry: o.registry, o } : undefined;
+    let status = 0;
+    try {
+      if (!m) throw new RegistryError('NOT_FOUND', { detail: { path: req.path.slice(0, 200) } });
+      const h = HANDLERS[m.route.name][req.method];
+      if (!h) throw new RegistryError('UNSUPPORTED', { message: `${req.method} is not supported on this route` });
+      await h(c!);
+      status = res.aborted ? 499 : 0;
+    } catch (err) {
+      if (err instanceof ClientAbortError || res.aborted) status = 499;
+      else status = sendError(res, req.method, err, log);
+    }
+    // One line per request, fields first (pino docs/api.md); 499: the client went away.
+    log.info(
+      {
+        method: req.method,
+        path: req.path,
+        status: status || lastStatus.get(res) || 200,
+        bytesIn: c?.bytesIn ?? 0,
+        ms: Math.round((performance.now() - started) * 10) / 10,
+        ...(c?.uploadId ? { uploadId: c.uploadId } : {}),
+      },
+      'request',
+    );
+  };
+  const handler = ((req, res) => {
+    const p = handle(req, res);
+    running.add(p);
+    void p.finally(() => running.delete(p));
+    return p;
+  }) as RegistryHandler;
+  handler.drain = async (timeoutMs) => {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...running]),
+      new Promise((r) => {
+        timer = setTimeout(r, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+  };
+  return handler;
+}
+
+/** Status of the last reply, for the log line (the adapter does not expose it). */
+const lastStatus = new WeakMap<OutgoingResponse, number>();
+
+function reply(c: Ctx, status: number, headers: HeaderMap, body?: string | Uint8Array): void {
+  lastStatus.set(c.res, status);
+  c.res.send(status, { ...API_VERSION_HEADER, ...headers }, body);
+}
+
+function json(c: Ctx, status: number, value: unknown, headers: HeaderMap = {}): void {
+  const body = JSON.stringify(value);
+  if (c.req.method === 'HEAD') reply(c, status, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers });
+  else reply(c, status, { 'content-type': 'application/json', ...headers }, body);
+}
+
+// GET /v2/  →  200 {}   (API version check; clients probe it before anything else)
+async function base(c: Ctx): Promise<void> {
+  json(c, 200, {});
+}
+
+// GET /v2/_catalog?n=100&last=library/a  →  200 {"repositories":[...]}, Link: <...>; rel="next"
+async function catalog(c: Ctx): Promise<void> {
+  const { n, last } = pagination(c.req);
+  const page = await c.registry.catalog(n, last);
+  json(c, 200, { repositories: page.items }, nextLink(c.req.path, page, n));
+}
+
+// GET /v2/<name>/tags/list?n=10&last=v1  →  200 {"name":..,"tags":[..]}, Link when more remain
+async function tags(c: Ctx): Promise<void> {
+  const { n, last } = pagination(c.req);
+  const page = await c.registry.listTags(c.m.name, n, last);
+  json(c, 200, { name: c.m.name, tags: page.items }, nextLink(c.req.path, page, n));
+}
+
+// GET|HEAD /v2/<name>/manifests/<reference>
+//   → 200, Content-Type: <pushed media type>, Docker-Content-Digest, the bytes as pushed
+async function getManifest(c: Ctx): Promise<void> {
+  if (c.req.method === 'HEAD') {
+    const r = await c.registry.statManifest(c.m.name, c.m.param);
+    reply(c, 200, { 'content-type': r.mediaType, 'docker-content-digest': r.digest, etag: `"${r.digest}"`, 'content-length': String(r.size) });
+    return;
+  }
+  const man = await c.registry.getManifest(c.m.name, c.m.param);
+  reply(c, 200, { 'content-type': man.mediaType, 'docker-content-digest': man.digest, etag: `"${man.digest}"` }, man.bytes);
+}
+
+// PUT /v2/<name>/manifests/<reference>, Content-Type: application/vnd.oci.image.manifest.v1+json
+//   → 201, Location: /v2/<name>/manifests/<digest>, Docker-Content-Digest
+async function putManifest(c: Ctx): Promise<void> {
+  const bytes = await readSmallBody(c.req, c.o.maxManifestBytes);
+  c.bytesIn = bytes.length;
+  const r = await c.registry.putManifest(c.m.name, c.m.param, c.req.header('content-type'), bytes);
+  reply(c, 201, { location: locations.manifest(c.m.name, r.digest), 'docker-content-digest': r.digest, 'content-length': '0' });
+}
+
+// DELETE /v2/<name>/manifests/<digest|tag>  →  202
+async function deleteManifest(c: Ctx): Promise<void> {
+  await c.registry.deleteManifest(c.m.name, c.m.param);
+  reply(c, 202, { 'content-length': '0' });
+}
+
+// POST /v2/<name>/blobs/uploads/                          → 202, Location, Range: 0-0
+// POST /v2/<name>/blobs/uploads/?digest=<d>  (whole body) → 201, Location: /v2/<name>/blobs/<d>
+// POST /v2/<name>/blobs/uploads/?mount=<d>&from=<other>   → 201 when <other> has it, else 202
+async function startUpload(c: Ctx): Promise<void> {
+  const q = c.req.query;
+  const mount = q.get('mount');
+  if (mount !== null) {
+    const from = q.get('from');
+    const desc = from ? await c.registry.mountBlob(c.m.name, mount, from) : undefined;
+    if (desc) {
+      blobCreated(c, desc.digest);
+      return;
+    }
+  }
+  const digest = q.get('digest');
+  if (digest !== null && mount === null) {
+    const length = contentLength(c.req);
+    const desc = await c.registry.putBlob(c.m.name, digest, length, (sink) => c.req.readBody(sink).then((n) => (c.bytesIn = n)));
+    blobCreated(c, desc.digest);
+    return;
+  }
+  const state = await c.registry.startUpload(c.m.name);
+  c.uploadId = state.id;
+  uploadAccepted(c, 202, state.id, 0);
+}
+
+// GET /v2/<name>/blobs/uploads/<id>  →  204, Range: 0-<offset-1>, Location
+async function uploadStatus(c: Ctx): Promise<void> {
+  c.uploadId = c.m.param;
+  const state = await c.registry.uploadStatus(c.m.name, c.m.param);
+  uploadAccepted(c, 204, state.id, state.offset);
+}
+
+// PATCH /v2/<name>/blobs/uploads/<id>                      streamed: the whole blob, no Content-Range
+// PATCH /v2/<name>/blobs/uploads/<id>, Content-Range: 0-8388607, Content-Length: 8388608   chunked
+//   → 202, Location, Range: 0-<offset-1>; a chunk not starting at the offset → 416 with Range
+async function patchUpload(c: Ctx): Promise<void> {
+  c.uploadId = c.m.param;
+  const range = chunkRange(c.req);
+  const state = await c.registry.appendUpload(c.m.name, c.m.param, range, (sink) => c.req.readBody(sink).then((n) => (c.bytesIn = n)));
+  uploadAccepted(c, 202, state.id, state.offset);
+}
+
+// PUT /v2/<name>/blobs/uploads/<id>?digest=<d>   (with or without a last chunk)
+//   → 201, Location: /v2/<name>/blobs/<d>, Docker-Content-Digest; wrong digest → 400 DIGEST_INVALID
+async function putUpload(c: Ctx): Promise<void> {
+  c.uploadId = c.m.param;
+  const digest = c.req.query.get('digest');
+  if (!digest) throw new RegistryError('DIGEST_INVALID', { message: 'digest query parameter required' });
+  const body: BodySource | undefined = hasBody(c.req) ? (sink) => c.req.readBody(sink).then((n) => (c.bytesIn = n)) : undefined;
+  const desc = await c.registry.completeUpload(c.m.name, c.m.param, digest, body ? chunkRange(c.req) : {}, body);
+  blobCreated(c, desc.digest);
+}
+
+// DELETE /v2/<name>/blobs/uploads/<id>  →  204
+async function cancelUpload(c: Ctx): Promise<void> {
+  c.uploadId = c.m.param;
+  await c.registry.cancelUpload(c.m.name, c.m.param);
+  reply(c, 204, {});
+}
+
+// GET|HEAD /v2/<name>/blobs/<digest>, optional Range: bytes=0-1023
+//   → 200 (or 206 with Content-Range), Docker-Content-Digest, Content-Length
+async function getBlob(c: Ctx): Promise<void> {
+  const headers: HeaderMap = { 'content-type': 'application/octet-stream', 'accept-ranges': 'bytes' };
+  if (c.req.method === 'HEAD') {
+    const d = await c.registry.statBlob(c.m.name, c.m.param);
+    reply(c, 200, { ...headers, 'docker-content-digest': d.digest, etag: `"${d.digest}"`, 'content-length': String(d.size) });
+    return;
+  }
+  const read = await c.registry.readBlob(c.m.name, c.m.param, parseRange(c.req.header('range')));
+  const d = read.descriptor;
+  headers['docker-content-digest'] = d.digest;
+  headers['etag'] = `"${d.digest}"`;
+  if (read.partial) headers['content-range'] = `bytes ${read.start}-${read.end}/${d.size}`;
+  const status = read.partial ? 206 : 200;
+  lastStatus.set(c.res, status);
+  await c.res.stream(status, { ...API_VERSION_HEADER, ...headers }, read.stream, read.end - read.start + 1);
+}
+
+// DELETE /v2/<name>/blobs/<digest>  →  202
+async function deleteBlob(c: Ctx): Promise<void> {
+  await c.registry.deleteBlob(c.m.name, c.m.param);
+  reply(c, 202, { 'content-length': '0' });
+}
+
+function blobCreated(c: Ctx, digest: string): void {
+  reply(c, 201, { location: locations.blob(c.m.name, digest), 'docker-content-digest': digest, 'content-length': '0' });
+}
+
+function uploadAccepted(c: Ctx, status: 202 | 204, id: string, offset: number): void {
+  const headers: HeaderMap = {
+    location: locations.upload(c.m.name, id),
+    range: rangeHeader(offset),
+    'docker-upload-uuid': id,
+  };
+  if (status === 202) headers['content-length'] = '0';
+  if (c.o.minChunkBytes > 0) headers['oci-chunk-min-length'] = String(c.o.minChunkBytes);
+  reply(c, status, headers);
+}
+
+function contentLength(req: IncomingRequest): number | undefined {
+  const v = req.header('content-length');
+  if (v === undefined) return undefined;
+  if (!/^\d{1,15}$/.test(v.trim())) throw new RegistryError('SIZE_INVALID', { message: 'invalid Content-Length' });
+  return Number(v);
+}
+
+/** `Content-Range: <start>-<end>` (inclusive), as the spec writes it; `bytes ` prefixes tolerated. */
+function chunkRange(req: IncomingRequest): ChunkRange {
+  const length = contentLength(req);
+  const header = req.header('content-range');
+  if (header === undefined) return length === undefined ? {} : { length };
+  const m = /^(?:bytes[ =])?(\d{1,15})-(\d{1,15})(?:\/(?:\d{1,15}|\*))?$/.exec(header.trim());
+  const start = m ? Number(m[1]) : NaN;
+  const end = m ? Number(m[2]) : NaN;
+  if (!m || end < start || (length !== undefined && length !== end - start + 1)) {
+    throw new RegistryError('RANGE_INVALID', { message: 'invalid Content-Range', detail: { contentRange: header.slice(0, 100) } });
+  }
+  return { start, length: end - start + 1 };
+}
+
+/** A single `Range: bytes=a-b` request; anything else is ignored (RFC 9110 §14.2 allows it). */
+function parseRange(header: string | undefined): ByteRange | undefined {
+  if (!header) return undefined;
+  const m = /^bytes=(\d{0,15})-(\d{0,15})$/.exec(header.trim());
+  if (!m || (m[1] === '' && m[2] === '')) return undefined;
+  if (m[1] === '') return { suffix: Number(m[2]) };
+  return m[2] === '' ? { start: Number(m[1]) } : { start: Number(m[1]), end: Number(m[2]) };
+}
+
+function pagination(req: IncomingRequest): { n: number | undefined; last: string | undefined } {
+  const nText = req.query.get('n');
+  let n: number | undefined;
+  if (nText !== null && nText !== '') {
+    if (!/^\d{1,9}$/.test(nText)) throw new RegistryError('PAGINATION_NUMBER_INVALID', { detail: { n: nText.slice(0, 20) } });
+    n = Number(nText);
+  }
+  return { n, last: req.query.get('last') ?? undefined };
+}
+
+/** RFC 5988 Link to the next page, as distribution-spec "Listing Tags" shows it. */
+function nextLink(path: string, page: Page<string>, n: number | undefined): HeaderMap {
+  if (page.next === undefined || n === undefined) return {};
+  const q = new URLSearchParams({ n: String(n), last: page.next });
+  return { link: `<${path}?${q.toString()}>; rel="next"` };
+}

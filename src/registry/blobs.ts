@@ -1,0 +1,205 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { RangeNotSatisfiableError, RegistryError } from '../errors.js';
+import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { paths } from './paths.js';
+import type { Digest } from './reference.js';
+import type { CommittedData } from './uploads.js';
+
+/** What paths.blobRecord() holds: where a digest's bytes are. */
+interface BlobRecord {
+  data: string;
+  size: number;
+}
+
+export interface BlobDescriptor {
+  readonly digest: string;
+  readonly size: number;
+}
+
+/** A byte range as RFC 9110 asks for it: `bytes=a-b`, `bytes=a-` or `bytes=-n`. */
+export type ByteRange = { start: number; end?: number } | { suffix: number };
+
+export interface BlobRead {
+  readonly descriptor: BlobDescriptor;
+  /** First and last byte served (inclusive); the whole blob when no range was asked. */
+  readonly start: number;
+  readonly end: number;
+  readonly partial: boolean;
+  readonly stream: Readable;
+}
+
+/**
+ * Blobs that clients reference without ever pushing them, and that must therefore always
+ * resolve: docker's empty layer (a gzipped empty tar; distribution `gzippedEmptyTar`) and
+ * the OCI empty JSON descriptor `{}` (image-spec "Guidance for an Empty Descriptor").
+ */
+const WELL_KNOWN_BYTES = [
+  Buffer.from([31, 139, 8, 0, 0, 9, 110, 136, 0, 255, 98, 24, 5, 163, 96, 20, 140, 88, 0, 8, 0, 0, 255, 255, 46, 175, 181, 239, 0, 4, 0, 0]),
+  Buffer.from('{}'),
+];
+export const WELL_KNOWN_BLOBS: ReadonlyMap<string, Buffer> = new Map(
+  WELL_KNOWN_BYTES.map((b) => [`sha256:${createHash('sha256').update(b).digest('hex')}`, b]),
+);
+
+/**
+ * Content-addressed blobs and which repositories may serve them. A blob's bytes are stored
+ * once for the whole registry (deduplicated by digest); a repository sees a blob only
+ * through its link, written when the blob was pushed or mounted into it.
+ */
+export class BlobStore {
+  readonly #driver: StorageDriver;
+
+  constructor(driver: StorageDriver) {
+    this.#driver = driver;
+  }
+
+  /**
+   * Makes committed upload data the content of `digest` and links it into `repo`. The blob
+   * record is created atomically, so a blob becomes visible whole or not at all; when the
+   * digest already has content, ours is a duplicate and is deleted.
+   */
+  async adopt(repo: string, digest: Digest, data: CommittedData): Promise<BlobDescriptor> {
+    const record: BlobRecord = { data: data.dataPath, size: data.size };
+    const created = await this.#driver.putContent(paths.blobRecord(digest), Buffer.from(JSON.stringify(record)), { ifNotExists: true });
+    if (!created) {
+      const existing = await this.#record(digest);
+      if (existing?.data !== data.dataPath) await this.#driver.delete(data.dataPath).catch(() => undefined);
+      if (!existing) {
+        // The record vanished between the two calls (a collection removed it): take its place.
+        await this.#driver.putContent(paths.blobRecord(digest), Buffer.from(JSON.stringify(record)));
+      }
+    }
+    await this.#link(repo, digest);
+    return { digest: digest.value, size: data.size };
+  }
+
+  /** Stores small content (a manifest's bytes) under its digest, unlinked. */
+  async putSmall(digest: Digest, bytes: Uint8Array): Promise<void> {
+    if (await this.#record(digest)) return;
+    const dataPath = paths.blobData(randomUUID());
+    await this.#driver.putContent(dataPath, bytes);
+    const record: BlobRecord = { data: dataPath, size: bytes.length };
+    const created = await this.#driver.putContent(paths.blobRecord(digest), Buffer.from(JSON.stringify(record)), { ifNotExists: true });
+    if (!created) await this.#driver.delete(dataPath).catch(() => undefined);
+  }
+
+  /** Reads small content stored under its digest (no repository check). */
+  async getSmall(digest: Digest): Promise<Buffer | undefined> {
+    const record = await this.#record(digest);
+    if (!record) return undefined;
+    try {
+      return await this.#driver.getContent(record.data);
+    } catch (err) {
+      if (isPathNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  /** The blob as `repo` sees it; BLOB_UNKNOWN when it is not linked there. */
+  async stat(repo: string, digest: Digest): Promise<BlobDescriptor> {
+    const known = WELL_KNOWN_BLOBS.get(digest.value);
+    if (known) return { digest: digest.value, size: known.length };
+    const record = (await this.#linked(repo, digest)) ? await this.#record(digest) : undefined;
+    if (!record) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
+    return { digest: digest.value, size: record.size };
+  }
+
+  async exists(repo: string, digest: Digest): Promise<boolean> {
+    try {
+      await this.stat(repo, digest);
+      return true;
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === 'BLOB_UNKNOWN') return false;
+      throw err;
+    }
+  }
+
+  async open(repo: string, digest: Digest, range?: ByteRange): Promise<BlobRead> {
+    const known = WELL_KNOWN_BLOBS.get(digest.value);
+    let record: BlobRecord | undefined;
+    if (!known) {
+      record = (await this.#linked(repo, digest)) ? await this.#record(digest) : undefined;
+      if (!record) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
+    }
+    const size = known ? known.length : record!.size;
+    const [start, end] = resolveRange(range, size);
+    const length = end - start + 1;
+    let stream: Readable;
+    if (known) stream = Readable.from([known.subarray(start, end + 1)]);
+    else if (length === 0) stream = Readable.from([]);
+    else {
+      try {
+        stream = await this.#driver.reader(record!.data, start, length);
+      } catch (err) {
+        if (isPathNotFound(err)) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value }, cause: err });
+        throw err;
+      }
+    }
+    return { descriptor: { digest: digest.value, size }, start, end, partial: range !== undefined, stream };
+  }
+
+  /**
+   * Cross-repository mount: links a blob `from` can see into `repo` without moving bytes.
+   * Returns undefined when `from` cannot see it (the client then uploads normally).
+   */
+  async mount(repo: string, digest: Digest, from: string): Promise<BlobDescriptor | undefined> {
+    let desc: BlobDescriptor;
+    try {
+      desc = await this.stat(from, digest);
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === 'BLOB_UNKNOWN') return undefined;
+      throw err;
+    }
+    if (!WELL_KNOWN_BLOBS.has(digest.value)) await this.#link(repo, digest);
+    return desc;
+  }
+
+  /** Removes the repository's link; the bytes stay until garbage collection finds them unreferenced. */
+  async unlink(repo: string, digest: Digest): Promise<void> {
+    try {
+      await this.#driver.delete(paths.layerLink(repo, digest));
+    } catch (err) {
+      if (isPathNotFound(err)) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
+      throw err;
+    }
+  }
+
+  async #link(repo: string, digest: Digest): Promise<void> {
+    await this.#driver.putContent(paths.layerLink(repo, digest), Buffer.from(digest.value));
+  }
+
+  async #linked(repo: string, digest: Digest): Promise<boolean> {
+    try {
+      await this.#driver.stat(paths.layerLink(repo, digest));
+      return true;
+    } catch (err) {
+      if (isPathNotFound(err)) return false;
+      throw err;
+    }
+  }
+
+  async #record(digest: Digest): Promise<BlobRecord | undefined> {
+    try {
+      const r = JSON.parse((await this.#driver.getContent(paths.blobRecord(digest))).toString('utf8')) as BlobRecord;
+      return r;
+    } catch (err) {
+      if (isPathNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+}
+
+/** Resolves a requested range against the blob size: inclusive [start, end]. */
+export function resolveRange(range: ByteRange | undefined, size: number): [number, number] {
+  if (!range) return [0, size - 1];
+  if ('suffix' in range) {
+    if (range.suffix === 0 || size === 0) throw new RangeNotSatisfiableError(size);
+    return [Math.max(0, size - range.suffix), size - 1];
+  }
+  if (range.start >= size) throw new RangeNotSatisfiableError(size);
+  const end = range.end === undefined ? size - 1 : Math.min(range.end, size - 1);
+  if (end < range.start) throw new RangeNotSatisfiableError(size);
+  return [range.start, end];
+}
+

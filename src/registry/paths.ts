@@ -1,0 +1,49 @@
+import type { Digest } from './reference.js';
+
+/**
+ * Storage layout. Every path the registry touches is built here, from validated names,
+ * tags, digests and upload ids, so nothing else concatenates paths.
+ *
+ *   /
+ *   ├── blobs
+ *   │   ├── data
+ *   │   │   └── <id>                  the bytes of one upload (or manifest); a blob's content
+ *   │   │                             after commit. Never moved: S3 cannot rename without
+ *   │   │                             copying, so the digest points at the bytes instead.
+ *   │   └── <algorithm>
+ *   │       └── <hex[0:2]>
+ *   │           └── <hex>             blob record: {"data": "/blobs/data/<id>", "size": n}
+ *   └── repositories
+ *       └── <name>                    (may contain '/')
+ *           ├── _layers
+ *           │   └── <algorithm>
+ *           │       └── <hex>         link: the repository may serve this blob (pushed or mounted)
+ *           ├── _manifests
+ *           │   ├── revisions
+ *           │   │   └── <algorithm>
+ *           │   │       └── <hex>     manifest record: media type, size, subject, labels
+ *           │   └── tags
+ *           │       └── <tag>         tag record: {"digest": ...}
+ *           └── _uploads
+ *               └── <id>              upload record: {"startedAt": ..., "data": "/blobs/data/<id>"}
+ *
+ * Names cannot start with '_' (reference grammar), so `_layers` and friends never collide
+ * with a nested repository.
+ */
+export const paths = {
+  blobDataDir: () => '/blobs/data',
+  blobData: (id: string) => `/blobs/data/${id}`,
+  blobRecord: (d: Digest) => `/blobs/${d.algorithm}/${d.hex.slice(0, 2)}/${d.hex}`,
+  repositoriesRoot: () => '/repositories',
+  repository: (name: string) => `/repositories/${name}`,
+  layerLink: (name: string, d: Digest) => `/repositories/${name}/_layers/${d.algorithm}/${d.hex}`,
+  manifestRevision: (name: string, d: Digest) => `/repositories/${name}/_manifests/revisions/${d.algorithm}/${d.hex}`,
+  manifestRevisions: (name: string, algorithm: string) => `/repositories/${name}/_manifests/revisions/${algorithm}`,
+  tag: (name: string, tag: string) => `/repositories/${name}/_manifests/tags/${tag}`,
+  tags: (name: string) => `/repositories/${name}/_manifests/tags`,
+  upload: (name: string, id: string) => `/repositories/${name}/_uploads/${id}`,
+  uploads: (name: string) => `/repositories/${name}/_uploads`,
+} as const;
+
+/** Children of a repository directory that mark it as a repository rather than a namespace. */
+export const REPOSITORY_MARKERS = ['_layers', '_manifests', '_uploads'] as const;

@@ -1,0 +1,58 @@
+import type { Logger } from 'pino';
+import type { Config } from './config.js';
+import type { FrontEnd } from './http/adapter.js';
+import { createFrontEnd } from './http/frontend.js';
+import { createHandler } from './http/handlers.js';
+import { HashPool } from './registry/hash-pool.js';
+import { Registry } from './registry/registry.js';
+import { SlabPool } from './registry/slab-pool.js';
+import { createDriver, type StorageDriver } from './storage/index.js';
+
+export interface RunningServer {
+  readonly frontend: FrontEnd;
+  readonly port: number;
+  readonly registry: Registry;
+  /** Stops accepting, lets in-flight requests finish within the configured bound, releases everything. */
+  close(): Promise<void>;
+}
+
+/** Wires config → storage driver → hashing pool → registry core → HTTP front end. */
+export async function startServer(config: Readonly<Config>, log: Logger): Promise<RunningServer> {
+  const driver: StorageDriver = await createDriver(config.storage);
+  const u = config.uploads;
+  const slabs = new SlabPool(u.chunkBytes, u.maxBufferedBytes);
+  // Every queued hash task holds a slab, so the slab bound also bounds the queue.
+  const hashPool = new HashPool({ threads: u.hashThreads, maxQueue: slabs.maxSlabs * 2 + 64 });
+  const registry = new Registry({
+    driver,
+    hashPool,
+    slabs,
+    maxSessionBufferedBytes: u.maxSessionBufferedBytes,
+    maxBlobBytes: u.maxBlobBytes,
+    maxManifestBytes: config.manifests.maxBytes,
+  });
+  const handler = createHandler({ registry, log, maxManifestBytes: config.manifests.maxBytes, minChunkBytes: u.minChunkBytes });
+  const frontend = await createFrontEnd(config.frontend, handler, {
+    onFallback: (err) => log.warn({ err }, 'uWebSockets.js did not load; using the node:http front end'),
+  });
+  const port = await frontend.listen(config.listen.host, config.listen.port);
+  log.info(
+    { host: config.listen.host, port, frontend: frontend.kind, storage: driver.name, hashThreads: hashPool.threads, chunkBytes: u.chunkBytes },
+    'listening',
+  );
+  let closing: Promise<void> | undefined;
+  return {
+    frontend,
+    port,
+    registry,
+    close: () =>
+      (closing ??= (async () => {
+        const t0 = Date.now();
+        await frontend.close(config.shutdownTimeoutMs);
+        // Requests cut off at the deadline flush what they received, so their uploads resume.
+        await handler.drain(Math.max(1000, config.shutdownTimeoutMs - (Date.now() - t0)));
+        await hashPool.close();
+        await driver.close();
+      })()),
+  };
+}

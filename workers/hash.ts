@@ -1,0 +1,107 @@
+/**
+ * Piscina task file: the hashing half of the upload engine. Pure functions of their task:
+ * bytes in, digests out. No storage, no logger, no I/O (piscina src/worker.ts).
+ *
+ * A blob's SHA-256 runs across every chunk of an upload, and node:crypto (OpenSSL with
+ * SHA-NI, ~1.4 GiB/s a core here) cannot export its state. So the running hash of an upload
+ * lives in the worker that saw its first bytes: the pool pins an upload's tasks to that
+ * worker by thread id (src/registry/hash-pool.ts). Every task names the offset it expects
+ * the state to be at; when the worker has no state for the upload (it restarted, or another
+ * instance took the upload), it says `missing` and the caller rebuilds the state from the
+ * bytes storage already holds (distribution registry/storage/blobwriter_resumable.go).
+ *
+ * Bytes arrive as a view on a SharedArrayBuffer slab, which the main thread writes to storage
+ * at the same time: neither copy nor transfer is needed, and the slab returns to its pool
+ * when both are done.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { threadId } from 'node:worker_threads';
+
+export interface BytesRef {
+  /** Shared slab or a transferred ArrayBuffer. */
+  buffer: SharedArrayBuffer | ArrayBuffer;
+  byteOffset: number;
+  length: number;
+}
+
+export interface UpdateTask extends BytesRef {
+  /** Upload session key. */
+  key: string;
+  /** Bytes the running state must already have consumed; 0 starts a new state. */
+  expectedOffset: number;
+}
+
+export interface DigestTask {
+  key: string;
+  expectedOffset: number;
+  /** Drop the state afterwards. */
+  final: boolean;
+}
+
+export type StateResult = { ok: true; threadId: number; offset: number } | { ok: false; threadId: number; reason: 'missing' };
+export type DigestResult = { ok: true; threadId: number; hex: string } | { ok: false; threadId: number; reason: 'missing' };
+
+interface RunningHash {
+  hash: Hash;
+  offset: number;
+  touchedMs: number;
+}
+
+const states = new Map<string, RunningHash>();
+
+/**
+ * States of uploads that were abandoned without commit or cancel would pile up; drop those
+ * idle for longer than any sane client pause. Such an upload, if it ever resumes, is rebuilt
+ * from storage like any other missing state.
+ */
+const IDLE_STATE_MS = 60 * 60 * 1000;
+let lastSweepMs = Date.now();
+
+function sweep(now: number): void {
+  if (now - lastSweepMs < 60_000) return;
+  lastSweepMs = now;
+  for (const [key, s] of states) if (now - s.touchedMs > IDLE_STATE_MS) states.delete(key);
+}
+
+function view(ref: BytesRef): Uint8Array {
+  return new Uint8Array(ref.buffer, ref.byteOffset, ref.length);
+}
+
+export function update(task: UpdateTask): StateResult {
+  const now = Date.now();
+  sweep(now);
+  let s = states.get(task.key);
+  if (task.expectedOffset === 0) {
+    s = { hash: createHash('sha256'), offset: 0, touchedMs: now };
+    states.set(task.key, s);
+  } else if (!s || s.offset !== task.expectedOffset) {
+    // A state at the wrong offset is as good as none: it no longer matches storage.
+    states.delete(task.key);
+    return { ok: false, threadId, reason: 'missing' };
+  }
+  s.hash.update(view(task));
+  s.offset += task.length;
+  s.touchedMs = now;
+  return { ok: true, threadId, offset: s.offset };
+}
+
+export function digest(task: DigestTask): DigestResult {
+  const s = states.get(task.key);
+  if (!s || s.offset !== task.expectedOffset) {
+    states.delete(task.key);
+    return { ok: false, threadId, reason: 'missing' };
+  }
+  // copy() keeps the running state usable when the caller is not done with the upload.
+  const hex = task.final ? s.hash.digest('hex') : s.hash.copy().digest('hex');
+  if (task.final) states.delete(task.key);
+  return { ok: true, threadId, hex };
+}
+
+export function drop(task: { key: string }): boolean {
+  return states.delete(task.key);
+}
+
+/** One-shot digest of a buffer (a storage part's Content-MD5, or a whole small blob). */
+export function oneShot(task: BytesRef & { algorithm: 'md5' | 'sha256' | 'sha512'; encoding: 'hex' | 'base64' }): string {
+  return createHash(task.algorithm).update(view(task)).digest(task.encoding);
+}
