@@ -1,0 +1,323 @@
+import { randomBytes } from 'node:crypto';
+import type { Stats } from 'node:fs';
+import * as fs from 'node:fs/promises';
+import { basename, dirname, join, resolve, sep } from 'node:path';
+import { Readable } from 'node:stream';
+import {
+  checkPath, InvalidPathError, PathNotFoundError, type FileInfo, type FileWriter, type StorageDriver,
+} from './driver.js';
+
+/**
+ * Keeps each object in a file under the root directory; directories are real directories.
+ *
+ *   <rootDirectory>/
+ *   ├── .probe-3f9a0c…               open()'s writability check, removed at once
+ *   └── a/
+ *       ├── b                         driver path /a/b
+ *       └── .b.7c1e42….tmp            putContent('/a/b') before its rename
+ *
+ * Temp files start with '.', which no valid path segment does (checkPath), so they can never
+ * collide with an object, and list() skips them like any other name outside the path syntax.
+ */
+export class FsDriver implements StorageDriver {
+  readonly name = 'fs';
+  readonly rootDirectory: string;
+
+  constructor(opts: { rootDirectory: string }) {
+    this.rootDirectory = resolve(opts.rootDirectory);
+  }
+
+  /** Creates the root directory if needed and proves it writable, so a bad root fails at start, not on the first push. */
+  static async open(opts: { rootDirectory: string }): Promise<FsDriver> {
+    const driver = new FsDriver(opts);
+    const probe = join(driver.rootDirectory, `.probe-${randomBytes(6).toString('hex')}`);
+    try {
+      await fs.mkdir(driver.rootDirectory, { recursive: true });
+      // access(W_OK) says yes to root even on read-only mounts or foreign NFS; a real write can't lie.
+      await fs.writeFile(probe, '');
+      await fs.unlink(probe);
+    } catch (err) {
+      throw new Error(`fs storage: cannot write to root directory ${driver.rootDirectory}: ${(err as Error).message}`, { cause: err });
+    }
+    return driver;
+  }
+
+  async getContent(path: string): Promise<Buffer> {
+    const file = this.#object(path);
+    try {
+      return await fs.readFile(file);
+    } catch (err) {
+      throw notFound(err, path);
+    }
+  }
+
+  async putContent(path: string, content: Uint8Array, opts: { ifNotExists?: boolean } = {}): Promise<boolean> {
+    const file = this.#object(path);
+    const temp = join(dirname(file), `.${basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
+    let tempExists = false;
+    try {
+      const fh = await inDir(dirname(file), () => fs.open(temp, 'wx'));
+      tempExists = true;
+      try {
+        await fh.writeFile(content);
+        // Without it a crash soon after the rename can leave an empty file on ext4/xfs.
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      if (!opts.ifNotExists) {
+        await fs.rename(temp, file);
+        tempExists = false;
+        return true;
+      }
+      // link() fails with EEXIST if anything is at `file`: the existence check and the write
+      // are one system call, so of many racing callers exactly one wins.
+      try {
+        await fs.link(temp, file);
+        return true;
+      } catch (err) {
+        if (errno(err) === 'EEXIST') return false;
+        throw err;
+      }
+    } finally {
+      if (tempExists) await fs.unlink(temp).catch(() => {});
+    }
+  }
+
+  async reader(path: string, offset = 0, length?: number): Promise<Readable> {
+    const file = this.#object(path);
+    checkRange(offset, length);
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(file, 'r');
+    } catch (err) {
+      throw notFound(err, path);
+    }
+    let stream: Readable | undefined;
+    try {
+      const st = await fh.stat();
+      if (st.isDirectory()) throw new PathNotFoundError(path);
+      if (offset < st.size && length !== 0) {
+        // The stream owns the handle from here on and closes it when it ends or is destroyed.
+        stream = fh.createReadStream({ start: offset, end: length === undefined ? undefined : offset + length - 1 });
+      }
+    } finally {
+      if (!stream) await fh.close();
+    }
+    return stream ?? Readable.from([], { objectMode: false });
+  }
+
+  async writer(path: string, append: boolean): Promise<FileWriter> {
+    const file = this.#object(path);
+    if (!append) {
+      return new FsFileWriter(await inDir(dirname(file), () => fs.open(file, 'w')), 0, () => this.#remove(file));
+    }
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(file, 'r+');
+    } catch (err) {
+      throw notFound(err, path);
+    }
+    try {
+      return new FsFileWriter(fh, (await fh.stat()).size, () => this.#remove(file));
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+  }
+
+  async stat(path: string): Promise<FileInfo> {
+    let st: Stats;
+    try {
+      st = await fs.stat(this.#file(path));
+    } catch (err) {
+      throw notFound(err, path);
+    }
+    const isDir = st.isDirectory();
+    return { path, size: isDir ? 0 : st.size, modTime: st.mtime, isDir };
+  }
+
+  async list(path: string): Promise<string[]> {
+    let names: string[];
+    try {
+      names = await fs.readdir(this.#file(path));
+    } catch (err) {
+      throw notFound(err, path);
+    }
+    const prefix = path === '/' ? '/' : `${path}/`;
+    const children = names.map((name) => prefix + name).filter(isDriverPath).sort();
+    // An empty directory is one delete() has not pruned yet (or is pruning): to callers it's gone.
+    if (children.length === 0 && path !== '/') throw new PathNotFoundError(path);
+    return children;
+  }
+
+  async move(source: string, dest: string): Promise<void> {
+    const from = this.#object(source);
+    const to = this.#object(dest);
+    try {
+      // Checked first so that a missing source doesn't leave dest's parent directories behind.
+      await fs.lstat(from);
+    } catch (err) {
+      throw notFound(err, source);
+    }
+    try {
+      await inDir(dirname(to), () => fs.rename(from, to));
+    } catch (err) {
+      // ENOENT now means a concurrent move or delete took the source; other errors are about dest.
+      throw errno(err) === 'ENOENT' ? new PathNotFoundError(source, { cause: err }) : err;
+    }
+    await this.#prune(dirname(from));
+  }
+
+  async delete(path: string): Promise<void> {
+    const target = this.#object(path);
+    try {
+      await fs.rm(target, { recursive: true });
+    } catch (err) {
+      throw notFound(err, path);
+    }
+    await this.#prune(dirname(target));
+  }
+
+  async close(): Promise<void> {}
+
+  /** checkPath rejects '..' and empty segments, so the joined path stays under the root. */
+  #file(path: string): string {
+    return join(this.rootDirectory, checkPath(path));
+  }
+
+  /** Like #file, for operations on objects: the root is a directory, never an object. */
+  #object(path: string): string {
+    if (checkPath(path) === '/') throw new InvalidPathError(path);
+    return join(this.rootDirectory, path);
+  }
+
+  async #remove(file: string): Promise<void> {
+    await fs.unlink(file).catch((err: unknown) => {
+      if (errno(err) !== 'ENOENT') throw err;
+    });
+    await this.#prune(dirname(file));
+  }
+
+  /**
+   * Removes `dir` and then its parents while they are empty, up to but not including the root,
+   * so that deleted repositories and uploads leave no directories behind. Best effort: rmdir
+   * fails (and we stop) when a concurrent writer has put something in the directory; a writer
+   * whose directory we remove just before it creates its file recreates it (inDir).
+   */
+  async #prune(dir: string): Promise<void> {
+    while (dir.startsWith(this.rootDirectory + sep)) {
+      try {
+        await fs.rmdir(dir);
+      } catch {
+        return;
+      }
+      dir = dirname(dir);
+    }
+  }
+}
+
+type WriterState = 'open' | 'writing' | 'closed' | 'committed' | 'cancelled';
+
+class FsFileWriter implements FileWriter {
+  readonly #fh: fs.FileHandle;
+  readonly #discard: () => Promise<void>;
+  #size: number;
+  #state: WriterState = 'open';
+
+  constructor(fh: fs.FileHandle, size: number, discard: () => Promise<void>) {
+    this.#fh = fh;
+    this.#size = size;
+    this.#discard = discard;
+  }
+
+  get size(): number {
+    return this.#size;
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    this.#enter('write', 'writing');
+    try {
+      for (let done = 0; done < data.byteLength;) {
+        // Positional writes, so the offset is ours and not the shared file position; `size`
+        // advances with each partial write and so always matches the bytes on disk.
+        const { bytesWritten } = await this.#fh.write(data, done, data.byteLength - done, this.#size);
+        done += bytesWritten;
+        this.#size += bytesWritten;
+      }
+    } finally {
+      this.#state = 'open';
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#enter('close', 'closed');
+    await this.#release();
+  }
+
+  async commit(): Promise<void> {
+    this.#enter('commit', 'committed');
+    await this.#release();
+  }
+
+  async cancel(): Promise<void> {
+    this.#enter('cancel', 'cancelled');
+    await this.#fh.close();
+    await this.#discard();
+  }
+
+  #enter(op: string, next: WriterState): void {
+    if (this.#state === 'writing') throw new Error(`FileWriter.${op}(): a write() is still in progress; await it first`);
+    if (this.#state !== 'open') throw new Error(`FileWriter.${op}(): the writer is already ${this.#state}`);
+    this.#state = next;
+  }
+
+  async #release(): Promise<void> {
+    try {
+      await this.#fh.sync();
+    } finally {
+      await this.#fh.close();
+    }
+  }
+}
+
+/**
+ * Runs `create`, which makes an entry in `dir`, making `dir` first when it is missing.
+ * Trying first saves a mkdir in the common case; retrying covers delete() pruning `dir`
+ * between our mkdir and `create`.
+ */
+async function inDir<T>(dir: string, create: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await create();
+    } catch (err) {
+      if (errno(err) !== 'ENOENT' || attempt === 5) throw err;
+    }
+    await fs.mkdir(dir, { recursive: true });
+  }
+}
+
+/** Skips our temp files and whatever else no driver path can name, such as a mount's lost+found. */
+function isDriverPath(path: string): boolean {
+  try {
+    checkPath(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function checkRange(offset: number, length: number | undefined): void {
+  if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`invalid offset: ${offset}`);
+  if (length !== undefined && (!Number.isSafeInteger(length) || length < 0)) throw new RangeError(`invalid length: ${length}`);
+}
+
+function errno(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/** ENOTDIR: a parent is a file; EISDIR: a directory where an object was asked for. Neither is an object at `path`. */
+function notFound(err: unknown, path: string): unknown {
+  const code = errno(err);
+  return code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR' ? new PathNotFoundError(path, { cause: err }) : err;
+}

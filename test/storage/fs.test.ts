@@ -1,0 +1,180 @@
+import { mkdtemp, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { InvalidPathError } from '../../src/storage/driver.js';
+import { FsDriver } from '../../src/storage/fs.js';
+import { createDriver } from '../../src/storage/index.js';
+import { driverSuite } from './driver-suite.js';
+
+// Lets a test act between the driver's mkdir and its next step, as a concurrent delete() could.
+const hooks = vi.hoisted(() => ({ afterMkdir: undefined as ((dir: string) => Promise<void>) | undefined }));
+vi.mock('node:fs/promises', async (importOriginal) => {
+  const real = await importOriginal<typeof import('node:fs/promises')>();
+  async function mkdir(...args: Parameters<typeof real.mkdir>) {
+    const made = await real.mkdir(...args);
+    await hooks.afterMkdir?.(String(args[0]));
+    return made;
+  }
+  return { ...real, mkdir };
+});
+
+driverSuite(
+  'fs',
+  async () => FsDriver.open({ rootDirectory: await mkdtemp(join(tmpdir(), 'hoist-fs-')) }),
+  async (driver) => rm((driver as FsDriver).rootDirectory, { recursive: true, force: true }),
+);
+
+/** Every file and directory under `dir`, relative to it, sorted. */
+async function tree(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true });
+  return entries.sort();
+}
+
+describe('FsDriver', () => {
+  let parent: string;
+  let root: string;
+  let driver: FsDriver;
+
+  beforeEach(async () => {
+    parent = await mkdtemp(join(tmpdir(), 'hoist-fs-'));
+    root = join(parent, 'root');
+    driver = await FsDriver.open({ rootDirectory: root });
+  });
+
+  afterEach(async () => {
+    hooks.afterMkdir = undefined;
+    await driver.close();
+    await rm(parent, { recursive: true, force: true });
+  });
+
+  it('creates its root directory, nested, on open', async () => {
+    const nested = join(parent, 'a', 'b', 'c');
+    const d = await FsDriver.open({ rootDirectory: nested });
+    expect(d.rootDirectory).toBe(nested);
+    expect(await readdir(nested)).toEqual([]);
+  });
+
+  it('fails to open with a clear message when the root cannot be written', async () => {
+    await writeFile(join(parent, 'file'), 'x');
+    await expect(FsDriver.open({ rootDirectory: join(parent, 'file', 'root') }))
+      .rejects.toThrow(/fs storage: cannot write to root directory .*file\/root/);
+  });
+
+  it('writes nothing outside the root and leaves no temp files', async () => {
+    await driver.putContent('/a/b', Buffer.from('1'));
+    await driver.putContent('/a/b', Buffer.from('2'));
+    await driver.putContent('/a/b', Buffer.from('3'), { ifNotExists: true });
+    await driver.putContent('/a/c', Buffer.from('4'), { ifNotExists: true });
+    const w = await driver.writer('/u/data', false);
+    await w.write(Buffer.from('5'));
+    await w.close();
+    await (await driver.writer('/u/data', true)).commit();
+    await driver.move('/u/data', '/blobs/x');
+    for (const bad of ['/../escape', '/a/../../escape', '..', '/a/..']) {
+      await expect(driver.putContent(bad, Buffer.from('x'))).rejects.toBeInstanceOf(InvalidPathError);
+      await expect(driver.writer(bad, false)).rejects.toBeInstanceOf(InvalidPathError);
+    }
+    expect(await readdir(parent)).toEqual(['root']);
+    expect(await tree(root)).toEqual(['a', 'a/b', 'a/c', 'blobs', 'blobs/x']);
+  });
+
+  it('prunes directories that delete() empties, up to but not including the root', async () => {
+    await driver.putContent('/repo/a/b/c/file', Buffer.from('x'));
+    await driver.putContent('/repo/keep', Buffer.from('x'));
+    await driver.delete('/repo/a/b/c/file');
+    expect(await tree(root)).toEqual(['repo', 'repo/keep']);
+    await driver.delete('/repo/keep');
+    expect(await readdir(root)).toEqual([]);
+    await driver.putContent('/x/y/z', Buffer.from('x'));
+    await driver.delete('/x/y');
+    expect(await readdir(root)).toEqual([]);
+  });
+
+  it('prunes directories that move() and cancel() empty', async () => {
+    await driver.putContent('/uploads/u1/data', Buffer.from('x'));
+    await driver.move('/uploads/u1/data', '/blobs/b');
+    expect(await tree(root)).toEqual(['blobs', 'blobs/b']);
+    const w = await driver.writer('/uploads/u2/data', false);
+    await w.write(Buffer.from('x'));
+    await w.cancel();
+    expect(await tree(root)).toEqual(['blobs', 'blobs/b']);
+  });
+
+  it('makes a directory again when delete() prunes it before a writer creates its file', async () => {
+    await driver.putContent('/src', Buffer.from('moved'));
+    let prunes = 0;
+    hooks.afterMkdir = async (dir) => {
+      if (dir.startsWith(root + '/') && prunes++ % 2 === 0) await rmdir(dir);
+    };
+    await driver.putContent('/p/a/file', Buffer.from('put'));
+    await (await driver.writer('/p/b/file', false)).commit();
+    await driver.move('/src', '/p/c/file');
+    expect(prunes).toBe(6);
+    expect(await tree(root)).toEqual(['p', 'p/a', 'p/a/file', 'p/b', 'p/b/file', 'p/c', 'p/c/file']);
+  });
+
+  it('survives writers racing delete() that prunes their directories', async () => {
+    for (let round = 0; round < 20; round++) {
+      await Promise.all(Array.from({ length: 8 }, (_, i) => driver.putContent(`/r/s/t/old-${i}`, Buffer.from('x'))));
+      await Promise.all([
+        ...Array.from({ length: 8 }, (_, i) => driver.delete(`/r/s/t/old-${i}`)),
+        ...Array.from({ length: 8 }, (_, i) => driver.putContent(`/r/s/t/new-${i}`, Buffer.from('x'))),
+        ...Array.from({ length: 8 }, async (_, i) => (await driver.writer(`/r/s/u/new-${i}`, false)).commit()),
+      ]);
+      expect(await driver.list('/r/s/t')).toEqual(Array.from({ length: 8 }, (_, i) => `/r/s/t/new-${i}`));
+      await driver.delete('/r');
+    }
+    expect(await readdir(root)).toEqual([]);
+  });
+
+  it('lists only names a driver path can have', async () => {
+    await driver.putContent('/ok', Buffer.from('x'));
+    for (const name of ['lost+found', '.hidden', 'a b']) await writeFile(join(root, name), 'x');
+    expect(await driver.list('/')).toEqual(['/ok']);
+  });
+
+  it('rejects a write() while another is in progress', async () => {
+    const w = await driver.writer('/w', false);
+    const first = w.write(Buffer.alloc(1024 * 1024));
+    await expect(w.write(Buffer.from('x'))).rejects.toThrow(/in progress/);
+    await first;
+    await w.commit();
+    expect(w.size).toBe(1024 * 1024);
+  });
+});
+
+describe('createDriver fs:', () => {
+  let parent: string;
+
+  beforeEach(async () => {
+    parent = await mkdtemp(join(tmpdir(), 'hoist-fs-'));
+  });
+
+  afterEach(async () => {
+    await rm(parent, { recursive: true, force: true });
+  });
+
+  it.each([
+    ['fs:./data', 'data'],
+    ['fs:rel/path', 'rel/path'],
+  ])('resolves %s against the working directory', async (url, dir) => {
+    const driver = await createDriver(url, { cwd: parent });
+    expect(driver).toBeInstanceOf(FsDriver);
+    expect(relative(parent, (driver as FsDriver).rootDirectory)).toBe(dir);
+    await driver.putContent('/x', Buffer.from('x'));
+    expect(await readdir(join(parent, dir))).toEqual(['x']);
+  });
+
+  it('takes absolute paths as they are', async () => {
+    const driver = await createDriver(`fs:${parent}/abs`, { cwd: '/nonexistent' });
+    expect((driver as FsDriver).rootDirectory).toBe(join(parent, 'abs'));
+  });
+
+  it('rejects an empty path, unknown schemes, and s3 until its driver exists', async () => {
+    await expect(createDriver('fs:')).rejects.toThrow(/expected fs:PATH/);
+    await expect(createDriver('ftp://x')).rejects.toThrow(/unsupported storage/);
+    await expect(createDriver('./data')).rejects.toThrow(/unsupported storage/);
+    await expect(createDriver('s3://bucket/prefix')).rejects.toThrow(/s3 storage driver is not built yet/);
+  });
+});
