@@ -1,0 +1,350 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { RegistryError } from '../../../src/errors.js';
+import { HashPool } from '../../../src/registry/hash-pool.js';
+import { SlabPool } from '../../../src/registry/slab-pool.js';
+import { UploadWrite, type UploadWriteDeps } from '../../../src/registry/upload-write.js';
+import type { FileWriter, StorageDriver } from '../../../src/storage/driver.js';
+import { MemoryDriver } from '../../../src/storage/memory.js';
+import { bodyOf, expectSameBytes, FaultyDriver, newStats, ODD_SIZES, sleep } from '../../helpers/uploads.js';
+
+const KiB = 1024;
+const SLAB = 64 * KiB;
+const DATA_PATH = '/blobs/data/upload';
+
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+let pool: HashPool;
+let keyCounter = 0;
+
+beforeAll(() => {
+  pool = new HashPool({ threads: 2, maxQueue: 1000 });
+});
+
+afterAll(async () => {
+  await pool.close();
+});
+
+/**
+ * The engine's rebuild, done plainly: read what storage holds and feed it to a fresh state.
+ * Counts its calls so tests can tell the slow path ran.
+ */
+function rebuilder(driver: StorageDriver, hashPool: HashPool, key: string) {
+  const calls: number[] = [];
+  const rebuild = async (offset: number): Promise<number> => {
+    calls.push(offset);
+    const parts: Buffer[] = [];
+    if (offset > 0) for await (const c of await driver.reader(DATA_PATH, 0, offset)) parts.push(c as Buffer);
+    const bytes = Buffer.concat(parts);
+    const buffer = new ArrayBuffer(bytes.length);
+    new Uint8Array(buffer).set(bytes);
+    const r = await hashPool.update(key, undefined, { buffer, byteOffset: 0, length: bytes.length }, 0, true);
+    if (!r.ok) throw new Error('rebuild failed');
+    return r.threadId;
+  };
+  return { rebuild, calls };
+}
+
+interface Harness {
+  driver: StorageDriver;
+  writer: FileWriter;
+  slabs: SlabPool;
+  key: string;
+  write: UploadWrite;
+  rebuilds: number[];
+}
+
+async function harness(opts: {
+  driver?: StorageDriver;
+  slabs?: SlabPool;
+  maxInflightSlabs?: number;
+  maxBlobBytes?: number;
+  append?: boolean;
+  hashPool?: HashPool;
+  pin?: number;
+  key?: string;
+} = {}): Promise<Harness> {
+  const driver = opts.driver ?? new MemoryDriver();
+  const writer = await driver.writer(DATA_PATH, opts.append ?? false);
+  const slabs = opts.slabs ?? new SlabPool(SLAB, 16 * SLAB);
+  const key = opts.key ?? `uw-${process.pid}-${keyCounter++}`;
+  const hashPool = opts.hashPool ?? pool;
+  const { rebuild, calls } = rebuilder(driver, hashPool, key);
+  const deps: UploadWriteDeps = {
+    writer,
+    hashPool,
+    slabs,
+    maxInflightSlabs: opts.maxInflightSlabs ?? 2,
+    maxBlobBytes: opts.maxBlobBytes ?? 0,
+    hashKey: key,
+    pin: opts.pin,
+    rebuildHash: rebuild,
+  };
+  return { driver, writer, slabs, key, write: new UploadWrite(deps), rebuilds: calls };
+}
+
+async function stored(driver: StorageDriver): Promise<Buffer> {
+  return driver.getContent(DATA_PATH);
+}
+
+async function runningDigest(h: Harness, hashPool = pool): Promise<string | undefined> {
+  const r = await hashPool.digest(h.key, h.write.pin, h.write.offset, true);
+  return r.ok ? r.hex : undefined;
+}
+
+describe('UploadWrite', () => {
+  it('stores chunks of odd sizes in order, and hashes them in the pinned worker', async () => {
+    const h = await harness();
+    const data = randomBytes(777_777);
+    const stats = newStats();
+    await bodyOf(data, { sizes: ODD_SIZES, stats })(h.write);
+    await h.write.flush();
+    expect(stats.writes).toBeGreaterThan(ODD_SIZES.length);
+    expect(h.write.offset).toBe(data.length);
+    expect(h.writer.size).toBe(data.length);
+    expectSameBytes(await stored(h.driver), data);
+    expect(h.write.hashDirty).toBe(false);
+    expect(h.write.pin).toBeTypeOf('number');
+    expect(await runningDigest(h)).toBe(sha256(data));
+    expect(h.rebuilds).toEqual([]);
+    expect(h.slabs.inUse).toBe(0);
+  });
+
+  it.each([
+    ['less than one slab', 1000],
+    ['exactly one slab', SLAB],
+    ['a slab and one byte', SLAB + 1],
+    ['exactly three slabs', 3 * SLAB],
+  ])('handles a body of %s', async (_label, size) => {
+    const h = await harness();
+    const data = randomBytes(size);
+    await bodyOf(data, { sizes: [SLAB] })(h.write);
+    await h.write.flush();
+    expectSameBytes(await stored(h.driver), data);
+    expect(await runningDigest(h)).toBe(sha256(data));
+  });
+
+  it('copies each chunk during write(): the caller may reuse its buffer at once', async () => {
+    // bodyOf overwrites its one buffer after every write(); a sink keeping references would store 0xee.
+    const h = await harness();
+    const data = randomBytes(5 * SLAB + 17);
+    await bodyOf(data, { sizes: [SLAB - 1, 2 * SLAB + 3, 100] })(h.write);
+    await h.write.flush();
+    expectSameBytes(await stored(h.driver), data);
+  });
+
+  it('writes nothing for an empty body', async () => {
+    const driver = new FaultyDriver();
+    const h = await harness({ driver });
+    await bodyOf(new Uint8Array(0))(h.write);
+    await h.write.flush();
+    expect(h.write.offset).toBe(0);
+    expect(driver.writes).toBe(0);
+    expect(h.write.pin).toBeUndefined();
+    expect(h.slabs.inUse).toBe(0);
+  });
+
+  it('pauses the source when its slabs are in flight, and resumes it when they drain', async () => {
+    const slabs = new SlabPool(SLAB, 4 * SLAB);
+    let maxInUse = 0;
+    let maxBuffered = 0;
+    const driver = new FaultyDriver({
+      beforeWrite: async () => {
+        maxInUse = Math.max(maxInUse, slabs.inUse);
+        await sleep(2);
+      },
+    });
+    const h = await harness({ driver, slabs, maxInflightSlabs: 2 });
+    const data = randomBytes(24 * SLAB + 5);
+    const stats = newStats();
+    const chunk = 20 * KiB;
+    await bodyOf(data, {
+      sizes: [chunk],
+      stats,
+      onWrite: () => {
+        maxInUse = Math.max(maxInUse, slabs.inUse);
+        maxBuffered = Math.max(maxBuffered, h.write.offset - h.writer.size);
+      },
+    })(h.write);
+    await h.write.flush();
+
+    expect(stats.paused).toBeGreaterThan(0);
+    // drained() was still pending a turn later: the socket really stayed paused for a while.
+    expect(stats.waitedForDrain).toBeGreaterThan(0);
+    // One filling slab plus maxInflightSlabs, never more; and within the pool's bound.
+    expect(maxInUse).toBeLessThanOrEqual(3);
+    expect(maxInUse).toBeLessThanOrEqual(slabs.maxSlabs);
+    // Bytes held in memory: the slabs plus at most the one chunk that arrived after the pause.
+    expect(maxBuffered).toBeLessThanOrEqual(3 * SLAB + chunk);
+    expectSameBytes(await stored(h.driver), data);
+    expect(await runningDigest(h)).toBe(sha256(data));
+    expect(slabs.inUse).toBe(0);
+  });
+
+  it('shares a tiny slab pool between uploads without exceeding it', async () => {
+    // Two slabs for two uploads that each may have two in flight: they must take turns.
+    const slabs = new SlabPool(SLAB, 2 * SLAB);
+    let maxInUse = 0;
+    let sawWaiters = false;
+    const sample = () => {
+      maxInUse = Math.max(maxInUse, slabs.inUse);
+      sawWaiters ||= slabs.waiting > 0;
+    };
+    const driver = new FaultyDriver({
+      beforeWrite: async () => {
+        sample();
+        await sleep(1);
+      },
+    });
+    const uploads = await Promise.all([0, 1].map(async (i) => {
+      const h = await harness({ driver: new FaultyDriver(driver.opts), slabs, maxInflightSlabs: 2 });
+      return { h, data: randomBytes(10 * SLAB + 1000 * i + 1) };
+    }));
+    await Promise.all(uploads.map(async ({ h, data }) => {
+      await bodyOf(data, { sizes: ODD_SIZES, onWrite: sample })(h.write);
+      await h.write.flush();
+    }));
+    expect(maxInUse).toBeLessThanOrEqual(2);
+    expect(sawWaiters).toBe(true);
+    for (const { h, data } of uploads) {
+      expectSameBytes(await stored(h.driver), data);
+      expect(await runningDigest(h)).toBe(sha256(data));
+    }
+    expect(slabs.inUse).toBe(0);
+    expect(slabs.waiting).toBe(0);
+  });
+
+  it.each([
+    ['whole', false],
+    ['short', true],
+  ])('after a failed (%s) storage write, keeps what is stored a prefix of what was sent', async (_label, partialFailure) => {
+    const driver = new FaultyDriver({ failWriteAt: 3, partialFailure, beforeWrite: () => sleep(1) });
+    const h = await harness({ driver });
+    const data = randomBytes(10 * SLAB);
+    const body = bodyOf(data, { sizes: [10_000] });
+    await expect(body(h.write)).rejects.toThrow('injected failure of write #3');
+    await expect(h.write.flush()).rejects.toThrow('injected failure of write #3');
+    // Writes 1 and 2 landed (and half of 3 when the failure was short); nothing after.
+    expect(driver.writes).toBe(3);
+    const expectedSize = 2 * SLAB + (partialFailure ? SLAB / 2 : 0);
+    expect(h.writer.size).toBe(expectedSize);
+    expectSameBytes(await stored(h.driver), data.subarray(0, expectedSize));
+    // The running hash may include the failed slab: it must be rebuilt before use.
+    expect(h.write.hashDirty).toBe(true);
+    expect(h.write.write(new Uint8Array(1))).toBe(false);
+    await expect(h.write.drained()).rejects.toThrow('injected failure');
+    expect(h.slabs.inUse).toBe(0);
+  });
+
+  it('reports a storage failure of the last slab from flush()', async () => {
+    const driver = new FaultyDriver({ failWriteAt: 2 });
+    const h = await harness({ driver });
+    const data = randomBytes(SLAB + 100);
+    await bodyOf(data, { sizes: [SLAB + 100] })(h.write);
+    await expect(h.write.flush()).rejects.toThrow('injected failure of write #2');
+    expectSameBytes(await stored(h.driver), data.subarray(0, SLAB));
+    expect(h.slabs.inUse).toBe(0);
+  });
+
+  it('refuses bytes beyond maxBlobBytes with SIZE_INVALID', async () => {
+    const h = await harness({ maxBlobBytes: 2 * SLAB });
+    const data = randomBytes(3 * SLAB);
+    const err = await bodyOf(data, { sizes: [SLAB / 2] })(h.write).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RegistryError);
+    expect((err as RegistryError).code).toBe('SIZE_INVALID');
+    await expect(h.write.flush()).rejects.toBe(err);
+    expect(h.writer.size).toBeLessThanOrEqual(2 * SLAB);
+    expectSameBytes(await stored(h.driver), data.subarray(0, h.writer.size));
+    expect(h.slabs.inUse).toBe(0);
+  });
+
+  it('accepts a body of exactly maxBlobBytes', async () => {
+    const h = await harness({ maxBlobBytes: 2 * SLAB + 1 });
+    const data = randomBytes(2 * SLAB + 1);
+    await bodyOf(data, { sizes: ODD_SIZES })(h.write);
+    await h.write.flush();
+    expectSameBytes(await stored(h.driver), data);
+  });
+
+  it('stores everything that arrived, overflow included, when the client leaves while paused', async () => {
+    const slabs = new SlabPool(SLAB, 2 * SLAB);
+    const driver = new FaultyDriver({ beforeWrite: () => sleep(2) });
+    const h = await harness({ driver, slabs, maxInflightSlabs: 1 });
+    const data = randomBytes(5 * SLAB + 3);
+    // One write far beyond the buffers, then the client is gone without waiting for drained().
+    expect(h.write.write(data)).toBe(false);
+    await h.write.flush();
+    expect(h.write.offset).toBe(data.length);
+    expectSameBytes(await stored(h.driver), data);
+    expect(await runningDigest(h)).toBe(sha256(data));
+    expect(slabs.inUse).toBe(0);
+  });
+
+  it('gives back every slab when uploads waiting for the pool finish early', async () => {
+    const slabs = new SlabPool(SLAB, SLAB);
+    const driver = new FaultyDriver({ beforeWrite: () => sleep(5) });
+    const a = await harness({ driver, slabs });
+    const b = await harness({ driver: new FaultyDriver(driver.opts), slabs });
+    const da = randomBytes(3 * SLAB);
+    const db = randomBytes(SLAB / 2);
+    expect(a.write.write(da)).toBe(false);
+    // The only slab is in flight for a: a waits in line for its next one, and b behind it.
+    expect(b.write.write(db)).toBe(false);
+    expect(slabs.waiting).toBe(2);
+    await Promise.all([a.write.flush(), b.write.flush()]);
+    expectSameBytes(await stored(a.driver), da);
+    expectSameBytes(await stored(b.driver), db);
+    expect(slabs.inUse).toBe(0);
+    expect(slabs.waiting).toBe(0);
+  });
+
+  it('rebuilds a lost hash state from storage, once, and continues it', async () => {
+    const driver = new MemoryDriver();
+    const first = await harness({ driver });
+    const data = randomBytes(5 * SLAB + 333);
+    const cut = 2 * SLAB + 111;
+    await bodyOf(data.subarray(0, cut), { sizes: ODD_SIZES })(first.write);
+    await first.write.flush();
+    await first.writer.close();
+
+    // A restart: a new pool has no states; the pin names a thread that no longer exists.
+    const restarted = new HashPool({ threads: 1, maxQueue: 100 });
+    try {
+      const second = await harness({ driver, append: true, hashPool: restarted, pin: first.write.pin, key: first.key });
+      expect(second.write.offset).toBe(cut);
+      await bodyOf(data.subarray(cut), { sizes: ODD_SIZES })(second.write);
+      await second.write.flush();
+      expect(second.rebuilds).toEqual([cut]);
+      expect(second.write.hashDirty).toBe(false);
+      expectSameBytes(await stored(driver), data);
+      expect(await runningDigest(second, restarted)).toBe(sha256(data));
+    } finally {
+      await restarted.close();
+    }
+  });
+});
+
+describe('UploadWrite with a stale pin', () => {
+  let driver: MemoryDriver;
+
+  beforeEach(() => {
+    driver = new MemoryDriver();
+  });
+
+  it('rebuilds when the pinned worker has the key at another offset', async () => {
+    const data = randomBytes(3 * SLAB);
+    const first = await harness({ driver });
+    await bodyOf(data.subarray(0, SLAB), { sizes: [SLAB] })(first.write);
+    await first.write.flush();
+    // The state moves on without storage (as if a write had failed after hashing).
+    const extra = { buffer: new SharedArrayBuffer(10), byteOffset: 0, length: 10 };
+    expect(await pool.update(first.key, first.write.pin, extra, SLAB)).toMatchObject({ ok: true, offset: SLAB + 10 });
+    await first.writer.close();
+
+    const second = await harness({ driver, append: true, pin: first.write.pin, key: first.key });
+    await bodyOf(data.subarray(SLAB), { sizes: [SLAB] })(second.write);
+    await second.write.flush();
+    expect(second.rebuilds).toEqual([SLAB]);
+    expect(await runningDigest(second)).toBe(sha256(data));
+  });
+});

@@ -1,0 +1,462 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { ClientAbortError, RegistryError, UploadRangeError } from '../../../src/errors.js';
+import { HashPool } from '../../../src/registry/hash-pool.js';
+import { paths } from '../../../src/registry/paths.js';
+import { parseDigest, type Digest } from '../../../src/registry/reference.js';
+import { Registry } from '../../../src/registry/registry.js';
+import { SlabPool } from '../../../src/registry/slab-pool.js';
+import type { BodySource } from '../../../src/registry/upload-write.js';
+import { UploadEngine } from '../../../src/registry/uploads.js';
+import { isPathNotFound, type StorageDriver } from '../../../src/storage/driver.js';
+import { FsDriver } from '../../../src/storage/fs.js';
+import { MemoryDriver } from '../../../src/storage/memory.js';
+import { bodyOf, expectSameBytes, FaultyDriver, newStats, ODD_SIZES, sleep } from '../../helpers/uploads.js';
+
+const KiB = 1024;
+const SLAB = 64 * KiB;
+const REPO = 'library/test';
+
+const digestOf = (b: Uint8Array, algorithm: 'sha256' | 'sha512' = 'sha256'): Digest =>
+  parseDigest(`${algorithm}:${createHash(algorithm).update(b).digest('hex')}`);
+
+let pool: HashPool;
+
+beforeAll(() => {
+  pool = new HashPool({ threads: 2, maxQueue: 1000 });
+});
+
+afterAll(async () => {
+  await pool.close();
+});
+
+/** The engine as the server wires it, scaled down: 64 KiB slabs, two in flight per upload. */
+function engine(driver: StorageDriver, opts: { hashPool?: HashPool; slabs?: SlabPool; maxBlobBytes?: number } = {}): UploadEngine {
+  return new UploadEngine({
+    driver,
+    hashPool: opts.hashPool ?? pool,
+    slabs: opts.slabs ?? new SlabPool(SLAB, 16 * SLAB),
+    maxSessionBufferedBytes: 3 * SLAB,
+    maxBlobBytes: opts.maxBlobBytes ?? 0,
+  });
+}
+
+async function exists(driver: StorageDriver, path: string): Promise<boolean> {
+  try {
+    await driver.stat(path);
+    return true;
+  } catch (err) {
+    if (isPathNotFound(err)) return false;
+    throw err;
+  }
+}
+
+/** The RegistryError a promise rejects with. */
+async function rejection(p: Promise<unknown>): Promise<RegistryError> {
+  const err = await p.then(() => undefined, (e: unknown) => e);
+  expect(err).toBeInstanceOf(RegistryError);
+  return err as RegistryError;
+}
+
+const empty: BodySource = async () => 0;
+
+describe('UploadEngine', () => {
+  let driver: MemoryDriver;
+  let uploads: UploadEngine;
+
+  beforeEach(() => {
+    driver = new MemoryDriver();
+    uploads = engine(driver);
+  });
+
+  it('starts an upload at offset 0 with a record in storage', async () => {
+    const { id, offset } = await uploads.start(REPO);
+    expect(id).toMatch(/^[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}$/);
+    expect(offset).toBe(0);
+    expect(await exists(driver, paths.upload(REPO, id))).toBe(true);
+    expect(await uploads.status(REPO, id)).toEqual({ id, offset: 0 });
+  });
+
+  it('stores a blob pushed in many requests of odd-sized chunks, with the right digest', async () => {
+    const data = randomBytes(1_234_567);
+    const { id } = await uploads.start(REPO);
+    const cuts = [0, 1, 70_000, 70_001, 400_000, 999_999, data.length];
+    for (let i = 0; i + 1 < cuts.length; i++) {
+      const [from, to] = [cuts[i]!, cuts[i + 1]!];
+      const state = await uploads.append(REPO, id, { start: from, length: to - from }, bodyOf(data.subarray(from, to), { sizes: ODD_SIZES }));
+      expect(state).toEqual({ id, offset: to });
+      expect(await uploads.status(REPO, id)).toEqual({ id, offset: to });
+    }
+    const committed = await uploads.complete(REPO, id, digestOf(data), {}, undefined);
+    expect(committed).toEqual({ dataPath: paths.blobData(id), size: data.length });
+    expectSameBytes(await driver.getContent(committed.dataPath), data);
+    // The record is gone: the upload is finished.
+    expect(await exists(driver, paths.upload(REPO, id))).toBe(false);
+    expect((await rejection(uploads.status(REPO, id))).code).toBe('BLOB_UPLOAD_UNKNOWN');
+  });
+
+  it('takes a streamed PATCH (no Content-Range) and a last chunk with the PUT', async () => {
+    const data = randomBytes(300_001);
+    const { id } = await uploads.start(REPO);
+    expect(await uploads.append(REPO, id, {}, bodyOf(data.subarray(0, 200_000), { sizes: ODD_SIZES }))).toEqual({ id, offset: 200_000 });
+    const committed = await uploads.complete(REPO, id, digestOf(data), { start: 200_000 }, bodyOf(data.subarray(200_000), { sizes: [4099] }));
+    expect(committed.size).toBe(data.length);
+    expectSameBytes(await driver.getContent(committed.dataPath), data);
+  });
+
+  it('completes an empty blob', async () => {
+    const { id } = await uploads.start(REPO);
+    const committed = await uploads.complete(REPO, id, digestOf(new Uint8Array(0)), {}, undefined);
+    expect(committed.size).toBe(0);
+  });
+
+  it('verifies a sha512 digest', async () => {
+    const data = randomBytes(100_000);
+    const { id } = await uploads.start(REPO);
+    await uploads.append(REPO, id, {}, bodyOf(data));
+    const committed = await uploads.complete(REPO, id, digestOf(data, 'sha512'), {}, undefined);
+    expect(committed.size).toBe(data.length);
+  });
+
+  it('pauses the body when its buffers are full and never holds more slabs than allowed', async () => {
+    // A tiny pool (4 slabs of 64 KiB) and slow storage: the body must wait for drained().
+    const slabs = new SlabPool(SLAB, 4 * SLAB);
+    let maxInUse = 0;
+    const slow = new FaultyDriver({
+      beforeWrite: async () => {
+        maxInUse = Math.max(maxInUse, slabs.inUse);
+        await sleep(2);
+      },
+    }, driver);
+    const e = engine(slow, { slabs });
+    const data = randomBytes(20 * SLAB + 3);
+    const stats = newStats();
+    const { id } = await e.start(REPO);
+    await e.append(REPO, id, {}, bodyOf(data, {
+      sizes: [SLAB / 4 + 1],
+      stats,
+      onWrite: () => {
+        maxInUse = Math.max(maxInUse, slabs.inUse);
+      },
+    }));
+    expect(stats.paused).toBeGreaterThan(0);
+    expect(stats.waitedForDrain).toBeGreaterThan(0);
+    // maxSessionBufferedBytes = 3 slabs: one filling and two in flight.
+    expect(maxInUse).toBeLessThanOrEqual(3);
+    expect(maxInUse).toBeLessThanOrEqual(slabs.maxSlabs);
+    expect(slabs.inUse).toBe(0);
+    const committed = await e.complete(REPO, id, digestOf(data), {}, undefined);
+    expectSameBytes(await driver.getContent(committed.dataPath), data);
+  });
+
+  it('keeps concurrent uploads within a shared pool smaller than their combined demand', async () => {
+    const slabs = new SlabPool(SLAB, 3 * SLAB);
+    let maxInUse = 0;
+    const slow = new FaultyDriver({
+      beforeWrite: async () => {
+        maxInUse = Math.max(maxInUse, slabs.inUse);
+        await sleep(1);
+      },
+    }, driver);
+    const e = engine(slow, { slabs });
+    const blobs = [randomBytes(8 * SLAB + 1), randomBytes(9 * SLAB + 2), randomBytes(7 * SLAB + 3)];
+    const committed = await Promise.all(blobs.map(async (data) => {
+      const { id } = await e.start(REPO);
+      await e.append(REPO, id, {}, bodyOf(data, { sizes: ODD_SIZES }));
+      return e.complete(REPO, id, digestOf(data), {}, undefined);
+    }));
+    expect(maxInUse).toBeLessThanOrEqual(3);
+    for (const [i, c] of committed.entries()) expectSameBytes(await driver.getContent(c.dataPath), blobs[i]!);
+  });
+
+  describe('when a storage write fails', () => {
+    it.each([
+      ['whole', false],
+      ['short', true],
+    ])('(%s) rejects, keeps a consistent prefix, reports it, and resumes from there', async (_label, partialFailure) => {
+      const faulty = new FaultyDriver({ failWriteAt: 4, partialFailure }, driver);
+      const e = engine(faulty);
+      const data = randomBytes(10 * SLAB + 99);
+      const { id } = await e.start(REPO);
+      await expect(e.append(REPO, id, { start: 0 }, bodyOf(data, { sizes: ODD_SIZES }))).rejects.toThrow('injected failure of write #4');
+
+      const { offset } = await e.status(REPO, id);
+      expect(offset).toBe(3 * SLAB + (partialFailure ? SLAB / 2 : 0));
+      expectSameBytes(await driver.getContent(paths.blobData(id)), data.subarray(0, offset));
+
+      // The client resumes at the reported offset; the running hash (which may have seen
+      // the failed slab) must not be trusted, so the digest is still right.
+      await expect(e.append(REPO, id, { start: offset + 1 }, bodyOf(data.subarray(offset + 1)))).rejects.toBeInstanceOf(UploadRangeError);
+      expect(await e.append(REPO, id, { start: offset }, bodyOf(data.subarray(offset), { sizes: ODD_SIZES }))).toEqual({ id, offset: data.length });
+      const committed = await e.complete(REPO, id, digestOf(data), {}, undefined);
+      expectSameBytes(await driver.getContent(committed.dataPath), data);
+    });
+
+    it('fails the PUT that carries the last chunk, and the upload stays resumable', async () => {
+      const faulty = new FaultyDriver({ failWriteAt: 2 }, driver);
+      const e = engine(faulty);
+      const data = randomBytes(3 * SLAB);
+      const { id } = await e.start(REPO);
+      await e.append(REPO, id, {}, bodyOf(data.subarray(0, SLAB)));
+      await expect(e.complete(REPO, id, digestOf(data), { start: SLAB }, bodyOf(data.subarray(SLAB)))).rejects.toThrow('injected failure of write #2');
+      expect(await e.status(REPO, id)).toEqual({ id, offset: SLAB });
+      const committed = await e.complete(REPO, id, digestOf(data), { start: SLAB }, bodyOf(data.subarray(SLAB)));
+      expectSameBytes(await driver.getContent(committed.dataPath), data);
+    });
+  });
+
+  describe('after a restart (a new HashPool: the running hash is lost)', () => {
+    let restarted: HashPool;
+
+    beforeEach(() => {
+      restarted = new HashPool({ threads: 1, maxQueue: 100 });
+    });
+
+    afterEach(async () => {
+      await restarted.close();
+    });
+
+    it('rebuilds the hash from storage for the next chunk', async () => {
+      const data = randomBytes(5 * SLAB + 12_345);
+      const { id } = await uploads.start(REPO);
+      await uploads.append(REPO, id, { start: 0 }, bodyOf(data.subarray(0, 2 * SLAB + 7), { sizes: ODD_SIZES }));
+      const after = engine(driver, { hashPool: restarted });
+      expect(await after.status(REPO, id)).toEqual({ id, offset: 2 * SLAB + 7 });
+      await after.append(REPO, id, { start: 2 * SLAB + 7 }, bodyOf(data.subarray(2 * SLAB + 7), { sizes: ODD_SIZES }));
+      const committed = await after.complete(REPO, id, digestOf(data), {}, undefined);
+      expect(committed.size).toBe(data.length);
+    });
+
+    it('rebuilds the hash from storage for the final digest', async () => {
+      const data = randomBytes(3 * SLAB + 1);
+      const { id } = await uploads.start(REPO);
+      await uploads.append(REPO, id, {}, bodyOf(data));
+      const after = engine(driver, { hashPool: restarted });
+      expect((await after.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(data.length);
+    });
+
+    it('still rejects a wrong digest', async () => {
+      const data = randomBytes(SLAB + 1);
+      const { id } = await uploads.start(REPO);
+      await uploads.append(REPO, id, {}, bodyOf(data));
+      const after = engine(driver, { hashPool: restarted });
+      expect((await rejection(after.complete(REPO, id, digestOf(randomBytes(10)), {}, undefined))).code).toBe('DIGEST_INVALID');
+    });
+  });
+
+  describe('a wrong digest', () => {
+    it('fails with DIGEST_INVALID and deletes the data and the upload', async () => {
+      const data = randomBytes(2 * SLAB + 5);
+      const wrong = digestOf(Buffer.concat([data, Buffer.from('x')]));
+      const { id } = await uploads.start(REPO);
+      await uploads.append(REPO, id, {}, bodyOf(data));
+      const err = await rejection(uploads.complete(REPO, id, wrong, {}, undefined));
+      expect(err.code).toBe('DIGEST_INVALID');
+      expect(err.detail).toEqual({ expected: wrong.value, actual: digestOf(data).value });
+      expect(await exists(driver, paths.blobData(id))).toBe(false);
+      expect(await exists(driver, paths.upload(REPO, id))).toBe(false);
+      expect((await rejection(uploads.status(REPO, id))).code).toBe('BLOB_UPLOAD_UNKNOWN');
+    });
+
+    it('fails with DIGEST_INVALID for a monolithic push through the Registry, linking nothing', async () => {
+      const registry = new Registry({
+        driver, hashPool: pool, slabs: new SlabPool(SLAB, 16 * SLAB), maxSessionBufferedBytes: 3 * SLAB, maxBlobBytes: 0, maxManifestBytes: 1 << 20,
+      });
+      const data = randomBytes(SLAB + 1);
+      const wrong = digestOf(randomBytes(8)).value;
+      const err = await rejection(registry.putBlob(REPO, wrong, data.length, bodyOf(data)));
+      expect(err.code).toBe('DIGEST_INVALID');
+      expect((await rejection(registry.statBlob(REPO, wrong))).code).toBe('BLOB_UNKNOWN');
+      expect(await exists(driver, paths.blobDataDir())).toBe(false);
+      expect(await exists(driver, paths.uploads(REPO))).toBe(false);
+    });
+  });
+
+  describe('range checks', () => {
+    it('rejects a chunk that does not start at the offset, with the current offset', async () => {
+      const data = randomBytes(1000);
+      const { id } = await uploads.start(REPO);
+      await uploads.append(REPO, id, { start: 0 }, bodyOf(data.subarray(0, 600)));
+      for (const start of [0, 599, 601, 5000]) {
+        const err = await rejection(uploads.append(REPO, id, { start }, bodyOf(data.subarray(600))));
+        expect(err).toBeInstanceOf(UploadRangeError);
+        expect((err as UploadRangeError).offset).toBe(600);
+        expect((err as UploadRangeError).uploadId).toBe(id);
+        expect((err as UploadRangeError).repository).toBe(REPO);
+        expect(err.code).toBe('RANGE_INVALID');
+      }
+      expect(await uploads.status(REPO, id)).toEqual({ id, offset: 600 });
+    });
+
+    it('rejects a first chunk that does not start at 0', async () => {
+      const { id } = await uploads.start(REPO);
+      const err = await rejection(uploads.append(REPO, id, { start: 1 }, bodyOf(randomBytes(10))));
+      expect(err).toBeInstanceOf(UploadRangeError);
+      expect((err as UploadRangeError).offset).toBe(0);
+    });
+
+    it('rejects a last chunk on the PUT that does not start at the offset, reading none of it', async () => {
+      const data = randomBytes(1000);
+      const { id } = await uploads.start(REPO);
+      await uploads.append(REPO, id, {}, bodyOf(data.subarray(0, 500)));
+      let read = false;
+      const err = await rejection(uploads.complete(REPO, id, digestOf(data), { start: 400 }, async () => {
+        read = true;
+        return 0;
+      }));
+      expect(err).toBeInstanceOf(UploadRangeError);
+      expect((err as UploadRangeError).offset).toBe(500);
+      expect(read).toBe(false);
+      // Nothing was lost: the upload continues.
+      expect((await uploads.complete(REPO, id, digestOf(data), { start: 500 }, bodyOf(data.subarray(500)))).size).toBe(1000);
+    });
+  });
+
+  it('rejects a second request writing to the same upload with UploadRangeError', async () => {
+    const data = randomBytes(3 * SLAB);
+    const { id } = await uploads.start(REPO);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let firstHalfSent!: () => void;
+    const sentHalf = new Promise<void>((resolve) => {
+      firstHalfSent = resolve;
+    });
+    const slowBody: BodySource = async (sink) => {
+      await bodyOf(data.subarray(0, 2 * SLAB))(sink);
+      firstHalfSent();
+      await gate;
+      await bodyOf(data.subarray(2 * SLAB))(sink);
+      return data.length;
+    };
+    const first = uploads.append(REPO, id, { start: 0 }, slowBody);
+    await sentHalf;
+    const err = await rejection(uploads.append(REPO, id, {}, bodyOf(randomBytes(10))));
+    expect(err).toBeInstanceOf(UploadRangeError);
+    expect(err.message).toMatch(/another request/);
+    expect(((err as UploadRangeError).offset)).toBeLessThanOrEqual(2 * SLAB);
+    // Finishing (PUT) or cancelling while a PATCH writes is refused too.
+    expect(await rejection(uploads.complete(REPO, id, digestOf(data), {}, undefined))).toBeInstanceOf(UploadRangeError);
+    expect((await rejection(uploads.cancel(REPO, id))).code).toBe('BLOB_UPLOAD_INVALID');
+    release();
+    expect(await first).toEqual({ id, offset: data.length });
+    expect((await uploads.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(data.length);
+  });
+
+  describe('an empty body', () => {
+    it('adds nothing to an upload that has bytes', async () => {
+      const data = randomBytes(1000);
+      const { id } = await uploads.start(REPO);
+      await uploads.append(REPO, id, {}, bodyOf(data));
+      expect(await uploads.append(REPO, id, { start: 1000 }, empty)).toEqual({ id, offset: 1000 });
+      expect(await uploads.append(REPO, id, {}, empty)).toEqual({ id, offset: 1000 });
+      expect((await uploads.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(1000);
+    });
+
+    it('creates no data object for an upload that received no bytes', async () => {
+      const { id } = await uploads.start(REPO);
+      expect(await uploads.append(REPO, id, { start: 0 }, empty)).toEqual({ id, offset: 0 });
+      expect(await uploads.status(REPO, id)).toEqual({ id, offset: 0 });
+      expect(await exists(driver, paths.blobData(id))).toBe(false);
+      expect(await exists(driver, paths.blobDataDir())).toBe(false);
+    });
+  });
+
+  it('keeps what arrived when the client goes away, and rethrows the abort', async () => {
+    const data = randomBytes(4 * SLAB);
+    const { id } = await uploads.start(REPO);
+    const sent = 2 * SLAB + 777;
+    await expect(uploads.append(REPO, id, { start: 0 }, bodyOf(data, { sizes: ODD_SIZES, abortAfterBytes: sent })))
+      .rejects.toBeInstanceOf(ClientAbortError);
+    expect(await uploads.status(REPO, id)).toEqual({ id, offset: sent });
+    expectSameBytes(await driver.getContent(paths.blobData(id)), data.subarray(0, sent));
+    await uploads.append(REPO, id, { start: sent }, bodyOf(data.subarray(sent)));
+    expect((await uploads.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(data.length);
+  });
+
+  it('refuses an upload beyond maxBlobBytes with SIZE_INVALID', async () => {
+    const e = engine(driver, { maxBlobBytes: 2 * SLAB });
+    const { id } = await e.start(REPO);
+    const err = await rejection(e.append(REPO, id, {}, bodyOf(randomBytes(3 * SLAB))));
+    expect(err.code).toBe('SIZE_INVALID');
+    expect((await e.status(REPO, id)).offset).toBeLessThanOrEqual(2 * SLAB);
+  });
+
+  it('answers BLOB_UPLOAD_UNKNOWN for unknown, malformed or other repositories\' upload ids', async () => {
+    const { id } = await uploads.start(REPO);
+    for (const [repo, bad] of [[REPO, '00000000-0000-0000-0000-000000000000'], [REPO, '../../etc'], [REPO, id.toUpperCase()], ['other/repo', id]] as const) {
+      expect((await rejection(uploads.status(repo, bad))).code).toBe('BLOB_UPLOAD_UNKNOWN');
+      expect((await rejection(uploads.append(repo, bad, {}, empty))).code).toBe('BLOB_UPLOAD_UNKNOWN');
+      expect((await rejection(uploads.complete(repo, bad, digestOf(new Uint8Array(0)), {}, undefined))).code).toBe('BLOB_UPLOAD_UNKNOWN');
+      expect((await rejection(uploads.cancel(repo, bad))).code).toBe('BLOB_UPLOAD_UNKNOWN');
+    }
+  });
+
+  it('cancel deletes the data and the record', async () => {
+    const { id } = await uploads.start(REPO);
+    await uploads.append(REPO, id, {}, bodyOf(randomBytes(SLAB + 1)));
+    await uploads.cancel(REPO, id);
+    expect(await exists(driver, paths.blobData(id))).toBe(false);
+    expect(await exists(driver, paths.upload(REPO, id))).toBe(false);
+    expect((await rejection(uploads.status(REPO, id))).code).toBe('BLOB_UPLOAD_UNKNOWN');
+    // Cancelling an upload that never received bytes works too.
+    const second = await uploads.start(REPO);
+    await uploads.cancel(REPO, second.id);
+    expect(await exists(driver, paths.upload(REPO, second.id))).toBe(false);
+  });
+});
+
+describe('UploadEngine on FsDriver', () => {
+  let root: string;
+  let driver: FsDriver;
+
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'hoist-uploads-'));
+    driver = await FsDriver.open({ rootDirectory: root });
+  });
+
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  it('stores odd-sized chunks across requests and a restart, with the right digest', async () => {
+    const data = randomBytes(6 * SLAB + 4321);
+    const uploads = engine(driver);
+    const { id } = await uploads.start(REPO);
+    await uploads.append(REPO, id, { start: 0 }, bodyOf(data.subarray(0, 150_001), { sizes: ODD_SIZES }));
+    const restarted = new HashPool({ threads: 1, maxQueue: 100 });
+    try {
+      const after = engine(driver, { hashPool: restarted });
+      expect(await after.status(REPO, id)).toEqual({ id, offset: 150_001 });
+      await after.append(REPO, id, { start: 150_001 }, bodyOf(data.subarray(150_001), { sizes: ODD_SIZES }));
+      const committed = await after.complete(REPO, id, digestOf(data), {}, undefined);
+      expectSameBytes(await driver.getContent(committed.dataPath), data);
+    } finally {
+      await restarted.close();
+    }
+  });
+
+  it('keeps a consistent prefix when a write fails', async () => {
+    const faulty = new FaultyDriver({ failWriteAt: 3, partialFailure: true }, driver);
+    const uploads = engine(faulty);
+    const data = randomBytes(5 * SLAB);
+    const { id } = await uploads.start(REPO);
+    await expect(uploads.append(REPO, id, {}, bodyOf(data))).rejects.toThrow('injected failure');
+    const { offset } = await uploads.status(REPO, id);
+    expect(offset).toBe(2 * SLAB + SLAB / 2);
+    expectSameBytes(await driver.getContent(paths.blobData(id)), data.subarray(0, offset));
+    await uploads.append(REPO, id, { start: offset }, bodyOf(data.subarray(offset)));
+    expect((await uploads.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(data.length);
+  });
+
+  it('creates no data file for an empty body', async () => {
+    const uploads = engine(driver);
+    const { id } = await uploads.start(REPO);
+    await uploads.append(REPO, id, { start: 0 }, empty);
+    expect(await exists(driver, paths.blobData(id))).toBe(false);
+  });
+});
