@@ -84,10 +84,10 @@ export const ConfigSchema = z.object({
     hashThreads: integerish.pipe(z.number().min(0).max(64)).default(0),
     /** Largest monolithic or chunked upload the registry accepts (0: no limit). */
     maxBlobBytes: bytes.default(0),
-  }).default({}),
+  }).strict().default({}),
   manifests: z.object({
     maxBytes: bytes.default('4MiB'),
-  }).default({}),
+  }).strict().default({}),
   /** Answer GET /v2/ etc. with extra debugging detail in error bodies. Off in production. */
   debugErrors: booleanish.default(false),
 }).strict();
@@ -193,11 +193,17 @@ export function loadConfig(opts: LoadConfigOptions = {}): Readonly<Config> {
   }
   const cfg = result.data;
   if (cfg.uploads.hashThreads === 0) cfg.uploads.hashThreads = Math.max(1, availableParallelism());
+  // Rules across options name every option involved, and where each value came from.
+  const named = (...keys: string[]): string => keys.map((k) => (sources.has(k) ? `${k} (from ${sources.get(k)})` : k)).join(', ');
   if (cfg.uploads.maxSessionBufferedBytes < cfg.uploads.chunkBytes * 2) {
-    throw new ConfigError('invalid configuration:\n  uploads.maxSessionBufferedBytes: must be at least twice uploads.chunkBytes');
+    throw new ConfigError(
+      `invalid configuration:\n  ${named('uploads.maxSessionBufferedBytes', 'uploads.chunkBytes')}: uploads.maxSessionBufferedBytes must be at least twice uploads.chunkBytes`,
+    );
   }
   if (cfg.uploads.maxBufferedBytes < cfg.uploads.maxSessionBufferedBytes) {
-    throw new ConfigError('invalid configuration:\n  uploads.maxBufferedBytes: must be at least uploads.maxSessionBufferedBytes');
+    throw new ConfigError(
+      `invalid configuration:\n  ${named('uploads.maxBufferedBytes', 'uploads.maxSessionBufferedBytes')}: uploads.maxBufferedBytes must be at least uploads.maxSessionBufferedBytes`,
+    );
   }
   return deepFreeze(cfg);
 }

@@ -46,12 +46,6 @@ export class SlabPool {
     else this.#free.push(slab);
   }
 
-  /** Gives up a wait (the request went away); a slab already handed over must be released. */
-  cancelWait(resolve: (slab: Slab) => void): void {
-    const i = this.#waiters.indexOf(resolve);
-    if (i >= 0) this.#waiters.splice(i, 1);
-  }
-
   get inUse(): number {
     return this.#allocated - this.#free.length;
   }

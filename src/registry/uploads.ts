@@ -83,8 +83,10 @@ export class UploadEngine {
     const record = await this.#record(repo, id);
     return this.#exclusive(repo, id, record, async (writer) => {
       this.#checkRange(repo, id, writer.size, range);
+      const start = writer.size;
       const offset = await this.#pumpBody(repo, id, writer, body);
       await writer.close();
+      this.#checkLength(repo, id, range, offset - start, offset);
       return { id, offset };
     });
   }
@@ -100,7 +102,9 @@ export class UploadEngine {
     const committed = await this.#exclusive(repo, id, record, async (writer) => {
       if (body) {
         this.#checkRange(repo, id, writer.size, range);
-        await this.#pumpBody(repo, id, writer, body);
+        const start = writer.size;
+        const offset = await this.#pumpBody(repo, id, writer, body);
+        this.#checkLength(repo, id, range, offset - start, offset);
       }
       const size = writer.size;
       // Commit first: the data is then complete and readable (S3: the multipart upload is
@@ -162,6 +166,17 @@ export class UploadEngine {
     }
   }
 
+  /**
+   * A chunk announced by Content-Range but sent with chunked encoding can turn out shorter or
+   * longer than announced. What arrived is stored (the upload stays consistent); the client
+   * learns the real offset from the 416's Range and resumes from there.
+   */
+  #checkLength(repo: string, id: string, range: ChunkRange, received: number, offset: number): void {
+    if (range.start !== undefined && range.length !== undefined && received !== range.length) {
+      throw new UploadRangeError(repo, id, offset, `Content-Range announced ${range.length} bytes, ${received} arrived`);
+    }
+  }
+
   /** Runs `fn` with the upload's writer, one request per upload at a time. */
   async #exclusive<T>(repo: string, id: string, record: UploadRecord, fn: (writer: FileWriter) => Promise<T>): Promise<T> {
     if (this.#busy.has(id)) {
@@ -187,7 +202,9 @@ export class UploadEngine {
     try {
       return await this.#o.driver.writer(path, true);
     } catch (err) {
-      if (isPathNotFound(err)) return this.#o.driver.writer(path, false);
+      // Nothing stored yet: open the real writer only when bytes arrive, so an empty PATCH
+      // or PUT creates no object (and, on S3, no multipart upload).
+      if (isPathNotFound(err)) return new DeferredWriter(this.#o.driver, path);
       throw err;
     }
   }
@@ -284,5 +301,44 @@ export class UploadEngine {
       for await (const chunk of (await this.#o.driver.reader(dataPath, 0, size)) as AsyncIterable<Buffer>) hash.update(chunk);
     }
     return hash.digest('hex');
+  }
+}
+
+/**
+ * A writer for an upload that has stored nothing yet: the driver's writer is created by the
+ * first write, so no object exists until there are bytes. Committing without any bytes
+ * stores the empty blob.
+ */
+class DeferredWriter implements FileWriter {
+  readonly #driver: StorageDriver;
+  readonly #path: string;
+  #real: FileWriter | undefined;
+  #opening: Promise<FileWriter> | undefined;
+
+  constructor(driver: StorageDriver, path: string) {
+    this.#driver = driver;
+    this.#path = path;
+  }
+
+  get size(): number {
+    return this.#real?.size ?? 0;
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    this.#real ??= await (this.#opening ??= this.#driver.writer(this.#path, false));
+    await this.#real.write(data);
+  }
+
+  async close(): Promise<void> {
+    await this.#real?.close();
+  }
+
+  async commit(): Promise<void> {
+    if (this.#real) await this.#real.commit();
+    else await this.#driver.putContent(this.#path, new Uint8Array(0));
+  }
+
+  async cancel(): Promise<void> {
+    await this.#real?.cancel();
   }
 }

@@ -34,7 +34,10 @@ export interface StorageDriver {
   /**
    * Opens a writer. With `append` false any existing object is truncated; with `append` true
    * writing continues at the object's current size (what an earlier writer closed with).
-   * The object is not guaranteed readable at `path` until commit().
+   * The object is not guaranteed readable at `path` until commit(): fs and memory serve
+   * what was written so far, S3 (multipart parts) does not and throws PathNotFoundError. The
+   * core relies on nothing more: when it cannot read back an unfinished upload, it verifies
+   * the digest by reading the committed object instead.
    */
   writer(path: string, append: boolean): Promise<FileWriter>;
 
@@ -52,6 +55,15 @@ export interface StorageDriver {
 
   /** Releases connections, file handles, timers. */
   close(): Promise<void>;
+
+  /**
+   * Optional: a URL from which a client can GET the object at `path` directly, without the
+   * registry in between (S3: a presigned GetObject URL), valid for `expiresInSeconds`. A blob
+   * GET may answer with a 307 redirect to it. Drivers that cannot, or are not configured to,
+   * leave it undefined; callers then stream through reader(). Does not check that the
+   * object exists: the caller knows it from the blob record. Throws InvalidPathError.
+   */
+  redirectURL?(path: string, expiresInSeconds: number): Promise<string>;
 }
 
 export interface FileInfo {
