@@ -1,0 +1,253 @@
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { expect } from 'vitest';
+import type { LogRecord, TestServer } from './server.js';
+
+/**
+ * Raw HTTP for conformance tests (test/http/). fetch() cannot be used for these: the WHATWG
+ * URL parser rewrites `%2e%2e` and `a//b` before they leave the client, it always sets its
+ * own framing, and it cannot send half a body and hang up. node:http sends the request
+ * target byte for byte, with exactly the framing a test asks for:
+ *
+ *   body: Buffer      → Content-Length: <size> (unless the test sets its own)
+ *   body: Buffer[]    → Transfer-Encoding: chunked, one chunk per element
+ *   no body           → nothing (no Content-Length, no Transfer-Encoding)
+ *
+ * Each request uses its own connection (agent: false), so an error reply that leaves the
+ * body unread cannot spill into the next test's request.
+ */
+
+export interface Reply {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  readonly body: Buffer;
+  /** A response header (lower-case name); repeated headers joined with ', '. */
+  header(name: string): string | undefined;
+  text(): string;
+  json<T = unknown>(): T;
+}
+
+export interface RequestOptions {
+  method?: string;
+  headers?: Record<string, string | number>;
+  body?: Uint8Array | string | Uint8Array[];
+  timeoutMs?: number;
+}
+
+/** The path and query of a registry URL or Location header, resolved against `base`. */
+export function pathOf(base: string, location: string): string {
+  const u = new URL(location, base);
+  return `${u.pathname}${u.search}`;
+}
+
+/** Adds (or replaces) one query parameter of a path-and-query. */
+export function withQuery(path: string, name: string, value: string): string {
+  const u = new URL(path, 'http://x');
+  u.searchParams.set(name, value);
+  return `${u.pathname}${u.search}`;
+}
+
+function makeReply(res: http.IncomingMessage, body: Buffer): Reply {
+  return {
+    status: res.statusCode ?? 0,
+    headers: res.headers,
+    body,
+    header(name) {
+      const v = res.headers[name.toLowerCase()];
+      return Array.isArray(v) ? v.join(', ') : v;
+    },
+    text: () => body.toString('utf8'),
+    json<T>() {
+      try {
+        return JSON.parse(body.toString('utf8')) as T;
+      } catch {
+        throw new Error(`HTTP ${res.statusCode}: body is not JSON: ${JSON.stringify(body.toString('utf8').slice(0, 500))}`);
+      }
+    },
+  };
+}
+
+export interface OpenRequest {
+  readonly req: http.ClientRequest;
+  /** The reply once it arrived (rejects if the connection failed first). */
+  readonly reply: Promise<Reply>;
+  /** Writes a chunk and resolves once node:http handed it to the socket. */
+  write(chunk: Uint8Array): Promise<void>;
+}
+
+/**
+ * Starts a request without ending it, for tests that send a body piece by piece or hang up
+ * half way (`req.destroy()`). `reply` rejects when the socket dies before a reply.
+ */
+export function openRequest(base: string, path: string, opts: Omit<RequestOptions, 'body'> = {}): OpenRequest {
+  const u = new URL(base);
+  const req = http.request({
+    host: u.hostname,
+    port: Number(u.port),
+    path,
+    method: opts.method ?? 'GET',
+    headers: opts.headers,
+    agent: false,
+  });
+  const reply = new Promise<Reply>((resolve, reject) => {
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('error', reject);
+      res.on('end', () => resolve(makeReply(res, Buffer.concat(chunks))));
+    });
+    req.on('error', reject);
+  });
+  // A test that destroys the request handles the outcome itself; never leave it unhandled.
+  reply.catch(() => undefined);
+  if (opts.timeoutMs) req.setTimeout(opts.timeoutMs, () => req.destroy(new Error(`${opts.method ?? 'GET'} ${path}: no reply within ${opts.timeoutMs} ms`)));
+  return {
+    req,
+    reply,
+    write: (chunk) =>
+      new Promise<void>((resolve, reject) => {
+        req.write(chunk, (err) => (err ? reject(err) : resolve()));
+      }),
+  };
+}
+
+/** One request with a complete body; resolves with the whole reply. */
+export async function request(base: string, path: string, opts: RequestOptions = {}): Promise<Reply> {
+  const headers: Record<string, string | number> = { ...(opts.headers ?? {}) };
+  const lower = new Set(Object.keys(headers).map((k) => k.toLowerCase()));
+  const body = opts.body;
+  if (body !== undefined && !Array.isArray(body) && !lower.has('content-length') && !lower.has('transfer-encoding')) {
+    headers['content-length'] = typeof body === 'string' ? Buffer.byteLength(body) : (body as Uint8Array).byteLength;
+  }
+  if (Array.isArray(body) && !lower.has('transfer-encoding')) headers['transfer-encoding'] = 'chunked';
+  const o = openRequest(base, path, { ...opts, headers, timeoutMs: opts.timeoutMs ?? 60_000 });
+  if (Array.isArray(body)) {
+    for (const chunk of body) o.req.write(chunk);
+    o.req.end();
+  } else {
+    o.req.end(body);
+  }
+  try {
+    return await o.reply;
+  } catch (err) {
+    // node:http says only "aborted" or "socket hang up": name the request that failed.
+    throw new Error(`${opts.method ?? 'GET'} ${path}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+export interface ErrorEntry {
+  code: string;
+  message: string;
+  detail?: unknown;
+}
+
+/**
+ * Checks the spec's error envelope (distribution-spec v1.1 "Error Codes"):
+ * `{"errors":[{"code": "...", "message": "...", "detail": ...}]}` with `status`, and that
+ * `code` is among the entries. For HEAD (no body) only the status is checked.
+ */
+export function expectError(reply: Reply, status: number, code: string | undefined, method = 'GET'): ErrorEntry[] {
+  const what = `${method} → HTTP ${reply.status} ${reply.text().slice(0, 300)}`;
+  expect(reply.status, what).toBe(status);
+  if (method === 'HEAD') return [];
+  expect(reply.header('content-type') ?? '', what).toMatch(/^application\/json\b/);
+  const body = reply.json<{ errors?: unknown }>();
+  expect(Array.isArray(body.errors), what).toBe(true);
+  const errors = body.errors as ErrorEntry[];
+  expect(errors.length, what).toBeGreaterThan(0);
+  for (const e of errors) {
+    expect(typeof e.code, what).toBe('string');
+    expect(e.code, what).toMatch(/^[A-Z_]+$/);
+    expect(typeof e.message, what).toBe('string');
+  }
+  if (code !== undefined) expect(errors.map((e) => e.code), what).toContain(code);
+  return errors;
+}
+
+/** Expects a status, with the reply in the failure message. */
+export function expectStatus(reply: Reply, status: number, context = ''): void {
+  expect(reply.status, `${context} HTTP ${reply.status}\n${JSON.stringify(reply.headers)}\n${reply.text().slice(0, 500)}`).toBe(status);
+}
+
+/** The upload `Range` header value for `offset` stored bytes ("0-0" when empty, as distribution sends it). */
+export function uploadRange(offset: number): string {
+  return `0-${Math.max(0, offset - 1)}`;
+}
+
+/**
+ * The stored byte count an upload `Range: 0-<last>` reports: last + 1, except "0-0", which
+ * registries send for an empty upload (the header cannot say "nothing"), read here as 0.
+ */
+export function storedBytes(header: string | undefined): number {
+  const m = /^(?:bytes=)?0-(\d+)$/.exec(header ?? '');
+  if (!m) throw new Error(`not an upload Range header: ${JSON.stringify(header)}`);
+  const last = Number(m[1]);
+  return last === 0 ? 0 : last + 1;
+}
+
+export interface StartedUpload {
+  /** The Location path (and query) to use for the next request. */
+  location: string;
+  id: string;
+}
+
+/** POST /v2/<repo>/blobs/uploads/ → 202; returns where to continue. */
+export async function startUpload(base: string, repo: string): Promise<StartedUpload> {
+  const r = await request(base, `/v2/${repo}/blobs/uploads/`, { method: 'POST' });
+  expectStatus(r, 202, `POST /v2/${repo}/blobs/uploads/`);
+  const location = r.header('location');
+  expect(location, 'Location header').toBeTruthy();
+  return { location: pathOf(base, location!), id: r.header('docker-upload-uuid') ?? '' };
+}
+
+/** PATCH with `Content-Range: start-end` and Content-Length; returns the reply (the caller checks it). */
+export function patchChunk(base: string, location: string, chunk: Uint8Array, start: number): Promise<Reply> {
+  return request(base, location, {
+    method: 'PATCH',
+    headers: {
+      'content-type': 'application/octet-stream',
+      'content-range': `${start}-${start + chunk.byteLength - 1}`,
+    },
+    body: chunk,
+  });
+}
+
+/** Splits `data` into pieces of `pieceBytes` (the last may be shorter). */
+export function pieces(data: Uint8Array, pieceBytes: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < data.byteLength; i += pieceBytes) out.push(data.subarray(i, Math.min(i + pieceBytes, data.byteLength)));
+  return out;
+}
+
+/** A fresh directory under the OS temp dir; `cleanup()` removes it. */
+export async function tempDir(prefix = 'hoist-http-'): Promise<{ path: string; cleanup: () => Promise<void> }> {
+  const path = await mkdtemp(join(tmpdir(), prefix));
+  return { path, cleanup: () => rm(path, { recursive: true, force: true }) };
+}
+
+/** Every file and directory under `dir`, as sorted paths relative to it ('/'-separated). */
+export async function listTree(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries
+    .map((e) => relative(dir, join(e.parentPath, e.name)).split('\\').join('/') + (e.isDirectory() ? '/' : ''))
+    .sort();
+}
+
+/** Polls `fn` until it returns a value other than undefined, or throws after `timeoutMs`. */
+export async function waitFor<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+/** Waits for the server's log line matching `pred` (e.g. the `request` line of an aborted PATCH). */
+export function waitForLog(server: TestServer, what: string, pred: (r: LogRecord) => boolean, timeoutMs = 10_000): Promise<LogRecord> {
+  return waitFor(what, () => server.records().find(pred), timeoutMs);
+}

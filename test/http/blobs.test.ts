@@ -1,0 +1,212 @@
+import { gunzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectError, expectStatus, request } from '../helpers/http.js';
+import { pushBlob, randomBlob, sha256 } from '../helpers/oci.js';
+import { startServer, type TestServer } from '../helpers/server.js';
+
+/**
+ * Pulling and deleting blobs (distribution-spec v1.1 "Pulling blobs", "Deleting blobs"),
+ * byte ranges (RFC 9110 §14), repository scoping of blobs, and the two well-known blobs
+ * clients reference without pushing: Docker's empty layer and the OCI empty JSON `{}`.
+ */
+
+const MiB = 1024 * 1024;
+const FRONTENDS = ['uws', 'node'] as const;
+
+/** Docker's empty layer: a gzipped empty tar (distribution `gzippedEmptyTar`), 32 bytes. */
+const EMPTY_LAYER_DIGEST = 'sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4';
+/** image-spec "Guidance for an Empty Descriptor": the 2-byte JSON `{}`. */
+const EMPTY_JSON_DIGEST = 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a';
+
+let repoSeq = 0;
+function repo(label: string): string {
+  return `blobs/${label}-${(++repoSeq).toString(36)}`;
+}
+
+describe.each(FRONTENDS)('blobs (%s front end, memory storage)', (frontend) => {
+  let server: TestServer;
+  let base: string;
+
+  beforeAll(async () => {
+    server = await startServer({ storage: 'memory:', frontend });
+    base = server.url;
+  });
+
+  afterAll(async () => {
+    if (server) expect(await server.stop()).toBe(0);
+  });
+
+  it('GET returns the bytes with Docker-Content-Digest and Content-Length; HEAD the same headers and no body', async () => {
+    const name = repo('get');
+    const data = randomBlob(123_457);
+    const digest = sha256(data);
+    await pushBlob(base, name, data);
+
+    const g = await request(base, `/v2/${name}/blobs/${digest}`);
+    expectStatus(g, 200);
+    expect(g.header('docker-content-digest')).toBe(digest);
+    expect(g.header('content-length')).toBe(String(data.byteLength));
+    expect(Buffer.compare(g.body, data)).toBe(0);
+
+    const h = await request(base, `/v2/${name}/blobs/${digest}`, { method: 'HEAD' });
+    expectStatus(h, 200);
+    expect(h.header('docker-content-digest')).toBe(digest);
+    expect(h.header('content-length')).toBe(String(data.byteLength));
+    expect(h.body.byteLength).toBe(0);
+  });
+
+  it('accepts the digest with its colon percent-encoded (%3A)', async () => {
+    const name = repo('encoded');
+    const data = randomBlob(100);
+    const digest = sha256(data);
+    await pushBlob(base, name, data);
+    const g = await request(base, `/v2/${name}/blobs/${digest.replace(':', '%3A')}`);
+    expectStatus(g, 200);
+    expect(g.header('docker-content-digest')).toBe(digest);
+    expect(Buffer.compare(g.body, data)).toBe(0);
+  });
+
+  describe('Range reads of a 100-byte blob', () => {
+    const data = randomBlob(100);
+    const digest = sha256(data);
+    let name: string;
+
+    beforeAll(async () => {
+      name = repo('range');
+      await pushBlob(base, name, data);
+    });
+
+    it.each([
+      ['bytes=0-9', 0, 9],
+      ['bytes=10-', 10, 99],
+      ['bytes=-5', 95, 99],
+      ['bytes=42-42', 42, 42],
+      ['bytes=90-1000', 90, 99],
+      ['bytes=0-99', 0, 99],
+    ] as const)('%s → 206 with Content-Range and exactly those bytes', async (range, first, last) => {
+      const r = await request(base, `/v2/${name}/blobs/${digest}`, { headers: { range } });
+      expectStatus(r, 206, range);
+      expect(r.header('content-range')).toBe(`bytes ${first}-${last}/100`);
+      expect(r.header('content-length')).toBe(String(last - first + 1));
+      expect(r.header('docker-content-digest')).toBe(digest);
+      expect(r.body.toString('hex')).toBe(data.subarray(first, last + 1).toString('hex'));
+    });
+
+    it.each(['bytes=100-', 'bytes=200-300', 'bytes=-0'])('%s → 416 with Content-Range: bytes */100', async (range) => {
+      const r = await request(base, `/v2/${name}/blobs/${digest}`, { headers: { range } });
+      expectError(r, 416, undefined);
+      expect(r.header('content-range')).toBe('bytes */100');
+    });
+  });
+
+  it('a Range across the server\'s internal buffer boundary returns the exact bytes', async () => {
+    const name = repo('range-large');
+    const data = randomBlob(9 * MiB + 3);
+    const digest = sha256(data);
+    await pushBlob(base, name, data);
+    const first = 4 * MiB - 1000;
+    const last = 8 * MiB + 1000;
+    const r = await request(base, `/v2/${name}/blobs/${digest}`, { headers: { range: `bytes=${first}-${last}` } });
+    expectStatus(r, 206);
+    expect(r.header('content-range')).toBe(`bytes ${first}-${last}/${data.byteLength}`);
+    expect(r.body.byteLength).toBe(last - first + 1);
+    expect(sha256(r.body)).toBe(sha256(data.subarray(first, last + 1)));
+  });
+
+  it('an unknown blob is 404 BLOB_UNKNOWN for GET, HEAD and DELETE', async () => {
+    const name = repo('unknown');
+    await pushBlob(base, name, randomBlob(10));
+    const digest = sha256(randomBlob(16));
+    expectError(await request(base, `/v2/${name}/blobs/${digest}`), 404, 'BLOB_UNKNOWN');
+    const h = await request(base, `/v2/${name}/blobs/${digest}`, { method: 'HEAD' });
+    expectError(h, 404, undefined, 'HEAD');
+    expect(h.body.byteLength).toBe(0);
+    expectError(await request(base, `/v2/${name}/blobs/${digest}`, { method: 'DELETE' }), 404, 'BLOB_UNKNOWN');
+  });
+
+  it('DELETE → 202, then GET and HEAD → 404 BLOB_UNKNOWN; a second DELETE → 404', async () => {
+    const name = repo('delete');
+    const data = randomBlob(5000);
+    const digest = sha256(data);
+    await pushBlob(base, name, data);
+    const d = await request(base, `/v2/${name}/blobs/${digest}`, { method: 'DELETE' });
+    expectStatus(d, 202);
+    expectError(await request(base, `/v2/${name}/blobs/${digest}`), 404, 'BLOB_UNKNOWN');
+    expectError(await request(base, `/v2/${name}/blobs/${digest}`, { method: 'HEAD' }), 404, undefined, 'HEAD');
+    expectError(await request(base, `/v2/${name}/blobs/${digest}`, { method: 'DELETE' }), 404, 'BLOB_UNKNOWN');
+  });
+
+  it('deleting a blob from one repository leaves it in another that has it', async () => {
+    const a = repo('del-a');
+    const b = repo('del-b');
+    const data = randomBlob(3000);
+    const digest = sha256(data);
+    await pushBlob(base, a, data);
+    await pushBlob(base, b, data);
+    expectStatus(await request(base, `/v2/${a}/blobs/${digest}`, { method: 'DELETE' }), 202);
+    expectError(await request(base, `/v2/${a}/blobs/${digest}`), 404, 'BLOB_UNKNOWN');
+    const g = await request(base, `/v2/${b}/blobs/${digest}`);
+    expectStatus(g, 200);
+    expect(Buffer.compare(g.body, data)).toBe(0);
+  });
+
+  it('a blob pushed to repository a is not visible from repository b until mounted there', async () => {
+    const a = repo('scope-a');
+    const b = repo('scope-b');
+    const data = randomBlob(4096);
+    const digest = sha256(data);
+    await pushBlob(base, a, data);
+    await pushBlob(base, b, randomBlob(8)); // b exists, it just does not have this blob
+    expectError(await request(base, `/v2/${b}/blobs/${digest}`), 404, 'BLOB_UNKNOWN');
+    expectError(await request(base, `/v2/${b}/blobs/${digest}`, { method: 'HEAD' }), 404, undefined, 'HEAD');
+    expectError(await request(base, `/v2/${b}/blobs/${digest}`, { headers: { range: 'bytes=0-9' } }), 404, 'BLOB_UNKNOWN');
+    // Nor from a repository that does not exist at all.
+    expectError(await request(base, `/v2/${repo('scope-none')}/blobs/${digest}`), 404, 'BLOB_UNKNOWN');
+
+    const m = await request(base, `/v2/${b}/blobs/uploads/?mount=${digest}&from=${a}`, { method: 'POST' });
+    expectStatus(m, 201);
+    const g = await request(base, `/v2/${b}/blobs/${digest}`);
+    expectStatus(g, 200);
+    expect(Buffer.compare(g.body, data)).toBe(0);
+  });
+
+  it('the empty layer (32 bytes) resolves in any repository without a push', async () => {
+    const name = repo('never-pushed-layer');
+    const g = await request(base, `/v2/${name}/blobs/${EMPTY_LAYER_DIGEST}`);
+    expectStatus(g, 200);
+    expect(g.header('docker-content-digest')).toBe(EMPTY_LAYER_DIGEST);
+    expect(g.header('content-length')).toBe('32');
+    expect(g.body.byteLength).toBe(32);
+    expect(sha256(g.body)).toBe(EMPTY_LAYER_DIGEST);
+    // It really is an empty tar: two 512-byte zero blocks, gzipped.
+    expect(gunzipSync(g.body).equals(Buffer.alloc(1024))).toBe(true);
+
+    const h = await request(base, `/v2/${name}/blobs/${EMPTY_LAYER_DIGEST}`, { method: 'HEAD' });
+    expectStatus(h, 200);
+    expect(h.header('content-length')).toBe('32');
+    expect(h.header('docker-content-digest')).toBe(EMPTY_LAYER_DIGEST);
+  });
+
+  it('the empty JSON blob {} resolves in any repository without a push', async () => {
+    expect(sha256('{}')).toBe(EMPTY_JSON_DIGEST);
+    const name = repo('never-pushed-json');
+    const g = await request(base, `/v2/${name}/blobs/${EMPTY_JSON_DIGEST}`);
+    expectStatus(g, 200);
+    expect(g.header('docker-content-digest')).toBe(EMPTY_JSON_DIGEST);
+    expect(g.header('content-length')).toBe('2');
+    expect(g.text()).toBe('{}');
+
+    const h = await request(base, `/v2/${name}/blobs/${EMPTY_JSON_DIGEST}`, { method: 'HEAD' });
+    expectStatus(h, 200);
+    expect(h.header('content-length')).toBe('2');
+  });
+
+  it('pushing a well-known blob explicitly also works and serves the same bytes', async () => {
+    const name = repo('push-known');
+    const pushed = await pushBlob(base, name, '{}');
+    expect(pushed.digest).toBe(EMPTY_JSON_DIGEST);
+    const g = await request(base, `/v2/${name}/blobs/${EMPTY_JSON_DIGEST}`);
+    expectStatus(g, 200);
+    expect(g.text()).toBe('{}');
+  });
+});
