@@ -12,7 +12,7 @@ program
   .command('serve')
   .description('run the registry')
   .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:5000; env HOIST_LISTEN)')
-  .option('--storage <url>', 'fs:PATH, memory: (default fs:./data; env HOIST_STORAGE)')
+  .option('--storage <url>', 'fs:PATH, memory: or s3://BUCKET/PREFIX?endpoint=URL&region=R (default fs:./data; env HOIST_STORAGE)')
   .option('--frontend <kind>', 'auto, uws or node (default auto; env HOIST_FRONTEND)')
   .option('--config <file>', 'YAML configuration file (env HOIST_CONFIG)')
   .option('--log-level <level>', 'fatal, error, warn, info, debug, trace, silent (env HOIST_LOG_LEVEL)')

@@ -18,11 +18,20 @@ export interface RunningServer {
 
 /** Wires config → storage driver → hashing pool → registry core → HTTP front end. */
 export async function startServer(config: Readonly<Config>, log: Logger): Promise<RunningServer> {
-  const driver: StorageDriver = await createDriver(config.storage);
   const u = config.uploads;
   const slabs = new SlabPool(u.chunkBytes, u.maxBufferedBytes);
-  // Every queued hash task holds a slab, so the slab bound also bounds the queue.
+  // Every queued hash task holds a slab (or an S3 part buffer, bounded by that driver's
+  // pool), so the slab bound also bounds the queue.
   const hashPool = new HashPool({ threads: u.hashThreads, maxQueue: slabs.maxSlabs * 2 + 64 });
+  let driver: StorageDriver;
+  try {
+    // S3 parts carry a Content-MD5, computed by the hashing workers straight from the part's
+    // shared buffer rather than on this thread.
+    driver = await createDriver(config.storage, { md5: (bytes) => hashPool.oneShot(bytes, 'md5', 'base64') });
+  } catch (err) {
+    await hashPool.close();
+    throw err;
+  }
   const registry = new Registry({
     driver,
     hashPool,

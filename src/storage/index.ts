@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import type { StorageDriver } from './driver.js';
 import { FsDriver } from './fs.js';
 import { MemoryDriver } from './memory.js';
+import type { Md5Function } from './s3/driver.js';
 
 export * from './driver.js';
 export { FsDriver, MemoryDriver };
@@ -9,6 +10,11 @@ export { FsDriver, MemoryDriver };
 export interface CreateDriverOptions {
   /** Base for relative `fs:` paths; defaults to process.cwd(). */
   cwd?: string;
+  /**
+   * s3: Content-MD5 of each multipart part, computed off the main thread; the server passes
+   * its hashing pool's `oneShot(bytes, 'md5', 'base64')`. Without it the driver hashes inline.
+   */
+  md5?: Md5Function;
 }
 
 /**
@@ -17,7 +23,10 @@ export interface CreateDriverOptions {
  *   fs:./data, fs:data, fs:/var/lib/hoist   files under a directory, created if missing;
  *                                           relative paths are relative to the working directory
  *   memory:                                 this process's memory; gone when it exits
- *   s3://BUCKET/PREFIX?...                  (not built yet)
+ *   s3://BUCKET/PREFIX?endpoint=URL&...     objects in an S3 bucket under PREFIX; options in
+ *                                           src/storage/s3/url.ts; credentials from the SDK's
+ *                                           standard chain. Start-up fails with a clear message
+ *                                           when the bucket is missing or the credentials fail.
  */
 export async function createDriver(storageUrl: string, opts: CreateDriverOptions = {}): Promise<StorageDriver> {
   const colon = storageUrl.indexOf(':');
@@ -30,10 +39,12 @@ export async function createDriver(storageUrl: string, opts: CreateDriverOptions
     case 'memory':
       if (rest !== '') throw new Error(`storage ${JSON.stringify(storageUrl)}: memory: takes no path`);
       return new MemoryDriver();
-    case 's3':
-      // S3 DRIVER GOES HERE (its own issue): parse storageUrl and return the driver from
-      // src/storage/s3/, the only module that may import @aws-sdk (STYLE.md).
-      throw new Error('the s3 storage driver is not built yet; use fs:PATH or memory:');
+    case 's3': {
+      // Loaded only when used: the AWS SDK costs start-up time that fs and memory don't need.
+      // src/storage/s3/ is the only module that imports @aws-sdk (STYLE.md).
+      const [{ parseS3Url }, { S3Driver }] = await Promise.all([import('./s3/url.js'), import('./s3/driver.js')]);
+      return S3Driver.open({ ...parseS3Url(storageUrl), md5: opts.md5 });
+    }
     default:
       throw new Error(`unsupported storage ${JSON.stringify(storageUrl)}: expected fs:PATH, memory: or s3://BUCKET/PREFIX`);
   }

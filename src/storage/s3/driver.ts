@@ -1,0 +1,390 @@
+import {
+  CopyObjectCommand, DeleteObjectCommand, DeleteObjectsCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
+  ListObjectsV2Command, PutObjectCommand, S3Client, type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { createHash } from 'node:crypto';
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import { Readable } from 'node:stream';
+import { PathNotFoundError, type FileInfo, type FileWriter, type StorageDriver } from '../driver.js';
+import {
+  explainBucketError, isConditionalConflict, isInvalidRange, isNoSuchKey, isPreconditionFailed,
+} from './errors.js';
+import { INTERNAL_SEGMENT, Layout } from './layout.js';
+import { PartBufferPool } from './part-buffers.js';
+import type { S3Location } from './url.js';
+import { copySource, discardWriter, loadWriterState, S3FileWriter, type Md5Function, type WriterContext } from './writer.js';
+
+export type { BytesView, Md5Function } from './writer.js';
+
+export interface S3DriverOptions extends S3Location {
+  /**
+   * Content-MD5 of parts and tails. The server passes its hashing pool
+   * (HashPool.oneShot(bytes, 'md5', 'base64')) so no part is hashed on the main thread;
+   * without one, node:crypto hashes here.
+   */
+  md5?: Md5Function;
+  /** SDK attempts per request (standard retry mode: exponential backoff with jitter). */
+  maxAttempts?: number;
+  /** Keep-alive sockets per endpoint. */
+  maxSockets?: number;
+  /** How long a write() waits for a free part buffer before it fails (part-buffers.ts). */
+  bufferWaitTimeoutMs?: number;
+  /**
+   * Sign the SHA-256 of request bodies (x-amz-content-sha256). Off: bodies are sent as
+   * UNSIGNED-PAYLOAD, protected by their Content-MD5, and the SDK does not hash every part
+   * on the main thread.
+   */
+  signPayloads?: boolean;
+  /** Extra client settings (tests: credentials). */
+  clientConfig?: S3ClientConfig;
+}
+
+/** putContent above this size gets its MD5 from the pool; below, node:crypto is faster than a round trip. */
+const INLINE_MD5_MAX_BYTES = 1024 * 1024;
+const DELETE_BATCH = 1000;
+
+/**
+ * Stores objects in an S3 bucket under a key prefix: driver path `/a/b` is key
+ * `<prefix>a/b`, directories are key prefixes. Writers are multipart uploads whose state
+ * lives in the bucket next to the data (layout.ts, writer.ts), so any instance serving the
+ * same bucket can continue an upload. Only this directory imports @aws-sdk (STYLE.md).
+ */
+export class S3Driver implements StorageDriver {
+  readonly name = 's3';
+  readonly bucket: string;
+  readonly prefix: string;
+  readonly partSizeBytes: number;
+  readonly #client: S3Client;
+  readonly #layout: Layout;
+  readonly #writers: WriterContext;
+  readonly #endpoint: string | undefined;
+  /**
+   * A presigned GetObject URL for `path`, valid `expiresInSeconds`, so a blob GET can
+   * answer 307 and let the client fetch from S3 directly. Present only with `redirect=true`.
+   */
+  readonly redirectURL?: (path: string, expiresInSeconds: number) => Promise<string>;
+
+  constructor(opts: S3DriverOptions) {
+    this.bucket = opts.bucket;
+    this.prefix = opts.prefix;
+    this.partSizeBytes = opts.partSizeBytes;
+    this.#endpoint = opts.endpoint;
+    this.#layout = new Layout(opts.prefix);
+    const maxSockets = opts.maxSockets ?? 64;
+    this.#client = new S3Client({
+      region: opts.region,
+      endpoint: opts.endpoint,
+      forcePathStyle: opts.forcePathStyle,
+      // The SDK's default (WHEN_SUPPORTED) adds CRC32 checksums to every upload, and with
+      // streamed bodies uses aws-chunked encoding that radosgw refuses (411). Parts carry
+      // Content-MD5 from the hashing pool instead.
+      requestChecksumCalculation: opts.sdkChecksums ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      // 503 SlowDown, 500s and connection resets are retried with backoff; bodies are
+      // Buffers, so a retry can resend them.
+      retryMode: 'standard',
+      maxAttempts: opts.maxAttempts ?? 5,
+      requestHandler: {
+        httpAgent: new HttpAgent({ keepAlive: true, maxSockets }),
+        httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets }),
+        connectionTimeout: 10_000,
+        // Inactivity on the socket, not the whole request: a slow 16 MiB part is fine.
+        requestTimeout: 120_000,
+      },
+      ...opts.clientConfig,
+    });
+    if (!opts.signPayloads) {
+      this.#client.middlewareStack.add(
+        (next, context) => async (args) => {
+          const request = args.request as { headers?: Record<string, string> } | undefined;
+          const input = args.input as { ContentMD5?: string } | undefined;
+          if (request?.headers && input?.ContentMD5 && (context.commandName === 'UploadPartCommand' || context.commandName === 'PutObjectCommand')) {
+            // SigV4 otherwise hashes the whole body (16 MiB a part) with SHA-256 on this
+            // thread before sending it; the Content-MD5 already lets S3 check the bytes.
+            request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
+          }
+          return next(args);
+        },
+        { step: 'build', name: 'hoistUnsignedPayload' },
+      );
+    }
+    const md5 = opts.md5 ?? (async (b) => createHash('md5').update(new Uint8Array(b.buffer, b.byteOffset, b.length)).digest('base64'));
+    this.#writers = {
+      client: this.#client,
+      bucket: this.bucket,
+      layout: this.#layout,
+      buffers: new PartBufferPool(opts.partSizeBytes, opts.maxBufferedBytes),
+      md5,
+      maxPartsInFlight: opts.maxPartsInFlight,
+      bufferWaitTimeoutMs: opts.bufferWaitTimeoutMs ?? 30_000,
+      listKeys: (prefix) => this.#listKeys(prefix),
+      deleteKeys: (keys) => this.#deleteKeys(keys),
+    };
+    if (opts.redirect) {
+      this.redirectURL = (path, expiresInSeconds) => {
+        const key = this.#layout.key(this.#layout.checkObject(path));
+        return getSignedUrl(this.#client, new GetObjectCommand({ Bucket: this.bucket, Key: key }), { expiresIn: expiresInSeconds });
+      };
+    }
+  }
+
+  /**
+   * Opens the driver and proves at once that the bucket exists and the credentials work
+   * (HeadBucket), so a bad configuration stops start-up with a sentence, not the first push
+   * with a 500.
+   */
+  static async open(opts: S3DriverOptions): Promise<S3Driver> {
+    const driver = new S3Driver(opts);
+    try {
+      await driver.#client.send(new HeadBucketCommand({ Bucket: driver.bucket }));
+    } catch (err) {
+      driver.#client.destroy();
+      throw new Error(`s3 storage: ${explainBucketError(err, opts.bucket, opts.endpoint)}`, { cause: err });
+    }
+    return driver;
+  }
+
+  async getContent(path: string): Promise<Buffer> {
+    const key = this.#key(path);
+    try {
+      const out = await this.#client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+      const bytes = await out.Body!.transformToByteArray();
+      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    } catch (err) {
+      throw notFound(err, path);
+    }
+  }
+
+  async putContent(path: string, content: Uint8Array, opts: { ifNotExists?: boolean } = {}): Promise<boolean> {
+    const key = this.#key(path);
+    const body = Buffer.from(content.buffer, content.byteOffset, content.byteLength);
+    if (!opts.ifNotExists && content.byteLength > this.partSizeBytes) {
+      // One-shot upload of something large: lib-storage cuts it into parts, sends them in
+      // parallel, and falls back to a single PutObject when it turns out small.
+      await new Upload({
+        client: this.#client,
+        params: { Bucket: this.bucket, Key: key, Body: body },
+        partSize: this.partSizeBytes,
+        queueSize: this.#writers.maxPartsInFlight,
+      }).done();
+      return true;
+    }
+    // radosgw 16 answers BadDigest to the (correct) MD5 of an empty body: send none then.
+    const md5 = content.byteLength === 0
+      ? undefined
+      : content.byteLength <= INLINE_MD5_MAX_BYTES
+      ? createHash('md5').update(content).digest('base64')
+      : await this.#writers.md5({ buffer: content.buffer, byteOffset: content.byteOffset, length: content.byteLength });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#client.send(new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          Body: body,
+          ContentLength: content.byteLength,
+          ContentMD5: md5,
+          // The existence check and the write are one step on the server.
+          IfNoneMatch: opts.ifNotExists ? '*' : undefined,
+        }));
+        return true;
+      } catch (err) {
+        if (opts.ifNotExists && isPreconditionFailed(err)) return false;
+        // A racing conditional write to the same key is still in progress: ask again.
+        if (opts.ifNotExists && isConditionalConflict(err) && attempt < 5) continue;
+        throw err;
+      }
+    }
+  }
+
+  async reader(path: string, offset = 0, length?: number): Promise<Readable> {
+    const key = this.#key(path);
+    checkRange(offset, length);
+    if (length === 0) {
+      await this.#head(path, key);
+      return Readable.from([], { objectMode: false });
+    }
+    let range: string | undefined;
+    if (length !== undefined) range = `bytes=${offset}-${offset + length - 1}`;
+    else if (offset > 0) range = `bytes=${offset}-`;
+    try {
+      const out = await this.#client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, Range: range }));
+      // The SDK's body is the response stream itself: bytes flow as the caller reads.
+      return out.Body as Readable;
+    } catch (err) {
+      // 416: the object exists, and the offset is at or past its end (or it is empty).
+      if (isInvalidRange(err)) return Readable.from([], { objectMode: false });
+      throw notFound(err, path);
+    }
+  }
+
+  async writer(path: string, append: boolean): Promise<FileWriter> {
+    this.#layout.checkObject(path);
+    return S3FileWriter.open(this.#writers, path, append);
+  }
+
+  async stat(path: string): Promise<FileInfo> {
+    this.#layout.check(path);
+    if (path === '/') return { path, size: 0, modTime: new Date(0), isDir: true };
+    const key = this.#layout.key(path);
+    try {
+      const out = await this.#client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      return { path, size: out.ContentLength ?? 0, modTime: out.LastModified ?? new Date(0), isDir: false };
+    } catch (err) {
+      if (!isNoSuchKey(err)) throw err;
+    }
+    // Not an object: a directory (of objects, or of uploads in progress), or an upload in
+    // progress, whose size is what its writers closed with (the upload status needs it).
+    const [child, writerChild, writer] = await Promise.all([
+      this.#firstKey(this.#layout.dirPrefix(path)),
+      this.#firstKey(this.#layout.writersDirPrefix(path)),
+      loadWriterState(this.#writers, path),
+    ]);
+    const dir = child ?? writerChild;
+    if (dir) return { path, size: 0, modTime: dir.modTime, isDir: true };
+    if (writer) return { path, size: writer.state.size, modTime: writer.modTime, isDir: false };
+    throw new PathNotFoundError(path);
+  }
+
+  async list(path: string): Promise<string[]> {
+    this.#layout.check(path);
+    const base = path === '/' ? '/' : `${path}/`;
+    const children = new Set<string>();
+    const [objects, writers] = await Promise.all([
+      this.#listChildren(this.#layout.dirPrefix(path)),
+      this.#listChildren(this.#layout.writersDirPrefix(path)),
+    ]);
+    for (const name of [...objects.files, ...objects.dirs]) {
+      if (path === '/' && name === INTERNAL_SEGMENT) continue;
+      children.add(base + name);
+    }
+    // Uploads in progress exist for stat(); list them too, as fs lists a file being written.
+    // Their tails are not paths.
+    for (const name of writers.files) {
+      if (name.endsWith('.json')) children.add(base + name.slice(0, -'.json'.length));
+    }
+    for (const name of writers.dirs) children.add(base + name);
+    const valid = [...children].filter((p) => this.#layout.pathOf(this.#layout.key(p)) !== undefined).sort();
+    if (valid.length === 0 && path !== '/') throw new PathNotFoundError(path);
+    return valid;
+  }
+
+  /** Server-side copy, then delete: S3 has no rename. The core moves only small objects. */
+  async move(source: string, dest: string): Promise<void> {
+    const from = this.#key(source);
+    const to = this.#key(dest);
+    try {
+      await this.#client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: to, CopySource: copySource(this.bucket, from) }));
+    } catch (err) {
+      throw notFound(err, source);
+    }
+    await this.#client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: from }));
+  }
+
+  /**
+   * Deletes the object at `path`, everything below it, and the uploads in progress there
+   * (their multipart uploads are aborted: the registry cancels an upload by deleting its data).
+   */
+  async delete(path: string): Promise<void> {
+    const key = this.#key(path);
+    const l = this.#layout;
+    const [exists, below, writersBelow, ownWriterKeys] = await Promise.all([
+      this.#client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key })).then(() => true, (err: unknown) => {
+        if (isNoSuchKey(err)) return false;
+        throw err;
+      }),
+      this.#listKeys(l.dirPrefix(path)),
+      this.#listKeys(l.writersDirPrefix(path)),
+      this.#listKeys(l.writerKeysPrefix(path)).then((keys) => keys.filter((k) => l.isOwnWriterKey(path, k))),
+    ]);
+    const writerKeys = [...writersBelow, ...ownWriterKeys];
+    if (!exists && below.length === 0 && writerKeys.length === 0) throw new PathNotFoundError(path);
+    // Abort first: a state must not go while its multipart upload lives on unreferenced.
+    for (const stateKey of writerKeys) {
+      const writerPath = l.pathOfWriterState(stateKey);
+      if (writerPath) await discardWriter(this.#writers, writerPath);
+    }
+    await this.#deleteKeys([...(exists ? [key] : []), ...below, ...writerKeys]);
+  }
+
+  async close(): Promise<void> {
+    this.#client.destroy();
+  }
+
+  #key(path: string): string {
+    return this.#layout.key(this.#layout.checkObject(path));
+  }
+
+  async #head(path: string, key: string): Promise<void> {
+    try {
+      await this.#client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+    } catch (err) {
+      throw notFound(err, path);
+    }
+  }
+
+  async #firstKey(prefix: string): Promise<{ modTime: Date } | undefined> {
+    const out = await this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, MaxKeys: 1 }));
+    const first = out.Contents?.[0];
+    return first ? { modTime: first.LastModified ?? new Date(0) } : undefined;
+  }
+
+  /** Names of the direct children under a key prefix (objects and "directories"). */
+  async #listChildren(prefix: string): Promise<{ files: string[]; dirs: string[] }> {
+    const files: string[] = [];
+    const dirs: string[] = [];
+    let token: string | undefined;
+    do {
+      const out = await this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, Delimiter: '/', ContinuationToken: token }));
+      for (const c of out.Contents ?? []) if (c.Key && c.Key.length > prefix.length) files.push(c.Key.slice(prefix.length));
+      for (const p of out.CommonPrefixes ?? []) if (p.Prefix) dirs.push(p.Prefix.slice(prefix.length, -1));
+      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+    } while (token);
+    return { files, dirs };
+  }
+
+  async #listKeys(prefix: string): Promise<string[]> {
+    const keys: string[] = [];
+    let token: string | undefined;
+    do {
+      const out = await this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }));
+      for (const c of out.Contents ?? []) if (c.Key) keys.push(c.Key);
+      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+    } while (token);
+    return keys;
+  }
+
+  async #deleteKeys(keys: string[]): Promise<void> {
+    if (keys.length === 1) {
+      await this.#client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: keys[0] }));
+      return;
+    }
+    for (let i = 0; i < keys.length; i += DELETE_BATCH) {
+      const batch = keys.slice(i, i + DELETE_BATCH);
+      const out = await this.#client.send(new DeleteObjectsCommand({
+        Bucket: this.bucket,
+        Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true },
+      }));
+      const failed = (out.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
+      if (failed.length > 0) {
+        throw new Error(`S3 DeleteObjects failed for ${failed.length} keys, e.g. ${failed[0]!.Key}: ${failed[0]!.Code} ${failed[0]!.Message}`);
+      }
+    }
+  }
+
+  /** For messages: where this driver stores. */
+  toString(): string {
+    return `s3://${this.bucket}/${this.prefix}${this.#endpoint ? ` at ${this.#endpoint}` : ''}`;
+  }
+}
+
+function notFound(err: unknown, path: string): unknown {
+  return isNoSuchKey(err) ? new PathNotFoundError(path, { cause: err }) : err;
+}
+
+function checkRange(offset: number, length: number | undefined): void {
+  if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`invalid offset: ${offset}`);
+  if (length !== undefined && (!Number.isSafeInteger(length) || length < 0)) throw new RangeError(`invalid length: ${length}`);
+}

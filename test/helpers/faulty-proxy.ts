@@ -1,0 +1,74 @@
+import { createServer, request, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+/** What the proxy does with one request: pass it on, or fail it the way S3 can. */
+export type Fault = 'slowdown' | 'internal' | 'reset' | undefined;
+
+export interface FaultyProxy {
+  readonly endpoint: string;
+  /** Requests seen, by S3 operation guessed from method and query ('UploadPart', 'PutObject', ...). */
+  readonly seen: Map<string, number>;
+  close(): Promise<void>;
+}
+
+/**
+ * An HTTP proxy in front of the test S3 server that fails chosen requests with 503 SlowDown,
+ * 500 InternalError or a connection reset, and passes the rest through untouched (SigV4
+ * signs the Host header, which the proxy keeps, so signatures stay valid).
+ */
+export async function startFaultyProxy(target: string, decide: (op: string, n: number, url: URL) => Fault): Promise<FaultyProxy> {
+  const to = new URL(target);
+  const seen = new Map<string, number>();
+  const server: Server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://proxy');
+    const op = operation(req.method ?? 'GET', url.searchParams);
+    const n = (seen.get(op) ?? 0) + 1;
+    seen.set(op, n);
+    const fault = decide(op, n, url);
+    if (fault === 'reset') {
+      req.socket.destroy();
+      return;
+    }
+    if (fault) {
+      // Read the body first, as a server does before it answers an upload.
+      req.resume();
+      req.on('end', () => {
+        const [status, code] = fault === 'slowdown' ? [503, 'SlowDown'] : [500, 'InternalError'];
+        const body = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the test proxy</Message></Error>`;
+        res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+      });
+      return;
+    }
+    const upstream = request(
+      { host: to.hostname, port: to.port, method: req.method, path: req.url, headers: req.headers },
+      (up) => {
+        res.writeHead(up.statusCode ?? 502, up.headers);
+        up.pipe(res);
+      },
+    );
+    upstream.on('error', () => req.socket.destroy());
+    req.pipe(upstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    seen,
+    close: () => new Promise((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    }),
+  };
+}
+
+function operation(method: string, q: URLSearchParams): string {
+  if (method === 'PUT' && q.has('partNumber')) return 'UploadPart';
+  if (method === 'POST' && q.has('uploads')) return 'CreateMultipartUpload';
+  if (method === 'POST' && q.has('uploadId')) return 'CompleteMultipartUpload';
+  if (method === 'POST' && q.has('delete')) return 'DeleteObjects';
+  if (method === 'DELETE' && q.has('uploadId')) return 'AbortMultipartUpload';
+  if (method === 'PUT') return 'PutObject';
+  if (method === 'GET' && q.has('list-type')) return 'ListObjectsV2';
+  return method;
+}

@@ -1,0 +1,486 @@
+import { GetObjectCommand, HeadObjectCommand, ListPartsCommand, type S3Client } from '@aws-sdk/client-s3';
+import { createHash, randomBytes } from 'node:crypto';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { HashPool } from '../../src/registry/hash-pool.js';
+import { createDriver } from '../../src/storage/index.js';
+import { S3Driver, type Md5Function } from '../../src/storage/s3/driver.js';
+import { PartBufferWaitError } from '../../src/storage/s3/part-buffers.js';
+import { parseS3Url } from '../../src/storage/s3/url.js';
+import { startFaultyProxy, type Fault } from '../helpers/faulty-proxy.js';
+import {
+  createTestBucket, deleteBucket, listAllKeys, listUploads, s3StorageUrl, s3TestEnv, S3_ENDPOINT_MISSING, testClient, type S3TestEnv,
+} from '../helpers/s3.js';
+import { driverSuite, expectNotFound, readAll, sha256 } from './driver-suite.js';
+
+/**
+ * The S3 driver against a real S3 server (radosgw; scripts/rgw-start.sh). Without one these
+ * tests fail, on purpose: a skipped S3 suite would hide a broken S3 driver in CI.
+ */
+const env = s3TestEnv();
+const MiB = 1024 * 1024;
+/** The smallest part S3 accepts: keeps the multipart tests small. */
+const PART = 5 * MiB;
+
+if (!env) {
+  describe('S3 storage driver', () => {
+    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
+      throw new Error(S3_ENDPOINT_MISSING);
+    });
+  });
+} else {
+  s3Tests(env);
+}
+
+function s3Tests(env: S3TestEnv): void {
+  let client: S3Client;
+  let hashPool: HashPool;
+  /** Part MD5s from the real hashing workers, as the server wires it. */
+  const poolMd5: Md5Function = (bytes) => hashPool.oneShot(bytes, 'md5', 'base64');
+
+  beforeAll(() => {
+    client = testClient(env);
+    hashPool = new HashPool({ threads: 2, maxQueue: 1024 });
+  });
+
+  afterAll(async () => {
+    client.destroy();
+    await hashPool.close();
+  });
+
+  function open(bucket: string, prefix: string, options: Record<string, string> = {}, extra: Partial<Parameters<typeof S3Driver.open>[0]> = {}): Promise<S3Driver> {
+    const url = s3StorageUrl(env, bucket, prefix, { partSize: '5MiB', maxBufferedBytes: '64MiB', ...options });
+    return S3Driver.open({ ...parseS3Url(url), md5: poolMd5, ...extra });
+  }
+
+  describe('S3Driver (radosgw)', () => {
+    let bucket: string;
+    let n = 0;
+
+    beforeAll(async () => {
+      bucket = await createTestBucket(client, 'suite');
+    });
+
+    afterAll(async () => {
+      await deleteBucket(client, bucket);
+    });
+
+    // Each test gets a fresh prefix of one bucket; 5 MiB parts make the suite's larger
+    // writes multipart uploads.
+    driverSuite('s3', () => open(bucket, `t${++n}`));
+  });
+
+  describe('S3Driver (radosgw), bucket root without a prefix', () => {
+    let bucket: string;
+
+    beforeAll(async () => {
+      bucket = await createTestBucket(client, 'root');
+    });
+
+    afterAll(async () => {
+      await deleteBucket(client, bucket);
+    });
+
+    it('stores, lists and deletes at the top of the bucket', async () => {
+      const driver = await open(bucket, '');
+      try {
+        await driver.putContent('/a/b', Buffer.from('x'));
+        const w = await driver.writer('/up/data', false);
+        await w.write(randomBytes(6 * MiB));
+        await w.close();
+        expect(await driver.list('/')).toEqual(['/a', '/up']);
+        expect((await listAllKeys(client, bucket)).map((k) => k.key).sort()).toEqual(['_s3/writers/up/data.json', '_s3/writers/up/data.tail.1', 'a/b']);
+        await driver.delete('/up');
+        await driver.delete('/a');
+        expect(await listAllKeys(client, bucket)).toEqual([]);
+        expect(await listUploads(client, bucket)).toEqual([]);
+      } finally {
+        await driver.close();
+      }
+    });
+  });
+
+  describe('S3 writer', () => {
+    let bucket: string;
+    let prefix: string;
+    let n = 0;
+    const drivers: S3Driver[] = [];
+
+    beforeAll(async () => {
+      bucket = await createTestBucket(client, 'writer');
+    });
+
+    afterEach(async () => {
+      for (const d of drivers.splice(0)) await d.close();
+    });
+
+    afterAll(async () => {
+      await deleteBucket(client, bucket);
+    });
+
+    async function driver(options: Record<string, string> = {}, extra: Partial<Parameters<typeof S3Driver.open>[0]> = {}): Promise<S3Driver> {
+      const d = await open(bucket, prefix, options, extra);
+      drivers.push(d);
+      return d;
+    }
+
+    /** A fresh prefix per test, so listings see only that test's keys. */
+    function fresh(): void {
+      prefix = `w${++n}`;
+    }
+
+    async function parts(path: string): Promise<number[]> {
+      const [upload] = await listUploads(client, bucket, `${prefix}/${path.slice(1)}`);
+      if (!upload) return [];
+      const out = await client.send(new ListPartsCommand({ Bucket: bucket, Key: upload.key, UploadId: upload.uploadId }));
+      return (out.Parts ?? []).map((p) => p.Size!);
+    }
+
+    /** The driver's own keys for this prefix, relative to `<prefix>/_s3/writers/`, with sizes. */
+    async function staging(): Promise<Record<string, number>> {
+      const base = `${prefix}/_s3/writers/`;
+      return Object.fromEntries((await listAllKeys(client, bucket, base)).map((k) => [k.key.slice(base.length), k.size]));
+    }
+
+    async function etag(path: string): Promise<string> {
+      return (await client.send(new HeadObjectCommand({ Bucket: bucket, Key: `${prefix}/${path.slice(1)}` }))).ETag!;
+    }
+
+    it('cuts 1 MiB writes across sessions into equal parts and keeps the rest as a tail', async () => {
+      fresh();
+      const d = await driver();
+      const path = '/blobs/data/u1';
+      const all: Buffer[] = [];
+      // Sessions of 7, 6, 9 and 3 MiB, then one of odd sizes: no session ends on a part boundary.
+      for (const [i, pieces] of [7, 6, 9, 3].entries()) {
+        const w = await d.writer(path, i > 0);
+        expect(w.size).toBe(all.reduce((s, b) => s + b.length, 0));
+        for (let p = 0; p < pieces; p++) {
+          const piece = randomBytes(MiB);
+          all.push(piece);
+          await w.write(piece);
+        }
+        await w.close();
+      }
+      // 25 MiB: parts 1-5 of 5 MiB; nothing left over.
+      expect(await parts(path)).toEqual([PART, PART, PART, PART, PART]);
+      expect(await staging()).toEqual({ 'blobs/data/u1.json': expect.any(Number) });
+      const w = await d.writer(path, true);
+      for (const size of [1, 3 * MiB + 5, 777_777, 2 * MiB]) {
+        const piece = randomBytes(size);
+        all.push(piece);
+        await w.write(piece);
+      }
+      await w.close();
+      const total = all.reduce((s, b) => s + b.length, 0);
+      const tail = total % PART;
+      expect(await parts(path)).toEqual(Array(Math.floor(total / PART)).fill(PART));
+      const keys = await staging();
+      expect(Object.keys(keys).sort()).toEqual(['blobs/data/u1.json', 'blobs/data/u1.tail.5']);
+      expect(keys['blobs/data/u1.tail.5']).toBe(tail);
+      expect(await d.stat(path)).toMatchObject({ size: total, isDir: false });
+
+      await (await d.writer(path, true)).commit();
+      expect(await etag(path)).toMatch(new RegExp(`-${Math.ceil(total / PART)}"$`));
+      expect(sha256(await readAll(await d.reader(path)))).toBe(sha256(Buffer.concat(all)));
+      expect(await staging()).toEqual({});
+      expect(await listUploads(client, bucket, prefix)).toEqual([]);
+    });
+
+    it('stores nothing for empty writes and empty sessions', async () => {
+      fresh();
+      const d = await driver();
+      const w = await d.writer('/e/data', false);
+      await w.write(new Uint8Array(0));
+      await w.close();
+      expect(await listAllKeys(client, bucket, prefix)).toEqual([]);
+      expect(await listUploads(client, bucket, prefix)).toEqual([]);
+      await expectNotFound(d.stat('/e/data'), '/e/data');
+
+      // Exactly one part, then a session that adds nothing: no part, no tail, no new state.
+      const content = randomBytes(2 * PART);
+      const w1 = await d.writer('/e/data', false);
+      await w1.write(content);
+      await w1.close();
+      const before = await listAllKeys(client, bucket, prefix);
+      const stateBefore = await getText(`${prefix}/_s3/writers/e/data.json`);
+      const w2 = await d.writer('/e/data', true);
+      await w2.write(new Uint8Array(0));
+      await w2.close();
+      expect(await listAllKeys(client, bucket, prefix)).toEqual(before);
+      expect(await getText(`${prefix}/_s3/writers/e/data.json`)).toBe(stateBefore);
+      expect(Object.keys(await staging())).toEqual(['e/data.json']);
+      expect(await parts('/e/data')).toEqual([PART, PART]);
+
+      // Commit with every byte already in parts (a PUT with no body): no extra part.
+      const w3 = await d.writer('/e/data', true);
+      expect(w3.size).toBe(2 * PART);
+      await w3.commit();
+      expect(await etag('/e/data')).toMatch(/-2"$/);
+      expect(sha256(await d.getContent('/e/data'))).toBe(sha256(content));
+      expect(await staging()).toEqual({});
+
+      // An empty blob is a 0-byte object.
+      await (await d.writer('/e/empty', false)).commit();
+      expect(await d.stat('/e/empty')).toMatchObject({ size: 0, isDir: false });
+    });
+
+    it('cancel aborts the multipart upload and removes the staging objects', async () => {
+      fresh();
+      const d = await driver();
+      const w1 = await d.writer('/c/data', false);
+      await w1.write(randomBytes(PART + 123));
+      await w1.close();
+      expect(await listUploads(client, bucket, prefix)).toHaveLength(1);
+      const w2 = await d.writer('/c/data', true);
+      await w2.write(randomBytes(PART));
+      await w2.cancel();
+      expect(await listUploads(client, bucket, prefix)).toEqual([]);
+      expect(await listAllKeys(client, bucket, prefix)).toEqual([]);
+      await expectNotFound(d.stat('/c/data'), '/c/data');
+      await expectNotFound(d.writer('/c/data', true), '/c/data');
+    });
+
+    it('delete() of an upload in progress aborts it (the registry cancels that way)', async () => {
+      fresh();
+      const d = await driver();
+      for (const id of ['a', 'b']) {
+        const w = await d.writer(`/blobs/data/${id}`, false);
+        await w.write(randomBytes(PART + 1));
+        await w.close();
+      }
+      expect(await d.list('/blobs/data')).toEqual(['/blobs/data/a', '/blobs/data/b']);
+      await d.delete('/blobs/data/a');
+      expect(await listUploads(client, bucket, prefix)).toHaveLength(1);
+      expect(await d.list('/blobs/data')).toEqual(['/blobs/data/b']);
+      await d.delete('/blobs');
+      expect(await listUploads(client, bucket, prefix)).toEqual([]);
+      expect(await listAllKeys(client, bucket, prefix)).toEqual([]);
+    });
+
+    it('stat of an upload in progress gives the size its writers closed with', async () => {
+      fresh();
+      const d = await driver();
+      const w = await d.writer('/s/u/data', false);
+      await w.write(randomBytes(3 * MiB));
+      await w.close();
+      expect(await d.stat('/s/u/data')).toMatchObject({ path: '/s/u/data', size: 3 * MiB, isDir: false });
+      expect(await d.stat('/s/u')).toMatchObject({ isDir: true });
+      expect(await d.list('/s/u')).toEqual(['/s/u/data']);
+      // Not readable before commit: its bytes are parts and a staging tail.
+      await expectNotFound(d.getContent('/s/u/data'), '/s/u/data');
+      const w2 = await d.writer('/s/u/data', true);
+      await w2.write(randomBytes(4 * MiB));
+      await w2.close();
+      expect((await d.stat('/s/u/data')).size).toBe(7 * MiB);
+    });
+
+    it('two instances take turns on one upload', async () => {
+      fresh();
+      const [a, b] = [await driver(), await driver()];
+      const all: Buffer[] = [];
+      const sizes = [1.5 * MiB, 6 * MiB, 300 * 1024, 7 * MiB + 3, 11, 5 * MiB];
+      for (const [i, size] of sizes.entries()) {
+        const d = i % 2 === 0 ? a : b;
+        const w = await d.writer('/two/data', i > 0);
+        expect(w.size).toBe(all.reduce((s, x) => s + x.length, 0));
+        const chunk = randomBytes(size);
+        all.push(chunk);
+        // In pieces that straddle part boundaries.
+        for (let pos = 0; pos < chunk.length; pos += 1_000_000) await w.write(chunk.subarray(pos, pos + 1_000_000));
+        await (i === sizes.length - 1 ? w.commit() : w.close());
+      }
+      expect(sha256(await readAll(await a.reader('/two/data')))).toBe(sha256(Buffer.concat(all)));
+      expect(await staging()).toEqual({});
+    });
+
+    it('fails the writer when a part MD5 is wrong (BadDigest), leaving the upload at its last close', async () => {
+      fresh();
+      const good = await driver();
+      const lying = await driver({}, { md5: async () => createHash('md5').update('something else').digest('base64') });
+      // A new upload whose parts all fail leaves no multipart upload behind.
+      const w0 = await lying.writer('/md5/new', false);
+      await w0.write(randomBytes(2 * PART));
+      await expect(w0.close()).rejects.toMatchObject({ name: 'BadDigest' });
+      expect(await listUploads(client, bucket, prefix)).toEqual([]);
+      await expectNotFound(good.stat('/md5/new'), '/md5/new');
+
+      const first = randomBytes(PART + MiB);
+      const w1 = await good.writer('/md5/data', false);
+      await w1.write(first);
+      await w1.close();
+
+      const w2 = await lying.writer('/md5/data', true);
+      await w2.write(randomBytes(PART));
+      const err = await w2.close().then(() => undefined, (e: unknown) => e);
+      expect(err).toMatchObject({ name: 'BadDigest' });
+      expect((await good.stat('/md5/data')).size).toBe(first.length);
+
+      // Resumable from the last close: the rejected bytes were never recorded.
+      const second = randomBytes(2 * MiB);
+      const w3 = await good.writer('/md5/data', true);
+      expect(w3.size).toBe(first.length);
+      await w3.write(second);
+      await w3.commit();
+      expect(sha256(await good.getContent('/md5/data'))).toBe(sha256(Buffer.concat([first, second])));
+    });
+
+    it('bounds the buffers: a writer waits for one and gives up after the timeout', async () => {
+      fresh();
+      // One part buffer for the whole driver.
+      const d = await driver({ maxBufferedBytes: '5MiB', maxPartsInFlight: '1' }, { bufferWaitTimeoutMs: 300 });
+      const content = randomBytes(4 * PART + 17);
+      const w = await d.writer('/b/one', false);
+      // Every full part has to be uploaded before the next byte has a buffer.
+      for (let pos = 0; pos < content.length; pos += MiB) await w.write(content.subarray(pos, pos + MiB));
+      // w holds the buffer (its 17-byte tail) until close.
+      await w.close();
+      const holder = await d.writer('/b/two', false);
+      await holder.write(Buffer.from('holds the only buffer'));
+      const blocked = await d.writer('/b/three', false);
+      await expect(blocked.write(Buffer.from('x'))).rejects.toBeInstanceOf(PartBufferWaitError);
+      await holder.close();
+      const again = await d.writer('/b/one', true);
+      await again.commit();
+      expect(sha256(await d.getContent('/b/one'))).toBe(sha256(content));
+    });
+
+    it('appends to a committed object without downloading its whole parts', async () => {
+      fresh();
+      const d = await driver();
+      const first = randomBytes(2 * PART + 1000);
+      await d.putContent('/adopt/data', first);
+      const w = await d.writer('/adopt/data', true);
+      expect(w.size).toBe(first.length);
+      const second = randomBytes(PART);
+      await w.write(second);
+      await w.close();
+      await expectNotFound(d.getContent('/adopt/data'), '/adopt/data');
+      expect(await parts('/adopt/data')).toEqual([PART, PART, PART]);
+      await (await d.writer('/adopt/data', true)).commit();
+      expect(sha256(await d.getContent('/adopt/data'))).toBe(sha256(Buffer.concat([first, second])));
+    });
+
+    it('retries SlowDown, 500s and connection resets', async () => {
+      fresh();
+      // Each part fails twice (a different way each time) before it goes through; the first
+      // request of every other kind fails with a 500.
+      const faults: Fault[] = ['slowdown', 'reset', undefined];
+      const attempts = new Map<string, number>();
+      const proxy = await startFaultyProxy(env.endpoint, (op, n, url) => {
+        if (op !== 'UploadPart') return n % 4 === 1 ? 'internal' : undefined;
+        const part = url.searchParams.get('partNumber')!;
+        const attempt = (attempts.get(part) ?? 0) + 1;
+        attempts.set(part, attempt);
+        return faults[Math.min(attempt, 3) - 1];
+      });
+      try {
+        const d = await open(bucket, prefix, { endpoint: proxy.endpoint });
+        drivers.push(d);
+        const content = randomBytes(3 * PART + 99);
+        const w = await d.writer('/retry/data', false);
+        for (let pos = 0; pos < content.length; pos += MiB) await w.write(content.subarray(pos, pos + MiB));
+        await w.close();
+        await (await d.writer('/retry/data', true)).commit();
+        expect(proxy.seen.get('UploadPart')).toBe(9 + 3);
+        expect(sha256(await d.getContent('/retry/data'))).toBe(sha256(content));
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('when retries run out, fails the writer and leaves the upload resumable', async () => {
+      fresh();
+      const proxy = await startFaultyProxy(env.endpoint, (op) => (op === 'UploadPart' ? 'slowdown' : undefined));
+      try {
+        const good = await driver();
+        const first = randomBytes(PART + 10);
+        const w1 = await good.writer('/out/data', false);
+        await w1.write(first);
+        await w1.close();
+
+        const throttled = await open(bucket, prefix, { endpoint: proxy.endpoint }, { maxAttempts: 3 });
+        drivers.push(throttled);
+        const w2 = await throttled.writer('/out/data', true);
+        await w2.write(randomBytes(2 * PART));
+        await expect(w2.close()).rejects.toMatchObject({ name: 'SlowDown' });
+        expect(proxy.seen.get('UploadPart')).toBeGreaterThanOrEqual(3);
+
+        const w3 = await good.writer('/out/data', true);
+        expect(w3.size).toBe(first.length);
+        const second = randomBytes(PART);
+        await w3.write(second);
+        await w3.commit();
+        expect(sha256(await good.getContent('/out/data'))).toBe(sha256(Buffer.concat([first, second])));
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('with redirect=true, hands out presigned URLs that serve the blob', async () => {
+      fresh();
+      const plain = await driver();
+      expect(plain.redirectURL).toBeUndefined();
+      const d = await driver({ redirect: 'true' });
+      const content = randomBytes(100_000);
+      await d.putContent('/blobs/data/r', content);
+      const url = await d.redirectURL!('/blobs/data/r', 60);
+      expect(url).toContain('X-Amz-Signature=');
+      const res = await fetch(url);
+      expect(res.status).toBe(200);
+      expect(sha256(Buffer.from(await res.arrayBuffer()))).toBe(sha256(content));
+      const ranged = await fetch(url, { headers: { range: 'bytes=10-19' } });
+      expect(ranged.status).toBe(206);
+      expect(Buffer.from(await ranged.arrayBuffer())).toEqual(content.subarray(10, 20));
+    });
+
+    async function getText(key: string): Promise<string> {
+      const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+      return out.Body!.transformToString();
+    }
+  });
+
+  describe('createDriver s3://', () => {
+    let bucket: string;
+
+    beforeAll(async () => {
+      bucket = await createTestBucket(client, 'create');
+    });
+
+    afterAll(async () => {
+      await deleteBucket(client, bucket);
+    });
+
+    it('opens an S3Driver on an existing bucket', async () => {
+      const driver = await createDriver(s3StorageUrl(env, bucket, 'x/y'));
+      try {
+        expect(driver).toBeInstanceOf(S3Driver);
+        expect(driver.name).toBe('s3');
+        await driver.putContent('/k', Buffer.from('v'));
+        expect((await listAllKeys(client, bucket)).map((k) => k.key)).toEqual(['x/y/k']);
+      } finally {
+        await driver.close();
+      }
+    });
+
+    it('stops start-up with a clear message when the bucket is missing', async () => {
+      await expect(createDriver(s3StorageUrl(env, 'hoist-no-such-bucket-1f2e'))).rejects.toThrow(
+        /s3 storage: S3 bucket "hoist-no-such-bucket-1f2e" does not exist at http/,
+      );
+    });
+
+    it('stops start-up with a clear message when the credentials are wrong', async () => {
+      const saved = process.env.AWS_SECRET_ACCESS_KEY;
+      process.env.AWS_SECRET_ACCESS_KEY = 'not-the-secret';
+      try {
+        await expect(createDriver(s3StorageUrl(env, bucket))).rejects.toThrow(/was refused \(HTTP 403.*check the credentials/);
+      } finally {
+        process.env.AWS_SECRET_ACCESS_KEY = saved;
+      }
+    });
+
+    it('rejects a bad URL before any request', async () => {
+      await expect(createDriver('s3://Bad_Bucket/x')).rejects.toThrow(/invalid bucket name/);
+      await expect(createDriver(`${s3StorageUrl(env, bucket)}&partSize=1MiB`)).rejects.toThrow(/partSize must be between 5 MiB and 5 GiB/);
+    });
+  });
+}
