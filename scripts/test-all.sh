@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and runs all of it: the one command for a developer's
+# machine and for CI (.ci/run). Fresh Debian 12, as root:
+#
+#   sudo bash scripts/test-all.sh
+#
+# As another user it installs nothing system-wide and says what is missing instead.
+# Extra arguments go to vitest, e.g. `bash scripts/test-all.sh test/e2e`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# --- System packages -------------------------------------------------------------------
+# skopeo and umoci are the real clients of test/e2e/skopeo.test.ts.
+apt_packages=(skopeo umoci)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    log "apt-get install ${missing[*]}"
+    apt-get update
+    apt-get install -y --no-install-recommends "${apt_packages[@]}"
+  else
+    echo "error: missing Debian packages: ${missing[*]}" >&2
+    echo "install them with: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    echo "(or run this script as root: sudo bash scripts/test-all.sh)" >&2
+    exit 1
+  fi
+else
+  log "system packages present: ${apt_packages[*]}"
+fi
+
+# --- Node.js ---------------------------------------------------------------------------
+if ! command -v node >/dev/null; then
+  echo "error: node is not installed; Hoist needs Node.js 20 or newer" >&2
+  exit 1
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if ((node_major < 20)); then
+  echo "error: Node.js $(node --version) is too old; Hoist needs Node.js 20 or newer" >&2
+  exit 1
+fi
+log "node $(node --version), npm $(npm --version)"
+
+log "npm ci"
+npm ci --no-audit --no-fund
+
+# --- Services for the tests ------------------------------------------------------------
+# S3 storage tests (later): start a Ceph radosgw here, on 127.0.0.1 only, create the test
+# user and bucket, export the endpoint and keys the S3 tests read (HOIST_TEST_S3_*), and
+# stop it in the EXIT trap below. Its Debian packages go into apt_packages above.
+cleanup() {
+  :
+}
+trap cleanup EXIT
+
+# --- Tests -----------------------------------------------------------------------------
+log "vitest run $*"
+results=$(mktemp -t hoist-vitest-XXXXXX.json)
+status=0
+npx vitest run --reporter=default --reporter=json --outputFile.json="$results" "$@" || status=$?
+
+# A closing line any CI log reader understands, taken from vitest's own JSON report.
+if [[ -s $results ]]; then
+  node -e '
+    const r = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
+    const skipped = r.numPendingTests + r.numTodoTests;
+    console.log(`\nvitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+  ' "$results" || true
+fi
+rm -f "$results"
+exit "$status"
