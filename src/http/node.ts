@@ -1,0 +1,379 @@
+import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Readable } from 'node:stream';
+import { ClientAbortError } from '../errors.js';
+import type {
+  BodySink,
+  FrontEnd,
+  FrontEndOptions,
+  HeaderMap,
+  IncomingRequest,
+  OutgoingResponse,
+  RequestHandler,
+} from './adapter.js';
+
+/**
+ * The node:http front end, for runtimes where the uWebSockets.js binary does not load
+ * (Node 22+, musl). It behaves like the uWS one; test/http/frontend.test.ts runs against both.
+ */
+export class NodeFrontEnd implements FrontEnd {
+  readonly kind = 'node';
+  readonly #server: Server;
+  readonly #exchanges = new Set<NodeExchange>();
+  #idleWaiters: (() => void)[] = [];
+
+  constructor(handler: RequestHandler, opts: FrontEndOptions = {}) {
+    this.#server = createServer(
+      {
+        keepAlive: true,
+        // A multi-GiB upload may take minutes; headersTimeout still guards against slowloris.
+        requestTimeout: 0,
+        maxHeaderSize: opts.maxHeaderBytes,
+      },
+      (req, res) => {
+        const exchange = new NodeExchange(req, res);
+        this.#exchanges.add(exchange);
+        // The main handler catches everything itself; this is the last resort.
+        const handled = callHandler(handler, exchange)
+          .catch(() => undefined)
+          .then(() => exchange.respondIfForgotten());
+        // In flight until the response has left too, so close() never cuts unsent bytes.
+        void Promise.all([handled, exchange.closed]).then(() => {
+          this.#exchanges.delete(exchange);
+          if (this.#exchanges.size === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
+        });
+      },
+    );
+  }
+
+  get inFlight(): number {
+    return this.#exchanges.size;
+  }
+
+  listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(port, host, () => {
+        this.#server.off('error', reject);
+        resolve((this.#server.address() as AddressInfo).port);
+      });
+    });
+  }
+
+  async close(timeoutMs: number): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    this.#server.closeIdleConnections();
+    if (this.#exchanges.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((resolve) => {
+        this.#idleWaiters.push(resolve);
+        timer = setTimeout(resolve, timeoutMs);
+      });
+      clearTimeout(timer);
+    }
+    // Idle keep-alive connections and whatever is still running.
+    this.#server.closeAllConnections();
+    await closed;
+  }
+}
+
+/** One request and its response; a single object plays both roles since they share state. */
+class NodeExchange implements IncomingRequest, OutgoingResponse {
+  readonly method: string;
+  readonly path: string;
+  readonly rawQuery: string;
+  readonly remoteAddress: string;
+  /** Resolves when the response closed: sent completely, or the connection went away. */
+  readonly closed: Promise<void>;
+  #headers: Record<string, string> | undefined;
+  #query: URLSearchParams | undefined;
+
+  readonly #req: IncomingMessage;
+  readonly #res: ServerResponse;
+  #aborted = false;
+  #started = false;
+  #abortCallbacks: (() => void)[] = [];
+  #bodyClaimed = false;
+  /** Stops a readBody() under way, rejecting it with the given error. */
+  #stopBody: ((err: Error) => void) | undefined;
+  #onStreamAbort: (() => void) | undefined;
+
+  constructor(req: IncomingMessage, res: ServerResponse) {
+    this.#req = req;
+    this.#res = res;
+    this.method = req.method ?? 'GET';
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    this.path = q < 0 ? url : url.slice(0, q);
+    this.rawQuery = q < 0 ? '' : url.slice(q + 1);
+    this.remoteAddress = req.socket.remoteAddress ?? '';
+    this.closed = new Promise((resolve) => {
+      res.once('close', () => {
+        // Closed before we ended the response: the client went away (or close() cut it).
+        if (!res.writableEnded) this.#abort();
+        resolve();
+      });
+    });
+  }
+
+  get query(): URLSearchParams {
+    return (this.#query ??= new URLSearchParams(this.rawQuery));
+  }
+
+  header(name: string): string | undefined {
+    return this.#headerMap()[name];
+  }
+
+  headers(): Record<string, string> {
+    return { ...this.#headerMap() };
+  }
+
+  /**
+   * node:http keeps only the first of some repeated headers (authorization, content-type...);
+   * headersDistinct has them all, so we join every repeat with ', ' as uWS does.
+   */
+  #headerMap(): Record<string, string> {
+    if (this.#headers !== undefined) return this.#headers;
+    const map = Object.create(null) as Record<string, string>;
+    for (const [name, values] of Object.entries(this.#req.headersDistinct)) {
+      if (values !== undefined) map[name] = values.join(', ');
+    }
+    return (this.#headers = map);
+  }
+
+  get aborted(): boolean {
+    return this.#aborted;
+  }
+
+  get started(): boolean {
+    return this.#started;
+  }
+
+  onAbort(cb: () => void): void {
+    if (this.#aborted) queueMicrotask(cb);
+    else this.#abortCallbacks.push(cb);
+  }
+
+  // ---- request body ----
+
+  readBody(sink: BodySink): Promise<number> {
+    if (this.#bodyClaimed) return Promise.reject(new Error('readBody() called twice'));
+    this.#bodyClaimed = true;
+    if (this.#aborted) return Promise.reject(new ClientAbortError());
+    if (this.#started) return Promise.reject(new Error('readBody() called after the response was sent'));
+    const req = this.#req;
+    return new Promise<number>((resolve, reject) => {
+      let bytes = 0;
+      let ended = false;
+      let sinkFull = false;
+      let draining = false;
+      let settled = false;
+
+      const settle = (err?: Error): void => {
+        if (settled) return;
+        settled = true;
+        this.#stopBody = undefined;
+        req.off('data', onData).off('end', onEnd).off('error', onError);
+        if (err === undefined) return resolve(bytes);
+        // Nobody will read the rest: let it flow, with no listener, so node drops it.
+        if (!ended) req.resume();
+        reject(err);
+      };
+      // Holds the socket paused until the sink drained, including for chunks written meanwhile.
+      const drain = async (): Promise<void> => {
+        draining = true;
+        req.pause();
+        try {
+          while (sinkFull) {
+            sinkFull = false;
+            await sink.drained();
+          }
+        } catch (err) {
+          settle(err as Error);
+          return;
+        } finally {
+          draining = false;
+        }
+        if (settled) return;
+        if (ended) settle();
+        else req.resume();
+      };
+      const onData = (chunk: Buffer): void => {
+        bytes += chunk.byteLength;
+        let more: boolean;
+        try {
+          more = sink.write(chunk);
+        } catch (err) {
+          return settle(err as Error);
+        }
+        if (more) return;
+        sinkFull = true;
+        if (!draining) void drain();
+      };
+      const onEnd = (): void => {
+        ended = true;
+        if (!draining) settle();
+      };
+      // node:http emits 'error' (ECONNRESET, "aborted") when the client went away mid-body.
+      const onError = (): void => settle(new ClientAbortError());
+
+      this.#stopBody = settle;
+      req.on('data', onData).once('end', onEnd).once('error', onError);
+    });
+  }
+
+  /**
+   * Called just before the response starts. A body never read is dumped by node:http itself
+   * once the response finished; a read under way is stopped and the rest dropped.
+   */
+  #discardUnreadBody(): void {
+    this.#stopBody?.(new Error('the response was sent before the request body was read'));
+  }
+
+  // ---- response ----
+
+  /** Claims the response; false if the client is already gone. */
+  #start(): boolean {
+    if (this.#started) throw new Error('response already started');
+    this.#started = true;
+    return !this.#aborted;
+  }
+
+  send(status: number, headers: HeaderMap, body?: string | Uint8Array): void {
+    if (this.#start()) this.#end(status, headers, body);
+  }
+
+  #end(status: number, headers: HeaderMap, body: string | Uint8Array | undefined): void {
+    this.#discardUnreadBody();
+    const out = withoutContentLength(headers);
+    const bodyless = responseHasNoBody(this.method, status, headers, body);
+    if (bodyless === false) {
+      const payload = body ?? '';
+      out['content-length'] = String(byteLength(payload));
+      this.#res.writeHead(status, STATUS_CODES[status] ?? 'Unknown', out).end(payload);
+      return;
+    }
+    if (bodyless.contentLength !== undefined) out['content-length'] = bodyless.contentLength;
+    this.#res.writeHead(status, STATUS_CODES[status] ?? 'Unknown', out).end();
+  }
+
+  stream(status: number, headers: HeaderMap, body: Readable, length: number): Promise<void> {
+    if (!this.#start() || this.method === 'HEAD' || length === 0) {
+      body.destroy();
+      if (!this.#aborted) this.#end(status, { ...headers, 'content-length': String(length) }, undefined);
+      return Promise.resolve();
+    }
+    this.#discardUnreadBody();
+    const res = this.#res;
+    res.writeHead(status, STATUS_CODES[status] ?? 'Unknown', {
+      ...withoutContentLength(headers),
+      'content-length': String(length),
+    });
+    // A hand-written pump rather than pipeline(): it must send exactly `length` bytes, and
+    // res.strictContentLength would throw out of pipe() as an uncaught exception.
+    return new Promise<void>((resolve, reject) => {
+      let sentBytes = 0;
+      let settled = false;
+      const settle = (err?: unknown): void => {
+        if (settled) return;
+        settled = true;
+        this.#onStreamAbort = undefined;
+        res.off('drain', onDrain);
+        body.destroy();
+        if (err === undefined) resolve();
+        else reject(err);
+      };
+      /** The source failed or ended short: cut the connection so the client sees a truncated response. */
+      const fail = (err: unknown): void => {
+        if (settled) return;
+        settle(err);
+        if (!this.#aborted) res.destroy();
+      };
+      const onDrain = (): void => void body.resume();
+      this.#onStreamAbort = () => settle();
+      res.on('drain', onDrain);
+      body.on('data', (data: Buffer | string) => {
+        const chunk = typeof data === 'string' ? Buffer.from(data) : data;
+        const piece = chunk.subarray(0, length - sentBytes);
+        sentBytes += piece.byteLength;
+        const ok = res.write(piece);
+        if (sentBytes === length) {
+          res.end();
+          settle(piece.byteLength < chunk.byteLength ? overrun(length) : undefined);
+        } else if (!ok) {
+          body.pause();
+        }
+      });
+      body.on('end', () => {
+        if (sentBytes < length) fail(underrun(sentBytes, length));
+      });
+      body.on('error', fail);
+    });
+  }
+
+  /** After the handler settled: a handler that never answered gets a bare 500. */
+  respondIfForgotten(): void {
+    if (!this.#started && !this.#aborted) this.send(500, {});
+  }
+
+  #abort(): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#stopBody?.(new ClientAbortError());
+    this.#onStreamAbort?.();
+    for (const cb of this.#abortCallbacks.splice(0)) cb();
+  }
+}
+
+/** Runs a handler, turning a synchronous throw into a rejection. */
+export function callHandler(handler: RequestHandler, exchange: IncomingRequest & OutgoingResponse): Promise<void> {
+  try {
+    return handler(exchange, exchange);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+/**
+ * Decides whether a response carries a body and, if not, which Content-Length to report.
+ * Shared with the uWS front end so both answer alike. 204 and 304 never carry a body or a
+ * length (RFC 9110 §8.6); HEAD reports what a GET would send; no body with an explicit
+ * `content-length` reports that length (e.g. 201 with `content-length: 0`).
+ */
+export function responseHasNoBody(
+  method: string,
+  status: number,
+  headers: HeaderMap,
+  body: string | Uint8Array | undefined,
+): false | { contentLength: string | undefined } {
+  if (status === 204 || status === 304) return { contentLength: undefined };
+  const explicit = headerValue(headers, 'content-length');
+  if (method === 'HEAD') {
+    return { contentLength: explicit ?? (body === undefined ? undefined : String(byteLength(body))) };
+  }
+  if (body === undefined && explicit !== undefined) return { contentLength: explicit };
+  return false;
+}
+
+function headerValue(headers: HeaderMap, lowerName: string): string | undefined {
+  for (const name in headers) if (name.toLowerCase() === lowerName) return headers[name];
+  return undefined;
+}
+
+export function overrun(length: number): Error {
+  return new Error(`stream yielded more than the ${length} bytes announced; sent only those`);
+}
+
+export function underrun(sentBytes: number, length: number): Error {
+  return new Error(`stream ended after ${sentBytes} of the ${length} bytes announced`);
+}
+
+function withoutContentLength(headers: HeaderMap): HeaderMap {
+  const out: HeaderMap = {};
+  for (const name in headers) if (name.toLowerCase() !== 'content-length') out[name] = headers[name]!;
+  return out;
+}
+
+function byteLength(body: string | Uint8Array): number {
+  return typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength;
+}

@@ -1,0 +1,436 @@
+import { STATUS_CODES } from 'node:http';
+import { createRequire } from 'node:module';
+import { SocketAddress } from 'node:net';
+import { dirname, join } from 'node:path';
+import type { Readable } from 'node:stream';
+import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
+import { ClientAbortError } from '../errors.js';
+import { callHandler, overrun, responseHasNoBody, underrun } from './node.js';
+import type {
+  BodySink,
+  FrontEnd,
+  FrontEndOptions,
+  HeaderMap,
+  IncomingRequest,
+  OutgoingResponse,
+  RequestHandler,
+} from './adapter.js';
+
+type UwsModule = typeof import('@trufflesuite/uws-js-unofficial');
+
+/**
+ * Loads the native uWebSockets.js binary directly. The package's own entry point, when the
+ * binary does not load (other Node ABI, musl), prints a warning and returns a slow pure-JS
+ * imitation without pause()/resume(); we would rather fail here, at import time, so that
+ * createFrontEnd('auto') falls back to our node:http front end.
+ */
+function loadNative(): UwsModule {
+  const require = createRequire(import.meta.url);
+  const pkgDir = dirname(require.resolve('@trufflesuite/uws-js-unofficial/package.json'));
+  const file = `uws_${process.platform}_${process.arch}_${process.versions.modules}.node`;
+  return require(join(pkgDir, 'binaries', file)) as UwsModule;
+}
+
+const uws = loadNative();
+
+/** `app.close()` exists in v20.30 (closes the listen sockets and every connection) but is not in its typings. */
+type ClosableApp = TemplatedApp & { close(): void };
+
+/**
+ * The uWebSockets.js front end.
+ *
+ * uWS facts this relies on (v20.30):
+ * - HttpRequest is stack-allocated: method, URL, query and headers are copied in the route
+ *   callback. HttpResponse is valid until end()/tryEnd() completes or onAborted runs; touching
+ *   it afterwards throws, so every use is guarded by `#done`.
+ * - onData chunks are neutered when the callback returns, so they go to the sink (which copies)
+ *   synchronously, or are copied into a short pending list while the handler awaits something
+ *   before calling readBody().
+ * - After end(), uWS keeps delivering the rest of an unread body to onData and then reuses the
+ *   connection; we just drop those chunks.
+ * - pause() also disarms uWS's 10 s idle timeout, so a slow sink cannot get the upload cut.
+ * - uWS answers `Expect: 100-continue` by itself.
+ * - The header section is limited to 4 KiB when it spans several TCP reads (compiled in;
+ *   `maxHeaderBytes` cannot change it).
+ * - A Content-Length of 10 digits or more (a body of 1e9 bytes or more) gets the connection
+ *   reset with no response; nothing we can answer gets through. Chunked bodies of any size
+ *   work. Clients that send a layer of ~954 MiB or more with its length (a monolithic PUT)
+ *   need the node:http front end.
+ */
+export class UwsFrontEnd implements FrontEnd {
+  readonly kind = 'uws';
+  readonly #app: ClosableApp;
+  #listenSocket: us_listen_socket | undefined;
+  readonly #exchanges = new Set<UwsExchange>();
+  #idleWaiters: (() => void)[] = [];
+
+  constructor(handler: RequestHandler, _opts: FrontEndOptions = {}) {
+    this.#app = uws.App() as ClosableApp;
+    this.#app.any('/*', (res, req) => {
+      const exchange = new UwsExchange(res, req);
+      this.#exchanges.add(exchange);
+      // The main handler catches everything itself; this is the last resort.
+      callHandler(handler, exchange)
+        .catch(() => undefined)
+        .then(() => exchange.respondIfForgotten())
+        .finally(() => {
+          this.#exchanges.delete(exchange);
+          if (this.#exchanges.size === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
+        });
+    });
+  }
+
+  get inFlight(): number {
+    return this.#exchanges.size;
+  }
+
+  listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#app.listen(host, port, (socket) => {
+        if (socket === false) return reject(new Error(`uWS could not listen on ${host}:${port}`));
+        this.#listenSocket = socket;
+        resolve(uws.us_socket_local_port(socket as never));
+      });
+    });
+  }
+
+  async close(timeoutMs: number): Promise<void> {
+    if (this.#listenSocket !== undefined) uws.us_listen_socket_close(this.#listenSocket);
+    this.#listenSocket = undefined;
+    if (this.#exchanges.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((resolve) => {
+        this.#idleWaiters.push(resolve);
+        timer = setTimeout(resolve, timeoutMs);
+      });
+      clearTimeout(timer);
+    }
+    for (const exchange of this.#exchanges) exchange.forceClose();
+    // Also drops idle keep-alive connections, which would otherwise hold the process for
+    // uWS's idle timeout.
+    this.#app.close();
+  }
+}
+
+/** One request and its response; a single object plays both roles since they share state. */
+class UwsExchange implements IncomingRequest, OutgoingResponse {
+  readonly method: string;
+  readonly path: string;
+  readonly rawQuery: string;
+  readonly remoteAddress: string;
+  readonly #headers: Record<string, string> = Object.create(null) as Record<string, string>;
+  #query: URLSearchParams | undefined;
+
+  readonly #res: HttpResponse;
+  #aborted = false;
+  #started = false;
+  /** The HttpResponse may no longer be touched: the response ended or the client went away. */
+  #done = false;
+  #abortCallbacks: (() => void)[] = [];
+  #onStreamAbort: (() => void) | undefined;
+
+  // Request body state.
+  #pending: Uint8Array[] = [];
+  #bodyBytes = 0;
+  #bodyEnded = false;
+  /** The response went out before the body was read: drop whatever still arrives. */
+  #discardBody = false;
+  #bodyClaimed = false;
+  #sink: BodySink | undefined;
+  #sinkFull = false;
+  #draining = false;
+  #paused = false;
+  #settleBody: { resolve: (bytes: number) => void; reject: (err: unknown) => void } | undefined;
+
+  constructor(res: HttpResponse, req: HttpRequest) {
+    this.#res = res;
+    this.method = req.getCaseSensitiveMethod().toUpperCase();
+    this.path = req.getUrl();
+    // getQuery() returns undefined, not '', when there is no query.
+    this.rawQuery = (req.getQuery() as string | undefined) ?? '';
+    req.forEach((name, value) => {
+      const seen = this.#headers[name];
+      this.#headers[name] = seen === undefined ? value : `${seen}, ${value}`;
+    });
+    this.remoteAddress = formatAddress(Buffer.from(res.getRemoteAddressAsText()).toString());
+    res.onAborted(() => this.#abort());
+    res.onData((chunk, isLast) => this.#onData(chunk, isLast));
+  }
+
+  get query(): URLSearchParams {
+    return (this.#query ??= new URLSearchParams(this.rawQuery));
+  }
+
+  header(name: string): string | undefined {
+    return this.#headers[name];
+  }
+
+  headers(): Record<string, string> {
+    return { ...this.#headers };
+  }
+
+  get aborted(): boolean {
+    return this.#aborted;
+  }
+
+  get started(): boolean {
+    return this.#started;
+  }
+
+  onAbort(cb: () => void): void {
+    if (this.#aborted) queueMicrotask(cb);
+    else this.#abortCallbacks.push(cb);
+  }
+
+  // ---- request body ----
+
+  readBody(sink: BodySink): Promise<number> {
+    if (this.#bodyClaimed) return Promise.reject(new Error('readBody() called twice'));
+    this.#bodyClaimed = true;
+    if (this.#aborted) return Promise.reject(new ClientAbortError());
+    if (this.#started) return Promise.reject(new Error('readBody() called after the response was sent'));
+    return new Promise<number>((resolve, reject) => {
+      this.#settleBody = { resolve, reject };
+      this.#sink = sink;
+      const pending = this.#pending;
+      this.#pending = [];
+      for (const chunk of pending) this.#write(chunk);
+      if (this.#draining) return; // #drain() resumes or finishes
+      if (this.#bodyEnded) this.#finishBody();
+      else this.#resume();
+    });
+  }
+
+  #onData(data: ArrayBuffer, isLast: boolean): void {
+    if (this.#discardBody || this.#aborted) return;
+    const chunk = new Uint8Array(data);
+    this.#bodyBytes += chunk.byteLength;
+    if (isLast) this.#bodyEnded = true;
+    if (this.#sink === undefined) {
+      // The handler has not called readBody() yet (it usually awaits storage first). Keep a
+      // copy and stop the socket; uWS may still deliver one more chunk, which is fine.
+      if (chunk.byteLength > 0) this.#pending.push(chunk.slice());
+      if (!isLast) this.#pause();
+      return;
+    }
+    if (chunk.byteLength > 0) this.#write(chunk);
+    if (isLast && !this.#draining) this.#finishBody();
+  }
+
+  #write(chunk: Uint8Array): void {
+    if (this.#discardBody) return; // the sink threw on an earlier pending chunk
+    let more: boolean;
+    try {
+      more = this.#sink!.write(chunk);
+    } catch (err) {
+      // Thrown inside a uWS callback it would be an uncaught exception.
+      this.#dropBody(err);
+      return;
+    }
+    if (more) return;
+    this.#sinkFull = true;
+    if (!this.#draining) void this.#drain();
+  }
+
+  /** Holds the socket paused until the sink drained, including for chunks written meanwhile. */
+  async #drain(): Promise<void> {
+    this.#draining = true;
+    this.#pause();
+    try {
+      while (this.#sinkFull) {
+        this.#sinkFull = false;
+        await this.#sink!.drained();
+      }
+    } catch (err) {
+      this.#dropBody(err); // the sink failed: nobody will read the rest
+      return;
+    } finally {
+      this.#draining = false;
+    }
+    if (this.#settleBody === undefined) return; // aborted or discarded meanwhile
+    if (this.#bodyEnded) this.#finishBody();
+    else this.#resume();
+  }
+
+  #finishBody(): void {
+    const settle = this.#settleBody;
+    this.#settleBody = undefined;
+    this.#sink = undefined;
+    settle?.resolve(this.#bodyBytes);
+  }
+
+  #failBody(err: unknown): void {
+    const settle = this.#settleBody;
+    this.#settleBody = undefined;
+    settle?.reject(err);
+  }
+
+  #pause(): void {
+    if (this.#paused || this.#done) return;
+    this.#paused = true;
+    this.#res.pause();
+  }
+
+  #resume(): void {
+    if (!this.#paused || this.#done) return;
+    this.#paused = false;
+    this.#res.resume();
+  }
+
+  /**
+   * Called just before the response ends. uWS drains and drops the rest of an unread body
+   * itself, provided the socket is not left paused.
+   */
+  #discardUnreadBody(): void {
+    if (this.#bodyEnded && this.#settleBody === undefined) return;
+    this.#dropBody(new Error('the response was sent before the request body was read'));
+  }
+
+  #dropBody(err: unknown): void {
+    this.#discardBody = true;
+    this.#pending = [];
+    this.#resume();
+    this.#failBody(err);
+  }
+
+  // ---- response ----
+
+  /** Claims the response; false if the client is already gone. */
+  #start(): boolean {
+    if (this.#started) throw new Error('response already started');
+    this.#started = true;
+    return !this.#aborted;
+  }
+
+  #writeHead(status: number, headers: HeaderMap): void {
+    this.#res.writeStatus(`${status} ${STATUS_CODES[status] ?? 'Unknown'}`);
+    // uWS writes Content-Length itself; a second one would corrupt the message.
+    for (const name in headers) if (name.toLowerCase() !== 'content-length') this.#res.writeHeader(name, headers[name]!);
+  }
+
+  send(status: number, headers: HeaderMap, body?: string | Uint8Array): void {
+    if (this.#start()) this.#end(status, headers, body);
+  }
+
+  #end(status: number, headers: HeaderMap, body: string | Uint8Array | undefined): void {
+    const bodyless = responseHasNoBody(this.method, status, headers, body);
+    this.#res.cork(() => {
+      this.#discardUnreadBody();
+      this.#writeHead(status, headers);
+      if (bodyless === false) {
+        this.#res.end(body ?? '');
+        return;
+      }
+      // endWithoutBody(n) with n > 0 leaves uWS expecting n more bytes: it closes the
+      // connection and fires onAborted. Writing the header ourselves keeps keep-alive working.
+      if (bodyless.contentLength !== undefined) this.#res.writeHeader('Content-Length', bodyless.contentLength);
+      this.#res.endWithoutBody();
+    });
+    this.#done = true;
+  }
+
+  stream(status: number, headers: HeaderMap, body: Readable, length: number): Promise<void> {
+    if (!this.#start() || this.method === 'HEAD' || length === 0) {
+      body.destroy();
+      if (!this.#aborted) this.#end(status, { ...headers, 'content-length': String(length) }, undefined);
+      return Promise.resolve();
+    }
+    const res = this.#res;
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const settle = (err?: unknown): void => {
+        if (settled) return;
+        settled = true;
+        this.#onStreamAbort = undefined;
+        body.destroy();
+        if (err === undefined) resolve();
+        else reject(err);
+      };
+      /** The source failed or ended short: cut the connection so the client sees a truncated response. */
+      const fail = (err: unknown): void => {
+        if (settled) return;
+        settle(err);
+        if (this.#done) return;
+        this.#done = true;
+        res.close();
+      };
+      this.#onStreamAbort = () => settle();
+
+      // tryEnd() writes what the socket takes and buffers nothing, so on backpressure we keep
+      // the chunk and where it started, and onWritable retries from the offset uWS reports
+      // (the uWebSockets.js VideoStreamer example).
+      let takenBytes = 0;
+      let overran = false;
+      let retry: Uint8Array | undefined;
+      let retryStart = 0;
+      const tryEnd = (chunk: Uint8Array): boolean => {
+        const [ok, done] = res.tryEnd(chunk, length);
+        if (done) {
+          this.#done = true;
+          settle(overran ? overrun(length) : undefined);
+        }
+        return ok || done;
+      };
+      res.onWritable((offset) => {
+        if (retry === undefined || this.#done) return true;
+        const ok = tryEnd(retry.subarray(offset - retryStart));
+        if (ok && !this.#done) {
+          retry = undefined;
+          body.resume();
+        }
+        return ok;
+      });
+
+      res.cork(() => {
+        this.#discardUnreadBody();
+        this.#writeHead(status, headers);
+      });
+      body.on('data', (data: Buffer | string) => {
+        if (this.#done) return;
+        const chunk = typeof data === 'string' ? Buffer.from(data) : data;
+        // uWS would write past `length` without reporting done, so clip.
+        const piece = chunk.subarray(0, length - takenBytes);
+        takenBytes += piece.byteLength;
+        overran = piece.byteLength < chunk.byteLength;
+        res.cork(() => {
+          const start = res.getWriteOffset();
+          if (!tryEnd(piece)) {
+            retry = piece;
+            retryStart = start;
+            body.pause();
+          }
+        });
+      });
+      // 'end' may come while the last chunk still waits in `retry`: only a short source fails.
+      body.on('end', () => {
+        if (takenBytes < length) fail(underrun(takenBytes, length));
+      });
+      body.on('error', fail);
+    });
+  }
+
+  /** After the handler settled: a handler that never answered gets a bare 500. */
+  respondIfForgotten(): void {
+    if (!this.#started && !this.#aborted) this.send(500, {});
+  }
+
+  /** close(timeoutMs) expired with this exchange still running. */
+  forceClose(): void {
+    if (this.#done) return;
+    this.#res.close(); // runs onAborted synchronously
+  }
+
+  #abort(): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#done = true;
+    this.#failBody(new ClientAbortError());
+    this.#onStreamAbort?.();
+    for (const cb of this.#abortCallbacks.splice(0)) cb();
+  }
+}
+
+/** uWS spells IPv6 out in full (0000:...:0001); node:http, and our logs, use the short form (::1). */
+function formatAddress(text: string): string {
+  return text.includes(':') ? new SocketAddress({ address: text, family: 'ipv6' }).address : text;
+}
