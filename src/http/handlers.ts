@@ -236,6 +236,12 @@ async function getBlob(c: Ctx): Promise<void> {
   }
   const read = await c.registry.readBlob(c.m.name, c.m.param, parseRange(c.req.header('range')));
   const d = read.descriptor;
+  if (read.redirect) {
+    // GET /v2/<name>/blobs/<digest> → 307, Location: <presigned S3 URL> (distribution's
+    // storage redirect middleware); clients follow it and send their Range there.
+    reply(c, 307, { location: read.redirect, 'docker-content-digest': d.digest, 'content-length': '0' });
+    return;
+  }
   headers['docker-content-digest'] = d.digest;
   headers['etag'] = `"${d.digest}"`;
   if (read.partial) headers['content-range'] = `bytes ${read.start}-${read.end}/${d.size}`;

@@ -22,12 +22,17 @@ export type ByteRange = { start: number; end?: number } | { suffix: number };
 
 export interface BlobRead {
   readonly descriptor: BlobDescriptor;
+  /** Set when the store serves the bytes itself (S3 presigned URL): answer with a redirect. */
+  readonly redirect?: string;
   /** First and last byte served (inclusive); the whole blob when no range was asked. */
   readonly start: number;
   readonly end: number;
   readonly partial: boolean;
   readonly stream: Readable;
 }
+
+/** Presigned blob URLs stay valid long enough for a slow pull to start, and no longer. */
+const REDIRECT_EXPIRY_SECONDS = 20 * 60;
 
 /**
  * Blobs that clients reference without ever pushing them, and that must therefore always
@@ -123,6 +128,11 @@ export class BlobStore {
       if (!record) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
     }
     const size = known ? known.length : record!.size;
+    if (record && this.#driver.redirectURL) {
+      // The client fetches from the store directly, Range and all; nothing streams through us.
+      const redirect = await this.#driver.redirectURL(record.data, REDIRECT_EXPIRY_SECONDS);
+      return { descriptor: { digest: digest.value, size }, redirect, start: 0, end: size - 1, partial: false, stream: Readable.from([]) };
+    }
     const [start, end] = resolveRange(range, size);
     const length = end - start + 1;
     let stream: Readable;
