@@ -75,6 +75,15 @@ export class UploadRangeError extends RegistryError {
   }
 }
 
+/** A route exists but not for this method; the HTTP layer lists the allowed ones in `Allow` (RFC 9110 §15.5.6). */
+export class MethodNotAllowedError extends RegistryError {
+  readonly allow: readonly string[];
+  constructor(method: string, allow: readonly string[]) {
+    super('UNSUPPORTED', { message: `${method} is not supported on this route`, detail: { allow } });
+    this.allow = allow;
+  }
+}
+
 /** The request body ended before its declared length (client went away or lied). */
 export class ClientAbortError extends Error {
   override readonly name = 'ClientAbortError';

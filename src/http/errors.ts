@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { ErrorCodes, RangeNotSatisfiableError, RegistryError, UploadRangeError, toRegistryError } from '../errors.js';
+import { ErrorCodes, MethodNotAllowedError, RangeNotSatisfiableError, RegistryError, UploadRangeError, toRegistryError } from '../errors.js';
 import type { HeaderMap, OutgoingResponse } from './adapter.js';
 import { locations } from './routes.js';
 
@@ -23,6 +23,7 @@ export function sendError(res: OutgoingResponse, method: string, err: unknown, l
     headers['range'] = rangeHeader(e.offset);
     headers['docker-upload-uuid'] = e.uploadId;
   }
+  if (e instanceof MethodNotAllowedError) headers['allow'] = e.allow.join(', ');
   if (e instanceof RangeNotSatisfiableError) headers['content-range'] = `bytes */${e.size}`;
   if (e.code === 'UNAUTHORIZED') headers['www-authenticate'] ??= 'Basic realm="hoist"';
   const body = JSON.stringify({ errors: [envelopeEntry(e)] });

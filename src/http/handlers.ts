@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import { ClientAbortError, RegistryError } from '../errors.js';
+import { ClientAbortError, MethodNotAllowedError, RegistryError } from '../errors.js';
 import type { ByteRange } from '../registry/blobs.js';
 import type { Page } from '../registry/manifests.js';
 import type { Registry } from '../registry/registry.js';
@@ -65,7 +65,7 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
     try {
       if (!m) throw new RegistryError('NOT_FOUND', { detail: { path: req.path.slice(0, 200) } });
       const h = HANDLERS[m.route.name][req.method];
-      if (!h) throw new RegistryError('UNSUPPORTED', { message: `${req.method} is not supported on this route` });
+      if (!h) throw new MethodNotAllowedError(req.method, Object.keys(HANDLERS[m.route.name]));
       await h(c!);
       status = res.aborted ? 499 : 0;
     } catch (err) {
