@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import type { FrontEnd } from './http/adapter.js';
-import { createFrontEnd } from './http/frontend.js';
+import { createFrontEnd, FrontEndUnfitError } from './http/frontend.js';
 import { createHandler } from './http/handlers.js';
 import { HashPool } from './registry/hash-pool.js';
 import { Registry } from './registry/registry.js';
@@ -42,7 +42,11 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
   });
   const handler = createHandler({ registry, log, maxManifestBytes: config.manifests.maxBytes, minChunkBytes: u.minChunkBytes });
   const frontend = await createFrontEnd(config.frontend, handler, {
-    onFallback: (err) => log.warn({ err }, 'uWebSockets.js did not load; using the node:http front end'),
+    maxBodyBytes: u.maxBlobBytes,
+    onFallback: (err) =>
+      err instanceof FrontEndUnfitError
+        ? log.info({ reason: err.message }, 'using the node:http front end')
+        : log.warn({ err }, 'uWebSockets.js did not load; using the node:http front end'),
   });
   const port = await frontend.listen(config.listen.host, config.listen.port);
   log.info(

@@ -248,8 +248,10 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
       this.#draining = false;
     }
     if (this.#settleBody === undefined) return; // aborted or discarded meanwhile
+    // Resume even when the body has ended: uWS keeps the pause on the socket, and the next
+    // request on this keep-alive connection would never be read.
+    this.#resume();
     if (this.#bodyEnded) this.#finishBody();
-    else this.#resume();
   }
 
   #finishBody(): void {

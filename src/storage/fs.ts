@@ -252,11 +252,18 @@ class FsFileWriter implements FileWriter {
     }
   }
 
+  /**
+   * No fsync here: close() ends every PATCH, and flushing each chunk to disk would make a
+   * chunked push disk-bound. What reached the page cache survives a process crash, and after
+   * a machine crash the file is merely shorter: the upload's offset is the file's size, so
+   * the client is told the true offset (416 + Range) and resends from there.
+   */
   async close(): Promise<void> {
     this.#enter('close', 'closed');
-    await this.#release();
+    await this.#fh.close();
   }
 
+  /** A committed object becomes a blob that manifests point at: it must be on disk first. */
   async commit(): Promise<void> {
     this.#enter('commit', 'committed');
     await this.#release();

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ClientAbortError } from '../../src/errors.js';
 import type { BodySink, FrontEnd, FrontEndKind, RequestHandler } from '../../src/http/adapter.js';
-import { createFrontEnd } from '../../src/http/frontend.js';
+import { createFrontEnd, UWS_MAX_CONTENT_LENGTH } from '../../src/http/frontend.js';
 
 /**
  * One suite, run against both front ends over real loopback HTTP: they must behave alike.
@@ -532,12 +532,23 @@ describe('uws front end limits', () => {
 describe('createFrontEnd', () => {
   const handler: RequestHandler = async (_req, res) => res.send(200, {}, 'ok');
 
-  it("'auto' picks uWS where its binary loads", async () => {
+  it("'auto' picks uWS where its binary loads and every body fits its Content-Length limit", async () => {
     const onFallback = vi.fn();
-    const frontEnd = await createFrontEnd('auto', handler, { onFallback });
+    const frontEnd = await createFrontEnd('auto', handler, { onFallback, maxBodyBytes: UWS_MAX_CONTENT_LENGTH });
     expect(frontEnd.kind).toBe('uws');
     expect(onFallback).not.toHaveBeenCalled();
     await frontEnd.close(100);
+  });
+
+  it("'auto' picks node:http when blobs may be larger than uWS can take, and says why", async () => {
+    for (const maxBodyBytes of [0, UWS_MAX_CONTENT_LENGTH + 1]) {
+      const onFallback = vi.fn();
+      const frontEnd = await createFrontEnd('auto', handler, { onFallback, maxBodyBytes });
+      expect(frontEnd.kind).toBe('node');
+      expect(onFallback).toHaveBeenCalledOnce();
+      expect(String(onFallback.mock.calls[0]![0])).toMatch(/Content-Length/);
+      await frontEnd.close(100);
+    }
   });
 
   it("'auto' falls back to node:http and reports why; 'uws' fails", async () => {
@@ -548,7 +559,7 @@ describe('createFrontEnd', () => {
     try {
       const { createFrontEnd: create } = await import('../../src/http/frontend.js');
       const onFallback = vi.fn();
-      const frontEnd = await create('auto', handler, { onFallback });
+      const frontEnd = await create('auto', handler, { onFallback, maxBodyBytes: 1024 });
       expect(frontEnd.kind).toBe('node');
       expect(onFallback).toHaveBeenCalledOnce();
       const port = await frontEnd.listen('127.0.0.1', 0);
