@@ -1,5 +1,5 @@
-import { randomUUID } from 'node:crypto';
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import pLimit, { type LimitFunction } from 'p-limit';
 import { ClientAbortError, RegistryError, UploadRangeError } from '../errors.js';
 import { isPathNotFound, type FileWriter, type StorageDriver } from '../storage/driver.js';
 import type { HashPool } from './hash-pool.js';
@@ -57,9 +57,22 @@ export class UploadEngine {
   /** Uploads with a request writing: one writer per upload (per instance) at a time. */
   readonly #busy = new Set<string>();
   readonly #pins = new Map<string, number>();
+  /** Admission of writing requests, for drivers that buffer whole parts (see maxConcurrentWriters). */
+  readonly #admission: LimitFunction | undefined;
 
   constructor(opts: UploadEngineOptions) {
     this.#o = opts;
+    const driverCap = opts.driver.maxConcurrentWriters;
+    if (driverCap !== undefined) {
+      // Admitted requests must also be able to hold their share of slabs at once, so that no
+      // admitted request waits for a slab another admitted request holds while it waits.
+      const slabCap = Math.floor(opts.slabs.maxSlabs / (this.#maxInflightSlabs() + 1));
+      this.#admission = pLimit(Math.max(1, Math.min(driverCap, slabCap)));
+    }
+  }
+
+  #maxInflightSlabs(): number {
+    return Math.max(1, Math.floor(this.#o.maxSessionBufferedBytes / this.#o.slabs.slabBytes) - 1);
   }
 
   async start(repo: string): Promise<UploadState> {
@@ -185,7 +198,7 @@ export class UploadEngine {
       throw new UploadRangeError(repo, id, await this.#storedSize(record), 'another request is writing to this upload');
     }
     this.#busy.add(id);
-    try {
+    const run = async (): Promise<T> => {
       const writer = await this.#openWriter(record.data);
       try {
         return await fn(writer);
@@ -193,6 +206,10 @@ export class UploadEngine {
         await writer.close().catch(() => undefined);
         throw err;
       }
+    };
+    try {
+      // Waiting here holds no buffer: the front end keeps the socket paused meanwhile.
+      return await (this.#admission ? this.#admission(run) : run());
     } finally {
       this.#busy.delete(id);
     }
@@ -215,7 +232,7 @@ export class UploadEngine {
       writer,
       hashPool: this.#o.hashPool,
       slabs,
-      maxInflightSlabs: Math.max(1, Math.floor(this.#o.maxSessionBufferedBytes / slabs.slabBytes) - 1),
+      maxInflightSlabs: this.#maxInflightSlabs(),
       maxBlobBytes: this.#o.maxBlobBytes,
       hashKey: id,
       pin: this.#pins.get(id),

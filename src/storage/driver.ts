@@ -53,6 +53,15 @@ export interface StorageDriver {
   /** Deletes an object or everything under a directory (prefix). Throws PathNotFoundError if nothing was there. */
   delete(path: string): Promise<void>;
 
+  /**
+   * How many writers may hold buffers at the same time. A driver that must gather a whole
+   * part in memory before sending it (S3) sets this, so that the core admits no more uploads
+   * at once than its buffers can serve: the others wait with their sockets paused, holding
+   * nothing, instead of holding half-filled buffers that each wait for the other's bytes.
+   * Undefined: no limit (fs, memory).
+   */
+  readonly maxConcurrentWriters?: number;
+
   /** Releases connections, file handles, timers. */
   close(): Promise<void>;
 

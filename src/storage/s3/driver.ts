@@ -67,6 +67,8 @@ export class S3Driver implements StorageDriver {
    */
   readonly redirectURL?: (path: string, expiresInSeconds: number) => Promise<string>;
 
+  readonly maxConcurrentWriters: number;
+
   constructor(opts: S3DriverOptions) {
     this.bucket = opts.bucket;
     this.prefix = opts.prefix;
@@ -111,12 +113,16 @@ export class S3Driver implements StorageDriver {
         { step: 'build', name: 'hoistUnsignedPayload' },
       );
     }
+    const buffers = new PartBufferPool(opts.partSizeBytes, opts.maxBufferedBytes);
+    // Half the buffers may be parts being filled, one per writer; the other half carry parts
+    // in flight, which free themselves by finishing on the network alone.
+    this.maxConcurrentWriters = Math.max(1, Math.floor(buffers.maxBuffers / 2));
     const md5 = opts.md5 ?? (async (b) => createHash('md5').update(new Uint8Array(b.buffer, b.byteOffset, b.length)).digest('base64'));
     this.#writers = {
       client: this.#client,
       bucket: this.bucket,
       layout: this.#layout,
-      buffers: new PartBufferPool(opts.partSizeBytes, opts.maxBufferedBytes),
+      buffers,
       md5,
       maxPartsInFlight: opts.maxPartsInFlight,
       bufferWaitTimeoutMs: opts.bufferWaitTimeoutMs ?? 30_000,
