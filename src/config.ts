@@ -78,8 +78,12 @@ export const ConfigSchema = z.object({
     maxBufferedBytes: bytes.pipe(z.number().min(1024 ** 2)).default('256MiB'),
     /** Upper bound on bytes one upload may hold in memory before its socket is paused. */
     maxSessionBufferedBytes: bytes.pipe(z.number().min(64 * 1024)).default('16MiB'),
-    /** Smallest chunk clients should send (advertised as OCI-Chunk-Min-Length). */
-    minChunkBytes: bytes.default(0),
+    /**
+     * Smallest chunk clients should send, advertised as OCI-Chunk-Min-Length (distribution-spec
+     * v1.1 "Pushing a blob in chunks"; 0: not advertised). Smaller chunks still work, but each
+     * costs a request, a storage write and (S3) a staging object.
+     */
+    minChunkBytes: bytes.default('1MiB'),
     /** Hashing worker threads; 0 means one per available core. */
     hashThreads: integerish.pipe(z.number().min(0).max(64)).default(0),
     /** Largest monolithic or chunked upload the registry accepts (0: no limit). */

@@ -47,7 +47,7 @@ describe('loadConfig defaults', () => {
       chunkBytes: 4 * MiB,
       maxBufferedBytes: 256 * MiB,
       maxSessionBufferedBytes: 16 * MiB,
-      minChunkBytes: 0,
+      minChunkBytes: 1024 * 1024,
       hashThreads: Math.max(1, availableParallelism()),
       maxBlobBytes: 0,
     });
