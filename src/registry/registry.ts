@@ -2,7 +2,7 @@ import { RegistryError } from '../errors.js';
 import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
 import { BlobStore, type BlobDescriptor, type BlobRead, type ByteRange } from './blobs.js';
 import type { HashPool } from './hash-pool.js';
-import { ManifestStore, lexical, paginate, type Manifest, type ManifestRecord, type Page } from './manifests.js';
+import { ManifestStore, lexical, paginate, type Manifest, type ManifestRecord, type Page, type ReferrerDescriptor } from './manifests.js';
 import { paths, REPOSITORY_MARKERS } from './paths.js';
 import { assertName, isValidName, parseDigest, parseReference } from './reference.js';
 import type { SlabPool } from './slab-pool.js';
@@ -72,14 +72,8 @@ export class Registry {
   async putBlob(repo: string, digest: string, length: number | undefined, body: BodySource): Promise<BlobDescriptor> {
     assertName(repo);
     const d = parseDigest(digest);
-    const { id } = await this.#uploads.start(repo);
-    try {
-      const data = await this.#uploads.complete(repo, id, d, { start: 0, length }, body);
-      return await this.#blobs.adopt(repo, d, data);
-    } catch (err) {
-      await this.#uploads.cancel(repo, id).catch(() => undefined);
-      throw err;
-    }
+    const data = await this.#uploads.oneShot(repo, d, length, body);
+    return this.#blobs.adopt(repo, d, data);
   }
 
   /** Cross-repository mount; undefined when `from` cannot see the blob. */
@@ -120,6 +114,15 @@ export class Registry {
 
   deleteManifest(repo: string, reference: string): Promise<void> {
     return this.#manifests.delete(assertName(repo), parseReference(reference));
+  }
+
+  /**
+   * Manifests whose `subject` is `digest`, optionally of one `artifactType` only. Always a
+   * list (empty when there are none), even for a repository that does not exist: the spec
+   * forbids a 404 here, which clients read as "no referrers API".
+   */
+  listReferrers(repo: string, digest: string, artifactType: string | undefined): Promise<ReferrerDescriptor[]> {
+    return this.#manifests.referrers(assertName(repo), parseDigest(digest), artifactType);
   }
 
   async listTags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {

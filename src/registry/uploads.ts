@@ -111,7 +111,29 @@ export class UploadEngine {
    * links the data under its digest.
    */
   async complete(repo: string, id: string, digest: Digest, range: ChunkRange, body: BodySource | undefined): Promise<CommittedData> {
-    const record = await this.#record(repo, id);
+    return this.#complete(repo, id, await this.#record(repo, id), digest, range, body);
+  }
+
+  /**
+   * A monolithic upload (POST with `?digest=` and the whole blob): one request, so there is
+   * nothing to resume and no upload record to write and delete. If it fails, its data is
+   * deleted here; if the process dies, what it wrote is an orphan that garbage collection
+   * finds (no record points at it).
+   */
+  async oneShot(repo: string, digest: Digest, length: number | undefined, body: BodySource): Promise<CommittedData> {
+    const id = randomUUID();
+    const record: UploadRecord = { startedAt: new Date().toISOString(), data: paths.blobData(id) };
+    try {
+      return await this.#complete(repo, id, record, digest, { start: 0, length }, body);
+    } catch (err) {
+      await this.#o.driver.delete(record.data).catch(() => undefined);
+      await this.#o.hashPool.drop(id, this.#pins.get(id)).catch(() => undefined);
+      this.#pins.delete(id);
+      throw err;
+    }
+  }
+
+  async #complete(repo: string, id: string, record: UploadRecord, digest: Digest, range: ChunkRange, body: BodySource | undefined): Promise<CommittedData> {
     const committed = await this.#exclusive(repo, id, record, async (writer) => {
       if (body) {
         this.#checkRange(repo, id, writer.size, range);
