@@ -1,7 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { ClientAbortError, RegistryError, UploadRangeError } from '../errors.js';
 import { isPathNotFound, type FileWriter, type StorageDriver } from '../storage/driver.js';
+import { channels } from './diagnostics.js';
 import type { HashPool } from './hash-pool.js';
 import { paths } from './paths.js';
 import type { Digest } from './reference.js';
@@ -97,8 +99,12 @@ export class UploadEngine {
     return this.#exclusive(repo, id, record, async (writer) => {
       this.#checkRange(repo, id, writer.size, range);
       const start = writer.size;
+      const t0 = performance.now();
       const offset = await this.#pumpBody(repo, id, writer, body);
       await writer.close();
+      if (channels.uploadAppend.hasSubscribers) {
+        channels.uploadAppend.publish({ repository: repo, uploadId: id, bytes: offset - start, offset, ms: performance.now() - t0 });
+      }
       this.#checkLength(repo, id, range, offset - start, offset);
       return { id, offset };
     });
@@ -134,6 +140,7 @@ export class UploadEngine {
   }
 
   async #complete(repo: string, id: string, record: UploadRecord, digest: Digest, range: ChunkRange, body: BodySource | undefined): Promise<CommittedData> {
+    const t0 = performance.now();
     const committed = await this.#exclusive(repo, id, record, async (writer) => {
       if (body) {
         this.#checkRange(repo, id, writer.size, range);
@@ -154,6 +161,9 @@ export class UploadEngine {
       return { dataPath: record.data, size };
     });
     await this.#forget(repo, id);
+    if (channels.uploadCommit.hasSubscribers) {
+      channels.uploadCommit.publish({ repository: repo, uploadId: id, digest: digest.value, size: committed.size, ms: performance.now() - t0 });
+    }
     return committed;
   }
 
@@ -292,6 +302,13 @@ export class UploadEngine {
    * not copied, into the worker.
    */
   async #rebuild(id: string, dataPath: string, offset: number): Promise<number> {
+    const t0 = performance.now();
+    const pin = await this.#rebuildFrom(id, dataPath, offset);
+    if (channels.hashRebuild.hasSubscribers) channels.hashRebuild.publish({ uploadId: id, bytes: offset, ms: performance.now() - t0 });
+    return pin;
+  }
+
+  async #rebuildFrom(id: string, dataPath: string, offset: number): Promise<number> {
     const chunkBytes = this.#o.slabs.slabBytes;
     let pin: number | undefined;
     let fed = 0;
