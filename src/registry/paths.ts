@@ -19,11 +19,17 @@ import type { Digest } from './reference.js';
  *           │   └── <algorithm>
  *           │       └── <hex>         link: the repository may serve this blob (pushed or mounted)
  *           ├── _manifests
+ *           │   ├── referrers
+ *           │   │   └── <algorithm>
+ *           │   │       └── <hex>     the subject's digest (need not exist in the repository)
+ *           │   │           └── <algorithm>-<hex>
+ *           │   │                     a manifest whose `subject` is this digest: its descriptor
+ *           │   │                     {mediaType, digest, size, artifactType, annotations}
  *           │   ├── revisions
  *           │   │   └── <algorithm>
  *           │   │       └── <hex>     manifest record: media type, size, subject, labels
  *           │   └── tags
- *           │       └── <tag>         tag record: {"digest": ...}
+ *           │       └── <tag>         tag record: {"digest": ..., "expiresAt"?: ...}
  *           └── _uploads
  *               └── <id>              upload record: {"startedAt": ..., "data": "/blobs/data/<id>"}
  *
@@ -39,6 +45,9 @@ export const paths = {
   layerLink: (name: string, d: Digest) => `/repositories/${name}/_layers/${d.algorithm}/${d.hex}`,
   manifestRevision: (name: string, d: Digest) => `/repositories/${name}/_manifests/revisions/${d.algorithm}/${d.hex}`,
   manifestRevisions: (name: string, algorithm: string) => `/repositories/${name}/_manifests/revisions/${algorithm}`,
+  referrers: (name: string, subject: Digest) => `/repositories/${name}/_manifests/referrers/${subject.algorithm}/${subject.hex}`,
+  referrer: (name: string, subject: Digest, referrer: Digest) =>
+    `/repositories/${name}/_manifests/referrers/${subject.algorithm}/${subject.hex}/${referrer.algorithm}-${referrer.hex}`,
   tag: (name: string, tag: string) => `/repositories/${name}/_manifests/tags/${tag}`,
   tags: (name: string) => `/repositories/${name}/_manifests/tags`,
   upload: (name: string, id: string) => `/repositories/${name}/_uploads/${id}`,

@@ -1,24 +1,41 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { RegistryError } from '../../../src/errors.js';
 import { BlobStore } from '../../../src/registry/blobs.js';
+import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
 import { lexical, ManifestStore, paginate } from '../../../src/registry/manifests.js';
-import { parseReference } from '../../../src/registry/reference.js';
+import { paths } from '../../../src/registry/paths.js';
+import { parseDigest, parseReference } from '../../../src/registry/reference.js';
+import type { StorageDriver } from '../../../src/storage/driver.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
 
-const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
-const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
+const OCI_MANIFEST = MEDIA_TYPES.ociManifest;
+const OCI_INDEX = MEDIA_TYPES.ociIndex;
+const EMPTY_JSON = 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a';
+const EMPTY_LAYER = 'sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4';
+/** The empty config artifacts use (image-spec "Guidance for an Empty Descriptor"); never pushed. */
+const EMPTY_CONFIG = { mediaType: MEDIA_TYPES.ociEmpty, digest: EMPTY_JSON, size: 2 };
 
-const sha = (b: Buffer, algorithm = 'sha256') => `${algorithm}:${createHash(algorithm).update(b).digest('hex')}`;
+const sha = (b: Uint8Array | string, algorithm = 'sha256') => `${algorithm}:${createHash(algorithm).update(b).digest('hex')}`;
+const desc = (mediaType: string, bytes: Buffer) => ({ mediaType, digest: sha(bytes), size: bytes.length });
 
+/** A valid OCI manifest that references nothing that needs pushing. */
 function manifest(extra: Record<string, unknown> = {}): Buffer {
-  return Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, layers: [], ...extra }));
+  return Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: EMPTY_CONFIG, layers: [], ...extra }));
+}
+
+function index(children: Buffer[], extra: Record<string, unknown> = {}): Buffer {
+  return Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: children.map((c) => desc(OCI_MANIFEST, c)), ...extra }));
+}
+
+async function errorOf(p: Promise<unknown>): Promise<RegistryError> {
+  const err = await p.then(() => undefined, (e: unknown) => e);
+  expect(err).toBeInstanceOf(RegistryError);
+  return err as RegistryError;
 }
 
 async function codeOf(p: Promise<unknown>): Promise<string> {
-  const err = await p.then(() => undefined, (e: unknown) => e);
-  expect(err).toBeInstanceOf(RegistryError);
-  return (err as RegistryError).code;
+  return (await errorOf(p)).code;
 }
 
 describe('paginate', () => {
@@ -49,80 +66,365 @@ describe('paginate', () => {
 
 describe('ManifestStore', () => {
   let driver: MemoryDriver;
+  let blobs: BlobStore;
   let manifests: ManifestStore;
 
   beforeEach(() => {
     driver = new MemoryDriver();
-    manifests = new ManifestStore({ driver, blobs: new BlobStore(driver), maxBytes: 4096 });
+    blobs = new BlobStore(driver);
+    manifests = new ManifestStore({ driver, blobs, maxBytes: 8192 });
   });
 
-  it('stores a manifest by tag, exactly as pushed, and finds it by tag and digest', async () => {
-    const bytes = manifest();
-    const record = await manifests.put('repo', parseReference('v1'), OCI_MANIFEST, bytes);
-    expect(record).toMatchObject({ digest: sha(bytes), mediaType: OCI_MANIFEST, size: bytes.length });
-    for (const ref of ['v1', sha(bytes)]) {
-      const got = await manifests.get('repo', parseReference(ref));
-      expect(got.bytes).toEqual(bytes);
-      expect(got.digest).toBe(sha(bytes));
-    }
-    expect(await codeOf(manifests.get('other', parseReference('v1')))).toBe('MANIFEST_UNKNOWN');
-    expect(await codeOf(manifests.get('other', parseReference(sha(bytes))))).toBe('MANIFEST_UNKNOWN');
+  /** Puts a blob into `repo` the way a finished upload does. */
+  async function pushBlob(repo: string, bytes: Buffer): Promise<void> {
+    const dataPath = paths.blobData(randomUUID());
+    await driver.putContent(dataPath, bytes);
+    await blobs.adopt(repo, parseDigest(sha(bytes)), { dataPath, size: bytes.length });
+  }
+
+  /** An image config blob with these labels, pushed into `repo`; returns its descriptor. */
+  async function pushConfig(repo: string, labels?: Record<string, unknown>): Promise<{ mediaType: string; digest: string; size: number }> {
+    const bytes = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: labels ? { Labels: labels } : {}, rootfs: { type: 'layers', diff_ids: [] }, n: randomUUID() }));
+    await pushBlob(repo, bytes);
+    return desc(MEDIA_TYPES.ociImageConfig, bytes);
+  }
+
+  describe('storing and reading', () => {
+    it('stores a manifest by tag, exactly as pushed, and finds it by tag and digest', async () => {
+      const bytes = manifest();
+      const record = await manifests.put('repo', parseReference('v1'), OCI_MANIFEST, bytes);
+      expect(record).toMatchObject({ digest: sha(bytes), mediaType: OCI_MANIFEST, size: bytes.length });
+      for (const ref of ['v1', sha(bytes)]) {
+        const got = await manifests.get('repo', parseReference(ref));
+        expect(got.bytes).toEqual(bytes);
+        expect(got.digest).toBe(sha(bytes));
+      }
+      expect(await codeOf(manifests.get('other', parseReference('v1')))).toBe('MANIFEST_UNKNOWN');
+      expect(await codeOf(manifests.get('other', parseReference(sha(bytes))))).toBe('MANIFEST_UNKNOWN');
+    });
+
+    it('keeps whitespace and key order: the digest is of the pushed bytes', async () => {
+      const text = `{\n   "layers": [],\n   "config": ${JSON.stringify(EMPTY_CONFIG)},\n   "schemaVersion": 2\n}\n`;
+      const record = await manifests.put('repo', parseReference('pretty'), OCI_MANIFEST, Buffer.from(text));
+      expect(record.digest).toBe(sha(text));
+      expect((await manifests.get('repo', parseReference('pretty'))).bytes.toString()).toBe(text);
+    });
+
+    it('checks a pushed digest against the bytes, in its own algorithm', async () => {
+      const bytes = manifest();
+      expect((await manifests.put('repo', parseReference(sha(bytes, 'sha512')), OCI_MANIFEST, bytes)).digest).toBe(sha(bytes, 'sha512'));
+      const e = await errorOf(manifests.put('repo', parseReference(sha(manifest({ x: 1 }))), OCI_MANIFEST, bytes));
+      expect(e.code).toBe('DIGEST_INVALID');
+      expect(e.detail).toEqual({ expected: sha(manifest({ x: 1 })), actual: sha(bytes) });
+    });
+
+    it('takes the media type from Content-Type, else from the document', async () => {
+      const idx = index([]);
+      expect((await manifests.put('repo', parseReference('a'), `${OCI_INDEX}; charset=utf-8`, idx)).mediaType).toBe(OCI_INDEX);
+      expect((await manifests.put('repo', parseReference('b'), undefined, manifest())).mediaType).toBe(OCI_MANIFEST);
+      expect((await manifests.put('repo', parseReference('c'), 'application/octet-stream', manifest())).mediaType).toBe(OCI_MANIFEST);
+      const bare = Buffer.from('{"schemaVersion":2}');
+      expect(await codeOf(manifests.put('repo', parseReference('d'), undefined, bare))).toBe('MANIFEST_INVALID');
+    });
+
+    it.each([
+      ['not JSON', Buffer.from('{nope'), OCI_MANIFEST],
+      ['a JSON array', Buffer.from('[]'), OCI_MANIFEST],
+      ['schema 1', Buffer.from('{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+json"}'), undefined],
+      ['too large', manifest({ pad: 'x'.repeat(9000) }), OCI_MANIFEST],
+      ['missing its config', Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, layers: [] })), OCI_MANIFEST],
+      ['of another media type than Content-Type', manifest(), OCI_INDEX],
+    ])('rejects a manifest that is %s with MANIFEST_INVALID, storing nothing', async (_label, bytes, contentType) => {
+      expect(await codeOf(manifests.put('repo', parseReference('t'), contentType, bytes))).toBe('MANIFEST_INVALID');
+      expect(await codeOf(manifests.stat('repo', parseReference('t')))).toBe('MANIFEST_UNKNOWN');
+      expect(await codeOf(manifests.stat('repo', parseReference(sha(bytes))))).toBe('MANIFEST_UNKNOWN');
+    });
   });
 
-  it('checks a pushed digest against the bytes, in its own algorithm', async () => {
-    const bytes = manifest();
-    expect((await manifests.put('repo', parseReference(sha(bytes, 'sha512')), OCI_MANIFEST, bytes)).digest).toBe(sha(bytes, 'sha512'));
-    expect(await codeOf(manifests.put('repo', parseReference(sha(manifest({ x: 1 }))), OCI_MANIFEST, bytes))).toBe('DIGEST_INVALID');
+  describe('references', () => {
+    it('accepts an image whose config and layers are in the repository', async () => {
+      const layer = randomBytes(100);
+      await pushBlob('repo', layer);
+      const config = await pushConfig('repo');
+      const bytes = manifest({ config, layers: [desc('application/vnd.oci.image.layer.v1.tar', layer)] });
+      await manifests.put('repo', parseReference('v1'), OCI_MANIFEST, bytes);
+      expect((await manifests.stat('repo', parseReference('v1'))).digest).toBe(sha(bytes));
+    });
+
+    it('refuses a missing layer or config with MANIFEST_BLOB_UNKNOWN naming the digest', async () => {
+      const config = await pushConfig('repo');
+      const layer = randomBytes(100);
+      const bytes = manifest({ config, layers: [desc('application/vnd.oci.image.layer.v1.tar', layer)] });
+      const e = await errorOf(manifests.put('repo', parseReference('v1'), OCI_MANIFEST, bytes));
+      expect(e.code).toBe('MANIFEST_BLOB_UNKNOWN');
+      expect(e.detail).toEqual({ digest: sha(layer) });
+      expect(await codeOf(manifests.stat('repo', parseReference('v1')))).toBe('MANIFEST_UNKNOWN');
+
+      const missingConfig = { mediaType: MEDIA_TYPES.ociImageConfig, digest: sha('{"nope":1}'), size: 10 };
+      const e2 = await errorOf(manifests.put('repo', parseReference('v2'), OCI_MANIFEST, manifest({ config: missingConfig })));
+      expect(e2.code).toBe('MANIFEST_BLOB_UNKNOWN');
+      expect(e2.detail).toEqual({ digest: missingConfig.digest });
+    });
+
+    it('refuses a blob that only another repository holds, and accepts it once mounted', async () => {
+      const layer = randomBytes(64);
+      await pushBlob('elsewhere', layer);
+      const bytes = manifest({ layers: [desc('application/vnd.oci.image.layer.v1.tar', layer)] });
+      expect(await codeOf(manifests.put('repo', parseReference('v1'), OCI_MANIFEST, bytes))).toBe('MANIFEST_BLOB_UNKNOWN');
+      await blobs.mount('repo', parseDigest(sha(layer)), 'elsewhere');
+      await manifests.put('repo', parseReference('v1'), OCI_MANIFEST, bytes);
+    });
+
+    it('always has the empty layer and the empty JSON config, without a push', async () => {
+      const bytes = Buffer.from(JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MEDIA_TYPES.dockerManifest,
+        config: { mediaType: MEDIA_TYPES.dockerImageConfig, digest: EMPTY_JSON, size: 2 },
+        layers: [{ mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', digest: EMPTY_LAYER, size: 32 }],
+      }));
+      expect((await manifests.put('fresh', parseReference('empty'), MEDIA_TYPES.dockerManifest, bytes)).mediaType).toBe(MEDIA_TYPES.dockerManifest);
+    });
+
+    it('does not look for non-distributable layers, whose bytes live at their urls', async () => {
+      const foreign = {
+        mediaType: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
+        digest: sha('windows base layer'),
+        size: 123,
+        urls: ['https://example.com/layer'],
+      };
+      await manifests.put('repo', parseReference('win'), OCI_MANIFEST, manifest({ layers: [foreign] }));
+      const { urls: _urls, ...withoutUrls } = foreign;
+      expect(await codeOf(manifests.put('repo', parseReference('win2'), OCI_MANIFEST, manifest({ layers: [withoutUrls] })))).toBe('MANIFEST_BLOB_UNKNOWN');
+    });
+
+    it('accepts an index whose children are manifests of the repository', async () => {
+      const a = manifest({ n: 'a' });
+      const b = manifest({ n: 'b' });
+      await manifests.put('repo', parseReference(sha(a)), OCI_MANIFEST, a);
+      await manifests.put('repo', parseReference(sha(b)), OCI_MANIFEST, b);
+      const idx = index([a, b]);
+      expect((await manifests.put('repo', parseReference('multi'), OCI_INDEX, idx)).mediaType).toBe(OCI_INDEX);
+      // An index of indexes.
+      await manifests.put('repo', parseReference('nested'), OCI_INDEX, Buffer.from(JSON.stringify({
+        schemaVersion: 2, mediaType: OCI_INDEX, manifests: [desc(OCI_INDEX, idx)],
+      })));
+    });
+
+    it('refuses an index with a child missing from the repository with MANIFEST_UNKNOWN naming it', async () => {
+      const a = manifest({ n: 'a' });
+      const b = manifest({ n: 'b' });
+      await manifests.put('repo', parseReference('a'), OCI_MANIFEST, a);
+      await manifests.put('other', parseReference('b'), OCI_MANIFEST, b);
+      const e = await errorOf(manifests.put('repo', parseReference('multi'), OCI_INDEX, index([a, b])));
+      expect(e.code).toBe('MANIFEST_UNKNOWN');
+      expect(e.detail).toEqual({ digest: sha(b) });
+      // A blob with the child's digest is not a manifest.
+      await pushBlob('repo', b);
+      expect(await codeOf(manifests.put('repo', parseReference('multi'), OCI_INDEX, index([a, b])))).toBe('MANIFEST_UNKNOWN');
+    });
+
+    it('does not require the subject to exist', async () => {
+      const subject = { mediaType: OCI_MANIFEST, digest: sha('not pushed'), size: 10 };
+      const r = await manifests.put('repo', parseReference('sig'), OCI_MANIFEST, manifest({ subject, artifactType: 'application/vnd.example.sig' }));
+      expect(r.subject).toBe(subject.digest);
+    });
   });
 
-  it('takes the media type from Content-Type, else from the document', async () => {
-    const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [] }));
-    expect((await manifests.put('repo', parseReference('a'), `${OCI_INDEX}; charset=utf-8`, index)).mediaType).toBe(OCI_INDEX);
-    expect((await manifests.put('repo', parseReference('b'), undefined, manifest())).mediaType).toBe(OCI_MANIFEST);
-    expect((await manifests.put('repo', parseReference('c'), 'application/octet-stream', manifest())).mediaType).toBe(OCI_MANIFEST);
-    const bare = Buffer.from('{"schemaVersion":2}');
-    expect(await codeOf(manifests.put('repo', parseReference('d'), undefined, bare))).toBe('MANIFEST_INVALID');
+  describe('labels', () => {
+    it('records the labels of an image config with the manifest', async () => {
+      const config = await pushConfig('repo', { 'org.opencontainers.image.title': 'demo', team: 'a', n: 1 });
+      const r = await manifests.put('repo', parseReference('v1'), OCI_MANIFEST, manifest({ config }));
+      expect(r.labels).toEqual({ 'org.opencontainers.image.title': 'demo', team: 'a' });
+      expect((await manifests.stat('repo', parseReference('v1'))).labels).toEqual(r.labels);
+      expect(r.expiresAt).toBeUndefined();
+      expect((await manifests.tagRecord('repo', 'v1'))?.expiresAt).toBeUndefined();
+    });
+
+    it('reads Docker configs too, and no labels from artifacts', async () => {
+      const bytes = Buffer.from(JSON.stringify({ config: { Labels: { kind: 'docker' } } }));
+      await pushBlob('repo', bytes);
+      const docker = Buffer.from(JSON.stringify({
+        schemaVersion: 2, mediaType: MEDIA_TYPES.dockerManifest, config: desc(MEDIA_TYPES.dockerImageConfig, bytes), layers: [],
+      }));
+      expect((await manifests.put('repo', parseReference('d'), undefined, docker)).labels).toEqual({ kind: 'docker' });
+      const artifact = manifest({ config: desc('application/vnd.example.config+json', bytes), n: 2 });
+      expect((await manifests.put('repo', parseReference('art'), undefined, artifact)).labels).toBeUndefined();
+    });
+
+    it('sets the tag expiry from quay.expires-after', async () => {
+      const config = await pushConfig('repo', { 'quay.expires-after': '2h' });
+      const before = Date.now();
+      const r = await manifests.put('repo', parseReference('temp'), OCI_MANIFEST, manifest({ config }));
+      const after = Date.now();
+      const tag = await manifests.tagRecord('repo', 'temp');
+      for (const at of [r.expiresAt, tag?.expiresAt]) {
+        const t = Date.parse(at ?? '');
+        expect(t).toBeGreaterThanOrEqual(before + 2 * 3_600_000);
+        expect(t).toBeLessThanOrEqual(after + 2 * 3_600_000);
+      }
+    });
+
+    it.each(['soon', '2 hours', '-1d', ''])('ignores an invalid quay.expires-after %j', async (value) => {
+      const config = await pushConfig('repo', { 'quay.expires-after': value });
+      const r = await manifests.put('repo', parseReference('t'), OCI_MANIFEST, manifest({ config }));
+      expect(r.labels).toEqual({ 'quay.expires-after': value });
+      expect(r.expiresAt).toBeUndefined();
+      expect((await manifests.tagRecord('repo', 't'))?.expiresAt).toBeUndefined();
+    });
   });
 
-  it.each([
-    ['not JSON', Buffer.from('{nope')],
-    ['a JSON array', Buffer.from('[]')],
-    ['schema 1', Buffer.from('{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+json"}')],
-    ['too large', manifest({ pad: 'x'.repeat(5000) })],
-  ])('rejects a manifest that is %s with MANIFEST_INVALID', async (_label, bytes) => {
-    expect(await codeOf(manifests.put('repo', parseReference('t'), OCI_MANIFEST, bytes))).toBe('MANIFEST_INVALID');
+  describe('idempotence and concurrency', () => {
+    it('pushing the same manifest again changes nothing', async () => {
+      const config = await pushConfig('repo', { 'quay.expires-after': '1h' });
+      const bytes = manifest({ config });
+      const first = await manifests.put('repo', parseReference('v1'), OCI_MANIFEST, bytes);
+      const tag = await manifests.tagRecord('repo', 'v1');
+      const snapshot = async () => Promise.all([
+        driver.getContent(paths.manifestRevision('repo', parseDigest(first.digest))),
+        driver.getContent(paths.tag('repo', 'v1')),
+      ]);
+      const before = await snapshot();
+      await new Promise((r) => setTimeout(r, 5));
+      expect(await manifests.put('repo', parseReference('v1'), OCI_MANIFEST, bytes)).toEqual(first);
+      expect(await manifests.put('repo', parseReference(first.digest), OCI_MANIFEST, bytes)).toEqual(first);
+      expect(await snapshot()).toEqual(before);
+      expect(await manifests.tagRecord('repo', 'v1')).toEqual(tag);
+    });
+
+    it('two pushes of the same tag at once leave one of the two, whole', async () => {
+      // Every storage call yields for a random while, so the pushes' steps interleave.
+      const slow = shuffled(driver);
+      const store = new ManifestStore({ driver: slow, blobs: new BlobStore(slow), maxBytes: 8192 });
+      for (let round = 0; round < 20; round++) {
+        const pushed = Array.from({ length: 4 }, (_, i) => manifest({ round, i }));
+        const results = await Promise.all(pushed.map((b) => store.put('repo', parseReference('race'), OCI_MANIFEST, b)));
+        const tag = await store.tagRecord('repo', 'race');
+        expect(results.map((r) => r.digest)).toContain(tag?.digest);
+        const got = await store.get('repo', parseReference('race'));
+        expect(got.digest).toBe(tag?.digest);
+        expect(sha(got.bytes)).toBe(got.digest);
+        // Every manifest pushed is stored, whichever won the tag.
+        for (const b of pushed) expect((await store.stat('repo', parseReference(sha(b)))).digest).toBe(sha(b));
+      }
+    });
+
+    it('concurrent pushes of the same manifest agree on one record', async () => {
+      const slow = shuffled(driver);
+      const store = new ManifestStore({ driver: slow, blobs: new BlobStore(slow), maxBytes: 8192 });
+      const bytes = manifest({ same: true });
+      const results = await Promise.all(Array.from({ length: 6 }, (_, i) => store.put('repo', parseReference(`t${i}`), OCI_MANIFEST, bytes)));
+      const stored = await store.stat('repo', parseReference(sha(bytes)));
+      for (const r of results) expect(r.digest).toBe(stored.digest);
+      expect((await store.tags('repo', undefined, undefined)).items).toEqual(['t0', 't1', 't2', 't3', 't4', 't5']);
+    });
   });
 
-  it('moves a tag to a new manifest', async () => {
-    const one = manifest({ n: 1 });
-    const two = manifest({ n: 2 });
-    await manifests.put('repo', parseReference('latest'), OCI_MANIFEST, one);
-    await manifests.put('repo', parseReference('latest'), OCI_MANIFEST, two);
-    expect((await manifests.stat('repo', parseReference('latest'))).digest).toBe(sha(two));
-    // The old manifest stays reachable by digest.
-    expect((await manifests.stat('repo', parseReference(sha(one)))).digest).toBe(sha(one));
+  describe('tags', () => {
+    it('moves a tag to a new manifest', async () => {
+      const one = manifest({ n: 1 });
+      const two = manifest({ n: 2 });
+      await manifests.put('repo', parseReference('latest'), OCI_MANIFEST, one);
+      await manifests.put('repo', parseReference('latest'), OCI_MANIFEST, two);
+      expect((await manifests.stat('repo', parseReference('latest'))).digest).toBe(sha(two));
+      // The old manifest stays reachable by digest.
+      expect((await manifests.stat('repo', parseReference(sha(one)))).digest).toBe(sha(one));
+    });
+
+    it('deletes a tag alone, or a manifest with every tag pointing at it', async () => {
+      const one = manifest({ n: 1 });
+      const two = manifest({ n: 2 });
+      await manifests.put('repo', parseReference('a'), OCI_MANIFEST, one);
+      await manifests.put('repo', parseReference('b'), OCI_MANIFEST, one);
+      await manifests.put('repo', parseReference('c'), OCI_MANIFEST, two);
+      await manifests.delete('repo', parseReference('a'));
+      expect((await manifests.tags('repo', undefined, undefined)).items).toEqual(['b', 'c']);
+      expect((await manifests.stat('repo', parseReference(sha(one)))).digest).toBe(sha(one));
+      await manifests.delete('repo', parseReference(sha(one)));
+      expect((await manifests.tags('repo', undefined, undefined)).items).toEqual(['c']);
+      expect(await codeOf(manifests.stat('repo', parseReference(sha(one))))).toBe('MANIFEST_UNKNOWN');
+      expect(await codeOf(manifests.delete('repo', parseReference(sha(one))))).toBe('MANIFEST_UNKNOWN');
+      expect(await codeOf(manifests.delete('repo', parseReference('a')))).toBe('MANIFEST_UNKNOWN');
+    });
+
+    it('lists tags in lexical (byte-wise) order with pagination', async () => {
+      for (const tag of ['v2', 'V1', 'latest', '1.0', '_x']) await manifests.put('repo', parseReference(tag), OCI_MANIFEST, manifest());
+      expect((await manifests.tags('repo', undefined, undefined)).items).toEqual(['1.0', 'V1', '_x', 'latest', 'v2']);
+      expect(await manifests.tags('repo', 2, 'V1')).toEqual({ items: ['_x', 'latest'], next: 'latest' });
+      expect(await manifests.tags('empty', undefined, undefined)).toEqual({ items: [] });
+    });
   });
 
-  it('deletes a tag alone, or a manifest with every tag pointing at it', async () => {
-    const one = manifest({ n: 1 });
-    const two = manifest({ n: 2 });
-    await manifests.put('repo', parseReference('a'), OCI_MANIFEST, one);
-    await manifests.put('repo', parseReference('b'), OCI_MANIFEST, one);
-    await manifests.put('repo', parseReference('c'), OCI_MANIFEST, two);
-    await manifests.delete('repo', parseReference('a'));
-    expect((await manifests.tags('repo', undefined, undefined)).items).toEqual(['b', 'c']);
-    expect((await manifests.stat('repo', parseReference(sha(one)))).digest).toBe(sha(one));
-    await manifests.delete('repo', parseReference(sha(one)));
-    expect((await manifests.tags('repo', undefined, undefined)).items).toEqual(['c']);
-    expect(await codeOf(manifests.stat('repo', parseReference(sha(one))))).toBe('MANIFEST_UNKNOWN');
-    expect(await codeOf(manifests.delete('repo', parseReference(sha(one))))).toBe('MANIFEST_UNKNOWN');
-    expect(await codeOf(manifests.delete('repo', parseReference('a')))).toBe('MANIFEST_UNKNOWN');
-  });
+  describe('referrers', () => {
+    const subject = { mediaType: OCI_MANIFEST, digest: sha('the subject'), size: 11 };
 
-  it('lists tags in lexical order with pagination', async () => {
-    for (const tag of ['v2', 'V1', 'latest', '1.0', '_x']) await manifests.put('repo', parseReference(tag), OCI_MANIFEST, manifest());
-    expect((await manifests.tags('repo', undefined, undefined)).items).toEqual(['1.0', 'V1', '_x', 'latest', 'v2']);
-    expect(await manifests.tags('repo', 2, 'V1')).toEqual({ items: ['_x', 'latest'], next: 'latest' });
-    expect(await manifests.tags('empty', undefined, undefined)).toEqual({ items: [] });
+    it('indexes a manifest with a subject under that subject, with artifactType and annotations', async () => {
+      const sig = manifest({ artifactType: 'application/vnd.example.sig', subject, annotations: { 'org.example.k': 'v' } });
+      await manifests.put('repo', parseReference(sha(sig)), OCI_MANIFEST, sig);
+      const config = await pushConfig('repo');
+      const image = manifest({ config, subject });
+      await manifests.put('repo', parseReference('img'), OCI_MANIFEST, image);
+      const idx = index([], { artifactType: 'application/vnd.example.bundle', subject });
+      await manifests.put('repo', parseReference(sha(idx)), OCI_INDEX, idx);
+
+      const found = await manifests.referrers('repo', parseDigest(subject.digest));
+      const expected = [
+        { mediaType: OCI_MANIFEST, digest: sha(sig), size: sig.length, artifactType: 'application/vnd.example.sig', annotations: { 'org.example.k': 'v' } },
+        { mediaType: OCI_MANIFEST, digest: sha(image), size: image.length, artifactType: MEDIA_TYPES.ociImageConfig },
+        { mediaType: OCI_INDEX, digest: sha(idx), size: idx.length, artifactType: 'application/vnd.example.bundle' },
+      ];
+      expect(sortByDigest(found)).toEqual(sortByDigest(expected));
+      expect(await manifests.referrers('repo', parseDigest(subject.digest), 'application/vnd.example.sig')).toEqual([expected[0]]);
+      expect(await manifests.referrers('repo', parseDigest(subject.digest), 'application/none')).toEqual([]);
+    });
+
+    it('is empty for a digest nothing refers to, and per repository', async () => {
+      const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
+      await manifests.put('repo', parseReference('sig'), OCI_MANIFEST, sig);
+      expect(await manifests.referrers('repo', parseDigest(sha('something else')))).toEqual([]);
+      expect(await manifests.referrers('other', parseDigest(subject.digest))).toEqual([]);
+    });
+
+    it('pushing a referrer twice lists it once', async () => {
+      const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
+      await manifests.put('repo', parseReference('a'), OCI_MANIFEST, sig);
+      await manifests.put('repo', parseReference('b'), OCI_MANIFEST, sig);
+      expect(await manifests.referrers('repo', parseDigest(subject.digest))).toHaveLength(1);
+    });
+
+    it('deleting a referrer by digest removes it from the list', async () => {
+      const a = manifest({ artifactType: 'application/vnd.example.a', subject });
+      const b = manifest({ artifactType: 'application/vnd.example.b', subject });
+      await manifests.put('repo', parseReference('a'), OCI_MANIFEST, a);
+      await manifests.put('repo', parseReference('b'), OCI_MANIFEST, b);
+      await manifests.delete('repo', parseReference(sha(a)));
+      expect((await manifests.referrers('repo', parseDigest(subject.digest))).map((d) => d.digest)).toEqual([sha(b)]);
+      // Deleting a tag leaves the manifest, and so its entry.
+      await manifests.delete('repo', parseReference('b'));
+      expect(await manifests.referrers('repo', parseDigest(subject.digest))).toHaveLength(1);
+      await manifests.delete('repo', parseReference(sha(b)));
+      expect(await manifests.referrers('repo', parseDigest(subject.digest))).toEqual([]);
+    });
   });
 });
+
+function sortByDigest<T extends { digest: string }>(items: T[]): T[] {
+  return [...items].sort((x, y) => lexical(x.digest, y.digest));
+}
+
+/** The driver with every call delayed by a random 0–2 ms, so concurrent callers interleave. */
+function shuffled(driver: StorageDriver): StorageDriver {
+  return new Proxy(driver, {
+    get(target, prop, receiver) {
+      const value = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof value !== 'function') return value;
+      return async (...args: unknown[]) => {
+        await new Promise((r) => setTimeout(r, Math.random() * 2));
+        try {
+          return (await (value as (...a: unknown[]) => unknown).apply(target, args)) as unknown;
+        } finally {
+          await new Promise((r) => setTimeout(r, Math.random() * 2));
+        }
+      };
+    },
+  });
+}

@@ -1,0 +1,252 @@
+import { z } from 'zod';
+import { RegistryError } from '../errors.js';
+import { tryParseDigest } from './reference.js';
+
+/**
+ * What a pushed manifest must look like, checked without touching storage: JSON, one of the
+ * four schema 2 shapes, media types that agree. Whether the blobs and manifests it references
+ * exist is the store's business (src/registry/manifests.ts).
+ *
+ * Shapes (image-spec v1.1 manifest.md, image-index.md, descriptor.md; Docker "Image Manifest
+ * Version 2, Schema 2"):
+ *
+ *   image manifest   {schemaVersion: 2, mediaType?, artifactType?, config, layers: [..], subject?, annotations?}
+ *   image index      {schemaVersion: 2, mediaType?, artifactType?, manifests: [..], subject?, annotations?}
+ *   descriptor       {mediaType, digest, size, urls?, annotations?, data?, artifactType?, platform?}
+ *
+ * Docker's schema 2 manifest and manifest list have the same shapes, but their `mediaType`
+ * field is required and they have no `subject` or `artifactType`. Unknown fields are allowed
+ * everywhere: image-spec says implementations MUST ignore properties they don't know.
+ * Schema 1 (signed JWS manifests) is refused: Docker deprecated it and no current client
+ * pushes it.
+ */
+
+export const MEDIA_TYPES = {
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  ociIndex: 'application/vnd.oci.image.index.v1+json',
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  dockerManifestList: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  ociImageConfig: 'application/vnd.oci.image.config.v1+json',
+  dockerImageConfig: 'application/vnd.docker.container.image.v1+json',
+  /** image-spec "Guidance for an Empty Descriptor": the config of artifacts that have none. */
+  ociEmpty: 'application/vnd.oci.empty.v1+json',
+} as const;
+
+/** Media types a manifest can be pushed as. */
+export const MANIFEST_MEDIA_TYPES = [
+  MEDIA_TYPES.ociManifest,
+  MEDIA_TYPES.ociIndex,
+  MEDIA_TYPES.dockerManifest,
+  MEDIA_TYPES.dockerManifestList,
+] as const;
+export type ManifestMediaType = (typeof MANIFEST_MEDIA_TYPES)[number];
+
+const SCHEMA1_MEDIA_TYPES = [
+  'application/vnd.docker.distribution.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.v1+prettyjws',
+];
+
+/** Configs whose `config.Labels` are image labels (the others belong to artifacts). */
+export const IMAGE_CONFIG_MEDIA_TYPES: readonly string[] = [MEDIA_TYPES.ociImageConfig, MEDIA_TYPES.dockerImageConfig];
+
+/**
+ * Layers a manifest may name without the registry holding them: their bytes live at `urls`
+ * (Windows base layers). distribution skips them the same way when it verifies a manifest.
+ */
+const NON_DISTRIBUTABLE_LAYER_MEDIA_TYPES: readonly string[] = [
+  'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
+  'application/vnd.oci.image.layer.nondistributable.v1.tar',
+  'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
+  'application/vnd.oci.image.layer.nondistributable.v1.tar+zstd',
+];
+
+/** RFC 6838 §4.2 type "/" subtype, as image-spec descriptor.md restricts `mediaType`. */
+const MEDIA_TYPE_RE = /^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$/;
+
+const mediaType = z.string().regex(MEDIA_TYPE_RE, 'not a media type (RFC 6838)');
+const digest = z.string().refine((d) => tryParseDigest(d) !== undefined, 'not a digest this registry accepts (sha256 or sha512, lowercase hex)');
+const annotations = z.record(z.string(), z.string());
+const base64 = z.string().regex(/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/, 'not base64');
+
+const platform = z
+  .object({
+    architecture: z.string(),
+    os: z.string(),
+    'os.version': z.string().optional(),
+    'os.features': z.array(z.string()).optional(),
+    variant: z.string().optional(),
+    features: z.array(z.string()).optional(),
+  })
+  .passthrough();
+
+const descriptor = z
+  .object({
+    mediaType,
+    digest,
+    size: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+    urls: z.array(z.string().url()).optional(),
+    annotations: annotations.optional(),
+    data: base64.optional(),
+    artifactType: mediaType.optional(),
+    platform: platform.optional(),
+  })
+  .passthrough();
+
+export type Descriptor = z.infer<typeof descriptor>;
+
+const schemaVersion = z.literal(2, { errorMap: () => ({ message: 'schemaVersion must be 2' }) });
+
+const ociManifest = z
+  .object({
+    schemaVersion,
+    mediaType: z.literal(MEDIA_TYPES.ociManifest).optional(),
+    artifactType: mediaType.optional(),
+    config: descriptor,
+    layers: z.array(descriptor),
+    subject: descriptor.optional(),
+    annotations: annotations.optional(),
+  })
+  .passthrough();
+
+const ociIndex = z
+  .object({
+    schemaVersion,
+    mediaType: z.literal(MEDIA_TYPES.ociIndex).optional(),
+    artifactType: mediaType.optional(),
+    manifests: z.array(descriptor),
+    subject: descriptor.optional(),
+    annotations: annotations.optional(),
+  })
+  .passthrough();
+
+const dockerManifest = z
+  .object({
+    schemaVersion,
+    mediaType: z.literal(MEDIA_TYPES.dockerManifest),
+    config: descriptor,
+    layers: z.array(descriptor),
+  })
+  .passthrough();
+
+const dockerManifestList = z
+  .object({
+    schemaVersion,
+    mediaType: z.literal(MEDIA_TYPES.dockerManifestList),
+    manifests: z.array(descriptor),
+  })
+  .passthrough();
+
+const SCHEMAS = {
+  [MEDIA_TYPES.ociManifest]: ociManifest,
+  [MEDIA_TYPES.ociIndex]: ociIndex,
+  [MEDIA_TYPES.dockerManifest]: dockerManifest,
+  [MEDIA_TYPES.dockerManifestList]: dockerManifestList,
+} as const;
+
+interface ParsedCommon {
+  /** The media type the manifest is stored and served with. */
+  readonly mediaType: ManifestMediaType;
+  readonly artifactType?: string;
+  /** OCI only: the manifest this one refers to (referrers API). */
+  readonly subject?: Descriptor;
+  readonly annotations?: Record<string, string>;
+}
+
+export interface ParsedImageManifest extends ParsedCommon {
+  readonly kind: 'manifest';
+  readonly config: Descriptor;
+  readonly layers: Descriptor[];
+}
+
+export interface ParsedIndex extends ParsedCommon {
+  readonly kind: 'index';
+  readonly manifests: Descriptor[];
+}
+
+export type ParsedManifest = ParsedImageManifest | ParsedIndex;
+
+/** The most schema problems named in one error's detail. */
+const MAX_ISSUES = 10;
+
+/**
+ * Parses and validates a manifest as pushed with `contentType` (the request's Content-Type,
+ * parameters ignored). Throws MANIFEST_INVALID, saying what is wrong, for anything that is
+ * not a schema 2 manifest of a supported type.
+ *
+ * The media type is the Content-Type, else the document's `mediaType`; when both are given
+ * they must agree (a manifest served with another type than its own would be misread).
+ * `application/octet-stream` counts as no Content-Type: some clients send it by default.
+ */
+export function parseManifest(bytes: Uint8Array, contentType: string | undefined): ParsedManifest {
+  const header = normaliseMediaType(contentType);
+  let doc: unknown;
+  try {
+    doc = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
+  } catch {
+    throw invalid('manifest is not valid JSON');
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw invalid('manifest must be a JSON object');
+  const fields = doc as { mediaType?: unknown; schemaVersion?: unknown };
+  const field = typeof fields.mediaType === 'string' ? fields.mediaType : undefined;
+  if (fields.schemaVersion === 1 || SCHEMA1_MEDIA_TYPES.includes(header ?? '') || SCHEMA1_MEDIA_TYPES.includes(field ?? '')) {
+    throw invalid('schema 1 manifests are deprecated and not supported: push schema 2 or OCI');
+  }
+  if (header !== undefined && field !== undefined && header !== field) {
+    throw invalid('manifest mediaType does not match Content-Type', { contentType: header, mediaType: field });
+  }
+  const type = header ?? field;
+  if (type === undefined) throw invalid('manifest media type unknown: set Content-Type');
+  if (!isManifestMediaType(type)) {
+    throw invalid('unsupported manifest media type', { mediaType: type.slice(0, 200), supported: MANIFEST_MEDIA_TYPES });
+  }
+  const result = SCHEMAS[type].safeParse(doc);
+  if (!result.success) {
+    const issues = result.error.issues.slice(0, MAX_ISSUES).map((i) => ({ path: i.path.join('.'), message: i.message }));
+    throw invalid('manifest does not match its schema', { mediaType: type, issues });
+  }
+  const m = result.data as {
+    artifactType?: string;
+    subject?: Descriptor;
+    annotations?: Record<string, string>;
+    config?: Descriptor;
+    layers?: Descriptor[];
+    manifests?: Descriptor[];
+  };
+  // Docker's schemas have no artifactType or subject: a field by that name there means nothing.
+  const oci = type === MEDIA_TYPES.ociManifest || type === MEDIA_TYPES.ociIndex;
+  const common: ParsedCommon = {
+    mediaType: type,
+    ...(oci && m.artifactType !== undefined ? { artifactType: m.artifactType } : {}),
+    ...(oci && m.subject !== undefined ? { subject: m.subject } : {}),
+    ...(m.annotations !== undefined ? { annotations: m.annotations } : {}),
+  };
+  if (type === MEDIA_TYPES.ociIndex || type === MEDIA_TYPES.dockerManifestList) return { ...common, kind: 'index', manifests: m.manifests! };
+  return { ...common, kind: 'manifest', config: m.config!, layers: m.layers! };
+}
+
+export function isManifestMediaType(type: string): type is ManifestMediaType {
+  return (MANIFEST_MEDIA_TYPES as readonly string[]).includes(type);
+}
+
+/** True for a layer whose bytes are fetched from its `urls`, not from the registry. */
+export function isNonDistributable(layer: Descriptor): boolean {
+  return NON_DISTRIBUTABLE_LAYER_MEDIA_TYPES.includes(layer.mediaType) && (layer.urls?.length ?? 0) > 0;
+}
+
+/**
+ * The artifact type the referrers API reports for a manifest (image-spec manifest.md
+ * "artifactType"; distribution-spec "Listing Referrers"): its own `artifactType`, else the
+ * config's media type for an image manifest.
+ */
+export function artifactTypeOf(m: ParsedManifest): string | undefined {
+  return m.artifactType ?? (m.kind === 'manifest' ? m.config.mediaType : undefined);
+}
+
+function normaliseMediaType(contentType: string | undefined): string | undefined {
+  const t = contentType?.split(';')[0]?.trim().toLowerCase();
+  return t && t !== 'application/octet-stream' ? t : undefined;
+}
+
+function invalid(message: string, detail?: unknown): RegistryError {
+  return new RegistryError('MANIFEST_INVALID', { message, ...(detail === undefined ? {} : { detail }) });
+}
