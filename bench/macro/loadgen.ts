@@ -1,5 +1,6 @@
 import { createHash, randomBytes, randomFillSync, type Hash } from 'node:crypto';
 import http from 'node:http';
+import https from 'node:https';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
@@ -10,6 +11,10 @@ import { parseArgs } from 'node:util';
  *
  *   node dist/bench/macro/loadgen.js --url http://127.0.0.1:5000 --mode chunked \
  *     --count 16 --size 64MiB --chunk 8MiB --concurrency 16 --pull
+ *
+ * Against a registry that needs a login: `--user name:password` (HTTP basic auth), and an
+ * https:// URL works too. Streamed pushes use chunked transfer encoding, as docker does;
+ * `--stream-length` declares a Content-Length instead (as skopeo and containerd do).
  *
  * The client is node:http with a keep-alive Agent. Measured here against a discard server
  * (64 MiB PUTs, concurrency 1 and 8): node:http ~1.8-3.5 GiB/s, fetch (undici) ~350-650 MiB/s,
@@ -31,6 +36,8 @@ export interface LoadOptions {
   chunkBytes: number;
   /** Streamed PATCH: send Content-Length instead of chunked transfer encoding. */
   streamLength?: boolean;
+  /** Body bytes sent (pushes) or received (pulls) so far, for a progress display. */
+  progress?: { bytes: number };
 }
 
 export interface BlobRef { digest: string; sizeBytes: number }
@@ -48,6 +55,12 @@ export interface PhaseResult {
   /** Per-blob latency: POST to committed for pushes, request to last byte for pulls. */
   p50Ms: number;
   p99Ms: number;
+  /**
+   * Latency of the closing `PUT ?digest=` (no body) of streamed and chunked pushes: the time
+   * the registry takes to check the digest and make the blob durable and visible.
+   */
+  putP50Ms?: number;
+  putP99Ms?: number;
   /** Single-request POST pushes the registry answered with 202 (it then got a PUT). */
   fallbacks: number;
 }
@@ -87,8 +100,9 @@ class Client {
 
   constructor(url: string, concurrency: number, user?: string) {
     this.#base = new URL(url);
-    if (this.#base.protocol !== 'http:') throw new Error('only http:// registries are supported');
-    this.#agent = new http.Agent({ keepAlive: true, maxSockets: concurrency, maxFreeSockets: concurrency });
+    if (this.#base.protocol !== 'http:' && this.#base.protocol !== 'https:') throw new Error(`not an http(s) URL: ${url}`);
+    const opts = { keepAlive: true, maxSockets: concurrency, maxFreeSockets: concurrency };
+    this.#agent = this.#base.protocol === 'https:' ? new https.Agent(opts) : new http.Agent(opts);
     this.#auth = user ? { authorization: `Basic ${Buffer.from(user).toString('base64')}` } : {};
   }
 
@@ -101,8 +115,13 @@ class Client {
    */
   request(method: string, url: URL, headers: Record<string, string | number>, body?: Buffer | ((req: http.ClientRequest) => Promise<void>), onData?: (chunk: Buffer) => void): Promise<Reply> {
     this.requests++;
+    // Credentials go only to the registry itself, not to a storage backend it redirects to.
+    const auth = url.host === this.#base.host ? this.#auth : {};
+    // A redirect may lead to another scheme; the keep-alive agent serves the registry's.
+    const mod = url.protocol === 'https:' ? https : http;
+    const agent = url.protocol === this.#base.protocol ? this.#agent : undefined;
     return new Promise((resolve, reject) => {
-      const req = http.request(url, { method, agent: this.#agent, headers: { ...this.#auth, ...headers } }, (res) => {
+      const req = mod.request(url, { method, agent, headers: { ...auth, ...headers } }, (res) => {
         let text = '';
         res.on('data', (c: Buffer) => {
           if (onData) onData(c);
@@ -162,76 +181,94 @@ function drained(req: http.ClientRequest): Promise<void> {
 /** Streamed bodies are written in slices so backpressure applies; subarray copies nothing. */
 const STREAM_SLICE_BYTES = MiB;
 
-async function pushOne(c: Client, o: LoadOptions, data: Buffer, digest: string): Promise<number> {
+/** Writes the pieces of a body, waiting for 'drain' when the socket's buffer is full. */
+function writer(pieces: Buffer[], progress?: { bytes: number }): (req: http.ClientRequest) => Promise<void> {
+  return async (req) => {
+    for (const p of pieces) {
+      const more = req.write(p);
+      if (progress) progress.bytes += p.length;
+      if (!more) await drained(req);
+      if (req.destroyed) return;
+    }
+  };
+}
+
+interface PushTimes { fallbacks: number; putMs?: number }
+
+async function pushOne(c: Client, o: LoadOptions, blobs: BlobSet, i: number): Promise<PushTimes> {
+  const digest = blobs.digests[i]!;
+  const size = blobs.sizeBytes;
+  const whole = (): ((req: http.ClientRequest) => Promise<void>) => writer(blobs.pieces(i, 0, size), o.progress);
   const uploads = c.resolve(`/v2/${o.repo}/blobs/uploads/`);
   if (o.mode === 'monolithic-post') {
     uploads.searchParams.set('digest', digest);
-    const r = await c.request('POST', uploads, { 'content-type': octet, 'content-length': data.length }, data);
-    if (r.status === 201) { checkCommitted('POST ?digest', r, digest); return 0; }
+    const r = await c.request('POST', uploads, { 'content-type': octet, 'content-length': size }, whole());
+    if (r.status === 201) { checkCommitted('POST ?digest', r, digest); return { fallbacks: 0 }; }
     // The spec lets a registry ignore a single-request upload and open a session (202).
     expect('POST ?digest', r, 202);
-    const put = await c.request('PUT', withDigest(c, location('POST', r), digest), { 'content-type': octet, 'content-length': data.length }, data);
+    const put = await c.request('PUT', withDigest(c, location('POST', r), digest), { 'content-type': octet, 'content-length': size }, whole());
     checkCommitted('PUT', put, digest);
-    return 1;
+    return { fallbacks: 1 };
   }
   const start = await c.request('POST', uploads, { 'content-length': 0 });
   expect('POST', start, 202);
   let loc = location('POST', start);
   if (o.mode === 'monolithic') {
-    const put = await c.request('PUT', withDigest(c, loc, digest), { 'content-type': octet, 'content-length': data.length }, data);
+    const put = await c.request('PUT', withDigest(c, loc, digest), { 'content-type': octet, 'content-length': size }, whole());
     checkCommitted('PUT', put, digest);
-    return 0;
+    return { fallbacks: 0 };
   }
   if (o.mode === 'streamed') {
+    // Docker streams a layer as one PATCH with chunked transfer encoding; skopeo and
+    // containerd declare its length (--stream-length).
     const headers: Record<string, string | number> = { 'content-type': octet };
-    if (o.streamLength) headers['content-length'] = data.length;
+    if (o.streamLength) headers['content-length'] = size;
     else headers['transfer-encoding'] = 'chunked';
-    const r = await c.request('PATCH', c.resolve(loc), headers, async (req) => {
-      for (let off = 0; off < data.length; off += STREAM_SLICE_BYTES) {
-        if (!req.write(data.subarray(off, off + STREAM_SLICE_BYTES))) await drained(req);
-        if (req.destroyed) return;
-      }
-    });
+    const r = await c.request('PATCH', c.resolve(loc), headers, whole());
     expect('PATCH', r, 202);
     loc = location('PATCH', r);
   } else {
-    for (let off = 0; off < data.length; off += o.chunkBytes) {
-      const chunk = data.subarray(off, off + o.chunkBytes);
-      const end = off + chunk.length - 1;
-      const r = await c.request('PATCH', c.resolve(loc), { 'content-type': octet, 'content-length': chunk.length, 'content-range': `${off}-${end}` }, chunk);
+    for (let off = 0; off < size; off += o.chunkBytes) {
+      const end = Math.min(size, off + o.chunkBytes);
+      const r = await c.request('PATCH', c.resolve(loc), { 'content-type': octet, 'content-length': end - off, 'content-range': `${off}-${end - 1}` },
+        writer(blobs.pieces(i, off, end), o.progress));
       expect('PATCH', r, 202);
       // OCI: Range is the inclusive range of bytes the registry has so far.
-      if (r.headers.range !== undefined && r.headers.range !== `0-${end}`) throw new BlobError(`PATCH: Range ${r.headers.range}, want 0-${end}`);
+      if (r.headers.range !== undefined && r.headers.range !== `0-${end - 1}`) throw new BlobError(`PATCH: Range ${r.headers.range}, want 0-${end - 1}`);
       loc = location('PATCH', r);
     }
   }
+  const t = performance.now();
   const put = await c.request('PUT', withDigest(c, loc, digest), { 'content-length': 0 });
+  const putMs = performance.now() - t;
   checkCommitted('PUT', put, digest);
-  return 0;
+  return { fallbacks: 0, putMs };
 }
 
 /** Bytes that differ per blob: the blob index and a per-run nonce, at the end of each blob. */
 const TAIL_BYTES = 16;
 
 /**
- * The blobs of one push: per worker, one random buffer of `sizeBytes` whose last 16 bytes are
- * rewritten before each push, so every blob has its own digest.
+ * The blobs of one push: `count` blobs of `sizeBytes` that share one random buffer except
+ * for their last 16 bytes (blob index and a per-set nonce), so every blob has its own digest
+ * while the load generator holds one blob's worth of memory however many are in flight.
  *
- * Digests are computed before the clock starts. All blobs share everything but their tail, so
- * the shared prefix is hashed once and each blob's digest is a copy of that SHA-256 state
- * updated with its 16-byte tail: precomputing 1 GiB of blobs costs one blob's hashing.
+ * Digests are computed before the clock starts. The shared prefix is hashed once and each
+ * blob's digest is a copy of that SHA-256 state updated with its 16-byte tail: precomputing
+ * 16 x 256 MiB of blobs costs one blob's hashing.
  */
 export class BlobSet {
   readonly #base: Buffer;
   readonly #nonce = randomBytes(8);
+  readonly #tailAt: number;
   readonly digests: string[] = [];
   readonly sizeBytes: number;
 
   constructor(count: number, sizeBytes: number) {
     this.sizeBytes = sizeBytes;
     this.#base = randomFillSync(Buffer.allocUnsafe(sizeBytes));
-    const tailAt = Math.max(0, sizeBytes - TAIL_BYTES);
-    const prefix = createHash('sha256').update(this.#base.subarray(0, tailAt));
+    this.#tailAt = Math.max(0, sizeBytes - TAIL_BYTES);
+    const prefix = createHash('sha256').update(this.#base.subarray(0, this.#tailAt));
     for (let i = 0; i < count; i++) {
       const h: Hash = prefix.copy();
       this.digests.push(`sha256:${h.update(this.#tail(i)).digest('hex')}`);
@@ -242,12 +279,23 @@ export class BlobSet {
     const t = Buffer.alloc(TAIL_BYTES);
     t.writeUInt32BE(i, 0);
     this.#nonce.copy(t, 4);
-    return t.subarray(0, Math.min(TAIL_BYTES, this.sizeBytes));
+    return t.subarray(0, this.sizeBytes - this.#tailAt);
   }
 
-  /** A worker's own buffer; `fill(buf, i)` turns it into blob i. */
-  buffer(): Buffer { return Buffer.from(this.#base); }
-  fill(buf: Buffer, i: number): void { this.#tail(i).copy(buf, Math.max(0, this.sizeBytes - TAIL_BYTES)); }
+  /**
+   * Bytes [start, end) of blob i as pieces of at most 1 MiB: views of the shared buffer, and
+   * a small copy for whatever overlaps the blob's own tail.
+   */
+  pieces(i: number, start: number, end: number): Buffer[] {
+    const out: Buffer[] = [];
+    const shared = Math.min(end, this.#tailAt);
+    for (let off = start; off < shared; off += STREAM_SLICE_BYTES) out.push(this.#base.subarray(off, Math.min(shared, off + STREAM_SLICE_BYTES)));
+    if (end > this.#tailAt) out.push(this.#tail(i).subarray(Math.max(0, start - this.#tailAt), end - this.#tailAt));
+    return out;
+  }
+
+  /** Blob i in one buffer (a copy): for checks, not for the timed path. */
+  blob(i: number): Buffer { return Buffer.concat(this.pieces(i, 0, this.sizeBytes)); }
   refs(): BlobRef[] { return this.digests.map((digest) => ({ digest, sizeBytes: this.sizeBytes })); }
 }
 
@@ -258,28 +306,33 @@ interface JobsResult {
   wallMs: number;
   p50Ms: number;
   p99Ms: number;
+  putP50Ms?: number;
+  putP99Ms?: number;
   fallbacks: number;
 }
 
 /**
  * Runs `count` jobs over `concurrency` workers that take the next index as they free up.
- * A job returns how many single-request fallbacks it needed, or throws to count an error.
+ * A job returns how many single-request fallbacks it needed and how long its closing PUT
+ * took, or throws to count an error.
  */
-async function runJobs(count: number, concurrency: number, job: (i: number, worker: number) => Promise<number>): Promise<JobsResult> {
+async function runJobs(count: number, concurrency: number, job: (i: number) => Promise<PushTimes>): Promise<JobsResult> {
   const latencies: number[] = [];
+  const puts: number[] = [];
   const errorSamples: string[] = [];
   const okIdx: number[] = [];
   let next = 0;
   let errors = 0;
   let fallbacks = 0;
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, async (_, w) => {
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, async () => {
     for (let i = next++; i < count; i = next++) {
       const t = performance.now();
       try {
         // Not `fallbacks += await ...`: that reads `fallbacks` before awaiting and loses updates.
-        const f = await job(i, w);
-        fallbacks += f;
+        const r = await job(i);
+        fallbacks += r.fallbacks;
+        if (r.putMs !== undefined) puts.push(r.putMs);
         latencies.push(performance.now() - t);
         okIdx.push(i);
       } catch (err) {
@@ -290,7 +343,11 @@ async function runJobs(count: number, concurrency: number, job: (i: number, work
   }));
   const wallMs = performance.now() - t0;
   latencies.sort((a, b) => a - b);
-  return { okIdx, errors, errorSamples, wallMs, p50Ms: percentile(latencies, 50), p99Ms: percentile(latencies, 99), fallbacks };
+  puts.sort((a, b) => a - b);
+  return {
+    okIdx, errors, errorSamples, wallMs, p50Ms: percentile(latencies, 50), p99Ms: percentile(latencies, 99), fallbacks,
+    ...(puts.length ? { putP50Ms: percentile(puts, 50), putP99Ms: percentile(puts, 99) } : {}),
+  };
 }
 
 function finish(r: JobsResult, bytes: number, requests: number): PhaseResult {
@@ -298,18 +355,15 @@ function finish(r: JobsResult, bytes: number, requests: number): PhaseResult {
   return {
     bytes, requests, ok: r.okIdx.length, errors: r.errors, errorSamples: r.errorSamples, wallMs: r.wallMs,
     mibPerSec: bytes / MiB / s, reqPerSec: requests / s, p50Ms: r.p50Ms, p99Ms: r.p99Ms, fallbacks: r.fallbacks,
+    ...(r.putP50Ms !== undefined ? { putP50Ms: r.putP50Ms, putP99Ms: r.putP99Ms } : {}),
   };
 }
 
 /** Pushes `o.count` blobs; the caller builds the BlobSet (untimed) so its cost stays out. */
 export async function push(o: LoadOptions, blobs: BlobSet): Promise<PhaseResult & { blobs: BlobRef[] }> {
   const c = new Client(o.url, o.concurrency, o.user);
-  const bufs = Array.from({ length: Math.min(o.concurrency, o.count) }, () => blobs.buffer());
   try {
-    const r = await runJobs(o.count, o.concurrency, (i, w) => {
-      blobs.fill(bufs[w]!, i);
-      return pushOne(c, o, bufs[w]!, blobs.digests[i]!);
-    });
+    const r = await runJobs(o.count, o.concurrency, (i) => pushOne(c, o, blobs, i));
     const refs = blobs.refs();
     return { ...finish(r, r.okIdx.length * o.sizeBytes, c.requests), blobs: r.okIdx.sort((a, b) => a - b).map((i) => refs[i]!) };
   } finally {
@@ -321,7 +375,7 @@ export async function push(o: LoadOptions, blobs: BlobSet): Promise<PhaseResult 
  * GETs each blob and checks its length and Docker-Content-Digest. The body is not hashed:
  * one client core would then cap pulls at SHA-256 speed.
  */
-export async function pull(o: Pick<LoadOptions, 'url' | 'user' | 'repo' | 'concurrency'>, blobs: BlobRef[]): Promise<PhaseResult> {
+export async function pull(o: Pick<LoadOptions, 'url' | 'user' | 'repo' | 'concurrency' | 'progress'>, blobs: BlobRef[]): Promise<PhaseResult> {
   const c = new Client(o.url, o.concurrency, o.user);
   let bytes = 0;
   try {
@@ -329,19 +383,24 @@ export async function pull(o: Pick<LoadOptions, 'url' | 'user' | 'repo' | 'concu
       const b = blobs[i]!;
       let url = c.resolve(`/v2/${o.repo}/blobs/${b.digest}`);
       let n = 0;
-      let res = await c.request('GET', url, {}, undefined, (chunk) => { n += chunk.length; });
+      const count = (chunk: Buffer): void => {
+        n += chunk.length;
+        if (o.progress) o.progress.bytes += chunk.length;
+      };
+      let res = await c.request('GET', url, {}, undefined, count);
       // Registries with redirecting storage answer 307 to the backend's URL.
       if (res.status === 307 && res.headers.location) {
         url = c.resolve(res.headers.location);
+        if (o.progress) o.progress.bytes -= n;
         n = 0;
-        res = await c.request('GET', url, {}, undefined, (chunk) => { n += chunk.length; });
+        res = await c.request('GET', url, {}, undefined, count);
       }
       expect('GET', { ...res, text: '' }, 200);
       if (n !== b.sizeBytes) throw new BlobError(`GET: ${n} bytes, want ${b.sizeBytes}`);
       const d = res.headers['docker-content-digest'];
       if (d !== undefined && d !== b.digest) throw new BlobError(`GET: Docker-Content-Digest ${d}, want ${b.digest}`);
       bytes += n;
-      return 0;
+      return { fallbacks: 0 };
     });
     return finish(r, bytes, c.requests);
   } finally {
@@ -351,7 +410,8 @@ export async function pull(o: Pick<LoadOptions, 'url' | 'user' | 'repo' | 'concu
 
 export function summary(name: string, r: PhaseResult): string {
   const err = r.errors ? `  errors ${r.errors} (${r.errorSamples[0] ?? ''})` : '';
-  return `${name}: ${r.mibPerSec.toFixed(1)} MiB/s  ${r.reqPerSec.toFixed(1)} req/s  p50 ${r.p50Ms.toFixed(0)} ms  p99 ${r.p99Ms.toFixed(0)} ms  ` +
+  const put = r.putP50Ms !== undefined ? `  PUT ?digest= p50 ${r.putP50Ms.toFixed(0)} ms` : '';
+  return `${name}: ${r.mibPerSec.toFixed(1)} MiB/s  ${r.reqPerSec.toFixed(1)} req/s  p50 ${r.p50Ms.toFixed(0)} ms  p99 ${r.p99Ms.toFixed(0)} ms${put}  ` +
     `${r.ok} ok in ${(r.wallMs / 1000).toFixed(2)} s${err}`;
 }
 

@@ -1,14 +1,23 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { fileURLToPath } from 'node:url';
+import { createBucket, deleteBucket, getText, s3Client, type S3Endpoint } from './s3.js';
 
 /**
  * Registries under test, each a child process on a free loopback port with fresh storage,
  * plus a sampler of that process's memory and CPU from /proc.
+ *
+ *   hoist               Hoist's default front end (node:http, `--frontend auto`), fs storage
+ *   hoist-uws           Hoist on uWebSockets.js (`--frontend uws`), fs storage
+ *   docker-registry     Debian's docker-registry (CNCF distribution 2.8), fs storage
+ *   sink                receives and discards (sink.ts): the load generator's ceiling
+ *   hoist-s3            Hoist, S3 storage (a fresh bucket on the bench's S3 endpoint)
+ *   docker-registry-s3  docker-registry with its s3 driver, same endpoint, its own bucket
  */
 
 /** This file runs as dist/bench/macro/targets.js. */
@@ -18,21 +27,49 @@ export const DOCKER_REGISTRY = '/usr/bin/docker-registry';
 /** Storage lives on the repo's disk (git-ignored), not a tmpfs, so fs numbers mean disk. */
 const TMP = join(ROOT, 'bench/results/tmp');
 
-export type TargetName = 'hoist' | 'hoist-node' | 'docker-registry' | 'sink';
-export const TARGETS: readonly TargetName[] = ['hoist', 'hoist-node', 'docker-registry', 'sink'];
+export const TARGETS = ['hoist', 'hoist-uws', 'docker-registry', 'sink', 'hoist-s3', 'docker-registry-s3'] as const;
+export type TargetName = (typeof TARGETS)[number];
+
+export type StorageKind = 'fs' | 's3' | 'none';
+
+export function storageOf(name: TargetName): StorageKind {
+  return name === 'sink' ? 'none' : name.endsWith('-s3') ? 's3' : 'fs';
+}
+
+/** Same registry on the same storage, for "vs docker-registry" ratios. */
+export function referenceOf(name: string): string | undefined {
+  if (name === 'hoist' || name === 'hoist-uws') return 'docker-registry';
+  if (name === 'hoist-s3') return 'docker-registry-s3';
+  return undefined;
+}
+
+/** Hoist's S3 prefix and distribution's rootdirectory inside their buckets. */
+const HOIST_S3_PREFIX = 'hoist';
+const DR_S3_ROOT = 'dr';
+/** Both write 16 MiB parts (Hoist's default partSize; distribution's chunksize set to match). */
+export const S3_PART_BYTES = 16 * 1024 ** 2;
 
 export interface Target {
   name: string;
   url: string;
   /** Server process to sample; undefined for an external registry. */
   pid?: number;
+  /** The server process has exited (crashed); later scenarios are skipped. */
+  exited?: () => string | undefined;
+  /** S3 targets: the bucket, and the key holding a blob's bytes. */
+  s3?: { client: S3Client; bucket: string; blobKey(digest: string): Promise<string> };
+  /** Command line and settings, for the report. */
+  settings?: Record<string, unknown>;
   stop(): Promise<void>;
 }
 
 /** Why a target can't run here, or undefined when it can. */
-export function unavailable(name: TargetName): string | undefined {
+export function unavailable(name: TargetName, s3Unreachable?: string): string | undefined {
   if (name.startsWith('hoist') && !existsSync(HOIST_CLI)) return `${HOIST_CLI} missing: run npm run build`;
-  if (name === 'docker-registry' && !existsSync(DOCKER_REGISTRY)) return `${DOCKER_REGISTRY} missing: apt-get install docker-registry`;
+  if (name.startsWith('docker-registry') && !existsSync(DOCKER_REGISTRY)) {
+    return `${DOCKER_REGISTRY} missing; install the reference registry with: apt-get install docker-registry`;
+  }
+  if (storageOf(name) === 's3' && s3Unreachable) return `no S3 endpoint (${s3Unreachable}); start one with: bash scripts/rgw-start.sh`;
   return undefined;
 }
 
@@ -53,7 +90,7 @@ function ping(url: string): Promise<boolean> {
   });
 }
 
-async function launch(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, port: number, dir: string): Promise<Target> {
+async function launch(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, port: number, cleanup: () => Promise<void>): Promise<Target> {
   const child: ChildProcess = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   // Keep the last output for error messages, and keep reading so a chatty server never blocks on a full pipe.
   let tail = '';
@@ -61,54 +98,130 @@ async function launch(name: string, cmd: string, args: string[], env: NodeJS.Pro
   child.stdout!.on('data', keep);
   child.stderr!.on('data', keep);
   let exited: string | undefined;
-  const exit = new Promise<void>((done) => child.once('exit', (code, sig) => { exited = `exited ${code ?? sig}`; done(); }));
+  let stopping = false;
+  const exit = new Promise<void>((done) => child.once('exit', (code, sig) => {
+    exited = `exited ${code ?? sig}${stopping ? '' : `: ${tail.trim().split('\n').slice(-3).join(' / ').slice(0, 400)}`}`;
+    done();
+  }));
   const url = `http://127.0.0.1:${port}`;
   const stop = async (): Promise<void> => {
+    stopping = true;
     if (!exited) {
       child.kill('SIGTERM');
       const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
       await exit;
       clearTimeout(t);
     }
-    await rm(dir, { recursive: true, force: true });
+    await cleanup();
   };
   for (const deadline = Date.now() + 30_000; Date.now() < deadline;) {
     if (exited) break;
-    if (await ping(url)) return { name, url, pid: child.pid!, stop };
+    if (await ping(url)) return { name, url, pid: child.pid!, exited: () => exited, stop, settings: { command: [cmd, ...args].join(' ') } };
     await new Promise((r) => setTimeout(r, 100));
   }
   await stop();
   throw new Error(`${name} did not start (${exited ?? 'no answer on /v2/ in 30 s'}):\n${tail.trim()}`);
 }
 
-export async function start(name: TargetName): Promise<Target> {
+/** The environment without HOIST_* settings from the developer's shell, which would change what runs. */
+function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('HOIST_') || k.startsWith('HOIST_BENCH_')) env[k] = v;
+  return { ...env, ...extra };
+}
+
+export interface StartOptions {
+  /** Needed by the S3 targets. */
+  s3?: S3Endpoint;
+}
+
+export async function start(name: TargetName, opts: StartOptions = {}): Promise<Target> {
   await mkdir(TMP, { recursive: true });
   const dir = await mkdtemp(join(TMP, `${name}-`));
+  const removeDir = (): Promise<void> => rm(dir, { recursive: true, force: true });
   const port = await freePort();
   const listen = `127.0.0.1:${port}`;
-  switch (name) {
-    case 'hoist':
-    case 'hoist-node':
-      return launch(name, process.execPath, [HOIST_CLI, 'serve', '--listen', listen, '--storage', `fs:${join(dir, 'data')}`,
-        ...(name === 'hoist-node' ? ['--frontend', 'node'] : [])],
-      // Per-request info logs would cost the server CPU that the benchmark should measure.
-      { ...process.env, HOIST_LOG_LEVEL: 'warn' }, port, dir);
-    case 'docker-registry': {
-      const config = join(dir, 'config.yml');
-      await writeFile(config, [
-        'version: 0.1',
-        'log: {level: error}',
-        `storage: {filesystem: {rootdirectory: ${join(dir, 'data')}}, delete: {enabled: true}}`,
-        `http: {addr: "${listen}"}`,
-        '',
-      ].join('\n'));
-      // Its s3 driver refuses to start when AWS_CA_BUNDLE is set; irrelevant for fs, so drop it.
-      const { AWS_CA_BUNDLE: _, ...env } = process.env;
-      return launch(name, DOCKER_REGISTRY, ['serve', config], env, port, dir);
-    }
-    case 'sink':
-      return launch(name, process.execPath, [fileURLToPath(new URL('./sink.js', import.meta.url)), '--listen', listen], process.env, port, dir);
+  // Per-request info logs would cost the server CPU that the benchmark should measure.
+  const hoistEnv = { HOIST_LOG_LEVEL: 'warn' };
+  let s3: Target['s3'];
+  let cleanup = removeDir;
+  if (storageOf(name) === 's3') {
+    if (!opts.s3) throw new Error(`${name} needs an S3 endpoint`);
+    const client = s3Client(opts.s3);
+    const bucket = await createBucket(client, name.replace(/-s3$/, ''));
+    cleanup = async () => {
+      try { await deleteBucket(client, bucket); } finally { client.destroy(); await removeDir(); }
+    };
+    const blobKey = name === 'hoist-s3'
+      // Hoist: a blob record (src/registry/paths.ts) names the data object, {"data": "/blobs/data/<id>"}.
+      ? async (digest: string) => {
+        const hex = digest.slice('sha256:'.length);
+        const rec = JSON.parse(await getText(client, bucket, `${HOIST_S3_PREFIX}/blobs/sha256/${hex.slice(0, 2)}/${hex}`)) as { data: string };
+        return `${HOIST_S3_PREFIX}${rec.data}`;
+      }
+      // distribution: registry/storage/paths.go, blobDataPathSpec.
+      : async (digest: string) => {
+        const hex = digest.slice('sha256:'.length);
+        return `${DR_S3_ROOT}/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}/data`;
+      };
+    s3 = { client, bucket, blobKey };
   }
+  let target: Target;
+  try {
+    switch (name) {
+      case 'hoist':
+      case 'hoist-uws':
+      case 'hoist-s3': {
+        const storage = name === 'hoist-s3'
+          ? `s3://${s3!.bucket}/${HOIST_S3_PREFIX}?endpoint=${encodeURIComponent(opts.s3!.endpoint)}&region=${opts.s3!.region}&forcePathStyle=true`
+          : `fs:${join(dir, 'data')}`;
+        const env = name === 'hoist-s3'
+          ? cleanEnv({ ...hoistEnv, AWS_ACCESS_KEY_ID: opts.s3!.accessKeyId, AWS_SECRET_ACCESS_KEY: opts.s3!.secretAccessKey })
+          : cleanEnv(hoistEnv);
+        target = await launch(name, process.execPath, [HOIST_CLI, 'serve', '--listen', listen, '--storage', storage,
+          ...(name === 'hoist-uws' ? ['--frontend', 'uws'] : [])], env, port, cleanup);
+        break;
+      }
+      case 'docker-registry':
+      case 'docker-registry-s3': {
+        const config = join(dir, 'config.yml');
+        // distribution 2.8's s3 driver (docs/storage-drivers/s3.md): with regionendpoint set it
+        // addresses buckets by path. chunksize is its multipart part size; redirects are off so
+        // pulls go through the registry, as Hoist's do by default.
+        const storage = name === 'docker-registry-s3'
+          ? [
+            'storage:',
+            '  s3:',
+            `    accesskey: ${opts.s3!.accessKeyId}`,
+            `    secretkey: ${opts.s3!.secretAccessKey}`,
+            `    region: ${opts.s3!.region}`,
+            `    regionendpoint: ${opts.s3!.endpoint}`,
+            `    bucket: ${s3!.bucket}`,
+            `    rootdirectory: /${DR_S3_ROOT}`,
+            `    secure: ${opts.s3!.endpoint.startsWith('https:')}`,
+            '    v4auth: true',
+            `    chunksize: ${S3_PART_BYTES}`,
+            '  delete: {enabled: true}',
+            '  redirect: {disable: true}',
+          ]
+          : [`storage: {filesystem: {rootdirectory: ${join(dir, 'data')}}, delete: {enabled: true}}`];
+        await writeFile(config, ['version: 0.1', 'log: {level: error}', ...storage, `http: {addr: "${listen}"}`, ''].join('\n'));
+        // Its s3 driver refuses to start while AWS_CA_BUNDLE is set: drop it for this process only.
+        const { AWS_CA_BUNDLE: _, ...env } = process.env;
+        target = await launch(name, DOCKER_REGISTRY, ['serve', config], env, port, cleanup);
+        target.settings = { ...target.settings, config: (await readFile(config, 'utf8')).replace(/secretkey: .*/, 'secretkey: ***') };
+        break;
+      }
+      case 'sink':
+        target = await launch(name, process.execPath, [fileURLToPath(new URL('./sink.js', import.meta.url)), '--listen', listen], process.env, port, cleanup);
+        break;
+    }
+  } catch (err) {
+    // launch() cleans up after a failed start; only a failure before it needs this.
+    if (!(err instanceof Error && err.message.includes('did not start'))) await cleanup().catch(() => {});
+    throw err;
+  }
+  return s3 ? { ...target, s3 } : target;
 }
 
 export interface Usage {

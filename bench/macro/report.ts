@@ -1,0 +1,231 @@
+import { barChart, colorOf, lineChart } from './chart.js';
+import { formatBytes, type PhaseResult } from './loadgen.js';
+import { describeParts, type PartLayout } from './s3.js';
+import type { Usage } from './targets.js';
+
+/**
+ * The macro bench's report: the JSON document the runner writes, and the Markdown tables and
+ * SVG charts made from it. Figures are MiB/s and ratios to the sink (the load generator's
+ * ceiling on this machine), to docker-registry on the same storage, and to one core's
+ * SHA-256, because absolute figures on a shared machine drift from run to run.
+ */
+
+export interface ScenarioInfo {
+  id: string;
+  title: string;
+  kind: 'push' | 'pull';
+  mode: string;
+  count: number;
+  sizeBytes: number;
+  concurrency: number;
+  chunkBytes: number;
+  /** Point on the concurrency sweep chart. */
+  sweep?: number;
+  /** Shown in the scenario bar chart and the summary tables. */
+  main?: boolean;
+}
+
+export interface Row extends PhaseResult {
+  target: string;
+  /** fs, s3, none (the sink) or external (--url). */
+  storage: string;
+  scenario: string;
+  title: string;
+  usage?: Usage;
+  /** MiB/s over the sink's in the same scenario. */
+  vsSink?: number;
+  /** MiB/s over docker-registry's on the same storage in the same scenario. */
+  vsReference?: number;
+  /** MiB/s over node:crypto SHA-256 on one core. */
+  vsSha256?: number;
+  /** S3 targets: how the scenario's (last) blob is stored. */
+  parts?: PartLayout;
+}
+
+export interface Report {
+  date: string;
+  machine: Record<string, unknown>;
+  git: { commit?: string | undefined; dirty: boolean };
+  settings: Record<string, unknown> & { quick: boolean; scenarios: ScenarioInfo[] };
+  hashes: { sha256MiBps: number; md5MiBps: number; bytes: number };
+  targets: Array<{ name: string; storage: string; settings?: Record<string, unknown> }>;
+  notes: string[];
+  results: Row[];
+}
+
+/** Fills in the ratio fields of every row. */
+export function addRatios(report: Report, reference: (target: string) => string | undefined): void {
+  const rows = report.results;
+  for (const r of rows) {
+    const sink = rows.find((x) => x.target === 'sink' && x.scenario === r.scenario);
+    if (sink && sink.mibPerSec > 0 && r.ok > 0) r.vsSink = r.mibPerSec / sink.mibPerSec;
+    const refName = reference(r.target);
+    const ref = refName ? rows.find((x) => x.target === refName && x.scenario === r.scenario) : undefined;
+    if (ref && ref.mibPerSec > 0 && r.ok > 0) r.vsReference = r.mibPerSec / ref.mibPerSec;
+    if (report.hashes.sha256MiBps > 0) r.vsSha256 = r.mibPerSec / report.hashes.sha256MiBps;
+  }
+}
+
+const f = (n: number | undefined, d = 0): string => (n === undefined || Number.isNaN(n) ? '–' : n.toFixed(d));
+const pct = (n: number | undefined): string => (n === undefined ? '–' : `${(n * 100).toFixed(0)}%`);
+
+function targetsOf(report: Report, storage: string): string[] {
+  return report.targets.filter((t) => t.storage === storage).map((t) => t.name);
+}
+
+function hasSink(report: Report): boolean {
+  return report.targets.some((t) => t.name === 'sink');
+}
+
+/** Scenario × target: "MiB/s (share of sink)", plus Hoist ÷ docker-registry where both ran. */
+function pivot(report: Report, storage: string, reference: (t: string) => string | undefined): string {
+  const names = [...targetsOf(report, storage), ...(hasSink(report) ? ['sink'] : [])];
+  const scenarios = report.settings.scenarios.filter((s) => report.results.some((r) => r.scenario === s.id && names.includes(r.target) && r.target !== 'sink'));
+  if (scenarios.length === 0) return '';
+  const pairs = names.map((n) => [n, reference(n)] as const).filter((p): p is readonly [string, string] => p[1] !== undefined && names.includes(p[1]));
+  const head = ['scenario', ...names, ...pairs.map(([a, b]) => `${a} ÷ ${b}`)];
+  const lines = [`| ${head.join(' | ')} |`, `|---|${head.slice(1).map(() => '--:').join('|')}|`];
+  for (const s of scenarios) {
+    const cell = (n: string): string => {
+      const r = report.results.find((x) => x.target === n && x.scenario === s.id);
+      if (!r) return '–';
+      if (r.ok === 0) return `failed (${r.errors} errors)`;
+      const errs = r.errors ? `, ${r.errors} errors` : '';
+      return n === 'sink' ? `${f(r.mibPerSec)}` : `${f(r.mibPerSec)} (${pct(r.vsSink)}${errs})`;
+    };
+    const ratio = ([a]: readonly [string, string]): string => {
+      const r = report.results.find((x) => x.target === a && x.scenario === s.id);
+      return r?.vsReference === undefined ? '–' : `${r.vsReference.toFixed(2)}x`;
+    };
+    lines.push(`| ${s.title} | ${names.map(cell).join(' | ')}${pairs.length ? ` | ${pairs.map(ratio).join(' | ')}` : ''} |`);
+  }
+  return lines.join('\n');
+}
+
+function detail(rows: Row[]): string {
+  return [
+    '| target | scenario | MiB/s | req/s | p50 ms | p99 ms | PUT ?digest= p50 ms | errors | peak RSS MiB | CPU cores | vs sink | vs docker-registry | vs SHA-256 core |',
+    '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|',
+    ...rows.map((r) => `| ${r.target} | ${r.title} | ${f(r.mibPerSec, 1)} | ${f(r.reqPerSec, 1)} | ${f(r.p50Ms)} | ${f(r.p99Ms)} | ${f(r.putP50Ms)} | ` +
+      `${r.errors} | ${f(r.usage?.peakRssMiB)} | ${f(r.usage?.cpuCores, 2)} | ${pct(r.vsSink)} | ` +
+      `${r.vsReference === undefined ? '–' : `${r.vsReference.toFixed(2)}x`} | ${r.vsSha256 === undefined ? '–' : `${r.vsSha256.toFixed(2)}x`} |`),
+  ].join('\n');
+}
+
+/** The issue's spot figures: commit latency, multipart layout, memory under load. */
+function spotTables(report: Report): string {
+  const out: string[] = [];
+  const registries = report.targets.filter((t) => t.name !== 'sink').map((t) => t.name);
+  const row = (t: string, id: string): Row | undefined => report.results.find((r) => r.target === t && r.scenario === id);
+  const sc = (id: string) => report.settings.scenarios.find((s) => s.id === id);
+  // A single 64 MiB upload (the c1 sweep point: p50 of its blobs) and the 1 GiB one.
+  const cols = [sc('sweep-c1'), sc('stream-one')].filter((c): c is ScenarioInfo => c !== undefined);
+  const putRows = registries.filter((t) => cols.some((c) => row(t, c.id)?.putP50Ms !== undefined));
+  if (putRows.length) {
+    out.push('### `PUT ?digest=` latency', '',
+      'The closing PUT of a streamed upload (no body): the registry checks the digest and makes the blob durable and visible. ' +
+      'p50 over the scenario\'s blobs, uploaded one at a time.', '',
+      `| target | ${cols.map((c) => `${formatBytes(c.sizeBytes)} blob (${c.title})`).join(' | ')} |`, `|---|${cols.map(() => '--:').join('|')}|`,
+      ...putRows.map((t) => `| ${t} | ${cols.map((c) => `${f(row(t, c.id)?.putP50Ms)} ms`).join(' | ')} |`), '');
+  }
+  const withParts = report.results.filter((r) => r.parts);
+  if (withParts.length) {
+    out.push('### S3 multipart layout', '',
+      'How the pushed blob is stored in the bucket, read back with `HEAD ?partNumber=N` after the push.', '',
+      '| target | scenario | object size | parts |', '|---|---|--:|---|',
+      ...withParts.map((r) => `| ${r.target} | ${r.title} | ${f(r.parts!.sizeBytes / 1024 ** 2, 1)} MiB | ${describeParts(r.parts!)} |`), '');
+  }
+  const rss = report.results.filter((r) => r.scenario === 'stream-big');
+  if (rss.length) {
+    out.push('### Memory under load', '', '| target | scenario | MiB/s | peak RSS MiB | CPU cores | errors |', '|---|---|--:|--:|--:|--:|',
+      ...rss.map((r) => `| ${r.target} | ${r.title} | ${f(r.mibPerSec)} | ${f(r.usage?.peakRssMiB)} | ${f(r.usage?.cpuCores, 2)} | ${r.errors} |`), '');
+  }
+  return out.join('\n');
+}
+
+export function machineLine(report: Report): string {
+  const m = report.machine;
+  return `${String(m.cpuModel)} (${String(m.cores)} cores), ${String(m.memoryGiB)} GiB RAM, Linux ${String(m.kernel)}, Node ${String(m.node)}` +
+    `${m.dockerRegistry ? `, docker-registry ${String(m.dockerRegistry).replace(/^\S+\s+/, '')}` : ''}` +
+    `. node:crypto on one core: SHA-256 ${f(report.hashes.sha256MiBps)} MiB/s, MD5 ${f(report.hashes.md5MiBps)} MiB/s.`;
+}
+
+/** The summary tables (fs, S3 and --url), as the README shows them. */
+export function summaryMarkdown(report: Report, reference: (t: string) => string | undefined): string {
+  const parts: string[] = [];
+  for (const [storage, heading] of [['fs', 'fs storage'], ['s3', `S3 storage (${String(report.settings.s3Endpoint ?? '')})`], ['external', 'External registry']] as const) {
+    const t = pivot(report, storage, reference);
+    if (t) parts.push(`### ${heading}\n\n${t}\n`);
+  }
+  return parts.join('\n');
+}
+
+export function markdown(report: Report, reference: (t: string) => string | undefined, charts: string[]): string {
+  return [
+    `# Hoist macro benchmark, ${report.date}${report.settings.quick ? ' (--quick)' : ''}`,
+    '',
+    machineLine(report),
+    `Git ${report.git.commit?.slice(0, 12) ?? 'unknown'}${report.git.dirty ? ' (with local changes)' : ''}.`,
+    'Load generator and servers share this machine (bench/macro/loadgen.ts, node:http keep-alive client).',
+    '',
+    'Cells are MiB/s of blob bytes, and in brackets that as a share of the sink in the same scenario: the sink receives and ' +
+      'discards, so it is the most the load generator manages here. `A ÷ B` is A\'s MiB/s over B\'s.',
+    '',
+    summaryMarkdown(report, reference),
+    spotTables(report),
+    ...(charts.length ? ['### Charts', '', ...charts.map((c) => `![${c}](${c})`), ''] : []),
+    '### All results',
+    '',
+    detail(report.results),
+    '',
+    ...(report.notes.length ? ['### Notes', '', ...report.notes.map((n) => `- ${n}`), ''] : []),
+  ].join('\n');
+}
+
+/** SVG charts per storage kind: MiB/s against concurrency, and MiB/s per main scenario. */
+export function charts(report: Report): Array<{ name: string; svg: string }> {
+  const out: Array<{ name: string; svg: string }> = [];
+  const sweep = report.settings.scenarios.filter((s) => s.sweep !== undefined);
+  const main = report.settings.scenarios.filter((s) => s.main);
+  for (const storage of ['fs', 's3', 'external']) {
+    const names = targetsOf(report, storage);
+    if (names.length === 0) continue;
+    const all = [...names, ...(hasSink(report) ? ['sink'] : [])];
+    const label = storage === 'fs' ? 'fs storage' : storage === 's3' ? 'S3 storage' : 'external registry';
+    const mibps = (t: string, id: string): number | undefined => {
+      const r = report.results.find((x) => x.target === t && x.scenario === id);
+      return r && r.ok > 0 ? r.mibPerSec : undefined;
+    };
+    if (sweep.length) {
+      const first = sweep[0]!;
+      out.push({
+        name: `sweep-${storage}`,
+        svg: lineChart({
+          title: `Streamed push throughput against concurrency, ${label}`,
+          subtitle: `${Math.round(first.sizeBytes / 1024 ** 2)} MiB blobs, one PATCH each; ${String(report.machine.cores)} cores${report.settings.quick ? ', --quick' : ''}`,
+          xLabel: 'concurrent uploads',
+          yLabel: 'MiB/s',
+          xTicks: [...new Set(sweep.map((s) => s.sweep!))].sort((a, b) => a - b),
+          series: all.map((t, i) => ({
+            name: t,
+            color: colorOf(t, i),
+            dashed: t === 'sink',
+            points: sweep.flatMap((s) => { const v = mibps(t, s.id); return v === undefined ? [] : [[s.sweep!, v] as [number, number]]; }),
+          })),
+        }),
+      });
+    }
+    const groups = main.filter((s) => names.some((t) => mibps(t, s.id) !== undefined));
+    out.push({
+      name: `scenarios-${storage}`,
+      svg: barChart({
+        title: `Throughput per scenario, ${label}`,
+        subtitle: `MiB/s; the sink is the load generator's ceiling${report.settings.quick ? '; --quick' : ''}`,
+        yLabel: 'MiB/s',
+        groups: groups.map((s) => s.title),
+        series: all.map((t, i) => ({ name: t, color: colorOf(t, i), dashed: t === 'sink', values: groups.map((s) => mibps(t, s.id)) })),
+      }),
+    });
+  }
+  return out;
+}
