@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { ClientAbortError, MethodNotAllowedError, RegistryError } from '../errors.js';
 import type { ByteRange } from '../registry/blobs.js';
+import { MEDIA_TYPES } from '../registry/manifest-schema.js';
 import type { Page } from '../registry/manifests.js';
 import type { Registry } from '../registry/registry.js';
 import type { BodySource } from '../registry/upload-write.js';
@@ -44,7 +45,7 @@ const HANDLERS: Record<RouteMatch['route']['name'], Partial<Record<string, Handl
   uploads: { POST: startUpload },
   upload: { GET: uploadStatus, PATCH: patchUpload, PUT: putUpload, DELETE: cancelUpload },
   blob: { GET: getBlob, HEAD: getBlob, DELETE: deleteBlob },
-  referrers: {},
+  referrers: { GET: referrers },
 };
 
 export interface RegistryHandler extends RequestHandler {
@@ -151,17 +152,38 @@ async function getManifest(c: Ctx): Promise<void> {
 
 // PUT /v2/<name>/manifests/<reference>, Content-Type: application/vnd.oci.image.manifest.v1+json
 //   → 201, Location: /v2/<name>/manifests/<digest>, Docker-Content-Digest
+//     (+ OCI-Subject: <digest> when the manifest has a subject)
+//   400 DIGEST_INVALID (bytes ≠ digest reference), MANIFEST_INVALID (not JSON, schema 1,
+//   schema violation, media type ≠ Content-Type), MANIFEST_BLOB_UNKNOWN (a config or layer
+//   not in the repository), MANIFEST_UNKNOWN (an index child not in the repository)
 async function putManifest(c: Ctx): Promise<void> {
   const bytes = await readSmallBody(c.req, c.o.maxManifestBytes);
   c.bytesIn = bytes.length;
   const r = await c.registry.putManifest(c.m.name, c.m.param, c.req.header('content-type'), bytes);
-  reply(c, 201, { location: locations.manifest(c.m.name, r.digest), 'docker-content-digest': r.digest, 'content-length': '0' });
+  const headers: HeaderMap = { location: locations.manifest(c.m.name, r.digest), 'docker-content-digest': r.digest, 'content-length': '0' };
+  // distribution-spec v1.1 "Pushing Manifests with Subject": tells the client this registry
+  // indexed the subject, so it must not fall back to the `<alg>-<hex>` referrers tag.
+  if (r.subject) headers['oci-subject'] = r.subject;
+  reply(c, 201, headers);
 }
 
-// DELETE /v2/<name>/manifests/<digest|tag>  →  202
+// DELETE /v2/<name>/manifests/<digest|tag>  →  202 (by digest: its tags and referrer entry go too)
 async function deleteManifest(c: Ctx): Promise<void> {
   await c.registry.deleteManifest(c.m.name, c.m.param);
   reply(c, 202, { 'content-length': '0' });
+}
+
+// GET /v2/<name>/referrers/<digest>?artifactType=application/vnd.example.sbom
+//   → 200, Content-Type: application/vnd.oci.image.index.v1+json
+//     {"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",
+//      "manifests":[{"mediaType":..,"digest":..,"size":..,"artifactType":..,"annotations":{..}}]}
+//     OCI-Filters-Applied: artifactType   (only when the filter was applied)
+//   Never 404 (clients take that for "no referrers API"): nothing found is an empty index.
+async function referrers(c: Ctx): Promise<void> {
+  const artifactType = c.req.query.get('artifactType') || undefined;
+  const manifests = await c.registry.listReferrers(c.m.name, c.m.param, artifactType);
+  const body = JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests });
+  reply(c, 200, { 'content-type': MEDIA_TYPES.ociIndex, ...(artifactType ? { 'oci-filters-applied': 'artifactType' } : {}) }, body);
 }
 
 // POST /v2/<name>/blobs/uploads/                          → 202, Location, Range: 0-0
