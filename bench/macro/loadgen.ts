@@ -38,6 +38,12 @@ export interface LoadOptions {
   streamLength?: boolean;
   /** Body bytes sent (pushes) or received (pulls) so far, for a progress display. */
   progress?: { bytes: number };
+  /**
+   * Called before the closing PUT of streamed and chunked pushes, e.g. to look at the
+   * storage's half-finished upload. Its time is taken out of the blob's latency and the
+   * phase's wall time, which is exact at concurrency 1.
+   */
+  beforePut?: (i: number) => Promise<void>;
 }
 
 export interface BlobRef { digest: string; sizeBytes: number }
@@ -193,7 +199,7 @@ function writer(pieces: Buffer[], progress?: { bytes: number }): (req: http.Clie
   };
 }
 
-interface PushTimes { fallbacks: number; putMs?: number }
+interface PushTimes { fallbacks: number; putMs?: number; pausedMs?: number }
 
 async function pushOne(c: Client, o: LoadOptions, blobs: BlobSet, i: number): Promise<PushTimes> {
   const digest = blobs.digests[i]!;
@@ -238,11 +244,17 @@ async function pushOne(c: Client, o: LoadOptions, blobs: BlobSet, i: number): Pr
       loc = location('PATCH', r);
     }
   }
+  let pausedMs = 0;
+  if (o.beforePut) {
+    const t = performance.now();
+    await o.beforePut(i);
+    pausedMs = performance.now() - t;
+  }
   const t = performance.now();
   const put = await c.request('PUT', withDigest(c, loc, digest), { 'content-length': 0 });
   const putMs = performance.now() - t;
   checkCommitted('PUT', put, digest);
-  return { fallbacks: 0, putMs };
+  return { fallbacks: 0, putMs, pausedMs };
 }
 
 /** Bytes that differ per blob: the blob index and a per-run nonce, at the end of each blob. */
@@ -324,6 +336,7 @@ async function runJobs(count: number, concurrency: number, job: (i: number) => P
   let next = 0;
   let errors = 0;
   let fallbacks = 0;
+  let pausedMs = 0;
   const t0 = performance.now();
   await Promise.all(Array.from({ length: Math.min(concurrency, count) }, async () => {
     for (let i = next++; i < count; i = next++) {
@@ -332,8 +345,9 @@ async function runJobs(count: number, concurrency: number, job: (i: number) => P
         // Not `fallbacks += await ...`: that reads `fallbacks` before awaiting and loses updates.
         const r = await job(i);
         fallbacks += r.fallbacks;
+        pausedMs += r.pausedMs ?? 0;
         if (r.putMs !== undefined) puts.push(r.putMs);
-        latencies.push(performance.now() - t);
+        latencies.push(performance.now() - t - (r.pausedMs ?? 0));
         okIdx.push(i);
       } catch (err) {
         errors++;
@@ -341,7 +355,7 @@ async function runJobs(count: number, concurrency: number, job: (i: number) => P
       }
     }
   }));
-  const wallMs = performance.now() - t0;
+  const wallMs = performance.now() - t0 - pausedMs;
   latencies.sort((a, b) => a - b);
   puts.sort((a, b) => a - b);
   return {

@@ -1,6 +1,6 @@
 import { barChart, colorOf, lineChart } from './chart.js';
 import { formatBytes, type PhaseResult } from './loadgen.js';
-import { describeParts, type PartLayout } from './s3.js';
+import { describeSizes, type PartLayout } from './s3.js';
 import type { Usage } from './targets.js';
 
 /**
@@ -131,9 +131,14 @@ function spotTables(report: Report): string {
   const withParts = report.results.filter((r) => r.parts);
   if (withParts.length) {
     out.push('### S3 multipart layout', '',
-      'How the pushed blob is stored in the bucket, read back with `HEAD ?partNumber=N` after the push.', '',
-      '| target | scenario | object size | parts |', '|---|---|--:|---|',
-      ...withParts.map((r) => `| ${r.target} | ${r.title} | ${f(r.parts!.sizeBytes / 1024 ** 2, 1)} MiB | ${describeParts(r.parts!)} |`), '');
+      'Parts the registry had uploaded before the closing PUT (ListParts on the uploads in progress), and the stored ' +
+      'blob\'s part count afterwards (its multipart ETag; 1 means a single-part object).', '',
+      '| target | scenario | parts before the PUT | stored object | its parts |', '|---|---|---|--:|--:|',
+      ...withParts.map((r) => {
+        const p = r.parts!;
+        const before = p.beforePut?.length ? p.beforePut.map((u) => `${u.partSizesBytes.length}: ${describeSizes(u.partSizesBytes)}`).join('; ') : 'no multipart upload';
+        return `| ${r.target} | ${r.title} | ${before} | ${f(p.sizeBytes / 1024 ** 2, 1)} MiB | ${p.partCount} |`;
+      }), '');
   }
   const rss = report.results.filter((r) => r.scenario === 'stream-big');
   if (rss.length) {

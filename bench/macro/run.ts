@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { BlobSet, formatBytes, MiB, parseBytes, pull, push, type BlobRef, type PhaseResult, type PushMode } from './loadgen.js';
 import { Progress } from './progress.js';
 import { addRatios, charts, markdown, type Report, type Row, type ScenarioInfo } from './report.js';
-import { partLayout, s3EndpointFromEnv, unreachable as s3Unreachable } from './s3.js';
+import { objectParts, s3EndpointFromEnv, unreachable as s3Unreachable, uploadsInProgress, type PartLayout } from './s3.js';
 import {
   DOCKER_REGISTRY, referenceOf, ROOT, S3_PART_BYTES, sample, start, storageOf, TARGETS, unavailable, type Target, type TargetName,
 } from './targets.js';
@@ -202,9 +202,12 @@ async function main(): Promise<void> {
         if (dead) { note(`${p.name}: ${s.title} not run: the server ${dead}`); continue; }
         const repo = `bench/${s.kind === 'pull' ? 'stream-many' : s.id}`;
         const counter = { bytes: 0 };
+        let beforePut: PartLayout['beforePut'];
+        const s3t = s.inspectParts ? target.s3 : undefined;
         const o = {
           ...base, repo, mode: s.mode, count: s.count, sizeBytes: s.sizeBytes, concurrency: s.concurrency, chunkBytes: s.chunkBytes,
           streamLength: v['stream-length']!, progress: counter,
+          ...(s3t ? { beforePut: async () => { beforePut = await uploadsInProgress(s3t.client, s3t.bucket); } } : {}),
         };
         let toPull = pushed.get('stream-many');
         if (s.kind === 'pull' && !toPull) toPull = (await push({ ...o, progress: { bytes: 0 } }, blobsFor(s))).blobs;
@@ -228,9 +231,9 @@ async function main(): Promise<void> {
           (u ? `, peak RSS ${u.peakRssMiB.toFixed(0)} MiB, ${u.cpuCores.toFixed(2)} cores` : '') +
           (r.errors ? `, ${r.errors} errors: ${r.errorSamples[0]}` : ''));
         const last = pushed.get(s.id)?.at(-1);
-        if (s.inspectParts && target.s3 && last) {
+        if (s3t && last) {
           try {
-            row.parts = await partLayout(target.s3.client, target.s3.bucket, await target.s3.blobKey(last.digest));
+            row.parts = { ...await objectParts(s3t.client, s3t.bucket, await s3t.blobKey(last.digest)), ...(beforePut ? { beforePut } : {}) };
           } catch (err) {
             note(`${p.name}: could not read the multipart layout of ${s.title}: ${(err as Error).message}`);
           }

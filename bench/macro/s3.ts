@@ -1,6 +1,6 @@
 import {
   AbortMultipartUploadCommand, CreateBucketCommand, DeleteBucketCommand, DeleteObjectsCommand, GetObjectCommand,
-  HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client,
+  HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
@@ -46,6 +46,8 @@ export function unreachable(endpoint: string): Promise<string | undefined> {
 }
 
 export function s3Client(e: S3Endpoint): S3Client {
+  // The SDK warns once per process that it will want Node 22 from 2027; not news for a bench run.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   return new S3Client({
     region: e.region,
     endpoint: e.endpoint,
@@ -84,49 +86,55 @@ export async function getText(client: S3Client, bucket: string, key: string): Pr
 }
 
 export interface PartLayout {
+  /** The blob's object after the push. */
   key: string;
   sizeBytes: number;
-  /** 1 for an object stored in one piece (PutObject or a plain copy). */
+  /** From the multipart ETag's "-N" suffix; 1 for an object stored in one piece. */
   partCount: number;
-  /** Each part's size, when the server answers HEAD ?partNumber=N; else undefined. */
-  partSizesBytes?: number[];
-  /** How the sizes were found. */
-  source: 'head-part-number' | 'etag';
+  /**
+   * The multipart uploads in the bucket just before the closing PUT, with their parts'
+   * sizes (ListParts): what the registry had sent to S3 by then. The final part is
+   * usually sent during the PUT.
+   */
+  beforePut?: Array<{ key: string; partSizesBytes: number[] }>;
+}
+
+/** Every multipart upload in progress in the bucket and the sizes of its parts so far. */
+export async function uploadsInProgress(client: S3Client, bucket: string): Promise<Array<{ key: string; partSizesBytes: number[] }>> {
+  const out: Array<{ key: string; partSizesBytes: number[] }> = [];
+  const ups = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket }));
+  for (const u of ups.Uploads ?? []) {
+    const sizes: number[] = [];
+    let marker: string | undefined;
+    do {
+      const r = await client.send(new ListPartsCommand({ Bucket: bucket, Key: u.Key!, UploadId: u.UploadId!, PartNumberMarker: marker }));
+      for (const p of r.Parts ?? []) sizes.push(p.Size ?? 0);
+      marker = r.IsTruncated ? r.NextPartNumberMarker : undefined;
+    } while (marker);
+    out.push({ key: u.Key!, partSizesBytes: sizes });
+  }
+  return out;
 }
 
 /**
- * How an object is stored: HEAD ?partNumber=1 gives the part count (x-amz-mp-parts-count)
- * and HEAD ?partNumber=N each part's length. Where the server does not take partNumber,
- * the count comes from the multipart ETag's "-N" suffix, without sizes.
+ * How an object is stored. The part count comes from its multipart ETag ("<md5>-N"): HEAD
+ * ?partNumber=N and GetObjectAttributes, which would give each part's size, are not in
+ * radosgw 16.2, so part sizes come from ListParts before the closing PUT instead.
  */
-export async function partLayout(client: S3Client, bucket: string, key: string): Promise<PartLayout> {
+export async function objectParts(client: S3Client, bucket: string, key: string): Promise<Pick<PartLayout, 'key' | 'sizeBytes' | 'partCount'>> {
   const head = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
-  const sizeBytes = head.ContentLength ?? 0;
-  const etagParts = Number(/-(\d+)"?$/.exec(head.ETag ?? '')?.[1] ?? 1);
-  try {
-    const first = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key, PartNumber: 1 }));
-    const count = first.PartsCount ?? 1;
-    // A server that ignores partNumber answers with the whole object: no part information then.
-    if (count <= 1 && etagParts > 1) throw new Error('partNumber ignored');
-    const sizes = [first.ContentLength ?? 0];
-    for (let n = 2; n <= count; n++) {
-      sizes.push((await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key, PartNumber: n }))).ContentLength ?? 0);
-    }
-    return { key, sizeBytes, partCount: count, partSizesBytes: sizes, source: 'head-part-number' };
-  } catch {
-    return { key, sizeBytes, partCount: etagParts, source: 'etag' };
-  }
+  return { key, sizeBytes: head.ContentLength ?? 0, partCount: Number(/-(\d+)"?$/.exec(head.ETag ?? '')?.[1] ?? 1) };
 }
 
-/** "6 x 16 MiB + 1 x 4 MiB": runs of equal part sizes. */
-export function describeParts(p: PartLayout): string {
-  if (!p.partSizesBytes) return `${p.partCount} part${p.partCount === 1 ? '' : 's'} (sizes not reported)`;
+/** "6 x 16 MiB + 1 x 4 MiB": runs of equal sizes. */
+export function describeSizes(sizes: number[]): string {
+  if (sizes.length === 0) return 'none';
   const runs: Array<[number, number]> = [];
-  for (const s of p.partSizesBytes) {
+  for (const s of sizes) {
     const last = runs.at(-1);
     if (last && last[1] === s) last[0]++;
     else runs.push([1, s]);
   }
   const fmt = (b: number): string => (b % (1024 ** 2) === 0 ? `${b / 1024 ** 2} MiB` : `${(b / 1024 ** 2).toFixed(2)} MiB`);
-  return `${p.partCount} part${p.partCount === 1 ? '' : 's'}: ${runs.map(([n, s]) => `${n} x ${fmt(s)}`).join(' + ')}`;
+  return runs.map(([n, s]) => `${n} x ${fmt(s)}`).join(' + ');
 }
