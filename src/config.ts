@@ -60,6 +60,54 @@ const storage = z.string().refine((v) => /^(fs|memory|s3):/.test(v), {
 const integerish = z.union([z.number(), z.string().regex(/^\d+$/).transform(Number)]).pipe(z.number().int());
 const booleanish = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]);
 
+/** A namespace's name and path prefix segments: what a storage path segment and a URL allow. */
+const NAMESPACE_SEGMENT = /^[a-z0-9]+(?:[._-][a-z0-9]+)*$/;
+const HOSTNAME = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/;
+
+/**
+ * A registry of its own in this process (zuul-registry's namespaces): its own blobs, tags and
+ * uploads, stored under `/namespaces/<name>`. Requests reach it by Host header (exact, port
+ * ignored) or by a path prefix, `/<pathPrefix>/v2/...`.
+ */
+const namespace = z.object({
+  name: z.string().regex(NAMESPACE_SEGMENT, 'lower-case letters, digits and . _ - between them'),
+  host: z.string().toLowerCase().regex(HOSTNAME, 'a host name or IPv4 address, without port').optional(),
+  pathPrefix: z
+    .string()
+    .transform((v) => v.replace(/^\/+|\/+$/g, ''))
+    .refine((v) => v.split('/').every((s) => NAMESPACE_SEGMENT.test(s)), 'path segments of lower-case letters, digits and . _ -')
+    .refine((v) => v.split('/')[0] !== 'v2', 'must not start with v2 (it would shadow the default registry)')
+    .optional(),
+}).strict().refine((n) => n.host !== undefined || n.pathPrefix !== undefined, { message: 'needs a host or a pathPrefix to be reachable' });
+
+/** A YAML list, or (from HOIST_NAMESPACES) the same list as JSON. */
+const namespaces = z
+  .union([
+    z.array(z.unknown()),
+    z.string().transform((v, ctx) => {
+      try {
+        return JSON.parse(v) as unknown;
+      } catch {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: 'expected a JSON list, e.g. [{"name":"team-a","host":"a.example.com"}]' });
+        return z.NEVER;
+      }
+    }),
+  ])
+  .pipe(z.array(namespace))
+  .superRefine((list, ctx) => {
+    // zod still runs this after a failed parse above; there is nothing to compare then.
+    if (!Array.isArray(list)) return;
+    for (const key of ['name', 'host', 'pathPrefix'] as const) {
+      const seen = new Set<string>();
+      list.forEach((n, i) => {
+        const v = n[key];
+        if (v === undefined) return;
+        if (seen.has(v)) ctx.addIssue({ code: z.ZodIssueCode.custom, path: [i, key], message: `${key} ${JSON.stringify(v)} is used by two namespaces` });
+        seen.add(v);
+      });
+    }
+  });
+
 export const ConfigSchema = z.object({
   listen: listen.default('127.0.0.1:5000'),
   storage: storage.default('fs:./data'),
@@ -94,6 +142,8 @@ export const ConfigSchema = z.object({
   }).strict().default({}),
   /** Answer GET /v2/ etc. with extra debugging detail in error bodies. Off in production. */
   debugErrors: booleanish.default(false),
+  /** Extra isolated registries served by this process; requests matching none go to the default one. */
+  namespaces: namespaces.default([]),
 }).strict();
 
 export type Config = z.output<typeof ConfigSchema>;

@@ -3,10 +3,12 @@ import type { Config } from './config.js';
 import type { FrontEnd } from './http/adapter.js';
 import { createFrontEnd, FrontEndUnfitError } from './http/frontend.js';
 import { createHandler } from './http/handlers.js';
+import type { Namespace } from './http/namespaces.js';
 import { HashPool } from './registry/hash-pool.js';
 import { Registry } from './registry/registry.js';
 import { SlabPool } from './registry/slab-pool.js';
 import { createDriver, type StorageDriver } from './storage/index.js';
+import { PrefixedDriver } from './storage/prefixed.js';
 
 export interface RunningServer {
   readonly frontend: FrontEnd;
@@ -32,15 +34,25 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     await hashPool.close();
     throw err;
   }
-  const registry = new Registry({
-    driver,
-    hashPool,
-    slabs,
-    maxSessionBufferedBytes: u.maxSessionBufferedBytes,
-    maxBlobBytes: u.maxBlobBytes,
-    maxManifestBytes: config.manifests.maxBytes,
-  });
-  const handler = createHandler({ registry, log, maxManifestBytes: config.manifests.maxBytes, minChunkBytes: u.minChunkBytes });
+  const registryOn = (d: StorageDriver): Registry =>
+    new Registry({
+      driver: d,
+      hashPool,
+      slabs,
+      maxSessionBufferedBytes: u.maxSessionBufferedBytes,
+      maxBlobBytes: u.maxBlobBytes,
+      maxManifestBytes: config.manifests.maxBytes,
+    });
+  const registry = registryOn(driver);
+  // Each namespace is a registry of its own on its own part of the store; they share the
+  // hashing pool and the buffer budget, which bound the process, not a registry.
+  const namespaces: Namespace[] = config.namespaces.map((n) => ({
+    name: n.name,
+    host: n.host,
+    pathPrefix: n.pathPrefix,
+    registry: registryOn(new PrefixedDriver(driver, `/namespaces/${n.name}`)),
+  }));
+  const handler = createHandler({ registry, namespaces, log, maxManifestBytes: config.manifests.maxBytes, minChunkBytes: u.minChunkBytes });
   const frontend = await createFrontEnd(config.frontend, handler, {
     maxBodyBytes: u.maxBlobBytes,
     onFallback: (err) =>
@@ -50,7 +62,8 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
   });
   const port = await frontend.listen(config.listen.host, config.listen.port);
   log.info(
-    { host: config.listen.host, port, frontend: frontend.kind, storage: driver.name, hashThreads: hashPool.threads, chunkBytes: u.chunkBytes },
+    { host: config.listen.host, port, frontend: frontend.kind, storage: driver.name, hashThreads: hashPool.threads, chunkBytes: u.chunkBytes,
+      ...(namespaces.length > 0 ? { namespaces: namespaces.map((n) => n.name) } : {}) },
     'listening',
   );
   let closing: Promise<void> | undefined;

@@ -10,10 +10,14 @@ import type { ChunkRange } from '../registry/uploads.js';
 import type { HeaderMap, IncomingRequest, OutgoingResponse, RequestHandler } from './adapter.js';
 import { hasBody, readSmallBody } from './body.js';
 import { API_VERSION_HEADER, rangeHeader, sendError } from './errors.js';
+import { NamespaceRouter, withPath, withPathPrefix, type Namespace } from './namespaces.js';
 import { locations, matchRoute, type RouteMatch } from './routes.js';
 
 export interface HandlerOptions {
+  /** The default registry: requests that match no namespace. */
   registry: Registry;
+  /** Further registries, chosen by Host header or path prefix (src/http/namespaces.ts). */
+  namespaces?: readonly Namespace[];
   log: Logger;
   maxManifestBytes: number;
   /** Advertised as OCI-Chunk-Min-Length (0: not advertised). */
@@ -55,13 +59,17 @@ export interface RegistryHandler extends RequestHandler {
 
 export function createHandler(o: HandlerOptions): RegistryHandler {
   const running = new Set<Promise<void>>();
+  const namespaces = new NamespaceRouter(o.registry, o.namespaces ?? []);
   let seq = 0;
-  const handle = async (req: IncomingRequest, res: OutgoingResponse): Promise<void> => {
+  const handle = async (rawReq: IncomingRequest, rawRes: OutgoingResponse): Promise<void> => {
     const started = performance.now();
     const reqId = (++seq).toString(36);
+    const ns = namespaces.resolve(rawReq.header('host'), rawReq.path);
+    const req = ns.prefix ? withPath(rawReq, ns.path) : rawReq;
+    const res = ns.prefix ? withPathPrefix(rawRes, ns.prefix) : rawRes;
     const m = matchRoute(req.path);
-    const log = o.log.child({ reqId, ...(m?.name ? { repository: m.name } : {}) });
-    const c: Ctx | undefined = m ? { req, res, m, registry: o.registry, o } : undefined;
+    const log = o.log.child({ reqId, ...(ns.name ? { namespace: ns.name } : {}), ...(m?.name ? { repository: m.name } : {}) });
+    const c: Ctx | undefined = m ? { req, res, m, registry: ns.registry, o } : undefined;
     let status = 0;
     try {
       if (!m) throw new RegistryError('NOT_FOUND', { detail: { path: req.path.slice(0, 200) } });
@@ -77,7 +85,7 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
     log.info(
       {
         method: req.method,
-        path: req.path,
+        path: rawReq.path,
         status: status || lastStatus.get(res) || 200,
         bytesIn: c?.bytesIn ?? 0,
         ms: Math.round((performance.now() - started) * 10) / 10,
