@@ -1,15 +1,17 @@
-// Run: npx tsc -p bench && node dist/bench/micro/frontend.js [--size-mib 1024] [--runs 3]
+// Run: npm run bench:micro, or after `npx tsc -p bench`:
+//   node dist/bench/micro/http/frontend.js [--size-mib 1024] [--runs 3] [--json out.json]
 import { randomBytes } from 'node:crypto';
-import os from 'node:os';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
-import type { BodySink, FrontEnd } from '../../src/http/adapter.js';
-import { createFrontEnd } from '../../src/http/frontend.js';
+import type { BodySink, FrontEnd } from '../../../src/http/adapter.js';
+import { createFrontEnd, UWS_MAX_CONTENT_LENGTH } from '../../../src/http/frontend.js';
+import { machine, writeReport, type MicroResult } from '../common.js';
 
 /**
  * Pushes one streamed upload through each front end into a sink that discards, and prints
  * MiB/s: once chunked (as docker sends a PATCH) and once with a Content-Length (a monolithic
- * PUT), the latter at most 999,999,999 bytes because uWS v20.30 drops larger Content-Lengths.
+ * PUT), the latter at most 999,999,999 bytes because uWS v20.30 drops larger Content-Lengths
+ * (src/http/frontend.ts, UWS_MAX_CONTENT_LENGTH).
  * The client runs in a worker thread so it does not share the server's event loop; on a
  * 2-core machine they still share the CPU.
  */
@@ -20,10 +22,10 @@ const { values } = parseArgs({
   options: {
     'size-mib': { type: 'string', default: '1024' },
     runs: { type: 'string', default: '3' },
+    json: { type: 'string' },
   },
 });
 const sizeBytes = Number(values['size-mib']) * MiB;
-const UWS_MAX_CONTENT_LENGTH = 999_999_999;
 const runs = Number(values.runs);
 
 /** node:http client: one PUT of `size` bytes written from a 1 MiB buffer, honouring drain. Without a content-length node:http sends it chunked. */
@@ -89,7 +91,7 @@ async function measure(name: string, port: number, chunked: boolean) {
 }
 
 const chunk = new Uint8Array(randomBytes(MiB));
-const results = [];
+const results: Array<{ name: string; mode: string; sizeBytes: number; mibPerSecond: number[] }> = [];
 console.log(`one PUT into a discarding sink, ${runs} runs each after a warm-up`);
 for (const kind of ['uws', 'node'] as const) {
   const frontEnd: FrontEnd = await createFrontEnd(kind, async (req, res) => {
@@ -102,13 +104,18 @@ for (const kind of ['uws', 'node'] as const) {
   await frontEnd.close(1000);
 }
 
-console.log(
-  JSON.stringify({
-    bench: 'micro/frontend',
-    date: new Date().toISOString(),
-    node: process.version,
-    cpu: os.cpus()[0]?.model,
-    cores: os.availableParallelism(),
-    results,
-  }),
-);
+const best = (xs: number[]): number => Math.max(...xs);
+writeReport(values.json, {
+  bench: 'micro/http/frontend',
+  date: new Date().toISOString(),
+  machine: machine(),
+  settings: { sizeBytes, runs, client: 'node:http in a worker thread, 1 MiB writes' },
+  results: results.map((r): MicroResult => ({
+    label: `${r.name === 'uws' ? 'uWebSockets.js' : 'node:http'}, ${r.mode === 'chunked' ? 'chunked transfer encoding' : 'Content-Length'}, ${(r.sizeBytes / MiB).toFixed(0)} MiB`,
+    mibPerSecond: best(r.mibPerSecond),
+    seconds: r.sizeBytes / MiB / best(r.mibPerSecond),
+    runs: r.mibPerSecond,
+    group: r.name,
+  })),
+  notes: ['Best of the runs; the client shares the 2 cores with the server.'],
+});
