@@ -2,12 +2,16 @@ import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectError, expectStatus, request } from '../helpers/http.js';
 import { pushBlob, randomBlob, sha256 } from '../helpers/oci.js';
+import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
+import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
  * Pulling and deleting blobs (distribution-spec v1.1 "Pulling blobs", "Deleting blobs"),
  * byte ranges (RFC 9110 §14), repository scoping of blobs, and the two well-known blobs
  * clients reference without pushing: Docker's empty layer and the OCI empty JSON `{}`.
+ * Runs on memory storage with both front ends, and on S3 (radosgw, 5 MiB parts) with the
+ * node front end, where reads are ranged GETs of multipart objects.
  */
 
 const MiB = 1024 * 1024;
@@ -23,12 +27,27 @@ function repo(label: string): string {
   return `blobs/${label}-${(++repoSeq).toString(36)}`;
 }
 
-describe.each(FRONTENDS)('blobs (%s front end, memory storage)', (frontend) => {
+const combos: Array<{ frontend: (typeof FRONTENDS)[number]; storage: 'memory' | 's3' }> = [
+  ...FRONTENDS.map((frontend) => ({ frontend, storage: 'memory' as const })),
+  { frontend: 'node', storage: 's3' },
+];
+
+describe.each(combos)('blobs ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let server: TestServer;
   let base: string;
+  if (storage === 's3' && !s3Env) {
+    // Fail, never skip, without an S3 server (test/storage/s3.test.ts does the same).
+    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
+      throw new Error(S3_ENDPOINT_MISSING);
+    });
+    return;
+  }
+  const bucket = storage === 's3' ? useTestBucket(s3Env!, 'blobs') : undefined;
 
   beforeAll(async () => {
-    server = await startServer({ storage: 'memory:', frontend });
+    server = bucket
+      ? await startServer({ storage: bucket.url('blobs'), frontend, env: s3ServerEnv() })
+      : await startServer({ storage: 'memory:', frontend });
     base = server.url;
   });
 

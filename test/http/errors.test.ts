@@ -4,13 +4,17 @@ import { tmpdir } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectError, expectStatus, listTree, request, startUpload, tempDir, withQuery, type Reply } from '../helpers/http.js';
 import { MEDIA_TYPES, makeImage, pushBlob, pushImage, randomBlob, sha256 } from '../helpers/oci.js';
+import { keyMap, s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
+import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
 import { REPO_ROOT, startServer, type TestServer } from '../helpers/server.js';
 
 /**
  * The API version check, and the error side of the protocol (distribution-spec v1.1 "Error
  * Codes"): every failure carries the `{"errors":[{"code","message",...}]}` envelope with the
  * status its code implies; invalid names and digests are refused before anything touches
- * storage; and no request, however crafted, makes the fs driver write outside its root.
+ * storage; and no request, however crafted, makes the fs driver write outside its root, or
+ * the S3 driver write outside its prefix. The envelope checks run on memory storage with both
+ * front ends and on S3 (radosgw) with the node front end.
  */
 
 const FRONTENDS = ['uws', 'node'] as const;
@@ -49,12 +53,30 @@ function manifestBody(): Buffer {
   return makeImage({ layerSizesBytes: [10] }).manifestBytes;
 }
 
-describe.each(FRONTENDS)('errors (%s front end, memory storage)', (frontend) => {
+/** Without HOIST_TEST_S3_ENDPOINT an S3 variant is one failing test, never a skip (as in test/storage/s3.test.ts). */
+function failWithoutS3(): boolean {
+  if (s3Env) return false;
+  it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
+    throw new Error(S3_ENDPOINT_MISSING);
+  });
+  return true;
+}
+
+const combos: Array<{ frontend: (typeof FRONTENDS)[number]; storage: 'memory' | 's3' }> = [
+  ...FRONTENDS.map((frontend) => ({ frontend, storage: 'memory' as const })),
+  { frontend: 'node', storage: 's3' },
+];
+
+describe.each(combos)('errors ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let server: TestServer;
   let base: string;
+  if (storage === 's3' && failWithoutS3()) return;
+  const bucket = storage === 's3' ? useTestBucket(s3Env!, 'errors') : undefined;
 
   beforeAll(async () => {
-    server = await startServer({ storage: 'memory:', frontend });
+    server = bucket
+      ? await startServer({ storage: bucket.url('errors'), frontend, env: s3ServerEnv() })
+      : await startServer({ storage: 'memory:', frontend });
     base = server.url;
   });
 
@@ -259,6 +281,51 @@ describe.each(FRONTENDS)('errors (%s front end, memory storage)', (frontend) => 
 });
 
 /**
+ * Requests whose targets try to escape the storage root or the registry's layout: encoded and
+ * plain `..`, encoded slashes, backslashes, NUL, hostile digests, tags, upload ids, mount
+ * sources and pagination markers. Every one carries `marker`, so anything it created is easy to
+ * find. `legit` is a repository with a blob, the image `image` tagged v1, and a live upload.
+ */
+function hostileRequests(legit: string, blobDigest: string, image: ReturnType<typeof makeImage>, liveLocation: string, marker: string): [string, string, Buffer | undefined][] {
+  const m = marker;
+  const body = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.imageManifest, config: image.config.descriptor, layers: [] }));
+  return [
+    ['POST', `/v2/../../${m}/blobs/uploads/`, undefined],
+    ['POST', `/v2/../../../${m}/blobs/uploads/?digest=${sha256('x')}`, Buffer.from('x')],
+    ['POST', `/v2/%2e%2e/%2e%2e/${m}/blobs/uploads/`, undefined],
+    ['POST', `/v2/%2E%2E/%2E%2E/%2E%2E/${m}/blobs/uploads/`, undefined],
+    ['POST', `/v2/..%2f..%2f${m}/blobs/uploads/`, undefined],
+    ['POST', `/v2/a/b/../../../${m}/blobs/uploads/`, undefined],
+    ['POST', `/v2/.%2e/${m}/blobs/uploads/`, undefined],
+    ['POST', `/v2/%2F${m}/blobs/uploads/`, undefined],
+    ['POST', `/v2/a\\..\\..\\${m}/blobs/uploads/`, undefined],
+    ['POST', `/v2/a%00b/blobs/uploads/`, undefined],
+    ['PUT', `/v2/../../${m}/manifests/v1`, body],
+    ['PUT', `/v2/${legit}/manifests/..%2f..%2f..%2f${m}`, body],
+    ['PUT', `/v2/${legit}/manifests/%2e%2e`, body],
+    ['PUT', `/v2/${legit}/manifests/..`, body],
+    ['PUT', `/v2/${legit}/manifests/sha256:..%2f..%2f..%2f${m}`, body],
+    ['PUT', `/v2/${legit}/manifests/sha256:${'0'.repeat(60)}%2f..`, body],
+    ['GET', `/v2/${legit}/manifests/..%2f..%2f_uploads`, undefined],
+    ['GET', `/v2/${legit}/blobs/sha256:..%2f..%2f..%2f${m}`, undefined],
+    ['DELETE', `/v2/${legit}/blobs/sha256:..%2f..%2f..%2f${m}`, undefined],
+    ['DELETE', `/v2/${legit}/manifests/..%2f..%2f_layers`, undefined],
+    ['PATCH', `/v2/${legit}/blobs/uploads/..%2f..%2f..%2f..%2f${m}`, Buffer.from('evil')],
+    ['PATCH', `/v2/${legit}/blobs/uploads/%2e%2e%2f%2e%2e%2f${m}`, Buffer.from('evil')],
+    ['PUT', `/v2/${legit}/blobs/uploads/..%2f..%2f${m}?digest=${sha256('evil')}`, Buffer.from('evil')],
+    ['GET', `/v2/${legit}/blobs/uploads/..%2f..%2f..%2f${m}`, undefined],
+    ['DELETE', `/v2/${legit}/blobs/uploads/..%2f..%2f_layers`, undefined],
+    ['DELETE', `/v2/${legit}/blobs/uploads/..`, undefined],
+    ['PUT', `${liveLocation.split('?')[0]}?digest=sha256:..%2f..%2f${m}`, Buffer.from('evil')],
+    ['POST', `/v2/${legit}/blobs/uploads/?digest=sha256:..%2f..%2f${m}`, Buffer.from('evil')],
+    ['POST', `/v2/${legit}/blobs/uploads/?mount=sha256:..%2f..%2f${m}&from=..%2f..%2f${m}`, undefined],
+    ['POST', `/v2/${legit}/blobs/uploads/?mount=${blobDigest}&from=../../${m}`, undefined],
+    ['GET', `/v2/${legit}/tags/list?last=../../../${m}&n=1`, undefined],
+    ['GET', `/v2/_catalog?last=../../../${m}&n=1`, undefined],
+  ];
+}
+
+/**
  * Hostile request targets against the fs driver: nothing may be created outside the storage
  * root, and nothing inside it but the registry's own layout. Each request carries a marker
  * name; afterwards no file or directory with that marker may exist anywhere the traversal
@@ -295,42 +362,7 @@ describe.each(FRONTENDS)('path traversal (%s front end, fs storage)', (frontend)
     const live = await startUpload(base, legit);
     const before = await listTree(storage);
 
-    const m = marker;
-    const body = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.imageManifest, config: image.config.descriptor, layers: [] }));
-    const hostile: [string, string, Buffer | undefined][] = [
-      ['POST', `/v2/../../${m}/blobs/uploads/`, undefined],
-      ['POST', `/v2/../../../${m}/blobs/uploads/?digest=${sha256('x')}`, Buffer.from('x')],
-      ['POST', `/v2/%2e%2e/%2e%2e/${m}/blobs/uploads/`, undefined],
-      ['POST', `/v2/%2E%2E/%2E%2E/%2E%2E/${m}/blobs/uploads/`, undefined],
-      ['POST', `/v2/..%2f..%2f${m}/blobs/uploads/`, undefined],
-      ['POST', `/v2/a/b/../../../${m}/blobs/uploads/`, undefined],
-      ['POST', `/v2/.%2e/${m}/blobs/uploads/`, undefined],
-      ['POST', `/v2/%2F${m}/blobs/uploads/`, undefined],
-      ['POST', `/v2/a\\..\\..\\${m}/blobs/uploads/`, undefined],
-      ['POST', `/v2/a%00b/blobs/uploads/`, undefined],
-      ['PUT', `/v2/../../${m}/manifests/v1`, body],
-      ['PUT', `/v2/${legit}/manifests/..%2f..%2f..%2f${m}`, body],
-      ['PUT', `/v2/${legit}/manifests/%2e%2e`, body],
-      ['PUT', `/v2/${legit}/manifests/..`, body],
-      ['PUT', `/v2/${legit}/manifests/sha256:..%2f..%2f..%2f${m}`, body],
-      ['PUT', `/v2/${legit}/manifests/sha256:${'0'.repeat(60)}%2f..`, body],
-      ['GET', `/v2/${legit}/manifests/..%2f..%2f_uploads`, undefined],
-      ['GET', `/v2/${legit}/blobs/sha256:..%2f..%2f..%2f${m}`, undefined],
-      ['DELETE', `/v2/${legit}/blobs/sha256:..%2f..%2f..%2f${m}`, undefined],
-      ['DELETE', `/v2/${legit}/manifests/..%2f..%2f_layers`, undefined],
-      ['PATCH', `/v2/${legit}/blobs/uploads/..%2f..%2f..%2f..%2f${m}`, Buffer.from('evil')],
-      ['PATCH', `/v2/${legit}/blobs/uploads/%2e%2e%2f%2e%2e%2f${m}`, Buffer.from('evil')],
-      ['PUT', `/v2/${legit}/blobs/uploads/..%2f..%2f${m}?digest=${sha256('evil')}`, Buffer.from('evil')],
-      ['GET', `/v2/${legit}/blobs/uploads/..%2f..%2f..%2f${m}`, undefined],
-      ['DELETE', `/v2/${legit}/blobs/uploads/..%2f..%2f_layers`, undefined],
-      ['DELETE', `/v2/${legit}/blobs/uploads/..`, undefined],
-      ['PUT', `${live.location.split('?')[0]}?digest=sha256:..%2f..%2f${m}`, Buffer.from('evil')],
-      ['POST', `/v2/${legit}/blobs/uploads/?digest=sha256:..%2f..%2f${m}`, Buffer.from('evil')],
-      ['POST', `/v2/${legit}/blobs/uploads/?mount=sha256:..%2f..%2f${m}&from=..%2f..%2f${m}`, undefined],
-      ['POST', `/v2/${legit}/blobs/uploads/?mount=${blob.digest}&from=../../${m}`, undefined],
-      ['GET', `/v2/${legit}/tags/list?last=../../../${m}&n=1`, undefined],
-      ['GET', `/v2/_catalog?last=../../../${m}&n=1`, undefined],
-    ];
+    const hostile = hostileRequests(legit, blob.digest, image, live.location, marker);
     const replies: [string, Reply][] = [];
     for (const [method, path, reqBody] of hostile) {
       const r = await request(base, path, { method, ...(reqBody ? { body: reqBody } : {}) });
@@ -356,6 +388,62 @@ describe.each(FRONTENDS)('path traversal (%s front end, fs storage)', (frontend)
     expect(unexpected).toEqual([]);
     expect(after.filter((p) => p.includes(marker) || p.split('/').includes('..'))).toEqual([]);
     // And the legitimate content is intact.
+    expectStatus(await request(base, `/v2/${legit}/manifests/v1`), 200);
+    expectStatus(await request(base, `/v2/${legit}/blobs/${blob.digest}`), 200);
+    expectStatus(await request(base, live.location), 204);
+  });
+});
+
+/**
+ * The same hostile targets against the S3 driver, with a two-level prefix: S3 keys are plain
+ * strings, so a `..` that reached a key would not "escape" anything on the server, but it would
+ * name a key outside the prefix to every tool that treats keys as paths, and could collide with
+ * the registry's own records. Afterwards every key in the bucket is under the prefix, none
+ * has a `..` segment or the marker, and the only new keys are upload sessions a mount fallback
+ * may have started.
+ */
+describe('path traversal (node front end, s3 storage)', () => {
+  if (failWithoutS3()) return;
+  const bucket = useTestBucket(s3Env!, 'traversal');
+  const PREFIX = 'inner/deep';
+  let server: TestServer;
+  let base: string;
+  const marker = `hoist-evil-${randomBytes(4).toString('hex')}`;
+
+  beforeAll(async () => {
+    server = await startServer({ storage: bucket.url(PREFIX), frontend: 'node', env: s3ServerEnv() });
+    base = server.url;
+  });
+
+  afterAll(async () => {
+    if (server) expect(await server.stop()).toBe(0);
+  });
+
+  it('writes no key outside the prefix, and none inside it but the registry layout', async () => {
+    const legit = 'legit/repo';
+    const blob = await pushBlob(base, legit, randomBlob(1000));
+    const image = makeImage({ layerSizesBytes: [10] });
+    await pushImage(base, legit, 'v1', image);
+    const live = await startUpload(base, legit);
+    const everything = () => keyMap(bucket.client, bucket.name, '');
+    const before = await everything();
+
+    const replies: [string, Reply][] = [];
+    for (const [method, path, reqBody] of hostileRequests(legit, blob.digest, image, live.location, marker)) {
+      const r = await request(base, path, { method, ...(reqBody ? { body: reqBody } : {}) });
+      replies.push([`${method} ${path}`, r]);
+    }
+    const serverErrors = replies.filter(([, r]) => r.status >= 500).map(([what, r]) => `${what} → ${r.status} ${r.text().slice(0, 200)}`);
+    expect(serverErrors).toEqual([]);
+    const writes = replies.filter(([what, r]) => r.status >= 200 && r.status < 300 && !what.startsWith('GET ') && !what.includes('?mount=')).map(([what, r]) => `${what} → ${r.status}`);
+    expect(writes).toEqual([]);
+
+    const after = Object.keys(await everything());
+    expect(after.filter((k) => !k.startsWith(`${PREFIX}/`)), 'keys outside the prefix').toEqual([]);
+    expect(after.filter((k) => k.includes(marker) || k.split('/').includes('..') || k.split('/').includes('.')), 'hostile keys').toEqual([]);
+    const added = after.filter((k) => !(k in before));
+    const unexpected = added.filter((k) => !new RegExp(`^${PREFIX}/repositories/legit/repo/_uploads/[0-9a-f-]{36}$`).test(k));
+    expect(unexpected).toEqual([]);
     expectStatus(await request(base, `/v2/${legit}/manifests/v1`), 200);
     expectStatus(await request(base, `/v2/${legit}/blobs/${blob.digest}`), 200);
     expectStatus(await request(base, live.location), 204);
