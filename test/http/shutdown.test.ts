@@ -5,10 +5,13 @@ import {
   withQuery, type OpenRequest, type Reply,
 } from '../helpers/http.js';
 import { randomBlob, sha256 } from '../helpers/oci.js';
+import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
+import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
- * Graceful shutdown with uploads in flight (fs storage, so the upload outlives the process):
+ * Graceful shutdown with uploads in flight (fs storage, and S3 with the node front end, so the
+ * upload outlives the process; on S3 what a cut request received is a staged tail and parts):
  * on SIGTERM the server stops accepting, lets running requests finish for up to
  * shutdownTimeoutMs, cuts the rest, keeps what they stored, and exits 0. After a restart on
  * the same directory the upload's status must match what is stored, and the client must be
@@ -46,24 +49,37 @@ async function trickle(o: OpenRequest, data: Buffer, pieceBytes: number, interva
   return sent;
 }
 
-describe.each(FRONTENDS)('graceful shutdown (%s front end, fs storage)', (frontend) => {
-  let dir: Awaited<ReturnType<typeof tempDir>>;
+const combos: Array<{ frontend: (typeof FRONTENDS)[number]; storage: 'fs' | 's3' }> = [
+  ...FRONTENDS.map((frontend) => ({ frontend, storage: 'fs' as const })),
+  { frontend: 'node', storage: 's3' },
+];
+
+describe.each(combos)('graceful shutdown ($frontend front end, $storage storage)', ({ frontend, storage }) => {
+  let dir: Awaited<ReturnType<typeof tempDir>> | undefined;
   const servers: TestServer[] = [];
+  if (storage === 's3' && !s3Env) {
+    // Fail, never skip, without an S3 server (as test/storage/s3.test.ts does).
+    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
+      throw new Error(S3_ENDPOINT_MISSING);
+    });
+    return;
+  }
+  const bucket = storage === 's3' ? useTestBucket(s3Env!, 'shutdown') : undefined;
 
   beforeAll(async () => {
-    dir = await tempDir();
+    if (!bucket) dir = await tempDir();
   });
 
   afterAll(async () => {
     for (const s of servers) await s.kill();
-    await dir.cleanup();
+    await dir?.cleanup();
   });
 
   async function start(): Promise<TestServer> {
     const s = await startServer({
-      storage: `fs:${dir.path}/storage`,
+      storage: bucket ? bucket.url('shutdown') : `fs:${dir!.path}/storage`,
       frontend,
-      env: { HOIST_SHUTDOWN_TIMEOUT_MS: String(GRACE_MS) },
+      env: { HOIST_SHUTDOWN_TIMEOUT_MS: String(GRACE_MS), ...(bucket ? s3ServerEnv() : {}) },
     });
     servers.push(s);
     return s;
