@@ -1,9 +1,12 @@
+import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBlob, sha256 } from '../helpers/oci.js';
+import { headObject, keyMap, s3Env, s3ServerEnv, useTestBucket, type TestBucket } from '../helpers/s3-http.js';
+import { listUploads, S3_ENDPOINT_MISSING } from '../helpers/s3.js';
 import { startServer, tail, type Frontend, type TestServer } from '../helpers/server.js';
 
 /**
@@ -11,7 +14,9 @@ import { startServer, tail, type Frontend, type TestServer } from '../helpers/se
  * layout on disk, skopeo pushes it to Hoist (HEAD, POST, streamed PATCH, PUT, manifest PUT),
  * pulls it back, inspects it and lists tags; a second push must find every blob already
  * there, and a push to another repository must mount the layers instead of uploading them.
- * Runs once per storage driver and HTTP front end.
+ * Runs once per local storage driver and HTTP front end, and once on S3 (radosgw, 5 MiB
+ * parts so the big layer is a multipart upload; node front end). Without
+ * HOIST_TEST_S3_ENDPOINT the S3 run fails, saying how to start radosgw.
  *
  * skopeo and umoci are Debian packages (scripts/test-all.sh installs them). If either is
  * missing this file fails rather than skips, so CI cannot pass without running it.
@@ -27,7 +32,7 @@ const COMMAND_TIMEOUT_MS = 90_000;
 
 interface Target {
   label: string;
-  storage?: 'memory' | 'fs';
+  storage?: 'memory' | 'fs' | 's3';
   frontend?: Frontend;
 }
 
@@ -38,6 +43,7 @@ const targets: Target[] = EXTERNAL_REGISTRY
       { label: 'memory storage, node front end', storage: 'memory', frontend: 'node' },
       { label: 'fs storage, uws front end', storage: 'fs', frontend: 'uws' },
       { label: 'fs storage, node front end', storage: 'fs', frontend: 'node' },
+      { label: 's3 storage, node front end', storage: 's3', frontend: 'node' },
     ];
 
 interface RunResult {
@@ -234,6 +240,18 @@ for (const target of targets) describe(`skopeo against ${EXTERNAL_REGISTRY ? 'an
   const appRepo = `${prefix}/app`;
   const otherRepo = `${prefix}/other`;
 
+  let bucket: TestBucket | undefined;
+  if (target.storage === 's3') {
+    if (!s3Env) {
+      // Fail, never skip (as test/storage/s3.test.ts does).
+      it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
+        throw new Error(S3_ENDPOINT_MISSING);
+      });
+      return;
+    }
+    bucket = useTestBucket(s3Env, 'e2e');
+  }
+
   const registryLogs = (): string => (server ? tail(server.logs(), 80) : `(external registry ${host})`);
   const skopeo = (args: string[]): Promise<RunResult> =>
     run('skopeo', ['--policy', policyPath, ...args], registryLogs);
@@ -244,7 +262,9 @@ for (const target of targets) describe(`skopeo against ${EXTERNAL_REGISTRY ? 'an
       host = EXTERNAL_REGISTRY;
       return;
     }
-    server = await startServer({ storage: target.storage === 'fs' ? `fs:${storageDir}` : 'memory:', frontend: target.frontend });
+    server = bucket
+      ? await startServer({ storage: bucket.url('registry'), frontend: target.frontend, env: s3ServerEnv() })
+      : await startServer({ storage: target.storage === 'fs' ? `fs:${storageDir}` : 'memory:', frontend: target.frontend });
     host = server.host;
   }
 
@@ -353,14 +373,30 @@ for (const target of targets) describe(`skopeo against ${EXTERNAL_REGISTRY ? 'an
     expect(await listTags(otherRepo)).toEqual([TAG]);
   });
 
+  if (target.storage === 's3') {
+    it('leaves the bucket clean: the big layer is one multipart object, no upload or staging object remains', async () => {
+      const b = bucket!;
+      expect(await listUploads(b.client, b.name, 'registry/'), 'multipart uploads in progress').toEqual([]);
+      expect(Object.keys(await keyMap(b.client, b.name, 'registry/_s3/')), 'S3 writer staging objects').toEqual([]);
+      const big = image.layerDigests[0]!.slice('sha256:'.length);
+      const record = JSON.parse(await (await b.client.send(new GetObjectCommand({
+        Bucket: b.name,
+        Key: `registry/blobs/sha256/${big.slice(0, 2)}/${big}`,
+      }))).Body!.transformToString()) as { data: string; size: number };
+      const data = await headObject(b.client, b.name, `registry${record.data}`);
+      expect(data?.size).toBe(record.size);
+      expect(data?.etag, 'a multipart object (ETag "<md5>-<parts>")').toMatch(/-\d+"$/);
+    });
+  }
+
   if (!EXTERNAL_REGISTRY) {
     it('shuts down cleanly on SIGTERM', async () => {
       expect(await server!.stop('SIGTERM'), `exit code; server output:\n${registryLogs()}`).toBe(0);
     });
   }
 
-  if (target.storage === 'fs') {
-    it('serves the same image after a restart on the same directory', async () => {
+  if (target.storage === 'fs' || target.storage === 's3') {
+    it(`serves the same image after a restart on the same ${target.storage === 'fs' ? 'directory' : 'bucket'}`, async () => {
       await startTarget();
       await expectSameBlobs(await pull(`${appRepo}:${TAG}`), TAG, image);
       await expectSameBlobs(await pull(`${otherRepo}:${TAG}`), TAG, image);
