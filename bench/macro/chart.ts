@@ -60,6 +60,17 @@ function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 }
 
+/** Greedy word wrap to lines of at most `width` characters; a longer word gets a line of its own. */
+function wrap(text: string, width: number): string[] {
+  const lines: string[] = [];
+  for (const w of text.split(' ')) {
+    const last = lines.at(-1);
+    if (last !== undefined && last.length + 1 + w.length <= width) lines[lines.length - 1] = `${last} ${w}`;
+    else lines.push(w);
+  }
+  return lines.length > 3 ? [...lines.slice(0, 2), lines.slice(2).join(' ')] : lines;
+}
+
 function num(n: number): string {
   return Number.isInteger(n) ? String(n) : n.toFixed(1);
 }
@@ -150,7 +161,7 @@ export function lineChart(c: LineChart): string {
 }
 
 export function barChart(c: BarChart): string {
-  const groupW = Math.max(90, c.series.length * 22 + 24);
+  const groupW = Math.max(110, c.series.length * 22 + 24);
   const f: Frame = { width: Math.max(640, 64 + 24 + c.groups.length * groupW), height: 420, left: 64, right: 24, top: c.subtitle ? 56 : 40, bottom: 100 };
   const plotW = f.width - f.left - f.right;
   const plotH = f.height - f.top - f.bottom;
@@ -167,12 +178,10 @@ export function barChart(c: BarChart): string {
       out.push(`<rect x="${(x0 + si * bw).toFixed(1)}" y="${(f.top + plotH - h).toFixed(1)}" width="${(bw - 2).toFixed(1)}" height="${h.toFixed(1)}" ` +
         `fill="${s.color}"${s.dashed ? ' fill-opacity="0.5"' : ''}><title>${esc(`${s.name}, ${g}: ${num(v)}`)}</title></rect>`);
     });
-    // Scenario names wrap at ' x ' / ' in ' boundaries onto two lines below the axis.
+    // Scenario names wrap onto up to three lines below the axis.
     const cx = f.left + gi * gw + gw / 2;
-    const words = g.split(' ');
-    const half = Math.ceil(words.length / 2);
-    const lines = g.length > 16 ? [words.slice(0, half).join(' '), words.slice(half).join(' ')] : [g];
-    lines.forEach((l, li) => out.push(`<text x="${cx.toFixed(1)}" y="${f.height - f.bottom + 16 + li * 14}" text-anchor="middle" font-size="11">${esc(l)}</text>`));
+    wrap(g, Math.max(8, Math.floor(gw / 6.3))).forEach((l, li) =>
+      out.push(`<text x="${cx.toFixed(1)}" y="${f.height - f.bottom + 16 + li * 14}" text-anchor="middle" font-size="11">${esc(l)}</text>`));
   });
   if (c.groups.length === 0) {
     out.push(`<text x="${f.left + plotW / 2}" y="${f.top + plotH / 2}" text-anchor="middle" fill="#999999">no data in this run</text>`);
