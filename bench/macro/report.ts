@@ -113,7 +113,7 @@ function detail(rows: Row[]): string {
 }
 
 /** The spot figures: commit latency, multipart layout, memory under load. */
-function spotTables(report: Report): string {
+export function spotTables(report: Report): string {
   const out: string[] = [];
   const registries = report.targets.filter((t) => t.name !== 'sink').map((t) => t.name);
   const row = (t: string, id: string): Row | undefined => report.results.find((r) => r.target === t && r.scenario === id);

@@ -145,6 +145,7 @@ async function main(): Promise<void> {
   const names = (v.targets?.split(',') ?? [...TARGETS]) as TargetName[];
   for (const n of names) if (!TARGETS.includes(n)) throw new Error(`unknown target ${n}; choose from ${TARGETS.join(', ')}`);
 
+  const loadAtStart = os.loadavg().map((l) => +l.toFixed(2));
   const progress = new Progress();
   const log = (msg: string): void => progress.log(msg);
   const notes: string[] = [];
@@ -251,7 +252,9 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     machine: {
       cpuModel: os.cpus()[0]?.model, cores: os.availableParallelism(), memoryGiB: +(os.totalmem() / 1024 ** 3).toFixed(1),
-      node: process.version, kernel: os.release(), loadAverage: os.loadavg().map((l) => +l.toFixed(2)),
+      node: process.version, kernel: os.release(),
+      // 1, 5 and 15 minute load averages: other work on the machine colours the figures.
+      loadAverageAtStart: loadAtStart, loadAverageAtEnd: os.loadavg().map((l) => +l.toFixed(2)),
       dockerRegistry: tryRun(DOCKER_REGISTRY, ['--version']),
     },
     git: { commit: tryRun('git', ['rev-parse', 'HEAD']), dirty: Boolean(tryRun('git', ['status', '--porcelain', '--untracked-files=no'])) },
