@@ -66,14 +66,20 @@ export class BlobStore {
    */
   async adopt(repo: string, digest: Digest, data: CommittedData): Promise<BlobDescriptor> {
     const record: BlobRecord = { data: data.dataPath, size: data.size };
-    const created = await this.#driver.putContent(paths.blobRecord(digest), Buffer.from(JSON.stringify(record)), { ifNotExists: true });
-    if (!created) {
+    const bytes = Buffer.from(JSON.stringify(record));
+    for (let attempt = 0; ; attempt++) {
+      if (await this.#driver.putContent(paths.blobRecord(digest), bytes, { ifNotExists: true })) break;
       const existing = await this.#record(digest);
-      if (existing?.data !== data.dataPath) await this.#driver.delete(data.dataPath).catch(() => undefined);
-      if (!existing) {
-        // The record vanished between the two calls (a collection removed it): take its place.
-        await this.#driver.putContent(paths.blobRecord(digest), Buffer.from(JSON.stringify(record)));
+      if (existing) {
+        // Ours is a duplicate of content already stored: the record wins, our data goes.
+        // (The caller touched the digest first, so a collection sweeping that record
+        // concurrently puts it back: gc.ts, A.)
+        if (existing.data !== data.dataPath) await this.#driver.delete(data.dataPath).catch(() => undefined);
+        break;
       }
+      // The record vanished between the two calls (a collection removed it): try again to
+      // take its place, never overwriting a record someone else wrote meanwhile.
+      if (attempt >= 3) throw new Error(`blob record of ${digest.value} keeps vanishing`);
     }
     await this.#link(repo, digest);
     return { digest: digest.value, size: data.size };

@@ -59,6 +59,12 @@ export interface ManifestStoreOptions {
   driver: StorageDriver;
   blobs: BlobStore;
   maxBytes: number;
+  /**
+   * Whether a tag has expired at `nowMs` (expiry.ts: its label's `expiresAt`, or a configured
+   * expiration). An expired tag is gone to clients before the collector deletes its record.
+   * Default: `expiresAt` alone.
+   */
+  tagExpired?: (repo: string, tag: TagRecord, nowMs: number) => boolean;
 }
 
 /** Existence checks in flight for one manifest (an index may list dozens of platforms). */
@@ -141,7 +147,8 @@ export class ManifestStore {
       // Re-pushing a tag that already names this manifest is a no-op: nothing is rewritten,
       // and its expiry is not pushed back.
       const current = await this.#tag(repo, reference.tag);
-      if (current?.digest !== digest.value) {
+      // An expired tag is no tag: pushing it again makes a new one.
+      if (current?.digest !== digest.value || this.#expired(repo, current, now)) {
         const tag: TagRecord = {
           digest: digest.value,
           updatedAt: new Date(now).toISOString(),
@@ -209,7 +216,14 @@ export class ManifestStore {
    */
   async tags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {
     const names = await this.#tagNames(repo);
-    return paginate(names, n, last);
+    const now = Date.now();
+    const records = await mapLimit(names, CHECK_CONCURRENCY, (t) => this.#tag(repo, t));
+    return paginate(names.filter((_, i) => records[i] !== undefined && !this.#expired(repo, records[i]!, now)), n, last);
+  }
+
+  #expired(repo: string, tag: TagRecord, nowMs: number): boolean {
+    if (this.#o.tagExpired) return this.#o.tagExpired(repo, tag, nowMs);
+    return tag.expiresAt !== undefined && Date.parse(tag.expiresAt) <= nowMs;
   }
 
   /**
@@ -286,7 +300,8 @@ export class ManifestStore {
 
   async #resolve(repo: string, reference: Reference): Promise<Digest> {
     if (reference.kind === 'digest') return reference.digest;
-    const tag = await this.#tag(repo, reference.tag);
+    const found = await this.#tag(repo, reference.tag);
+    const tag = found && !this.#expired(repo, found, Date.now()) ? found : undefined;
     const digest = tag && tryParseDigest(tag.digest);
     if (!digest) throw unknown(reference);
     return digest;

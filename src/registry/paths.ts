@@ -12,7 +12,17 @@ import type { Digest } from './reference.js';
  *   │   │                             copying, so the digest points at the bytes instead.
  *   │   └── <algorithm>
  *   │       └── <hex[0:2]>
- *   │           └── <hex>             blob record: {"data": "/blobs/data/<id>", "size": n}
+ *   │           ├── <hex>             blob record: {"data": "/blobs/data/<id>", "size": n}
+ *   │           └── <hex>.touched     when a blob or manifest was last vouched for (pushed, HEAD,
+ *   │                                 mounted, referenced by a manifest PUT): {"at", "gen"?, "n"};
+ *   │                                 garbage collection spares what was touched lately (gc.ts)
+ *   ├── gc                            garbage collection's coordination objects (gc-lease.ts)
+ *   │   ├── lease                     {"gen", "state": "running"|"done", "owner", "startedAt", ...}
+ *   │   ├── generations/<gen>         created (if absent) to claim a collection's generation
+ *   │   ├── inflight/<id>             a manifest PUT in progress: {"startedAt"}
+ *   │   └── intents/<name>
+ *   │       ├── _tags/<tag>           the collector is about to delete this expired tag
+ *   │       └── _uploads/<id>         the collector is about to remove this stale upload
  *   └── repositories
  *       └── <name>                    (may contain '/')
  *           ├── _layers
@@ -52,6 +62,19 @@ export const paths = {
   tags: (name: string) => `/repositories/${name}/_manifests/tags`,
   upload: (name: string, id: string) => `/repositories/${name}/_uploads/${id}`,
   uploads: (name: string) => `/repositories/${name}/_uploads`,
+
+  // Garbage collection (src/registry/gc*.ts).
+  blobsRoot: () => '/blobs',
+  blobRecordDir: (algorithm: string, prefix: string) => `/blobs/${algorithm}/${prefix}`,
+  blobTouched: (d: Digest) => `/blobs/${d.algorithm}/${d.hex.slice(0, 2)}/${d.hex}.touched`,
+  layerLinks: (name: string, algorithm: string) => `/repositories/${name}/_layers/${algorithm}`,
+  referrersRoot: (name: string) => `/repositories/${name}/_manifests/referrers`,
+  gcLease: () => '/gc/lease',
+  gcGeneration: (gen: number) => `/gc/generations/${gen}`,
+  gcInflightDir: () => '/gc/inflight',
+  gcInflight: (id: string) => `/gc/inflight/${id}`,
+  gcTagIntent: (name: string, tag: string) => `/gc/intents/${name}/_tags/${tag}`,
+  gcUploadIntent: (name: string, id: string) => `/gc/intents/${name}/_uploads/${id}`,
 } as const;
 
 /** Children of a repository directory that mark it as a repository rather than a namespace. */

@@ -1,10 +1,14 @@
 import { RegistryError } from '../errors.js';
 import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { createHash } from 'node:crypto';
 import { BlobStore, type BlobDescriptor, type BlobRead, type ByteRange } from './blobs.js';
+import { ExpiryPolicy } from './expiry.js';
+import { GcGuard } from './gc-guard.js';
+import { manifestRefs } from './gc-mark.js';
 import type { HashPool } from './hash-pool.js';
 import { ManifestStore, lexical, paginate, type Manifest, type ManifestRecord, type Page, type ReferrerDescriptor } from './manifests.js';
 import { paths, REPOSITORY_MARKERS } from './paths.js';
-import { assertName, isValidName, parseDigest, parseReference } from './reference.js';
+import { assertName, isValidName, parseDigest, parseReference, tryParseDigest, type Reference } from './reference.js';
 import type { SlabPool } from './slab-pool.js';
 import type { BodySource } from './upload-write.js';
 import { UploadEngine, type ChunkRange, type UploadState } from './uploads.js';
@@ -16,6 +20,8 @@ export interface RegistryOptions {
   maxSessionBufferedBytes: number;
   maxBlobBytes: number;
   maxManifestBytes: number;
+  /** When tags expire (labels always; configured expirations when given). */
+  expiry?: ExpiryPolicy;
 }
 
 /**
@@ -28,11 +34,20 @@ export class Registry {
   readonly #blobs: BlobStore;
   readonly #manifests: ManifestStore;
   readonly #uploads: UploadEngine;
+  /** Online garbage collection's server side: touched markers and in-flight PUTs (gc-guard.ts). */
+  readonly #guard: GcGuard;
 
   constructor(opts: RegistryOptions) {
     this.driver = opts.driver;
     this.#blobs = new BlobStore(opts.driver);
-    this.#manifests = new ManifestStore({ driver: opts.driver, blobs: this.#blobs, maxBytes: opts.maxManifestBytes });
+    this.#guard = new GcGuard(opts.driver);
+    const expiry = opts.expiry ?? new ExpiryPolicy();
+    this.#manifests = new ManifestStore({
+      driver: opts.driver,
+      blobs: this.#blobs,
+      maxBytes: opts.maxManifestBytes,
+      tagExpired: (repo, tag, nowMs) => expiry.isExpired(repo, tag, nowMs),
+    });
     this.#uploads = new UploadEngine({
       driver: opts.driver,
       hashPool: opts.hashPool,
@@ -60,8 +75,14 @@ export class Registry {
   async completeUpload(repo: string, id: string, digest: string, range: ChunkRange, body: BodySource | undefined): Promise<BlobDescriptor> {
     assertName(repo);
     const d = parseDigest(digest);
-    const data = await this.#uploads.complete(repo, id, d, range, body);
-    return this.#blobs.adopt(repo, d, data);
+    let desc: BlobDescriptor | undefined;
+    // Adopted before the upload record goes (gc.ts, E); touched before the adopt looks for
+    // an existing record to deduplicate onto (gc.ts, A).
+    await this.#uploads.complete(repo, id, d, range, body, async (data) => {
+      await this.#guard.touch([d]);
+      desc = await this.#blobs.adopt(repo, d, data);
+    });
+    return desc!;
   }
 
   cancelUpload(repo: string, id: string): Promise<void> {
@@ -73,6 +94,7 @@ export class Registry {
     assertName(repo);
     const d = parseDigest(digest);
     const data = await this.#uploads.oneShot(repo, d, length, body);
+    await this.#guard.touch([d]);
     return this.#blobs.adopt(repo, d, data);
   }
 
@@ -81,13 +103,21 @@ export class Registry {
     assertName(repo);
     const d = parseDigest(digest);
     if (!isValidName(from)) return undefined;
+    await this.#guard.touch([d]);
     return this.#blobs.mount(repo, d, from);
   }
 
   // --- blobs ---------------------------------------------------------------------------
 
-  statBlob(repo: string, digest: string): Promise<BlobDescriptor> {
-    return this.#blobs.stat(assertName(repo), parseDigest(digest));
+  /**
+   * HEAD: clients ask before they upload, and skip the upload if the blob is there, so a yes
+   * must keep the blob for the grace period (gc.ts, B): check, touch, check again (A).
+   */
+  async statBlob(repo: string, digest: string): Promise<BlobDescriptor> {
+    const d = parseDigest(digest);
+    await this.#blobs.stat(assertName(repo), d);
+    await this.#guard.touch([d]);
+    return this.#blobs.stat(repo, d);
   }
 
   readBlob(repo: string, digest: string, range?: ByteRange): Promise<BlobRead> {
@@ -100,16 +130,34 @@ export class Registry {
 
   // --- manifests and tags ----------------------------------------------------------------
 
+  /**
+   * A registered operation (gc-guard.ts, gc.ts C): touches the manifest's own digest and
+   * everything it references before ManifestStore.put checks that they exist, and writes the
+   * tag again if a collector was deleting it as expired at that moment (gc.ts F).
+   */
   putManifest(repo: string, reference: string, contentType: string | undefined, bytes: Buffer): Promise<ManifestRecord> {
-    return this.#manifests.put(assertName(repo), parseReference(reference), contentType, bytes);
+    assertName(repo);
+    const ref = parseReference(reference);
+    return this.#guard.op(async () => {
+      await this.#guard.touch(referencedBy(ref, bytes));
+      for (;;) {
+        const record = await this.#manifests.put(repo, ref, contentType, bytes);
+        if (ref.kind !== 'tag' || !(await this.#guard.tagIntent(repo, ref.tag))) return record;
+      }
+    });
   }
 
   getManifest(repo: string, reference: string): Promise<Manifest> {
     return this.#manifests.get(assertName(repo), parseReference(reference));
   }
 
-  statManifest(repo: string, reference: string): Promise<ManifestRecord> {
-    return this.#manifests.stat(assertName(repo), parseReference(reference));
+  /** HEAD: by digest, clients ask before pushing an index's children; a yes touches (as statBlob). */
+  async statManifest(repo: string, reference: string): Promise<ManifestRecord> {
+    const ref = parseReference(reference);
+    const record = await this.#manifests.stat(assertName(repo), ref);
+    if (ref.kind === 'tag') return record;
+    await this.#guard.touch([ref.digest]);
+    return this.#manifests.stat(repo, ref);
   }
 
   deleteManifest(repo: string, reference: string): Promise<void> {
@@ -161,4 +209,16 @@ export class Registry {
       throw err;
     }
   }
+}
+
+/**
+ * What a manifest PUT vouches for: the manifest's own digest and its config, layers and
+ * index children, read straight from the bytes (invalid bytes vouch for nothing: the store
+ * refuses them). The subject is not: it need not exist.
+ */
+function referencedBy(reference: Reference, bytes: Buffer): string[] {
+  const algorithm = reference.kind === 'digest' ? reference.digest.algorithm : 'sha256';
+  const own = tryParseDigest(`${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`);
+  const refs = manifestRefs(bytes);
+  return [...(own ? [own.value] : []), ...(refs?.blobs ?? []), ...(refs?.children ?? [])];
 }

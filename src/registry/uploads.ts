@@ -14,7 +14,16 @@ import { UploadWrite, type BodySource } from './upload-write.js';
 interface UploadRecord {
   startedAt: string;
   data: string;
+  /**
+   * Last sign of life the collector can see on any store (gc.ts removes uploads idle for
+   * gc.staleUploadAfter): refreshed when a request starts on an upload idle for a while, every
+   * ACTIVITY_REFRESH_MS while a long body streams, and when the upload is being finished.
+   */
+  touchedAt?: string;
 }
+
+/** How stale an upload's record may get while it is in use (the collector's default is an hour). */
+const ACTIVITY_REFRESH_MS = 60_000;
 
 export interface UploadState {
   readonly id: string;
@@ -96,7 +105,7 @@ export class UploadEngine {
    */
   async append(repo: string, id: string, range: ChunkRange, body: BodySource): Promise<UploadState> {
     const record = await this.#record(repo, id);
-    return this.#exclusive(repo, id, record, async (writer) => {
+    return this.#exclusive(repo, id, record, async (writer) => this.#keepAlive(repo, id, record, async () => {
       this.#checkRange(repo, id, writer.size, range);
       const start = writer.size;
       const t0 = performance.now();
@@ -107,7 +116,7 @@ export class UploadEngine {
       }
       this.#checkLength(repo, id, range, offset - start, offset);
       return { id, offset };
-    });
+    }));
   }
 
   /**
@@ -116,8 +125,17 @@ export class UploadEngine {
    * blob) and throws DIGEST_INVALID. On success the upload record is gone and the caller
    * links the data under its digest.
    */
-  async complete(repo: string, id: string, digest: Digest, range: ChunkRange, body: BodySource | undefined): Promise<CommittedData> {
-    return this.#complete(repo, id, await this.#record(repo, id), digest, range, body);
+  async complete(
+    repo: string, id: string, digest: Digest, range: ChunkRange, body: BodySource | undefined,
+    adopt?: (data: CommittedData) => Promise<void>,
+  ): Promise<CommittedData> {
+    const record = await this.#record(repo, id);
+    // The collector removes a stale upload by writing an intent and then re-reading this
+    // record; we rewrite the record and then look for an intent. One of us sees the other
+    // (gc.ts, E), so an upload is never finished and removed at once.
+    await this.#touch(repo, id, record);
+    if (await this.#exists(paths.gcUploadIntent(repo, id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
+    return this.#complete(repo, id, record, digest, range, body, adopt);
   }
 
   /**
@@ -130,7 +148,7 @@ export class UploadEngine {
     const id = randomUUID();
     const record: UploadRecord = { startedAt: new Date().toISOString(), data: paths.blobData(id) };
     try {
-      return await this.#complete(repo, id, record, digest, { start: 0, length }, body);
+      return await this.#complete(repo, id, record, digest, { start: 0, length }, body, undefined);
     } catch (err) {
       await this.#o.driver.delete(record.data).catch(() => undefined);
       await this.#o.hashPool.drop(id, this.#pins.get(id)).catch(() => undefined);
@@ -139,7 +157,10 @@ export class UploadEngine {
     }
   }
 
-  async #complete(repo: string, id: string, record: UploadRecord, digest: Digest, range: ChunkRange, body: BodySource | undefined): Promise<CommittedData> {
+  async #complete(
+    repo: string, id: string, record: UploadRecord, digest: Digest, range: ChunkRange, body: BodySource | undefined,
+    adopt: ((data: CommittedData) => Promise<void>) | undefined,
+  ): Promise<CommittedData> {
     const t0 = performance.now();
     const committed = await this.#exclusive(repo, id, record, async (writer) => {
       if (body) {
@@ -160,7 +181,17 @@ export class UploadEngine {
       }
       return { dataPath: record.data, size };
     });
-    await this.#forget(repo, id);
+    // The blob record goes in before the upload record goes out: data moving from an upload
+    // to a blob is always named by one of them (gc.ts, E).
+    if (adopt) {
+      try {
+        await adopt(committed);
+      } finally {
+        await this.#forget(repo, id);
+      }
+    } else {
+      await this.#forget(repo, id);
+    }
     if (channels.uploadCommit.hasSubscribers) {
       channels.uploadCommit.publish({ repository: repo, uploadId: id, digest: digest.value, size: committed.size, ms: performance.now() - t0 });
     }
@@ -192,6 +223,42 @@ export class UploadEngine {
       return JSON.parse((await this.#o.driver.getContent(paths.upload(repo, id))).toString('utf8')) as UploadRecord;
     } catch (err) {
       if (isPathNotFound(err)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
+      throw err;
+    }
+  }
+
+  /** Rewrites the record with a fresh touchedAt (activity the collector can see). */
+  async #touch(repo: string, id: string, record: UploadRecord): Promise<void> {
+    record.touchedAt = new Date().toISOString();
+    await this.#o.driver.putContent(paths.upload(repo, id), Buffer.from(JSON.stringify(record)));
+  }
+
+  /**
+   * Runs a request's work on an upload, refreshing the record's touchedAt first if it is
+   * older than ACTIVITY_REFRESH_MS, and again that often while the work lasts (a long body).
+   */
+  async #keepAlive<T>(repo: string, id: string, record: UploadRecord, fn: () => Promise<T>): Promise<T> {
+    const last = Date.parse(record.touchedAt ?? record.startedAt);
+    if (!(Date.now() - last < ACTIVITY_REFRESH_MS)) await this.#touch(repo, id, record);
+    let touching: Promise<void> | undefined;
+    const timer = setInterval(() => {
+      touching ??= this.#touch(repo, id, record).catch(() => undefined).finally(() => (touching = undefined));
+    }, ACTIVITY_REFRESH_MS);
+    timer.unref();
+    try {
+      return await fn();
+    } finally {
+      clearInterval(timer);
+      await touching;
+    }
+  }
+
+  async #exists(path: string): Promise<boolean> {
+    try {
+      await this.#o.driver.stat(path);
+      return true;
+    } catch (err) {
+      if (isPathNotFound(err)) return false;
       throw err;
     }
   }

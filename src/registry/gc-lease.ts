@@ -1,0 +1,160 @@
+import { hostname } from 'node:os';
+import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { paths } from './paths.js';
+
+/**
+ * The collection lease: one object, `/gc/lease`, that says which collection (generation) is
+ * running, if any. It is never deleted, only rewritten, so a reader can tell "no collection
+ * has run since I last looked" (same generation, state done) from "one ran and finished".
+ *
+ *   {"gen": 7, "state": "running", "owner": "host:pid", "startedAt": "…", "heartbeatAt": "…"}
+ *   {"gen": 7, "state": "done", …, "finishedAt": "…"}
+ *
+ * Servers read it at the start of every manifest PUT (gc-guard.ts) and tag the touches they
+ * write with the running generation; the collector spares whatever carries its generation.
+ *
+ * One collector at a time: a collector claims generation n+1 by creating
+ * `/gc/generations/<n+1>` with create-if-absent (atomic on every driver), so of two collectors
+ * that start together exactly one wins; the other gets GcBusyError. A running lease whose
+ * heartbeat is older than the TTL belongs to a collector that died; the next one takes over.
+ */
+export interface LeaseRecord {
+  readonly gen: number;
+  readonly state: 'running' | 'done';
+  readonly owner: string;
+  readonly startedAt: string;
+  readonly heartbeatAt: string;
+  readonly finishedAt?: string;
+}
+
+export class GcBusyError extends Error {
+  override readonly name = 'GcBusyError';
+  readonly lease: LeaseRecord | undefined;
+  constructor(message: string, lease: LeaseRecord | undefined) {
+    super(message);
+    this.lease = lease;
+  }
+}
+
+/** The lease went to another collector (ours missed its heartbeats for longer than the TTL). */
+export class LeaseLostError extends Error {
+  override readonly name = 'LeaseLostError';
+}
+
+export async function readLease(driver: StorageDriver): Promise<LeaseRecord | undefined> {
+  try {
+    return JSON.parse((await driver.getContent(paths.gcLease())).toString('utf8')) as LeaseRecord;
+  } catch (err) {
+    if (isPathNotFound(err)) return undefined;
+    throw err;
+  }
+}
+
+/** Is `lease` a collection that is running now (not finished, heartbeat within `ttlMs`)? */
+export function isRunning(lease: LeaseRecord | undefined, ttlMs: number, nowMs = Date.now()): boolean {
+  return lease?.state === 'running' && nowMs - Date.parse(lease.heartbeatAt) < ttlMs;
+}
+
+export function defaultOwner(): string {
+  return `${hostname()}:${process.pid}`;
+}
+
+export interface LeaseOptions {
+  owner?: string;
+  /** A running lease without a heartbeat for this long is taken over. */
+  ttlMs: number;
+}
+
+/** A held lease; renews its heartbeat every ttl/4 until released. */
+export class Lease {
+  readonly gen: number;
+  /** When this collection started (the collector's clock). */
+  readonly startedAt: Date;
+  readonly #driver: StorageDriver;
+  readonly #record: LeaseRecord;
+  readonly #timer: NodeJS.Timeout;
+  #lost = false;
+  #renewing: Promise<void> | undefined;
+
+  private constructor(driver: StorageDriver, record: LeaseRecord, ttlMs: number) {
+    this.#driver = driver;
+    this.#record = record;
+    this.gen = record.gen;
+    this.startedAt = new Date(record.startedAt);
+    this.#timer = setInterval(() => {
+      this.#renewing ??= this.#renew().finally(() => (this.#renewing = undefined));
+    }, Math.max(50, Math.floor(ttlMs / 4)));
+    this.#timer.unref();
+  }
+
+  static async acquire(driver: StorageDriver, opts: LeaseOptions): Promise<Lease> {
+    const owner = opts.owner ?? defaultOwner();
+    const current = await readLease(driver);
+    if (current && isRunning(current, opts.ttlMs)) {
+      throw new GcBusyError(`a collection is running already (generation ${current.gen}, ${current.owner}, since ${current.startedAt})`, current);
+    }
+    let gen = (current?.gen ?? 0) + 1;
+    for (let attempt = 0; ; attempt++) {
+      const claimed = await driver.putContent(paths.gcGeneration(gen), Buffer.from(JSON.stringify({ owner, at: new Date().toISOString() })), { ifNotExists: true });
+      if (claimed) break;
+      // Somebody claimed this generation. If its lease never appeared and the claim is old,
+      // that collector died between the two writes: skip the generation. Otherwise it's
+      // starting right now.
+      const info = await driver.stat(paths.gcGeneration(gen)).catch(() => undefined);
+      if (attempt < 3 && info && Date.now() - info.modTime.getTime() > opts.ttlMs) {
+        gen++;
+        continue;
+      }
+      throw new GcBusyError(`another collection claimed generation ${gen} just now`, await readLease(driver));
+    }
+    const now = new Date().toISOString();
+    const record: LeaseRecord = { gen, state: 'running', owner, startedAt: now, heartbeatAt: now };
+    await driver.putContent(paths.gcLease(), json(record));
+    // Older claims are no longer needed (the lease says which generation is current).
+    for (const old of [gen - 1, gen - 2]) if (old > 0) await driver.delete(paths.gcGeneration(old)).catch(() => undefined);
+    return new Lease(driver, record, opts.ttlMs);
+  }
+
+  get lost(): boolean {
+    return this.#lost;
+  }
+
+  /** Throws LeaseLostError when another collector took over: a collector must stop deleting then. */
+  async assertHeld(): Promise<void> {
+    if (!this.#lost) {
+      const now = await readLease(this.#driver);
+      if (now?.gen !== this.gen || now.state !== 'running') this.#lost = true;
+    }
+    if (this.#lost) throw new LeaseLostError(`collection ${this.gen} lost its lease to another collector; it stopped`);
+  }
+
+  async #renew(): Promise<void> {
+    if (this.#lost) return;
+    try {
+      const now = await readLease(this.#driver);
+      if (now?.gen !== this.gen || now.state !== 'running') {
+        this.#lost = true;
+        return;
+      }
+      await this.#driver.putContent(paths.gcLease(), json({ ...this.#record, heartbeatAt: new Date().toISOString() }));
+    } catch {
+      // The next beat tries again; a lease unrenewed for the TTL may be taken over, which
+      // assertHeld() then notices.
+    }
+  }
+
+  /** Marks the collection done (the lease stays, with its generation). */
+  async release(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.#renewing;
+    if (this.#lost) return;
+    const current = await readLease(this.#driver);
+    if (current?.gen !== this.gen) return;
+    const now = new Date().toISOString();
+    await this.#driver.putContent(paths.gcLease(), json({ ...this.#record, state: 'done', heartbeatAt: now, finishedAt: now }));
+  }
+}
+
+function json(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(value));
+}

@@ -1,0 +1,730 @@
+import pLimit, { type LimitFunction } from 'p-limit';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { BlobStore, WELL_KNOWN_BLOBS } from './blobs.js';
+import type { ExpiryPolicy } from './expiry.js';
+import type { TouchRecord } from './gc-guard.js';
+import { Lease } from './gc-lease.js';
+import { manifestRefs, Marker } from './gc-mark.js';
+import {
+  basename, listData, listOrEmpty, listRepositories, readOrUndefined, scanBlobs, scanRepository, type RepositoryScan,
+} from './gc-scan.js';
+import { paths } from './paths.js';
+import { tryParseDigest, type Digest } from './reference.js';
+
+/**
+ * Online garbage collection of one registry's storage (the default registry, or one
+ * namespace's: pass a PrefixedDriver). Runs while servers push and pull; never deletes a
+ * byte that a tag, or a manifest pushed while it runs, refers to.
+ *
+ * What it removes
+ * ---------------
+ *   - expired tags (expiry.ts: the `quay.expires-after` label, the configured expiration);
+ *   - manifests no live tag reaches (through index children and referrers), with their
+ *     referrer entries; layer links no live manifest of their repository uses; blob records
+ *     and data no live manifest anywhere uses (mark and sweep, gc-mark.ts), blobs last;
+ *   - uploads without activity for `staleUploadAfterMs`, with their data (on S3 the driver
+ *     aborts the multipart upload and deletes the staging objects), and data objects that
+ *     no record points to (a crash between writing data and recording it), idle as long;
+ *   - touched markers of blobs that are gone.
+ * S3 multipart uploads that no writer state knows (a crash mid-PATCH) are the driver's:
+ * see StorageDriver.listIncompleteWrites, run by gc-runner.ts once per store.
+ *
+ * Why nothing referenced is lost (the argument the code below follows)
+ * -------------------------------------------------------------------
+ * Storage is linearizable per object: a read sees every write that finished before it
+ * started (fs; S3 has been strongly consistent since 2020; radosgw is). The collector reads
+ * the lease's generation g and the time it started, t0; `cutoff` is t0 - grace.
+ *
+ * A. Touch before check (gc-guard.ts duty 1). Whenever the registry vouches for a digest X
+ *    (blob HEAD, mount, upload commit, manifest PUT referencing X or being X), it first
+ *    rewrites X's touched marker, then checks that X exists. The collector deletes X's record
+ *    (the only way to reach X's bytes) first, then re-reads X's marker, and puts the record
+ *    back ("resurrects" it) if the marker is fresh or changed since its first read. If the
+ *    registry's check found the record, that check ran before the delete, so the touch ran
+ *    before the collector's re-read, which therefore sees it: the record comes back and
+ *    the bytes were never deleted (data goes only after the re-read). If the check did not
+ *    find it, the registry answers "unknown" and the client uploads again. Manifests
+ *    (revisions) and layer links are swept the same way, with the same marker.
+ *
+ * B. Grace. A marker is fresh if its time is after `cutoff`. A client that HEADs a blob, or
+ *    uploads it, and pushes a manifest using it less than `grace` later, finds it there:
+ *    nothing touched within the grace period is swept. This is the one timing assumption,
+ *    and it concerns clients, not bytes: a push slower than the grace period can fail with
+ *    MANIFEST_BLOB_UNKNOWN (and is retried), it cannot create a manifest whose blob is gone,
+ *    because the PUT re-checks every reference after touching it (A). With `--grace 0s`
+ *    everything not in use when the collection starts goes.
+ *
+ * C. In-flight manifest PUTs (gc-guard.ts duty 2). A PUT registers in /gc/inflight/ and
+ *    then reads the lease; the collector writes the lease and then lists /gc/inflight/, and
+ *    waits for what it finds before it lists anything else. Either the PUT saw generation g
+ *    running, and tagged its touches with g, which makes them fresh to this collection
+ *    however late they come; or the collector saw the PUT and waited for it, so its tag and
+ *    manifest are in the listings. Without C, a PUT that checked its references just before
+ *    t0 and wrote its tag just after the tags were listed would leave a tag to swept blobs
+ *    whenever grace is shorter than that PUT.
+ *
+ * D. Order. Manifests are swept before links and links before blobs, and a manifest that
+ *    turns out fresh (or comes back under A) is marked with everything it reaches before any
+ *    blob is considered ("late marks"). Manifests are swept parents first (an index before
+ *    its children, a subject before its referrers), so that a late mark never reaches one
+ *    that is already gone: anything that could refer to a manifest was decided before it.
+ *
+ * E. Uploads. An upload record names its data. Finishing an upload writes the blob record
+ *    before it deletes the upload record (Registry.completeUpload), and the collector lists
+ *    uploads before blob records and blob records before data, so data on its way from an
+ *    upload to a blob is seen referenced. Removing a stale upload writes an intent, then
+ *    re-reads the upload record; finishing an upload rewrites its record (touchedAt), then
+ *    looks for an intent: one of the two sees the other, and either the collector leaves
+ *    the upload alone or the client gets BLOB_UPLOAD_UNKNOWN. Data no record names is
+ *    deleted only after `staleUploadAfterMs` without a write (its modification time).
+ *
+ * F. Expired tags. Deleting one writes an intent, re-reads the tag and deletes it only if
+ *    it is unchanged; a PUT that saw the collection running looks for the intent after it
+ *    writes the tag and writes it again once the collector is done (gc-guard.ts duty 3).
+ *
+ * G. One collector at a time (gc-lease.ts); it checks that it still holds the lease before
+ *    each phase that deletes, and stops if another took over (only possible after it missed
+ *    its heartbeats for the lease TTL).
+ */
+
+export interface GcOptions {
+  /** One registry's storage. */
+  driver: StorageDriver;
+  /** Spare what was touched this recently (ms). */
+  graceMs: number;
+  /** Uploads and unrecorded data idle this long are removed (ms). */
+  staleUploadAfterMs: number;
+  /** Report what would be removed; delete nothing, take no lease. */
+  dryRun?: boolean;
+  /** Tag expiry (label and configured expiration); without one, only labels expire tags. */
+  expiry?: ExpiryPolicy;
+  onProgress?: (p: GcProgress) => void;
+  /** Lease owner, for `/gc/lease` (default host:pid). */
+  owner?: string;
+  /** Storage requests in flight at once (default 16). */
+  concurrency?: number;
+  /** A lease whose collector has not renewed it for this long may be taken over (default 5 min). */
+  leaseTtlMs?: number;
+  /** A registration in /gc/inflight/ older than this was left by a crash (default 10 min). */
+  inflightTimeoutMs?: number;
+}
+
+export type GcPhase = 'waiting' | 'scanning' | 'marking' | 'tags' | 'manifests' | 'links' | 'blobs' | 'uploads' | 'data' | 'markers';
+
+export interface GcProgress {
+  readonly phase: GcPhase;
+  readonly done: number;
+  readonly total: number;
+}
+
+export interface Removed {
+  count: number;
+  bytes: number;
+}
+
+export interface GcReport {
+  /** The lease generation (undefined for a dry run). */
+  readonly generation: number | undefined;
+  readonly dryRun: boolean;
+  readonly startedAt: string;
+  elapsedMs: number;
+  repositories: number;
+  /** What was kept: live manifests (per repository) and live blobs. */
+  live: { manifests: number; blobs: number };
+  expiredTags: number;
+  manifests: number;
+  referrerEntries: number;
+  links: number;
+  blobs: Removed;
+  uploads: Removed;
+  orphanData: Removed;
+  markers: number;
+  /** Candidates kept because they were touched during the collection (some put back after their delete). */
+  spared: number;
+  /** Live manifests whose bytes could not be read: what they refer to was kept by luck only. */
+  unreadableManifests: string[];
+}
+
+const DEFAULT_CONCURRENCY = 16;
+const DEFAULT_LEASE_TTL_MS = 5 * 60_000;
+const DEFAULT_INFLIGHT_TIMEOUT_MS = 10 * 60_000;
+/** Progress callbacks per phase, at most. */
+const PROGRESS_STEPS = 200;
+
+/** What uploads.ts stores at paths.upload() (the fields the collector reads). */
+interface UploadRecordLike {
+  startedAt?: string;
+  touchedAt?: string;
+  data?: string;
+}
+
+/** Runs one collection. Throws GcBusyError when another collection holds the lease. */
+export async function collectGarbage(opts: GcOptions): Promise<GcReport> {
+  const lease = opts.dryRun ? undefined : await Lease.acquire(opts.driver, { owner: opts.owner, ttlMs: opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS });
+  try {
+    return await new Collection(opts, lease).run();
+  } finally {
+    await lease?.release();
+  }
+}
+
+class Collection {
+  readonly #o: GcOptions;
+  readonly #d: StorageDriver;
+  readonly #lease: Lease | undefined;
+  readonly #limit: LimitFunction;
+  readonly #blobs: BlobStore;
+  readonly #t0: number;
+  readonly #cutoff: number;
+  readonly #dry: boolean;
+  readonly #report: GcReport;
+  #marker!: Marker;
+  readonly #repos = new Map<string, RepositoryScan>();
+  /** First reads of touched markers (raw text, '' for none), for "changed since". */
+  readonly #firstTouch = new Map<string, string>();
+
+  constructor(opts: GcOptions, lease: Lease | undefined) {
+    this.#o = opts;
+    this.#d = opts.driver;
+    this.#lease = lease;
+    this.#limit = pLimit(opts.concurrency ?? DEFAULT_CONCURRENCY);
+    this.#blobs = new BlobStore(opts.driver);
+    this.#t0 = lease?.startedAt.getTime() ?? Date.now();
+    this.#cutoff = this.#t0 - opts.graceMs;
+    this.#dry = opts.dryRun ?? false;
+    this.#report = {
+      generation: lease?.gen,
+      dryRun: this.#dry,
+      startedAt: new Date(this.#t0).toISOString(),
+      elapsedMs: 0,
+      repositories: 0,
+      live: { manifests: 0, blobs: 0 },
+      expiredTags: 0,
+      manifests: 0,
+      referrerEntries: 0,
+      links: 0,
+      blobs: { count: 0, bytes: 0 },
+      uploads: { count: 0, bytes: 0 },
+      orphanData: { count: 0, bytes: 0 },
+      markers: 0,
+      spared: 0,
+      unreadableManifests: [],
+    };
+  }
+
+  async run(): Promise<GcReport> {
+    const started = performance.now();
+    if (this.#lease) await this.#waitForInflight();
+
+    // --- listings (order: uploads, then blob records, then data; see E) -----------------
+    this.#progress('scanning', 0, 0);
+    const names = await listRepositories(this.#d);
+    let scanned = 0;
+    await Promise.all(names.map(async (name) => {
+      this.#repos.set(name, await scanRepository(this.#d, name, this.#limit));
+      this.#progress('scanning', ++scanned, names.length);
+    }));
+    this.#report.repositories = names.length;
+    const blobScan = await scanBlobs(this.#d, this.#limit);
+    const dataPaths = await listData(this.#d);
+
+    // --- mark ---------------------------------------------------------------------------
+    this.#marker = new Marker(this.#repos, (d) => this.#loadRefs(d), pLimit(this.#o.concurrency ?? DEFAULT_CONCURRENCY));
+    const expired: Array<[string, string, string]> = [];
+    const roots: Array<[string, string]> = [];
+    const now = Date.now();
+    for (const [name, repo] of this.#repos) {
+      for (const [tag, t] of repo.tags) {
+        const isExpired = this.#o.expiry ? this.#o.expiry.isExpired(name, t, now) : t.expiresAt !== undefined && Date.parse(t.expiresAt) <= now;
+        if (isExpired) expired.push([name, tag, t.raw]);
+        else roots.push([name, t.digest]);
+      }
+    }
+    this.#progress('marking', 0, roots.length);
+    await this.#marker.mark(roots);
+
+    // --- sweep --------------------------------------------------------------------------
+    await this.#sweepExpiredTags(expired);
+    await this.#sweepManifests();
+    await this.#sweepLinks();
+    const swept = await this.#sweepBlobs(blobScan.records);
+    const remainingUploads = await this.#sweepUploads();
+    await this.#sweepOrphanData(dataPaths, blobScan.records, swept, remainingUploads);
+    await this.#sweepMarkers(blobScan.markers, blobScan.records, swept);
+    if (this.#lease) await this.#sweepStaleIntents();
+
+    let liveManifests = 0;
+    for (const set of this.#marker.manifests.values()) liveManifests += set.size;
+    this.#report.live = { manifests: liveManifests, blobs: [...blobScan.records].filter((d) => !swept.has(d)).length };
+    this.#report.unreadableManifests = [...this.#marker.unreadable].sort();
+    this.#report.elapsedMs = Math.round(performance.now() - started);
+    return this.#report;
+  }
+
+  // --- C: wait for manifest PUTs that started before the lease ----------------------------
+
+  async #waitForInflight(): Promise<void> {
+    const timeoutMs = this.#o.inflightTimeoutMs ?? DEFAULT_INFLIGHT_TIMEOUT_MS;
+    const registrations = await listOrEmpty(this.#d, paths.gcInflightDir());
+    let done = 0;
+    this.#progress('waiting', 0, registrations.length);
+    await Promise.all(registrations.map(async (path) => {
+      for (;;) {
+        let modTime: number;
+        try {
+          modTime = (await this.#d.stat(path)).modTime.getTime();
+        } catch (err) {
+          if (isPathNotFound(err)) break;
+          throw err;
+        }
+        if (Date.now() - modTime > timeoutMs) {
+          // Left behind by a server that died mid-PUT: that PUT will never write anything.
+          await this.#d.delete(path).catch(() => undefined);
+          break;
+        }
+        await sleep(20);
+      }
+      this.#progress('waiting', ++done, registrations.length);
+    }));
+  }
+
+  // --- F: expired tags ------------------------------------------------------------------
+
+  async #sweepExpiredTags(expired: Array<[string, string, string]>): Promise<void> {
+    if (expired.length === 0) return;
+    await this.#checkLease();
+    let done = 0;
+    await Promise.all(expired.map(([repo, tag, raw]) => this.#limit(async () => {
+      if (this.#dry) {
+        this.#report.expiredTags++;
+      } else {
+        const intent = paths.gcTagIntent(repo, tag);
+        await this.#d.putContent(intent, json({ gen: this.#lease!.gen, at: new Date().toISOString() }));
+        try {
+          const now = await readOrUndefined(this.#d, paths.tag(repo, tag));
+          if (now?.toString('utf8') === raw) {
+            await ignoreNotFound(this.#d.delete(paths.tag(repo, tag)));
+            this.#report.expiredTags++;
+          }
+        } finally {
+          await ignoreNotFound(this.#d.delete(intent));
+        }
+      }
+      this.#progress('tags', ++done, expired.length);
+    })));
+  }
+
+  // --- manifests (A, D) -----------------------------------------------------------------
+
+  async #sweepManifests(): Promise<void> {
+    const unmarked = (): Array<[string, string]> => {
+      const out: Array<[string, string]> = [];
+      for (const [name, repo] of this.#repos) for (const d of repo.revisions) if (!this.#marker.isLive(name, d)) out.push([name, d]);
+      return out;
+    };
+    // Fresh manifests (pushed or vouched for within the grace period, or during this
+    // collection) are roots too; marking them can make other candidates live.
+    const first = unmarked();
+    const fresh: Array<[string, string]> = [];
+    await Promise.all(first.map(([name, d]) => this.#limit(async () => {
+      if (await this.#isFresh(d, () => this.#revisionTime(name, d))) fresh.push([name, d]);
+    })));
+    if (fresh.length > 0) await this.#marker.mark(fresh);
+    const candidates = await this.#parentsFirst(unmarked());
+    if (candidates.length === 0) return;
+    await this.#checkLease();
+    // One at a time in order: deciding a parent before its children is the point (D).
+    let done = 0;
+    for (const [name, d] of candidates) {
+      if (!this.#marker.isLive(name, d)) await this.#sweepManifest(name, d);
+      this.#progress('manifests', ++done, candidates.length);
+    }
+  }
+
+  async #sweepManifest(repo: string, d: string): Promise<void> {
+    const digest = tryParseDigest(d)!;
+    const revisionPath = paths.manifestRevision(repo, digest);
+    if (await this.#isFresh(d, () => this.#revisionTime(repo, d))) {
+      await this.#spare(repo, d);
+      return;
+    }
+    const revision = await readOrUndefined(this.#d, revisionPath);
+    if (!revision) return;
+    const subject = subjectOf(revision);
+    const entryPath = subject ? paths.referrer(repo, subject, digest) : undefined;
+    if (this.#dry) {
+      this.#report.manifests++;
+      if (entryPath && (await readOrUndefined(this.#d, entryPath))) this.#report.referrerEntries++;
+      return;
+    }
+    // The referrer entry first, as ManifestStore.delete does: never an entry without its manifest.
+    const entry = entryPath ? await readOrUndefined(this.#d, entryPath) : undefined;
+    if (entryPath && entry) await ignoreNotFound(this.#d.delete(entryPath));
+    await ignoreNotFound(this.#d.delete(revisionPath));
+    if (await this.#touchedSinceFirstRead(d)) {
+      // A: somebody vouched for this manifest while we deleted it: put it back, and keep
+      // everything it reaches.
+      await this.#d.putContent(revisionPath, revision, { ifNotExists: true });
+      if (entryPath && entry) await this.#d.putContent(entryPath, entry);
+      await this.#spare(repo, d);
+      return;
+    }
+    this.#report.manifests++;
+    if (entry) this.#report.referrerEntries++;
+  }
+
+  /** Keeps a manifest: it and everything it reaches become live (late mark). */
+  async #spare(repo: string, d: string): Promise<void> {
+    this.#report.spared++;
+    await this.#marker.mark([[repo, d]]);
+  }
+
+  /**
+   * Orders candidate manifests so that anything that can make one live comes before it: an
+   * index before its children, a subject before its referrers (same repository). Kahn's
+   * algorithm; content addressing makes cycles impossible, but any left are appended.
+   */
+  async #parentsFirst(candidates: Array<[string, string]>): Promise<Array<[string, string]>> {
+    const key = (repo: string, d: string): string => `${repo}\u0000${d}`;
+    const set = new Set(candidates.map(([r, d]) => key(r, d)));
+    const children = new Map<string, string[]>();
+    const indegree = new Map<string, number>(candidates.map(([r, d]) => [key(r, d), 0]));
+    const edge = (from: string, to: string): void => {
+      if (!set.has(to) || from === to) return;
+      let list = children.get(from);
+      if (!list) children.set(from, (list = []));
+      list.push(to);
+      indegree.set(to, indegree.get(to)! + 1);
+    };
+    await Promise.all(candidates.map(async ([repo, d]) => {
+      const refs = await this.#marker.refs(d);
+      for (const c of refs?.children ?? []) edge(key(repo, d), key(repo, c));
+      for (const r of this.#repos.get(repo)?.referrers.get(d) ?? []) edge(key(repo, d), key(repo, r));
+    }));
+    const byKey = new Map(candidates.map((c) => [key(c[0], c[1]), c]));
+    const queue = candidates.filter(([r, d]) => indegree.get(key(r, d)) === 0).map(([r, d]) => key(r, d));
+    const out: Array<[string, string]> = [];
+    for (let i = 0; i < queue.length; i++) {
+      const k = queue[i]!;
+      out.push(byKey.get(k)!);
+      for (const c of children.get(k) ?? []) {
+        indegree.set(c, indegree.get(c)! - 1);
+        if (indegree.get(c) === 0) queue.push(c);
+      }
+    }
+    if (out.length < candidates.length) {
+      const seen = new Set(queue);
+      for (const [k, c] of byKey) if (!seen.has(k)) out.push(c);
+    }
+    return out;
+  }
+
+  // --- links (A) ------------------------------------------------------------------------
+
+  async #sweepLinks(): Promise<void> {
+    const candidates: Array<[string, string]> = [];
+    for (const [name, repo] of this.#repos) {
+      const live = this.#marker.links.get(name);
+      for (const d of repo.links) if (!live?.has(d) && !WELL_KNOWN_BLOBS.has(d)) candidates.push([name, d]);
+    }
+    if (candidates.length === 0) return;
+    await this.#checkLease();
+    let done = 0;
+    await Promise.all(candidates.map(([repo, d]) => this.#limit(async () => {
+      const digest = tryParseDigest(d)!;
+      const link = paths.layerLink(repo, digest);
+      if (!(await this.#isFresh(d, () => this.#modTime(link)))) {
+        if (this.#dry) {
+          this.#report.links++;
+        } else {
+          await ignoreNotFound(this.#d.delete(link));
+          if (await this.#touchedSinceFirstRead(d)) {
+            await this.#d.putContent(link, Buffer.from(d));
+            this.#report.spared++;
+          } else {
+            this.#report.links++;
+          }
+        }
+      }
+      this.#progress('links', ++done, candidates.length);
+    })));
+  }
+
+  // --- blobs, last (A, D) ----------------------------------------------------------------
+
+  /** Returns the digests whose records were deleted. */
+  async #sweepBlobs(records: Set<string>): Promise<Set<string>> {
+    const swept = new Set<string>();
+    const candidates = [...records].filter((d) => !this.#marker.blobs.has(d));
+    if (candidates.length === 0) return swept;
+    await this.#checkLease();
+    let done = 0;
+    await Promise.all(candidates.map((d) => this.#limit(async () => {
+      const digest = tryParseDigest(d)!;
+      const recordPath = paths.blobRecord(digest);
+      if (!(await this.#isFresh(d, () => this.#modTime(recordPath)))) {
+        const raw = await readOrUndefined(this.#d, recordPath);
+        const record = raw ? parseBlobRecord(raw) : undefined;
+        if (raw && this.#dry) {
+          this.#report.blobs.count++;
+          this.#report.blobs.bytes += record?.size ?? 0;
+          swept.add(d);
+        } else if (raw) {
+          await ignoreNotFound(this.#d.delete(recordPath));
+          if (await this.#touchedSinceFirstRead(d)) {
+            // A: vouched for while we deleted it. Its data is untouched; put the record back
+            // unless an upload of the same content recorded new data meanwhile (ours is
+            // then unreferenced, and the next collection removes it as orphan data).
+            await this.#d.putContent(recordPath, raw, { ifNotExists: true });
+            this.#report.spared++;
+          } else {
+            if (record?.data) await ignoreNotFound(this.#d.delete(record.data));
+            await ignoreNotFound(this.#d.delete(paths.blobTouched(digest)));
+            this.#report.blobs.count++;
+            this.#report.blobs.bytes += record?.size ?? 0;
+            swept.add(d);
+          }
+        }
+      }
+      this.#progress('blobs', ++done, candidates.length);
+    })));
+    return swept;
+  }
+
+  // --- E: uploads and orphan data ----------------------------------------------------------
+
+  /** Removes stale uploads; returns the data paths of the uploads that remain. */
+  async #sweepUploads(): Promise<Set<string>> {
+    const remaining = new Set<string>();
+    const all: Array<[string, string]> = [];
+    for (const [name, repo] of this.#repos) for (const id of repo.uploads) all.push([name, id]);
+    if (all.length === 0) return remaining;
+    await this.#checkLease();
+    const staleBefore = Date.now() - this.#o.staleUploadAfterMs;
+    let done = 0;
+    await Promise.all(all.map(([repo, id]) => this.#limit(async () => {
+      const recordPath = paths.upload(repo, id);
+      const dataPath = paths.blobData(id);
+      remaining.add(dataPath);
+      const first = await this.#uploadActivity(recordPath, dataPath);
+      if (first && first.lastActivity < staleBefore) {
+        if (this.#dry) {
+          this.#report.uploads.count++;
+          this.#report.uploads.bytes += first.size;
+        } else {
+          const intent = paths.gcUploadIntent(repo, id);
+          await this.#d.putContent(intent, json({ gen: this.#lease!.gen, at: new Date().toISOString() }));
+          try {
+            // Re-read after the intent is stored: a commit that touched the record before
+            // seeing no intent is seen here (E).
+            const again = await this.#uploadActivity(recordPath, dataPath);
+            if (again && again.lastActivity < staleBefore) {
+              await ignoreNotFound(this.#d.delete(again.data));
+              await ignoreNotFound(this.#d.delete(recordPath));
+              this.#report.uploads.count++;
+              this.#report.uploads.bytes += again.size;
+              remaining.delete(dataPath);
+            }
+          } finally {
+            await ignoreNotFound(this.#d.delete(intent));
+          }
+        }
+      }
+      this.#progress('uploads', ++done, all.length);
+    })));
+    return remaining;
+  }
+
+  async #uploadActivity(recordPath: string, dataPath: string): Promise<{ lastActivity: number; size: number; data: string } | undefined> {
+    const raw = await readOrUndefined(this.#d, recordPath);
+    if (!raw) return undefined;
+    let record: UploadRecordLike = {};
+    try {
+      record = JSON.parse(raw.toString('utf8')) as UploadRecordLike;
+    } catch {
+      // A record we cannot read: judge it by its data and its own age.
+    }
+    const data = typeof record.data === 'string' ? record.data : dataPath;
+    const times = [Date.parse(record.startedAt ?? ''), Date.parse(record.touchedAt ?? '')];
+    let size = 0;
+    try {
+      const info = await this.#d.stat(data);
+      times.push(info.modTime.getTime());
+      size = info.size;
+    } catch (err) {
+      if (!isPathNotFound(err)) throw err;
+    }
+    if (!times.some(Number.isFinite)) times.push((await this.#modTime(recordPath)) ?? 0);
+    return { lastActivity: Math.max(...times.filter(Number.isFinite)), size, data };
+  }
+
+  /**
+   * Data objects no blob record and no upload names: a monolithic upload in progress (no
+   * record until it commits), or what a crash left. Removed once idle for staleUploadAfter.
+   */
+  async #sweepOrphanData(dataPaths: string[], records: Set<string>, swept: Set<string>, uploadData: Set<string>): Promise<void> {
+    if (dataPaths.length === 0) return;
+    const referenced = new Set(uploadData);
+    const kept = [...records].filter((d) => !swept.has(d));
+    let done = 0;
+    await Promise.all(kept.map((d) => this.#limit(async () => {
+      const raw = await readOrUndefined(this.#d, paths.blobRecord(tryParseDigest(d)!));
+      const record = raw ? parseBlobRecord(raw) : undefined;
+      if (record?.data) referenced.add(record.data);
+      this.#progress('data', ++done, kept.length + dataPaths.length);
+    })));
+    const orphans = dataPaths.filter((p) => !referenced.has(p));
+    await this.#checkLease();
+    const staleBefore = Date.now() - this.#o.staleUploadAfterMs;
+    await Promise.all(orphans.map((p) => this.#limit(async () => {
+      try {
+        const info = await this.#d.stat(p);
+        if (!info.isDir && info.modTime.getTime() < staleBefore) {
+          if (!this.#dry) await ignoreNotFound(this.#d.delete(p));
+          this.#report.orphanData.count++;
+          this.#report.orphanData.bytes += info.size;
+        }
+      } catch (err) {
+        if (!isPathNotFound(err)) throw err;
+      }
+    })));
+    done += dataPaths.length - orphans.length + orphans.length;
+    this.#progress('data', done, kept.length + dataPaths.length);
+  }
+
+  /** Touched markers of digests that have no blob record (any more), unless fresh. */
+  async #sweepMarkers(markers: Set<string>, records: Set<string>, swept: Set<string>): Promise<void> {
+    const candidates = [...markers].filter((d) => !records.has(d) && !swept.has(d));
+    if (candidates.length === 0) return;
+    let done = 0;
+    await Promise.all(candidates.map((d) => this.#limit(async () => {
+      if (!(await this.#isFresh(d, async () => undefined))) {
+        if (!this.#dry) await ignoreNotFound(this.#d.delete(paths.blobTouched(tryParseDigest(d)!)));
+        this.#report.markers++;
+      }
+      this.#progress('markers', ++done, candidates.length);
+    })));
+  }
+
+  /** Intents a collector that died left behind (servers wait for an intent to go). */
+  async #sweepStaleIntents(): Promise<void> {
+    const ttl = this.#o.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
+    const walk = async (dir: string): Promise<void> => {
+      for (const p of await listOrEmpty(this.#d, dir)) {
+        const info = await this.#d.stat(p).catch(() => undefined);
+        if (!info) continue;
+        if (info.isDir) await walk(p);
+        else if (Date.now() - info.modTime.getTime() > ttl) await ignoreNotFound(this.#d.delete(p));
+      }
+    };
+    await walk('/gc/intents');
+  }
+
+  // --- touched markers (A, B) ----------------------------------------------------------------
+
+  /**
+   * Fresh: touched by an operation of this collection's generation, or at/after the cutoff.
+   * Without a marker (data from before markers existed), `fallback` gives the object's own
+   * time. Remembers what it read, for #touchedSinceFirstRead.
+   */
+  async #isFresh(d: string, fallback: () => Promise<number | undefined>): Promise<boolean> {
+    const raw = (await readOrUndefined(this.#d, paths.blobTouched(tryParseDigest(d)!)))?.toString('utf8') ?? '';
+    if (!this.#firstTouch.has(d)) this.#firstTouch.set(d, raw);
+    if (raw) return this.#freshTouch(raw);
+    const t = await fallback();
+    return t !== undefined && t >= this.#cutoff;
+  }
+
+  #freshTouch(raw: string): boolean {
+    let t: Partial<TouchRecord>;
+    try {
+      t = JSON.parse(raw) as Partial<TouchRecord>;
+    } catch {
+      return true;
+    }
+    if (this.#lease && t.gen === this.#lease.gen) return true;
+    const at = Date.parse(t.at ?? '');
+    return !Number.isFinite(at) || at >= this.#cutoff;
+  }
+
+  /** The re-read after a delete (A): fresh now, or different from what we first read. */
+  async #touchedSinceFirstRead(d: string): Promise<boolean> {
+    const raw = (await readOrUndefined(this.#d, paths.blobTouched(tryParseDigest(d)!)))?.toString('utf8') ?? '';
+    if (raw !== (this.#firstTouch.get(d) ?? '')) return true;
+    return raw !== '' && this.#freshTouch(raw);
+  }
+
+  async #revisionTime(repo: string, d: string): Promise<number | undefined> {
+    const raw = await readOrUndefined(this.#d, paths.manifestRevision(repo, tryParseDigest(d)!));
+    if (!raw) return undefined;
+    try {
+      const createdAt = Date.parse((JSON.parse(raw.toString('utf8')) as { createdAt?: string }).createdAt ?? '');
+      if (Number.isFinite(createdAt)) return createdAt;
+    } catch {
+      // Fall back to the object's time.
+    }
+    return this.#modTime(paths.manifestRevision(repo, tryParseDigest(d)!));
+  }
+
+  async #modTime(path: string): Promise<number | undefined> {
+    try {
+      return (await this.#d.stat(path)).modTime.getTime();
+    } catch (err) {
+      if (isPathNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async #loadRefs(d: string) {
+    const digest: Digest | undefined = tryParseDigest(d);
+    if (!digest || WELL_KNOWN_BLOBS.has(d)) return { blobs: [], children: [] };
+    const bytes = await this.#blobs.getSmall(digest);
+    return bytes ? manifestRefs(bytes) : undefined;
+  }
+
+  async #checkLease(): Promise<void> {
+    await this.#lease?.assertHeld();
+  }
+
+  #progress(phase: GcPhase, done: number, total: number): void {
+    const cb = this.#o.onProgress;
+    if (!cb) return;
+    const step = Math.max(1, Math.floor(total / PROGRESS_STEPS));
+    if (done === 0 || done === total || done % step === 0) cb({ phase, done, total });
+  }
+}
+
+function subjectOf(revision: Buffer): Digest | undefined {
+  try {
+    const s = (JSON.parse(revision.toString('utf8')) as { subject?: unknown }).subject;
+    return typeof s === 'string' ? tryParseDigest(s) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function parseBlobRecord(raw: Buffer): { data?: string; size?: number } | undefined {
+  try {
+    const r = JSON.parse(raw.toString('utf8')) as { data?: unknown; size?: unknown };
+    return {
+      ...(typeof r.data === 'string' ? { data: r.data } : {}),
+      ...(typeof r.size === 'number' ? { size: r.size } : {}),
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+async function ignoreNotFound(p: Promise<void>): Promise<void> {
+  try {
+    await p;
+  } catch (err) {
+    if (!isPathNotFound(err)) throw err;
+  }
+}
+
+function json(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(value));
+}
