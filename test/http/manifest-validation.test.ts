@@ -2,6 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ErrorCodes } from '../../src/errors.js';
 import { expectError, expectStatus, request } from '../helpers/http.js';
 import { MEDIA_TYPES, makeImage, pushBlob, pushImage, pushManifest, randomBlob, sha256 } from '../helpers/oci.js';
+import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
+import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -12,6 +14,10 @@ import { startServer, type TestServer } from '../helpers/server.js';
  */
 
 const FRONTENDS = ['uws', 'node'] as const;
+const combos: Array<{ frontend: (typeof FRONTENDS)[number]; storage: 'memory' | 's3' }> = [
+  ...FRONTENDS.map((frontend) => ({ frontend, storage: 'memory' as const })),
+  { frontend: 'node', storage: 's3' },
+];
 
 const EMPTY_JSON = 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a';
 const EMPTY_LAYER = 'sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4';
@@ -25,12 +31,23 @@ const DOCKER = {
 let seq = 0;
 const repo = (label: string): string => `validation/${label}-${(++seq).toString(36)}`;
 
-describe.each(FRONTENDS)('manifest validation (%s front end)', (frontend) => {
+describe.each(combos)('manifest validation ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let server: TestServer;
   let base: string;
 
+  if (storage === 's3' && !s3Env) {
+    // Fail, never skip, without an S3 server (test/storage/s3.test.ts does the same).
+    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
+      throw new Error(S3_ENDPOINT_MISSING);
+    });
+    return;
+  }
+  const bucket = storage === 's3' ? useTestBucket(s3Env!, 'validation') : undefined;
+
   beforeAll(async () => {
-    server = await startServer({ storage: 'memory:', frontend });
+    server = bucket
+      ? await startServer({ storage: bucket.url('validation'), frontend, env: s3ServerEnv() })
+      : await startServer({ storage: 'memory:', frontend });
     base = server.url;
   });
 

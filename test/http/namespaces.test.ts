@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectError, expectStatus, pathOf, request, type RequestOptions } from '../helpers/http.js';
 import { makeImage, pushImage, randomBlob, sha256 } from '../helpers/oci.js';
+import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
+import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -19,14 +21,33 @@ const NAMESPACES = [
   { name: 'team-c', pathPrefix: 'team-c' },
 ];
 
-describe.each(FRONTENDS)('namespaces (%s front end)', (frontend) => {
+const combos: Array<{ frontend: (typeof FRONTENDS)[number]; storage: 'fs' | 's3' }> = [
+  ...FRONTENDS.map((frontend) => ({ frontend, storage: 'fs' as const })),
+  { frontend: 'node', storage: 's3' },
+];
+
+describe.each(combos)('namespaces ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let server: TestServer;
   let base: string;
-  let storageDir: string;
+  let storageDir: string | undefined;
+
+  if (storage === 's3' && !s3Env) {
+    // Fail, never skip, without an S3 server (test/storage/s3.test.ts does the same).
+    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
+      throw new Error(S3_ENDPOINT_MISSING);
+    });
+    return;
+  }
+  const bucket = storage === 's3' ? useTestBucket(s3Env!, 'namespaces') : undefined;
 
   beforeAll(async () => {
-    storageDir = await mkdtemp(join(tmpdir(), 'hoist-namespaces-'));
-    server = await startServer({ storage: `fs:${storageDir}`, frontend, env: { HOIST_NAMESPACES: JSON.stringify(NAMESPACES) } });
+    const env = { HOIST_NAMESPACES: JSON.stringify(NAMESPACES) };
+    if (bucket) {
+      server = await startServer({ storage: bucket.url('namespaces'), frontend, env: { ...env, ...s3ServerEnv() } });
+    } else {
+      storageDir = await mkdtemp(join(tmpdir(), 'hoist-namespaces-'));
+      server = await startServer({ storage: `fs:${storageDir}`, frontend, env });
+    }
     base = server.url;
   });
 

@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectError, expectStatus, request } from '../helpers/http.js';
 import { MEDIA_TYPES, makeImage, pushBlob, pushImage, pushManifest, randomBlob, sha256, type Image } from '../helpers/oci.js';
+import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
+import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -10,6 +12,10 @@ import { startServer, type TestServer } from '../helpers/server.js';
  */
 
 const FRONTENDS = ['uws', 'node'] as const;
+const combos: Array<{ frontend: (typeof FRONTENDS)[number]; storage: 'memory' | 's3' }> = [
+  ...FRONTENDS.map((frontend) => ({ frontend, storage: 'memory' as const })),
+  { frontend: 'node', storage: 's3' },
+];
 const EMPTY_CONFIG = { mediaType: 'application/vnd.oci.empty.v1+json', digest: 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a', size: 2 };
 const SBOM = 'application/vnd.example.sbom.v1+json';
 const SIGNATURE = 'application/vnd.example.signature.v1+json';
@@ -23,12 +29,23 @@ interface ReferrersIndex {
 let seq = 0;
 const repo = (label: string): string => `referrers/${label}-${(++seq).toString(36)}`;
 
-describe.each(FRONTENDS)('referrers (%s front end)', (frontend) => {
+describe.each(combos)('referrers ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let server: TestServer;
   let base: string;
 
+  if (storage === 's3' && !s3Env) {
+    // Fail, never skip, without an S3 server (test/storage/s3.test.ts does the same).
+    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
+      throw new Error(S3_ENDPOINT_MISSING);
+    });
+    return;
+  }
+  const bucket = storage === 's3' ? useTestBucket(s3Env!, 'referrers') : undefined;
+
   beforeAll(async () => {
-    server = await startServer({ storage: 'memory:', frontend });
+    server = bucket
+      ? await startServer({ storage: bucket.url('referrers'), frontend, env: s3ServerEnv() })
+      : await startServer({ storage: 'memory:', frontend });
     base = server.url;
   });
 
