@@ -9,7 +9,7 @@ import { startServer, tail, type Frontend, type TestServer } from '../helpers/se
 /**
  * End to end with real clients, for what goes beyond one image:
  *
- * - a multi-arch image: umoci builds two platform images (different files, different
+ * - a multi-arch image: umoci builds three platform images (different files, different
  *   architectures) in one OCI layout, the test writes an OCI image index over them, skopeo
  *   pushes all of it with `copy --all`, pulls it back with `--all` byte for byte, and pulls a
  *   single platform through the index with `--override-arch`;
@@ -31,6 +31,7 @@ const TAG = 'multi';
 const PLATFORMS = [
   { architecture: 'amd64', os: 'linux' },
   { architecture: 'arm64', os: 'linux', variant: 'v8' },
+  { architecture: 'arm', os: 'linux', variant: 'v7' },
 ] as const;
 
 interface Target {
@@ -84,7 +85,7 @@ let policyPath: string;
 let multi: MultiArch;
 
 /**
- * Two platform images with umoci, each with its own files and its architecture in the
+ * Three platform images with umoci, each with its own files and its architecture in the
  * config, then an OCI image index over both, tagged `multi` in the layout's index.json.
  */
 async function buildMultiArch(): Promise<void> {
