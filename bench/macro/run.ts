@@ -176,6 +176,16 @@ async function main(): Promise<void> {
     return blobSets.get(s.id)!;
   };
 
+  // Ctrl-C or SIGTERM mid-run: stop the running registry and remove its storage (its bucket
+  // too), rather than leave them behind.
+  let current: Target | undefined;
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      log(`${sig}: stopping ${current?.name ?? 'nothing'} and exiting`);
+      void (current?.stop() ?? Promise.resolve()).catch(() => {}).finally(() => process.exit(130));
+    });
+  }
+
   const rows: Row[] = [];
   const ran: Report['targets'] = [];
   const plan: Array<{ name: string; storage: string; start: () => Promise<Target> }> = v.url
@@ -193,6 +203,7 @@ async function main(): Promise<void> {
       note(`${p.name}: ${(err as Error).message.split('\n')[0]}`);
       continue;
     }
+    current = target;
     ran.push({ name: p.name, storage: p.storage, ...(target.settings ? { settings: target.settings } : {}) });
     log(`${p.name}: serving at ${target.url}`);
     const base = { url: target.url, ...(v.user ? { user: v.user } : {}) };
@@ -244,6 +255,7 @@ async function main(): Promise<void> {
         }
       }
     } finally {
+      current = undefined;
       await target.stop().catch((err: Error) => note(`${p.name}: stopping: ${err.message}`));
     }
   }
