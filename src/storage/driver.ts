@@ -73,6 +73,33 @@ export interface StorageDriver {
    * object exists: the caller knows it from the blob record. Throws InvalidPathError.
    */
   redirectURL?(path: string, expiresInSeconds: number): Promise<string>;
+
+  /**
+   * Optional: storage the driver holds for writes that nobody can finish any more and that
+   * no path reaches, idle (no byte stored) since before `idleSince`. S3: multipart uploads
+   * that no writer state records (a process died mid-PATCH, before its first close()) and
+   * staging tails of no current generation. Writes a writer state does record are not listed:
+   * they belong to a path (list() shows it), and delete(path) removes them. Garbage
+   * collection aborts what this lists (gc-runner.ts). Drivers with nothing of the kind
+   * (fs, memory) leave both methods undefined.
+   */
+  listIncompleteWrites?(idleSince: Date): Promise<IncompleteWrite[]>;
+
+  /** Optional: releases what listIncompleteWrites() found (gone already is fine). */
+  abortIncompleteWrite?(write: IncompleteWrite): Promise<void>;
+}
+
+/** An abandoned write, as listIncompleteWrites() reports it. */
+export interface IncompleteWrite {
+  /** The path it was writing (which need not exist). */
+  readonly path: string;
+  /** For reports: 'multipart upload', 'staging object'. */
+  readonly kind: string;
+  /** Bytes it holds in storage. */
+  readonly bytes: number;
+  readonly lastActivity: Date;
+  /** The driver's own handle (opaque to callers). */
+  readonly handle: string;
 }
 
 export interface FileInfo {

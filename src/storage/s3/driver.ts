@@ -1,6 +1,7 @@
 import {
-  CopyObjectCommand, DeleteObjectCommand, DeleteObjectsCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
-  ListObjectsV2Command, PutObjectCommand, S3Client, type S3ClientConfig,
+  AbortMultipartUploadCommand, CopyObjectCommand, DeleteObjectCommand, DeleteObjectsCommand, GetObjectCommand, HeadBucketCommand,
+  HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand, PutObjectCommand, S3Client,
+  type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
@@ -8,14 +9,16 @@ import { createHash } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { Readable } from 'node:stream';
-import { PathNotFoundError, type FileInfo, type FileWriter, type StorageDriver } from '../driver.js';
+import { PathNotFoundError, type FileInfo, type FileWriter, type IncompleteWrite, type StorageDriver } from '../driver.js';
 import {
-  explainBucketError, isConditionalConflict, isInvalidRange, isNoSuchKey, isPreconditionFailed,
+  explainBucketError, isConditionalConflict, isInvalidRange, isNoSuchKey, isNoSuchUpload, isPreconditionFailed,
 } from './errors.js';
 import { INTERNAL_SEGMENT, Layout } from './layout.js';
 import { PartBufferPool } from './part-buffers.js';
 import type { S3Location } from './url.js';
-import { copySource, discardWriter, loadWriterState, S3FileWriter, type Md5Function, type WriterContext } from './writer.js';
+import {
+  copySource, discardWriter, loadWriterState, S3FileWriter, type Md5Function, type WriterContext, type WriterState,
+} from './writer.js';
 
 export type { BytesView, Md5Function } from './writer.js';
 
@@ -317,6 +320,93 @@ export class S3Driver implements StorageDriver {
 
   async close(): Promise<void> {
     this.#client.destroy();
+  }
+
+  // --- abandoned writes (garbage collection) ---------------------------------------------
+
+  /**
+   * Multipart uploads under the prefix that no writer state records, and staging tails that
+   * are not their state's current generation, idle since before `idleSince`. A multipart
+   * upload's activity is its newest part (ListParts), so an upload still receiving parts
+   * is never listed, however long ago it began. A writer in the middle of close() writes
+   * its new tail, then its state: the tail is new, so it is not idle.
+   */
+  async listIncompleteWrites(idleSince: Date): Promise<IncompleteWrite[]> {
+    const found: IncompleteWrite[] = [];
+    const states = new Map<string, Promise<WriterState | undefined>>();
+    const stateOf = (path: string): Promise<WriterState | undefined> => {
+      let p = states.get(path);
+      if (!p) states.set(path, (p = loadWriterState(this.#writers, path).then((s) => s?.state)));
+      return p;
+    };
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    do {
+      const out = await this.#client.send(new ListMultipartUploadsCommand({
+        Bucket: this.bucket, Prefix: this.prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker,
+      }));
+      for (const u of out.Uploads ?? []) {
+        const path = u.Key ? this.#layout.pathOf(u.Key) : undefined;
+        if (!path || !u.UploadId || (u.Initiated && u.Initiated >= idleSince)) continue;
+        if ((await stateOf(path))?.uploadId === u.UploadId) continue;
+        const parts = await this.#listParts(u.Key!, u.UploadId);
+        let last = u.Initiated ?? new Date(0);
+        for (const part of parts) if (part.lastModified > last) last = part.lastModified;
+        if (last >= idleSince) continue;
+        found.push({
+          path, kind: 'multipart upload', bytes: parts.reduce((n, part) => n + part.size, 0), lastActivity: last,
+          handle: JSON.stringify({ key: u.Key, uploadId: u.UploadId }),
+        });
+      }
+      keyMarker = out.IsTruncated ? out.NextKeyMarker : undefined;
+      uploadIdMarker = out.IsTruncated ? out.NextUploadIdMarker : undefined;
+    } while (keyMarker);
+    const area = this.#layout.writersArea;
+    for (const o of await this.#listObjects(area)) {
+      const m = /^(.*)\.tail\.(\d+)$/.exec(o.key.slice(area.length));
+      if (!m || o.lastModified >= idleSince) continue;
+      const path = `/${m[1]!}`;
+      const state = await stateOf(path);
+      if (state && state.tailBytes > 0 && state.generation === Number(m[2])) continue;
+      found.push({ path, kind: 'staging object', bytes: o.size, lastActivity: o.lastModified, handle: JSON.stringify({ key: o.key }) });
+    }
+    return found;
+  }
+
+  async abortIncompleteWrite(write: IncompleteWrite): Promise<void> {
+    const h = JSON.parse(write.handle) as { key: string; uploadId?: string };
+    if (!h.key.startsWith(this.prefix)) throw new Error(`not this driver's write: ${write.handle}`);
+    if (h.uploadId) {
+      try {
+        await this.#client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: h.key, UploadId: h.uploadId }));
+      } catch (err) {
+        if (!isNoSuchUpload(err)) throw err;
+      }
+      return;
+    }
+    await this.#client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: h.key }));
+  }
+
+  async #listParts(key: string, uploadId: string): Promise<Array<{ size: number; lastModified: Date }>> {
+    const parts: Array<{ size: number; lastModified: Date }> = [];
+    let marker: string | undefined;
+    do {
+      const out = await this.#client.send(new ListPartsCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumberMarker: marker }));
+      for (const p of out.Parts ?? []) parts.push({ size: p.Size ?? 0, lastModified: p.LastModified ?? new Date(0) });
+      marker = out.IsTruncated ? out.NextPartNumberMarker : undefined;
+    } while (marker);
+    return parts;
+  }
+
+  async #listObjects(prefix: string): Promise<Array<{ key: string; size: number; lastModified: Date }>> {
+    const objects: Array<{ key: string; size: number; lastModified: Date }> = [];
+    let token: string | undefined;
+    do {
+      const out = await this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }));
+      for (const c of out.Contents ?? []) if (c.Key) objects.push({ key: c.Key, size: c.Size ?? 0, lastModified: c.LastModified ?? new Date(0) });
+      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+    } while (token);
+    return objects;
   }
 
   #key(path: string): string {

@@ -1,0 +1,86 @@
+import type { IncompleteWrite, StorageDriver } from '../storage/driver.js';
+import { PrefixedDriver } from '../storage/prefixed.js';
+import { ExpiryPolicy, type ExpirationSettings } from './expiry.js';
+import { collectGarbage, type GcProgress, type GcReport, type Removed } from './gc.js';
+import { basename, listOrEmpty } from './gc-scan.js';
+
+/**
+ * One collection over a whole store: the default registry, then every namespace's registry
+ * (src/storage/prefixed.ts: `/namespaces/<name>`), then the driver's abandoned writes (S3
+ * multipart uploads no writer state knows), which belong to the store, not to a registry.
+ * Used by `hoist gc` and by `hoist serve`'s schedule.
+ */
+export interface GcRunOptions {
+  /** The store's own driver (not a namespace's view). */
+  driver: StorageDriver;
+  graceMs: number;
+  staleUploadAfterMs: number;
+  expiration?: ExpirationSettings;
+  /** Namespaces to collect besides the ones found under /namespaces (configured, maybe still empty). */
+  namespaces?: readonly string[];
+  dryRun?: boolean;
+  owner?: string;
+  concurrency?: number;
+  /** `registry` is '' for the default registry, else the namespace's name. */
+  onProgress?: (registry: string, p: GcProgress | { phase: 'incomplete writes'; done: number; total: number }) => void;
+}
+
+export interface RegistryGcReport {
+  /** '' for the default registry. */
+  readonly registry: string;
+  readonly report: GcReport;
+}
+
+export interface GcRunReport {
+  readonly registries: RegistryGcReport[];
+  /** Abandoned multipart uploads and staging objects (S3). */
+  readonly incompleteWrites: Removed;
+  readonly elapsedMs: number;
+  readonly dryRun: boolean;
+}
+
+export async function runGarbageCollection(o: GcRunOptions): Promise<GcRunReport> {
+  const t0 = Date.now();
+  const policy = new ExpiryPolicy(o.expiration ?? {});
+  const found = (await listOrEmpty(o.driver, '/namespaces')).map(basename);
+  const namespaces = [...new Set([...found, ...(o.namespaces ?? [])])].sort();
+  const registries: RegistryGcReport[] = [];
+  for (const name of ['', ...namespaces]) {
+    const driver = name === '' ? o.driver : new PrefixedDriver(o.driver, `/namespaces/${name}`);
+    const report = await collectGarbage({
+      driver,
+      graceMs: o.graceMs,
+      staleUploadAfterMs: o.staleUploadAfterMs,
+      dryRun: o.dryRun,
+      expiry: policy.forNamespace(name === '' ? undefined : name),
+      owner: o.owner,
+      concurrency: o.concurrency,
+      onProgress: o.onProgress ? (p) => o.onProgress!(name, p) : undefined,
+    });
+    registries.push({ registry: name, report });
+  }
+  const incompleteWrites: Removed = { count: 0, bytes: 0 };
+  if (o.driver.listIncompleteWrites) {
+    const writes: IncompleteWrite[] = await o.driver.listIncompleteWrites(new Date(Date.now() - o.staleUploadAfterMs));
+    let done = 0;
+    o.onProgress?.('', { phase: 'incomplete writes', done, total: writes.length });
+    for (const w of writes) {
+      if (!o.dryRun) await o.driver.abortIncompleteWrite!(w);
+      incompleteWrites.count++;
+      incompleteWrites.bytes += w.bytes;
+      o.onProgress?.('', { phase: 'incomplete writes', done: ++done, total: writes.length });
+    }
+  }
+  return { registries, incompleteWrites, elapsedMs: Date.now() - t0, dryRun: o.dryRun ?? false };
+}
+
+/** Totals over every registry, for one summary line. */
+export function totals(run: GcRunReport): { bytes: number; objects: number } {
+  let bytes = run.incompleteWrites.bytes;
+  let objects = run.incompleteWrites.count;
+  for (const { report: r } of run.registries) {
+    bytes += r.blobs.bytes + r.uploads.bytes + r.orphanData.bytes;
+    objects += r.blobs.count + r.uploads.count + r.orphanData.count + r.manifests + r.expiredTags + r.links + r.referrerEntries + r.markers;
+  }
+  return { bytes, objects };
+}
