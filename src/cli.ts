@@ -1,8 +1,12 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError, loadConfig, type Config } from './config.js';
+import { formatDuration, formatRun, ProgressLine } from './gc-format.js';
 import { createLogger } from './logger.js';
+import { GcBusyError, LeaseLostError } from './registry/gc-lease.js';
+import { runGarbageCollection } from './registry/gc-runner.js';
 import { startServer } from './server.js';
+import { createDriver } from './storage/index.js';
 
 const program = new Command()
   .name('hoist')
@@ -58,6 +62,75 @@ program
     };
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+
+program
+  .command('gc')
+  .description('collect garbage once, online: expired tags, unreferenced manifests and blobs, stale uploads (servers may keep running)')
+  .option('--storage <url>', 'the store to collect, as for serve (env HOIST_STORAGE)')
+  .option('--config <file>', 'YAML configuration file: storage, gc.* and namespaces as the servers use them (env HOIST_CONFIG)')
+  .option('--dry-run', 'report what would be removed; remove nothing')
+  .option('--grace <duration>', 'keep what was touched this recently, e.g. 1h (default gc.grace, 1h); 0s collects everything unreferenced now')
+  .option('--stale-upload-after <duration>', 'remove uploads idle this long (default gc.staleUploadAfter, 1h)')
+  .option('--concurrency <n>', 'storage requests in flight (default 16)')
+  .option('--json', 'print the report as JSON')
+  .action(async (opts: { storage?: string; config?: string; dryRun?: boolean; grace?: string; staleUploadAfter?: string; concurrency?: string; json?: boolean }) => {
+    let config: Readonly<Config>;
+    try {
+      config = loadConfig({
+        file: opts.config ?? process.env.HOIST_CONFIG,
+        env: process.env,
+        overrides: { storage: opts.storage, gc: { grace: opts.grace, staleUploadAfter: opts.staleUploadAfter } },
+      });
+    } catch (err) {
+      if (err instanceof ConfigError) {
+        process.stderr.write(`hoist: ${err.message}\n`);
+        process.exit(2);
+      }
+      throw err;
+    }
+    const concurrency = opts.concurrency === undefined ? undefined : Number(opts.concurrency);
+    if (concurrency !== undefined && !(Number.isInteger(concurrency) && concurrency > 0)) {
+      process.stderr.write(`hoist: --concurrency must be a positive whole number\n`);
+      process.exit(2);
+    }
+    let driver;
+    try {
+      driver = await createDriver(config.storage);
+    } catch (err) {
+      process.stderr.write(`hoist: ${(err as Error).message}\n`);
+      process.exit(1);
+    }
+    const g = config.gc;
+    if (!opts.json) {
+      process.stdout.write(`hoist gc ${config.storage}${opts.dryRun ? ' (dry run)' : ''}: grace ${formatDuration(g.grace)}, stale uploads after ${formatDuration(g.staleUploadAfter)}\n`);
+    }
+    const progress = new ProgressLine(process.stderr);
+    try {
+      const run = await runGarbageCollection({
+        driver,
+        graceMs: g.grace,
+        staleUploadAfterMs: g.staleUploadAfter,
+        expiration: g.expiration,
+        namespaces: config.namespaces.map((n) => n.name),
+        dryRun: opts.dryRun,
+        concurrency,
+        onProgress: (registry, p) => progress.update(`${registry || '(default)'}: ${p.phase} ${p.total > 0 ? `${p.done}/${p.total}` : ''}`),
+      });
+      progress.clear();
+      process.stdout.write(opts.json ? `${JSON.stringify(run, null, 2)}\n` : formatRun(run));
+    } catch (err) {
+      progress.clear();
+      if (err instanceof GcBusyError || err instanceof LeaseLostError) {
+        process.stderr.write(`hoist gc: ${err.message}\n`);
+        process.exitCode = 3;
+      } else {
+        process.stderr.write(`hoist gc failed: ${(err as Error).stack ?? String(err)}\n`);
+        process.exitCode = 1;
+      }
+    } finally {
+      await driver.close();
+    }
   });
 
 await program.parseAsync(process.argv);

@@ -108,6 +108,23 @@ const namespaces = z
     }
   });
 
+/** Repository names and prefixes: what a name may be (reference.ts), without a leading or trailing '/'. */
+const REPOSITORY_PREFIX = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
+
+/**
+ * Tag expiration (zuul-registry's `expiration`; src/registry/expiry.ts): a duration for every
+ * registry, or per namespace and per repository prefix. `30d` is short for `{default: 30d}`.
+ */
+const expiration = z
+  .union([
+    durationMs.transform((ms) => ({ default: ms })),
+    z.object({
+      default: durationMs.optional(),
+      namespaces: z.record(z.string().regex(NAMESPACE_SEGMENT, 'a namespace name'), durationMs).optional(),
+      repositories: z.record(z.string().regex(REPOSITORY_PREFIX, 'a repository name or prefix, e.g. ci/tmp'), durationMs).optional(),
+    }).strict(),
+  ]);
+
 export const ConfigSchema = z.object({
   listen: listen.default('127.0.0.1:5000'),
   storage: storage.default('fs:./data'),
@@ -142,6 +159,16 @@ export const ConfigSchema = z.object({
   }).strict().default({}),
   /** Answer GET /v2/ etc. with extra debugging detail in error bodies. Off in production. */
   debugErrors: booleanish.default(false),
+  /** Online garbage collection (src/registry/gc.ts; `hoist gc` runs one by hand). */
+  gc: z.object({
+    /** `hoist serve` runs a collection this often, on one instance at a time (0: never). */
+    schedule: durationMs.default(0),
+    /** Nothing touched this recently is collected: longer than the slowest push. */
+    grace: durationMs.default('1h'),
+    /** Uploads (and unrecorded data) without activity this long are removed. */
+    staleUploadAfter: durationMs.default('1h'),
+    expiration: expiration.default({}),
+  }).strict().default({}),
   /** Extra isolated registries served by this process; requests matching none go to the default one. */
   namespaces: namespaces.default([]),
 }).strict();

@@ -4,6 +4,8 @@ import type { FrontEnd } from './http/adapter.js';
 import { createFrontEnd, FrontEndUnfitError } from './http/frontend.js';
 import { createHandler } from './http/handlers.js';
 import type { Namespace } from './http/namespaces.js';
+import { startGcSchedule } from './gc-schedule.js';
+import { ExpiryPolicy } from './registry/expiry.js';
 import { HashPool } from './registry/hash-pool.js';
 import { Registry } from './registry/registry.js';
 import { SlabPool } from './registry/slab-pool.js';
@@ -34,7 +36,8 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     await hashPool.close();
     throw err;
   }
-  const registryOn = (d: StorageDriver): Registry =>
+  const expiry = new ExpiryPolicy(config.gc.expiration);
+  const registryOn = (d: StorageDriver, namespace?: string): Registry =>
     new Registry({
       driver: d,
       hashPool,
@@ -42,6 +45,7 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
       maxSessionBufferedBytes: u.maxSessionBufferedBytes,
       maxBlobBytes: u.maxBlobBytes,
       maxManifestBytes: config.manifests.maxBytes,
+      expiry: expiry.forNamespace(namespace),
     });
   const registry = registryOn(driver);
   // Each namespace is a registry of its own on its own part of the store; they share the
@@ -50,7 +54,7 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     name: n.name,
     host: n.host,
     pathPrefix: n.pathPrefix,
-    registry: registryOn(new PrefixedDriver(driver, `/namespaces/${n.name}`)),
+    registry: registryOn(new PrefixedDriver(driver, `/namespaces/${n.name}`), n.name),
   }));
   const handler = createHandler({ registry, namespaces, log, maxManifestBytes: config.manifests.maxBytes, minChunkBytes: u.minChunkBytes });
   const frontend = await createFrontEnd(config.frontend, handler, {
@@ -66,6 +70,7 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
       ...(namespaces.length > 0 ? { namespaces: namespaces.map((n) => n.name) } : {}) },
     'listening',
   );
+  const gc = startGcSchedule(config, driver, log);
   let closing: Promise<void> | undefined;
   return {
     frontend,
@@ -74,9 +79,11 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     close: () =>
       (closing ??= (async () => {
         const t0 = Date.now();
+        const gcStopped = gc?.stop();
         await frontend.close(config.shutdownTimeoutMs);
         // Requests cut off at the deadline flush what they received, so their uploads resume.
         await handler.drain(Math.max(1000, config.shutdownTimeoutMs - (Date.now() - t0)));
+        await gcStopped;
         await hashPool.close();
         await driver.close();
       })()),

@@ -21,6 +21,7 @@ export interface GcRunOptions {
   dryRun?: boolean;
   owner?: string;
   concurrency?: number;
+  signal?: AbortSignal;
   /** `registry` is '' for the default registry, else the namespace's name. */
   onProgress?: (registry: string, p: GcProgress | { phase: 'incomplete writes'; done: number; total: number }) => void;
 }
@@ -55,6 +56,7 @@ export async function runGarbageCollection(o: GcRunOptions): Promise<GcRunReport
       expiry: policy.forNamespace(name === '' ? undefined : name),
       owner: o.owner,
       concurrency: o.concurrency,
+      signal: o.signal,
       onProgress: o.onProgress ? (p) => o.onProgress!(name, p) : undefined,
     });
     registries.push({ registry: name, report });
@@ -65,6 +67,7 @@ export async function runGarbageCollection(o: GcRunOptions): Promise<GcRunReport
     let done = 0;
     o.onProgress?.('', { phase: 'incomplete writes', done, total: writes.length });
     for (const w of writes) {
+      o.signal?.throwIfAborted();
       if (!o.dryRun) await o.driver.abortIncompleteWrite!(w);
       incompleteWrites.count++;
       incompleteWrites.bytes += w.bytes;

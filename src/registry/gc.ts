@@ -109,6 +109,8 @@ export interface GcOptions {
   leaseTtlMs?: number;
   /** A registration in /gc/inflight/ older than this was left by a crash (default 10 min). */
   inflightTimeoutMs?: number;
+  /** Stops the collection between steps (the lease is released); it rejects with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 export type GcPhase = 'waiting' | 'scanning' | 'marking' | 'tags' | 'manifests' | 'links' | 'blobs' | 'uploads' | 'data' | 'markers';
@@ -223,6 +225,7 @@ class Collection {
     const names = await listRepositories(this.#d);
     let scanned = 0;
     await Promise.all(names.map(async (name) => {
+      this.#o.signal?.throwIfAborted();
       this.#repos.set(name, await scanRepository(this.#d, name, this.#limit));
       this.#progress('scanning', ++scanned, names.length);
     }));
@@ -338,6 +341,7 @@ class Collection {
     // One at a time in order: deciding a parent before its children is the point (D).
     let done = 0;
     for (const [name, d] of candidates) {
+      this.#o.signal?.throwIfAborted();
       if (!this.#marker.isLive(name, d)) await this.#sweepManifest(name, d);
       this.#progress('manifests', ++done, candidates.length);
     }
@@ -685,6 +689,7 @@ class Collection {
   }
 
   async #checkLease(): Promise<void> {
+    this.#o.signal?.throwIfAborted();
     await this.#lease?.assertHeld();
   }
 
