@@ -571,7 +571,8 @@ class Collection {
   async #sweepOrphanData(dataPaths: string[], records: Set<string>, swept: Set<string>, uploadData: Set<string>): Promise<void> {
     if (dataPaths.length === 0) return;
     const referenced = new Set(uploadData);
-    const kept = [...records].filter((d) => !swept.has(d));
+    // A dry run deleted nothing: the data of what it would sweep is still referenced.
+    const kept = [...records].filter((d) => this.#dry || !swept.has(d));
     let done = 0;
     await Promise.all(kept.map((d) => this.#limit(async () => {
       const raw = await readOrUndefined(this.#d, paths.blobRecord(tryParseDigest(d)!));

@@ -1,0 +1,360 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { RegistryError } from '../../../src/errors.js';
+import { collectGarbage } from '../../../src/registry/gc.js';
+import { GcGuard } from '../../../src/registry/gc-guard.js';
+import { GcBusyError, Lease, readLease } from '../../../src/registry/gc-lease.js';
+import { HashPool } from '../../../src/registry/hash-pool.js';
+import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
+import { paths } from '../../../src/registry/paths.js';
+import { parseDigest } from '../../../src/registry/reference.js';
+import { isPathNotFound, type StorageDriver } from '../../../src/storage/driver.js';
+import { MemoryDriver } from '../../../src/storage/memory.js';
+import { BY_DIGEST, GcFixture, sha256 } from '../../helpers/gc.js';
+import { bodyOf } from '../../helpers/uploads.js';
+
+/**
+ * The sweep's safety protocol (src/registry/gc.ts, "Why nothing referenced is lost"), with
+ * the races made to happen: a driver that runs a client's request at the exact moment the
+ * collector is about to delete something, so the interleavings the argument covers are
+ * exercised, not hoped for.
+ */
+
+/** A memory driver that runs a hook (once) just before a matching delete or write. */
+class HookedDriver extends MemoryDriver {
+  readonly #before: Array<{ op: 'delete' | 'put'; match: (path: string) => boolean; fn: () => Promise<void> }> = [];
+
+  beforeDelete(match: (path: string) => boolean, fn: () => Promise<void>): void {
+    this.#before.push({ op: 'delete', match, fn });
+  }
+
+  beforePut(match: (path: string) => boolean, fn: () => Promise<void>): void {
+    this.#before.push({ op: 'put', match, fn });
+  }
+
+  override async delete(path: string): Promise<void> {
+    await this.#run('delete', path);
+    return super.delete(path);
+  }
+
+  override async putContent(path: string, content: Uint8Array, opts?: { ifNotExists?: boolean }): Promise<boolean> {
+    await this.#run('put', path);
+    return super.putContent(path, content, opts);
+  }
+
+  async #run(op: 'delete' | 'put', path: string): Promise<void> {
+    const i = this.#before.findIndex((h) => h.op === op && h.match(path));
+    if (i < 0) return;
+    const [hook] = this.#before.splice(i, 1);
+    await hook!.fn();
+  }
+}
+
+async function exists(driver: StorageDriver, path: string): Promise<boolean> {
+  try {
+    await driver.stat(path);
+    return true;
+  } catch (err) {
+    if (isPathNotFound(err)) return false;
+    throw err;
+  }
+}
+
+let pool: HashPool;
+beforeAll(() => {
+  pool = new HashPool({ threads: 1, maxQueue: 100 });
+});
+afterAll(async () => {
+  await pool.close();
+});
+
+describe('online safety', () => {
+  let d: HookedDriver;
+  let t: GcFixture;
+  beforeEach(() => {
+    d = new HookedDriver();
+    t = new GcFixture(d, pool);
+  });
+
+  it('a blob HEAD just before its link is deleted puts the link back, and the blob survives the sweep', async () => {
+    const img = await t.pushImage('a', BY_DIGEST, { layerCount: 1 });
+    const layer = img.layers[0]!;
+    let head: unknown;
+    d.beforeDelete((p) => p === paths.layerLink('a', parseDigest(layer)), async () => {
+      head = await t.registry.statBlob('a', layer);
+    });
+    const r = await t.gc();
+    expect(head).toMatchObject({ digest: layer });
+    expect(r.spared).toBeGreaterThanOrEqual(1);
+    expect(await t.linked('a', layer)).toBe(true);
+    expect(await t.blobStored(layer)).toBe(true);
+    // The client that got the 200 can reference it.
+    const config = await t.pushBlob('a', Buffer.from('{}x'));
+    await t.registry.putManifest('a', 'v1', MEDIA_TYPES.ociManifest, Buffer.from(JSON.stringify({
+      schemaVersion: 2, mediaType: MEDIA_TYPES.ociManifest,
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: config, size: 3 },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layer, size: 300 }],
+    })));
+    expect(await t.blobStored(layer)).toBe(true);
+  });
+
+  it('an upload of the same content committed while its record is deleted is put back (the dedupe path)', async () => {
+    const img = await t.pushImage('a', BY_DIGEST, { layerCount: 1 });
+    await t.registry.deleteManifest('a', img.digest);
+    const layer = img.layers[0]!;
+    const bytes = await readBlob(t, img.repo, layer);
+    d.beforeDelete((p) => p === paths.blobRecord(parseDigest(layer)), async () => {
+      // A client pushes the same bytes again (monolithic POST ?digest=): it finds the record,
+      // drops its own copy and links the existing one.
+      await t.registry.putBlob('b', layer, bytes.length, bodyOf(bytes));
+    });
+    const r = await t.gc();
+    expect(r.spared).toBeGreaterThanOrEqual(1);
+    expect(await t.blobStored(layer)).toBe(true);
+    expect(sha256(await readBlob(t, 'b', layer))).toBe(layer);
+  });
+
+  it('a manifest HEAD after the record is gone answers unknown (the client uploads again); nothing half-kept', async () => {
+    const img = await t.pushImage('a', BY_DIGEST, { layerCount: 1 });
+    const layer = img.layers[0]!;
+    let head: unknown;
+    d.beforeDelete((p) => p === paths.blobRecord(parseDigest(layer)), async () => {
+      head = await t.registry.statBlob('a', layer).catch((e: unknown) => e);
+    });
+    await t.gc();
+    // Links go before blobs, so the HEAD found no link and touched nothing.
+    expect(head).toBeInstanceOf(RegistryError);
+    expect(await t.blobStored(layer)).toBe(false);
+  });
+
+  it('an index pushed while its child is being deleted keeps the child and the child\'s blobs', async () => {
+    const child = await t.pushImage('m', BY_DIGEST);
+    let pushed: Awaited<ReturnType<GcFixture['pushIndex']>> | undefined;
+    d.beforeDelete((p) => p === paths.manifestRevision('m', parseDigest(child.digest)), async () => {
+      pushed = await t.pushIndex('m', 'latest', [child]);
+    });
+    const r = await t.gc();
+    expect(pushed).toBeDefined();
+    expect(r.spared).toBeGreaterThanOrEqual(1);
+    expect(r.manifests).toBe(0);
+    expect(await t.imageStored(child)).toBe(true);
+    expect(await t.manifestStored('m', pushed!.digest)).toBe(true);
+    // Everything the tag reaches is there.
+    expect((await t.registry.getManifest('m', 'latest')).digest).toBe(pushed!.digest);
+  });
+
+  it('decides an index before its child: tagging an old index mid-sweep keeps its old child', async () => {
+    const child = await t.pushImage('n', BY_DIGEST);
+    const idx = await t.pushIndex('n', BY_DIGEST, [child]);
+    d.beforeDelete((p) => p === paths.manifestRevision('n', parseDigest(idx.digest)), async () => {
+      await t.registry.putManifest('n', 'revived', MEDIA_TYPES.ociIndex, idx.bytes);
+    });
+    const r = await t.gc();
+    expect(r.manifests).toBe(0);
+    expect(await t.manifestStored('n', idx.digest)).toBe(true);
+    expect(await t.imageStored(child)).toBe(true);
+  });
+
+  it('a manifest PUT that checked its blobs before the collection began is waited for (in-flight registration)', async () => {
+    const blobs = await t.pushImage('w', BY_DIGEST, { layerCount: 1 });
+    await t.registry.deleteManifest('w', blobs.digest);
+    // A PUT registered and checked its references, then stalls before writing its tag.
+    const guard = new GcGuard(d);
+    let release!: () => void;
+    const stalled = new Promise<void>((resolve) => (release = resolve));
+    const put = guard.op(async () => {
+      await stalled;
+      await t.registry.putManifest('w', 'v1', MEDIA_TYPES.ociManifest, blobs.bytes);
+    });
+    let finished = false;
+    const gc = t.gc().then((r) => {
+      finished = true;
+      return r;
+    });
+    await sleep(100);
+    expect(finished).toBe(false);
+    expect((await readLease(d))?.state).toBe('running');
+    release();
+    await put;
+    const r = await gc;
+    expect(r.manifests).toBe(0);
+    expect(await t.imageStored(blobs)).toBe(true);
+  });
+
+  it('a PUT during the collection tags its touches with the collection, which spares them whatever the grace', async () => {
+    const img = await t.pushImage('x', BY_DIGEST, { layerCount: 1 });
+    await t.registry.deleteManifest('x', img.digest);
+    const other = await t.pushImage('y', BY_DIGEST, { layerCount: 1 });
+    // Once the collector has listed and marked (it is deleting another manifest now), the
+    // PUT comes; its blobs' links and records are unmarked, and were touched before the grace.
+    d.beforeDelete((p) => p === paths.manifestRevision('y', parseDigest(other.digest)), async () => {
+      await t.registry.putManifest('x', 'late', MEDIA_TYPES.ociManifest, img.bytes);
+    });
+    const r = await t.gc();
+    expect(r.manifests).toBe(1);
+    expect(r.spared).toBe(0);
+    expect(await t.imageStored(img)).toBe(true);
+    expect((await t.registry.getManifest('x', 'late')).digest).toBe(img.digest);
+  });
+
+  it('an expired tag pushed again while the collector deletes it survives', async () => {
+    const img = await t.pushImage('e', 'v1', { labels: { 'quay.expires-after': '1s' } });
+    await sleep(1100);
+    d.beforePut((p) => p === paths.gcTagIntent('e', 'v1'), async () => {
+      // The client's push lands just as the collector is about to delete the tag.
+      await t.registry.putManifest('e', 'v1', MEDIA_TYPES.ociManifest, img.bytes);
+    });
+    const r = await t.gc();
+    expect(r.expiredTags).toBe(0);
+    expect((await t.registry.listTags('e', undefined, undefined)).items).toEqual(['v1']);
+    expect(await t.imageStored(img)).toBe(true);
+  });
+
+  it('a tag PUT that finds the collector\'s intent waits for it and writes the tag again', async () => {
+    const img = await t.pushImage('i', BY_DIGEST);
+    const lease = await Lease.acquire(d, { ttlMs: 60_000 });
+    try {
+      const intent = paths.gcTagIntent('i', 'v1');
+      await d.putContent(intent, Buffer.from('{}'));
+      const put = t.registry.putManifest('i', 'v1', MEDIA_TYPES.ociManifest, img.bytes);
+      await sleep(50);
+      // The collector deletes the tag, then its intent.
+      await d.delete(paths.tag('i', 'v1')).catch(() => undefined);
+      await d.delete(intent);
+      await put;
+      expect((await t.registry.getManifest('i', 'v1')).digest).toBe(img.digest);
+    } finally {
+      await lease.release();
+    }
+  });
+});
+
+describe('leases', () => {
+  it('lets one collection run at a time and hands over when it is done', async () => {
+    const d = new MemoryDriver();
+    const t = new GcFixture(d, pool);
+    const lease = await Lease.acquire(d, { ttlMs: 60_000 });
+    await expect(t.gc()).rejects.toBeInstanceOf(GcBusyError);
+    await lease.release();
+    const r = await t.gc();
+    expect(r.generation).toBe(lease.gen + 1);
+    expect(await readLease(d)).toMatchObject({ gen: lease.gen + 1, state: 'done' });
+  });
+
+  it('of two collections started together, one runs', async () => {
+    const d = new MemoryDriver();
+    const run = () => collectGarbage({ driver: d, graceMs: 0, staleUploadAfterMs: 60_000 });
+    const results = await Promise.allSettled([run(), run()]);
+    expect(results.filter((r) => r.status === 'fulfilled').length).toBe(1);
+    expect(results.filter((r) => r.status === 'rejected' && r.reason instanceof GcBusyError).length).toBe(1);
+  });
+
+  it('takes over a lease whose collector stopped renewing it', async () => {
+    const d = new MemoryDriver();
+    const t = new GcFixture(d, pool);
+    const old = new Date(Date.now() - 120_000).toISOString();
+    await d.putContent(paths.gcLease(), Buffer.from(JSON.stringify({ gen: 4, state: 'running', owner: 'dead:1', startedAt: old, heartbeatAt: old })));
+    const r = await t.gc({ leaseTtlMs: 60_000 });
+    expect(r.generation).toBe(5);
+  });
+});
+
+describe('uploads and orphaned data', () => {
+  let t: GcFixture;
+  let d: MemoryDriver;
+  beforeEach(() => {
+    d = new MemoryDriver();
+    t = new GcFixture(d, pool);
+  });
+
+  it('removes an upload idle past staleUploadAfter, its record and data, and keeps an active one', async () => {
+    const { id } = await t.registry.startUpload('u');
+    await t.registry.appendUpload('u', id, {}, bodyOf(randomBytes(5000)));
+    let r = await t.gc({ staleUploadAfterMs: 60_000 });
+    expect(r.uploads.count).toBe(0);
+    expect(await exists(d, paths.blobData(id))).toBe(true);
+    await sleep(5);
+    r = await t.gc({ staleUploadAfterMs: 1 });
+    expect(r.uploads).toEqual({ count: 1, bytes: 5000 });
+    expect(await exists(d, paths.blobData(id))).toBe(false);
+    expect(await exists(d, paths.upload('u', id))).toBe(false);
+    await expect(t.registry.uploadStatus('u', id)).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+  });
+
+  it('an upload finished while the collector holds its intent fails cleanly; one finished first is kept', async () => {
+    const data = randomBytes(3000);
+    const a = await t.registry.startUpload('u');
+    await t.registry.appendUpload('u', a.id, {}, bodyOf(data));
+    await d.putContent(paths.gcUploadIntent('u', a.id), Buffer.from('{}'));
+    await expect(t.registry.completeUpload('u', a.id, sha256(data), {}, undefined)).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+
+    // The other order: the finish touches the record, the collector's re-read sees it and backs off.
+    const b = await t.registry.startUpload('u');
+    await t.registry.appendUpload('u', b.id, {}, bodyOf(data));
+    await sleep(5);
+    const r = await t.gc({ staleUploadAfterMs: 1, driver: withHookOnPut(d, paths.gcUploadIntent('u', b.id), async () => {
+      await t.registry.completeUpload('u', b.id, sha256(data), {}, undefined);
+    }) });
+    expect(r.uploads.count).toBe(1); // upload a (its intent was ours to clean up)
+    expect(await t.blobStored(sha256(data))).toBe(true);
+    expect(await exists(d, paths.gcUploadIntent('u', b.id))).toBe(false);
+  });
+
+  it('removes data no record names once idle, and keeps fresh data', async () => {
+    const orphan = paths.blobData(randomUUID());
+    await d.putContent(orphan, randomBytes(700));
+    let r = await t.gc({ staleUploadAfterMs: 60_000 });
+    expect(r.orphanData.count).toBe(0);
+    await sleep(5);
+    const img = await t.pushImage('o', 'v1');
+    r = await t.gc({ staleUploadAfterMs: 1 });
+    expect(r.orphanData).toEqual({ count: 1, bytes: 700 });
+    expect(await exists(d, orphan)).toBe(false);
+    expect(await t.imageStored(img)).toBe(true);
+  });
+
+  it('a dry run reports and removes nothing', async () => {
+    const img = await t.pushImage('dry', BY_DIGEST);
+    const { id } = await t.registry.startUpload('dry');
+    await t.registry.appendUpload('dry', id, {}, bodyOf(randomBytes(10)));
+    await sleep(5);
+    const dry = await t.gc({ dryRun: true, staleUploadAfterMs: 1 });
+    expect(dry.dryRun).toBe(true);
+    expect(await t.imageStored(img)).toBe(true);
+    expect(await exists(d, paths.upload('dry', id))).toBe(true);
+    expect(await readLease(d)).toBeUndefined();
+    const real = await t.gc({ staleUploadAfterMs: 1 });
+    const counts = (r: typeof dry) => ({ m: r.manifests, b: r.blobs, l: r.links, u: r.uploads, o: r.orphanData, live: r.live });
+    expect(counts(dry)).toEqual(counts(real));
+    expect(real.manifests).toBe(1);
+    expect(await t.imageStored(img)).toBe(false);
+  });
+});
+
+/** A view of `base` that runs `fn` once, just before `path` is written. */
+function withHookOnPut(base: StorageDriver, path: string, fn: () => Promise<void>): StorageDriver {
+  let pending = true;
+  return new Proxy(base, {
+    get(target, prop, receiver) {
+      if (prop === 'putContent') {
+        return async (p: string, content: Uint8Array, opts?: { ifNotExists?: boolean }) => {
+          if (pending && p === path) {
+            pending = false;
+            await fn();
+          }
+          return target.putContent(p, content, opts);
+        };
+      }
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+}
+
+async function readBlob(t: GcFixture, repo: string, digest: string): Promise<Buffer> {
+  const read = await t.registry.readBlob(repo, digest);
+  const parts: Buffer[] = [];
+  for await (const c of read.stream) parts.push(Buffer.from(c as Uint8Array));
+  return Buffer.concat(parts);
+}
