@@ -40,6 +40,12 @@ export interface RegistryErrorOptions {
   cause?: unknown;
   /** Overrides the table's message for this instance. */
   message?: string;
+  /**
+   * Overrides the table's status, only where the spec gives one code a second meaning: a
+   * manifest PUT whose index names a child the repository lacks is a bad request (400), not a
+   * missing resource, yet the code is MANIFEST_UNKNOWN. Nothing in src/http chooses statuses.
+   */
+  status?: number;
 }
 
 /** A domain error with a stable OCI code. The core throws only these (or lets a bug surface as UNKNOWN). */
@@ -47,15 +53,17 @@ export class RegistryError extends Error {
   override readonly name = 'RegistryError';
   readonly code: ErrorCode;
   readonly detail: unknown;
+  readonly #status: number | undefined;
 
   constructor(code: ErrorCode, opts: RegistryErrorOptions = {}) {
     super(opts.message ?? ErrorCodes[code].message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.code = code;
     this.detail = opts.detail;
+    this.#status = opts.status;
   }
 
   get status(): number {
-    return ErrorCodes[this.code].status;
+    return this.#status ?? ErrorCodes[this.code].status;
   }
 }
 
@@ -104,5 +112,40 @@ export class RangeNotSatisfiableError extends RegistryError {
   constructor(size: number) {
     super('RANGE_INVALID', { message: 'requested range not satisfiable', detail: { size } });
     this.size = size;
+  }
+}
+
+/**
+ * 401 with the challenge the client must answer (RFC 9110 §11.6.1): `Basic realm="..."`, or
+ * `Bearer realm="...",service="...",scope="..."` per the Docker token authentication spec.
+ */
+export class UnauthorizedError extends RegistryError {
+  readonly challenge: string;
+  constructor(challenge: string, opts: RegistryErrorOptions = {}) {
+    super('UNAUTHORIZED', opts);
+    this.challenge = challenge;
+  }
+}
+
+/** 429 with `Retry-After: <seconds>` (RFC 6585 §4): a rate limit or a limit on concurrent uploads. */
+export class TooManyRequestsError extends RegistryError {
+  readonly retryAfterSeconds: number;
+  constructor(retryAfterSeconds: number, opts: RegistryErrorOptions = {}) {
+    super('TOOMANYREQUESTS', opts);
+    this.retryAfterSeconds = Math.max(1, Math.ceil(retryAfterSeconds));
+  }
+}
+
+/**
+ * The client sent no body bytes for the idle timeout (limits.idleTimeoutMs), or fewer than
+ * its Content-Length said and then went quiet. Like a client abort, the core keeps what
+ * arrived, so the upload resumes from there; the client, if still listening, learns why.
+ */
+export class BodyTimeoutError extends RegistryError {
+  constructor(receivedBytes: number, idleMs: number) {
+    super('SIZE_INVALID', {
+      message: `request body stalled: no data for ${Math.round(idleMs / 1000)} s after ${receivedBytes} bytes`,
+      detail: { receivedBytes },
+    });
   }
 }

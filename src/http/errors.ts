@@ -1,5 +1,7 @@
 import type { Logger } from 'pino';
-import { ErrorCodes, MethodNotAllowedError, RangeNotSatisfiableError, RegistryError, UploadRangeError, toRegistryError } from '../errors.js';
+import {
+  ErrorCodes, MethodNotAllowedError, RangeNotSatisfiableError, RegistryError, TooManyRequestsError, UnauthorizedError, UploadRangeError, toRegistryError,
+} from '../errors.js';
 import type { HeaderMap, OutgoingResponse } from './adapter.js';
 import { locations } from './routes.js';
 
@@ -7,13 +9,14 @@ export const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry
 
 /**
  * The one place that turns an error into an HTTP response: the status comes from the
- * error code's entry in the table (src/errors.ts), the body is the spec's envelope
+ * error code's entry in the table (src/errors.ts; the error itself may carry the one
+ * spec-given exception), the body is the spec's envelope
  * `{"errors":[{"code","message","detail"}]}` (distribution errcode/handler.go). Unknown
  * errors become UNKNOWN/500; their cause goes to the log, never to the client.
  */
 export function sendError(res: OutgoingResponse, method: string, err: unknown, log: Logger): number {
   const e = toRegistryError(err);
-  const status = ErrorCodes[e.code].status;
+  const status = e.status;
   if (e.code === 'UNKNOWN') log.error({ err: e.cause ?? err }, 'request failed');
   if (res.aborted || res.started) return status;
   const headers: HeaderMap = { ...API_VERSION_HEADER, 'content-type': 'application/json' };
@@ -25,7 +28,8 @@ export function sendError(res: OutgoingResponse, method: string, err: unknown, l
   }
   if (e instanceof MethodNotAllowedError) headers['allow'] = e.allow.join(', ');
   if (e instanceof RangeNotSatisfiableError) headers['content-range'] = `bytes */${e.size}`;
-  if (e.code === 'UNAUTHORIZED') headers['www-authenticate'] ??= 'Basic realm="hoist"';
+  if (e.code === 'UNAUTHORIZED') headers['www-authenticate'] = e instanceof UnauthorizedError ? e.challenge : 'Basic realm="hoist"';
+  if (e instanceof TooManyRequestsError) headers['retry-after'] = String(e.retryAfterSeconds);
   const body = JSON.stringify({ errors: [envelopeEntry(e)] });
   if (method === 'HEAD') {
     res.send(status, { ...headers, 'content-length': String(Buffer.byteLength(body)) });

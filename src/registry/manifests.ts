@@ -261,9 +261,8 @@ export class ManifestStore {
     }
     const missing = await firstMissing(m.manifests, async (d) => (await this.#revision(repo, tryParseDigest(d.digest)!)) !== undefined);
     if (missing) {
-      // The issue asks for MANIFEST_UNKNOWN here (a missing child is a manifest, not a blob);
-      // its status is the error table's.
-      throw new RegistryError('MANIFEST_UNKNOWN', { message: 'index references a manifest unknown to the repository', detail: { digest: missing.digest } });
+      // MANIFEST_UNKNOWN (a missing child is a manifest, not a blob), but as a bad request.
+      throw new RegistryError('MANIFEST_UNKNOWN', { status: 400, message: 'index references a manifest unknown to the repository', detail: { digest: missing.digest } });
     }
   }
 
