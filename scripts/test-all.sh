@@ -64,6 +64,9 @@ export HOIST_TEST_S3_ENDPOINT
 log "S3 endpoint $HOIST_TEST_S3_ENDPOINT"
 
 # --- Tests -----------------------------------------------------------------------------
+log "typecheck (src and test, strict)"
+npm run --silent typecheck
+
 log "vitest run $*"
 results=$(mktemp -t hoist-vitest-XXXXXX.json)
 status=0
