@@ -613,15 +613,15 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       const perOp = new Map<string, number>();
       // SlowDown is retried after a longer backoff (the SDK's throttling delay): fewer of those.
       const kinds = ['internal', 'reset', 'slowdown', 'internal', 'reset', 'internal'] as const;
-      // Every other request of each kind fails once (never twice in a row), whatever it is;
-      // the SDK's retries must get each through.
+      // The 1st, 4th, 7th... request of each kind fails once (its retry passes), whatever it
+      // is; the SDK's retries must get each through.
       const rec = await proxy((op, _n, url) => {
         if (!faulting) return undefined;
         const id = `${op} ${url.pathname}${url.search}`;
         if (lastFaulted.delete(id)) return undefined; // the retry of a faulted request passes
         const k = (perOp.get(op) ?? 0) + 1;
         perOp.set(op, k);
-        if (k % 2 === 0) return undefined;
+        if (k % 3 !== 1) return undefined;
         lastFaulted.add(id);
         return kinds[n++ % kinds.length];
       });
