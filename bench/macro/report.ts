@@ -90,8 +90,9 @@ function pivot(report: Report, storage: string, reference: (t: string) => string
       const r = report.results.find((x) => x.target === n && x.scenario === s.id);
       if (!r) return '–';
       if (r.ok === 0) return `failed (${r.errors} errors)`;
-      const errs = r.errors ? `, ${r.errors} errors` : '';
-      return n === 'sink' ? `${f(r.mibPerSec)}` : `${f(r.mibPerSec)} (${pct(r.vsSink)}${errs})`;
+      if (n === 'sink') return f(r.mibPerSec);
+      const inBrackets = [...(r.vsSink !== undefined ? [pct(r.vsSink)] : []), ...(r.errors ? [`${r.errors} errors`] : [])];
+      return `${f(r.mibPerSec)}${inBrackets.length ? ` (${inBrackets.join(', ')})` : ''}`;
     };
     const ratio = ([a]: readonly [string, string]): string => {
       const r = report.results.find((x) => x.target === a && x.scenario === s.id);

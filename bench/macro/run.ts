@@ -1,6 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -114,8 +114,27 @@ const USAGE = `usage: npm run bench -- [options]
   --user USER:PASSWORD  HTTP basic auth for --url
   --no-build            use dist/ as it is
   --out DIR             where to write results (default bench/results)
+  --render FILE.json    only redraw the tables and charts of an earlier run's JSON into --out
 environment: HOIST_BENCH_S3_ENDPOINT (default http://127.0.0.1:7480), AWS_ACCESS_KEY_ID and
   AWS_SECRET_ACCESS_KEY (default testkey/testsecret, the keys scripts/rgw-start.sh creates)`;
+
+/** Writes the JSON, Markdown and SVG files of a report, and their latest.* copies. */
+function writeOutputs(report: Report, out: string, log: (msg: string) => void): void {
+  mkdirSync(out, { recursive: true });
+  const stamp = report.date.replace(/[:.]/g, '-');
+  const svgs = charts(report);
+  for (const c of svgs) {
+    writeFileSync(join(out, `${stamp}-${c.name}.svg`), c.svg);
+    copyFileSync(join(out, `${stamp}-${c.name}.svg`), join(out, `latest-${c.name}.svg`));
+  }
+  const md = markdown(report, referenceOf, svgs.map((c) => `${stamp}-${c.name}.svg`));
+  writeFileSync(join(out, `${stamp}.json`), `${JSON.stringify(report, null, 2)}\n`);
+  writeFileSync(join(out, `${stamp}.md`), md);
+  writeFileSync(join(out, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
+  writeFileSync(join(out, 'latest.md'), markdown(report, referenceOf, svgs.map((c) => `latest-${c.name}.svg`)));
+  console.log(`\n${md}`);
+  log(`wrote ${join(out, `${stamp}.json`)}, .md and ${svgs.length} charts; copies as latest.*`);
+}
 
 async function main(): Promise<void> {
   const { values: v } = parseArgs({
@@ -129,6 +148,7 @@ async function main(): Promise<void> {
       user: { type: 'string' },
       'no-build': { type: 'boolean', default: false },
       out: { type: 'string', default: join(ROOT, 'bench/results') },
+      render: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -137,6 +157,11 @@ async function main(): Promise<void> {
   if (v.help) {
     console.log(`${USAGE}\nscenarios:\n${all.map((s) => `  ${s.id.padEnd(16)} ${s.title}${s.s3Only ? ' (S3 targets)' : ''}` +
       `${s.fullOnly ? ' (not with --quick)' : ''}${s.optional ? ' (only when named)' : ''}`).join('\n')}`);
+    return;
+  }
+  if (v.render) {
+    // Tables and charts again from a run's JSON, e.g. after changing how they are drawn.
+    writeOutputs(JSON.parse(readFileSync(v.render, 'utf8')) as Report, v.out!, (msg) => console.error(msg));
     return;
   }
   const wanted = v.scenario?.split(',');
@@ -286,21 +311,7 @@ async function main(): Promise<void> {
   };
   addRatios(report, referenceOf);
 
-  const out = v.out!;
-  mkdirSync(out, { recursive: true });
-  const stamp = report.date.replace(/[:.]/g, '-');
-  const svgs = charts(report);
-  for (const c of svgs) {
-    writeFileSync(join(out, `${stamp}-${c.name}.svg`), c.svg);
-    copyFileSync(join(out, `${stamp}-${c.name}.svg`), join(out, `latest-${c.name}.svg`));
-  }
-  const md = markdown(report, referenceOf, svgs.map((c) => `${stamp}-${c.name}.svg`));
-  writeFileSync(join(out, `${stamp}.json`), `${JSON.stringify(report, null, 2)}\n`);
-  writeFileSync(join(out, `${stamp}.md`), md);
-  writeFileSync(join(out, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
-  writeFileSync(join(out, 'latest.md'), markdown(report, referenceOf, svgs.map((c) => `latest-${c.name}.svg`)));
-  console.log(`\n${md}`);
-  log(`wrote ${join(out, `${stamp}.json`)}, .md and ${svgs.length} charts; copies as latest.*`);
+  writeOutputs(report, v.out!, log);
   if (rows.some((r) => r.errors)) process.exitCode = 1;
 }
 
