@@ -81,7 +81,9 @@ function scenarios(quick: boolean, chunkBytes: number): Scenario[] {
 function title(s: Omit<ScenarioInfo, 'title'>): string {
   if (s.count === 1 && s.mode === 'chunked') return `${formatBytes(s.sizeBytes)} in ${formatBytes(s.chunkBytes)} PATCHes`;
   const what = s.kind === 'pull' ? 'pull' : s.mode === 'chunked' ? `chunked (${formatBytes(s.chunkBytes)} PATCHes)` : s.mode;
-  return `${s.count} x ${formatBytes(s.sizeBytes)} ${what}${s.concurrency !== s.count ? ` at c${s.concurrency}` : ''}`;
+  // Sweep points name their concurrency even when it equals the count (4 x 64 MiB at c4).
+  const named = s.concurrency !== s.count || (s.sweep !== undefined && s.sweep < 16);
+  return `${s.count} x ${formatBytes(s.sizeBytes)} ${what}${named ? ` at c${s.concurrency}` : ''}`;
 }
 
 /** Best of three: the fastest pass is the least disturbed by whatever else runs. */
