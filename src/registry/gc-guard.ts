@@ -3,7 +3,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
 import { WELL_KNOWN_BLOBS } from './blobs.js';
-import { readLease } from './gc-lease.js';
+import { runningGeneration } from './gc-lease.js';
 import { paths } from './paths.js';
 import { tryParseDigest, type Digest } from './reference.js';
 
@@ -91,10 +91,12 @@ export class GcGuard {
     await this.#driver.putContent(registration, Buffer.from(JSON.stringify({ startedAt: new Date().toISOString() })));
     try {
       // Read after the registration is stored: the order the argument needs.
-      const lease = await readLease(this.#driver);
-      return await this.#ops.run({ gen: lease?.state === 'running' ? lease.gen : undefined }, fn);
+      const gen = await runningGeneration(this.#driver);
+      return await this.#ops.run({ gen }, fn);
     } finally {
-      await this.#driver.delete(registration).catch(() => undefined);
+      // Not awaited: what the operation wrote is stored already; a collector waiting for
+      // the registration to go waits a few milliseconds longer, the client does not.
+      void this.#driver.delete(registration).catch(() => undefined);
     }
   }
 

@@ -3,28 +3,27 @@ import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
 import { paths } from './paths.js';
 
 /**
- * The collection lease: one object, `/gc/lease`, that says which collection (generation) is
- * running, if any. It is never deleted, only rewritten, so a reader can tell "no collection
- * has run since I last looked" (same generation, state done) from "one ran and finished".
+ * The collection lease: `/gc/lease` exists while a collection runs and says which one
+ * (its generation); the collector deletes it when done.
  *
  *   {"gen": 7, "state": "running", "owner": "host:pid", "startedAt": "…", "heartbeatAt": "…"}
- *   {"gen": 7, "state": "done", …, "finishedAt": "…"}
  *
- * Servers read it at the start of every manifest PUT (gc-guard.ts) and tag the touches they
- * write with the running generation; the collector spares whatever carries its generation.
+ * Servers look for it at the start of every manifest PUT (gc-guard.ts): a stat, which on S3
+ * is a HEAD that answers 404 at once when no collection runs (the common case), and a read
+ * only when one does. They tag the touches they write with the running generation; the
+ * collector spares whatever carries its generation.
  *
  * One collector at a time: a collector claims generation n+1 by creating
  * `/gc/generations/<n+1>` with create-if-absent (atomic on every driver), so of two collectors
- * that start together exactly one wins; the other gets GcBusyError. A running lease whose
- * heartbeat is older than the TTL belongs to a collector that died; the next one takes over.
+ * that start together exactly one wins; the other gets GcBusyError. A lease whose heartbeat
+ * is older than the TTL belongs to a collector that died; the next one takes over.
  */
 export interface LeaseRecord {
   readonly gen: number;
-  readonly state: 'running' | 'done';
+  readonly state: 'running';
   readonly owner: string;
   readonly startedAt: string;
   readonly heartbeatAt: string;
-  readonly finishedAt?: string;
 }
 
 export class GcBusyError extends Error {
@@ -50,9 +49,20 @@ export async function readLease(driver: StorageDriver): Promise<LeaseRecord | un
   }
 }
 
-/** Is `lease` a collection that is running now (not finished, heartbeat within `ttlMs`)? */
+/** The running collection's generation, if any: a stat, and a read only when there is a lease. */
+export async function runningGeneration(driver: StorageDriver): Promise<number | undefined> {
+  try {
+    await driver.stat(paths.gcLease());
+  } catch (err) {
+    if (isPathNotFound(err)) return undefined;
+    throw err;
+  }
+  return (await readLease(driver))?.gen;
+}
+
+/** Is `lease` a collection that is running now (heartbeat within `ttlMs`)? */
 export function isRunning(lease: LeaseRecord | undefined, ttlMs: number, nowMs = Date.now()): boolean {
-  return lease?.state === 'running' && nowMs - Date.parse(lease.heartbeatAt) < ttlMs;
+  return lease !== undefined && nowMs - Date.parse(lease.heartbeatAt) < ttlMs;
 }
 
 export function defaultOwner(): string {
@@ -93,7 +103,8 @@ export class Lease {
     if (current && isRunning(current, opts.ttlMs)) {
       throw new GcBusyError(`a collection is running already (generation ${current.gen}, ${current.owner}, since ${current.startedAt})`, current);
     }
-    let gen = (current?.gen ?? 0) + 1;
+    const claims = (await driver.list(paths.gcGenerationsDir()).catch(() => [])).map((p) => Number(p.slice(p.lastIndexOf('/') + 1)));
+    let gen = Math.max(current?.gen ?? 0, ...claims.filter(Number.isSafeInteger), 0) + 1;
     for (let attempt = 0; ; attempt++) {
       const claimed = await driver.putContent(paths.gcGeneration(gen), Buffer.from(JSON.stringify({ owner, at: new Date().toISOString() })), { ifNotExists: true });
       if (claimed) break;
@@ -123,7 +134,7 @@ export class Lease {
   async assertHeld(): Promise<void> {
     if (!this.#lost) {
       const now = await readLease(this.#driver);
-      if (now?.gen !== this.gen || now.state !== 'running') this.#lost = true;
+      if (now?.gen !== this.gen) this.#lost = true;
     }
     if (this.#lost) throw new LeaseLostError(`collection ${this.gen} lost its lease to another collector; it stopped`);
   }
@@ -132,7 +143,7 @@ export class Lease {
     if (this.#lost) return;
     try {
       const now = await readLease(this.#driver);
-      if (now?.gen !== this.gen || now.state !== 'running') {
+      if (now?.gen !== this.gen) {
         this.#lost = true;
         return;
       }
@@ -143,15 +154,16 @@ export class Lease {
     }
   }
 
-  /** Marks the collection done (the lease stays, with its generation). */
+  /** Ends the collection: deletes the lease (if it is still ours). */
   async release(): Promise<void> {
     clearInterval(this.#timer);
     await this.#renewing;
     if (this.#lost) return;
     const current = await readLease(this.#driver);
     if (current?.gen !== this.gen) return;
-    const now = new Date().toISOString();
-    await this.#driver.putContent(paths.gcLease(), json({ ...this.#record, state: 'done', heartbeatAt: now, finishedAt: now }));
+    await this.#driver.delete(paths.gcLease()).catch((err: unknown) => {
+      if (!isPathNotFound(err)) throw err;
+    });
   }
 }
 

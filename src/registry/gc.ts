@@ -567,18 +567,22 @@ class Collection {
   /**
    * Data objects no blob record and no upload names: a monolithic upload in progress (no
    * record until it commits), or what a crash left. Removed once idle for staleUploadAfter.
+   *
+   * Finding them means reading every blob record (which data it names), so it is done only
+   * when there are more data objects than records and uploads, each of which names one.
    */
   async #sweepOrphanData(dataPaths: string[], records: Set<string>, swept: Set<string>, uploadData: Set<string>): Promise<void> {
-    if (dataPaths.length === 0) return;
-    const referenced = new Set(uploadData);
     // A dry run deleted nothing: the data of what it would sweep is still referenced.
     const kept = [...records].filter((d) => this.#dry || !swept.has(d));
+    if (dataPaths.length <= kept.length + uploadData.size) return;
+    const referenced = new Set(uploadData);
+    const total = kept.length + dataPaths.length;
     let done = 0;
     await Promise.all(kept.map((d) => this.#limit(async () => {
       const raw = await readOrUndefined(this.#d, paths.blobRecord(tryParseDigest(d)!));
       const record = raw ? parseBlobRecord(raw) : undefined;
       if (record?.data) referenced.add(record.data);
-      this.#progress('data', ++done, kept.length + dataPaths.length);
+      this.#progress('data', ++done, total);
     })));
     const orphans = dataPaths.filter((p) => !referenced.has(p));
     await this.#checkLease();
@@ -595,8 +599,7 @@ class Collection {
         if (!isPathNotFound(err)) throw err;
       }
     })));
-    done += dataPaths.length - orphans.length + orphans.length;
-    this.#progress('data', done, kept.length + dataPaths.length);
+    this.#progress('data', total, total);
   }
 
   /** Touched markers of digests that have no blob record (any more), unless fresh. */
@@ -624,7 +627,7 @@ class Collection {
         else if (Date.now() - info.modTime.getTime() > ttl) await ignoreNotFound(this.#d.delete(p));
       }
     };
-    await walk('/gc/intents');
+    await walk(paths.gcIntentsDir());
   }
 
   // --- touched markers (A, B) ----------------------------------------------------------------

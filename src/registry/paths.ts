@@ -17,7 +17,7 @@ import type { Digest } from './reference.js';
  *   │                                 mounted, referenced by a manifest PUT): {"at", "gen"?, "n"};
  *   │                                 garbage collection spares what was touched lately (gc.ts)
  *   ├── gc                            garbage collection's coordination objects (gc-lease.ts)
- *   │   ├── lease                     {"gen", "state": "running"|"done", "owner", "startedAt", ...}
+ *   │   ├── lease                     while a collection runs: {"gen", "owner", "startedAt", ...}
  *   │   ├── generations/<gen>         created (if absent) to claim a collection's generation
  *   │   ├── inflight/<id>             a manifest PUT in progress: {"startedAt"}
  *   │   └── intents/<name>
@@ -71,6 +71,8 @@ export const paths = {
   referrersRoot: (name: string) => `/repositories/${name}/_manifests/referrers`,
   gcLease: () => '/gc/lease',
   gcGeneration: (gen: number) => `/gc/generations/${gen}`,
+  gcGenerationsDir: () => '/gc/generations',
+  gcIntentsDir: () => '/gc/intents',
   gcInflightDir: () => '/gc/inflight',
   gcInflight: (id: string) => `/gc/inflight/${id}`,
   gcTagIntent: (name: string, tag: string) => `/gc/intents/${name}/_tags/${tag}`,

@@ -111,11 +111,12 @@ export class Registry {
 
   /**
    * HEAD: clients ask before they upload, and skip the upload if the blob is there, so a yes
-   * must keep the blob for the grace period (gc.ts, B): check, touch, check again (A).
+   * must keep the blob for the grace period (gc.ts, B): touch, then check (A). A no leaves a
+   * marker the next collection removes (and the client's upload rewrites it anyway).
    */
   async statBlob(repo: string, digest: string): Promise<BlobDescriptor> {
     const d = parseDigest(digest);
-    await this.#blobs.stat(assertName(repo), d);
+    assertName(repo);
     await this.#guard.touch([d]);
     return this.#blobs.stat(repo, d);
   }
@@ -154,9 +155,8 @@ export class Registry {
   /** HEAD: by digest, clients ask before pushing an index's children; a yes touches (as statBlob). */
   async statManifest(repo: string, reference: string): Promise<ManifestRecord> {
     const ref = parseReference(reference);
-    const record = await this.#manifests.stat(assertName(repo), ref);
-    if (ref.kind === 'tag') return record;
-    await this.#guard.touch([ref.digest]);
+    assertName(repo);
+    if (ref.kind === 'digest') await this.#guard.touch([ref.digest]);
     return this.#manifests.stat(repo, ref);
   }
 
