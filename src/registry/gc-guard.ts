@@ -1,9 +1,9 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import type { StorageDriver } from '../storage/driver.js';
 import { WELL_KNOWN_BLOBS } from './blobs.js';
-import { runningGeneration } from './gc-lease.js';
+import { objectExists, runningGeneration } from './gc-lease.js';
 import { paths } from './paths.js';
 import { tryParseDigest, type Digest } from './reference.js';
 
@@ -113,19 +113,9 @@ export class GcGuard {
   async tagIntent(repo: string, tag: string): Promise<boolean> {
     if (!this.collecting) return false;
     const intent = paths.gcTagIntent(repo, tag);
-    if (!(await this.#exists(intent))) return false;
+    if (!(await objectExists(this.#driver, intent))) return false;
     const deadline = Date.now() + INTENT_WAIT_MS;
-    while (Date.now() < deadline && (await this.#exists(intent))) await sleep(20);
+    while (Date.now() < deadline && (await objectExists(this.#driver, intent))) await sleep(20);
     return true;
-  }
-
-  async #exists(path: string): Promise<boolean> {
-    try {
-      await this.#driver.stat(path);
-      return true;
-    } catch (err) {
-      if (isPathNotFound(err)) return false;
-      throw err;
-    }
   }
 }

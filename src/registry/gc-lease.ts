@@ -49,14 +49,24 @@ export async function readLease(driver: StorageDriver): Promise<LeaseRecord | un
   }
 }
 
-/** The running collection's generation, if any: a stat, and a read only when there is a lease. */
-export async function runningGeneration(driver: StorageDriver): Promise<number | undefined> {
+/**
+ * Whether an object exists, as cheaply as the driver can say: a zero-length read, which the
+ * S3 driver answers with one HEAD (its stat() also looks for directories and uploads in
+ * progress, and reading an object costs a GET).
+ */
+export async function objectExists(driver: StorageDriver, path: string): Promise<boolean> {
   try {
-    await driver.stat(paths.gcLease());
+    (await driver.reader(path, 0, 0)).destroy();
+    return true;
   } catch (err) {
-    if (isPathNotFound(err)) return undefined;
+    if (isPathNotFound(err)) return false;
     throw err;
   }
+}
+
+/** The running collection's generation, if any: an existence check, and a read only when there is a lease. */
+export async function runningGeneration(driver: StorageDriver): Promise<number | undefined> {
+  if (!(await objectExists(driver, paths.gcLease()))) return undefined;
   return (await readLease(driver))?.gen;
 }
 

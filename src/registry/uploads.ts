@@ -4,6 +4,7 @@ import pLimit, { type LimitFunction } from 'p-limit';
 import { ClientAbortError, RegistryError, UploadRangeError } from '../errors.js';
 import { isPathNotFound, type FileWriter, type StorageDriver } from '../storage/driver.js';
 import { channels } from './diagnostics.js';
+import { objectExists } from './gc-lease.js';
 import type { HashPool } from './hash-pool.js';
 import { paths } from './paths.js';
 import type { Digest } from './reference.js';
@@ -134,7 +135,7 @@ export class UploadEngine {
     // record; we rewrite the record and then look for an intent. One of us sees the other
     // (gc.ts, E), so an upload is never finished and removed at once.
     await this.#touch(repo, id, record);
-    if (await this.#exists(paths.gcUploadIntent(repo, id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
+    if (await objectExists(this.#o.driver, paths.gcUploadIntent(repo, id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
     return this.#complete(repo, id, record, digest, range, body, adopt);
   }
 
@@ -250,16 +251,6 @@ export class UploadEngine {
     } finally {
       clearInterval(timer);
       await touching;
-    }
-  }
-
-  async #exists(path: string): Promise<boolean> {
-    try {
-      await this.#o.driver.stat(path);
-      return true;
-    } catch (err) {
-      if (isPathNotFound(err)) return false;
-      throw err;
     }
   }
 
