@@ -60,6 +60,12 @@ program
         },
       );
     };
+    process.on('SIGHUP', () => {
+      server.reload().then(
+        () => log.info({ signal: 'SIGHUP' }, 'reloaded the htpasswd file and TLS certificate'),
+        (err: unknown) => log.error({ err }, 'reload failed; still using what was loaded before'),
+      );
+    });
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
   });

@@ -125,6 +125,80 @@ const expiration = z
     }).strict(),
   ]);
 
+/** A YAML value, or (from the environment) the same value as JSON. */
+function jsonOr<T extends z.ZodTypeAny>(schema: T, example: string) {
+  return z
+    .unknown()
+    .transform((v, ctx) => {
+      if (typeof v !== 'string') return v;
+      try {
+        return JSON.parse(v) as unknown;
+      } catch {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected JSON, e.g. ${example}` });
+        return z.NEVER;
+      }
+    })
+    .pipe(schema);
+}
+
+/** File names: a YAML list, or from the environment a JSON list or `a.pem,b.pem`. */
+const fileList = z
+  .union([z.array(z.string()), z.string().transform((v) => (v.trim().startsWith('[') ? (JSON.parse(v) as unknown) : v.split(',').map((f) => f.trim()).filter(Boolean)))])
+  .pipe(z.array(z.string().min(1)));
+
+/** Text that goes into a quoted challenge parameter (WWW-Authenticate). */
+const challengeParam = z.string().min(1).regex(/^[^"\\\s]+$/, 'no spaces, quotes or backslashes');
+
+/** Who may do what (src/auth/access.ts); `repository` is a name or a pattern where * matches anything. */
+const accessRule = z.object({
+  repository: z.string().regex(/^[a-z0-9._*-]+(?:\/[a-z0-9._*-]+)*$/, 'a repository name or pattern, e.g. team-a/app, team-a/* or *'),
+  namespace: z.string().regex(NAMESPACE_SEGMENT, 'a namespace name').optional(),
+  users: z.array(z.string().min(1)).default([]),
+  groups: z.array(z.string().min(1)).default([]),
+  actions: z.array(z.enum(['pull', 'push', 'delete'])).min(1),
+}).strict().refine((r) => r.users.length + r.groups.length > 0, { message: "needs users (names, '*' or 'anonymous') or groups" });
+
+/** Authentication and access rules (README "Secure deployment"); absent, everyone may do everything. */
+const auth = z.object({
+  /** htpasswd file of bcrypt hashes (`htpasswd -B`). */
+  htpasswd: z.string().min(1).optional(),
+  /** Bearer tokens (Docker token authentication spec), issued by Hoist or by another issuer. */
+  token: z.object({
+    realm: z.string().url().regex(/^https?:\/\/[^"\\\s]+$/, 'an http(s) URL').optional(),
+    service: challengeParam.default('hoist'),
+    issuer: challengeParam.default('hoist'),
+    privateKeyFile: z.string().min(1).optional(),
+    publicKeyFiles: fileList.default([]),
+    expiry: durationMs.pipe(z.number().min(1000, 'at least 1s')).default('5m'),
+  }).strict().optional(),
+  groups: jsonOr(z.record(z.array(z.string().min(1))), '{"team-a":["alice","bob"]}').default({}),
+  access: jsonOr(z.array(accessRule), '[{"repository":"team-a/*","users":["alice"],"actions":["pull","push"]}]').optional(),
+}).strict().refine((a) => a.htpasswd !== undefined || a.token !== undefined, { message: 'needs htpasswd, token, or both' });
+
+const numberish = z.union([z.number(), z.string().regex(/^\d+(?:\.\d+)?$/).transform(Number)]);
+
+/** Limits on what one request or one client may ask for (src/http/limits.ts). */
+const limits = z.object({
+  /** Longest request target (path and query); longer is 400 NAME_INVALID. */
+  maxUrlBytes: bytes.pipe(z.number().min(512)).default('8KiB'),
+  /** Largest request header section (node:http; uWS has a fixed 4 KiB); larger is 431. */
+  maxHeaderBytes: bytes.pipe(z.number().min(1024)).default('16KiB'),
+  /** A client that sends no body bytes (or no headers) this long is dropped; its upload stays resumable (0: never). */
+  idleTimeout: durationMs.default('60s'),
+  /** Uploads in flight per user (or address, without credentials); more is 429 (0: no limit). */
+  maxConcurrentUploads: integerish.pipe(z.number().min(0)).default(0),
+  /** Requests per second per user (or address), on average (0: no limit); more is 429 with Retry-After. */
+  requestsPerSecond: numberish.pipe(z.number().min(0)).default(0),
+  /** Requests a client may make at once before the rate applies (0: twice requestsPerSecond). */
+  burst: integerish.pipe(z.number().min(0)).default(0),
+}).strict().default({});
+
+/** HTTPS on the front end (node:http; reloaded on SIGHUP). */
+const tls = z.object({
+  certFile: z.string().min(1),
+  keyFile: z.string().min(1),
+}).strict();
+
 export const ConfigSchema = z.object({
   listen: listen.default('127.0.0.1:5000'),
   storage: storage.default('fs:./data'),
@@ -171,6 +245,10 @@ export const ConfigSchema = z.object({
   }).strict().default({}),
   /** Extra isolated registries served by this process; requests matching none go to the default one. */
   namespaces: namespaces.default([]),
+  /** Authentication and authorization (src/auth/); absent: no access control. */
+  auth: auth.optional(),
+  limits,
+  tls: tls.optional(),
 }).strict();
 
 export type Config = z.output<typeof ConfigSchema>;

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import type { FrontEnd } from './http/adapter.js';
+import { loadSecurity } from './http/auth-setup.js';
 import { createFrontEnd, FrontEndUnfitError } from './http/frontend.js';
 import { createHandler } from './http/handlers.js';
 import type { Namespace } from './http/namespaces.js';
@@ -18,10 +19,14 @@ export interface RunningServer {
   readonly registry: Registry;
   /** Stops accepting, lets in-flight requests finish within the configured bound, releases everything. */
   close(): Promise<void>;
+  /** SIGHUP: reads the htpasswd file and the TLS certificate and key again (the old stay on error). */
+  reload(): Promise<void>;
 }
 
 /** Wires config → storage driver → hashing pool → registry core → HTTP front end. */
 export async function startServer(config: Readonly<Config>, log: Logger): Promise<RunningServer> {
+  // Files of auth and tls first: a bad one stops start-up before anything else starts.
+  const security = await loadSecurity(config, log);
   const u = config.uploads;
   const slabs = new SlabPool(u.chunkBytes, u.maxBufferedBytes);
   // Every queued hash task holds a slab (or an S3 part buffer, bounded by that driver's
@@ -56,9 +61,12 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     pathPrefix: n.pathPrefix,
     registry: registryOn(new PrefixedDriver(driver, `/namespaces/${n.name}`), n.name),
   }));
-  const handler = createHandler({ registry, namespaces, log, maxManifestBytes: config.manifests.maxBytes, minChunkBytes: u.minChunkBytes });
+  const handler = createHandler({ registry, namespaces, log, maxManifestBytes: config.manifests.maxBytes, minChunkBytes: u.minChunkBytes, gate: security.gate });
   const frontend = await createFrontEnd(config.frontend, handler, {
     maxBodyBytes: u.maxBlobBytes,
+    maxHeaderBytes: config.limits.maxHeaderBytes,
+    idleTimeoutMs: config.limits.idleTimeout,
+    tls: security.tls,
     onFallback: (err) =>
       err instanceof FrontEndUnfitError
         ? log.info({ reason: err.message }, 'using the node:http front end')
@@ -67,7 +75,7 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
   const port = await frontend.listen(config.listen.host, config.listen.port);
   log.info(
     { host: config.listen.host, port, frontend: frontend.kind, storage: driver.name, hashThreads: hashPool.threads, chunkBytes: u.chunkBytes,
-      ...(namespaces.length > 0 ? { namespaces: namespaces.map((n) => n.name) } : {}) },
+      ...(namespaces.length > 0 ? { namespaces: namespaces.map((n) => n.name) } : {}), tls: security.tls !== undefined, auth: security.authMode },
     'listening',
   );
   const gc = startGcSchedule(config, driver, log);
@@ -76,6 +84,7 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     frontend,
     port,
     registry,
+    reload: () => security.reload(frontend),
     close: () =>
       (closing ??= (async () => {
         const t0 = Date.now();

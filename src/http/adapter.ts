@@ -68,6 +68,18 @@ export type RequestHandler = (req: IncomingRequest, res: OutgoingResponse) => Pr
 export interface FrontEndOptions {
   /** Largest accepted request header section, bytes. */
   maxHeaderBytes?: number;
+  /**
+   * A client that sends nothing for this long while its body is read (or while headers are
+   * due) is dropped; readBody() then rejects with BodyTimeoutError (0: never).
+   */
+  idleTimeoutMs?: number;
+  /** Serve HTTPS with this certificate chain and key (PEM). */
+  tls?: TlsFiles;
+}
+
+export interface TlsFiles {
+  readonly cert: Buffer;
+  readonly key: Buffer;
 }
 
 export interface FrontEnd {
@@ -76,6 +88,8 @@ export interface FrontEnd {
   listen(host: string, port: number): Promise<number>;
   /** Number of requests in flight. */
   readonly inFlight: number;
+  /** Serves new connections with another certificate and key (SIGHUP); only when started with `tls`. */
+  reloadTls?(tls: TlsFiles): void;
   /**
    * Stops accepting new connections and waits up to `timeoutMs` for in-flight requests to
    * finish, then closes every remaining connection. Resolves when everything is closed.

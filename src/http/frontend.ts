@@ -33,6 +33,13 @@ export async function createFrontEnd(
   opts: CreateFrontEndOptions = {},
 ): Promise<FrontEnd> {
   const { onFallback, maxBodyBytes = 0, ...frontEndOpts } = opts;
+  // uWS's SSLApp takes its certificate once, with no way to swap it on SIGHUP: HTTPS is
+  // served by node:http only.
+  if (frontEndOpts.tls) {
+    if (kind === 'uws') throw new FrontEndUnfitError('tls: the uWebSockets.js front end serves plain HTTP only; use --frontend node (or auto)');
+    if (kind === 'auto') onFallback?.(new FrontEndUnfitError('tls is configured, and only the node:http front end serves HTTPS'));
+    return new NodeFrontEnd(handler, frontEndOpts);
+  }
   if (kind === 'auto' && (maxBodyBytes === 0 || maxBodyBytes > UWS_MAX_CONTENT_LENGTH)) {
     onFallback?.(
       new FrontEndUnfitError(

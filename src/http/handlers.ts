@@ -8,6 +8,7 @@ import type { Registry } from '../registry/registry.js';
 import type { BodySource } from '../registry/upload-write.js';
 import type { ChunkRange } from '../registry/uploads.js';
 import type { HeaderMap, IncomingRequest, OutgoingResponse, RequestHandler } from './adapter.js';
+import type { Admission, RequestGate } from './auth.js';
 import { hasBody, readSmallBody } from './body.js';
 import { API_VERSION_HEADER, rangeHeader, sendError } from './errors.js';
 import { NamespaceRouter, withPath, withPathPrefix, type Namespace } from './namespaces.js';
@@ -22,6 +23,8 @@ export interface HandlerOptions {
   maxManifestBytes: number;
   /** Advertised as OCI-Chunk-Min-Length (0: not advertised). */
   minChunkBytes: number;
+  /** Limits and access control, checked before dispatch (src/http/auth.ts); none: all allowed. */
+  gate?: RequestGate;
 }
 
 interface Ctx {
@@ -30,6 +33,9 @@ interface Ctx {
   readonly m: RouteMatch;
   readonly registry: Registry;
   readonly o: HandlerOptions;
+  /** Who is asking, as the gate admitted them. */
+  admission?: Admission;
+  readonly namespace?: string;
   /** Filled in for the request log line. */
   uploadId?: string;
   bytesIn?: number;
@@ -50,6 +56,7 @@ const HANDLERS: Record<RouteMatch['route']['name'], Partial<Record<string, Handl
   upload: { GET: uploadStatus, PATCH: patchUpload, PUT: putUpload, DELETE: cancelUpload },
   blob: { GET: getBlob, HEAD: getBlob, DELETE: deleteBlob },
   referrers: { GET: referrers },
+  token: { GET: token },
 };
 
 export interface RegistryHandler extends RequestHandler {
@@ -67,15 +74,21 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
     const ns = namespaces.resolve(rawReq.header('host'), rawReq.path);
     const req = ns.prefix ? withPath(rawReq, ns.path) : rawReq;
     const res = ns.prefix ? withPathPrefix(rawRes, ns.prefix) : rawRes;
-    const m = matchRoute(req.path);
+    const matched = matchRoute(req.path);
+    const m = matched?.route.name === 'token' && !o.gate?.issuesTokens ? undefined : matched;
     const log = o.log.child({ reqId, ...(ns.name ? { namespace: ns.name } : {}), ...(m?.name ? { repository: m.name } : {}) });
-    const c: Ctx | undefined = m ? { req, res, m, registry: ns.registry, o } : undefined;
+    const c: Ctx | undefined = m ? { req, res, m, registry: ns.registry, o, namespace: ns.name } : undefined;
     let status = 0;
     try {
       if (!m) throw new RegistryError('NOT_FOUND', { detail: { path: req.path.slice(0, 200) } });
       const h = HANDLERS[m.route.name][req.method];
       if (!h) throw new MethodNotAllowedError(req.method, Object.keys(HANDLERS[m.route.name]));
-      await h(c!);
+      if (o.gate) c!.admission = await o.gate.admit(req, m, ns.name);
+      try {
+        await h(c!);
+      } finally {
+        c!.admission?.release();
+      }
       status = res.aborted ? 499 : 0;
     } catch (err) {
       if (err instanceof ClientAbortError || res.aborted) status = 499;
@@ -90,6 +103,7 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
         bytesIn: c?.bytesIn ?? 0,
         ms: Math.round((performance.now() - started) * 10) / 10,
         ...(c?.uploadId ? { uploadId: c.uploadId } : {}),
+        ...(c?.admission?.user !== undefined ? { user: c.admission.user } : {}),
       },
       'request',
     );
@@ -130,6 +144,12 @@ function json(c: Ctx, status: number, value: unknown, headers: HeaderMap = {}): 
 // GET /v2/  →  200 {}   (API version check; clients probe it before anything else)
 async function base(c: Ctx): Promise<void> {
   json(c, 200, {});
+}
+
+// GET /token?service=hoist&scope=repository:team-a/app:pull,push, Authorization: Basic ... (or none)
+//   → 200 {"token":"<JWT>","access_token":"<JWT>","expires_in":300,"issued_at":"..."} (src/http/auth.ts)
+async function token(c: Ctx): Promise<void> {
+  json(c, 200, await c.o.gate!.issueToken(c.req, c.admission!, c.namespace), { 'cache-control': 'no-store' });
 }
 
 // GET /v2/_catalog?n=100&last=library/a  →  200 {"repositories":[...]}, Link: <...>; rel="next"

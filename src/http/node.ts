@@ -1,7 +1,8 @@
 import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import { ClientAbortError } from '../errors.js';
+import { BodyTimeoutError, ClientAbortError } from '../errors.js';
 import type {
   BodySink,
   FrontEnd,
@@ -10,7 +11,9 @@ import type {
   IncomingRequest,
   OutgoingResponse,
   RequestHandler,
+  TlsFiles,
 } from './adapter.js';
+import { rawErrorResponse } from './limits.js';
 
 /**
  * The node:http front end, for runtimes where the uWebSockets.js binary does not load
@@ -18,32 +21,42 @@ import type {
  */
 export class NodeFrontEnd implements FrontEnd {
   readonly kind = 'node';
-  readonly #server: Server;
+  readonly #server: Server | HttpsServer;
   readonly #exchanges = new Set<NodeExchange>();
   #idleWaiters: (() => void)[] = [];
 
   constructor(handler: RequestHandler, opts: FrontEndOptions = {}) {
-    this.#server = createServer(
-      {
-        keepAlive: true,
-        // A multi-GiB upload may take minutes; headersTimeout still guards against slowloris.
-        requestTimeout: 0,
-        maxHeaderSize: opts.maxHeaderBytes,
-      },
-      (req, res) => {
-        const exchange = new NodeExchange(req, res);
-        this.#exchanges.add(exchange);
-        // The main handler catches everything itself; this is the last resort.
-        const handled = callHandler(handler, exchange)
-          .catch(() => undefined)
-          .then(() => exchange.respondIfForgotten());
-        // In flight until the response has left too, so close() never cuts unsent bytes.
-        void Promise.all([handled, exchange.closed]).then(() => {
-          this.#exchanges.delete(exchange);
-          if (this.#exchanges.size === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
-        });
-      },
-    );
+    const idleMs = opts.idleTimeoutMs ?? 0;
+    const options = {
+      keepAlive: true,
+      // A multi-GiB upload may take minutes: the idle timeout (readBody) drops only clients
+      // that stop sending, and headersTimeout guards against slowloris.
+      requestTimeout: 0,
+      ...(idleMs > 0 ? { headersTimeout: idleMs } : {}),
+      maxHeaderSize: opts.maxHeaderBytes,
+    };
+    const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+      const exchange = new NodeExchange(req, res, idleMs);
+      this.#exchanges.add(exchange);
+      // The main handler catches everything itself; this is the last resort.
+      const handled = callHandler(handler, exchange)
+        .catch(() => undefined)
+        .then(() => exchange.respondIfForgotten());
+      // In flight until the response has left too, so close() never cuts unsent bytes.
+      void Promise.all([handled, exchange.closed]).then(() => {
+        this.#exchanges.delete(exchange);
+        if (this.#exchanges.size === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
+      });
+    };
+    this.#server = opts.tls
+      ? createHttpsServer({ ...options, cert: opts.tls.cert, key: opts.tls.key }, onRequest)
+      : createServer(options, onRequest);
+    this.#server.on('clientError', onClientError);
+  }
+
+  reloadTls(tls: TlsFiles): void {
+    if (!('setSecureContext' in this.#server)) throw new Error('the server was started without TLS');
+    this.#server.setSecureContext({ cert: tls.cert, key: tls.key });
   }
 
   get inFlight(): number {
@@ -97,10 +110,14 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   /** Stops a readBody() under way, rejecting it with the given error. */
   #stopBody: ((err: Error) => void) | undefined;
   #onStreamAbort: (() => void) | undefined;
+  readonly #idleMs: number;
+  /** The body stalled: answer, then close the connection (its framing is lost). */
+  #closeAfterResponse = false;
 
-  constructor(req: IncomingMessage, res: ServerResponse) {
+  constructor(req: IncomingMessage, res: ServerResponse, idleMs = 0) {
     this.#req = req;
     this.#res = res;
+    this.#idleMs = idleMs;
     this.method = req.method ?? 'GET';
     const url = req.url ?? '/';
     const q = url.indexOf('?');
@@ -173,16 +190,30 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
         if (settled) return;
         settled = true;
         this.#stopBody = undefined;
-        req.off('data', onData).off('end', onEnd).off('error', onError);
+        req.off('data', onData).off('end', onEnd).off('error', onError).off('timeout', onIdle);
+        idle(false);
         if (err === undefined) return resolve(bytes);
         // Nobody will read the rest: let it flow, with no listener, so node drops it.
         if (!ended) req.resume();
         reject(err);
       };
+      // Only the client's silence counts: while we hold the socket paused, the timer is off.
+      const idle = (on: boolean): void => {
+        if (this.#idleMs > 0) req.socket.setTimeout(on ? this.#idleMs : 0);
+      };
+      // node:http emits 'timeout' on a request whose body is not complete, and then leaves
+      // the socket open because someone listened.
+      const onIdle = (): void => {
+        this.#closeAfterResponse = true;
+        settle(new BodyTimeoutError(bytes, this.#idleMs));
+        // Whatever the answer, a client that still sends nothing is dropped after another wait.
+        idle(true);
+      };
       // Holds the socket paused until the sink drained, including for chunks written meanwhile.
       const drain = async (): Promise<void> => {
         draining = true;
         req.pause();
+        idle(false);
         try {
           while (sinkFull) {
             sinkFull = false;
@@ -196,7 +227,10 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
         }
         if (settled) return;
         if (ended) settle();
-        else req.resume();
+        else {
+          idle(true);
+          req.resume();
+        }
       };
       const onData = (chunk: Buffer): void => {
         bytes += chunk.byteLength;
@@ -219,6 +253,10 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
 
       this.#stopBody = settle;
       req.on('data', onData).once('end', onEnd).once('error', onError);
+      if (this.#idleMs > 0 && !req.complete) {
+        req.on('timeout', onIdle);
+        idle(true);
+      }
     });
   }
 
@@ -246,6 +284,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   #end(status: number, headers: HeaderMap, body: string | Uint8Array | undefined): void {
     this.#discardUnreadBody();
     const out = withoutContentLength(headers);
+    if (this.#closeAfterResponse) out['connection'] = 'close';
     const bodyless = responseHasNoBody(this.method, status, headers, body);
     if (bodyless === false) {
       const payload = body ?? '';
@@ -289,7 +328,13 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
         settle(err);
         if (!this.#aborted) res.destroy();
       };
-      const onDrain = (): void => void body.resume();
+      // A client that stops reading holds a blob open: while writes wait for it, the idle
+      // timer runs (node then destroys the socket, which aborts this exchange).
+      const socket: Socket = this.#req.socket;
+      const onDrain = (): void => {
+        if (this.#idleMs > 0) socket.setTimeout(0);
+        body.resume();
+      };
       this.#onStreamAbort = () => settle();
       res.on('drain', onDrain);
       body.on('data', (data: Buffer | string) => {
@@ -302,6 +347,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
           settle(piece.byteLength < chunk.byteLength ? overrun(length) : undefined);
         } else if (!ok) {
           body.pause();
+          if (this.#idleMs > 0) socket.setTimeout(this.#idleMs);
         }
       });
       body.on('end', () => {
@@ -376,4 +422,23 @@ function withoutContentLength(headers: HeaderMap): HeaderMap {
 
 function byteLength(body: string | Uint8Array): number {
   return typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength;
+}
+
+/**
+ * A request node:http could not parse. Where the registry has an error code for it (a bad
+ * Content-Length, non-ASCII in the path), the client gets the spec's envelope; otherwise
+ * what node would send by itself. Like node, only on a connection that has sent nothing yet.
+ */
+function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (socket.writable && socket.bytesWritten === 0) {
+    const reply = rawErrorResponse(err.code) ?? bareReply(err.code);
+    socket.end(reply, () => socket.destroy());
+    return;
+  }
+  socket.destroy();
+}
+
+function bareReply(code: string | undefined): string {
+  const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`;
 }

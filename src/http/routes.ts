@@ -12,6 +12,9 @@ export const ROUTES = [
   { name: 'upload', pattern: /^\/v2\/(.+)\/blobs\/uploads\/([^/]+)$/, methods: ['GET', 'PATCH', 'PUT', 'DELETE'] },
   { name: 'blob', pattern: /^\/v2\/(.+)\/blobs\/([^/]+)$/, methods: ['GET', 'HEAD', 'DELETE'] },
   { name: 'referrers', pattern: /^\/v2\/(.+)\/referrers\/([^/]+)$/, methods: ['GET'] },
+  // Docker token authentication spec: where clients trade a password for a bearer token
+  // (served only when Hoist issues tokens; src/http/auth.ts).
+  { name: 'token', pattern: /^\/token$/, methods: ['GET'] },
 ] as const;
 
 export type RouteName = (typeof ROUTES)[number]['name'];

@@ -41,6 +41,7 @@ const EXAMPLES: Record<RouteName, Array<[path: string, name: string, param: stri
     [`/v2/ubuntu/referrers/${DIGEST}`, 'ubuntu', DIGEST],
     [`/v2/library/ubuntu/referrers/${DIGEST}`, 'library/ubuntu', DIGEST],
   ],
+  token: [['/token', '', '']],
 };
 
 describe('ROUTES', () => {
@@ -61,6 +62,7 @@ describe('ROUTES', () => {
       upload: ['DELETE', 'GET', 'PATCH', 'PUT'],
       blob: ['DELETE', 'GET', 'HEAD'],
       referrers: ['GET'],
+      token: ['GET'],
     });
   });
 

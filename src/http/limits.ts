@@ -1,0 +1,115 @@
+import { ErrorCodes, RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
+import { API_VERSION_HEADER } from './errors.js';
+
+/**
+ * Per-client limits, keyed by credential (`user:<name>`) or, without one, by address
+ * (`ip:<address>`): a token bucket of requests, and a count of uploads in flight. Both
+ * answer 429 TOOMANYREQUESTS with a Retry-After, which clients (containers/image, docker)
+ * honour by waiting and retrying.
+ */
+
+/** Keys kept at most; the least recently seen go first (a forgotten bucket is a full one). */
+const MAX_KEYS = 50_000;
+
+export class RateLimiter {
+  readonly #ratePerMs: number;
+  readonly #burst: number;
+  readonly #buckets = new Map<string, { tokens: number; atMs: number }>();
+
+  /** `requestsPerSecond` on average, `burst` at once. */
+  constructor(requestsPerSecond: number, burst: number) {
+    this.#ratePerMs = requestsPerSecond / 1000;
+    this.#burst = Math.max(1, burst);
+  }
+
+  /** Takes one request from `key`'s bucket, or throws TOOMANYREQUESTS saying when one will be there. */
+  take(key: string, nowMs = performance.now()): void {
+    let b = this.#buckets.get(key);
+    if (b) {
+      this.#buckets.delete(key);
+      b.tokens = Math.min(this.#burst, b.tokens + (nowMs - b.atMs) * this.#ratePerMs);
+      b.atMs = nowMs;
+    } else {
+      b = { tokens: this.#burst, atMs: nowMs };
+      if (this.#buckets.size >= MAX_KEYS) this.#buckets.delete(this.#buckets.keys().next().value!);
+    }
+    this.#buckets.set(key, b); // most recently seen last
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return;
+    }
+    const waitMs = (1 - b.tokens) / this.#ratePerMs;
+    throw new TooManyRequestsError(waitMs / 1000, { message: 'rate limit exceeded', detail: { retryAfterSeconds: Math.ceil(waitMs / 1000) } });
+  }
+}
+
+/** Uploads in flight (requests that carry blob bytes) per key, at most `max` each. */
+export class UploadSlots {
+  readonly #max: number;
+  readonly #inFlight = new Map<string, number>();
+
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  /** Takes a slot for `key`; call the returned function once the request finished. */
+  acquire(key: string): () => void {
+    const n = this.#inFlight.get(key) ?? 0;
+    if (n >= this.#max) {
+      throw new TooManyRequestsError(1, { message: `more than ${this.#max} uploads at once`, detail: { limit: this.#max } });
+    }
+    this.#inFlight.set(key, n + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.#inFlight.get(key) ?? 1) - 1;
+      if (left <= 0) this.#inFlight.delete(key);
+      else this.#inFlight.set(key, left);
+    };
+  }
+}
+
+/**
+ * A request target longer than `maxBytes`: no valid request comes close (a name is at most
+ * 255 characters, a digest 135), so it is refused before anything parses it.
+ */
+export function checkUrlLength(path: string, rawQuery: string, maxBytes: number): void {
+  const length = path.length + (rawQuery ? rawQuery.length + 1 : 0);
+  if (maxBytes > 0 && length > maxBytes) {
+    throw new RegistryError('NAME_INVALID', { message: `request URL longer than ${maxBytes} bytes`, detail: { length, limit: maxBytes } });
+  }
+}
+
+/**
+ * A raw HTTP/1.1 reply, with the spec's error envelope, for a request node:http could not
+ * even parse (`clientError`): there is no request object to answer through. Only for
+ * errors the registry has a code for; others get node's bare 400 (or 431).
+ *
+ *   Content-Length: 99999999999999999999  → 400 SIZE_INVALID
+ *   GET /v2/\xff/tags/list                 → 400 NAME_INVALID
+ */
+export function rawErrorResponse(parserCode: string | undefined): string | undefined {
+  const mapped = PARSER_ERRORS[parserCode ?? ''];
+  if (!mapped) return undefined;
+  const [code, message] = mapped;
+  const status = ErrorCodes[code].status;
+  const body = JSON.stringify({ errors: [{ code, message }] });
+  const headers = {
+    ...API_VERSION_HEADER,
+    'content-type': 'application/json',
+    'content-length': String(Buffer.byteLength(body)),
+    connection: 'close',
+  };
+  const head = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  return `HTTP/1.1 ${status} Bad Request\r\n${head}\r\n${body}`;
+}
+
+/** llhttp error codes (node's `err.code`) the registry can name. */
+const PARSER_ERRORS: Record<string, [ErrorCode, string]> = {
+  HPE_INVALID_CONTENT_LENGTH: ['SIZE_INVALID', 'invalid Content-Length'],
+  HPE_UNEXPECTED_CONTENT_LENGTH: ['SIZE_INVALID', 'Content-Length together with Transfer-Encoding, or twice'],
+  HPE_INVALID_TRANSFER_ENCODING: ['SIZE_INVALID', 'invalid Transfer-Encoding'],
+  HPE_INVALID_CHUNK_SIZE: ['SIZE_INVALID', 'invalid chunk size in a chunked body'],
+  HPE_INVALID_URL: ['NAME_INVALID', 'invalid character in the request target (only ASCII is allowed; percent-encode the rest)'],
+};
