@@ -168,6 +168,8 @@ export type ParsedManifest = ParsedImageManifest | ParsedIndex;
 /** The most schema problems named in one error's detail. */
 const MAX_ISSUES = 10;
 
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
 /**
  * Parses and validates a manifest as pushed with `contentType` (the request's Content-Type,
  * parameters ignored). Throws MANIFEST_INVALID, saying what is wrong, for anything that is
@@ -180,8 +182,16 @@ const MAX_ISSUES = 10;
 export function parseManifest(bytes: Uint8Array, contentType: string | undefined): ParsedManifest {
   const header = normaliseMediaType(contentType);
   let doc: unknown;
+  let text: string;
   try {
-    doc = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
+    // JSON is UTF-8 (RFC 8259 §8.1): bytes that are not would be read as U+FFFD and the
+    // manifest served differently from how it parsed.
+    text = UTF8.decode(bytes);
+  } catch {
+    throw invalid('manifest is not valid UTF-8');
+  }
+  try {
+    doc = JSON.parse(text);
   } catch {
     throw invalid('manifest is not valid JSON');
   }
