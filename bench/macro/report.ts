@@ -196,18 +196,21 @@ export function charts(report: Report): Array<{ name: string; svg: string }> {
   for (const storage of ['fs', 's3', 'external']) {
     const names = targetsOf(report, storage);
     if (names.length === 0) continue;
-    // On S3 the sink (GiB/s) would flatten every other line: it is named in the subtitle instead.
-    const drawSink = hasSink(report) && storage !== 's3';
+    const mibps = (t: string, id: string): number | undefined => {
+      const r = report.results.find((x) => x.target === t && x.scenario === id);
+      return r && r.ok > 0 ? r.mibPerSec : undefined;
+    };
+    // A sink far above every registry (GiB/s against S3's MiB/s) would flatten their lines:
+    // then it is named in the subtitle instead of drawn.
+    const ids = [...sweep, ...main].map((s) => s.id);
+    const top = (ts: string[]): number => Math.max(0, ...ts.flatMap((t) => ids.map((id) => mibps(t, id) ?? 0)));
+    const drawSink = hasSink(report) && top(['sink']) <= 2.5 * top(names);
     const all = [...names, ...(drawSink ? ['sink'] : [])];
     const label = storage === 'fs' ? 'fs storage' : storage === 's3' ? 'S3 storage' : 'external registry';
     const sinkRange = (ids: string[]): string => {
       const v = ids.map((id) => mibps('sink', id)).filter((x): x is number => x !== undefined);
       return !hasSink(report) || drawSink || v.length === 0 ? ''
         : `; the sink (not drawn) took ${Math.round(Math.min(...v))}–${Math.round(Math.max(...v))} MiB/s`;
-    };
-    const mibps = (t: string, id: string): number | undefined => {
-      const r = report.results.find((x) => x.target === t && x.scenario === id);
-      return r && r.ok > 0 ? r.mibPerSec : undefined;
     };
     if (sweep.length) {
       const first = sweep[0]!;
