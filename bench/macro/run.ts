@@ -111,7 +111,8 @@ const USAGE = `usage: npm run bench -- [options]
                         (default: all; S3 targets only when the S3 endpoint answers)
   --scenario LIST       comma-separated scenario ids (see the list below)
   --chunk SIZE          PATCH size of the 'chunked' scenario (default 8MiB)
-  --stream-length       streamed PATCHes declare Content-Length (default: chunked encoding, as docker)
+  --stream-length       streamed PATCHes declare Content-Length (default: chunked encoding, as docker);
+                        hoist-uws then resets the 1 GiB one (uWS 20.30 takes 9-digit lengths only)
   --url URL             bench a running registry instead (its blobs are left there)
   --user USER:PASSWORD  HTTP basic auth for --url
   --no-build            use dist/ as it is
