@@ -97,15 +97,15 @@ export class GcTestClient {
 
   /**
    * Pushes an image or index as a client does: children first, then for each blob HEAD
-   * (skip if present), else mount from `mountFrom` (if given), else upload; then the manifest.
+   * (skip if present), else mount it (if `mount` says where from), else upload; then the manifest.
    */
-  async push(img: ClientImage, reference: string, mountFrom?: string): Promise<void> {
-    for (const c of img.children) await this.push(c, c.digest, mountFrom);
+  async push(img: ClientImage, reference: string, mount?: { from: string; digests: ReadonlySet<string> }): Promise<void> {
+    for (const c of img.children) await this.push(c, c.digest, mount);
     let n = 0;
     for (const b of img.blobs) {
       if (await this.headBlob(img.repo, b.digest)) {
         this.stats.skipped++;
-      } else if (mountFrom && (await this.mount(img.repo, b.digest, mountFrom))) {
+      } else if (mount?.digests.has(b.digest) && (await this.mount(img.repo, b.digest, mount.from))) {
         this.stats.mounted++;
       } else {
         await ((n++ % 2 === 0) ? this.uploadMonolithic(img.repo, b.bytes) : this.uploadChunked(img.repo, b.bytes));

@@ -1,0 +1,162 @@
+import { CreateMultipartUploadCommand, PutObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { GcRunReport } from '../../src/registry/gc-runner.js';
+import { blobRef, GcTestClient, image, sha256 } from '../helpers/gc-client.js';
+import { runGcCli } from '../helpers/gc.js';
+import { openRequest, patchChunk, startUpload, tempDir, waitFor } from '../helpers/http.js';
+import { describeS3, MiB, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
+import { listAllKeys, listUploads } from '../helpers/s3.js';
+import { startServer, type TestServer } from '../helpers/server.js';
+
+/**
+ * What crashes and abandoned clients leave behind, and `hoist gc` finding it: an upload a
+ * client started and never finished (record, data; on S3 a multipart upload, its writer
+ * state and staging tail), a monolithic upload cut off by the server being killed (data no
+ * record names; on S3 a multipart upload no writer state knows, found only by listing
+ * multipart uploads), and, on S3, a stray staging object and an orphaned multipart upload
+ * made directly in the bucket. A tagged image pushed alongside must survive it all.
+ *
+ * `--stale-upload-after 0s` treats anything idle as abandoned; the dry run before it must
+ * report the same and remove nothing.
+ */
+
+function sumRegistries(run: GcRunReport, pick: (r: GcRunReport['registries'][number]['report']) => number): number {
+  return run.registries.reduce((n, r) => n + pick(r.report), 0);
+}
+
+/** Sends the first `sentBytes` of a `totalBytes` monolithic upload and leaves the request open. */
+function startMonolithic(server: TestServer, repo: string, totalBytes: number, sentBytes: number): ReturnType<typeof openRequest> {
+  const data = randomBytes(totalBytes);
+  const o = openRequest(server.url, `/v2/${repo}/blobs/uploads/?digest=${sha256(data)}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/octet-stream', 'content-length': totalBytes },
+  });
+  void o.write(data.subarray(0, sentBytes));
+  return o;
+}
+
+async function gcJson(args: string[], env: Record<string, string> = {}): Promise<GcRunReport> {
+  const r = await runGcCli([...args, '--json'], env);
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout) as GcRunReport;
+}
+
+describe('crash leftovers on fs', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  let server: TestServer;
+  const env = { HOIST_UPLOADS_CHUNK_BYTES: '256KiB', HOIST_UPLOADS_MAX_SESSION_BUFFERED_BYTES: '1MiB' };
+  beforeAll(async () => {
+    dir = await tempDir('hoist-gc-crash-');
+  });
+  afterAll(async () => {
+    await server?.kill();
+    await dir?.cleanup();
+  });
+
+  it('removes an abandoned upload and the data of an upload cut off by a crash, and nothing else', async () => {
+    server = await startServer({ storage: `fs:${dir.path}`, frontend: 'node', env });
+    const client = new GcTestClient(server.url);
+    const kept = image('crash/app', [blobRef(randomBytes(100_000)), blobRef(randomBytes(50_000))]);
+    await client.push(kept, 'v1');
+    // Abandoned: started, one chunk, never finished.
+    const abandoned = await startUpload(server.url, 'crash/app');
+    expect((await patchChunk(server.url, abandoned.location, randomBytes(300_000), 0)).status).toBe(202);
+    // Cut off: 2 MiB of a 4 MiB monolithic upload reach storage, then the server dies.
+    const cut = startMonolithic(server, 'crash/app', 4 * MiB, 2 * MiB);
+    const dataDir = join(dir.path, 'blobs', 'data');
+    const initial = new Set(await readdir(dataDir));
+    await waitFor('the cut-off upload\'s data on disk', async () => {
+      for (const f of await readdir(dataDir)) {
+        if (!initial.has(f) && (await stat(join(dataDir, f))).size >= MiB) return f;
+      }
+      return undefined;
+    });
+    await server.kill();
+    cut.req.destroy();
+
+    const dry = await gcJson(['--storage', `fs:${dir.path}`, '--grace', '0s', '--stale-upload-after', '0s', '--dry-run']);
+    expect(sumRegistries(dry, (r) => r.uploads.count)).toBe(1);
+    expect(sumRegistries(dry, (r) => r.orphanData.count)).toBe(1);
+    const before = (await readdir(dataDir)).length;
+
+    const human = await runGcCli(['--storage', `fs:${dir.path}`, '--grace', '0s', '--stale-upload-after', '0s']);
+    expect(human.code, human.stderr).toBe(0);
+    expect(human.stdout).toMatch(/1 stale upload \(293\.0 KiB\)/);
+    expect(human.stdout).toMatch(/1 orphaned data object \([\d.]+ MiB\)/);
+    expect(human.stdout).toMatch(/^freed [\d.]+ MiB in \d+ objects; took /m);
+    expect((await readdir(dataDir)).length).toBe(before - 2);
+    // Only the image's blobs and manifest are left, all of them referenced.
+    expect((await readdir(dataDir)).length).toBe(4);
+    expect(await readdir(join(dir.path, 'repositories', 'crash', 'app')).then((d) => d.includes('_uploads'))).toBe(false);
+
+    server = await startServer({ storage: `fs:${dir.path}`, frontend: 'node', env });
+    await new GcTestClient(server.url).pull('crash/app', 'v1');
+    const again = await gcJson(['--storage', `fs:${dir.path}`, '--grace', '0s', '--stale-upload-after', '0s']);
+    expect(sumRegistries(again, (r) => r.uploads.count + r.orphanData.count + r.blobs.count + r.manifests)).toBe(0);
+  });
+});
+
+describeS3('crash leftovers on S3', (env) => {
+  const bucket = useTestBucket(env, 'gc-crash');
+  const PREFIX = 'reg/';
+  let server: TestServer;
+  const serverEnv = { ...s3ServerEnv(), HOIST_UPLOADS_CHUNK_BYTES: '1MiB' };
+  afterAll(async () => {
+    await server?.kill();
+  });
+
+  it('aborts abandoned and orphaned multipart uploads, removes staging objects, keeps what is live', async () => {
+    const url = bucket.url('reg');
+    server = await startServer({ storage: url, frontend: 'node', env: serverEnv });
+    const client = new GcTestClient(server.url);
+    const kept = image('crash/app', [blobRef(randomBytes(6 * MiB)), blobRef(randomBytes(10_000))]);
+    await client.push(kept, 'v1');
+    // Abandoned: 6 MiB in one PATCH: one 5 MiB part, a 1 MiB staging tail, a writer state.
+    const abandoned = await startUpload(server.url, 'crash/app');
+    expect((await patchChunk(server.url, abandoned.location, randomBytes(6 * MiB), 0)).status).toBe(202);
+    // Cut off: a monolithic upload whose first two parts are stored when the server dies:
+    // a multipart upload no writer state records.
+    const before = new Set((await listUploads(bucket.client, bucket.name, PREFIX)).map((u) => u.uploadId));
+    const cut = startMonolithic(server, 'crash/app', 16 * MiB, 12 * MiB);
+    await waitFor('the cut-off upload\'s multipart upload', async () => {
+      const fresh = (await listUploads(bucket.client, bucket.name, PREFIX)).filter((u) => !before.has(u.uploadId));
+      return fresh.length > 0 ? fresh : undefined;
+    }, 30_000);
+    await sleep(500);
+    await server.kill();
+    cut.req.destroy();
+    // Made by hand, as a crash elsewhere would: an orphaned multipart upload with one part,
+    // and a staging tail whose writer state is gone.
+    const orphanKey = `${PREFIX}blobs/data/${randomUUID()}`;
+    const mp = await bucket.client.send(new CreateMultipartUploadCommand({ Bucket: bucket.name, Key: orphanKey }));
+    await bucket.client.send(new UploadPartCommand({ Bucket: bucket.name, Key: orphanKey, UploadId: mp.UploadId, PartNumber: 1, Body: randomBytes(5 * MiB) }));
+    const strayTail = `${PREFIX}_s3/writers/blobs/data/${randomUUID()}.tail.3`;
+    await bucket.client.send(new PutObjectCommand({ Bucket: bucket.name, Key: strayTail, Body: randomBytes(1000) }));
+    await sleep(1100);
+
+    const args = ['--storage', url, '--grace', '0s', '--stale-upload-after', '0s'];
+    const dry = await gcJson([...args, '--dry-run'], s3ServerEnv());
+    const uploadsBefore = await listUploads(bucket.client, bucket.name, PREFIX);
+    expect(uploadsBefore.length).toBe(3); // abandoned, cut off, made by hand
+    expect(sumRegistries(dry, (r) => r.uploads.count)).toBe(1);
+    expect(dry.incompleteWrites.count).toBe(3); // cut off, made by hand, stray tail
+
+    const run = await gcJson(args, s3ServerEnv());
+    expect(sumRegistries(run, (r) => r.uploads.count)).toBe(1);
+    expect(run.incompleteWrites.count).toBe(3);
+    expect(run.incompleteWrites.bytes).toBeGreaterThanOrEqual(15 * MiB + 1000);
+    expect(await listUploads(bucket.client, bucket.name, PREFIX)).toEqual([]);
+    const keys = (await listAllKeys(bucket.client, bucket.name, PREFIX)).map((k) => k.key);
+    expect(keys.filter((k) => k.startsWith(`${PREFIX}_s3/`))).toEqual([]);
+    expect(keys.filter((k) => k.includes('/_uploads/'))).toEqual([]);
+    // Data objects left: the image's three blobs and its manifest.
+    expect(keys.filter((k) => k.startsWith(`${PREFIX}blobs/data/`)).length).toBe(4);
+
+    server = await startServer({ storage: url, frontend: 'node', env: serverEnv });
+    await new GcTestClient(server.url).pull('crash/app', 'v1');
+  });
+});
