@@ -1,7 +1,8 @@
 import { execFileSync } from 'node:child_process';
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { createHash, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import bcrypt from 'bcryptjs';
 import { decodeJwt, decodeProtectedHeader, SignJWT, type JWTPayload } from 'jose';
 import { stringify as toYaml } from 'yaml';
@@ -136,4 +137,32 @@ export async function pushImageAs(base: string, repo: string, tag: string, autho
     body: manifest,
   });
   return { reply, digest: sha256(manifest), layer };
+}
+
+/**
+ * A one-layer OCI image layout tagged v1, written by hand (random layer, so new digests every
+ * run). The layer is gzipped, as registries want them: skopeo would otherwise compress it on
+ * the way and the pulled digests would differ from these.
+ */
+export async function writeLayout(dir: string): Promise<string[]> {
+  await mkdir(join(dir, 'blobs/sha256'), { recursive: true });
+  const put = async (bytes: Buffer): Promise<{ digest: string; size: number }> => {
+    const hex = createHash('sha256').update(bytes).digest('hex');
+    await writeFile(join(dir, 'blobs/sha256', hex), bytes);
+    return { digest: `sha256:${hex}`, size: bytes.length };
+  };
+  const layer = await put(gzipSync(randomBytes(300_000)));
+  const config = await put(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [layer.digest] } })));
+  const manifest = await put(Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...layer }],
+  })));
+  await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  await writeFile(join(dir, 'index.json'), JSON.stringify({
+    schemaVersion: 2,
+    manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'org.opencontainers.image.ref.name': 'v1' } }],
+  }));
+  return [manifest.digest, config.digest, layer.digest];
 }

@@ -1,12 +1,10 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run, type RunResult } from '../helpers/commands.js';
 import { startServer, tail, type TestServer } from '../helpers/server.js';
-import { writeConfig, writeHtpasswd } from './fixtures.js';
+import { writeConfig, writeHtpasswd, writeLayout } from './fixtures.js';
 
 /**
  * skopeo logs in and copies images the way users do, against Hoist as its own token issuer
@@ -22,34 +20,6 @@ let work: string;
 let policy: string;
 let layout: string;
 let layoutDigests: string[];
-
-/**
- * A one-layer OCI image layout tagged v1, written by hand (random layer, so new digests every
- * run). The layer is gzipped, as registries want them: skopeo would otherwise compress it on
- * the way and the pulled digests would differ from these.
- */
-async function writeLayout(dir: string): Promise<string[]> {
-  await mkdir(join(dir, 'blobs/sha256'), { recursive: true });
-  const put = async (bytes: Buffer): Promise<{ digest: string; size: number }> => {
-    const hex = createHash('sha256').update(bytes).digest('hex');
-    await writeFile(join(dir, 'blobs/sha256', hex), bytes);
-    return { digest: `sha256:${hex}`, size: bytes.length };
-  };
-  const layer = await put(gzipSync(randomBytes(300_000)));
-  const config = await put(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [layer.digest] } })));
-  const manifest = await put(Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    mediaType: 'application/vnd.oci.image.manifest.v1+json',
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...layer }],
-  })));
-  await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
-  await writeFile(join(dir, 'index.json'), JSON.stringify({
-    schemaVersion: 2,
-    manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'org.opencontainers.image.ref.name': 'v1' } }],
-  }));
-  return [manifest.digest, config.digest, layer.digest];
-}
 
 async function expectSameImage(dir: string): Promise<void> {
   for (const digest of layoutDigests) {
