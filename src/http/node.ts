@@ -32,7 +32,8 @@ export class NodeFrontEnd implements FrontEnd {
       // A multi-GiB upload may take minutes: the idle timeout (readBody) drops only clients
       // that stop sending, and headersTimeout guards against slowloris.
       requestTimeout: 0,
-      ...(idleMs > 0 ? { headersTimeout: idleMs } : {}),
+      // node checks headersTimeout every connectionsCheckingInterval (30 s by default).
+      ...(idleMs > 0 ? { headersTimeout: idleMs, connectionsCheckingInterval: Math.min(30_000, Math.max(250, idleMs / 2)) } : {}),
       maxHeaderSize: opts.maxHeaderBytes,
     };
     const onRequest = (req: IncomingMessage, res: ServerResponse): void => {

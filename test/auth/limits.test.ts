@@ -1,0 +1,309 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectError, expectStatus, openRequest, patchChunk, request, startUpload, storedBytes, withQuery, type Reply } from '../helpers/http.js';
+import { randomBlob, sha256 } from '../helpers/oci.js';
+import { startServer, type TestServer } from '../helpers/server.js';
+import { basic, writeConfig, writeHtpasswd } from './fixtures.js';
+
+/**
+ * Hostile input and per-client limits (issue "Access control, TLS and hostile input", 4):
+ * clients that go quiet are dropped and their uploads stay resumable, lying lengths and
+ * ranges, digests of other algorithms or lengths, encoded '..' and non-UTF-8 bytes, long
+ * URLs and headers each get a clear 4xx; uploads at once and requests per second are
+ * limited per credential with 429 TOOMANYREQUESTS and Retry-After.
+ */
+
+/** Sends raw bytes on a fresh connection; resolves with everything the server sent back before closing. */
+function raw(port: number, bytes: Buffer | string, timeoutMs = 5000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let out = '';
+    const timer = setTimeout(() => { socket.destroy(); resolve(out); }, timeoutMs);
+    socket.on('data', (d: Buffer) => { out += d.toString('latin1'); });
+    socket.on('close', () => { clearTimeout(timer); resolve(out); });
+    socket.on('error', (err) => { clearTimeout(timer); if (out) resolve(out); else reject(err); });
+    socket.write(bytes);
+  });
+}
+
+/** Status and error codes of a raw HTTP/1.1 reply. */
+function parseRaw(text: string): { status: number; codes: string[]; headers: string } {
+  const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
+  const split = text.indexOf('\r\n\r\n');
+  const body = split < 0 ? '' : text.slice(split + 4);
+  let codes: string[] = [];
+  try {
+    codes = (JSON.parse(body) as { errors: Array<{ code: string }> }).errors.map((e) => e.code);
+  } catch {
+    // no envelope
+  }
+  return { status, codes, headers: split < 0 ? text : text.slice(0, split) };
+}
+
+const IDLE_MS = 1000;
+
+describe('hostile input (node front end, fs storage)', () => {
+  let work: string;
+  let server: TestServer;
+  let base: string;
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'hoist-limits-'));
+    server = await startServer({
+      storage: `fs:${join(work, 'data')}`,
+      frontend: 'node',
+      env: {
+        HOIST_LIMITS_IDLE_TIMEOUT: `${IDLE_MS}ms`,
+        HOIST_LIMITS_MAX_URL_BYTES: '2KiB',
+        HOIST_LIMITS_MAX_HEADER_BYTES: '4KiB',
+        HOIST_MANIFESTS_MAX_BYTES: '2KiB',
+      },
+    });
+    base = server.url;
+  });
+
+  afterAll(async () => {
+    await server?.kill();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it('a client that stops sending mid-body is dropped with 400 SIZE_INVALID; its upload resumes where it stopped', async () => {
+    const blob = randomBlob(1000);
+    const up = await startUpload(base, 'slow/client');
+    const o = openRequest(base, up.location, {
+      method: 'PATCH',
+      headers: { 'content-type': 'application/octet-stream', 'content-length': 1000, 'content-range': '0-999' },
+    });
+    await o.write(blob.subarray(0, 300));
+    const t0 = Date.now();
+    const r = await o.reply;
+    expect(Date.now() - t0, 'dropped after about the idle timeout').toBeGreaterThanOrEqual(IDLE_MS - 100);
+    expectError(r, 400, 'SIZE_INVALID');
+    expect(r.header('connection')).toBe('close');
+    expect(r.json<{ errors: Array<{ detail: unknown }> }>().errors[0]!.detail).toEqual({ receivedBytes: 300 });
+    o.req.destroy();
+    // What arrived is kept: resume from there.
+    const status = await request(base, up.location);
+    expectStatus(status, 204);
+    expect(storedBytes(status.header('range'))).toBe(300);
+    expectStatus(await patchChunk(base, up.location, blob.subarray(300), 300), 202, 'the rest');
+    expectStatus(await request(base, withQuery(up.location, 'digest', sha256(blob)), { method: 'PUT' }), 201, 'complete');
+    const got = await request(base, `/v2/slow/client/blobs/${sha256(blob)}`);
+    expect(got.body.equals(blob)).toBe(true);
+  });
+
+  it('a slow but steady client is not dropped: only silence counts', async () => {
+    const blob = randomBlob(6 * 1024);
+    const up = await startUpload(base, 'slow/steady');
+    const o = openRequest(base, withQuery(up.location, 'digest', sha256(blob)), {
+      method: 'PUT', headers: { 'content-type': 'application/octet-stream', 'content-length': blob.length },
+    });
+    for (let i = 0; i < 6; i++) {
+      await o.write(blob.subarray(i * 1024, (i + 1) * 1024));
+      await sleep(IDLE_MS / 2);
+    }
+    o.req.end();
+    expectStatus(await o.reply, 201, 'PUT sent over 3 idle periods');
+  });
+
+  it('a manifest PUT whose Content-Length lies (fewer bytes, then silence) → 400 SIZE_INVALID, nothing stored', async () => {
+    const o = openRequest(base, '/v2/liar/app/manifests/v1', {
+      method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': 500 },
+    });
+    await o.write(Buffer.from('{"schemaVersion":2,'));
+    expectError(await o.reply, 400, 'SIZE_INVALID');
+    o.req.destroy();
+    expectError(await request(base, '/v2/liar/app/manifests/v1'), 404, undefined);
+  });
+
+  it.each([
+    ['past 2^64', '99999999999999999999999'],
+    ['negative', '-1'],
+    ['not a number', '12abc'],
+  ])('a Content-Length %s → 400 SIZE_INVALID with the envelope', async (_, value) => {
+    const r = parseRaw(await raw(server.port, `PATCH /v2/a/blobs/uploads/x HTTP/1.1\r\nHost: x\r\nContent-Length: ${value}\r\n\r\n`));
+    expect(r.status).toBe(400);
+    expect(r.codes).toEqual(['SIZE_INVALID']);
+  });
+
+  it('two different Content-Lengths → 400 SIZE_INVALID', async () => {
+    const r = parseRaw(await raw(server.port, 'PUT /v2/a/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello'));
+    expect(r.status).toBe(400);
+    expect(r.codes).toEqual(['SIZE_INVALID']);
+  });
+
+  it.each([
+    ['end past 2^63', '0-9223372036854775808'],
+    ['start and end past 2^63', '9223372036854775808-9223372036854775809'],
+    ['past 2^64', '0-18446744073709551616'],
+    ['end before start', '10-5'],
+  ])('a Content-Range %s → 416 RANGE_INVALID', async (_, range) => {
+    const up = await startUpload(base, 'range/app');
+    const r = await request(base, up.location, { method: 'PATCH', headers: { 'content-range': range }, body: Buffer.from('x') });
+    expectError(r, 416, 'RANGE_INVALID');
+  });
+
+  it.each([
+    ['md5', `md5:${'a'.repeat(32)}`],
+    ['sha1', `sha1:${'a'.repeat(40)}`],
+    ['sha384', `sha384:${'a'.repeat(96)}`],
+    ['sha256 with 63 hex digits', `sha256:${'a'.repeat(63)}`],
+    ['sha256 with 128 hex digits', `sha256:${'a'.repeat(128)}`],
+    ['sha512 with 64 hex digits', `sha512:${'a'.repeat(64)}`],
+    ['upper-case hex', `sha256:${'A'.repeat(64)}`],
+    ['no algorithm', `:${'a'.repeat(64)}`],
+  ])('a digest of %s → 400 DIGEST_INVALID (blob GET and upload PUT)', async (_, digest) => {
+    expectError(await request(base, `/v2/digests/app/blobs/${digest}`), 400, 'DIGEST_INVALID');
+    const up = await startUpload(base, 'digests/app');
+    expectError(await request(base, withQuery(up.location, 'digest', digest), { method: 'PUT', body: Buffer.from('x') }), 400, 'DIGEST_INVALID');
+  });
+
+  it.each([
+    '/v2/%2e%2e/tags/list',
+    '/v2/%2E%2E/%2e%2e/etc/tags/list',
+    '/v2/a/%2e%2e/b/manifests/latest',
+    '/v2/a/..%2fb/tags/list',
+    '/v2/../v2/a/tags/list',
+    '/v2/a%2f..%2f..%2fetc/blobs/uploads/',
+  ])('a name with (encoded) ".." → 400 NAME_INVALID: %s', async (path) => {
+    expectError(await request(base, path, { method: path.endsWith('/uploads/') ? 'POST' : 'GET' }), 400, 'NAME_INVALID');
+  });
+
+  it('non-UTF-8 bytes in the path → 400 NAME_INVALID with the envelope', async () => {
+    const bytes = Buffer.concat([Buffer.from('GET /v2/'), Buffer.from([0xff, 0xfe, 0x80]), Buffer.from('/tags/list HTTP/1.1\r\nHost: x\r\n\r\n')]);
+    const r = parseRaw(await raw(server.port, bytes));
+    expect(r.status).toBe(400);
+    expect(r.codes).toEqual(['NAME_INVALID']);
+  });
+
+  it('percent-encoded non-UTF-8 in a name, tag or digest → 400 with the right code', async () => {
+    expectError(await request(base, '/v2/a%ff/tags/list'), 400, 'NAME_INVALID');
+    expectError(await request(base, '/v2/a/manifests/v%ff%fe'), 400, 'TAG_INVALID');
+    expectError(await request(base, '/v2/a/blobs/sha256:%c3%28'), 400, 'DIGEST_INVALID');
+  });
+
+  it('a manifest that is not UTF-8 → 400 MANIFEST_INVALID, nothing stored', async () => {
+    const body = Buffer.concat([Buffer.from('{"schemaVersion":2,"annotations":{"x":"'), Buffer.from([0xc3, 0x28]), Buffer.from('"}}')]);
+    const r = await request(base, '/v2/utf8/app/manifests/v1', { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body });
+    const [e] = expectError(r, 400, 'MANIFEST_INVALID');
+    expect(e!.message).toMatch(/UTF-8/);
+    expectError(await request(base, '/v2/utf8/app/manifests/v1'), 404, undefined);
+  });
+
+  it('names over 255 characters and tags over 128 → NAME_INVALID and TAG_INVALID', async () => {
+    expectError(await request(base, `/v2/${'a'.repeat(120)}/${'b'.repeat(135)}/tags/list`), 400, 'NAME_INVALID');
+    expectError(await request(base, `/v2/ok/manifests/${'t'.repeat(129)}`), 400, 'TAG_INVALID');
+  });
+
+  it('a manifest larger than manifests.maxBytes → 400 MANIFEST_INVALID', async () => {
+    const body = Buffer.from(JSON.stringify({ schemaVersion: 2, annotations: { pad: 'x'.repeat(3000) } }));
+    expectError(await request(base, '/v2/big/app/manifests/v1', { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body }), 400, 'MANIFEST_INVALID');
+  });
+
+  it('a request URL over limits.maxUrlBytes → 400 NAME_INVALID saying so', async () => {
+    const [e] = expectError(await request(base, `/v2/a/tags/list?last=${'x'.repeat(2100)}`), 400, 'NAME_INVALID');
+    expect(e!.message).toBe('request URL longer than 2048 bytes');
+  });
+
+  it('a header section over limits.maxHeaderBytes → 431', async () => {
+    const r = parseRaw(await raw(server.port, `GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: ${'y'.repeat(5000)}\r\n\r\n`));
+    expect(r.status).toBe(431);
+  });
+
+  it('a client that never finishes its headers is dropped', async () => {
+    const t0 = Date.now();
+    const text = await raw(server.port, 'GET /v2/ HTTP/1.1\r\nHost: x\r\n', 10_000);
+    expect(Date.now() - t0).toBeLessThan(IDLE_MS * 3);
+    expect(parseRaw(text).status).toBe(408);
+  });
+
+  it('is still alive and well', async () => {
+    expectStatus(await request(base, '/v2/'), 200);
+  });
+});
+
+describe('per-credential limits: uploads at once, requests per second', () => {
+  let work: string;
+  let uploads: TestServer;
+  let rated: TestServer;
+  const ALICE = basic('alice', 'alice-pw');
+  const BOB = basic('bob', 'bob-pw');
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'hoist-limits-cred-'));
+    const htpasswd = await writeHtpasswd(work, { alice: 'alice-pw', bob: 'bob-pw' });
+    const auth = { htpasswd, access: [{ repository: '*', users: ['*'], actions: ['pull', 'push', 'delete'] }] };
+    uploads = await startServer({
+      storage: 'memory:', frontend: 'node',
+      args: ['--config', await writeConfig(work, { auth, limits: { maxConcurrentUploads: 2 } }, 'uploads.yaml')],
+    });
+    rated = await startServer({
+      storage: 'memory:', frontend: 'node',
+      args: ['--config', await writeConfig(work, { auth, limits: { requestsPerSecond: 2, burst: 3 } }, 'rated.yaml')],
+    });
+  });
+
+  afterAll(async () => {
+    await uploads?.kill();
+    await rated?.kill();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it('a third upload at once → 429 TOOMANYREQUESTS with Retry-After; other users and later uploads are not affected', async () => {
+    const base = uploads.url;
+    const start = async (auth: string): Promise<string> => {
+      const r = await request(base, '/v2/many/app/blobs/uploads/', { method: 'POST', headers: { authorization: auth } });
+      expectStatus(r, 202);
+      return new URL(r.header('location')!, base).pathname;
+    };
+    const open = await Promise.all([start(ALICE), start(ALICE)]);
+    const inFlight = open.map((location) => {
+      const o = openRequest(base, location, { method: 'PATCH', headers: { authorization: ALICE, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } });
+      return o;
+    });
+    for (const o of inFlight) await o.write(Buffer.from('first bytes'));
+    await sleep(200); // both are admitted and streaming
+    const third = await request(base, await start(ALICE), { method: 'PATCH', headers: { authorization: ALICE }, body: Buffer.from('x') });
+    const [e] = expectError(third, 429, 'TOOMANYREQUESTS');
+    expect(e!.detail).toEqual({ limit: 2 });
+    expect(Number(third.header('retry-after'))).toBeGreaterThanOrEqual(1);
+    // Monolithic uploads count too.
+    const blob = Buffer.from('monolithic');
+    expectError(await request(base, `/v2/many/app/blobs/uploads/?digest=${sha256(blob)}`, { method: 'POST', headers: { authorization: ALICE }, body: blob }), 429, 'TOOMANYREQUESTS');
+    // Bob has slots of his own, and alice's reads are not uploads.
+    expectStatus(await request(base, await start(BOB), { method: 'PATCH', headers: { authorization: BOB }, body: Buffer.from('bob') }), 202, 'bob uploads');
+    expectStatus(await request(base, '/v2/', { headers: { authorization: ALICE } }), 200);
+    const done: Reply[] = [];
+    for (const o of inFlight) {
+      o.req.end();
+      done.push(await o.reply);
+    }
+    for (const r of done) expectStatus(r, 202, 'the two streamed PATCHes');
+    expectStatus(await request(base, await start(ALICE), { method: 'PATCH', headers: { authorization: ALICE }, body: Buffer.from('again') }), 202, 'a slot is free again');
+  });
+
+  it('over the rate → 429 TOOMANYREQUESTS with Retry-After, per user; it refills', async () => {
+    const base = rated.url;
+    const get = (auth: string): Promise<Reply> => request(base, '/v2/', { headers: { authorization: auth } });
+    for (let i = 0; i < 3; i++) expectStatus(await get(ALICE), 200, `burst request ${i + 1}`);
+    const limited = await get(ALICE);
+    expectError(limited, 429, 'TOOMANYREQUESTS');
+    expect(Number(limited.header('retry-after'))).toBeGreaterThanOrEqual(1);
+    expectStatus(await get(BOB), 200, 'bob has a bucket of his own');
+    await sleep(Number(limited.header('retry-after')) * 1000 + 100);
+    expectStatus(await get(ALICE), 200, 'after Retry-After');
+  });
+
+  it('wrong passwords count against the address: 401 until the bucket is empty, then 429', async () => {
+    const base = rated.url;
+    const wrong = basic('alice', 'guess');
+    const statuses: number[] = [];
+    for (let i = 0; i < 5; i++) statuses.push((await request(base, '/v2/', { headers: { authorization: wrong } })).status);
+    expect(statuses.slice(0, 3)).toEqual([401, 401, 401]);
+    expect(statuses.slice(3)).toEqual([429, 429]);
+  });
+});
