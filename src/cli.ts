@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { formatDuration, formatRun, ProgressLine } from './gc-format.js';
-import { createLogger } from './logger.js';
+import { createLogger, scrubSecrets } from './logger.js';
 import { GcBusyError, LeaseLostError } from './registry/gc-lease.js';
 import { runGarbageCollection } from './registry/gc-runner.js';
 import { startServer } from './server.js';
@@ -30,7 +30,7 @@ program
       });
     } catch (err) {
       if (err instanceof ConfigError) {
-        process.stderr.write(`hoist: ${err.message}\n`);
+        process.stderr.write(`hoist: ${scrubSecrets(err.message)}\n`);
         process.exit(2);
       }
       throw err;
@@ -41,7 +41,7 @@ program
       server = await startServer(config, log);
     } catch (err) {
       log.fatal({ err }, 'start-up failed');
-      process.stderr.write(`hoist: start-up failed: ${(err as Error).message}\n`);
+      process.stderr.write(`hoist: start-up failed: ${scrubSecrets((err as Error).message)}\n`);
       log.flush();
       process.exit(1);
     }
@@ -90,7 +90,7 @@ program
       });
     } catch (err) {
       if (err instanceof ConfigError) {
-        process.stderr.write(`hoist: ${err.message}\n`);
+        process.stderr.write(`hoist: ${scrubSecrets(err.message)}\n`);
         process.exit(2);
       }
       throw err;

@@ -27,18 +27,20 @@ export function createLogger(level: string, destination?: pino.DestinationStream
 }
 
 /**
- * Replaces what looks like a secret in a serialized log line:
+ * Replaces what looks like a secret in a serialized log line (or a message for stderr):
  *
  *   Authorization: Basic dXNlcjpwYXNz / Bearer eyJ...   → Basic [redacted] / Bearer [redacted]
  *   eyJhbGciOi....eyJzdWIi....sig                       → [redacted jwt]
  *   ...&X-Amz-Signature=ab12&X-Amz-Credential=AKIA%2F.. → X-Amz-Signature=[redacted]...
- *   ?token=..., &access_token=..., password=...         → token=[redacted]
+ *   ?token=…, secretAccessKey=…, password=…             → token=[redacted]
+ *   s3://AKIA…:secret@bucket                            → s3://[redacted]@bucket
  */
 export function scrubSecrets(line: string): string {
   return line
     .replace(/\b(Basic|Bearer)\s+[A-Za-z0-9._~+/=-]{8,}/gi, '$1 [redacted]')
     .replace(/\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*/g, '[redacted jwt]')
-    .replace(/\b(X-Amz-(?:Signature|Credential|Security-Token)|Signature|AWSAccessKeyId|(?:access_|refresh_)?token|password|secret)=[^&"\s\\]+/gi, '$1=[redacted]');
+    .replace(/\b([A-Za-z0-9_-]*(?:signature|credential|secret|password|passwd|token|accesskey)[A-Za-z0-9_-]*)=[^&"\s\\]+/gi, '$1=[redacted]')
+    .replace(/\b([a-z][a-z0-9+.-]*:\/\/)[^/\s"@]+@/gi, '$1[redacted]@');
 }
 
 export type { Logger };
