@@ -306,8 +306,6 @@ export class BlobSet {
     return out;
   }
 
-  /** Blob i in one buffer (a copy): for checks, not for the timed path. */
-  blob(i: number): Buffer { return Buffer.concat(this.pieces(i, 0, this.sizeBytes)); }
   refs(): BlobRef[] { return this.digests.map((digest) => ({ digest, sizeBytes: this.sizeBytes })); }
 }
 
