@@ -152,6 +152,8 @@ export interface GcReport {
 const DEFAULT_CONCURRENCY = 16;
 const DEFAULT_LEASE_TTL_MS = 5 * 60_000;
 const DEFAULT_INFLIGHT_TIMEOUT_MS = 10 * 60_000;
+/** Objects deleted per batch (S3 DeleteObjects takes at most 1,000). */
+const DELETE_BATCH = 500;
 /** Progress callbacks per phase, at most. */
 const PROGRESS_STEPS = 200;
 
@@ -252,9 +254,9 @@ class Collection {
     await this.#sweepExpiredTags(expired);
     await this.#sweepManifests();
     await this.#sweepLinks();
-    const swept = await this.#sweepBlobs(blobScan.records);
+    const { swept, sweptData } = await this.#sweepBlobs(blobScan.records);
     const remainingUploads = await this.#sweepUploads();
-    await this.#sweepOrphanData(dataPaths, blobScan.records, swept, remainingUploads);
+    await this.#sweepOrphanData(dataPaths.filter((p) => !sweptData.has(p)), blobScan.records, swept, remainingUploads);
     await this.#sweepMarkers(blobScan.markers, blobScan.records, swept);
     if (this.#lease) await this.#sweepStaleIntents();
 
@@ -335,48 +337,52 @@ class Collection {
       if (await this.#isFresh(d, () => this.#revisionTime(name, d))) fresh.push([name, d]);
     })));
     if (fresh.length > 0) await this.#marker.mark(fresh);
-    const candidates = await this.#parentsFirst(unmarked());
-    if (candidates.length === 0) return;
+    const levels = await this.#parentsFirst(unmarked());
+    const total = levels.reduce((n, l) => n + l.length, 0);
+    if (total === 0) return;
     await this.#checkLease();
-    // One at a time in order: deciding a parent before its children is the point (D).
+    // Level by level: every parent is decided before its children (D). Within a level no
+    // manifest can make another live, so they go together.
     let done = 0;
-    for (const [name, d] of candidates) {
+    for (const level of levels) {
       this.#o.signal?.throwIfAborted();
-      if (!this.#marker.isLive(name, d)) await this.#sweepManifest(name, d);
-      this.#progress('manifests', ++done, candidates.length);
+      const doomed: Array<{ repo: string; d: string; revisionPath: string; revision: Buffer; entryPath?: string; entry?: Buffer }> = [];
+      await Promise.all(level.map(([repo, d]) => this.#limit(async () => {
+        if (this.#marker.isLive(repo, d)) return;
+        const digest = tryParseDigest(d)!;
+        const revisionPath = paths.manifestRevision(repo, digest);
+        const revision = await readOrUndefined(this.#d, revisionPath);
+        if (!revision) return;
+        const subject = subjectOf(revision);
+        const entryPath = subject ? paths.referrer(repo, subject, digest) : undefined;
+        const entry = entryPath ? await readOrUndefined(this.#d, entryPath) : undefined;
+        doomed.push({ repo, d, revisionPath, revision, ...(entryPath && entry ? { entryPath, entry } : {}) });
+      })));
+      for (let i = 0; i < doomed.length; i += DELETE_BATCH) {
+        const batch = doomed.slice(i, i + DELETE_BATCH);
+        if (this.#dry) {
+          this.#report.manifests += batch.length;
+          this.#report.referrerEntries += batch.filter((x) => x.entry).length;
+          continue;
+        }
+        // The referrer entries first, as ManifestStore.delete does: never an entry without its manifest.
+        await this.#deleteMany(batch.flatMap((x) => (x.entryPath ? [x.entryPath] : [])));
+        await this.#deleteMany(batch.map((x) => x.revisionPath));
+        await Promise.all(batch.map((x) => this.#limit(async () => {
+          if (await this.#touchedSinceFirstRead(x.d)) {
+            // A: vouched for while we deleted it: put it back, and keep everything it reaches.
+            await this.#d.putContent(x.revisionPath, x.revision, { ifNotExists: true });
+            if (x.entryPath && x.entry) await this.#d.putContent(x.entryPath, x.entry);
+            await this.#spare(x.repo, x.d);
+          } else {
+            this.#report.manifests++;
+            if (x.entry) this.#report.referrerEntries++;
+          }
+        })));
+      }
+      done += level.length;
+      this.#progress('manifests', done, total);
     }
-  }
-
-  async #sweepManifest(repo: string, d: string): Promise<void> {
-    const digest = tryParseDigest(d)!;
-    const revisionPath = paths.manifestRevision(repo, digest);
-    if (await this.#isFresh(d, () => this.#revisionTime(repo, d))) {
-      await this.#spare(repo, d);
-      return;
-    }
-    const revision = await readOrUndefined(this.#d, revisionPath);
-    if (!revision) return;
-    const subject = subjectOf(revision);
-    const entryPath = subject ? paths.referrer(repo, subject, digest) : undefined;
-    if (this.#dry) {
-      this.#report.manifests++;
-      if (entryPath && (await readOrUndefined(this.#d, entryPath))) this.#report.referrerEntries++;
-      return;
-    }
-    // The referrer entry first, as ManifestStore.delete does: never an entry without its manifest.
-    const entry = entryPath ? await readOrUndefined(this.#d, entryPath) : undefined;
-    if (entryPath && entry) await ignoreNotFound(this.#d.delete(entryPath));
-    await ignoreNotFound(this.#d.delete(revisionPath));
-    if (await this.#touchedSinceFirstRead(d)) {
-      // A: somebody vouched for this manifest while we deleted it: put it back, and keep
-      // everything it reaches.
-      await this.#d.putContent(revisionPath, revision, { ifNotExists: true });
-      if (entryPath && entry) await this.#d.putContent(entryPath, entry);
-      await this.#spare(repo, d);
-      return;
-    }
-    this.#report.manifests++;
-    if (entry) this.#report.referrerEntries++;
   }
 
   /** Keeps a manifest: it and everything it reaches become live (late mark). */
@@ -386,11 +392,12 @@ class Collection {
   }
 
   /**
-   * Orders candidate manifests so that anything that can make one live comes before it: an
-   * index before its children, a subject before its referrers (same repository). Kahn's
-   * algorithm; content addressing makes cycles impossible, but any left are appended.
+   * Groups candidate manifests into levels so that anything that can make one live is in an
+   * earlier level: an index before its children, a subject before its referrers (same
+   * repository). Kahn's algorithm; content addressing makes cycles impossible, but whatever
+   * is left over goes last, one per level.
    */
-  async #parentsFirst(candidates: Array<[string, string]>): Promise<Array<[string, string]>> {
+  async #parentsFirst(candidates: Array<[string, string]>): Promise<Array<Array<[string, string]>>> {
     const key = (repo: string, d: string): string => `${repo}\u0000${d}`;
     const set = new Set(candidates.map(([r, d]) => key(r, d)));
     const children = new Map<string, string[]>();
@@ -408,21 +415,23 @@ class Collection {
       for (const r of this.#repos.get(repo)?.referrers.get(d) ?? []) edge(key(repo, d), key(repo, r));
     }));
     const byKey = new Map(candidates.map((c) => [key(c[0], c[1]), c]));
-    const queue = candidates.filter(([r, d]) => indegree.get(key(r, d)) === 0).map(([r, d]) => key(r, d));
-    const out: Array<[string, string]> = [];
-    for (let i = 0; i < queue.length; i++) {
-      const k = queue[i]!;
-      out.push(byKey.get(k)!);
-      for (const c of children.get(k) ?? []) {
-        indegree.set(c, indegree.get(c)! - 1);
-        if (indegree.get(c) === 0) queue.push(c);
+    const levels: Array<Array<[string, string]>> = [];
+    const placed = new Set<string>();
+    let current = candidates.map(([r, d]) => key(r, d)).filter((k) => indegree.get(k) === 0);
+    while (current.length > 0) {
+      levels.push(current.map((k) => byKey.get(k)!));
+      const next: string[] = [];
+      for (const k of current) {
+        placed.add(k);
+        for (const c of children.get(k) ?? []) {
+          indegree.set(c, indegree.get(c)! - 1);
+          if (indegree.get(c) === 0) next.push(c);
+        }
       }
+      current = next;
     }
-    if (out.length < candidates.length) {
-      const seen = new Set(queue);
-      for (const [k, c] of byKey) if (!seen.has(k)) out.push(c);
-    }
-    return out;
+    for (const [k, c] of byKey) if (!placed.has(k)) levels.push([c]);
+    return levels;
   }
 
   // --- links (A) ------------------------------------------------------------------------
@@ -435,66 +444,78 @@ class Collection {
     }
     if (candidates.length === 0) return;
     await this.#checkLease();
-    let done = 0;
+    const doomed: Array<{ d: string; link: string }> = [];
     await Promise.all(candidates.map(([repo, d]) => this.#limit(async () => {
-      const digest = tryParseDigest(d)!;
-      const link = paths.layerLink(repo, digest);
-      if (!(await this.#isFresh(d, () => this.#modTime(link)))) {
-        if (this.#dry) {
-          this.#report.links++;
-        } else {
-          await ignoreNotFound(this.#d.delete(link));
-          if (await this.#touchedSinceFirstRead(d)) {
-            await this.#d.putContent(link, Buffer.from(d));
-            this.#report.spared++;
-          } else {
-            this.#report.links++;
-          }
-        }
-      }
-      this.#progress('links', ++done, candidates.length);
+      const link = paths.layerLink(repo, tryParseDigest(d)!);
+      if (!(await this.#isFresh(d, () => this.#modTime(link)))) doomed.push({ d, link });
     })));
+    for (let i = 0; i < doomed.length; i += DELETE_BATCH) {
+      const batch = doomed.slice(i, i + DELETE_BATCH);
+      if (!this.#dry) {
+        await this.#deleteMany(batch.map((x) => x.link));
+        await Promise.all(batch.map((x) => this.#limit(async () => {
+          if (await this.#touchedSinceFirstRead(x.d)) {
+            await this.#d.putContent(x.link, Buffer.from(x.d));
+            this.#report.spared++;
+            this.#report.links--;
+          }
+        })));
+      }
+      this.#report.links += batch.length;
+      this.#progress('links', Math.min(i + DELETE_BATCH, doomed.length), doomed.length);
+    }
   }
 
   // --- blobs, last (A, D) ----------------------------------------------------------------
 
-  /** Returns the digests whose records were deleted. */
-  async #sweepBlobs(records: Set<string>): Promise<Set<string>> {
+  /** Returns the digests whose records were deleted, and the data paths deleted with them. */
+  async #sweepBlobs(records: Set<string>): Promise<{ swept: Set<string>; sweptData: Set<string> }> {
     const swept = new Set<string>();
+    const sweptData = new Set<string>();
     const candidates = [...records].filter((d) => !this.#marker.blobs.has(d));
-    if (candidates.length === 0) return swept;
+    if (candidates.length === 0) return { swept, sweptData };
     await this.#checkLease();
-    let done = 0;
+    const doomed: Array<{ d: string; recordPath: string; raw: Buffer; data?: string; size: number }> = [];
     await Promise.all(candidates.map((d) => this.#limit(async () => {
-      const digest = tryParseDigest(d)!;
-      const recordPath = paths.blobRecord(digest);
-      if (!(await this.#isFresh(d, () => this.#modTime(recordPath)))) {
-        const raw = await readOrUndefined(this.#d, recordPath);
-        const record = raw ? parseBlobRecord(raw) : undefined;
-        if (raw && this.#dry) {
-          this.#report.blobs.count++;
-          this.#report.blobs.bytes += record?.size ?? 0;
-          swept.add(d);
-        } else if (raw) {
-          await ignoreNotFound(this.#d.delete(recordPath));
-          if (await this.#touchedSinceFirstRead(d)) {
+      const recordPath = paths.blobRecord(tryParseDigest(d)!);
+      if (await this.#isFresh(d, () => this.#modTime(recordPath))) return;
+      const raw = await readOrUndefined(this.#d, recordPath);
+      if (!raw) return;
+      const record = parseBlobRecord(raw);
+      doomed.push({ d, recordPath, raw, ...(record?.data ? { data: record.data } : {}), size: record?.size ?? 0 });
+    })));
+    let done = 0;
+    for (let i = 0; i < doomed.length; i += DELETE_BATCH) {
+      const batch = doomed.slice(i, i + DELETE_BATCH);
+      let gone = batch;
+      if (!this.#dry) {
+        await this.#deleteMany(batch.map((x) => x.recordPath));
+        gone = [];
+        await Promise.all(batch.map((x) => this.#limit(async () => {
+          if (await this.#touchedSinceFirstRead(x.d)) {
             // A: vouched for while we deleted it. Its data is untouched; put the record back
             // unless an upload of the same content recorded new data meanwhile (ours is
-            // then unreferenced, and the next collection removes it as orphan data).
-            await this.#d.putContent(recordPath, raw, { ifNotExists: true });
+            // then unreferenced, and a later collection removes it as orphan data).
+            await this.#d.putContent(x.recordPath, x.raw, { ifNotExists: true });
             this.#report.spared++;
           } else {
-            if (record?.data) await ignoreNotFound(this.#d.delete(record.data));
-            await ignoreNotFound(this.#d.delete(paths.blobTouched(digest)));
-            this.#report.blobs.count++;
-            this.#report.blobs.bytes += record?.size ?? 0;
-            swept.add(d);
+            gone.push(x);
           }
-        }
+        })));
+        // Only now, after the re-reads, the bytes.
+        await this.#deleteMany(gone.flatMap((x) => (x.data ? [x.data] : [])));
+        await this.#deleteMany(gone.map((x) => paths.blobTouched(tryParseDigest(x.d)!)));
       }
-      this.#progress('blobs', ++done, candidates.length);
-    })));
-    return swept;
+      for (const x of gone) {
+        swept.add(x.d);
+        if (x.data) sweptData.add(x.data);
+        this.#report.blobs.count++;
+        this.#report.blobs.bytes += x.size;
+      }
+      done += batch.length;
+      this.#progress('blobs', done, doomed.length);
+    }
+    return { swept, sweptData };
   }
 
   // --- E: uploads and orphan data ----------------------------------------------------------
@@ -638,8 +659,13 @@ class Collection {
    * time. Remembers what it read, for #touchedSinceFirstRead.
    */
   async #isFresh(d: string, fallback: () => Promise<number | undefined>): Promise<boolean> {
-    const raw = (await readOrUndefined(this.#d, paths.blobTouched(tryParseDigest(d)!)))?.toString('utf8') ?? '';
-    if (!this.#firstTouch.has(d)) this.#firstTouch.set(d, raw);
+    // The first read is enough here: a touch since then is caught by the re-read that
+    // follows every delete (#touchedSinceFirstRead), which is what the argument rests on.
+    let raw = this.#firstTouch.get(d);
+    if (raw === undefined) {
+      raw = (await readOrUndefined(this.#d, paths.blobTouched(tryParseDigest(d)!)))?.toString('utf8') ?? '';
+      this.#firstTouch.set(d, raw);
+    }
     if (raw) return this.#freshTouch(raw);
     const t = await fallback();
     return t !== undefined && t >= this.#cutoff;
@@ -690,6 +716,16 @@ class Collection {
     if (!digest || WELL_KNOWN_BLOBS.has(d)) return { blobs: [], children: [] };
     const bytes = await this.#blobs.getSmall(digest);
     return bytes ? manifestRefs(bytes) : undefined;
+  }
+
+  /** Deletes objects (missing ones are fine): in batches where the driver can, else one by one. */
+  async #deleteMany(list: string[]): Promise<void> {
+    if (list.length === 0) return;
+    if (this.#d.deleteObjects) {
+      for (let i = 0; i < list.length; i += DELETE_BATCH) await this.#d.deleteObjects(list.slice(i, i + DELETE_BATCH));
+      return;
+    }
+    await Promise.all(list.map((p) => this.#limit(() => ignoreNotFound(this.#d.delete(p)))));
   }
 
   async #checkLease(): Promise<void> {

@@ -87,6 +87,14 @@ export interface StorageDriver {
 
   /** Optional: releases what listIncompleteWrites() found (gone already is fine). */
   abortIncompleteWrite?(write: IncompleteWrite): Promise<void>;
+
+  /**
+   * Optional: deletes many objects at once; missing ones are ignored. Objects only: no
+   * directories, and no uploads in progress (delete() handles those). Resolves when every
+   * one is gone. S3: DeleteObjects, a thousand keys a request, where delete() needs a HEAD
+   * and three listings per path. Garbage collection uses it when present.
+   */
+  deleteObjects?(paths: readonly string[]): Promise<void>;
 }
 
 /** An abandoned write, as listIncompleteWrites() reports it. */

@@ -20,6 +20,7 @@ export class PrefixedDriver implements StorageDriver {
   readonly #base: StorageDriver;
   readonly #prefix: string;
   readonly redirectURL?: (path: string, expiresInSeconds: number) => Promise<string>;
+  readonly deleteObjects?: (paths: readonly string[]) => Promise<void>;
 
   /** `prefix` is a driver path such as `/namespaces/team-a` (not '/'). */
   constructor(base: StorageDriver, prefix: string) {
@@ -32,6 +33,10 @@ export class PrefixedDriver implements StorageDriver {
     if (base.redirectURL) {
       const redirect = base.redirectURL.bind(base);
       this.redirectURL = (path, expiresInSeconds) => redirect(this.#to(path), expiresInSeconds);
+    }
+    if (base.deleteObjects) {
+      const deleteObjects = base.deleteObjects.bind(base);
+      this.deleteObjects = (paths) => deleteObjects(paths.map((p) => this.#object(p)));
     }
   }
 

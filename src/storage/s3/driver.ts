@@ -387,6 +387,11 @@ export class S3Driver implements StorageDriver {
     await this.#client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: h.key }));
   }
 
+  async deleteObjects(paths: readonly string[]): Promise<void> {
+    if (paths.length === 0) return;
+    await this.#deleteKeys(paths.map((p) => this.#key(p)));
+  }
+
   async #listParts(key: string, uploadId: string): Promise<Array<{ size: number; lastModified: Date }>> {
     const parts: Array<{ size: number; lastModified: Date }> = [];
     let marker: string | undefined;
