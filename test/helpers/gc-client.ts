@@ -90,9 +90,13 @@ export class GcTestClient {
   /** Chunk size for chunked uploads. */
   readonly chunkBytes: number;
 
-  constructor(base: string, chunkBytes = 64 * 1024) {
+  /** A namespace's path prefix (`/team-a`), or ''. */
+  readonly prefix: string;
+
+  constructor(base: string, chunkBytes = 64 * 1024, prefix = '') {
     this.base = base;
     this.chunkBytes = chunkBytes;
+    this.prefix = prefix;
   }
 
   /**
@@ -203,7 +207,13 @@ export class GcTestClient {
 
   async fetch(path: string, init: ClientInit = {}): Promise<Response> {
     const { body, ...rest } = init;
-    return fetch(new URL(path, this.base), { ...rest, ...(body ? { body: asBody(body) } : {}) });
+    return fetch(this.#url(path), { ...rest, ...(body ? { body: asBody(body) } : {}) });
+  }
+
+  /** Registry paths get the namespace prefix; Location headers have it already. */
+  #url(path: string): URL {
+    if (/^https?:/.test(path) || !this.prefix || path.startsWith(`${this.prefix}/`)) return new URL(path, this.base);
+    return new URL(`${this.prefix}${path}`, this.base);
   }
 
   async expect(what: string, status: number, init: ClientInit, path?: string): Promise<Response> {
