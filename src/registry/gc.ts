@@ -5,7 +5,7 @@ import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
 import { BlobStore, WELL_KNOWN_BLOBS } from './blobs.js';
 import type { ExpiryPolicy } from './expiry.js';
 import type { TouchRecord } from './gc-guard.js';
-import { Lease } from './gc-lease.js';
+import { Lease, objectExists } from './gc-lease.js';
 import { manifestRefs, Marker } from './gc-mark.js';
 import {
   basename, listData, listOrEmpty, listRepositories, readOrUndefined, scanBlobs, scanRepository, type RepositoryScan,
@@ -276,20 +276,16 @@ class Collection {
     let done = 0;
     this.#progress('waiting', 0, registrations.length);
     await Promise.all(registrations.map(async (path) => {
-      for (;;) {
-        let modTime: number;
-        try {
-          modTime = (await this.#d.stat(path)).modTime.getTime();
-        } catch (err) {
-          if (isPathNotFound(err)) break;
-          throw err;
+      const modTime = await this.#modTime(path);
+      if (modTime !== undefined) {
+        // Registered less than the timeout ago: wait for it to go (a PUT takes milliseconds).
+        const deadline = modTime + timeoutMs;
+        while (Date.now() < deadline && (await objectExists(this.#d, path))) {
+          this.#o.signal?.throwIfAborted();
+          await sleep(20);
         }
-        if (Date.now() - modTime > timeoutMs) {
-          // Left behind by a server that died mid-PUT: that PUT will never write anything.
-          await this.#d.delete(path).catch(() => undefined);
-          break;
-        }
-        await sleep(20);
+        // Older: left behind by a server that died mid-PUT, which will never write anything.
+        if (Date.now() >= deadline) await ignoreNotFound(this.#d.delete(path));
       }
       this.#progress('waiting', ++done, registrations.length);
     }));
@@ -623,18 +619,20 @@ class Collection {
     this.#progress('data', total, total);
   }
 
-  /** Touched markers of digests that have no blob record (any more), unless fresh. */
+  /**
+   * Touched markers of digests that have no blob record (a HEAD for a blob never uploaded, a
+   * PUT that named a missing blob), unless fresh. Those of swept blobs went with them.
+   */
   async #sweepMarkers(markers: Set<string>, records: Set<string>, swept: Set<string>): Promise<void> {
     const candidates = [...markers].filter((d) => !records.has(d) && !swept.has(d));
     if (candidates.length === 0) return;
-    let done = 0;
+    const stale: string[] = [];
     await Promise.all(candidates.map((d) => this.#limit(async () => {
-      if (!(await this.#isFresh(d, async () => undefined))) {
-        if (!this.#dry) await ignoreNotFound(this.#d.delete(paths.blobTouched(tryParseDigest(d)!)));
-        this.#report.markers++;
-      }
-      this.#progress('markers', ++done, candidates.length);
+      if (!(await this.#isFresh(d, async () => undefined))) stale.push(paths.blobTouched(tryParseDigest(d)!));
     })));
+    if (!this.#dry) await this.#deleteMany(stale);
+    this.#report.markers += stale.length;
+    this.#progress('markers', candidates.length, candidates.length);
   }
 
   /** Intents a collector that died left behind (servers wait for an intent to go). */

@@ -141,9 +141,11 @@ export class Registry {
     const ref = parseReference(reference);
     return this.#guard.op(async () => {
       await this.#guard.touch(referencedBy(ref, bytes));
-      for (;;) {
+      // Again after a collector deleted the tag under us; a third time only if a dead
+      // collector's intent made us wait for nothing (gc-guard.ts gives up waiting after 30 s).
+      for (let attempt = 1; ; attempt++) {
         const record = await this.#manifests.put(repo, ref, contentType, bytes);
-        if (ref.kind !== 'tag' || !(await this.#guard.tagIntent(repo, ref.tag))) return record;
+        if (ref.kind !== 'tag' || attempt === 3 || !(await this.#guard.tagIntent(repo, ref.tag))) return record;
       }
     });
   }
