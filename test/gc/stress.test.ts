@@ -27,13 +27,13 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * listed, and every tag the registry lists pulls completely with every digest verified;
  * after the final collection a further one finds nothing to remove; storage was freed.
  *
- * The grace period (5 s) is longer than any push here takes from its first HEAD to its
- * manifest PUT: that is the one assumption the collector makes of clients (gc.ts, B).
+ * The grace period (5 s on fs, 10 s on S3, where a push takes a few seconds here) is longer
+ * than any push takes from its first HEAD to its manifest PUT: that is the one assumption
+ * the collector makes of clients (gc.ts, B).
  */
 
 const CLIENTS = 4;
 const DURATION_MS = Number(process.env.HOIST_TEST_GC_STRESS_MS ?? 30_000);
-const GRACE_MS = 5_000;
 
 interface StressResult {
   collections: number;
@@ -49,7 +49,11 @@ function pick<T>(list: readonly T[]): T {
   return list[Math.floor(Math.random() * list.length)]!;
 }
 
-async function stress(servers: TestServer[], driver: StorageDriver, storedBytes: () => Promise<number>, largeBlobBytes: number, chunkBytes: number): Promise<StressResult> {
+async function stress(
+  servers: TestServer[], driver: StorageDriver, storedBytes: () => Promise<number>,
+  o: { graceMs: number; largeBlobBytes: number; chunkBytes: number },
+): Promise<StressResult> {
+  const { graceMs, largeBlobBytes, chunkBytes } = o;
   const failures: Failure[] = [];
   // Base layers live throughout (tagged in stress/base); clients mount them from there.
   const baseLayers = Array.from({ length: 3 }, () => blobRef(randomBytes(32 * 1024)));
@@ -104,7 +108,7 @@ async function stress(servers: TestServer[], driver: StorageDriver, storedBytes:
   const collectionMs: number[] = [];
   const collector = (async () => {
     while (!stop) {
-      const run = await runGarbageCollection({ driver, graceMs: GRACE_MS, staleUploadAfterMs: 3_600_000 });
+      const run = await runGarbageCollection({ driver, graceMs, staleUploadAfterMs: 3_600_000 });
       collections++;
       freedDuringRunBytes += totals(run).bytes;
       collectionMs.push(run.elapsedMs);
@@ -182,7 +186,7 @@ describe('collections back to back while clients push and delete (fs, two instan
   });
 
   it('loses no referenced byte, fails no push, frees storage', async () => {
-    const r = await stress(servers, driver, () => duBytes(dir.path), 0, 16 * 1024);
+    const r = await stress(servers, driver, () => duBytes(dir.path), { graceMs: 5_000, largeBlobBytes: 0, chunkBytes: 16 * 1024 });
     describeResult('fs', r);
   });
 });
@@ -203,7 +207,7 @@ describeS3('collections back to back while clients push and delete (S3, two inst
   it('loses no referenced byte, fails no push, frees storage', async () => {
     const stored = async () => (await listAllKeys(bucket.client, bucket.name, 'reg/')).reduce((n, k) => n + k.size, 0);
     // One 6 MiB layer per client: a multipart upload with a staged tail (5 MiB parts).
-    const r = await stress(servers, driver, stored, 6 * MiB, MiB);
+    const r = await stress(servers, driver, stored, { graceMs: 10_000, largeBlobBytes: 6 * MiB, chunkBytes: MiB });
     describeResult('s3', r);
     expect(await listUploads(bucket.client, bucket.name, 'reg/')).toEqual([]);
   });
