@@ -11,6 +11,7 @@ import { basic, parseChallenge, pushBlobAs, pushImageAs, writeConfig, writeHtpas
  * Access control with an htpasswd file and HTTP Basic (no tokens): who may pull, push and
  * delete where, by user, group, '*' and anonymous, with repository patterns; a mount needs
  * pull on its source; denied requests write nothing (fs storage, compared file by file).
+ * On both front ends: the check sits before dispatch, behind the adapter.
  */
 
 const USERS = { admin: 'admin-pw', carol: 'carol-pw', dave: 'dave-pw' };
@@ -18,179 +19,179 @@ const ADMIN = basic('admin', USERS.admin);
 const CAROL = basic('carol', USERS.carol);
 const DAVE = basic('dave', USERS.dave);
 
-let work: string;
-let storage: string;
-let server: TestServer;
-let base: string;
+for (const frontend of ['node', 'uws'] as const) describe(`htpasswd and HTTP Basic (${frontend} front end)`, () => {
+  let work: string;
+  let storage: string;
+  let server: TestServer;
+  let base: string;
 
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'hoist-auth-basic-'));
-  storage = join(work, 'data');
-  const config = await writeConfig(work, {
-    auth: {
-      htpasswd: await writeHtpasswd(work, USERS),
-      groups: { 'team-a': ['carol'] },
-      access: [
-        { repository: '*', users: ['admin'], actions: ['pull', 'push', 'delete'] },
-        { repository: 'team-a/*', groups: ['team-a'], actions: ['pull', 'push'] },
-        { repository: 'public/*', users: ['anonymous'], actions: ['pull'] },
-        { repository: 'drop/*', users: ['dave'], actions: ['push'] },
-      ],
-    },
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), `hoist-auth-basic-${frontend}-`));
+    storage = join(work, 'data');
+    const config = await writeConfig(work, {
+      auth: {
+        htpasswd: await writeHtpasswd(work, USERS),
+        groups: { 'team-a': ['carol'] },
+        access: [
+          { repository: '*', users: ['admin'], actions: ['pull', 'push', 'delete'] },
+          { repository: 'team-a/*', groups: ['team-a'], actions: ['pull', 'push'] },
+          { repository: 'public/*', users: ['anonymous'], actions: ['pull'] },
+          { repository: 'drop/*', users: ['dave'], actions: ['push'] },
+        ],
+      },
+    });
+    server = await startServer({ storage: `fs:${storage}`, frontend, args: ['--config', config] });
+    base = server.url;
+    // What the tests pull or mount from.
+    expectStatus((await pushImageAs(base, 'public/tools', 'v1', ADMIN)).reply, 201, 'admin pushes public/tools');
+    expectStatus((await pushImageAs(base, 'private/app', 'v1', ADMIN)).reply, 201, 'admin pushes private/app');
   });
-  server = await startServer({ storage: `fs:${storage}`, frontend: 'node', args: ['--config', config] });
-  base = server.url;
-  // What the tests pull or mount from.
-  expectStatus((await pushImageAs(base, 'public/tools', 'v1', ADMIN)).reply, 201, 'admin pushes public/tools');
-  expectStatus((await pushImageAs(base, 'private/app', 'v1', ADMIN)).reply, 201, 'admin pushes private/app');
-});
 
-afterAll(async () => {
-  await server?.kill();
-  if (work) await rm(work, { recursive: true, force: true });
-});
+  afterAll(async () => {
+    await server?.kill();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
 
-/**
- * Storage as a list of paths, without garbage collection's bookkeeping (gc/: markers of
- * manifest PUTs in flight, which a finished PUT removes a moment later).
- */
-async function storedPaths(): Promise<string[]> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return (await listTree(storage)).filter((p) => !p.startsWith('gc/'));
-    } catch (err) {
-      // A marker went away while the tree was read.
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 20) throw err;
-      await new Promise((r) => setTimeout(r, 20));
+  /**
+   * Storage as a list of paths, without garbage collection's bookkeeping (gc/: markers of
+   * manifest PUTs in flight, which a finished PUT removes a moment later).
+   */
+  async function storedPaths(): Promise<string[]> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return (await listTree(storage)).filter((p) => !p.startsWith('gc/'));
+      } catch (err) {
+        // A marker went away while the tree was read.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 20) throw err;
+        await new Promise((r) => setTimeout(r, 20));
+      }
     }
   }
-}
 
-/** Runs `fn` and checks that storage holds exactly what it held before. */
-async function writesNothing(fn: () => Promise<void>): Promise<void> {
-  const before = await storedPaths();
-  await fn();
-  expect(await storedPaths()).toEqual(before);
-}
+  /** Runs `fn` and checks that storage holds exactly what it held before. */
+  async function writesNothing(fn: () => Promise<void>): Promise<void> {
+    const before = await storedPaths();
+    await fn();
+    expect(await storedPaths()).toEqual(before);
+  }
 
-describe('htpasswd and HTTP Basic', () => {
-  it('GET /v2/ without credentials → 401 UNAUTHORIZED with a Basic challenge', async () => {
-    const r = await request(base, '/v2/');
-    expectError(r, 401, 'UNAUTHORIZED');
-    expect(parseChallenge(r.header('www-authenticate'))).toMatchObject({ scheme: 'Basic', realm: 'hoist' });
-  });
-
-  it('GET /v2/ with a good password → 200; a wrong password, an unknown user or a garbled header → 401', async () => {
-    expectStatus(await request(base, '/v2/', { headers: { authorization: CAROL } }), 200);
-    for (const authorization of [basic('carol', 'nope'), basic('mallory', 'carol-pw'), 'Basic !!!', 'Basic ' + Buffer.from('nocolon').toString('base64'), 'Digest x', 'Bearer abc']) {
-      const r = await request(base, '/v2/', { headers: { authorization } });
+    it('GET /v2/ without credentials → 401 UNAUTHORIZED with a Basic challenge', async () => {
+      const r = await request(base, '/v2/');
       expectError(r, 401, 'UNAUTHORIZED');
-      expect(r.header('www-authenticate')).toMatch(/^Basic /);
-    }
-  });
-
-  it('anonymous users pull public/* and nothing else', async () => {
-    expectStatus(await request(base, '/v2/public/tools/manifests/v1'), 200, 'anonymous GET manifest');
-    expectStatus(await request(base, '/v2/public/tools/manifests/v1', { method: 'HEAD' }), 200, 'anonymous HEAD manifest');
-    expectStatus(await request(base, '/v2/public/tools/tags/list'), 200, 'anonymous tags');
-    const r = await request(base, '/v2/private/app/manifests/v1');
-    expectError(r, 401, 'UNAUTHORIZED');
-    expect(r.json<{ errors: Array<{ detail: unknown }> }>().errors[0]!.detail).toEqual([{ Type: 'repository', Name: 'private/app', Action: 'pull' }]);
-  });
-
-  it('anonymous push is never allowed, even where anonymous may pull: 401 and nothing written', async () => {
-    await writesNothing(async () => {
-      expectError(await request(base, '/v2/public/tools/blobs/uploads/', { method: 'POST' }), 401, 'UNAUTHORIZED');
-      const blob = Buffer.from('anonymous blob');
-      expectError(await request(base, `/v2/public/tools/blobs/uploads/?digest=${sha256(blob)}`, { method: 'POST', body: blob }), 401, 'UNAUTHORIZED');
-      expectError(await request(base, '/v2/public/tools/manifests/v2', {
-        method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: '{}',
-      }), 401, 'UNAUTHORIZED');
-      expectError(await request(base, '/v2/public/tools/manifests/v1', { method: 'DELETE' }), 401, 'UNAUTHORIZED');
+      expect(parseChallenge(r.header('www-authenticate'))).toMatchObject({ scheme: 'Basic', realm: 'hoist' });
     });
-  });
 
-  it('a group member pushes and pulls in its team pattern, including nested names', async () => {
-    for (const repo of ['team-a/app', 'team-a/x/y']) {
-      const { reply, digest } = await pushImageAs(base, repo, 'v1', CAROL);
-      expectStatus(reply, 201, `carol pushes ${repo}`);
-      const got = await request(base, `/v2/${repo}/manifests/v1`, { headers: { authorization: CAROL } });
-      expectStatus(got, 200);
-      expect(sha256(got.body)).toBe(digest);
-    }
-  });
-
-  it('an authenticated user outside the rules → 403 DENIED naming the action, and nothing written', async () => {
-    await writesNothing(async () => {
-      const r = await request(base, '/v2/team-b/app/blobs/uploads/', { method: 'POST', headers: { authorization: CAROL } });
-      expectError(r, 403, 'DENIED');
-      expect(r.json<{ errors: Array<{ detail: unknown }> }>().errors[0]!.detail).toEqual([{ Type: 'repository', Name: 'team-b/app', Action: 'push' }]);
-      expectError(await request(base, '/v2/private/app/manifests/v1', { headers: { authorization: CAROL } }), 403, 'DENIED');
-      // The pattern is team-a/*, not team-a itself, nor a name that merely starts with it.
-      expectError(await request(base, '/v2/team-a/blobs/uploads/', { method: 'POST', headers: { authorization: CAROL } }), 403, 'DENIED');
-      expectError(await request(base, '/v2/team-ab/x/blobs/uploads/', { method: 'POST', headers: { authorization: CAROL } }), 403, 'DENIED');
+    it('GET /v2/ with a good password → 200; a wrong password, an unknown user or a garbled header → 401', async () => {
+      expectStatus(await request(base, '/v2/', { headers: { authorization: CAROL } }), 200);
+      for (const authorization of [basic('carol', 'nope'), basic('mallory', 'carol-pw'), 'Basic !!!', 'Basic ' + Buffer.from('nocolon').toString('base64'), 'Digest x', 'Bearer abc']) {
+        const r = await request(base, '/v2/', { headers: { authorization } });
+        expectError(r, 401, 'UNAUTHORIZED');
+        expect(r.header('www-authenticate')).toMatch(/^Basic /);
+      }
     });
-  });
 
-  it('delete needs the delete action: push and pull are not enough', async () => {
-    const { digest } = await pushImageAs(base, 'team-a/del', 'v1', CAROL);
-    await writesNothing(async () => {
-      expectError(await request(base, `/v2/team-a/del/manifests/${digest}`, { method: 'DELETE', headers: { authorization: CAROL } }), 403, 'DENIED');
-      expectError(await request(base, '/v2/team-a/del/manifests/v1', { method: 'DELETE', headers: { authorization: CAROL } }), 403, 'DENIED');
+    it('anonymous users pull public/* and nothing else', async () => {
+      expectStatus(await request(base, '/v2/public/tools/manifests/v1'), 200, 'anonymous GET manifest');
+      expectStatus(await request(base, '/v2/public/tools/manifests/v1', { method: 'HEAD' }), 200, 'anonymous HEAD manifest');
+      expectStatus(await request(base, '/v2/public/tools/tags/list'), 200, 'anonymous tags');
+      const r = await request(base, '/v2/private/app/manifests/v1');
+      expectError(r, 401, 'UNAUTHORIZED');
+      expect(r.json<{ errors: Array<{ detail: unknown }> }>().errors[0]!.detail).toEqual([{ Type: 'repository', Name: 'private/app', Action: 'pull' }]);
     });
-    expectStatus(await request(base, '/v2/team-a/del/manifests/v1', { method: 'DELETE', headers: { authorization: ADMIN } }), 202, 'admin deletes the tag');
-  });
 
-  it('push without pull: a drop box takes blobs but does not show them', async () => {
-    const blob = Buffer.from(`dropped ${Math.random()}`);
-    expectStatus(await pushBlobAs(base, 'drop/inbox', blob, DAVE), 201, 'dave pushes');
-    expectError(await request(base, `/v2/drop/inbox/blobs/${sha256(blob)}`, { method: 'HEAD', headers: { authorization: DAVE } }), 403, undefined, 'HEAD');
-    expectStatus(await request(base, `/v2/drop/inbox/blobs/${sha256(blob)}`, { method: 'HEAD', headers: { authorization: ADMIN } }), 200);
-  });
-
-  it('a cross-repository mount needs pull on the source: 403 and no link without it, 201 with it', async () => {
-    const { layer } = await pushImageAs(base, 'private/mountsrc', 'v1', ADMIN);
-    const digest = sha256(layer);
-    await writesNothing(async () => {
-      const r = await request(base, `/v2/team-a/app/blobs/uploads/?mount=${digest}&from=private/mountsrc`, { method: 'POST', headers: { authorization: CAROL } });
-      expectError(r, 403, 'DENIED');
-      expect(r.json<{ errors: Array<{ detail: unknown }> }>().errors[0]!.detail).toEqual([{ Type: 'repository', Name: 'private/mountsrc', Action: 'pull' }]);
+    it('anonymous push is never allowed, even where anonymous may pull: 401 and nothing written', async () => {
+      await writesNothing(async () => {
+        expectError(await request(base, '/v2/public/tools/blobs/uploads/', { method: 'POST' }), 401, 'UNAUTHORIZED');
+        const blob = Buffer.from('anonymous blob');
+        expectError(await request(base, `/v2/public/tools/blobs/uploads/?digest=${sha256(blob)}`, { method: 'POST', body: blob }), 401, 'UNAUTHORIZED');
+        expectError(await request(base, '/v2/public/tools/manifests/v2', {
+          method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: '{}',
+        }), 401, 'UNAUTHORIZED');
+        expectError(await request(base, '/v2/public/tools/manifests/v1', { method: 'DELETE' }), 401, 'UNAUTHORIZED');
+      });
     });
-    expectError(await request(base, `/v2/team-a/app/blobs/${digest}`, { method: 'HEAD', headers: { authorization: CAROL } }), 404, undefined, 'HEAD');
-    // From a repository anyone may pull, the same user may mount.
-    const pub = await pushImageAs(base, 'public/mountsrc', 'v1', ADMIN);
-    const ok = await request(base, `/v2/team-a/app/blobs/uploads/?mount=${sha256(pub.layer)}&from=public/mountsrc`, { method: 'POST', headers: { authorization: CAROL } });
-    expectStatus(ok, 201, 'mount from public/*');
-    // And pull on the source does not replace push on the target.
-    await writesNothing(async () => {
-      expectError(await request(base, `/v2/team-b/app/blobs/uploads/?mount=${sha256(pub.layer)}&from=public/mountsrc`, { method: 'POST', headers: { authorization: CAROL } }), 403, 'DENIED');
+
+    it('a group member pushes and pulls in its team pattern, including nested names', async () => {
+      for (const repo of ['team-a/app', 'team-a/x/y']) {
+        const { reply, digest } = await pushImageAs(base, repo, 'v1', CAROL);
+        expectStatus(reply, 201, `carol pushes ${repo}`);
+        const got = await request(base, `/v2/${repo}/manifests/v1`, { headers: { authorization: CAROL } });
+        expectStatus(got, 200);
+        expect(sha256(got.body)).toBe(digest);
+      }
     });
-  });
 
-  it('the catalog is for those who may pull every repository', async () => {
-    const r = await request(base, '/v2/_catalog', { headers: { authorization: ADMIN } });
-    expectStatus(r, 200);
-    expect(r.json<{ repositories: string[] }>().repositories).toContain('private/app');
-    expectError(await request(base, '/v2/_catalog', { headers: { authorization: CAROL } }), 403, 'DENIED');
-    expectError(await request(base, '/v2/_catalog'), 401, 'UNAUTHORIZED');
-  });
+    it('an authenticated user outside the rules → 403 DENIED naming the action, and nothing written', async () => {
+      await writesNothing(async () => {
+        const r = await request(base, '/v2/team-b/app/blobs/uploads/', { method: 'POST', headers: { authorization: CAROL } });
+        expectError(r, 403, 'DENIED');
+        expect(r.json<{ errors: Array<{ detail: unknown }> }>().errors[0]!.detail).toEqual([{ Type: 'repository', Name: 'team-b/app', Action: 'push' }]);
+        expectError(await request(base, '/v2/private/app/manifests/v1', { headers: { authorization: CAROL } }), 403, 'DENIED');
+        // The pattern is team-a/*, not team-a itself, nor a name that merely starts with it.
+        expectError(await request(base, '/v2/team-a/blobs/uploads/', { method: 'POST', headers: { authorization: CAROL } }), 403, 'DENIED');
+        expectError(await request(base, '/v2/team-ab/x/blobs/uploads/', { method: 'POST', headers: { authorization: CAROL } }), 403, 'DENIED');
+      });
+    });
 
-  it('there is no token endpoint without tokens', async () => {
-    expectError(await request(base, '/token?service=hoist', { headers: { authorization: CAROL } }), 404, 'NOT_FOUND');
-  });
+    it('delete needs the delete action: push and pull are not enough', async () => {
+      const { digest } = await pushImageAs(base, 'team-a/del', 'v1', CAROL);
+      await writesNothing(async () => {
+        expectError(await request(base, `/v2/team-a/del/manifests/${digest}`, { method: 'DELETE', headers: { authorization: CAROL } }), 403, 'DENIED');
+        expectError(await request(base, '/v2/team-a/del/manifests/v1', { method: 'DELETE', headers: { authorization: CAROL } }), 403, 'DENIED');
+      });
+      expectStatus(await request(base, '/v2/team-a/del/manifests/v1', { method: 'DELETE', headers: { authorization: ADMIN } }), 202, 'admin deletes the tag');
+    });
 
-  it('an invalid name is NAME_INVALID before anything else, and does not reach the challenge', async () => {
-    const r = await request(base, '/v2/%2e%2e/blobs/uploads/', { method: 'POST' });
-    expectError(r, 400, 'NAME_INVALID');
-    expect(r.header('www-authenticate')).toBeUndefined();
-  });
+    it('push without pull: a drop box takes blobs but does not show them', async () => {
+      const blob = Buffer.from(`dropped ${Math.random()}`);
+      expectStatus(await pushBlobAs(base, 'drop/inbox', blob, DAVE), 201, 'dave pushes');
+      expectError(await request(base, `/v2/drop/inbox/blobs/${sha256(blob)}`, { method: 'HEAD', headers: { authorization: DAVE } }), 403, undefined, 'HEAD');
+      expectStatus(await request(base, `/v2/drop/inbox/blobs/${sha256(blob)}`, { method: 'HEAD', headers: { authorization: ADMIN } }), 200);
+    });
 
-  it('logs the user of each request, never the password', async () => {
-    const lines = server.logs();
-    expect(lines.some((l) => l.includes('"user":"carol"'))).toBe(true);
-    for (const [user, password] of Object.entries(USERS)) {
-      expect(lines.filter((l) => l.includes(password)), `${user}'s password in the log`).toEqual([]);
-      expect(lines.filter((l) => l.includes(basic(user, password).slice(6))), `${user}'s Basic credentials in the log`).toEqual([]);
-    }
-  });
+    it('a cross-repository mount needs pull on the source: 403 and no link without it, 201 with it', async () => {
+      const { layer } = await pushImageAs(base, 'private/mountsrc', 'v1', ADMIN);
+      const digest = sha256(layer);
+      await writesNothing(async () => {
+        const r = await request(base, `/v2/team-a/app/blobs/uploads/?mount=${digest}&from=private/mountsrc`, { method: 'POST', headers: { authorization: CAROL } });
+        expectError(r, 403, 'DENIED');
+        expect(r.json<{ errors: Array<{ detail: unknown }> }>().errors[0]!.detail).toEqual([{ Type: 'repository', Name: 'private/mountsrc', Action: 'pull' }]);
+      });
+      expectError(await request(base, `/v2/team-a/app/blobs/${digest}`, { method: 'HEAD', headers: { authorization: CAROL } }), 404, undefined, 'HEAD');
+      // From a repository anyone may pull, the same user may mount.
+      const pub = await pushImageAs(base, 'public/mountsrc', 'v1', ADMIN);
+      const ok = await request(base, `/v2/team-a/app/blobs/uploads/?mount=${sha256(pub.layer)}&from=public/mountsrc`, { method: 'POST', headers: { authorization: CAROL } });
+      expectStatus(ok, 201, 'mount from public/*');
+      // And pull on the source does not replace push on the target.
+      await writesNothing(async () => {
+        expectError(await request(base, `/v2/team-b/app/blobs/uploads/?mount=${sha256(pub.layer)}&from=public/mountsrc`, { method: 'POST', headers: { authorization: CAROL } }), 403, 'DENIED');
+      });
+    });
+
+    it('the catalog is for those who may pull every repository', async () => {
+      const r = await request(base, '/v2/_catalog', { headers: { authorization: ADMIN } });
+      expectStatus(r, 200);
+      expect(r.json<{ repositories: string[] }>().repositories).toContain('private/app');
+      expectError(await request(base, '/v2/_catalog', { headers: { authorization: CAROL } }), 403, 'DENIED');
+      expectError(await request(base, '/v2/_catalog'), 401, 'UNAUTHORIZED');
+    });
+
+    it('there is no token endpoint without tokens', async () => {
+      expectError(await request(base, '/token?service=hoist', { headers: { authorization: CAROL } }), 404, 'NOT_FOUND');
+    });
+
+    it('an invalid name is NAME_INVALID before anything else, and does not reach the challenge', async () => {
+      const r = await request(base, '/v2/%2e%2e/blobs/uploads/', { method: 'POST' });
+      expectError(r, 400, 'NAME_INVALID');
+      expect(r.header('www-authenticate')).toBeUndefined();
+    });
+
+    it('logs the user of each request, never the password', async () => {
+      const lines = server.logs();
+      expect(lines.some((l) => l.includes('"user":"carol"'))).toBe(true);
+      for (const [user, password] of Object.entries(USERS)) {
+        expect(lines.filter((l) => l.includes(password)), `${user}'s password in the log`).toEqual([]);
+        expect(lines.filter((l) => l.includes(basic(user, password).slice(6))), `${user}'s Basic credentials in the log`).toEqual([]);
+      }
+    });
 });
