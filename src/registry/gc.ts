@@ -54,7 +54,11 @@ import { tryParseDigest, type Digest } from './reference.js';
  *    and it concerns clients, not bytes: a push slower than the grace period can fail with
  *    MANIFEST_BLOB_UNKNOWN (and is retried), it cannot create a manifest whose blob is gone,
  *    because the PUT re-checks every reference after touching it (A). With `--grace 0s`
- *    everything not in use when the collection starts goes.
+ *    everything not in use when the collection starts goes. (A marker's time is the writing
+ *    server's clock when it began the write. A touch the collector cannot tell from an old
+ *    one, because it was stored before the collector's first read and dated before the
+ *    cutoff by a clock running behind, costs at most such a failed push, for the same reason;
+ *    manifest PUTs do not depend on clocks at all, see C.)
  *
  * C. In-flight manifest PUTs (gc-guard.ts duty 2). A PUT registers in /gc/inflight/ and
  *    then reads the lease; the collector writes the lease and then lists /gc/inflight/, and
@@ -78,7 +82,9 @@ import { tryParseDigest, type Digest } from './reference.js';
  *    re-reads the upload record; finishing an upload rewrites its record (touchedAt), then
  *    looks for an intent: one of the two sees the other, and either the collector leaves
  *    the upload alone or the client gets BLOB_UPLOAD_UNKNOWN. Data no record names is
- *    deleted only after `staleUploadAfterMs` without a write (its modification time).
+ *    deleted only after `staleUploadAfterMs` without a write, and once collections have
+ *    seen it unnamed for as long (#sweepOrphanData): data between its commit and its blob
+ *    record is unnamed for milliseconds, never for the hour that takes.
  *
  * F. Expired tags. Deleting one writes an intent, re-reads the tag and deletes it only if
  *    it is unchanged; a PUT that saw the collection running looks for the intent after it
@@ -583,7 +589,12 @@ class Collection {
 
   /**
    * Data objects no blob record and no upload names: a monolithic upload in progress (no
-   * record until it commits), or what a crash left. Removed once idle for staleUploadAfter.
+   * record until it commits), or what a crash left. One goes when it has been idle (no
+   * write) for staleUploadAfter and collections have seen it unnamed for as long: the first
+   * collection to see it notes when (/gc/orphans/<id>). The second condition is for data on
+   * its way to becoming a blob, which is unnamed for the milliseconds between its commit and
+   * its record, and may look idle then: S3 dates a multipart object by when its upload
+   * began (radosgw by when it completed).
    *
    * Finding them means reading every blob record (which data it names), so it is done only
    * when there are more data objects than records and uploads, each of which names one.
@@ -591,7 +602,8 @@ class Collection {
   async #sweepOrphanData(dataPaths: string[], records: Set<string>, swept: Set<string>, uploadData: Set<string>): Promise<void> {
     // A dry run deleted nothing: the data of what it would sweep is still referenced.
     const kept = [...records].filter((d) => this.#dry || !swept.has(d));
-    if (dataPaths.length <= kept.length + uploadData.size) return;
+    const notes = (await listOrEmpty(this.#d, paths.gcOrphansDir())).map(basename);
+    if (dataPaths.length <= kept.length + uploadData.size && notes.length === 0) return;
     const referenced = new Set(uploadData);
     const total = kept.length + dataPaths.length;
     let done = 0;
@@ -603,19 +615,37 @@ class Collection {
     })));
     const orphans = dataPaths.filter((p) => !referenced.has(p));
     await this.#checkLease();
-    const staleBefore = Date.now() - this.#o.staleUploadAfterMs;
+    const now = Date.now();
+    const staleBefore = now - this.#o.staleUploadAfterMs;
+    const noted = new Set<string>();
     await Promise.all(orphans.map((p) => this.#limit(async () => {
+      let info;
       try {
-        const info = await this.#d.stat(p);
-        if (!info.isDir && info.modTime.getTime() < staleBefore) {
-          if (!this.#dry) await ignoreNotFound(this.#d.delete(p));
-          this.#report.orphanData.count++;
-          this.#report.orphanData.bytes += info.size;
-        }
+        info = await this.#d.stat(p);
       } catch (err) {
-        if (!isPathNotFound(err)) throw err;
+        if (isPathNotFound(err)) return;
+        throw err;
       }
+      if (info.isDir || info.modTime.getTime() >= staleBefore) return;
+      const id = basename(p);
+      const note = paths.gcOrphan(id);
+      let firstSeen = now;
+      const raw = await readOrUndefined(this.#d, note);
+      if (raw) firstSeen = Date.parse((JSON.parse(raw.toString('utf8')) as { firstSeen?: string }).firstSeen ?? '') || now;
+      else if (!this.#dry) await this.#d.putContent(note, json({ firstSeen: new Date(now).toISOString() }));
+      if (firstSeen > staleBefore) {
+        noted.add(id);
+        return;
+      }
+      if (!this.#dry) {
+        await ignoreNotFound(this.#d.delete(p));
+        await ignoreNotFound(this.#d.delete(note));
+      }
+      this.#report.orphanData.count++;
+      this.#report.orphanData.bytes += info.size;
     })));
+    // Notes of data that is named again, or gone.
+    if (!this.#dry) await this.#deleteMany(notes.filter((id) => !noted.has(id) && !orphans.includes(paths.blobData(id))).map((id) => paths.gcOrphan(id)));
     this.#progress('data', total, total);
   }
 

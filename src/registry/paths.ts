@@ -20,6 +20,7 @@ import type { Digest } from './reference.js';
  *   │   ├── lease                     while a collection runs: {"gen", "owner", "startedAt", ...}
  *   │   ├── generations/<gen>         created (if absent) to claim a collection's generation
  *   │   ├── inflight/<id>             a manifest PUT in progress: {"startedAt"}
+ *   │   ├── orphans/<id>              /blobs/data/<id> was seen named by no record: {"firstSeen"}
  *   │   └── intents/<name>
  *   │       ├── _tags/<tag>           the collector is about to delete this expired tag
  *   │       └── _uploads/<id>         the collector is about to remove this stale upload
@@ -73,6 +74,8 @@ export const paths = {
   gcGeneration: (gen: number) => `/gc/generations/${gen}`,
   gcGenerationsDir: () => '/gc/generations',
   gcIntentsDir: () => '/gc/intents',
+  gcOrphansDir: () => '/gc/orphans',
+  gcOrphan: (dataId: string) => `/gc/orphans/${dataId}`,
   gcInflightDir: () => '/gc/inflight',
   gcInflight: (id: string) => `/gc/inflight/${id}`,
   gcTagIntent: (name: string, tag: string) => `/gc/intents/${name}/_tags/${tag}`,

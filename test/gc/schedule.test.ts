@@ -6,7 +6,7 @@ import { tempDir, waitForLog } from '../helpers/http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
- * `hoist serve` with `gc.schedule`: collections run by themselves, in the default registry
+ * `hoist serve` with `gc.schedule` (every second, grace 2 s): collections run by themselves, in the default registry
  * and in every namespace (each an isolated registry under /namespaces/<name>), and a
  * configured expiration hides tags and lets them be collected. `hoist gc` run by hand while
  * the server runs finds the lease free between scheduled runs.
@@ -22,7 +22,9 @@ describe('scheduled collections in hoist serve', () => {
       frontend: 'node',
       env: {
         HOIST_GC_SCHEDULE: '1s',
-        HOIST_GC_GRACE: '0s',
+        // Longer than a push here takes: with 0s a collection could sweep a blob between its
+        // upload and its manifest (gc.ts, B).
+        HOIST_GC_GRACE: '2s',
         HOIST_NAMESPACES: JSON.stringify([{ name: 'team-a', pathPrefix: 'team-a' }]),
       },
       args: ['--config', await yamlConfig(dir.path)],
@@ -46,9 +48,11 @@ describe('scheduled collections in hoist serve', () => {
     await root.push(tmp, 'v1');
     await root.deleteTag('app', 'v2');
     await ns.deleteTag('lib', 'v1');
-    // ci/tmp expires 1 s after a push (configuration): gone from the API by then.
+    // ci/tmp expires 1 s after a push (configuration): gone from the API by then. After the
+    // grace period, what was deleted is collectable.
     await new Promise((resolve) => setTimeout(resolve, 1100));
     expect(await root.tags('ci/tmp/build')).toEqual([]);
+    await new Promise((resolve) => setTimeout(resolve, 1100));
 
     const done = (r: { msg?: unknown; registries?: unknown }) =>
       r.msg === 'garbage collection done' && JSON.stringify(r.registries).includes('"team-a"');

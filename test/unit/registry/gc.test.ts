@@ -305,16 +305,23 @@ describe('uploads and orphaned data', () => {
     expect(await exists(d, paths.gcUploadIntent('u', b.id))).toBe(false);
   });
 
-  it('removes data no record names once idle, and keeps fresh data', async () => {
-    const orphan = paths.blobData(randomUUID());
+  it('removes data no record names once it is idle and has been seen unnamed as long, and keeps fresh data', async () => {
+    const id = randomUUID();
+    const orphan = paths.blobData(id);
     await d.putContent(orphan, randomBytes(700));
     let r = await t.gc({ staleUploadAfterMs: 60_000 });
     expect(r.orphanData.count).toBe(0);
-    await sleep(5);
+    expect(await exists(d, paths.gcOrphan(id))).toBe(false); // not idle yet: not even noted
     const img = await t.pushImage('o', 'v1');
-    r = await t.gc({ staleUploadAfterMs: 1 });
+    await sleep(30);
+    r = await t.gc({ staleUploadAfterMs: 20 });
+    expect(r.orphanData.count).toBe(0); // idle, but first seen unnamed just now
+    expect(await exists(d, paths.gcOrphan(id))).toBe(true);
+    await sleep(30);
+    r = await t.gc({ staleUploadAfterMs: 20 });
     expect(r.orphanData).toEqual({ count: 1, bytes: 700 });
     expect(await exists(d, orphan)).toBe(false);
+    expect(await exists(d, paths.gcOrphan(id))).toBe(false);
     expect(await t.imageStored(img)).toBe(true);
   });
 
