@@ -69,6 +69,8 @@ export interface ManifestStoreOptions {
 
 /** Existence checks in flight for one manifest (an index may list dozens of platforms). */
 const CHECK_CONCURRENCY = 8;
+/** Tag records read at once for a tag list (expired tags are left out). */
+const TAG_READ_CONCURRENCY = 32;
 
 /**
  * Manifests by digest, tags pointing at them, and the referrers index, per repository.
@@ -217,7 +219,8 @@ export class ManifestStore {
   async tags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {
     const names = await this.#tagNames(repo);
     const now = Date.now();
-    const records = await mapLimit(names, CHECK_CONCURRENCY, (t) => this.#tag(repo, t));
+    // Each tag's record says whether it has expired: one small read per tag, many at once.
+    const records = await mapLimit(names, TAG_READ_CONCURRENCY, (t) => this.#tag(repo, t));
     return paginate(names.filter((_, i) => records[i] !== undefined && !this.#expired(repo, records[i]!, now)), n, last);
   }
 
