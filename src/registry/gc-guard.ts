@@ -39,8 +39,8 @@ const INTENT_WAIT_MS = 30_000;
  *    the two sees the other: either our check finds the record gone (we answer "unknown",
  *    the client uploads again), or the collector finds our touch and puts the record back.
  *
- * 2. op(fn): a manifest PUT registers itself under /gc/inflight/ and only then reads the
- *    lease. A collector writes the lease and only then lists /gc/inflight/. So either the PUT
+ * 2. op(fn): a manifest PUT (an upload commit, a mount) registers itself under
+ *    /gc/inflight/ and only then reads the lease. A collector writes the lease and only then lists /gc/inflight/. So either the PUT
  *    sees the collection (and tags its touches with the collection's generation, which the
  *    collector spares however old the touch looks) or the collector sees the PUT (and waits
  *    for it to finish before it lists tags and manifests, so it sees what the PUT wrote).

@@ -60,12 +60,15 @@ import { tryParseDigest, type Digest } from './reference.js';
  *    cutoff by a clock running behind, costs at most such a failed push, for the same reason;
  *    manifest PUTs do not depend on clocks at all, see C.)
  *
- * C. In-flight manifest PUTs (gc-guard.ts duty 2). A PUT registers in /gc/inflight/ and
- *    then reads the lease; the collector writes the lease and then lists /gc/inflight/, and
- *    waits for what it finds before it lists anything else. Either the PUT saw generation g
- *    running, and tagged its touches with g, which makes them fresh to this collection
- *    however late they come; or the collector saw the PUT and waited for it, so its tag and
- *    manifest are in the listings. Without C, a PUT that checked its references just before
+ * C. In-flight operations (gc-guard.ts duty 2): manifest PUTs, upload commits, mounts. One
+ *    registers in /gc/inflight/ and then reads the lease; the collector writes the lease and
+ *    then lists /gc/inflight/, and waits for what it finds before it lists anything else.
+ *    Either the operation saw generation g running, and tagged its touches with g, which
+ *    makes them fresh to this collection however late they come and whatever the clocks
+ *    say: a blob uploaded or mounted, or a manifest pushed, while the collection runs is
+ *    never swept by it; or the collector saw the operation and waited for it, so what it
+ *    wrote is in the listings (a tag, a root; a blob, judged by B like anything that was
+ *    there before the collection). Without C, a PUT that checked its references just before
  *    t0 and wrote its tag just after the tags were listed would leave a tag to swept blobs
  *    whenever grace is shorter than that PUT.
  *

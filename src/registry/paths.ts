@@ -19,7 +19,7 @@ import type { Digest } from './reference.js';
  *   ├── gc                            garbage collection's coordination objects (gc-lease.ts)
  *   │   ├── lease                     while a collection runs: {"gen", "owner", "startedAt", ...}
  *   │   ├── generations/<gen>         created (if absent) to claim a collection's generation
- *   │   ├── inflight/<id>             a manifest PUT in progress: {"startedAt"}
+ *   │   ├── inflight/<id>             a manifest PUT, upload commit or mount in progress: {"startedAt"}
  *   │   ├── orphans/<id>              /blobs/data/<id> was seen named by no record: {"firstSeen"}
  *   │   └── intents/<name>
  *   │       ├── _tags/<tag>           the collector is about to delete this expired tag

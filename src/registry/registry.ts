@@ -77,10 +77,13 @@ export class Registry {
     const d = parseDigest(digest);
     let desc: BlobDescriptor | undefined;
     // Adopted before the upload record goes (gc.ts, E); touched before the adopt looks for
-    // an existing record to deduplicate onto (gc.ts, A).
+    // an existing record to deduplicate onto (gc.ts, A), as a registered operation, so that
+    // a collection running meanwhile spares the blob whatever the clocks say (gc.ts, C).
     await this.#uploads.complete(repo, id, d, range, body, async (data) => {
-      await this.#guard.touch([d]);
-      desc = await this.#blobs.adopt(repo, d, data);
+      desc = await this.#guard.op(async () => {
+        await this.#guard.touch([d]);
+        return this.#blobs.adopt(repo, d, data);
+      });
     });
     return desc!;
   }
@@ -94,8 +97,10 @@ export class Registry {
     assertName(repo);
     const d = parseDigest(digest);
     const data = await this.#uploads.oneShot(repo, d, length, body);
-    await this.#guard.touch([d]);
-    return this.#blobs.adopt(repo, d, data);
+    return this.#guard.op(async () => {
+      await this.#guard.touch([d]);
+      return this.#blobs.adopt(repo, d, data);
+    });
   }
 
   /** Cross-repository mount; undefined when `from` cannot see the blob. */
@@ -103,8 +108,10 @@ export class Registry {
     assertName(repo);
     const d = parseDigest(digest);
     if (!isValidName(from)) return undefined;
-    await this.#guard.touch([d]);
-    return this.#blobs.mount(repo, d, from);
+    return this.#guard.op(async () => {
+      await this.#guard.touch([d]);
+      return this.#blobs.mount(repo, d, from);
+    });
   }
 
   // --- blobs ---------------------------------------------------------------------------
