@@ -1,9 +1,9 @@
 import { GetObjectCommand } from '@aws-sdk/client-s3';
-import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { run, type RunResult } from '../helpers/commands.js';
 import { randomBlob, sha256 } from '../helpers/oci.js';
 import { headObject, keyMap, s3Env, s3ServerEnv, useTestBucket, type TestBucket } from '../helpers/s3-http.js';
 import { listUploads, S3_ENDPOINT_MISSING } from '../helpers/s3.js';
@@ -28,7 +28,6 @@ import { startServer, tail, type Frontend, type TestServer } from '../helpers/se
 const EXTERNAL_REGISTRY = process.env.HOIST_E2E_REGISTRY?.trim() || undefined;
 const TAG = 'v1';
 const RANDOM_LAYER_BYTES = 6 * 1024 * 1024 + 12_345; // spans several upload chunks, odd tail
-const COMMAND_TIMEOUT_MS = 90_000;
 
 interface Target {
   label: string;
@@ -45,46 +44,6 @@ const targets: Target[] = EXTERNAL_REGISTRY
       { label: 'fs storage, node front end', storage: 'fs', frontend: 'node' },
       { label: 's3 storage, node front end', storage: 's3', frontend: 'node' },
     ];
-
-interface RunResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-class ToolMissingError extends Error {
-  override readonly name = 'ToolMissingError';
-}
-
-/** Runs a command with no stdin; rejects with its output unless it exits 0. */
-function run(cmd: string, args: string[], context?: () => string): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
-    child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), COMMAND_TIMEOUT_MS);
-    child.once('error', (err: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      reject(err.code === 'ENOENT'
-        ? new ToolMissingError(`${cmd} is not installed. The end-to-end tests need skopeo and umoci: `
-          + 'apt-get install -y --no-install-recommends skopeo umoci (scripts/test-all.sh does this when run as root)')
-        : err);
-    });
-    child.once('close', (code, signal) => {
-      clearTimeout(timer);
-      if (code === 0) return resolve({ code, stdout, stderr });
-      const why = signal === 'SIGKILL' ? `killed after ${COMMAND_TIMEOUT_MS} ms` : `exit ${code ?? signal}`;
-      reject(new Error([
-        `${cmd} ${args.join(' ')} failed (${why})`,
-        `--- stdout ---\n${stdout.slice(-4000)}`,
-        `--- stderr (last 8000 chars) ---\n${stderr.slice(-8000)}`,
-        context ? `--- registry ---\n${context()}` : '',
-      ].join('\n')));
-    });
-  });
-}
 
 /** One HTTP request skopeo made, as reported by `skopeo --debug` ("PUT http://..."). */
 interface LoggedRequest {

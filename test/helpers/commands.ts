@@ -14,6 +14,11 @@ export interface RunResult {
 
 export const COMMAND_TIMEOUT_MS = 90_000;
 
+/** The client binary is not installed: the test fails with the line that installs it. */
+export class ToolMissingError extends Error {
+  override readonly name = 'ToolMissingError';
+}
+
 export function run(cmd: string, args: string[], context?: () => string, timeoutMs = COMMAND_TIMEOUT_MS): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -25,7 +30,7 @@ export function run(cmd: string, args: string[], context?: () => string, timeout
     child.once('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       reject(err.code === 'ENOENT'
-        ? new Error(`${cmd} is not installed. The end-to-end tests need skopeo and umoci: `
+        ? new ToolMissingError(`${cmd} is not installed. The end-to-end tests need skopeo and umoci: `
           + 'apt-get install -y --no-install-recommends skopeo umoci (scripts/test-all.sh does this when run as root)')
         : err);
     });
