@@ -1,5 +1,6 @@
 import { HeadObjectCommand, ListPartsCommand, type S3Client } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startServer, type Frontend, type TestServer } from './server.js';
 import { startFaultyProxy, type Fault, type FaultyProxy } from './faulty-proxy.js';
 import {
   createTestBucket, deleteBucket, listAllKeys, listUploads, s3StorageUrl, s3TestEnv, S3_ENDPOINT_MISSING, testClient,
@@ -39,6 +40,32 @@ export function describeS3(title: string, body: (env: S3TestEnv) => void): void 
     }
     body(s3Env);
   });
+}
+
+/**
+ * Inside a describe block: starts a server for `frontend` on `memory:`, or on a fresh bucket
+ * for 's3', before the block's tests and stops it (expecting exit 0) after them. Without an S3
+ * server, registers the failing "needs an S3 server" test and returns undefined: the caller
+ * returns too (fail, never skip). Hooks the caller registers afterwards see `server` set.
+ */
+export function useRegistryServer(frontend: Frontend, storage: 'memory' | 's3', label: string): { readonly server: TestServer } | undefined {
+  if (storage === 's3' && !s3Env) {
+    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
+      throw new Error(S3_ENDPOINT_MISSING);
+    });
+    return undefined;
+  }
+  const bucket = storage === 's3' ? useTestBucket(s3Env!, label) : undefined;
+  const handle: { server: TestServer } = { server: undefined as unknown as TestServer };
+  beforeAll(async () => {
+    handle.server = bucket
+      ? await startServer({ storage: bucket.url(label), frontend, env: s3ServerEnv() })
+      : await startServer({ storage: 'memory:', frontend });
+  });
+  afterAll(async () => {
+    if (handle.server) expect(await handle.server.stop()).toBe(0);
+  });
+  return handle;
 }
 
 /** The credentials a Hoist process needs for the test S3 server (the SDK's standard chain). */

@@ -1,10 +1,9 @@
 import { gunzipSync } from 'node:zlib';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { expectError, expectStatus, request } from '../helpers/http.js';
 import { pushBlob, randomBlob, sha256 } from '../helpers/oci.js';
-import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
-import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
-import { startServer, type TestServer } from '../helpers/server.js';
+import { useRegistryServer } from '../helpers/s3-http.js';
+import type { TestServer } from '../helpers/server.js';
 
 /**
  * Pulling and deleting blobs (distribution-spec v1.1 "Pulling blobs", "Deleting blobs"),
@@ -35,24 +34,11 @@ const combos: Array<{ frontend: (typeof FRONTENDS)[number]; storage: 'memory' | 
 describe.each(combos)('blobs ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let server: TestServer;
   let base: string;
-  if (storage === 's3' && !s3Env) {
-    // Fail, never skip, without an S3 server (test/storage/s3.test.ts does the same).
-    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-      throw new Error(S3_ENDPOINT_MISSING);
-    });
-    return;
-  }
-  const bucket = storage === 's3' ? useTestBucket(s3Env!, 'blobs') : undefined;
-
-  beforeAll(async () => {
-    server = bucket
-      ? await startServer({ storage: bucket.url('blobs'), frontend, env: s3ServerEnv() })
-      : await startServer({ storage: 'memory:', frontend });
+  const started = useRegistryServer(frontend, storage, 'blobs');
+  if (!started) return;
+  beforeAll(() => {
+    server = started.server;
     base = server.url;
-  });
-
-  afterAll(async () => {
-    if (server) expect(await server.stop()).toBe(0);
   });
 
   it('GET returns the bytes with Docker-Content-Digest and Content-Length; HEAD the same headers and no body', async () => {

@@ -1,9 +1,8 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { expectError, expectStatus, request } from '../helpers/http.js';
 import { MEDIA_TYPES, makeImage, pushBlob, pushImage, pushManifest, randomBlob, sha256 } from '../helpers/oci.js';
-import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
-import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
-import { startServer, type TestServer } from '../helpers/server.js';
+import { useRegistryServer } from '../helpers/s3-http.js';
+import type { TestServer } from '../helpers/server.js';
 
 /**
  * Manifest validation over HTTP, one test per error a manifest PUT can answer (distribution-
@@ -33,25 +32,11 @@ const repo = (label: string): string => `validation/${label}-${(++seq).toString(
 describe.each(combos)('manifest validation ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let server: TestServer;
   let base: string;
-
-  if (storage === 's3' && !s3Env) {
-    // Fail, never skip, without an S3 server (test/storage/s3.test.ts does the same).
-    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-      throw new Error(S3_ENDPOINT_MISSING);
-    });
-    return;
-  }
-  const bucket = storage === 's3' ? useTestBucket(s3Env!, 'validation') : undefined;
-
-  beforeAll(async () => {
-    server = bucket
-      ? await startServer({ storage: bucket.url('validation'), frontend, env: s3ServerEnv() })
-      : await startServer({ storage: 'memory:', frontend });
+  const started = useRegistryServer(frontend, storage, 'validation');
+  if (!started) return;
+  beforeAll(() => {
+    server = started.server;
     base = server.url;
-  });
-
-  afterAll(async () => {
-    if (server) expect(await server.stop()).toBe(0);
   });
 
   const put = (name: string, reference: string, body: string | Buffer | object, contentType?: string) =>

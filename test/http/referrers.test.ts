@@ -1,9 +1,8 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { expectError, expectStatus, request } from '../helpers/http.js';
 import { MEDIA_TYPES, makeImage, pushBlob, pushImage, pushManifest, randomBlob, sha256, type Image } from '../helpers/oci.js';
-import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
-import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
-import { startServer, type TestServer } from '../helpers/server.js';
+import { useRegistryServer } from '../helpers/s3-http.js';
+import type { TestServer } from '../helpers/server.js';
 
 /**
  * The referrers API over HTTP (distribution-spec v1.1 "Pushing Manifests with Subject",
@@ -32,25 +31,11 @@ const repo = (label: string): string => `referrers/${label}-${(++seq).toString(3
 describe.each(combos)('referrers ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let server: TestServer;
   let base: string;
-
-  if (storage === 's3' && !s3Env) {
-    // Fail, never skip, without an S3 server (test/storage/s3.test.ts does the same).
-    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-      throw new Error(S3_ENDPOINT_MISSING);
-    });
-    return;
-  }
-  const bucket = storage === 's3' ? useTestBucket(s3Env!, 'referrers') : undefined;
-
-  beforeAll(async () => {
-    server = bucket
-      ? await startServer({ storage: bucket.url('referrers'), frontend, env: s3ServerEnv() })
-      : await startServer({ storage: 'memory:', frontend });
+  const started = useRegistryServer(frontend, storage, 'referrers');
+  if (!started) return;
+  beforeAll(() => {
+    server = started.server;
     base = server.url;
-  });
-
-  afterAll(async () => {
-    if (server) expect(await server.stop()).toBe(0);
   });
 
   const subjectOf = (image: Image) => ({ mediaType: image.mediaType, digest: image.manifestDigest, size: image.manifestBytes.length });
