@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
 import { ConfigError, loadConfig, type Config } from './config.js';
-import { formatDuration, formatRun, ProgressLine } from './gc-format.js';
+import { formatDuration, formatRun, ProgressLine } from './gc/format.js';
 import { createLogger, scrubSecrets } from './logger.js';
-import { GcBusyError, LeaseLostError } from './registry/gc-lease.js';
-import { runGarbageCollection } from './registry/gc-runner.js';
+import { GcBusyError, LeaseLostError } from './gc/lease.js';
+import { runGarbageCollection } from './gc/runner.js';
 import { startServer } from './server.js';
 import { createDriver } from './storage/index.js';
 

@@ -233,7 +233,7 @@ export const ConfigSchema = z.object({
   }).strict().default({}),
   /** Answer GET /v2/ etc. with extra debugging detail in error bodies. Off in production. */
   debugErrors: booleanish.default(false),
-  /** Online garbage collection (src/registry/gc.ts; `hoist gc` runs one by hand). */
+  /** Online garbage collection (src/gc/collector.ts; `hoist gc` runs one by hand). */
   gc: z.object({
     /** `hoist serve` runs a collection this often, on one instance at a time (0: never). */
     schedule: durationMs.default(0),

@@ -5,11 +5,11 @@ import { loadSecurity } from './http/auth-setup.js';
 import { createFrontEnd, FrontEndUnfitError } from './http/frontend.js';
 import { createHandler } from './http/handlers.js';
 import type { Namespace } from './http/namespaces.js';
-import { startGcSchedule } from './gc-schedule.js';
+import { startGcSchedule } from './gc/schedule.js';
 import { ExpiryPolicy } from './registry/expiry.js';
-import { HashPool } from './registry/hash-pool.js';
+import { HashPool } from './engine/hash-pool.js';
 import { Registry } from './registry/registry.js';
-import { SlabPool } from './registry/slab-pool.js';
+import { SlabPool } from './engine/slab-pool.js';
 import { createDriver, type StorageDriver } from './storage/index.js';
 import { PrefixedDriver } from './storage/prefixed.js';
 

@@ -5,7 +5,7 @@
  * A blob's SHA-256 runs across every chunk of an upload, and node:crypto (OpenSSL with
  * SHA-NI, ~1.4 GiB/s a core here) cannot export its state. So the running hash of an upload
  * lives in the worker that saw its first bytes: the pool pins an upload's tasks to that
- * worker by thread id (src/registry/hash-pool.ts). Every task names the offset it expects
+ * worker by thread id (src/engine/hash-pool.ts). Every task names the offset it expects
  * the state to be at; when the worker has no state for the upload (it restarted, or another
  * instance took the upload), it says `missing` and the caller rebuilds the state from the
  * bytes storage already holds (distribution registry/storage/blobwriter_resumable.go).

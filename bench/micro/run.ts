@@ -12,8 +12,8 @@ import { machine, type MicroReport } from './common.js';
  * own so one's threads and heap don't colour the next, and writes bench/results/
  * <timestamp>-micro.{json,md} plus latest-micro.{json,md}.
  *
- *   registry/hash-pool      pinned node:crypto vs hash-wasm state passing; SAB vs moved vs copied buffers
- *   registry/upload-write   part assembly: 64 KiB reads through UploadWrite, per slab size
+ *   engine/hash-pool      pinned node:crypto vs hash-wasm state passing; SAB vs moved vs copied buffers
+ *   engine/upload-write   part assembly: 64 KiB reads through UploadWrite, per slab size
  *   http/frontend           uWebSockets.js vs node:http, chunked and Content-Length bodies
  *   storage/s3-writer       one S3 writer, per checksum configuration (when S3 answers)
  *
@@ -26,8 +26,8 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 interface Bench { id: string; file: string; args: string[]; quickArgs: string[]; needsS3?: boolean }
 
 const BENCHES: Bench[] = [
-  { id: 'hash-pool', file: 'registry/hash-pool.js', args: ['--size-mib', '1024'], quickArgs: ['--size-mib', '256'] },
-  { id: 'upload-write', file: 'registry/upload-write.js', args: ['--size-mib', '1024'], quickArgs: ['--size-mib', '256'] },
+  { id: 'hash-pool', file: 'engine/hash-pool.js', args: ['--size-mib', '1024'], quickArgs: ['--size-mib', '256'] },
+  { id: 'upload-write', file: 'engine/upload-write.js', args: ['--size-mib', '1024'], quickArgs: ['--size-mib', '256'] },
   { id: 'frontend', file: 'http/frontend.js', args: ['--size-mib', '1024', '--runs', '3'], quickArgs: ['--size-mib', '256', '--runs', '1'] },
   { id: 's3-writer', file: 'storage/s3-writer.js', args: ['--size-mib', '1024', '--runs', '2'], quickArgs: ['--size-mib', '128', '--runs', '1'], needsS3: true },
 ];

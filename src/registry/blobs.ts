@@ -4,7 +4,7 @@ import { RangeNotSatisfiableError, RegistryError } from '../errors.js';
 import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
 import { paths } from './paths.js';
 import type { Digest } from './reference.js';
-import type { CommittedData } from './uploads.js';
+import type { CommittedData } from '../engine/uploads.js';
 
 /** What paths.blobRecord() holds: where a digest's bytes are. */
 interface BlobRecord {
@@ -73,7 +73,7 @@ export class BlobStore {
       if (existing) {
         // Ours is a duplicate of content already stored: the record wins, our data goes.
         // (The caller touched the digest first, so a collection sweeping that record
-        // concurrently puts it back: gc.ts, A.)
+        // concurrently puts it back: gc/collector.ts, A.)
         if (existing.data !== data.dataPath) await this.#driver.delete(data.dataPath).catch(() => undefined);
         break;
       }

@@ -15,8 +15,8 @@ import type { Digest } from './reference.js';
  *   │           ├── <hex>             blob record: {"data": "/blobs/data/<id>", "size": n}
  *   │           └── <hex>.touched     when a blob or manifest was last vouched for (pushed, HEAD,
  *   │                                 mounted, referenced by a manifest PUT): {"at", "gen"?, "n"};
- *   │                                 garbage collection spares what was touched lately (gc.ts)
- *   ├── gc                            garbage collection's coordination objects (gc-lease.ts)
+ *   │                                 garbage collection spares what was touched lately (gc/collector.ts)
+ *   ├── gc                            garbage collection's coordination objects (gc/lease.ts)
  *   │   ├── lease                     while a collection runs: {"gen", "owner", "startedAt", ...}
  *   │   ├── generations/<gen>         created (if absent) to claim a collection's generation
  *   │   ├── inflight/<id>             a manifest PUT, upload commit or mount in progress: {"startedAt"}

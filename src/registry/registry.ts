@@ -3,15 +3,15 @@ import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
 import { createHash } from 'node:crypto';
 import { BlobStore, type BlobDescriptor, type BlobRead, type ByteRange } from './blobs.js';
 import { ExpiryPolicy } from './expiry.js';
-import { GcGuard } from './gc-guard.js';
-import { manifestRefs } from './gc-mark.js';
-import type { HashPool } from './hash-pool.js';
+import { GcGuard } from '../gc/guard.js';
+import { manifestRefs } from '../gc/mark.js';
+import type { HashPool } from '../engine/hash-pool.js';
 import { ManifestStore, lexical, paginate, type Manifest, type ManifestRecord, type Page, type ReferrerDescriptor } from './manifests.js';
 import { paths, REPOSITORY_MARKERS } from './paths.js';
 import { assertName, isValidName, parseDigest, parseReference, tryParseDigest, type Reference } from './reference.js';
-import type { SlabPool } from './slab-pool.js';
-import type { BodySource } from './upload-write.js';
-import { UploadEngine, type ChunkRange, type UploadState } from './uploads.js';
+import type { SlabPool } from '../engine/slab-pool.js';
+import type { BodySource } from '../engine/upload-write.js';
+import { UploadEngine, type ChunkRange, type UploadState } from '../engine/uploads.js';
 
 export interface RegistryOptions {
   driver: StorageDriver;
@@ -34,7 +34,7 @@ export class Registry {
   readonly #blobs: BlobStore;
   readonly #manifests: ManifestStore;
   readonly #uploads: UploadEngine;
-  /** Online garbage collection's server side: touched markers and in-flight PUTs (gc-guard.ts). */
+  /** Online garbage collection's server side: touched markers and in-flight PUTs (gc/guard.ts). */
   readonly #guard: GcGuard;
 
   constructor(opts: RegistryOptions) {
@@ -76,9 +76,9 @@ export class Registry {
     assertName(repo);
     const d = parseDigest(digest);
     let desc: BlobDescriptor | undefined;
-    // Adopted before the upload record goes (gc.ts, E); touched before the adopt looks for
-    // an existing record to deduplicate onto (gc.ts, A), as a registered operation, so that
-    // a collection running meanwhile spares the blob whatever the clocks say (gc.ts, C).
+    // Adopted before the upload record goes (gc/collector.ts, E); touched before the adopt looks for
+    // an existing record to deduplicate onto (gc/collector.ts, A), as a registered operation, so that
+    // a collection running meanwhile spares the blob whatever the clocks say (gc/collector.ts, C).
     await this.#uploads.complete(repo, id, d, range, body, async (data) => {
       desc = await this.#guard.op(async () => {
         await this.#guard.touch([d]);
@@ -118,7 +118,7 @@ export class Registry {
 
   /**
    * HEAD: clients ask before they upload, and skip the upload if the blob is there, so a yes
-   * must keep the blob for the grace period (gc.ts, B): touch, then check (A). A no leaves a
+   * must keep the blob for the grace period (gc/collector.ts, B): touch, then check (A). A no leaves a
    * marker the next collection removes (and the client's upload rewrites it anyway).
    */
   async statBlob(repo: string, digest: string): Promise<BlobDescriptor> {
@@ -139,9 +139,9 @@ export class Registry {
   // --- manifests and tags ----------------------------------------------------------------
 
   /**
-   * A registered operation (gc-guard.ts, gc.ts C): touches the manifest's own digest and
+   * A registered operation (gc/guard.ts, gc/collector.ts C): touches the manifest's own digest and
    * everything it references before ManifestStore.put checks that they exist, and writes the
-   * tag again if a collector was deleting it as expired at that moment (gc.ts F).
+   * tag again if a collector was deleting it as expired at that moment (gc/collector.ts F).
    */
   putManifest(repo: string, reference: string, contentType: string | undefined, bytes: Buffer): Promise<ManifestRecord> {
     assertName(repo);
@@ -149,7 +149,7 @@ export class Registry {
     return this.#guard.op(async () => {
       await this.#guard.touch(referencedBy(ref, bytes));
       // Again after a collector deleted the tag under us; a third time only if a dead
-      // collector's intent made us wait for nothing (gc-guard.ts gives up waiting after 30 s).
+      // collector's intent made us wait for nothing (gc/guard.ts gives up waiting after 30 s).
       for (let attempt = 1; ; attempt++) {
         const record = await this.#manifests.put(repo, ref, contentType, bytes);
         if (ref.kind !== 'tag' || attempt === 3 || !(await this.#guard.tagIntent(repo, ref.tag))) return record;

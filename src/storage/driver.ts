@@ -80,7 +80,7 @@ export interface StorageDriver {
    * that no writer state records (a process died mid-PATCH, before its first close()) and
    * staging tails of no current generation. Writes a writer state does record are not listed:
    * they belong to a path (list() shows it), and delete(path) removes them. Garbage
-   * collection aborts what this lists (gc-runner.ts). Drivers with nothing of the kind
+   * collection aborts what this lists (gc/runner.ts). Drivers with nothing of the kind
    * (fs, memory) leave both methods undefined.
    */
   listIncompleteWrites?(idleSince: Date): Promise<IncompleteWrite[]>;

@@ -4,7 +4,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { GcRunReport } from '../../src/registry/gc-runner.js';
+import type { GcRunReport } from '../../src/gc/runner.js';
 import { blobRef, GcTestClient, image, sha256 } from '../helpers/gc-client.js';
 import { runGcCli } from '../helpers/gc.js';
 import { openRequest, patchChunk, startUpload, tempDir, waitFor } from '../helpers/http.js';

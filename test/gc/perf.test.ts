@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import pLimit from 'p-limit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { collectGarbage, type GcReport } from '../../src/registry/gc.js';
-import { HashPool } from '../../src/registry/hash-pool.js';
+import { collectGarbage, type GcReport } from '../../src/gc/collector.js';
+import { HashPool } from '../../src/engine/hash-pool.js';
 import type { StorageDriver } from '../../src/storage/driver.js';
 import { createDriver } from '../../src/storage/index.js';
 import { GcFixture, type PushedImage } from '../helpers/gc.js';

@@ -23,7 +23,7 @@ describe('scheduled collections in hoist serve', () => {
       env: {
         HOIST_GC_SCHEDULE: '1s',
         // Longer than a push here takes: with 0s a collection could sweep a blob between its
-        // upload and its manifest (gc.ts, B).
+        // upload and its manifest (gc/collector.ts, B).
         HOIST_GC_GRACE: '2s',
         HOIST_NAMESPACES: JSON.stringify([{ name: 'team-a', pathPrefix: 'team-a' }]),
       },

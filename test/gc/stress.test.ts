@@ -3,7 +3,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runGarbageCollection, totals } from '../../src/registry/gc-runner.js';
+import { runGarbageCollection, totals } from '../../src/gc/runner.js';
 import { createDriver } from '../../src/storage/index.js';
 import type { StorageDriver } from '../../src/storage/driver.js';
 import {
@@ -29,7 +29,7 @@ import { startServer, type TestServer } from '../helpers/server.js';
  *
  * The grace period (5 s on fs, 10 s on S3, where a push takes a few seconds here) is longer
  * than any push takes from its first HEAD to its manifest PUT: that is the one assumption
- * the collector makes of clients (gc.ts, B).
+ * the collector makes of clients (gc/collector.ts, B).
  */
 
 const CLIENTS = 4;

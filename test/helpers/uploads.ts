@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { ClientAbortError } from '../../src/errors.js';
-import type { BodySource, ByteSink } from '../../src/registry/upload-write.js';
+import type { BodySource, ByteSink } from '../../src/engine/upload-write.js';
 import type { FileInfo, FileWriter, StorageDriver } from '../../src/storage/driver.js';
 import { MemoryDriver } from '../../src/storage/memory.js';
 

@@ -1,7 +1,7 @@
 import { GetObjectCommand, HeadObjectCommand, ListPartsCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { HashPool } from '../../src/registry/hash-pool.js';
+import { HashPool } from '../../src/engine/hash-pool.js';
 import { createDriver } from '../../src/storage/index.js';
 import { S3Driver, type Md5Function } from '../../src/storage/s3/driver.js';
 import { PartBufferWaitError } from '../../src/storage/s3/part-buffers.js';

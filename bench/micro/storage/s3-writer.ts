@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { HashPool } from '../../../src/registry/hash-pool.js';
+import { HashPool } from '../../../src/engine/hash-pool.js';
 import { S3Driver, type S3DriverOptions } from '../../../src/storage/s3/driver.js';
 import { parseS3Url } from '../../../src/storage/s3/url.js';
 

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HashPool, type BytesRef } from '../../../src/registry/hash-pool.js';
+import { HashPool, type BytesRef } from '../../../src/engine/hash-pool.js';
 
 /** A view of `bytes` on a fresh SharedArrayBuffer, as the upload engine's slabs are. */
 function shared(bytes: Uint8Array, pad = 0): BytesRef {

@@ -1,17 +1,17 @@
 // Run: npm run bench:micro, or after `npx tsc -p bench`:
-//   node dist/bench/micro/registry/hash-pool.js [--size-mib 1024] [--chunk-mib 4] [--runs 1] [--json out.json]
+//   node dist/bench/micro/engine/hash-pool.js [--size-mib 1024] [--chunk-mib 4] [--runs 1] [--json out.json]
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createSHA256 } from 'hash-wasm';
 import { Piscina } from 'piscina';
-import { HashPool, type BytesRef } from '../../../src/registry/hash-pool.js';
+import { HashPool, type BytesRef } from '../../../src/engine/hash-pool.js';
 import { machine, measure, MiB, print, writeReport, type MicroResult } from '../common.js';
 
 /**
  * Why the hashing pool pins an upload to one worker (STYLE.md, "A blob's SHA-256 runs
- * across every chunk"). One upload's bytes go through src/registry/hash-pool.ts in
+ * across every chunk"). One upload's bytes go through src/engine/hash-pool.ts in
  * engine-sized chunks, one chunk in flight per upload as the upload engine sends them,
  * the next chunk being copied in meanwhile:
  *
@@ -116,7 +116,7 @@ async function main(): Promise<void> {
   const results: MicroResult[] = [];
   const hashPool = new HashPool({ threads, maxQueue: 1024 });
   const wasmPool = new Piscina({
-    filename: fileURLToPath(new URL('./hash-wasm-task.js', import.meta.url)),
+    filename: fileURLToPath(new URL('../registry/hash-wasm-task.js', import.meta.url)),
     minThreads: threads, maxThreads: threads, idleTimeout: Infinity, concurrentTasksPerWorker: 1,
   });
   try {
@@ -191,7 +191,7 @@ async function main(): Promise<void> {
     await wasmPool.close({ force: true });
   }
   writeReport(values.json, {
-    bench: 'micro/registry/hash-pool',
+    bench: 'micro/engine/hash-pool',
     date: new Date().toISOString(),
     machine: machine(),
     settings: { sizeBytes, chunkBytes, threads, runs },

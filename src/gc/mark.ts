@@ -1,13 +1,13 @@
 import type { LimitFunction } from 'p-limit';
-import { WELL_KNOWN_BLOBS } from './blobs.js';
-import type { RepositoryScan } from './gc-scan.js';
-import { tryParseDigest } from './reference.js';
+import { WELL_KNOWN_BLOBS } from '../registry/blobs.js';
+import type { RepositoryScan } from './scan.js';
+import { tryParseDigest } from '../registry/reference.js';
 
 /**
  * Marking: what is live, starting from roots and following references.
  *
  *   root (repository, manifest)          a tag that has not expired; also, from the sweep,
- *                                        a manifest touched lately ("late marks", gc.ts)
+ *                                        a manifest touched lately ("late marks", gc/collector.ts)
  *   manifest M live in repository R  →   M's bytes (a blob under M's digest)
  *                                        M's config and layers: blobs, and R's links to them
  *                                        M's index children: manifests live in R

@@ -2,10 +2,10 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { StorageDriver } from '../storage/driver.js';
-import { WELL_KNOWN_BLOBS } from './blobs.js';
-import { objectExists, runningGeneration } from './gc-lease.js';
-import { paths } from './paths.js';
-import { tryParseDigest, type Digest } from './reference.js';
+import { WELL_KNOWN_BLOBS } from '../registry/blobs.js';
+import { objectExists, runningGeneration } from './lease.js';
+import { paths } from '../registry/paths.js';
+import { tryParseDigest, type Digest } from '../registry/reference.js';
 
 /** What paths.blobTouched() holds. */
 export interface TouchRecord {
@@ -24,11 +24,11 @@ interface OpContext {
 
 /** Touches written at once; a manifest lists a config, its layers or its children. */
 const TOUCH_CONCURRENCY = 8;
-/** How long a tag write waits for a collector to finish deleting that tag (gc.ts holds an intent for milliseconds). */
+/** How long a tag write waits for a collector to finish deleting that tag (gc/collector.ts holds an intent for milliseconds). */
 const INTENT_WAIT_MS = 30_000;
 
 /**
- * The server's half of online garbage collection (the collector's half is gc.ts, where the
+ * The server's half of online garbage collection (the collector's half is gc/collector.ts, where the
  * whole argument is written out). Three duties:
  *
  * 1. touch(digests): before the registry vouches for a blob or manifest (answers a blob HEAD,

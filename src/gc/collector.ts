@@ -2,16 +2,16 @@ import pLimit, { type LimitFunction } from 'p-limit';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
-import { BlobStore, WELL_KNOWN_BLOBS } from './blobs.js';
-import type { ExpiryPolicy } from './expiry.js';
-import type { TouchRecord } from './gc-guard.js';
-import { Lease, objectExists } from './gc-lease.js';
-import { manifestRefs, Marker } from './gc-mark.js';
+import { BlobStore, WELL_KNOWN_BLOBS } from '../registry/blobs.js';
+import type { ExpiryPolicy } from '../registry/expiry.js';
+import type { TouchRecord } from './guard.js';
+import { Lease, objectExists } from './lease.js';
+import { manifestRefs, Marker } from './mark.js';
 import {
   basename, listData, listOrEmpty, listRepositories, readOrUndefined, scanBlobs, scanRepository, type RepositoryScan,
-} from './gc-scan.js';
-import { paths } from './paths.js';
-import { tryParseDigest, type Digest } from './reference.js';
+} from './scan.js';
+import { paths } from '../registry/paths.js';
+import { tryParseDigest, type Digest } from '../registry/reference.js';
 
 /**
  * Online garbage collection of one registry's storage (the default registry, or one
@@ -23,13 +23,13 @@ import { tryParseDigest, type Digest } from './reference.js';
  *   - expired tags (expiry.ts: the `quay.expires-after` label, the configured expiration);
  *   - manifests no live tag reaches (through index children and referrers), with their
  *     referrer entries; layer links no live manifest of their repository uses; blob records
- *     and data no live manifest anywhere uses (mark and sweep, gc-mark.ts), blobs last;
+ *     and data no live manifest anywhere uses (mark and sweep, gc/mark.ts), blobs last;
  *   - uploads without activity for `staleUploadAfterMs`, with their data (on S3 the driver
  *     aborts the multipart upload and deletes the staging objects), and data objects that
  *     no record points to (a crash between writing data and recording it), idle as long;
  *   - touched markers of blobs that are gone.
  * S3 multipart uploads that no writer state knows (a crash mid-PATCH) are the driver's:
- * see StorageDriver.listIncompleteWrites, run by gc-runner.ts once per store.
+ * see StorageDriver.listIncompleteWrites, run by gc/runner.ts once per store.
  *
  * Why nothing referenced is lost (the argument the code below follows)
  * -------------------------------------------------------------------
@@ -37,7 +37,7 @@ import { tryParseDigest, type Digest } from './reference.js';
  * started (fs; S3 has been strongly consistent since 2020; radosgw is). The collector reads
  * the lease's generation g and the time it started, t0; `cutoff` is t0 - grace.
  *
- * A. Touch before check (gc-guard.ts duty 1). Whenever the registry vouches for a digest X
+ * A. Touch before check (gc/guard.ts duty 1). Whenever the registry vouches for a digest X
  *    (blob HEAD, mount, upload commit, manifest PUT referencing X or being X), it first
  *    rewrites X's touched marker, then checks that X exists. The collector deletes X's record
  *    (the only way to reach X's bytes) first, then re-reads X's marker, and puts the record
@@ -60,7 +60,7 @@ import { tryParseDigest, type Digest } from './reference.js';
  *    cutoff by a clock running behind, costs at most such a failed push, for the same reason;
  *    manifest PUTs do not depend on clocks at all, see C.)
  *
- * C. In-flight operations (gc-guard.ts duty 2): manifest PUTs, upload commits, mounts. One
+ * C. In-flight operations (gc/guard.ts duty 2): manifest PUTs, upload commits, mounts. One
  *    registers in /gc/inflight/ and then reads the lease; the collector writes the lease and
  *    then lists /gc/inflight/, and waits for what it finds before it lists anything else.
  *    Either the operation saw generation g running, and tagged its touches with g, which
@@ -91,9 +91,9 @@ import { tryParseDigest, type Digest } from './reference.js';
  *
  * F. Expired tags. Deleting one writes an intent, re-reads the tag and deletes it only if
  *    it is unchanged; a PUT that saw the collection running looks for the intent after it
- *    writes the tag and writes it again once the collector is done (gc-guard.ts duty 3).
+ *    writes the tag and writes it again once the collector is done (gc/guard.ts duty 3).
  *
- * G. One collector at a time (gc-lease.ts); it checks that it still holds the lease before
+ * G. One collector at a time (gc/lease.ts); it checks that it still holds the lease before
  *    each phase that deletes, and stops if another took over (only possible after it missed
  *    its heartbeats for the lease TTL).
  */

@@ -1,7 +1,7 @@
 import type { LimitFunction } from 'p-limit';
 import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
-import { paths, REPOSITORY_MARKERS } from './paths.js';
-import { DIGEST_ALGORITHMS, tryParseDigest } from './reference.js';
+import { paths, REPOSITORY_MARKERS } from '../registry/paths.js';
+import { DIGEST_ALGORITHMS, tryParseDigest } from '../registry/reference.js';
 
 /**
  * What a collection reads from storage before it decides anything: every repository's tags,
@@ -9,7 +9,7 @@ import { DIGEST_ALGORITHMS, tryParseDigest } from './reference.js';
  * touched marker; every data object. Listing only (plus the small tag records): contents are
  * read later, and only for what might be swept.
  *
- * The order of the listings matters (gc.ts, "orphan data"): uploads are listed before blob
+ * The order of the listings matters (gc/collector.ts, "orphan data"): uploads are listed before blob
  * records, and blob records before data objects, so data that moves from an upload to a
  * blob while we list is seen referenced by one or the other.
  */

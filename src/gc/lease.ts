@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
-import { paths } from './paths.js';
+import { paths } from '../registry/paths.js';
 
 /**
  * The collection lease: `/gc/lease` exists while a collection runs and says which one
@@ -8,7 +8,7 @@ import { paths } from './paths.js';
  *
  *   {"gen": 7, "state": "running", "owner": "host:pid", "startedAt": "…", "heartbeatAt": "…"}
  *
- * Servers look for it at the start of every manifest PUT (gc-guard.ts): a stat, which on S3
+ * Servers look for it at the start of every manifest PUT (gc/guard.ts): a stat, which on S3
  * is a HEAD that answers 404 at once when no collection runs (the common case), and a read
  * only when one does. They tag the touches they write with the running generation; the
  * collector spares whatever carries its generation.

@@ -3,11 +3,11 @@ import { performance } from 'node:perf_hooks';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { ClientAbortError, RegistryError, UploadRangeError } from '../errors.js';
 import { isPathNotFound, type FileWriter, type StorageDriver } from '../storage/driver.js';
-import { channels } from './diagnostics.js';
-import { objectExists } from './gc-lease.js';
+import { channels } from '../diagnostics.js';
+import { objectExists } from '../gc/lease.js';
 import type { HashPool } from './hash-pool.js';
-import { paths } from './paths.js';
-import type { Digest } from './reference.js';
+import { paths } from '../registry/paths.js';
+import type { Digest } from '../registry/reference.js';
 import type { SlabPool } from './slab-pool.js';
 import { UploadWrite, type BodySource } from './upload-write.js';
 
@@ -16,7 +16,7 @@ interface UploadRecord {
   startedAt: string;
   data: string;
   /**
-   * Last sign of life the collector can see on any store (gc.ts removes uploads idle for
+   * Last sign of life the collector can see on any store (gc/collector.ts removes uploads idle for
    * gc.staleUploadAfter): refreshed when a request starts on an upload idle for a while, every
    * ACTIVITY_REFRESH_MS while a long body streams, and when the upload is being finished.
    */
@@ -133,7 +133,7 @@ export class UploadEngine {
     const record = await this.#record(repo, id);
     // The collector removes a stale upload by writing an intent and then re-reading this
     // record; we rewrite the record and then look for an intent. One of us sees the other
-    // (gc.ts, E), so an upload is never finished and removed at once.
+    // (gc/collector.ts, E), so an upload is never finished and removed at once.
     await this.#touch(repo, id, record);
     if (await objectExists(this.#o.driver, paths.gcUploadIntent(repo, id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
     return this.#complete(repo, id, record, digest, range, body, adopt);
@@ -183,7 +183,7 @@ export class UploadEngine {
       return { dataPath: record.data, size };
     });
     // The blob record goes in before the upload record goes out: data moving from an upload
-    // to a blob is always named by one of them (gc.ts, E).
+    // to a blob is always named by one of them (gc/collector.ts, E).
     if (adopt) {
       try {
         await adopt(committed);

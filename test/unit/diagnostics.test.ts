@@ -1,12 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
 import diagnostics from 'node:diagnostics_channel';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HashPool } from '../../../src/registry/hash-pool.js';
-import { parseDigest } from '../../../src/registry/reference.js';
-import { SlabPool } from '../../../src/registry/slab-pool.js';
-import { UploadEngine } from '../../../src/registry/uploads.js';
-import { MemoryDriver } from '../../../src/storage/memory.js';
-import { bodyOf } from '../../helpers/uploads.js';
+import { HashPool } from '../../src/engine/hash-pool.js';
+import { parseDigest } from '../../src/registry/reference.js';
+import { SlabPool } from '../../src/engine/slab-pool.js';
+import { UploadEngine } from '../../src/engine/uploads.js';
+import { MemoryDriver } from '../../src/storage/memory.js';
+import { bodyOf } from '../helpers/uploads.js';
 
 const SLAB = 64 * 1024;
 let pools: HashPool[] = [];

@@ -1,17 +1,17 @@
 // Run: npm run bench:micro, or after `npx tsc -p bench`:
-//   node dist/bench/micro/registry/upload-write.js [--size-mib 1024] [--runs 1] [--json out.json]
+//   node dist/bench/micro/engine/upload-write.js [--size-mib 1024] [--runs 1] [--json out.json]
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { HashPool } from '../../../src/registry/hash-pool.js';
-import { SlabPool } from '../../../src/registry/slab-pool.js';
-import { UploadWrite } from '../../../src/registry/upload-write.js';
+import { HashPool } from '../../../src/engine/hash-pool.js';
+import { SlabPool } from '../../../src/engine/slab-pool.js';
+import { UploadWrite } from '../../../src/engine/upload-write.js';
 import type { FileWriter } from '../../../src/storage/driver.js';
 import { machine, measure, MiB, print, writeReport, type MicroResult } from '../common.js';
 
 /**
  * Part assembly: what the upload engine costs by itself. 1 GiB arrives in 64 KiB socket
- * reads (node:http's usual read size) and goes through src/registry/upload-write.ts into a
+ * reads (node:http's usual read size) and goes through src/engine/upload-write.ts into a
  * storage writer that discards, so the figure is the engine alone: copying reads into
  * slabs, the pinned SHA-256 in the hashing pool, and the bookkeeping, with backpressure
  * honoured as a front end does. Slab sizes 1, 4 (the default uploads.chunkBytes) and
@@ -99,7 +99,7 @@ async function main(): Promise<void> {
     await hashPool.close();
   }
   writeReport(values.json, {
-    bench: 'micro/registry/upload-write',
+    bench: 'micro/engine/upload-write',
     date: new Date().toISOString(),
     machine: machine(),
     settings: { sizeBytes, readBytes, threads, runs, sessionBufferedBytes: SESSION_BUFFERED_BYTES },

@@ -1,8 +1,8 @@
 import type { IncompleteWrite, StorageDriver } from '../storage/driver.js';
 import { PrefixedDriver } from '../storage/prefixed.js';
-import { ExpiryPolicy, type ExpirationSettings } from './expiry.js';
-import { collectGarbage, type GcProgress, type GcReport, type Removed } from './gc.js';
-import { basename, listOrEmpty } from './gc-scan.js';
+import { ExpiryPolicy, type ExpirationSettings } from '../registry/expiry.js';
+import { collectGarbage, type GcProgress, type GcReport, type Removed } from './collector.js';
+import { basename, listOrEmpty } from './scan.js';
 
 /**
  * One collection over a whole store: the default registry, then every namespace's registry

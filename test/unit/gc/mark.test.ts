@@ -1,14 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ExpiryPolicy } from '../../../src/registry/expiry.js';
-import { manifestRefs } from '../../../src/registry/gc-mark.js';
-import { HashPool } from '../../../src/registry/hash-pool.js';
+import { manifestRefs } from '../../../src/gc/mark.js';
+import { HashPool } from '../../../src/engine/hash-pool.js';
 import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
 import { BY_DIGEST, GcFixture, sha256 } from '../../helpers/gc.js';
 
 /**
- * Marking (src/registry/gc-mark.ts) through whole collections on the memory driver: what a
+ * Marking (src/gc/mark.ts) through whole collections on the memory driver: what a
  * collection keeps is what marking reached. Roots are unexpired tags; marking follows index
  * children, config and layers, and referrers of what is live; blobs are shared between
  * repositories, layer links are per repository. Grace 0 throughout, so whatever marking

@@ -2,10 +2,10 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { RegistryError } from '../../../src/errors.js';
-import { collectGarbage } from '../../../src/registry/gc.js';
-import { GcGuard } from '../../../src/registry/gc-guard.js';
-import { GcBusyError, Lease, readLease } from '../../../src/registry/gc-lease.js';
-import { HashPool } from '../../../src/registry/hash-pool.js';
+import { collectGarbage } from '../../../src/gc/collector.js';
+import { GcGuard } from '../../../src/gc/guard.js';
+import { GcBusyError, Lease, readLease } from '../../../src/gc/lease.js';
+import { HashPool } from '../../../src/engine/hash-pool.js';
 import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
 import { paths } from '../../../src/registry/paths.js';
 import { parseDigest } from '../../../src/registry/reference.js';
@@ -15,7 +15,7 @@ import { BY_DIGEST, GcFixture, sha256 } from '../../helpers/gc.js';
 import { bodyOf } from '../../helpers/uploads.js';
 
 /**
- * The sweep's safety protocol (src/registry/gc.ts, "Why nothing referenced is lost"), with
+ * The sweep's safety protocol (src/gc/collector.ts, "Why nothing referenced is lost"), with
  * the races made to happen: a driver that runs a client's request at the exact moment the
  * collector is about to delete something, so the interleavings the argument covers are
  * exercised, not hoped for.

@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
-import type { Config } from './config.js';
-import { GcBusyError } from './registry/gc-lease.js';
-import { runGarbageCollection, totals } from './registry/gc-runner.js';
-import type { StorageDriver } from './storage/driver.js';
+import type { Config } from '../config.js';
+import { GcBusyError } from './lease.js';
+import { runGarbageCollection, totals } from './runner.js';
+import type { StorageDriver } from '../storage/driver.js';
 
 /**
  * `gc.schedule`: `hoist serve` runs a collection that often (with ±10% jitter, so that

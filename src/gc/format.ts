@@ -1,5 +1,5 @@
-import type { GcRunReport } from './registry/gc-runner.js';
-import { totals } from './registry/gc-runner.js';
+import type { GcRunReport } from './runner.js';
+import { totals } from './runner.js';
 
 /** `hoist gc`'s output: one line per registry, one for the store, one total. */
 export function formatRun(run: GcRunReport): string {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { SlabPool, type Slab } from '../../../src/registry/slab-pool.js';
+import { SlabPool, type Slab } from '../../../src/engine/slab-pool.js';
 
 const KiB = 1024;
 

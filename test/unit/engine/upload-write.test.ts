@@ -1,9 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { RegistryError } from '../../../src/errors.js';
-import { HashPool } from '../../../src/registry/hash-pool.js';
-import { SlabPool } from '../../../src/registry/slab-pool.js';
-import { UploadWrite, type UploadWriteDeps } from '../../../src/registry/upload-write.js';
+import { HashPool } from '../../../src/engine/hash-pool.js';
+import { SlabPool } from '../../../src/engine/slab-pool.js';
+import { UploadWrite, type UploadWriteDeps } from '../../../src/engine/upload-write.js';
 import type { FileWriter, StorageDriver } from '../../../src/storage/driver.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
 import { bodyOf, expectSameBytes, FaultyDriver, newStats, ODD_SIZES, sleep } from '../../helpers/uploads.js';
