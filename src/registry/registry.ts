@@ -158,13 +158,14 @@ export class Registry {
   }
 
   getManifest(repo: string, reference: string): Promise<Manifest> {
-    return this.#manifests.get(assertName(repo), parseReference(reference));
+    assertName(repo);
+    return this.#manifests.get(repo, readReference(reference));
   }
 
   /** HEAD: by digest, clients ask before pushing an index's children; a yes touches (as statBlob). */
   async statManifest(repo: string, reference: string): Promise<ManifestRecord> {
-    const ref = parseReference(reference);
     assertName(repo);
+    const ref = readReference(reference);
     if (ref.kind === 'digest') await this.#guard.touch([ref.digest]);
     return this.#manifests.stat(repo, ref);
   }
@@ -230,4 +231,19 @@ function referencedBy(reference: Reference, bytes: Buffer): string[] {
   const own = tryParseDigest(`${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`);
   const refs = manifestRefs(bytes);
   return [...(own ? [own.value] : []), ...(refs?.blobs ?? []), ...(refs?.children ?? [])];
+}
+
+/**
+ * The reference of a read (GET, HEAD). No manifest can be stored under a reference that is
+ * neither a valid tag nor a valid digest (writes refuse it with TAG_INVALID or
+ * DIGEST_INVALID), so a read of one finds nothing: MANIFEST_UNKNOWN, as distribution answers
+ * and the distribution-spec conformance suite expects of `GET|HEAD /v2/<name>/manifests/.INVALID_MANIFEST_NAME`.
+ */
+function readReference(reference: string): Reference {
+  try {
+    return parseReference(reference);
+  } catch (err) {
+    if (!(err instanceof RegistryError)) throw err;
+    throw new RegistryError('MANIFEST_UNKNOWN', { detail: { reference: reference.slice(0, 200) } });
+  }
 }

@@ -182,7 +182,9 @@ describe('hostile input (node front end, fs storage)', () => {
 
   it('percent-encoded non-UTF-8 in a name, tag or digest → 400 with the right code', async () => {
     expectError(await request(base, '/v2/a%ff/tags/list'), 400, 'NAME_INVALID');
-    expectError(await request(base, '/v2/a/manifests/v%ff%fe'), 400, 'TAG_INVALID');
+    expectError(await request(base, '/v2/a/manifests/v%ff%fe', { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: Buffer.from('{}') }), 400, 'TAG_INVALID');
+    // A read by it finds nothing (issue 12): 404 MANIFEST_UNKNOWN.
+    expectError(await request(base, '/v2/a/manifests/v%ff%fe'), 404, 'MANIFEST_UNKNOWN');
     expectError(await request(base, '/v2/a/blobs/sha256:%c3%28'), 400, 'DIGEST_INVALID');
   });
 
@@ -196,7 +198,8 @@ describe('hostile input (node front end, fs storage)', () => {
 
   it('names over 255 characters and tags over 128 → NAME_INVALID and TAG_INVALID', async () => {
     expectError(await request(base, `/v2/${'a'.repeat(120)}/${'b'.repeat(135)}/tags/list`), 400, 'NAME_INVALID');
-    expectError(await request(base, `/v2/ok/manifests/${'t'.repeat(129)}`), 400, 'TAG_INVALID');
+    const put = { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: Buffer.from('{}') };
+    expectError(await request(base, `/v2/ok/manifests/${'t'.repeat(129)}`, put), 400, 'TAG_INVALID');
   });
 
   it('a manifest larger than manifests.maxBytes → 400 MANIFEST_INVALID', async () => {
