@@ -20,13 +20,18 @@ program
   .option('--frontend <kind>', 'auto, uws or node (default auto; env HOIST_FRONTEND)')
   .option('--config <file>', 'YAML configuration file (env HOIST_CONFIG)')
   .option('--log-level <level>', 'fatal, error, warn, info, debug, trace, silent (env HOIST_LOG_LEVEL)')
-  .action(async (opts: { listen?: string; storage?: string; frontend?: string; config?: string; logLevel?: string }) => {
+  .option('--log-format <format>', 'json, pretty, or auto: pretty when stdout is a terminal, else json (default auto; env HOIST_LOG_FORMAT)')
+  .action(async (opts: {
+    listen?: string; storage?: string; frontend?: string; config?: string; logLevel?: string; logFormat?: string;
+  }) => {
     let config;
     try {
       config = loadConfig({
         file: opts.config ?? process.env.HOIST_CONFIG,
         env: process.env,
-        overrides: { listen: opts.listen, storage: opts.storage, frontend: opts.frontend, logLevel: opts.logLevel },
+        overrides: {
+          listen: opts.listen, storage: opts.storage, frontend: opts.frontend, logLevel: opts.logLevel, logFormat: opts.logFormat,
+        },
       });
     } catch (err) {
       if (err instanceof ConfigError) {
@@ -35,7 +40,9 @@ program
       }
       throw err;
     }
-    const log = createLogger(config.logLevel);
+    const tty = process.stdout.isTTY === true;
+    const format = config.logFormat === 'auto' ? (tty ? 'pretty' : 'json') : config.logFormat;
+    const log = createLogger(config.logLevel, undefined, format, tty);
     let server;
     try {
       server = await startServer(config, log);

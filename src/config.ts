@@ -205,6 +205,8 @@ export const ConfigSchema = z.object({
   /** Which HTTP front end: uWebSockets.js when its binary loads ('auto'), or force one. */
   frontend: z.enum(['auto', 'uws', 'node']).default('auto'),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** json: one JSON object a line (for collectors); pretty: readable lines; auto: pretty on a terminal. */
+  logFormat: z.enum(['auto', 'json', 'pretty']).default('auto'),
   /** Grace period for in-flight requests on SIGINT/SIGTERM. */
   shutdownTimeoutMs: durationMs.default('10s'),
   uploads: z.object({

@@ -1,4 +1,8 @@
 import pino, { type Logger } from 'pino';
+import { prettyFactory } from 'pino-pretty';
+
+/** json: one JSON object a line, for log collectors; pretty: one readable line a record, for people. */
+export type LogFormat = 'json' | 'pretty';
 
 /**
  * The one pino root (created by the CLI). Request logs are children bound to request id,
@@ -6,8 +10,14 @@ import pino, { type Logger } from 'pino';
  * fields that may hold them are redacted by path, and as a last line of defence every line
  * is scrubbed of anything shaped like a credential before it is written (an error message
  * quoting a header, a presigned URL in a stack trace).
+ *
+ * Both formats go through the same redaction and scrubbing: pretty lines are made from the
+ * JSON line after it was scrubbed, on this thread and synchronously (pino-pretty's
+ * prettyFactory, not its transport), so a line is never lost on exit and never leaves the
+ * process unscrubbed. Pretty costs CPU per line: it is for terminals, not for production logs.
  */
-export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
+export function createLogger(level: string, destination?: pino.DestinationStream, format: LogFormat = 'json', colorize = false): Logger {
+  const out = destination ?? pino.destination({ fd: 1, sync: false });
   return pino(
     {
       level,
@@ -22,8 +32,29 @@ export function createLogger(level: string, destination?: pino.DestinationStream
       },
       hooks: { streamWrite: scrubSecrets },
     },
-    destination ?? pino.destination({ fd: 1, sync: false }),
+    format === 'pretty' ? prettyDestination(out, colorize) : out,
   );
+}
+
+/** A destination that turns each (already scrubbed) JSON line into a readable one. */
+function prettyDestination(out: pino.DestinationStream, colorize: boolean): pino.DestinationStream & { flush(cb: (err?: Error) => void): void } {
+  const pretty = prettyFactory({
+    colorize,
+    translateTime: 'SYS:yyyy-mm-dd HH:MM:ss.l',
+    // Always the same on every line of one process.
+    ignore: 'pid,hostname,service',
+    // One line a record (its fields as JSON after the message); an error's stack still
+    // follows on lines of its own.
+    singleLine: true,
+  });
+  return {
+    write: (line: string) => out.write(pretty(line)),
+    flush: (cb) => {
+      const flushable = out as { flush?: (cb: (err?: Error) => void) => void };
+      if (typeof flushable.flush === 'function') flushable.flush(cb);
+      else cb();
+    },
+  };
 }
 
 /**

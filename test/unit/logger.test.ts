@@ -36,6 +36,34 @@ describe('createLogger', () => {
   });
 });
 
+describe('createLogger, pretty format', () => {
+  it('writes one readable line a record: time, level, message, then the fields', () => {
+    const { lines, stream } = capture();
+    const log = createLogger('info', stream, 'pretty');
+    log.info({ method: 'PUT', status: 201 }, 'request');
+    const line = lines.join('');
+    expect(line).toMatch(/^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] INFO: request \{"method":"PUT","status":201\}\n$/);
+    expect(line, 'no colours unless asked for').not.toContain('\u001b[');
+  });
+
+  it('redacts and scrubs exactly as the JSON format does', () => {
+    const { lines, stream } = capture();
+    const log = createLogger('info', stream, 'pretty');
+    log.info({ headers: { authorization: 'Basic abc' }, creds: { password: 'p1', secretAccessKey: 'k1' } }, 'm');
+    log.error({ err: new Error('sent Authorization: Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl and token=hunter2') }, 'boom');
+    const text = lines.join('');
+    for (const secret of ['Basic abc', '"p1"', '"k1"', 'eyJzdWIiOiJhIn0', 'hunter2']) expect(text).not.toContain(secret);
+    expect(text).toContain('[redacted]');
+    expect(text, 'the error and its stack are shown').toMatch(/ERROR: boom[\s\S]*at /);
+  });
+
+  it('colours levels when asked to (a terminal)', () => {
+    const { lines, stream } = capture();
+    createLogger('info', stream, 'pretty', true).warn('careful');
+    expect(lines.join('')).toContain('\u001b[');
+  });
+});
+
 describe('scrubSecrets', () => {
   it.each([
     ['Authorization: Basic YWxpY2U6d29uZGVybGFuZA==', 'Authorization: Basic [redacted]'],
