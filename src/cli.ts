@@ -21,8 +21,9 @@ program
   .option('--config <file>', 'YAML configuration file (env HOIST_CONFIG)')
   .option('--log-level <level>', 'fatal, error, warn, info, debug, trace, silent (env HOIST_LOG_LEVEL)')
   .option('--log-format <format>', 'json, pretty, or auto: pretty when stdout is a terminal, else json (default auto; env HOIST_LOG_FORMAT)')
+  .option('--metrics-listen <host:port>', 'serve Prometheus metrics, /healthz and /readyz there (default off; env HOIST_METRICS_LISTEN)')
   .action(async (opts: {
-    listen?: string; storage?: string; frontend?: string; config?: string; logLevel?: string; logFormat?: string;
+    listen?: string; storage?: string; frontend?: string; config?: string; logLevel?: string; logFormat?: string; metricsListen?: string;
   }) => {
     let config;
     try {
@@ -31,6 +32,7 @@ program
         env: process.env,
         overrides: {
           listen: opts.listen, storage: opts.storage, frontend: opts.frontend, logLevel: opts.logLevel, logFormat: opts.logFormat,
+          metrics: { listen: opts.metricsListen },
         },
       });
     } catch (err) {

@@ -251,6 +251,14 @@ export const ConfigSchema = z.object({
   auth: auth.optional(),
   limits,
   tls: tls.optional(),
+  /** Prometheus metrics and health checks (src/metrics/). */
+  metrics: z.object({
+    /**
+     * Serve /metrics, /healthz and /readyz on this address, apart from the registry's port
+     * (absent: no metrics listener; /healthz and /readyz are on the main port all the same).
+     */
+    listen: listen.optional(),
+  }).strict().default({}),
 }).strict();
 
 export type Config = z.output<typeof ConfigSchema>;

@@ -6,17 +6,23 @@ import { createFrontEnd, FrontEndUnfitError } from './http/frontend.js';
 import { createHandler } from './http/handlers.js';
 import type { Namespace } from './http/namespaces.js';
 import { startGcSchedule } from './gc/schedule.js';
+import { ReadinessCheck } from './health.js';
+import { MetricsListener } from './metrics/listener.js';
+import { HoistMetrics } from './metrics/metrics.js';
 import { ExpiryPolicy } from './registry/expiry.js';
 import { HashPool } from './engine/hash-pool.js';
 import { Registry } from './registry/registry.js';
 import { SlabPool } from './engine/slab-pool.js';
 import { createDriver, type StorageDriver } from './storage/index.js';
+import { InstrumentedDriver } from './storage/instrumented.js';
 import { PrefixedDriver } from './storage/prefixed.js';
 
 export interface RunningServer {
   readonly frontend: FrontEnd;
   readonly port: number;
   readonly registry: Registry;
+  /** The metrics listener's port, when `metrics.listen` is set. */
+  readonly metricsPort: number | undefined;
   /** Stops accepting, lets in-flight requests finish within the configured bound, releases everything. */
   close(): Promise<void>;
   /** SIGHUP: reads the htpasswd file and the TLS certificate and key again (the old stay on error). */
@@ -41,6 +47,13 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     await hashPool.close();
     throw err;
   }
+  // Every storage call reports on a diagnostics channel (metrics); below the namespaces'
+  // prefixes, so each is counted once.
+  driver = new InstrumentedDriver(driver);
+  const readiness = new ReadinessCheck(driver, {
+    onChange: (now, err) =>
+      now.ready ? log.info('ready: storage answers again') : log.warn({ err, reason: now.reason }, 'not ready: storage check failed'),
+  });
   const expiry = new ExpiryPolicy(config.gc.expiration);
   const registryOn = (d: StorageDriver, namespace?: string): Registry =>
     new Registry({
@@ -61,7 +74,9 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     pathPrefix: n.pathPrefix,
     registry: registryOn(new PrefixedDriver(driver, `/namespaces/${n.name}`), n.name),
   }));
-  const handler = createHandler({ registry, namespaces, log, maxManifestBytes: config.manifests.maxBytes, minChunkBytes: u.minChunkBytes, gate: security.gate });
+  const handler = createHandler({
+    registry, namespaces, log, maxManifestBytes: config.manifests.maxBytes, minChunkBytes: u.minChunkBytes, gate: security.gate, readiness,
+  });
   const frontend = await createFrontEnd(config.frontend, handler, {
     maxBodyBytes: u.maxBlobBytes,
     maxHeaderBytes: config.limits.maxHeaderBytes,
@@ -72,6 +87,28 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
         ? log.info({ reason: err.message }, 'using the node:http front end')
         : log.warn({ err }, 'uWebSockets.js did not load; using the node:http front end'),
   });
+  // Metrics first, so that the first request is counted and the listener is up (and its
+  // port logged) by the time the registry says it is listening.
+  let metrics: { registry: HoistMetrics; listener: MetricsListener; port: number } | undefined;
+  if (config.metrics.listen) {
+    const registries = [registry, ...namespaces.map((n) => n.registry)];
+    const m = new HoistMetrics({
+      hashPool, slabs, frontend, storage: driver.name,
+      uploadsInProgress: () => registries.reduce((n, r) => n + r.uploadsInProgress, 0),
+    });
+    const listener = new MetricsListener(m, readiness);
+    try {
+      const { host, port } = config.metrics.listen;
+      metrics = { registry: m, listener, port: await listener.listen(host, port) };
+      log.info({ host, port: metrics.port }, 'metrics listening');
+    } catch (err) {
+      m.close();
+      await frontend.close(0);
+      await hashPool.close();
+      await driver.close();
+      throw err;
+    }
+  }
   const port = await frontend.listen(config.listen.host, config.listen.port);
   log.info(
     { host: config.listen.host, port, frontend: frontend.kind, storage: driver.name, hashThreads: hashPool.threads, chunkBytes: u.chunkBytes,
@@ -84,10 +121,13 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     frontend,
     port,
     registry,
+    metricsPort: metrics?.port,
     reload: () => security.reload(frontend),
     close: () =>
       (closing ??= (async () => {
         const t0 = Date.now();
+        // Probes say so at once, so that load balancers stop sending before the port closes.
+        readiness.shuttingDown();
         const gcStopped = gc?.stop();
         await frontend.close(config.shutdownTimeoutMs);
         // Requests cut off at the deadline flush what they received, so their uploads resume.
@@ -95,6 +135,9 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
         await gcStopped;
         await hashPool.close();
         await driver.close();
+        // Last: scrapes see the shutdown through.
+        await metrics?.listener.close();
+        metrics?.registry.close();
       })()),
   };
 }

@@ -81,6 +81,11 @@ export class HashPool {
     return this.#pool.queueSize;
   }
 
+  /** Workers running at least one task now (metrics read it at scrape time). */
+  get busyThreads(): number {
+    return this.#pool.threads.length - this.#pool.idleThreads;
+  }
+
   async close(): Promise<void> {
     await this.#pool.close({ force: true });
   }

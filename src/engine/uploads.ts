@@ -87,6 +87,11 @@ export class UploadEngine {
     return Math.max(1, Math.floor(this.#o.maxSessionBufferedBytes / this.#o.slabs.slabBytes) - 1);
   }
 
+  /** Uploads with a request writing to them now, on this instance (metrics read it at scrape time). */
+  get writing(): number {
+    return this.#busy.size;
+  }
+
   async start(repo: string): Promise<UploadState> {
     const id = randomUUID();
     const record: UploadRecord = { startedAt: new Date().toISOString(), data: paths.blobData(id) };

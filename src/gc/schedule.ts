@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
+import { channels, type GcRunMessage } from '../diagnostics.js';
 import { GcBusyError } from './lease.js';
 import { runGarbageCollection, totals } from './runner.js';
 import type { StorageDriver } from '../storage/driver.js';
@@ -34,6 +35,7 @@ export function startGcSchedule(config: Readonly<Config>, driver: StorageDriver,
         signal: abort.signal,
       });
       const t = totals(run);
+      ran({ outcome: 'success', ms: Date.now() - t0, objects: t.objects, bytes: t.bytes });
       glog.info({
         elapsedMs: Date.now() - t0,
         freedBytes: t.bytes,
@@ -45,6 +47,8 @@ export function startGcSchedule(config: Readonly<Config>, driver: StorageDriver,
         })),
       }, 'garbage collection done');
     } catch (err) {
+      const outcome = err instanceof GcBusyError ? 'skipped' : abort.signal.aborted ? 'stopped' : 'failure';
+      ran({ outcome, ms: Date.now() - t0, objects: 0, bytes: 0 });
       if (err instanceof GcBusyError) glog.info({ lease: err.lease }, 'garbage collection skipped: another collection is running');
       else if (abort.signal.aborted) glog.info('garbage collection stopped for shutdown');
       else glog.error({ err }, 'garbage collection failed');
@@ -71,4 +75,9 @@ export function startGcSchedule(config: Readonly<Config>, driver: StorageDriver,
       await running;
     },
   };
+}
+
+/** Reports a run's end (metrics: hoist_gc_runs_total and friends). */
+function ran(msg: GcRunMessage): void {
+  if (channels.gcRun.hasSubscribers) channels.gcRun.publish(msg);
 }

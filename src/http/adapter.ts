@@ -88,6 +88,12 @@ export interface FrontEnd {
   listen(host: string, port: number): Promise<number>;
   /** Number of requests in flight. */
   readonly inFlight: number;
+  /**
+   * Requests whose socket is paused now because their body waits (backpressure from the
+   * upload engine, or a handler that has not started reading yet). Counted when asked, for
+   * metrics, by walking the requests in flight.
+   */
+  readonly pausedSockets: number;
   /** Serves new connections with another certificate and key (SIGHUP); only when started with `tls`. */
   reloadTls?(tls: TlsFiles): void;
   /**

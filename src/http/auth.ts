@@ -1,6 +1,7 @@
 import type { Auth, Identity } from '../auth/auth.js';
 import { userOf } from '../auth/auth.js';
 import { CATALOG, formatScopes, parseScopes, type Requirement } from '../auth/scope.js';
+import { channels, type AuthDecisionMessage } from '../diagnostics.js';
 import { RegistryError, UnauthorizedError } from '../errors.js';
 import { isValidName } from '../registry/reference.js';
 import type { IncomingRequest } from './adapter.js';
@@ -88,6 +89,7 @@ export class RequestGate {
       if (found === 'invalid') {
         // Wrong passwords cost a bcrypt each: they count against the address.
         this.#rate?.take(`ip:${req.remoteAddress}`);
+        decided('unauthorized');
         throw this.#unauthorized(req, namespace, m.route.name === 'token' ? [] : needs.list, 'invalid_token', m.route.name === 'token');
       }
       identity = found;
@@ -95,7 +97,17 @@ export class RequestGate {
     const user = userOf(identity);
     const key = user === undefined ? `ip:${req.remoteAddress}` : `user:${user}`;
     this.#rate?.take(key);
-    if (auth) this.#authorize(auth, req, identity, namespace, needs);
+    if (auth) {
+      try {
+        this.#authorize(auth, req, identity, namespace, needs);
+      } catch (err) {
+        if (err instanceof RegistryError && (err.code === 'UNAUTHORIZED' || err.code === 'DENIED')) {
+          decided(err.code === 'UNAUTHORIZED' ? 'unauthorized' : 'denied');
+        }
+        throw err;
+      }
+      decided('allowed');
+    }
     const release = this.#uploads && carriesUpload(m, req) ? this.#uploads.acquire(key) : noop;
     return { identity, user, release };
   }
@@ -158,6 +170,11 @@ export class RequestGate {
     const t = issued.token;
     return { token: t.token, access_token: t.token, expires_in: t.expiresInSeconds, issued_at: t.issuedAt.toISOString() };
   }
+}
+
+/** Reports an access decision (metrics: hoist_auth_decisions_total). */
+function decided(decision: AuthDecisionMessage['decision']): void {
+  if (channels.authDecision.hasSubscribers) channels.authDecision.publish({ decision } satisfies AuthDecisionMessage);
 }
 
 type Needs =

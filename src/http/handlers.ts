@@ -1,18 +1,20 @@
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
+import { channels, type HttpRequestMessage } from '../diagnostics.js';
 import { ClientAbortError, MethodNotAllowedError, RegistryError } from '../errors.js';
+import type { ReadinessCheck } from '../health.js';
 import type { ByteRange } from '../registry/blobs.js';
 import { MEDIA_TYPES } from '../registry/manifest-schema.js';
 import type { Page } from '../registry/manifests.js';
 import type { Registry } from '../registry/registry.js';
 import type { BodySource } from '../engine/upload-write.js';
 import type { ChunkRange } from '../engine/uploads.js';
-import type { HeaderMap, IncomingRequest, OutgoingResponse, RequestHandler } from './adapter.js';
+import type { BodySink, HeaderMap, IncomingRequest, OutgoingResponse, RequestHandler } from './adapter.js';
 import type { Admission, RequestGate } from './auth.js';
 import { hasBody, readSmallBody } from './body.js';
 import { API_VERSION_HEADER, rangeHeader, sendError } from './errors.js';
 import { NamespaceRouter, withPath, withPathPrefix, type Namespace } from './namespaces.js';
-import { locations, matchRoute, type RouteMatch } from './routes.js';
+import { locations, matchRoute, UNGATED_ROUTES, type RouteMatch } from './routes.js';
 
 export interface HandlerOptions {
   /** The default registry: requests that match no namespace. */
@@ -25,6 +27,8 @@ export interface HandlerOptions {
   minChunkBytes: number;
   /** Limits and access control, checked before dispatch (src/http/auth.ts); none: all allowed. */
   gate?: RequestGate;
+  /** What GET /readyz asks (src/health.ts); none: ready whenever the process answers. */
+  readiness?: ReadinessCheck;
 }
 
 interface Ctx {
@@ -57,6 +61,8 @@ const HANDLERS: Record<RouteMatch['route']['name'], Partial<Record<string, Handl
   blob: { GET: getBlob, HEAD: getBlob, DELETE: deleteBlob },
   referrers: { GET: referrers },
   token: { GET: token },
+  healthz: { GET: healthz, HEAD: healthz },
+  readyz: { GET: readyz, HEAD: readyz },
 };
 
 export interface RegistryHandler extends RequestHandler {
@@ -83,7 +89,7 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
       if (!m) throw new RegistryError('NOT_FOUND', { detail: { path: req.path.slice(0, 200) } });
       const h = HANDLERS[m.route.name][req.method];
       if (!h) throw new MethodNotAllowedError(req.method, Object.keys(HANDLERS[m.route.name]));
-      if (o.gate) c!.admission = await o.gate.admit(req, m, ns.name);
+      if (o.gate && !UNGATED_ROUTES.has(m.route.name)) c!.admission = await o.gate.admit(req, m, ns.name);
       try {
         await h(c!);
       } finally {
@@ -94,14 +100,19 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
       if (err instanceof ClientAbortError || res.aborted) status = 499;
       else status = sendError(res, req.method, err, log);
     }
+    const finalStatus = status || lastStatus.get(res) || 200;
+    const ms = performance.now() - started;
+    if (channels.httpRequest.hasSubscribers) {
+      channels.httpRequest.publish({ route: m?.route.name ?? 'unmatched', method: req.method, status: finalStatus, ms, bytesIn: c?.bytesIn ?? 0 } satisfies HttpRequestMessage);
+    }
     // One line per request, fields first (pino docs/api.md); 499: the client went away.
     log.info(
       {
         method: req.method,
         path: rawReq.path,
-        status: status || lastStatus.get(res) || 200,
+        status: finalStatus,
         bytesIn: c?.bytesIn ?? 0,
-        ms: Math.round((performance.now() - started) * 10) / 10,
+        ms: Math.round(ms * 10) / 10,
         ...(c?.uploadId ? { uploadId: c.uploadId } : {}),
         ...(c?.admission?.user !== undefined ? { user: c.admission.user } : {}),
       },
@@ -144,6 +155,18 @@ function json(c: Ctx, status: number, value: unknown, headers: HeaderMap = {}): 
 // GET /v2/  →  200 {}   (API version check; clients probe it before anything else)
 async function base(c: Ctx): Promise<void> {
   json(c, 200, {});
+}
+
+// GET /healthz  →  200 {"status":"ok"}   (the process answers; no credentials needed)
+async function healthz(c: Ctx): Promise<void> {
+  json(c, 200, { status: 'ok' }, { 'cache-control': 'no-store' });
+}
+
+// GET /readyz  →  200 {"status":"ready"}, or 503 {"status":"not ready","reason":"storage (fs) failed: EACCES"}
+//   (storage answers a cheap check, src/health.ts; load balancers send traffic only on 200)
+async function readyz(c: Ctx): Promise<void> {
+  const r = c.o.readiness ? await c.o.readiness.check() : { ready: true as const };
+  json(c, r.ready ? 200 : 503, r.ready ? { status: 'ready' } : { status: 'not ready', reason: r.reason }, { 'cache-control': 'no-store' });
 }
 
 // GET /token?service=hoist&scope=repository:team-a/app:pull,push, Authorization: Basic ... (or none)
@@ -231,7 +254,7 @@ async function startUpload(c: Ctx): Promise<void> {
   const digest = q.get('digest');
   if (digest !== null && mount === null) {
     const length = contentLength(c.req);
-    const desc = await c.registry.putBlob(c.m.name, digest, length, (sink) => c.req.readBody(sink).then((n) => (c.bytesIn = n)));
+    const desc = await c.registry.putBlob(c.m.name, digest, length, bodyOf(c));
     blobCreated(c, desc.digest);
     return;
   }
@@ -253,7 +276,7 @@ async function uploadStatus(c: Ctx): Promise<void> {
 async function patchUpload(c: Ctx): Promise<void> {
   c.uploadId = c.m.param;
   const range = chunkRange(c.req);
-  const state = await c.registry.appendUpload(c.m.name, c.m.param, range, (sink) => c.req.readBody(sink).then((n) => (c.bytesIn = n)));
+  const state = await c.registry.appendUpload(c.m.name, c.m.param, range, bodyOf(c));
   uploadAccepted(c, 202, state.id, state.offset);
 }
 
@@ -263,7 +286,7 @@ async function putUpload(c: Ctx): Promise<void> {
   c.uploadId = c.m.param;
   const digest = c.req.query.get('digest');
   if (!digest) throw new RegistryError('DIGEST_INVALID', { message: 'digest query parameter required' });
-  const body: BodySource | undefined = hasBody(c.req) ? (sink) => c.req.readBody(sink).then((n) => (c.bytesIn = n)) : undefined;
+  const body: BodySource | undefined = hasBody(c.req) ? bodyOf(c) : undefined;
   const desc = await c.registry.completeUpload(c.m.name, c.m.param, digest, body ? chunkRange(c.req) : {}, body);
   blobCreated(c, desc.digest);
 }
@@ -304,6 +327,24 @@ async function getBlob(c: Ctx): Promise<void> {
 async function deleteBlob(c: Ctx): Promise<void> {
   await c.registry.deleteBlob(c.m.name, c.m.param);
   reply(c, 202, { 'content-length': '0' });
+}
+
+/**
+ * The request body as the upload engine reads it, counted into `c.bytesIn` as it arrives: the
+ * request log line and the upload byte metrics then include what an aborted request sent.
+ */
+function bodyOf(c: Ctx): BodySource {
+  return (sink) => {
+    c.bytesIn = 0;
+    const counting: BodySink = {
+      write: (chunk) => {
+        c.bytesIn! += chunk.byteLength;
+        return sink.write(chunk);
+      },
+      drained: () => sink.drained(),
+    };
+    return c.req.readBody(counting);
+  };
 }
 
 function blobCreated(c: Ctx, digest: string): void {

@@ -1,3 +1,4 @@
+import { channels, type LimitRefusalMessage } from '../diagnostics.js';
 import { ErrorCodes, RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
 import { API_VERSION_HEADER } from './errors.js';
 
@@ -39,6 +40,7 @@ export class RateLimiter {
       return;
     }
     const waitMs = (1 - b.tokens) / this.#ratePerMs;
+    refused('rate');
     throw new TooManyRequestsError(waitMs / 1000, { message: 'rate limit exceeded', detail: { retryAfterSeconds: Math.ceil(waitMs / 1000) } });
   }
 }
@@ -56,6 +58,7 @@ export class UploadSlots {
   acquire(key: string): () => void {
     const n = this.#inFlight.get(key) ?? 0;
     if (n >= this.#max) {
+      refused('uploads');
       throw new TooManyRequestsError(1, { message: `more than ${this.#max} uploads at once`, detail: { limit: this.#max } });
     }
     this.#inFlight.set(key, n + 1);
@@ -68,6 +71,11 @@ export class UploadSlots {
       else this.#inFlight.set(key, left);
     };
   }
+}
+
+/** Reports a 429 (metrics: hoist_limit_refusals_total). */
+function refused(limit: LimitRefusalMessage['limit']): void {
+  if (channels.limitRefusal.hasSubscribers) channels.limitRefusal.publish({ limit } satisfies LimitRefusalMessage);
 }
 
 /**

@@ -64,6 +64,12 @@ export class NodeFrontEnd implements FrontEnd {
     return this.#exchanges.size;
   }
 
+  get pausedSockets(): number {
+    let n = 0;
+    for (const e of this.#exchanges) if (e.bodyPaused) n++;
+    return n;
+  }
+
   listen(host: string, port: number): Promise<number> {
     return new Promise((resolve, reject) => {
       this.#server.once('error', reject);
@@ -136,6 +142,11 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
 
   get query(): URLSearchParams {
     return (this.#query ??= new URLSearchParams(this.rawQuery));
+  }
+
+  /** readBody() paused the request (the sink is full) before all of its body arrived. */
+  get bodyPaused(): boolean {
+    return this.#req.isPaused() && !this.#req.complete;
   }
 
   header(name: string): string | undefined {

@@ -15,9 +15,16 @@ export const ROUTES = [
   // Docker token authentication spec: where clients trade a password for a bearer token
   // (served only when Hoist issues tokens; src/http/auth.ts).
   { name: 'token', pattern: /^\/token$/, methods: ['GET'] },
+  // Health checks for load balancers and orchestrators, outside auth and limits (also on the
+  // metrics listener, src/metrics/listener.ts): the process answers; storage answers.
+  { name: 'healthz', pattern: /^\/healthz$/, methods: ['GET', 'HEAD'] },
+  { name: 'readyz', pattern: /^\/readyz$/, methods: ['GET', 'HEAD'] },
 ] as const;
 
 export type RouteName = (typeof ROUTES)[number]['name'];
+
+/** Routes answered without the request gate (no credentials, no rate limit): probes must always get through. */
+export const UNGATED_ROUTES: ReadonlySet<RouteName> = new Set<RouteName>(['healthz', 'readyz']);
 
 export interface RouteMatch {
   readonly route: (typeof ROUTES)[number];

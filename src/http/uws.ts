@@ -84,6 +84,12 @@ export class UwsFrontEnd implements FrontEnd {
     return this.#exchanges.size;
   }
 
+  get pausedSockets(): number {
+    let n = 0;
+    for (const e of this.#exchanges) if (e.bodyPaused) n++;
+    return n;
+  }
+
   listen(host: string, port: number): Promise<number> {
     return new Promise((resolve, reject) => {
       this.#app.listen(host, port, (socket) => {
@@ -159,6 +165,11 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
 
   get query(): URLSearchParams {
     return (this.#query ??= new URLSearchParams(this.rawQuery));
+  }
+
+  /** The socket is paused (#pause) and the response has not ended. */
+  get bodyPaused(): boolean {
+    return this.#paused && !this.#done;
   }
 
   header(name: string): string | undefined {

@@ -59,6 +59,11 @@ export class Registry {
 
   // --- uploads -------------------------------------------------------------------------
 
+  /** Uploads with a request writing to them now (metrics). */
+  get uploadsInProgress(): number {
+    return this.#uploads.writing;
+  }
+
   startUpload(repo: string): Promise<UploadState> {
     return this.#uploads.start(assertName(repo));
   }

@@ -6,9 +6,11 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { createHash } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { Readable } from 'node:stream';
+import { channels, type S3RequestMessage } from '../../diagnostics.js';
 import { PathNotFoundError, type FileInfo, type FileWriter, type IncompleteWrite, type StorageDriver } from '../driver.js';
 import {
   explainBucketError, isConditionalConflict, isInvalidRange, isNoSuchKey, isNoSuchUpload, isPreconditionFailed,
@@ -101,6 +103,30 @@ export class S3Driver implements StorageDriver {
       },
       ...opts.clientConfig,
     });
+    // Each command once, around the SDK's retries (they run in a later step): its name,
+    // attempts and outcome, for metrics (src/metrics/). Costs nothing without subscribers.
+    this.#client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const ch = channels.s3Request;
+        if (!ch.hasSubscribers) return next(args);
+        const t0 = performance.now();
+        const operation = (context.commandName ?? 'Unknown').replace(/Command$/, '');
+        try {
+          const out = await next(args);
+          // getSignedUrl runs the stack too, and signs without sending anything.
+          if ((out.output as { presigned?: unknown }).presigned !== undefined) return out;
+          const attempts = (out.output as { $metadata?: { attempts?: number } }).$metadata?.attempts ?? 1;
+          ch.publish({ operation, attempts, error: undefined, ms: performance.now() - t0 } satisfies S3RequestMessage);
+          return out;
+        } catch (err) {
+          const e = err as { name?: string; code?: string; $metadata?: { attempts?: number } };
+          const error = e.name && e.name !== 'Error' ? e.name : (e.code ?? 'Error');
+          ch.publish({ operation, attempts: e.$metadata?.attempts ?? 1, error, ms: performance.now() - t0 } satisfies S3RequestMessage);
+          throw err;
+        }
+      },
+      { step: 'initialize', name: 'hoistRequestMetrics' },
+    );
     if (!opts.signPayloads) {
       this.#client.middlewareStack.add(
         (next, context) => async (args) => {

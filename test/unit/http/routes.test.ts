@@ -42,6 +42,8 @@ const EXAMPLES: Record<RouteName, Array<[path: string, name: string, param: stri
     [`/v2/library/ubuntu/referrers/${DIGEST}`, 'library/ubuntu', DIGEST],
   ],
   token: [['/token', '', '']],
+  healthz: [['/healthz', '', '']],
+  readyz: [['/readyz', '', '']],
 };
 
 describe('ROUTES', () => {
@@ -63,6 +65,8 @@ describe('ROUTES', () => {
       blob: ['DELETE', 'GET', 'HEAD'],
       referrers: ['GET'],
       token: ['GET'],
+      healthz: ['GET', 'HEAD'],
+      readyz: ['GET', 'HEAD'],
     });
   });
 
@@ -91,6 +95,9 @@ describe('ROUTES', () => {
     '/v2/tags/list',
     '/v2/blobs/uploads/',
     '/v2/ubuntu/unknown/x',
+    '/healthz/',
+    '/v2/healthz',
+    '/readyz/x',
   ])('match nothing for %s', (path) => {
     expect(matchRoute(path)).toBeUndefined();
   });
