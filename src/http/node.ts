@@ -144,9 +144,13 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     return (this.#query ??= new URLSearchParams(this.rawQuery));
   }
 
-  /** readBody() paused the request (the sink is full) before all of its body arrived. */
+  /**
+   * Part of the body has yet to arrive, and nobody reads it now: readBody() paused the request
+   * (the sink is full), or the handler has not started reading (it waits for storage or for
+   * admission). As the uWS front end counts its paused sockets.
+   */
   get bodyPaused(): boolean {
-    return this.#req.isPaused() && !this.#req.complete;
+    return !this.#req.complete && (this.#req.isPaused() || !this.#bodyClaimed);
   }
 
   header(name: string): string | undefined {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { basic, writeConfig, writeHtpasswd } from '../auth/fixtures.js';
 import { startFaultyProxy, type FaultyProxy } from '../helpers/faulty-proxy.js';
-import { expectStatus, patchChunk, request, startUpload, waitFor, withQuery } from '../helpers/http.js';
+import { expectStatus, openRequest, patchChunk, request, startUpload, waitFor, withQuery } from '../helpers/http.js';
 import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { makeImage, pushBlob, pushImage, randomBlob, sha256 } from '../helpers/oci.js';
 import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
@@ -218,5 +218,83 @@ describe('S3 metrics and readiness (node front end, radosgw behind a proxy)', ()
     expect(JSON.stringify(r.body), 'no endpoint').not.toContain('127.0.0.1');
     const s = await scrape(metricsUrl);
     expect(s.sum('hoist_s3_errors_total', { operation: 'ListObjectsV2' })).toBeGreaterThan(0);
+  });
+});
+
+for (const frontend of ['uws', 'node'] as const) describe(`sockets paused by backpressure (${frontend} front end, S3 with one writer at a time)`, () => {
+  if (!s3Env) {
+    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
+      throw new Error(S3_ENDPOINT_MISSING);
+    });
+    return;
+  }
+  const bucket = useTestBucket(s3Env, 'paused');
+  let server: TestServer;
+  let metricsUrl: string;
+
+  beforeAll(async () => {
+    // Two 5 MiB part buffers: the engine admits one writing request at a time
+    // (StorageDriver.maxConcurrentWriters), and the next waits with its socket paused.
+    const storage = bucket.url('paused', { partSize: '5MiB', maxBufferedBytes: '10MiB' });
+    server = await startServer({ storage, frontend, env: { ...s3ServerEnv(), ...METRICS_ENV } });
+    metricsUrl = metricsUrlOf(server);
+  });
+
+  afterAll(async () => {
+    if (server) expect(await server.stop()).toBe(0);
+  });
+
+  it('counts a request waiting for admission as paused, and none once both finished', async () => {
+    const repo = 'paused/app';
+    const first = await startUpload(server.url, repo);
+    const second = await startUpload(server.url, repo);
+    const headers = { 'content-type': 'application/octet-stream' };
+    // The first PATCH is admitted and keeps its body open; the second must wait.
+    const a = openRequest(server.url, first.location, { method: 'PATCH', headers });
+    await a.write(randomBlob(64 * 1024));
+    await waitFor('the first upload writing', async () => ((await scrape(metricsUrl)).value('hoist_uploads_in_progress') === 1 ? true : undefined));
+    const b = openRequest(server.url, second.location, { method: 'PATCH', headers });
+    await b.write(randomBlob(64 * 1024));
+    // Both are uploads in progress; the first reads its body, the second waits paused.
+    await waitFor('the second upload waiting, paused', async () => {
+      const now = await scrape(metricsUrl);
+      const state = [now.value('hoist_uploads_in_progress'), now.value('hoist_http_requests_in_flight'), now.value('hoist_http_paused_sockets')];
+      return state.join() === '2,2,1' ? true : undefined;
+    });
+    a.req.end();
+    b.req.end();
+    expect((await a.reply).status).toBe(202);
+    expect((await b.reply).status).toBe(202);
+    const after = await waitFor('nothing in flight', async () => {
+      const now = await scrape(metricsUrl);
+      return now.value('hoist_http_requests_in_flight') === 0 ? now : undefined;
+    });
+    expect(after.value('hoist_http_paused_sockets')).toBe(0);
+    expect(after.value('hoist_uploads_in_progress')).toBe(0);
+    expect(after.value('hoist_upload_received_bytes_total')).toBe(2 * 64 * 1024);
+  });
+});
+
+describe('metrics of scheduled garbage collection (memory storage)', () => {
+  let server: TestServer;
+
+  beforeAll(async () => {
+    server = await startServer({ storage: 'memory:', env: { ...METRICS_ENV, HOIST_GC_SCHEDULE: '500ms' } });
+  });
+
+  afterAll(async () => {
+    if (server) expect(await server.stop()).toBe(0);
+  });
+
+  it('counts runs and records the last success', async () => {
+    const started = Date.now() / 1000;
+    const s = await waitFor('a successful scheduled collection', async () => {
+      const now = await scrape(metricsUrlOf(server));
+      return now.value('hoist_gc_runs_total', { outcome: 'success' })! >= 1 ? now : undefined;
+    }, 30_000);
+    expect(s.value('hoist_gc_runs_total', { outcome: 'failure' })).toBe(0);
+    expect(s.value('hoist_gc_duration_seconds_count')).toBeGreaterThanOrEqual(1);
+    expect(s.value('hoist_gc_last_success_timestamp_seconds')).toBeGreaterThanOrEqual(Math.floor(started));
+    expect(s.value('hoist_gc_freed_bytes_total')).toBe(0);
   });
 });
