@@ -250,10 +250,27 @@ describe('loadConfig values', () => {
     [{ frontend: 'apache' }, 'frontend', /auto/],
     [{ logLevel: 'loud' }, 'logLevel', /info/],
     [{ debugErrors: 'yes' }, 'debugErrors', /./],
+    [{ logFormat: 'xml' }, 'logFormat', /pretty/],
+    [{ metrics: { listen: '9464' } }, 'metrics.listen', /HOST:PORT/],
+    [{ metrics: { port: 9464 } }, 'metrics', /port/],
   ])('rejects %j, naming the option', (overrides, option, reason) => {
     const err = configError({ overrides });
     expect(err.message).toContain(`${option}:`);
     expect(err.message).toMatch(reason);
+  });
+
+  it('leaves metrics off and picks the log format by terminal unless told (issue 12)', async () => {
+    const cfg = loadConfig();
+    expect(cfg.metrics.listen).toBeUndefined();
+    expect(cfg.logFormat).toBe('auto');
+    const fromEnv = loadConfig({ env: { HOIST_METRICS_LISTEN: '0.0.0.0:9464', HOIST_LOG_FORMAT: 'json' } });
+    expect(fromEnv.metrics.listen).toEqual({ host: '0.0.0.0', port: 9464 });
+    expect(fromEnv.logFormat).toBe('json');
+    const file = await yamlFile('metrics:\n  listen: 127.0.0.1:9100\nlogFormat: pretty\n');
+    const fromFlags = loadConfig({ file, env: { HOIST_METRICS_LISTEN: '0.0.0.0:9464' }, overrides: { metrics: { listen: '[::1]:9200' } } });
+    expect(fromFlags.metrics.listen).toEqual({ host: '::1', port: 9200 });
+    expect(fromFlags.logFormat).toBe('pretty');
+    expect(configError({ env: { HOIST_METRICS_LISTEN: 'nowhere' } }).message).toContain('metrics.listen (from HOIST_METRICS_LISTEN)');
   });
 
   it('names the environment variable a bad value came from', () => {
