@@ -171,6 +171,22 @@ export class BlobStore {
     return desc;
   }
 
+  /** The size of a blob stored for any repository, or undefined (no repository check). */
+  async storedSize(digest: Digest): Promise<number | undefined> {
+    return (await this.#record(digest))?.size;
+  }
+
+  /**
+   * Links a blob that is stored (for whichever repository) into `repo`; undefined when it is
+   * not stored. A pull-through cache (src/proxy/) uses it once the upstream said `repo` has it.
+   */
+  async linkStored(repo: string, digest: Digest): Promise<BlobDescriptor | undefined> {
+    const record = await this.#record(digest);
+    if (!record) return undefined;
+    await this.#link(repo, digest);
+    return { digest: digest.value, size: record.size };
+  }
+
   /** Removes the repository's link; the bytes stay until garbage collection finds them unreferenced. */
   async unlink(repo: string, digest: Digest): Promise<void> {
     try {

@@ -67,6 +67,16 @@ export interface ManifestStoreOptions {
   tagExpired?: (repo: string, tag: TagRecord, nowMs: number) => boolean;
 }
 
+export interface PutManifestOptions {
+  /**
+   * The manifest comes from the upstream of a pull-through cache (src/proxy/): its config,
+   * layers and children are fetched when a client asks for them, so they are not checked here
+   * (nor are its labels read), and a tag is written even when it already names this manifest:
+   * the tag's `updatedAt` is when the upstream last confirmed it.
+   */
+  readonly fromUpstream?: boolean;
+}
+
 /** Existence checks in flight for one manifest (an index may list dozens of platforms). */
 const CHECK_CONCURRENCY = 8;
 /** Tag records read at once for a tag list (expired tags are left out). */
@@ -102,7 +112,7 @@ export class ManifestStore {
    * (not a supported schema 2 manifest), MANIFEST_BLOB_UNKNOWN (a config or layer not in the
    * repository) or MANIFEST_UNKNOWN (an index child not in the repository).
    */
-  async put(repo: string, reference: Reference, contentType: string | undefined, bytes: Buffer): Promise<ManifestRecord> {
+  async put(repo: string, reference: Reference, contentType: string | undefined, bytes: Buffer, opts: PutManifestOptions = {}): Promise<ManifestRecord> {
     if (bytes.length > this.#o.maxBytes) {
       throw new RegistryError('MANIFEST_INVALID', { message: 'manifest too large', detail: { size: bytes.length, limit: this.#o.maxBytes } });
     }
@@ -112,8 +122,8 @@ export class ManifestStore {
       throw new RegistryError('DIGEST_INVALID', { detail: { expected: reference.digest.value, actual: digest.value } });
     }
     const manifest = parseManifest(bytes, contentType);
-    await this.#checkReferences(repo, manifest);
-    const labels = manifest.kind === 'manifest' ? await this.#labels(repo, manifest.config) : undefined;
+    if (!opts.fromUpstream) await this.#checkReferences(repo, manifest);
+    const labels = manifest.kind === 'manifest' && !opts.fromUpstream ? await this.#labels(repo, manifest.config) : undefined;
     const expiresAfterMs = parseExpiresAfter(labels?.[EXPIRES_AFTER_LABEL]);
     const artifactType = artifactTypeOf(manifest);
     const now = Date.now();
@@ -150,7 +160,7 @@ export class ManifestStore {
       // and its expiry is not pushed back.
       const current = await this.#tag(repo, reference.tag);
       // An expired tag is no tag: pushing it again makes a new one.
-      if (current?.digest !== digest.value || this.#expired(repo, current, now)) {
+      if (current?.digest !== digest.value || this.#expired(repo, current, now) || opts.fromUpstream) {
         const tag: TagRecord = {
           digest: digest.value,
           updatedAt: new Date(now).toISOString(),

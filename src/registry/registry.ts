@@ -3,6 +3,7 @@ import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
 import { createHash } from 'node:crypto';
 import { BlobStore, type BlobDescriptor, type BlobRead, type ByteRange } from './blobs.js';
 import { ExpiryPolicy } from './expiry.js';
+import type { Mirror, MirrorFactory } from './mirror.js';
 import { GcGuard } from '../gc/guard.js';
 import { manifestRefs } from '../gc/mark.js';
 import type { HashPool } from '../engine/hash-pool.js';
@@ -22,6 +23,8 @@ export interface RegistryOptions {
   maxManifestBytes: number;
   /** When tags expire (labels always; configured expirations when given). */
   expiry?: ExpiryPolicy;
+  /** A pull-through cache of another registry (src/proxy/): pulls go to it, pushes are refused. */
+  mirror?: MirrorFactory;
 }
 
 /**
@@ -36,6 +39,7 @@ export class Registry {
   readonly #uploads: UploadEngine;
   /** Online garbage collection's server side: touched markers and in-flight PUTs (gc/guard.ts). */
   readonly #guard: GcGuard;
+  readonly #mirror: Mirror | undefined;
 
   constructor(opts: RegistryOptions) {
     this.driver = opts.driver;
@@ -55,6 +59,16 @@ export class Registry {
       maxSessionBufferedBytes: opts.maxSessionBufferedBytes,
       maxBlobBytes: opts.maxBlobBytes,
     });
+    this.#mirror = opts.mirror?.({
+      driver: opts.driver, blobs: this.#blobs, manifests: this.#manifests, uploads: this.#uploads, guard: this.#guard, maxManifestBytes: opts.maxManifestBytes,
+    });
+  }
+
+  /** A mirror's content is the upstream's: pushes and deletes are refused (distribution's proxy mode). */
+  #refuseOnMirror(repo: string): string {
+    assertName(repo);
+    if (this.#mirror) throw new RegistryError('UNSUPPORTED', { message: 'this registry is a pull-through cache: pushes and deletes are not supported' });
+    return repo;
   }
 
   // --- uploads -------------------------------------------------------------------------
@@ -64,21 +78,21 @@ export class Registry {
     return this.#uploads.writing;
   }
 
-  startUpload(repo: string): Promise<UploadState> {
-    return this.#uploads.start(assertName(repo));
+  async startUpload(repo: string): Promise<UploadState> {
+    return this.#uploads.start(this.#refuseOnMirror(repo));
   }
 
-  uploadStatus(repo: string, id: string): Promise<UploadState> {
-    return this.#uploads.status(assertName(repo), id);
+  async uploadStatus(repo: string, id: string): Promise<UploadState> {
+    return this.#uploads.status(this.#refuseOnMirror(repo), id);
   }
 
-  appendUpload(repo: string, id: string, range: ChunkRange, body: BodySource): Promise<UploadState> {
-    return this.#uploads.append(assertName(repo), id, range, body);
+  async appendUpload(repo: string, id: string, range: ChunkRange, body: BodySource): Promise<UploadState> {
+    return this.#uploads.append(this.#refuseOnMirror(repo), id, range, body);
   }
 
   /** Finishes an upload (with an optional last chunk) as the blob `digest`. */
   async completeUpload(repo: string, id: string, digest: string, range: ChunkRange, body: BodySource | undefined): Promise<BlobDescriptor> {
-    assertName(repo);
+    this.#refuseOnMirror(repo);
     const d = parseDigest(digest);
     let desc: BlobDescriptor | undefined;
     // Adopted before the upload record goes (gc/collector.ts, E); touched before the adopt looks for
@@ -93,13 +107,13 @@ export class Registry {
     return desc!;
   }
 
-  cancelUpload(repo: string, id: string): Promise<void> {
-    return this.#uploads.cancel(assertName(repo), id);
+  async cancelUpload(repo: string, id: string): Promise<void> {
+    return this.#uploads.cancel(this.#refuseOnMirror(repo), id);
   }
 
   /** Monolithic upload: POST with `?digest=` and the whole blob as the body. */
   async putBlob(repo: string, digest: string, length: number | undefined, body: BodySource): Promise<BlobDescriptor> {
-    assertName(repo);
+    this.#refuseOnMirror(repo);
     const d = parseDigest(digest);
     const data = await this.#uploads.oneShot(repo, d, length, body);
     return this.#guard.op(async () => {
@@ -110,7 +124,7 @@ export class Registry {
 
   /** Cross-repository mount; undefined when `from` cannot see the blob. */
   async mountBlob(repo: string, digest: string, from: string): Promise<BlobDescriptor | undefined> {
-    assertName(repo);
+    this.#refuseOnMirror(repo);
     const d = parseDigest(digest);
     if (!isValidName(from)) return undefined;
     return this.#guard.op(async () => {
@@ -129,16 +143,20 @@ export class Registry {
   async statBlob(repo: string, digest: string): Promise<BlobDescriptor> {
     const d = parseDigest(digest);
     assertName(repo);
+    if (this.#mirror) return this.#mirror.statBlob(repo, d);
     await this.#guard.touch([d]);
     return this.#blobs.stat(repo, d);
   }
 
-  readBlob(repo: string, digest: string, range?: ByteRange): Promise<BlobRead> {
-    return this.#blobs.open(assertName(repo), parseDigest(digest), range);
+  async readBlob(repo: string, digest: string, range?: ByteRange): Promise<BlobRead> {
+    assertName(repo);
+    const d = parseDigest(digest);
+    if (this.#mirror) return this.#mirror.readBlob(repo, d, range);
+    return this.#blobs.open(repo, d, range);
   }
 
-  deleteBlob(repo: string, digest: string): Promise<void> {
-    return this.#blobs.unlink(assertName(repo), parseDigest(digest));
+  async deleteBlob(repo: string, digest: string): Promise<void> {
+    return this.#blobs.unlink(this.#refuseOnMirror(repo), parseDigest(digest));
   }
 
   // --- manifests and tags ----------------------------------------------------------------
@@ -148,8 +166,8 @@ export class Registry {
    * everything it references before ManifestStore.put checks that they exist, and writes the
    * tag again if a collector was deleting it as expired at that moment (gc/collector.ts F).
    */
-  putManifest(repo: string, reference: string, contentType: string | undefined, bytes: Buffer): Promise<ManifestRecord> {
-    assertName(repo);
+  async putManifest(repo: string, reference: string, contentType: string | undefined, bytes: Buffer): Promise<ManifestRecord> {
+    this.#refuseOnMirror(repo);
     const ref = parseReference(reference);
     return this.#guard.op(async () => {
       await this.#guard.touch(referencedBy(ref, bytes));
@@ -162,21 +180,24 @@ export class Registry {
     });
   }
 
-  getManifest(repo: string, reference: string): Promise<Manifest> {
+  async getManifest(repo: string, reference: string): Promise<Manifest> {
     assertName(repo);
-    return this.#manifests.get(repo, readReference(reference));
+    const ref = readReference(reference);
+    if (this.#mirror) return this.#mirror.getManifest(repo, ref);
+    return this.#manifests.get(repo, ref);
   }
 
   /** HEAD: by digest, clients ask before pushing an index's children; a yes touches (as statBlob). */
   async statManifest(repo: string, reference: string): Promise<ManifestRecord> {
     assertName(repo);
     const ref = readReference(reference);
+    if (this.#mirror) return this.#mirror.statManifest(repo, ref);
     if (ref.kind === 'digest') await this.#guard.touch([ref.digest]);
     return this.#manifests.stat(repo, ref);
   }
 
-  deleteManifest(repo: string, reference: string): Promise<void> {
-    return this.#manifests.delete(assertName(repo), parseReference(reference));
+  async deleteManifest(repo: string, reference: string): Promise<void> {
+    return this.#manifests.delete(this.#refuseOnMirror(repo), parseReference(reference));
   }
 
   /**
@@ -190,6 +211,7 @@ export class Registry {
 
   async listTags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {
     assertName(repo);
+    if (this.#mirror) return this.#mirror.listTags(repo, n, last);
     if (!(await this.#repositoryExists(repo))) throw new RegistryError('NAME_UNKNOWN', { detail: { name: repo } });
     return this.#manifests.tags(repo, n, last);
   }
