@@ -65,6 +65,32 @@ const NAMESPACE_SEGMENT = /^[a-z0-9]+(?:[._-][a-z0-9]+)*$/;
 const HOSTNAME = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
 /**
+ * A pull-through cache (src/proxy/): the registry mirrors one upstream registry. Pulls of what
+ * it does not hold are fetched from the upstream, stored and served; pushes and deletes are
+ * refused. `tagTtl`: a tag confirmed by the upstream longer ago than this is checked again (a
+ * HEAD) on its next pull. `ttl`: what nobody pulled for this long is collected (`hoist gc`).
+ */
+const proxy = z.object({
+  remoteUrl: z
+    .string()
+    .url()
+    .regex(/^https?:\/\/[^\s?#]+$/, 'an http(s) URL without query or fragment, e.g. https://registry-1.docker.io')
+    .transform((v) => v.replace(/\/+$/, '')),
+  username: z.string().min(1).optional(),
+  password: z.string().min(1).optional(),
+  /** A file holding the password (its last line break is not part of it). */
+  passwordFile: z.string().min(1).optional(),
+  tagTtl: durationMs.default('5m'),
+  ttl: durationMs.pipe(z.number().min(1000, 'at least 1s')).default('7d'),
+}).strict()
+  .refine((p) => !(p.password !== undefined && p.passwordFile !== undefined), { message: 'password and passwordFile exclude each other' })
+  .refine((p) => (p.username === undefined) === (p.password === undefined && p.passwordFile === undefined), {
+    message: 'username needs a password or passwordFile, and they need a username',
+  });
+
+export type ProxyConfig = z.output<typeof proxy>;
+
+/**
  * A registry of its own in this process (zuul-registry's namespaces): its own blobs, tags and
  * uploads, stored under `/namespaces/<name>`. Requests reach it by Host header (exact, port
  * ignored) or by a path prefix, `/<pathPrefix>/v2/...`.
@@ -78,6 +104,8 @@ const namespace = z.object({
     .refine((v) => v.split('/').every((s) => NAMESPACE_SEGMENT.test(s)), 'path segments of lower-case letters, digits and . _ -')
     .refine((v) => v.split('/')[0] !== 'v2', 'must not start with v2 (it would shadow the default registry)')
     .optional(),
+  /** This namespace is a pull-through cache of another registry. */
+  proxy: proxy.optional(),
 }).strict().refine((n) => n.host !== undefined || n.pathPrefix !== undefined, { message: 'needs a host or a pathPrefix to be reachable' });
 
 /** A YAML list, or (from HOIST_NAMESPACES) the same list as JSON. */
@@ -245,6 +273,8 @@ export const ConfigSchema = z.object({
     staleUploadAfter: durationMs.default('1h'),
     expiration: expiration.default({}),
   }).strict().default({}),
+  /** The default registry is a pull-through cache of another registry (src/proxy/). */
+  proxy: proxy.optional(),
   /** Extra isolated registries served by this process; requests matching none go to the default one. */
   namespaces: namespaces.default([]),
   /** Authentication and authorization (src/auth/); absent: no access control. */

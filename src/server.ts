@@ -9,6 +9,8 @@ import { startGcSchedule } from './gc/schedule.js';
 import { ReadinessCheck } from './health.js';
 import { MetricsListener } from './metrics/listener.js';
 import { HoistMetrics } from './metrics/metrics.js';
+import { MirrorExpiry } from './gc/mirror.js';
+import { loadMirror, type LoadedMirror } from './proxy/setup.js';
 import { ExpiryPolicy } from './registry/expiry.js';
 import { HashPool } from './engine/hash-pool.js';
 import { Registry } from './registry/registry.js';
@@ -33,6 +35,10 @@ export interface RunningServer {
 export async function startServer(config: Readonly<Config>, log: Logger): Promise<RunningServer> {
   // Files of auth and tls first: a bad one stops start-up before anything else starts.
   const security = await loadSecurity(config, log);
+  // Pull-through caches (src/proxy/): their password files are read now, with the others.
+  const mirrors = new Map<string | undefined, LoadedMirror>();
+  if (config.proxy) mirrors.set(undefined, await loadMirror(config.proxy, 'proxy', log));
+  for (const [i, n] of config.namespaces.entries()) if (n.proxy) mirrors.set(n.name, await loadMirror(n.proxy, `namespaces.${i}.proxy`, log));
   const u = config.uploads;
   const slabs = new SlabPool(u.chunkBytes, u.maxBufferedBytes);
   // Every queued hash task holds a slab (or an S3 part buffer, bounded by that driver's
@@ -55,16 +61,21 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
       now.ready ? log.info('ready: storage answers again') : log.warn({ err, reason: now.reason }, 'not ready: storage check failed'),
   });
   const expiry = new ExpiryPolicy(config.gc.expiration);
-  const registryOn = (d: StorageDriver, namespace?: string): Registry =>
-    new Registry({
+  const registryOn = (d: StorageDriver, namespace?: string): Registry => {
+    const mirror = mirrors.get(namespace);
+    const proxy = namespace === undefined ? config.proxy : config.namespaces.find((n) => n.name === namespace)?.proxy;
+    return new Registry({
       driver: d,
       hashPool,
       slabs,
       maxSessionBufferedBytes: u.maxSessionBufferedBytes,
       maxBlobBytes: u.maxBlobBytes,
       maxManifestBytes: config.manifests.maxBytes,
-      expiry: expiry.forNamespace(namespace),
+      // A cache's tags expire by last confirmation as its collections see them (gc/mirror.ts).
+      expiry: proxy ? new MirrorExpiry(expiry.forNamespace(namespace), proxy.ttl) : expiry.forNamespace(namespace),
+      mirror: mirror?.factory,
     });
+  };
   const registry = registryOn(driver);
   // Each namespace is a registry of its own on its own part of the store; they share the
   // hashing pool and the buffer budget, which bound the process, not a registry.
@@ -112,7 +123,8 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
   const port = await frontend.listen(config.listen.host, config.listen.port);
   log.info(
     { host: config.listen.host, port, frontend: frontend.kind, storage: driver.name, hashThreads: hashPool.threads, chunkBytes: u.chunkBytes,
-      ...(namespaces.length > 0 ? { namespaces: namespaces.map((n) => n.name) } : {}), tls: security.tls !== undefined, auth: security.authMode },
+      ...(namespaces.length > 0 ? { namespaces: namespaces.map((n) => n.name) } : {}), tls: security.tls !== undefined, auth: security.authMode,
+      ...(mirrors.size > 0 ? { mirrors: [...mirrors.keys()].map((n) => n ?? '(default)') } : {}) },
     'listening',
   );
   const gc = startGcSchedule(config, driver, log);
@@ -130,6 +142,8 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
         readiness.shuttingDown();
         const gcStopped = gc?.stop();
         await frontend.close(config.shutdownTimeoutMs);
+        // Fetches no client waits for any more would outlive the hashing pool.
+        for (const m of mirrors.values()) m.close();
         // Requests cut off at the deadline flush what they received, so their uploads resume.
         await handler.drain(Math.max(1000, config.shutdownTimeoutMs - (Date.now() - t0)));
         await gcStopped;

@@ -1,0 +1,321 @@
+import { Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { RegistryError } from '../errors.js';
+import type { CommittedData, UploadEngine } from '../engine/uploads.js';
+import type { BlobStore } from '../registry/blobs.js';
+import type { Digest } from '../registry/reference.js';
+import type { StorageDriver } from '../storage/driver.js';
+import { isPathNotFound } from '../storage/driver.js';
+import type { GcGuard } from '../gc/guard.js';
+import { reasonOf, UpstreamUnavailableError, type UpstreamBlob } from './upstream.js';
+
+/**
+ * One blob on its way from the upstream into the cache, and out to every client that asked
+ * for it meanwhile (a "flight"; the cache starts at most one per digest, src/proxy/cache.ts).
+ *
+ *   upstream body ──► UploadEngine.oneShot: slabs → hashing worker + storage writer
+ *        │            (the upload engine's path: off the main thread, memory bounded, the
+ *        │             digest checked at the end, nothing stored unless it matches)
+ *        └──────────► every live reader (a client's response body), as the bytes arrive
+ *
+ * The fetch runs at the pace of storage and the hashing pool, never at a client's: a client
+ * that falls more than READER_MAX_BUFFERED behind stops getting live bytes and continues from
+ * storage once the blob is stored. A client arriving after the first REPLAY_BYTES went by
+ * does the same from the start; until then the fetch keeps those bytes for latecomers (a
+ * fleet asking for one layer at once arrives within that window). The fetch belongs to no
+ * client: one that goes away detaches, and the fetch goes on for the others and the cache.
+ *
+ * Wrong bytes never finish a response: a reader holds back the last byte of its response
+ * until the whole blob matched its digest (for a Range request too). If it does not, or the
+ * upstream dies half way, nothing is stored and every reader ends short, which the front end
+ * turns into a cut connection (src/http/node.ts, uws.ts: a body shorter than its
+ * Content-Length): a client sees a failed transfer, never a complete wrong one.
+ */
+
+/** Bytes kept from the start of a fetch for clients that join late. */
+const REPLAY_BYTES = 1024 * 1024;
+/** A reader's unread bytes past which it stops getting live bytes (it continues from storage). */
+const READER_MAX_BUFFERED = 8 * 1024 * 1024;
+/** An upstream that sends nothing for this long is given up on. */
+const BODY_IDLE_MS = 60_000;
+
+export interface FlightDeps {
+  readonly driver: StorageDriver;
+  readonly blobs: BlobStore;
+  readonly uploads: UploadEngine;
+  readonly guard: GcGuard;
+  readonly log: Logger;
+  readonly remote: string;
+}
+
+type State = 'fetching' | 'verified' | 'failed';
+
+export class BlobFlight {
+  readonly repo: string;
+  readonly digest: Digest;
+  /** From the upstream's Content-Length; undefined when it sent none (then nobody streams live). */
+  readonly size: number | undefined;
+  /** Settles once the blob is stored (or not: the fetch failed). Never rejects. */
+  readonly settled: Promise<boolean>;
+  readonly #d: FlightDeps;
+  readonly #abort: AbortController;
+  #state: State = 'fetching';
+  #error: unknown;
+  #data: CommittedData | undefined;
+  #received = 0;
+  #replay: Uint8Array[] | undefined = [];
+  readonly #live = new Set<FlightReader>();
+  /** Readers waiting for the blob to be verified, to read it (or the rest of it) from storage. */
+  readonly #waiting = new Set<FlightReader>();
+
+  constructor(deps: FlightDeps, repo: string, digest: Digest, upstream: UpstreamBlob, abort: AbortController) {
+    this.#d = deps;
+    this.repo = repo;
+    this.digest = digest;
+    this.size = upstream.size;
+    this.#abort = abort;
+    this.settled = this.#run(upstream.body);
+  }
+
+  get received(): number {
+    return this.#received;
+  }
+
+  /** Why the fetch failed (a RegistryError), once `settled` said it did. */
+  get error(): unknown {
+    return this.#error;
+  }
+
+  /**
+   * A response body for bytes [start, end] (inclusive) of the blob. Throws when the fetch
+   * already failed. Before the blob is verified, the last byte is held back (see above).
+   */
+  reader(start: number, end: number): Readable {
+    if (this.#state === 'failed') throw this.#error;
+    const r = new FlightReader(this, start, end);
+    if (this.#state === 'verified') {
+      this.#waiting.add(r);
+      void r.fromStorage(this.#d, this.#data!, this.repo, this.digest);
+      return r;
+    }
+    let live = this.#replay !== undefined;
+    if (live) {
+      let at = 0;
+      for (const chunk of this.#replay!) {
+        if (!r.offer(chunk, at)) live = false;
+        at += chunk.byteLength;
+      }
+    }
+    (live ? this.#live : this.#waiting).add(r);
+    return r;
+  }
+
+  /** Called by a reader that went away (the client left, or it finished). */
+  detach(r: FlightReader): void {
+    this.#live.delete(r);
+    this.#waiting.delete(r);
+  }
+
+  /** Stops the fetch (shutdown). Readers end short. */
+  abort(reason: unknown): void {
+    this.#abort.abort(reason);
+  }
+
+  async #run(body: ReadableStream<Uint8Array>): Promise<boolean> {
+    const t0 = Date.now();
+    try {
+      const data = await this.#d.uploads.oneShot(this.repo, this.digest, this.size, (sink) => this.#pump(body, sink));
+      this.#data = data;
+      this.#state = 'verified';
+      this.#replay = undefined;
+      for (const r of this.#live) r.finish();
+      this.#live.clear();
+      for (const r of this.#waiting) void r.fromStorage(this.#d, data, this.repo, this.digest);
+      // The blob record goes in as a registered operation that touched the digest first, as an
+      // upload commit does (gc/collector.ts, A and C): a collection running now spares it.
+      await this.#d.guard.op(async () => {
+        await this.#d.guard.touch([this.digest]);
+        await this.#d.blobs.adopt(this.repo, this.digest, data);
+      });
+      this.#d.log.info({ repository: this.repo, digest: this.digest.value, size: data.size, ms: Date.now() - t0 }, 'blob fetched from upstream and stored');
+      return true;
+    } catch (err) {
+      this.#fail(err);
+      return false;
+    }
+  }
+
+  /** Upstream body → the engine's sink (with its backpressure) and every live reader. */
+  async #pump(body: ReadableStream<Uint8Array>, sink: { write(chunk: Uint8Array): boolean; drained(): Promise<void> }): Promise<number> {
+    const reader = body.getReader();
+    let complete = false;
+    let idle: NodeJS.Timeout | undefined;
+    const arm = (): void => {
+      clearTimeout(idle);
+      idle = setTimeout(() => this.#abort.abort(new Error(`upstream sent nothing for ${BODY_IDLE_MS / 1000} s`)), BODY_IDLE_MS);
+    };
+    try {
+      for (;;) {
+        arm();
+        let next: ReadableStreamReadResult<Uint8Array>;
+        try {
+          next = await reader.read();
+        } catch (err) {
+          throw new UpstreamUnavailableError(this.#d.remote, `blob transfer broke off after ${this.#received} bytes: ${reasonOf(this.#abort.signal.aborted ? this.#abort.signal.reason : err)}`, err);
+        }
+        if (next.done) break;
+        const chunk = next.value;
+        this.#broadcast(chunk);
+        // The sink copies what it keeps; the chunk itself is shared by the readers.
+        if (!sink.write(chunk)) await sink.drained();
+      }
+      complete = true;
+    } finally {
+      clearTimeout(idle);
+      // Stopped early (the sink failed): close the upstream connection rather than drain it.
+      if (!complete) this.#abort.abort(new Error('fetch abandoned'));
+      reader.releaseLock();
+    }
+    return this.#received;
+  }
+
+  #broadcast(chunk: Uint8Array): void {
+    const at = this.#received;
+    this.#received += chunk.byteLength;
+    if (this.#replay) {
+      if (this.#received <= REPLAY_BYTES) this.#replay.push(chunk);
+      else this.#replay = undefined;
+    }
+    for (const r of this.#live) {
+      if (!r.offer(chunk, at)) {
+        this.#live.delete(r);
+        this.#waiting.add(r);
+      }
+    }
+  }
+
+  #fail(err: unknown): void {
+    this.#state = 'failed';
+    this.#error = err instanceof RegistryError ? err : new UpstreamUnavailableError(this.#d.remote, reasonOf(err), err);
+    this.#replay = undefined;
+    const fields = { repository: this.repo, digest: this.digest.value, receivedBytes: this.#received, readers: this.#live.size + this.#waiting.size };
+    if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') {
+      this.#d.log.warn({ ...fields, detail: err.detail }, 'upstream sent a blob that does not match its digest: not stored, clients cut off');
+    } else {
+      this.#d.log.warn({ ...fields, err }, 'blob fetch from upstream failed: nothing stored, clients cut off');
+    }
+    for (const r of [...this.#live, ...this.#waiting]) r.cut(this.#error);
+    this.#live.clear();
+    this.#waiting.clear();
+  }
+}
+
+/**
+ * One client's response body, fed live by the flight or, once the blob is stored, from
+ * storage. `#pos` is the next blob offset it needs; `#final` the held-back last byte.
+ */
+class FlightReader extends Readable {
+  readonly #flight: BlobFlight;
+  #pos: number;
+  readonly #end: number;
+  #final: Uint8Array | undefined;
+  #storage: Readable | undefined;
+  #wantMore: (() => void) | undefined;
+  #eof = false;
+
+  constructor(flight: BlobFlight, start: number, end: number) {
+    super({ highWaterMark: 1024 * 1024 });
+    this.#flight = flight;
+    this.#pos = start;
+    this.#end = end;
+  }
+
+  /** Takes the live bytes [at, at + chunk.length); false when this reader fell too far behind. */
+  offer(chunk: Uint8Array, at: number): boolean {
+    const last = Math.min(this.#end, at + chunk.byteLength - 1);
+    if (last >= this.#pos) {
+      // Never the response's last byte before the blob is verified: keep it aside.
+      const upto = last === this.#end ? last - 1 : last;
+      if (upto >= this.#pos) {
+        this.push(chunk.subarray(this.#pos - at, upto - at + 1));
+        this.#pos = upto + 1;
+      }
+      if (last === this.#end && this.#final === undefined) this.#final = chunk.slice(last - at, last - at + 1);
+    }
+    return this.readableLength <= READER_MAX_BUFFERED;
+  }
+
+  /** The blob is verified: the held-back byte, then the end. */
+  finish(): void {
+    if (this.#final !== undefined && this.#pos === this.#end) {
+      this.push(this.#final);
+      this.#pos = this.#end + 1;
+    }
+    if (this.#pos > this.#end) this.#endStream();
+  }
+
+  #endStream(): void {
+    if (this.#eof) return;
+    this.#eof = true;
+    this.push(null);
+  }
+
+  /** The rest, [#pos, #end], from the stored data (verified). */
+  async fromStorage(d: FlightDeps, data: CommittedData, repo: string, digest: Digest): Promise<void> {
+    if (this.destroyed) return;
+    if (this.#pos > this.#end || (this.#final !== undefined && this.#pos === this.#end)) {
+      this.finish();
+      return;
+    }
+    try {
+      const length = this.#end - this.#pos + 1;
+      try {
+        this.#storage = await d.driver.reader(data.dataPath, this.#pos, length);
+      } catch (err) {
+        // Another instance stored the same blob first, and ours went as a duplicate: read theirs.
+        if (!isPathNotFound(err)) throw err;
+        const read = await d.blobs.open(repo, digest, { start: this.#pos, end: this.#end });
+        if (read.redirect) throw err;
+        this.#storage = read.stream;
+      }
+      for await (const chunk of this.#storage as AsyncIterable<Buffer>) {
+        if (this.destroyed) return;
+        this.#pos += chunk.byteLength;
+        if (!this.push(chunk)) await new Promise<void>((resolve) => (this.#wantMore = resolve));
+      }
+      if (this.#pos !== this.#end + 1) throw new Error(`storage returned ${this.#pos} of ${this.#end + 1} bytes`);
+      this.#endStream();
+    } catch (err) {
+      d.log.warn({ repository: repo, digest: digest.value, err }, 'reading a fetched blob back from storage failed; client cut off');
+      this.cut(err);
+    } finally {
+      this.#flight.detach(this);
+    }
+  }
+
+  /**
+   * Ends the response short, so that the front end cuts the connection. Through 'error' when
+   * the front end already listens; otherwise by ending early, which it treats the same way
+   * once it reads (an 'error' nobody listens to yet would be lost, or crash the process).
+   */
+  cut(err: unknown): void {
+    if (this.destroyed || this.#eof) return;
+    if (this.listenerCount('error') > 0) this.destroy(err instanceof Error ? err : new Error(String(err)));
+    else this.#endStream();
+  }
+
+  override _read(): void {
+    const w = this.#wantMore;
+    this.#wantMore = undefined;
+    w?.();
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.#flight.detach(this);
+    this.#storage?.destroy();
+    const w = this.#wantMore;
+    this.#wantMore = undefined;
+    w?.();
+    cb(err);
+  }
+}

@@ -1,0 +1,305 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { RegistryError } from '../errors.js';
+import { resolveRange, type BlobDescriptor, type BlobRead, type ByteRange } from '../registry/blobs.js';
+import type { Manifest, ManifestRecord, Page } from '../registry/manifests.js';
+import type { Mirror, MirrorCore } from '../registry/mirror.js';
+import { tryParseDigest, type Digest, type Reference } from '../registry/reference.js';
+import { pullRefreshMs } from '../gc/mirror.js';
+import { BlobFlight } from './blob-flight.js';
+import { PullMarks } from './pull-marks.js';
+import { isUpstreamDown, UpstreamUnavailableError, type UpstreamClient } from './upstream.js';
+
+export interface PullThroughCacheOptions {
+  readonly upstream: UpstreamClient;
+  /** A tag the upstream confirmed longer ago than this is checked again (HEAD) when pulled. */
+  readonly tagTtlMs: number;
+  /** Content nobody pulled for this long is collected (gc/mirror.ts); sets how often pulls touch. */
+  readonly ttlMs: number;
+  readonly log: Logger;
+}
+
+/**
+ * A registry as a pull-through cache of one upstream registry (distribution's proxy mode,
+ * Harbor's proxy-cache projects). The registry core hands it every pull (src/registry/mirror.ts):
+ *
+ *   manifest by digest   stored? serve it : fetch, check the digest, store, serve. Never
+ *                        asked for again: content-addressed, it cannot change.
+ *   manifest by tag      confirmed by the upstream within tagTtl? serve the cached one.
+ *                        Else HEAD upstream: same digest → note the confirmation, serve the
+ *                        cached one; other digest, or none cached → GET, store, serve. When
+ *                        the upstream cannot be asked (refused, timed out, 5xx, 429), a
+ *                        cached tag is served and a warning logged.
+ *   blob                 linked in the repository? serve it. Stored for another repository?
+ *                        the upstream must say this repository has it (HEAD), then link it.
+ *                        Else one fetch per digest (blob-flight.ts), streamed to every client
+ *                        asking meanwhile while it is hashed and stored.
+ *   tags/list            the upstream's, or the cached tags while it cannot be asked.
+ *
+ * Concurrent pulls of one missing manifest or blob ask the upstream once (per registry and
+ * digest, or tag). Everything is stored through the core's own stores, under the GC guard,
+ * as pushes are (gc/collector.ts, H).
+ */
+export class PullThroughCache implements Mirror {
+  readonly #core: MirrorCore;
+  readonly #o: PullThroughCacheOptions;
+  readonly #up: UpstreamClient;
+  readonly #log: Logger;
+  readonly #pulls: PullMarks;
+  /** Blob fetches by digest: opening (waiting for the upstream's headers), then running. */
+  readonly #flights = new Map<string, Promise<BlobFlight>>();
+  readonly #running = new Set<BlobFlight>();
+  /** Manifest fetches and tag checks in progress, by `m <repo> <digest>` / `t <repo> <tag>`. */
+  readonly #manifestFetches = new Map<string, Promise<Manifest>>();
+  #closed = false;
+
+  constructor(core: MirrorCore, o: PullThroughCacheOptions) {
+    this.#core = core;
+    this.#o = o;
+    this.#up = o.upstream;
+    this.#log = o.log;
+    this.#pulls = new PullMarks(core.guard, pullRefreshMs(o.ttlMs));
+  }
+
+  /** Stops fetches in progress (shutdown): their clients are cut off and nothing is stored. */
+  close(): void {
+    this.#closed = true;
+    for (const f of this.#running) f.abort(new Error('server shutting down'));
+  }
+
+  // --- manifests -----------------------------------------------------------------------------
+
+  async getManifest(repo: string, reference: Reference): Promise<Manifest> {
+    return reference.kind === 'digest' ? this.#byDigest(repo, reference.digest) : this.#byTag(repo, reference.tag);
+  }
+
+  async statManifest(repo: string, reference: Reference): Promise<ManifestRecord> {
+    const { bytes: _, ...record } = await this.getManifest(repo, reference);
+    return record;
+  }
+
+  async #byDigest(repo: string, digest: Digest): Promise<Manifest> {
+    await this.#pulls.pulled([digest]);
+    const cached = await this.#cachedManifest(repo, digest);
+    if (cached) return cached;
+    return this.#once(`m ${repo} ${digest.value}`, async () => {
+      const m = await this.#up.getManifest(repo, digest.value, this.#core.maxManifestBytes);
+      this.#checkDigest(repo, digest.value, m.bytes, digest.value);
+      return this.#store(repo, { kind: 'digest', digest }, m.bytes, m.contentType);
+    });
+  }
+
+  async #byTag(repo: string, tag: string): Promise<Manifest> {
+    const ref: Reference = { kind: 'tag', tag };
+    const record = await this.#core.manifests.tagRecord(repo, tag);
+    const confirmedAt = record ? Date.parse(record.updatedAt) : NaN;
+    if (record && Date.now() - confirmedAt < this.#o.tagTtlMs) {
+      // MANIFEST_UNKNOWN here: the tag expired (gc.expiration), or its manifest was collected.
+      const cached = await this.#core.manifests.get(repo, ref).catch((err: unknown) => {
+        if (err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN') return undefined;
+        throw err;
+      });
+      if (cached) {
+        await this.#pulls.pulled([tryParseDigest(cached.digest)!]);
+        return cached;
+      }
+    }
+    return this.#once(`t ${repo} ${tag}`, async () => {
+      const cachedDigest = record ? tryParseDigest(record.digest) : undefined;
+      try {
+        if (cachedDigest) {
+          const head = await this.#up.headManifest(repo, tag);
+          if (head.digest === cachedDigest.value) {
+            const cached = await this.#cachedManifest(repo, cachedDigest);
+            // Writing the tag again records the confirmation (its updatedAt).
+            if (cached) return await this.#store(repo, ref, cached.bytes, cached.mediaType);
+          }
+        }
+        const m = await this.#up.getManifest(repo, tag, this.#core.maxManifestBytes);
+        if (m.digest !== undefined) this.#checkDigest(repo, tag, m.bytes, m.digest);
+        return await this.#store(repo, ref, m.bytes, m.contentType);
+      } catch (err) {
+        if (!isUpstreamDown(err) || !cachedDigest) throw err;
+        const cached = await this.#cachedManifest(repo, cachedDigest);
+        if (!cached) throw err;
+        this.#log.warn(
+          { repository: repo, tag, digest: cachedDigest.value, confirmedAt: record!.updatedAt, reason: (err as Error).message },
+          'upstream unavailable: serving the cached tag',
+        );
+        await this.#pulls.pulled([cachedDigest]);
+        return cached;
+      }
+    });
+  }
+
+  /** The manifest as cached in `repo` (by digest: whatever the tags say), or undefined. */
+  async #cachedManifest(repo: string, digest: Digest): Promise<Manifest | undefined> {
+    try {
+      return await this.#core.manifests.get(repo, { kind: 'digest', digest });
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN') return undefined;
+      throw err;
+    }
+  }
+
+  /** Bytes the upstream sent for a manifest must be what it (or the reference) says they are. */
+  #checkDigest(repo: string, reference: string, bytes: Buffer, expected: string): void {
+    const d = tryParseDigest(expected);
+    if (!d) throw new UpstreamUnavailableError(this.#up.remote, `sent an invalid manifest digest ${JSON.stringify(expected.slice(0, 100))}`);
+    const actual = `${d.algorithm}:${createHash(d.algorithm).update(bytes).digest('hex')}`;
+    if (actual === d.value) return;
+    this.#log.warn({ repository: repo, reference, expected: d.value, actual }, 'upstream sent a manifest that does not match its digest: not stored');
+    throw new UpstreamUnavailableError(this.#up.remote, `sent a manifest that does not match its digest ${d.value}`);
+  }
+
+  /**
+   * Stores a manifest as the upstream sent it, as a registered operation that touched the
+   * manifest's digest first, the way a push does (gc/guard.ts): a running collection spares
+   * it. Its config and layers are not checked: clients fetch them next, and whatever is
+   * missing then is fetched again.
+   */
+  async #store(repo: string, ref: Reference, bytes: Buffer, contentType: string | undefined): Promise<Manifest> {
+    const own = tryParseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`)!;
+    const digest = ref.kind === 'digest' ? ref.digest : own;
+    const record = await this.#core.guard.op(async () => {
+      await this.#core.guard.touch([digest]);
+      for (let attempt = 1; ; attempt++) {
+        const r = await this.#core.manifests.put(repo, ref, contentType, bytes, { fromUpstream: true });
+        // A collector was deleting this (expired) tag as we wrote it: write it again (gc/guard.ts, duty 3).
+        if (ref.kind !== 'tag' || attempt === 3 || !(await this.#core.guard.tagIntent(repo, ref.tag))) return r;
+      }
+    });
+    this.#pulls.touched(digest);
+    return { ...record, bytes };
+  }
+
+  /** One fetch per key at a time; later callers share the first one's result. */
+  #once(key: string, fetch: () => Promise<Manifest>): Promise<Manifest> {
+    let p = this.#manifestFetches.get(key);
+    if (!p) {
+      p = fetch().finally(() => this.#manifestFetches.delete(key));
+      this.#manifestFetches.set(key, p);
+    }
+    return p;
+  }
+
+  // --- blobs ---------------------------------------------------------------------------------
+
+  async statBlob(repo: string, digest: Digest): Promise<BlobDescriptor> {
+    await this.#pulls.pulled([digest]);
+    const local = await this.#localBlob(repo, digest);
+    if (local) return local;
+    const opening = this.#flights.get(digest.value);
+    const flight = opening && (await opening.catch(() => undefined));
+    if (flight && flight.repo === repo && flight.size !== undefined) return { digest: digest.value, size: flight.size };
+    const size = await this.#up.headBlob(repo, digest.value);
+    // Stored for another repository: now that the upstream said this one has it, link it.
+    return (await this.#linkStored(repo, digest)) ?? { digest: digest.value, size };
+  }
+
+  async readBlob(repo: string, digest: Digest, range: ByteRange | undefined): Promise<BlobRead> {
+    await this.#pulls.pulled([digest]);
+    const local = await this.#openLocal(repo, digest, range);
+    if (local) return local;
+    let opening = this.#flights.get(digest.value);
+    if (!opening && (await this.#core.blobs.storedSize(digest)) !== undefined) {
+      // Stored for another repository: the upstream decides whether this one may have it.
+      await this.#up.headBlob(repo, digest.value);
+      if (await this.#linkStored(repo, digest)) {
+        const linked = await this.#openLocal(repo, digest, range);
+        if (linked) return linked;
+      }
+      opening = this.#flights.get(digest.value);
+    }
+    let joined = true;
+    if (!opening) {
+      opening = this.#startFlight(repo, digest);
+      joined = false;
+    }
+    const flight = await opening;
+    if (joined && flight.repo !== repo) {
+      // Joining another repository's fetch: this one must have the blob upstream too, and gets a link once it is stored.
+      await this.#up.headBlob(repo, digest.value);
+      void flight.settled.then((ok) => (ok ? this.#linkStored(repo, digest) : undefined)).catch(() => undefined);
+    }
+    const size = flight.size;
+    if (size === undefined || size === 0) {
+      // Nothing to stream before the digest is known good (no length to announce, or no bytes).
+      if (!(await flight.settled)) throw flight.error;
+      if (flight.repo !== repo) await this.#linkStored(repo, digest);
+      const stored = await this.#openLocal(repo, digest, range);
+      if (!stored) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
+      return stored;
+    }
+    const [start, end] = resolveRange(range, size);
+    return { descriptor: { digest: digest.value, size }, start, end, partial: range !== undefined, stream: flight.reader(start, end) };
+  }
+
+  #startFlight(repo: string, digest: Digest): Promise<BlobFlight> {
+    const opening = (async () => {
+      if (this.#closed) throw new RegistryError('UNAVAILABLE', { message: 'server shutting down' });
+      const abort = new AbortController();
+      const upstream = await this.#up.openBlob(repo, digest.value, abort.signal);
+      const flight = new BlobFlight(
+        { driver: this.#core.driver, blobs: this.#core.blobs, uploads: this.#core.uploads, guard: this.#core.guard, log: this.#log, remote: this.#up.remote },
+        repo, digest, upstream, abort,
+      );
+      this.#running.add(flight);
+      return flight;
+    })();
+    this.#flights.set(digest.value, opening);
+    // Out of the table once it is stored (or failed); from then on, pulls find it stored (or start anew).
+    const forget = (): void => {
+      if (this.#flights.get(digest.value) === opening) this.#flights.delete(digest.value);
+    };
+    opening.then(
+      (flight) => flight.settled.then((ok) => {
+        this.#running.delete(flight);
+        if (ok) this.#pulls.touched(digest);
+        forget();
+      }),
+      forget,
+    );
+    return opening;
+  }
+
+  async #localBlob(repo: string, digest: Digest): Promise<BlobDescriptor | undefined> {
+    try {
+      return await this.#core.blobs.stat(repo, digest);
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === 'BLOB_UNKNOWN') return undefined;
+      throw err;
+    }
+  }
+
+  async #openLocal(repo: string, digest: Digest, range: ByteRange | undefined): Promise<BlobRead | undefined> {
+    try {
+      return await this.#core.blobs.open(repo, digest, range);
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === 'BLOB_UNKNOWN') return undefined;
+      throw err;
+    }
+  }
+
+  /** Links a stored blob into `repo` (as a mount does: registered, touched first). */
+  #linkStored(repo: string, digest: Digest): Promise<BlobDescriptor | undefined> {
+    return this.#core.guard.op(async () => {
+      await this.#core.guard.touch([digest]);
+      return this.#core.blobs.linkStored(repo, digest);
+    });
+  }
+
+  // --- tags ----------------------------------------------------------------------------------
+
+  async listTags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {
+    try {
+      return await this.#up.listTags(repo, n, last);
+    } catch (err) {
+      if (!isUpstreamDown(err)) throw err;
+      this.#log.warn({ repository: repo, reason: (err as Error).message }, 'upstream unavailable: listing the cached tags');
+      const page = await this.#core.manifests.tags(repo, n, last);
+      if (page.items.length === 0 && last === undefined) throw err;
+      return page;
+    }
+  }
+}

@@ -1,0 +1,368 @@
+import type { Logger } from 'pino';
+import { RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
+import { MANIFEST_MEDIA_TYPES } from '../registry/manifest-schema.js';
+import type { Page } from '../registry/manifests.js';
+import { parseChallenge, type Challenge } from './challenge.js';
+
+/**
+ * The upstream registry of a pull-through cache, spoken to as a client does (distribution-spec
+ * v1.1 "Pulling"), with Node's fetch (undici: pooled keep-alive connections, streamed bodies).
+ *
+ * Authentication, as docker and containerd do it: a request goes out with what worked last
+ * time for that repository (nothing, HTTP Basic, or a bearer token); a 401 names what the
+ * upstream wants, and the request is answered once more with it:
+ *
+ *   GET /v2/library/alpine/manifests/3.20                               → 401
+ *       WWW-Authenticate: Bearer realm="https://auth.docker.io/token",service="registry.docker.io",
+ *                                scope="repository:library/alpine:pull"
+ *   GET https://auth.docker.io/token?service=registry.docker.io&scope=repository:library/alpine:pull
+ *       (Authorization: Basic <username:password> when configured; anonymous otherwise)
+ *                                                                       → 200 {"token": "...", "expires_in": 300}
+ *   GET /v2/library/alpine/manifests/3.20, Authorization: Bearer ...   → 200
+ *
+ * Tokens are kept per scope until shortly before they expire (Docker token spec: `expires_in`,
+ * 60 s when absent), so a pull of many blobs fetches one token, not one per blob.
+ */
+export interface UpstreamOptions {
+  /** `https://registry-1.docker.io`, without a trailing '/'. */
+  readonly remoteUrl: string;
+  readonly username?: string;
+  readonly password?: string;
+  readonly log: Logger;
+  /** How long to wait for a response's headers (connecting included). */
+  readonly headersTimeoutMs?: number;
+}
+
+const DEFAULT_HEADERS_TIMEOUT_MS = 30_000;
+/** Docker token spec: "if omitted, the token is valid for 60 seconds". */
+const DEFAULT_TOKEN_SECONDS = 60;
+/** Tokens cached at once (one per repository pulled lately). */
+const MAX_TOKENS = 1000;
+const USER_AGENT = 'hoist-pull-through-cache';
+const MANIFEST_ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
+
+/**
+ * The upstream could not be asked (refused connection, timeout, reset, 5xx). A tag the cache
+ * holds is served from the cache then; anything else gets this error: 503 UNAVAILABLE.
+ */
+export class UpstreamUnavailableError extends RegistryError {
+  constructor(remote: string, reason: string, cause?: unknown) {
+    super('UNAVAILABLE', { message: `upstream registry ${remote} is unavailable: ${reason}`, detail: { upstream: remote }, cause });
+  }
+}
+
+/** The upstream said 429: the client gets 429 too (with its Retry-After), unless the cache has the content. */
+export class UpstreamThrottledError extends TooManyRequestsError {
+  constructor(remote: string, retryAfterSeconds: number) {
+    super(retryAfterSeconds, { message: `upstream registry ${remote} asks to slow down`, detail: { upstream: remote } });
+  }
+}
+
+/** Whether the cache may answer from what it holds instead: the upstream could not say. */
+export function isUpstreamDown(err: unknown): boolean {
+  return err instanceof UpstreamUnavailableError || err instanceof UpstreamThrottledError;
+}
+
+export interface UpstreamManifest {
+  readonly bytes: Buffer;
+  readonly contentType: string | undefined;
+  /** Docker-Content-Digest, when sent. */
+  readonly digest: string | undefined;
+}
+
+export interface UpstreamBlob {
+  /** Content-Length; undefined when the upstream streams without one. */
+  readonly size: number | undefined;
+  readonly body: ReadableStream<Uint8Array>;
+}
+
+interface CachedToken {
+  readonly value: string;
+  readonly expiresAtMs: number;
+}
+
+export class UpstreamClient {
+  readonly #o: UpstreamOptions;
+  /** For messages and logs: the upstream without credentials or path. */
+  readonly remote: string;
+  readonly #basic: string | undefined;
+  readonly #headersTimeoutMs: number;
+  /** What the upstream asked for last: decides what requests carry before any 401. */
+  #scheme: 'none' | 'basic' | 'bearer' = 'none';
+  #bearer: { realm: string; service: string | undefined } | undefined;
+  readonly #tokens = new Map<string, CachedToken>();
+  readonly #fetchingTokens = new Map<string, Promise<string>>();
+
+  constructor(o: UpstreamOptions) {
+    this.#o = o;
+    this.remote = new URL(o.remoteUrl).host;
+    this.#basic = o.username !== undefined && o.password !== undefined
+      ? `Basic ${Buffer.from(`${o.username}:${o.password}`).toString('base64')}`
+      : undefined;
+    this.#headersTimeoutMs = o.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS;
+  }
+
+  // --- the operations ---------------------------------------------------------------------
+
+  /** HEAD a manifest: its digest (Docker-Content-Digest, when sent). MANIFEST_UNKNOWN, DENIED, or unavailable. */
+  async headManifest(repo: string, reference: string): Promise<{ digest: string | undefined }> {
+    const res = await this.#send('HEAD', repo, `manifests/${reference}`, { accept: MANIFEST_ACCEPT });
+    await this.#expectOk(res, 'MANIFEST_UNKNOWN', { reference });
+    return { digest: res.headers.get('docker-content-digest') ?? undefined };
+  }
+
+  /** GET a manifest, at most `maxBytes` of it. */
+  async getManifest(repo: string, reference: string, maxBytes: number): Promise<UpstreamManifest> {
+    const res = await this.#send('GET', repo, `manifests/${reference}`, { accept: MANIFEST_ACCEPT });
+    await this.#expectOk(res, 'MANIFEST_UNKNOWN', { reference });
+    const bytes = await this.#readCapped(res, maxBytes);
+    return { bytes, contentType: res.headers.get('content-type') ?? undefined, digest: res.headers.get('docker-content-digest') ?? undefined };
+  }
+
+  /** Whether `repo` has the blob upstream, and its size (BLOB_UNKNOWN when not). */
+  async headBlob(repo: string, digest: string): Promise<number> {
+    // Not following redirects: a HEAD sent on to a presigned GET URL (S3, a CDN) is refused there.
+    const res = await this.#send('HEAD', repo, `blobs/${digest}`, { redirect: 'manual' });
+    if (res.status >= 300 && res.status < 400) {
+      // The blob lives elsewhere; its first byte tells its size (Content-Range: bytes 0-0/<size>).
+      const ranged = await this.#send('GET', repo, `blobs/${digest}`, { range: 'bytes=0-0' });
+      await this.#expectOk(ranged, 'BLOB_UNKNOWN', { digest });
+      await ranged.body?.cancel().catch(() => undefined);
+      const total = /\/(\d+)$/.exec(ranged.headers.get('content-range') ?? '')?.[1] ?? (ranged.status === 200 ? ranged.headers.get('content-length') : null);
+      if (total == null) throw new UpstreamUnavailableError(this.remote, 'blob size not reported');
+      return Number(total);
+    }
+    await this.#expectOk(res, 'BLOB_UNKNOWN', { digest });
+    const length = res.headers.get('content-length');
+    if (length === null || !/^\d+$/.test(length)) throw new UpstreamUnavailableError(this.remote, 'blob size not reported');
+    return Number(length);
+  }
+
+  /**
+   * GET a blob, following redirects (Authorization is not sent to another origin). Resolves
+   * once the headers are in; the body streams from `body`. Aborting `signal` cuts it.
+   */
+  async openBlob(repo: string, digest: string, signal: AbortSignal): Promise<UpstreamBlob> {
+    // Identity: the bytes must arrive as they were hashed, not re-encoded on the way.
+    const res = await this.#send('GET', repo, `blobs/${digest}`, { signal, identity: true });
+    await this.#expectOk(res, 'BLOB_UNKNOWN', { digest });
+    if (!res.body) throw new UpstreamUnavailableError(this.remote, 'blob response without a body');
+    const length = res.headers.get('content-length');
+    return { size: length !== null && /^\d{1,15}$/.test(length) ? Number(length) : undefined, body: res.body };
+  }
+
+  /** The upstream's tags/list, one page (distribution-spec "Listing Tags"). */
+  async listTags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {
+    const q = new URLSearchParams();
+    if (n !== undefined) q.set('n', String(n));
+    if (last !== undefined) q.set('last', last);
+    const query = q.size > 0 ? `?${q.toString()}` : '';
+    const res = await this.#send('GET', repo, `tags/list${query}`, { accept: 'application/json' });
+    await this.#expectOk(res, 'NAME_UNKNOWN', { name: repo });
+    let tags: unknown;
+    try {
+      tags = (JSON.parse((await this.#readCapped(res, 16 * 1024 ** 2)).toString('utf8')) as { tags?: unknown }).tags;
+    } catch (err) {
+      if (err instanceof RegistryError) throw err;
+      throw new UpstreamUnavailableError(this.remote, 'tags/list is not JSON', err);
+    }
+    const items = Array.isArray(tags) ? tags.filter((t): t is string => typeof t === 'string') : [];
+    const more = /rel="?next"?/.test(res.headers.get('link') ?? '');
+    return more && items.length > 0 ? { items, next: items[items.length - 1]! } : { items };
+  }
+
+  // --- requests and authentication ------------------------------------------------------------
+
+  async #send(
+    method: string, repo: string, path: string,
+    opts: { accept?: string; range?: string; identity?: boolean; signal?: AbortSignal; redirect?: RequestRedirect } = {},
+  ): Promise<Response> {
+    const url = `${this.#o.remoteUrl}/v2/${repo}/${path}`;
+    const headers: Record<string, string> = { 'user-agent': USER_AGENT };
+    if (opts.accept) headers['accept'] = opts.accept;
+    if (opts.range) headers['range'] = opts.range;
+    if (opts.identity) headers['accept-encoding'] = 'identity';
+    const scope = `repository:${repo}:pull`;
+    const auth = await this.#authorization(scope);
+    const init = { method, redirect: opts.redirect ?? 'follow' } as const;
+    let res = await this.#fetch(url, { ...init, headers: auth ? { ...headers, authorization: auth } : headers }, opts.signal);
+    if (res.status !== 401) return this.#checkAvailable(res);
+    // Answer the challenge once; a second 401 is the upstream's last word.
+    const answer = await this.#answer(parseChallenge(res.headers.get('www-authenticate')), scope, auth);
+    if (answer === undefined) return res;
+    await res.body?.cancel().catch(() => undefined);
+    res = await this.#fetch(url, { ...init, headers: { ...headers, authorization: answer } }, opts.signal);
+    return this.#checkAvailable(res);
+  }
+
+  /** What to send before any challenge: what the upstream asked for last time. */
+  async #authorization(scope: string): Promise<string | undefined> {
+    if (this.#scheme === 'basic') return this.#basic;
+    if (this.#scheme === 'bearer' && this.#bearer) {
+      const cached = this.#tokens.get(scope);
+      if (cached && cached.expiresAtMs > Date.now()) return `Bearer ${cached.value}`;
+      return `Bearer ${await this.#token(this.#bearer.realm, this.#bearer.service, scope, scope)}`;
+    }
+    return undefined;
+  }
+
+  /** The Authorization that answers a 401's challenge, or undefined when there is none to try. */
+  async #answer(challenge: Challenge | undefined, scope: string, sent: string | undefined): Promise<string | undefined> {
+    if (challenge?.scheme === 'basic') {
+      this.#scheme = 'basic';
+      return this.#basic !== undefined && sent !== this.#basic ? this.#basic : undefined;
+    }
+    if (challenge?.scheme !== 'bearer') return undefined;
+    const realm = challenge.params['realm'];
+    if (!realm || !/^https?:\/\//i.test(realm)) return undefined;
+    this.#scheme = 'bearer';
+    this.#bearer = { realm, service: challenge.params['service'] };
+    // The token we sent (if any) was not good enough: forget it, ask for the scope the upstream named.
+    this.#tokens.delete(scope);
+    const token = await this.#token(realm, challenge.params['service'], challenge.params['scope'] ?? scope, scope);
+    return `Bearer ${token}`;
+  }
+
+  /** A token for `scope` from the realm, fetched once however many requests wait for it. */
+  #token(realm: string, service: string | undefined, requestScope: string, cacheKey: string): Promise<string> {
+    const key = `${realm} ${service ?? ''} ${requestScope}`;
+    let p = this.#fetchingTokens.get(key);
+    if (!p) {
+      p = this.#fetchToken(realm, service, requestScope).then((t) => {
+        if (this.#tokens.size >= MAX_TOKENS) this.#tokens.delete(this.#tokens.keys().next().value!);
+        this.#tokens.set(cacheKey, t);
+        return t.value;
+      }).finally(() => this.#fetchingTokens.delete(key));
+      this.#fetchingTokens.set(key, p);
+    }
+    return p;
+  }
+
+  async #fetchToken(realm: string, service: string | undefined, scope: string): Promise<CachedToken> {
+    const url = new URL(realm);
+    if (service) url.searchParams.set('service', service);
+    if (scope) url.searchParams.set('scope', scope);
+    if (this.#o.username) url.searchParams.set('account', this.#o.username);
+    const headers: Record<string, string> = { 'user-agent': USER_AGENT, accept: 'application/json' };
+    if (this.#basic) headers['authorization'] = this.#basic;
+    const res = this.#checkAvailable(await this.#fetch(url.toString(), { method: 'GET', headers }));
+    if (res.status === 401 || res.status === 403) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new RegistryError('DENIED', {
+        message: `upstream registry ${this.remote}: its token service refused ${this.#basic ? 'the configured credentials' : 'an anonymous token'}`,
+        detail: { upstream: this.remote, status: res.status },
+      });
+    }
+    if (res.status !== 200) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new UpstreamUnavailableError(this.remote, `token service answered HTTP ${res.status}`);
+    }
+    let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
+    try {
+      body = JSON.parse((await this.#readCapped(res, 1024 * 1024)).toString('utf8')) as typeof body;
+    } catch (err) {
+      if (err instanceof RegistryError) throw err;
+      throw new UpstreamUnavailableError(this.remote, 'token service answered something that is not JSON', err);
+    }
+    const value = typeof body.token === 'string' && body.token ? body.token : typeof body.access_token === 'string' ? body.access_token : '';
+    if (!value) throw new UpstreamUnavailableError(this.remote, 'token service answered without a token');
+    const seconds = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_SECONDS;
+    // Renew a little early: a token must not expire between our check and the upstream's.
+    const lifetimeMs = seconds * 1000;
+    this.#o.log.debug({ upstream: this.remote, scope, expiresInSeconds: seconds }, 'upstream token fetched');
+    return { value, expiresAtMs: Date.now() + lifetimeMs - Math.min(30_000, lifetimeMs / 10) };
+  }
+
+  /** fetch() with a bound on the time to the response headers; failures become UpstreamUnavailableError. */
+  async #fetch(url: string, init: RequestInit, signal?: AbortSignal): Promise<Response> {
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(new Error(`no response within ${this.#headersTimeoutMs} ms`)), this.#headersTimeoutMs);
+    // The caller's signal stays wired for the body too: aborting it cuts a streaming blob.
+    if (signal) {
+      if (signal.aborted) ac.abort(signal.reason);
+      else signal.addEventListener('abort', () => ac.abort(signal.reason), { once: true });
+    }
+    try {
+      return await fetch(url, { ...init, signal: ac.signal });
+    } catch (err) {
+      throw new UpstreamUnavailableError(this.remote, reasonOf(ac.signal.aborted ? ac.signal.reason : err), err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** 5xx and 429 mean "ask again later": the cache may answer instead. */
+  #checkAvailable(res: Response): Response {
+    if (res.status >= 500 || res.status === 429) {
+      void res.body?.cancel().catch(() => undefined);
+      if (res.status === 429) throw new UpstreamThrottledError(this.remote, retryAfter(res.headers.get('retry-after')));
+      throw new UpstreamUnavailableError(this.remote, `HTTP ${res.status}`);
+    }
+    return res;
+  }
+
+  /** 2xx passes; 404 is `missing`; 401/403 DENIED (the upstream refuses us); anything else unavailable. */
+  async #expectOk(res: Response, missing: ErrorCode, detail: Record<string, string>): Promise<void> {
+    if (res.status >= 200 && res.status < 300) return;
+    const text = await res.text().catch(() => '');
+    const upstream = upstreamErrors(text);
+    if (res.status === 404) throw new RegistryError(missing, { detail: { ...detail, upstream: this.remote } });
+    if (res.status === 401 || res.status === 403) {
+      throw new RegistryError('DENIED', {
+        message: `upstream registry ${this.remote} refused access${this.#basic ? '' : ' (no credentials configured)'}`,
+        detail: { ...detail, upstream: this.remote, status: res.status, ...(upstream ? { errors: upstream } : {}) },
+      });
+    }
+    throw new UpstreamUnavailableError(this.remote, `HTTP ${res.status}${upstream ? ` ${JSON.stringify(upstream).slice(0, 200)}` : ''}`);
+  }
+
+  /** The body, refusing more than `max` bytes; a body cut short is the upstream being unavailable. */
+  async #readCapped(res: Response, max: number): Promise<Buffer> {
+    const declared = Number(res.headers.get('content-length') ?? NaN);
+    if (declared > max) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new RegistryError('MANIFEST_INVALID', { message: 'upstream response too large', detail: { size: declared, limit: max } });
+    }
+    const chunks: Uint8Array[] = [];
+    let n = 0;
+    try {
+      for await (const chunk of res.body ?? []) {
+        n += chunk.byteLength;
+        if (n > max) throw new RegistryError('MANIFEST_INVALID', { message: 'upstream response too large', detail: { limit: max } });
+        chunks.push(chunk);
+      }
+    } catch (err) {
+      if (err instanceof RegistryError) throw err;
+      throw new UpstreamUnavailableError(this.remote, reasonOf(err), err);
+    }
+    return Buffer.concat(chunks, n);
+  }
+}
+
+/** The spec's error envelope of an upstream reply, for the detail we pass on. */
+function upstreamErrors(text: string): unknown[] | undefined {
+  try {
+    const errors = (JSON.parse(text) as { errors?: unknown }).errors;
+    return Array.isArray(errors) ? errors.slice(0, 3) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function retryAfter(header: string | null): number {
+  if (header && /^\d+$/.test(header.trim())) return Number(header.trim());
+  const at = header ? Date.parse(header) : NaN;
+  return Number.isFinite(at) ? Math.max(1, (at - Date.now()) / 1000) : 1;
+}
+
+/** undici says "fetch failed" and keeps the reason (ECONNREFUSED, ...) in `cause`. */
+export function reasonOf(err: unknown): string {
+  let e: unknown = err;
+  for (let i = 0; i < 4 && e instanceof Error; i++) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code && typeof code === 'string' && !code.startsWith('UND_ERR_') && code !== 'ABORT_ERR') return code;
+    if (!(e.cause instanceof Error)) return e.message;
+    e = e.cause;
+  }
+  return String(err);
+}
