@@ -5,6 +5,7 @@ import { formatDuration, formatRun, ProgressLine } from './gc/format.js';
 import { createLogger, scrubSecrets } from './logger.js';
 import { GcBusyError, LeaseLostError } from './gc/lease.js';
 import { runGarbageCollection } from './gc/runner.js';
+import { mirrorsOf } from './gc/mirror.js';
 import { startServer } from './server.js';
 import { createDriver } from './storage/index.js';
 
@@ -128,6 +129,7 @@ program
         staleUploadAfterMs: g.staleUploadAfter,
         expiration: g.expiration,
         namespaces: config.namespaces.map((n) => n.name),
+        mirrors: mirrorsOf(config),
         dryRun: opts.dryRun,
         concurrency,
         onProgress: (registry, p) => progress.update(`${registry || '(default)'}: ${p.phase} ${p.total > 0 ? `${p.done}/${p.total}` : ''}`),

@@ -3,6 +3,7 @@ import { PrefixedDriver } from '../storage/prefixed.js';
 import { ExpiryPolicy, type ExpirationSettings } from '../registry/expiry.js';
 import { collectGarbage, type GcProgress, type GcReport, type Removed } from './collector.js';
 import { basename, listOrEmpty } from './scan.js';
+import { mirrorGraceMs, MirrorExpiry, type MirrorGcSettings } from './mirror.js';
 
 /**
  * One collection over a whole store: the default registry, then every namespace's registry
@@ -18,6 +19,8 @@ export interface GcRunOptions {
   expiration?: ExpirationSettings;
   /** Namespaces to collect besides the ones found under /namespaces (configured, maybe still empty). */
   namespaces?: readonly string[];
+  /** Registries that are pull-through caches ('' the default one), collected by last pull (gc/mirror.ts). */
+  mirrors?: ReadonlyMap<string, MirrorGcSettings>;
   dryRun?: boolean;
   owner?: string;
   concurrency?: number;
@@ -48,12 +51,14 @@ export async function runGarbageCollection(o: GcRunOptions): Promise<GcRunReport
   const registries: RegistryGcReport[] = [];
   for (const name of ['', ...namespaces]) {
     const driver = name === '' ? o.driver : new PrefixedDriver(o.driver, `/namespaces/${name}`);
+    const expiry = policy.forNamespace(name === '' ? undefined : name);
+    const mirror = o.mirrors?.get(name);
     const report = await collectGarbage({
       driver,
-      graceMs: o.graceMs,
+      graceMs: mirror ? mirrorGraceMs(o.graceMs, mirror.ttlMs) : o.graceMs,
       staleUploadAfterMs: o.staleUploadAfterMs,
       dryRun: o.dryRun,
-      expiry: policy.forNamespace(name === '' ? undefined : name),
+      expiry: mirror ? new MirrorExpiry(expiry, mirror.ttlMs) : expiry,
       owner: o.owner,
       concurrency: o.concurrency,
       signal: o.signal,

@@ -3,6 +3,7 @@ import type { Config } from '../config.js';
 import { channels, type GcRunMessage } from '../diagnostics.js';
 import { GcBusyError } from './lease.js';
 import { runGarbageCollection, totals } from './runner.js';
+import { mirrorsOf } from './mirror.js';
 import type { StorageDriver } from '../storage/driver.js';
 
 /**
@@ -32,6 +33,7 @@ export function startGcSchedule(config: Readonly<Config>, driver: StorageDriver,
         staleUploadAfterMs: g.staleUploadAfter,
         expiration: g.expiration,
         namespaces: config.namespaces.map((n) => n.name),
+        mirrors: mirrorsOf(config),
         signal: abort.signal,
       });
       const t = totals(run);
