@@ -1,8 +1,26 @@
-import { createServer, request, type Server } from 'node:http';
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-/** What the proxy does with one request: pass it on, or fail it the way S3 can. */
-export type Fault = 'slowdown' | 'internal' | 'reset' | undefined;
+/** What the proxy does with one request: pass it on, or fail it the way S3 can, or tamper with the reply. */
+export type Fault = 'slowdown' | 'internal' | 'reset' | ResponseFault | undefined;
+
+/**
+ * Faults in the reply's body, for an upstream registry that lies or dies (test/proxy/).
+ * Offsets count body bytes. Headers pass untouched, Content-Length included.
+ */
+export interface ResponseFault {
+  /** Flips every bit of the body byte at this offset: same length, wrong digest. */
+  corruptAt?: number;
+  /** After this many body bytes, both connections are destroyed: a transfer broken off. */
+  cutAfter?: number;
+  /**
+   * After this many body bytes, nothing more is sent until `release` resolves (`onHold` says
+   * when it got there). When the upstream's connection dies meanwhile, the client's is cut.
+   */
+  holdAfter?: number;
+  release?: Promise<void>;
+  onHold?: () => void;
+}
 
 export interface FaultyProxy {
   readonly endpoint: string;
@@ -25,6 +43,10 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
     const n = (seen.get(op) ?? 0) + 1;
     seen.set(op, n);
     const fault = decide(op, n, url);
+    if (typeof fault === 'object') {
+      forwardWithFault(to, req, res, fault);
+      return;
+    }
     if (fault === 'reset') {
       req.socket.destroy();
       return;
@@ -60,6 +82,60 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
       server.close(() => resolve());
     }),
   };
+}
+
+/** Passes the request on and the reply back, doing to the reply's body what `fault` says. */
+function forwardWithFault(to: URL, req: IncomingMessage, res: ServerResponse, fault: ResponseFault): void {
+  const cut = (): void => {
+    req.socket.destroy();
+  };
+  const upstream = request({ host: to.hostname, port: to.port, method: req.method, path: req.url, headers: req.headers }, (up) => {
+    res.writeHead(up.statusCode ?? 502, up.headers);
+    let offset = 0;
+    let held = false;
+    let ended = false;
+    up.on('data', (chunk: Buffer) => {
+      let piece = chunk;
+      if (fault.corruptAt !== undefined && fault.corruptAt >= offset && fault.corruptAt < offset + piece.length) {
+        piece = Buffer.from(piece);
+        piece[fault.corruptAt - offset] = piece[fault.corruptAt - offset]! ^ 0xff;
+      }
+      const limit = fault.cutAfter ?? (held ? undefined : fault.holdAfter);
+      if (limit !== undefined && offset + piece.length >= limit) {
+        res.write(piece.subarray(0, limit - offset));
+        const rest = piece.subarray(limit - offset);
+        offset = limit;
+        if (fault.cutAfter !== undefined) {
+          up.destroy();
+          cut();
+          return;
+        }
+        held = true;
+        up.pause();
+        fault.onHold?.();
+        void (fault.release ?? Promise.resolve()).then(() => {
+          if (rest.length > 0) res.write(rest);
+          offset += rest.length;
+          up.resume();
+          if (ended) res.end();
+        });
+        return;
+      }
+      offset += piece.length;
+      res.write(piece);
+    });
+    up.on('end', () => {
+      ended = true;
+      if (!held || !up.isPaused()) res.end();
+    });
+    // The upstream died mid-body: so does the reply (no clean end with bytes missing).
+    up.on('error', cut);
+    up.on('close', () => {
+      if (!up.complete) cut();
+    });
+  });
+  upstream.on('error', cut);
+  req.pipe(upstream);
 }
 
 function operation(method: string, q: URLSearchParams): string {
