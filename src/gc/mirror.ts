@@ -11,9 +11,11 @@ import { ExpiryPolicy, type TagTimes } from '../registry/expiry.js';
  *     `updatedAt`) when it fetches it and whenever a pull finds it older than `tagTtl` and
  *     the upstream confirms it, so a tag nobody pulls expires between `ttl - tagTtl` and
  *     `ttl` after its last pull. Expired tags are no roots, as everywhere;
- *   - the grace period is `ttl` (plus the refresh below): a pull touches what it serves
- *     (the manifest's or blob's touched marker, as a HEAD does), so anything pulled within
- *     `ttl` is fresh, and a fresh manifest keeps everything it refers to (late marks).
+ *   - the grace period is `ttl` (plus the refresh below), in place of gc.grace: a pull
+ *     touches what it serves (the manifest's or blob's touched marker, as a HEAD does), so
+ *     anything pulled within `ttl` is fresh, and a fresh manifest keeps everything it refers
+ *     to (late marks). gc.grace is for pushes, which a cache refuses: what the cache stores
+ *     itself is stored as a registered operation and is spared by C, not by the grace.
  *
  * A pull rewrites a marker only when the one this process wrote last is older than
  * pullRefreshMs(ttl), so a hot layer costs one small write an hour, not one per pull; the
@@ -28,9 +30,9 @@ export function pullRefreshMs(ttlMs: number): number {
   return Math.min(3_600_000, Math.floor(ttlMs / 10));
 }
 
-/** The grace period of a cache's collection: never shorter than the configured one. */
-export function mirrorGraceMs(graceMs: number, ttlMs: number): number {
-  return Math.max(graceMs, ttlMs + pullRefreshMs(ttlMs));
+/** The grace period of a cache's collection. */
+export function mirrorGraceMs(ttlMs: number): number {
+  return ttlMs + pullRefreshMs(ttlMs);
 }
 
 /** A cache's tag expiry: the configured one, but never later than `ttl` after the tag's `updatedAt`. */

@@ -55,7 +55,7 @@ export async function runGarbageCollection(o: GcRunOptions): Promise<GcRunReport
     const mirror = o.mirrors?.get(name);
     const report = await collectGarbage({
       driver,
-      graceMs: mirror ? mirrorGraceMs(o.graceMs, mirror.ttlMs) : o.graceMs,
+      graceMs: mirror ? mirrorGraceMs(mirror.ttlMs) : o.graceMs,
       staleUploadAfterMs: o.staleUploadAfterMs,
       dryRun: o.dryRun,
       expiry: mirror ? new MirrorExpiry(expiry, mirror.ttlMs) : expiry,

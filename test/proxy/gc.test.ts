@@ -1,0 +1,109 @@
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeConfig } from '../auth/fixtures.js';
+import { startDockerRegistry, type DockerRegistry } from '../helpers/docker-registry.js';
+import { runGcCli } from '../helpers/gc.js';
+import { expectError, request, tempDir, waitForLog } from '../helpers/http.js';
+import { rawGet, tapUpstream, type UpstreamTap } from '../helpers/mirror.js';
+import { makeImage, pushImage, sha256, type Image } from '../helpers/oci.js';
+import { startServer, type TestServer } from '../helpers/server.js';
+
+/**
+ * `hoist gc` on a pull-through cache (issue 13, item 5): what nobody pulled for proxy.ttl
+ * goes, whatever its tags; what was pulled within it stays; a fetch in progress during the
+ * collection is stored whole afterwards.
+ *
+ * Timeline (ttl 10 s, so the collection's grace is 11 s, gc/mirror.ts):
+ *
+ *   tA           pull A (manifest by tag, every blob) has ended; pull B
+ *   tA + 5.5 s   pull B again (its tag is re-checked, its manifest and blobs touched)
+ *   tA + 11.2 s  a fetch of C starts and is held after 1 MiB; hoist gc runs; C is let go
+ *
+ * The sleeps are lower bounds only (A must be older than the grace when the collection
+ * starts); B stays as long as the collection starts before tA + 16.5 s, which leaves the
+ * CLI 5 s to start on a loaded machine.
+ */
+
+let work: string;
+let cleanup: () => Promise<void>;
+let upstream: DockerRegistry;
+let tap: UpstreamTap;
+let mirror: TestServer;
+let config: string;
+const images: Record<'a' | 'b' | 'c', Image> = { a: makeImage(), b: makeImage(), c: makeImage({ layerSizesBytes: [6 * 1024 * 1024] }) };
+
+const storage = (): string => join(work, 'mirror');
+
+async function stored(digest: string): Promise<boolean> {
+  const hex = digest.slice('sha256:'.length);
+  return (await readdir(join(storage(), 'blobs/sha256', hex.slice(0, 2))).catch(() => [] as string[])).includes(hex);
+}
+
+async function pull(repo: string, img: Image): Promise<void> {
+  expect(sha256((await request(mirror.url, `/v2/${repo}/manifests/v1`)).body)).toBe(img.manifestDigest);
+  for (const b of [img.config, ...img.layers]) expect(sha256((await rawGet(mirror.url, `/v2/${repo}/blobs/${b.descriptor.digest}`)).body)).toBe(b.descriptor.digest);
+}
+
+beforeAll(async () => {
+  ({ path: work, cleanup } = await tempDir('hoist-mirror-gc-'));
+  upstream = await startDockerRegistry({ dir: join(work, 'upstream') });
+  tap = await tapUpstream(upstream.url);
+  for (const [name, img] of Object.entries(images)) await pushImage(upstream.url, `library/${name}`, 'v1', img);
+  config = await writeConfig(work, { storage: `fs:${storage()}`, proxy: { remoteUrl: tap.endpoint, tagTtl: '1s', ttl: '10s' } });
+  mirror = await startServer({ storage: `fs:${storage()}`, frontend: 'node', args: ['--config', config] });
+});
+
+afterAll(async () => {
+  await mirror?.stop();
+  await tap?.close();
+  await upstream?.stop();
+  await cleanup?.();
+});
+
+describe('hoist gc on a cache', () => {
+  it('collects what was not pulled for proxy.ttl, keeps what was, and a fetch running meanwhile stores whole', async () => {
+    await pull('library/a', images.a);
+    const tA = Date.now();
+    await pull('library/b', images.b);
+    await sleep(Math.max(0, tA + 5500 - Date.now()));
+    await pull('library/b', images.b);
+    await sleep(Math.max(0, tA + 11_200 - Date.now()));
+
+    // C's only layer is held after 1 MiB: a fetch in flight while the collection runs.
+    expect(sha256((await request(mirror.url, '/v2/library/c/manifests/v1')).body)).toBe(images.c.manifestDigest);
+    expect(sha256((await rawGet(mirror.url, `/v2/library/c/blobs/${images.c.config.descriptor.digest}`)).body)).toBe(images.c.config.descriptor.digest);
+    const layer = images.c.layers[0]!.descriptor.digest;
+    let holding!: () => void;
+    const held = new Promise<void>((r) => (holding = r));
+    let release!: () => void;
+    tap.faults.set(`/blobs/${layer}`, { holdAfter: 1024 * 1024, onHold: holding, release: new Promise((r) => (release = r)) });
+    const pending = rawGet(mirror.url, `/v2/library/c/blobs/${layer}`);
+    await held;
+
+    const gc = await runGcCli(['--config', config, '--json']);
+    expect(gc.code, gc.stderr).toBe(0);
+    const report = (JSON.parse(gc.stdout) as { registries: Array<{ report: { expiredTags: number; manifests: number; blobs: { count: number } } }> }).registries[0]!.report;
+    release();
+    const c = await pending;
+    expect(c.complete).toBe(true);
+    expect(sha256(c.body)).toBe(layer);
+    await waitForLog(mirror, 'C stored', (l) => l.msg === 'blob fetched from upstream and stored' && l.digest === layer);
+
+    // A: its tag expired, its manifest and blobs unpulled for longer than the ttl: gone.
+    expect(report, gc.stdout).toMatchObject({ expiredTags: 1, manifests: 1, blobs: { count: 4 } });
+    for (const d of [images.a.manifestDigest, images.a.config.descriptor.digest, ...images.a.layers.map((l) => l.descriptor.digest)]) expect(await stored(d), d).toBe(false);
+    // B and C: all there.
+    for (const img of [images.b, images.c]) {
+      for (const d of [img.manifestDigest, img.config.descriptor.digest, ...img.layers.map((l) => l.descriptor.digest)]) expect(await stored(d), d).toBe(true);
+    }
+
+    // Without the upstream, the cache serves B and C, and says it cannot for A.
+    await upstream.stop();
+    await pull('library/b', images.b);
+    await pull('library/c', images.c);
+    expectError(await request(mirror.url, '/v2/library/a/manifests/v1'), 503, 'UNAVAILABLE');
+    expectError(await request(mirror.url, `/v2/library/a/blobs/${images.a.layers[0]!.descriptor.digest}`), 503, 'UNAVAILABLE');
+  });
+});
