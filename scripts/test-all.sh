@@ -17,8 +17,10 @@ log() { printf '\n==> %s\n' "$*"; }
 # skopeo and umoci are the real clients of test/e2e/skopeo.test.ts; Ceph's radosgw is the
 # real S3 server of the S3 tests (about 37 s and 286 MB to install); prometheus is the real
 # scraper of test/e2e/prometheus.test.ts, which starts its own on a free port (the package's
-# own service, if it starts, is left alone).
-apt_packages=(skopeo umoci radosgw ceph-mon ceph-osd ceph-mgr ceph-common prometheus)
+# own service, if it starts, is left alone); docker-registry is the upstream of the
+# pull-through cache tests (test/proxy/) and containerd's ctr a client of the cache
+# (test/e2e/ctr-mirror.test.ts; its daemon runs as root).
+apt_packages=(skopeo umoci radosgw ceph-mon ceph-osd ceph-mgr ceph-common prometheus docker-registry containerd)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
