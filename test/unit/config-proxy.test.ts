@@ -1,0 +1,54 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../src/config.js';
+
+function configError(opts: Parameters<typeof loadConfig>[0]): string {
+  try {
+    loadConfig(opts);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as ConfigError).message;
+  }
+  throw new Error('expected loadConfig to throw');
+}
+
+describe('config proxy (pull-through cache)', () => {
+  it('is off by default', () => {
+    expect(loadConfig().proxy).toBeUndefined();
+  });
+
+  it('takes the upstream URL, with tagTtl 5m and ttl 7d by default', () => {
+    expect(loadConfig({ overrides: { proxy: { remoteUrl: 'https://registry-1.docker.io/' } } }).proxy).toEqual({
+      remoteUrl: 'https://registry-1.docker.io',
+      tagTtl: 300_000,
+      ttl: 7 * 86_400_000,
+    });
+  });
+
+  it('reads HOIST_PROXY_* and a namespace\'s proxy (HOIST_NAMESPACES)', () => {
+    const cfg = loadConfig({
+      env: {
+        HOIST_PROXY_REMOTE_URL: 'http://upstream:5000',
+        HOIST_PROXY_USERNAME: 'me',
+        HOIST_PROXY_PASSWORD_FILE: '/run/secrets/upstream',
+        HOIST_PROXY_TAG_TTL: '30s',
+        HOIST_PROXY_TTL: '2d',
+        HOIST_NAMESPACES: '[{"name":"ghcr","host":"ghcr.mirror.example","proxy":{"remoteUrl":"https://ghcr.io"}}]',
+      },
+    });
+    expect(cfg.proxy).toEqual({ remoteUrl: 'http://upstream:5000', username: 'me', passwordFile: '/run/secrets/upstream', tagTtl: 30_000, ttl: 172_800_000 });
+    expect(cfg.namespaces[0]!.proxy).toEqual({ remoteUrl: 'https://ghcr.io', tagTtl: 300_000, ttl: 604_800_000 });
+  });
+
+  it.each<[string, object, RegExp]>([
+    ['a URL that is not http(s)', { remoteUrl: 'ftp://x' }, /proxy\.remoteUrl: an http\(s\) URL/],
+    ['a URL with a query', { remoteUrl: 'https://x/?a=b' }, /proxy\.remoteUrl/],
+    ['no URL', { username: 'a', password: 'b' }, /proxy\.remoteUrl/],
+    ['a password and a password file', { remoteUrl: 'https://x', username: 'a', password: 'b', passwordFile: '/f' }, /password and passwordFile exclude each other/],
+    ['a user without a password', { remoteUrl: 'https://x', username: 'a' }, /username needs a password/],
+    ['a password without a user', { remoteUrl: 'https://x', password: 'b' }, /username needs a password/],
+    ['a ttl under a second', { remoteUrl: 'https://x', ttl: '10ms' }, /proxy\.ttl: at least 1s/],
+    ['an unknown key', { remoteUrl: 'https://x', mirror: true }, /mirror/],
+  ])('refuses %s', (_label, proxy, message) => {
+    expect(configError({ overrides: { proxy } })).toMatch(message);
+  });
+});
