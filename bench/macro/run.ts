@@ -5,6 +5,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BlobSet, formatBytes, MiB, parseBytes, pull, push, type BlobRef, type PhaseResult, type PushMode } from './loadgen.js';
+import { mirrorMarkdown, runMirrorBench, type MirrorReport } from './mirror.js';
 import { Progress } from './progress.js';
 import { addRatios, charts, markdown, type Report, type Row, type ScenarioInfo } from './report.js';
 import { objectParts, s3EndpointFromEnv, unreachable as s3Unreachable, uploadsInProgress, type PartLayout } from './s3.js';
@@ -109,7 +110,8 @@ const USAGE = `usage: npm run bench -- [options]
   --quick               smaller blobs, no 16 x 256 MiB scenario (about a minute; more with S3)
   --targets LIST        comma-separated, from ${TARGETS.join(', ')}
                         (default: all; S3 targets only when the S3 endpoint answers)
-  --scenario LIST       comma-separated scenario ids (see the list below)
+  --scenario LIST       comma-separated scenario ids (see the list below); \`mirror\` (only when named)
+                        pulls one image through Hoist as a pull-through cache (mirror.ts)
   --chunk SIZE          PATCH size of the 'chunked' scenario (default 8MiB)
   --stream-length       streamed PATCHes declare Content-Length (default: chunked encoding, as docker);
                         hoist-uws then resets the 1 GiB one (uWS 20.30 takes 9-digit lengths only)
@@ -130,11 +132,13 @@ function writeOutputs(report: Report, out: string, log: (msg: string) => void): 
     writeFileSync(join(out, `${stamp}-${c.name}.svg`), c.svg);
     copyFileSync(join(out, `${stamp}-${c.name}.svg`), join(out, `latest-${c.name}.svg`));
   }
-  const md = markdown(report, referenceOf, svgs.map((c) => `${stamp}-${c.name}.svg`));
+  const mirror = (report as Report & { mirror?: MirrorReport }).mirror;
+  const withMirror = (md: string): string => (mirror ? `${md}\n${mirrorMarkdown(mirror)}` : md);
+  const md = withMirror(markdown(report, referenceOf, svgs.map((c) => `${stamp}-${c.name}.svg`)));
   writeFileSync(join(out, `${stamp}.json`), `${JSON.stringify(report, null, 2)}\n`);
   writeFileSync(join(out, `${stamp}.md`), md);
   writeFileSync(join(out, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
-  writeFileSync(join(out, 'latest.md'), markdown(report, referenceOf, svgs.map((c) => `latest-${c.name}.svg`)));
+  writeFileSync(join(out, 'latest.md'), withMirror(markdown(report, referenceOf, svgs.map((c) => `latest-${c.name}.svg`))));
   console.log(`\n${md}`);
   log(`wrote ${join(out, `${stamp}.json`)}, .md and ${svgs.length} charts; copies as latest.*`);
 }
@@ -168,7 +172,7 @@ async function main(): Promise<void> {
     return;
   }
   const wanted = v.scenario?.split(',');
-  for (const id of wanted ?? []) if (!all.some((s) => s.id === id)) throw new Error(`unknown scenario ${id}; choose from ${all.map((s) => s.id).join(', ')}`);
+  for (const id of wanted ?? []) if (id !== 'mirror' && !all.some((s) => s.id === id)) throw new Error(`unknown scenario ${id}; choose from ${all.map((s) => s.id).join(', ')}`);
   const chosen = all.filter((s) => (wanted ? wanted.includes(s.id) : !s.optional && !(quick && s.fullOnly)));
   const names = (v.targets?.split(',') ?? [...TARGETS]) as TargetName[];
   for (const n of names) if (!TARGETS.includes(n)) throw new Error(`unknown target ${n}; choose from ${TARGETS.join(', ')}`);
@@ -288,7 +292,10 @@ async function main(): Promise<void> {
     }
   }
 
-  const report: Report = {
+  // The pull-through cache has targets of its own (an upstream and caches): mirror.ts.
+  const mirror = wanted?.includes('mirror') && !v.url ? await runMirrorBench({ quick, log, note }) : undefined;
+
+  const report: Report & { mirror?: MirrorReport } = {
     date: new Date().toISOString(),
     machine: {
       cpuModel: os.cpus()[0]?.model, cores: os.availableParallelism(), memoryGiB: +(os.totalmem() / 1024 ** 3).toFixed(1),
@@ -311,11 +318,12 @@ async function main(): Promise<void> {
     targets: ran,
     notes,
     results: rows,
+    ...(mirror ? { mirror } : {}),
   };
   addRatios(report, referenceOf);
 
   writeOutputs(report, v.out!, log);
-  if (rows.some((r) => r.errors)) process.exitCode = 1;
+  if (rows.some((r) => r.errors) || mirror?.rows.some((r) => r.errors)) process.exitCode = 1;
 }
 
 main().catch((err: Error) => { console.error(err.stack ?? err.message); process.exit(2); });

@@ -25,7 +25,7 @@ export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..')
 export const HOIST_CLI = join(ROOT, 'dist/src/cli.js');
 export const DOCKER_REGISTRY = '/usr/bin/docker-registry';
 /** Storage lives on the repo's disk (git-ignored), not a tmpfs, so fs numbers mean disk. */
-const TMP = join(ROOT, 'bench/results/tmp');
+export const TMP = join(ROOT, 'bench/results/tmp');
 
 export const TARGETS = ['hoist', 'hoist-uws', 'docker-registry', 'sink', 'hoist-s3', 'docker-registry-s3'] as const;
 export type TargetName = (typeof TARGETS)[number];
@@ -73,7 +73,7 @@ export function unavailable(name: TargetName, s3Unreachable?: string): string | 
   return undefined;
 }
 
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((ok, fail) => {
     const s = createServer().listen(0, '127.0.0.1', () => {
       const port = (s.address() as { port: number }).port;
@@ -90,7 +90,7 @@ function ping(url: string): Promise<boolean> {
   });
 }
 
-async function launch(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, port: number, cleanup: () => Promise<void>): Promise<Target> {
+export async function launch(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, port: number, cleanup: () => Promise<void>): Promise<Target> {
   const child: ChildProcess = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   // Keep the last output for error messages, and keep reading so a chatty server never blocks on a full pipe.
   let tail = '';
@@ -124,7 +124,7 @@ async function launch(name: string, cmd: string, args: string[], env: NodeJS.Pro
 }
 
 /** The environment without HOIST_* settings from the developer's shell, which would change what runs. */
-function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+export function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('HOIST_') || k.startsWith('HOIST_BENCH_')) env[k] = v;
   return { ...env, ...extra };
