@@ -96,6 +96,26 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  * G. One collector at a time (gc/lease.ts); it checks that it still holds the lease before
  *    each phase that deletes, and stops if another took over (only possible after it missed
  *    its heartbeats for the lease TTL).
+ *
+ * H. Pull-through caches (src/proxy/, gc/mirror.ts). A cache's registry is collected by this
+ *    same code with two settings changed: its tags expire proxy.ttl after the upstream last
+ *    confirmed them, and its grace is proxy.ttl plus the pull-mark lag. What the cache
+ *    writes, it writes the way the registry's own pushes do, so A to G hold as they stand:
+ *      - a fetched blob's bytes go to /blobs/data/<id> with no record naming them, as a
+ *        monolithic upload's do, and fall under E's orphan rule only after staleUploadAfter
+ *        without a write, exactly as long as such an upload (a fetch that stalls for a minute
+ *        is given up); its record is adopted as an upload commit's is, inside op() after a
+ *        touch (A, C), so a collection running at that moment spares it;
+ *      - a fetched manifest is stored inside op() after a touch of its digest, and its tag
+ *        written again when a collector was deleting it (C, F), as by a manifest PUT;
+ *      - a blob stored for one repository is linked into another inside op() after a touch,
+ *        as a mount is;
+ *      - a pull touches the blob or manifest it serves before it reads it (A), unless this
+ *        process touched it less than pullRefreshMs ago: that marker is fresh in any case
+ *        (the grace is longer than the refresh), so no collection is deleting what it reads.
+ *    Unlike a push, a cache needs no grace for its own safety: it checks no references when
+ *    it stores a manifest, and whatever a client asks for that is gone is fetched again. Its
+ *    grace only says how long unpulled content stays.
  */
 
 export interface GcOptions {
