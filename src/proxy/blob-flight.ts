@@ -107,6 +107,7 @@ export class BlobFlight {
       }
     }
     (live ? this.#live : this.#waiting).add(r);
+    this.#d.log.debug({ repository: this.repo, digest: this.digest.value, receivedBytes: this.#received, live }, 'client joined a blob fetch in progress');
     return r;
   }
 

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { RegistryError } from '../errors.js';
 import { resolveRange, type BlobDescriptor, type BlobRead, type ByteRange } from '../registry/blobs.js';
-import type { Manifest, ManifestRecord, Page } from '../registry/manifests.js';
+import { MANIFEST_MEDIA_TYPES, type Manifest, type ManifestRecord, type Page } from '../registry/manifests.js';
 import type { Mirror, MirrorCore } from '../registry/mirror.js';
 import { tryParseDigest, type Digest, type Reference } from '../registry/reference.js';
 import { pullRefreshMs } from '../gc/mirror.js';
@@ -47,7 +47,7 @@ export class PullThroughCache implements Mirror {
   readonly #log: Logger;
   readonly #pulls: PullMarks;
   /** Blob fetches by digest: opening (waiting for the upstream's headers), then running. */
-  readonly #flights = new Map<string, Promise<BlobFlight>>();
+  readonly #flights = new Map<string, Promise<BlobFlight | undefined>>();
   readonly #running = new Set<BlobFlight>();
   /** Manifest fetches and tag checks in progress, by `m <repo> <digest>` / `t <repo> <tag>`. */
   readonly #manifestFetches = new Map<string, Promise<Manifest>>();
@@ -83,6 +83,9 @@ export class PullThroughCache implements Mirror {
     const cached = await this.#cachedManifest(repo, digest);
     if (cached) return cached;
     return this.#once(`m ${repo} ${digest.value}`, async () => {
+      // Stored by a fetch that ended between our look and now?
+      const stored = await this.#cachedManifest(repo, digest);
+      if (stored) return stored;
       const m = await this.#up.getManifest(repo, digest.value, this.#core.maxManifestBytes);
       this.#checkDigest(repo, digest.value, m.bytes, digest.value);
       return this.#store(repo, { kind: 'digest', digest }, m.bytes, m.contentType);
@@ -90,21 +93,14 @@ export class PullThroughCache implements Mirror {
   }
 
   async #byTag(repo: string, tag: string): Promise<Manifest> {
-    const ref: Reference = { kind: 'tag', tag };
-    const record = await this.#core.manifests.tagRecord(repo, tag);
-    const confirmedAt = record ? Date.parse(record.updatedAt) : NaN;
-    if (record && Date.now() - confirmedAt < this.#o.tagTtlMs) {
-      // MANIFEST_UNKNOWN here: the tag expired (gc.expiration), or its manifest was collected.
-      const cached = await this.#core.manifests.get(repo, ref).catch((err: unknown) => {
-        if (err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN') return undefined;
-        throw err;
-      });
-      if (cached) {
-        await this.#pulls.pulled([tryParseDigest(cached.digest)!]);
-        return cached;
-      }
-    }
+    const fresh = await this.#freshTag(repo, tag);
+    if (fresh) return fresh;
     return this.#once(`t ${repo} ${tag}`, async () => {
+      const ref: Reference = { kind: 'tag', tag };
+      // Confirmed by a check that ended between our look and now?
+      const now = await this.#freshTag(repo, tag);
+      if (now) return now;
+      const record = await this.#core.manifests.tagRecord(repo, tag);
       const cachedDigest = record ? tryParseDigest(record.digest) : undefined;
       try {
         if (cachedDigest) {
@@ -130,6 +126,19 @@ export class PullThroughCache implements Mirror {
         return cached;
       }
     });
+  }
+
+  /** The tag's manifest, when the upstream confirmed the tag within tagTtl; else undefined. */
+  async #freshTag(repo: string, tag: string): Promise<Manifest | undefined> {
+    const record = await this.#core.manifests.tagRecord(repo, tag);
+    if (!record || !(Date.now() - Date.parse(record.updatedAt) < this.#o.tagTtlMs)) return undefined;
+    // MANIFEST_UNKNOWN here: the tag expired (gc.expiration), or its manifest was collected.
+    const cached = await this.#core.manifests.get(repo, { kind: 'tag', tag }).catch((err: unknown) => {
+      if (err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN') return undefined;
+      throw err;
+    });
+    if (cached) await this.#pulls.pulled([tryParseDigest(cached.digest)!]);
+    return cached;
   }
 
   /** The manifest as cached in `repo` (by digest: whatever the tags say), or undefined. */
@@ -161,10 +170,13 @@ export class PullThroughCache implements Mirror {
   async #store(repo: string, ref: Reference, bytes: Buffer, contentType: string | undefined): Promise<Manifest> {
     const own = tryParseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`)!;
     const digest = ref.kind === 'digest' ? ref.digest : own;
+    // A Content-Type that names no manifest type (application/json) says nothing: the bytes' mediaType decides.
+    const type = contentType?.split(';')[0]?.trim().toLowerCase();
+    const declared = (MANIFEST_MEDIA_TYPES as readonly string[]).includes(type ?? '') ? type : undefined;
     const record = await this.#core.guard.op(async () => {
       await this.#core.guard.touch([digest]);
       for (let attempt = 1; ; attempt++) {
-        const r = await this.#core.manifests.put(repo, ref, contentType, bytes, { fromUpstream: true });
+        const r = await this.#core.manifests.put(repo, ref, declared, bytes, { fromUpstream: true });
         // A collector was deleting this (expired) tag as we wrote it: write it again (gc/guard.ts, duty 3).
         if (ref.kind !== 'tag' || attempt === 3 || !(await this.#core.guard.tagIntent(repo, ref.tag))) return r;
       }
@@ -189,8 +201,7 @@ export class PullThroughCache implements Mirror {
     await this.#pulls.pulled([digest]);
     const local = await this.#localBlob(repo, digest);
     if (local) return local;
-    const opening = this.#flights.get(digest.value);
-    const flight = opening && (await opening.catch(() => undefined));
+    const flight = await this.#flights.get(digest.value)?.catch(() => undefined);
     if (flight && flight.repo === repo && flight.size !== undefined) return { digest: digest.value, size: flight.size };
     const size = await this.#up.headBlob(repo, digest.value);
     // Stored for another repository: now that the upstream said this one has it, link it.
@@ -199,26 +210,21 @@ export class PullThroughCache implements Mirror {
 
   async readBlob(repo: string, digest: Digest, range: ByteRange | undefined): Promise<BlobRead> {
     await this.#pulls.pulled([digest]);
-    const local = await this.#openLocal(repo, digest, range);
-    if (local) return local;
+    const stored = await this.#fromStore(repo, digest, range);
+    if (stored) return stored;
+    // No await between this look and starting a fetch: one fetch per digest.
     let opening = this.#flights.get(digest.value);
-    if (!opening && (await this.#core.blobs.storedSize(digest)) !== undefined) {
-      // Stored for another repository: the upstream decides whether this one may have it.
-      await this.#up.headBlob(repo, digest.value);
-      if (await this.#linkStored(repo, digest)) {
-        const linked = await this.#openLocal(repo, digest, range);
-        if (linked) return linked;
-      }
-      opening = this.#flights.get(digest.value);
-    }
-    let joined = true;
-    if (!opening) {
-      opening = this.#startFlight(repo, digest);
-      joined = false;
-    }
+    const joined = opening !== undefined;
+    opening ??= this.#startFlight(repo, digest);
     const flight = await opening;
+    if (!flight) {
+      // A fetch that ended between our look at storage and the start of ours stored it.
+      const now = await this.#fromStore(repo, digest, range);
+      if (now) return now;
+      throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
+    }
     if (joined && flight.repo !== repo) {
-      // Joining another repository's fetch: this one must have the blob upstream too, and gets a link once it is stored.
+      // Another repository's fetch: this one must have the blob upstream too, and is linked once it is stored.
       await this.#up.headBlob(repo, digest.value);
       void flight.settled.then((ok) => (ok ? this.#linkStored(repo, digest) : undefined)).catch(() => undefined);
     }
@@ -227,17 +233,32 @@ export class PullThroughCache implements Mirror {
       // Nothing to stream before the digest is known good (no length to announce, or no bytes).
       if (!(await flight.settled)) throw flight.error;
       if (flight.repo !== repo) await this.#linkStored(repo, digest);
-      const stored = await this.#openLocal(repo, digest, range);
-      if (!stored) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
-      return stored;
+      const now = await this.#openLocal(repo, digest, range);
+      if (!now) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
+      return now;
     }
     const [start, end] = resolveRange(range, size);
     return { descriptor: { digest: digest.value, size }, start, end, partial: range !== undefined, stream: flight.reader(start, end) };
   }
 
-  #startFlight(repo: string, digest: Digest): Promise<BlobFlight> {
+  /**
+   * The blob from storage: linked in `repo`, or stored for another repository and then, once
+   * the upstream said `repo` has it (HEAD), linked. Undefined when it is not stored.
+   */
+  async #fromStore(repo: string, digest: Digest, range: ByteRange | undefined): Promise<BlobRead | undefined> {
+    const local = await this.#openLocal(repo, digest, range);
+    if (local || (await this.#core.blobs.storedSize(digest)) === undefined) return local;
+    await this.#up.headBlob(repo, digest.value);
+    return (await this.#linkStored(repo, digest)) ? this.#openLocal(repo, digest, range) : undefined;
+  }
+
+  /** Starts the one fetch of a digest; resolves undefined when it turns out to be stored already. */
+  #startFlight(repo: string, digest: Digest): Promise<BlobFlight | undefined> {
     const opening = (async () => {
       if (this.#closed) throw new RegistryError('UNAVAILABLE', { message: 'server shutting down' });
+      // A fetch leaves the table only after it stored the blob: looked at after our entry went
+      // in, storage shows what any fetch before ours stored.
+      if ((await this.#core.blobs.storedSize(digest)) !== undefined) return undefined;
       const abort = new AbortController();
       const upstream = await this.#up.openBlob(repo, digest.value, abort.signal);
       const flight = new BlobFlight(
@@ -253,8 +274,8 @@ export class PullThroughCache implements Mirror {
       if (this.#flights.get(digest.value) === opening) this.#flights.delete(digest.value);
     };
     opening.then(
-      (flight) => flight.settled.then((ok) => {
-        this.#running.delete(flight);
+      (flight) => (flight ? flight.settled : Promise.resolve(false)).then((ok) => {
+        if (flight) this.#running.delete(flight);
         if (ok) this.#pulls.touched(digest);
         forget();
       }),
