@@ -191,6 +191,7 @@ export class BlobFlight {
       if (!r.offer(chunk, at)) {
         this.#live.delete(r);
         this.#waiting.add(r);
+        this.#d.log.debug({ repository: this.repo, digest: this.digest.value, receivedBytes: this.#received }, 'client fell behind a blob fetch: it continues from storage');
       }
     }
   }
