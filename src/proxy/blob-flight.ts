@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { RegistryError } from '../errors.js';
+import { RegistryError, toRegistryError } from '../errors.js';
 import type { CommittedData, UploadEngine } from '../engine/uploads.js';
 import type { BlobStore } from '../registry/blobs.js';
 import type { Digest } from '../registry/reference.js';
@@ -81,7 +81,7 @@ export class BlobFlight {
     return this.#received;
   }
 
-  /** Why the fetch failed (a RegistryError), once `settled` said it did. */
+  /** Why the fetch failed, or its blob could not be recorded (a RegistryError), once `settled` said so. */
   get error(): unknown {
     return this.#error;
   }
@@ -124,26 +124,35 @@ export class BlobFlight {
 
   async #run(body: ReadableStream<Uint8Array>): Promise<boolean> {
     const t0 = Date.now();
+    let data: CommittedData;
     try {
-      const data = await this.#d.uploads.oneShot(this.repo, this.digest, this.size, (sink) => this.#pump(body, sink));
-      this.#data = data;
-      this.#state = 'verified';
-      this.#replay = undefined;
-      for (const r of this.#live) r.finish();
-      this.#live.clear();
-      for (const r of this.#waiting) void r.fromStorage(this.#d, data, this.repo, this.digest);
+      data = await this.#d.uploads.oneShot(this.repo, this.digest, this.size, (sink) => this.#pump(body, sink));
+    } catch (err) {
+      this.#fail(err);
+      return false;
+    }
+    this.#data = data;
+    this.#state = 'verified';
+    this.#replay = undefined;
+    for (const r of this.#live) r.finish();
+    this.#live.clear();
+    for (const r of this.#waiting) void r.fromStorage(this.#d, data, this.repo, this.digest);
+    try {
       // The blob record goes in as a registered operation that touched the digest first, as an
       // upload commit does (gc/collector.ts, A and C): a collection running now spares it.
       await this.#d.guard.op(async () => {
         await this.#d.guard.touch([this.digest]);
         await this.#d.blobs.adopt(this.repo, this.digest, data);
       });
-      this.#d.log.info({ repository: this.repo, digest: this.digest.value, size: data.size, ms: Date.now() - t0 }, 'blob fetched from upstream and stored');
-      return true;
     } catch (err) {
-      this.#fail(err);
+      // The bytes are good and its readers get them; unrecorded, they are orphan data to the
+      // collector, and the next pull fetches the blob again.
+      this.#d.log.error({ repository: this.repo, digest: this.digest.value, err }, 'a fetched blob could not be recorded');
+      this.#error = toRegistryError(err);
       return false;
     }
+    this.#d.log.info({ repository: this.repo, digest: this.digest.value, size: data.size, ms: Date.now() - t0 }, 'blob fetched from upstream and stored');
+    return true;
   }
 
   /** Upstream body → the engine's sink (with its backpressure) and every live reader. */
