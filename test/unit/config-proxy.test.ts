@@ -1,3 +1,6 @@
+import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config.js';
 
@@ -50,5 +53,21 @@ describe('config proxy (pull-through cache)', () => {
     ['an unknown key', { remoteUrl: 'https://x', mirror: true }, /mirror/],
   ])('refuses %s', (_label, proxy, message) => {
     expect(configError({ overrides: { proxy } })).toMatch(message);
+  });
+
+  it('takes the README\'s example as it is written', () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const section = /^### Pull-through cache \(mirror\)$([\s\S]*?)^### /m.exec(readme)?.[1] ?? '';
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
+    expect(yaml, 'a YAML example in README "Pull-through cache (mirror)"').toBeDefined();
+    const dir = mkdtempSync(join(tmpdir(), 'hoist-readme-proxy-'));
+    try {
+      writeFileSync(join(dir, 'hoist.yaml'), yaml!);
+      const cfg = loadConfig({ file: join(dir, 'hoist.yaml') });
+      expect(cfg.proxy).toEqual({ remoteUrl: 'https://registry-1.docker.io', username: 'ci-puller', passwordFile: '/run/secrets/dockerhub', tagTtl: 300_000, ttl: 604_800_000 });
+      expect(cfg.namespaces[0]).toMatchObject({ name: 'ghcr', host: 'ghcr.mirror.example.com', proxy: { remoteUrl: 'https://ghcr.io' } });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
