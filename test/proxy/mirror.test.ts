@@ -347,6 +347,35 @@ describe('a faulty upstream', () => {
   });
 });
 
+describe('on the uWebSockets.js front end', () => {
+  let uws: TestServer;
+
+  beforeAll(async () => {
+    uws = await startServer({ storage: 'memory:', frontend: 'uws', env: { HOIST_PROXY_REMOTE_URL: tap.endpoint } });
+  });
+
+  afterAll(async () => {
+    await uws?.stop();
+  });
+
+  it('streams one fetch to several clients, and cuts them off when the upstream lies', async () => {
+    const img = makeImage({ layerSizesBytes: [6 * 1024 * 1024, 5 * 1024 * 1024] });
+    await pushImage(upstream.url, 'library/uws', 'v1', img);
+    const [good, bad] = img.layers.map((l) => l.descriptor.digest) as [string, string];
+    const replies = await Promise.all([1, 2, 3].map(() => rawGet(uws.url, `/v2/library/uws/blobs/${good}`)));
+    for (const r of replies) {
+      expect(r.complete).toBe(true);
+      expect(sha256(r.body)).toBe(good);
+    }
+    expect(tap.count('GET', `/blobs/${good}`)).toBe(1);
+    tap.faults.set(`/blobs/${bad}`, { corruptAt: 4 * 1024 * 1024 });
+    const cut = await rawGet(uws.url, `/v2/library/uws/blobs/${bad}`);
+    expect(cut.status).toBe(200);
+    expect(cut.complete).toBe(false);
+    expect(sha256((await rawGet(uws.url, `/v2/library/uws/blobs/${bad}`)).body)).toBe(bad);
+  });
+});
+
 describe('an upstream that is down from the start', () => {
   let down: TestServer;
   let nowhere: number;
