@@ -159,14 +159,11 @@ export class BlobFlight {
   async #pump(body: ReadableStream<Uint8Array>, sink: { write(chunk: Uint8Array): boolean; drained(): Promise<void> }): Promise<number> {
     const reader = body.getReader();
     let complete = false;
-    let idle: NodeJS.Timeout | undefined;
-    const arm = (): void => {
-      clearTimeout(idle);
-      idle = setTimeout(() => this.#abort.abort(new Error(`upstream sent nothing for ${BODY_IDLE_MS / 1000} s`)), BODY_IDLE_MS);
-    };
+    // One timer, pushed back by every chunk (refresh() reuses it: no allocation per chunk).
+    const idle = setTimeout(() => this.#abort.abort(new Error(`upstream sent nothing for ${BODY_IDLE_MS / 1000} s`)), BODY_IDLE_MS);
     try {
       for (;;) {
-        arm();
+        idle.refresh();
         let next: ReadableStreamReadResult<Uint8Array>;
         try {
           next = await reader.read();
