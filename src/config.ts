@@ -75,6 +75,7 @@ const proxy = z.object({
     .string()
     .url()
     .regex(/^https?:\/\/[^\s?#]+$/, 'an http(s) URL without query or fragment, e.g. https://registry-1.docker.io')
+    .refine((v) => { const u = new URL(v); return u.username === '' && u.password === ''; }, 'credentials go in username and password, not in the URL')
     .transform((v) => v.replace(/\/+$/, '')),
   username: z.string().min(1).optional(),
   password: z.string().min(1).optional(),

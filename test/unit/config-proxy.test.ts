@@ -45,6 +45,7 @@ describe('config proxy (pull-through cache)', () => {
   it.each<[string, object, RegExp]>([
     ['a URL that is not http(s)', { remoteUrl: 'ftp://x' }, /proxy\.remoteUrl: an http\(s\) URL/],
     ['a URL with a query', { remoteUrl: 'https://x/?a=b' }, /proxy\.remoteUrl/],
+    ['credentials in the URL', { remoteUrl: 'https://me:secret@x' }, /credentials go in username and password/],
     ['no URL', { username: 'a', password: 'b' }, /proxy\.remoteUrl/],
     ['a password and a password file', { remoteUrl: 'https://x', username: 'a', password: 'b', passwordFile: '/f' }, /password and passwordFile exclude each other/],
     ['a user without a password', { remoteUrl: 'https://x', username: 'a' }, /username needs a password/],
