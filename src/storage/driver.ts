@@ -21,9 +21,11 @@ export interface StorageDriver {
   /**
    * Stores a small object atomically: readers see the old content or the new, never a mix.
    * With `ifNotExists`, does nothing and returns false when the path already exists
-   * (the check and the write are one atomic step).
+   * (the check and the write are one atomic step). With `transient`, the object need not
+   * survive a crash of the machine (a lock, whose holder dies with it): the driver may skip
+   * what makes a write durable (fs: the fsync), never what makes it atomic.
    */
-  putContent(path: string, content: Uint8Array, opts?: { ifNotExists?: boolean }): Promise<boolean>;
+  putContent(path: string, content: Uint8Array, opts?: PutOptions): Promise<boolean>;
 
   /**
    * Streams the object from `offset` (default 0), at most `length` bytes (default: to the end).
@@ -97,6 +99,11 @@ export interface StorageDriver {
   deleteObjects?(paths: readonly string[]): Promise<void>;
 }
 
+export interface PutOptions {
+  readonly ifNotExists?: boolean;
+  readonly transient?: boolean;
+}
+
 /** An abandoned write, as listIncompleteWrites() reports it. */
 export interface IncompleteWrite {
   /** The path it was writing (which need not exist). */
@@ -134,6 +141,14 @@ export interface FileWriter {
   commit(): Promise<void>;
   /** Discards everything written, including by earlier writers of this path. */
   cancel(): Promise<void>;
+  /**
+   * Releases the writer's resources and records nothing: the path stays as the last close()
+   * of an earlier writer left it. For a caller that lost the right to write (its upload lock
+   * ran out, engine/upload-lock.ts): a close() could then overwrite what the next writer
+   * stored. Optional: a driver whose close() records nothing beyond what write() stored
+   * (fs, memory) leaves it out, and callers close() instead.
+   */
+  abandon?(): Promise<void>;
 }
 
 export class PathNotFoundError extends Error {
@@ -168,4 +183,18 @@ export function checkPath(path: string): string {
 
 export function isPathNotFound(err: unknown): err is PathNotFoundError {
   return err instanceof PathNotFoundError;
+}
+
+/**
+ * Deletes one object (not a directory, not an upload in progress), the cheapest way the driver
+ * has: deleteObjects() is one request on S3, where delete() also looks for what lies below
+ * the path and for writers of it. Nothing there is fine.
+ */
+export async function deleteObject(driver: StorageDriver, path: string): Promise<void> {
+  try {
+    if (driver.deleteObjects) await driver.deleteObjects([path]);
+    else await driver.delete(path);
+  } catch (err) {
+    if (!isPathNotFound(err)) throw err;
+  }
 }

@@ -4,7 +4,7 @@ import * as fs from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import {
-  checkPath, InvalidPathError, PathNotFoundError, type FileInfo, type FileWriter, type StorageDriver,
+  checkPath, InvalidPathError, PathNotFoundError, type FileInfo, type FileWriter, type PutOptions, type StorageDriver,
 } from './driver.js';
 
 /**
@@ -51,7 +51,7 @@ export class FsDriver implements StorageDriver {
     }
   }
 
-  async putContent(path: string, content: Uint8Array, opts: { ifNotExists?: boolean } = {}): Promise<boolean> {
+  async putContent(path: string, content: Uint8Array, opts: PutOptions = {}): Promise<boolean> {
     const file = this.#object(path);
     const temp = join(dirname(file), `.${basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
     let tempExists = false;
@@ -60,8 +60,9 @@ export class FsDriver implements StorageDriver {
       tempExists = true;
       try {
         await fh.writeFile(content);
-        // Without it a crash soon after the rename can leave an empty file on ext4/xfs.
-        await fh.sync();
+        // Without it a crash soon after the rename can leave an empty file on ext4/xfs. A
+        // transient object (an upload lock) skips it: it costs ~2.5 ms here, 15 times the rest.
+        if (!opts.transient) await fh.sync();
       } finally {
         await fh.close();
       }

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import {
-  checkPath, InvalidPathError, PathNotFoundError, type FileInfo, type FileWriter, type StorageDriver,
+  checkPath, InvalidPathError, PathNotFoundError, type FileInfo, type FileWriter, type PutOptions, type StorageDriver,
 } from './driver.js';
 
 interface MemoryObject {
@@ -25,7 +25,7 @@ export class MemoryDriver implements StorageDriver {
     return Buffer.from(obj.bytes.subarray(0, obj.size));
   }
 
-  async putContent(path: string, content: Uint8Array, opts: { ifNotExists?: boolean } = {}): Promise<boolean> {
+  async putContent(path: string, content: Uint8Array, opts: PutOptions = {}): Promise<boolean> {
     checkObjectPath(path);
     if (opts.ifNotExists && this.#objects.has(path)) return false;
     this.#objects.set(path, { bytes: Buffer.from(content), size: content.byteLength, modTime: new Date() });

@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import {
-  checkPath, InvalidPathError, isPathNotFound, PathNotFoundError, type FileInfo, type FileWriter, type StorageDriver,
+  checkPath, InvalidPathError, isPathNotFound, PathNotFoundError, type FileInfo, type FileWriter, type PutOptions, type StorageDriver,
 } from './driver.js';
 
 /**
@@ -44,7 +44,7 @@ export class PrefixedDriver implements StorageDriver {
     return this.#call(path, () => this.#base.getContent(this.#object(path)));
   }
 
-  putContent(path: string, content: Uint8Array, opts?: { ifNotExists?: boolean }): Promise<boolean> {
+  putContent(path: string, content: Uint8Array, opts?: PutOptions): Promise<boolean> {
     return this.#call(path, () => this.#base.putContent(this.#object(path), content, opts));
   }
 

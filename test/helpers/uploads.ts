@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import { ClientAbortError } from '../../src/errors.js';
 import type { BodySource, ByteSink } from '../../src/engine/upload-write.js';
-import type { FileInfo, FileWriter, StorageDriver } from '../../src/storage/driver.js';
+import type { FileInfo, FileWriter, PutOptions, StorageDriver } from '../../src/storage/driver.js';
 import { MemoryDriver } from '../../src/storage/memory.js';
 
 /**
@@ -108,7 +108,7 @@ export class FaultyDriver implements StorageDriver {
     return this.inner.getContent(path);
   }
 
-  putContent(path: string, content: Uint8Array, opts?: { ifNotExists?: boolean }): Promise<boolean> {
+  putContent(path: string, content: Uint8Array, opts?: PutOptions): Promise<boolean> {
     return this.inner.putContent(path, content, opts);
   }
 

@@ -66,6 +66,22 @@ export function driverSuite(
         expect(await driver.list('/race')).toEqual(['/race/link']);
       });
 
+      it('keeps transient writes atomic: one of many racing creators wins, and every read sees whole content', async () => {
+        const contents = Array.from({ length: 16 }, () => randomBytes(2048));
+        const reads: Promise<Buffer | undefined>[] = [];
+        const results = await Promise.all(contents.map((c) => {
+          reads.push(driver.getContent('/transient/lock').catch(() => undefined));
+          return driver.putContent('/transient/lock', c, { ifNotExists: true, transient: true });
+        }));
+        expect(results.filter(Boolean)).toHaveLength(1);
+        const winner = contents[results.indexOf(true)]!;
+        for (const r of await Promise.all(reads)) if (r) expect(sha256(r)).toBe(sha256(winner));
+        const next = randomBytes(100);
+        expect(await driver.putContent('/transient/lock', next, { transient: true })).toBe(true);
+        expect(await driver.getContent('/transient/lock')).toEqual(next);
+        expect(await driver.list('/transient')).toEqual(['/transient/lock']);
+      });
+
       it('stores large content', async () => {
         const content = randomBytes(8 * 1024 * 1024 + 3);
         await driver.putContent('/large', content);

@@ -240,6 +240,30 @@ function s3Tests(env: S3TestEnv): void {
       await expectNotFound(d.writer('/c/data', true), '/c/data');
     });
 
+    it('abandon records nothing: the upload stays as the last close left it, and a multipart upload only it knew is aborted', async () => {
+      fresh();
+      const d = await driver();
+      const first = randomBytes(PART + 123);
+      const w1 = await d.writer('/ab/data', false);
+      await w1.write(first);
+      await w1.close();
+      const before = await staging();
+      // A writer that lost its right to write (its upload lock ran out). (Not past a part:
+      // radosgw refuses to complete an upload that holds parts its completion does not list.)
+      const w2 = await d.writer('/ab/data', true);
+      await w2.write(randomBytes(PART - 1000));
+      await w2.abandon!();
+      expect(await staging()).toEqual(before);
+      expect((await d.stat('/ab/data')).size).toBe(first.length);
+      // A new upload abandoned after its first part leaves no multipart upload behind.
+      const w3 = await d.writer('/ab/other', false);
+      await w3.write(randomBytes(PART + 1));
+      await w3.abandon!();
+      expect((await listUploads(client, bucket, prefix)).map((u) => u.key)).toEqual([`${prefix}/ab/data`]);
+      await (await d.writer('/ab/data', true)).commit();
+      expect(sha256(await readAll(await d.reader('/ab/data')))).toBe(sha256(first));
+    });
+
     it('delete() of an upload in progress aborts it (the registry cancels that way)', async () => {
       fresh();
       const d = await driver();

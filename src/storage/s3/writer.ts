@@ -301,6 +301,21 @@ export class S3FileWriter implements FileWriter {
   }
 
   /**
+   * Records nothing (FileWriter.abandon): parts in flight finish, the buffer goes back to the
+   * pool, and a multipart upload that this writer created and no state names is aborted. The
+   * stored state stays as the last close() left it.
+   */
+  async abandon(): Promise<void> {
+    this.#enter('abandon', 'cancelled');
+    try {
+      await this.#settle();
+      await this.#abortUnrecorded();
+    } finally {
+      this.#releaseBuffer();
+    }
+  }
+
+  /**
    * writer(path, true) on a committed object: its whole parts become parts of a new multipart
    * upload by server-side copy (UploadPartCopy), the rest is read into the buffer, and the
    * state takes the object's place. The registry never does this (it appends only to
