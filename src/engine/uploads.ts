@@ -2,13 +2,14 @@ import { createHash, randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { ClientAbortError, RegistryError, UploadRangeError } from '../errors.js';
-import { isPathNotFound, type FileWriter, type StorageDriver } from '../storage/driver.js';
+import { deleteObject, isPathNotFound, type FileWriter, type StorageDriver } from '../storage/driver.js';
 import { channels } from '../diagnostics.js';
 import { objectExists } from '../gc/lease.js';
 import type { HashPool } from './hash-pool.js';
 import { paths } from '../registry/paths.js';
 import type { Digest } from '../registry/reference.js';
 import type { SlabPool } from './slab-pool.js';
+import { UploadLocks, type UploadLock, type UploadLockOptions } from './upload-lock.js';
 import { UploadWrite, type BodySource } from './upload-write.js';
 
 /** What is stored at paths.upload(): the upload's identity. Its offset is the data's size. */
@@ -51,6 +52,8 @@ export interface UploadEngineOptions {
   slabs: SlabPool;
   maxSessionBufferedBytes: number;
   maxBlobBytes: number;
+  /** The per-upload storage lock's timing (tests shorten it). */
+  lock?: UploadLockOptions;
 }
 
 const UPLOAD_ID_RE = /^[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}$/;
@@ -59,14 +62,34 @@ const UPLOAD_ID_RE = /^[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{
 const MAX_PINS = 50_000;
 
 /**
+ * One request's hold on an upload: the upload's storage lock (engine/upload-lock.ts), and
+ * the bookkeeping of the record's touchedAt while the request runs.
+ */
+interface Session {
+  readonly repo: string;
+  readonly id: string;
+  readonly dataPath: string;
+  /** Undefined for a monolithic upload, which nobody else can name. */
+  readonly lock: UploadLock | undefined;
+  /** When the record was last written (by anyone, as far as we know). */
+  touchedMs: number;
+  touching: Promise<void> | undefined;
+  /** The record may be rewritten; false once the request is about to remove it. */
+  live: boolean;
+}
+
+/**
  * Upload sessions: start, append, status, commit, cancel. All state that matters lives in
  * storage (the record and the data), so an upload survives a restart and any instance can
- * continue it. In memory there are only hints: which worker holds an upload's running hash,
- * and which uploads have a request writing right now.
+ * continue it. Requests that write to or end an upload hold its storage lock, so that one
+ * runs at a time across instances (engine/upload-lock.ts argues why that is enough). In memory
+ * there are only hints: which worker holds an upload's running hash, and which uploads a
+ * request of this process holds.
  */
 export class UploadEngine {
   readonly #o: UploadEngineOptions;
-  /** Uploads with a request writing: one writer per upload (per instance) at a time. */
+  readonly #locks: UploadLocks;
+  /** Uploads a request of this process holds: others are refused without asking storage. */
   readonly #busy = new Set<string>();
   readonly #pins = new Map<string, number>();
   /** Admission of writing requests, for drivers that buffer whole parts (see maxConcurrentWriters). */
@@ -74,6 +97,7 @@ export class UploadEngine {
 
   constructor(opts: UploadEngineOptions) {
     this.#o = opts;
+    this.#locks = new UploadLocks(opts.driver, opts.lock);
     const driverCap = opts.driver.maxConcurrentWriters;
     if (driverCap !== undefined) {
       // Admitted requests must also be able to hold their share of slabs at once, so that no
@@ -99,9 +123,10 @@ export class UploadEngine {
     return { id, offset: 0 };
   }
 
+  /** Reads only, so it takes no lock: the offset is what storage holds at that moment. */
   async status(repo: string, id: string): Promise<UploadState> {
-    const record = await this.#record(repo, id);
-    return { id, offset: await this.#storedSize(record) };
+    await this.#recordTime(repo, id);
+    return { id, offset: await this.#storedSize(paths.blobData(id)) };
   }
 
   /**
@@ -110,53 +135,57 @@ export class UploadEngine {
    * kept and the upload stays resumable; the ClientAbortError is rethrown.
    */
   async append(repo: string, id: string, range: ChunkRange, body: BodySource): Promise<UploadState> {
-    const record = await this.#record(repo, id);
-    return this.#exclusive(repo, id, record, async (writer) => this.#keepAlive(repo, id, record, async () => {
-      this.#checkRange(repo, id, writer.size, range);
-      const start = writer.size;
-      const t0 = performance.now();
-      const offset = await this.#pumpBody(repo, id, writer, body);
-      await writer.close();
-      if (channels.uploadAppend.hasSubscribers) {
-        channels.uploadAppend.publish({ repository: repo, uploadId: id, bytes: offset - start, offset, ms: performance.now() - t0 });
-      }
-      this.#checkLength(repo, id, range, offset - start, offset);
-      return { id, offset };
-    }));
+    return this.#locked(repo, id, 'stat', busyRange, async (s) => {
+      if (!(Date.now() - s.touchedMs < ACTIVITY_REFRESH_MS)) await this.#touch(s);
+      if (!s.live) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
+      return this.#exclusive(s, async (writer) => {
+        this.#checkRange(repo, id, writer.size, range);
+        const start = writer.size;
+        const t0 = performance.now();
+        const offset = await this.#pumpBody(id, writer, body);
+        await writer.close();
+        if (channels.uploadAppend.hasSubscribers) {
+          channels.uploadAppend.publish({ repository: repo, uploadId: id, bytes: offset - start, offset, ms: performance.now() - t0 });
+        }
+        this.#checkLength(repo, id, range, offset - start, offset);
+        return { id, offset };
+      });
+    });
   }
 
   /**
    * Finishes an upload: appends an optional last body, verifies the digest of everything
    * stored, and commits the data. A mismatch cancels the upload (those bytes never become a
-   * blob) and throws DIGEST_INVALID. On success the upload record is gone and the caller
-   * links the data under its digest.
+   * blob) and throws DIGEST_INVALID. On success `adopt` has linked the data under its digest
+   * and the upload record is gone, all before the upload's lock is released: a DELETE or
+   * another PUT that comes after finds no upload (BLOB_UPLOAD_UNKNOWN).
    */
   async complete(
     repo: string, id: string, digest: Digest, range: ChunkRange, body: BodySource | undefined,
     adopt?: (data: CommittedData) => Promise<void>,
   ): Promise<CommittedData> {
-    const record = await this.#record(repo, id);
     // The collector removes a stale upload by writing an intent and then re-reading this
-    // record; we rewrite the record and then look for an intent. One of us sees the other
-    // (gc/collector.ts, E), so an upload is never finished and removed at once.
-    await this.#touch(repo, id, record);
-    if (await objectExists(this.#o.driver, paths.gcUploadIntent(repo, id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
-    return this.#complete(repo, id, record, digest, range, body, adopt);
+    // record; we rewrite the record (#locked, 'touch') and then look for an intent. One of us
+    // sees the other (gc/collector.ts, E), so an upload is never finished and removed at once.
+    return this.#locked(repo, id, 'touch', busyRange, async (s) => {
+      if (await objectExists(this.#o.driver, paths.gcUploadIntent(repo, id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
+      return this.#complete(s, digest, range, body, adopt);
+    });
   }
 
   /**
    * A monolithic upload (POST with `?digest=` and the whole blob): one request, so there is
-   * nothing to resume and no upload record to write and delete. If it fails, its data is
-   * deleted here; if the process dies, what it wrote is an orphan that garbage collection
-   * finds (no record points at it).
+   * nothing to resume, no upload record to write and delete, and no lock (nobody else can
+   * name it). If it fails, its data is deleted here; if the process dies, what it wrote is an
+   * orphan that garbage collection finds (no record points at it).
    */
   async oneShot(repo: string, digest: Digest, length: number | undefined, body: BodySource): Promise<CommittedData> {
     const id = randomUUID();
-    const record: UploadRecord = { startedAt: new Date().toISOString(), data: paths.blobData(id) };
+    const s: Session = { repo, id, dataPath: paths.blobData(id), lock: undefined, touchedMs: Date.now(), touching: undefined, live: false };
     try {
-      return await this.#complete(repo, id, record, digest, { start: 0, length }, body, undefined);
+      return await this.#complete(s, digest, { start: 0, length }, body, undefined);
     } catch (err) {
-      await this.#o.driver.delete(record.data).catch(() => undefined);
+      await this.#o.driver.delete(s.dataPath).catch(() => undefined);
       await this.#o.hashPool.drop(id, this.#pins.get(id)).catch(() => undefined);
       this.#pins.delete(id);
       throw err;
@@ -164,39 +193,42 @@ export class UploadEngine {
   }
 
   async #complete(
-    repo: string, id: string, record: UploadRecord, digest: Digest, range: ChunkRange, body: BodySource | undefined,
+    s: Session, digest: Digest, range: ChunkRange, body: BodySource | undefined,
     adopt: ((data: CommittedData) => Promise<void>) | undefined,
   ): Promise<CommittedData> {
+    const { repo, id } = s;
     const t0 = performance.now();
-    const committed = await this.#exclusive(repo, id, record, async (writer) => {
+    const committed = await this.#exclusive(s, async (writer) => {
       if (body) {
         this.#checkRange(repo, id, writer.size, range);
         const start = writer.size;
-        const offset = await this.#pumpBody(repo, id, writer, body);
+        const offset = await this.#pumpBody(id, writer, body);
         this.#checkLength(repo, id, range, offset - start, offset);
       }
       const size = writer.size;
       // Commit first: the data is then complete and readable (S3: the multipart upload is
       // completed), yet no digest points at it until the caller links it.
       await writer.commit();
-      const actual = await this.#digestOf(id, record.data, size, digest.algorithm);
+      const actual = await this.#digestOf(id, s.dataPath, size, digest.algorithm);
       if (actual !== digest.hex) {
-        await this.#o.driver.delete(record.data).catch(() => undefined);
-        await this.#forget(repo, id);
+        s.lock?.assertHeld();
+        await this.#o.driver.delete(s.dataPath).catch(() => undefined);
+        if (s.lock) await this.#forget(s);
         throw new RegistryError('DIGEST_INVALID', { detail: { expected: digest.value, actual: `${digest.algorithm}:${actual}` } });
       }
-      return { dataPath: record.data, size };
+      return { dataPath: s.dataPath, size };
     });
     // The blob record goes in before the upload record goes out: data moving from an upload
-    // to a blob is always named by one of them (gc/collector.ts, E).
+    // to a blob is always named by one of them (gc/collector.ts, E). Both under the lock.
     if (adopt) {
+      s.lock?.assertHeld();
       try {
         await adopt(committed);
       } finally {
-        await this.#forget(repo, id);
+        await this.#forget(s);
       }
-    } else {
-      await this.#forget(repo, id);
+    } else if (s.lock) {
+      await this.#forget(s);
     }
     if (channels.uploadCommit.hasSubscribers) {
       channels.uploadCommit.publish({ repository: repo, uploadId: id, digest: digest.value, size: committed.size, ms: performance.now() - t0 });
@@ -205,63 +237,111 @@ export class UploadEngine {
   }
 
   async cancel(repo: string, id: string): Promise<void> {
-    const record = await this.#record(repo, id);
-    if (this.#busy.has(id)) throw new RegistryError('BLOB_UPLOAD_INVALID', { message: 'upload is busy', detail: { id } });
-    await this.#o.driver.delete(record.data).catch((err) => {
-      if (!isPathNotFound(err)) throw err;
+    const busy = async (): Promise<Error> => new RegistryError('BLOB_UPLOAD_INVALID', { message: 'upload is busy', detail: { id } });
+    await this.#locked(repo, id, 'stat', busy, async (s) => {
+      s.live = false;
+      await s.touching;
+      s.lock!.assertHeld();
+      await this.#o.driver.delete(s.dataPath).catch((err) => {
+        if (!isPathNotFound(err)) throw err;
+      });
+      await this.#forget(s);
     });
-    await this.#forget(repo, id);
+  }
+
+  /**
+   * Runs `fn` holding the upload's lock, from before the record is read until after the
+   * request's last storage effect (engine/upload-lock.ts). The record is looked for with a
+   * stat, or read and rewritten with a fresh touchedAt ('touch'); BLOB_UPLOAD_UNKNOWN when it
+   * is not there. `busy` makes the error for an upload another request holds.
+   */
+  async #locked<T>(
+    repo: string, id: string, record: 'stat' | 'touch',
+    busy: (repo: string, id: string, storedSize: () => Promise<number>) => Promise<Error>, fn: (s: Session) => Promise<T>,
+  ): Promise<T> {
+    if (!UPLOAD_ID_RE.test(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id: id.slice(0, 100) } });
+    const refuse = async (): Promise<never> => {
+      throw await busy(repo, id, () => this.#storedSize(paths.blobData(id)));
+    };
+    if (this.#busy.has(id)) return refuse();
+    this.#busy.add(id);
+    try {
+      const lock = await this.#locks.acquire(paths.uploadLock(repo, id));
+      if (!lock) return await refuse();
+      const s: Session = { repo, id, dataPath: paths.blobData(id), lock, touchedMs: 0, touching: undefined, live: true };
+      try {
+        if (record === 'stat') {
+          s.touchedMs = await this.#recordTime(repo, id);
+        } else {
+          await this.#touch(s);
+          if (!s.live) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
+        }
+        // A long body: the lock renews itself, and on the same beat the record's touchedAt.
+        lock.onBeat = () => {
+          if (s.live && !s.touching && !(Date.now() - s.touchedMs < ACTIVITY_REFRESH_MS)) {
+            s.touching = this.#touch(s).catch(() => undefined).finally(() => (s.touching = undefined));
+          }
+        };
+        return await fn(s);
+      } finally {
+        lock.onBeat = undefined;
+        await s.touching;
+        await lock.release();
+      }
+    } finally {
+      this.#busy.delete(id);
+    }
   }
 
   /** Deletes the record and the worker's state; the data (now a blob's, or deleted) stays. */
-  async #forget(repo: string, id: string): Promise<void> {
-    const pin = this.#pins.get(id);
-    this.#pins.delete(id);
-    await this.#o.driver.delete(paths.upload(repo, id)).catch((err) => {
-      if (!isPathNotFound(err)) throw err;
-    });
-    await this.#o.hashPool.drop(id, pin).catch(() => undefined);
+  async #forget(s: Session): Promise<void> {
+    s.live = false;
+    await s.touching;
+    s.lock?.assertHeld();
+    const pin = this.#pins.get(s.id);
+    this.#pins.delete(s.id);
+    await deleteObject(this.#o.driver, paths.upload(s.repo, s.id));
+    await this.#o.hashPool.drop(s.id, pin).catch(() => undefined);
   }
 
-  async #record(repo: string, id: string): Promise<UploadRecord> {
+  /** When the upload record was last written; BLOB_UPLOAD_UNKNOWN when there is none. */
+  async #recordTime(repo: string, id: string): Promise<number> {
     if (!UPLOAD_ID_RE.test(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id: id.slice(0, 100) } });
     try {
-      return JSON.parse((await this.#o.driver.getContent(paths.upload(repo, id))).toString('utf8')) as UploadRecord;
+      // A stat, not a read: on S3 a HEAD, which radosgw answers several times faster than a GET.
+      const info = await this.#o.driver.stat(paths.upload(repo, id));
+      if (info.isDir) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
+      return info.modTime.getTime();
     } catch (err) {
       if (isPathNotFound(err)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
       throw err;
     }
   }
 
-  /** Rewrites the record with a fresh touchedAt (activity the collector can see). */
-  async #touch(repo: string, id: string, record: UploadRecord): Promise<void> {
-    record.touchedAt = new Date().toISOString();
-    await this.#o.driver.putContent(paths.upload(repo, id), Buffer.from(JSON.stringify(record)));
-  }
-
   /**
-   * Runs a request's work on an upload, refreshing the record's touchedAt first if it is
-   * older than ACTIVITY_REFRESH_MS, and again that often while the work lasts (a long body).
+   * Rewrites the record with a fresh touchedAt (activity the collector can see). A record
+   * that is gone (the collector removed the upload as stale) stays gone: the session ends.
    */
-  async #keepAlive<T>(repo: string, id: string, record: UploadRecord, fn: () => Promise<T>): Promise<T> {
-    const last = Date.parse(record.touchedAt ?? record.startedAt);
-    if (!(Date.now() - last < ACTIVITY_REFRESH_MS)) await this.#touch(repo, id, record);
-    let touching: Promise<void> | undefined;
-    const timer = setInterval(() => {
-      touching ??= this.#touch(repo, id, record).catch(() => undefined).finally(() => (touching = undefined));
-    }, ACTIVITY_REFRESH_MS);
-    timer.unref();
+  async #touch(s: Session): Promise<void> {
+    let record: UploadRecord;
     try {
-      return await fn();
-    } finally {
-      clearInterval(timer);
-      await touching;
+      record = JSON.parse((await this.#o.driver.getContent(paths.upload(s.repo, s.id))).toString('utf8')) as UploadRecord;
+    } catch (err) {
+      if (!isPathNotFound(err)) throw err;
+      s.live = false;
+      return;
     }
+    if (!s.live) return;
+    s.lock?.assertHeld();
+    const now = Date.now();
+    record.touchedAt = new Date(now).toISOString();
+    await this.#o.driver.putContent(paths.upload(s.repo, s.id), Buffer.from(JSON.stringify(record)));
+    s.touchedMs = now;
   }
 
-  async #storedSize(record: UploadRecord): Promise<number> {
+  async #storedSize(dataPath: string): Promise<number> {
     try {
-      return (await this.#o.driver.stat(record.data)).size;
+      return (await this.#o.driver.stat(dataPath)).size;
     } catch (err) {
       if (isPathNotFound(err)) return 0;
       throw err;
@@ -285,16 +365,12 @@ export class UploadEngine {
     }
   }
 
-  /** Runs `fn` with the upload's writer, one request per upload at a time. */
-  async #exclusive<T>(repo: string, id: string, record: UploadRecord, fn: (writer: FileWriter) => Promise<T>): Promise<T> {
-    if (this.#busy.has(id)) {
-      // Another request of this upload is still writing: its offset is not settled, so no
-      // chunk can be known to be in order.
-      throw new UploadRangeError(repo, id, await this.#storedSize(record), 'another request is writing to this upload');
-    }
-    this.#busy.add(id);
+  /** Runs `fn` with the upload's writer (the caller holds the upload: #locked, or a monolithic upload's own id). */
+  async #exclusive<T>(s: Session, fn: (writer: FileWriter) => Promise<T>): Promise<T> {
     const run = async (): Promise<T> => {
-      const writer = await this.#openWriter(record.data);
+      s.lock?.assertHeld();
+      const opened = await this.#openWriter(s.dataPath);
+      const writer = s.lock ? new FencedWriter(opened, s.lock) : opened;
       try {
         return await fn(writer);
       } catch (err) {
@@ -302,12 +378,8 @@ export class UploadEngine {
         throw err;
       }
     };
-    try {
-      // Waiting here holds no buffer: the front end keeps the socket paused meanwhile.
-      return await (this.#admission ? this.#admission(run) : run());
-    } finally {
-      this.#busy.delete(id);
-    }
+    // Waiting here holds no buffer: the front end keeps the socket paused meanwhile.
+    return this.#admission ? this.#admission(run) : run();
   }
 
   async #openWriter(path: string): Promise<FileWriter> {
@@ -321,7 +393,7 @@ export class UploadEngine {
     }
   }
 
-  async #pumpBody(repo: string, id: string, writer: FileWriter, body: BodySource): Promise<number> {
+  async #pumpBody(id: string, writer: FileWriter, body: BodySource): Promise<number> {
     const slabs = this.#o.slabs;
     const w = new UploadWrite({
       writer,
@@ -460,4 +532,63 @@ class DeferredWriter implements FileWriter {
   async cancel(): Promise<void> {
     await this.#real?.cancel();
   }
+
+  async abandon(): Promise<void> {
+    const real = this.#real;
+    if (real) await (real.abandon ? real.abandon() : real.close());
+  }
+}
+
+/**
+ * The writer a request holding an upload's lock works with: it refuses to store anything once
+ * the lock's lease ran out (storage did not take its renewals for the whole ttl), because by
+ * then another request may hold the upload (engine/upload-lock.ts). Bytes already sent stay
+ * as they are; a close() then releases the writer without recording anything (S3: no new
+ * state generation that could overwrite the next holder's).
+ */
+class FencedWriter implements FileWriter {
+  readonly #inner: FileWriter;
+  readonly #lock: UploadLock;
+
+  constructor(inner: FileWriter, lock: UploadLock) {
+    this.#inner = inner;
+    this.#lock = lock;
+  }
+
+  get size(): number {
+    return this.#inner.size;
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    this.#lock.assertHeld();
+    await this.#inner.write(data);
+  }
+
+  async close(): Promise<void> {
+    if (this.#lock.held) await this.#inner.close();
+    else if (this.#inner.abandon) await this.#inner.abandon();
+    else await this.#inner.close();
+  }
+
+  async commit(): Promise<void> {
+    this.#lock.assertHeld();
+    await this.#inner.commit();
+  }
+
+  async cancel(): Promise<void> {
+    this.#lock.assertHeld();
+    await this.#inner.cancel();
+  }
+
+  async abandon(): Promise<void> {
+    await (this.#inner.abandon ? this.#inner.abandon() : this.#inner.close());
+  }
+}
+
+/**
+ * 416 with the stored size, for a request that would write while another one writes: that
+ * one's offset is not settled, so no chunk can be known to be in order.
+ */
+async function busyRange(repo: string, id: string, storedSize: () => Promise<number>): Promise<UploadRangeError> {
+  return new UploadRangeError(repo, id, await storedSize(), 'another request is writing to this upload');
 }

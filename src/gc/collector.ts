@@ -87,7 +87,11 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    the upload alone or the client gets BLOB_UPLOAD_UNKNOWN. Data no record names is
  *    deleted only after `staleUploadAfterMs` without a write, and once collections have
  *    seen it unnamed for as long (#sweepOrphanData): data between its commit and its blob
- *    record is unnamed for milliseconds, never for the hour that takes.
+ *    record is unnamed for milliseconds, never for the hour that takes. The requests that
+ *    write to or end an upload hold its lock (engine/upload-lock.ts) while they do all that,
+ *    the touch and the intent check included; the collector takes no lock, so the intent is
+ *    what keeps it and a PUT apart. Locks of uploads that are gone, left by a server that
+ *    died, go once untouched for staleUploadAfter (#sweepUploadLocks).
  *
  * F. Expired tags. Deleting one writes an intent, re-reads the tag and deletes it only if
  *    it is unchanged; a PUT that saw the collection running looks for the intent after it
@@ -170,6 +174,8 @@ export interface GcReport {
   links: number;
   blobs: Removed;
   uploads: Removed;
+  /** Upload locks (and takeover markers) of uploads that are gone, left by servers that died. */
+  uploadLocks: number;
   orphanData: Removed;
   markers: number;
   /** Candidates kept because they were touched during the collection (some put back after their delete). */
@@ -240,6 +246,7 @@ class Collection {
       links: 0,
       blobs: { count: 0, bytes: 0 },
       uploads: { count: 0, bytes: 0 },
+      uploadLocks: 0,
       orphanData: { count: 0, bytes: 0 },
       markers: 0,
       spared: 0,
@@ -285,6 +292,7 @@ class Collection {
     await this.#sweepLinks();
     const { swept, sweptData } = await this.#sweepBlobs(blobScan.records);
     const remainingUploads = await this.#sweepUploads();
+    await this.#sweepUploadLocks(remainingUploads);
     await this.#sweepOrphanData(dataPaths.filter((p) => !sweptData.has(p)), blobScan.records, swept, remainingUploads);
     await this.#sweepMarkers(blobScan.markers, blobScan.records, swept);
     if (this.#lease) await this.#sweepStaleIntents();
@@ -585,6 +593,31 @@ class Collection {
       this.#progress('uploads', ++done, all.length);
     })));
     return remaining;
+  }
+
+  /**
+   * Locks and takeover markers of uploads that have no record (any more), untouched for
+   * staleUploadAfter: a server died between removing an upload record and deleting the
+   * lock, or while taking a lock over (engine/upload-lock.ts). None is held: a held lock is
+   * rewritten every ten seconds, and a request holding the lock of an upload without a record
+   * ends without writing. The lock of an upload that has a record is left to the next
+   * request on it, which takes it over.
+   */
+  async #sweepUploadLocks(remainingData: Set<string>): Promise<void> {
+    const candidates: string[] = [];
+    for (const [name, repo] of this.#repos) {
+      for (const [id, child] of repo.uploadLocks) if (!remainingData.has(paths.blobData(id))) candidates.push(paths.uploadsChild(name, child));
+    }
+    if (candidates.length === 0) return;
+    await this.#checkLease();
+    const staleBefore = Date.now() - this.#o.staleUploadAfterMs;
+    const stale: string[] = [];
+    await Promise.all(candidates.map((p) => this.#limit(async () => {
+      const t = await this.#modTime(p);
+      if (t !== undefined && t < staleBefore) stale.push(p);
+    })));
+    if (!this.#dry) await this.#deleteMany(stale);
+    this.#report.uploadLocks += stale.length;
   }
 
   async #uploadActivity(recordPath: string, dataPath: string): Promise<{ lastActivity: number; size: number; data: string } | undefined> {

@@ -15,6 +15,8 @@ export function formatRun(run: GcRunReport): string {
       `${count(r.uploads.count, 'stale upload')} (${formatBytes(r.uploads.bytes)})`,
       `${count(r.orphanData.count, 'orphaned data object')} (${formatBytes(r.orphanData.bytes)})`,
       count(r.markers, 'touched marker'),
+      // Only when there are any: they are left by servers that died (engine/upload-lock.ts).
+      ...(r.uploadLocks > 0 ? [count(r.uploadLocks, 'stale upload lock')] : []),
     ];
     lines.push(`${registry ? `namespace ${registry}` : 'default registry'}: ${verb} ${parts.join(', ')}`);
     const kept = `  kept ${count(r.live.manifests, 'live manifest')} and ${count(r.live.blobs, 'blob')} in ${count(r.repositories, 'repository', 'repositories')}`;

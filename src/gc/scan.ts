@@ -1,6 +1,6 @@
 import type { LimitFunction } from 'p-limit';
 import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
-import { paths, REPOSITORY_MARKERS } from '../registry/paths.js';
+import { paths, REPOSITORY_MARKERS, uploadEntry } from '../registry/paths.js';
 import { DIGEST_ALGORITHMS, tryParseDigest } from '../registry/reference.js';
 
 /**
@@ -32,8 +32,10 @@ export interface RepositoryScan {
   readonly links: Set<string>;
   /** Subject digest → digests of the manifests whose `subject` it is. */
   readonly referrers: Map<string, Set<string>>;
-  /** Upload ids. */
+  /** Upload ids (of upload records). */
   readonly uploads: string[];
+  /** Upload locks and their takeover markers (engine/upload-lock.ts): `[upload id, object name]`. */
+  readonly uploadLocks: Array<[string, string]>;
 }
 
 export interface BlobScan {
@@ -82,7 +84,7 @@ export async function listRepositories(driver: StorageDriver): Promise<string[]>
 }
 
 export async function scanRepository(driver: StorageDriver, name: string, limit: LimitFunction): Promise<RepositoryScan> {
-  const scan: RepositoryScan = { name, tags: new Map(), revisions: new Set(), links: new Set(), referrers: new Map(), uploads: [] };
+  const scan: RepositoryScan = { name, tags: new Map(), revisions: new Set(), links: new Set(), referrers: new Map(), uploads: [], uploadLocks: [] };
   const tagNames = (await listOrEmpty(driver, paths.tags(name))).map(basename);
   await Promise.all(tagNames.map((tag) => limit(async () => {
     const raw = await readOrUndefined(driver, paths.tag(name, tag));
@@ -127,7 +129,11 @@ export async function scanRepository(driver: StorageDriver, name: string, limit:
       if (set.size > 0) scan.referrers.set(subject.value, set);
     })));
   }
-  for (const p of await limit(() => listOrEmpty(driver, paths.uploads(name)))) scan.uploads.push(basename(p));
+  for (const p of await limit(() => listOrEmpty(driver, paths.uploads(name)))) {
+    const entry = uploadEntry(basename(p));
+    if (entry?.record) scan.uploads.push(entry.id);
+    else if (entry) scan.uploadLocks.push([entry.id, basename(p)]);
+  }
   return scan;
 }
 

@@ -13,9 +13,12 @@ import type { Digest } from './reference.js';
  *   │   └── <algorithm>
  *   │       └── <hex[0:2]>
  *   │           ├── <hex>             blob record: {"data": "/blobs/data/<id>", "size": n}
- *   │           └── <hex>.touched     when a blob or manifest was last vouched for (pushed, HEAD,
- *   │                                 mounted, referenced by a manifest PUT): {"at", "gen"?, "n"};
- *   │                                 garbage collection spares what was touched lately (gc/collector.ts)
+ *   │           ├── <hex>.touched     when a blob or manifest was last vouched for (pushed, HEAD,
+ *   │           │                     mounted, referenced by a manifest PUT): {"at", "gen"?, "n"};
+ *   │           │                     garbage collection spares what was touched lately (gc/collector.ts)
+ *   │           └── <hex>.takeover-<h>-<k>
+ *   │                                 for milliseconds: a server is replacing the record, whose data
+ *   │                                 is gone (registry/takeover.ts; h names the record as it read it)
  *   ├── gc                            garbage collection's coordination objects (gc/lease.ts)
  *   │   ├── lease                     while a collection runs: {"gen", "owner", "startedAt", ...}
  *   │   ├── generations/<gen>         created (if absent) to claim a collection's generation
@@ -42,7 +45,12 @@ import type { Digest } from './reference.js';
  *           │   └── tags
  *           │       └── <tag>         tag record: {"digest": ..., "expiresAt"?: ...}
  *           └── _uploads
- *               └── <id>              upload record: {"startedAt": ..., "data": "/blobs/data/<id>"}
+ *               ├── <id>              upload record: {"startedAt": ..., "data": "/blobs/data/<id>"}
+ *               ├── <id>.lock         while a request writes to or ends the upload (PATCH, PUT,
+ *               │                     DELETE): {"token", "expiresAt"} (engine/upload-lock.ts)
+ *               └── <id>.lock.takeover-<h>-<k>
+ *                                     for milliseconds: a server is taking over the lock of a
+ *                                     holder that died (registry/takeover.ts)
  *
  * Names cannot start with '_' (reference grammar), so `_layers` and friends never collide
  * with a nested repository.
@@ -63,8 +71,13 @@ export const paths = {
   tags: (name: string) => `/repositories/${name}/_manifests/tags`,
   upload: (name: string, id: string) => `/repositories/${name}/_uploads/${id}`,
   uploads: (name: string) => `/repositories/${name}/_uploads`,
+  uploadLock: (name: string, id: string) => `/repositories/${name}/_uploads/${id}${UPLOAD_LOCK_SUFFIX}`,
+  /** A child of `_uploads` by its name as listed (garbage collection removes stale locks by it). */
+  uploadsChild: (name: string, child: string) => `/repositories/${name}/_uploads/${child}`,
+  /** `h`: hex, names the stale content; `k`: 1, 2, ... (one more for each taker that died). */
+  takeoverMarker: (path: string, h: string, k: number) => `${path}.takeover-${h}-${k}`,
 
-  // Garbage collection (src/registry/gc*.ts).
+  // Garbage collection (src/gc/).
   blobsRoot: () => '/blobs',
   blobRecordDir: (algorithm: string, prefix: string) => `/blobs/${algorithm}/${prefix}`,
   blobTouched: (d: Digest) => `/blobs/${d.algorithm}/${d.hex.slice(0, 2)}/${d.hex}.touched`,
@@ -81,6 +94,18 @@ export const paths = {
   gcTagIntent: (name: string, tag: string) => `/gc/intents/${name}/_tags/${tag}`,
   gcUploadIntent: (name: string, id: string) => `/gc/intents/${name}/_uploads/${id}`,
 } as const;
+
+const UPLOAD_LOCK_SUFFIX = '.lock';
+
+/**
+ * The upload a child of `_uploads` belongs to, and whether it is the record itself: upload ids
+ * are UUIDs (no '.'), and a lock and its takeover markers start with `<id>.lock`.
+ */
+export function uploadEntry(name: string): { id: string; record: boolean } | undefined {
+  const dot = name.indexOf('.');
+  if (dot < 0) return { id: name, record: true };
+  return name.startsWith(UPLOAD_LOCK_SUFFIX, dot) ? { id: name.slice(0, dot), record: false } : undefined;
+}
 
 /** Children of a repository directory that mark it as a repository rather than a namespace. */
 export const REPOSITORY_MARKERS = ['_layers', '_manifests', '_uploads'] as const;

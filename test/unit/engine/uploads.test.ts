@@ -10,8 +10,9 @@ import { parseDigest, type Digest } from '../../../src/registry/reference.js';
 import { Registry } from '../../../src/registry/registry.js';
 import { SlabPool } from '../../../src/engine/slab-pool.js';
 import type { BodySource } from '../../../src/engine/upload-write.js';
+import type { UploadLockOptions } from '../../../src/engine/upload-lock.js';
 import { UploadEngine } from '../../../src/engine/uploads.js';
-import { isPathNotFound, type StorageDriver } from '../../../src/storage/driver.js';
+import { isPathNotFound, type PutOptions, type StorageDriver } from '../../../src/storage/driver.js';
 import { FsDriver } from '../../../src/storage/fs.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
 import { bodyOf, expectSameBytes, FaultyDriver, newStats, ODD_SIZES, sleep } from '../../helpers/uploads.js';
@@ -34,13 +35,14 @@ afterAll(async () => {
 });
 
 /** The engine as the server wires it, scaled down: 64 KiB slabs, two in flight per upload. */
-function engine(driver: StorageDriver, opts: { hashPool?: HashPool; slabs?: SlabPool; maxBlobBytes?: number } = {}): UploadEngine {
+function engine(driver: StorageDriver, opts: { hashPool?: HashPool; slabs?: SlabPool; maxBlobBytes?: number; lock?: UploadLockOptions } = {}): UploadEngine {
   return new UploadEngine({
     driver,
     hashPool: opts.hashPool ?? pool,
     slabs: opts.slabs ?? new SlabPool(SLAB, 16 * SLAB),
     maxSessionBufferedBytes: 3 * SLAB,
     maxBlobBytes: opts.maxBlobBytes ?? 0,
+    ...(opts.lock ? { lock: opts.lock } : {}),
   });
 }
 
@@ -407,6 +409,154 @@ describe('UploadEngine', () => {
     const second = await uploads.start(REPO);
     await uploads.cancel(REPO, second.id);
     expect(await exists(driver, paths.upload(REPO, second.id))).toBe(false);
+  });
+});
+
+/**
+ * Issue 10: the busy mark ended with the write section, before the blob was adopted and the
+ * upload record removed, so a DELETE sent with the PUT deleted the data the new blob record
+ * named. Requests that write to or end an upload now hold its storage lock to the end, on
+ * one instance and across instances on one store.
+ */
+describe('UploadEngine: one request at a time per upload (issue 10)', () => {
+  let driver: MemoryDriver;
+
+  beforeEach(() => {
+    driver = new MemoryDriver();
+  });
+
+  /** Completes `id` with an adopt step that waits for the returned release(). */
+  function completeHeldInAdopt(e: UploadEngine, id: string, data: Uint8Array): { put: Promise<unknown>; adopting: Promise<void>; release: () => void } {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let entered!: () => void;
+    const adopting = new Promise<void>((resolve) => {
+      entered = resolve;
+    });
+    const put = e.complete(REPO, id, digestOf(data), {}, undefined, async () => {
+      entered();
+      await gate;
+    });
+    return { put, adopting, release };
+  }
+
+  it('refuses a DELETE, PATCH or PUT while a PUT adopts its data, and then finds no upload', async () => {
+    const uploads = engine(driver);
+    const other = engine(driver); // a second instance on the same store
+    const data = randomBytes(1000);
+    const { id } = await uploads.start(REPO);
+    await uploads.append(REPO, id, {}, bodyOf(data));
+    const { put, adopting, release } = completeHeldInAdopt(uploads, id, data);
+    await adopting;
+    for (const e of [uploads, other]) {
+      expect((await rejection(e.cancel(REPO, id))).code).toBe('BLOB_UPLOAD_INVALID');
+      expect(await rejection(e.append(REPO, id, { start: 1000 }, bodyOf(randomBytes(10))))).toBeInstanceOf(UploadRangeError);
+      expect(await rejection(e.complete(REPO, id, digestOf(data), {}, undefined))).toBeInstanceOf(UploadRangeError);
+    }
+    release();
+    await put;
+    for (const e of [uploads, other]) {
+      expect((await rejection(e.cancel(REPO, id))).code).toBe('BLOB_UPLOAD_UNKNOWN');
+      expect((await rejection(e.complete(REPO, id, digestOf(data), {}, undefined))).code).toBe('BLOB_UPLOAD_UNKNOWN');
+    }
+    // The data the blob now is stays, and no lock is left behind.
+    expectSameBytes(await driver.getContent(paths.blobData(id)), data);
+    expect(await driver.list(paths.uploads(REPO)).catch(() => [])).toEqual([]);
+  });
+
+  it('lets a PUT sent while a DELETE runs find no upload, and adopt nothing', async () => {
+    const uploads = engine(driver);
+    const other = engine(driver);
+    const data = randomBytes(1000);
+    const { id } = await uploads.start(REPO);
+    await uploads.append(REPO, id, {}, bodyOf(data));
+    await other.cancel(REPO, id);
+    let adopted = false;
+    const err = await rejection(uploads.complete(REPO, id, digestOf(data), {}, undefined, async () => {
+      adopted = true;
+    }));
+    expect(err.code).toBe('BLOB_UPLOAD_UNKNOWN');
+    expect(adopted).toBe(false);
+    expect(await exists(driver, paths.blobData(id))).toBe(false);
+    expect(await driver.list(paths.uploads(REPO)).catch(() => [])).toEqual([]);
+  });
+
+  it('serializes two instances patching one upload: one chunk is stored, the other gets 416', async () => {
+    const a = engine(driver);
+    const b = engine(driver);
+    for (let round = 0; round < 20; round++) {
+      const { id } = await a.start(REPO);
+      const [x, y] = [randomBytes(3 * SLAB + round), randomBytes(2 * SLAB + 7)];
+      const results = await Promise.allSettled([
+        a.append(REPO, id, { start: 0 }, bodyOf(x, { sizes: ODD_SIZES })),
+        b.append(REPO, id, { start: 0 }, bodyOf(y, { sizes: ODD_SIZES })),
+      ]);
+      const stored = results.flatMap((r, i) => (r.status === 'fulfilled' ? [[x, y][i]!] : []));
+      // Exactly one chunk went in (or, one after the other, the second found the offset moved).
+      expect(stored).toHaveLength(1);
+      for (const r of results) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(UploadRangeError);
+      expectSameBytes(await driver.getContent(paths.blobData(id)), stored[0]!);
+      expect((await b.complete(REPO, id, digestOf(stored[0]!), {}, undefined)).size).toBe(stored[0]!.length);
+    }
+  });
+
+  it('takes over the lock a dead server left once it expired', async () => {
+    const uploads = engine(driver, { lock: { ttlMs: 30_000, skewMs: 100 } });
+    const data = randomBytes(1000);
+    const { id } = await uploads.start(REPO);
+    const dead = { token: 'dead0000dead0000dead0000dead0000', expiresAt: new Date(Date.now() + 200).toISOString() };
+    await driver.putContent(paths.uploadLock(REPO, id), Buffer.from(JSON.stringify(dead)));
+    expect(await rejection(uploads.append(REPO, id, {}, bodyOf(data)))).toBeInstanceOf(UploadRangeError);
+    let state;
+    for (;;) {
+      // Refused until the dead lease (and the skew allowance) is over; no wall-clock bound here.
+      state = await uploads.append(REPO, id, { start: 0 }, bodyOf(data)).catch((err: unknown) => {
+        if (err instanceof UploadRangeError) return undefined;
+        throw err;
+      });
+      if (state) break;
+      await sleep(20);
+    }
+    expect(state).toEqual({ id, offset: 1000 });
+    expect((await uploads.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(1000);
+  });
+
+  it('stops writing when its lock runs out mid-body (storage refused the renewals), keeping a resumable upload', async () => {
+    let refuseLock = false;
+    const faulty = new FaultyDriver({}, driver);
+    const put = faulty.putContent.bind(faulty);
+    faulty.putContent = async (path: string, content: Uint8Array, opts?: PutOptions) => {
+      if (refuseLock && path.endsWith('.lock')) throw new Error('injected: storage refuses the lock renewal');
+      return put(path, content, opts);
+    };
+    const uploads = engine(faulty, { lock: { ttlMs: 150, skewMs: 50 } });
+    const data = randomBytes(6 * SLAB);
+    const { id } = await uploads.start(REPO);
+    const body: BodySource = async (sink) => {
+      await bodyOf(data.subarray(0, 2 * SLAB))(sink);
+      refuseLock = true;
+      // Long enough for several renewals to fail and the 150 ms lease to run out.
+      await sleep(600);
+      await bodyOf(data.subarray(2 * SLAB))(sink);
+      return data.length;
+    };
+    const err = await rejection(uploads.append(REPO, id, { start: 0 }, body));
+    expect(err.code).toBe('UNAVAILABLE');
+    refuseLock = false;
+    const stored = (await uploads.status(REPO, id)).offset;
+    expect(stored).toBeLessThan(data.length);
+    // Once the lock can be taken over, the upload resumes from what was stored.
+    for (;;) {
+      const r = await uploads.append(REPO, id, { start: stored }, bodyOf(data.subarray(stored))).catch((e: unknown) => {
+        if (e instanceof UploadRangeError) return undefined;
+        throw e;
+      });
+      if (r) break;
+      await sleep(20);
+    }
+    expect((await uploads.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(data.length);
   });
 });
 

@@ -305,6 +305,27 @@ describe('uploads and orphaned data', () => {
     expect(await exists(d, paths.gcUploadIntent('u', b.id))).toBe(false);
   });
 
+  it('removes the locks a dead server left on uploads that are gone, and never a lock of an upload that has a record', async () => {
+    const live = await t.registry.startUpload('u');
+    const gone = randomUUID();
+    const lock = Buffer.from(JSON.stringify({ token: 'dead0000dead0000dead0000dead0000', expiresAt: new Date().toISOString() }));
+    await d.putContent(paths.uploadLock('u', live.id), lock);
+    await d.putContent(paths.uploadLock('u', gone), lock);
+    await d.putContent(paths.takeoverMarker(paths.uploadLock('u', gone), 'ab12', 1), Buffer.from('{"at":"2026-01-01T00:00:00Z"}'));
+    let r = await t.gc({ staleUploadAfterMs: 60_000 });
+    expect(r.uploadLocks).toBe(0); // not idle long enough
+    await sleep(30);
+    // The live upload is in use (its record fresh), its lock left by a server that died.
+    await d.putContent(paths.upload('u', live.id), Buffer.from(JSON.stringify({ startedAt: new Date().toISOString(), data: paths.blobData(live.id) })));
+    r = await t.gc({ staleUploadAfterMs: 20 });
+    expect(r.uploads.count).toBe(0);
+    expect(r.uploadLocks).toBe(2);
+    expect(await exists(d, paths.uploadLock('u', gone))).toBe(false);
+    expect((await d.list(paths.uploads('u'))).map((p) => p.slice(p.lastIndexOf('/') + 1)).sort()).toEqual([live.id, `${live.id}.lock`]);
+    // Its next request takes the lock over (engine/upload-lock.ts), not the collector.
+    expect(await exists(d, paths.uploadLock('u', live.id))).toBe(true);
+  });
+
   it('removes data no record names once it is idle and has been seen unnamed as long, and keeps fresh data', async () => {
     const id = randomUUID();
     const orphan = paths.blobData(id);

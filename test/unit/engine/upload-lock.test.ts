@@ -1,0 +1,156 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RegistryError } from '../../../src/errors.js';
+import { UploadLocks } from '../../../src/engine/upload-lock.js';
+import { isPathNotFound, type PutOptions, type StorageDriver } from '../../../src/storage/driver.js';
+import { FsDriver } from '../../../src/storage/fs.js';
+import { MemoryDriver } from '../../../src/storage/memory.js';
+import { FaultyDriver, sleep } from '../../helpers/uploads.js';
+
+const LOCK = '/repositories/r/_uploads/3f0c1b7e-0000-4000-8000-000000000000.lock';
+
+async function exists(driver: StorageDriver, path: string): Promise<boolean> {
+  try {
+    await driver.stat(path);
+    return true;
+  } catch (err) {
+    if (isPathNotFound(err)) return false;
+    throw err;
+  }
+}
+
+/** A lock left by a holder that died `agoMs` after its lease ran out. */
+async function deadLock(driver: StorageDriver, agoMs: number): Promise<void> {
+  const record = { token: 'dead0000dead0000dead0000dead0000', expiresAt: new Date(Date.now() - agoMs).toISOString() };
+  await driver.putContent(LOCK, Buffer.from(JSON.stringify(record)));
+}
+
+async function waitUntil(what: string, fn: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await fn())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'hoist-lock-'));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+const drivers: Array<[string, () => Promise<StorageDriver>]> = [
+  ['memory', async () => new MemoryDriver()],
+  ['fs', async () => FsDriver.open({ rootDirectory: await mkdtemp(join(root, 'd-')) })],
+];
+
+describe.each(drivers)('UploadLocks on %s', (_name, make) => {
+  it('is held by one request at a time, and free again once released', async () => {
+    const driver = await make();
+    const locks = new UploadLocks(driver);
+    const first = await locks.acquire(LOCK);
+    expect(first?.held).toBe(true);
+    expect(await locks.acquire(LOCK)).toBeUndefined();
+    await first!.release();
+    expect(first!.held).toBe(false);
+    expect(await exists(driver, LOCK)).toBe(false);
+    const second = await locks.acquire(LOCK);
+    expect(second?.held).toBe(true);
+    await second!.release();
+  });
+
+  it('gives a lock to exactly one of many requests racing for it', async () => {
+    const driver = await make();
+    // Two "instances": separate UploadLocks on one store.
+    const a = new UploadLocks(driver);
+    const b = new UploadLocks(driver);
+    const got = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).acquire(LOCK)));
+    expect(got.filter(Boolean)).toHaveLength(1);
+    await got.find(Boolean)!.release();
+  });
+
+  it('takes over the lock of a holder that died, once its lease and the clock skew allowance are over', async () => {
+    const driver = await make();
+    await deadLock(driver, 1_000);
+    expect(await new UploadLocks(driver, { skewMs: 60_000 }).acquire(LOCK)).toBeUndefined();
+    const lock = await new UploadLocks(driver, { skewMs: 500 }).acquire(LOCK);
+    expect(lock?.held).toBe(true);
+    expect(JSON.parse((await driver.getContent(LOCK)).toString()).token).not.toBe('dead0000dead0000dead0000dead0000');
+    await lock!.release();
+    // No takeover marker is left behind.
+    expect((await driver.list('/repositories/r/_uploads').catch(() => [])).filter((p) => p.includes('takeover'))).toEqual([]);
+  });
+
+  it('lets exactly one of many servers take over a dead holder\'s lock at once', async () => {
+    const driver = await make();
+    for (let round = 0; round < 10; round++) {
+      await deadLock(driver, 120_000);
+      const servers = Array.from({ length: 6 }, () => new UploadLocks(driver));
+      const got = await Promise.all(servers.map((s) => s.acquire(LOCK)));
+      const holders = got.filter(Boolean);
+      expect(holders, `round ${round}`).toHaveLength(1);
+      // The lock in storage is the winner's, and still there.
+      expect(holders[0]!.held).toBe(true);
+      await holders[0]!.release();
+      expect(await exists(driver, LOCK)).toBe(false);
+    }
+  });
+
+  it('judges an unreadable lock (a transient file after a machine crash) by its age', async () => {
+    const driver = await make();
+    await driver.putContent(LOCK, Buffer.alloc(0));
+    expect(await new UploadLocks(driver, { ttlMs: 60_000, skewMs: 60_000 }).acquire(LOCK)).toBeUndefined();
+    // (A 1 ms lease: the taker's own lock runs out at once, but it was taken: it is in storage.)
+    const taker = new UploadLocks(driver, { ttlMs: 1, skewMs: 1 });
+    // The object's modification time may be a little ahead of our clock (fs): ask again.
+    const lock = (await taker.acquire(LOCK)) ?? (await sleep(50), await taker.acquire(LOCK));
+    expect(lock).toBeDefined();
+    expect(JSON.parse((await driver.getContent(LOCK)).toString()).token).toMatch(/^[0-9a-f]{32}$/);
+    await lock!.release();
+  });
+
+  it('renews itself while held, so that a long request keeps it', async () => {
+    const driver = await make();
+    const locks = new UploadLocks(driver, { ttlMs: 300, skewMs: 0 });
+    const lock = (await locks.acquire(LOCK))!;
+    const first = JSON.parse((await driver.getContent(LOCK)).toString()).expiresAt as string;
+    let beats = 0;
+    lock.onBeat = () => beats++;
+    await waitUntil('two renewals', async () => beats >= 2 && JSON.parse((await driver.getContent(LOCK)).toString()).expiresAt !== first);
+    expect(lock.held).toBe(true);
+    await lock.release();
+  });
+});
+
+describe('an upload lock whose renewals fail', () => {
+  it('stops being held when its lease runs out, refuses further effects, and is not deleted by its old holder', async () => {
+    let failLockWrites = false;
+    const driver = new FaultyDriver();
+    const put = driver.putContent.bind(driver);
+    driver.putContent = async (path: string, content: Uint8Array, opts?: PutOptions) => {
+      if (failLockWrites && path === LOCK) throw new Error('injected: storage refuses the renewal');
+      return put(path, content, opts);
+    };
+    const locks = new UploadLocks(driver, { ttlMs: 150, skewMs: 10_000 });
+    const lock = (await locks.acquire(LOCK))!;
+    failLockWrites = true;
+    await waitUntil('the lease to run out', () => !lock.held);
+    const err = (() => {
+      try {
+        lock.assertHeld();
+        return undefined;
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(err).toBeInstanceOf(RegistryError);
+    expect((err as RegistryError).code).toBe('UNAVAILABLE');
+    await lock.release();
+    // Past its lease another server may own the path by now: the old holder leaves it be.
+    expect(await exists(driver, LOCK)).toBe(true);
+  });
+});
