@@ -1,7 +1,7 @@
 import pLimit, { type LimitFunction } from 'p-limit';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { InvalidPathError, isPathNotFound, type StorageDriver } from '../storage/driver.js';
 import { BlobStore, WELL_KNOWN_BLOBS } from '../registry/blobs.js';
 import type { ExpiryPolicy } from '../registry/expiry.js';
 import type { TouchRecord } from './guard.js';
@@ -11,6 +11,7 @@ import {
   basename, listData, listOrEmpty, listRepositories, readOrUndefined, scanBlobs, scanRepository, type RepositoryScan,
 } from './scan.js';
 import { paths } from '../registry/paths.js';
+import { removeStale } from '../registry/takeover.js';
 import { tryParseDigest, type Digest } from '../registry/reference.js';
 
 /**
@@ -120,6 +121,16 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    Unlike a push, a cache needs no grace for its own safety: it checks no references when
  *    it stores a manifest, and whatever a client asks for that is gone is fetched again. Its
  *    grace only says how long unpulled content stays.
+ *
+ * I. Records without data. A blob record whose data is gone or has another size (issue 10: a
+ *    DELETE racing a PUT deleted the data a new record named) names nothing: the registry
+ *    answers as if it were absent, and a push of the same bytes replaces it
+ *    (BlobStore.#install). It is the only kind of record ever replaced, so neither the push
+ *    nor the collector deletes one blindly: both go through registry/takeover.ts, where one
+ *    of them removes it, and only as it was read; and the collector never puts one back
+ *    under A (it could resurrect it over the record a push just wrote). It finds them among
+ *    the records it sweeps, and among all records when the data objects do not add up (one
+ *    per record and per upload that stored bytes), which is also how it finds orphan data.
  */
 
 export interface GcOptions {
@@ -176,6 +187,8 @@ export interface GcReport {
   uploads: Removed;
   /** Upload locks (and takeover markers) of uploads that are gone, left by servers that died. */
   uploadLocks: number;
+  /** Blob records whose data is gone or has another size (I): named nothing, removed. */
+  danglingRecords: number;
   orphanData: Removed;
   markers: number;
   /** Candidates kept because they were touched during the collection (some put back after their delete). */
@@ -221,6 +234,8 @@ class Collection {
   readonly #report: GcReport;
   #marker!: Marker;
   readonly #repos = new Map<string, RepositoryScan>();
+  /** Records found without data (I), by path: each is handled once. */
+  readonly #dangling = new Set<string>();
   /** First reads of touched markers (raw text, '' for none), for "changed since". */
   readonly #firstTouch = new Map<string, string>();
 
@@ -247,6 +262,7 @@ class Collection {
       blobs: { count: 0, bytes: 0 },
       uploads: { count: 0, bytes: 0 },
       uploadLocks: 0,
+      danglingRecords: 0,
       orphanData: { count: 0, bytes: 0 },
       markers: 0,
       spared: 0,
@@ -515,6 +531,12 @@ class Collection {
       const raw = await readOrUndefined(this.#d, recordPath);
       if (!raw) return;
       const record = parseBlobRecord(raw);
+      // I: a record without its data is not put back under A, it is removed the way a push
+      // replacing it removes it.
+      if (!(await this.#hasData(record))) {
+        await this.#removeDangling(recordPath, raw);
+        return;
+      }
       doomed.push({ d, recordPath, raw, ...(record?.data ? { data: record.data } : {}), size: record?.size ?? 0 });
     })));
     let done = 0;
@@ -659,14 +681,23 @@ class Collection {
     // A dry run deleted nothing: the data of what it would sweep is still referenced.
     const kept = [...records].filter((d) => this.#dry || !swept.has(d));
     const notes = (await listOrEmpty(this.#d, paths.gcOrphansDir())).map(basename);
-    if (dataPaths.length <= kept.length + uploadData.size && notes.length === 0) return;
+    // Every kept record and every upload that has stored bytes names one data object of its
+    // own: more data objects than that means orphans, fewer means records without data (I).
+    const listed = new Set(dataPaths);
+    let uploadsWithData = 0;
+    for (const p of uploadData) if (listed.has(p)) uploadsWithData++;
+    if (dataPaths.length === kept.length + uploadsWithData && notes.length === 0) return;
     const referenced = new Set(uploadData);
     const total = kept.length + dataPaths.length;
     let done = 0;
+    await this.#checkLease();
     await Promise.all(kept.map((d) => this.#limit(async () => {
-      const raw = await readOrUndefined(this.#d, paths.blobRecord(tryParseDigest(d)!));
+      const recordPath = paths.blobRecord(tryParseDigest(d)!);
+      const raw = await readOrUndefined(this.#d, recordPath);
       const record = raw ? parseBlobRecord(raw) : undefined;
       if (record?.data) referenced.add(record.data);
+      // Data that was not listed may be new (the record was replaced since we listed): ask.
+      if (raw && !(record?.data && listed.has(record.data)) && !(await this.#hasData(record))) await this.#removeDangling(recordPath, raw);
       this.#progress('data', ++done, total);
     })));
     const orphans = dataPaths.filter((p) => !referenced.has(p));
@@ -703,6 +734,29 @@ class Collection {
     // Notes of data that is named again, or gone.
     if (!this.#dry) await this.#deleteMany(notes.filter((id) => !noted.has(id) && !orphans.includes(paths.blobData(id))).map((id) => paths.gcOrphan(id)));
     this.#progress('data', total, total);
+  }
+
+  /** Whether a blob record names data that is there, with the record's size (I). */
+  async #hasData(record: { data?: string; size?: number } | undefined): Promise<boolean> {
+    if (!record?.data) return false;
+    try {
+      const info = await this.#d.stat(record.data);
+      return !info.isDir && (record.size === undefined || info.size === record.size);
+    } catch (err) {
+      if (isPathNotFound(err) || err instanceof InvalidPathError) return false;
+      throw err;
+    }
+  }
+
+  /** Removes a record without data, unless it changed or a push is replacing it right now (I). */
+  async #removeDangling(recordPath: string, raw: Buffer): Promise<void> {
+    if (this.#dangling.has(recordPath)) return;
+    this.#dangling.add(recordPath);
+    if (this.#dry) {
+      this.#report.danglingRecords++;
+      return;
+    }
+    if ((await removeStale(this.#d, recordPath, raw)) === 'removed') this.#report.danglingRecords++;
   }
 
   /**

@@ -17,6 +17,7 @@ export function formatRun(run: GcRunReport): string {
       count(r.markers, 'touched marker'),
       // Only when there are any: they are left by servers that died (engine/upload-lock.ts).
       ...(r.uploadLocks > 0 ? [count(r.uploadLocks, 'stale upload lock')] : []),
+      ...(r.danglingRecords > 0 ? [count(r.danglingRecords, 'blob record without data', 'blob records without data')] : []),
     ];
     lines.push(`${registry ? `namespace ${registry}` : 'default registry'}: ${verb} ${parts.join(', ')}`);
     const kept = `  kept ${count(r.live.manifests, 'live manifest')} and ${count(r.live.blobs, 'blob')} in ${count(r.repositories, 'repository', 'repositories')}`;

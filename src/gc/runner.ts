@@ -88,7 +88,7 @@ export function totals(run: GcRunReport): { bytes: number; objects: number } {
   let objects = run.incompleteWrites.count;
   for (const { report: r } of run.registries) {
     bytes += r.blobs.bytes + r.uploads.bytes + r.orphanData.bytes;
-    objects += r.blobs.count + r.uploads.count + r.uploadLocks + r.orphanData.count + r.manifests + r.expiredTags + r.links + r.referrerEntries + r.markers;
+    objects += r.blobs.count + r.uploads.count + r.uploadLocks + r.danglingRecords + r.orphanData.count + r.manifests + r.expiredTags + r.links + r.referrerEntries + r.markers;
   }
   return { bytes, objects };
 }

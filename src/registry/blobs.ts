@@ -1,13 +1,15 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { RangeNotSatisfiableError, RegistryError } from '../errors.js';
-import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { InvalidPathError, isPathNotFound, type StorageDriver } from '../storage/driver.js';
 import { paths } from './paths.js';
 import type { Digest } from './reference.js';
+import { removeStale } from './takeover.js';
 import type { CommittedData } from '../engine/uploads.js';
 
 /** What paths.blobRecord() holds: where a digest's bytes are. */
-interface BlobRecord {
+export interface BlobRecord {
   data: string;
   size: number;
 }
@@ -62,24 +64,14 @@ export class BlobStore {
   /**
    * Makes committed upload data the content of `digest` and links it into `repo`. The blob
    * record is created atomically, so a blob becomes visible whole or not at all; when the
-   * digest already has content, ours is a duplicate and is deleted.
+   * digest already has content, ours is a duplicate and is deleted. A record whose data is
+   * gone is no content: ours replaces it (#install).
    */
   async adopt(repo: string, digest: Digest, data: CommittedData): Promise<BlobDescriptor> {
-    const record: BlobRecord = { data: data.dataPath, size: data.size };
-    const bytes = Buffer.from(JSON.stringify(record));
-    for (let attempt = 0; ; attempt++) {
-      if (await this.#driver.putContent(paths.blobRecord(digest), bytes, { ifNotExists: true })) break;
-      const existing = await this.#record(digest);
-      if (existing) {
-        // Ours is a duplicate of content already stored: the record wins, our data goes.
-        // (The caller touched the digest first, so a collection sweeping that record
-        // concurrently puts it back: gc/collector.ts, A.)
-        if (existing.data !== data.dataPath) await this.#driver.delete(data.dataPath).catch(() => undefined);
-        break;
-      }
-      // The record vanished between the two calls (a collection removed it): try again to
-      // take its place, never overwriting a record someone else wrote meanwhile.
-      if (attempt >= 3) throw new Error(`blob record of ${digest.value} keeps vanishing`);
+    // (The caller touched the digest first, so a collection sweeping the record we find
+    // concurrently puts it back: gc/collector.ts, A.)
+    if (!(await this.#install(digest, { data: data.dataPath, size: data.size }))) {
+      await this.#driver.delete(data.dataPath).catch(() => undefined);
     }
     await this.#link(repo, digest);
     return { digest: digest.value, size: data.size };
@@ -87,20 +79,44 @@ export class BlobStore {
 
   /** Stores small content (a manifest's bytes) under its digest, unlinked. */
   async putSmall(digest: Digest, bytes: Uint8Array): Promise<void> {
-    if (await this.#record(digest)) return;
+    if (await this.#liveRecord(digest)) return;
     const dataPath = paths.blobData(randomUUID());
     await this.#driver.putContent(dataPath, bytes);
-    const record: BlobRecord = { data: dataPath, size: bytes.length };
-    const created = await this.#driver.putContent(paths.blobRecord(digest), Buffer.from(JSON.stringify(record)), { ifNotExists: true });
-    if (!created) await this.#driver.delete(dataPath).catch(() => undefined);
+    if (!(await this.#install(digest, { data: dataPath, size: bytes.length }))) await this.#driver.delete(dataPath).catch(() => undefined);
+  }
+
+  /**
+   * Makes `record` the record of `digest`, unless the digest has content already: then
+   * resolves false and the caller's data is a duplicate. Never overwrites a record: one whose
+   * data is gone (issue 10 left such records) is removed first, by the one server that claims
+   * its removal (registry/takeover.ts), so that of two pushes replacing it at once neither
+   * deletes the other's new record; then ours is created if absent, as always.
+   */
+  async #install(digest: Digest, record: BlobRecord): Promise<boolean> {
+    const path = paths.blobRecord(digest);
+    const bytes = Buffer.from(JSON.stringify(record));
+    for (let attempt = 1; ; attempt++) {
+      if (await this.#driver.putContent(path, bytes, { ifNotExists: true })) return true;
+      const found = await this.#readRecord(digest);
+      if (found) {
+        if (found.record?.data === record.data) return true;
+        if (found.record && (await this.#hasData(found.record))) return false;
+        // No content behind it: take its place.
+        if ((await removeStale(this.#driver, path, found.raw)) === 'busy') await sleep(Math.min(200, 10 * attempt));
+      }
+      // Otherwise the record vanished between the two calls (a collection removed it): try
+      // again to take its place, never overwriting a record someone else wrote meanwhile.
+      if (attempt >= 50) throw new Error(`blob record of ${digest.value} keeps changing`);
+    }
   }
 
   /** Reads small content stored under its digest (no repository check). */
   async getSmall(digest: Digest): Promise<Buffer | undefined> {
-    const record = await this.#record(digest);
+    const record = (await this.#readRecord(digest))?.record;
     if (!record) return undefined;
     try {
-      return await this.#driver.getContent(record.data);
+      const bytes = await this.#driver.getContent(record.data);
+      return bytes.length === record.size ? bytes : undefined;
     } catch (err) {
       if (isPathNotFound(err)) return undefined;
       throw err;
@@ -111,7 +127,7 @@ export class BlobStore {
   async stat(repo: string, digest: Digest): Promise<BlobDescriptor> {
     const known = WELL_KNOWN_BLOBS.get(digest.value);
     if (known) return { digest: digest.value, size: known.length };
-    const record = (await this.#linked(repo, digest)) ? await this.#record(digest) : undefined;
+    const record = (await this.#linked(repo, digest)) ? await this.#liveRecord(digest) : undefined;
     if (!record) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
     return { digest: digest.value, size: record.size };
   }
@@ -130,7 +146,7 @@ export class BlobStore {
     const known = WELL_KNOWN_BLOBS.get(digest.value);
     let record: BlobRecord | undefined;
     if (!known) {
-      record = (await this.#linked(repo, digest)) ? await this.#record(digest) : undefined;
+      record = (await this.#linked(repo, digest)) ? await this.#liveRecord(digest) : undefined;
       if (!record) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
     }
     const size = known ? known.length : record!.size;
@@ -211,14 +227,48 @@ export class BlobStore {
     }
   }
 
-  async #record(digest: Digest): Promise<BlobRecord | undefined> {
+  /**
+   * The record of `digest`, if its data is there with the recorded size. One whose data is
+   * gone or has another size (issue 10: a DELETE racing a PUT deleted the data a new record
+   * named) names no content: HEAD and GET answer BLOB_UNKNOWN, a manifest referring to it
+   * MANIFEST_BLOB_UNKNOWN, a mount is refused, and the next push of the bytes replaces it.
+   */
+  async #liveRecord(digest: Digest): Promise<BlobRecord | undefined> {
+    const record = (await this.#readRecord(digest))?.record;
+    return record && (await this.#hasData(record)) ? record : undefined;
+  }
+
+  async #hasData(record: BlobRecord): Promise<boolean> {
     try {
-      const r = JSON.parse((await this.#driver.getContent(paths.blobRecord(digest))).toString('utf8')) as BlobRecord;
-      return r;
+      const info = await this.#driver.stat(record.data);
+      return !info.isDir && info.size === record.size;
+    } catch (err) {
+      // A record naming no valid path names no content either.
+      if (isPathNotFound(err) || err instanceof InvalidPathError) return false;
+      throw err;
+    }
+  }
+
+  /** The record as stored, and parsed (undefined when it is not a record we can use). */
+  async #readRecord(digest: Digest): Promise<{ raw: Buffer; record: BlobRecord | undefined } | undefined> {
+    let raw: Buffer;
+    try {
+      raw = await this.#driver.getContent(paths.blobRecord(digest));
     } catch (err) {
       if (isPathNotFound(err)) return undefined;
       throw err;
     }
+    return { raw, record: parseBlobRecord(raw) };
+  }
+}
+
+/** A blob record, if `raw` is one: {"data": "/blobs/data/<id>", "size": n}. */
+export function parseBlobRecord(raw: Buffer): BlobRecord | undefined {
+  try {
+    const r = JSON.parse(raw.toString('utf8')) as { data?: unknown; size?: unknown };
+    return typeof r.data === 'string' && typeof r.size === 'number' ? { data: r.data, size: r.size } : undefined;
+  } catch {
+    return undefined;
   }
 }
 

@@ -390,3 +390,55 @@ async function readBlob(t: GcFixture, repo: string, digest: string): Promise<Buf
   for await (const c of read.stream) parts.push(Buffer.from(c as Uint8Array));
   return Buffer.concat(parts);
 }
+
+/** Issue 10 left blob records whose data is gone; the collector reports and removes them (collector.ts, H). */
+describe('blob records without data', () => {
+  let d: HookedDriver;
+  let t: GcFixture;
+  beforeEach(() => {
+    d = new HookedDriver();
+    t = new GcFixture(d, pool);
+  });
+
+  async function dataOf(digest: string): Promise<string> {
+    return (JSON.parse((await d.getContent(paths.blobRecord(parseDigest(digest)))).toString()) as { data: string }).data;
+  }
+
+  it('are refused to manifests, reported and removed (referenced or not), and pushed again afterwards', async () => {
+    const img = await t.pushImage('x', 'v1');
+    const layer = img.layers[0]!;
+    await d.delete(await dataOf(layer));
+    const unreferenced = randomBytes(400);
+    const loose = await t.pushBlob('x', unreferenced);
+    await d.delete(await dataOf(loose));
+    // The registry already treats them as absent.
+    await expect(t.registry.statBlob('x', layer)).rejects.toMatchObject({ code: 'BLOB_UNKNOWN' });
+    await expect(t.registry.putManifest('x', 'v2', MEDIA_TYPES.ociManifest, img.bytes)).rejects.toMatchObject({ code: 'MANIFEST_BLOB_UNKNOWN' });
+    const dry = await t.gc({ dryRun: true });
+    expect(dry.danglingRecords).toBe(2);
+    expect(await exists(d, paths.blobRecord(parseDigest(layer)))).toBe(true);
+    const r = await t.gc();
+    expect(r.danglingRecords).toBe(2);
+    expect(r.blobs.count).toBe(0); // nothing to free: their bytes were gone already
+    for (const digest of [layer, loose]) expect(await exists(d, paths.blobRecord(parseDigest(digest)))).toBe(false);
+    // The bytes pushed again are a blob again.
+    await t.pushBlob('x', unreferenced);
+    expect(await t.blobStored(loose)).toBe(true);
+    expect((await t.gc()).danglingRecords).toBe(0);
+  });
+
+  it('a push replacing one while the collector removes it keeps its blob', async () => {
+    const bytes = randomBytes(500);
+    const digest = await t.pushBlob('x', bytes);
+    await d.delete(await dataOf(digest));
+    // Just before the collector claims the record's removal, a push of the same bytes replaces it.
+    d.beforePut((p) => p.startsWith(`${paths.blobRecord(parseDigest(digest))}.takeover-`), async () => {
+      await t.pushBlob('y', bytes);
+    });
+    const r = await t.gc();
+    expect(r.danglingRecords).toBe(0);
+    expect(await t.blobStored(digest)).toBe(true);
+    expect(await t.registry.statBlob('y', digest)).toEqual({ digest, size: 500 });
+  });
+});
+

@@ -257,6 +257,78 @@ describe('BlobStore', () => {
   });
 });
 
+/**
+ * Issue 10: a DELETE racing a PUT deleted the data a new blob record named. HEAD then said
+ * 200 and GET 404, and every later push of the same bytes deduplicated onto the broken
+ * record and deleted its own fresh copy. A record without its data is now no content.
+ */
+describe('BlobStore: a record whose data is gone (issue 10)', () => {
+  let driver: MemoryDriver;
+  let blobs: BlobStore;
+
+  beforeEach(() => {
+    driver = new MemoryDriver();
+    blobs = new BlobStore(driver);
+  });
+
+  /** A blob in `repo` whose data then vanished (or, with `shorten`, lost its tail). */
+  async function broken(repo: string, bytes: Buffer, shorten = false): Promise<{ d: Digest; data: CommittedData }> {
+    const d = digestOf(bytes);
+    const data = await committed(driver, bytes);
+    await blobs.adopt(repo, d, data);
+    if (shorten) await driver.putContent(data.dataPath, bytes.subarray(1));
+    else await driver.delete(data.dataPath);
+    return { d, data };
+  }
+
+  it.each([['gone', false], ['of another size', true]])('treats a record whose data is %s as absent: HEAD, GET and mounts', async (_label, shorten) => {
+    const { d } = await broken('a', randomBytes(300), shorten);
+    expect(await codeOf(blobs.stat('a', d))).toBe('BLOB_UNKNOWN');
+    expect(await blobs.exists('a', d)).toBe(false);
+    expect(await codeOf(blobs.open('a', d))).toBe('BLOB_UNKNOWN');
+    expect(await blobs.mount('b', d, 'a')).toBeUndefined();
+    expect(await exists(driver, paths.layerLink('b', d))).toBe(false);
+  });
+
+  it('is replaced by the next push of the bytes, which keeps its own copy', async () => {
+    const bytes = randomBytes(300);
+    const { d, data: old } = await broken('a', bytes);
+    const fresh = await committed(driver, bytes);
+    expect(await blobs.adopt('b', d, fresh)).toEqual({ digest: d.value, size: 300 });
+    expect(await exists(driver, fresh.dataPath)).toBe(true);
+    expect(JSON.parse((await driver.getContent(paths.blobRecord(d))).toString()).data).toBe(fresh.dataPath);
+    expect(JSON.parse((await driver.getContent(paths.blobRecord(d))).toString()).data).not.toBe(old.dataPath);
+    for (const repo of ['a', 'b']) expect(await readAll((await blobs.open(repo, d)).stream)).toEqual(bytes);
+    expect((await driver.list('/blobs/sha256/' + d.hex.slice(0, 2))).filter((p) => p.includes('takeover'))).toEqual([]);
+  });
+
+  it('is replaced once when many pushes of the bytes come at once, and every one of them reads back', async () => {
+    const bytes = randomBytes(300);
+    for (let round = 0; round < 10; round++) {
+      const { d } = await broken(`a${round}`, bytes);
+      const datas = await Promise.all(Array.from({ length: 6 }, () => committed(driver, bytes)));
+      await Promise.all(datas.map((data, i) => blobs.adopt(`r${round}-${i}`, d, data)));
+      const record = JSON.parse((await driver.getContent(paths.blobRecord(d))).toString()) as { data: string };
+      // One copy is the content, the duplicates went.
+      expect(datas.filter((x) => x.dataPath === record.data)).toHaveLength(1);
+      for (const x of datas) expect(await exists(driver, x.dataPath)).toBe(x.dataPath === record.data);
+      for (let i = 0; i < 6; i++) expect(await readAll((await blobs.open(`r${round}-${i}`, d)).stream)).toEqual(bytes);
+      await driver.delete(record.data); // broken again for the next round
+    }
+  });
+
+  it('is replaced by putSmall (a manifest pushed again)', async () => {
+    const bytes = Buffer.from('{"schemaVersion":2,"issue":10}');
+    const d = digestOf(bytes);
+    await blobs.putSmall(d, bytes);
+    const record = JSON.parse((await driver.getContent(paths.blobRecord(d))).toString()) as { data: string };
+    await driver.delete(record.data);
+    expect(await blobs.getSmall(d)).toBeUndefined();
+    await blobs.putSmall(d, bytes);
+    expect(await blobs.getSmall(d)).toEqual(bytes);
+  });
+});
+
 describe('blobs through the Registry', () => {
   let pool: HashPool;
 
