@@ -1,4 +1,4 @@
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import bcrypt from 'bcryptjs';
 import { ConfigError } from '../config.js';
@@ -17,20 +17,40 @@ import { ConfigError } from '../config.js';
  * clients using Basic auth send the password with every request; so a successful check is
  * remembered for a while, under an HMAC of user and password with a key made at start-up
  * (never the password itself).
+ *
+ * An unknown name costs what a known one does (issue 10), so that timing does not tell
+ * which names exist: its password is compared against a dummy hash of a cost the file's own
+ * users have. With mixed costs (a file grown over years, `htpasswd -B -C 12` for some), the
+ * cost is drawn for each name from the file's costs, as often as they occur there, by a
+ * hash of the name keyed with the file's contents: the same name always costs the same, on
+ * every instance and after restarts, and unknown names cost what known ones do, in the same
+ * proportions. (Known users' hashes never change cost unless the file changes, so neither may
+ * an unknown name's.)
  */
-const BCRYPT = /^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$/;
+const BCRYPT = /^\$2[aby]\$(\d{2})\$[./A-Za-z0-9]{53}$/;
 const CACHE_TTL_MS = 5 * 60_000;
 const CACHE_MAX_ENTRIES = 10_000;
-/** Compared against for unknown users, so that a miss takes as long as a wrong password (cost 10, of a random password). */
-const DUMMY_HASH = '$2b$10$AfuvvbGj5b013Q93ovnSmu.D3lUodHlXldPTB7O7LslNdtvnjpb3K';
+/** bcrypt's cost when the file has no users to copy (htpasswd -B's default). */
+const DEFAULT_COST = 10;
+const BCRYPT_ALPHABET = './ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 const CACHE_KEY = randomBytes(32);
+
+interface Users {
+  readonly hashes: Map<string, string>;
+  /** The file's users' costs, one entry per user, sorted: what an unknown name draws from. */
+  readonly costs: readonly number[];
+  /** A hash of no password, per cost: compared against for unknown names. */
+  readonly dummies: ReadonlyMap<number, string>;
+  /** Keys the draw of an unknown name's cost: the file's contents, which only the server knows. */
+  readonly drawKey: Buffer;
+}
 
 export class Htpasswd {
   readonly file: string;
-  #users: Map<string, string>;
+  #users: Users;
   readonly #verified = new Map<string, number>();
 
-  private constructor(file: string, users: Map<string, string>) {
+  private constructor(file: string, users: Users) {
     this.file = file;
     this.#users = users;
   }
@@ -41,7 +61,7 @@ export class Htpasswd {
   }
 
   get size(): number {
-    return this.#users.size;
+    return this.#users.hashes.size;
   }
 
   /** Reads the file again (SIGHUP). On error the old users stay and the error is thrown. */
@@ -55,16 +75,29 @@ export class Htpasswd {
     const until = this.#verified.get(key);
     const now = Date.now();
     if (until !== undefined && until > now) return true;
-    const hash = this.#users.get(user);
-    const ok = await bcrypt.compare(password, hash ?? DUMMY_HASH);
+    const hash = this.#users.hashes.get(user);
+    const ok = await bcrypt.compare(password, hash ?? this.#dummyFor(user));
     if (!ok || hash === undefined) return false;
     if (this.#verified.size >= CACHE_MAX_ENTRIES) this.#verified.delete(this.#verified.keys().next().value!);
     this.#verified.set(key, now + CACHE_TTL_MS);
     return true;
   }
+
+  /** The dummy hash an unknown `user` is checked against: of a cost drawn as the class comment says. */
+  #dummyFor(user: string): string {
+    const { costs, dummies, drawKey } = this.#users;
+    const draw = createHmac('sha256', drawKey).update(user).digest().readUInt32BE(0);
+    return dummies.get(costs[draw % costs.length]!)!;
+  }
 }
 
-async function readUsers(file: string, option: string): Promise<Map<string, string>> {
+/** A bcrypt hash that no password matches: random salt, random checksum, the given cost. */
+function dummyHash(cost: number): string {
+  const chars = Array.from(randomBytes(53), (b) => BCRYPT_ALPHABET[b % 64]!).join('');
+  return `$2b$${String(cost).padStart(2, '0')}$${chars}`;
+}
+
+async function readUsers(file: string, option: string): Promise<Users> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
@@ -84,5 +117,8 @@ async function readUsers(file: string, option: string): Promise<Map<string, stri
     if (users.has(user)) throw new ConfigError(`${where}: ${JSON.stringify(user)} appears twice`);
     users.set(user, hash);
   });
-  return users;
+  const costs = [...users.values()].map((h) => Number(BCRYPT.exec(h)![1])).sort((a, b) => a - b);
+  if (costs.length === 0) costs.push(DEFAULT_COST);
+  const dummies = new Map([...new Set(costs)].map((c) => [c, dummyHash(c)]));
+  return { hashes: users, costs, dummies, drawKey: createHash('sha256').update(text).digest() };
 }

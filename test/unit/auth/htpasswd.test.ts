@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Htpasswd } from '../../../src/auth/htpasswd.js';
 import { ConfigError } from '../../../src/config.js';
 
@@ -62,3 +62,67 @@ describe('Htpasswd', () => {
     expect(await h.verify('alice', 'new')).toBe(true);
   });
 });
+
+/**
+ * Issue 10: an unknown name cost a cost-10 bcrypt and a known one its own cost, so names could
+ * be told apart by timing (3-38 ms against 84-145 ms). What a check costs is the cost of the
+ * hash it compares against, which is what these tests look at (timing on a shared machine
+ * would prove nothing either way).
+ */
+describe('Htpasswd: unknown names cost what known ones do', () => {
+  const costOf = (h: string): number => Number(/^\$2[aby]\$(\d{2})\$/.exec(h)![1]);
+  const withCost = (pw: string, cost: number): string => bcrypt.hashSync(pw, cost);
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  /** The hash verify() compared `user`'s password against. */
+  async function comparedHash(h: Htpasswd, user: string): Promise<string> {
+    const spy = vi.spyOn(bcrypt, 'compare');
+    expect(await h.verify(user, 'not the password')).toBe(false);
+    const hashArg = spy.mock.calls.at(-1)![1] as string;
+    spy.mockRestore();
+    return hashArg;
+  }
+
+  it('compares an unknown name against a hash of the cost the file\'s users have', async () => {
+    const h = await Htpasswd.load(await file(`alice:${withCost('a', 5)}\nbob:${withCost('b', 5)}\n`));
+    for (const name of ['mallory', 'eve', '', 'x'.repeat(300)]) {
+      const dummy = await comparedHash(h, name);
+      expect(costOf(dummy)).toBe(5);
+      expect(dummy).toMatch(/^\$2b\$05\$[./A-Za-z0-9]{53}$/);
+    }
+    expect(costOf(await comparedHash(h, 'alice'))).toBe(5);
+    // No password matches the dummy, not even an empty one.
+    expect(await h.verify('mallory', '')).toBe(false);
+  });
+
+  it('with mixed costs, draws each unknown name\'s cost from the file\'s, in the same proportions, the same every time', async () => {
+    const text = `a:${withCost('a', 4)}\nb:${withCost('b', 4)}\nc:${withCost('c', 4)}\nd:${withCost('d', 6)}\n`;
+    const path = await file(text);
+    const h = await Htpasswd.load(path);
+    const drawn = new Map<number, number>();
+    const first = new Map<string, number>();
+    for (let i = 0; i < 200; i++) {
+      const cost = costOf(await comparedHash(h, `user${i}`));
+      first.set(`user${i}`, cost);
+      drawn.set(cost, (drawn.get(cost) ?? 0) + 1);
+    }
+    expect([...drawn.keys()].sort()).toEqual([4, 6]);
+    // 3 in 4 of cost 4: 150 expected of 200; far outside [110, 190] would be a broken draw.
+    expect(drawn.get(4)).toBeGreaterThan(110);
+    expect(drawn.get(4)).toBeLessThan(190);
+    // The same name costs the same on every request, on another instance, and after a restart.
+    const again = await Htpasswd.load(path);
+    for (const name of ['user1', 'user2', 'user3', 'user50', 'user199']) {
+      expect(costOf(await comparedHash(h, name))).toBe(first.get(name));
+      expect(costOf(await comparedHash(again, name))).toBe(first.get(name));
+    }
+  });
+
+  it('an empty file still checks (at htpasswd -B\'s default cost), and accepts nobody', async () => {
+    const h = await Htpasswd.load(await file('# nobody yet\n'));
+    expect(costOf(await comparedHash(h, 'anyone'))).toBe(10);
+  });
+});
+
