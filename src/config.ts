@@ -210,7 +210,7 @@ const numberish = z.union([z.number(), z.string().regex(/^\d+(?:\.\d+)?$/).trans
 const limits = z.object({
   /** Longest request target (path and query); longer is 400 NAME_INVALID. */
   maxUrlBytes: bytes.pipe(z.number().min(512)).default('8KiB'),
-  /** Largest request header section (node:http; uWS has a fixed 4 KiB); larger is 431. */
+  /** Largest request header section, both front ends; larger is 431 (uWS itself cuts a section over 4 KiB that spans TCP reads). */
   maxHeaderBytes: bytes.pipe(z.number().min(1024)).default('16KiB'),
   /** A client that sends no body bytes (or no headers) this long is dropped; its upload stays resumable (0: never). */
   idleTimeout: durationMs.default('60s'),
