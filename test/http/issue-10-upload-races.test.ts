@@ -61,8 +61,8 @@ interface Setup {
   readonly rounds: number;
 }
 
-const ROUNDS_FS = Number(process.env.HOIST_TEST_RACE_ROUNDS_FS ?? 12);
-const ROUNDS_S3 = Number(process.env.HOIST_TEST_RACE_ROUNDS_S3 ?? 5);
+const ROUNDS_FS = Number(process.env.HOIST_TEST_RACE_ROUNDS_FS ?? 8);
+const ROUNDS_S3 = Number(process.env.HOIST_TEST_RACE_ROUNDS_S3 ?? 3);
 
 const SETUPS: readonly Setup[] = [
   { label: 'fs, node', storage: 'fs', frontends: ['node'], rounds: ROUNDS_FS },
