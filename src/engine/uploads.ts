@@ -91,6 +91,8 @@ export class UploadEngine {
   readonly #locks: UploadLocks;
   /** Uploads a request of this process holds: others are refused without asking storage. */
   readonly #busy = new Set<string>();
+  /** Requests in their write section (#exclusive), monolithic uploads included. */
+  #writing = 0;
   readonly #pins = new Map<string, number>();
   /** Admission of writing requests, for drivers that buffer whole parts (see maxConcurrentWriters). */
   readonly #admission: LimitFunction | undefined;
@@ -113,7 +115,7 @@ export class UploadEngine {
 
   /** Uploads with a request writing to them now, on this instance (metrics read it at scrape time). */
   get writing(): number {
-    return this.#busy.size;
+    return this.#writing;
   }
 
   async start(repo: string): Promise<UploadState> {
@@ -378,8 +380,13 @@ export class UploadEngine {
         throw err;
       }
     };
-    // Waiting here holds no buffer: the front end keeps the socket paused meanwhile.
-    return this.#admission ? this.#admission(run) : run();
+    this.#writing++;
+    try {
+      // Waiting here holds no buffer: the front end keeps the socket paused meanwhile.
+      return await (this.#admission ? this.#admission(run) : run());
+    } finally {
+      this.#writing--;
+    }
   }
 
   async #openWriter(path: string): Promise<FileWriter> {

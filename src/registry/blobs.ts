@@ -187,9 +187,9 @@ export class BlobStore {
     return desc;
   }
 
-  /** The size of a blob stored for any repository, or undefined (no repository check). */
+  /** The size of a blob stored for any repository, or undefined (no repository check; a record without its data is none). */
   async storedSize(digest: Digest): Promise<number | undefined> {
-    return (await this.#record(digest))?.size;
+    return (await this.#liveRecord(digest))?.size;
   }
 
   /**
@@ -197,7 +197,7 @@ export class BlobStore {
    * not stored. A pull-through cache (src/proxy/) uses it once the upstream said `repo` has it.
    */
   async linkStored(repo: string, digest: Digest): Promise<BlobDescriptor | undefined> {
-    const record = await this.#record(digest);
+    const record = await this.#liveRecord(digest);
     if (!record) return undefined;
     await this.#link(repo, digest);
     return { digest: digest.value, size: record.size };

@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import { channels, type StorageRequestMessage } from '../diagnostics.js';
-import { isPathNotFound, type FileInfo, type FileWriter, type IncompleteWrite, type StorageDriver } from './driver.js';
+import { isPathNotFound, type FileInfo, type FileWriter, type IncompleteWrite, type PutOptions, type StorageDriver } from './driver.js';
 
 /**
  * A driver that reports every call it passes on to another one, on the
@@ -50,7 +50,7 @@ export class InstrumentedDriver implements StorageDriver {
     return this.#observe('getContent', () => this.#base.getContent(path));
   }
 
-  putContent(path: string, content: Uint8Array, opts?: { ifNotExists?: boolean }): Promise<boolean> {
+  putContent(path: string, content: Uint8Array, opts?: PutOptions): Promise<boolean> {
     return this.#observe('putContent', () => this.#base.putContent(path, content, opts));
   }
 
@@ -94,10 +94,16 @@ export class InstrumentedDriver implements StorageDriver {
 class InstrumentedWriter implements FileWriter {
   readonly #base: FileWriter;
   readonly #driver: string;
+  /** Only when the base has it: callers fall back to close() without it. */
+  readonly abandon?: () => Promise<void>;
 
   constructor(base: FileWriter, driver: string) {
     this.#base = base;
     this.#driver = driver;
+    if (base.abandon) {
+      const fn = base.abandon.bind(base);
+      this.abandon = () => observe(this.#driver, 'abandon', fn);
+    }
   }
 
   get size(): number {

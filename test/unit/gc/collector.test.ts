@@ -391,7 +391,7 @@ async function readBlob(t: GcFixture, repo: string, digest: string): Promise<Buf
   return Buffer.concat(parts);
 }
 
-/** Issue 10 left blob records whose data is gone; the collector reports and removes them (collector.ts, H). */
+/** Issue 10 left blob records whose data is gone; the collector reports and removes them (collector.ts, I). */
 describe('blob records without data', () => {
   let d: HookedDriver;
   let t: GcFixture;
