@@ -1,0 +1,130 @@
+/**
+ * A bounded pool of fixed-size buffers: the memory bound of the upload engine (request bytes
+ * on their way to storage) and of the S3 writers (parts being filled and sent). Each user
+ * makes its own pool; the pool only counts, allocates and queues.
+ *
+ * At most `maxBuffers` buffers exist at once. tryAcquire() hands out a free one or allocates
+ * a new one while under the bound; acquire() waits in line (first come, first served) when
+ * all are in use, and, given a time limit, rejects with BufferWaitError when none came free
+ * in time. A holder may replace a buffer's memory (replace()), e.g. after moving it to a
+ * worker and getting it back, and gives it back with release().
+ *
+ * Lives in storage, not the engine, because both the engine and the S3 driver use it and
+ * storage imports nothing above itself.
+ */
+export interface PooledBuffer<B extends ArrayBufferLike = ArrayBufferLike> {
+  /** The memory; `bytes` views all of it. Both change only through BufferPool.replace(). */
+  readonly buffer: B;
+  readonly bytes: Uint8Array;
+}
+
+export class BufferWaitError extends Error {
+  override readonly name: string = 'BufferWaitError';
+}
+
+export interface BufferPoolOptions<B extends ArrayBufferLike> {
+  bufferBytes: number;
+  /** Upper bound on the bytes of all buffers together; at least one buffer is allowed. */
+  maxBytes: number;
+  /** Makes the memory of a new buffer. */
+  allocate: (bytes: number) => B;
+  /** What the buffers are, for error messages ("S3 part buffer"). */
+  what?: string;
+  /** Makes the error a timed-out acquire() rejects with. */
+  waitError?: (message: string) => Error;
+}
+
+interface Waiter<B extends ArrayBufferLike> {
+  resolve: (buf: PooledBuffer<B>) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout | undefined;
+}
+
+interface Slot<B extends ArrayBufferLike> {
+  buffer: B;
+  bytes: Uint8Array;
+}
+
+export class BufferPool<B extends ArrayBufferLike = ArrayBufferLike> {
+  readonly bufferBytes: number;
+  readonly maxBuffers: number;
+  readonly #allocate: (bytes: number) => B;
+  readonly #what: string;
+  readonly #waitError: (message: string) => Error;
+  #allocated = 0;
+  /** Last released first: its memory is the most likely to still be in a cache. */
+  readonly #free: Slot<B>[] = [];
+  readonly #waiters: Waiter<B>[] = [];
+
+  constructor(opts: BufferPoolOptions<B>) {
+    this.bufferBytes = opts.bufferBytes;
+    this.maxBuffers = Math.max(1, Math.floor(opts.maxBytes / opts.bufferBytes));
+    this.#allocate = opts.allocate;
+    this.#what = opts.what ?? 'buffer';
+    this.#waitError = opts.waitError ?? ((message) => new BufferWaitError(message));
+  }
+
+  /** A buffer now, or undefined when all `maxBuffers` are in use. */
+  tryAcquire(): PooledBuffer<B> | undefined {
+    const free = this.#free.pop();
+    if (free) return free;
+    if (this.#allocated >= this.maxBuffers) return undefined;
+    this.#allocated++;
+    const buffer = this.#allocate(this.bufferBytes);
+    return { buffer, bytes: new Uint8Array(buffer) };
+  }
+
+  /**
+   * A buffer, in arrival order. Without `timeoutMs` it waits as long as it takes; with it, it
+   * rejects after that long with the pool's wait error.
+   */
+  acquire(timeoutMs?: number): Promise<PooledBuffer<B>> {
+    const buf = this.#waiters.length === 0 ? this.tryAcquire() : undefined;
+    if (buf) return Promise.resolve(buf);
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter<B> = { resolve, reject, timer: undefined };
+      if (timeoutMs !== undefined) {
+        waiter.timer = setTimeout(() => {
+          const i = this.#waiters.indexOf(waiter);
+          if (i >= 0) this.#waiters.splice(i, 1);
+          reject(this.#waitError(`no ${this.#what} became free within ${timeoutMs} ms (${this.maxBuffers} buffers of ${this.bufferBytes} bytes, all in use)`));
+        }, timeoutMs);
+      }
+      this.#waiters.push(waiter);
+    });
+  }
+
+  /**
+   * Gives `buffer` new memory of the same size: the old memory went elsewhere (moved to a
+   * worker thread, which sent it back as a new ArrayBuffer, or kept it).
+   */
+  replace(buffer: PooledBuffer<B>, memory: B): void {
+    if (memory.byteLength !== this.bufferBytes) throw new RangeError(`a ${this.#what} holds ${this.bufferBytes} bytes, not ${memory.byteLength}`);
+    const slot = buffer as Slot<B>;
+    slot.buffer = memory;
+    slot.bytes = new Uint8Array(memory);
+  }
+
+  /** Memory for a buffer whose own went away for good (allocated like a new buffer's). */
+  renew(buffer: PooledBuffer<B>): void {
+    this.replace(buffer, this.#allocate(this.bufferBytes));
+  }
+
+  release(buf: PooledBuffer<B>): void {
+    const waiter = this.#waiters.shift();
+    if (waiter) {
+      clearTimeout(waiter.timer);
+      waiter.resolve(buf);
+    } else {
+      this.#free.push(buf as Slot<B>);
+    }
+  }
+
+  get inUse(): number {
+    return this.#allocated - this.#free.length;
+  }
+
+  get waiting(): number {
+    return this.#waiters.length;
+  }
+}
