@@ -32,12 +32,15 @@ export interface IncomingRequest {
 
 export interface BodySink {
   /**
-   * Takes one chunk. The chunk is valid only during this call (uWS neuters it on return), so
-   * the sink must copy what it keeps. Returns false when the caller should stop sending until
-   * drained() resolves. Must still accept chunks after returning false (a read may already
-   * be under way when the socket is paused).
+   * Takes one chunk. Unless `owned`, the chunk is valid only during this call (uWS neuters it
+   * on return), so the sink must copy what it keeps. An `owned` chunk is the sink's for good:
+   * nothing else reads or reuses it afterwards, so the sink may keep it, or move its
+   * ArrayBuffer to another thread, without a copy (node:http gives every body chunk a Buffer
+   * of its own). Returns false when the caller should stop sending until drained() resolves.
+   * Must still accept chunks after returning false (a read may already be under way when the
+   * socket is paused).
    */
-  write(chunk: Uint8Array): boolean;
+  write(chunk: Uint8Array, owned?: boolean): boolean;
   /** Resolves when the sink can take more. Rejects if the sink failed (the read then stops). */
   drained(): Promise<void>;
 }

@@ -13,6 +13,7 @@ import type {
   RequestHandler,
   TlsFiles,
 } from './adapter.js';
+import { BodyPump } from './body-pump.js';
 import { rawErrorResponse } from './limits.js';
 
 /**
@@ -114,8 +115,8 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   #started = false;
   #abortCallbacks: (() => void)[] = [];
   #bodyClaimed = false;
-  /** Stops a readBody() under way, rejecting it with the given error. */
-  #stopBody: ((err: Error) => void) | undefined;
+  /** The body being read, once readBody() was called. */
+  #body: BodyPump | undefined;
   #onStreamAbort: (() => void) | undefined;
   readonly #idleMs: number;
   /** The body stalled: answer, then close the connection (its framing is lost). */
@@ -195,85 +196,43 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     if (this.#aborted) return Promise.reject(new ClientAbortError());
     if (this.#started) return Promise.reject(new Error('readBody() called after the response was sent'));
     const req = this.#req;
-    return new Promise<number>((resolve, reject) => {
-      let bytes = 0;
-      let ended = false;
-      let sinkFull = false;
-      let draining = false;
-      let settled = false;
-
-      const settle = (err?: Error): void => {
-        if (settled) return;
-        settled = true;
-        this.#stopBody = undefined;
-        req.off('data', onData).off('end', onEnd).off('error', onError).off('timeout', onIdle);
-        idle(false);
-        if (err === undefined) return resolve(bytes);
-        // Nobody will read the rest: let it flow, with no listener, so node drops it.
-        if (!ended) req.resume();
-        reject(err);
-      };
-      // Only the client's silence counts: while we hold the socket paused, the timer is off.
-      const idle = (on: boolean): void => {
-        if (this.#idleMs > 0) req.socket.setTimeout(on ? this.#idleMs : 0);
-      };
-      // node:http emits 'timeout' on a request whose body is not complete, and then leaves
-      // the socket open because someone listened.
-      const onIdle = (): void => {
-        this.#closeAfterResponse = true;
-        settle(new BodyTimeoutError(bytes, this.#idleMs));
-        // Whatever the answer, a client that still sends nothing is dropped after another wait.
-        idle(true);
-      };
-      // Holds the socket paused until the sink drained, including for chunks written meanwhile.
-      const drain = async (): Promise<void> => {
-        draining = true;
+    const idleMs = this.#idleMs;
+    // Only the client's silence counts: while we hold the socket paused, the timer is off.
+    const idle = (on: boolean): void => {
+      if (idleMs > 0) req.socket.setTimeout(on ? idleMs : 0);
+    };
+    const onData = (chunk: Buffer): void => body.push(chunk);
+    const onEnd = (): void => body.end();
+    // node:http emits 'error' (ECONNRESET, "aborted") when the client went away mid-body.
+    const onError = (): void => body.fail(new ClientAbortError());
+    // node:http emits 'timeout' on a request whose body is not complete, and then leaves
+    // the socket open because someone listened.
+    const onIdle = (): void => {
+      this.#closeAfterResponse = true;
+      body.fail(new BodyTimeoutError(body.bytes, idleMs));
+      // Whatever the answer, a client that still sends nothing is dropped after another wait.
+      idle(true);
+    };
+    const body = new BodyPump({
+      pause: () => {
         req.pause();
         idle(false);
-        try {
-          while (sinkFull) {
-            sinkFull = false;
-            await sink.drained();
-          }
-        } catch (err) {
-          settle(err as Error);
-          return;
-        } finally {
-          draining = false;
-        }
-        if (settled) return;
-        if (ended) settle();
-        else {
-          idle(true);
-          req.resume();
-        }
-      };
-      const onData = (chunk: Buffer): void => {
-        bytes += chunk.byteLength;
-        let more: boolean;
-        try {
-          more = sink.write(chunk);
-        } catch (err) {
-          return settle(err as Error);
-        }
-        if (more) return;
-        sinkFull = true;
-        if (!draining) void drain();
-      };
-      const onEnd = (): void => {
-        ended = true;
-        if (!draining) settle();
-      };
-      // node:http emits 'error' (ECONNRESET, "aborted") when the client went away mid-body.
-      const onError = (): void => settle(new ClientAbortError());
-
-      this.#stopBody = settle;
-      req.on('data', onData).once('end', onEnd).once('error', onError);
-      if (this.#idleMs > 0 && !req.complete) {
-        req.on('timeout', onIdle);
+      },
+      resume: () => {
         idle(true);
-      }
-    });
+        req.resume();
+      },
+      stop: (ended) => {
+        req.off('data', onData).off('end', onEnd).off('error', onError).off('timeout', onIdle);
+        idle(false);
+        // Nobody will read the rest: let it flow, with no listener, so node drops it.
+        if (!ended) req.resume();
+      },
+    }, { chunksOwned: true });
+    this.#body = body;
+    req.on('data', onData).once('end', onEnd).once('error', onError);
+    if (idleMs > 0 && !req.complete) req.on('timeout', onIdle);
+    return body.start(sink);
   }
 
   /**
@@ -281,7 +240,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
    * once the response finished; a read under way is stopped and the rest dropped.
    */
   #discardUnreadBody(): void {
-    this.#stopBody?.(new Error('the response was sent before the request body was read'));
+    this.#body?.fail(new Error('the response was sent before the request body was read'));
   }
 
   // ---- response ----
@@ -381,7 +340,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   #abort(): void {
     if (this.#aborted) return;
     this.#aborted = true;
-    this.#stopBody?.(new ClientAbortError());
+    this.#body?.fail(new ClientAbortError());
     this.#onStreamAbort?.();
     for (const cb of this.#abortCallbacks.splice(0)) cb();
   }

@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
 import { ClientAbortError } from '../errors.js';
+import { BodyPump } from './body-pump.js';
 import { callHandler, overrun, responseHasNoBody, underrun } from './node.js';
 import type {
   BodySink,
@@ -45,7 +46,7 @@ type ClosableApp = TemplatedApp & { close(): void };
  *   it afterwards throws, so every use is guarded by `#done`.
  * - onData chunks are neutered when the callback returns, so they go to the sink (which copies)
  *   synchronously, or are copied into a short pending list while the handler awaits something
- *   before calling readBody().
+ *   before calling readBody() (body-pump.ts, shared with the node:http front end).
  * - After end(), uWS keeps delivering the rest of an unread body to onData and then reuses the
  *   connection; we just drop those chunks.
  * - pause() also disarms uWS's 10 s idle timeout, so a slow sink cannot get the upload cut.
@@ -139,18 +140,9 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
   #abortCallbacks: (() => void)[] = [];
   #onStreamAbort: (() => void) | undefined;
 
-  // Request body state.
-  #pending: Uint8Array[] = [];
-  #bodyBytes = 0;
-  #bodyEnded = false;
-  /** The response went out before the body was read: drop whatever still arrives. */
-  #discardBody = false;
-  #bodyClaimed = false;
-  #sink: BodySink | undefined;
-  #sinkFull = false;
-  #draining = false;
+  /** The request body: chunks arrive from the constructor on, whether or not readBody() runs. */
+  readonly #body: BodyPump;
   #paused = false;
-  #settleBody: { resolve: (bytes: number) => void; reject: (err: unknown) => void } | undefined;
 
   constructor(res: HttpResponse, req: HttpRequest, maxHeaderBytes?: number) {
     this.#res = res;
@@ -166,6 +158,13 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
       headerBytes += name.length + value.length + 4;
     });
     this.remoteAddress = formatAddress(Buffer.from(res.getRemoteAddressAsText()).toString());
+    this.#body = new BodyPump({
+      pause: () => this.#pause(),
+      resume: () => this.#resume(),
+      // uWS keeps delivering the rest of the body, which the pump drops; it only must not be
+      // left paused, or the next request on this keep-alive connection would never be read.
+      stop: () => this.#resume(),
+    }, { chunksOwned: false });
     if (maxHeaderBytes !== undefined && headerBytes + 2 > maxHeaderBytes) {
       // What node:http answers (RFC 6585 §5), and as it does, on a connection that then closes.
       this.#started = true;
@@ -174,7 +173,10 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
       return;
     }
     res.onAborted(() => this.#abort());
-    res.onData((chunk, isLast) => this.#onData(chunk, isLast));
+    res.onData((chunk, isLast) => {
+      this.#body.push(new Uint8Array(chunk));
+      if (isLast) this.#body.end();
+    });
   }
 
   get query(): URLSearchParams {
@@ -210,86 +212,10 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
   // ---- request body ----
 
   readBody(sink: BodySink): Promise<number> {
-    if (this.#bodyClaimed) return Promise.reject(new Error('readBody() called twice'));
-    this.#bodyClaimed = true;
+    if (this.#body.started) return Promise.reject(new Error('readBody() called twice'));
     if (this.#aborted) return Promise.reject(new ClientAbortError());
     if (this.#started) return Promise.reject(new Error('readBody() called after the response was sent'));
-    return new Promise<number>((resolve, reject) => {
-      this.#settleBody = { resolve, reject };
-      this.#sink = sink;
-      const pending = this.#pending;
-      this.#pending = [];
-      for (const chunk of pending) this.#write(chunk);
-      if (this.#draining) return; // #drain() resumes or finishes
-      if (this.#bodyEnded) this.#finishBody();
-      else this.#resume();
-    });
-  }
-
-  #onData(data: ArrayBuffer, isLast: boolean): void {
-    if (this.#discardBody || this.#aborted) return;
-    const chunk = new Uint8Array(data);
-    this.#bodyBytes += chunk.byteLength;
-    if (isLast) this.#bodyEnded = true;
-    if (this.#sink === undefined) {
-      // The handler has not called readBody() yet (it usually awaits storage first). Keep a
-      // copy and stop the socket; uWS may still deliver one more chunk, which is fine.
-      if (chunk.byteLength > 0) this.#pending.push(chunk.slice());
-      if (!isLast) this.#pause();
-      return;
-    }
-    if (chunk.byteLength > 0) this.#write(chunk);
-    if (isLast && !this.#draining) this.#finishBody();
-  }
-
-  #write(chunk: Uint8Array): void {
-    if (this.#discardBody) return; // the sink threw on an earlier pending chunk
-    let more: boolean;
-    try {
-      more = this.#sink!.write(chunk);
-    } catch (err) {
-      // Thrown inside a uWS callback it would be an uncaught exception.
-      this.#dropBody(err);
-      return;
-    }
-    if (more) return;
-    this.#sinkFull = true;
-    if (!this.#draining) void this.#drain();
-  }
-
-  /** Holds the socket paused until the sink drained, including for chunks written meanwhile. */
-  async #drain(): Promise<void> {
-    this.#draining = true;
-    this.#pause();
-    try {
-      while (this.#sinkFull) {
-        this.#sinkFull = false;
-        await this.#sink!.drained();
-      }
-    } catch (err) {
-      this.#dropBody(err); // the sink failed: nobody will read the rest
-      return;
-    } finally {
-      this.#draining = false;
-    }
-    if (this.#settleBody === undefined) return; // aborted or discarded meanwhile
-    // Resume even when the body has ended: uWS keeps the pause on the socket, and the next
-    // request on this keep-alive connection would never be read.
-    this.#resume();
-    if (this.#bodyEnded) this.#finishBody();
-  }
-
-  #finishBody(): void {
-    const settle = this.#settleBody;
-    this.#settleBody = undefined;
-    this.#sink = undefined;
-    settle?.resolve(this.#bodyBytes);
-  }
-
-  #failBody(err: unknown): void {
-    const settle = this.#settleBody;
-    this.#settleBody = undefined;
-    settle?.reject(err);
+    return this.#body.start(sink);
   }
 
   #pause(): void {
@@ -306,18 +232,10 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
 
   /**
    * Called just before the response ends. uWS drains and drops the rest of an unread body
-   * itself, provided the socket is not left paused.
+   * itself, provided the socket is not left paused (the pump resumes it).
    */
   #discardUnreadBody(): void {
-    if (this.#bodyEnded && this.#settleBody === undefined) return;
-    this.#dropBody(new Error('the response was sent before the request body was read'));
-  }
-
-  #dropBody(err: unknown): void {
-    this.#discardBody = true;
-    this.#pending = [];
-    this.#resume();
-    this.#failBody(err);
+    this.#body.fail(new Error('the response was sent before the request body was read'));
   }
 
   // ---- response ----
@@ -451,7 +369,7 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
     if (this.#aborted) return;
     this.#aborted = true;
     this.#done = true;
-    this.#failBody(new ClientAbortError());
+    this.#body.fail(new ClientAbortError());
     this.#onStreamAbort?.();
     for (const cb of this.#abortCallbacks.splice(0)) cb();
   }

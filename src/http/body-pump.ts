@@ -1,0 +1,182 @@
+import type { BodySink } from './adapter.js';
+
+/**
+ * What a front end lets the pump do with its connection while a body is read.
+ */
+export interface BodyFlow {
+  /** Stop reading from the socket (uWS res.pause(), node req.pause()). */
+  pause(): void;
+  /** Read again. */
+  resume(): void;
+  /**
+   * The read is over: the body ended and went into the sink (`ended`), or it failed or was
+   * given up. Whatever still arrives is the front end's to drop, and the socket must not be
+   * left paused, or a keep-alive connection would never be read again.
+   */
+  stop(ended: boolean): void;
+}
+
+export interface BodyPumpOptions {
+  /**
+   * The front end hands over each chunk for good: nothing else reads or reuses its memory
+   * once push() returns (node:http's parser copies every body chunk into a Buffer of its own).
+   * The sink may then keep the chunk, or move its memory to another thread, instead of
+   * copying it. Otherwise (uWS) a chunk is valid only during push().
+   */
+  chunksOwned: boolean;
+}
+
+/**
+ * One request body on its way into a BodySink, the same for both front ends: the front end
+ * calls push() for each chunk, end() when the body is complete and fail() when the client
+ * went away; the pump writes into the sink and pauses the connection while the sink is full.
+ *
+ * Chunks that arrive before start() (the handler usually awaits storage before it reads the
+ * body) are kept, copied unless owned, and the connection is paused meanwhile; at most one
+ * more read may land after the pause, and it is kept too.
+ *
+ * A sink that wants no more (write() returned false) gets no further chunks until its
+ * drained() resolved, except those a read already under way delivers: they are written
+ * (a sink must accept them) and the pump waits again. A sink that throws, or whose drained()
+ * rejects, ends the read with that error.
+ */
+export class BodyPump {
+  readonly #flow: BodyFlow;
+  readonly #owned: boolean;
+  #sink: BodySink | undefined;
+  #settle: { resolve: (bytes: number) => void; reject: (err: unknown) => void } | undefined;
+  #pending: Uint8Array[] = [];
+  #claimed = false;
+  /** Why the read stopped before it was started, for a start() that comes after. */
+  #stopError: unknown;
+  #bytes = 0;
+  #ended = false;
+  /** Settled or given up: chunks that still arrive are dropped. */
+  #stopped = false;
+  #sinkFull = false;
+  #draining = false;
+
+  constructor(flow: BodyFlow, opts: BodyPumpOptions) {
+    this.#flow = flow;
+    this.#owned = opts.chunksOwned;
+  }
+
+  /** Body bytes received so far, including any dropped after the read stopped. */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  get started(): boolean {
+    return this.#claimed;
+  }
+
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  /**
+   * Reads the rest of the body into `sink`; resolves with the body's byte count once it
+   * ended, rejects with what stopped it. Call once.
+   */
+  start(sink: BodySink): Promise<number> {
+    if (this.#claimed) return Promise.reject(new Error('BodyPump.start() called twice'));
+    this.#claimed = true;
+    if (this.#stopped) return Promise.reject(this.#stopError);
+    return new Promise<number>((resolve, reject) => {
+      this.#settle = { resolve, reject };
+      this.#sink = sink;
+      const pending = this.#pending;
+      this.#pending = [];
+      for (const chunk of pending) {
+        if (this.#stopped) return;
+        this.#write(chunk, true);
+      }
+      if (this.#stopped || this.#draining) return; // #drain() resumes or finishes
+      if (this.#ended) this.#finish();
+      else this.#flow.resume();
+    });
+  }
+
+  /** A chunk from the socket; see BodyPumpOptions.chunksOwned for how long it is valid. */
+  push(chunk: Uint8Array): void {
+    const n = chunk.byteLength;
+    this.#bytes += n;
+    if (this.#stopped || n === 0) return;
+    if (this.#sink === undefined) {
+      this.#pending.push(this.#owned ? chunk : chunk.slice());
+      this.#flow.pause();
+      return;
+    }
+    this.#write(chunk, this.#owned);
+  }
+
+  /** The body is complete. */
+  end(): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    if (this.#sink !== undefined && !this.#draining && !this.#stopped) this.#finish();
+  }
+
+  /**
+   * Ends the read with `err` (the client went away, the body stalled, or the response went
+   * out before the body was read) and drops the rest. Nothing happens once it settled.
+   */
+  fail(err: unknown): void {
+    this.#stop(err);
+  }
+
+  #write(chunk: Uint8Array, owned: boolean): void {
+    let more: boolean;
+    try {
+      more = this.#sink!.write(chunk, owned);
+    } catch (err) {
+      // Thrown inside a socket callback it would be an uncaught exception.
+      this.#stop(err);
+      return;
+    }
+    if (more) return;
+    this.#sinkFull = true;
+    if (!this.#draining) void this.#drain();
+  }
+
+  /** Holds the connection paused until the sink drained, including for chunks written meanwhile. */
+  async #drain(): Promise<void> {
+    this.#draining = true;
+    this.#flow.pause();
+    try {
+      while (this.#sinkFull && !this.#stopped) {
+        this.#sinkFull = false;
+        await this.#sink!.drained();
+      }
+    } catch (err) {
+      this.#draining = false;
+      this.#stop(err); // the sink failed: nobody will read the rest
+      return;
+    }
+    this.#draining = false;
+    if (this.#stopped) return;
+    if (this.#ended) this.#finish();
+    else this.#flow.resume();
+  }
+
+  #finish(): void {
+    const settle = this.#settle;
+    this.#stopped = true;
+    this.#settle = undefined;
+    this.#sink = undefined;
+    this.#flow.stop(true);
+    settle?.resolve(this.#bytes);
+  }
+
+  #stop(err: unknown): void {
+    if (this.#stopped) return;
+    const settle = this.#settle;
+    this.#stopped = true;
+    this.#stopError = err;
+    this.#settle = undefined;
+    this.#sink = undefined;
+    this.#pending = [];
+    this.#flow.stop(this.#ended);
+    settle?.reject(err);
+  }
+}
