@@ -10,12 +10,16 @@
  * instance took the upload), it says `missing` and the caller rebuilds the state from the
  * bytes storage already holds (distribution registry/storage/blobwriter_resumable.go).
  *
- * Bytes arrive as a view on a SharedArrayBuffer slab, which the main thread writes to storage
- * at the same time: neither copy nor transfer is needed, and the slab returns to its pool
- * when both are done.
+ * An upload's bytes arrive after the main thread stored them, as the ArrayBuffers they were
+ * received in, moved (transferred) here rather than copied: node:http's own body Buffers, and
+ * the engine's slabs holding copies of uWS chunks. A slab goes back to the main thread with
+ * the answer (`giveBack`); the rest are freed here as soon as they are hashed (release()).
+ * S3 parts arrive as views on SharedArrayBuffers, read in place for their Content-MD5.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { threadId } from 'node:worker_threads';
+import { once } from 'node:events';
+import { MessageChannel, threadId } from 'node:worker_threads';
+import { move, transferableSymbol, valueSymbol } from 'piscina';
 
 export interface BytesRef {
   /** Shared slab or a transferred ArrayBuffer. */
@@ -24,11 +28,15 @@ export interface BytesRef {
   length: number;
 }
 
-export interface UpdateTask extends BytesRef {
+export interface UpdateTask {
   /** Upload session key. */
   key: string;
   /** Bytes the running state must already have consumed; 0 starts a new state. */
   expectedOffset: number;
+  /** The bytes, in order. */
+  parts: Uint8Array[];
+  /** A buffer the parts were moved in that the caller wants back (its pool's slab). */
+  giveBack?: ArrayBuffer;
 }
 
 export interface DigestTask {
@@ -38,7 +46,10 @@ export interface DigestTask {
   final: boolean;
 }
 
-export type StateResult = { ok: true; threadId: number; offset: number } | { ok: false; threadId: number; reason: 'missing' };
+export type StateResult = ({ ok: true; threadId: number; offset: number } | { ok: false; threadId: number; reason: 'missing' }) & {
+  /** UpdateTask.giveBack, moved back. */
+  returned?: ArrayBuffer;
+};
 export type DigestResult = { ok: true; threadId: number; hex: string } | { ok: false; threadId: number; reason: 'missing' };
 
 interface RunningHash {
@@ -67,7 +78,36 @@ function view(ref: BytesRef): Uint8Array {
   return new Uint8Array(ref.buffer, ref.byteOffset, ref.length);
 }
 
-export function update(task: UpdateTask): StateResult {
+/**
+ * Frees moved-in ArrayBuffers now rather than at some later garbage collection: posting them
+ * to a port whose other end is closed detaches them, and the dropped message frees their
+ * memory at once. Left to the collector, a gigabyte of 64 KiB body buffers passing through
+ * this thread (which allocates almost nothing of its own, so young-generation collections
+ * are rare) builds up external memory until V8 answers with a full mark-compact every
+ * 64 MiB or so.
+ */
+const discard = new MessageChannel();
+discard.port2.close();
+// Closing completes on a later turn of this thread's event loop, which piscina's idle loop
+// (Atomics.wait) does not run: wait for it here, or the "dropped" messages would queue up.
+await once(discard.port1, 'close');
+discard.port1.unref();
+
+function release(parts: readonly Uint8Array[], keep: ArrayBuffer | undefined): void {
+  const buffers = new Set<ArrayBuffer>();
+  for (const p of parts) if (p.buffer instanceof ArrayBuffer && p.buffer !== keep && p.buffer.byteLength > 0) buffers.add(p.buffer);
+  if (buffers.size > 0) discard.port1.postMessage(null, [...buffers]);
+}
+
+export function update(task: UpdateTask): StateResult | ReturnType<typeof move> {
+  const result = updateState(task);
+  release(task.parts, task.giveBack);
+  if (task.giveBack === undefined) return result;
+  // Piscina moves the buffer back with the answer instead of copying it.
+  return move({ [transferableSymbol]: [task.giveBack], [valueSymbol]: { ...result, returned: task.giveBack } });
+}
+
+function updateState(task: UpdateTask): StateResult {
   const now = Date.now();
   sweep(now);
   let s = states.get(task.key);
@@ -79,8 +119,10 @@ export function update(task: UpdateTask): StateResult {
     states.delete(task.key);
     return { ok: false, threadId, reason: 'missing' };
   }
-  s.hash.update(view(task));
-  s.offset += task.length;
+  for (const part of task.parts) {
+    s.hash.update(part);
+    s.offset += part.byteLength;
+  }
   s.touchedMs = now;
   return { ok: true, threadId, offset: s.offset };
 }

@@ -50,11 +50,25 @@ export class HashPool {
     });
   }
 
-  /** Feeds bytes into an upload's running hash; `expectedOffset` 0 starts a new state. */
-  update(key: string, pin: number | undefined, bytes: BytesRef, expectedOffset: number, transfer = false): Promise<StateResult> {
-    const task = { key, expectedOffset, buffer: bytes.buffer, byteOffset: bytes.byteOffset, length: bytes.length, [Piscina.queueOptionsSymbol]: { threadId: pin } };
-    // A SharedArrayBuffer is shared, not copied; a private ArrayBuffer (rebuilds) is moved.
-    const transferList = transfer && bytes.buffer instanceof ArrayBuffer ? [bytes.buffer] : undefined;
+  /**
+   * Feeds bytes into an upload's running hash; `expectedOffset` 0 starts a new state. The
+   * bytes are one range, or parts in order. With `transfer`, the private ArrayBuffers under
+   * them are moved to the worker (no copy; they are unusable here afterwards), and
+   * `giveBack`, one of them, comes back as the answer's `returned`. Shared memory is read
+   * in place either way.
+   */
+  update(
+    key: string, pin: number | undefined, bytes: BytesRef | readonly Uint8Array[], expectedOffset: number,
+    transfer = false, giveBack?: ArrayBuffer,
+  ): Promise<StateResult> {
+    const parts = isParts(bytes) ? [...bytes] : [new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length)];
+    let transferList: ArrayBuffer[] | undefined;
+    if (transfer) {
+      const moved = new Set<ArrayBuffer>();
+      for (const p of parts) if (p.buffer instanceof ArrayBuffer) moved.add(p.buffer);
+      transferList = [...moved];
+    }
+    const task = { key, expectedOffset, parts, giveBack: transfer ? giveBack : undefined, [Piscina.queueOptionsSymbol]: { threadId: pin } };
     return this.#pool.run(task, { name: 'update', transferList });
   }
 
@@ -89,6 +103,10 @@ export class HashPool {
   async close(): Promise<void> {
     await this.#pool.close({ force: true });
   }
+}
+
+function isParts(bytes: BytesRef | readonly Uint8Array[]): bytes is readonly Uint8Array[] {
+  return Array.isArray(bytes);
 }
 
 /**

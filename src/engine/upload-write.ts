@@ -4,12 +4,14 @@ import type { HashPool } from './hash-pool.js';
 import type { Slab, SlabPool } from './slab-pool.js';
 
 /**
- * Where request bytes go. The front end calls write() with each chunk (valid only during the
- * call) and pauses the socket while drained() is pending. Structurally the same as the HTTP
- * adapter's BodySink; defined here because the core knows no HTTP.
+ * Where request bytes go. The front end calls write() with each chunk and pauses the socket
+ * while drained() is pending. A chunk is valid only during the call, unless `owned`: then
+ * it is the sink's for good (node:http gives every body chunk a Buffer of its own).
+ * Structurally the same as the HTTP adapter's BodySink; defined here because the core knows
+ * no HTTP.
  */
 export interface ByteSink {
-  write(chunk: Uint8Array): boolean;
+  write(chunk: Uint8Array, owned?: boolean): boolean;
   drained(): Promise<void>;
 }
 
@@ -20,7 +22,7 @@ export interface UploadWriteDeps {
   readonly writer: FileWriter;
   readonly hashPool: HashPool;
   readonly slabs: SlabPool;
-  /** Slabs this upload may have in flight (being hashed and written) besides the one filling. */
+  /** Slabs this upload may have in flight (being written and hashed) besides the one filling. */
   readonly maxInflightSlabs: number;
   /** Upload size limit, 0 for none. */
   readonly maxBlobBytes: number;
@@ -32,23 +34,58 @@ export interface UploadWriteDeps {
   readonly rebuildHash: (offset: number) => Promise<number>;
 }
 
+/** Bytes [start, end) of a batch's slab, filled by copies of borrowed chunks. */
+interface CopyRun {
+  readonly start: number;
+  end: number;
+}
+
 /**
- * One request's bytes on their way into an upload. Each full slab is hashed (in the pinned
- * worker) and written (to storage) at the same time; an upload's slabs are hashed in order
- * and written in order, one at a time each, so the running hash always describes a prefix
- * of what storage holds.
+ * Up to one slab's worth of an upload's bytes: what is written to storage in one call and
+ * hashed in one task. It holds one slab of the pool, which is its place in the memory bound
+ * whatever its bytes are in, and the memory for the bytes that had to be copied.
+ */
+interface Batch {
+  readonly slab: Slab;
+  /** The bytes in order: owned chunks as they came, and runs of copies in the slab. */
+  readonly parts: Array<Uint8Array | CopyRun>;
+  bytes: number;
+  /** Bytes of the slab used by copies. */
+  copied: number;
+  /** The last part is a run of copies that the next copy extends. */
+  run: CopyRun | undefined;
+}
+
+/**
+ * One request's bytes on their way into an upload, gathered into batches of one slab each.
+ * A full batch is written to storage, and then hashed by the worker that holds the upload's
+ * running SHA-256; an upload's batches are written in order and hashed in order, so the
+ * running hash always describes a prefix of what storage holds.
  *
- * Memory: at most one filling slab plus `maxInflightSlabs`, all from the global SlabPool,
- * plus what arrived after the socket was told to pause (one read at most). Any of those
- * limits reached makes write() return false, and the front end pauses the socket.
+ * Where the CPU goes (README, Benchmarks): every byte is copied by the kernel out of the
+ * socket, hashed once, and copied by the kernel into the page cache. Beyond that, an owned
+ * chunk (node:http's) is not copied at all: it becomes part of a batch as it is, is written
+ * with the batch's other chunks in one writev, and its ArrayBuffer is then moved, not copied,
+ * to the hashing worker, which drops it. Freeing those buffers is then the worker's garbage
+ * collector's business; on the main thread, a gigabyte of short-lived body Buffers kept the
+ * old generation's limit in reach of their external memory and set off a full mark-compact
+ * every 20-30 MiB. A borrowed chunk (uWS's, neutered when the call returns) is copied once,
+ * into the batch's slab, whose memory travels to the worker with the batch and comes back
+ * with the answer.
+ *
+ * Memory: at most one filling batch plus `maxInflightSlabs`, each holding a slab of the
+ * global SlabPool, plus what arrived after the socket was told to pause (one read at most).
+ * Any of those limits reached makes write() return false, and the front end pauses the socket.
+ * A batch of owned chunks may exceed its slab by less than one chunk.
  */
 export class UploadWrite implements ByteSink {
   readonly #d: UploadWriteDeps;
+  readonly #slabBytes: number;
   #pin: number | undefined;
-  /** Offset after everything handed to storage; `writer.size` lags behind while writes run. */
+  /** Offset after every batch dispatched; `writer.size` lags behind while writes run. */
   #offset: number;
-  #slab: Slab | undefined;
-  #fill = 0;
+  #batch: Batch | undefined;
+  /** Whole, owned chunks that arrived while no slab was free, in order. */
   readonly #overflow: Uint8Array[] = [];
   #overflowBytes = 0;
   #inflight = 0;
@@ -63,13 +100,14 @@ export class UploadWrite implements ByteSink {
 
   constructor(deps: UploadWriteDeps) {
     this.#d = deps;
+    this.#slabBytes = deps.slabs.slabBytes;
     this.#pin = deps.pin;
     this.#offset = deps.writer.size;
   }
 
   /** Offset including bytes still on their way to storage. */
   get offset(): number {
-    return this.#offset + this.#fill + this.#overflowBytes;
+    return this.#offset + (this.#batch?.bytes ?? 0) + this.#overflowBytes;
   }
 
   get pin(): number | undefined {
@@ -80,17 +118,18 @@ export class UploadWrite implements ByteSink {
     return this.#hashDirty;
   }
 
-  write(chunk: Uint8Array): boolean {
+  write(chunk: Uint8Array, owned = false): boolean {
     if (this.#error !== undefined || this.#finished) return false;
-    if (this.#d.maxBlobBytes > 0 && this.offset + chunk.length > this.#d.maxBlobBytes) {
+    const n = chunk.byteLength;
+    if (this.#d.maxBlobBytes > 0 && this.offset + n > this.#d.maxBlobBytes) {
       this.#fail(new RegistryError('SIZE_INVALID', { message: 'blob exceeds the size limit', detail: { limit: this.#d.maxBlobBytes } }));
       return false;
     }
-    if (this.#overflowBytes > 0) {
-      this.#stash(chunk, 0);
-    } else {
-      this.#copyIn(chunk);
-    }
+    if (n === 0) return !this.#mustPause();
+    const keep = owned && isWholeArrayBuffer(chunk);
+    if (this.#overflowBytes > 0) this.#stash(chunk, keep);
+    else if (keep) this.#addOwned(chunk);
+    else this.#addCopy(chunk);
     return !this.#mustPause();
   }
 
@@ -101,7 +140,7 @@ export class UploadWrite implements ByteSink {
   }
 
   /**
-   * Hands every byte received to storage and waits until all is hashed and written. Used at
+   * Hands every byte received to storage and waits until all is written and hashed. Used at
    * the end of a body, and when the client went away (what arrived is kept: the upload stays
    * consistent and resumable at the new offset). Rejects with the first storage error.
    */
@@ -109,16 +148,16 @@ export class UploadWrite implements ByteSink {
     this.#finished = true;
     for (;;) {
       if (this.#error !== undefined) break;
-      if (this.#fill > 0 && (this.#overflowBytes === 0 || this.#fill === this.#d.slabs.slabBytes)) this.#dispatch();
-      if (this.#overflowBytes === 0 && this.#fill === 0) break;
-      await this.#progress();
       this.#pump();
+      if (this.#overflowBytes === 0 && this.#batch !== undefined && this.#batch.bytes > 0) this.#dispatch();
+      if (this.#overflowBytes === 0) break;
+      await this.#progress();
     }
     await this.#writeChain;
     await this.#hashChain;
-    if (this.#slab) {
-      this.#d.slabs.release(this.#slab);
-      this.#slab = undefined;
+    if (this.#batch) {
+      this.#d.slabs.release(this.#batch.slab);
+      this.#batch = undefined;
     }
     if (this.#error !== undefined) {
       this.#hashDirty = true;
@@ -130,62 +169,82 @@ export class UploadWrite implements ByteSink {
     return this.#overflowBytes > 0 || this.#inflight >= this.#d.maxInflightSlabs || this.#waitingForSlab;
   }
 
-  /** Copies as much of chunk[from..] as slabs allow; the rest goes to overflow. */
-  #copyIn(chunk: Uint8Array, from = 0): void {
-    let pos = from;
-    while (pos < chunk.length) {
-      if (!this.#slab && !this.#takeSlab()) break;
-      const slab = this.#slab!;
-      const n = Math.min(slab.bytes.length - this.#fill, chunk.length - pos);
-      slab.bytes.set(chunk.subarray(pos, pos + n), this.#fill);
-      this.#fill += n;
-      pos += n;
-      if (this.#fill === slab.bytes.length) this.#dispatch();
+  /** Adds an owned chunk to the filling batch as it is; without a slab, to the overflow. */
+  #addOwned(chunk: Uint8Array): void {
+    if (this.#batch !== undefined && this.#batch.bytes > 0 && this.#batch.bytes + chunk.byteLength > this.#slabBytes) this.#dispatch();
+    if (this.#batch === undefined && !this.#takeSlab()) {
+      this.#stash(chunk, true);
+      return;
     }
-    if (pos < chunk.length) this.#stash(chunk, pos);
+    const b = this.#batch!;
+    b.parts.push(chunk);
+    b.bytes += chunk.byteLength;
+    b.run = undefined;
+    if (b.bytes >= this.#slabBytes) this.#dispatch();
   }
 
-  #stash(chunk: Uint8Array, from: number): void {
-    // The chunk's memory is only ours during write(): keep a copy.
-    const copy = Uint8Array.prototype.slice.call(chunk, from);
-    this.#overflow.push(copy);
-    this.#overflowBytes += copy.length;
+  /** Copies as much of a borrowed chunk as slabs allow into batches; the rest goes to the overflow. */
+  #addCopy(chunk: Uint8Array): void {
+    let pos = 0;
+    while (pos < chunk.byteLength) {
+      if (this.#batch === undefined && !this.#takeSlab()) break;
+      const b = this.#batch!;
+      const n = Math.min(this.#slabBytes - b.bytes, chunk.byteLength - pos);
+      b.slab.bytes.set(pos === 0 && n === chunk.byteLength ? chunk : chunk.subarray(pos, pos + n), b.copied);
+      if (b.run === undefined) {
+        b.run = { start: b.copied, end: b.copied };
+        b.parts.push(b.run);
+      }
+      b.copied += n;
+      b.run.end = b.copied;
+      b.bytes += n;
+      pos += n;
+      if (b.bytes >= this.#slabBytes) this.#dispatch();
+    }
+    if (pos < chunk.byteLength) this.#stash(pos === 0 ? chunk : chunk.subarray(pos), false);
   }
 
-  /** Gets a slab within this upload's and the pool's bounds, or arranges to be woken. */
+  /** Keeps a chunk until a slab is free; a borrowed one as a copy, which is then owned. */
+  #stash(chunk: Uint8Array, owned: boolean): void {
+    const kept = owned ? chunk : Uint8Array.prototype.slice.call(chunk);
+    this.#overflow.push(kept);
+    this.#overflowBytes += kept.byteLength;
+  }
+
+  /** Starts a batch within this upload's and the pool's bounds, or arranges to be woken. */
   #takeSlab(): boolean {
     if (this.#inflight >= this.#d.maxInflightSlabs || this.#waitingForSlab) return false;
     const slab = this.#d.slabs.tryAcquire();
     if (slab) {
-      this.#slab = slab;
+      this.#batch = newBatch(slab);
       return true;
     }
     this.#waitingForSlab = true;
     void this.#d.slabs.acquire().then((s) => {
       this.#waitingForSlab = false;
-      if (this.#slab || (this.#finished && this.#overflowBytes === 0) || this.#error !== undefined) {
+      if (this.#batch || (this.#finished && this.#overflowBytes === 0) || this.#error !== undefined) {
         this.#d.slabs.release(s);
       } else {
-        this.#slab = s;
+        this.#batch = newBatch(s);
       }
       this.#pump();
     });
     return false;
   }
 
-  /** Moves overflow into slabs when there is room again; wakes the socket when below the bounds. */
+  /** Moves the overflow into batches when there is room again; wakes the socket when below the bounds. */
   #pump(): void {
     while (this.#overflowBytes > 0 && this.#error === undefined) {
-      if (!this.#slab && !this.#takeSlab()) break;
+      if (this.#batch === undefined && !this.#takeSlab()) break;
+      const b = this.#batch!;
       const head = this.#overflow[0]!;
-      const slab = this.#slab!;
-      const n = Math.min(slab.bytes.length - this.#fill, head.length);
-      slab.bytes.set(head.subarray(0, n), this.#fill);
-      this.#fill += n;
-      this.#overflowBytes -= n;
-      if (n === head.length) this.#overflow.shift();
-      else this.#overflow[0] = head.subarray(n);
-      if (this.#fill === slab.bytes.length) this.#dispatch();
+      if (b.bytes > 0 && b.bytes + head.byteLength > this.#slabBytes) {
+        this.#dispatch();
+        continue;
+      }
+      this.#overflow.shift();
+      this.#overflowBytes -= head.byteLength;
+      this.#addOwned(head);
     }
     this.#notify();
   }
@@ -208,52 +267,69 @@ export class UploadWrite implements ByteSink {
     this.#notify();
   }
 
-  /** Sends the filling slab to be hashed and written, both at once. */
+  /** Sends the filling batch on: written to storage, then hashed. */
   #dispatch(): void {
-    const slab = this.#slab!;
-    const length = this.#fill;
-    this.#slab = undefined;
-    this.#fill = 0;
+    const b = this.#batch!;
+    this.#batch = undefined;
     const offset = this.#offset;
-    this.#offset += length;
+    this.#offset += b.bytes;
     this.#inflight++;
-    const view = slab.bytes.subarray(0, length);
-    const writtenBefore = this.#writeChain;
-    const written = (this.#writeChain = writtenBefore.then(async () => {
-      // After a failed write nothing more may be written: the stored bytes must stay a prefix.
-      if (this.#error !== undefined) return;
-      try {
-        await this.#d.writer.write(view);
-      } catch (err) {
-        this.#fail(err);
-      }
-    }));
-    const hashed = (this.#hashChain = this.#hashChain.then(() => this.#hash(slab, length, offset, writtenBefore)));
-    void Promise.all([written, hashed]).then(() => {
-      this.#d.slabs.release(slab);
+    const parts = b.parts.map((p) => (p instanceof Uint8Array ? p : b.slab.bytes.subarray(p.start, p.end)));
+    const written = (this.#writeChain = this.#writeChain.then(() => this.#store(parts)));
+    const hashed = (this.#hashChain = Promise.all([this.#hashChain, written]).then(() => this.#hash(b, parts, offset)));
+    void hashed.then(() => {
+      this.#d.slabs.release(b.slab);
       this.#inflight--;
       this.#pump();
     });
   }
 
-  async #hash(slab: Slab, length: number, offset: number, writtenBefore: Promise<void>): Promise<void> {
-    if (this.#hashDirty || this.#error !== undefined) return;
-    const bytes = { buffer: slab.buffer, byteOffset: 0, length };
+  async #store(parts: Uint8Array[]): Promise<void> {
+    // After a failed write nothing more may be written: the stored bytes must stay a prefix.
+    if (this.#error !== undefined) return;
+    const w = this.#d.writer;
     try {
-      let r = await this.#d.hashPool.update(this.#d.hashKey, this.#pin, bytes, offset);
-      if (!r.ok) {
-        // The state is gone (worker restarted, or this instance never saw the upload's start):
-        // once everything before this slab is in storage, rebuild it from there.
-        await writtenBefore;
-        if (this.#error !== undefined) return;
-        this.#pin = await this.#d.rebuildHash(offset);
-        r = await this.#d.hashPool.update(this.#d.hashKey, this.#pin, bytes, offset);
+      if (parts.length > 1 && w.writev) await w.writev(parts);
+      else for (const p of parts) await w.write(p);
+    } catch (err) {
+      this.#fail(err);
+    }
+  }
+
+  /**
+   * Feeds a stored batch to the running hash. Its memory moves to the worker (so nothing here
+   * may touch `parts` afterwards) and the slab's comes back with the answer.
+   */
+  async #hash(b: Batch, parts: Uint8Array[], offset: number): Promise<void> {
+    // An error means this batch (or one before it) is not in storage: the hash stays behind.
+    if (this.#hashDirty || this.#error !== undefined) return;
+    const slabs = this.#d.slabs;
+    const giveBack = b.copied > 0 ? b.slab.buffer : undefined;
+    try {
+      const r = await this.#d.hashPool.update(this.#d.hashKey, this.#pin, parts, offset, true, giveBack);
+      if (r.returned) slabs.replace(b.slab, r.returned);
+      if (r.ok) {
+        this.#pin = r.threadId;
+        return;
       }
-      if (r.ok) this.#pin = r.threadId;
-      else this.#hashDirty = true;
+      // The state is gone (worker restarted, or this instance never saw the upload's start).
+      // This batch is in storage already: rebuild the state from there, through its end.
+      this.#pin = await this.#d.rebuildHash(offset + b.bytes);
     } catch {
       // A hashing failure loses no data: the digest is rebuilt from storage at commit.
       this.#hashDirty = true;
+    } finally {
+      // Moved to a worker that never answered: the slab needs new memory.
+      if (giveBack !== undefined && b.slab.buffer === giveBack && giveBack.byteLength === 0) slabs.renew(b.slab);
     }
   }
+}
+
+function newBatch(slab: Slab): Batch {
+  return { slab, parts: [], bytes: 0, copied: 0, run: undefined };
+}
+
+/** A view of all of a private ArrayBuffer: one the sink can keep, and move to another thread. */
+function isWholeArrayBuffer(chunk: Uint8Array): boolean {
+  return chunk.byteOffset === 0 && chunk.buffer instanceof ArrayBuffer && chunk.byteLength === chunk.buffer.byteLength;
 }

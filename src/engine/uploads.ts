@@ -527,6 +527,12 @@ class DeferredWriter implements FileWriter {
     await this.#real.write(data);
   }
 
+  async writev(parts: readonly Uint8Array[]): Promise<void> {
+    this.#real ??= await (this.#opening ??= this.#driver.writer(this.#path, false));
+    if (this.#real.writev) await this.#real.writev(parts);
+    else for (const p of parts) await this.#real.write(p);
+  }
+
   async close(): Promise<void> {
     await this.#real?.close();
   }

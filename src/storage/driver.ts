@@ -135,6 +135,12 @@ export interface FileWriter {
   /** Bytes written so far, including what earlier writers of this path stored. */
   readonly size: number;
   write(data: Uint8Array): Promise<void>;
+  /**
+   * Optional: writes `parts` in order, as write() would one after another, in as few system
+   * calls as the driver can (fs: pwritev). Same ownership rule: the parts are kept until the
+   * promise settles. Callers fall back to write() when a driver leaves it undefined.
+   */
+  writev?(parts: readonly Uint8Array[]): Promise<void>;
   /** Makes everything written durable and releases resources; a later writer(path, true) continues. */
   close(): Promise<void>;
   /** Finishes the object: afterwards it is readable at the path. No further writes. */

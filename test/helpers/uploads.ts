@@ -96,8 +96,10 @@ export class FaultyDriver implements StorageDriver {
   readonly name = 'faulty';
   readonly inner: StorageDriver;
   readonly opts: FaultyDriverOptions;
-  /** FileWriter.write() calls so far. */
+  /** FileWriter.write() and writev() calls so far. */
   writes = 0;
+  /** Bytes each of those calls carried, in order. */
+  readonly writeSizes: number[] = [];
 
   constructor(opts: FaultyDriverOptions = {}, inner: StorageDriver = new MemoryDriver()) {
     this.opts = opts;
@@ -125,12 +127,26 @@ export class FaultyDriver implements StorageDriver {
       },
       async write(data: Uint8Array) {
         const n = ++driver.writes;
+        driver.writeSizes.push(data.byteLength);
         await driver.opts.beforeWrite?.(n, data);
         if (n === driver.opts.failWriteAt) {
           if (driver.opts.partialFailure) await w.write(data.subarray(0, Math.floor(data.length / 2)));
           throw new Error(`injected failure of write #${n}`);
         }
         await w.write(data);
+      },
+      // One call, one write: a failure hits a whole batch of parts, as a failed pwritev would.
+      async writev(parts: readonly Uint8Array[]) {
+        const data = Buffer.concat(parts);
+        const n = ++driver.writes;
+        driver.writeSizes.push(data.byteLength);
+        await driver.opts.beforeWrite?.(n, data);
+        if (n === driver.opts.failWriteAt) {
+          if (driver.opts.partialFailure) await w.write(data.subarray(0, Math.floor(data.length / 2)));
+          throw new Error(`injected failure of write #${n}`);
+        }
+        if (w.writev) await w.writev(parts);
+        else for (const p of parts) await w.write(p);
       },
       close: () => w.close(),
       commit: () => w.commit(),

@@ -174,6 +174,26 @@ export function driverSuite(
         expect(sha256(await readAll(await driver.reader('/w/large')))).toBe(hash.digest('hex'));
       });
 
+      it('writev(), where the driver has it, writes parts in order between write()s, views and empty parts included', async (ctx) => {
+        const w = await driver.writer('/w/writev', false);
+        if (!w.writev) {
+          await w.cancel();
+          ctx.skip();
+          return;
+        }
+        // More parts than one pwritev takes (IOV_MAX is 1024 on Linux).
+        const many = Array.from({ length: 1500 }, (_, i) => randomBytes(i % 7 === 0 ? 0 : 100 + (i % 50)));
+        const first = randomBytes(3000);
+        const views = [sharedView(randomBytes(70_000), 5), randomBytes(9000).subarray(10, 8000)];
+        await w.write(first);
+        await w.writev(many);
+        await w.writev(views);
+        const all = Buffer.concat([first, ...many, ...views]);
+        expect(w.size).toBe(all.length);
+        await w.commit();
+        expect(sha256(await driver.getContent('/w/writev'))).toBe(sha256(all));
+      });
+
       it('writes Uint8Array views backed by a SharedArrayBuffer or at an offset', async () => {
         const a = sharedView(randomBytes(100_000), 13);
         const b = randomBytes(5000).subarray(100, 4000);

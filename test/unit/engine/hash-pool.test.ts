@@ -203,6 +203,42 @@ describe('HashPool', () => {
     expect(await pool.digest(k, r.threadId, 30_000, true)).toMatchObject({ ok: true, hex: sha256(data) });
   });
 
+  it('takes parts in order, moves their buffers, and gives back the one it was asked to, missing state or not', async () => {
+    const data = randomBytes(10_000);
+    const k = nextKey();
+    const slab = new ArrayBuffer(8192);
+    new Uint8Array(slab).set(data.subarray(0, 4000), 100);
+    const mine = new Uint8Array(new ArrayBuffer(6000));
+    mine.set(data.subarray(4000));
+    const parts = [new Uint8Array(slab, 100, 4000), mine];
+    const r = await pool.update(k, undefined, parts, 0, true, slab);
+    expect(r).toMatchObject({ ok: true, offset: 10_000 });
+    expect([slab.byteLength, mine.buffer.byteLength]).toEqual([0, 0]);
+    // The slab came back whole, with what was in it; the other buffer stayed in the worker.
+    expect(r.returned).toBeInstanceOf(ArrayBuffer);
+    expect(Buffer.from(r.returned!, 100, 4000)).toEqual(data.subarray(0, 4000));
+    expect(await pool.digest(k, r.threadId, 10_000, true)).toMatchObject({ ok: true, hex: sha256(data) });
+
+    const again = r.returned!;
+    const lost = await pool.update(k, r.threadId, [new Uint8Array(again, 0, 10)], 10_000, true, again);
+    expect(lost).toMatchObject({ ok: false, reason: 'missing' });
+    expect(lost.returned?.byteLength).toBe(8192);
+  });
+
+  it('frees the buffers moved to it: a worker passing 512 MiB holds none of it', async () => {
+    const k = nextKey();
+    let r = await pool.update(k, undefined, [new Uint8Array(0)], 0);
+    const before = process.memoryUsage().rss;
+    for (let i = 0; i < 128; i++) {
+      const parts = Array.from({ length: 64 }, () => new Uint8Array(new ArrayBuffer(64 * 1024)));
+      r = await pool.update(k, r.threadId, parts, i * 4 * 1024 * 1024, true);
+      expect(r.ok).toBe(true);
+    }
+    // Were the worker to hold on to them (say, queued on a port that never finished closing),
+    // the 512 MiB would still be resident here.
+    expect(process.memoryUsage().rss - before).toBeLessThan(200 * 1024 * 1024);
+  });
+
   it('keeps states apart per key on the same worker', async () => {
     const a = randomBytes(1000);
     const b = randomBytes(1000);
