@@ -19,16 +19,24 @@ import {
  * Temp files start with '.', which no valid path segment does (checkPath), so they can never
  * collide with an object, and list() skips them like any other name outside the path syntax.
  */
+export interface FsDriverOptions {
+  rootDirectory: string;
+  /** A writer starts a background datasync after this many bytes (see FsFileWriter). */
+  syncEveryBytes?: number;
+}
+
 export class FsDriver implements StorageDriver {
   readonly name = 'fs';
   readonly rootDirectory: string;
+  readonly #syncEveryBytes: number;
 
-  constructor(opts: { rootDirectory: string }) {
+  constructor(opts: FsDriverOptions) {
     this.rootDirectory = resolve(opts.rootDirectory);
+    this.#syncEveryBytes = opts.syncEveryBytes ?? SYNC_EVERY_BYTES_DEFAULT;
   }
 
   /** Creates the root directory if needed and proves it writable, so a bad root fails at start, not on the first push. */
-  static async open(opts: { rootDirectory: string }): Promise<FsDriver> {
+  static async open(opts: FsDriverOptions): Promise<FsDriver> {
     const driver = new FsDriver(opts);
     const probe = join(driver.rootDirectory, `.probe-${randomBytes(6).toString('hex')}`);
     try {
@@ -113,7 +121,7 @@ export class FsDriver implements StorageDriver {
   async writer(path: string, append: boolean): Promise<FileWriter> {
     const file = this.#object(path);
     if (!append) {
-      return new FsFileWriter(await inDir(dirname(file), () => fs.open(file, 'w')), 0, () => this.#remove(file));
+      return new FsFileWriter(await inDir(dirname(file), () => fs.open(file, 'w')), 0, () => this.#remove(file), this.#syncEveryBytes);
     }
     let fh: fs.FileHandle;
     try {
@@ -122,7 +130,7 @@ export class FsDriver implements StorageDriver {
       throw notFound(err, path);
     }
     try {
-      return new FsFileWriter(fh, (await fh.stat()).size, () => this.#remove(file));
+      return new FsFileWriter(fh, (await fh.stat()).size, () => this.#remove(file), this.#syncEveryBytes);
     } catch (err) {
       await fh.close();
       throw err;
@@ -225,16 +233,44 @@ type WriterState = 'open' | 'writing' | 'closed' | 'committed' | 'cancelled';
 /** Linux's limit on the buffers of one pwritev. */
 const IOV_MAX = 1024;
 
+/**
+ * A long write flushes its bytes to disk as it goes: after every SYNC_EVERY_BYTES written
+ * (FsDriver option syncEveryBytes, 64 MiB by default), a
+ * datasync of the file starts in the background (one at a time per writer, at most
+ * MAX_BACKGROUND_SYNCS in the whole process, so that the libuv threads they block leave
+ * room for the writes). The page cache would otherwise hold the whole upload until commit:
+ * with 24 GiB of memory the kernel starts writing back only at 2 GiB of dirty data
+ * (vm.dirty_background_ratio), so a 1 GiB push left its disk idle until the commit's
+ * fsync, and then waited for all of it. Now the disk writes while the network delivers,
+ * and the commit finds little left to flush. (node has no
+ * sync_file_range, which would start the writeback without waiting for it.)
+ */
+const SYNC_EVERY_BYTES_DEFAULT = 64 * 1024 * 1024;
+const MAX_BACKGROUND_SYNCS = 2;
+let backgroundSyncs = 0;
+
 class FsFileWriter implements FileWriter {
   readonly #fh: fs.FileHandle;
   readonly #discard: () => Promise<void>;
   #size: number;
   #state: WriterState = 'open';
+  /** Bytes written since the last background datasync started. */
+  #unsynced = 0;
+  #syncing: Promise<void> | undefined;
+  /**
+   * What a background datasync failed with, for commit() to report: after a failed
+   * writeback Linux reports the error to one fsync of the file only, so the commit's own
+   * fsync could succeed over lost bytes.
+   */
+  #syncError: unknown;
 
-  constructor(fh: fs.FileHandle, size: number, discard: () => Promise<void>) {
+  readonly #syncEveryBytes: number;
+
+  constructor(fh: fs.FileHandle, size: number, discard: () => Promise<void>, syncEveryBytes: number) {
     this.#fh = fh;
     this.#size = size;
     this.#discard = discard;
+    this.#syncEveryBytes = syncEveryBytes;
   }
 
   get size(): number {
@@ -251,6 +287,7 @@ class FsFileWriter implements FileWriter {
         done += bytesWritten;
         this.#size += bytesWritten;
       }
+      this.#wrote(data.byteLength);
     } finally {
       this.#state = 'open';
     }
@@ -271,6 +308,7 @@ class FsFileWriter implements FileWriter {
         while (done < rest.length && left >= rest[done]!.byteLength) left -= rest[done++]!.byteLength;
         rest = rest.slice(done);
         if (left > 0) rest[0] = rest[0]!.subarray(left);
+        this.#wrote(bytesWritten);
       }
     } finally {
       this.#state = 'open';
@@ -285,19 +323,47 @@ class FsFileWriter implements FileWriter {
    */
   async close(): Promise<void> {
     this.#enter('close', 'closed');
+    await this.#syncing;
     await this.#fh.close();
   }
 
-  /** A committed object becomes a blob that manifests point at: it must be on disk first. */
+  /**
+   * A committed object becomes a blob that manifests point at: it must be on disk first.
+   * Most of it is already (the background datasyncs); the fsync writes the rest.
+   */
   async commit(): Promise<void> {
     this.#enter('commit', 'committed');
-    await this.#release();
+    try {
+      await this.#syncing;
+      if (this.#syncError !== undefined) throw this.#syncError;
+      await this.#fh.sync();
+    } finally {
+      await this.#fh.close();
+    }
   }
 
   async cancel(): Promise<void> {
     this.#enter('cancel', 'cancelled');
+    await this.#syncing;
     await this.#fh.close();
     await this.#discard();
+  }
+
+  /** Counts written bytes, and starts a background datasync when enough piled up (see SYNC_EVERY_BYTES_DEFAULT). */
+  #wrote(bytes: number): void {
+    this.#unsynced += bytes;
+    if (this.#unsynced < this.#syncEveryBytes || this.#syncing !== undefined || backgroundSyncs >= MAX_BACKGROUND_SYNCS) return;
+    this.#unsynced = 0;
+    backgroundSyncs++;
+    this.#syncing = this.#fh.datasync().then(
+      () => undefined,
+      (err: unknown) => {
+        this.#syncError ??= err;
+      },
+    ).finally(() => {
+      backgroundSyncs--;
+      this.#syncing = undefined;
+    });
   }
 
   #enter(op: string, next: WriterState): void {
@@ -306,13 +372,6 @@ class FsFileWriter implements FileWriter {
     this.#state = next;
   }
 
-  async #release(): Promise<void> {
-    try {
-      await this.#fh.sync();
-    } finally {
-      await this.#fh.close();
-    }
-  }
 }
 
 /**

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -8,7 +9,8 @@ import { createDriver } from '../../src/storage/index.js';
 import { driverSuite } from './driver-suite.js';
 
 // Lets a test act between the driver's mkdir and its next step, as a concurrent delete() could.
-const hooks = vi.hoisted(() => ({ afterMkdir: undefined as ((dir: string) => Promise<void>) | undefined }));
+// Counts the datasyncs of the handles the driver opens.
+const hooks = vi.hoisted(() => ({ afterMkdir: undefined as ((dir: string) => Promise<void>) | undefined, datasyncs: 0 }));
 vi.mock('node:fs/promises', async (importOriginal) => {
   const real = await importOriginal<typeof import('node:fs/promises')>();
   async function mkdir(...args: Parameters<typeof real.mkdir>) {
@@ -16,7 +18,16 @@ vi.mock('node:fs/promises', async (importOriginal) => {
     await hooks.afterMkdir?.(String(args[0]));
     return made;
   }
-  return { ...real, mkdir };
+  async function open(...args: Parameters<typeof real.open>) {
+    const fh = await real.open(...args);
+    const datasync = fh.datasync.bind(fh);
+    fh.datasync = () => {
+      hooks.datasyncs++;
+      return datasync();
+    };
+    return fh;
+  }
+  return { ...real, mkdir, open };
 });
 
 driverSuite(
@@ -132,6 +143,24 @@ describe('FsDriver', () => {
     await driver.putContent('/ok', Buffer.from('x'));
     for (const name of ['lost+found', '.hidden', 'a b']) await writeFile(join(root, name), 'x');
     expect(await driver.list('/')).toEqual(['/ok']);
+  });
+
+  it('flushes a long write to disk as it goes, in the background, and still stores every byte in order', async () => {
+    const syncing = await FsDriver.open({ rootDirectory: join(root, 'synced'), syncEveryBytes: 256 * 1024 });
+    const data = randomBytes(5 * 1024 * 1024 + 17);
+    const before = hooks.datasyncs;
+    const w = await syncing.writer('/u/data', false);
+    for (let pos = 0, i = 0; pos < data.length; i++) {
+      const n = Math.min(100_000 + i * 997, data.length - pos);
+      const piece = data.subarray(pos, pos + n);
+      // Writes go on while a datasync may be running on another thread.
+      if (i % 2 === 0) await w.write(piece);
+      else await w.writev!([piece.subarray(0, 1000), piece.subarray(1000)]);
+      pos += n;
+    }
+    await w.commit();
+    expect(hooks.datasyncs - before).toBeGreaterThan(0);
+    expect((await syncing.getContent('/u/data')).equals(data)).toBe(true);
   });
 
   it('rejects a write() while another is in progress', async () => {
