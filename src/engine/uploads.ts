@@ -562,10 +562,19 @@ class DeferredWriter implements FileWriter {
 class FencedWriter implements FileWriter {
   readonly #inner: FileWriter;
   readonly #lock: UploadLock;
+  /** Only when the inner writer has it: callers fall back to write() without it. */
+  readonly writev?: (parts: readonly Uint8Array[]) => Promise<void>;
 
   constructor(inner: FileWriter, lock: UploadLock) {
     this.#inner = inner;
     this.#lock = lock;
+    if (inner.writev) {
+      const writev = inner.writev.bind(inner);
+      this.writev = async (parts) => {
+        this.#lock.assertHeld();
+        await writev(parts);
+      };
+    }
   }
 
   get size(): number {

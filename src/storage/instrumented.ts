@@ -96,6 +96,8 @@ class InstrumentedWriter implements FileWriter {
   readonly #driver: string;
   /** Only when the base has it: callers fall back to close() without it. */
   readonly abandon?: () => Promise<void>;
+  /** Only when the base has it: callers fall back to write() without it. Counted as a write. */
+  readonly writev?: (parts: readonly Uint8Array[]) => Promise<void>;
 
   constructor(base: FileWriter, driver: string) {
     this.#base = base;
@@ -103,6 +105,10 @@ class InstrumentedWriter implements FileWriter {
     if (base.abandon) {
       const fn = base.abandon.bind(base);
       this.abandon = () => observe(this.#driver, 'abandon', fn);
+    }
+    if (base.writev) {
+      const fn = base.writev.bind(base);
+      this.writev = (parts) => observe(this.#driver, 'write', () => fn(parts));
     }
   }
 
