@@ -10,6 +10,11 @@ import diagnostics from 'node:diagnostics_channel';
 export const channels = {
   /** One request's bytes stored: { repository, uploadId, bytes, offset, ms, aborted }. */
   uploadAppend: diagnostics.channel('hoist:upload:append'),
+  /**
+   * One request body through the upload engine (UploadBodyMessage): how many of its bytes
+   * were copied rather than kept as the front end handed them over.
+   */
+  uploadBody: diagnostics.channel('hoist:upload:body'),
   /** An upload became a blob: { repository, uploadId, digest, size, ms }. */
   uploadCommit: diagnostics.channel('hoist:upload:commit'),
   /** A running hash was rebuilt from storage (the slow path): { uploadId, bytes, ms }. */
@@ -27,6 +32,20 @@ export const channels = {
   /** A scheduled garbage collection ended (GcRunMessage; src/gc/schedule.ts). */
   gcRun: diagnostics.channel('hoist:gc:run'),
 } as const;
+
+export interface UploadBodyMessage {
+  readonly uploadId: string;
+  /** Body bytes the engine took. */
+  readonly bytes: number;
+  /**
+   * Of those, bytes it copied into its slabs: all of a uWS body (its chunks are gone when
+   * the callback returns); none of a node:http one, whose Buffers it keeps and moves to the
+   * hashing worker, unless something on the way dropped their ownership.
+   */
+  readonly copiedBytes: number;
+  /** Batches stored and hashed (one storage write and one hashing task each). */
+  readonly batches: number;
+}
 
 export interface HttpRequestMessage {
   /** A route name of src/http/routes.ts, or 'unmatched'. */

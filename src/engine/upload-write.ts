@@ -97,6 +97,9 @@ export class UploadWrite implements ByteSink {
   #error: unknown;
   #finished = false;
   #waiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
+  #bytes = 0;
+  #copiedBytes = 0;
+  #batches = 0;
 
   constructor(deps: UploadWriteDeps) {
     this.#d = deps;
@@ -118,6 +121,11 @@ export class UploadWrite implements ByteSink {
     return this.#hashDirty;
   }
 
+  /** What this request's body cost the engine, for the hoist:upload:body channel. */
+  get stats(): { bytes: number; copiedBytes: number; batches: number } {
+    return { bytes: this.#bytes, copiedBytes: this.#copiedBytes, batches: this.#batches };
+  }
+
   write(chunk: Uint8Array, owned = false): boolean {
     if (this.#error !== undefined || this.#finished) return false;
     const n = chunk.byteLength;
@@ -126,6 +134,7 @@ export class UploadWrite implements ByteSink {
       return false;
     }
     if (n === 0) return !this.#mustPause();
+    this.#bytes += n;
     const keep = owned && isWholeArrayBuffer(chunk);
     if (this.#overflowBytes > 0) this.#stash(chunk, keep);
     else if (keep) this.#addOwned(chunk);
@@ -196,6 +205,7 @@ export class UploadWrite implements ByteSink {
         b.parts.push(b.run);
       }
       b.copied += n;
+      this.#copiedBytes += n;
       b.run.end = b.copied;
       b.bytes += n;
       pos += n;
@@ -207,6 +217,7 @@ export class UploadWrite implements ByteSink {
   /** Keeps a chunk until a slab is free; a borrowed one as a copy, which is then owned. */
   #stash(chunk: Uint8Array, owned: boolean): void {
     const kept = owned ? chunk : Uint8Array.prototype.slice.call(chunk);
+    if (!owned) this.#copiedBytes += kept.byteLength;
     this.#overflow.push(kept);
     this.#overflowBytes += kept.byteLength;
   }
@@ -274,6 +285,7 @@ export class UploadWrite implements ByteSink {
     const offset = this.#offset;
     this.#offset += b.bytes;
     this.#inflight++;
+    this.#batches++;
     const parts = b.parts.map((p) => (p instanceof Uint8Array ? p : b.slab.bytes.subarray(p.start, p.end)));
     const written = (this.#writeChain = this.#writeChain.then(() => this.#store(parts)));
     const hashed = (this.#hashChain = Promise.all([this.#hashChain, written]).then(() => this.#hash(b, parts, offset)));

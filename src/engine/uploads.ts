@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { ClientAbortError, RegistryError, UploadRangeError } from '../errors.js';
 import { deleteObject, isPathNotFound, type FileWriter, type StorageDriver } from '../storage/driver.js';
-import { channels } from '../diagnostics.js';
+import { channels, type UploadBodyMessage } from '../diagnostics.js';
 import { objectExists } from '../gc/lease.js';
 import type { HashPool } from './hash-pool.js';
 import { paths } from '../registry/paths.js';
@@ -422,6 +422,7 @@ export class UploadEngine {
       // Also after an abort: keep what arrived, so the stored offset is what the client sent.
       await w.flush();
     } finally {
+      if (channels.uploadBody.hasSubscribers) channels.uploadBody.publish({ uploadId: id, ...w.stats } satisfies UploadBodyMessage);
       this.#rememberPin(id, w.pin, w.hashDirty);
     }
     if (bodyError !== undefined) {

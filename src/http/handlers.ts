@@ -337,9 +337,10 @@ function bodyOf(c: Ctx): BodySource {
   return (sink) => {
     c.bytesIn = 0;
     const counting: BodySink = {
-      write: (chunk) => {
+      // `owned` passes on: the engine keeps node:http's chunks instead of copying them.
+      write: (chunk, owned) => {
         c.bytesIn! += chunk.byteLength;
-        return sink.write(chunk);
+        return sink.write(chunk, owned);
       },
       drained: () => sink.drained(),
     };
