@@ -32,10 +32,19 @@ export interface Row extends PhaseResult {
   scenario: string;
   title: string;
   usage?: Usage;
+  /** Server CPU seconds (user + sys, all threads) per GiB of blob bytes moved. */
+  cpuSecPerGiB?: number;
+  /**
+   * The disk's durable write speed for the scenario's bytes, measured right before it (fs
+   * targets on the disk, scenarios with a disk limit): what the push is held against.
+   */
+  diskMiBps?: number;
   /** MiB/s over the sink's in the same scenario. */
   vsSink?: number;
   /** MiB/s over docker-registry's on the same storage in the same scenario. */
   vsReference?: number;
+  /** CPU s/GiB over docker-registry's on the same storage in the same scenario. */
+  cpuVsReference?: number;
   /** MiB/s over node:crypto SHA-256 on one core. */
   vsSha256?: number;
   /** S3 targets: how the scenario's (last) blob is stored. */
@@ -62,6 +71,7 @@ export function addRatios(report: Report, reference: (target: string) => string 
     const refName = reference(r.target);
     const ref = refName ? rows.find((x) => x.target === refName && x.scenario === r.scenario) : undefined;
     if (ref && ref.mibPerSec > 0 && r.ok > 0) r.vsReference = r.mibPerSec / ref.mibPerSec;
+    if (ref?.cpuSecPerGiB && r.cpuSecPerGiB !== undefined && r.ok > 0) r.cpuVsReference = r.cpuSecPerGiB / ref.cpuSecPerGiB;
     if (report.hashes.sha256MiBps > 0) r.vsSha256 = r.mibPerSec / report.hashes.sha256MiBps;
   }
 }
@@ -77,40 +87,76 @@ function hasSink(report: Report): boolean {
   return report.targets.some((t) => t.name === 'sink');
 }
 
-/** Scenario × target: "MiB/s (share of sink)", plus Hoist ÷ docker-registry where both ran. */
-function pivot(report: Report, storage: string, reference: (t: string) => string | undefined): string {
-  const names = [...targetsOf(report, storage), ...(hasSink(report) ? ['sink'] : [])];
+/** What a pivot table shows: MiB/s (with the share of the sink), or server CPU s per GiB. */
+type Metric = 'mibps' | 'cpu';
+
+/** The storage kinds in the order the report shows them, with their headings. */
+const STORAGES: ReadonlyArray<readonly [string, string]> = [
+  ['fs', 'fs storage on the disk'],
+  ['tmpfs', 'fs storage on tmpfs (the registries without the disk)'],
+  ['s3', 'S3 storage'],
+  ['external', 'External registry'],
+];
+
+/**
+ * Scenario × target, plus Hoist ÷ docker-registry where both ran. MiB/s cells carry the share
+ * of the sink; CPU cells are seconds per GiB (lower is better). On disk storage the MiB/s
+ * table ends with the limit row: the disk's durable write speed measured before each target's
+ * push (disk.ts), and that push as a share of it.
+ */
+function pivot(report: Report, storage: string, reference: (t: string) => string | undefined, metric: Metric): string {
+  const withSink = metric === 'mibps' && hasSink(report);
+  const names = [...targetsOf(report, storage), ...(withSink ? ['sink'] : [])];
   const scenarios = report.settings.scenarios.filter((s) => report.results.some((r) => r.scenario === s.id && names.includes(r.target) && r.target !== 'sink'));
   if (scenarios.length === 0) return '';
   const pairs = names.map((n) => [n, reference(n)] as const).filter((p): p is readonly [string, string] => p[1] !== undefined && names.includes(p[1]));
   const head = ['scenario', ...names, ...pairs.map(([a, b]) => `${a} ÷ ${b}`)];
   const lines = [`| ${head.join(' | ')} |`, `|---|${head.slice(1).map(() => '--:').join('|')}|`];
+  const rowOf = (n: string, id: string): Row | undefined => report.results.find((x) => x.target === n && x.scenario === id);
   for (const s of scenarios) {
     const cell = (n: string): string => {
-      const r = report.results.find((x) => x.target === n && x.scenario === s.id);
+      const r = rowOf(n, s.id);
       if (!r) return '–';
       if (r.ok === 0) return `failed (${r.errors} errors)`;
+      if (metric === 'cpu') return f(r.cpuSecPerGiB, 2);
       if (n === 'sink') return f(r.mibPerSec);
       const inBrackets = [...(r.vsSink !== undefined ? [pct(r.vsSink)] : []), ...(r.errors ? [`${r.errors} errors`] : [])];
       return `${f(r.mibPerSec)}${inBrackets.length ? ` (${inBrackets.join(', ')})` : ''}`;
     };
     const ratio = ([a]: readonly [string, string]): string => {
-      const r = report.results.find((x) => x.target === a && x.scenario === s.id);
-      return r?.vsReference === undefined ? '–' : `${r.vsReference.toFixed(2)}x`;
+      const v = metric === 'cpu' ? rowOf(a, s.id)?.cpuVsReference : rowOf(a, s.id)?.vsReference;
+      return v === undefined ? '–' : `${v.toFixed(2)}x`;
     };
     lines.push(`| ${s.title} | ${names.map(cell).join(' | ')}${pairs.length ? ` | ${pairs.map(ratio).join(' | ')}` : ''} |`);
+  }
+  if (metric === 'mibps') {
+    for (const s of scenarios) {
+      const limited = names.map((n) => rowOf(n, s.id)).filter((r): r is Row => r?.diskMiBps !== undefined);
+      if (limited.length === 0) continue;
+      const cell = (n: string): string => {
+        const r = rowOf(n, s.id);
+        return r?.diskMiBps === undefined ? '–' : `${f(r.diskMiBps)} (push ${pct(r.mibPerSec / r.diskMiBps)})`;
+      };
+      lines.push(`| limit: the disk, ${formatBytes(s.count * s.sizeBytes)} written and fdatasync'ed before ${s.title} | ${names.map(cell).join(' | ')}${pairs.length ? ` | ${pairs.map(() => '').join(' | ')}` : ''} |`);
+    }
   }
   return lines.join('\n');
 }
 
 function detail(rows: Row[]): string {
+  const x = (v: number | undefined): string => (v === undefined ? '–' : `${v.toFixed(2)}x`);
   return [
-    '| target | scenario | MiB/s | req/s | p50 ms | p99 ms | PUT ?digest= p50 ms | errors | peak RSS MiB | CPU cores | vs sink | vs docker-registry | vs SHA-256 core |',
-    '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|',
+    '| target | scenario | MiB/s | req/s | p50 ms | p99 ms | PUT ?digest= p50 ms | errors | peak RSS MiB | CPU cores | CPU s/GiB (user + sys) | vs sink | vs docker-registry | CPU vs docker-registry | vs SHA-256 core |',
+    '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|',
     ...rows.map((r) => `| ${r.target} | ${r.title} | ${f(r.mibPerSec, 1)} | ${f(r.reqPerSec, 1)} | ${f(r.p50Ms)} | ${f(r.p99Ms)} | ${f(r.putP50Ms)} | ` +
-      `${r.errors} | ${f(r.usage?.peakRssMiB)} | ${f(r.usage?.cpuCores, 2)} | ${pct(r.vsSink)} | ` +
-      `${r.vsReference === undefined ? '–' : `${r.vsReference.toFixed(2)}x`} | ${r.vsSha256 === undefined ? '–' : `${r.vsSha256.toFixed(2)}x`} |`),
+      `${r.errors} | ${f(r.usage?.peakRssMiB)} | ${f(r.usage?.cpuCores, 2)} | ` +
+      `${r.cpuSecPerGiB === undefined ? '–' : `${f(r.cpuSecPerGiB, 2)} (${f(perGiB(r, r.usage?.cpuUserSeconds), 2)} + ${f(perGiB(r, r.usage?.cpuSysSeconds), 2)})`} | ` +
+      `${pct(r.vsSink)} | ${x(r.vsReference)} | ${x(r.cpuVsReference)} | ${x(r.vsSha256)} |`),
   ].join('\n');
+}
+
+function perGiB(r: Row, seconds: number | undefined): number | undefined {
+  return seconds === undefined || r.bytes === 0 ? undefined : seconds / (r.bytes / 1024 ** 3);
 }
 
 /** The issue's spot figures: commit latency, multipart layout, memory under load. */
@@ -156,12 +202,17 @@ export function machineLine(report: Report): string {
     `. node:crypto on one core: SHA-256 ${f(report.hashes.sha256MiBps)} MiB/s, MD5 ${f(report.hashes.md5MiBps)} MiB/s.`;
 }
 
-/** The summary tables (fs, S3 and --url), as the README shows them. */
+/** The summary tables (MiB/s, then CPU per GiB, per storage), as the README shows them. */
 export function summaryMarkdown(report: Report, reference: (t: string) => string | undefined): string {
   const parts: string[] = [];
-  for (const [storage, heading] of [['fs', 'fs storage'], ['s3', `S3 storage (${String(report.settings.s3Endpoint ?? '')})`], ['external', 'External registry']] as const) {
-    const t = pivot(report, storage, reference);
-    if (t) parts.push(`### ${heading}\n\n${t}\n`);
+  for (const [storage, name] of STORAGES) {
+    const heading = storage === 's3' ? `${name} (${String(report.settings.s3Endpoint ?? '')})` : name;
+    const t = pivot(report, storage, reference, 'mibps');
+    if (t) parts.push(`### ${heading}: MiB/s\n\n${t}\n`);
+    const c = pivot(report, storage, reference, 'cpu');
+    if (c && report.results.some((r) => r.storage === storage && r.cpuSecPerGiB !== undefined)) {
+      parts.push(`### ${heading}: server CPU seconds per GiB\n\nuser + sys of the server process, all its threads, per GiB of blob bytes; lower is better.\n\n${c}\n`);
+    }
   }
   return parts.join('\n');
 }
@@ -175,7 +226,9 @@ export function markdown(report: Report, reference: (t: string) => string | unde
     'Load generator and servers share this machine (bench/macro/loadgen.ts, node:http keep-alive client).',
     '',
     'Cells are MiB/s of blob bytes, and in brackets that as a share of the sink in the same scenario: the sink receives and ' +
-      'discards, so it is the most the load generator manages here. `A ÷ B` is A\'s MiB/s over B\'s.',
+      'discards, so it is the most the load generator manages here. `A ÷ B` is A\'s MiB/s (or CPU per GiB) over B\'s. ' +
+      `Load average at the start ${String((report.machine.loadAverageAtStart as number[] | undefined)?.join(', ') ?? '?')}, ` +
+      `at the end ${String((report.machine.loadAverageAtEnd as number[] | undefined)?.join(', ') ?? '?')} (1, 5, 15 min): other work on the machine colours every figure.`,
     '',
     summaryMarkdown(report, reference),
     spotTables(report),
@@ -188,12 +241,12 @@ export function markdown(report: Report, reference: (t: string) => string | unde
   ].join('\n');
 }
 
-/** SVG charts per storage kind: MiB/s against concurrency, and MiB/s per main scenario. */
+/** SVG charts per storage kind: MiB/s against concurrency, MiB/s per main scenario, and CPU per GiB. */
 export function charts(report: Report): Array<{ name: string; svg: string }> {
   const out: Array<{ name: string; svg: string }> = [];
   const sweep = report.settings.scenarios.filter((s) => s.sweep !== undefined);
   const main = report.settings.scenarios.filter((s) => s.main);
-  for (const storage of ['fs', 's3', 'external']) {
+  for (const storage of ['fs', 'tmpfs', 's3', 'external']) {
     const names = targetsOf(report, storage);
     if (names.length === 0) continue;
     const mibps = (t: string, id: string): number | undefined => {
@@ -206,7 +259,7 @@ export function charts(report: Report): Array<{ name: string; svg: string }> {
     const top = (ts: string[]): number => Math.max(0, ...ts.flatMap((t) => ids.map((id) => mibps(t, id) ?? 0)));
     const drawSink = hasSink(report) && top(['sink']) <= 2.5 * top(names);
     const all = [...names, ...(drawSink ? ['sink'] : [])];
-    const label = storage === 'fs' ? 'fs storage' : storage === 's3' ? 'S3 storage' : 'external registry';
+    const label = storage === 'fs' ? 'fs storage on the disk' : storage === 'tmpfs' ? 'fs storage on tmpfs' : storage === 's3' ? 'S3 storage' : 'external registry';
     const sinkRange = (ids: string[]): string => {
       const v = ids.map((id) => mibps('sink', id)).filter((x): x is number => x !== undefined);
       return !hasSink(report) || drawSink || v.length === 0 ? ''
@@ -229,6 +282,23 @@ export function charts(report: Report): Array<{ name: string; svg: string }> {
             dashed: t === 'sink',
             points: sweep.flatMap((s) => { const v = mibps(t, s.id); return v === undefined ? [] : [[s.sweep!, v] as [number, number]]; }),
           })),
+        }),
+      });
+    }
+    const cpu = (t: string, id: string): number | undefined => {
+      const r = report.results.find((x) => x.target === t && x.scenario === id);
+      return r && r.ok > 0 ? r.cpuSecPerGiB : undefined;
+    };
+    const cpuGroups = main.filter((s) => names.some((t) => cpu(t, s.id) !== undefined));
+    if (cpuGroups.length) {
+      out.push({
+        name: `cpu-${storage}`,
+        svg: barChart({
+          title: `Server CPU per GiB, ${label}`,
+          subtitle: `CPU seconds (user + sys, all threads of the server) per GiB of blob bytes; lower is better${report.settings.quick ? '; --quick' : ''}`,
+          yLabel: 'CPU s per GiB',
+          groups: cpuGroups.map((s) => s.title),
+          series: names.map((t, i) => ({ name: t, color: colorOf(t, i), values: cpuGroups.map((s) => cpu(t, s.id)) })),
         }),
       });
     }

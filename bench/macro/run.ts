@@ -5,12 +5,15 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BlobSet, formatBytes, MiB, parseBytes, pull, push, type BlobRef, type PhaseResult, type PushMode } from './loadgen.js';
+
+const GiB = 1024 * MiB;
 import { mirrorMarkdown, runMirrorBench, type MirrorReport } from './mirror.js';
 import { Progress } from './progress.js';
 import { addRatios, charts, markdown, type Report, type Row, type ScenarioInfo } from './report.js';
 import { objectParts, s3EndpointFromEnv, unreachable as s3Unreachable, uploadsInProgress, type PartLayout } from './s3.js';
+import { durableWriteMiBps } from './disk.js';
 import {
-  DOCKER_REGISTRY, referenceOf, ROOT, S3_PART_BYTES, sample, start, storageOf, TARGETS, unavailable, type Target, type TargetName,
+  DOCKER_REGISTRY, referenceOf, ROOT, S3_PART_BYTES, sample, start, storageOf, TARGETS, TMP, unavailable, type Target, type TargetName,
 } from './targets.js';
 
 /**
@@ -29,13 +32,22 @@ import {
  *
  * Targets (targets.ts): hoist (node:http front end, Hoist's default), hoist-uws, the
  * reference docker-registry (Debian's distribution 2.8: `apt-get install docker-registry`),
- * the sink (the load generator's ceiling), and hoist-s3 / docker-registry-s3 on an S3
- * endpoint (HOIST_BENCH_S3_ENDPOINT, default radosgw at http://127.0.0.1:7480; start one
- * with `bash scripts/rgw-start.sh`), which are skipped with a note when nothing answers.
+ * the three again with their storage on tmpfs (hoist-tmpfs, hoist-uws-tmpfs,
+ * docker-registry-tmpfs: the registries without the disk), the sink (the load generator's
+ * ceiling), and hoist-s3 / docker-registry-s3 on an S3 endpoint (HOIST_BENCH_S3_ENDPOINT,
+ * default radosgw at http://127.0.0.1:7480; start one with `bash scripts/rgw-start.sh`),
+ * which are skipped with a note when nothing answers.
+ *
+ * Every row has the server's CPU seconds per GiB moved (user + sys of all its threads, from
+ * /proc): what a byte costs, which on a shared machine varies less than MiB/s does. Before
+ * the 1 GiB push on a target whose storage is on the disk, the runner measures the disk's own
+ * durable write speed for as many bytes (disk.ts, as dd with conv=fdatasync does): the limit
+ * a push whose 201 means "on disk" is compared with.
  *
  * With a hoist target the runner first runs `npm run build` (skip with --no-build), and leaves
  * hoist out, with a note, if that fails. fs storage goes under bench/results/tmp/
- * (git-ignored) and is removed with each target; S3 targets get a bucket each, deleted after.
+ * (git-ignored), tmpfs storage under /dev/shm, each removed with its target; S3 targets get
+ * a bucket each, deleted after.
  *
  * The load generator runs in this process and the server in a child on the same machine, so
  * on 2 cores they compete: the sink row shows what the client manages at all.
@@ -51,6 +63,11 @@ interface Scenario extends ScenarioInfo {
   optional?: boolean;
   /** Read back the blob's multipart layout afterwards (S3 targets). */
   inspectParts?: boolean;
+  /**
+   * On targets with storage on the disk, first measure the disk's durable write speed for
+   * the scenario's bytes (disk.ts): the limit of a push whose 201 means "on disk".
+   */
+  diskLimit?: boolean;
 }
 
 function scenarios(quick: boolean, chunkBytes: number): Scenario[] {
@@ -61,7 +78,7 @@ function scenarios(quick: boolean, chunkBytes: number): Scenario[] {
   const small = quick ? 64 : 256;
   const patched = quick ? 16 * MiB : 100 * MiB;
   const list: Array<Omit<Scenario, 'title'>> = [
-    { id: 'stream-one', kind: 'push', mode: 'streamed', count: 1, sizeBytes: big, concurrency: 1, chunkBytes, main: true },
+    { id: 'stream-one', kind: 'push', mode: 'streamed', count: 1, sizeBytes: big, concurrency: 1, chunkBytes, main: true, diskLimit: true },
     { id: 'stream-many', kind: 'push', mode: 'streamed', count: 16, sizeBytes: mid, concurrency: 16, chunkBytes, main: true, sweep: 16 },
     { id: 'chunked', kind: 'push', mode: 'chunked', count: 16, sizeBytes: mid, concurrency: 16, chunkBytes, main: true },
     { id: 'monolithic', kind: 'push', mode: 'monolithic', count: small, sizeBytes: MiB, concurrency: 16, chunkBytes, main: true },
@@ -261,6 +278,11 @@ async function main(): Promise<void> {
         const blobs = s.kind === 'push' ? blobsFor(s) : undefined;
         // Flush the previous scenario's writes so its writeback doesn't bill this one.
         spawnSync('sync');
+        let diskMiBps: number | undefined;
+        if (s.diskLimit && p.storage === 'fs') {
+          diskMiBps = durableWriteMiBps(TMP, s.count * s.sizeBytes);
+          log(`${p.name}: the disk writes ${formatBytes(s.count * s.sizeBytes)} and fdatasyncs it at ${diskMiBps.toFixed(0)} MiB/s`);
+        }
         const done = progress.track(`${p.name}: ${s.title}`, counter, s.count * s.sizeBytes);
         const usage = sample(target.pid);
         let r: PhaseResult;
@@ -271,11 +293,18 @@ async function main(): Promise<void> {
           r = rest;
         }
         const u = usage.stop();
-        const row: Row = { target: p.name, storage: p.storage, scenario: s.id, title: s.title, ...r, ...(u ? { usage: u } : {}) };
+        const row: Row = {
+          target: p.name, storage: p.storage, scenario: s.id, title: s.title, ...r,
+          ...(u ? { usage: u } : {}),
+          // What a GiB cost the server in CPU: all its threads, user + sys (targets.ts sample()).
+          ...(u && r.bytes > 0 ? { cpuSecPerGiB: u.cpuSeconds / (r.bytes / GiB) } : {}),
+          ...(diskMiBps !== undefined ? { diskMiBps } : {}),
+        };
         rows.push(row);
         done(`${p.name}: ${s.title}: ${r.mibPerSec.toFixed(1)} MiB/s in ${(r.wallMs / 1000).toFixed(1)} s` +
           (r.putP50Ms !== undefined ? `, PUT ?digest= p50 ${r.putP50Ms.toFixed(0)} ms` : '') +
           (u ? `, peak RSS ${u.peakRssMiB.toFixed(0)} MiB, ${u.cpuCores.toFixed(2)} cores` : '') +
+          (row.cpuSecPerGiB !== undefined ? `, ${row.cpuSecPerGiB.toFixed(2)} CPU s/GiB` : '') +
           (r.errors ? `, ${r.errors} errors: ${r.errorSamples[0]}` : ''));
         const last = pushed.get(s.id)?.at(-1);
         if (s3t && last) {

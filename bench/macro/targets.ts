@@ -15,6 +15,9 @@ import { createBucket, deleteBucket, getText, s3Client, type S3Endpoint } from '
  *   hoist               Hoist's default front end (node:http, `--frontend auto`), fs storage
  *   hoist-uws           Hoist on uWebSockets.js (`--frontend uws`), fs storage
  *   docker-registry     Debian's docker-registry (CNCF distribution 2.8), fs storage
+ *   hoist-tmpfs, hoist-uws-tmpfs, docker-registry-tmpfs
+ *                       the same with their fs storage on tmpfs (/dev/shm): the registries
+ *                       without the disk, what a byte costs them in CPU
  *   sink                receives and discards (sink.ts): the load generator's ceiling
  *   hoist-s3            Hoist, S3 storage (a fresh bucket on the bench's S3 endpoint)
  *   docker-registry-s3  docker-registry with its s3 driver, same endpoint, its own bucket
@@ -27,20 +30,25 @@ export const DOCKER_REGISTRY = '/usr/bin/docker-registry';
 /** Storage lives on the repo's disk (git-ignored), not a tmpfs, so fs numbers mean disk. */
 export const TMP = join(ROOT, 'bench/results/tmp');
 
-export const TARGETS = ['hoist', 'hoist-uws', 'docker-registry', 'sink', 'hoist-s3', 'docker-registry-s3'] as const;
+export const TARGETS = [
+  'hoist', 'hoist-uws', 'docker-registry', 'hoist-tmpfs', 'hoist-uws-tmpfs', 'docker-registry-tmpfs', 'sink', 'hoist-s3', 'docker-registry-s3',
+] as const;
 export type TargetName = (typeof TARGETS)[number];
 
-export type StorageKind = 'fs' | 's3' | 'none';
+/** fs on the repo's disk; tmpfs: fs storage in memory (/dev/shm); s3; none (the sink). */
+export type StorageKind = 'fs' | 'tmpfs' | 's3' | 'none';
+
+/** Where the tmpfs targets keep their storage. */
+export const SHM = '/dev/shm';
 
 export function storageOf(name: TargetName): StorageKind {
-  return name === 'sink' ? 'none' : name.endsWith('-s3') ? 's3' : 'fs';
+  return name === 'sink' ? 'none' : name.endsWith('-s3') ? 's3' : name.endsWith('-tmpfs') ? 'tmpfs' : 'fs';
 }
 
-/** Same registry on the same storage, for "vs docker-registry" ratios. */
+/** Same registry kind on the same storage, for "vs docker-registry" ratios. */
 export function referenceOf(name: string): string | undefined {
-  if (name === 'hoist' || name === 'hoist-uws') return 'docker-registry';
-  if (name === 'hoist-s3') return 'docker-registry-s3';
-  return undefined;
+  const m = /^hoist(?:-uws)?(-tmpfs|-s3)?$/.exec(name);
+  return m ? `docker-registry${m[1] ?? ''}` : undefined;
 }
 
 /** Hoist's S3 prefix and distribution's rootdirectory inside their buckets. */
@@ -70,6 +78,7 @@ export function unavailable(name: TargetName, s3Unreachable?: string): string | 
     return `${DOCKER_REGISTRY} missing; install the reference registry with: apt-get install docker-registry`;
   }
   if (storageOf(name) === 's3' && s3Unreachable) return `no S3 endpoint (${s3Unreachable}); start one with: bash scripts/rgw-start.sh`;
+  if (storageOf(name) === 'tmpfs' && !existsSync(SHM)) return `${SHM} missing (the tmpfs targets keep their storage there)`;
   return undefined;
 }
 
@@ -145,6 +154,14 @@ export async function start(name: TargetName, opts: StartOptions = {}): Promise<
   const hoistEnv = { HOIST_LOG_LEVEL: 'warn' };
   let s3: Target['s3'];
   let cleanup = removeDir;
+  // fs storage: on the repo's disk, or (tmpfs targets) in memory; removed with the target.
+  let data = join(dir, 'data');
+  if (storageOf(name) === 'tmpfs') {
+    data = await mkdtemp(join(SHM, `hoist-bench-${name}-`));
+    cleanup = async () => {
+      try { await rm(data, { recursive: true, force: true }); } finally { await removeDir(); }
+    };
+  }
   if (storageOf(name) === 's3') {
     if (!opts.s3) throw new Error(`${name} needs an S3 endpoint`);
     const client = s3Client(opts.s3);
@@ -171,18 +188,21 @@ export async function start(name: TargetName, opts: StartOptions = {}): Promise<
     switch (name) {
       case 'hoist':
       case 'hoist-uws':
+      case 'hoist-tmpfs':
+      case 'hoist-uws-tmpfs':
       case 'hoist-s3': {
         const storage = name === 'hoist-s3'
           ? `s3://${s3!.bucket}/${HOIST_S3_PREFIX}?endpoint=${encodeURIComponent(opts.s3!.endpoint)}&region=${opts.s3!.region}&forcePathStyle=true`
-          : `fs:${join(dir, 'data')}`;
+          : `fs:${data}`;
         const env = name === 'hoist-s3'
           ? cleanEnv({ ...hoistEnv, AWS_ACCESS_KEY_ID: opts.s3!.accessKeyId, AWS_SECRET_ACCESS_KEY: opts.s3!.secretAccessKey })
           : cleanEnv(hoistEnv);
         target = await launch(name, process.execPath, [HOIST_CLI, 'serve', '--listen', listen, '--storage', storage,
-          ...(name === 'hoist-uws' ? ['--frontend', 'uws'] : [])], env, port, cleanup);
+          ...(name.startsWith('hoist-uws') ? ['--frontend', 'uws'] : [])], env, port, cleanup);
         break;
       }
       case 'docker-registry':
+      case 'docker-registry-tmpfs':
       case 'docker-registry-s3': {
         const config = join(dir, 'config.yml');
         // distribution 2.8's s3 driver (docs/storage-drivers/s3.md): with regionendpoint set it
@@ -204,7 +224,7 @@ export async function start(name: TargetName, opts: StartOptions = {}): Promise<
             '  delete: {enabled: true}',
             '  redirect: {disable: true}',
           ]
-          : [`storage: {filesystem: {rootdirectory: ${join(dir, 'data')}}, delete: {enabled: true}}`];
+          : [`storage: {filesystem: {rootdirectory: ${data}}, delete: {enabled: true}}`];
         await writeFile(config, ['version: 0.1', 'log: {level: error}', ...storage, `http: {addr: "${listen}"}`, ''].join('\n'));
         // Its s3 driver refuses to start while AWS_CA_BUNDLE is set: drop it for this process only.
         const { AWS_CA_BUNDLE: _, ...env } = process.env;
@@ -228,15 +248,20 @@ export interface Usage {
   peakRssMiB: number;
   /** CPU seconds used per wall second: 1.0 is one core busy throughout. */
   cpuCores: number;
+  /** CPU seconds the process used meanwhile, all its threads (user + sys, and each apart). */
+  cpuSeconds: number;
+  cpuUserSeconds: number;
+  cpuSysSeconds: number;
 }
 
 /** Clock ticks per second for /proc/PID/stat times; 100 on every Linux we run. */
 const CLK_TCK = 100;
 
-function cpuTicks(pid: number): number {
+/** utime and stime of the whole process (every thread), in clock ticks. */
+function cpuTicks(pid: number): { user: number; sys: number } {
   // Fields after the ")" that ends comm; utime and stime are fields 14 and 15 of the line.
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return Number(f[11]) + Number(f[12]);
+  return { user: Number(f[11]), sys: Number(f[12]) };
 }
 
 function rssKiB(pid: number): number {
@@ -245,7 +270,8 @@ function rssKiB(pid: number): number {
 
 /**
  * Samples a process's RSS every 100 ms until stop() and reports the peak. CPU is the
- * utime+stime difference between start and stop: exact, so it needs no sampling.
+ * utime+stime difference between start and stop (the process's own, all threads, not its
+ * children's): exact, so it needs no sampling.
  */
 export function sample(pid: number | undefined): { stop(): Usage | undefined } {
   if (pid === undefined || !existsSync(`/proc/${pid}/stat`)) return { stop: () => undefined };
@@ -260,7 +286,13 @@ export function sample(pid: number | undefined): { stop(): Usage | undefined } {
       clearInterval(timer);
       try {
         peak = Math.max(peak, rssKiB(pid));
-        return { peakRssMiB: peak / 1024, cpuCores: (cpuTicks(pid) - ticks0) / CLK_TCK / ((performance.now() - t0) / 1000) };
+        const ticks = cpuTicks(pid);
+        const user = (ticks.user - ticks0.user) / CLK_TCK;
+        const sys = (ticks.sys - ticks0.sys) / CLK_TCK;
+        return {
+          peakRssMiB: peak / 1024, cpuCores: (user + sys) / ((performance.now() - t0) / 1000),
+          cpuSeconds: user + sys, cpuUserSeconds: user, cpuSysSeconds: sys,
+        };
       } catch {
         return undefined;
       }

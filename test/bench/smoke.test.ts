@@ -126,28 +126,43 @@ describe('npm run bench -- --quick (smoke)', () => {
       expect(r.p99Ms).toBeGreaterThanOrEqual(r.p50Ms);
       expect(r.usage.peakRssMiB).toBeGreaterThan(0);
       expect(r.vsSink).toBeGreaterThan(0);
+      // What a GiB cost the server: its own CPU, all threads, user + sys.
+      expect(r.cpuSecPerGiB).toBeGreaterThan(0);
+      expect(r.usage.cpuUserSeconds + r.usage.cpuSysSeconds).toBeCloseTo(r.usage.cpuSeconds, 6);
     }
     const streamed = report.results.find((r: { target: string; scenario: string }) => r.target === 'hoist' && r.scenario === 'sweep-c1');
     expect(streamed.putP50Ms).toBeGreaterThan(0);
   });
 
-  it('writes a Markdown table with a row per scenario', () => {
+  it('writes Markdown tables of MiB/s and of CPU per GiB, with a row per scenario', () => {
     const md = readFileSync(join(out, 'latest.md'), 'utf8');
     const titles: string[] = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')).settings.scenarios.map((s: { title: string }) => s.title);
-    const header = md.split('\n').find((l) => l.startsWith('| scenario |'));
+    const section = (heading: string): string[] => {
+      const lines = md.split('\n');
+      const at = lines.findIndex((l) => l.startsWith(`### ${heading}`));
+      expect(at, heading).toBeGreaterThanOrEqual(0);
+      const end = lines.findIndex((l, i) => i > at && l.startsWith('### '));
+      return lines.slice(at, end < 0 ? undefined : end);
+    };
+    const speed = section('fs storage on the disk: MiB/s');
+    const header = speed.find((l) => l.startsWith('| scenario |'));
     expect(header).toContain('hoist');
     expect(header).toContain('sink');
-    const rows = md.split('\n').filter((l) => titles.some((t) => l.startsWith(`| ${t} |`)));
+    const rows = speed.filter((l) => titles.some((t) => l.startsWith(`| ${t} |`)));
     expect(rows).toHaveLength(SCENARIOS.length);
     // | title | hoist: MiB/s (share of sink) | sink: MiB/s |
     for (const r of rows) expect(r).toMatch(/^\|[^|]+\|\s*[\d.]+ \(\d+%\)\s*\|\s*[\d.]+\s*\|$/);
+    // | title | hoist: CPU s per GiB |  (the sink is no registry: no CPU column)
+    const cpu = section('fs storage on the disk: server CPU seconds per GiB').filter((l) => titles.some((t) => l.startsWith(`| ${t} |`)));
+    expect(cpu).toHaveLength(SCENARIOS.length);
+    for (const r of cpu) expect(r).toMatch(/^\|[^|]+\|\s*[\d.]+\s*\|$/);
     // and the detailed table: a row per target and scenario
     for (const t of titles) for (const target of TARGETS) expect(md).toContain(`| ${target} | ${t} | `);
   });
 
   it('writes SVG charts that are well-formed XML with an <svg> root', () => {
     const svgs = readdirSync(out).filter((f) => f.endsWith('.svg'));
-    expect(svgs).toEqual(expect.arrayContaining(['latest-sweep-fs.svg', 'latest-scenarios-fs.svg']));
+    expect(svgs).toEqual(expect.arrayContaining(['latest-sweep-fs.svg', 'latest-scenarios-fs.svg', 'latest-cpu-fs.svg']));
     for (const f of svgs) {
       const xml = parseXml(readFileSync(join(out, f), 'utf8'));
       expect(xml.root, f).toBe('svg');
