@@ -11,9 +11,9 @@ import { mirrorMarkdown, runMirrorBench, type MirrorReport } from './mirror.js';
 import { Progress } from './progress.js';
 import { addRatios, charts, markdown, type Report, type Row, type ScenarioInfo } from './report.js';
 import { objectParts, s3EndpointFromEnv, unreachable as s3Unreachable, uploadsInProgress, type PartLayout } from './s3.js';
-import { durableWriteMiBps } from './disk.js';
+import { durableWriteMiBps, primeMemory } from './disk.js';
 import {
-  DOCKER_REGISTRY, referenceOf, ROOT, S3_PART_BYTES, sample, start, storageOf, TARGETS, TMP, unavailable, type Target, type TargetName,
+  DOCKER_REGISTRY, referenceOf, ROOT, S3_PART_BYTES, sample, SHM, start, storageOf, TARGETS, TMP, unavailable, type Target, type TargetName,
 } from './targets.js';
 
 /**
@@ -278,6 +278,8 @@ async function main(): Promise<void> {
         const blobs = s.kind === 'push' ? blobsFor(s) : undefined;
         // Flush the previous scenario's writes so its writeback doesn't bill this one.
         spawnSync('sync');
+        // tmpfs storage: memory the hypervisor backs (disk.ts, primeMemory).
+        if (p.storage === 'tmpfs') primeMemory(SHM, s.count * s.sizeBytes + GiB);
         let diskMiBps: number | undefined;
         if (s.diskLimit && p.storage === 'fs') {
           diskMiBps = durableWriteMiBps(TMP, s.count * s.sizeBytes);
@@ -340,6 +342,9 @@ async function main(): Promise<void> {
       s3Endpoint: ran.some((t) => t.storage === 's3') ? s3.endpoint : undefined,
       s3PartBytes: S3_PART_BYTES,
       hoist: 'defaults (uploads.chunkBytes 4 MiB, hashThreads one per core); S3: partSize 16 MiB, maxPartsInFlight 4',
+      cpu: 'server CPU s/GiB: user + sys of the server process (all threads) from /proc/PID/stat over the scenario, per GiB of blob bytes',
+      tmpfs: `tmpfs targets store under ${SHM}; before each of their scenarios the runner writes and deletes its bytes + 1 GiB there (disk.ts primeMemory)`,
+      disk: 'before the 1 GiB push on disk targets: the disk\'s durable write speed for as many bytes (1 MiB writes, then fdatasync; disk.ts)',
       scenarios: chosen.map(({ id, title: t, kind, mode, count, sizeBytes, concurrency, chunkBytes, sweep, main: m }) =>
         ({ id, title: t, kind, mode, count, sizeBytes, concurrency, chunkBytes, ...(sweep ? { sweep } : {}), ...(m ? { main: m } : {}) })),
     },
