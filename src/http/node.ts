@@ -3,6 +3,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import type { AddressInfo, Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { BodyTimeoutError, ClientAbortError } from '../errors.js';
+import { recyclerOf } from '../storage/file-reader.js';
 import type {
   BodySink,
   FrontEnd,
@@ -312,11 +313,16 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
       };
       this.#onStreamAbort = () => settle();
       res.on('drain', onDrain);
+      // A chunk the source lets us give back goes back once the socket wrote it (the write's
+      // callback), so that its memory carries the next read instead of becoming garbage.
+      const recycle = recyclerOf(body);
       body.on('data', (data: Buffer | string) => {
         const chunk = typeof data === 'string' ? Buffer.from(data) : data;
         const piece = chunk.subarray(0, length - sentBytes);
         sentBytes += piece.byteLength;
-        const ok = res.write(piece);
+        const ok = recycle !== undefined && piece.byteLength === chunk.byteLength
+          ? res.write(chunk, (err) => { if (!err) recycle(chunk); })
+          : res.write(piece);
         if (sentBytes === length) {
           res.end();
           settle(piece.byteLength < chunk.byteLength ? overrun(length) : undefined);

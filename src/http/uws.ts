@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
 import { ClientAbortError } from '../errors.js';
+import { recyclerOf } from '../storage/file-reader.js';
 import { BodyPump } from './body-pump.js';
 import { callHandler, overrun, responseHasNoBody, underrun } from './node.js';
 import type {
@@ -316,12 +317,17 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
         }
         return ok || done;
       };
+      // uWS copies what it keeps of a write before tryEnd() returns: a chunk the source lets
+      // us give back goes back as soon as it is written whole, to carry the next read.
+      const recycle = recyclerOf(body);
+      let retryWhole: Uint8Array | undefined;
       res.onWritable((offset) => {
         if (retry === undefined || this.#done) return true;
         const ok = tryEnd(retry.subarray(offset - retryStart));
-        if (ok && !this.#done) {
-          retry = undefined;
-          body.resume();
+        if (ok) {
+          if (retryWhole !== undefined) recycle?.(retryWhole);
+          retry = retryWhole = undefined;
+          if (!this.#done) body.resume();
         }
         return ok;
       });
@@ -337,12 +343,16 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
         const piece = chunk.subarray(0, length - takenBytes);
         takenBytes += piece.byteLength;
         overran = piece.byteLength < chunk.byteLength;
+        const whole = piece.byteLength === chunk.byteLength ? chunk : undefined;
         res.cork(() => {
           const start = res.getWriteOffset();
           if (!tryEnd(piece)) {
             retry = piece;
+            retryWhole = whole;
             retryStart = start;
             body.pause();
+          } else if (whole !== undefined) {
+            recycle?.(whole);
           }
         });
       });
