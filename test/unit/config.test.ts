@@ -45,7 +45,7 @@ describe('loadConfig defaults', () => {
     expect(cfg.shutdownTimeoutMs).toBe(10_000);
     expect(cfg.uploads).toEqual({
       chunkBytes: 4 * MiB,
-      maxBufferedBytes: 256 * MiB,
+      maxBufferedBytes: 128 * MiB,
       maxSessionBufferedBytes: 16 * MiB,
       minChunkBytes: 1024 * 1024,
       hashThreads: Math.max(1, availableParallelism()),
@@ -106,7 +106,7 @@ describe('loadConfig sources', () => {
     expect(cfg.uploads.hashThreads).toBe(3);
     expect(cfg.uploads.maxBlobBytes).toBe(1024 ** 3);
     // Options the file leaves out keep their defaults, also inside a section it names.
-    expect(cfg.uploads.maxBufferedBytes).toBe(256 * MiB);
+    expect(cfg.uploads.maxBufferedBytes).toBe(128 * MiB);
     expect(cfg.manifests.maxBytes).toBe(MiB);
     expect(cfg.debugErrors).toBe(true);
   });
