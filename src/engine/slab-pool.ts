@@ -1,3 +1,4 @@
+import { MessageChannel } from 'node:worker_threads';
 import { BufferPool, type PooledBuffer } from '../storage/buffer-pool.js';
 
 /**
@@ -10,13 +11,18 @@ import { BufferPool, type PooledBuffer } from '../storage/buffer-pool.js';
  *
  * A slab's memory is allocated when the pool first hands it out, and only touched when
  * bytes are copied into it: uploads through node:http keep their own chunks and leave it
- * untouched (not resident).
+ * untouched (not resident). Once no upload holds a slab, the pool keeps a few and frees
+ * the others at once: a burst of uWS uploads touched them all, and 128 MiB of idle slabs
+ * would stay resident for good (and count in every later pull's RSS).
  */
 export type Slab = PooledBuffer<ArrayBuffer>;
 
 export class SlabPool extends BufferPool<ArrayBuffer> {
   constructor(slabBytes: number, maxBytes: number) {
-    super({ bufferBytes: slabBytes, maxBytes, allocate: (bytes) => new ArrayBuffer(bytes), what: 'upload slab' });
+    super({
+      bufferBytes: slabBytes, maxBytes, allocate: (bytes) => new ArrayBuffer(bytes), what: 'upload slab',
+      keepIdle: KEEP_IDLE_SLABS, free: freeNow,
+    });
   }
 
   get slabBytes(): number {
@@ -31,4 +37,22 @@ export class SlabPool extends BufferPool<ArrayBuffer> {
   override acquire(): Promise<Slab> {
     return super.acquire();
   }
+}
+
+/** One upload's share at the default sizes (16 MiB of 4 MiB slabs). */
+const KEEP_IDLE_SLABS = 4;
+
+/**
+ * Moving an ArrayBuffer to a port whose other end is closed detaches it, and the dropped
+ * message frees its memory at once (as workers/hash.ts frees the chunks it hashed); left to
+ * the garbage collector, it would wait for the next full collection.
+ */
+let discard: MessageChannel | undefined;
+function freeNow(buffer: ArrayBuffer): void {
+  if (!discard) {
+    discard = new MessageChannel();
+    discard.port2.close();
+    discard.port1.unref();
+  }
+  discard.port1.postMessage(null, [buffer]);
 }

@@ -32,6 +32,13 @@ export interface BufferPoolOptions<B extends ArrayBufferLike> {
   what?: string;
   /** Makes the error a timed-out acquire() rejects with. */
   waitError?: (message: string) => Error;
+  /**
+   * Free buffers kept once none is in use (default: all). The memory of a burst (16 uploads
+   * at once) would otherwise stay resident for good; the rest is handed to `free`.
+   */
+  keepIdle?: number;
+  /** Lets go of a buffer's memory now, rather than at the next garbage collection. */
+  free?: (buffer: B) => void;
 }
 
 interface Waiter<B extends ArrayBufferLike> {
@@ -51,6 +58,8 @@ export class BufferPool<B extends ArrayBufferLike = ArrayBufferLike> {
   readonly #allocate: (bytes: number) => B;
   readonly #what: string;
   readonly #waitError: (message: string) => Error;
+  readonly #keepIdle: number;
+  readonly #freeMemory: ((buffer: B) => void) | undefined;
   #allocated = 0;
   /** Last released first: its memory is the most likely to still be in a cache. */
   readonly #free: Slot<B>[] = [];
@@ -62,6 +71,8 @@ export class BufferPool<B extends ArrayBufferLike = ArrayBufferLike> {
     this.#allocate = opts.allocate;
     this.#what = opts.what ?? 'buffer';
     this.#waitError = opts.waitError ?? ((message) => new BufferWaitError(message));
+    this.#keepIdle = opts.keepIdle ?? Infinity;
+    this.#freeMemory = opts.free;
   }
 
   /** A buffer now, or undefined when all `maxBuffers` are in use. */
@@ -117,7 +128,17 @@ export class BufferPool<B extends ArrayBufferLike = ArrayBufferLike> {
       waiter.resolve(buf);
     } else {
       this.#free.push(buf as Slot<B>);
+      if (this.#allocated === this.#free.length) this.#trim();
     }
+  }
+
+  /** All buffers are back: keeps the `keepIdle` most recently used, lets go of the others. */
+  #trim(): void {
+    // The least recently released sit at the bottom of the stack.
+    const excess = this.#free.length - this.#keepIdle;
+    if (excess <= 0) return;
+    for (const slot of this.#free.splice(0, excess)) this.#freeMemory?.(slot.buffer);
+    this.#allocated -= excess;
   }
 
   get inUse(): number {

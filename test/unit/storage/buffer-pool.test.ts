@@ -32,6 +32,33 @@ describe('BufferPool', () => {
     expect(parts.tryAcquire()!.buffer).toBeInstanceOf(SharedArrayBuffer);
   });
 
+  it('once every buffer is back, keeps keepIdle of them (the most recently used) and frees the rest', () => {
+    const freed: ArrayBuffer[] = [];
+    const pool = new BufferPool({ bufferBytes: 64 * KiB, maxBytes: 256 * KiB, allocate: (n) => new ArrayBuffer(n), keepIdle: 1, free: (b) => freed.push(b) });
+    const held = [pool.tryAcquire()!, pool.tryAcquire()!, pool.tryAcquire()!];
+    pool.release(held[0]!);
+    pool.release(held[1]!);
+    expect(freed).toEqual([]); // one still in use: the burst is not over
+    pool.release(held[2]!);
+    expect(freed).toEqual([held[0]!.buffer, held[1]!.buffer]);
+    expect(pool.inUse).toBe(0);
+    // The pool may allocate its full count again.
+    const again = [pool.tryAcquire()!, pool.tryAcquire()!, pool.tryAcquire()!, pool.tryAcquire()!];
+    expect(again[0]).toBe(held[2]);
+    expect(again.every((b) => b !== undefined)).toBe(true);
+    expect(pool.tryAcquire()).toBeUndefined();
+  });
+
+  it('a slab pool frees the memory of the slabs it lets go at once (detached, not left to the collector)', () => {
+    const slabs = new SlabPool(64 * KiB, 1024 * KiB);
+    const held = Array.from({ length: 16 }, () => slabs.tryAcquire()!);
+    const buffers = held.map((s) => s.buffer);
+    for (const s of held) slabs.release(s);
+    const detached = buffers.filter((b) => b.byteLength === 0).length;
+    expect(detached).toBe(12);
+    expect(slabs.inUse).toBe(0);
+  });
+
   it('allocates at most maxBytes / bufferBytes buffers', () => {
     const pool = pool64(200 * KiB);
     expect(pool.maxBuffers).toBe(3);
