@@ -4,9 +4,10 @@ import { SocketAddress } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
-import { ClientAbortError } from '../errors.js';
+import { ClientAbortError, ErrorCodes } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import { BodyPump } from './body-pump.js';
+import { API_VERSION_HEADER } from './errors.js';
 import { callHandler, overrun, responseHasNoBody, underrun } from './node.js';
 import type {
   BodySink,
@@ -74,6 +75,16 @@ export class UwsFrontEnd implements FrontEnd {
     this.#app.any('/*', (res, req) => {
       const exchange = new UwsExchange(res, req, opts.maxHeaderBytes);
       if (exchange.started) return; // answered already: 431
+      // What node:http's parser refuses before Hoist sees it (node.ts onClientError), refused
+      // here too, so that both front ends answer alike.
+      if (!isOneLength(exchange.header('content-length'))) {
+        exchange.reject('SIZE_INVALID', 'invalid Content-Length');
+        return;
+      }
+      if (NOT_TARGET_BYTES.test(exchange.path) || NOT_TARGET_BYTES.test(exchange.rawQuery)) {
+        exchange.reject('NAME_INVALID', 'invalid character in the request target (only ASCII is allowed; percent-encode the rest)');
+        return;
+      }
       this.#exchanges.add(exchange);
       // The main handler catches everything itself; this is the last resort.
       callHandler(handler, exchange)
@@ -364,6 +375,23 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
     });
   }
 
+  /**
+   * Answers a request the handler must not see with the spec's error envelope, and closes the
+   * connection. For a Content-Length that is not one number, RFC 9112 §6.3 requires exactly
+   * that (the message has no framing): uWS lets two different lengths through (joined here
+   * as "a, b") and would read the body by one of them.
+   */
+  reject(code: 'SIZE_INVALID' | 'NAME_INVALID', message: string): void {
+    if (!this.#start()) return;
+    const body = JSON.stringify({ errors: [{ code, message }] });
+    this.#res.cork(() => {
+      this.#discardUnreadBody();
+      this.#writeHead(ErrorCodes[code].status, { ...API_VERSION_HEADER, 'content-type': 'application/json' });
+      this.#res.end(body, true);
+    });
+    this.#done = true;
+  }
+
   /** After the handler settled: a handler that never answered gets a bare 500. */
   respondIfForgotten(): void {
     if (!this.#started && !this.#aborted) this.send(500, {});
@@ -383,6 +411,14 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
     this.#onStreamAbort?.();
     for (const cb of this.#abortCallbacks.splice(0)) cb();
   }
+}
+
+/** A request-target is visible ASCII (RFC 9112 §3.2, RFC 3986); uWS passes other bytes through. */
+const NOT_TARGET_BYTES = /[^\x21-\x7e]/;
+
+/** No Content-Length, or one decimal number (repeated values are rejected, as RFC 9110 §8.6 allows). */
+function isOneLength(value: string | undefined): boolean {
+  return value === undefined || /^\d+$/.test(value);
 }
 
 /** uWS spells IPv6 out in full (0000:...:0001); node:http, and our logs, use the short form (::1). */
