@@ -76,13 +76,40 @@ results=$(mktemp -t hoist-vitest-XXXXXX.json)
 status=0
 npx vitest run --reporter=default --reporter=json --outputFile.json="$results" "$@" || status=$?
 
+# Tests allowed to be skipped (it.skip, it.todo, describe.skip), one per line as
+# "<file relative to the repository> > <full test name>", each with its reason in a comment
+# above it. None today: a skipped test is a check that does not run, so any other skip fails
+# the run (a name filter, -t, skips the rest on purpose and is not checked).
+allowed_skips=(
+)
+name_filter=0
+for arg in "$@"; do
+  case $arg in -t | -t* | --testNamePattern | --testNamePattern=*) name_filter=1 ;; esac
+done
+
 # A closing line any CI log reader understands, taken from vitest's own JSON report.
 if [[ -s $results ]]; then
   node -e '
-    const r = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
-    const skipped = r.numPendingTests + r.numTodoTests;
-    console.log(`\nvitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
-  ' "$results" || true
+    const [file, root, filtered, ...allowed] = process.argv.slice(1);
+    const r = JSON.parse(require("node:fs").readFileSync(file, "utf8"));
+    const skipped = [];
+    for (const f of r.testResults) {
+      for (const a of f.assertionResults) {
+        if (a.status === "passed" || a.status === "failed") continue;
+        skipped.push(`${require("node:path").relative(root, f.name)} > ${a.fullName}`);
+      }
+    }
+    console.log(`\nvitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped.length} skipped`);
+    const unexpected = filtered === "1" ? [] : skipped.filter((s) => !allowed.includes(s));
+    if (unexpected.length > 0) {
+      console.log(`error: ${unexpected.length} skipped test(s) not listed in scripts/test-all.sh allowed_skips:`);
+      for (const s of unexpected) console.log(`  ${s}`);
+      process.exit(1);
+    }
+  ' "$results" "$PWD" "$name_filter" "${allowed_skips[@]}" || status=1
+else
+  echo "error: vitest wrote no JSON report ($results)" >&2
+  status=1
 fi
 rm -f "$results"
 exit "$status"
