@@ -32,7 +32,7 @@ describe.each(['uws', 'node'] as const)('keep-alive after a paused request body 
   });
   afterAll(async () => {
     agent.destroy();
-    await server?.stop();
+    if (server) expect(await server.stop()).toBe(0);
   });
 
   it('serves the next request on the same connection', async () => {

@@ -45,8 +45,11 @@ describe('many concurrent uploads on S3 with few part buffers', () => {
     });
   });
   afterAll(async () => {
-    await server?.stop();
-    if (client && bucket) await deleteBucket(client, bucket);
+    try {
+      if (server) expect(await server.stop()).toBe(0);
+    } finally {
+      if (client && bucket) await deleteBucket(client, bucket);
+    }
   });
 
   it('completes every push', async () => {
