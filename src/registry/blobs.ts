@@ -168,7 +168,9 @@ export class BlobStore {
         throw err;
       }
     }
-    return { descriptor: { digest: digest.value, size }, start, end, partial: range !== undefined, stream };
+    // A 0-byte blob has no partial content: a satisfiable range on it (bytes=-N) selects all
+    // of it, and no Content-Range can say "no bytes", so it is served whole, with 200.
+    return { descriptor: { digest: digest.value, size }, start, end, partial: range !== undefined && size > 0, stream };
   }
 
   /**
@@ -272,11 +274,14 @@ export function parseBlobRecord(raw: Buffer): BlobRecord | undefined {
   }
 }
 
-/** Resolves a requested range against the blob size: inclusive [start, end]. */
+/**
+ * Resolves a requested range against the blob size: inclusive [start, end]. A suffix longer
+ * than the blob selects all of it (RFC 9110 §14.1.2), on a 0-byte blob too: [0, -1].
+ */
 export function resolveRange(range: ByteRange | undefined, size: number): [number, number] {
   if (!range) return [0, size - 1];
   if ('suffix' in range) {
-    if (range.suffix === 0 || size === 0) throw new RangeNotSatisfiableError(size);
+    if (range.suffix === 0) throw new RangeNotSatisfiableError(size);
     return [Math.max(0, size - range.suffix), size - 1];
   }
   if (range.start >= size) throw new RangeNotSatisfiableError(size);

@@ -97,10 +97,80 @@ describe.each(combos)('blobs ($frontend front end, $storage storage)', ({ fronte
       expect(r.body.toString('hex')).toBe(data.subarray(first, last + 1).toString('hex'));
     });
 
-    it.each(['bytes=100-', 'bytes=200-300', 'bytes=-0'])('%s → 416 with Content-Range: bytes */100', async (range) => {
+    // Unsatisfiable (RFC 9110 §14.1.2), or invalid (last before first), which §14.2 lets a server reject.
+    it.each(['bytes=100-', 'bytes=200-300', 'bytes=-0', 'bytes=5-1'])('%s → 416 with Content-Range: bytes */100', async (range) => {
       const r = await request(base, `/v2/${name}/blobs/${digest}`, { headers: { range } });
       expectError(r, 416, undefined);
       expect(r.header('content-range')).toBe('bytes */100');
+    });
+
+    // RFC 9110 §14.2: a server MAY ignore Range, MUST ignore a range unit it does not know, and
+    // MAY ignore a ranges-specifier it finds invalid. Hoist serves one range of bytes and
+    // ignores everything else: several ranges (no multipart/byteranges), malformed specs,
+    // positions of more than 15 digits, other units. Ignored means the whole blob, with 200.
+    it.each([
+      'bytes=0-9,20-29',
+      'bytes=0-0,-1',
+      'bytes=0-9, 20-29',
+      'bytes=a-b',
+      'bytes=5',
+      'bytes=-',
+      'bytes=--5',
+      'bytes 0-9',
+      'bytes=0-99999999999999999999',
+      'items=0-9',
+      '',
+    ])('%j is ignored: 200 with the whole blob', async (range) => {
+      const r = await request(base, `/v2/${name}/blobs/${digest}`, { headers: { range } });
+      expectStatus(r, 200, `Range: ${range}`);
+      expect(r.header('content-range')).toBeUndefined();
+      expect(r.header('content-length')).toBe('100');
+      expect(r.header('docker-content-digest')).toBe(digest);
+      expect(r.body.equals(data)).toBe(true);
+    });
+  });
+
+  describe('Range reads of a 0-byte blob', () => {
+    const digest = sha256(Buffer.alloc(0));
+    let name: string;
+
+    beforeAll(async () => {
+      name = repo('range-empty');
+      await pushBlob(base, name, Buffer.alloc(0));
+    });
+
+    it('GET without a Range → 200, no bytes', async () => {
+      const r = await request(base, `/v2/${name}/blobs/${digest}`);
+      expectStatus(r, 200);
+      expect(r.header('content-length')).toBe('0');
+      expect(r.header('docker-content-digest')).toBe(digest);
+      expect(r.body.byteLength).toBe(0);
+    });
+
+    // RFC 9110 §14.1.2: on a 0-byte representation the only satisfiable range is a suffix
+    // (bytes=-N, N > 0), and it selects the whole representation, which no 206 can carry
+    // (a Content-Range has no way to say "no bytes"): the whole, empty, blob with 200.
+    it.each(['bytes=-1', 'bytes=-500'])('%s → 200 with the whole (empty) blob and no Content-Range', async (range) => {
+      const r = await request(base, `/v2/${name}/blobs/${digest}`, { headers: { range } });
+      expectStatus(r, 200, range);
+      expect(r.header('content-range')).toBeUndefined();
+      expect(r.header('content-length')).toBe('0');
+      expect(r.body.byteLength).toBe(0);
+    });
+
+    // Any first-pos is at or past the end of nothing; a zero-length suffix selects nothing.
+    it.each(['bytes=0-', 'bytes=0-0', 'bytes=0-99', 'bytes=-0'])('%s → 416 with Content-Range: bytes */0', async (range) => {
+      const r = await request(base, `/v2/${name}/blobs/${digest}`, { headers: { range } });
+      expectError(r, 416, 'RANGE_INVALID');
+      expect(r.header('content-range')).toBe('bytes */0');
+    });
+
+    // RFC 9110 §14.2: Range is defined for GET only; on HEAD a server MUST ignore it.
+    it('HEAD with a Range → 200, Content-Length 0', async () => {
+      const r = await request(base, `/v2/${name}/blobs/${digest}`, { method: 'HEAD', headers: { range: 'bytes=0-0' } });
+      expectStatus(r, 200);
+      expect(r.header('content-length')).toBe('0');
+      expect(r.header('docker-content-digest')).toBe(digest);
     });
   });
 

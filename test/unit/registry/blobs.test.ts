@@ -61,6 +61,8 @@ describe('resolveRange', () => {
     ['suffix', { suffix: 10 }, 100, [90, 99]],
     ['suffix of the whole blob', { suffix: 100 }, 100, [0, 99]],
     ['suffix longer than the blob', { suffix: 1000 }, 100, [0, 99]],
+    // Satisfiable (RFC 9110 §14.1.2): the whole, empty, blob.
+    ['a suffix on an empty blob', { suffix: 5 }, 0, [0, -1]],
   ])('%s', (_label, range, size, expected) => {
     expect(resolveRange(range, size)).toEqual(expected);
   });
@@ -71,7 +73,7 @@ describe('resolveRange', () => {
     ['end before start', { start: 10, end: 9 }, 100],
     ['zero-length suffix', { suffix: 0 }, 100],
     ['any start on an empty blob', { start: 0 }, 0],
-    ['a suffix on an empty blob', { suffix: 5 }, 0],
+    ['a zero-length suffix on an empty blob', { suffix: 0 }, 0],
   ])('is unsatisfiable for %s', (_label, range, size) => {
     let err: unknown;
     try {
