@@ -8,7 +8,7 @@ import type { GcRunReport } from '../../src/gc/runner.js';
 import { blobRef, GcTestClient, image, sha256 } from '../helpers/gc-client.js';
 import { runGcCli } from '../helpers/gc.js';
 import { openRequest, patchChunk, startUpload, tempDir, waitFor } from '../helpers/http.js';
-import { describeS3, MiB, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
+import { describeS3, MiB, partSizes, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
 import { listAllKeys, listUploads } from '../helpers/s3.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -97,6 +97,7 @@ describe('crash leftovers on fs', () => {
     await new GcTestClient(server.url).pull('crash/app', 'v1');
     const again = await gcJson(['--storage', `fs:${dir.path}`, '--grace', '0s', '--stale-upload-after', '0s']);
     expect(sumRegistries(again, (r) => r.uploads.count + r.orphanData.count + r.blobs.count + r.manifests)).toBe(0);
+    expect(await server.stop()).toBe(0);
   });
 });
 
@@ -122,11 +123,13 @@ describeS3('crash leftovers on S3', (env) => {
     // a multipart upload no writer state records.
     const before = new Set((await listUploads(bucket.client, bucket.name, PREFIX)).map((u) => u.uploadId));
     const cut = startMonolithic(server, 'crash/app', 16 * MiB, 12 * MiB);
-    await waitFor('the cut-off upload\'s multipart upload', async () => {
-      const fresh = (await listUploads(bucket.client, bucket.name, PREFIX)).filter((u) => !before.has(u.uploadId));
-      return fresh.length > 0 ? fresh : undefined;
-    }, 30_000);
-    await sleep(500);
+    // Both full parts of what was sent (5 MiB each) stored in radosgw, then the kill.
+    await waitFor('two parts of the cut-off upload in radosgw', async () => {
+      for (const u of await listUploads(bucket.client, bucket.name, PREFIX)) {
+        if (!before.has(u.uploadId) && (await partSizes(bucket.client, bucket.name, u.key, u.uploadId)).length >= 2) return true;
+      }
+      return undefined;
+    }, 60_000);
     await server.kill();
     cut.req.destroy();
     // Made by hand, as a crash elsewhere would: an orphaned multipart upload with one part,
@@ -158,5 +161,6 @@ describeS3('crash leftovers on S3', (env) => {
 
     server = await startServer({ storage: url, frontend: 'node', env: serverEnv });
     await new GcTestClient(server.url).pull('crash/app', 'v1');
+    expect(await server.stop()).toBe(0);
   });
 });

@@ -27,9 +27,12 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * listed, and every tag the registry lists pulls completely with every digest verified;
  * after the final collection a further one finds nothing to remove; storage was freed.
  *
- * The grace period (5 s on fs, 10 s on S3, where a push takes a few seconds here) is longer
- * than any push takes from its first HEAD to its manifest PUT: that is the one assumption
- * the collector makes of clients (gc/collector.ts, B).
+ * One exception, the one assumption the collector makes of clients (gc/collector.ts, B): a
+ * push that took longer than the grace period from its first request to its manifest PUT
+ * may fail with MANIFEST_BLOB_UNKNOWN (or MANIFEST_UNKNOWN, for an index's child), and a
+ * client pushes again. Each push is timed, and only such a slow one may fail so; the
+ * grace (5 s on fs, 10 s on S3, where a push takes a few seconds here) makes that rare, and
+ * the test reports how many there were. So a loaded machine slows the test, never fails it.
  */
 
 const CLIENTS = 4;
@@ -43,6 +46,8 @@ interface StressResult {
   pushes: number;
   storedBeforeFinal: number;
   storedAfterFinal: number;
+  /** Pushes slower than the grace period that failed as it allows. */
+  slowFailures: number;
 }
 
 function pick<T>(list: readonly T[]): T {
@@ -55,6 +60,8 @@ async function stress(
 ): Promise<StressResult> {
   const { graceMs, largeBlobBytes, chunkBytes } = o;
   const failures: Failure[] = [];
+  /** Pushes that outlasted the grace period and failed as it allows, with how long they took. */
+  const slowFailures: Array<Failure & { ms: number }> = [];
   // Base layers live throughout (tagged in stress/base); clients mount them from there.
   const baseLayers = Array.from({ length: 3 }, () => blobRef(randomBytes(32 * 1024)));
   await new GcTestClient(servers[0]!.url, chunkBytes).push(image('stress/base', baseLayers), 'v1');
@@ -68,7 +75,9 @@ async function stress(
     const repo = `stress/c${i}`;
     const live = new Map<string, ClientImage>();
     const history: ClientImage[] = [];
-    for (let k = 0; !stop; k++) {
+    // Until the time is up, and at least three pushes each, however slow a loaded machine is.
+    for (let k = 0; !stop || c.stats.manifests < 3; k++) {
+      const started = performance.now();
       try {
         const roll = Math.random();
         const images = [...live.values()].filter((img) => img.children.length === 0);
@@ -97,17 +106,21 @@ async function stress(
         }
       } catch (err) {
         if (!(err instanceof ProtocolError)) throw err;
-        failures.push(err.failure);
+        const ms = performance.now() - started;
+        const allowed = ['MANIFEST_BLOB_UNKNOWN', 'MANIFEST_UNKNOWN'].includes(err.failure.code ?? '') && err.failure.what.startsWith('PUT ') && err.failure.what.includes('/manifests/');
+        if (allowed && ms >= graceMs) slowFailures.push({ ...err.failure, ms });
+        else failures.push(err.failure);
       }
     }
     return { repo, live, c };
   };
 
+  let clientsDone = false;
   let collections = 0;
   let freedDuringRunBytes = 0;
   const collectionMs: number[] = [];
   const collector = (async () => {
-    while (!stop) {
+    while (!clientsDone) {
       const run = await runGarbageCollection({ driver, graceMs, staleUploadAfterMs: 3_600_000 });
       collections++;
       freedDuringRunBytes += totals(run).bytes;
@@ -117,7 +130,9 @@ async function stress(
   const clients = Array.from({ length: CLIENTS }, (_, i) => client(i));
   await sleep(DURATION_MS);
   stop = true;
-  const results = await Promise.all(clients);
+  const results = await Promise.all(clients).finally(() => {
+    clientsDone = true;
+  });
   await collector;
 
   expect(failures, `push failures:\n${failures.map((f) => `${f.what}: ${f.status} ${f.code} ${f.body.slice(0, 200)}`).join('\n')}`).toEqual([]);
@@ -148,7 +163,7 @@ async function stress(
   expect(totals(again)).toEqual({ bytes: 0, objects: 0 });
   expect(freedDuringRunBytes + totals(final).bytes).toBeGreaterThan(0);
 
-  return { collections, freedDuringRunBytes, collectionMs, finalFreedBytes: totals(final).bytes, pushes, storedBeforeFinal, storedAfterFinal };
+  return { collections, freedDuringRunBytes, collectionMs, finalFreedBytes: totals(final).bytes, pushes, storedBeforeFinal, storedAfterFinal, slowFailures: slowFailures.length };
 }
 
 function describeResult(label: string, r: StressResult): void {
@@ -158,7 +173,8 @@ function describeResult(label: string, r: StressResult): void {
     `[gc stress ${label}] ${r.pushes} manifest pushes by ${CLIENTS} clients in ${DURATION_MS / 1000}s; ` +
     `${r.collections} collections back to back (median ${sorted[Math.floor(sorted.length / 2)]} ms, max ${sorted[sorted.length - 1]} ms) ` +
     `freed ${mib(r.freedDuringRunBytes)} while pushes went on; the final one (grace 0) freed ${mib(r.finalFreedBytes)}; ` +
-    `stored ${mib(r.storedBeforeFinal)} before it, ${mib(r.storedAfterFinal)} after`,
+    `stored ${mib(r.storedBeforeFinal)} before it, ${mib(r.storedAfterFinal)} after; ` +
+    `${r.slowFailures} pushes outlasted the grace period and failed as it allows`,
   );
 }
 
@@ -180,15 +196,20 @@ describe('collections back to back while clients push and delete (fs, two instan
     driver = await createDriver(`fs:${dir.path}`);
   });
   afterAll(async () => {
-    for (const s of servers) await s.stop();
-    await driver?.close();
-    await dir?.cleanup();
+    try {
+      // A crash on shutdown is a failure too.
+      expect(await Promise.all(servers.map((s) => s.stop()))).toEqual(servers.map(() => 0));
+    } finally {
+      await driver?.close();
+      await dir?.cleanup();
+    }
   });
 
+  // DURATION_MS of pushing, then checks; the timeout is a hang guard, far above what a loaded machine takes.
   it('loses no referenced byte, fails no push, frees storage', async () => {
     const r = await stress(servers, driver, () => duBytes(dir.path), { graceMs: 5_000, largeBlobBytes: 0, chunkBytes: 16 * 1024 });
     describeResult('fs', r);
-  });
+  }, DURATION_MS + 300_000);
 });
 
 describeS3('collections back to back while clients push and delete (S3, two instances)', (env) => {
@@ -200,8 +221,11 @@ describeS3('collections back to back while clients push and delete (S3, two inst
     driver = await createDriver(bucket.url('reg'));
   });
   afterAll(async () => {
-    for (const s of servers) await s.stop();
-    await driver?.close();
+    try {
+      expect(await Promise.all(servers.map((s) => s.stop()))).toEqual(servers.map(() => 0));
+    } finally {
+      await driver?.close();
+    }
   });
 
   it('loses no referenced byte, fails no push, frees storage', async () => {
@@ -210,5 +234,5 @@ describeS3('collections back to back while clients push and delete (S3, two inst
     const r = await stress(servers, driver, stored, { graceMs: 10_000, largeBlobBytes: 6 * MiB, chunkBytes: MiB });
     describeResult('s3', r);
     expect(await listUploads(bucket.client, bucket.name, 'reg/')).toEqual([]);
-  });
+  }, DURATION_MS + 600_000);
 });
