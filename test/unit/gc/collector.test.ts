@@ -221,8 +221,17 @@ describe('online safety', () => {
     try {
       const intent = paths.gcTagIntent('i', 'v1');
       await d.putContent(intent, Buffer.from('{}'));
+      // The PUT has written the tag and found the intent: it waits for the collector now.
+      const reader = d.reader.bind(d);
+      const found = new Promise<void>((resolve) => {
+        d.reader = async (path, offset, length) => {
+          const r = await reader(path, offset, length);
+          if (path === intent) resolve();
+          return r;
+        };
+      });
       const put = t.registry.putManifest('i', 'v1', MEDIA_TYPES.ociManifest, img.bytes);
-      await sleep(50);
+      await found;
       // The collector deletes the tag, then its intent.
       await d.delete(paths.tag('i', 'v1')).catch(() => undefined);
       await d.delete(intent);

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ExpiryPolicy } from '../../../src/registry/expiry.js';
 import { manifestRefs } from '../../../src/gc/mark.js';
 import { HashPool } from '../../../src/engine/hash-pool.js';
@@ -138,16 +138,23 @@ describe('marking', () => {
   });
 
   it('treats an expired tag as gone: hidden at once, its manifest collected', async () => {
-    const short = await t.pushImage('exp', 'short', { labels: { 'quay.expires-after': '1s' } });
-    const long = await t.pushImage('exp', 'long', { labels: { 'quay.expires-after': '1h' } });
-    expect((await t.registry.listTags('exp', undefined, undefined)).items).toEqual(['long', 'short']);
-    await new Promise((resolve) => setTimeout(resolve, 1100));
-    expect((await t.registry.listTags('exp', undefined, undefined)).items).toEqual(['long']);
-    await expect(t.registry.getManifest('exp', 'short')).rejects.toMatchObject({ code: 'MANIFEST_UNKNOWN' });
-    const r = await t.gc();
-    expect(r.expiredTags).toBe(1);
-    expect(await t.imageStored(short)).toBe(false);
-    expect(await t.imageStored(long)).toBe(true);
+    // Date is the test's (timers stay real): 'short' is live until the test moves the clock
+    // past its second, however long a loaded machine takes between the pushes and the listing.
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() });
+    try {
+      const short = await t.pushImage('exp', 'short', { labels: { 'quay.expires-after': '1s' } });
+      const long = await t.pushImage('exp', 'long', { labels: { 'quay.expires-after': '1h' } });
+      expect((await t.registry.listTags('exp', undefined, undefined)).items).toEqual(['long', 'short']);
+      vi.setSystemTime(Date.now() + 1100);
+      expect((await t.registry.listTags('exp', undefined, undefined)).items).toEqual(['long']);
+      await expect(t.registry.getManifest('exp', 'short')).rejects.toMatchObject({ code: 'MANIFEST_UNKNOWN' });
+      const r = await t.gc();
+      expect(r.expiredTags).toBe(1);
+      expect(await t.imageStored(short)).toBe(false);
+      expect(await t.imageStored(long)).toBe(true);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('expires tags by a configured expiration, per repository prefix', async () => {
