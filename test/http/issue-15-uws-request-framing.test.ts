@@ -1,0 +1,80 @@
+import net from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startServer, type TestServer } from '../helpers/server.js';
+
+/**
+ * Found by the fuzzer once it checked successes too (issue 15): on the uWebSockets.js front
+ * end, a request with two different Content-Lengths was answered 202 (a POST that reads no
+ * body) and its connection kept open, framed by whichever length uWS picked; RFC 9112 §6.3
+ * requires 400 and closing the connection. And a byte outside visible ASCII in the query
+ * went through to the handler (GET /v2/?\xff... → 200), where node:http's parser refuses
+ * the request-line. Both front ends now answer both with the spec's envelope and close.
+ */
+
+/** Writes raw bytes; resolves with what came back and whether the server closed the connection. */
+function raw(port: number, bytes: Buffer): Promise<{ text: string; closed: boolean }> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let text = '';
+    // A hang guard only: the server answers and closes at once.
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve({ text, closed: false });
+    }, 30_000);
+    socket.on('data', (d: Buffer) => {
+      text += d.toString('latin1');
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve({ text, closed: true });
+    });
+    socket.write(bytes);
+  });
+}
+
+function parse(text: string): { status: number; codes: string[] } {
+  const split = text.indexOf('\r\n\r\n');
+  let codes: string[] = [];
+  try {
+    codes = (JSON.parse(text.slice(split + 4)) as { errors: Array<{ code: string }> }).errors.map((e) => e.code);
+  } catch {
+    // no envelope
+  }
+  return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0), codes };
+}
+
+describe.each(['uws', 'node'] as const)('request framing and request-target bytes (%s front end)', (frontend) => {
+  let server: TestServer;
+  beforeAll(async () => {
+    server = await startServer({ frontend });
+  });
+  afterAll(async () => {
+    if (server) expect(await server.stop()).toBe(0);
+  });
+
+  // Two equal lengths may be read as one (RFC 9110 §8.6) or refused; node:http refuses them too.
+  it.each([
+    ['POST /v2/a/blobs/uploads/', 'two different', 'Content-Length: 2\r\nContent-Length: 3'],
+    ['PUT /v2/a/manifests/v1', 'two different', 'Content-Length: 2\r\nContent-Length: 3'],
+    ['GET /v2/', 'two equal', 'Content-Length: 2\r\nContent-Length: 2'],
+  ])('%s with %s Content-Lengths → 400 SIZE_INVALID, connection closed', async (line, _label, lengths) => {
+    const r = await raw(server.port, Buffer.from(`${line} HTTP/1.1\r\nHost: x\r\n${lengths}\r\n\r\n{}`));
+    expect(parse(r.text), r.text).toEqual({ status: 400, codes: ['SIZE_INVALID'] });
+    expect(r.closed).toBe(true);
+  });
+
+  it.each([
+    ['in the query', 'GET /v2/?\xffn=1'],
+    ['in the path', 'GET /v2/a\x80b/tags/list'],
+  ])('a byte outside visible ASCII %s → 400 NAME_INVALID, connection closed', async (_where, line) => {
+    const r = await raw(server.port, Buffer.from(`${line} HTTP/1.1\r\nHost: x\r\n\r\n`, 'latin1'));
+    expect(parse(r.text), r.text).toEqual({ status: 400, codes: ['NAME_INVALID'] });
+    expect(r.closed).toBe(true);
+  });
+
+  it('serves the next connection as before', async () => {
+    const r = await raw(server.port, Buffer.from('GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+    expect(parse(r.text).status).toBe(200);
+  });
+});
