@@ -57,6 +57,7 @@ describe('crash leftovers on fs', () => {
     await dir?.cleanup();
   });
 
+  // The timeout is a hang guard, far above what a loaded machine takes.
   it('removes an abandoned upload and the data of an upload cut off by a crash, and nothing else', async () => {
     server = await startServer({ storage: `fs:${dir.path}`, frontend: 'node', env });
     const client = new GcTestClient(server.url);
@@ -66,15 +67,16 @@ describe('crash leftovers on fs', () => {
     const abandoned = await startUpload(server.url, 'crash/app');
     expect((await patchChunk(server.url, abandoned.location, randomBytes(300_000), 0)).status).toBe(202);
     // Cut off: 2 MiB of a 4 MiB monolithic upload reach storage, then the server dies.
-    const cut = startMonolithic(server, 'crash/app', 4 * MiB, 2 * MiB);
+    // (What is on disk before it starts, listed first: its own data file must not be among it.)
     const dataDir = join(dir.path, 'blobs', 'data');
     const initial = new Set(await readdir(dataDir));
+    const cut = startMonolithic(server, 'crash/app', 4 * MiB, 2 * MiB);
     await waitFor('the cut-off upload\'s data on disk', async () => {
       for (const f of await readdir(dataDir)) {
         if (!initial.has(f) && (await stat(join(dataDir, f))).size >= MiB) return f;
       }
       return undefined;
-    });
+    }, 60_000);
     await server.kill();
     cut.req.destroy();
 
@@ -98,7 +100,7 @@ describe('crash leftovers on fs', () => {
     const again = await gcJson(['--storage', `fs:${dir.path}`, '--grace', '0s', '--stale-upload-after', '0s']);
     expect(sumRegistries(again, (r) => r.uploads.count + r.orphanData.count + r.blobs.count + r.manifests)).toBe(0);
     expect(await server.stop()).toBe(0);
-  });
+  }, 300_000);
 });
 
 describeS3('crash leftovers on S3', (env) => {
@@ -110,6 +112,7 @@ describeS3('crash leftovers on S3', (env) => {
     await server?.kill();
   });
 
+  // The timeout is a hang guard: radosgw on a loaded machine takes minutes for this.
   it('aborts abandoned and orphaned multipart uploads, removes staging objects, keeps what is live', async () => {
     const url = bucket.url('reg');
     server = await startServer({ storage: url, frontend: 'node', env: serverEnv });
@@ -162,5 +165,5 @@ describeS3('crash leftovers on S3', (env) => {
     server = await startServer({ storage: url, frontend: 'node', env: serverEnv });
     await new GcTestClient(server.url).pull('crash/app', 'v1');
     expect(await server.stop()).toBe(0);
-  });
+  }, 600_000);
 });

@@ -93,7 +93,7 @@ describe('scheduled collections in hoist serve', () => {
     const run = JSON.parse(r.stdout) as { registries: Array<{ registry: string; report: { manifests: number } }> };
     expect(run.registries.map((x) => x.registry)).toEqual(['', 'team-a']);
     expect(run.registries.every((x) => x.report.manifests === 0)).toBe(true);
-  });
+  }, 300_000);
 });
 
 async function yamlConfig(dir: string): Promise<string> {

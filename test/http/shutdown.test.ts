@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   expectStatus, openRequest, patchChunk, pathOf, pieces, request, startUpload, storedBytes, tempDir, uploadRange,
-  waitFor, waitForLog, withQuery, type OpenRequest, type Reply,
+  waitForLog, withQuery, type OpenRequest, type Reply,
 } from '../helpers/http.js';
 import { randomBlob, sha256 } from '../helpers/oci.js';
 import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
@@ -17,8 +17,8 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * the same directory the upload's status must match what is stored, and the client must be
  * able to finish it with the right digest.
  *
- * Nothing here races the clock: SIGTERM goes out once the server is writing the upload (a
- * second PATCH hears "another request is writing"), the request that must finish within the
+ * Nothing here races the clock: SIGTERM goes out once the server handles the PATCH (it
+ * answered the request's Expect: 100-continue), the request that must finish within the
  * grace period sends its rest only once the server logged that it is shutting down, under a
  * grace period it cannot outlast, and the one that must be cut is still sending when the
  * server exits (it needs ~13 s; the grace period is 2 s).
@@ -29,13 +29,25 @@ const FRONTENDS = ['uws', 'node'] as const;
 const GRACE_MS = 2000;
 /** A grace period no request here comes near: the test waits for the request, never for the clock. */
 const LONG_GRACE_MS = 120_000;
+// Each test's timeout (300 s) is a hang guard: S3 on a loaded machine is slow.
 
-/** Waits until the server is writing to the upload at `location`: another PATCH is turned away as busy. */
-async function waitUntilWriting(base: string, location: string): Promise<void> {
-  await waitFor(`the server writing to ${location}`, async () => {
-    const probe = await request(base, location, { method: 'PATCH', headers: { 'content-range': '999999999-999999999' }, body: Buffer.from('x') });
-    return /another request is writing/.test(probe.text()) ? true : undefined;
-  }, 60_000);
+/**
+ * A PATCH of `length` bytes, opened with `Expect: 100-continue`: `handling` resolves once the
+ * server answered 100 Continue, which both front ends do as they hand the parsed request to
+ * the handler. (A second PATCH as a probe would not do: it takes the upload's lock itself
+ * when it comes first, and the real one is turned away as busy.)
+ */
+function openPatch(base: string, location: string, length: number): { o: OpenRequest; handling: Promise<void> } {
+  const o = openRequest(base, location, {
+    method: 'PATCH',
+    headers: { 'content-type': 'application/octet-stream', 'content-length': length, expect: '100-continue' },
+  });
+  const handling = new Promise<void>((resolve, reject) => {
+    o.req.once('continue', () => resolve());
+    o.reply.then(() => reject(new Error(`PATCH ${location} answered before 100 Continue`)), reject);
+  });
+  handling.catch(() => undefined);
+  return { o, handling };
 }
 
 /**
@@ -101,18 +113,15 @@ describe.each(combos)('graceful shutdown ($frontend front end, $storage storage)
     return s;
   }
 
-  it('SIGTERM during a slow upload that outlasts the grace period: exits 0 in time; the upload resumes after restart', async () => {
+  it('SIGTERM during a slow upload that outlasts the grace period: cut, exits 0; the upload resumes after restart', async () => {
     const name = 'shutdown/slow';
     const data = randomBlob(8 * MiB + 13);
     const a = await start();
     const { location } = await startUpload(a.url, name);
     // 32 KiB every 50 ms is about 640 KiB/s: 8 MiB would take ~13 s, far past the grace period.
-    const o = openRequest(a.url, location, {
-      method: 'PATCH',
-      headers: { 'content-type': 'application/octet-stream', 'content-length': data.byteLength },
-    });
+    const { o, handling } = openPatch(a.url, location, data.byteLength);
     const sending = trickle(o, data, 32 * 1024, 50);
-    await waitUntilWriting(a.url, location);
+    await handling;
 
     // stop() fails the test if the process outlives its timeout, a hang guard only: that the
     // server did not wait for the upload shows in what the client still had to send.
@@ -138,23 +147,20 @@ describe.each(combos)('graceful shutdown ($frontend front end, $storage storage)
     expectStatus(g, 200);
     expect(sha256(g.body)).toBe(sha256(data));
     expect(await b.stop()).toBe(0);
-  });
+  }, 300_000);
 
   it('SIGTERM during an upload that finishes within the grace period: the request completes, then the process exits 0', async () => {
     const name = 'shutdown/quick';
     const data = randomBlob(MiB + 7);
     const a = await start(LONG_GRACE_MS);
     const { location } = await startUpload(a.url, name);
-    const o = openRequest(a.url, location, {
-      method: 'PATCH',
-      headers: { 'content-type': 'application/octet-stream', 'content-length': data.byteLength },
-    });
-    // Half the body, SIGTERM while the server writes it, and the rest once it is shutting down.
+    const { o, handling } = openPatch(a.url, location, data.byteLength);
+    // Half the body, SIGTERM while the server handles the request, and the rest once it is shutting down.
     const half = Math.floor(data.byteLength / 2);
     await o.write(data.subarray(0, half));
-    await waitUntilWriting(a.url, location);
+    await handling;
     const stopping = a.stop('SIGTERM', LONG_GRACE_MS + 10_000);
-    await waitForLog(a, 'the server to log that it is shutting down', (l) => l.msg === 'shutting down');
+    await waitForLog(a, 'the server to log that it is shutting down', (l) => l.msg === 'shutting down', 60_000);
     expect(await trickle(o, data.subarray(half), 128 * 1024, 0)).toBe(data.byteLength - half);
     const r = await o.reply;
     expectStatus(r, 202, 'the in-flight PATCH');
@@ -168,5 +174,5 @@ describe.each(combos)('graceful shutdown ($frontend front end, $storage storage)
     const put = await request(b.url, withQuery(location, 'digest', sha256(data)), { method: 'PUT' });
     expectStatus(put, 201);
     expect(await b.stop()).toBe(0);
-  });
+  }, 300_000);
 });
