@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   expectStatus, openRequest, patchChunk, pathOf, pieces, request, startUpload, storedBytes, uploadRange, waitFor, withQuery,
@@ -13,9 +14,12 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * and reads back exactly the bytes it sent. Real radosgw, two real server processes.
  *
  * What the first instance left is a multipart upload with more parts than its last saved
- * writer state knows (it was uploading parts of the cut PATCH), and the staged tail of the
- * PATCH before. The offset reported is what that state records, at least what the
- * acknowledged PATCH sent; the parts uploaded after it are written again.
+ * writer state knows (it was uploading parts of the cut PATCH), the staged tail of the PATCH
+ * before, and the upload's lock (src/engine/upload-lock.ts). The offset reported is what that
+ * state records, at least what the acknowledged PATCH sent; the parts uploaded after it are
+ * written again. Until the dead server's lock is taken over (its 30 s lease plus 30 s of
+ * allowed clock skew) the second instance answers a PATCH as busy, 416 with the Range, and
+ * the client tries again, as clients do.
  */
 
 describeS3('an upload on S3 whose server is SIGKILLed mid-PATCH', (env) => {
@@ -27,7 +31,8 @@ describeS3('an upload on S3 whose server is SIGKILLed mid-PATCH', (env) => {
 
   // The killed instance runs each front end; the one that takes over, node:http.
   // The timeout is a hang guard: radosgw on a loaded machine takes its time.
-  it.each(['uws', 'node'] as const)('continues on a second instance from the offset it reports (killed instance on %s)', async (frontend) => {
+  // Concurrently: each waits out a dead server's lock, a minute at most.
+  it.concurrent.each(['uws', 'node'] as const)('continues on a second instance from the offset it reports (killed instance on %s)', async (frontend) => {
     const prefix = `killed-${frontend}`;
     const start = (fe: 'uws' | 'node'): Promise<TestServer> =>
       startServer({ storage: bucket.url(prefix), frontend: fe, env: { ...s3ServerEnv(), HOIST_UPLOADS_CHUNK_BYTES: '1MiB' } });
@@ -77,8 +82,19 @@ describeS3('an upload on S3 whose server is SIGKILLed mid-PATCH', (env) => {
     const offset = storedBytes(status.header('range'));
     expect(offset, 'at least what the acknowledged PATCH sent').toBeGreaterThanOrEqual(first);
     expect(offset, 'at most what reached the killed server').toBeLessThanOrEqual(sent);
-    console.log(`[s3 killed mid-PATCH, ${frontend}] ${sent} bytes sent, ${partsLeft}+ parts stored when killed; the second instance reports ${offset}`);
     const location = pathOf(b.url, status.header('location') ?? up.location);
+    // An empty PATCH finds out, cheaply, when the dead server's lock has been taken over.
+    let busy = 0;
+    await waitFor('the second instance to take over the dead server\'s lock', async () => {
+      const r = await request(b.url, location, { method: 'PATCH', body: Buffer.alloc(0) });
+      if (r.status === 202) return true;
+      expect(r.status, r.text()).toBe(416);
+      expect(r.text()).toContain('another request is writing');
+      expect(storedBytes(r.header('range'))).toBe(offset);
+      busy++;
+      await sleep(1000);
+      return undefined;
+    }, 180_000);
     const rest = await patchChunk(b.url, location, data.subarray(offset), offset);
     expectStatus(rest, 202, `PATCH from ${offset} on the second instance`);
     expect(rest.header('range')).toBe(uploadRange(data.length));
@@ -89,6 +105,7 @@ describeS3('an upload on S3 whose server is SIGKILLed mid-PATCH', (env) => {
     expectStatus(got, 200);
     expect(got.header('content-length')).toBe(String(data.length));
     expect(got.body.equals(data), 'the blob reads back byte for byte').toBe(true);
+    console.log(`[s3 killed mid-PATCH, ${frontend}] ${sent} bytes sent, ${partsLeft}+ parts stored when killed; the second instance reported ${offset} and was busy ${busy} times`);
     // The commit completed the one multipart upload and removed the staging objects.
     expect(await uploadsOf(bucket.client, bucket.name, dataKey)).toEqual([]);
     expect(Object.keys(await keyMap(bucket.client, bucket.name, uploadKeys(prefix, up.id).staging))).toEqual([]);
