@@ -25,6 +25,8 @@ export class NodeFrontEnd implements FrontEnd {
   readonly kind = 'node';
   readonly #server: Server | HttpsServer;
   readonly #exchanges = new Set<NodeExchange>();
+  /** Per connection, its last request until that has been answered. */
+  readonly #answering = new WeakMap<Socket, { req: IncomingMessage; answered: Promise<void> }>();
   #idleWaiters: (() => void)[] = [];
 
   constructor(handler: RequestHandler, opts: FrontEndOptions = {}) {
@@ -46,15 +48,25 @@ export class NodeFrontEnd implements FrontEnd {
         .catch(() => undefined)
         .then(() => exchange.respondIfForgotten());
       // In flight until the response has left too, so close() never cuts unsent bytes.
-      void Promise.all([handled, exchange.closed]).then(() => {
+      const answered = Promise.all([handled, exchange.closed]).then(() => {
         this.#exchanges.delete(exchange);
         if (this.#exchanges.size === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
+        if (this.#answering.get(req.socket)?.req === req) this.#answering.delete(req.socket);
       });
+      this.#answering.set(req.socket, { req, answered });
     };
     this.#server = opts.tls
       ? createHttpsServer({ ...options, cert: opts.tls.cert, key: opts.tls.key }, onRequest)
       : createServer(options, onRequest);
-    this.#server.on('clientError', onClientError);
+    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      // RFC 9112 §9.3: responses go out in the order of the requests. What a connection sent
+      // after a complete request still being answered (garbage, or a request node cannot
+      // parse) is dealt with once that answer is out; answered at once, its 400 would go
+      // first. An error in the request itself (its body, the connection) is handled at once.
+      const last = this.#answering.get(socket);
+      if (last?.req.complete && err.code?.startsWith('HPE_')) void last.answered.then(() => onClientError(err, socket));
+      else onClientError(err, socket);
+    });
   }
 
   reloadTls(tls: TlsFiles): void {

@@ -9,10 +9,18 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * requires 400 and closing the connection. And a byte outside visible ASCII in the query
  * went through to the handler (GET /v2/?\xff... → 200), where node:http's parser refuses
  * the request-line. Both front ends now answer both with the spec's envelope and close.
+ *
+ * And on node:http, bytes it cannot parse right after a complete request on the same
+ * connection (a pipelined request, or a body longer than its Content-Length) got their 400
+ * written at once, ahead of the answer to the request before them, which the client then
+ * took for that answer (RFC 9112 §9.3: responses in the order of the requests).
  */
 
-/** Writes raw bytes; resolves with what came back and whether the server closed the connection. */
-function raw(port: number, bytes: Buffer): Promise<{ text: string; closed: boolean }> {
+/**
+ * Writes raw bytes; resolves with what came back and whether the server closed the connection
+ * (or, with `headOnly`, as soon as a response's header section is in).
+ */
+function raw(port: number, bytes: Buffer, headOnly = false): Promise<{ text: string; closed: boolean }> {
   return new Promise((resolve) => {
     const socket = net.connect(port, '127.0.0.1');
     let text = '';
@@ -23,6 +31,11 @@ function raw(port: number, bytes: Buffer): Promise<{ text: string; closed: boole
     }, 30_000);
     socket.on('data', (d: Buffer) => {
       text += d.toString('latin1');
+      if (headOnly && text.includes('\r\n\r\n')) {
+        clearTimeout(timer);
+        socket.destroy();
+        resolve({ text, closed: false });
+      }
     });
     socket.on('error', () => undefined);
     socket.on('close', () => {
@@ -71,6 +84,14 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
     const r = await raw(server.port, Buffer.from(`${line} HTTP/1.1\r\nHost: x\r\n\r\n`, 'latin1'));
     expect(parse(r.text), r.text).toEqual({ status: 400, codes: ['NAME_INVALID'] });
     expect(r.closed).toBe(true);
+  });
+
+  it.each([
+    ['a request node cannot parse pipelined after it', 'HEAD /v2/ HTTP/1.1\r\nHost: x\r\n\r\n\xff\xfe / HTTP/1.1\r\n\r\n'],
+    ['a body longer than its Content-Length', 'HEAD /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n\xf9\xa2'],
+  ])('a request followed by %s is answered first', async (_label, bytes) => {
+    const r = await raw(server.port, Buffer.from(bytes, 'latin1'), true);
+    expect(r.text, 'the first reply on the connection').toMatch(/^HTTP\/1\.1 200 /);
   });
 
   it('serves the next connection as before', async () => {
