@@ -151,6 +151,12 @@ async function stress(
     }
   };
   await verify();
+  // However little a slow run deleted (a client deletes only once it has four tags), the
+  // final collection has something to free: one more image, untagged at once, whose layer
+  // nothing else uses.
+  const dropped = blobRef(randomBytes(40 * 1024));
+  await results[0]!.c.push(image('stress/dropped', [dropped]), 'gone');
+  await results[0]!.c.deleteTag('stress/dropped', 'gone');
   const storedBeforeFinal = await storedBytes();
   const final = await runGarbageCollection({ driver, graceMs: 0, staleUploadAfterMs: 3_600_000 });
   const storedAfterFinal = await storedBytes();
@@ -161,7 +167,7 @@ async function stress(
   // Nothing unreferenced is left.
   const again = await runGarbageCollection({ driver, graceMs: 0, staleUploadAfterMs: 3_600_000 });
   expect(totals(again)).toEqual({ bytes: 0, objects: 0 });
-  expect(freedDuringRunBytes + totals(final).bytes).toBeGreaterThan(0);
+  expect(totals(final).bytes).toBeGreaterThanOrEqual(dropped.size);
 
   return { collections, freedDuringRunBytes, collectionMs, finalFreedBytes: totals(final).bytes, pushes, storedBeforeFinal, storedAfterFinal, slowFailures: slowFailures.length };
 }
