@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../../src/config.js';
+import { ConfigError, loadConfig } from '../../../src/config.js';
 
 /** The ConfigError loadConfig throws for these options. */
 function configError(opts: Parameters<typeof loadConfig>[0]): ConfigError {

@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../../src/config.js';
+import { ConfigError, loadConfig } from '../../../src/config.js';
 
 function configError(opts: Parameters<typeof loadConfig>[0]): string {
   try {
@@ -57,7 +57,7 @@ describe('config proxy (pull-through cache)', () => {
   });
 
   it('takes the README\'s example as it is written', () => {
-    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const readme = readFileSync(new URL('../../../README.md', import.meta.url), 'utf8');
     const section = /^### Pull-through cache \(mirror\)$([\s\S]*?)^### /m.exec(readme)?.[1] ?? '';
     const yaml = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
     expect(yaml, 'a YAML example in README "Pull-through cache (mirror)"').toBeDefined();

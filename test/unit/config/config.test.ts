@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, durationMs, envName, loadConfig } from '../../src/config.js';
+import { ConfigError, durationMs, envName, loadConfig } from '../../../src/config.js';
 
 const MiB = 1024 ** 2;
 
