@@ -1,0 +1,168 @@
+import { spawn } from 'node:child_process';
+import { createServer, type Server } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Lease } from '../../src/gc/lease.js';
+import { createDriver } from '../../src/storage/index.js';
+import { tempDir } from '../helpers/http.js';
+import { CLI_PATH, REPO_ROOT } from '../helpers/server.js';
+
+/**
+ * The command line (src/cli.ts), run as a user runs it (dist/cli.js in a child process): what
+ * each command accepts, and the exit codes scripts and CI rely on: 0 done, 1 failed (start-up,
+ * storage, the collection itself), 2 a usage or configuration error, 3 `hoist gc` found another
+ * collection running. Errors go to stderr without the secrets a URL or option may carry.
+ */
+
+interface Run { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+
+/** Runs `hoist <args>` with no HOIST_* from this environment; kills it after `timeoutMs` (a hang guard). */
+function hoist(args: string[], env: Record<string, string> = {}, timeoutMs = 60_000): Promise<Run> {
+  const childEnv: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('HOIST_')) childEnv[k] = v;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI_PATH, ...args], { cwd: REPO_ROOT, env: { ...childEnv, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
+    child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('error', reject);
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+describe('hoist (no or unknown command)', () => {
+  it('--help lists serve and gc and exits 0', async () => {
+    const r = await hoist(['--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^\s+serve\b/m);
+    expect(r.stdout).toMatch(/^\s+gc\b/m);
+  });
+
+  it('an unknown command or option exits non-zero with the reason, and starts nothing', async () => {
+    const unknown = await hoist(['srve']);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/unknown command 'srve'/);
+    const option = await hoist(['gc', '--storage', 'memory:', '--grase', '0s']);
+    expect(option.code).toBe(1);
+    expect(option.stderr).toMatch(/unknown option '--grase'/);
+    expect(option.stdout).toBe('');
+  });
+});
+
+describe('hoist serve', () => {
+  it.each([
+    ['an unknown front end', ['--frontend', 'nginx'], 'frontend'],
+    ['a storage URL of no known scheme', ['--storage', 'ftp://host/x'], 'storage'],
+    ['a listen address that is no host:port', ['--listen', 'localhost'], 'listen'],
+    ['an unknown log level', ['--log-level', 'loud'], 'logLevel'],
+  ])('%s → exit 2, the setting named on stderr, nothing on stdout', async (_what, args, setting) => {
+    const r = await hoist(['serve', '--storage', 'memory:', ...args]);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(new RegExp(`^hoist: invalid configuration:\\n  ${setting}: .+\\n$`));
+    expect(r.stdout).toBe('');
+  });
+
+  it('a configuration file that does not exist → exit 2, its name on stderr', async () => {
+    const r = await hoist(['serve', '--storage', 'memory:', '--config', '/nonexistent/hoist.yaml']);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(/^hoist: cannot read config file \/nonexistent\/hoist\.yaml: ENOENT/);
+    expect(r.stdout).toBe('');
+  });
+
+  it('configuration from the environment is checked too: HOIST_FRONTEND=nginx → exit 2', async () => {
+    const r = await hoist(['serve', '--storage', 'memory:'], { HOIST_FRONTEND: 'nginx' });
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(/^hoist: /);
+  });
+
+  it('a configuration error does not print the secrets the value carries', async () => {
+    const r = await hoist(['serve', '--storage', 'ftp://user:hunter2@host/x?secret=hunter3']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^hoist: /);
+    expect(r.stderr).not.toContain('hunter2');
+    expect(r.stderr).not.toContain('hunter3');
+  });
+
+  describe('start-up that fails', () => {
+    let busy: Server;
+    let port: number;
+    beforeAll(async () => {
+      busy = createServer();
+      await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+      port = (busy.address() as { port: number }).port;
+    });
+    afterAll(async () => {
+      await new Promise((resolve) => busy.close(resolve));
+    });
+
+    it.each(['node', 'uws'])('a port in use (%s front end) → exit 1 with "start-up failed"', async (frontend) => {
+      const r = await hoist(['serve', '--storage', 'memory:', '--frontend', frontend, '--listen', `127.0.0.1:${port}`]);
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.stderr).toMatch(/^hoist: start-up failed: /m);
+    });
+  });
+});
+
+describe('hoist gc', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  beforeAll(async () => {
+    dir = await tempDir('hoist-cli-');
+  });
+  afterAll(async () => {
+    await dir?.cleanup();
+  });
+
+  it('collects an empty store: exit 0, the report as JSON with --json, as text without', async () => {
+    const json = await hoist(['gc', '--storage', `fs:${dir.path}`, '--grace', '0s', '--json']);
+    expect(json.code, json.stderr).toBe(0);
+    const run = JSON.parse(json.stdout) as { registries: Array<{ registry: string; report: { manifests: number } }> };
+    expect(run.registries.map((x) => x.registry)).toEqual(['']);
+    expect(run.registries[0]!.report.manifests).toBe(0);
+
+    const text = await hoist(['gc', '--storage', `fs:${dir.path}`, '--grace', '90s', '--stale-upload-after', '2h', '--dry-run']);
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout.split('\n')[0]).toBe(`hoist gc fs:${dir.path} (dry run): grace 1m30s, stale uploads after 2h`);
+  });
+
+  it.each([
+    ['--concurrency 0', ['--concurrency', '0'], /--concurrency must be a positive whole number/],
+    ['--concurrency 1.5', ['--concurrency', '1.5'], /--concurrency must be a positive whole number/],
+    ['--concurrency abc', ['--concurrency', 'abc'], /--concurrency must be a positive whole number/],
+    ['a grace that is no duration', ['--grace', 'soon'], /^hoist: /],
+    ['a stale-upload age that is no duration', ['--stale-upload-after', '-1h'], /^hoist: /],
+    ['a storage URL of no known scheme', ['--storage', 'ftp://host/x'], /^hoist: /],
+  ])('%s → exit 2, the reason on stderr', async (_what, args, message) => {
+    const r = await hoist(['gc', '--storage', `fs:${dir.path}`, ...args]);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(message);
+    expect(r.stdout).toBe('');
+  });
+
+  it('storage that cannot be opened → exit 1 with the reason', async () => {
+    for (const storage of ['fs:', 'memory:somewhere']) {
+      const r = await hoist(['gc', '--storage', storage]);
+      expect(r.code, `${storage}: ${r.stderr}`).toBe(1);
+      expect(r.stderr).toMatch(/^hoist: .*storage/);
+    }
+  });
+
+  it('while another collection holds the lease → exit 3 with "a collection is running already"', async () => {
+    const driver = await createDriver(`fs:${dir.path}`);
+    const lease = await Lease.acquire(driver, { owner: 'cli-test', ttlMs: 600_000 });
+    try {
+      const r = await hoist(['gc', '--storage', `fs:${dir.path}`, '--grace', '0s']);
+      expect(r.code, r.stderr).toBe(3);
+      expect(r.stderr).toMatch(/^hoist gc: a collection is running already \(generation \d+, cli-test, since /);
+    } finally {
+      await lease.release();
+      await driver.close();
+    }
+    // Released: the next one runs.
+    const after = await hoist(['gc', '--storage', `fs:${dir.path}`, '--grace', '0s', '--json']);
+    expect(after.code, after.stderr).toBe(0);
+  });
+});
