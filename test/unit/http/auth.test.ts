@@ -100,7 +100,7 @@ describe('HTTP Basic (htpasswd, no tokens)', () => {
 
   it('no credentials → 401 with the Basic challenge; a wrong password → the same', async () => {
     const g = gate({ auth });
-    for (const headers of [{}, { authorization: basic('alice', 'wrong') }, { authorization: 'Bearer x.y.z' }]) {
+    for (const headers of [{}, { authorization: basic('alice', 'wrong') }, { authorization: 'Bearer x.y.z' }] as Array<Record<string, string>>) {
       const err = await refused(g, req('GET', '/v2/', headers));
       expect(err).toBeInstanceOf(UnauthorizedError);
       expect((err as UnauthorizedError).challenge).toBe('Basic realm="hoist", charset="UTF-8"');

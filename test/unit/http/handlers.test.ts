@@ -3,6 +3,7 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HashPool } from '../../../src/engine/hash-pool.js';
+import { ReadinessCheck } from '../../../src/health.js';
 import { SlabPool } from '../../../src/engine/slab-pool.js';
 import { createHandler } from '../../../src/http/handlers.js';
 import { NodeFrontEnd } from '../../../src/http/node.js';
@@ -27,7 +28,15 @@ let pool: HashPool;
 let front: NodeFrontEnd;
 let base: string;
 const records: Array<Record<string, unknown>> = [];
-let ready = true;
+/** Storage for the readiness check that fails its listing while `broken` (EIO, as a dying disk). */
+class FlakyStore extends MemoryDriver {
+  broken = false;
+  override async list(path: string): Promise<string[]> {
+    if (this.broken) throw Object.assign(new Error('i/o error'), { code: 'EIO' });
+    return super.list(path);
+  }
+}
+const store = new FlakyStore();
 
 beforeAll(async () => {
   pool = new HashPool({ threads: 1, maxQueue: 100 });
@@ -43,7 +52,7 @@ beforeAll(async () => {
   }));
   const handler = createHandler({
     registry, log, maxManifestBytes: 1 << 20, minChunkBytes: MIN_CHUNK,
-    readiness: { check: async () => (ready ? { ready: true } : { ready: false, reason: 'storage (memory) failed: test' }) },
+    readiness: new ReadinessCheck(store, { cacheMs: 0 }),
   });
   front = new NodeFrontEnd(handler);
   base = `http://127.0.0.1:${await front.listen('127.0.0.1', 0)}`;
@@ -54,7 +63,7 @@ afterAll(async () => {
 });
 
 async function call(method: string, path: string, init: { headers?: Record<string, string>; body?: Uint8Array | string } = {}) {
-  const r = await fetch(base + path, { method, headers: init.headers, body: init.body, redirect: 'manual' });
+  const r = await fetch(base + path, { method, headers: init.headers, body: init.body as BodyInit | undefined, redirect: 'manual' });
   const body = Buffer.from(await r.arrayBuffer());
   return { status: r.status, h: (name: string) => r.headers.get(name), body, json: () => JSON.parse(body.toString('utf8')) as unknown };
 }
@@ -108,12 +117,12 @@ describe('base, health and routing', () => {
     const h = await call('GET', '/healthz');
     expect([h.status, h.json(), h.h('cache-control')]).toEqual([200, { status: 'ok' }, 'no-store']);
     expect((await call('GET', '/readyz')).json()).toEqual({ status: 'ready' });
-    ready = false;
+    store.broken = true;
     try {
       const r = await call('GET', '/readyz');
-      expect([r.status, r.json(), r.h('cache-control')]).toEqual([503, { status: 'not ready', reason: 'storage (memory) failed: test' }, 'no-store']);
+      expect([r.status, r.json(), r.h('cache-control')]).toEqual([503, { status: 'not ready', reason: 'storage (memory) failed: EIO' }, 'no-store']);
     } finally {
-      ready = true;
+      store.broken = false;
     }
   });
 
