@@ -1,13 +1,12 @@
 import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { PathNotFoundError } from '../../../../src/storage/driver.js';
 import { S3Driver } from '../../../../src/storage/s3/driver.js';
 import { parseS3Url } from '../../../../src/storage/s3/url.js';
 import type { WriterState } from '../../../../src/storage/s3/writer.js';
-import {
-  createTestBucket, deleteBucket, listAllKeys, listUploads, s3StorageUrl, s3TestEnv, S3_ENDPOINT_MISSING, testClient, type S3TestEnv,
-} from '../../../helpers/s3.js';
+import { createTestBucket, deleteBucket, listAllKeys, listUploads, s3StorageUrl, testClient } from '../../../helpers/s3.js';
+import { describeS3, MiB, PART_BYTES } from '../../../helpers/s3-http.js';
 
 /**
  * The S3 writer (src/storage/s3/writer.ts) against radosgw: the state object any instance
@@ -16,21 +15,9 @@ import {
  * driver's, a tail shorter than recorded, a state left beside a committed object. Part
  * cutting, resumption across instances, failures and retries are in test/storage/s3.test.ts.
  */
-const env = s3TestEnv();
-const MiB = 1024 * 1024;
-const PART = 5 * MiB;
+const PART = PART_BYTES;
 
-if (!env) {
-  describe('S3 writer', () => {
-    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-      throw new Error(S3_ENDPOINT_MISSING);
-    });
-  });
-} else {
-  writerTests(env);
-}
-
-function writerTests(env: S3TestEnv): void {
+describeS3('S3 writer (radosgw)', (env) => {
   let client: S3Client;
   let bucket: string;
   let n = 0;
@@ -178,4 +165,4 @@ function writerTests(env: S3TestEnv): void {
     await expect(w.close()).rejects.toThrow(/already committed/);
     expect((await d.stat('/ended')).size).toBe(PART + 1);
   });
-}
+});
