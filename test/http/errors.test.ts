@@ -253,15 +253,14 @@ describe.each(combos)('errors ($frontend front end, $storage storage)', ({ front
     expectError(await request(base, '/v2/errors/nobody/tags/list'), 404, 'NAME_UNKNOWN');
   });
 
-  it('an invalid tag → 400 (TAG_INVALID or MANIFEST_INVALID) with the envelope', async () => {
+  it('an invalid tag → 400 TAG_INVALID with the envelope', async () => {
     for (const tag of ['-leading-dash', '.dot', 't'.repeat(129)]) {
       const r = await request(base, `/v2/errors/tags/manifests/${tag}`, {
         method: 'PUT',
         headers: { 'content-type': MEDIA_TYPES.imageManifest },
         body: manifestBody(),
       });
-      const [e] = expectError(r, 400, undefined, 'PUT');
-      expect(['TAG_INVALID', 'MANIFEST_INVALID']).toContain(e!.code);
+      expectError(r, 400, 'TAG_INVALID', 'PUT');
     }
   });
 
