@@ -25,7 +25,8 @@ for (const frontend of ['uws', 'node'] as const) describe(`manifest reads by an 
   });
 
   afterAll(async () => {
-    await server?.kill();
+    // A crash on shutdown is a failure too: the server must exit cleanly on SIGTERM.
+    if (server) expect(await server.stop()).toBe(0);
   });
 
   it.each(INVALID_REFERENCES)('GET and HEAD %s → 404 MANIFEST_UNKNOWN, in a repository that exists and in one that does not', async (reference) => {
