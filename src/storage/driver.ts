@@ -49,6 +49,29 @@ export interface StorageDriver {
   /** Direct children of a directory (prefix), as full paths, sorted. Throws PathNotFoundError if there are none. */
   list(path: string): Promise<string[]>;
 
+  /**
+   * One page of a directory's direct children, for listings whose cost must follow the page,
+   * not the directory (tags/list, _catalog): S3 serves it with one ListObjectsV2 per 1,000
+   * children, fs reads the directory once and stats only the page's objects, and only with
+   * `details`.
+   *
+   * Children come in key order: the byte-wise order of their keys, a key being an object's
+   * name, or a directory's name with '/' appended. That is the order S3 lists in; note that
+   * it puts a directory `a` after an object or directory `a-b` ('-' and '.' sort before '/').
+   * Only children whose key sorts after `startAfter` are listed (to page on, pass the last
+   * child's key: `childKey()`), and at most `limit` of them (at least 1; default: all).
+   * `truncated` is true when more children may follow the page (the next page may be empty).
+   * A directory that does not exist gives an empty page, where list() throws. A name that is
+   * both an object and a directory (S3 and memory allow it) is listed twice, once as each.
+   * Whether an object that a writer has not committed yet is listed depends on the driver
+   * (fs and memory: yes; S3: no). Throws InvalidPathError, and RangeError for a bad `limit`.
+   *
+   * Optional so that wrappers and test drivers need not have it: callers use the listPage()
+   * function below, which falls back to list() and stat() (every child, every time). Every
+   * driver of this directory has it.
+   */
+  listPage?(path: string, opts?: ListOptions): Promise<ListPage>;
+
   /** Moves an object, replacing any object at `dest`. Throws PathNotFoundError for a missing source. */
   move(source: string, dest: string): Promise<void>;
 
@@ -115,6 +138,79 @@ export interface IncompleteWrite {
   readonly lastActivity: Date;
   /** The driver's own handle (opaque to callers). */
   readonly handle: string;
+}
+
+export interface ListOptions {
+  /** A child's key (its name, '/' appended for a directory): list only children whose key sorts after it. */
+  readonly startAfter?: string;
+  /** At most this many children (at least 1); default: all. */
+  readonly limit?: number;
+  /**
+   * Also each object's size and modification time, as stat() gives them: free on S3 (the
+   * listing has them), one stat per child of the page on fs.
+   */
+  readonly details?: boolean;
+}
+
+export interface ListedChild {
+  /** Full path, as list() gives it. */
+  readonly path: string;
+  readonly isDir: boolean;
+  /** With `details`, for objects. */
+  readonly size?: number;
+  /** With `details`, for objects. */
+  readonly modTime?: Date;
+}
+
+export interface ListPage {
+  /** In key order. */
+  readonly children: ListedChild[];
+  /** More children may follow the page. */
+  readonly truncated: boolean;
+}
+
+/** A child's key in listPage() order: its name, with '/' appended for a directory. */
+export function childKey(child: Pick<ListedChild, 'path' | 'isDir'>): string {
+  const name = child.path.slice(child.path.lastIndexOf('/') + 1);
+  return child.isDir ? `${name}/` : name;
+}
+
+/** Byte-wise order of keys (JavaScript compares UTF-16 units; paths are ASCII, so it is the same). */
+export function compareKeys(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/**
+ * `driver.listPage()`, or for a driver without one the same page made from list() and stat():
+ * correct, at the cost of the whole directory.
+ */
+export async function listPage(driver: StorageDriver, path: string, opts: ListOptions = {}): Promise<ListPage> {
+  if (driver.listPage) return driver.listPage(path, opts);
+  checkLimit(opts.limit);
+  let paths: string[];
+  try {
+    paths = await driver.list(path);
+  } catch (err) {
+    if (isPathNotFound(err)) return { children: [], truncated: false };
+    throw err;
+  }
+  const infos = await Promise.all(paths.map((p) => driver.stat(p).catch((err: unknown) => {
+    if (isPathNotFound(err)) return undefined;
+    throw err;
+  })));
+  const keyed = infos
+    .filter((i): i is FileInfo => i !== undefined)
+    .map((i) => ({ key: childKey(i), info: i }))
+    .filter((k) => opts.startAfter === undefined || compareKeys(k.key, opts.startAfter) > 0)
+    .sort((a, b) => compareKeys(a.key, b.key));
+  const page = keyed.slice(0, opts.limit ?? keyed.length).map(({ info: i }): ListedChild =>
+    i.isDir || !opts.details ? { path: i.path, isDir: i.isDir } : { path: i.path, isDir: false, size: i.size, modTime: i.modTime });
+  return { children: page, truncated: keyed.length > page.length };
+}
+
+/** Checks listPage()'s `limit`: a positive integer, or absent. */
+export function checkLimit(limit: number | undefined): void {
+  if (limit !== undefined && (!Number.isSafeInteger(limit) || limit < 1)) throw new RangeError(`invalid limit: ${limit}`);
 }
 
 export interface FileInfo {

@@ -1,7 +1,9 @@
 import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import { channels, type StorageRequestMessage } from '../diagnostics.js';
-import { isPathNotFound, type FileInfo, type FileWriter, type IncompleteWrite, type PutOptions, type StorageDriver } from './driver.js';
+import {
+  isPathNotFound, type FileInfo, type FileWriter, type IncompleteWrite, type ListOptions, type ListPage, type PutOptions, type StorageDriver,
+} from './driver.js';
 
 /**
  * A driver that reports every call it passes on to another one, on the
@@ -22,6 +24,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly listIncompleteWrites?: (idleSince: Date) => Promise<IncompleteWrite[]>;
   readonly abortIncompleteWrite?: (write: IncompleteWrite) => Promise<void>;
   readonly deleteObjects?: (paths: readonly string[]) => Promise<void>;
+  readonly listPage?: (path: string, opts?: ListOptions) => Promise<ListPage>;
 
   constructor(base: StorageDriver) {
     this.#base = base;
@@ -43,6 +46,10 @@ export class InstrumentedDriver implements StorageDriver {
     if (base.deleteObjects) {
       const fn = base.deleteObjects.bind(base);
       this.deleteObjects = (paths) => this.#observe('deleteObjects', () => fn(paths));
+    }
+    if (base.listPage) {
+      const fn = base.listPage.bind(base);
+      this.listPage = (path, opts) => this.#observe('listPage', () => fn(path, opts));
     }
   }
 

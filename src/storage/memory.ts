@@ -1,6 +1,7 @@
 import { Readable } from 'node:stream';
 import {
-  checkPath, InvalidPathError, PathNotFoundError, type FileInfo, type FileWriter, type PutOptions, type StorageDriver,
+  checkLimit, checkPath, compareKeys, InvalidPathError, PathNotFoundError, type FileInfo, type FileWriter, type ListedChild,
+  type ListOptions, type ListPage, type PutOptions, type StorageDriver,
 } from './driver.js';
 
 interface MemoryObject {
@@ -78,6 +79,24 @@ export class MemoryDriver implements StorageDriver {
     }
     if (children.size === 0 && path !== '/') throw new PathNotFoundError(path);
     return [...children].sort();
+  }
+
+  async listPage(path: string, opts: ListOptions = {}): Promise<ListPage> {
+    checkPath(path);
+    checkLimit(opts.limit);
+    const prefixLength = path === '/' ? 1 : path.length + 1;
+    const children = new Map<string, ListedChild>();
+    for (const [key, obj] of this.#under(path)) {
+      const slash = key.indexOf('/', prefixLength);
+      const child: ListedChild = slash === -1
+        ? { path: key, isDir: false, ...(opts.details ? { size: obj.size, modTime: obj.modTime } : {}) }
+        : { path: key.slice(0, slash), isDir: true };
+      const k = `${child.path.slice(prefixLength)}${child.isDir ? '/' : ''}`;
+      if (opts.startAfter === undefined || compareKeys(k, opts.startAfter) > 0) children.set(k, child);
+    }
+    const sorted = [...children.keys()].sort(compareKeys);
+    const page = sorted.slice(0, opts.limit ?? sorted.length);
+    return { children: page.map((k) => children.get(k)!), truncated: sorted.length > page.length };
   }
 
   async move(source: string, dest: string): Promise<void> {

@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import {
-  checkPath, InvalidPathError, isPathNotFound, PathNotFoundError, type FileInfo, type FileWriter, type PutOptions, type StorageDriver,
+  checkPath, InvalidPathError, isPathNotFound, listPage, PathNotFoundError, type FileInfo, type FileWriter, type ListOptions, type ListPage,
+  type PutOptions, type StorageDriver,
 } from './driver.js';
 
 /**
@@ -77,6 +78,13 @@ export class PrefixedDriver implements StorageDriver {
         if (path === '/' && isPathNotFound(err)) return [];
         throw err;
       }
+    });
+  }
+
+  listPage(path: string, opts?: ListOptions): Promise<ListPage> {
+    return this.#call(path, async () => {
+      const page = await listPage(this.#base, this.#to(path), opts);
+      return { children: page.children.map((c) => ({ ...c, path: c.path.slice(this.#prefix.length) })), truncated: page.truncated };
     });
   }
 

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { InvalidPathError, PathNotFoundError, type StorageDriver } from '../../src/storage/driver.js';
+import { childKey, InvalidPathError, listPage, PathNotFoundError, type ListPage, type StorageDriver } from '../../src/storage/driver.js';
 
 /**
  * The behaviour every StorageDriver must have (distribution
@@ -294,6 +294,84 @@ export function driverSuite(
         await expectNotFound(driver.list('/l/file'), '/l/file');
         await expectNotFound(driver.list('/l/missing'), '/l/missing');
         await expectNotFound(driver.list('/l/fi'), '/l/fi');
+      });
+    });
+
+    describe('listPage', () => {
+      // Objects 0, B, _x, a-b, a.c, b and directories a/ and c/: in key order a directory
+      // sorts as its name plus '/', after a-b and a.c.
+      const KEYS = ['0', 'B', '_x', 'a-b', 'a.c', 'a/', 'b', 'c/'];
+      async function fill(): Promise<void> {
+        for (const key of KEYS) {
+          await driver.putContent(key.endsWith('/') ? `/p/${key}inner/file` : `/p/${key}`, randomBytes(key.length + 1));
+        }
+        await driver.putContent('/px', randomBytes(1));
+      }
+      const keysOf = (page: ListPage): string[] => page.children.map(childKey);
+
+      it('is implemented (the listPage() fallback for drivers without it reads the whole directory)', () => {
+        expect(typeof driver.listPage).toBe('function');
+      });
+
+      it('lists direct children in key order, directories marked, as list() names them', async () => {
+        await fill();
+        const page = await driver.listPage!('/p');
+        expect(keysOf(page)).toEqual(KEYS);
+        expect(page.truncated).toBe(false);
+        expect(page.children.map((c) => c.path).sort()).toEqual(await driver.list('/p'));
+        expect(page.children.filter((c) => c.isDir).map((c) => c.path)).toEqual(['/p/a', '/p/c']);
+        expect(keysOf(await driver.listPage!('/'))).toEqual(['p/', 'px']);
+        expect(keysOf(await driver.listPage!('/p/c'))).toEqual(['inner/']);
+      });
+
+      it('pages with limit and startAfter, each page after the last key of the one before', async () => {
+        await fill();
+        const seen: string[] = [];
+        let startAfter: string | undefined;
+        for (let i = 0; ; i++) {
+          const page = await driver.listPage!('/p', { limit: 3, ...(startAfter !== undefined ? { startAfter } : {}) });
+          expect(page.children.length).toBeLessThanOrEqual(3);
+          seen.push(...keysOf(page));
+          if (!page.truncated) break;
+          startAfter = childKey(page.children.at(-1)!);
+          expect(i).toBeLessThan(5);
+        }
+        expect(seen).toEqual(KEYS);
+        // A key need not exist; a directory's own name sorts before it.
+        expect(keysOf(await driver.listPage!('/p', { startAfter: 'a' }))).toEqual(['a-b', 'a.c', 'a/', 'b', 'c/']);
+        expect(keysOf(await driver.listPage!('/p', { startAfter: 'a/' }))).toEqual(['b', 'c/']);
+        expect(keysOf(await driver.listPage!('/p', { startAfter: 'a.c', limit: 1 }))).toEqual(['a/']);
+        expect(await driver.listPage!('/p', { startAfter: 'c/' })).toEqual({ children: [], truncated: false });
+      });
+
+      it('gives objects their size and modification time with details', async () => {
+        await fill();
+        const page = await driver.listPage!('/p', { details: true, startAfter: 'a-b', limit: 2 });
+        expect(page.children.map((c) => c.path)).toEqual(['/p/a.c', '/p/a']);
+        const [object, dir] = page.children;
+        const info = await driver.stat('/p/a.c');
+        expect(object).toMatchObject({ isDir: false, size: info.size });
+        // S3 lists times to the second; stat may have the milliseconds.
+        expect(Math.abs(object!.modTime!.getTime() - info.modTime.getTime())).toBeLessThan(1000);
+        expect(dir).toMatchObject({ isDir: true });
+        expect((await driver.listPage!('/p', { limit: 1 })).children[0]).not.toHaveProperty('modTime');
+      });
+
+      it('the listPage() fallback (list() and stat()) gives the same pages', async () => {
+        await fill();
+        const plain = { name: 'plain', list: (p: string) => driver.list(p), stat: (p: string) => driver.stat(p) } as unknown as StorageDriver;
+        const strip = (page: ListPage) => ({ ...page, children: page.children.map(({ modTime: _, ...c }) => c) });
+        for (const opts of [{ limit: 2 }, { startAfter: 'a', limit: 3, details: true }]) {
+          expect(strip(await listPage(plain, '/p', opts))).toEqual(strip(await driver.listPage!('/p', opts)));
+        }
+        expect(await listPage(plain, '/missing')).toEqual({ children: [], truncated: false });
+      });
+
+      it('gives an empty page for a missing directory, a file, and rejects a bad limit', async () => {
+        await fill();
+        for (const path of ['/missing', '/p/b', '/p/a-']) expect(await driver.listPage!(path)).toEqual({ children: [], truncated: false });
+        for (const limit of [0, -1, 1.5]) await expect(driver.listPage!('/p', { limit })).rejects.toBeInstanceOf(RangeError);
+        await expect(driver.listPage!('/a/../b')).rejects.toBeInstanceOf(InvalidPathError);
       });
     });
 

@@ -1,5 +1,6 @@
 import { GetObjectCommand, HeadObjectCommand, ListPartsCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
+import pLimit from 'p-limit';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HashPool } from '../../src/engine/hash-pool.js';
 import { createDriver } from '../../src/storage/index.js';
@@ -88,6 +89,8 @@ function s3Tests(env: S3TestEnv): void {
         await w.write(randomBytes(6 * MiB));
         await w.close();
         expect(await driver.list('/')).toEqual(['/a', '/up']);
+        // The driver's own keys are no path, and an upload in progress is not in a page.
+        expect((await driver.listPage!('/')).children.map((c) => c.path)).toEqual(['/a']);
         expect((await listAllKeys(client, bucket)).map((k) => k.key).sort()).toEqual(['_s3/writers/up/data.json', '_s3/writers/up/data.tail.1', 'a/b']);
         await driver.delete('/up');
         await driver.delete('/a');
@@ -95,6 +98,47 @@ function s3Tests(env: S3TestEnv): void {
         expect(await listUploads(client, bucket)).toEqual([]);
       } finally {
         await driver.close();
+      }
+    });
+  });
+
+  describe('S3Driver (radosgw), listPage', () => {
+    let bucket: string;
+    beforeAll(async () => {
+      bucket = await createTestBucket(client, 'pages');
+    });
+    afterAll(async () => {
+      await deleteBucket(client, bucket);
+    });
+
+    it('pages across ListObjectsV2 pages of 1,000 keys, one request per 1,000 children', { timeout: 300_000 }, async () => {
+      const seen = new Map<string, number>();
+      const proxy = await startFaultyProxy(env.endpoint, (op) => {
+        seen.set(op, (seen.get(op) ?? 0) + 1);
+        return undefined;
+      });
+      const driver = await S3Driver.open({ ...parseS3Url(s3StorageUrl({ ...env, endpoint: proxy.endpoint }, bucket, 'p', { partSize: '5MiB' })) });
+      try {
+        const names = Array.from({ length: 1050 }, (_, i) => `t${String(i).padStart(4, '0')}`);
+        const limit = pLimit(32);
+        await Promise.all(names.map((n) => limit(() => driver.putContent(`/tags/${n}`, Buffer.from(n)))));
+        seen.clear();
+        const all = await driver.listPage!('/tags', { details: true });
+        expect(all.children.map((c) => c.path)).toEqual(names.map((n) => `/tags/${n}`));
+        expect(all.children.every((c) => c.size === 5 && c.modTime instanceof Date)).toBe(true);
+        expect(all.truncated).toBe(false);
+        expect(seen.get('ListObjectsV2')).toBe(2);
+        seen.clear();
+        const page = await driver.listPage!('/tags', { startAfter: 't0990', limit: 100 });
+        expect(page.children.map((c) => c.path)).toEqual(names.slice(991, 1050).map((n) => `/tags/${n}`));
+        expect(page.truncated).toBe(false);
+        const first = await driver.listPage!('/tags', { limit: 100 });
+        expect(first.children).toHaveLength(100);
+        expect(first.truncated).toBe(true);
+        expect(seen.get('ListObjectsV2')).toBe(2);
+      } finally {
+        await driver.close();
+        await proxy.close();
       }
     });
   });

@@ -11,7 +11,10 @@ import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { Readable } from 'node:stream';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
-import { PathNotFoundError, type FileInfo, type FileWriter, type IncompleteWrite, type StorageDriver } from '../driver.js';
+import {
+  checkLimit, compareKeys, PathNotFoundError, type FileInfo, type FileWriter, type IncompleteWrite, type ListedChild, type ListOptions,
+  type ListPage, type StorageDriver,
+} from '../driver.js';
 import {
   explainBucketError, isConditionalConflict, isInvalidRange, isNoSuchKey, isNoSuchUpload, isPreconditionFailed,
 } from './errors.js';
@@ -304,6 +307,46 @@ export class S3Driver implements StorageDriver {
     const valid = [...children].filter((p) => this.#layout.pathOf(this.#layout.key(p)) !== undefined).sort();
     if (valid.length === 0 && path !== '/') throw new PathNotFoundError(path);
     return valid;
+  }
+
+  /**
+   * ListObjectsV2 with a delimiter, StartAfter and MaxKeys: one request per 1,000 children,
+   * each with its size and LastModified. Objects being written (multipart uploads, whose
+   * writer states list() also reports) are left out.
+   */
+  async listPage(path: string, opts: ListOptions = {}): Promise<ListPage> {
+    this.#layout.check(path);
+    checkLimit(opts.limit);
+    const prefix = this.#layout.dirPrefix(path);
+    const base = path === '/' ? '/' : `${path}/`;
+    const limit = opts.limit ?? Infinity;
+    const children: ListedChild[] = [];
+    let token: string | undefined;
+    let truncated = false;
+    do {
+      const out = await this.#client.send(new ListObjectsV2Command({
+        Bucket: this.bucket, Prefix: prefix, Delimiter: '/', MaxKeys: Math.min(1000, limit - children.length),
+        ...(token ? { ContinuationToken: token } : opts.startAfter !== undefined ? { StartAfter: prefix + opts.startAfter } : {}),
+      }));
+      // Objects and common prefixes come as two lists, each in key order: merge them.
+      const found: Array<{ key: string; child: ListedChild }> = [];
+      for (const c of out.Contents ?? []) {
+        if (!c.Key || c.Key.length <= prefix.length) continue;
+        const name = c.Key.slice(prefix.length);
+        found.push({ key: name, child: { path: base + name, isDir: false, ...(opts.details ? { size: c.Size ?? 0, modTime: c.LastModified ?? new Date(0) } : {}) } });
+      }
+      for (const p of out.CommonPrefixes ?? []) {
+        if (!p.Prefix) continue;
+        const name = p.Prefix.slice(prefix.length, -1);
+        if (path === '/' && name === INTERNAL_SEGMENT) continue;
+        found.push({ key: `${name}/`, child: { path: base + name, isDir: true } });
+      }
+      found.sort((a, b) => compareKeys(a.key, b.key));
+      for (const f of found) if (this.#layout.pathOf(this.#layout.key(f.child.path)) !== undefined) children.push(f.child);
+      truncated = out.IsTruncated === true;
+      token = truncated ? out.NextContinuationToken : undefined;
+    } while (token && children.length < limit);
+    return { children, truncated };
   }
 
   /** Server-side copy, then delete: S3 has no rename. The core moves only small objects. */
