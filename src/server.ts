@@ -147,6 +147,8 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
         // Requests cut off at the deadline flush what they received, so their uploads resume.
         await handler.drain(Math.max(1000, config.shutdownTimeoutMs - (Date.now() - t0)));
         await gcStopped;
+        // Their presences go, so that a collection does not wait for this server (gc/guard.ts).
+        await Promise.all([registry, ...namespaces.map((n) => n.registry)].map((r) => r.close().catch(() => undefined)));
         await hashPool.close();
         await driver.close();
         // Last: scrapes see the shutdown through.

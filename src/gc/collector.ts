@@ -1,10 +1,11 @@
 import pLimit, { type LimitFunction } from 'p-limit';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { InvalidPathError, isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { InvalidPathError, isPathNotFound, listPage, type StorageDriver } from '../storage/driver.js';
 import { BlobStore, WELL_KNOWN_BLOBS } from '../registry/blobs.js';
 import type { ExpiryPolicy } from '../registry/expiry.js';
-import type { TouchRecord } from './guard.js';
+import { decodeRevision } from '../registry/manifests.js';
+import { presenceProcessGone, type PresenceRecord, type TouchRecord } from './guard.js';
 import { Lease, objectExists } from './lease.js';
 import { manifestRefs, Marker } from './mark.js';
 import {
@@ -28,50 +29,73 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *   - uploads without activity for `staleUploadAfterMs`, with their data (on S3 the driver
  *     aborts the multipart upload and deletes the staging objects), and data objects that
  *     no record points to (a crash between writing data and recording it), idle as long;
- *   - touched markers of blobs that are gone.
+ *   - touched markers of blobs that are gone;
+ *   - entries of the expiring index (manifests.ts) whose tag is gone or has no label expiry
+ *     any more, and presences of servers that are gone (C).
  * S3 multipart uploads that no writer state knows (a crash mid-PATCH) are the driver's:
  * see StorageDriver.listIncompleteWrites, run by gc/runner.ts once per store.
  *
  * Why nothing referenced is lost (the argument the code below follows)
  * -------------------------------------------------------------------
- * Storage is linearizable per object: a read sees every write that finished before it
- * started (fs; S3 has been strongly consistent since 2020; radosgw is). The collector reads
- * the lease's generation g and the time it started, t0; `cutoff` is t0 - grace.
+ * Storage is linearizable per object, listings included: a read or a listing sees every
+ * write that finished before it started (fs; S3 has been strongly consistent since 2020;
+ * radosgw is). The collector reads the lease's generation g and the time it started, t0;
+ * `cutoff` is t0 - grace. An "operation" is what a server does under GcGuard.op(): a
+ * manifest PUT, an upload commit, a mount.
  *
- * A. Touch before check (gc/guard.ts duty 1). Whenever the registry vouches for a digest X
- *    (blob HEAD, mount, upload commit, manifest PUT referencing X or being X), it first
- *    rewrites X's touched marker, then checks that X exists. The collector deletes X's record
- *    (the only way to reach X's bytes) first, then re-reads X's marker, and puts the record
- *    back ("resurrects" it) if the marker is fresh or changed since its first read. If the
- *    registry's check found the record, that check ran before the delete, so the touch ran
- *    before the collector's re-read, which therefore sees it: the record comes back and
- *    the bytes were never deleted (data goes only after the re-read). If the check did not
- *    find it, the registry answers "unknown" and the client uploads again. Manifests
- *    (revisions) and layer links are swept the same way, with the same marker.
+ * C. Operations in flight (gc/guard.ts duty 1) come first, because they decide what the
+ *    others must cover. A server writes its presence (/gc/servers/<id>) before its first
+ *    operation and only then reads the lease; it keeps the presence while it runs, looks at
+ *    the lease about every second, and files each operation under what it then believed:
+ *    no collection, or collection g. Once it sees g, and every operation it started before
+ *    has finished, it writes `ack: g` into its presence. The collector writes the lease,
+ *    then lists the presences, and waits for each to acknowledge g before it lists anything
+ *    else. A presence the listing missed was written after it, so its server read the lease
+ *    after the lease was written and knew of g from its first operation. Hence every
+ *    operation either knew that g was running when it started, or finished before the
+ *    collector's first listing, and what it wrote (a tag, a revision, a blob record, a link)
+ *    is in the listings and judged by marking and B like anything else. An operation that
+ *    did not know of g never races the collector's deletions, and so costs the store
+ *    nothing for garbage collection. The collector stops waiting for a presence that is
+ *    deleted (its server stopped), that names a process on this host and PID namespace
+ *    which no longer exists (it crashed), or that has not been rewritten for
+ *    `inflightTimeoutMs` (10 minutes; servers rewrite it every minute): a server silent
+ *    that long is taken for dead, as a registration that old was taken for a crash's by
+ *    the servers before this scheme, which registered every operation in /gc/inflight/
+ *    (the collector still waits for those registrations). Without C, a PUT that checked its
+ *    references just before t0 and wrote its tag just after the tags were listed would
+ *    leave a tag to swept blobs whenever grace is shorter than that PUT.
  *
- * B. Grace. A marker is fresh if its time is after `cutoff`. A client that HEADs a blob, or
- *    uploads it, and pushes a manifest using it less than `grace` later, finds it there:
- *    nothing touched within the grace period is swept. This is the one timing assumption,
- *    and it concerns clients, not bytes: a push slower than the grace period can fail with
+ * A. Touch before check (gc/guard.ts duty 2). An operation that knows g is running, before
+ *    it vouches for a digest X (accepts a manifest that refers to X or is X, adopts an
+ *    upload onto X, mounts X), rewrites X's touched marker, tagged with g, then checks that
+ *    X exists. Blob and manifest HEADs (not operations) touch before they check always. The
+ *    collector deletes X's record (the only way to reach X's bytes) first, then re-reads
+ *    X's marker, and puts the record back ("resurrects" it) if the marker is fresh or
+ *    changed since its first read. If the registry's check found the record, that check ran
+ *    before the delete, so the touch ran before the collector's re-read, which therefore
+ *    sees it: the record comes back and the bytes were never deleted (data goes only after
+ *    the re-read). If the check did not find it, the registry answers "unknown" and the
+ *    client uploads again. Manifests (revisions, which hold their bytes) and layer links are
+ *    swept the same way, with the same marker. An operation that did not know of g needs no
+ *    touch: by C it finished before the collector deleted anything.
+ *
+ * B. Grace. A marker is fresh if its time is after `cutoff`, or if it carries g (written by
+ *    an operation of this collection, however late it comes and whatever the clocks say).
+ *    A manifest is fresh as well when its revision was created after `cutoff` (a push while
+ *    no collection runs writes no marker; pushing an untagged manifest again touches it).
+ *    Blob HEADs, upload commits and mounts always touch, and a manifest's references are
+ *    kept by the manifest once it is pushed: a client that HEADs a blob, or uploads it, and
+ *    pushes a manifest using it less than `grace` later, finds it there: nothing touched
+ *    within the grace period is swept. This is the one timing assumption, and it concerns
+ *    clients, not bytes: a push slower than the grace period can fail with
  *    MANIFEST_BLOB_UNKNOWN (and is retried), it cannot create a manifest whose blob is gone,
- *    because the PUT re-checks every reference after touching it (A). With `--grace 0s`
- *    everything not in use when the collection starts goes. (A marker's time is the writing
- *    server's clock when it began the write. A touch the collector cannot tell from an old
- *    one, because it was stored before the collector's first read and dated before the
- *    cutoff by a clock running behind, costs at most such a failed push, for the same reason;
- *    manifest PUTs do not depend on clocks at all, see C.)
- *
- * C. In-flight operations (gc/guard.ts duty 2): manifest PUTs, upload commits, mounts. One
- *    registers in /gc/inflight/ and then reads the lease; the collector writes the lease and
- *    then lists /gc/inflight/, and waits for what it finds before it lists anything else.
- *    Either the operation saw generation g running, and tagged its touches with g, which
- *    makes them fresh to this collection however late they come and whatever the clocks
- *    say: a blob uploaded or mounted, or a manifest pushed, while the collection runs is
- *    never swept by it; or the collector saw the operation and waited for it, so what it
- *    wrote is in the listings (a tag, a root; a blob, judged by B like anything that was
- *    there before the collection). Without C, a PUT that checked its references just before
- *    t0 and wrote its tag just after the tags were listed would leave a tag to swept blobs
- *    whenever grace is shorter than that PUT.
+ *    because the PUT either finished before the collector listed anything (C) or re-checks
+ *    every reference after touching it (A). With `--grace 0s` everything not in use when the
+ *    collection starts goes. (A marker's time is the writing server's clock when it began
+ *    the write. A touch the collector cannot tell from an old one, because it was stored
+ *    before the collector's first read and dated before the cutoff by a clock running
+ *    behind, costs at most such a failed push, for the same reason.)
  *
  * D. Order. Manifests are swept before links and links before blobs, and a manifest that
  *    turns out fresh (or comes back under A) is marked with everything it reaches before any
@@ -94,9 +118,16 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    what keeps it and a PUT apart. Locks of uploads that are gone, left by a server that
  *    died, go once untouched for staleUploadAfter (#sweepUploadLocks).
  *
- * F. Expired tags. Deleting one writes an intent, re-reads the tag and deletes it only if
- *    it is unchanged; a PUT that saw the collection running looks for the intent after it
- *    writes the tag and writes it again once the collector is done (gc/guard.ts duty 3).
+ * F. Tags. Deleting an expired tag writes an intent, re-reads the tag and deletes it only if
+ *    it is unchanged; entries of the expiring index (manifests.ts) whose tag is gone or has
+ *    no label expiry any more go the same way. A PUT of that tag that did not know of g
+ *    finished before the tags were listed (C). One that did writes the tag (its expiring
+ *    entry first), then looks for the intent, waits while it is there, then reads the tag
+ *    (and its entry) again and writes back what the collector removed (gc/guard.ts duty 3,
+ *    ManifestStore.repairTag). If its look found no intent, it came before the intent was
+ *    written, so the tag was written before the collector's re-read, which saw it changed
+ *    and kept it; or it came after the intent was deleted, so the read that follows sees
+ *    any delete the collector made. So a tag pushed again just as it expires is never lost.
  *
  * G. One collector at a time (gc/lease.ts); it checks that it still holds the lease before
  *    each phase that deletes, and stops if another took over (only possible after it missed
@@ -238,6 +269,8 @@ class Collection {
   readonly #dangling = new Set<string>();
   /** First reads of touched markers (raw text, '' for none), for "changed since". */
   readonly #firstTouch = new Map<string, string>();
+  /** Revisions read, by repository and digest (#readRevision). */
+  readonly #revisions = new Map<string, Promise<Buffer | undefined>>();
 
   constructor(opts: GcOptions, lease: Lease | undefined) {
     this.#o = opts;
@@ -272,7 +305,10 @@ class Collection {
 
   async run(): Promise<GcReport> {
     const started = performance.now();
-    if (this.#lease) await this.#waitForInflight();
+    if (this.#lease) {
+      await this.#waitForServers();
+      await this.#waitForInflight();
+    }
 
     // --- listings (order: uploads, then blob records, then data; see E) -----------------
     this.#progress('scanning', 0, 0);
@@ -288,7 +324,7 @@ class Collection {
     const dataPaths = await listData(this.#d);
 
     // --- mark ---------------------------------------------------------------------------
-    this.#marker = new Marker(this.#repos, (d) => this.#loadRefs(d), pLimit(this.#o.concurrency ?? DEFAULT_CONCURRENCY));
+    this.#marker = new Marker(this.#repos, (repo, d) => this.#loadRefs(repo, d), pLimit(this.#o.concurrency ?? DEFAULT_CONCURRENCY));
     const expired: Array<[string, string, string]> = [];
     const roots: Array<[string, string]> = [];
     const now = Date.now();
@@ -304,6 +340,7 @@ class Collection {
 
     // --- sweep --------------------------------------------------------------------------
     await this.#sweepExpiredTags(expired);
+    await this.#tidyExpiringIndex(new Set(expired.map(([name, tag]) => `${name}\u0000${tag}`)));
     await this.#sweepManifests();
     await this.#sweepLinks();
     const { swept, sweptData } = await this.#sweepBlobs(blobScan.records);
@@ -321,8 +358,53 @@ class Collection {
     return this.#report;
   }
 
-  // --- C: wait for manifest PUTs that started before the lease ----------------------------
+  // --- C: wait for operations that started before the servers knew of this collection ------
 
+  /**
+   * Waits until every server that runs operations on this storage has acknowledged this
+   * collection (gc/guard.ts duty 1): all it started before it saw the lease has finished. A
+   * server is not waited for once its presence is gone (it stopped), has not been rewritten
+   * for `inflightTimeoutMs` (it died, or hangs longer than an operation may take, as a
+   * registration that old counts as left by a crash), or names a process on this host that
+   * no longer exists.
+   */
+  async #waitForServers(): Promise<void> {
+    const gen = this.#lease!.gen;
+    const timeoutMs = this.#o.inflightTimeoutMs ?? DEFAULT_INFLIGHT_TIMEOUT_MS;
+    const settled = new Set<string>();
+    let total = 0;
+    for (;;) {
+      this.#o.signal?.throwIfAborted();
+      const { children } = await listPage(this.#d, paths.gcServersDir(), { details: true });
+      const pending = children.filter((c) => !c.isDir && !settled.has(c.path));
+      total = Math.max(total, settled.size + pending.length);
+      this.#progress('waiting', settled.size, total);
+      if (pending.length === 0) return;
+      await Promise.all(pending.map((c) => this.#limit(async () => {
+        const raw = await readOrUndefined(this.#d, c.path);
+        let p: Partial<PresenceRecord> = {};
+        try {
+          if (raw) p = JSON.parse(raw.toString('utf8')) as Partial<PresenceRecord>;
+        } catch {
+          // Unreadable: judged by its age alone.
+        }
+        if (!raw || (typeof p.ack === 'number' && p.ack >= gen)) {
+          settled.add(c.path);
+          return;
+        }
+        const silent = c.modTime !== undefined && Date.now() - c.modTime.getTime() > timeoutMs;
+        if (silent || presenceProcessGone(p) === true) {
+          settled.add(c.path);
+          await ignoreNotFound(this.#d.delete(c.path));
+        }
+      })));
+      if (pending.every((c) => settled.has(c.path))) continue;
+      // Servers look at the lease every second or so.
+      await sleep(50);
+    }
+  }
+
+  /** Registrations of operations by servers of earlier versions, which register each one. */
   async #waitForInflight(): Promise<void> {
     const timeoutMs = this.#o.inflightTimeoutMs ?? DEFAULT_INFLIGHT_TIMEOUT_MS;
     const registrations = await listOrEmpty(this.#d, paths.gcInflightDir());
@@ -360,6 +442,7 @@ class Collection {
           const now = await readOrUndefined(this.#d, paths.tag(repo, tag));
           if (now?.toString('utf8') === raw) {
             await ignoreNotFound(this.#d.delete(paths.tag(repo, tag)));
+            if (this.#repos.get(repo)?.expiring.has(tag)) await ignoreNotFound(this.#d.delete(paths.tagExpiring(repo, tag)));
             this.#report.expiredTags++;
           }
         } finally {
@@ -367,6 +450,40 @@ class Collection {
         }
       }
       this.#progress('tags', ++done, expired.length);
+    })));
+  }
+
+  /**
+   * Entries of the expiring index (manifests.ts tags()) whose tag is gone or carries no
+   * label expiry any more, removed as F removes expired tags: under an intent, after reading
+   * the tag again, so that a push of the tag meanwhile gets its entry back (gc/guard.ts).
+   * Those of the expired tags just deleted (`done`) went with them.
+   */
+  async #tidyExpiringIndex(done: Set<string>): Promise<void> {
+    const stale: Array<[string, string]> = [];
+    for (const [name, repo] of this.#repos) {
+      for (const tag of repo.expiring) {
+        if (done.has(`${name}\u0000${tag}`)) continue;
+        if (repo.tags.get(tag)?.expiresAt === undefined) stale.push([name, tag]);
+      }
+    }
+    if (stale.length === 0 || this.#dry) return;
+    await this.#checkLease();
+    await Promise.all(stale.map(([repo, tag]) => this.#limit(async () => {
+      const intent = paths.gcTagIntent(repo, tag);
+      await this.#d.putContent(intent, json({ gen: this.#lease!.gen, at: new Date().toISOString() }));
+      try {
+        const raw = await readOrUndefined(this.#d, paths.tag(repo, tag));
+        let expiresAt: unknown;
+        try {
+          expiresAt = raw ? (JSON.parse(raw.toString('utf8')) as { expiresAt?: unknown }).expiresAt : undefined;
+        } catch {
+          // Not a record: no expiry either.
+        }
+        if (expiresAt === undefined) await ignoreNotFound(this.#d.delete(paths.tagExpiring(repo, tag)));
+      } finally {
+        await ignoreNotFound(this.#d.delete(intent));
+      }
     })));
   }
 
@@ -383,7 +500,8 @@ class Collection {
     const first = unmarked();
     const fresh: Array<[string, string]> = [];
     await Promise.all(first.map(([name, d]) => this.#limit(async () => {
-      if (await this.#isFresh(d, () => this.#revisionTime(name, d))) fresh.push([name, d]);
+      // A push writes no marker while no collection runs: the revision's own time counts too.
+      if ((await this.#isFresh(d, () => this.#revisionTime(name, d))) || ((await this.#revisionTime(name, d)) ?? -Infinity) >= this.#cutoff) fresh.push([name, d]);
     })));
     if (fresh.length > 0) await this.#marker.mark(fresh);
     const levels = await this.#parentsFirst(unmarked());
@@ -400,7 +518,7 @@ class Collection {
         if (this.#marker.isLive(repo, d)) return;
         const digest = tryParseDigest(d)!;
         const revisionPath = paths.manifestRevision(repo, digest);
-        const revision = await readOrUndefined(this.#d, revisionPath);
+        const revision = await this.#readRevision(repo, d);
         if (!revision) return;
         const subject = subjectOf(revision);
         const entryPath = subject ? paths.referrer(repo, subject, digest) : undefined;
@@ -459,7 +577,7 @@ class Collection {
       indegree.set(to, indegree.get(to)! + 1);
     };
     await Promise.all(candidates.map(async ([repo, d]) => {
-      const refs = await this.#marker.refs(d);
+      const refs = await this.#marker.refs(repo, d);
       for (const c of refs?.children ?? []) edge(key(repo, d), key(repo, c));
       for (const r of this.#repos.get(repo)?.referrers.get(d) ?? []) edge(key(repo, d), key(repo, r));
     }));
@@ -828,11 +946,27 @@ class Collection {
     return raw !== '' && this.#freshTouch(raw);
   }
 
+  /**
+   * A revision as first read in this collection (it is read for its time, its subject, its
+   * bytes, and to be put back): once. Revisions are written once, with ifNotExists; one
+   * deleted and pushed again since the read is one a push vouched for during the collection,
+   * which A covers whatever this copy says.
+   */
+  #readRevision(repo: string, d: string): Promise<Buffer | undefined> {
+    const key = `${repo}\u0000${d}`;
+    let p = this.#revisions.get(key);
+    if (!p) {
+      p = readOrUndefined(this.#d, paths.manifestRevision(repo, tryParseDigest(d)!));
+      this.#revisions.set(key, p);
+    }
+    return p;
+  }
+
   async #revisionTime(repo: string, d: string): Promise<number | undefined> {
-    const raw = await readOrUndefined(this.#d, paths.manifestRevision(repo, tryParseDigest(d)!));
+    const raw = await this.#readRevision(repo, d);
     if (!raw) return undefined;
     try {
-      const createdAt = Date.parse((JSON.parse(raw.toString('utf8')) as { createdAt?: string }).createdAt ?? '');
+      const createdAt = Date.parse(decodeRevision(raw).record.createdAt ?? '');
       if (Number.isFinite(createdAt)) return createdAt;
     } catch {
       // Fall back to the object's time.
@@ -849,10 +983,18 @@ class Collection {
     }
   }
 
-  async #loadRefs(d: string) {
+  /** What a manifest of `repo` refers to: from its revision, or for a revision of the old layout its bytes' blob. */
+  async #loadRefs(repo: string, d: string) {
     const digest: Digest | undefined = tryParseDigest(d);
     if (!digest || WELL_KNOWN_BLOBS.has(d)) return { blobs: [], children: [] };
-    const bytes = await this.#blobs.getSmall(digest);
+    const raw = await this.#readRevision(repo, d);
+    let bytes: Buffer | undefined;
+    try {
+      bytes = raw ? decodeRevision(raw).bytes : undefined;
+    } catch {
+      // Unreadable record: try the blob.
+    }
+    bytes ??= await this.#blobs.getSmall(digest);
     return bytes ? manifestRefs(bytes) : undefined;
   }
 
@@ -881,7 +1023,7 @@ class Collection {
 
 function subjectOf(revision: Buffer): Digest | undefined {
   try {
-    const s = (JSON.parse(revision.toString('utf8')) as { subject?: unknown }).subject;
+    const s = (decodeRevision(revision).record as { subject?: unknown }).subject;
     return typeof s === 'string' ? tryParseDigest(s) : undefined;
   } catch {
     return undefined;

@@ -1,5 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { readlinkSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { StorageDriver } from '../storage/driver.js';
 import { WELL_KNOWN_BLOBS } from '../registry/blobs.js';
@@ -17,47 +19,126 @@ export interface TouchRecord {
   readonly n: string;
 }
 
+/** What paths.gcServer() holds: a server that runs operations on this registry's storage. */
+export interface PresenceRecord {
+  readonly id: string;
+  /** host:pid, for people. */
+  readonly owner: string;
+  /** For a collector on the same host to tell a crashed server from a live one: the host, the PID namespace, the PID. */
+  readonly host?: string;
+  readonly pidns?: string;
+  readonly pid?: number;
+  readonly startedAt: string;
+  readonly heartbeatAt: string;
+  /**
+   * The newest collection generation this server has acknowledged: every operation it had
+   * started before it saw that collection running has finished.
+   */
+  readonly ack?: number;
+}
+
+export interface GcGuardOptions {
+  /**
+   * How often the server looks at the lease (ms; default 1 s). A collection waits about this
+   * long for each server's acknowledgement before it lists anything.
+   */
+  pollMs?: number;
+  /** How often the presence is rewritten (ms; default 1 min). Collectors take a presence unwritten for their `inflightTimeoutMs` (10 min) for a dead server's. */
+  heartbeatMs?: number;
+}
+
 interface OpContext {
-  /** Generation of the collection that was running when the operation registered, if any. */
+  /** Generation of the collection the server knew to be running when the operation started, if any. */
   readonly gen: number | undefined;
+}
+
+/**
+ * The operations a server started while it believed one thing about the lease: that no
+ * collection ran, or that collection `gen` did.
+ */
+class Epoch {
+  readonly gen: number | undefined;
+  #ops = 0;
+  #waiters: Array<() => void> = [];
+
+  constructor(gen: number | undefined) {
+    this.gen = gen;
+  }
+
+  enter(): void {
+    this.#ops++;
+  }
+
+  leave(): void {
+    if (--this.#ops === 0) for (const w of this.#waiters.splice(0)) w();
+  }
+
+  /** Resolves when no operation of this epoch is running. */
+  idle(): Promise<void> {
+    return this.#ops === 0 ? Promise.resolve() : new Promise((resolve) => this.#waiters.push(resolve));
+  }
 }
 
 /** Touches written at once; a manifest lists a config, its layers or its children. */
 const TOUCH_CONCURRENCY = 8;
 /** How long a tag write waits for a collector to finish deleting that tag (gc/collector.ts holds an intent for milliseconds). */
 const INTENT_WAIT_MS = 30_000;
+const DEFAULT_POLL_MS = 1000;
+const DEFAULT_HEARTBEAT_MS = 60_000;
 
 /**
- * The server's half of online garbage collection (the collector's half is gc/collector.ts, where the
- * whole argument is written out). Three duties:
+ * The server's half of online garbage collection (the collector's half is gc/collector.ts,
+ * where the whole argument is written out, A-G). Four duties:
  *
- * 1. touch(digests): before the registry vouches for a blob or manifest (answers a blob HEAD,
- *    mounts it, adopts an upload onto it, or accepts a manifest that references it), it
- *    rewrites the digest's touched marker, and only then checks that the thing exists. The
- *    collector deletes in the opposite order (record first, then re-reads the marker). On a
- *    store where every write is seen by every later read (fs, S3 since 2020), at least one of
- *    the two sees the other: either our check finds the record gone (we answer "unknown",
- *    the client uploads again), or the collector finds our touch and puts the record back.
+ * 1. Presence and acknowledgement (C). Before its first operation (a manifest PUT, an upload
+ *    commit, a mount: op()) the server writes its presence, /gc/servers/<id>, and only then
+ *    reads the lease; it rewrites the presence every minute and deletes it on close(). It
+ *    looks at the lease every second. Each operation belongs to the epoch it started in:
+ *    what the server then believed about the lease (no collection, or collection g). When the
+ *    server sees collection g start, new operations belong to g's epoch, and once every
+ *    operation of the earlier epochs has finished it writes `ack: g` into its presence. The
+ *    collector writes the lease, lists the presences, and waits for each to acknowledge g
+ *    before it lists anything. So an operation either started knowing that g runs, or
+ *    finished before g listed anything. While no collection runs, an operation costs the
+ *    store nothing for garbage collection.
  *
- * 2. op(fn): a manifest PUT (an upload commit, a mount) registers itself under
- *    /gc/inflight/ and only then reads the lease. A collector writes the lease and only then lists /gc/inflight/. So either the PUT
- *    sees the collection (and tags its touches with the collection's generation, which the
- *    collector spares however old the touch looks) or the collector sees the PUT (and waits
- *    for it to finish before it lists tags and manifests, so it sees what the PUT wrote).
- *    This closes the one gap a grace period alone leaves: a PUT that checked its references
- *    before the collection started and writes its tag after the collector listed the tags.
+ * 2. touch(digests) (A, B): in an operation that knows collection g runs, before the registry
+ *    vouches for a blob or manifest (accepts a manifest that references it, adopts an upload
+ *    onto it, mounts it), it rewrites the digest's touched marker, tagged with g, and only
+ *    then checks that the thing exists. The collector deletes in the opposite order (record
+ *    first, then re-reads the marker). On a store where every write is seen by every later
+ *    read (fs, S3 since 2020), at least one of the two sees the other: either our check finds
+ *    the record gone (we answer "unknown", the client uploads again), or the collector finds
+ *    our touch and puts the record back. Blob HEADs, upload commits and mounts touch always,
+ *    for the grace period (B): the client will name the blob in a manifest soon.
  *
- * 3. tagIntent(): a collector deleting an expired tag first writes an intent, then re-reads
- *    the tag; a PUT that saw a collection running re-reads the intent after writing its tag,
- *    and writes the tag again once the collector is done. So a tag pushed again just as it
- *    expires is never deleted under the push.
+ * 3. tagIntent() (F): a collector deleting an expired tag first writes an intent, then re-reads
+ *    the tag; a PUT that knew a collection was running looks for the intent after writing its
+ *    tag, waits for the collector to be done, and repairs the tag if it was deleted under it
+ *    (ManifestStore.repairTag).
  */
 export class GcGuard {
   readonly #driver: StorageDriver;
   readonly #ops = new AsyncLocalStorage<OpContext>();
+  readonly #pollMs: number;
+  readonly #heartbeatMs: number;
+  readonly #id = randomUUID();
+  readonly #startedAt = new Date().toISOString();
+  #started: Promise<void> | undefined;
+  #closed = false;
+  #epoch = new Epoch(undefined);
+  /** Epochs that ended with operations still running. */
+  readonly #draining = new Set<Epoch>();
+  #ack: number | undefined;
+  #timers: NodeJS.Timeout[] = [];
+  #polling: Promise<void> | undefined;
+  /** Presence writes, one after another, so that none overtakes a newer one. */
+  #writes: Promise<void> = Promise.resolve();
 
-  constructor(driver: StorageDriver) {
+  constructor(driver: StorageDriver, opts: GcGuardOptions = {}) {
     this.#driver = driver;
+    this.#pollMs = opts.pollMs ?? DEFAULT_POLL_MS;
+    this.#heartbeatMs = opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
   }
 
   /**
@@ -84,19 +165,21 @@ export class GcGuard {
     await Promise.all(Array.from({ length: Math.min(TOUCH_CONCURRENCY, list.length) }, worker));
   }
 
-  /** Runs `fn` as a registered operation (see duty 2 above); nested calls join the outer one. */
+  /** Runs `fn` as an operation of the current epoch (duty 1); nested calls join the outer one. */
   async op<T>(fn: () => Promise<T>): Promise<T> {
     if (this.#ops.getStore()) return fn();
-    const registration = paths.gcInflight(randomUUID());
-    await this.#driver.putContent(registration, Buffer.from(JSON.stringify({ startedAt: new Date().toISOString() })));
+    await (this.#started ??= this.#start().catch((err: unknown) => {
+      // The next operation tries again.
+      this.#started = undefined;
+      throw err;
+    }));
+    if (this.#closed) throw new Error('garbage collection guard is closed');
+    const epoch = this.#epoch;
+    epoch.enter();
     try {
-      // Read after the registration is stored: the order the argument needs.
-      const gen = await runningGeneration(this.#driver);
-      return await this.#ops.run({ gen }, fn);
+      return await this.#ops.run({ gen: epoch.gen }, fn);
     } finally {
-      // Not awaited: what the operation wrote is stored already; a collector waiting for
-      // the registration to go waits a few milliseconds longer, the client does not.
-      void this.#driver.delete(registration).catch(() => undefined);
+      epoch.leave();
     }
   }
 
@@ -107,8 +190,8 @@ export class GcGuard {
 
   /**
    * After writing tag `tag` inside an op that saw a collection running: if the collector is
-   * deleting that tag (its intent exists), waits until it is done and returns true: the
-   * caller must write the tag again. False when no collector is after it.
+   * deleting that tag (its intent exists), waits until it is done. Returns whether it found
+   * an intent. The caller then repairs the tag (ManifestStore.repairTag).
    */
   async tagIntent(repo: string, tag: string): Promise<boolean> {
     if (!this.collecting) return false;
@@ -117,5 +200,107 @@ export class GcGuard {
     const deadline = Date.now() + INTENT_WAIT_MS;
     while (Date.now() < deadline && (await objectExists(this.#driver, intent))) await sleep(20);
     return true;
+  }
+
+  /**
+   * Looks at the lease now rather than at the next tick (tests; a server that is told of a
+   * collection some other way).
+   */
+  poll(): Promise<void> {
+    return (this.#polling ??= this.#poll().finally(() => (this.#polling = undefined)));
+  }
+
+  /** Stops looking at the lease and deletes the presence. Operations still running should have finished. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const t of this.#timers) clearInterval(t);
+    if (!this.#started) return;
+    await this.#started.catch(() => undefined);
+    await this.#polling;
+    await this.#writes;
+    await this.#driver.delete(paths.gcServer(this.#id)).catch(() => undefined);
+  }
+
+  /** The presence first, then the lease: the order duty 1 needs. */
+  async #start(): Promise<void> {
+    await this.#writePresence();
+    const gen = await runningGeneration(this.#driver);
+    if (gen !== undefined) this.#enter(gen);
+    this.#timers = [
+      setInterval(() => void this.poll().catch(() => undefined), this.#pollMs),
+      setInterval(() => void this.#writePresence().catch(() => undefined), this.#heartbeatMs),
+    ];
+    for (const t of this.#timers) t.unref();
+  }
+
+  async #poll(): Promise<void> {
+    if (this.#closed) return;
+    const gen = await runningGeneration(this.#driver);
+    if (gen !== this.#epoch.gen) this.#enter(gen);
+  }
+
+  /** A new epoch; for a collection, its acknowledgement once the earlier epochs have drained. */
+  #enter(gen: number | undefined): void {
+    const before = [this.#epoch, ...this.#draining];
+    this.#draining.add(this.#epoch);
+    this.#epoch = new Epoch(gen);
+    const drained = Promise.all(before.map(async (e) => {
+      await e.idle();
+      this.#draining.delete(e);
+    }));
+    if (gen === undefined) return;
+    void drained.then(async () => {
+      if (this.#ack !== undefined && this.#ack >= gen) return;
+      this.#ack = gen;
+      await this.#writePresence();
+    }).catch(() => undefined);
+  }
+
+  #writePresence(): Promise<void> {
+    const write = async (): Promise<void> => {
+      if (this.#closed && this.#started) return;
+      const record: PresenceRecord = {
+        id: this.#id,
+        owner: `${hostname()}:${process.pid}`,
+        ...processIdentity(),
+        startedAt: this.#startedAt,
+        heartbeatAt: new Date().toISOString(),
+        ...(this.#ack !== undefined ? { ack: this.#ack } : {}),
+      };
+      await this.#driver.putContent(paths.gcServer(this.#id), Buffer.from(JSON.stringify(record)));
+    };
+    const next = this.#writes.then(write, write);
+    this.#writes = next.catch(() => undefined);
+    return next;
+  }
+}
+
+/**
+ * Which process this is, in terms another process on the same machine can check: the host
+ * name, the PID namespace (Linux; containers have their own) and the PID.
+ */
+export function processIdentity(): { host: string; pidns?: string; pid: number } {
+  let pidns: string | undefined;
+  try {
+    pidns = readlinkSync('/proc/self/ns/pid');
+  } catch {
+    // Not Linux: a collector cannot tell whether this process lives; it waits for the timeout.
+  }
+  return { host: hostname(), ...(pidns ? { pidns } : {}), pid: process.pid };
+}
+
+/**
+ * Whether a presence belongs to a process that is gone: on this host and in this PID
+ * namespace, no process has its PID. Undefined when that cannot be told from here.
+ */
+export function presenceProcessGone(p: Pick<PresenceRecord, 'host' | 'pidns' | 'pid'>): boolean | undefined {
+  const me = processIdentity();
+  if (p.host !== me.host || p.pidns === undefined || p.pidns !== me.pidns || typeof p.pid !== 'number') return undefined;
+  try {
+    process.kill(p.pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
   }
 }

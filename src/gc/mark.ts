@@ -8,7 +8,8 @@ import { tryParseDigest } from '../registry/reference.js';
  *
  *   root (repository, manifest)          a tag that has not expired; also, from the sweep,
  *                                        a manifest touched lately ("late marks", gc/collector.ts)
- *   manifest M live in repository R  →   M's bytes (a blob under M's digest)
+ *   manifest M live in repository R  →   M's bytes (its revision in R; for revisions written
+ *                                        before 2026-12, a blob under M's digest)
  *                                        M's config and layers: blobs, and R's links to them
  *                                        M's index children: manifests live in R
  *                                        manifests in R whose subject is M (referrers)
@@ -56,7 +57,8 @@ export function manifestRefs(bytes: Uint8Array): ManifestRefs | undefined {
   };
 }
 
-export type ManifestLoader = (digest: string) => Promise<ManifestRefs | undefined>;
+/** The references of manifest `digest` as stored in repository `repo`; undefined when it is not there or not readable. */
+export type ManifestLoader = (repo: string, digest: string) => Promise<ManifestRefs | undefined>;
 
 export class Marker {
   /** Repository → manifests live there. */
@@ -70,7 +72,10 @@ export class Marker {
   readonly #repos: ReadonlyMap<string, RepositoryScan>;
   readonly #load: ManifestLoader;
   readonly #limit: LimitFunction;
-  readonly #cache = new Map<string, Promise<ManifestRefs | undefined>>();
+  /** Manifests read, by digest: the same bytes wherever they are stored. */
+  readonly #found = new Map<string, Promise<ManifestRefs>>();
+  /** Reads in flight or failed, by repository and digest: a manifest missing from one repository may be in another. */
+  readonly #tried = new Map<string, Promise<ManifestRefs | undefined>>();
 
   constructor(repos: ReadonlyMap<string, RepositoryScan>, load: ManifestLoader, limit: LimitFunction) {
     this.#repos = repos;
@@ -83,12 +88,18 @@ export class Marker {
     return this.manifests.get(repo)?.has(manifest) ?? false;
   }
 
-  /** The references of a manifest (cached; bytes are read once per digest). */
-  refs(digest: string): Promise<ManifestRefs | undefined> {
-    let p = this.#cache.get(digest);
+  /** The references of a manifest of `repo` (cached: bytes are read once per digest, as long as some repository has them). */
+  refs(repo: string, digest: string): Promise<ManifestRefs | undefined> {
+    const found = this.#found.get(digest);
+    if (found) return found;
+    const key = `${repo}\u0000${digest}`;
+    let p = this.#tried.get(key);
     if (!p) {
-      p = this.#limit(() => this.#load(digest));
-      this.#cache.set(digest, p);
+      p = this.#limit(() => this.#load(repo, digest));
+      this.#tried.set(key, p);
+      void p.then((refs) => {
+        if (refs) this.#found.set(digest, Promise.resolve(refs));
+      }, () => undefined);
     }
     return p;
   }
@@ -110,7 +121,7 @@ export class Marker {
       await Promise.all(fresh.map(async ([repo, d]) => {
         this.blobs.add(d);
         for (const r of this.#repos.get(repo)?.referrers.get(d) ?? []) next.push([repo, r]);
-        const refs = await this.refs(d);
+        const refs = await this.refs(repo, d);
         if (!refs) {
           this.unreadable.add(d);
           return;

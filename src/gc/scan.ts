@@ -36,6 +36,8 @@ export interface RepositoryScan {
   readonly uploads: string[];
   /** Upload locks and their takeover markers (engine/upload-lock.ts): `[upload id, object name]`. */
   readonly uploadLocks: Array<[string, string]>;
+  /** Tags with an entry in the expiring index (manifests.ts tags()). */
+  readonly expiring: Set<string>;
 }
 
 export interface BlobScan {
@@ -84,7 +86,9 @@ export async function listRepositories(driver: StorageDriver): Promise<string[]>
 }
 
 export async function scanRepository(driver: StorageDriver, name: string, limit: LimitFunction): Promise<RepositoryScan> {
-  const scan: RepositoryScan = { name, tags: new Map(), revisions: new Set(), links: new Set(), referrers: new Map(), uploads: [], uploadLocks: [] };
+  const scan: RepositoryScan = {
+    name, tags: new Map(), revisions: new Set(), links: new Set(), referrers: new Map(), uploads: [], uploadLocks: [], expiring: new Set(),
+  };
   const tagNames = (await listOrEmpty(driver, paths.tags(name))).map(basename);
   await Promise.all(tagNames.map((tag) => limit(async () => {
     const raw = await readOrUndefined(driver, paths.tag(name, tag));
@@ -134,6 +138,7 @@ export async function scanRepository(driver: StorageDriver, name: string, limit:
     if (entry?.record) scan.uploads.push(entry.id);
     else if (entry) scan.uploadLocks.push([entry.id, basename(p)]);
   }
+  for (const p of await limit(() => listOrEmpty(driver, paths.tagsExpiring(name)))) scan.expiring.add(basename(p));
   return scan;
 }
 

@@ -19,6 +19,12 @@ export interface BlobDescriptor {
   readonly size: number;
 }
 
+/** A blob a repository can serve, and where its bytes are (BlobStore.locate). */
+export interface BlobLocation extends BlobDescriptor {
+  /** The data object; undefined for the well-known blobs, whose bytes are in the code. */
+  readonly data?: string;
+}
+
 /** A byte range as RFC 9110 asks for it: `bytes=a-b`, `bytes=a-` or `bytes=-n`. */
 export type ByteRange = { start: number; end?: number } | { suffix: number };
 
@@ -123,21 +129,37 @@ export class BlobStore {
     }
   }
 
-  /** The blob as `repo` sees it; BLOB_UNKNOWN when it is not linked there. */
-  async stat(repo: string, digest: Digest): Promise<BlobDescriptor> {
+  /**
+   * The blob as `repo` sees it and where its bytes are, or undefined when it is not linked
+   * there. The one existence check: stat(), exists() and manifest pushes (which read a
+   * config's labels from the location) all come here, so whatever it costs is counted once.
+   */
+  async locate(repo: string, digest: Digest): Promise<BlobLocation | undefined> {
     const known = WELL_KNOWN_BLOBS.get(digest.value);
     if (known) return { digest: digest.value, size: known.length };
+    // A record whose data is gone is no blob (#liveRecord): the check counts that stat too.
     const record = (await this.#linked(repo, digest)) ? await this.#liveRecord(digest) : undefined;
-    if (!record) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
-    return { digest: digest.value, size: record.size };
+    return record ? { digest: digest.value, size: record.size, data: record.data } : undefined;
+  }
+
+  /** The blob as `repo` sees it; BLOB_UNKNOWN when it is not linked there. */
+  async stat(repo: string, digest: Digest): Promise<BlobDescriptor> {
+    const found = await this.locate(repo, digest);
+    if (!found) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
+    return { digest: found.digest, size: found.size };
   }
 
   async exists(repo: string, digest: Digest): Promise<boolean> {
+    return (await this.locate(repo, digest)) !== undefined;
+  }
+
+  /** The bytes of a blob locate() found (small ones: a config); undefined when they are gone since. */
+  async readLocated(found: BlobLocation): Promise<Buffer | undefined> {
+    if (found.data === undefined) return WELL_KNOWN_BLOBS.get(found.digest);
     try {
-      await this.stat(repo, digest);
-      return true;
+      return await this.#driver.getContent(found.data);
     } catch (err) {
-      if (err instanceof RegistryError && err.code === 'BLOB_UNKNOWN') return false;
+      if (isPathNotFound(err)) return undefined;
       throw err;
     }
   }

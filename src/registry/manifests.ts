@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { RegistryError } from '../errors.js';
-import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
-import { WELL_KNOWN_BLOBS, type BlobStore } from './blobs.js';
+import { isPathNotFound, listPage, type ListedChild, type StorageDriver } from '../storage/driver.js';
+import type { BlobLocation, BlobStore } from './blobs.js';
+import { ExpiryPolicy } from './expiry.js';
 import { EXPIRES_AFTER_LABEL, labelsOf, MAX_CONFIG_BYTES, parseExpiresAfter } from './labels.js';
 import {
   artifactTypeOf, IMAGE_CONFIG_MEDIA_TYPES, isNonDistributable, parseManifest,
@@ -12,7 +13,11 @@ import { tryParseDigest, type Digest, type Reference } from './reference.js';
 
 export { MANIFEST_MEDIA_TYPES } from './manifest-schema.js';
 
-/** What paths.manifestRevision() holds. The bytes are a blob under the same digest. */
+/**
+ * What paths.manifestRevision() holds: this record as one line of JSON, a newline, and the
+ * manifest's bytes as pushed (encodeRevision). Revisions written before 2026-12 hold the
+ * record alone; their bytes are a blob under the same digest.
+ */
 export interface ManifestRecord {
   readonly digest: string;
   readonly mediaType: string;
@@ -28,9 +33,14 @@ export interface ManifestRecord {
   readonly expiresAt?: string;
 }
 
-/** What paths.tag() holds: the one thing a tag is, a pointer to a manifest. */
+/**
+ * What paths.tag() holds: the one thing a tag is, a pointer to a manifest. Written only when
+ * the tag changes (a push of another manifest, or of an expired tag), so the object's
+ * modification time is its updatedAt, to within the clocks' difference.
+ */
 export interface TagRecord {
   readonly digest: string;
+  /** When the tag was pushed to point here; a configured expiration counts from it (expiry.ts). */
   readonly updatedAt: string;
   /** From the manifest's `quay.expires-after` label, counted from this tag push (ISO 8601). */
   readonly expiresAt?: string;
@@ -60,12 +70,12 @@ export interface ManifestStoreOptions {
   blobs: BlobStore;
   maxBytes: number;
   /**
-   * Whether a tag has expired at `nowMs` (expiry.ts: its label's `expiresAt`, or a configured
-   * expiration). An expired tag is gone to clients before the collector deletes its record.
-   * Default: `expiresAt` alone.
+   * When tags expire (expiry.ts: a label's `expiresAt`, a configured expiration). An expired
+   * tag is gone to clients before the collector deletes its record. Default: labels only.
    */
-  tagExpired?: (repo: string, tag: TagRecord, nowMs: number) => boolean;
+  expiry?: ExpiryPolicy;
 }
+
 
 export interface PutManifestOptions {
   /**
@@ -75,12 +85,27 @@ export interface PutManifestOptions {
    * the tag's `updatedAt` is when the upstream last confirmed it.
    */
   readonly fromUpstream?: boolean;
+  /**
+   * Called when the manifest was stored already (this push wrote no revision), before the
+   * tag is written. The registry uses it to keep an untagged manifest pushed again for the
+   * grace period, as the first push did (gc/guard.ts).
+   */
+  readonly onExisting?: (digest: Digest) => Promise<void>;
 }
 
 /** Existence checks in flight for one manifest (an index may list dozens of platforms). */
 const CHECK_CONCURRENCY = 8;
-/** Tag records read at once for a tag list (expired tags are left out). */
+/** Tag records read at once for a tag list, a delete by digest. */
 const TAG_READ_CONCURRENCY = 32;
+/** Children asked for per listPage() by a tag list of all tags. */
+const LIST_PAGE = 1000;
+/**
+ * A tag list decides a configured expiration from the tag object's modification time, which
+ * is its record's updatedAt to within the clocks' difference (the server's, which dates the
+ * record; the store's, which dates the object). Within this much of the boundary it reads
+ * the record instead, so the list and a manifest request by tag agree.
+ */
+const EXPIRY_BOUNDARY_MS = 5 * 60_000;
 
 /**
  * Manifests by digest, tags pointing at them, and the referrers index, per repository.
@@ -88,21 +113,30 @@ const TAG_READ_CONCURRENCY = 32;
  * Consistency without locks: every write is one atomic putContent of a small object, and
  * objects are written in an order that keeps each reader's view whole:
  *
- *   1. the manifest's bytes, as a blob under its digest (content-addressed, so racing
- *      writers write the same thing);
- *   2. the revision record, with ifNotExists: from here on the manifest exists. Two pushes
- *      of the same bytes race here harmlessly, one creates it and both go on with it;
- *   3. the referrer entry under its subject (rewritten on every push, so a push that died
- *      between 2 and 3 is repaired by pushing again);
+ *   1. the revision: the manifest's record and bytes in one object, written with
+ *      ifNotExists: from here on the manifest exists. Two pushes of the same bytes race here
+ *      harmlessly, one creates it and both go on with it;
+ *   2. the referrer entry under its subject (rewritten on every push, so a push that died
+ *      between 1 and 2 is repaired by pushing again);
+ *   3. for a tag whose manifest carries a label expiry, the tag's entry in the expiring
+ *      index, so that a tag list never misses an expiry (tags());
  *   4. the tag record: a single object naming a digest whose revision is already committed.
  *      Two clients pushing the same tag at once each replace the whole object, so the tag
  *      ends up naming one of the two manifests, never a mix and never a missing one.
+ *
+ * What a push costs the store (an image of a config and one layer, pushed by tag; docker-
+ * registry 2.8 makes 8 requests, 9 for a new manifest): BlobStore.locate() per blob (2
+ * requests each on S3), the revision read (and for a new manifest the config's bytes and
+ * the revision write), the tag read and write. Online garbage collection adds nothing while
+ * no collection runs (gc/guard.ts).
  */
 export class ManifestStore {
   readonly #o: ManifestStoreOptions;
+  readonly #expiry: ExpiryPolicy;
 
   constructor(opts: ManifestStoreOptions) {
     this.#o = opts;
+    this.#expiry = opts.expiry ?? new ExpiryPolicy();
   }
 
   /**
@@ -122,29 +156,36 @@ export class ManifestStore {
       throw new RegistryError('DIGEST_INVALID', { detail: { expected: reference.digest.value, actual: digest.value } });
     }
     const manifest = parseManifest(bytes, contentType);
-    if (!opts.fromUpstream) await this.#checkReferences(repo, manifest);
-    const labels = manifest.kind === 'manifest' && !opts.fromUpstream ? await this.#labels(repo, manifest.config) : undefined;
-    const expiresAfterMs = parseExpiresAfter(labels?.[EXPIRES_AFTER_LABEL]);
-    const artifactType = artifactTypeOf(manifest);
-    const now = Date.now();
-
-    await this.#o.blobs.putSmall(digest, bytes);
-    const record: ManifestRecord = {
-      digest: digest.value,
-      mediaType: manifest.mediaType,
-      size: bytes.length,
-      createdAt: new Date(now).toISOString(),
-      ...(artifactType !== undefined ? { artifactType } : {}),
-      ...(manifest.subject ? { subject: manifest.subject.digest } : {}),
-      ...(labels ? { labels } : {}),
-      ...(expiresAfterMs !== undefined ? { expiresAt: new Date(now + expiresAfterMs).toISOString() } : {}),
-    };
-    const revision = paths.manifestRevision(repo, digest);
-    const fresh = await this.#o.driver.putContent(revision, json(record), { ifNotExists: true });
-    const stored = fresh ? record : ((await this.#revision(repo, digest)) ?? record);
+    // Every reference is checked on every push, stored manifest or not (a blob may have been
+    // deleted from the repository since), but an upstream's; the stored revision is read meanwhile.
+    const [config, existing] = await Promise.all([opts.fromUpstream ? undefined : this.#checkReferences(repo, manifest), this.#revision(repo, digest)]);
+    let stored: ManifestRecord;
+    if (existing) {
+      // The same bytes: the same config, so the same labels, recorded at the first push.
+      stored = existing.record;
+      await opts.onExisting?.(digest);
+    } else {
+      const labels = manifest.kind === 'manifest' && !opts.fromUpstream ? await this.#labels(repo, manifest.config, config) : undefined;
+      const expiresAfterMs = parseExpiresAfter(labels?.[EXPIRES_AFTER_LABEL]);
+      const artifactType = artifactTypeOf(manifest);
+      const now = Date.now();
+      const record: ManifestRecord = {
+        digest: digest.value,
+        mediaType: manifest.mediaType,
+        size: bytes.length,
+        createdAt: new Date(now).toISOString(),
+        ...(artifactType !== undefined ? { artifactType } : {}),
+        ...(manifest.subject ? { subject: manifest.subject.digest } : {}),
+        ...(labels ? { labels } : {}),
+        ...(expiresAfterMs !== undefined ? { expiresAt: new Date(now + expiresAfterMs).toISOString() } : {}),
+      };
+      const fresh = await this.#o.driver.putContent(paths.manifestRevision(repo, digest), encodeRevision(record, bytes), { ifNotExists: true });
+      stored = fresh ? record : ((await this.#revision(repo, digest))?.record ?? record);
+    }
 
     if (manifest.subject) {
       const subject = tryParseDigest(manifest.subject.digest)!;
+      const artifactType = artifactTypeOf(manifest);
       const entry: ReferrerDescriptor = {
         mediaType: manifest.mediaType,
         digest: digest.value,
@@ -156,34 +197,69 @@ export class ManifestStore {
     }
 
     if (reference.kind === 'tag') {
-      // Re-pushing a tag that already names this manifest is a no-op: nothing is rewritten,
-      // and its expiry is not pushed back.
-      const current = await this.#tag(repo, reference.tag);
-      // An expired tag is no tag: pushing it again makes a new one.
-      if (current?.digest !== digest.value || this.#expired(repo, current, now) || opts.fromUpstream) {
-        const tag: TagRecord = {
-          digest: digest.value,
-          updatedAt: new Date(now).toISOString(),
-          ...(expiresAfterMs !== undefined ? { expiresAt: new Date(now + expiresAfterMs).toISOString() } : {}),
-        };
-        await this.#o.driver.putContent(paths.tag(repo, reference.tag), json(tag));
-      }
+      await this.#pointTag(repo, reference.tag, digest, parseExpiresAfter(stored.labels?.[EXPIRES_AFTER_LABEL]), opts.fromUpstream ?? false);
     }
     return stored;
   }
 
+  /**
+   * Points `tag` at `digest`. Re-pushing a tag that already names this manifest is a no-op:
+   * nothing is rewritten, and its expiry is not pushed back. An expired tag is no tag:
+   * pushing it again makes a new one. `always`: written in any case (a cache's tag).
+   */
+  async #pointTag(repo: string, tag: string, digest: Digest, expiresAfterMs: number | undefined, always = false): Promise<void> {
+    const now = Date.now();
+    // A cache's tag is written whatever it names: its updatedAt is when the upstream last confirmed it.
+    if (!always) {
+      const current = await this.#tag(repo, tag);
+      if (current?.digest === digest.value && !this.#expiry.isExpired(repo, current, now)) return;
+    }
+    const record: TagRecord = {
+      digest: digest.value,
+      updatedAt: new Date(now).toISOString(),
+      ...(expiresAfterMs !== undefined ? { expiresAt: new Date(now + expiresAfterMs).toISOString() } : {}),
+    };
+    // The index entry first: a tag with a label expiry is never without one (tags()).
+    if (record.expiresAt !== undefined) await this.#o.driver.putContent(paths.tagExpiring(repo, tag), Buffer.from(record.expiresAt));
+    await this.#o.driver.putContent(paths.tag(repo, tag), json(record));
+  }
+
+  /**
+   * After a push of `tag` that ran while a collection did (gc/guard.ts, gc/collector.ts F):
+   * puts back what the collector removed under the push. A tag that is gone is written
+   * again (the collector deleted it as expired just as it was pushed); a tag that still
+   * names `digest` with a label expiry gets its expiring-index entry back if the collector
+   * tidied it away. A tag another push moved meanwhile is left alone. Returns whether it
+   * wrote anything.
+   */
+  async repairTag(repo: string, tag: string, digest: string): Promise<boolean> {
+    const current = await this.#tag(repo, tag);
+    if (current === undefined) {
+      const d = tryParseDigest(digest)!;
+      const found = await this.#revision(repo, d);
+      if (!found) return false;
+      await this.#pointTag(repo, tag, d, parseExpiresAfter(found.record.labels?.[EXPIRES_AFTER_LABEL]));
+      return true;
+    }
+    if (current.digest !== digest || current.expiresAt === undefined) return false;
+    if (await objectExists(this.#o.driver, paths.tagExpiring(repo, tag))) return false;
+    await this.#o.driver.putContent(paths.tagExpiring(repo, tag), Buffer.from(current.expiresAt));
+    return true;
+  }
+
   async stat(repo: string, reference: Reference): Promise<ManifestRecord> {
-    const digest = await this.#resolve(repo, reference);
-    const record = await this.#revision(repo, digest);
-    if (!record) throw unknown(reference);
-    return record;
+    const found = await this.#revision(repo, await this.#resolve(repo, reference));
+    if (!found) throw unknown(reference);
+    return found.record;
   }
 
   async get(repo: string, reference: Reference): Promise<Manifest> {
-    const record = await this.stat(repo, reference);
-    const bytes = await this.#o.blobs.getSmall(tryParseDigest(record.digest)!);
-    if (!bytes) throw unknown(reference);
-    return { ...record, bytes };
+    const digest = await this.#resolve(repo, reference);
+    const found = await this.#revision(repo, digest);
+    // A revision of the old layout names bytes stored as a blob.
+    const bytes = found?.bytes ?? (found ? await this.#o.blobs.getSmall(digest) : undefined);
+    if (!found || !bytes) throw unknown(reference);
+    return { ...found.record, bytes };
   }
 
   /** The tag's record (for expiry), or undefined when the repository has no such tag. */
@@ -194,8 +270,9 @@ export class ManifestStore {
   /**
    * By digest: removes the manifest from the repository, its entry among its subject's
    * referrers, and every tag pointing at it (a tag must not dangle). By tag: removes only
-   * the tag. The referrer entry goes first, so a delete cut short never leaves an entry
-   * naming a manifest that is gone.
+   * the tag (its expiring-index entry, if any, is tidied by the next collection). The
+   * referrer entry goes first, so a delete cut short never leaves an entry naming a manifest
+   * that is gone.
    */
   async delete(repo: string, reference: Reference): Promise<void> {
     if (reference.kind === 'tag') {
@@ -206,9 +283,9 @@ export class ManifestStore {
       return;
     }
     const digest = reference.digest;
-    const record = await this.#revision(repo, digest);
-    if (!record) throw unknown(reference);
-    const subject = record.subject === undefined ? undefined : tryParseDigest(record.subject);
+    const found = await this.#revision(repo, digest);
+    if (!found) throw unknown(reference);
+    const subject = found.record.subject === undefined ? undefined : tryParseDigest(found.record.subject);
     if (subject) await ignoreNotFound(this.#o.driver.delete(paths.referrer(repo, subject, digest)));
     try {
       await this.#o.driver.delete(paths.manifestRevision(repo, digest));
@@ -216,27 +293,77 @@ export class ManifestStore {
       if (isPathNotFound(err)) throw unknown(reference);
       throw err;
     }
-    for (const tag of await this.#tagNames(repo)) {
+    // Which tags name it, only their records say: every one is read (as distribution does).
+    const names = (await listPage(this.#o.driver, paths.tags(repo))).children.filter((c) => !c.isDir).map((c) => basename(c.path));
+    await mapLimit(names, TAG_READ_CONCURRENCY, async (tag) => {
       const t = await this.#tag(repo, tag);
       if (t?.digest === digest.value) await ignoreNotFound(this.#o.driver.delete(paths.tag(repo, tag)));
-    }
+    });
   }
 
   /**
-   * Tags in lexical order, paginated by `n` and `last` (distribution-spec "Listing Tags").
-   * Lexical means byte-wise here, as distribution sorts them: `V1` before `_x` before `latest`.
+   * Tags in lexical order, paginated by `n` and `last` (distribution-spec "Listing Tags"),
+   * expired tags left out. Lexical means byte-wise here, as distribution sorts them: `V1`
+   * before `_x` before `latest`.
+   *
+   * A page of n costs the store about n: one listPage() of the tags (S3: one request per
+   * 1,000, with each object's modification time), one of the expiring index over the same
+   * range, and a read of the records that index names, the only tags whose expiry the
+   * listing cannot see. A configured expiration counts from the tag's push, which is its
+   * object's modification time (TagRecord); near the boundary the record is read instead.
+   * A page with expired tags in it reads on until it has n live ones or the tags run out.
    */
   async tags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {
-    const names = await this.#tagNames(repo);
+    if (n === 0) return { items: [] };
     const now = Date.now();
-    // Each tag's record says whether it has expired: one small read per tag, many at once.
-    const records = await mapLimit(names, TAG_READ_CONCURRENCY, (t) => this.#tag(repo, t));
-    return paginate(names.filter((_, i) => records[i] !== undefined && !this.#expired(repo, records[i]!, now)), n, last);
+    const configuredMs = this.#expiry.expirationFor(repo);
+    const items: string[] = [];
+    let after = last;
+    let more = true;
+    while (more && (n === undefined || items.length < n)) {
+      const page = await listPage(this.#o.driver, paths.tags(repo), {
+        ...(after !== undefined ? { startAfter: after } : {}),
+        limit: n === undefined ? LIST_PAGE : Math.min(LIST_PAGE, n - items.length),
+        details: configuredMs !== undefined,
+      });
+      more = page.truncated;
+      const tags = page.children.filter((c) => !c.isDir);
+      if (page.children.length === 0) break;
+      const end = basename(page.children[page.children.length - 1]!.path);
+      const labelled = await this.#expiringBetween(repo, after, end);
+      // Which tags need their record read to know whether they have expired.
+      const uncertain = tags.filter((c) => labelled.has(basename(c.path)) || (configuredMs !== undefined && nearBoundary(c, configuredMs, now)));
+      const records = new Map(await mapLimit(uncertain, TAG_READ_CONCURRENCY, async (c) => [c.path, await this.#tag(repo, basename(c.path))] as const));
+      for (const c of tags) {
+        let expired: boolean;
+        if (records.has(c.path)) {
+          const record = records.get(c.path);
+          // Gone since the listing: it is not a tag any more.
+          expired = record === undefined || this.#expiry.isExpired(repo, record, now);
+        } else {
+          expired = configuredMs !== undefined && c.modTime !== undefined && c.modTime.getTime() + configuredMs <= now;
+        }
+        if (!expired) items.push(basename(c.path));
+      }
+      after = end;
+    }
+    return more && items.length > 0 ? { items, next: items[items.length - 1]! } : { items };
   }
 
-  #expired(repo: string, tag: TagRecord, nowMs: number): boolean {
-    if (this.#o.tagExpired) return this.#o.tagExpired(repo, tag, nowMs);
-    return tag.expiresAt !== undefined && Date.parse(tag.expiresAt) <= nowMs;
+  /** Tags in (`after`, `end`] with an entry in the expiring index (their records carry, or carried, a label expiry). */
+  async #expiringBetween(repo: string, after: string | undefined, end: string): Promise<Set<string>> {
+    const found = new Set<string>();
+    let startAfter = after;
+    for (;;) {
+      const page = await listPage(this.#o.driver, paths.tagsExpiring(repo), { ...(startAfter !== undefined ? { startAfter } : {}), limit: LIST_PAGE });
+      for (const c of page.children) {
+        const tag = basename(c.path);
+        if (lexical(tag, end) > 0) return found;
+        if (!c.isDir) found.add(tag);
+      }
+      if (!page.truncated || page.children.length === 0) return found;
+      startAfter = basename(page.children[page.children.length - 1]!.path);
+    }
   }
 
   /**
@@ -259,61 +386,50 @@ export class ManifestStore {
   /**
    * Every blob an image manifest names must be in the repository (pushed or mounted there),
    * and every child of an index must be a manifest in the repository. The well-known empty
-   * layer and empty JSON config are always there (BlobStore.exists knows them); layers whose
+   * layer and empty JSON config are always there (BlobStore.locate knows them); layers whose
    * bytes live elsewhere (`urls`) are not checked. The subject is not checked: referrers may
    * be pushed before what they refer to (distribution-spec "Pushing Manifests with Subject").
+   * Returns where an image's config is, for its labels.
    */
-  async #checkReferences(repo: string, m: ParsedManifest): Promise<void> {
+  async #checkReferences(repo: string, m: ParsedManifest): Promise<BlobLocation | undefined> {
     if (m.kind === 'manifest') {
       const blobs = [m.config, ...m.layers.filter((l) => !isNonDistributable(l))];
-      const missing = await firstMissing(blobs, (d) => this.#o.blobs.exists(repo, tryParseDigest(d.digest)!));
+      const found = new Map<string, BlobLocation | undefined>();
+      const missing = await firstMissing(blobs, async (d) => {
+        const at = await this.#o.blobs.locate(repo, tryParseDigest(d.digest)!);
+        found.set(d.digest, at);
+        return at !== undefined;
+      });
       if (missing) {
         throw new RegistryError('MANIFEST_BLOB_UNKNOWN', { message: 'manifest references a blob unknown to the repository', detail: { digest: missing.digest } });
       }
-      return;
+      return found.get(m.config.digest);
     }
-    const missing = await firstMissing(m.manifests, async (d) => (await this.#revision(repo, tryParseDigest(d.digest)!)) !== undefined);
+    const missing = await firstMissing(m.manifests, (d) => objectExists(this.#o.driver, paths.manifestRevision(repo, tryParseDigest(d.digest)!)));
     if (missing) {
       // MANIFEST_UNKNOWN (a missing child is a manifest, not a blob), but as a bad request.
       throw new RegistryError('MANIFEST_UNKNOWN', { status: 400, message: 'index references a manifest unknown to the repository', detail: { digest: missing.digest } });
     }
+    return undefined;
   }
 
-  /** Labels of an image's config blob; undefined for artifacts and for configs too large to read. */
-  async #labels(repo: string, config: Descriptor): Promise<Record<string, string> | undefined> {
+  /** Labels of an image's config blob (found by #checkReferences); undefined for artifacts and for configs too large to read. */
+  async #labels(repo: string, config: Descriptor, at: BlobLocation | undefined): Promise<Record<string, string> | undefined> {
     if (!IMAGE_CONFIG_MEDIA_TYPES.includes(config.mediaType)) return undefined;
-    const digest = tryParseDigest(config.digest)!;
-    const known = WELL_KNOWN_BLOBS.get(digest.value);
-    if (known) return labelsOf(known);
-    // The stored size, not the descriptor's: it is what getSmall() would read.
-    let size: number;
-    try {
-      ({ size } = await this.#o.blobs.stat(repo, digest));
-    } catch (err) {
+    // The stored size, not the descriptor's: it is what would be read.
+    if (!at || at.size > MAX_CONFIG_BYTES) return undefined;
+    const bytes = await this.#o.blobs.readLocated(at);
+    if (!bytes) {
       // Deleted since #checkReferences saw it.
-      if (err instanceof RegistryError && err.code === 'BLOB_UNKNOWN') {
-        throw new RegistryError('MANIFEST_BLOB_UNKNOWN', { message: 'manifest references a blob unknown to the repository', detail: { digest: digest.value } });
-      }
-      throw err;
+      throw new RegistryError('MANIFEST_BLOB_UNKNOWN', { message: 'manifest references a blob unknown to the repository', detail: { digest: config.digest, repository: repo } });
     }
-    if (size > MAX_CONFIG_BYTES) return undefined;
-    const bytes = await this.#o.blobs.getSmall(digest);
-    return bytes ? labelsOf(bytes) : undefined;
-  }
-
-  async #tagNames(repo: string): Promise<string[]> {
-    try {
-      return (await this.#o.driver.list(paths.tags(repo))).map(basename).sort(lexical);
-    } catch (err) {
-      if (isPathNotFound(err)) return [];
-      throw err;
-    }
+    return labelsOf(bytes);
   }
 
   async #resolve(repo: string, reference: Reference): Promise<Digest> {
     if (reference.kind === 'digest') return reference.digest;
     const found = await this.#tag(repo, reference.tag);
-    const tag = found && !this.#expired(repo, found, Date.now()) ? found : undefined;
+    const tag = found && !this.#expiry.isExpired(repo, found, Date.now()) ? found : undefined;
     const digest = tag && tryParseDigest(tag.digest);
     if (!digest) throw unknown(reference);
     return digest;
@@ -323,8 +439,56 @@ export class ManifestStore {
     return readJson<TagRecord>(this.#o.driver, paths.tag(repo, tag));
   }
 
-  async #revision(repo: string, digest: Digest): Promise<ManifestRecord | undefined> {
-    return readJson<ManifestRecord>(this.#o.driver, paths.manifestRevision(repo, digest));
+  async #revision(repo: string, digest: Digest): Promise<Revision | undefined> {
+    try {
+      return decodeRevision(await this.#o.driver.getContent(paths.manifestRevision(repo, digest)));
+    } catch (err) {
+      if (isPathNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+}
+
+/** A stored revision: the record, and the bytes unless the revision predates keeping them there. */
+export interface Revision {
+  readonly record: ManifestRecord;
+  readonly bytes?: Buffer;
+}
+
+const NEWLINE = 0x0a;
+
+/** What paths.manifestRevision() holds: the record as one line of JSON (JSON.stringify writes no newline), then the bytes. */
+export function encodeRevision(record: ManifestRecord, bytes: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from(`${JSON.stringify(record)}\n`), bytes]);
+}
+
+/** Reads either layout of a revision; throws on one that is not JSON where the record should be. */
+export function decodeRevision(stored: Buffer): Revision {
+  const nl = stored.indexOf(NEWLINE);
+  if (nl < 0) return { record: JSON.parse(stored.toString('utf8')) as ManifestRecord };
+  return { record: JSON.parse(stored.subarray(0, nl).toString('utf8')) as ManifestRecord, bytes: stored.subarray(nl + 1) };
+}
+
+/**
+ * Whether a configured expiration's boundary, counted from the listed modification time, is
+ * too close to `nowMs` to trust that time for the record's updatedAt (EXPIRY_BOUNDARY_MS).
+ */
+function nearBoundary(c: ListedChild, expirationMs: number, nowMs: number): boolean {
+  if (c.modTime === undefined) return true;
+  return Math.abs(c.modTime.getTime() + expirationMs - nowMs) < EXPIRY_BOUNDARY_MS;
+}
+
+/**
+ * Whether an object exists, as cheaply as the driver can say: a zero-length read, which the
+ * S3 driver answers with one HEAD.
+ */
+async function objectExists(driver: StorageDriver, path: string): Promise<boolean> {
+  try {
+    (await driver.reader(path, 0, 0)).destroy();
+    return true;
+  } catch (err) {
+    if (isPathNotFound(err)) return false;
+    throw err;
   }
 }
 

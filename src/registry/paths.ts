@@ -22,7 +22,11 @@ import type { Digest } from './reference.js';
  *   ├── gc                            garbage collection's coordination objects (gc/lease.ts)
  *   │   ├── lease                     while a collection runs: {"gen", "owner", "startedAt", ...}
  *   │   ├── generations/<gen>         created (if absent) to claim a collection's generation
- *   │   ├── inflight/<id>             a manifest PUT, upload commit or mount in progress: {"startedAt"}
+ *   │   ├── servers/<id>              a server that runs operations here: {"heartbeatAt", "ack"?, ...}
+ *   │   │                             (gc/guard.ts: rewritten every minute, and when it acknowledges
+ *   │   │                             a collection; deleted when the server stops)
+ *   │   ├── inflight/<id>             a manifest PUT, upload commit or mount in progress, as servers
+ *   │   │                             before 2026-12 registered each: {"startedAt"}
  *   │   ├── orphans/<id>              /blobs/data/<id> was seen named by no record: {"firstSeen"}
  *   │   └── intents/<name>
  *   │       ├── _tags/<tag>           the collector is about to delete this expired tag
@@ -41,9 +45,17 @@ import type { Digest } from './reference.js';
  *           │   │                     {mediaType, digest, size, artifactType, annotations}
  *           │   ├── revisions
  *           │   │   └── <algorithm>
- *           │   │       └── <hex>     manifest record: media type, size, subject, labels
- *           │   └── tags
- *           │       └── <tag>         tag record: {"digest": ..., "expiresAt"?: ...}
+ *           │   │       └── <hex>     the manifest: its record (media type, size, subject, labels;
+ *           │   │                     one line of JSON), a newline, and its bytes as pushed.
+ *           │   │                     (Written before 2026-12: the record alone, the bytes being
+ *           │   │                     a blob under the same digest.)
+ *           │   ├── tags
+ *           │   │   └── <tag>         tag record: {"digest", "updatedAt", "expiresAt"?}, written
+ *           │   │                     only when the tag changes, so its modification time is
+ *           │   │                     its updatedAt (tags/list relies on it, manifests.ts)
+ *           │   └── expiring
+ *           │       └── <tag>         the tag's record has (or had) an expiresAt (a label's
+ *           │                         expiry): tags/list reads only these records
  *           └── _uploads
  *               ├── <id>              upload record: {"startedAt": ..., "data": "/blobs/data/<id>"}
  *               ├── <id>.lock         while a request writes to or ends the upload (PATCH, PUT,
@@ -69,6 +81,8 @@ export const paths = {
     `/repositories/${name}/_manifests/referrers/${subject.algorithm}/${subject.hex}/${referrer.algorithm}-${referrer.hex}`,
   tag: (name: string, tag: string) => `/repositories/${name}/_manifests/tags/${tag}`,
   tags: (name: string) => `/repositories/${name}/_manifests/tags`,
+  tagExpiring: (name: string, tag: string) => `/repositories/${name}/_manifests/expiring/${tag}`,
+  tagsExpiring: (name: string) => `/repositories/${name}/_manifests/expiring`,
   upload: (name: string, id: string) => `/repositories/${name}/_uploads/${id}`,
   uploads: (name: string) => `/repositories/${name}/_uploads`,
   uploadLock: (name: string, id: string) => `/repositories/${name}/_uploads/${id}${UPLOAD_LOCK_SUFFIX}`,
@@ -89,6 +103,8 @@ export const paths = {
   gcIntentsDir: () => '/gc/intents',
   gcOrphansDir: () => '/gc/orphans',
   gcOrphan: (dataId: string) => `/gc/orphans/${dataId}`,
+  gcServersDir: () => '/gc/servers',
+  gcServer: (id: string) => `/gc/servers/${id}`,
   gcInflightDir: () => '/gc/inflight',
   gcInflight: (id: string) => `/gc/inflight/${id}`,
   gcTagIntent: (name: string, tag: string) => `/gc/intents/${name}/_tags/${tag}`,

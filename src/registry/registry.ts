@@ -1,13 +1,13 @@
 import { RegistryError } from '../errors.js';
-import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { childKey, listPage, type ListedChild, type StorageDriver } from '../storage/driver.js';
 import { createHash } from 'node:crypto';
 import { BlobStore, type BlobDescriptor, type BlobRead, type ByteRange } from './blobs.js';
 import { ExpiryPolicy } from './expiry.js';
 import type { Mirror, MirrorFactory } from './mirror.js';
-import { GcGuard } from '../gc/guard.js';
+import { GcGuard, type GcGuardOptions } from '../gc/guard.js';
 import { manifestRefs } from '../gc/mark.js';
 import type { HashPool } from '../engine/hash-pool.js';
-import { ManifestStore, lexical, paginate, type Manifest, type ManifestRecord, type Page, type ReferrerDescriptor } from './manifests.js';
+import { ManifestStore, lexical, type Manifest, type ManifestRecord, type Page, type ReferrerDescriptor } from './manifests.js';
 import { paths, REPOSITORY_MARKERS } from './paths.js';
 import { assertName, isValidName, parseDigest, parseReference, tryParseDigest, type Reference } from './reference.js';
 import type { SlabPool } from '../engine/slab-pool.js';
@@ -25,6 +25,8 @@ export interface RegistryOptions {
   expiry?: ExpiryPolicy;
   /** A pull-through cache of another registry (src/proxy/): pulls go to it, pushes are refused. */
   mirror?: MirrorFactory;
+  /** How the server takes part in online garbage collection (gc/guard.ts): how often it looks at the lease. */
+  gc?: GcGuardOptions;
 }
 
 /**
@@ -37,20 +39,20 @@ export class Registry {
   readonly #blobs: BlobStore;
   readonly #manifests: ManifestStore;
   readonly #uploads: UploadEngine;
-  /** Online garbage collection's server side: touched markers and in-flight PUTs (gc/guard.ts). */
+  /** Online garbage collection's server side: presence, epochs, touched markers (gc/guard.ts). */
   readonly #guard: GcGuard;
   readonly #mirror: Mirror | undefined;
 
   constructor(opts: RegistryOptions) {
     this.driver = opts.driver;
     this.#blobs = new BlobStore(opts.driver);
-    this.#guard = new GcGuard(opts.driver);
+    this.#guard = new GcGuard(opts.driver, opts.gc);
     const expiry = opts.expiry ?? new ExpiryPolicy();
     this.#manifests = new ManifestStore({
       driver: opts.driver,
       blobs: this.#blobs,
       maxBytes: opts.maxManifestBytes,
-      tagExpired: (repo, tag, nowMs) => expiry.isExpired(repo, tag, nowMs),
+      expiry,
     });
     this.#uploads = new UploadEngine({
       driver: opts.driver,
@@ -162,21 +164,29 @@ export class Registry {
   // --- manifests and tags ----------------------------------------------------------------
 
   /**
-   * A registered operation (gc/guard.ts, gc/collector.ts C): touches the manifest's own digest and
-   * everything it references before ManifestStore.put checks that they exist, and writes the
-   * tag again if a collector was deleting it as expired at that moment (gc/collector.ts F).
+   * An operation of garbage collection's current epoch (gc/guard.ts, gc/collector.ts C). While
+   * no collection runs that is all: the collector that starts waits for it to finish. While
+   * one runs, it touches the manifest's own digest and everything it references before
+   * ManifestStore.put checks that they exist (A), and afterwards puts the tag back if the
+   * collector was deleting it as expired at that moment (F). An untagged manifest pushed
+   * again is touched, so that it is kept for the grace period as a new one is (B).
    */
   async putManifest(repo: string, reference: string, contentType: string | undefined, bytes: Buffer): Promise<ManifestRecord> {
     this.#refuseOnMirror(repo);
     const ref = parseReference(reference);
     return this.#guard.op(async () => {
-      await this.#guard.touch(referencedBy(ref, bytes));
-      // Again after a collector deleted the tag under us; a third time only if a dead
-      // collector's intent made us wait for nothing (gc/guard.ts gives up waiting after 30 s).
-      for (let attempt = 1; ; attempt++) {
-        const record = await this.#manifests.put(repo, ref, contentType, bytes);
-        if (ref.kind !== 'tag' || attempt === 3 || !(await this.#guard.tagIntent(repo, ref.tag))) return record;
+      const collecting = this.#guard.collecting;
+      if (collecting) await this.#guard.touch(referencedBy(ref, bytes));
+      const record = await this.#manifests.put(repo, ref, contentType, bytes, {
+        onExisting: async (d) => {
+          if (ref.kind === 'digest' && !collecting) await this.#guard.touch([d]);
+        },
+      });
+      if (ref.kind === 'tag' && collecting) {
+        await this.#guard.tagIntent(repo, ref.tag);
+        await this.#manifests.repairTag(repo, ref.tag, record.digest);
       }
+      return record;
     });
   }
 
@@ -209,42 +219,42 @@ export class Registry {
     return this.#manifests.referrers(assertName(repo), parseDigest(digest), artifactType);
   }
 
+  /** Stops taking part in garbage collection (gc/guard.ts); call after the last request. */
+  close(): Promise<void> {
+    return this.#guard.close();
+  }
+
   async listTags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {
     assertName(repo);
     if (this.#mirror) return this.#mirror.listTags(repo, n, last);
-    if (!(await this.#repositoryExists(repo))) throw new RegistryError('NAME_UNKNOWN', { detail: { name: repo } });
-    return this.#manifests.tags(repo, n, last);
+    const page = await this.#manifests.tags(repo, n, last);
+    // An empty list is a repository without (live) tags, or none at all: only then ask which.
+    if (page.items.length === 0 && !(await this.#repositoryExists(repo))) throw new RegistryError('NAME_UNKNOWN', { detail: { name: repo } });
+    return page;
   }
 
-  /** Repository names in lexical order (distribution-spec "Listing Repositories"). */
+  /**
+   * Repository names in lexical order (distribution-spec "Listing Repositories"), `n` at a
+   * time after `last`. A page costs the store about n listings, whatever the catalog's size:
+   * the walk (repositoryNames) starts at `last` and stops one name past the page.
+   */
   async catalog(n: number | undefined, last: string | undefined): Promise<Page<string>> {
-    const names: string[] = [];
-    const walk = async (dir: string, prefix: string): Promise<void> => {
-      let children: string[];
-      try {
-        children = await this.driver.list(dir);
-      } catch (err) {
-        if (isPathNotFound(err)) return;
-        throw err;
+    if (n === 0) return { items: [] };
+    const items: string[] = [];
+    let more = false;
+    for await (const name of repositoryNames(this.driver, last)) {
+      if (n !== undefined && items.length === n) {
+        more = true;
+        break;
       }
-      const base = children.map((c) => c.slice(c.lastIndexOf('/') + 1));
-      if (prefix && base.some((b) => (REPOSITORY_MARKERS as readonly string[]).includes(b))) names.push(prefix);
-      for (const b of base) {
-        if (!b.startsWith('_')) await walk(`${dir}/${b}`, prefix ? `${prefix}/${b}` : b);
-      }
-    };
-    await walk(paths.repositoriesRoot(), '');
-    return paginate(names.sort(lexical), n, last);
+      items.push(name);
+    }
+    return more ? { items, next: items[items.length - 1]! } : { items };
   }
 
+  /** A directory with `_layers`, `_manifests` or `_uploads` in it: one listing, starting at the markers. */
   async #repositoryExists(repo: string): Promise<boolean> {
-    try {
-      const children = await this.driver.list(paths.repository(repo));
-      return children.some((c) => (REPOSITORY_MARKERS as readonly string[]).includes(c.slice(c.lastIndexOf('/') + 1)));
-    } catch (err) {
-      if (isPathNotFound(err)) return false;
-      throw err;
-    }
+    return isRepository(this.driver, paths.repository(repo));
   }
 }
 
@@ -272,5 +282,73 @@ function readReference(reference: string): Reference {
   } catch (err) {
     if (!(err instanceof RegistryError)) throw err;
     throw new RegistryError('MANIFEST_UNKNOWN', { detail: { reference: reference.slice(0, 200) } });
+  }
+}
+
+/** Children listed per request while walking the catalog. */
+const CATALOG_PAGE = 1000;
+
+/**
+ * Whether the directory is a repository: it holds `_layers`, `_manifests` or `_uploads`.
+ * Names cannot start with '_', so the first child after '_' in key order is one of those
+ * if the directory has any.
+ */
+async function isRepository(driver: StorageDriver, dir: string): Promise<boolean> {
+  const { children } = await listPage(driver, dir, { startAfter: '_', limit: 1 });
+  return children.length > 0 && isMarker(children[0]!);
+}
+
+function isMarker(c: ListedChild): boolean {
+  const name = c.path.slice(c.path.lastIndexOf('/') + 1);
+  return (REPOSITORY_MARKERS as readonly string[]).includes(name);
+}
+
+/**
+ * Every repository name after `after`, in lexical (byte-wise) order, found by walking
+ * /repositories lazily: the caller stops the walk when it has a page, and a walk that starts
+ * at `after` lists nothing before it.
+ *
+ * Listings come in key order (StorageDriver.listPage), where a directory sorts as its name
+ * plus '/'. That is lexical order for every name but a directory's own: `a` sorts before
+ * `a-b` and `a.b` but lists after them (as `a/`), while `a/x` does sort after both. So when
+ * the walk meets a name with '-' or '.' in it, it first looks whether each prefix before one
+ * of them (`a` of `a-b`) is a repository and names it there; the prefix's own entry, met
+ * later, then only leads into its subtree.
+ */
+export async function* repositoryNames(driver: StorageDriver, after: string | undefined): AsyncGenerator<string> {
+  yield* namesBelow(driver, paths.repositoriesRoot(), '', after);
+}
+
+async function* namesBelow(driver: StorageDriver, dir: string, prefix: string, after: string | undefined): AsyncGenerator<string> {
+  // Where `after` falls in this directory: past every child whose key is at most its first
+  // component here (a child `c` keyed `c/` holds `c/...`, which may follow `after`).
+  const within = after !== undefined && after.startsWith(prefix) ? after.slice(prefix.length) : undefined;
+  let startAfter = within?.split('/')[0];
+  const named = new Set<string>();
+  const later = (name: string): boolean => after === undefined || lexical(name, after) > 0;
+  for (;;) {
+    const page = await listPage(driver, dir, { ...(startAfter !== undefined ? { startAfter } : {}), limit: CATALOG_PAGE });
+    for (const child of page.children) {
+      const name = child.path.slice(child.path.lastIndexOf('/') + 1);
+      if (!child.isDir || name.startsWith('_')) continue;
+      for (let i = 1; i < name.length; i++) {
+        if (name[i] !== '-' && name[i] !== '.') continue;
+        const p = name.slice(0, i);
+        if (named.has(p)) continue;
+        named.add(p);
+        if (later(prefix + p) && (await isRepository(driver, `${dir}/${p}`))) yield prefix + p;
+      }
+      const full = prefix + name;
+      if (!named.has(name)) {
+        named.add(name);
+        if (later(full) && (await isRepository(driver, child.path))) yield full;
+      }
+      // Everything below starts with `full/`: all of it precedes `after` when `after` is
+      // past `full/` without being inside it.
+      const below = `${full}/`;
+      if (after === undefined || after.startsWith(below) || lexical(after, below) < 0) yield* namesBelow(driver, child.path, below, after);
+    }
+    if (!page.truncated || page.children.length === 0) return;
+    startAfter = childKey(page.children[page.children.length - 1]!);
   }
 }

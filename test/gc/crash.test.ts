@@ -91,8 +91,8 @@ describe('crash leftovers on fs', () => {
     expect(human.stdout).toMatch(/1 orphaned data object \([\d.]+ MiB\)/);
     expect(human.stdout).toMatch(/^freed [\d.]+ MiB in \d+ objects; took /m);
     expect((await readdir(dataDir)).length).toBe(before - 2);
-    // Only the image's blobs and manifest are left, all of them referenced.
-    expect((await readdir(dataDir)).length).toBe(4);
+    // Only the image's blobs are left (its manifest's bytes are in its revision), all referenced.
+    expect((await readdir(dataDir)).length).toBe(3);
     expect(await readdir(join(dir.path, 'repositories', 'crash', 'app')).then((d) => d.includes('_uploads'))).toBe(false);
 
     server = await startServer({ storage: `fs:${dir.path}`, frontend: 'node', env });
@@ -159,8 +159,8 @@ describeS3('crash leftovers on S3', (env) => {
     const keys = (await listAllKeys(bucket.client, bucket.name, PREFIX)).map((k) => k.key);
     expect(keys.filter((k) => k.startsWith(`${PREFIX}_s3/`))).toEqual([]);
     expect(keys.filter((k) => k.includes('/_uploads/'))).toEqual([]);
-    // Data objects left: the image's three blobs and its manifest.
-    expect(keys.filter((k) => k.startsWith(`${PREFIX}blobs/data/`)).length).toBe(4);
+    // Data objects left: the image's three blobs (its manifest's bytes are in its revision).
+    expect(keys.filter((k) => k.startsWith(`${PREFIX}blobs/data/`)).length).toBe(3);
 
     server = await startServer({ storage: url, frontend: 'node', env: serverEnv });
     await new GcTestClient(server.url).pull('crash/app', 'v1');

@@ -9,8 +9,8 @@ import { ToolMissingError } from './commands.js';
 import { tail } from './server.js';
 
 /**
- * Debian's docker-registry (CNCF distribution 2.8) as a test upstream: fs storage under
- * `dir`, a config written as YAML next to it, a free loopback port (it cannot take port 0),
+ * Debian's docker-registry (CNCF distribution 2.8) as a test upstream or reference: fs storage
+ * under `dir` (or an S3 bucket), a config written as YAML next to it, a free loopback port (it cannot take port 0),
  * optionally HTTP Basic from an htpasswd file (bcrypt). Restartable on the same port and
  * storage, so a test can take the upstream away and bring it back.
  *
@@ -22,8 +22,10 @@ import { tail } from './server.js';
 export const DOCKER_REGISTRY = '/usr/bin/docker-registry';
 
 export interface DockerRegistryOptions {
-  /** Storage and config go here. */
+  /** Storage (unless `s3`) and config go here. */
   dir: string;
+  /** Store in an S3 bucket instead (its s3 driver, path-style addressing), e.g. through a recording proxy. */
+  s3?: { endpoint: string; bucket: string; rootDirectory: string; region?: string };
   /** An htpasswd file (bcrypt): the registry then asks for HTTP Basic. */
   htpasswd?: string;
   /** A port to use (default: a free one). */
@@ -73,7 +75,22 @@ export async function startDockerRegistry(opts: DockerRegistryOptions): Promise<
   await writeFile(config, [
     'version: 0.1',
     'log: {level: info, accesslog: {disabled: false}}',
-    `storage: {filesystem: {rootdirectory: ${join(opts.dir, 'data')}}, delete: {enabled: true}}`,
+    ...(opts.s3
+      ? [
+        'storage:',
+        '  s3:',
+        `    accesskey: ${process.env.AWS_ACCESS_KEY_ID ?? 'testkey'}`,
+        `    secretkey: ${process.env.AWS_SECRET_ACCESS_KEY ?? 'testsecret'}`,
+        `    region: ${opts.s3.region ?? 'us-east-1'}`,
+        `    regionendpoint: ${opts.s3.endpoint}`,
+        `    bucket: ${opts.s3.bucket}`,
+        `    rootdirectory: ${opts.s3.rootDirectory}`,
+        `    secure: ${opts.s3.endpoint.startsWith('https:')}`,
+        '    v4auth: true',
+        '  delete: {enabled: true}',
+        '  redirect: {disable: true}',
+      ]
+      : [`storage: {filesystem: {rootdirectory: ${join(opts.dir, 'data')}}, delete: {enabled: true}}`]),
     `http: {addr: "127.0.0.1:${port}"}`,
     ...(opts.htpasswd ? [`auth: {htpasswd: {realm: upstream, path: ${opts.htpasswd}}}`] : []),
     '',
@@ -83,7 +100,9 @@ export async function startDockerRegistry(opts: DockerRegistryOptions): Promise<
   let exited: Promise<void> = Promise.resolve();
 
   const start = async (): Promise<void> => {
-    const c = spawn(DOCKER_REGISTRY, ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Its s3 driver refuses to start while AWS_CA_BUNDLE is set.
+    const { AWS_CA_BUNDLE: _, ...env } = process.env;
+    const c = spawn(DOCKER_REGISTRY, ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'], env });
     child = c;
     let gone = false;
     exited = new Promise((resolve) => c.once('exit', () => { gone = true; if (child === c) child = undefined; resolve(); }));

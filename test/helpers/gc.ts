@@ -5,6 +5,7 @@ import { ExpiryPolicy, type ExpirationSettings } from '../../src/registry/expiry
 import { collectGarbage, type GcOptions, type GcReport } from '../../src/gc/collector.js';
 import type { HashPool } from '../../src/engine/hash-pool.js';
 import { MEDIA_TYPES } from '../../src/registry/manifest-schema.js';
+import { decodeRevision } from '../../src/registry/manifests.js';
 import { paths } from '../../src/registry/paths.js';
 import { parseDigest } from '../../src/registry/reference.js';
 import { Registry } from '../../src/registry/registry.js';
@@ -61,7 +62,14 @@ export class GcFixture {
       maxBlobBytes: 0,
       maxManifestBytes: 1 << 20,
       ...(expiration ? { expiry: new ExpiryPolicy(expiration) } : {}),
+      // Collections in these tests start right after pushes: the server sees them at once.
+      gc: { pollMs: 10 },
     });
+  }
+
+  /** Stops the registry's part in garbage collection (its presence goes). */
+  close(): Promise<void> {
+    return this.registry.close();
   }
 
   async pushBlob(repo: string, bytes: Uint8Array): Promise<string> {
@@ -119,17 +127,20 @@ export class GcFixture {
     return (await this.#read((JSON.parse(record.toString('utf8')) as { data: string }).data)) !== undefined;
   }
 
+  /** Whether the manifest's revision is stored with its bytes (in it, or for the old layout as a blob). */
   async manifestStored(repo: string, digest: string): Promise<boolean> {
-    return (await this.#read(paths.manifestRevision(repo, parseDigest(digest)))) !== undefined;
+    const raw = await this.#read(paths.manifestRevision(repo, parseDigest(digest)));
+    if (!raw) return false;
+    return decodeRevision(raw).bytes !== undefined || this.blobStored(digest);
   }
 
   async linked(repo: string, digest: string): Promise<boolean> {
     return (await this.#read(paths.layerLink(repo, parseDigest(digest)))) !== undefined;
   }
 
-  /** Every blob of an image (and its manifest) is stored. */
+  /** Every blob of an image, and its manifest, is stored. */
   async imageStored(img: PushedImage): Promise<boolean> {
-    for (const d of [img.digest, ...(img.config ? [img.config] : []), ...img.layers]) if (!(await this.blobStored(d))) return false;
+    for (const d of [...(img.config ? [img.config] : []), ...img.layers]) if (!(await this.blobStored(d))) return false;
     return this.manifestStored(img.repo, img.digest);
   }
 

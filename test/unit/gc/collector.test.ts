@@ -1,4 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { RegistryError } from '../../../src/errors.js';
@@ -21,9 +22,11 @@ import { bodyOf } from '../../helpers/uploads.js';
  * exercised, not hoped for.
  */
 
-/** A memory driver that runs a hook (once) just before a matching delete or write. */
+type HookedOp = 'delete' | 'put' | 'read';
+
+/** A memory driver that runs a hook (once) just before a matching delete, write or reader(). */
 class HookedDriver extends MemoryDriver {
-  readonly #before: Array<{ op: 'delete' | 'put'; match: (path: string) => boolean; fn: () => Promise<void> }> = [];
+  readonly #before: Array<{ op: HookedOp; match: (path: string) => boolean; fn: () => Promise<void> }> = [];
 
   beforeDelete(match: (path: string) => boolean, fn: () => Promise<void>): void {
     this.#before.push({ op: 'delete', match, fn });
@@ -31,6 +34,10 @@ class HookedDriver extends MemoryDriver {
 
   beforePut(match: (path: string) => boolean, fn: () => Promise<void>): void {
     this.#before.push({ op: 'put', match, fn });
+  }
+
+  beforeRead(match: (path: string) => boolean, fn: () => Promise<void>): void {
+    this.#before.push({ op: 'read', match, fn });
   }
 
   override async delete(path: string): Promise<void> {
@@ -43,7 +50,12 @@ class HookedDriver extends MemoryDriver {
     return super.putContent(path, content, opts);
   }
 
-  async #run(op: 'delete' | 'put', path: string): Promise<void> {
+  override async reader(path: string, offset?: number, length?: number): Promise<Readable> {
+    await this.#run('read', path);
+    return super.reader(path, offset, length);
+  }
+
+  async #run(op: HookedOp, path: string): Promise<void> {
     const i = this.#before.findIndex((h) => h.op === op && h.match(path));
     if (i < 0) return;
     const [hook] = this.#before.splice(i, 1);
@@ -58,6 +70,16 @@ async function exists(driver: StorageDriver, path: string): Promise<boolean> {
   } catch (err) {
     if (isPathNotFound(err)) return false;
     throw err;
+  }
+}
+
+/** Resolves once every server presence has acknowledged collection `gen` (gc/guard.ts duty 1). */
+async function acknowledged(driver: StorageDriver, gen: number): Promise<void> {
+  for (;;) {
+    const presences = await driver.list(paths.gcServersDir()).catch(() => []);
+    const acks = await Promise.all(presences.map(async (p) => (JSON.parse((await driver.getContent(p)).toString('utf8')) as { ack?: number }).ack));
+    if (acks.every((a) => a !== undefined && a >= gen)) return;
+    await sleep(5);
   }
 }
 
@@ -160,10 +182,10 @@ describe('online safety', () => {
     expect(await t.imageStored(child)).toBe(true);
   });
 
-  it('a manifest PUT that checked its blobs before the collection began is waited for (in-flight registration)', async () => {
+  it('a manifest PUT that checked its blobs before the collection began is waited for (the server acknowledges after it)', async () => {
     const blobs = await t.pushImage('w', BY_DIGEST, { layerCount: 1 });
     await t.registry.deleteManifest('w', blobs.digest);
-    // A PUT registered and checked its references, then stalls before writing its tag.
+    // A PUT started (no collection ran) and checked its references, then stalls before writing its tag.
     const guard = new GcGuard(d);
     let release!: () => void;
     const stalled = new Promise<void>((resolve) => (release = resolve));
@@ -215,10 +237,57 @@ describe('online safety', () => {
     expect(await t.imageStored(img)).toBe(true);
   });
 
+  it('a tag pushed again between the collector\'s re-read and its delete is put back, however late the push looks for the intent', async () => {
+    const img = await t.pushImage('f', 'v1', { labels: { 'quay.expires-after': '1s' } });
+    await sleep(1100);
+    let push: Promise<unknown> | undefined;
+    d.beforeDelete((p) => p === paths.tag('f', 'v1'), async () => {
+      // The collector read the expired tag, unchanged, and is about to delete it: the push
+      // lands now, and looks for the intent only after the collector is done with it.
+      const intent = paths.gcTagIntent('f', 'v1');
+      d.beforeRead((p) => p === intent, async () => {
+        while (await exists(d, intent)) await sleep(2);
+      });
+      const before = (await d.getContent(paths.tag('f', 'v1'))).toString();
+      push = t.registry.putManifest('f', 'v1', MEDIA_TYPES.ociManifest, img.bytes);
+      while ((await d.getContent(paths.tag('f', 'v1'))).toString() === before) await sleep(2);
+    });
+    const r = await t.gc();
+    await push;
+    expect(r.expiredTags).toBe(1);
+    expect((await t.registry.listTags('f', undefined, undefined)).items).toEqual(['v1']);
+    expect(await exists(d, paths.tagExpiring('f', 'v1'))).toBe(true);
+    expect(await t.imageStored(img)).toBe(true);
+  });
+
+  it('tidies the expiring index, and a push meanwhile keeps its entry', async () => {
+    const labels = { 'quay.expires-after': '1h' };
+    const keep = await t.pushImage('x', 'keep', { labels });
+    await t.pushImage('x', 'gone', { labels });
+    await t.pushImage('x', 'moved', { labels });
+    await t.pushImage('x', 'back', { labels });
+    await t.registry.deleteManifest('x', 'gone');
+    await t.registry.deleteManifest('x', 'back');
+    await t.pushImage('x', 'moved');
+    // `back` is pushed again just as the collector removes its stale entry.
+    let push: Promise<unknown> | undefined;
+    d.beforeDelete((p) => p === paths.tagExpiring('x', 'back'), async () => {
+      push = t.registry.putManifest('x', 'back', MEDIA_TYPES.ociManifest, keep.bytes);
+      while (!(await exists(d, paths.tag('x', 'back')))) await sleep(2);
+    });
+    await t.gc();
+    await push;
+    const entries = (await d.list(paths.tagsExpiring('x'))).map((p) => p.slice(p.lastIndexOf('/') + 1));
+    expect(entries).toEqual(['back', 'keep']);
+    expect((await t.registry.listTags('x', undefined, undefined)).items).toEqual(['back', 'keep', 'moved']);
+  });
+
   it('a tag PUT that finds the collector\'s intent waits for it and writes the tag again', async () => {
     const img = await t.pushImage('i', BY_DIGEST);
     const lease = await Lease.acquire(d, { ttlMs: 60_000 });
     try {
+      // As a collector does before anything else: wait for the server to know of it.
+      await acknowledged(d, lease.gen);
       const intent = paths.gcTagIntent('i', 'v1');
       await d.putContent(intent, Buffer.from('{}'));
       // The PUT has written the tag and found the intent: it waits for the collector now.

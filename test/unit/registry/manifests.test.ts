@@ -1,13 +1,19 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { utimes } from 'node:fs/promises';
+import { join } from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { RegistryError } from '../../../src/errors.js';
 import { BlobStore } from '../../../src/registry/blobs.js';
 import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
-import { lexical, ManifestStore, paginate } from '../../../src/registry/manifests.js';
+import { ExpiryPolicy } from '../../../src/registry/expiry.js';
+import { decodeRevision, lexical, ManifestStore, paginate } from '../../../src/registry/manifests.js';
 import { paths } from '../../../src/registry/paths.js';
 import { parseDigest, parseReference } from '../../../src/registry/reference.js';
 import type { StorageDriver } from '../../../src/storage/driver.js';
+import { createDriver } from '../../../src/storage/index.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
+import { CountingDriver } from '../../helpers/counting-driver.js';
+import { tempDir } from '../../helpers/http.js';
 
 const OCI_MANIFEST = MEDIA_TYPES.ociManifest;
 const OCI_INDEX = MEDIA_TYPES.ociIndex;
@@ -354,6 +360,142 @@ describe('ManifestStore', () => {
     });
   });
 
+  describe('storage layout', () => {
+    it('keeps the record and the bytes in one revision object, the record on the first line', async () => {
+      const bytes = manifest({ n: 'layout' });
+      const record = await manifests.put('repo', parseReference('v1'), OCI_MANIFEST, bytes);
+      const stored = await driver.getContent(paths.manifestRevision('repo', parseDigest(record.digest)));
+      expect(decodeRevision(stored)).toEqual({ record, bytes });
+      expect(stored.subarray(0, stored.indexOf(0x0a)).toString()).toBe(JSON.stringify(record));
+      // No blob under the manifest's digest.
+      expect(await blobs.getSmall(parseDigest(record.digest))).toBeUndefined();
+    });
+
+    it('reads revisions of the old layout, whose bytes are a blob', async () => {
+      const bytes = manifest({ n: 'old' });
+      const digest = parseDigest(sha(bytes));
+      const record = { digest: digest.value, mediaType: OCI_MANIFEST, size: bytes.length, createdAt: new Date().toISOString() };
+      await blobs.putSmall(digest, bytes);
+      await driver.putContent(paths.manifestRevision('repo', digest), Buffer.from(JSON.stringify(record)));
+      await driver.putContent(paths.tag('repo', 'old'), Buffer.from(JSON.stringify({ digest: digest.value, updatedAt: record.createdAt })));
+      expect(await manifests.get('repo', parseReference('old'))).toEqual({ ...record, bytes });
+      expect(await manifests.stat('repo', parseReference(digest.value))).toEqual(record);
+      // Pushing it again (under a new tag) leaves it as it is.
+      expect(await manifests.put('repo', parseReference('again'), OCI_MANIFEST, bytes)).toEqual(record);
+      expect((await manifests.get('repo', parseReference('again'))).bytes).toEqual(bytes);
+    });
+
+    it('writes a tag record only when the tag changes, so the object\'s time is its updatedAt', async () => {
+      const fs = await tempDir('hoist-tags-');
+      try {
+        const d = await createDriver(`fs:${fs.path}`);
+        const store = new ManifestStore({ driver: d, blobs: new BlobStore(d), maxBytes: 8192 });
+        const bytes = manifest({ n: 'mtime' });
+        await store.put('repo', parseReference('t'), OCI_MANIFEST, bytes);
+        const first = await d.stat(paths.tag('repo', 't'));
+        const record = await store.tagRecord('repo', 't');
+        expect(Math.abs(first.modTime.getTime() - Date.parse(record!.updatedAt))).toBeLessThan(1000);
+        await new Promise((r) => setTimeout(r, 20));
+        await store.put('repo', parseReference('t'), OCI_MANIFEST, bytes);
+        expect((await d.stat(paths.tag('repo', 't'))).modTime).toEqual(first.modTime);
+      } finally {
+        await fs.cleanup();
+      }
+    });
+  });
+
+  describe('what a push asks of storage', () => {
+    it('an image pushed under a new tag: two lookups per blob, the revision, the config, the tag', async () => {
+      const counting = new CountingDriver(driver);
+      const store = new ManifestStore({ driver: counting, blobs: new BlobStore(counting), maxBytes: 8192 });
+      const config = await pushConfig('repo');
+      const layer = randomBytes(100);
+      await pushBlob('repo', layer);
+      const bytes = manifest({ config, layers: [desc('application/vnd.oci.image.layer.v1.tar', layer)] });
+      const first = await counting.during(() => store.put('repo', parseReference('t1'), OCI_MANIFEST, bytes));
+      // Link and record per blob, revision read and write, config bytes, tag read and write.
+      expect(first.calls).toHaveLength(9);
+      const again = await counting.during(() => store.put('repo', parseReference('t2'), OCI_MANIFEST, bytes));
+      // Link and record per blob, revision read, tag read and write.
+      expect(again.calls.map((c) => c.op).sort()).toEqual(['getContent', 'getContent', 'getContent', 'getContent', 'putContent', 'stat', 'stat']);
+      const same = await counting.during(() => store.put('repo', parseReference('t2'), OCI_MANIFEST, bytes));
+      expect(same.calls.filter((c) => c.op === 'putContent')).toEqual([]);
+    });
+  });
+
+  describe('tag lists', () => {
+    /** `count` tags t0000…, all naming one manifest. */
+    async function tagged(store: ManifestStore, count: number, labels?: Record<string, string>): Promise<string[]> {
+      const config = labels ? await pushConfig('repo', labels) : undefined;
+      const bytes = manifest(config ? { config } : { n: 'many' });
+      const names = Array.from({ length: count }, (_, i) => `t${String(i).padStart(4, '0')}`);
+      for (const t of names) await store.put('repo', parseReference(t), OCI_MANIFEST, bytes);
+      return names;
+    }
+
+    it('a page of n reads two listings and no tag record when no tag can expire', async () => {
+      const counting = new CountingDriver(driver);
+      const store = new ManifestStore({ driver: counting, blobs: new BlobStore(counting), maxBytes: 8192 });
+      const names = await tagged(store, 300);
+      const { result, calls } = await counting.during(() => store.tags('repo', 10, 't0100'));
+      expect(result).toEqual({ items: names.slice(101, 111), next: 't0110' });
+      expect(calls).toEqual([
+        { op: 'listPage', path: paths.tags('repo') },
+        { op: 'listPage', path: paths.tagsExpiring('repo') },
+      ]);
+      expect((await counting.during(() => store.tags('repo', undefined, undefined))).calls).toHaveLength(2);
+      expect((await store.tags('repo', undefined, undefined)).items).toEqual(names);
+      expect(await store.tags('repo', 10, 't0295')).toEqual({ items: names.slice(296) });
+      expect(await store.tags('repo', 0, undefined)).toEqual({ items: [] });
+    });
+
+    it('reads only the records of tags whose manifest carries a label expiry, and hides the expired', async () => {
+      const counting = new CountingDriver(driver);
+      const store = new ManifestStore({ driver: counting, blobs: new BlobStore(counting), maxBytes: 8192 });
+      const plain = await tagged(store, 20);
+      const config = await pushConfig('repo', { 'quay.expires-after': '1s' });
+      const expiring = manifest({ config });
+      for (const t of ['t0005x', 't0010x', 't0015x']) await store.put('repo', parseReference(t), OCI_MANIFEST, expiring);
+      expect((await driver.list(paths.tagsExpiring('repo'))).length).toBe(3);
+      const { result, calls } = await counting.during(() => store.tags('repo', 8, undefined));
+      expect(result).toEqual({ items: ['t0000', 't0001', 't0002', 't0003', 't0004', 't0005', 't0005x', 't0006'], next: 't0006' });
+      expect(calls.filter((c) => c.op === 'getContent').map((c) => c.path)).toEqual([paths.tag('repo', 't0005x')]);
+      await new Promise((r) => setTimeout(r, 1100));
+      // Expired: left out, and the page reads on to fill itself.
+      expect(await store.tags('repo', 8, undefined)).toEqual({ items: plain.slice(0, 8), next: 't0007' });
+      expect((await store.tags('repo', undefined, 't0009')).items).toEqual(plain.slice(10));
+      expect(await codeOf(store.get('repo', parseReference('t0010x')))).toBe('MANIFEST_UNKNOWN');
+      // Moved to a manifest without the label: listed again (its stale index entry costs a read).
+      await store.put('repo', parseReference('t0010x'), OCI_MANIFEST, manifest({ n: 'many' }));
+      expect((await store.tags('repo', undefined, 't0009')).items).toEqual(['t0010', 't0010x', ...plain.slice(11)]);
+    });
+
+    it('decides a configured expiration from the tag objects\' times, reading records only near the boundary', async () => {
+      const fs = await tempDir('hoist-tags-');
+      try {
+        const inner = await createDriver(`fs:${fs.path}`);
+        const d = new CountingDriver(inner);
+        const hour = 3_600_000;
+        const store = new ManifestStore({ driver: d, blobs: new BlobStore(d), maxBytes: 8192, expiry: new ExpiryPolicy({ repositories: { repo: hour } }) });
+        const names = await tagged(store, 6);
+        // Pushed 2 h ago (t0000, t0001), right at the boundary (t0002), 30 min ago (the rest).
+        const age = (t: string, ms: number) => pushedAt(inner, fs.path, t, Date.now() - ms);
+        await age('t0000', 2 * hour);
+        await age('t0001', 2 * hour);
+        await age('t0002', hour + 1000);
+        await age('t0003', hour / 2);
+        const { result, calls } = await d.during(() => store.tags('repo', undefined, undefined));
+        expect(result.items).toEqual(names.slice(3));
+        expect(calls.filter((c) => c.op === 'getContent').map((c) => c.path)).toEqual([paths.tag('repo', 't0002')]);
+        expect(await codeOf(store.get('repo', parseReference('t0002')))).toBe('MANIFEST_UNKNOWN');
+        expect(await codeOf(store.get('repo', parseReference('t0000')))).toBe('MANIFEST_UNKNOWN');
+        expect((await store.get('repo', parseReference('t0003'))).digest).toBe(sha(manifest({ n: 'many' })));
+      } finally {
+        await fs.cleanup();
+      }
+    });
+  });
+
   describe('referrers', () => {
     const subject = { mediaType: OCI_MANIFEST, digest: sha('the subject'), size: 11 };
 
@@ -406,6 +548,14 @@ describe('ManifestStore', () => {
     });
   });
 });
+
+/** Dates tag `tag` of `repo` as pushed at `atMs`: its record's updatedAt and its file's time, as a push then would have. */
+async function pushedAt(driver: StorageDriver, root: string, tag: string, atMs: number): Promise<void> {
+  const path = paths.tag('repo', tag);
+  const record = JSON.parse((await driver.getContent(path)).toString('utf8')) as Record<string, unknown>;
+  await driver.putContent(path, Buffer.from(JSON.stringify({ ...record, updatedAt: new Date(atMs).toISOString() })));
+  await utimes(join(root, path), new Date(atMs), new Date(atMs));
+}
 
 function sortByDigest<T extends { digest: string }>(items: T[]): T[] {
   return [...items].sort((x, y) => lexical(x.digest, y.digest));

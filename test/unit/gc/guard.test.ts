@@ -1,0 +1,155 @@
+import { spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { GcGuard, processIdentity, type PresenceRecord } from '../../../src/gc/guard.js';
+import { Lease } from '../../../src/gc/lease.js';
+import { HashPool } from '../../../src/engine/hash-pool.js';
+import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
+import { paths } from '../../../src/registry/paths.js';
+import { MemoryDriver } from '../../../src/storage/memory.js';
+import { CountingDriver } from '../../helpers/counting-driver.js';
+import { BY_DIGEST, GcFixture } from '../../helpers/gc.js';
+
+/**
+ * The servers' side of online garbage collection (src/gc/guard.ts): what an operation costs
+ * the store while no collection runs (nothing), the presence and its acknowledgements, and
+ * which servers a collection waits for (src/gc/collector.ts, C).
+ */
+
+let pool: HashPool;
+beforeAll(() => {
+  pool = new HashPool({ threads: 1, maxQueue: 100 });
+});
+afterAll(async () => {
+  await pool.close();
+});
+
+async function presences(d: MemoryDriver): Promise<PresenceRecord[]> {
+  const list = await d.list(paths.gcServersDir()).catch(() => []);
+  return Promise.all(list.map(async (p) => JSON.parse((await d.getContent(p)).toString('utf8')) as PresenceRecord));
+}
+
+/** The PID of a process that has exited. */
+async function deadPid(): Promise<number> {
+  const child = spawn(process.execPath, ['-e', '']);
+  await new Promise((resolve) => child.once('exit', resolve));
+  return child.pid!;
+}
+
+describe('operations while no collection runs', () => {
+  let d: MemoryDriver;
+  let counting: CountingDriver;
+  let t: GcFixture;
+  beforeEach(() => {
+    d = new MemoryDriver();
+    counting = new CountingDriver(d);
+    t = new GcFixture(counting, pool);
+  });
+
+  it('a manifest PUT reads and writes nothing for garbage collection', async () => {
+    const img = await t.pushImage('r', 'v1');
+    for (const [ref, what] of [['v2', 'a new tag'], ['v1', 'the same tag'], [BY_DIGEST, 'nothing new']] as const) {
+      const { calls } = await counting.during(() => t.registry.putManifest('r', ref === BY_DIGEST ? img.digest : ref, MEDIA_TYPES.ociManifest, img.bytes));
+      const gc = calls.filter((c) => c.path.startsWith('/gc/') || c.path.endsWith('.touched'));
+      // An untagged manifest pushed again is touched, to keep it for the grace period.
+      expect(gc.map((c) => c.path), what).toEqual(ref === BY_DIGEST ? [paths.blobTouched(imgDigest(img.digest))] : []);
+    }
+  });
+
+  it('the first operation writes the presence, then reads the lease; close() deletes the presence', async () => {
+    const { calls } = await counting.during(() => t.pushImage('r', 'v1', { layerCount: 1 }));
+    const first = calls.findIndex((c) => c.path.startsWith('/gc/'));
+    expect(calls[first]).toMatchObject({ op: 'putContent', path: expect.stringMatching(/^\/gc\/servers\//) as unknown as string });
+    expect(calls[first + 1]).toEqual({ op: 'reader', path: paths.gcLease() });
+    expect(calls.filter((c) => c.path.startsWith('/gc/'))).toHaveLength(2);
+    const [p] = await presences(d);
+    expect(p).toMatchObject({ ...processIdentity() });
+    expect(p!.ack).toBeUndefined();
+    await t.close();
+    expect(await presences(d)).toEqual([]);
+  });
+});
+
+function imgDigest(digest: string) {
+  const [algorithm, hex] = digest.split(':') as [string, string];
+  return { algorithm, hex, value: digest } as Parameters<typeof paths.blobTouched>[0];
+}
+
+describe('acknowledgements', () => {
+  it('a server acknowledges a collection once its earlier operations are done, and later ones touch with its generation', async () => {
+    const d = new MemoryDriver();
+    const t = new GcFixture(d, pool);
+    const img = await t.pushImage('r', BY_DIGEST, { layerCount: 1 });
+    const guard = new GcGuard(d, { pollMs: 10 });
+    let release!: () => void;
+    const stalled = guard.op(() => new Promise<void>((resolve) => (release = resolve)));
+    const lease = await Lease.acquire(d, { ttlMs: 60_000 });
+    try {
+      await guard.poll();
+      // The fixture's server, with nothing running, acknowledges as soon as it looks.
+      for (let i = 0; i < 100 && !(await presences(d)).some((p) => p.ack === lease.gen); i++) await sleep(10);
+      await t.registry.putManifest('r', 'during', MEDIA_TYPES.ociManifest, img.bytes);
+      const touched = JSON.parse((await d.getContent(paths.blobTouched(imgDigest(img.layers[0]!)))).toString('utf8')) as { gen?: number };
+      expect(touched.gen).toBe(lease.gen);
+      await sleep(50);
+      // This guard waits for its stalled operation.
+      expect((await presences(d)).map((p) => p.ack).sort()).toEqual([lease.gen, undefined]);
+      release();
+      await stalled;
+      await guard.poll();
+      for (let i = 0; i < 100 && (await presences(d)).some((p) => p.ack !== lease.gen); i++) await sleep(10);
+      expect((await presences(d)).map((p) => p.ack)).toEqual([lease.gen, lease.gen]);
+    } finally {
+      await lease.release();
+      await guard.close();
+    }
+  });
+
+  it('a server that starts while a collection runs acknowledges at once', async () => {
+    const d = new MemoryDriver();
+    const lease = await Lease.acquire(d, { ttlMs: 60_000 });
+    try {
+      const guard = new GcGuard(d, { pollMs: 10 });
+      expect(await guard.op(async () => guard.collecting)).toBe(true);
+      for (let i = 0; i < 100 && (await presences(d))[0]?.ack === undefined; i++) await sleep(10);
+      expect((await presences(d))[0]?.ack).toBe(lease.gen);
+      await guard.close();
+    } finally {
+      await lease.release();
+    }
+  });
+});
+
+describe('which servers a collection waits for', () => {
+  async function presence(d: MemoryDriver, id: string, extra: Partial<PresenceRecord>): Promise<void> {
+    const now = new Date().toISOString();
+    const record: PresenceRecord = { id, owner: 'test', ...processIdentity(), startedAt: now, heartbeatAt: now, ...extra };
+    await d.putContent(paths.gcServer(id), Buffer.from(JSON.stringify(record)));
+  }
+
+  it('not for a server whose process is gone from this host, and its presence goes', async () => {
+    const d = new MemoryDriver();
+    const t = new GcFixture(d, pool);
+    await presence(d, 'crashed', { pid: await deadPid() });
+    const started = Date.now();
+    await t.gc({ inflightTimeoutMs: 60_000 });
+    expect(Date.now() - started).toBeLessThan(30_000);
+    expect(await presences(d)).toEqual([]);
+  });
+
+  it('for a live server until it acknowledges, or until its presence has been silent for inflightTimeout', async () => {
+    const d = new MemoryDriver();
+    const t = new GcFixture(d, pool);
+    // On another host: nothing tells whether it lives, but its silence.
+    await presence(d, 'elsewhere', { host: 'another-host' });
+    let done = false;
+    const gc = t.gc({ inflightTimeoutMs: 400 }).then((r) => {
+      done = true;
+      return r;
+    });
+    await sleep(150);
+    expect(done).toBe(false);
+    await gc;
+    expect(await presences(d)).toEqual([]);
+  });
+});
