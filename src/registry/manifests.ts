@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { RegistryError } from '../errors.js';
-import { isPathNotFound, listPage, type ListedChild, type StorageDriver } from '../storage/driver.js';
+import { isPathNotFound, listPage, type ListedChild, type ListPage, type StorageDriver } from '../storage/driver.js';
 import type { BlobLocation, BlobStore } from './blobs.js';
 import { ExpiryPolicy } from './expiry.js';
 import { EXPIRES_AFTER_LABEL, labelsOf, MAX_CONFIG_BYTES, parseExpiresAfter } from './labels.js';
@@ -321,48 +321,62 @@ export class ManifestStore {
     let after = last;
     let more = true;
     while (more && (n === undefined || items.length < n)) {
-      const page = await listPage(this.#o.driver, paths.tags(repo), {
-        ...(after !== undefined ? { startAfter: after } : {}),
-        limit: n === undefined ? LIST_PAGE : Math.min(LIST_PAGE, n - items.length),
-        details: configuredMs !== undefined,
-      });
+      // The index is listed from the same place at the same time: usually one page of it
+      // covers the tags' page (it has an entry only for tags with a label expiry).
+      const [page, index] = await Promise.all([
+        listPage(this.#o.driver, paths.tags(repo), {
+          ...(after !== undefined ? { startAfter: after } : {}),
+          ...(n !== undefined ? { limit: n - items.length } : {}),
+          details: configuredMs !== undefined,
+        }),
+        listPage(this.#o.driver, paths.tagsExpiring(repo), { ...(after !== undefined ? { startAfter: after } : {}), limit: LIST_PAGE }),
+      ]);
       more = page.truncated;
-      const tags = page.children.filter((c) => !c.isDir);
       if (page.children.length === 0) break;
+      const tags = page.children.filter((c) => !c.isDir);
+      const names = tags.map((c) => basename(c.path));
       const end = basename(page.children[page.children.length - 1]!.path);
-      const labelled = await this.#expiringBetween(repo, after, end);
+      const labelled = await this.#expiringBetween(repo, end, index);
       // Which tags need their record read to know whether they have expired.
-      const uncertain = tags.filter((c) => labelled.has(basename(c.path)) || (configuredMs !== undefined && nearBoundary(c, configuredMs, now)));
-      const records = new Map(await mapLimit(uncertain, TAG_READ_CONCURRENCY, async (c) => [c.path, await this.#tag(repo, basename(c.path))] as const));
-      for (const c of tags) {
-        let expired: boolean;
-        if (records.has(c.path)) {
-          const record = records.get(c.path);
+      const uncertain: number[] = [];
+      if (labelled.size > 0 || configuredMs !== undefined) {
+        for (let i = 0; i < tags.length; i++) {
+          if (labelled.has(names[i]!) || (configuredMs !== undefined && nearBoundary(tags[i]!, configuredMs, now))) uncertain.push(i);
+        }
+      }
+      const records = new Map(await mapLimit(uncertain, TAG_READ_CONCURRENCY, async (i) => [i, await this.#tag(repo, names[i]!)] as const));
+      for (let i = 0; i < tags.length; i++) {
+        let expired = false;
+        if (records.has(i)) {
+          const record = records.get(i);
           // Gone since the listing: it is not a tag any more.
           expired = record === undefined || this.#expiry.isExpired(repo, record, now);
-        } else {
-          expired = configuredMs !== undefined && c.modTime !== undefined && c.modTime.getTime() + configuredMs <= now;
+        } else if (configuredMs !== undefined) {
+          const t = tags[i]!.modTime;
+          expired = t !== undefined && t.getTime() + configuredMs <= now;
         }
-        if (!expired) items.push(basename(c.path));
+        if (!expired) items.push(names[i]!);
       }
       after = end;
     }
     return more && items.length > 0 ? { items, next: items[items.length - 1]! } : { items };
   }
 
-  /** Tags in (`after`, `end`] with an entry in the expiring index (their records carry, or carried, a label expiry). */
-  async #expiringBetween(repo: string, after: string | undefined, end: string): Promise<Set<string>> {
+  /**
+   * Tags up to `end` with an entry in the expiring index (their records carry, or carried, a
+   * label expiry), from `first`, the index's page that starts where the tags' page does, on.
+   */
+  async #expiringBetween(repo: string, end: string, first: ListPage): Promise<Set<string>> {
     const found = new Set<string>();
-    let startAfter = after;
-    for (;;) {
-      const page = await listPage(this.#o.driver, paths.tagsExpiring(repo), { ...(startAfter !== undefined ? { startAfter } : {}), limit: LIST_PAGE });
+    for (let page = first; ;) {
       for (const c of page.children) {
         const tag = basename(c.path);
         if (lexical(tag, end) > 0) return found;
         if (!c.isDir) found.add(tag);
       }
       if (!page.truncated || page.children.length === 0) return found;
-      startAfter = basename(page.children[page.children.length - 1]!.path);
+      const startAfter = basename(page.children[page.children.length - 1]!.path);
+      page = await listPage(this.#o.driver, paths.tagsExpiring(repo), { startAfter, limit: LIST_PAGE });
     }
   }
 

@@ -274,6 +274,11 @@ export class InvalidPathError extends Error {
 /** Paths the core builds: '/'-rooted, segments of [A-Za-z0-9._-], no '.' or '..' segments. */
 const SEGMENT_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
 
+/** Whether `name` can be one segment of a path (checkPath): what a listing may return as a child. */
+export function isPathSegment(name: string): boolean {
+  return SEGMENT_RE.test(name);
+}
+
 export function checkPath(path: string): string {
   if (path === '/') return path;
   if (!path.startsWith('/') || path.endsWith('/') || path.length > 4096) throw new InvalidPathError(path);

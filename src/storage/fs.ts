@@ -4,7 +4,7 @@ import * as fs from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import {
-  checkLimit, checkPath, compareKeys, InvalidPathError, PathNotFoundError, type FileInfo, type FileWriter, type ListedChild,
+  checkLimit, checkPath, InvalidPathError, isPathSegment, PathNotFoundError, type FileInfo, type FileWriter, type ListedChild,
   type ListOptions, type ListPage, type PutOptions, type StorageDriver,
 } from './driver.js';
 import { FileReader, ReadBuffers } from './file-reader.js';
@@ -183,28 +183,33 @@ export class FsDriver implements StorageDriver {
       throw e;
     }
     const prefix = path === '/' ? '/' : `${path}/`;
-    const keyed: Array<{ key: string; path: string; isDir: boolean }> = [];
+    // Keys only until the page is cut: a directory of 10,000 tags is listed whole every time.
+    const keys: string[] = [];
     for (const d of entries) {
-      const child = prefix + d.name;
-      if (!isDriverPath(child)) continue;
-      const isDir = d.isDirectory();
-      const key = isDir ? `${d.name}/` : d.name;
-      if (opts.startAfter === undefined || compareKeys(key, opts.startAfter) > 0) keyed.push({ key, path: child, isDir });
+      // Skips temp files and whatever no path can name (lost+found).
+      if (!isPathSegment(d.name)) continue;
+      const key = d.isDirectory() ? `${d.name}/` : d.name;
+      if (opts.startAfter === undefined || key > opts.startAfter) keys.push(key);
     }
-    keyed.sort((a, b) => compareKeys(a.key, b.key));
-    const page = keyed.slice(0, opts.limit ?? keyed.length);
-    const children = await Promise.all(page.map(async (c): Promise<ListedChild | undefined> => {
-      if (!opts.details || c.isDir) return { path: c.path, isDir: c.isDir };
+    // Paths are ASCII, so the default sort (UTF-16 code units) is the byte-wise order, and
+    // faster than a comparator.
+    keys.sort();
+    const page = opts.limit === undefined || opts.limit >= keys.length ? keys : keys.slice(0, opts.limit);
+    const child = (key: string): ListedChild => key.endsWith('/') ? { path: prefix + key.slice(0, -1), isDir: true } : { path: prefix + key, isDir: false };
+    if (!opts.details) return { children: page.map(child), truncated: keys.length > page.length };
+    const children = await Promise.all(page.map(async (key): Promise<ListedChild | undefined> => {
+      const c = child(key);
+      if (c.isDir) return c;
       try {
         const st = await fs.stat(this.#file(c.path));
-        return { path: c.path, isDir: false, size: st.size, modTime: st.mtime };
+        return { ...c, size: st.size, modTime: st.mtime };
       } catch (err) {
         // Deleted since the readdir: not a child any more.
         if (notFound(err, c.path) instanceof PathNotFoundError) return undefined;
         throw err;
       }
     }));
-    return { children: children.filter((c): c is ListedChild => c !== undefined), truncated: keyed.length > page.length };
+    return { children: children.filter((c): c is ListedChild => c !== undefined), truncated: keys.length > page.length };
   }
 
   async move(source: string, dest: string): Promise<void> {
