@@ -10,6 +10,7 @@ const GiB = 1024 * MiB;
 import { mirrorMarkdown, runMirrorBench, type MirrorReport } from './mirror.js';
 import { Progress } from './progress.js';
 import { addRatios, charts, markdown, type Report, type Row, type ScenarioInfo } from './report.js';
+import { runTagScenario, TAG_SCENARIO, tagTables, type TagResult } from './tags.js';
 import { objectParts, s3EndpointFromEnv, unreachable as s3Unreachable, uploadsInProgress, type PartLayout } from './s3.js';
 import { durableWriteMiBps, primeMemory } from './disk.js';
 import {
@@ -137,6 +138,7 @@ const USAGE = `usage: npm run bench -- [options]
   --no-build            use dist/ as it is
   --out DIR             where to write results (default bench/results)
   --render FILE.json    only redraw the tables and charts of an earlier run's JSON into --out
+  --tags N              tags the 'tags' scenario pushes (default 10000; 1000 with --quick)
 environment: HOIST_BENCH_S3_ENDPOINT (default http://127.0.0.1:7480), AWS_ACCESS_KEY_ID and
   AWS_SECRET_ACCESS_KEY (default testkey/testsecret, the keys scripts/rgw-start.sh creates)`;
 
@@ -150,12 +152,13 @@ function writeOutputs(report: Report, out: string, log: (msg: string) => void): 
     copyFileSync(join(out, `${stamp}-${c.name}.svg`), join(out, `latest-${c.name}.svg`));
   }
   const mirror = (report as Report & { mirror?: MirrorReport }).mirror;
-  const withMirror = (md: string): string => (mirror ? `${md}\n${mirrorMarkdown(mirror)}` : md);
-  const md = withMirror(markdown(report, referenceOf, svgs.map((c) => `${stamp}-${c.name}.svg`)));
+  const tags = tagTables((report as Report & { tags?: TagResult[] }).tags ?? []);
+  const extra = (md: string): string => `${md}${mirror ? `\n${mirrorMarkdown(mirror)}` : ''}${tags ? `\n${tags}` : ''}`;
+  const md = extra(markdown(report, referenceOf, svgs.map((c) => `${stamp}-${c.name}.svg`)));
   writeFileSync(join(out, `${stamp}.json`), `${JSON.stringify(report, null, 2)}\n`);
   writeFileSync(join(out, `${stamp}.md`), md);
   writeFileSync(join(out, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
-  writeFileSync(join(out, 'latest.md'), withMirror(markdown(report, referenceOf, svgs.map((c) => `latest-${c.name}.svg`))));
+  writeFileSync(join(out, 'latest.md'), extra(markdown(report, referenceOf, svgs.map((c) => `latest-${c.name}.svg`))));
   console.log(`\n${md}`);
   log(`wrote ${join(out, `${stamp}.json`)}, .md and ${svgs.length} charts; copies as latest.*`);
 }
@@ -173,6 +176,7 @@ async function main(): Promise<void> {
       'no-build': { type: 'boolean', default: false },
       out: { type: 'string', default: join(ROOT, 'bench/results') },
       render: { type: 'string' },
+      tags: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -180,7 +184,8 @@ async function main(): Promise<void> {
   const all = scenarios(quick, parseBytes(v.chunk!));
   if (v.help) {
     console.log(`${USAGE}\nscenarios:\n${all.map((s) => `  ${s.id.padEnd(16)} ${s.title}${s.s3Only ? ' (S3 targets)' : ''}` +
-      `${s.fullOnly ? ' (not with --quick)' : ''}${s.optional ? ' (only when named)' : ''}`).join('\n')}`);
+      `${s.fullOnly ? ' (not with --quick)' : ''}${s.optional ? ' (only when named)' : ''}`).join('\n')}\n` +
+      `  ${TAG_SCENARIO.padEnd(16)} N tags pushed, then lists, pages, HEAD and GET by tag, with store requests (tags.ts; only when named)`);
     return;
   }
   if (v.render) {
@@ -189,7 +194,9 @@ async function main(): Promise<void> {
     return;
   }
   const wanted = v.scenario?.split(',');
-  for (const id of wanted ?? []) if (id !== 'mirror' && !all.some((s) => s.id === id)) throw new Error(`unknown scenario ${id}; choose from ${all.map((s) => s.id).join(', ')}`);
+  const tagsWanted = wanted?.includes(TAG_SCENARIO) ?? false;
+  const separate = ['mirror', TAG_SCENARIO];
+  for (const id of wanted ?? []) if (!separate.includes(id) && !all.some((s) => s.id === id)) throw new Error(`unknown scenario ${id}; choose from ${[...all.map((s) => s.id), ...separate].join(', ')}`);
   const chosen = all.filter((s) => (wanted ? wanted.includes(s.id) : !s.optional && !(quick && s.fullOnly)));
   const names = (v.targets?.split(',') ?? [...TARGETS]) as TargetName[];
   for (const n of names) if (!TARGETS.includes(n)) throw new Error(`unknown target ${n}; choose from ${TARGETS.join(', ')}`);
@@ -326,7 +333,15 @@ async function main(): Promise<void> {
   // The pull-through cache has targets of its own (an upstream and caches): mirror.ts.
   const mirror = wanted?.includes('mirror') && !v.url ? await runMirrorBench({ quick, log, note }) : undefined;
 
-  const report: Report & { mirror?: MirrorReport } = {
+  // The tags scenario starts each registry again, its S3 targets behind a counting proxy.
+  const tagResults = tagsWanted && !v.url
+    ? await runTagScenario({
+      targets: names, tags: Number(v.tags ?? (quick ? 1000 : 10_000)), runs: quick ? 3 : 5, s3,
+      unavailable: (n) => unavailable(n, s3Down), log, note,
+    })
+    : undefined;
+
+  const report: Report & { mirror?: MirrorReport; tags?: TagResult[] } = {
     date: new Date().toISOString(),
     machine: {
       cpuModel: os.cpus()[0]?.model, cores: os.availableParallelism(), memoryGiB: +(os.totalmem() / 1024 ** 3).toFixed(1),
@@ -353,6 +368,7 @@ async function main(): Promise<void> {
     notes,
     results: rows,
     ...(mirror ? { mirror } : {}),
+    ...(tagResults ? { tags: tagResults } : {}),
   };
   addRatios(report, referenceOf);
 
