@@ -3,10 +3,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { startCountingProxy, type CountingProxy, type Counts } from './count-proxy.js';
 import type { S3Endpoint } from './s3.js';
 import { sample, start, storageOf, type Target, type TargetName } from './targets.js';
 
@@ -264,76 +264,6 @@ function request(agent: http.Agent, url: string, method: string, body?: Buffer, 
     req.on('error', reject);
     req.end(body);
   });
-}
-
-// --- counting S3 requests ------------------------------------------------------------------
-
-interface Counts {
-  total: number;
-  byKind: Record<string, number>;
-}
-
-interface CountingProxy {
-  readonly endpoint: string;
-  /** A point in the request log. */
-  mark(): number;
-  /** Requests since `mark`, the registry's background ones left out. */
-  since(mark: number): Counts;
-  /** The background requests seen, and over how long. */
-  background(): { count: number; seconds: number };
-  close(): Promise<void>;
-}
-
-/** S3 operation from method and query, as test/helpers/faulty-proxy.ts names them. */
-function s3Operation(method: string, q: URLSearchParams): string {
-  if (method === 'PUT' && q.has('partNumber')) return 'UploadPart';
-  if (method === 'POST' && q.has('uploads')) return 'CreateMultipartUpload';
-  if (method === 'POST' && q.has('uploadId')) return 'CompleteMultipartUpload';
-  if (method === 'POST' && q.has('delete')) return 'DeleteObjects';
-  if (method === 'PUT') return 'PutObject';
-  if (method === 'GET' && q.has('list-type')) return 'ListObjectsV2';
-  if (method === 'GET' && (q.has('prefix') || q.has('delimiter') || q.has('marker'))) return 'ListObjects';
-  return method;
-}
-
-/** Hoist's lease polls and presence heartbeats (gc/guard.ts), which run whatever the clients do. */
-function isBackground(method: string, path: string): boolean {
-  return (method === 'HEAD' && path.endsWith('/gc/lease')) || (method === 'PUT' && path.includes('/gc/servers/'));
-}
-
-async function startCountingProxy(target: string): Promise<CountingProxy> {
-  const to = new URL(target);
-  const log: string[] = [];
-  let bg = 0;
-  const t0 = Date.now();
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://proxy');
-    if (isBackground(req.method ?? 'GET', decodeURIComponent(url.pathname))) bg++;
-    else log.push(s3Operation(req.method ?? 'GET', url.searchParams));
-    const upstream = http.request({ host: to.hostname, port: to.port, method: req.method, path: req.url, headers: req.headers }, (up) => {
-      res.writeHead(up.statusCode ?? 502, up.headers);
-      up.pipe(res);
-    });
-    upstream.on('error', () => req.socket.destroy());
-    req.pipe(upstream);
-  });
-  server.keepAliveTimeout = 60_000;
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  return {
-    endpoint: `http://127.0.0.1:${port}`,
-    mark: () => log.length,
-    since(mark) {
-      const byKind: Record<string, number> = {};
-      for (const op of log.slice(mark)) byKind[op] = (byKind[op] ?? 0) + 1;
-      return { total: log.length - mark, byKind };
-    },
-    background: () => ({ count: bg, seconds: (Date.now() - t0) / 1000 }),
-    close: () => new Promise((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
-  };
 }
 
 // --- counting file system calls -------------------------------------------------------------

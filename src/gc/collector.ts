@@ -269,6 +269,8 @@ class Collection {
   readonly #dangling = new Set<string>();
   /** First reads of touched markers (raw text, '' for none), for "changed since". */
   readonly #firstTouch = new Map<string, string>();
+  /** Digests that had a touched marker when the blobs were listed (#isFresh). */
+  #listedMarkers: ReadonlySet<string> | undefined;
   /** Revisions read, by repository and digest (#readRevision). */
   readonly #revisions = new Map<string, Promise<Buffer | undefined>>();
 
@@ -321,6 +323,7 @@ class Collection {
     }));
     this.#report.repositories = names.length;
     const blobScan = await scanBlobs(this.#d, this.#limit);
+    this.#listedMarkers = blobScan.markers;
     const dataPaths = await listData(this.#d);
 
     // --- mark ---------------------------------------------------------------------------
@@ -917,9 +920,13 @@ class Collection {
   async #isFresh(d: string, fallback: () => Promise<number | undefined>): Promise<boolean> {
     // The first read is enough here: a touch since then is caught by the re-read that
     // follows every delete (#touchedSinceFirstRead), which is what the argument rests on.
+    // A digest that had no marker when the blobs were listed has none to read here (manifests
+    // pushed while no collection ran have none): a marker written since is found by the
+    // re-read after the delete all the same.
     let raw = this.#firstTouch.get(d);
     if (raw === undefined) {
-      raw = (await readOrUndefined(this.#d, paths.blobTouched(tryParseDigest(d)!)))?.toString('utf8') ?? '';
+      const listed = this.#listedMarkers === undefined || this.#listedMarkers.has(d);
+      raw = listed ? (await readOrUndefined(this.#d, paths.blobTouched(tryParseDigest(d)!)))?.toString('utf8') ?? '' : '';
       this.#firstTouch.set(d, raw);
     }
     if (raw) return this.#freshTouch(raw);

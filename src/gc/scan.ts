@@ -1,5 +1,5 @@
 import type { LimitFunction } from 'p-limit';
-import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { isPathNotFound, listPage, type StorageDriver } from '../storage/driver.js';
 import { paths, REPOSITORY_MARKERS, uploadEntry } from '../registry/paths.js';
 import { DIGEST_ALGORITHMS, tryParseDigest } from '../registry/reference.js';
 
@@ -54,6 +54,15 @@ export function basename(path: string): string {
   return path.slice(path.lastIndexOf('/') + 1);
 }
 
+/**
+ * Children of a directory (none when it does not exist) by listPage(): on S3 one request per
+ * 1,000 children, where list() makes two (it also lists uploads in progress, which only
+ * the data directory has: listData keeps list()).
+ */
+export async function listPaths(driver: StorageDriver, path: string): Promise<string[]> {
+  return (await listPage(driver, path)).children.map((c) => c.path);
+}
+
 /** Children of a directory, or none when it does not exist. */
 export async function listOrEmpty(driver: StorageDriver, path: string): Promise<string[]> {
   try {
@@ -77,7 +86,7 @@ export async function readOrUndefined(driver: StorageDriver, path: string): Prom
 export async function listRepositories(driver: StorageDriver): Promise<string[]> {
   const names: string[] = [];
   const walk = async (dir: string, prefix: string): Promise<void> => {
-    const children = (await listOrEmpty(driver, dir)).map(basename);
+    const children = (await listPaths(driver, dir)).map(basename);
     if (prefix && children.some((b) => (REPOSITORY_MARKERS as readonly string[]).includes(b))) names.push(prefix);
     await Promise.all(children.filter((b) => !b.startsWith('_')).map((b) => walk(`${dir}/${b}`, prefix ? `${prefix}/${b}` : b)));
   };
@@ -89,7 +98,7 @@ export async function scanRepository(driver: StorageDriver, name: string, limit:
   const scan: RepositoryScan = {
     name, tags: new Map(), revisions: new Set(), links: new Set(), referrers: new Map(), uploads: [], uploadLocks: [], expiring: new Set(),
   };
-  const tagNames = (await listOrEmpty(driver, paths.tags(name))).map(basename);
+  const tagNames = (await listPaths(driver, paths.tags(name))).map(basename);
   await Promise.all(tagNames.map((tag) => limit(async () => {
     const raw = await readOrUndefined(driver, paths.tag(name, tag));
     if (!raw) return;
@@ -110,21 +119,21 @@ export async function scanRepository(driver: StorageDriver, name: string, limit:
   })));
   await Promise.all(ALGORITHMS.map(async (algorithm) => {
     const [revisions, links] = await Promise.all([
-      limit(() => listOrEmpty(driver, paths.manifestRevisions(name, algorithm))),
-      limit(() => listOrEmpty(driver, paths.layerLinks(name, algorithm))),
+      limit(() => listPaths(driver, paths.manifestRevisions(name, algorithm))),
+      limit(() => listPaths(driver, paths.layerLinks(name, algorithm))),
     ]);
     for (const p of revisions) addDigest(scan.revisions, algorithm, basename(p));
     for (const p of links) addDigest(scan.links, algorithm, basename(p));
   }));
   // referrers/<algorithm>/<subject hex>/<algorithm>-<hex>
-  for (const algDir of await limit(() => listOrEmpty(driver, paths.referrersRoot(name)))) {
+  for (const algDir of await limit(() => listPaths(driver, paths.referrersRoot(name)))) {
     const algorithm = basename(algDir);
-    const subjects = await limit(() => listOrEmpty(driver, algDir));
+    const subjects = await limit(() => listPaths(driver, algDir));
     await Promise.all(subjects.map((subjectDir) => limit(async () => {
       const subject = tryParseDigest(`${algorithm}:${basename(subjectDir)}`);
       if (!subject) return;
       const set = new Set<string>();
-      for (const entry of await listOrEmpty(driver, subjectDir)) {
+      for (const entry of await listPaths(driver, subjectDir)) {
         const b = basename(entry);
         const dash = b.indexOf('-');
         const referrer = dash > 0 ? tryParseDigest(`${b.slice(0, dash)}:${b.slice(dash + 1)}`) : undefined;
@@ -133,12 +142,12 @@ export async function scanRepository(driver: StorageDriver, name: string, limit:
       if (set.size > 0) scan.referrers.set(subject.value, set);
     })));
   }
-  for (const p of await limit(() => listOrEmpty(driver, paths.uploads(name)))) {
+  for (const p of await limit(() => listPaths(driver, paths.uploads(name)))) {
     const entry = uploadEntry(basename(p));
     if (entry?.record) scan.uploads.push(entry.id);
     else if (entry) scan.uploadLocks.push([entry.id, basename(p)]);
   }
-  for (const p of await limit(() => listOrEmpty(driver, paths.tagsExpiring(name)))) scan.expiring.add(basename(p));
+  for (const p of await limit(() => listPaths(driver, paths.tagsExpiring(name)))) scan.expiring.add(basename(p));
   return scan;
 }
 
@@ -151,9 +160,9 @@ function addDigest(set: Set<string>, algorithm: string, hex: string): void {
 export async function scanBlobs(driver: StorageDriver, limit: LimitFunction): Promise<BlobScan> {
   const scan: BlobScan = { records: new Set(), markers: new Set() };
   await Promise.all(ALGORITHMS.map(async (algorithm) => {
-    const prefixes = await limit(() => listOrEmpty(driver, `${paths.blobsRoot()}/${algorithm}`));
+    const prefixes = await limit(() => listPaths(driver, `${paths.blobsRoot()}/${algorithm}`));
     await Promise.all(prefixes.map((dir) => limit(async () => {
-      for (const p of await listOrEmpty(driver, paths.blobRecordDir(algorithm, basename(dir)))) {
+      for (const p of await listPaths(driver, paths.blobRecordDir(algorithm, basename(dir)))) {
         const b = basename(p);
         if (b.endsWith(TOUCHED_SUFFIX)) addDigest(scan.markers, algorithm, b.slice(0, -TOUCHED_SUFFIX.length));
         else addDigest(scan.records, algorithm, b);
