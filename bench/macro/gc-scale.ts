@@ -159,6 +159,13 @@ async function main(): Promise<void> {
     url = `fs:${dir}`;
     cleanup = () => rm(dir, { recursive: true, force: true });
   }
+  // Ctrl-C or SIGTERM mid-run: remove the bucket (or directory) rather than leave it behind.
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      log(`${sig}: removing the storage and exiting`);
+      void cleanup().catch(() => undefined).finally(() => process.exit(130));
+    });
+  }
   const hashPool = new HashPool({ threads: 2, maxQueue: 4096 });
   const base = await createDriver(url, { md5: (bytes) => hashPool.oneShot(bytes, 'md5', 'base64') });
   const driver = new CallCounter(base);

@@ -82,8 +82,9 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *
  * B. Grace. A marker is fresh if its time is after `cutoff`, or if it carries g (written by
  *    an operation of this collection, however late it comes and whatever the clocks say).
- *    A manifest is fresh as well when its revision was created after `cutoff` (a push while
- *    no collection runs writes no marker; pushing an untagged manifest again touches it).
+ *    A manifest is fresh as well when its revision was created after `cutoff` (the store's
+ *    time for the revision object, which is written once; a push while no collection runs
+ *    writes no marker, and pushing an untagged manifest again touches it).
  *    Blob HEADs, upload commits and mounts always touch, and a manifest's references are
  *    kept by the manifest once it is pushed: a client that HEADs a blob, or uploads it, and
  *    pushes a manifest using it less than `grace` later, finds it there: nothing touched
@@ -271,8 +272,7 @@ class Collection {
   readonly #firstTouch = new Map<string, string>();
   /** Digests that had a touched marker when the blobs were listed (#isFresh). */
   #listedMarkers: ReadonlySet<string> | undefined;
-  /** Revisions read, by repository and digest (#readRevision). */
-  readonly #revisions = new Map<string, Promise<Buffer | undefined>>();
+
 
   constructor(opts: GcOptions, lease: Lease | undefined) {
     this.#o = opts;
@@ -504,7 +504,8 @@ class Collection {
     const fresh: Array<[string, string]> = [];
     await Promise.all(first.map(([name, d]) => this.#limit(async () => {
       // A push writes no marker while no collection runs: the revision's own time counts too.
-      if ((await this.#isFresh(d, () => this.#revisionTime(name, d))) || ((await this.#revisionTime(name, d)) ?? -Infinity) >= this.#cutoff) fresh.push([name, d]);
+      const written = this.#repos.get(name)?.revisionTimes.get(d);
+      if ((written !== undefined && written >= this.#cutoff) || (await this.#isFresh(d, () => this.#revisionTime(name, d)))) fresh.push([name, d]);
     })));
     if (fresh.length > 0) await this.#marker.mark(fresh);
     const levels = await this.#parentsFirst(unmarked());
@@ -521,7 +522,7 @@ class Collection {
         if (this.#marker.isLive(repo, d)) return;
         const digest = tryParseDigest(d)!;
         const revisionPath = paths.manifestRevision(repo, digest);
-        const revision = await this.#readRevision(repo, d);
+        const revision = await readOrUndefined(this.#d, revisionPath);
         if (!revision) return;
         const subject = subjectOf(revision);
         const entryPath = subject ? paths.referrer(repo, subject, digest) : undefined;
@@ -953,24 +954,9 @@ class Collection {
     return raw !== '' && this.#freshTouch(raw);
   }
 
-  /**
-   * A revision as first read in this collection (it is read for its time, its subject, its
-   * bytes, and to be put back): once. Revisions are written once, with ifNotExists; one
-   * deleted and pushed again since the read is one a push vouched for during the collection,
-   * which A covers whatever this copy says.
-   */
-  #readRevision(repo: string, d: string): Promise<Buffer | undefined> {
-    const key = `${repo}\u0000${d}`;
-    let p = this.#revisions.get(key);
-    if (!p) {
-      p = readOrUndefined(this.#d, paths.manifestRevision(repo, tryParseDigest(d)!));
-      this.#revisions.set(key, p);
-    }
-    return p;
-  }
-
+  /** When the manifest was first pushed, from its record (a revision the listing had no time for). */
   async #revisionTime(repo: string, d: string): Promise<number | undefined> {
-    const raw = await this.#readRevision(repo, d);
+    const raw = await readOrUndefined(this.#d, paths.manifestRevision(repo, tryParseDigest(d)!));
     if (!raw) return undefined;
     try {
       const createdAt = Date.parse(decodeRevision(raw).record.createdAt ?? '');
@@ -994,7 +980,7 @@ class Collection {
   async #loadRefs(repo: string, d: string) {
     const digest: Digest | undefined = tryParseDigest(d);
     if (!digest || WELL_KNOWN_BLOBS.has(d)) return { blobs: [], children: [] };
-    const raw = await this.#readRevision(repo, d);
+    const raw = await readOrUndefined(this.#d, paths.manifestRevision(repo, digest));
     let bytes: Buffer | undefined;
     try {
       bytes = raw ? decodeRevision(raw).bytes : undefined;
