@@ -50,7 +50,8 @@ describe('operations while no collection runs', () => {
     const img = await t.pushImage('r', 'v1');
     for (const [ref, what] of [['v2', 'a new tag'], ['v1', 'the same tag'], [BY_DIGEST, 'nothing new']] as const) {
       const { calls } = await counting.during(() => t.registry.putManifest('r', ref === BY_DIGEST ? img.digest : ref, MEDIA_TYPES.ociManifest, img.bytes));
-      const gc = calls.filter((c) => c.path.startsWith('/gc/') || c.path.endsWith('.touched'));
+      // The server's polls of the lease (every 10 ms here) run whatever it does: left out.
+      const gc = calls.filter((c) => (c.path.startsWith('/gc/') && c.path !== paths.gcLease()) || c.path.endsWith('.touched'));
       // An untagged manifest pushed again is touched, to keep it for the grace period.
       expect(gc.map((c) => c.path), what).toEqual(ref === BY_DIGEST ? [paths.blobTouched(imgDigest(img.digest))] : []);
     }
@@ -61,7 +62,8 @@ describe('operations while no collection runs', () => {
     const first = calls.findIndex((c) => c.path.startsWith('/gc/'));
     expect(calls[first]).toMatchObject({ op: 'putContent', path: expect.stringMatching(/^\/gc\/servers\//) as unknown as string });
     expect(calls[first + 1]).toEqual({ op: 'reader', path: paths.gcLease() });
-    expect(calls.filter((c) => c.path.startsWith('/gc/'))).toHaveLength(2);
+    // Nothing else for garbage collection but the polls of the lease (every 10 ms here).
+    expect(calls.slice(first + 2).filter((c) => c.path.startsWith('/gc/') && c.path !== paths.gcLease())).toEqual([]);
     const [p] = await presences(d);
     expect(p).toMatchObject({ ...processIdentity() });
     expect(p!.ack).toBeUndefined();
