@@ -175,11 +175,13 @@ export class PullThroughCache implements Mirror {
     const declared = (MANIFEST_MEDIA_TYPES as readonly string[]).includes(type ?? '') ? type : undefined;
     const record = await this.#core.guard.op(async () => {
       await this.#core.guard.touch([digest]);
-      for (let attempt = 1; ; attempt++) {
-        const r = await this.#core.manifests.put(repo, ref, declared, bytes, { fromUpstream: true });
-        // A collector was deleting this (expired) tag as we wrote it: write it again (gc/guard.ts, duty 3).
-        if (ref.kind !== 'tag' || attempt === 3 || !(await this.#core.guard.tagIntent(repo, ref.tag))) return r;
+      const r = await this.#core.manifests.put(repo, ref, declared, bytes, { fromUpstream: true });
+      // A collector may have deleted this (expired) tag as we wrote it: put it back (gc/guard.ts, duty 3).
+      if (ref.kind === 'tag' && this.#core.guard.collecting) {
+        await this.#core.guard.tagIntent(repo, ref.tag);
+        await this.#core.manifests.repairTag(repo, ref.tag, r.digest);
       }
+      return r;
     });
     this.#pulls.touched(digest);
     return { ...record, bytes };

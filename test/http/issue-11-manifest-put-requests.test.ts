@@ -4,6 +4,7 @@ import { startDockerRegistry, type DockerRegistry } from '../helpers/docker-regi
 import { makeImage, pushBlob, pushManifest, type Image } from '../helpers/oci.js';
 import { describeS3, s3ServerEnv, startRecordingProxy, useTestBucket, type RecordingProxy, type S3Call } from '../helpers/s3-http.js';
 import { s3StorageUrl } from '../helpers/s3.js';
+import { tempDir } from '../helpers/http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -40,6 +41,7 @@ describeS3('issue 11: S3 requests per manifest PUT, Hoist against docker-registr
   const bucket = useTestBucket(env, 'issue11');
   let proxy: RecordingProxy;
   let dr: DockerRegistry;
+  let drDir: Awaited<ReturnType<typeof tempDir>> | undefined;
   let hoist: TestServer;
   const counts: Record<string, Record<string, number>> = { 'docker-registry': {}, hoist: {} };
   const gcCalls: S3Call[] = [];
@@ -48,13 +50,15 @@ describeS3('issue 11: S3 requests per manifest PUT, Hoist against docker-registr
   beforeAll(async () => {
     proxy = await startRecordingProxy(env, () => bucket.name);
     const through = { ...env, endpoint: proxy.endpoint };
-    dr = await startDockerRegistry({ s3: { endpoint: proxy.endpoint, bucket: bucket.name, rootDirectory: '/dr' } });
+    drDir = await tempDir('hoist-issue11-dr-');
+    dr = await startDockerRegistry({ dir: drDir.path, s3: { endpoint: proxy.endpoint, bucket: bucket.name, rootDirectory: '/dr' } });
     hoist = await startServer({ storage: s3StorageUrl(through, bucket.name, 'hoist'), env: s3ServerEnv() });
   });
 
   afterAll(async () => {
     if (hoist) expect(await hoist.stop()).toBe(0);
     await dr?.stop();
+    await drDir?.cleanup();
     await proxy?.close();
     const rows = CASES.map((c) => `  ${c.what.padEnd(36)} hoist ${String(counts.hoist![c.what]).padStart(2)}   docker-registry ${counts['docker-registry']![c.what]}`);
     console.log(`[issue 11] S3 requests per manifest PUT (config + 1 layer):\n${rows.join('\n')}\n  (the Hoist server's lease polls and heartbeats meanwhile, left out: ${polls})`);
