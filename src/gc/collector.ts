@@ -270,8 +270,6 @@ class Collection {
   readonly #dangling = new Set<string>();
   /** First reads of touched markers (raw text, '' for none), for "changed since". */
   readonly #firstTouch = new Map<string, string>();
-  /** Digests that had a touched marker when the blobs were listed (#isFresh). */
-  #listedMarkers: ReadonlySet<string> | undefined;
 
 
   constructor(opts: GcOptions, lease: Lease | undefined) {
@@ -323,7 +321,6 @@ class Collection {
     }));
     this.#report.repositories = names.length;
     const blobScan = await scanBlobs(this.#d, this.#limit);
-    this.#listedMarkers = blobScan.markers;
     const dataPaths = await listData(this.#d);
 
     // --- mark ---------------------------------------------------------------------------
@@ -921,13 +918,12 @@ class Collection {
   async #isFresh(d: string, fallback: () => Promise<number | undefined>): Promise<boolean> {
     // The first read is enough here: a touch since then is caught by the re-read that
     // follows every delete (#touchedSinceFirstRead), which is what the argument rests on.
-    // A digest that had no marker when the blobs were listed has none to read here (manifests
-    // pushed while no collection ran have none): a marker written since is found by the
-    // re-read after the delete all the same.
+    // Read, even for a digest that had no marker when the blobs were listed: a marker written
+    // since (a HEAD that answered 200) must spare it now, not only bring it back after a
+    // delete, which a manifest PUT checking it meanwhile would see (B).
     let raw = this.#firstTouch.get(d);
     if (raw === undefined) {
-      const listed = this.#listedMarkers === undefined || this.#listedMarkers.has(d);
-      raw = listed ? (await readOrUndefined(this.#d, paths.blobTouched(tryParseDigest(d)!)))?.toString('utf8') ?? '' : '';
+      raw = (await readOrUndefined(this.#d, paths.blobTouched(tryParseDigest(d)!)))?.toString('utf8') ?? '';
       this.#firstTouch.set(d, raw);
     }
     if (raw) return this.#freshTouch(raw);
