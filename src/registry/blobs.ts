@@ -23,6 +23,8 @@ export interface BlobDescriptor {
 export interface BlobLocation extends BlobDescriptor {
   /** The data object; undefined for the well-known blobs, whose bytes are in the code. */
   readonly data?: string;
+  /** Its bytes, when locate() was asked to read blobs this small. */
+  readonly bytes?: Buffer;
 }
 
 /** A byte range as RFC 9110 asks for it: `bytes=a-b`, `bytes=a-` or `bytes=-n`. */
@@ -131,15 +133,28 @@ export class BlobStore {
 
   /**
    * The blob as `repo` sees it and where its bytes are, or undefined when it is not linked
-   * there. The one existence check: stat(), exists() and manifest pushes (which read a
-   * config's labels from the location) all come here, so whatever it costs is counted once.
+   * there or its record names no data. The one existence check: stat(), exists() and
+   * manifest pushes all come here, so whatever it costs is counted once: the link, the
+   * record, and the data (a stat; or, for a blob of at most `readUpTo` bytes, reading them,
+   * as a push does for a config's labels).
    */
-  async locate(repo: string, digest: Digest): Promise<BlobLocation | undefined> {
+  async locate(repo: string, digest: Digest, opts: { readUpTo?: number } = {}): Promise<BlobLocation | undefined> {
     const known = WELL_KNOWN_BLOBS.get(digest.value);
-    if (known) return { digest: digest.value, size: known.length };
+    if (known) return { digest: digest.value, size: known.length, ...(opts.readUpTo !== undefined ? { bytes: known } : {}) };
+    if (!(await this.#linked(repo, digest))) return undefined;
+    const record = (await this.#readRecord(digest))?.record;
+    if (!record) return undefined;
+    if (opts.readUpTo !== undefined && record.size <= opts.readUpTo) {
+      // `readUpTo`: the caller wants the bytes of a small blob (a config's labels). Reading
+      // them proves the data is there, as the stat below would: one request, not two.
+      const bytes = await this.readLocated({ digest: digest.value, size: record.size, data: record.data }).catch((err: unknown) => {
+        if (err instanceof InvalidPathError) return undefined;
+        throw err;
+      });
+      return bytes?.length === record.size ? { digest: digest.value, size: record.size, data: record.data, bytes } : undefined;
+    }
     // A record whose data is gone is no blob (#liveRecord): the check counts that stat too.
-    const record = (await this.#linked(repo, digest)) ? await this.#liveRecord(digest) : undefined;
-    return record ? { digest: digest.value, size: record.size, data: record.data } : undefined;
+    return (await this.#hasData(record)) ? { digest: digest.value, size: record.size, data: record.data } : undefined;
   }
 
   /** The blob as `repo` sees it; BLOB_UNKNOWN when it is not linked there. */

@@ -125,10 +125,12 @@ const EXPIRY_BOUNDARY_MS = 5 * 60_000;
  *      ends up naming one of the two manifests, never a mix and never a missing one.
  *
  * What a push costs the store (an image of a config and one layer, pushed by tag; docker-
- * registry 2.8 makes 8 requests, 9 for a new manifest): BlobStore.locate() per blob (2
- * requests each on S3), the revision read (and for a new manifest the config's bytes and
- * the revision write), the tag read and write. Online garbage collection adds nothing while
- * no collection runs (gc/guard.ts).
+ * registry 2.8 makes 8 requests on S3, 9 for a new manifest): per blob BlobStore.locate(),
+ * the link, the record and the data (3 requests on S3; for the config, its bytes, read for
+ * the labels, in place of the data's stat); the revision's conditional write (1); the tag,
+ * written (1) for a manifest stored just now, else read and written when it changes (2).
+ * 8 for a new manifest, 9 for a known one under another tag, 8 when nothing changes.
+ * Online garbage collection adds nothing while no collection runs (gc/guard.ts).
  */
 export class ManifestStore {
   readonly #o: ManifestStoreOptions;
@@ -142,7 +144,8 @@ export class ManifestStore {
   /**
    * Validates and stores a manifest exactly as pushed (the digest is of these bytes) with the
    * pushed media type, then points the tag at it. Pushing the same bytes again changes
-   * nothing. Throws DIGEST_INVALID (bytes don't match a digest reference), MANIFEST_INVALID
+   * nothing. Returns the manifest's record as this push made it (for a manifest stored
+   * already, the stored one differs in its times only). Throws DIGEST_INVALID (bytes don't match a digest reference), MANIFEST_INVALID
    * (not a supported schema 2 manifest), MANIFEST_BLOB_UNKNOWN (a config or layer not in the
    * repository) or MANIFEST_UNKNOWN (an index child not in the repository).
    */
@@ -157,31 +160,27 @@ export class ManifestStore {
     }
     const manifest = parseManifest(bytes, contentType);
     // Every reference is checked on every push, stored manifest or not (a blob may have been
-    // deleted from the repository since), but an upstream's; the stored revision is read meanwhile.
-    const [config, existing] = await Promise.all([opts.fromUpstream ? undefined : this.#checkReferences(repo, manifest), this.#revision(repo, digest)]);
-    let stored: ManifestRecord;
-    if (existing) {
-      // The same bytes: the same config, so the same labels, recorded at the first push.
-      stored = existing.record;
-      await opts.onExisting?.(digest);
-    } else {
-      const labels = manifest.kind === 'manifest' && !opts.fromUpstream ? await this.#labels(repo, manifest.config, config) : undefined;
-      const expiresAfterMs = parseExpiresAfter(labels?.[EXPIRES_AFTER_LABEL]);
-      const artifactType = artifactTypeOf(manifest);
-      const now = Date.now();
-      const record: ManifestRecord = {
-        digest: digest.value,
-        mediaType: manifest.mediaType,
-        size: bytes.length,
-        createdAt: new Date(now).toISOString(),
-        ...(artifactType !== undefined ? { artifactType } : {}),
-        ...(manifest.subject ? { subject: manifest.subject.digest } : {}),
-        ...(labels ? { labels } : {}),
-        ...(expiresAfterMs !== undefined ? { expiresAt: new Date(now + expiresAfterMs).toISOString() } : {}),
-      };
-      const fresh = await this.#o.driver.putContent(paths.manifestRevision(repo, digest), encodeRevision(record, bytes), { ifNotExists: true });
-      stored = fresh ? record : ((await this.#revision(repo, digest))?.record ?? record);
-    }
+    // deleted from the repository since), but an upstream's; the config is read meanwhile.
+    const config = opts.fromUpstream ? undefined : await this.#checkReferences(repo, manifest);
+    const labels = manifest.kind === 'manifest' && !opts.fromUpstream ? labelsOfConfig(manifest.config, config) : undefined;
+    const expiresAfterMs = parseExpiresAfter(labels?.[EXPIRES_AFTER_LABEL]);
+    const artifactType = artifactTypeOf(manifest);
+    const now = Date.now();
+    const record: ManifestRecord = {
+      digest: digest.value,
+      mediaType: manifest.mediaType,
+      size: bytes.length,
+      createdAt: new Date(now).toISOString(),
+      ...(artifactType !== undefined ? { artifactType } : {}),
+      ...(manifest.subject ? { subject: manifest.subject.digest } : {}),
+      ...(labels ? { labels } : {}),
+      ...(expiresAfterMs !== undefined ? { expiresAt: new Date(now + expiresAfterMs).toISOString() } : {}),
+    };
+    // Written unless it is there: a manifest pushed again (same bytes, same config, same
+    // labels) keeps the record of its first push, and costs that one conditional write, not
+    // a read first.
+    const created = await this.#o.driver.putContent(paths.manifestRevision(repo, digest), encodeRevision(record, bytes), { ifNotExists: true });
+    if (!created) await opts.onExisting?.(digest);
 
     if (manifest.subject) {
       const subject = tryParseDigest(manifest.subject.digest)!;
@@ -196,20 +195,21 @@ export class ManifestStore {
       await this.#o.driver.putContent(paths.referrer(repo, subject, digest), json(entry));
     }
 
-    if (reference.kind === 'tag') {
-      await this.#pointTag(repo, reference.tag, digest, parseExpiresAfter(stored.labels?.[EXPIRES_AFTER_LABEL]), opts.fromUpstream ?? false);
-    }
-    return stored;
+    // A manifest that was not stored cannot be what a live tag names already: its tag is
+    // written without a look (as a cache's always is).
+    if (reference.kind === 'tag') await this.#pointTag(repo, reference.tag, digest, expiresAfterMs, created || (opts.fromUpstream ?? false));
+    return record;
   }
 
   /**
    * Points `tag` at `digest`. Re-pushing a tag that already names this manifest is a no-op:
    * nothing is rewritten, and its expiry is not pushed back. An expired tag is no tag:
-   * pushing it again makes a new one. `always`: written in any case (a cache's tag).
+   * pushing it again makes a new one. `always`: written without reading it first (a tag of
+   * a manifest stored just now; a cache's tag, whose updatedAt is when the upstream last
+   * confirmed it).
    */
   async #pointTag(repo: string, tag: string, digest: Digest, expiresAfterMs: number | undefined, always = false): Promise<void> {
     const now = Date.now();
-    // A cache's tag is written whatever it names: its updatedAt is when the upstream last confirmed it.
     if (!always) {
       const current = await this.#tag(repo, tag);
       if (current?.digest === digest.value && !this.#expiry.isExpired(repo, current, now)) return;
@@ -403,14 +403,16 @@ export class ManifestStore {
    * layer and empty JSON config are always there (BlobStore.locate knows them); layers whose
    * bytes live elsewhere (`urls`) are not checked. The subject is not checked: referrers may
    * be pushed before what they refer to (distribution-spec "Pushing Manifests with Subject").
-   * Returns where an image's config is, for its labels.
+   * Returns an image's config as found, with its bytes when its labels are to be read.
    */
   async #checkReferences(repo: string, m: ParsedManifest): Promise<BlobLocation | undefined> {
     if (m.kind === 'manifest') {
       const blobs = [m.config, ...m.layers.filter((l) => !isNonDistributable(l))];
       const found = new Map<string, BlobLocation | undefined>();
+      const readConfig = IMAGE_CONFIG_MEDIA_TYPES.includes(m.config.mediaType);
       const missing = await firstMissing(blobs, async (d) => {
-        const at = await this.#o.blobs.locate(repo, tryParseDigest(d.digest)!);
+        const labelled = readConfig && d.digest === m.config.digest;
+        const at = await this.#o.blobs.locate(repo, tryParseDigest(d.digest)!, labelled ? { readUpTo: MAX_CONFIG_BYTES } : {});
         found.set(d.digest, at);
         return at !== undefined;
       });
@@ -425,19 +427,6 @@ export class ManifestStore {
       throw new RegistryError('MANIFEST_UNKNOWN', { status: 400, message: 'index references a manifest unknown to the repository', detail: { digest: missing.digest } });
     }
     return undefined;
-  }
-
-  /** Labels of an image's config blob (found by #checkReferences); undefined for artifacts and for configs too large to read. */
-  async #labels(repo: string, config: Descriptor, at: BlobLocation | undefined): Promise<Record<string, string> | undefined> {
-    if (!IMAGE_CONFIG_MEDIA_TYPES.includes(config.mediaType)) return undefined;
-    // The stored size, not the descriptor's: it is what would be read.
-    if (!at || at.size > MAX_CONFIG_BYTES) return undefined;
-    const bytes = await this.#o.blobs.readLocated(at);
-    if (!bytes) {
-      // Deleted since #checkReferences saw it.
-      throw new RegistryError('MANIFEST_BLOB_UNKNOWN', { message: 'manifest references a blob unknown to the repository', detail: { digest: config.digest, repository: repo } });
-    }
-    return labelsOf(bytes);
   }
 
   async #resolve(repo: string, reference: Reference): Promise<Digest> {
@@ -481,6 +470,12 @@ export function decodeRevision(stored: Buffer): Revision {
   const nl = stored.indexOf(NEWLINE);
   if (nl < 0) return { record: JSON.parse(stored.toString('utf8')) as ManifestRecord };
   return { record: JSON.parse(stored.subarray(0, nl).toString('utf8')) as ManifestRecord, bytes: stored.subarray(nl + 1) };
+}
+
+/** Labels of an image's config, read by #checkReferences; none for artifacts and for configs too large to read. */
+function labelsOfConfig(config: Descriptor, found: BlobLocation | undefined): Record<string, string> | undefined {
+  if (!IMAGE_CONFIG_MEDIA_TYPES.includes(config.mediaType) || !found?.bytes) return undefined;
+  return labelsOf(found.bytes);
 }
 
 /**
