@@ -20,7 +20,9 @@ import { sample, start, storageOf, type Target, type TargetName } from './target
  *   deep page  GET .../tags/list?n=100&last=<the tag half way>
  *   HEAD, GET  a manifest by tag
  *
- * Each read is timed several times and the median reported. Beside each time, the store
+ * Hoist and docker-registry on the same kind of storage run at once: each pushes in turn, then
+ * they take turns at every read, so that both see the same load. Each read is timed many
+ * times and the median reported. Beside each time, the store
  * requests the operation made: on S3 counted by a proxy between the registry and the S3
  * endpoint (every HTTP request); on fs the file system calls (open, stat, getdents, rename,
  * link, unlink, mkdir... as strace -f -c counts them, on a separate pass so that tracing
@@ -78,142 +80,199 @@ export interface TagScenarioOptions {
 
 export async function runTagScenario(o: TagScenarioOptions): Promise<TagResult[]> {
   const results: TagResult[] = [];
-  for (const name of o.targets.filter((t) => TAG_TARGETS.includes(t))) {
-    const why = o.unavailable(name);
-    if (why) {
-      o.note(`${name}: tags scenario skipped, ${why}`);
-      continue;
-    }
-    let proxy: CountingProxy | undefined;
-    let target: Target | undefined;
+  // Hoist and docker-registry on one kind of storage run at the same time, so that their
+  // reads can take turns: on a shared machine a few milliseconds' difference measured a
+  // minute apart says more about the load than about either.
+  for (const storage of ['fs', 's3'] as const) {
+    const names = o.targets.filter((t) => TAG_TARGETS.includes(t) && storageOf(t) === storage);
+    const running: Running[] = [];
     try {
-      if (storageOf(name) === 's3') proxy = await startCountingProxy(o.s3.endpoint);
-      target = await start(name, { s3: proxy ? { ...o.s3, endpoint: proxy.endpoint } : o.s3 });
-      o.log(`${name}: tags scenario, ${o.tags} tags`);
-      results.push(await measure(name, target, proxy, o));
+      for (const name of names) {
+        const why = o.unavailable(name);
+        if (why) {
+          o.note(`${name}: tags scenario skipped, ${why}`);
+          continue;
+        }
+        const proxy = storage === 's3' ? await startCountingProxy(o.s3.endpoint) : undefined;
+        try {
+          const target = await start(name, { s3: proxy ? { ...o.s3, endpoint: proxy.endpoint } : o.s3 });
+          running.push(new Running(name, target, proxy));
+        } catch (err) {
+          await proxy?.close();
+          o.note(`${name}: tags scenario failed to start: ${(err as Error).message.split('\n')[0]}`);
+        }
+      }
+      if (running.length > 0) results.push(...await measure(running, o));
     } catch (err) {
-      o.note(`${name}: tags scenario failed: ${(err as Error).message.split('\n')[0]}`);
+      o.note(`${storage}: tags scenario failed: ${(err as Error).message.split('\n')[0]}`);
     } finally {
-      await target?.stop().catch((err: Error) => o.note(`${name}: stopping: ${err.message}`));
-      await proxy?.close();
+      for (const r of running) await r.stop().catch((err: Error) => o.note(`${r.name}: stopping: ${err.message}`));
     }
   }
   return results;
 }
 
-async function measure(name: TargetName, target: Target, proxy: CountingProxy | undefined, o: TagScenarioOptions): Promise<TagResult> {
-  const url = target.url;
-  const notes: string[] = [];
-  const agent = new http.Agent({ keepAlive: true, maxSockets: PUSH_CONCURRENCY });
-  const call = (method: string, path: string, body?: Buffer, headers: Record<string, string> = {}) => request(agent, `${url}${path}`, method, body, headers);
-  // One small image: a config and a 1 KiB layer.
+/** One registry under test: its client, its counting proxy (S3), what was measured. */
+class Running {
+  readonly name: TargetName;
+  readonly target: Target;
+  readonly proxy: CountingProxy | undefined;
+  readonly agent = new http.Agent({ keepAlive: true, maxSockets: PUSH_CONCURRENCY });
+  readonly ops: TagOpResult[] = [];
+  readonly notes: string[] = [];
+  manifest = Buffer.alloc(0);
+
+  constructor(name: TargetName, target: Target, proxy: CountingProxy | undefined) {
+    this.name = name;
+    this.target = target;
+    this.proxy = proxy;
+  }
+
+  call(method: string, path: string, body?: Buffer, headers: Record<string, string> = {}): Promise<Reply> {
+    return request(this.agent, `${this.target.url}${path}`, method, body, headers);
+  }
+
+  pushTag(tag: string): Promise<Reply> {
+    return this.call('PUT', `/v2/${REPO}/manifests/${tag}`, this.manifest, { 'content-type': MANIFEST_TYPE });
+  }
+
+  async stop(): Promise<void> {
+    this.agent.destroy();
+    try {
+      await this.target.stop();
+    } finally {
+      await this.proxy?.close();
+    }
+  }
+}
+
+async function measure(running: Running[], o: TagScenarioOptions): Promise<TagResult[]> {
+  const names = Array.from({ length: o.tags }, (_, i) => `t${String(i).padStart(6, '0')}`);
+  // One small image: a config and a 1 KiB layer, the same for every registry.
   const layer = randomBytes(1024);
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [digestOf(layer)] } }));
-  for (const blob of [layer, config]) {
-    const post = await call('POST', `/v2/${REPO}/blobs/uploads/`);
-    if (post.status !== 202) throw new Error(`POST upload: ${post.status}`);
-    const loc = new URL(post.headers.location!, url);
-    loc.searchParams.set('digest', digestOf(blob));
-    const put = await call('PUT', loc.pathname + loc.search, blob, { 'content-type': 'application/octet-stream' });
-    if (put.status !== 201) throw new Error(`PUT blob: ${put.status}`);
-  }
   const manifest = Buffer.from(JSON.stringify({
     schemaVersion: 2, mediaType: MANIFEST_TYPE,
     config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: digestOf(config), size: config.length },
     layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: digestOf(layer), size: layer.length }],
   }));
-  const names = Array.from({ length: o.tags }, (_, i) => `t${String(i).padStart(6, '0')}`);
-  const pushTag = (tag: string) => call('PUT', `/v2/${REPO}/manifests/${tag}`, manifest, { 'content-type': MANIFEST_TYPE });
 
-  const ops: TagOpResult[] = [];
-  // --- push: N tags, 16 at once; requests counted over the whole push ------------------
-  const before = proxy?.mark();
-  const usage = sample(target.pid);
-  const t0 = performance.now();
-  let errors = 0;
-  let next = 0;
-  let lastLog = Date.now();
-  await Promise.all(Array.from({ length: PUSH_CONCURRENCY }, async () => {
-    while (next < names.length) {
-      const tag = names[next++]!;
-      const r = await pushTag(tag);
-      if (r.status !== 201) errors++;
-      if (Date.now() - lastLog > 10_000) {
-        lastLog = Date.now();
-        o.log(`${name}: ${next} of ${names.length} tags pushed`);
-      }
+  // --- push: N tags, 16 at once, one registry after the other; requests over the whole push --
+  for (const r of running) {
+    r.manifest = manifest;
+    for (const blob of [layer, config]) {
+      const post = await r.call('POST', `/v2/${REPO}/blobs/uploads/`);
+      if (post.status !== 202) throw new Error(`${r.name}: POST upload: ${post.status}`);
+      const loc = new URL(post.headers.location!, r.target.url);
+      loc.searchParams.set('digest', digestOf(blob));
+      const put = await r.call('PUT', loc.pathname + loc.search, blob, { 'content-type': 'application/octet-stream' });
+      if (put.status !== 201) throw new Error(`${r.name}: PUT blob: ${put.status}`);
     }
-  }));
-  const pushMs = performance.now() - t0;
-  const used = usage.stop();
-  const pushCounts = before !== undefined ? proxy!.since(before) : undefined;
-  ops.push({
-    id: 'push', title: `push ${o.tags} tags (16 at once)`, ms: pushMs, runs: 1, errors,
-    ...(used ? { cpuMsPerOp: (used.cpuCores * pushMs) / o.tags } : {}),
-    ...(pushCounts ? { requests: pushCounts.total / o.tags, requestsByKind: perOp(pushCounts.byKind, o.tags) } : {}),
-  });
-
-  // --- reads ----------------------------------------------------------------------------
-  const half = names[Math.floor(names.length / 2)]!;
-  const reads: Array<{ id: string; title: string; run: (i: number) => Promise<Reply>; check: (r: Reply) => string | undefined }> = [
-    { id: 'list-all', title: `tags/list, all ${o.tags}`, run: () => call('GET', `/v2/${REPO}/tags/list`), check: (r) => expectTags(r, o.tags) },
-    { id: 'first-page', title: `tags/list?n=${PAGE}`, run: () => call('GET', `/v2/${REPO}/tags/list?n=${PAGE}`), check: (r) => expectTags(r, Math.min(PAGE, o.tags)) },
-    { id: 'deep-page', title: `tags/list?n=${PAGE}&last=<middle>`, run: () => call('GET', `/v2/${REPO}/tags/list?n=${PAGE}&last=${half}`), check: (r) => expectTags(r, Math.min(PAGE, o.tags - names.indexOf(half) - 1)) },
-    { id: 'head-by-tag', title: 'manifest HEAD by tag', run: (i) => call('HEAD', `/v2/${REPO}/manifests/${names[(i * 7919) % names.length]}`, undefined, { accept: MANIFEST_TYPE }), check: (r) => (r.status === 200 ? undefined : `HEAD ${r.status}`) },
-    { id: 'get-by-tag', title: 'manifest GET by tag', run: (i) => call('GET', `/v2/${REPO}/manifests/${names[(i * 104729) % names.length]}`, undefined, { accept: MANIFEST_TYPE }), check: (r) => (r.status === 200 ? undefined : `GET ${r.status}`) },
-  ];
-  for (const read of reads) {
-    // Medians of many: on a shared 2-core machine single requests scatter widely.
-    const runs = read.id.endsWith('by-tag') ? o.runs * 10 : o.runs * 3;
-    const times: number[] = [];
-    let failed = 0;
-    const mark = proxy?.mark();
-    for (let i = 0; i < runs; i++) {
-      const t = performance.now();
-      const r = await read.run(i);
-      times.push(performance.now() - t);
-      const bad = read.check(r);
-      if (bad) {
-        failed++;
-        if (failed === 1) notes.push(`${read.id}: ${bad}`);
-      } else if (i === 0 && read.id.endsWith('page') && (tagCount(r) ?? 0) > PAGE) {
-        notes.push(`${read.title} answers with all ${tagCount(r)} tags (it does not paginate)`);
+    o.log(`${r.name}: tags scenario, pushing ${o.tags} tags`);
+    const before = r.proxy?.mark();
+    const usage = sample(r.target.pid);
+    const t0 = performance.now();
+    let errors = 0;
+    let next = 0;
+    let lastLog = Date.now();
+    await Promise.all(Array.from({ length: PUSH_CONCURRENCY }, async () => {
+      while (next < names.length) {
+        const tag = names[next++]!;
+        if ((await r.pushTag(tag)).status !== 201) errors++;
+        if (Date.now() - lastLog > 10_000) {
+          lastLog = Date.now();
+          o.log(`${r.name}: ${next} of ${names.length} tags pushed`);
+        }
       }
-    }
-    const counts = mark !== undefined ? proxy!.since(mark) : undefined;
-    ops.push({
-      id: read.id, title: read.title, ms: median(times), runs, errors: failed,
-      ...(counts ? { requests: counts.total / runs, requestsByKind: perOp(counts.byKind, runs) } : {}),
+    }));
+    const pushMs = performance.now() - t0;
+    const used = usage.stop();
+    const counts = before !== undefined ? r.proxy!.since(before) : undefined;
+    r.ops.push({
+      id: 'push', title: `push ${o.tags} tags (16 at once)`, ms: pushMs, runs: 1, errors,
+      ...(used ? { cpuMsPerOp: (used.cpuCores * pushMs) / o.tags } : {}),
+      ...(counts ? { requests: counts.total / o.tags, requestsByKind: perOp(counts.byKind, o.tags) } : {}),
     });
   }
 
+  // --- reads, the registries taking turns -------------------------------------------------
+  const half = names[Math.floor(names.length / 2)]!;
+  const reads: Array<{ id: string; title: string; run: (r: Running, i: number) => Promise<Reply>; check: (r: Reply) => string | undefined }> = [
+    { id: 'list-all', title: `tags/list, all ${o.tags}`, run: (r) => r.call('GET', `/v2/${REPO}/tags/list`), check: (x) => expectTags(x, o.tags) },
+    { id: 'first-page', title: `tags/list?n=${PAGE}`, run: (r) => r.call('GET', `/v2/${REPO}/tags/list?n=${PAGE}`), check: (x) => expectTags(x, Math.min(PAGE, o.tags)) },
+    {
+      id: 'deep-page', title: `tags/list?n=${PAGE}&last=<middle>`, run: (r) => r.call('GET', `/v2/${REPO}/tags/list?n=${PAGE}&last=${half}`),
+      check: (x) => expectTags(x, Math.min(PAGE, o.tags - names.indexOf(half) - 1)),
+    },
+    {
+      id: 'head-by-tag', title: 'manifest HEAD by tag', run: (r, i) => r.call('HEAD', `/v2/${REPO}/manifests/${names[(i * 7919) % names.length]}`, undefined, { accept: MANIFEST_TYPE }),
+      check: (x) => (x.status === 200 ? undefined : `HEAD ${x.status}`),
+    },
+    {
+      id: 'get-by-tag', title: 'manifest GET by tag', run: (r, i) => r.call('GET', `/v2/${REPO}/manifests/${names[(i * 104729) % names.length]}`, undefined, { accept: MANIFEST_TYPE }),
+      check: (x) => (x.status === 200 ? undefined : `GET ${x.status}`),
+    },
+  ];
+  o.log(`tags scenario: reads, ${running.map((r) => r.name).join(' and ')} taking turns`);
+  for (const read of reads) {
+    // Medians of many: on a shared 2-core machine single requests scatter widely.
+    const runs = read.id.endsWith('by-tag') ? o.runs * 10 : o.runs * 3;
+    const times = new Map<Running, number[]>(running.map((r) => [r, []]));
+    const failed = new Map<Running, number>(running.map((r) => [r, 0]));
+    const marks = new Map(running.map((r) => [r, r.proxy?.mark()]));
+    for (let i = 0; i < runs; i++) {
+      // Alternate who goes first, so neither always runs right after the other.
+      for (const r of i % 2 === 0 ? running : [...running].reverse()) {
+        const t = performance.now();
+        const reply = await read.run(r, i);
+        times.get(r)!.push(performance.now() - t);
+        const bad = read.check(reply);
+        if (bad) {
+          failed.set(r, failed.get(r)! + 1);
+          if (failed.get(r) === 1) r.notes.push(`${read.id}: ${bad}`);
+        } else if (i === 0 && read.id.endsWith('page') && (tagCount(reply) ?? 0) > PAGE) {
+          r.notes.push(`${read.title} answers with all ${tagCount(reply)} tags (it does not paginate)`);
+        }
+      }
+    }
+    for (const r of running) {
+      const mark = marks.get(r);
+      const counts = mark !== undefined ? r.proxy!.since(mark) : undefined;
+      r.ops.push({
+        id: read.id, title: read.title, ms: median(times.get(r)!), runs, errors: failed.get(r)!,
+        ...(counts ? { requests: counts.total / runs, requestsByKind: perOp(counts.byKind, runs) } : {}),
+      });
+    }
+  }
+
   // --- fs: file system calls per operation, on a pass of its own under strace -----------
-  if (storageOf(name) === 'fs' && target.pid !== undefined) {
+  for (const r of running) {
+    if (storageOf(r.name) !== 'fs' || r.target.pid === undefined) continue;
     const traced: Array<[string, () => Promise<Reply>, number]> = [
-      ['push', () => pushTag(`traced-${randomBytes(4).toString('hex')}`), 20],
-      ...reads.map((r): [string, () => Promise<Reply>, number] => [r.id, () => r.run(1), r.id === 'list-all' ? 3 : 20]),
+      ['push', () => r.pushTag(`traced-${randomBytes(4).toString('hex')}`), 20],
+      ...reads.map((x): [string, () => Promise<Reply>, number] => [x.id, () => x.run(r, 1), x.id === 'list-all' ? 3 : 20]),
     ];
     for (const [id, fn, times] of traced) {
       try {
-        const counts = await syscalls(target.pid, async () => {
+        const counts = await syscalls(r.target.pid, async () => {
           for (let i = 0; i < times; i++) await fn();
         });
-        const op = ops.find((x) => x.id === id)!;
+        const op = r.ops.find((x) => x.id === id)!;
         op.requests = counts.total / times;
         op.requestsByKind = perOp(counts.byKind, times);
       } catch (err) {
-        notes.push(`${id}: system calls not counted: ${(err as Error).message}`);
+        r.notes.push(`${id}: system calls not counted: ${(err as Error).message}`);
         break;
       }
     }
   }
-  agent.destroy();
-  let backgroundPerSecond: number | undefined;
-  if (proxy) {
-    const bg = proxy.background();
-    backgroundPerSecond = bg.count / Math.max(1, bg.seconds);
-  }
-  return { target: name, storage: storageOf(name), tags: o.tags, ops, ...(backgroundPerSecond !== undefined ? { backgroundPerSecond } : {}), notes };
+  return running.map((r) => {
+    const bg = r.proxy?.background();
+    return {
+      target: r.name, storage: storageOf(r.name), tags: o.tags, ops: r.ops, notes: r.notes,
+      ...(bg ? { backgroundPerSecond: bg.count / Math.max(1, bg.seconds) } : {}),
+    };
+  });
 }
 
 /**
