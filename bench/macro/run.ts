@@ -232,13 +232,17 @@ async function main(): Promise<void> {
     return blobSets.get(s.id)!;
   };
 
-  // Ctrl-C or SIGTERM mid-run: stop the running registry and remove its storage (its bucket
-  // too), rather than leave them behind.
+  // Ctrl-C or SIGTERM mid-run: stop the running registries and remove their storage (buckets
+  // too), rather than leave them behind; the tags scenario runs two at once (tagsRunning).
   let current: Target | undefined;
+  const tagsRunning = new Set<{ name: string; stop(): Promise<void> }>();
+  let interrupted = false;
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
-      log(`${sig}: stopping ${current?.name ?? 'nothing'} and exiting`);
-      void (current?.stop() ?? Promise.resolve()).catch(() => {}).finally(() => process.exit(130));
+      interrupted = true;
+      const all = [...(current ? [current] : []), ...tagsRunning];
+      log(`${sig}: stopping ${all.map((t) => t.name).join(', ') || 'nothing'} and exiting`);
+      void Promise.allSettled(all.map((t) => t.stop())).finally(() => process.exit(130));
     });
   }
 
@@ -337,7 +341,7 @@ async function main(): Promise<void> {
   const tagResults = tagsWanted && !v.url
     ? await runTagScenario({
       targets: names, tags: Number(v.tags ?? (quick ? 1000 : 10_000)), runs: quick ? 3 : 5, s3,
-      unavailable: (n) => unavailable(n, s3Down), log, note,
+      unavailable: (n) => unavailable(n, s3Down), log, note, running: tagsRunning,
     })
     : undefined;
 
@@ -372,6 +376,8 @@ async function main(): Promise<void> {
   };
   addRatios(report, referenceOf);
 
+  // Interrupted: the scenario that was cut short must not overwrite latest.* on its way out.
+  if (interrupted) return;
   writeOutputs(report, v.out!, log);
   if (rows.some((r) => r.errors) || mirror?.rows.some((r) => r.errors)) process.exitCode = 1;
 }

@@ -76,6 +76,8 @@ export interface TagScenarioOptions {
   unavailable: (name: TargetName) => string | undefined;
   log: (msg: string) => void;
   note: (msg: string) => void;
+  /** The registries it has running at the moment, for the runner to stop on SIGINT/SIGTERM. */
+  running?: Set<{ name: string; stop(): Promise<void> }>;
 }
 
 export async function runTagScenario(o: TagScenarioOptions): Promise<TagResult[]> {
@@ -96,7 +98,9 @@ export async function runTagScenario(o: TagScenarioOptions): Promise<TagResult[]
         const proxy = storage === 's3' ? await startCountingProxy(o.s3.endpoint) : undefined;
         try {
           const target = await start(name, { s3: proxy ? { ...o.s3, endpoint: proxy.endpoint } : o.s3 });
-          running.push(new Running(name, target, proxy));
+          const r = new Running(name, target, proxy);
+          running.push(r);
+          o.running?.add(r);
         } catch (err) {
           await proxy?.close();
           o.note(`${name}: tags scenario failed to start: ${(err as Error).message.split('\n')[0]}`);
@@ -106,7 +110,10 @@ export async function runTagScenario(o: TagScenarioOptions): Promise<TagResult[]
     } catch (err) {
       o.note(`${storage}: tags scenario failed: ${(err as Error).message.split('\n')[0]}`);
     } finally {
-      for (const r of running) await r.stop().catch((err: Error) => o.note(`${r.name}: stopping: ${err.message}`));
+      for (const r of running) {
+        await r.stop().catch((err: Error) => o.note(`${r.name}: stopping: ${err.message}`));
+        o.running?.delete(r);
+      }
     }
   }
   return results;
