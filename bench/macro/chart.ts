@@ -48,6 +48,7 @@ export const COLORS: Record<string, string> = {
   'hoist-uws-tmpfs': '#9edae5',
   'docker-registry-tmpfs': '#fdae6b',
   sink: '#7f7f7f',
+  'store-s3': '#7f7f7f',
   'hoist-s3': '#2ca02c',
   'docker-registry-s3': '#d62728',
 };

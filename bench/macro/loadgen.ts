@@ -199,7 +199,7 @@ function writer(pieces: Buffer[], progress?: { bytes: number }): (req: http.Clie
   };
 }
 
-interface PushTimes { fallbacks: number; putMs?: number; pausedMs?: number }
+export interface PushTimes { fallbacks: number; putMs?: number; pausedMs?: number }
 
 async function pushOne(c: Client, o: LoadOptions, blobs: BlobSet, i: number): Promise<PushTimes> {
   const digest = blobs.digests[i]!;
@@ -309,7 +309,7 @@ export class BlobSet {
   refs(): BlobRef[] { return this.digests.map((digest) => ({ digest, sizeBytes: this.sizeBytes })); }
 }
 
-interface JobsResult {
+export interface JobsResult {
   okIdx: number[];
   errors: number;
   errorSamples: string[];
@@ -326,7 +326,7 @@ interface JobsResult {
  * A job returns how many single-request fallbacks it needed and how long its closing PUT
  * took, or throws to count an error.
  */
-async function runJobs(count: number, concurrency: number, job: (i: number) => Promise<PushTimes>): Promise<JobsResult> {
+export async function runJobs(count: number, concurrency: number, job: (i: number) => Promise<PushTimes>): Promise<JobsResult> {
   const latencies: number[] = [];
   const puts: number[] = [];
   const errorSamples: string[] = [];
@@ -362,7 +362,7 @@ async function runJobs(count: number, concurrency: number, job: (i: number) => P
   };
 }
 
-function finish(r: JobsResult, bytes: number, requests: number): PhaseResult {
+export function finish(r: JobsResult, bytes: number, requests: number): PhaseResult {
   const s = r.wallMs / 1000;
   return {
     bytes, requests, ok: r.okIdx.length, errors: r.errors, errorSamples: r.errorSamples, wallMs: r.wallMs,

@@ -1,6 +1,6 @@
 import { barChart, colorOf, lineChart } from './chart.js';
 import { formatBytes, type PhaseResult } from './loadgen.js';
-import { describeSizes, type PartLayout } from './s3.js';
+import { describeSizes, type PartLayout, type StoreTraffic } from './s3.js';
 import type { Usage } from './targets.js';
 
 /**
@@ -49,6 +49,10 @@ export interface Row extends PhaseResult {
   vsSha256?: number;
   /** S3 targets: how the scenario's (last) blob is stored. */
   parts?: PartLayout;
+  /** S3 targets: what the scenario sent to the store and read back (counting proxy). */
+  store?: StoreTraffic;
+  /** S3 targets: MiB/s over the store row's (store-s3) in the same scenario. */
+  vsStore?: number;
 }
 
 export interface Report {
@@ -73,8 +77,13 @@ export function addRatios(report: Report, reference: (target: string) => string 
     if (ref && ref.mibPerSec > 0 && r.ok > 0) r.vsReference = r.mibPerSec / ref.mibPerSec;
     if (ref?.cpuSecPerGiB && r.cpuSecPerGiB !== undefined && r.ok > 0) r.cpuVsReference = r.cpuSecPerGiB / ref.cpuSecPerGiB;
     if (report.hashes.sha256MiBps > 0) r.vsSha256 = r.mibPerSec / report.hashes.sha256MiBps;
+    const store = r.storage === 's3' && r.target !== STORE_ROW ? rows.find((x) => x.target === STORE_ROW && x.scenario === r.scenario) : undefined;
+    if (store && store.mibPerSec > 0 && r.ok > 0) r.vsStore = r.mibPerSec / store.mibPerSec;
   }
 }
+
+/** The S3 targets' limit row (targets.ts): the store's own speed. */
+const STORE_ROW = 'store-s3';
 
 const f = (n: number | undefined, d = 0): string => (n === undefined || Number.isNaN(n) ? '–' : n.toFixed(d));
 const pct = (n: number | undefined): string => (n === undefined ? '–' : `${(n * 100).toFixed(0)}%`);
@@ -110,6 +119,8 @@ function pivot(report: Report, storage: string, reference: (t: string) => string
   const scenarios = report.settings.scenarios.filter((s) => report.results.some((r) => r.scenario === s.id && names.includes(r.target) && r.target !== 'sink'));
   if (scenarios.length === 0) return '';
   const pairs = names.map((n) => [n, reference(n)] as const).filter((p): p is readonly [string, string] => p[1] !== undefined && names.includes(p[1]));
+  // On S3, each registry against the store's own speed too.
+  if (names.includes(STORE_ROW)) for (const n of names) if (n !== STORE_ROW && n !== 'sink') pairs.push([n, STORE_ROW] as const);
   const head = ['scenario', ...names, ...pairs.map(([a, b]) => `${a} ÷ ${b}`)];
   const lines = [`| ${head.join(' | ')} |`, `|---|${head.slice(1).map(() => '--:').join('|')}|`];
   const rowOf = (n: string, id: string): Row | undefined => report.results.find((x) => x.target === n && x.scenario === id);
@@ -123,8 +134,9 @@ function pivot(report: Report, storage: string, reference: (t: string) => string
       const inBrackets = [...(r.vsSink !== undefined ? [pct(r.vsSink)] : []), ...(r.errors ? [`${r.errors} errors`] : [])];
       return `${f(r.mibPerSec)}${inBrackets.length ? ` (${inBrackets.join(', ')})` : ''}`;
     };
-    const ratio = ([a]: readonly [string, string]): string => {
-      const v = metric === 'cpu' ? rowOf(a, s.id)?.cpuVsReference : rowOf(a, s.id)?.vsReference;
+    const ratio = ([a, b]: readonly [string, string]): string => {
+      const r = rowOf(a, s.id);
+      const v = metric === 'cpu' ? (b === STORE_ROW ? undefined : r?.cpuVsReference) : b === STORE_ROW ? r?.vsStore : r?.vsReference;
       return v === undefined ? '–' : `${v.toFixed(2)}x`;
     };
     lines.push(`| ${s.title} | ${names.map(cell).join(' | ')}${pairs.length ? ` | ${pairs.map(ratio).join(' | ')}` : ''} |`);
@@ -187,12 +199,59 @@ export function spotTables(report: Report): string {
         return `| ${r.target} | ${r.title} | ${before} | ${f(p.sizeBytes / 1024 ** 2, 1)} MiB | ${p.partCount} |`;
       }), '');
   }
+  const s3Goals = s3GoalsTable(report);
+  if (s3Goals) out.push(s3Goals);
+  const traffic = report.results.filter((r) => r.store && r.ok > 0);
+  if (traffic.length) {
+    const mib = (b: number): string => f(b / 1024 ** 2, 1);
+    out.push('### S3 traffic', '',
+      'What each S3 target sent to the store and read back during the scenario (a counting proxy between it and the store): ' +
+      'bytes on the wire both ways (also as a multiple of the blob bytes pushed or pulled), object GETs and all S3 requests.', '',
+      '| target | scenario | sent to the store MiB | ÷ blob bytes | read back MiB | object GETs | requests | by operation |', '|---|---|--:|--:|--:|--:|--:|---|',
+      ...traffic.map((r) => {
+        const t = r.store!;
+        const total = Object.values(t.requests).reduce((a, b) => a + b, 0);
+        const ops = Object.entries(t.requests).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ');
+        const base = r.bytes > 0 ? (r.scenario.startsWith('pull') ? t.receivedBytes : t.sentBytes) / r.bytes : undefined;
+        return `| ${r.target} | ${r.title} | ${mib(t.sentBytes)} | ${base === undefined ? '–' : `${base.toFixed(2)}x`} | ${mib(t.receivedBytes)} | ${t.requests.GetObject ?? 0} | ${total} | ${ops} |`;
+      }), '');
+  }
   const rss = report.results.filter((r) => r.scenario === 'stream-big');
   if (rss.length) {
     out.push('### Memory under load', '', '| target | scenario | MiB/s | peak RSS MiB | CPU cores | errors |', '|---|---|--:|--:|--:|--:|',
       ...rss.map((r) => `| ${r.target} | ${r.title} | ${f(r.mibPerSec)} | ${f(r.usage?.peakRssMiB)} | ${f(r.usage?.cpuCores, 2)} | ${r.errors} |`), '');
   }
   return out.join('\n');
+}
+
+/**
+ * The S3 figures issue 14 sets goals for, per S3 registry, each a ratio within this run:
+ * streamed push against the store's own speed, one upload in 8 MiB PATCHes against the
+ * streamed push, what 1 MiB PATCHes send to the store, and pulls against docker-registry.
+ */
+function s3GoalsTable(report: Report): string | undefined {
+  const regs = report.targets.filter((t) => t.storage === 's3' && t.name !== STORE_ROW).map((t) => t.name);
+  const row = (t: string, id: string): Row | undefined => report.results.find((r) => r.target === t && r.scenario === id && r.ok > 0);
+  const x = (v: number | undefined): string => (v === undefined || !Number.isFinite(v) ? '–' : `${v.toFixed(2)}x`);
+  const ratio = (a: Row | undefined, b: Row | undefined): number | undefined => (a && b ? a.mibPerSec / b.mibPerSec : undefined);
+  const lines = regs.map((t) => {
+    const stream = row(t, 'stream-one');
+    const p1 = row(t, 'patch-1m');
+    const sent = p1?.store ? `${x(p1.store.sentBytes / p1.bytes)}, ${p1.store.requests.GetObject ?? 0} GETs, ${f(p1.store.receivedBytes / 1024 ** 2, 1)} MiB read` : '–';
+    const ref = referenceOfS3(t);
+    return `| ${t} | ${x(stream?.vsStore)} | ${x(ratio(row(t, 'patch-8m'), stream))} | ${sent} | ` +
+      `${x(ref ? ratio(row(t, 'pull'), row(ref, 'pull')) : undefined)} | ${x(ref ? ratio(row(t, 'pull-one'), row(ref, 'pull-one')) : undefined)} |`;
+  });
+  if (regs.length === 0 || !report.results.some((r) => r.storage === 's3' && r.target !== STORE_ROW)) return undefined;
+  return ['### S3 goals (issue 14)', '',
+    'Ratios within this run. Goals for hoist-s3: streamed push at 0.85x the store row or more; one upload in 8 MiB PATCHes at ' +
+    '0.8x its streamed push or more; 1 MiB PATCHes sending at most 2.2x the blob to the store with no re-reads; pulls at 1.2x docker-registry or more.', '',
+    '| target | streamed push ÷ store row | 8 MiB PATCHes ÷ streamed push | 1 MiB PATCHes: sent ÷ blob, object GETs, read back | pull 16 at c16 ÷ docker-registry | pull 1 large ÷ docker-registry |',
+    '|---|--:|--:|---|--:|--:|', ...lines, ''].join('\n');
+}
+
+function referenceOfS3(t: string): string | undefined {
+  return t === 'hoist-s3' ? 'docker-registry-s3' : undefined;
 }
 
 export function machineLine(report: Report): string {
@@ -279,7 +338,7 @@ export function charts(report: Report): Array<{ name: string; svg: string }> {
           series: all.map((t, i) => ({
             name: t,
             color: colorOf(t, i),
-            dashed: t === 'sink',
+            dashed: t === 'sink' || t === STORE_ROW,
             points: sweep.flatMap((s) => { const v = mibps(t, s.id); return v === undefined ? [] : [[s.sweep!, v] as [number, number]]; }),
           })),
         }),
@@ -310,7 +369,7 @@ export function charts(report: Report): Array<{ name: string; svg: string }> {
         subtitle: `MiB/s${drawSink ? '; the sink is the load generator\'s ceiling' : ''}${report.settings.quick ? '; --quick' : ''}${sinkRange(groups.map((s) => s.id))}`,
         yLabel: 'MiB/s',
         groups: groups.map((s) => s.title),
-        series: all.map((t, i) => ({ name: t, color: colorOf(t, i), dashed: t === 'sink', values: groups.map((s) => mibps(t, s.id)) })),
+        series: all.map((t, i) => ({ name: t, color: colorOf(t, i), dashed: t === 'sink' || t === STORE_ROW, values: groups.map((s) => mibps(t, s.id)) })),
       }),
     });
   }

@@ -11,7 +11,7 @@ import { mirrorMarkdown, runMirrorBench, type MirrorReport } from './mirror.js';
 import { Progress } from './progress.js';
 import { addRatios, charts, markdown, type Report, type Row, type ScenarioInfo } from './report.js';
 import { runTagScenario, TAG_SCENARIO, tagTables, type TagResult } from './tags.js';
-import { objectParts, s3EndpointFromEnv, unreachable as s3Unreachable, uploadsInProgress, type PartLayout } from './s3.js';
+import { objectParts, s3EndpointFromEnv, trafficBetween, unreachable as s3Unreachable, uploadsInProgress, type PartLayout } from './s3.js';
 import { durableWriteMiBps, primeMemory } from './disk.js';
 import {
   DOCKER_REGISTRY, referenceOf, ROOT, S3_PART_BYTES, sample, SHM, start, storageOf, TARGETS, TMP, unavailable, type Target, type TargetName,
@@ -69,6 +69,8 @@ interface Scenario extends ScenarioInfo {
    * the scenario's bytes (disk.ts): the limit of a push whose 201 means "on disk".
    */
   diskLimit?: boolean;
+  /** Pulls: the push scenario whose blobs are pulled (default stream-many). */
+  pulls?: string;
 }
 
 function scenarios(quick: boolean, chunkBytes: number): Scenario[] {
@@ -86,8 +88,13 @@ function scenarios(quick: boolean, chunkBytes: number): Scenario[] {
     { id: 'monolithic-post', kind: 'push', mode: 'monolithic-post', count: small, sizeBytes: MiB, concurrency: 16, chunkBytes, optional: true },
     // Small PATCHes: how many requests a second, and (S3) whether they become tiny parts.
     { id: 'patch-1m', kind: 'push', mode: 'chunked', count: 1, sizeBytes: patched, concurrency: 1, chunkBytes: MiB, main: true, inspectParts: true },
+    // One upload in 8 MiB PATCHes, to set against stream-one: one request after another, so
+    // every PATCH waits for its bytes to be stored (S3: a part) before the next one starts.
+    { id: 'patch-8m', kind: 'push', mode: 'chunked', count: 1, sizeBytes: big, concurrency: 1, chunkBytes: 8 * MiB, main: true, inspectParts: true },
     // Pulls what stream-many pushed (or pushes the same shape first, untimed, if it didn't run).
     { id: 'pull', kind: 'pull', mode: 'streamed', count: 16, sizeBytes: mid, concurrency: 16, chunkBytes, main: true },
+    // Pulls the one large blob stream-one pushed: one client, one long GET.
+    { id: 'pull-one', kind: 'pull', mode: 'streamed', count: 1, sizeBytes: big, concurrency: 1, chunkBytes, main: true, pulls: 'stream-one' },
     // The concurrency sweep; its c16 point is stream-many. count = max(concurrency, 4).
     { id: 'sweep-c1', kind: 'push', mode: 'streamed', count: 4, sizeBytes: mid, concurrency: 1, chunkBytes, sweep: 1 },
     { id: 'sweep-c4', kind: 'push', mode: 'streamed', count: 4, sizeBytes: mid, concurrency: 4, chunkBytes, sweep: 4 },
@@ -269,13 +276,16 @@ async function main(): Promise<void> {
     const base = { url: target.url, ...(v.user ? { user: v.user } : {}) };
     try {
       // Warm-up: opens connections, JIT-compiles both sides, creates the repository's layout.
-      const warm = await push({ ...base, repo: 'bench/warmup', mode: 'monolithic', count: 8, sizeBytes: MiB, concurrency: 4, chunkBytes: MiB }, new BlobSet(8, MiB));
+      const pushTo = target.direct?.push ?? push;
+      const pullFrom = target.direct?.pull ?? pull;
+      const warm = await pushTo({ ...base, repo: 'bench/warmup', mode: 'monolithic', count: 8, sizeBytes: MiB, concurrency: 4, chunkBytes: MiB }, new BlobSet(8, MiB));
       if (warm.errors) log(`${p.name}: warm-up errors: ${warm.errorSamples[0]}`);
       const pushed = new Map<string, BlobRef[]>();
       for (const s of mine) {
         const dead = target.exited?.();
         if (dead) { note(`${p.name}: ${s.title} not run: the server ${dead}`); continue; }
-        const repo = `bench/${s.kind === 'pull' ? 'stream-many' : s.id}`;
+        const source = s.pulls ?? 'stream-many';
+        const repo = `bench/${s.kind === 'pull' ? source : s.id}`;
         const counter = { bytes: 0 };
         let beforePut: PartLayout['beforePut'];
         const s3t = s.inspectParts ? target.s3 : undefined;
@@ -284,8 +294,8 @@ async function main(): Promise<void> {
           streamLength: v['stream-length']!, progress: counter,
           ...(s3t ? { beforePut: async () => { beforePut = await uploadsInProgress(s3t.client, s3t.bucket); } } : {}),
         };
-        let toPull = pushed.get('stream-many');
-        if (s.kind === 'pull' && !toPull) toPull = (await push({ ...o, progress: { bytes: 0 } }, blobsFor(s))).blobs;
+        let toPull = pushed.get(source);
+        if (s.kind === 'pull' && !toPull) toPull = (await pushTo({ ...o, progress: { bytes: 0 } }, blobsFor(s))).blobs;
         const blobs = s.kind === 'push' ? blobsFor(s) : undefined;
         // Flush the previous scenario's writes so its writeback doesn't bill this one.
         spawnSync('sync');
@@ -298,20 +308,23 @@ async function main(): Promise<void> {
         }
         const done = progress.track(`${p.name}: ${s.title}`, counter, s.count * s.sizeBytes);
         const usage = sample(target.pid);
+        const traffic0 = await target.traffic?.();
         let r: PhaseResult;
-        if (s.kind === 'pull') r = await pull(o, toPull!);
+        if (s.kind === 'pull') r = await pullFrom(o, toPull!);
         else {
-          const { blobs: refs, ...rest } = await push(o, blobs!);
+          const { blobs: refs, ...rest } = await pushTo(o, blobs!);
           pushed.set(s.id, refs);
           r = rest;
         }
         const u = usage.stop();
+        const store = traffic0 ? trafficBetween(traffic0, await target.traffic!()) : undefined;
         const row: Row = {
           target: p.name, storage: p.storage, scenario: s.id, title: s.title, ...r,
           ...(u ? { usage: u } : {}),
           // What a GiB cost the server in CPU: all its threads, user + sys (targets.ts sample()).
           ...(u && r.bytes > 0 ? { cpuSecPerGiB: u.cpuSeconds / (r.bytes / GiB) } : {}),
           ...(diskMiBps !== undefined ? { diskMiBps } : {}),
+          ...(store ? { store } : {}),
         };
         rows.push(row);
         done(`${p.name}: ${s.title}: ${r.mibPerSec.toFixed(1)} MiB/s in ${(r.wallMs / 1000).toFixed(1)} s` +
@@ -364,6 +377,7 @@ async function main(): Promise<void> {
       cpu: 'server CPU s/GiB: user + sys of the server process (all threads) from /proc/PID/stat over the scenario, per GiB of blob bytes',
       tmpfs: `tmpfs targets store under ${SHM}; before each of their scenarios the runner writes and deletes its bytes + 1 GiB there (disk.ts primeMemory)`,
       disk: 'before the 1 GiB push on disk targets: the disk\'s durable write speed for as many bytes (1 MiB writes, then fdatasync; disk.ts)',
+      s3Traffic: 'S3 targets reach the store through a counting TCP proxy (bench/macro/s3.ts); store-s3 PUTs parts to presigned URLs',
       scenarios: chosen.map(({ id, title: t, kind, mode, count, sizeBytes, concurrency, chunkBytes, sweep, main: m }) =>
         ({ id, title: t, kind, mode, count, sizeBytes, concurrency, chunkBytes, ...(sweep ? { sweep } : {}), ...(m ? { main: m } : {}) })),
     },

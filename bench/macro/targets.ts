@@ -6,7 +6,10 @@ import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { fileURLToPath } from 'node:url';
-import { createBucket, deleteBucket, getText, s3Client, type S3Endpoint } from './s3.js';
+import type { BlobRef, BlobSet, LoadOptions, PhaseResult } from './loadgen.js';
+import {
+  createBucket, deleteBucket, getText, s3Client, startCountingProxy, storeRow, type S3Endpoint, type StoreTraffic,
+} from './s3.js';
 
 /**
  * Registries under test, each a child process on a free loopback port with fresh storage,
@@ -19,8 +22,13 @@ import { createBucket, deleteBucket, getText, s3Client, type S3Endpoint } from '
  *                       the same with their fs storage on tmpfs (/dev/shm): the registries
  *                       without the disk, what a byte costs them in CPU
  *   sink                receives and discards (sink.ts): the load generator's ceiling
+ *   store-s3            no registry: blobs PUT straight to the store as multipart parts
+ *                       (s3.ts storeRow), the S3 targets' limit row
  *   hoist-s3            Hoist, S3 storage (a fresh bucket on the bench's S3 endpoint)
  *   docker-registry-s3  docker-registry with its s3 driver, same endpoint, its own bucket
+ *
+ * The S3 targets reach the store through a counting proxy (s3.ts startCountingProxy), so
+ * each scenario reports what was sent to the store and read back.
  */
 
 /** This file runs as dist/bench/macro/targets.js. */
@@ -31,7 +39,7 @@ export const DOCKER_REGISTRY = '/usr/bin/docker-registry';
 export const TMP = join(ROOT, 'bench/results/tmp');
 
 export const TARGETS = [
-  'hoist', 'hoist-uws', 'docker-registry', 'hoist-tmpfs', 'hoist-uws-tmpfs', 'docker-registry-tmpfs', 'sink', 'hoist-s3', 'docker-registry-s3',
+  'hoist', 'hoist-uws', 'docker-registry', 'hoist-tmpfs', 'hoist-uws-tmpfs', 'docker-registry-tmpfs', 'sink', 'store-s3', 'hoist-s3', 'docker-registry-s3',
 ] as const;
 export type TargetName = (typeof TARGETS)[number];
 
@@ -56,6 +64,11 @@ const HOIST_S3_PREFIX = 'hoist';
 const DR_S3_ROOT = 'dr';
 /** Both write 16 MiB parts (Hoist's default partSize; distribution's chunksize set to match). */
 export const S3_PART_BYTES = 16 * 1024 ** 2;
+/** Parts one upload sends at once: Hoist's default maxPartsInFlight, and the store row's. */
+export const S3_PARTS_IN_FLIGHT = 4;
+
+/** The S3 targets' limit: the store's own speed, same part size and parallelism. */
+export const STORE_ROW = 'store-s3';
 
 export interface Target {
   name: string;
@@ -68,11 +81,19 @@ export interface Target {
   s3?: { client: S3Client; bucket: string; blobKey(digest: string): Promise<string> };
   /** Command line and settings, for the report. */
   settings?: Record<string, unknown>;
+  /** S3 targets: what was sent to the store and read back so far (counting proxy). */
+  traffic?: () => Promise<StoreTraffic>;
+  /** A target that is no registry (store-s3): runs the load itself instead of the load generator. */
+  direct?: {
+    push(o: LoadOptions, blobs: BlobSet): Promise<PhaseResult & { blobs: BlobRef[] }>;
+    pull(o: LoadOptions, blobs: BlobRef[]): Promise<PhaseResult>;
+  };
   stop(): Promise<void>;
 }
 
 /** Why a target can't run here, or undefined when it can. */
 export function unavailable(name: TargetName, s3Unreachable?: string): string | undefined {
+  if (name === STORE_ROW) return s3Unreachable ? `no S3 endpoint (${s3Unreachable}); start one with: bash scripts/rgw-start.sh` : undefined;
   if (name.startsWith('hoist') && !existsSync(HOIST_CLI)) return `${HOIST_CLI} missing: run npm run build`;
   if (name.startsWith('docker-registry') && !existsSync(DOCKER_REGISTRY)) {
     return `${DOCKER_REGISTRY} missing; install the reference registry with: apt-get install docker-registry`;
@@ -162,13 +183,30 @@ export async function start(name: TargetName, opts: StartOptions = {}): Promise<
       try { await rm(data, { recursive: true, force: true }); } finally { await removeDir(); }
     };
   }
+  let traffic: Target['traffic'];
+  /** Where the target sends its S3 requests: the counting proxy in front of the store. */
+  let s3Endpoint: S3Endpoint | undefined;
   if (storageOf(name) === 's3') {
     if (!opts.s3) throw new Error(`${name} needs an S3 endpoint`);
     const client = s3Client(opts.s3);
     const bucket = await createBucket(client, name.replace(/-s3$/, ''));
+    // Over TLS the proxy could not read the requests: then nothing is counted.
+    const proxy = opts.s3.endpoint.startsWith('http:') ? await startCountingProxy(opts.s3.endpoint) : undefined;
+    traffic = proxy?.snapshot;
+    s3Endpoint = proxy ? { ...opts.s3, endpoint: proxy.endpoint } : opts.s3;
     cleanup = async () => {
-      try { await deleteBucket(client, bucket); } finally { client.destroy(); await removeDir(); }
+      try { await proxy?.close(); await deleteBucket(client, bucket); } finally { client.destroy(); await removeDir(); }
     };
+    if (name === STORE_ROW) {
+      const viaProxy = s3Client(s3Endpoint);
+      const row = storeRow({ client: viaProxy, bucket, partBytes: S3_PART_BYTES, partsInFlight: S3_PARTS_IN_FLIGHT });
+      const stopRow = cleanup;
+      return {
+        name, url: opts.s3.endpoint, traffic, direct: row,
+        settings: { partBytes: S3_PART_BYTES, partsInFlight: S3_PARTS_IN_FLIGHT, how: 'presigned UploadPart/PutObject/GetObject URLs over node:http' },
+        stop: async () => { viaProxy.destroy(); await stopRow(); },
+      };
+    }
     const blobKey = name === 'hoist-s3'
       // Hoist: a blob record (src/registry/paths.ts) names the data object, {"data": "/blobs/data/<id>"}.
       ? async (digest: string) => {
@@ -192,7 +230,7 @@ export async function start(name: TargetName, opts: StartOptions = {}): Promise<
       case 'hoist-uws-tmpfs':
       case 'hoist-s3': {
         const storage = name === 'hoist-s3'
-          ? `s3://${s3!.bucket}/${HOIST_S3_PREFIX}?endpoint=${encodeURIComponent(opts.s3!.endpoint)}&region=${opts.s3!.region}&forcePathStyle=true`
+          ? `s3://${s3!.bucket}/${HOIST_S3_PREFIX}?endpoint=${encodeURIComponent(s3Endpoint!.endpoint)}&region=${opts.s3!.region}&forcePathStyle=true`
           : `fs:${data}`;
         const env = name === 'hoist-s3'
           ? cleanEnv({ ...hoistEnv, AWS_ACCESS_KEY_ID: opts.s3!.accessKeyId, AWS_SECRET_ACCESS_KEY: opts.s3!.secretAccessKey })
@@ -215,7 +253,7 @@ export async function start(name: TargetName, opts: StartOptions = {}): Promise<
             `    accesskey: ${opts.s3!.accessKeyId}`,
             `    secretkey: ${opts.s3!.secretAccessKey}`,
             `    region: ${opts.s3!.region}`,
-            `    regionendpoint: ${opts.s3!.endpoint}`,
+            `    regionendpoint: ${s3Endpoint!.endpoint}`,
             `    bucket: ${s3!.bucket}`,
             `    rootdirectory: /${DR_S3_ROOT}`,
             `    secure: ${opts.s3!.endpoint.startsWith('https:')}`,
@@ -232,6 +270,8 @@ export async function start(name: TargetName, opts: StartOptions = {}): Promise<
         target.settings = { ...target.settings, config: (await readFile(config, 'utf8')).replace(/secretkey: .*/, 'secretkey: ***') };
         break;
       }
+      case 'store-s3':
+        throw new Error('store-s3 has no server (started above)');
       case 'sink':
         target = await launch(name, process.execPath, [fileURLToPath(new URL('./sink.js', import.meta.url)), '--listen', listen], process.env, port, cleanup);
         break;
@@ -241,7 +281,7 @@ export async function start(name: TargetName, opts: StartOptions = {}): Promise<
     if (!(err instanceof Error && err.message.includes('did not start'))) await cleanup().catch(() => {});
     throw err;
   }
-  return s3 ? { ...target, s3 } : target;
+  return s3 ? { ...target, s3, ...(traffic ? { traffic } : {}) } : target;
 }
 
 export interface Usage {
