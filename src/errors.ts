@@ -6,6 +6,8 @@
  * The HTTP layer takes the status from this table; handlers never pick statuses
  * case by case (see src/http/errors.ts).
  */
+import { StorageUnavailableError } from './storage/driver.js';
+
 export const ErrorCodes = {
   BLOB_UNKNOWN: { status: 404, message: 'blob unknown to registry' },
   BLOB_UPLOAD_INVALID: { status: 400, message: 'blob upload invalid' },
@@ -100,9 +102,14 @@ export class ClientAbortError extends Error {
   }
 }
 
-/** Turn anything thrown into a RegistryError; unknown errors become UNKNOWN with the cause kept for the log. */
+/**
+ * Turn anything thrown into a RegistryError: a store that did not answer in time becomes
+ * UNAVAILABLE (503: the client tries again later; a driver's domain error, see
+ * storage/driver.ts), other unknown errors UNKNOWN. The cause is kept for the log.
+ */
 export function toRegistryError(err: unknown): RegistryError {
   if (err instanceof RegistryError) return err;
+  if (err instanceof StorageUnavailableError) return new RegistryError('UNAVAILABLE', { message: 'storage unavailable, try again later', cause: err });
   return new RegistryError('UNKNOWN', { cause: err });
 }
 

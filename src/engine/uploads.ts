@@ -151,7 +151,7 @@ export class UploadEngine {
         }
         this.#checkLength(repo, id, range, offset - start, offset);
         return { id, offset };
-      });
+      }, range.length);
     });
   }
 
@@ -219,7 +219,7 @@ export class UploadEngine {
         throw new RegistryError('DIGEST_INVALID', { detail: { expected: digest.value, actual: `${digest.algorithm}:${actual}` } });
       }
       return { dataPath: s.dataPath, size };
-    });
+    }, body ? range.length : undefined);
     // The blob record goes in before the upload record goes out: data moving from an upload
     // to a blob is always named by one of them (gc/collector.ts, E). Both under the lock.
     if (adopt) {
@@ -367,11 +367,15 @@ export class UploadEngine {
     }
   }
 
-  /** Runs `fn` with the upload's writer (the caller holds the upload: #locked, or a monolithic upload's own id). */
-  async #exclusive<T>(s: Session, fn: (writer: FileWriter) => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` with the upload's writer (the caller holds the upload: #locked, or a monolithic
+   * upload's own id). `sizeHintBytes`, the body's declared length, goes to the driver
+   * (StorageDriver.writer: S3 sizes a new upload's parts after it).
+   */
+  async #exclusive<T>(s: Session, fn: (writer: FileWriter) => Promise<T>, sizeHintBytes?: number): Promise<T> {
     const run = async (): Promise<T> => {
       s.lock?.assertHeld();
-      const opened = await this.#openWriter(s.dataPath);
+      const opened = await this.#openWriter(s.dataPath, sizeHintBytes);
       const writer = s.lock ? new FencedWriter(opened, s.lock) : opened;
       try {
         return await fn(writer);
@@ -389,13 +393,13 @@ export class UploadEngine {
     }
   }
 
-  async #openWriter(path: string): Promise<FileWriter> {
+  async #openWriter(path: string, sizeHintBytes: number | undefined): Promise<FileWriter> {
     try {
-      return await this.#o.driver.writer(path, true);
+      return await this.#o.driver.writer(path, true, { sizeHintBytes });
     } catch (err) {
       // Nothing stored yet: open the real writer only when bytes arrive, so an empty PATCH
       // or PUT creates no object (and, on S3, no multipart upload).
-      if (isPathNotFound(err)) return new DeferredWriter(this.#o.driver, path);
+      if (isPathNotFound(err)) return new DeferredWriter(this.#o.driver, path, sizeHintBytes);
       throw err;
     }
   }
@@ -511,12 +515,14 @@ export class UploadEngine {
 class DeferredWriter implements FileWriter {
   readonly #driver: StorageDriver;
   readonly #path: string;
+  readonly #sizeHintBytes: number | undefined;
   #real: FileWriter | undefined;
   #opening: Promise<FileWriter> | undefined;
 
-  constructor(driver: StorageDriver, path: string) {
+  constructor(driver: StorageDriver, path: string, sizeHintBytes: number | undefined) {
     this.#driver = driver;
     this.#path = path;
+    this.#sizeHintBytes = sizeHintBytes;
   }
 
   get size(): number {
@@ -524,7 +530,7 @@ class DeferredWriter implements FileWriter {
   }
 
   async write(data: Uint8Array): Promise<void> {
-    this.#real ??= await (this.#opening ??= this.#driver.writer(this.#path, false));
+    this.#real ??= await (this.#opening ??= this.#driver.writer(this.#path, false, { sizeHintBytes: this.#sizeHintBytes }));
     await this.#real.write(data);
   }
 

@@ -40,8 +40,13 @@ export interface StorageDriver {
    * what was written so far, S3 (multipart parts) does not and throws PathNotFoundError. The
    * core relies on nothing more: when it cannot read back an unfinished upload, it verifies
    * the digest by reading the committed object instead.
+   *
+   * `opts.sizeHintBytes` is what the caller expects to write in this session, when it knows
+   * (a chunk's declared length). A driver that cuts an object into parts (S3) may size a new
+   * object's parts after it, so that chunks of that size fill whole parts and need no
+   * staging; the others ignore it. A hint is no promise: any number of bytes may follow.
    */
-  writer(path: string, append: boolean): Promise<FileWriter>;
+  writer(path: string, append: boolean, opts?: WriterOptions): Promise<FileWriter>;
 
   /** Size and modification time of an object, or that a directory (prefix) exists. Throws PathNotFoundError. */
   stat(path: string): Promise<FileInfo>;
@@ -125,6 +130,11 @@ export interface StorageDriver {
 export interface PutOptions {
   readonly ifNotExists?: boolean;
   readonly transient?: boolean;
+}
+
+export interface WriterOptions {
+  /** Bytes the caller expects to write in this session (see StorageDriver.writer). */
+  readonly sizeHintBytes?: number;
 }
 
 /** An abandoned write, as listIncompleteWrites() reports it. */
@@ -277,6 +287,16 @@ const SEGMENT_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
 /** Whether `name` can be one segment of a path (checkPath): what a listing may return as a child. */
 export function isPathSegment(name: string): boolean {
   return SEGMENT_RE.test(name);
+}
+
+/**
+ * The store did not answer within the driver's deadlines, or kept failing after the retries
+ * that are safe: the operation did not happen, or did and is repeated harmlessly on the next
+ * try. Nothing already stored is lost: an upload stays where its last successful write left
+ * it. The registry answers 503 UNAVAILABLE; `cause` is the driver's last error.
+ */
+export class StorageUnavailableError extends Error {
+  override readonly name = 'StorageUnavailableError';
 }
 
 export function checkPath(path: string): string {

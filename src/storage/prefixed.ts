@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import {
   checkPath, InvalidPathError, isPathNotFound, listPage, PathNotFoundError, type FileInfo, type FileWriter, type ListOptions, type ListPage,
-  type PutOptions, type StorageDriver,
+  type PutOptions, type StorageDriver, type WriterOptions,
 } from './driver.js';
 
 /**
@@ -53,8 +53,8 @@ export class PrefixedDriver implements StorageDriver {
     return this.#call(path, () => this.#base.reader(this.#object(path), offset, length));
   }
 
-  writer(path: string, append: boolean): Promise<FileWriter> {
-    return this.#call(path, () => this.#base.writer(this.#object(path), append));
+  writer(path: string, append: boolean, opts?: WriterOptions): Promise<FileWriter> {
+    return this.#call(path, () => this.#base.writer(this.#object(path), append, opts));
   }
 
   stat(path: string): Promise<FileInfo> {
