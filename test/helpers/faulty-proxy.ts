@@ -1,8 +1,30 @@
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-/** What the proxy does with one request: pass it on, or fail it the way S3 can, or tamper with the reply. */
-export type Fault = 'slowdown' | 'internal' | 'reset' | ResponseFault | undefined;
+/**
+ * What the proxy does with one request: pass it on, or fail it the way a store can, or tamper
+ * with the reply (ResponseFault).
+ *
+ *   slowdown      503 SlowDown (S3's throttling answer)
+ *   unavailable   503 ServiceUnavailable
+ *   internal      500 InternalError
+ *   reset         the connection is reset before any answer
+ *   stall         the request is read whole and never answered (the connection stays open)
+ *   stall-midway  passed on; the store's answer is relayed up to its first 64 KiB of body,
+ *                 then nothing more (a GET that stops making progress)
+ *   lose-answer   passed on and carried out by the store, whose answer is then dropped and
+ *                 the connection reset: the client cannot know that it happened
+ */
+export type Fault = 'slowdown' | 'unavailable' | 'internal' | 'reset' | 'stall' | 'stall-midway' | 'lose-answer' | ResponseFault | undefined;
+
+/** More about a request, for `decide`. */
+export interface RequestInfo {
+  /** Its Content-Length (0 when absent). */
+  bytes: number;
+}
+
+/** Bytes of a store's answer that stall-midway lets through. */
+const MIDWAY_BYTES = 64 * 1024;
 
 /**
  * Faults in the reply's body, for an upstream registry that lies or dies (test/proxy/).
@@ -26,23 +48,30 @@ export interface FaultyProxy {
   readonly endpoint: string;
   /** Requests seen, by S3 operation guessed from method and query ('UploadPart', 'PutObject', ...). */
   readonly seen: Map<string, number>;
+  /** Requests that were held (stall, stall-midway) and are still open. */
+  readonly stalled: number;
   close(): Promise<void>;
 }
 
 /**
- * An HTTP proxy in front of the test S3 server that fails chosen requests with 503 SlowDown,
- * 500 InternalError or a connection reset, and passes the rest through untouched (SigV4
- * signs the Host header, which the proxy keeps, so signatures stay valid).
+ * An HTTP proxy in front of the test S3 server that fails chosen requests (see Fault) and
+ * passes the rest through untouched (SigV4 signs the Host header, which the proxy keeps, so
+ * signatures stay valid).
  */
-export async function startFaultyProxy(target: string, decide: (op: string, n: number, url: URL) => Fault): Promise<FaultyProxy> {
+export async function startFaultyProxy(target: string, decide: (op: string, n: number, url: URL, req: RequestInfo) => Fault): Promise<FaultyProxy> {
   const to = new URL(target);
   const seen = new Map<string, number>();
+  const held = new Set<IncomingMessage>();
+  const hold = (req: IncomingMessage): void => {
+    held.add(req);
+    req.socket.once('close', () => held.delete(req));
+  };
   const server: Server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://proxy');
     const op = operation(req.method ?? 'GET', url.searchParams);
     const n = (seen.get(op) ?? 0) + 1;
     seen.set(op, n);
-    const fault = decide(op, n, url);
+    const fault = decide(op, n, url, { bytes: Number(req.headers['content-length'] ?? 0) });
     if (typeof fault === 'object') {
       forwardWithFault(to, req, res, fault);
       return;
@@ -51,11 +80,17 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
       req.socket.destroy();
       return;
     }
-    if (fault) {
+    if (fault === 'stall') {
+      // Read the body, as a store does, and then say nothing.
+      req.resume();
+      hold(req);
+      return;
+    }
+    if (fault === 'slowdown' || fault === 'unavailable' || fault === 'internal') {
       // Read the body first, as a server does before it answers an upload.
       req.resume();
       req.on('end', () => {
-        const [status, code] = fault === 'slowdown' ? [503, 'SlowDown'] : [500, 'InternalError'];
+        const [status, code] = fault === 'slowdown' ? [503, 'SlowDown'] : fault === 'unavailable' ? [503, 'ServiceUnavailable'] : [500, 'InternalError'];
         const body = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the test proxy</Message></Error>`;
         res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
         res.end(body);
@@ -65,7 +100,21 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
     const upstream = request(
       { host: to.hostname, port: to.port, method: req.method, path: req.url, headers: req.headers },
       (up) => {
+        if (fault === 'lose-answer') {
+          up.resume();
+          up.on('end', () => req.socket.destroy());
+          return;
+        }
         res.writeHead(up.statusCode ?? 502, up.headers);
+        if (fault === 'stall-midway') {
+          hold(req);
+          let sent = 0;
+          up.on('data', (chunk: Buffer) => {
+            if (sent < MIDWAY_BYTES) res.write(chunk.subarray(0, MIDWAY_BYTES - sent));
+            sent += chunk.length;
+          });
+          return;
+        }
         up.pipe(res);
       },
     );
@@ -77,6 +126,9 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
   return {
     endpoint: `http://127.0.0.1:${port}`,
     seen,
+    get stalled() {
+      return held.size;
+    },
     close: () => new Promise((resolve) => {
       server.closeAllConnections();
       server.close(() => resolve());

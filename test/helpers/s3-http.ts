@@ -176,6 +176,8 @@ export interface S3Call {
   op: string;
   /** The object key (path-style URL minus the bucket); '' for bucket-level requests. */
   key: string;
+  /** Request body bytes (Content-Length). */
+  bytes: number;
   fault: Fault;
 }
 
@@ -200,12 +202,12 @@ export async function startRecordingProxy(
   decide: (op: string, n: number, url: URL) => Fault = () => undefined,
 ): Promise<RecordingProxy> {
   const calls: S3Call[] = [];
-  const proxy = await startFaultyProxy(env.endpoint, (op, n, url) => {
+  const proxy = await startFaultyProxy(env.endpoint, (op, n, url, req) => {
     const fault = decide(op, n, url);
     const b = `/${bucket()}`;
     const path = decodeURIComponent(url.pathname);
     const key = path === b || path === `${b}/` ? '' : path.startsWith(`${b}/`) ? path.slice(b.length + 1) : path;
-    calls.push({ op, key, fault });
+    calls.push({ op, key, bytes: req.bytes, fault });
     return fault;
   });
   return {

@@ -11,6 +11,7 @@ import {
   describeS3, headObject, keyMap, MiB, PART_BYTES as PART, partSizes, s3ServerEnv, startRecordingProxy, uploadKeys,
   uploadsOf, useTestBucket, type RecordingProxy, type S3Call, type TestBucket,
 } from '../helpers/s3-http.js';
+import type { Fault } from '../helpers/faulty-proxy.js';
 import { listUploads, s3StorageUrl } from '../helpers/s3.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -21,14 +22,17 @@ import { startServer, type TestServer } from '../helpers/server.js';
  *
  *   - an upload session is one multipart upload, started on its first bytes, whose non-final
  *     parts are all exactly partSize however the client cuts its PATCHes; bytes that don't
- *     fill a part wait in a staging tail object, never in a complete/re-create/copy cycle;
+ *     fill a part wait in staging pieces, each staged once and never read back by the
+ *     instance that holds the upload, never in a complete/re-create/copy cycle; a first
+ *     PATCH of 5 MiB or more sets the part size, so PATCHes of that size stage nothing;
  *   - empty PATCHes and body-less PUTs store nothing; commit completes the multipart upload
  *     in place (the blob's data is the key the parts went to; nothing is copied);
  *   - two instances on one bucket can take turns on one upload and both serve the result;
  *   - cancel aborts the multipart upload; a client that hangs up can resume;
  *   - blob GETs stream with Range support, or redirect to a presigned URL (redirect=true);
- *   - S3 faults: transient ones are retried, an outage gives the client a 5xx and leaves the
- *     upload resumable;
+ *   - S3 faults: transient ones are retried; a store that stalls, resets or answers 503 gives
+ *     the client a 503 UNAVAILABLE within the driver's deadlines, and leaves the upload
+ *     resumable from its last acknowledged offset;
  *   - a missing bucket or bad credentials stop start-up with a clear message.
  *
  * Every storage URL uses partSize=5MiB (S3's minimum) so multipart uploads need only a few MiB.
@@ -118,22 +122,31 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
     for (const p of proxies) await p.close();
   });
 
-  /** What the bucket holds for one upload: its multipart uploads, their parts, its tails, its data object. */
+  /** What the bucket holds for one upload: its multipart uploads, their parts, its staged pieces, its data object. */
   async function look(prefix: string, uploadId: string) {
     const k = uploadKeys(prefix, uploadId);
     const c = bucket.client;
     const uploads = await uploadsOf(c, bucket.name, k.data);
     const parts = uploads.length === 1 ? await partSizes(c, bucket.name, k.data, uploads[0]!) : [];
-    const tails = Object.values(await keyMap(c, bucket.name, k.tailPrefix));
+    const tails = await keyMap(c, bucket.name, k.tailPrefix);
     const state = await headObject(c, bucket.name, k.state);
+    const pieces = state
+      ? (JSON.parse(await (await c.send(new GetObjectCommand({ Bucket: bucket.name, Key: k.state }))).Body!.transformToString()) as { pieces: Array<{ n: number; bytes: number }> }).pieces
+      : [];
     const data = await headObject(c, bucket.name, k.data);
-    return { keys: k, uploads, parts, tails, state, data };
+    return { keys: k, uploads, parts, tails, pieces, state, data };
   }
 
-  /** Every non-final part is exactly the part size: `offset` bytes stored are floor(offset/PART) parts and a tail. */
+  /**
+   * Every non-final part is exactly the part size: `offset` bytes stored are floor(offset/PART)
+   * parts, and the rest in the staged pieces the state names, which are all the staging
+   * objects there are (those that went into parts are gone).
+   */
   function expectPartsAndTail(s: Awaited<ReturnType<typeof look>>, offset: number, what: string): void {
     expect(s.parts, `${what}: part sizes (ListParts) at offset ${offset}`).toEqual(Array(Math.floor(offset / PART)).fill(PART));
-    expect(s.tails, `${what}: staging tail objects at offset ${offset}`).toEqual(offset % PART === 0 ? [] : [offset % PART]);
+    const staged = Object.fromEntries(s.pieces.map((p) => [`${s.keys.tailPrefix}${p.n}`, p.bytes]));
+    expect(s.tails, `${what}: staging objects at offset ${offset}`).toEqual(staged);
+    expect(s.pieces.reduce((n, p) => n + p.bytes, 0), `${what}: bytes staged at offset ${offset}`).toBe(offset % PART);
     expect(s.data, `${what}: no data object before commit`).toBeUndefined();
   }
 
@@ -162,7 +175,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       let s = await look(PREFIX, up.id);
       expect(s.uploads, 'multipart uploads after POST').toEqual([]);
       expect(s.state, 'writer state after POST').toBeUndefined();
-      expect(s.tails).toEqual([]);
+      expect(s.tails).toEqual({});
       expect(s.data).toBeUndefined();
 
       const sessionCalls: S3Call[] = [];
@@ -219,7 +232,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       s = await look(PREFIX, up.id);
       expect(s.uploads, 'no multipart upload left after commit').toEqual([]);
       expect(s.state, 'no writer state left after commit').toBeUndefined();
-      expect(s.tails, 'no staging tail left after commit').toEqual([]);
+      expect(s.tails, 'no staging piece left after commit').toEqual({});
       expect(s.data?.size).toBe(total);
       expect(s.data?.etag).toMatch(new RegExp(`-${Math.ceil(total / PART)}"$`));
       await expectBlob(base, name, data);
@@ -396,7 +409,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       let s = await look(PREFIX, up.id);
       expect(s.uploads).toHaveLength(1);
       expect(s.state).toBeDefined();
-      expect(s.tails).toEqual([12_345]);
+      expect(Object.values(s.tails)).toEqual([12_345]);
       const recordKey = `${PREFIX}/repositories/${name}/_uploads/${up.id}`;
       expect(await headObject(bucket.client, bucket.name, recordKey)).toBeDefined();
 
@@ -406,7 +419,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       s = await look(PREFIX, up.id);
       expect(s.uploads).toEqual([]);
       expect(s.state).toBeUndefined();
-      expect(s.tails).toEqual([]);
+      expect(s.tails).toEqual({});
       expect(s.data).toBeUndefined();
       expect(await headObject(bucket.client, bucket.name, recordKey)).toBeUndefined();
       const leftovers = Object.keys(await keyMap(bucket.client, bucket.name, `${PREFIX}/`)).filter((k) => k.includes(up.id));
@@ -449,6 +462,54 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       expect(r.header('range')).toBe(uploadRange(data.byteLength));
       await commit(base, pathOf(base, r.header('location')!), data, name);
       await expectBlob(base, name, data);
+    });
+
+    it('1 MiB PATCHes send each byte to S3 at most twice and never read staged bytes back', async () => {
+      const name = repo('small-patches');
+      const data = randomBlob(12 * MiB + 4321);
+      const up = await startUpload(base, name);
+      const { keys } = await look(PREFIX, up.id);
+      const { calls } = await rec.during(async () => {
+        let location = up.location;
+        for (const [i, piece] of pieces(data, MiB).entries()) {
+          const r = await patchChunk(base, location, piece, i * MiB);
+          expectStatus(r, 202, `PATCH #${i}`);
+          location = pathOf(base, r.header('location')!);
+        }
+        await commit(base, location, data, name);
+      });
+      const mine = calls.filter((c) => c.key === keys.data || c.key.startsWith(keys.tailPrefix));
+      const sent = mine.filter((c) => c.op === 'UploadPart' || c.op === 'PutObject').reduce((n, c) => n + c.bytes, 0);
+      expect(sent / data.byteLength, `bytes sent to S3 for the data, over the blob's ${data.byteLength}`).toBeLessThanOrEqual(2.2);
+      expect(mine.filter((c) => c.op === 'GET' && c.key.startsWith(keys.tailPrefix)), 'staged pieces read back').toEqual([]);
+      // Each piece was written once.
+      const written = mine.filter((c) => c.op === 'PutObject' && c.key.startsWith(keys.tailPrefix)).map((c) => c.key);
+      expect(new Set(written).size).toBe(written.length);
+      await expectBlob(base, name, data);
+    });
+
+    it('a first PATCH of 5 MiB or more sets the part size: PATCHes of that size are parts, and only a short last one is staged', async () => {
+      // Part buffers of 8 MiB; PATCHes of 6 MiB.
+      const hinted = await start(bucket.url('hinted', { endpoint: rec.endpoint, partSize: '8MiB' }));
+      const name = repo('hinted');
+      const data = randomBlob(4 * 6 * MiB + MiB + 1);
+      const up = await startUpload(hinted.url, name);
+      const keys = uploadKeys('hinted', up.id);
+      const { calls } = await rec.during(async () => {
+        let location = up.location;
+        for (let from = 0; from < data.byteLength; from += 6 * MiB) {
+          const r = await patchChunk(hinted.url, location, data.subarray(from, from + 6 * MiB), from);
+          expectStatus(r, 202, `PATCH at ${from}`);
+          location = pathOf(hinted.url, r.header('location')!);
+        }
+        expect(await partSizes(bucket.client, bucket.name, keys.data, (await uploadsOf(bucket.client, bucket.name, keys.data))[0]!)).toEqual(Array(4).fill(6 * MiB));
+        await commit(hinted.url, location, data, name);
+      });
+      expect(ops(calls, 'UploadPart', keys.data).map((c) => c.bytes)).toEqual([...Array(4).fill(6 * MiB), MiB + 1]);
+      expect(calls.filter((c) => c.op === 'PutObject' && c.key.startsWith(keys.tailPrefix)).map((c) => c.bytes)).toEqual([MiB + 1]);
+      expect((await headObject(bucket.client, bucket.name, keys.data))?.etag).toMatch(/-5"$/);
+      await expectBlob(hinted.url, name, data);
+      expect(await hinted.stop()).toBe(0);
     });
 
     it('GET streams the blob from S3, with Range reads across part boundaries', async () => {
@@ -662,6 +723,36 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       // Nothing left half-done in the bucket.
       expect(await listUploads(bucket.client, bucket.name, 'faults/')).toEqual([]);
       expect(Object.keys(await keyMap(bucket.client, bucket.name, 'faults/_s3/'))).toEqual([]);
+      expect(await server.stop()).toBe(0);
+    });
+
+    it('a store that stalls, resets or answers 503 gives the client 503 UNAVAILABLE; the upload resumes from its last acknowledged offset', async () => {
+      let fault: Fault;
+      const rec = await proxy(() => fault);
+      // 1 s without progress fails a store request (retries within 2 s), so the test is quick.
+      const server = await start(bucket.url('deadline', { endpoint: rec.endpoint, timeout: '1s' }));
+      for (const kind of ['stall', 'reset', 'unavailable'] as const) {
+        const name = repo(`deadline-${kind}`);
+        const data = randomBlob(13 * MiB + 5);
+        const up = await startUpload(server.url, name);
+        const first = 6 * MiB + 1;
+        expectStatus(await patchChunk(server.url, up.location, data.subarray(0, first), 0), 202);
+
+        fault = kind;
+        const failed = await patchChunk(server.url, up.location, data.subarray(first, first + 6 * MiB), first);
+        expect5xx(failed, `PATCH while the store ${kind}s`);
+        expect(failed.status, `PATCH while the store ${kind}s`).toBe(503);
+        expect(failed.json<{ errors: Array<{ code: string }> }>().errors[0]!.code).toBe('UNAVAILABLE');
+        const st = await request(server.url, up.location);
+        expect(st.status, `upload status while the store ${kind}s`).toBe(503);
+        fault = undefined;
+
+        expect(await status(server.url, up.location), `offset after the store ${kind}ed`).toBe(first);
+        const r = await patchChunk(server.url, up.location, data.subarray(first), first);
+        expectStatus(r, 202, `PATCH from ${first} after the store ${kind}ed`);
+        await commit(server.url, up.location, data, name);
+        await expectBlob(server.url, name, data);
+      }
       expect(await server.stop()).toBe(0);
     });
 

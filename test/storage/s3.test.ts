@@ -7,7 +7,8 @@ import { createDriver } from '../../src/storage/index.js';
 import { S3Driver, type Md5Function } from '../../src/storage/s3/driver.js';
 import { PartBufferWaitError } from '../../src/storage/s3/part-buffers.js';
 import { parseS3Url } from '../../src/storage/s3/url.js';
-import { startFaultyProxy, type Fault } from '../helpers/faulty-proxy.js';
+import { StorageUnavailableError } from '../../src/storage/driver.js';
+import { startFaultyProxy, type Fault, type FaultyProxy } from '../helpers/faulty-proxy.js';
 import {
   createTestBucket, deleteBucket, listAllKeys, listUploads, s3StorageUrl, s3TestEnv, S3_ENDPOINT_MISSING, testClient, type S3TestEnv,
 } from '../helpers/s3.js';
@@ -218,9 +219,10 @@ function s3Tests(env: S3TestEnv): void {
       const total = all.reduce((s, b) => s + b.length, 0);
       const tail = total % PART;
       expect(await parts(path)).toEqual(Array(Math.floor(total / PART)).fill(PART));
+      // The tail is this session's one staged piece (the pieces before it went into parts).
       const keys = await staging();
-      expect(Object.keys(keys).sort()).toEqual(['blobs/data/u1.json', 'blobs/data/u1.tail.5']);
-      expect(keys['blobs/data/u1.tail.5']).toBe(tail);
+      expect(Object.keys(keys).sort()).toEqual(['blobs/data/u1.json', expect.stringMatching(/^blobs\/data\/u1\.tail\.\d+$/)]);
+      expect(Object.entries(keys).find(([k]) => k.includes('.tail.'))![1]).toBe(tail);
       expect(await d.stat(path)).toMatchObject({ size: total, isDir: false });
 
       await (await d.writer(path, true)).commit();
@@ -470,7 +472,9 @@ function s3Tests(env: S3TestEnv): void {
         drivers.push(throttled);
         const w2 = await throttled.writer('/out/data', true);
         await w2.write(randomBytes(2 * PART));
-        await expect(w2.close()).rejects.toMatchObject({ name: 'SlowDown' });
+        const err = await w2.close().then(() => undefined, (e: unknown) => e);
+        expect(err).toBeInstanceOf(StorageUnavailableError);
+        expect(err).toMatchObject({ cause: { name: 'SlowDown' } });
         expect(proxy.seen.get('UploadPart')).toBeGreaterThanOrEqual(3);
 
         const w3 = await good.writer('/out/data', true);
@@ -482,6 +486,197 @@ function s3Tests(env: S3TestEnv): void {
       } finally {
         await proxy.close();
       }
+    });
+
+    /** A proxy that records every request (operation, key, body bytes) and fails the ones `fault` picks. */
+    async function recorder(fault: (op: string, key: string) => Fault = () => undefined): Promise<FaultyProxy & { calls: Array<{ op: string; key: string; bytes: number }> }> {
+      const calls: Array<{ op: string; key: string; bytes: number }> = [];
+      const proxy = await startFaultyProxy(env.endpoint, (op, _n, url, req) => {
+        const key = decodeURIComponent(url.pathname).slice(`/${bucket}/`.length);
+        calls.push({ op, key, bytes: req.bytes });
+        return fault(op, key);
+      });
+      proxies.push(proxy);
+      return Object.assign(proxy, { calls });
+    }
+    const proxies: FaultyProxy[] = [];
+    afterEach(async () => {
+      for (const p of proxies.splice(0)) await p.close();
+    });
+    const isPiece = (key: string): boolean => /\/_s3\/writers\/.*\.tail\.\d+$/.test(key);
+    const sum = (calls: Array<{ bytes: number }>): number => calls.reduce((n, c) => n + c.bytes, 0);
+
+    it('stages what each session adds once and sends parts from memory; only another instance reads the pieces back', async () => {
+      fresh();
+      const rec = await recorder();
+      const a = await driver({ endpoint: rec.endpoint });
+      const path = '/blobs/data/small';
+      const all: Buffer[] = [];
+      const session = async (d: S3Driver, bytes: number): Promise<void> => {
+        const w = await d.writer(path, all.length > 0);
+        const chunk = randomBytes(bytes);
+        all.push(chunk);
+        await w.write(chunk);
+        await w.close();
+      };
+      // Twelve 1 MiB sessions on one instance: parts complete at 5 and 10 MiB.
+      for (let i = 0; i < 12; i++) await session(a, MiB);
+      const parts = rec.calls.filter((c) => c.op === 'UploadPart');
+      const staged = rec.calls.filter((c) => c.op === 'PutObject' && isPiece(c.key));
+      expect(parts.map((c) => c.bytes)).toEqual([PART, PART]);
+      // Every byte not in a part when its session closed was staged once: 4 + 4 + 2 MiB.
+      expect(staged.map((c) => c.bytes)).toEqual(Array(10).fill(MiB));
+      expect(rec.calls.filter((c) => c.op === 'GET' && isPiece(c.key)), 'pieces read back').toEqual([]);
+      // 20 MiB sent for a 12 MiB upload: each byte at most twice.
+      expect(sum(parts) + sum(staged)).toBe(20 * MiB);
+
+      // Another instance holds nothing: it reads the two pending pieces back, once.
+      const b = await driver({ endpoint: rec.endpoint });
+      let from = rec.calls.length;
+      await session(b, MiB);
+      expect(rec.calls.slice(from).filter((c) => c.op === 'GET' && isPiece(c.key))).toHaveLength(2);
+      // The first instance notices the state is no longer the one it wrote (its held tail is
+      // stale) and reads the three pieces back.
+      from = rec.calls.length;
+      await session(a, 1000);
+      expect(rec.calls.slice(from).filter((c) => c.op === 'GET' && isPiece(c.key))).toHaveLength(3);
+      from = rec.calls.length;
+      await (await a.writer(path, true)).commit();
+      expect(rec.calls.slice(from).filter((c) => c.op === 'GET' && isPiece(c.key))).toEqual([]);
+      expect(sha256(await readAll(await a.reader(path)))).toBe(sha256(Buffer.concat(all)));
+      expect(await staging()).toEqual({});
+    });
+
+    it('takes its part size from the first session\'s announced size: chunks of that size are parts, nothing staged', async () => {
+      fresh();
+      const rec = await recorder();
+      // Buffers of 8 MiB; chunks of 6 MiB.
+      const d = await driver({ endpoint: rec.endpoint, partSize: '8MiB' });
+      const path = '/blobs/data/hinted';
+      const all: Buffer[] = [];
+      for (const bytes of [6 * MiB, 6 * MiB, 6 * MiB, 6 * MiB, MiB]) {
+        const w = await d.writer(path, all.length > 0, { sizeHintBytes: bytes });
+        const chunk = randomBytes(bytes);
+        all.push(chunk);
+        for (let pos = 0; pos < bytes; pos += 4 * MiB) await w.write(chunk.subarray(pos, pos + 4 * MiB));
+        await w.close();
+      }
+      expect(rec.calls.filter((c) => c.op === 'UploadPart').map((c) => c.bytes)).toEqual(Array(4).fill(6 * MiB));
+      // Only the last, short chunk waits in a piece.
+      expect(rec.calls.filter((c) => c.op === 'PutObject' && isPiece(c.key)).map((c) => c.bytes)).toEqual([MiB]);
+      expect(await parts(path)).toEqual(Array(4).fill(6 * MiB));
+      await (await d.writer(path, true)).commit();
+      expect(await etag(path)).toMatch(/-5"$/);
+      expect(sha256(await d.getContent(path))).toBe(sha256(Buffer.concat(all)));
+
+      // Announced sizes below S3's minimum part, or chunks that no part size divides, leave
+      // the driver's part size.
+      const small = await d.writer('/blobs/data/small-hint', false, { sizeHintBytes: MiB });
+      await small.write(randomBytes(9 * MiB));
+      await small.close();
+      expect(await parts('/blobs/data/small-hint')).toEqual([8 * MiB]);
+
+      // An object of exactly one announced part (a monolithic push) is one PutObject.
+      const from = rec.calls.length;
+      const one = randomBytes(6 * MiB + 5);
+      const w = await d.writer('/blobs/data/one', false, { sizeHintBytes: one.length });
+      await w.write(one);
+      await w.commit();
+      expect(rec.calls.slice(from).filter((c) => c.op !== 'HEAD' && c.op !== 'DELETE' && c.op !== 'GET' && c.op !== 'ListObjectsV2').map((c) => [c.op, c.bytes]))
+        .toEqual([['PutObject', one.length]]);
+      expect(sha256(await d.getContent('/blobs/data/one'))).toBe(sha256(one));
+    });
+
+    it('gives held tails\' buffers to writers that need them; their uploads then read the pieces back', async () => {
+      fresh();
+      const rec = await recorder();
+      // Two part buffers for the whole driver.
+      const d = await driver({ endpoint: rec.endpoint, maxBufferedBytes: '10MiB' }, { bufferWaitTimeoutMs: 2000 });
+      const content = new Map<string, Buffer[]>();
+      const session = async (path: string): Promise<void> => {
+        const chunk = randomBytes(MiB + 7);
+        const w = await d.writer(path, content.has(path));
+        content.set(path, [...(content.get(path) ?? []), chunk]);
+        await w.write(chunk);
+        await w.close();
+      };
+      for (const p of ['/h/a', '/h/b', '/h/c']) await session(p);
+      // /h/c took /h/a's buffer (the least recently held); /h/b's is still held.
+      const reads = (path: string, from: number): number => rec.calls.slice(from).filter((c) => c.op === 'GET' && isPiece(c.key) && c.key.includes(path.slice(1))).length;
+      let from = rec.calls.length;
+      await session('/h/b');
+      expect(reads('/h/b', from)).toBe(0);
+      from = rec.calls.length;
+      await session('/h/a');
+      expect(reads('/h/a', from)).toBe(1);
+      for (const [path, chunks] of content) {
+        await (await d.writer(path, true)).commit();
+        expect(sha256(await d.getContent(path))).toBe(sha256(Buffer.concat(chunks)));
+      }
+    });
+
+    it('a store that takes a part and never answers fails the writer within its deadline; the upload resumes from its last close', async () => {
+      fresh();
+      let stalling = false;
+      const rec = await recorder((op) => (stalling && op === 'UploadPart' ? 'stall' : undefined));
+      // No progress for 1 s fails a request; retries start only within 2 s of the first try.
+      const d = await driver({ endpoint: rec.endpoint, timeout: '1s' });
+      const first = randomBytes(PART + 10);
+      const w1 = await d.writer('/stall/data', false);
+      await w1.write(first);
+      await w1.close();
+
+      stalling = true;
+      const w2 = await d.writer('/stall/data', true);
+      await w2.write(randomBytes(2 * PART));
+      const err = await w2.close().then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(StorageUnavailableError);
+      expect(err).toMatchObject({ cause: { name: 'TimeoutError' } });
+      // Each stalled part was tried again before the writer gave up.
+      expect(rec.calls.filter((c) => c.op === 'UploadPart').length).toBeGreaterThan(1 + 2);
+      stalling = false;
+
+      const good = await driver();
+      const w3 = await good.writer('/stall/data', true);
+      expect(w3.size).toBe(first.length);
+      const second = randomBytes(PART);
+      await w3.write(second);
+      await w3.commit();
+      expect(sha256(await good.getContent('/stall/data'))).toBe(sha256(Buffer.concat([first, second])));
+    });
+
+    it('a read that stops making progress, and a store that refuses connections, fail with StorageUnavailableError', async () => {
+      fresh();
+      const content = randomBytes(3 * MiB);
+      await (await driver()).putContent('/stall/read', content);
+      const rec = await recorder((op, key) => (op === 'GET' && key.endsWith('/stall/read') ? 'stall-midway' : undefined));
+      const d = await driver({ endpoint: rec.endpoint, timeout: '1s' });
+      await expect(d.getContent('/stall/read')).rejects.toBeInstanceOf(StorageUnavailableError);
+      await expect(readAll(await d.reader('/stall/read'))).rejects.toBeInstanceOf(StorageUnavailableError);
+
+      // Nothing listens there: every try is refused at once, and tries end within the budget.
+      const closed = await startFaultyProxy(env.endpoint, () => undefined);
+      const endpoint = closed.endpoint;
+      await closed.close();
+      const gone = new S3Driver({ ...parseS3Url(s3StorageUrl(env, bucket, prefix, { endpoint, timeout: '1s', partSize: '5MiB' })), md5: poolMd5 });
+      drivers.push(gone);
+      const refused = await gone.stat('/anything').then(() => undefined, (e: unknown) => e);
+      expect(refused).toBeInstanceOf(StorageUnavailableError);
+      expect(refused).toMatchObject({ cause: { code: 'ECONNREFUSED' } });
+    });
+
+    it('a CompleteMultipartUpload whose answer is lost is tried again, and the commit stands', async () => {
+      fresh();
+      let lost = 0;
+      const rec = await recorder((op) => (op === 'CompleteMultipartUpload' && lost++ === 0 ? 'lose-answer' : undefined));
+      const d = await driver({ endpoint: rec.endpoint });
+      const content = randomBytes(2 * PART + 3);
+      const w = await d.writer('/lost/data', false);
+      await w.write(content);
+      await w.commit();
+      expect(rec.calls.filter((c) => c.op === 'CompleteMultipartUpload')).toHaveLength(2);
+      expect(sha256(await d.getContent('/lost/data'))).toBe(sha256(content));
+      expect(await listUploads(client, bucket, prefix)).toEqual([]);
     });
 
     it('with redirect=true, hands out presigned URLs that serve the blob', async () => {

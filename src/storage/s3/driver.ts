@@ -12,14 +12,17 @@ import { Agent as HttpsAgent } from 'node:https';
 import { Readable } from 'node:stream';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
 import {
-  checkLimit, compareKeys, PathNotFoundError, type FileInfo, type FileWriter, type IncompleteWrite, type ListedChild, type ListOptions,
-  type ListPage, type StorageDriver,
+  checkLimit, compareKeys, PathNotFoundError, StorageUnavailableError, type FileInfo, type FileWriter, type IncompleteWrite, type ListedChild,
+  type ListOptions, type ListPage, type StorageDriver, type WriterOptions,
 } from '../driver.js';
+import { deadlineSettings, isStoreUnavailable, reportUnavailable } from './deadlines.js';
 import {
   explainBucketError, isConditionalConflict, isInvalidRange, isNoSuchKey, isNoSuchUpload, isPreconditionFailed,
 } from './errors.js';
 import { INTERNAL_SEGMENT, Layout } from './layout.js';
 import { PartBufferPool } from './part-buffers.js';
+import { RangedReader, ReadAhead } from './reader.js';
+import { TailCache } from './tail-cache.js';
 import type { S3Location } from './url.js';
 import {
   copySource, discardWriter, loadWriterState, S3FileWriter, type Md5Function, type WriterContext, type WriterState,
@@ -34,7 +37,7 @@ export interface S3DriverOptions extends S3Location {
    * without one, node:crypto hashes here.
    */
   md5?: Md5Function;
-  /** SDK attempts per request (standard retry mode: exponential backoff with jitter). */
+  /** Attempts per request, the first included (deadlines.ts: backoff with jitter, within 2 x timeout). */
   maxAttempts?: number;
   /** Keep-alive sockets per endpoint. */
   maxSockets?: number;
@@ -48,11 +51,19 @@ export interface S3DriverOptions extends S3Location {
   signPayloads?: boolean;
   /** Extra client settings (tests: credentials). */
   clientConfig?: S3ClientConfig;
+  /** Reads fetch ranges of this size ahead of the client (reader.ts). */
+  readWindowBytes?: number;
+  /** Windows one read fetches ahead of the one it streams. */
+  readWindowsAhead?: number;
 }
 
 /** putContent above this size gets its MD5 from the pool; below, node:crypto is faster than a round trip. */
 const INLINE_MD5_MAX_BYTES = 1024 * 1024;
 const DELETE_BATCH = 1000;
+const READ_WINDOW_BYTES = 8 * 1024 * 1024;
+const READ_WINDOWS_AHEAD = 3;
+/** Uploads whose last state this instance remembers (tail-cache.ts); their buffers are bounded by the pool. */
+const MAX_HELD_TAILS = 4096;
 
 /**
  * Stores objects in an S3 bucket under a key prefix: driver path `/a/b` is key
@@ -68,6 +79,9 @@ export class S3Driver implements StorageDriver {
   readonly #client: S3Client;
   readonly #layout: Layout;
   readonly #writers: WriterContext;
+  readonly #tails: TailCache;
+  readonly #readAhead: ReadAhead;
+  readonly #read: { windowBytes: number; windowsAhead: number; maxAttempts: number; retryForMs: number };
   readonly #endpoint: string | undefined;
   /**
    * A presigned GetObject URL for `path`, valid `expiresInSeconds`, so a blob GET can
@@ -84,6 +98,8 @@ export class S3Driver implements StorageDriver {
     this.#endpoint = opts.endpoint;
     this.#layout = new Layout(opts.prefix);
     const maxSockets = opts.maxSockets ?? 64;
+    const maxAttempts = opts.maxAttempts ?? 5;
+    const deadlines = deadlineSettings({ timeoutMs: opts.timeoutMs, maxAttempts });
     this.#client = new S3Client({
       region: opts.region,
       endpoint: opts.endpoint,
@@ -93,19 +109,20 @@ export class S3Driver implements StorageDriver {
       // Content-MD5 from the hashing pool instead.
       requestChecksumCalculation: opts.sdkChecksums ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
-      // 503 SlowDown, 500s and connection resets are retried with backoff; bodies are
-      // Buffers, so a retry can resend them.
-      retryMode: 'standard',
-      maxAttempts: opts.maxAttempts ?? 5,
+      // Timeouts, 503 SlowDown, 500s and connection resets are retried with backoff, within
+      // a time budget (deadlines.ts); bodies are Buffers, so a retry can resend them.
+      maxAttempts,
+      retryStrategy: deadlines.retryStrategy,
       requestHandler: {
         httpAgent: new HttpAgent({ keepAlive: true, maxSockets }),
         httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets }),
-        connectionTimeout: 10_000,
+        connectionTimeout: deadlines.connectionTimeout,
         // Inactivity on the socket, not the whole request: a slow 16 MiB part is fine.
-        requestTimeout: 120_000,
+        socketTimeout: deadlines.socketTimeout,
       },
       ...opts.clientConfig,
     });
+    reportUnavailable(this.#client);
     // Each command once, around the SDK's retries (they run in a later step): its name,
     // attempts and outcome, for metrics (src/metrics/). Costs nothing without subscribers.
     this.#client.middlewareStack.add(
@@ -130,6 +147,13 @@ export class S3Driver implements StorageDriver {
       },
       { step: 'initialize', name: 'hoistRequestMetrics' },
     );
+    this.#readAhead = new ReadAhead(opts.maxReadAheadBytes);
+    this.#read = {
+      windowBytes: opts.readWindowBytes ?? READ_WINDOW_BYTES,
+      windowsAhead: opts.readWindowsAhead ?? READ_WINDOWS_AHEAD,
+      maxAttempts,
+      retryForMs: 2 * opts.timeoutMs,
+    };
     if (!opts.signPayloads) {
       this.#client.middlewareStack.add(
         (next, context) => async (args) => {
@@ -146,6 +170,7 @@ export class S3Driver implements StorageDriver {
       );
     }
     const buffers = new PartBufferPool(opts.partSizeBytes, opts.maxBufferedBytes);
+    this.#tails = new TailCache(buffers, MAX_HELD_TAILS);
     // Half the buffers may be parts being filled, one per writer; the other half carry parts
     // in flight, which free themselves by finishing on the network alone.
     this.maxConcurrentWriters = Math.max(1, Math.floor(buffers.maxBuffers / 2));
@@ -155,6 +180,7 @@ export class S3Driver implements StorageDriver {
       bucket: this.bucket,
       layout: this.#layout,
       buffers,
+      tails: this.#tails,
       md5,
       maxPartsInFlight: opts.maxPartsInFlight,
       bufferWaitTimeoutMs: opts.bufferWaitTimeoutMs ?? 30_000,
@@ -189,7 +215,9 @@ export class S3Driver implements StorageDriver {
     const key = this.#key(path);
     try {
       const out = await this.#client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-      const bytes = await out.Body!.transformToByteArray();
+      const bytes = await out.Body!.transformToByteArray().catch((err: unknown) => {
+        throw unavailable(err, `S3 GetObject of ${key}`);
+      });
       return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     } catch (err) {
       throw notFound(err, path);
@@ -244,13 +272,16 @@ export class S3Driver implements StorageDriver {
       await this.#head(path, key);
       return Readable.from([], { objectMode: false });
     }
-    let range: string | undefined;
-    if (length !== undefined) range = `bytes=${offset}-${offset + length - 1}`;
-    else if (offset > 0) range = `bytes=${offset}-`;
     try {
-      const out = await this.#client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, Range: range }));
-      // The SDK's body is the response stream itself: bytes flow as the caller reads.
-      return out.Body as Readable;
+      // To the end: the object's size says where that is (callers mostly know the length).
+      let n = length;
+      if (n === undefined) {
+        const info = await this.stat(path);
+        if (info.isDir) throw new PathNotFoundError(path);
+        n = Math.max(0, info.size - offset);
+      }
+      if (n === 0) return Readable.from([], { objectMode: false });
+      return await RangedReader.open({ client: this.#client, bucket: this.bucket, key, offset, length: n, budget: this.#readAhead, ...this.#read });
     } catch (err) {
       // 416: the object exists, and the offset is at or past its end (or it is empty).
       if (isInvalidRange(err)) return Readable.from([], { objectMode: false });
@@ -258,9 +289,9 @@ export class S3Driver implements StorageDriver {
     }
   }
 
-  async writer(path: string, append: boolean): Promise<FileWriter> {
+  async writer(path: string, append: boolean, opts: WriterOptions = {}): Promise<FileWriter> {
     this.#layout.checkObject(path);
-    return S3FileWriter.open(this.#writers, path, append);
+    return S3FileWriter.open(this.#writers, path, append, opts.sizeHintBytes);
   }
 
   async stat(path: string): Promise<FileInfo> {
@@ -388,17 +419,18 @@ export class S3Driver implements StorageDriver {
   }
 
   async close(): Promise<void> {
+    this.#tails.clear();
     this.#client.destroy();
   }
 
   // --- abandoned writes (garbage collection) ---------------------------------------------
 
   /**
-   * Multipart uploads under the prefix that no writer state records, and staging tails that
-   * are not their state's current generation, idle since before `idleSince`. A multipart
+   * Multipart uploads under the prefix that no writer state records, and staged pieces that
+   * their state does not name, idle since before `idleSince`. A multipart
    * upload's activity is its newest part (ListParts), so an upload still receiving parts
    * is never listed, however long ago it began. A writer in the middle of close() writes
-   * its new tail, then its state: the tail is new, so it is not idle.
+   * its new piece, then its state: the piece is new, so it is not idle.
    */
   async listIncompleteWrites(idleSince: Date): Promise<IncompleteWrite[]> {
     const found: IncompleteWrite[] = [];
@@ -436,7 +468,7 @@ export class S3Driver implements StorageDriver {
       if (!m || o.lastModified >= idleSince) continue;
       const path = `/${m[1]!}`;
       const state = await stateOf(path);
-      if (state && state.tailBytes > 0 && state.generation === Number(m[2])) continue;
+      if (state?.pieces.some((p) => p.n === Number(m[2]))) continue;
       found.push({ path, kind: 'staging object', bytes: o.size, lastActivity: o.lastModified, handle: JSON.stringify({ key: o.key }) });
     }
     return found;
@@ -548,6 +580,12 @@ export class S3Driver implements StorageDriver {
   toString(): string {
     return `s3://${this.bucket}/${this.prefix}${this.#endpoint ? ` at ${this.#endpoint}` : ''}`;
   }
+}
+
+/** A store that broke off a response body: StorageUnavailableError, like a failed request. */
+function unavailable(err: unknown, what: string): unknown {
+  if (err instanceof StorageUnavailableError || !isStoreUnavailable(err)) return err;
+  return new StorageUnavailableError(`${what} failed: ${(err as Error).message}`, { cause: err });
 }
 
 function notFound(err: unknown, path: string): unknown {

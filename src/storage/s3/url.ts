@@ -9,7 +9,11 @@
  *   partSize=16MiB          size of every non-final multipart part, 5 MiB to 5 GiB
  *   maxPartsInFlight=4      parts one upload sends at once
  *   maxBufferedBytes=256MiB part buffers held by all uploads together (at least one part)
+ *   maxReadAheadBytes=128MiB  what blob reads may fetch ahead of their clients, all together
+ *                           (reader.ts; 0: each read fetches one range at a time)
  *   redirect=true           blob GETs may answer 307 to a presigned URL (driver.redirectURL)
+ *   timeout=15s             a store request that makes no progress this long fails (and is
+ *                           retried while 2x this has not passed since its first try)
  *   sdkChecksums=true       let the SDK add its CRC32 checksums (requestChecksumCalculation
  *                           WHEN_SUPPORTED); off by default: parts carry Content-MD5 instead
  *
@@ -26,8 +30,11 @@ export interface S3Location {
   readonly partSizeBytes: number;
   readonly maxPartsInFlight: number;
   readonly maxBufferedBytes: number;
+  readonly maxReadAheadBytes: number;
   readonly redirect: boolean;
   readonly sdkChecksums: boolean;
+  /** No progress on a store request for this long fails it (driver.ts: deadlines). */
+  readonly timeoutMs: number;
 }
 
 const MiB = 1024 ** 2;
@@ -41,6 +48,8 @@ export const S3_DEFAULTS = {
   partSizeBytes: 16 * MiB,
   maxPartsInFlight: 4,
   maxBufferedBytes: 256 * MiB,
+  maxReadAheadBytes: 128 * MiB,
+  timeoutMs: 15_000,
 } as const;
 
 const UNITS: Record<string, number> = {
@@ -89,7 +98,7 @@ export function parseS3Url(storageUrl: string): S3Location {
     if (k in opts) fail(`option ${k} is given twice`);
     opts[k] = v;
   }
-  const known = ['endpoint', 'region', 'forcePathStyle', 'partSize', 'maxPartsInFlight', 'maxBufferedBytes', 'redirect', 'sdkChecksums'];
+  const known = ['endpoint', 'region', 'forcePathStyle', 'partSize', 'maxPartsInFlight', 'maxBufferedBytes', 'maxReadAheadBytes', 'redirect', 'sdkChecksums', 'timeout'];
   for (const k of Object.keys(opts)) {
     if (!known.includes(k)) fail(`unknown option ${JSON.stringify(k)}; known: ${known.join(', ')}`);
   }
@@ -130,6 +139,15 @@ export function parseS3Url(storageUrl: string): S3Location {
     return n;
   };
 
+  const duration = (name: string, value: string | undefined, dflt: number, min: number, max: number): number => {
+    if (value === undefined) return dflt;
+    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)\s*$/.exec(value);
+    if (!m) return fail(`${name} is not a duration: ${JSON.stringify(value)} (e.g. 15s, 500ms, 2m)`);
+    const n = Math.round(Number(m[1]) * { ms: 1, s: 1000, m: 60_000 }[m[2] as 'ms' | 's' | 'm']);
+    if (n < min || n > max) fail(`${name} must be between ${min} ms and ${max / 1000} s, got ${n} ms`);
+    return n;
+  };
+
   const partSizeBytes = size('partSize', opts.partSize, S3_DEFAULTS.partSizeBytes, MIN_PART_BYTES, MAX_PART_BYTES);
   const maxBufferedBytes = size('maxBufferedBytes', opts.maxBufferedBytes, Math.max(S3_DEFAULTS.maxBufferedBytes, partSizeBytes), partSizeBytes, 1024 * GiB);
   return Object.freeze({
@@ -141,8 +159,10 @@ export function parseS3Url(storageUrl: string): S3Location {
     partSizeBytes,
     maxPartsInFlight: int('maxPartsInFlight', opts.maxPartsInFlight, S3_DEFAULTS.maxPartsInFlight, 1, 64),
     maxBufferedBytes,
+    maxReadAheadBytes: size('maxReadAheadBytes', opts.maxReadAheadBytes, S3_DEFAULTS.maxReadAheadBytes, 0, 1024 * GiB),
     redirect: bool('redirect', opts.redirect),
     sdkChecksums: bool('sdkChecksums', opts.sdkChecksums),
+    timeoutMs: duration('timeout', opts.timeout, S3_DEFAULTS.timeoutMs, 100, 600_000),
   });
 }
 

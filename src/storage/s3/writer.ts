@@ -2,11 +2,14 @@ import {
   AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand,
   GetObjectCommand, HeadObjectCommand, PutObjectCommand, UploadPartCommand, UploadPartCopyCommand, type S3Client,
 } from '@aws-sdk/client-s3';
+import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { PathNotFoundError, type FileWriter } from '../driver.js';
-import { isNoSuchKey, isNoSuchUpload } from './errors.js';
+import { PathNotFoundError, StorageUnavailableError, type FileWriter } from '../driver.js';
+import { httpStatus, isNoSuchKey, isNoSuchUpload } from './errors.js';
 import type { Layout } from './layout.js';
 import type { PartBuffer, PartBufferPool } from './part-buffers.js';
+import type { TailCache } from './tail-cache.js';
+import { MIN_PART_BYTES } from './url.js';
 
 /** A byte range of a buffer, as the hashing pool takes it (no copy for a SharedArrayBuffer). */
 export interface BytesView {
@@ -21,6 +24,16 @@ export type Md5Function = (bytes: BytesView) => Promise<string>;
 /** S3 allows parts numbered 1 to 10,000 (AWS "Amazon S3 multipart upload limits"). */
 export const MAX_PARTS = 10_000;
 
+/**
+ * Pieces a pending tail may be staged in. Past this, close() stages the whole tail again as
+ * one piece: that bounds the state's size and what the rare path reads back, at the cost of
+ * re-sending tails only for chunks smaller than partSize / MAX_PIECES (256 KiB with 16 MiB
+ * parts; the registry advertises OCI-Chunk-Min-Length 1 MiB).
+ */
+const MAX_PIECES = 64;
+/** Pieces read back at once on the rare path. */
+const PIECE_READS = 8;
+
 export interface PartRecord {
   partNumber: number;
   /** As UploadPart returned it, quotes included; CompleteMultipartUpload wants it back. */
@@ -30,13 +43,33 @@ export interface PartRecord {
   size: number;
 }
 
+/** A staging object holding some of the bytes after the last part (layout.ts: `<path>.tail.<n>`). */
+export interface PieceRecord {
+  n: number;
+  bytes: number;
+}
+
 /**
  * What a writer leaves in the bucket at close() (layout.ts: `_s3/writers/<path>.json`), so
- * that any instance can continue the upload. Parts 1..n are all `partSizeBytes` long; the
- * `tailBytes` after them are in the tail object of this `generation`, and become the start
- * of part n+1. `uploadId` is null until the first part is full.
+ * that any instance can continue the upload. Parts 1..k are all `partSizeBytes` long; the
+ * bytes after them are the `pieces`, in order, and become the start of part k+1. `uploadId`
+ * is null until the first part is full.
  */
 export interface WriterState {
+  version: 2;
+  uploadId: string | null;
+  partSizeBytes: number;
+  parts: PartRecord[];
+  size: number;
+  pieces: PieceRecord[];
+  /** Number of the next piece: a piece key is written once, so a stale piece never passes for a live one. */
+  nextPiece: number;
+  /** New with every state written, so that its ETag names that one write (tail-cache.ts). */
+  writeId: string;
+}
+
+/** The state before pieces: one tail object per generation, rewritten whole by every close(). */
+interface WriterStateV1 {
   version: 1;
   uploadId: string | null;
   partSizeBytes: number;
@@ -46,12 +79,25 @@ export interface WriterState {
   generation: number;
 }
 
+/** A v1 state is a v2 state whose one piece is its tail (same key, `.tail.<generation>`). */
+function upgrade(s: WriterState | WriterStateV1, path: string): WriterState {
+  if (s.version === 2) return s;
+  if (s.version === 1) {
+    return {
+      version: 2, uploadId: s.uploadId, partSizeBytes: s.partSizeBytes, parts: s.parts, size: s.size,
+      pieces: s.tailBytes > 0 ? [{ n: s.generation, bytes: s.tailBytes }] : [], nextPiece: s.generation + 1, writeId: '',
+    };
+  }
+  throw new Error(`S3 writer state of ${path}: unknown version ${String((s as { version?: unknown }).version)}`);
+}
+
 /** What the driver lends its writers. */
 export interface WriterContext {
   readonly client: S3Client;
   readonly bucket: string;
   readonly layout: Layout;
   readonly buffers: PartBufferPool;
+  readonly tails: TailCache;
   readonly md5: Md5Function;
   readonly maxPartsInFlight: number;
   readonly bufferWaitTimeoutMs: number;
@@ -61,13 +107,26 @@ export interface WriterContext {
   readonly deleteKeys: (keys: string[]) => Promise<void>;
 }
 
-export async function loadWriterState(ctx: WriterContext, path: string): Promise<{ state: WriterState; modTime: Date } | undefined> {
+export interface LoadedState {
+  state: WriterState;
+  modTime: Date;
+  /** The state object's ETag, quotes included. */
+  etag: string;
+}
+
+/**
+ * The writer state of `path`, or undefined when there is none. With `unlessEtag`, resolves
+ * with 'unchanged' when the stored state still has that ETag, without transferring it.
+ */
+export async function loadWriterState(ctx: WriterContext, path: string): Promise<LoadedState | undefined>;
+export async function loadWriterState(ctx: WriterContext, path: string, unlessEtag: string | undefined): Promise<LoadedState | 'unchanged' | undefined>;
+export async function loadWriterState(ctx: WriterContext, path: string, unlessEtag?: string): Promise<LoadedState | 'unchanged' | undefined> {
   try {
-    const out = await ctx.client.send(new GetObjectCommand({ Bucket: ctx.bucket, Key: ctx.layout.writerState(path) }));
-    const state = JSON.parse(await out.Body!.transformToString('utf8')) as WriterState;
-    if (state.version !== 1) throw new Error(`S3 writer state of ${path}: unknown version ${String(state.version)}`);
-    return { state, modTime: out.LastModified ?? new Date() };
+    const out = await ctx.client.send(new GetObjectCommand({ Bucket: ctx.bucket, Key: ctx.layout.writerState(path), IfNoneMatch: unlessEtag }));
+    const state = upgrade(JSON.parse(await out.Body!.transformToString('utf8')) as WriterState | WriterStateV1, path);
+    return { state, modTime: out.LastModified ?? new Date(), etag: out.ETag ?? '' };
   } catch (err) {
+    if (unlessEtag !== undefined && httpStatus(err) === 304) return 'unchanged';
     if (isNoSuchKey(err)) return undefined;
     throw err;
   }
@@ -75,9 +134,10 @@ export async function loadWriterState(ctx: WriterContext, path: string): Promise
 
 /**
  * Removes a path's in-progress upload: aborts its multipart upload (parts are stored, and
- * billed, until then), then deletes its state and tails. Returns whether there was one.
+ * billed, until then), then deletes its state and staged pieces. Returns whether there was one.
  */
 export async function discardWriter(ctx: WriterContext, path: string, known?: WriterState): Promise<boolean> {
+  ctx.tails.drop(path);
   const state = known ?? (await loadWriterState(ctx, path))?.state;
   if (!state) return false;
   if (state.uploadId) await abortUpload(ctx, ctx.layout.key(path), state.uploadId);
@@ -93,12 +153,44 @@ async function abortUpload(ctx: WriterContext, key: string, uploadId: string): P
   }
 }
 
-/** Deletes the state and every tail generation (a close that failed halfway can leave one behind). */
+/** Deletes the state and every piece (a close that failed halfway can leave pieces no state names). */
 async function removeStaging(ctx: WriterContext, path: string): Promise<void> {
   const l = ctx.layout;
   const keys = new Set((await ctx.listKeys(l.writerKeysPrefix(path))).filter((k) => l.isOwnWriterKey(path, k)));
   keys.add(l.writerState(path));
   await ctx.deleteKeys([...keys]);
+}
+
+/**
+ * The part size of a new upload whose first session announces `hintBytes`: a chunk of
+ * 5 MiB or more that fits a part buffer becomes the part size, so that every chunk of that
+ * size is exactly one part and nothing is staged; a larger chunk gets the largest part size
+ * that divides it and fits a buffer. Otherwise the driver's part size. Every upload keeps
+ * the part size it started with (R2 wants all parts but the last equally long), and holds at
+ * most MAX_PARTS parts of it.
+ */
+export function partSizeFor(bufferBytes: number, hintBytes: number | undefined): number {
+  if (hintBytes === undefined || !Number.isSafeInteger(hintBytes) || hintBytes < MIN_PART_BYTES) return bufferBytes;
+  if (hintBytes <= bufferBytes) return hintBytes;
+  for (let k = Math.ceil(hintBytes / bufferBytes); hintBytes / k >= MIN_PART_BYTES; k++) {
+    if (hintBytes % k === 0) return hintBytes / k;
+  }
+  return bufferBytes;
+}
+
+/**
+ * A part buffer for a writer: a free one, else the buffer of a held tail (tail-cache.ts),
+ * else the next one returned to the pool, in line with the other writers.
+ */
+async function acquireBuffer(ctx: WriterContext): Promise<PartBuffer> {
+  if (ctx.buffers.waiting === 0) {
+    const free = ctx.buffers.tryAcquire() ?? (ctx.tails.evictOne() ? ctx.buffers.tryAcquire() : undefined);
+    if (free) return free;
+  } else {
+    // Writers are already waiting: free one buffer for the line, and join it.
+    ctx.tails.evictOne();
+  }
+  return ctx.buffers.acquire(ctx.bufferWaitTimeoutMs);
 }
 
 type State = 'open' | 'writing' | 'closed' | 'committed' | 'cancelled';
@@ -107,20 +199,26 @@ type State = 'open' | 'writing' | 'closed' | 'committed' | 'cancelled';
  * The S3 FileWriter: one writer path is one multipart upload, resumable across writer
  * sessions and instances (distribution driver/s3-aws writer, without its re-upload cycle).
  *
- * Bytes are copied into part buffers of exactly `partSizeBytes` (the driver-wide pool,
- * part-buffers.ts) however the caller chunks them. A full buffer becomes the next part at
- * once and uploads while write() goes on; write() waits only when this writer has
+ * Bytes are copied into part buffers of the upload's part size (buffers from the driver-wide
+ * pool, part-buffers.ts) however the caller chunks them. A full buffer becomes the next part
+ * at once and uploads while write() goes on; write() waits only when this writer has
  * `maxPartsInFlight` parts uploading or the pool has no buffer. So every part but the last
- * has the same size, which R2 requires and S3's 5 MiB minimum is met.
+ * has the same size, which R2 requires, and S3's 5 MiB minimum is met. The part size is the
+ * driver's, or follows the first chunk's announced size (partSizeFor).
  *
- * close() keeps what did not fill a part as a small tail object and records the parts in the
- * state object; the next writer(path, true) loads the tail into its first buffer. Nothing
- * already stored is downloaded, copied or re-uploaded. The multipart upload is created with
- * the first full part; an upload smaller than one part is a single PutObject at commit().
+ * close() stages only what this session added after the last full part, as one new piece
+ * (a small object), and records parts and pieces in the state object. Each byte that does
+ * not fill a part is so sent to the store twice: once staged, once in its part. The pending
+ * tail stays in memory on this instance (tail-cache.ts), and the next writer(path, true)
+ * here continues from it once the store confirms the state is still the one written here; a
+ * writer elsewhere (or after a restart) reads the pieces back, the only path that reads
+ * staged bytes. Nothing is downloaded, copied or re-uploaded otherwise. The multipart upload
+ * is created with the first full part; an upload of at most one part is a single PutObject
+ * at commit().
  *
- * Failures: a part that fails (after the SDK's retries) fails the writer: write/close/commit
- * reject, and the state stays as the last successful close() left it, so the upload resumes
- * from there (parts uploaded since get the same numbers again, which replaces them).
+ * Failures: a part that fails (after the driver's retries) fails the writer: write/close/
+ * commit reject, and the state stays as the last successful close() left it, so the upload
+ * resumes from there (parts uploaded since get the same numbers again, which replaces them).
  *
  * An empty writer leaves no trace: writer(path, false) removes what was at the path, and a
  * close() with no new bytes writes nothing, so the path stays absent until bytes arrive.
@@ -130,31 +228,41 @@ export class S3FileWriter implements FileWriter {
   readonly #path: string;
   readonly #key: string;
   readonly #partSize: number;
+  /** Bytes the caller announced for this session (StorageDriver.writer's sizeHintBytes). */
+  readonly #sessionHint: number | undefined;
   #state: State = 'open';
   #uploadId: string | null = null;
   #creating: Promise<string> | undefined;
   readonly #parts = new Map<number, PartRecord>();
   #nextPart = 1;
   #size = 0;
+  /** Size when this session began. */
+  #sessionStart = 0;
   #buf: PartBuffer | undefined;
   #fill = 0;
+  /** The first `#staged` bytes of the buffer are the pieces `#pieces`, stored already. */
+  #staged = 0;
+  #pieces: PieceRecord[] = [];
+  #nextPiece = 1;
+  /** Pieces that went into parts during this session: deleted once a new state no longer names them. */
+  #obsolete: number[] = [];
   readonly #inflight = new Set<Promise<void>>();
   #error: unknown;
-  /** What the stored state says (generation 0: there is none). */
-  #persisted = { size: 0, tailBytes: 0, generation: 0 };
-  #persistedUploadId: string | null = null;
-  /** A tail may have been written by this writer: clean up by listing. */
-  #staged = false;
+  /** The stored state as this writer knows it (undefined: there is none yet). */
+  #persisted: { state: WriterState; etag: string } | undefined;
+  /** This writer stored pieces that a state may not name: clean up by listing. */
+  #wroteStaging = false;
 
-  private constructor(ctx: WriterContext, path: string, partSize: number) {
+  private constructor(ctx: WriterContext, path: string, partSize: number, sessionHint: number | undefined) {
     this.#ctx = ctx;
     this.#path = path;
     this.#key = ctx.layout.key(path);
     this.#partSize = partSize;
+    this.#sessionHint = sessionHint;
   }
 
   /** Opens a writer; see StorageDriver.writer. `path` must be checked already. */
-  static async open(ctx: WriterContext, path: string, append: boolean): Promise<S3FileWriter> {
+  static async open(ctx: WriterContext, path: string, append: boolean, sizeHintBytes?: number): Promise<S3FileWriter> {
     const key = ctx.layout.key(path);
     if (!append) {
       // Truncate: the old content goes now, so stat() and a later append see the new writer.
@@ -162,40 +270,66 @@ export class S3FileWriter implements FileWriter {
         discardWriter(ctx, path),
         ctx.client.send(new DeleteObjectCommand({ Bucket: ctx.bucket, Key: key })),
       ]);
-      return new S3FileWriter(ctx, path, ctx.buffers.partSizeBytes);
+      return new S3FileWriter(ctx, path, partSizeFor(ctx.buffers.partSizeBytes, sizeHintBytes), sizeHintBytes);
     }
-    const [loaded, objectSize] = await Promise.all([loadWriterState(ctx, path), headSize(ctx, key)]);
+    const held = ctx.tails.take(path);
+    const releaseHeld = (): void => {
+      if (held?.buf) ctx.buffers.release(held.buf);
+    };
+    let loaded: LoadedState | 'unchanged' | undefined;
+    let objectSize: number | undefined;
+    try {
+      // A held tail is only as good as the state it came with: ask whether that is still the
+      // stored one (304 costs no transfer). In parallel: has the object been committed?
+      [loaded, objectSize] = await Promise.all([loadWriterState(ctx, path, held?.etag), headSize(ctx, key)]);
+    } catch (err) {
+      releaseHeld();
+      throw err;
+    }
     if (objectSize !== undefined) {
       // A committed object wins over a state: both exist only when a commit stopped between
       // completing the object and removing the state, which is then stale.
-      if (loaded) await discardWriter(ctx, path, loaded.state);
-      const w = new S3FileWriter(ctx, path, ctx.buffers.partSizeBytes);
+      releaseHeld();
+      const stale = loaded === 'unchanged' ? held!.state : loaded?.state;
+      if (stale) await discardWriter(ctx, path, stale);
+      const w = new S3FileWriter(ctx, path, ctx.buffers.partSizeBytes, sizeHintBytes);
       await w.#adopt(objectSize);
       return w;
     }
-    if (!loaded) throw new PathNotFoundError(path);
-    const { state } = loaded;
+    if (!loaded) {
+      releaseHeld();
+      throw new PathNotFoundError(path);
+    }
+    let state: WriterState;
+    let etag: string;
+    let buf: PartBuffer | undefined;
+    if (loaded === 'unchanged') {
+      ({ state, etag, buf } = held!);
+    } else {
+      // Another instance wrote since (or nothing was held here): the held bytes are stale.
+      releaseHeld();
+      ({ state, etag } = loaded);
+    }
     if (state.partSizeBytes > ctx.buffers.partSizeBytes) {
+      if (buf) ctx.buffers.release(buf);
       throw new Error(`S3 upload ${path} was started with ${state.partSizeBytes}-byte parts; this driver's parts are ${ctx.buffers.partSizeBytes} bytes (set partSize back to continue it)`);
     }
-    const w = new S3FileWriter(ctx, path, state.partSizeBytes);
+    const w = new S3FileWriter(ctx, path, state.partSizeBytes, sizeHintBytes);
     w.#uploadId = state.uploadId;
     for (const p of state.parts) w.#parts.set(p.partNumber, p);
     w.#nextPart = state.parts.length + 1;
-    w.#size = state.size;
-    w.#persisted = { size: state.size, tailBytes: state.tailBytes, generation: state.generation };
-    w.#persistedUploadId = state.uploadId;
-    if (state.tailBytes > 0) {
-      w.#buf = await ctx.buffers.acquire(ctx.bufferWaitTimeoutMs);
-      try {
-        const out = await ctx.client.send(new GetObjectCommand({ Bucket: ctx.bucket, Key: ctx.layout.writerTail(path, state.generation) }));
-        w.#fill = await readInto(out.Body as Readable, w.#buf.bytes.subarray(0, state.tailBytes));
-        if (w.#fill !== state.tailBytes) throw new Error(`S3 upload ${path}: tail object has ${w.#fill} bytes, state says ${state.tailBytes}`);
-      } catch (err) {
-        w.#releaseBuffer();
-        throw err;
-      }
+    w.#size = w.#sessionStart = state.size;
+    w.#pieces = state.pieces;
+    w.#nextPiece = state.nextPiece;
+    w.#persisted = { state, etag };
+    const tailBytes = state.pieces.reduce((n, p) => n + p.bytes, 0);
+    if (tailBytes !== state.size - state.parts.length * state.partSizeBytes || tailBytes >= state.partSizeBytes) {
+      if (buf) ctx.buffers.release(buf);
+      throw new Error(`S3 upload ${path}: inconsistent writer state (${state.size} bytes, ${state.parts.length} parts, ${tailBytes} bytes staged)`);
     }
+    w.#buf = buf;
+    w.#fill = w.#staged = buf ? tailBytes : 0;
+    if (tailBytes > 0 && !buf) await w.#readPieces(tailBytes);
     return w;
   }
 
@@ -209,17 +343,14 @@ export class S3FileWriter implements FileWriter {
       this.#throwIfFailed();
       let pos = 0;
       while (pos < data.byteLength) {
-        this.#buf ??= await this.#ctx.buffers.acquire(this.#ctx.bufferWaitTimeoutMs);
+        if (this.#fill === this.#partSize) await this.#sendFullBuffer();
+        this.#buf ??= await acquireBuffer(this.#ctx);
         const n = Math.min(this.#partSize - this.#fill, data.byteLength - pos);
         this.#buf.bytes.set(data.subarray(pos, pos + n), this.#fill);
         this.#fill += n;
         pos += n;
         this.#size += n;
-        if (this.#fill === this.#partSize) {
-          while (this.#inflight.size >= this.#ctx.maxPartsInFlight) await Promise.race(this.#inflight);
-          this.#throwIfFailed();
-          this.#startPart();
-        }
+        if (this.#fill === this.#partSize && !this.#mayBeWholeObject()) await this.#sendFullBuffer();
       }
     } catch (err) {
       // Some of `data` may be in the buffer already: this writer's size no longer matches
@@ -236,10 +367,21 @@ export class S3FileWriter implements FileWriter {
     try {
       await this.#settle();
       this.#throwIfFailed();
-      // An empty PATCH changes nothing stored: no part, no tail, no new state.
-      if (this.#size !== this.#persisted.size) await this.#persist();
+      if (this.#fill === this.#partSize) {
+        await this.#sendFullBuffer();
+        await this.#settle();
+        this.#throwIfFailed();
+      }
+      // An empty PATCH changes nothing stored: no part, no piece, no new state.
+      if (this.#size !== this.#sessionStart) await this.#persist();
+      if (this.#persisted) {
+        // The next PATCH on this instance continues from here (tail-cache.ts).
+        this.#ctx.tails.put(this.#path, { ...this.#persisted, buf: this.#fill > 0 ? this.#buf : undefined });
+        if (this.#fill > 0) this.#buf = undefined;
+      }
     } catch (err) {
-      await this.#abortUnrecorded();
+      this.#ctx.tails.drop(this.#path);
+      await this.#abortUnrecorded(err);
       throw err;
     } finally {
       this.#releaseBuffer();
@@ -249,11 +391,12 @@ export class S3FileWriter implements FileWriter {
   async commit(): Promise<void> {
     this.#enter('commit', 'committed');
     const c = this.#ctx;
+    c.tails.drop(this.#path);
     try {
       await this.#settle();
       this.#throwIfFailed();
       if (this.#parts.size === 0 && this.#creating === undefined && this.#uploadId === null) {
-        // Less than one part in all: a single PutObject (an empty blob is a 0-byte object).
+        // At most one part in all: a single PutObject (an empty blob is a 0-byte object).
         const length = this.#fill;
         const body = this.#buf ? Buffer.from(this.#buf.buffer, 0, length) : Buffer.alloc(0);
         // radosgw 16 answers BadDigest to the (correct) MD5 of an empty body: send none then.
@@ -269,19 +412,25 @@ export class S3FileWriter implements FileWriter {
         }
         const uploadId = await this.#ensureUpload();
         const parts = [...this.#parts.values()].sort((a, b) => a.partNumber - b.partNumber);
-        // radosgw answers with an empty ETag here; nothing below relies on it.
-        await c.client.send(new CompleteMultipartUploadCommand({
-          Bucket: c.bucket,
-          Key: this.#key,
-          UploadId: uploadId,
-          MultipartUpload: { Parts: parts.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })) },
-        }));
+        try {
+          // radosgw answers with an empty ETag here; nothing below relies on it.
+          await c.client.send(new CompleteMultipartUploadCommand({
+            Bucket: c.bucket,
+            Key: this.#key,
+            UploadId: uploadId,
+            MultipartUpload: { Parts: parts.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })) },
+          }));
+        } catch (err) {
+          // A retry of a Complete whose answer was lost finds the upload gone: if the object
+          // is there, whole, the first try did it.
+          if (!isNoSuchUpload(err) || (await headSize(c, this.#key)) !== this.#size) throw err;
+        }
       }
       this.#releaseBuffer();
-      if (this.#persisted.generation > 0 || this.#staged) await removeStaging(c, this.#path);
+      if (this.#persisted || this.#wroteStaging) await removeStaging(c, this.#path);
     } catch (err) {
       this.#error ??= err;
-      await this.#abortUnrecorded();
+      await this.#abortUnrecorded(err);
       throw err;
     } finally {
       this.#releaseBuffer();
@@ -290,11 +439,12 @@ export class S3FileWriter implements FileWriter {
 
   async cancel(): Promise<void> {
     this.#enter('cancel', 'cancelled');
+    this.#ctx.tails.drop(this.#path);
     try {
       await this.#settle();
       const uploadId = this.#uploadId ?? (await this.#creating?.catch(() => undefined));
       if (uploadId) await abortUpload(this.#ctx, this.#key, uploadId);
-      if (this.#persisted.generation > 0 || this.#staged) await removeStaging(this.#ctx, this.#path);
+      if (this.#persisted || this.#wroteStaging) await removeStaging(this.#ctx, this.#path);
     } finally {
       this.#releaseBuffer();
     }
@@ -303,15 +453,47 @@ export class S3FileWriter implements FileWriter {
   /**
    * Records nothing (FileWriter.abandon): parts in flight finish, the buffer goes back to the
    * pool, and a multipart upload that this writer created and no state names is aborted. The
-   * stored state stays as the last close() left it.
+   * stored state stays as the last close() left it; a later writer here reads its pieces back.
    */
   async abandon(): Promise<void> {
     this.#enter('abandon', 'cancelled');
+    this.#ctx.tails.drop(this.#path);
     try {
       await this.#settle();
-      await this.#abortUnrecorded();
+      await this.#abortUnrecorded(this.#error);
     } finally {
       this.#releaseBuffer();
+    }
+  }
+
+  /**
+   * The rare path: this instance does not hold the pending tail (another one wrote it, or
+   * this one restarted or needed the buffer), so its pieces are read back into a buffer.
+   */
+  async #readPieces(tailBytes: number): Promise<void> {
+    const c = this.#ctx;
+    this.#buf = await acquireBuffer(c);
+    try {
+      const at: number[] = [];
+      let offset = 0;
+      for (const p of this.#pieces) {
+        at.push(offset);
+        offset += p.bytes;
+      }
+      let next = 0;
+      const reader = async (): Promise<void> => {
+        for (let i = next++; i < this.#pieces.length; i = next++) {
+          const p = this.#pieces[i]!;
+          const out = await c.client.send(new GetObjectCommand({ Bucket: c.bucket, Key: c.layout.writerTail(this.#path, p.n) }));
+          const n = await readInto(out.Body as Readable, this.#buf!.bytes.subarray(at[i]!, at[i]! + p.bytes));
+          if (n !== p.bytes) throw new Error(`S3 upload ${this.#path}: piece ${p.n} has ${n} bytes, the state says ${p.bytes}`);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(PIECE_READS, this.#pieces.length) }, reader));
+      this.#fill = this.#staged = tailBytes;
+    } catch (err) {
+      this.#releaseBuffer();
+      throw err;
     }
   }
 
@@ -349,12 +531,12 @@ export class S3FileWriter implements FileWriter {
       this.#nextPart = fullParts + 1;
       const rest = objectSize - fullParts * this.#partSize;
       if (rest > 0) {
-        this.#buf = await c.buffers.acquire(c.bufferWaitTimeoutMs);
+        this.#buf = await acquireBuffer(c);
         const out = await c.client.send(new GetObjectCommand({ Bucket: c.bucket, Key: this.#key, Range: `bytes=${objectSize - rest}-${objectSize - 1}` }));
         this.#fill = await readInto(out.Body as Readable, this.#buf.bytes.subarray(0, rest));
         if (this.#fill !== rest) throw new Error(`S3 object ${this.#path} changed while being opened for append`);
       }
-      this.#size = objectSize;
+      this.#size = this.#sessionStart = objectSize;
       await this.#persist();
       await c.client.send(new DeleteObjectCommand({ Bucket: c.bucket, Key: this.#key }));
     } catch (err) {
@@ -365,14 +547,30 @@ export class S3FileWriter implements FileWriter {
     }
   }
 
-  /** Sends the full buffer as the next part; it returns to the pool when the part is stored. */
-  #startPart(): void {
+  /**
+   * A full buffer that is all the object has so far, and all this session announced: it
+   * waits for close() or commit(), so that an object of exactly one part (a monolithic
+   * push whose size became the part size) is one PutObject, not create + part + complete.
+   */
+  #mayBeWholeObject(): boolean {
+    return this.#nextPart === 1 && this.#uploadId === null && this.#creating === undefined &&
+      this.#sessionHint !== undefined && this.#size - this.#sessionStart === this.#sessionHint;
+  }
+
+  /** Sends the full buffer as the next part, once this writer has room for one more in flight. */
+  async #sendFullBuffer(): Promise<void> {
+    while (this.#inflight.size >= this.#ctx.maxPartsInFlight) await Promise.race(this.#inflight);
+    this.#throwIfFailed();
     this.#checkPartNumber();
     const buf = this.#buf!;
     const length = this.#fill;
     const partNumber = this.#nextPart++;
     this.#buf = undefined;
     this.#fill = 0;
+    // The staged pieces are in this part now: the next state names none of them.
+    this.#obsolete.push(...this.#pieces.map((p) => p.n));
+    this.#pieces = [];
+    this.#staged = 0;
     const done: Promise<void> = this.#uploadPart(partNumber, buf, length)
       .then((rec) => {
         this.#parts.set(partNumber, rec);
@@ -414,64 +612,82 @@ export class S3FileWriter implements FileWriter {
   }
 
   /**
-   * Stores the tail (a new generation, so the old state and tail stay valid until the new
-   * state is written), then the state, then deletes the old tail. A failure anywhere leaves
-   * the previous state usable.
+   * Stages what this session added after the last full part as one new piece, then writes
+   * the state naming the parts and the pieces, then deletes the pieces that went into parts.
+   * Until the new state is written, the old state and everything it names stay valid, so a
+   * failure anywhere leaves the previous state usable.
    */
   async #persist(): Promise<void> {
     const c = this.#ctx;
-    const generation = this.#persisted.generation + 1;
-    const tailBytes = this.#fill;
-    if (tailBytes > 0) {
+    let pieces = this.#pieces;
+    const dropped = [...this.#obsolete];
+    const fresh = this.#fill - this.#staged;
+    if (fresh > 0) {
+      let from = this.#staged;
+      if (pieces.length >= MAX_PIECES) {
+        // Too many small pieces: stage the whole tail again as one.
+        dropped.push(...pieces.map((p) => p.n));
+        pieces = [];
+        from = 0;
+      }
+      const n = this.#nextPiece++;
       const buf = this.#buf!;
-      this.#staged = true;
-      const md5 = await c.md5({ buffer: buf.buffer, byteOffset: 0, length: tailBytes });
+      this.#wroteStaging = true;
+      const md5 = await c.md5({ buffer: buf.buffer, byteOffset: from, length: this.#fill - from });
       await c.client.send(new PutObjectCommand({
         Bucket: c.bucket,
-        Key: c.layout.writerTail(this.#path, generation),
-        Body: Buffer.from(buf.buffer, 0, tailBytes),
-        ContentLength: tailBytes,
+        Key: c.layout.writerTail(this.#path, n),
+        Body: Buffer.from(buf.buffer, from, this.#fill - from),
+        ContentLength: this.#fill - from,
         ContentMD5: md5,
       }));
+      pieces = [...pieces, { n, bytes: this.#fill - from }];
     }
     const state: WriterState = {
-      version: 1,
+      version: 2,
       uploadId: this.#uploadId,
       partSizeBytes: this.#partSize,
       parts: [...this.#parts.values()].sort((a, b) => a.partNumber - b.partNumber),
       size: this.#size,
-      tailBytes,
-      generation,
+      pieces,
+      nextPiece: this.#nextPiece,
+      writeId: randomUUID(),
     };
-    await c.client.send(new PutObjectCommand({
+    const out = await c.client.send(new PutObjectCommand({
       Bucket: c.bucket,
       Key: c.layout.writerState(this.#path),
       Body: Buffer.from(JSON.stringify(state)),
       ContentType: 'application/json',
     }));
-    const old = this.#persisted;
-    this.#persisted = { size: this.#size, tailBytes, generation };
-    this.#persistedUploadId = this.#uploadId;
-    if (old.tailBytes > 0) {
-      // Best effort: a leftover tail is found by listing at commit or cancel.
-      this.#staged = true;
-      await c.client.send(new DeleteObjectCommand({ Bucket: c.bucket, Key: c.layout.writerTail(this.#path, old.generation) })).catch(() => undefined);
+    this.#persisted = { state, etag: out.ETag ?? '' };
+    this.#pieces = pieces;
+    this.#staged = this.#fill;
+    this.#obsolete = [];
+    this.#sessionStart = this.#size;
+    if (dropped.length > 0) {
+      // Best effort: a leftover piece is found by listing at commit or cancel, or by GC.
+      this.#wroteStaging = true;
+      await c.deleteKeys(dropped.map((n) => c.layout.writerTail(this.#path, n))).catch(() => undefined);
     }
   }
 
   /**
    * After a failure: a multipart upload this writer created but no state records would be
    * stored (and billed) until a lifecycle rule removes it, since no later writer can find it.
+   * When the store is not answering, that request would only hold the client's error up: it
+   * goes on in the background then (garbage collection aborts what it misses).
    */
-  async #abortUnrecorded(): Promise<void> {
+  async #abortUnrecorded(cause: unknown): Promise<void> {
     const uploadId = this.#uploadId ?? (await this.#creating?.catch(() => undefined));
-    if (!uploadId || uploadId === this.#persistedUploadId) return;
-    await abortUpload(this.#ctx, this.#key, uploadId).catch(() => undefined);
+    if (!uploadId || uploadId === this.#persisted?.state.uploadId) return;
+    const aborting = abortUpload(this.#ctx, this.#key, uploadId).catch(() => undefined);
+    if (!(cause instanceof StorageUnavailableError)) await aborting;
   }
 
   #checkPartNumber(): void {
     if (this.#nextPart > MAX_PARTS) {
-      throw new Error(`S3 upload ${this.#path} exceeds ${MAX_PARTS} parts of ${this.#partSize} bytes; raise partSize`);
+      throw new Error(`S3 upload ${this.#path} exceeds ${MAX_PARTS} parts of ${this.#partSize} bytes` +
+        (this.#partSize < this.#ctx.buffers.partSizeBytes ? ' (its part size followed its first chunk: push larger chunks)' : '; raise partSize'));
     }
   }
 
@@ -492,6 +708,7 @@ export class S3FileWriter implements FileWriter {
     if (this.#buf) this.#ctx.buffers.release(this.#buf);
     this.#buf = undefined;
     this.#fill = 0;
+    this.#staged = 0;
   }
 
   #enter(op: string, next: State): void {
