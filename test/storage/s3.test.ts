@@ -665,6 +665,36 @@ function s3Tests(env: S3TestEnv): void {
       expect(refused).toMatchObject({ cause: { code: 'ECONNREFUSED' } });
     });
 
+    it('reads in windows fetched ahead: exact bytes for any range, and what it holds ahead goes back when reads end', async () => {
+      fresh();
+      const rec = await recorder();
+      // Windows of 1 MiB, two ahead of the one streaming, at most 3 MiB ahead in all.
+      const d = await driver({ endpoint: rec.endpoint, maxReadAheadBytes: '3MiB' }, { readWindowBytes: MiB, readWindowsAhead: 2 });
+      const content = randomBytes(10 * MiB + 12_345);
+      await d.putContent('/ahead/blob', content);
+      let from = rec.calls.length;
+      expect(sha256(await readAll(await d.reader('/ahead/blob')))).toBe(sha256(content));
+      // A HEAD for the size, then one ranged GET per window.
+      expect(rec.calls.slice(from).filter((c) => c.op === 'GET')).toHaveLength(11);
+      for (const [offset, length] of [[0, 1], [MiB - 1, 2], [3 * MiB + 7, 5 * MiB], [10 * MiB, 12_345], [10 * MiB + 12_344, 1], [5, 20 * MiB]] as const) {
+        const got = await readAll(await d.reader('/ahead/blob', offset, length));
+        expect(sha256(got), `${offset}+${length}`).toBe(sha256(content.subarray(offset, offset + length)));
+      }
+      // Two reads at once share the 3 MiB: both still get every byte.
+      const [a, b] = await Promise.all([readAll(await d.reader('/ahead/blob')), readAll(await d.reader('/ahead/blob', MiB))]);
+      expect(sha256(a)).toBe(sha256(content));
+      expect(sha256(b)).toBe(sha256(content.subarray(MiB)));
+      expect(d.readAheadBytesInUse).toBe(0);
+      // A read given up halfway returns what it held.
+      from = rec.calls.length;
+      const stream = await d.reader('/ahead/blob');
+      await new Promise<void>((resolve) => stream.once('data', () => resolve()));
+      stream.destroy();
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(d.readAheadBytesInUse).toBe(0);
+      expect(rec.calls.slice(from).filter((c) => c.op === 'GET').length).toBeLessThanOrEqual(3);
+    });
+
     it('a CompleteMultipartUpload whose answer is lost is tried again, and the commit stands', async () => {
       fresh();
       let lost = 0;

@@ -21,6 +21,7 @@ import {
 } from './errors.js';
 import { INTERNAL_SEGMENT, Layout } from './layout.js';
 import { PartBufferPool } from './part-buffers.js';
+import { rangeFetch, type RangeFetch } from './range-fetch.js';
 import { RangedReader, ReadAhead } from './reader.js';
 import { TailCache } from './tail-cache.js';
 import type { S3Location } from './url.js';
@@ -81,7 +82,7 @@ export class S3Driver implements StorageDriver {
   readonly #writers: WriterContext;
   readonly #tails: TailCache;
   readonly #readAhead: ReadAhead;
-  readonly #read: { windowBytes: number; windowsAhead: number; maxAttempts: number; retryForMs: number };
+  readonly #read: { fetch: RangeFetch; windowBytes: number; windowsAhead: number; maxAttempts: number; retryForMs: number };
   readonly #endpoint: string | undefined;
   /**
    * A presigned GetObject URL for `path`, valid `expiresInSeconds`, so a blob GET can
@@ -99,6 +100,8 @@ export class S3Driver implements StorageDriver {
     this.#layout = new Layout(opts.prefix);
     const maxSockets = opts.maxSockets ?? 64;
     const maxAttempts = opts.maxAttempts ?? 5;
+    const httpAgent = new HttpAgent({ keepAlive: true, maxSockets });
+    const httpsAgent = new HttpsAgent({ keepAlive: true, maxSockets });
     const deadlines = deadlineSettings({ timeoutMs: opts.timeoutMs, maxAttempts });
     this.#client = new S3Client({
       region: opts.region,
@@ -114,8 +117,8 @@ export class S3Driver implements StorageDriver {
       maxAttempts,
       retryStrategy: deadlines.retryStrategy,
       requestHandler: {
-        httpAgent: new HttpAgent({ keepAlive: true, maxSockets }),
-        httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets }),
+        httpAgent,
+        httpsAgent,
         connectionTimeout: deadlines.connectionTimeout,
         // Inactivity on the socket, not the whole request: a slow 16 MiB part is fine.
         socketTimeout: deadlines.socketTimeout,
@@ -149,6 +152,7 @@ export class S3Driver implements StorageDriver {
     );
     this.#readAhead = new ReadAhead(opts.maxReadAheadBytes);
     this.#read = {
+      fetch: rangeFetch({ client: this.#client, bucket: this.bucket, httpAgent, httpsAgent, timeoutMs: opts.timeoutMs }),
       windowBytes: opts.readWindowBytes ?? READ_WINDOW_BYTES,
       windowsAhead: opts.readWindowsAhead ?? READ_WINDOWS_AHEAD,
       maxAttempts,
@@ -281,7 +285,7 @@ export class S3Driver implements StorageDriver {
         n = Math.max(0, info.size - offset);
       }
       if (n === 0) return Readable.from([], { objectMode: false });
-      return await RangedReader.open({ client: this.#client, bucket: this.bucket, key, offset, length: n, budget: this.#readAhead, ...this.#read });
+      return await RangedReader.open({ key, offset, length: n, budget: this.#readAhead, ...this.#read });
     } catch (err) {
       // 416: the object exists, and the offset is at or past its end (or it is empty).
       if (isInvalidRange(err)) return Readable.from([], { objectMode: false });
@@ -574,6 +578,11 @@ export class S3Driver implements StorageDriver {
         throw new Error(`S3 DeleteObjects failed for ${failed.length} keys, e.g. ${failed[0]!.Key}: ${failed[0]!.Code} ${failed[0]!.Message}`);
       }
     }
+  }
+
+  /** Bytes blob reads hold ahead of their clients right now (reader.ts), for tests and metrics. */
+  get readAheadBytesInUse(): number {
+    return this.#readAhead.usedBytes;
   }
 
   /** For messages: where this driver stores. */

@@ -1,7 +1,8 @@
-import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Readable } from 'node:stream';
 import { StorageUnavailableError } from '../driver.js';
 import { isStoreUnavailable } from './deadlines.js';
+import { httpStatus } from './errors.js';
+import type { RangeFetch } from './range-fetch.js';
 
 /**
  * Blob reads ahead of the client. One GET streams an object at the speed of one request's
@@ -22,8 +23,8 @@ import { isStoreUnavailable } from './deadlines.js';
  * StorageUnavailableError. The response already started, so the client sees a short body.
  */
 export interface RangedReadOptions {
-  client: S3Client;
-  bucket: string;
+  /** Sends one ranged GET (range-fetch.ts). */
+  fetch: RangeFetch;
   key: string;
   offset: number;
   length: number;
@@ -165,7 +166,9 @@ export class RangedReader extends Readable {
       } catch (err) {
         if (this.destroyed || w.abort.signal.aborted) return;
         const unavailable = isStoreUnavailable(err);
-        if (!unavailable || attempts >= this.#o.maxAttempts || Date.now() - startedAt > this.#o.retryForMs) {
+        // 403: the presigned URL may have expired with its credentials; a new one is made.
+        const again = unavailable || (httpStatus(err) === 403 && attempts === 1);
+        if (!again || attempts >= this.#o.maxAttempts || Date.now() - startedAt > this.#o.retryForMs) {
           this.destroy(unavailable && !(err instanceof StorageUnavailableError)
             ? new StorageUnavailableError(`S3 GET of ${this.#o.key} failed: ${(err as Error).message}`, { cause: err })
             : err as Error);
@@ -202,13 +205,9 @@ export class RangedReader extends Readable {
 
   /** A ranged GET of [from, w.end); resolves with its body once the store answered. */
   async #request(w: Window, from: number): Promise<Readable> {
-    const out = await this.#o.client.send(
-      new GetObjectCommand({ Bucket: this.#o.bucket, Key: this.#o.key, Range: `bytes=${from}-${w.end - 1}` }),
-      { abortSignal: w.abort.signal },
-    );
-    const total = /\/(\d+)$/.exec(out.ContentRange ?? '')?.[1];
-    if (total !== undefined) w.objectSize = Number(total);
-    w.body = out.Body as Readable;
+    const answer = await this.#o.fetch(this.#o.key, from, w.end, w.abort.signal);
+    w.objectSize = answer.objectSize;
+    w.body = answer.body;
     return w.body;
   }
 

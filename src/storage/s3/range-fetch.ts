@@ -1,0 +1,90 @@
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import http from 'node:http';
+import https from 'node:https';
+import type { Readable } from 'node:stream';
+
+/**
+ * Ranged GETs for blob reads (reader.ts), sent over plain node:http to a presigned
+ * GetObject URL instead of through the SDK: a read of a GiB in 8 MiB windows is 128 GETs,
+ * and the SDK spends about a millisecond of CPU on each (middleware, signing, its response
+ * wrapper), node:http a tenth of that. The URL is signed once per object and reused for a
+ * while (the Range header is not part of a presigned signature).
+ *
+ * Deadlines as for every store request (deadlines.ts): no progress on the socket for
+ * `timeoutMs`, connecting included, fails the request with a TimeoutError; the caller
+ * retries. A failed answer becomes an error shaped like the SDK's (`$metadata.httpStatusCode`,
+ * `name` from the S3 error code), so errors.ts reads both alike.
+ */
+export interface RangeFetchOptions {
+  client: S3Client;
+  bucket: string;
+  httpAgent: http.Agent;
+  httpsAgent: https.Agent;
+  timeoutMs: number;
+}
+
+/** A store answer to a ranged GET: its body, and the object's whole size (Content-Range). */
+export interface RangeAnswer {
+  body: Readable;
+  objectSize: number | undefined;
+}
+
+export type RangeFetch = (key: string, from: number, to: number, signal: AbortSignal) => Promise<RangeAnswer>;
+
+/** Presigned URLs are good for an hour and reused for half of it. */
+const URL_EXPIRY_SECONDS = 3600;
+const URL_REUSE_MS = 30 * 60 * 1000;
+const MAX_URLS = 1000;
+
+export function rangeFetch(o: RangeFetchOptions): RangeFetch {
+  const urls = new Map<string, { url: Promise<string>; signedAt: number }>();
+  const urlOf = (key: string): Promise<string> => {
+    const now = Date.now();
+    const known = urls.get(key);
+    if (known && now - known.signedAt < URL_REUSE_MS) return known.url;
+    const url = getSignedUrl(o.client, new GetObjectCommand({ Bucket: o.bucket, Key: key }), { expiresIn: URL_EXPIRY_SECONDS });
+    urls.delete(key);
+    urls.set(key, { url, signedAt: now });
+    url.catch(() => urls.delete(key));
+    while (urls.size > MAX_URLS) urls.delete(urls.keys().next().value!);
+    return url;
+  };
+
+  return async (key, from, to, signal) => {
+    const url = new URL(await urlOf(key));
+    const secure = url.protocol === 'https:';
+    return new Promise<RangeAnswer>((resolve, reject) => {
+      const req = (secure ? https : http).request(url, {
+        agent: secure ? o.httpsAgent : o.httpAgent,
+        headers: { range: `bytes=${from}-${to - 1}` },
+        signal,
+      }, (res) => {
+        const status = res.statusCode ?? 0;
+        if (status === 200 || status === 206) {
+          const total = /\/(\d+)$/.exec(res.headers['content-range'] ?? '')?.[1];
+          resolve({ body: res, objectSize: total === undefined ? undefined : Number(total) });
+          return;
+        }
+        // An S3 error document: keep its code for errors.ts.
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => {
+          if (text.length < 4096) text += c;
+        });
+        res.on('error', reject);
+        res.on('end', () => {
+          const code = /<Code>([^<]+)<\/Code>/.exec(text)?.[1] ?? `HTTP ${status}`;
+          if (status === 403 && code !== 'AccessDenied') urls.delete(key);
+          reject(Object.assign(new Error(`S3 GET of ${key}: ${code}`), { name: code, $metadata: { httpStatusCode: status } }));
+        });
+      });
+      // Inactivity on the socket, from connecting to the last byte of the body.
+      req.setTimeout(o.timeoutMs, () => {
+        req.destroy(Object.assign(new Error(`S3 GET of ${key}: no progress for ${o.timeoutMs} ms`), { name: 'TimeoutError' }));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+  };
+}
