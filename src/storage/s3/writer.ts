@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream';
 import { PathNotFoundError, StorageUnavailableError, type FileWriter } from '../driver.js';
 import { httpStatus, isNoSuchKey, isNoSuchUpload } from './errors.js';
 import type { Layout } from './layout.js';
-import type { PartBuffer, PartBufferPool } from './part-buffers.js';
+import { PartBufferWaitError, type PartBuffer, type PartBufferPool } from './part-buffers.js';
 import type { TailCache } from './tail-cache.js';
 import { MIN_PART_BYTES } from './url.js';
 
@@ -180,7 +180,9 @@ export function partSizeFor(bufferBytes: number, hintBytes: number | undefined):
 
 /**
  * A part buffer for a writer: a free one, else the buffer of a held tail (tail-cache.ts),
- * else the next one returned to the pool, in line with the other writers.
+ * else the next one returned to the pool, in line with the other writers. A wait that
+ * times out (the buffers' holders are stuck, e.g. on a store that stopped answering) is
+ * StorageUnavailableError: the client gets 503 and tries again later.
  */
 async function acquireBuffer(ctx: WriterContext): Promise<PartBuffer> {
   if (ctx.buffers.waiting === 0) {
@@ -190,7 +192,12 @@ async function acquireBuffer(ctx: WriterContext): Promise<PartBuffer> {
     // Writers are already waiting: free one buffer for the line, and join it.
     ctx.tails.evictOne();
   }
-  return ctx.buffers.acquire(ctx.bufferWaitTimeoutMs);
+  try {
+    return await ctx.buffers.acquire(ctx.bufferWaitTimeoutMs);
+  } catch (err) {
+    if (err instanceof PartBufferWaitError) throw new StorageUnavailableError(err.message, { cause: err });
+    throw err;
+  }
 }
 
 type State = 'open' | 'writing' | 'closed' | 'committed' | 'cancelled';
