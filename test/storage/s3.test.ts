@@ -397,16 +397,17 @@ function s3Tests(env: S3TestEnv): void {
     it('bounds the buffers: a writer waits for one and gives up after the timeout', async () => {
       fresh();
       // One part buffer for the whole driver.
-      const d = await driver({ maxBufferedBytes: '5MiB', maxPartsInFlight: '1' }, { bufferWaitTimeoutMs: 300 });
+      const d = await driver({ maxBufferedBytes: '5MiB', maxPartsInFlight: '1' });
       const content = randomBytes(4 * PART + 17);
       const w = await d.writer('/b/one', false);
       // Every full part has to be uploaded before the next byte has a buffer.
       for (let pos = 0; pos < content.length; pos += MiB) await w.write(content.subarray(pos, pos + MiB));
-      // w holds the buffer (its 17-byte tail) until close.
       await w.close();
-      const holder = await d.writer('/b/two', false);
+      // Another instance whose one buffer is held by a writer: the next one gives up waiting.
+      const other = await driver({ maxBufferedBytes: '5MiB', maxPartsInFlight: '1' }, { bufferWaitTimeoutMs: 300 });
+      const holder = await other.writer('/b/two', false);
       await holder.write(Buffer.from('holds the only buffer'));
-      const blocked = await d.writer('/b/three', false);
+      const blocked = await other.writer('/b/three', false);
       const waited = await blocked.write(Buffer.from('x')).then(() => undefined, (e: unknown) => e);
       // The client gets 503: the buffers' holders are stuck, try again later.
       expect(waited).toBeInstanceOf(StorageUnavailableError);
@@ -696,6 +697,27 @@ function s3Tests(env: S3TestEnv): void {
       await new Promise((resolve) => setImmediate(resolve));
       expect(d.readAheadBytesInUse).toBe(0);
       expect(rec.calls.slice(from).filter((c) => c.op === 'GET').length).toBeLessThanOrEqual(3);
+    });
+
+    it('a client slower than the store\'s deadline still gets every byte: the read pauses, and asks again when the client is back', async () => {
+      fresh();
+      const rec = await recorder();
+      // No read-ahead: the head is one GET for everything, paused once the client lags 1 MiB.
+      const d = await driver({ endpoint: rec.endpoint, maxReadAheadBytes: '0', timeout: '1s' }, { readWindowBytes: MiB });
+      const content = randomBytes(8 * MiB + 1);
+      await d.putContent('/slow/blob', content);
+      const from = rec.calls.length;
+      const stream = await d.reader('/slow/blob', 0, content.length);
+      const got: Buffer[] = [];
+      const first = await new Promise<Buffer>((resolve) => stream.once('data', resolve));
+      got.push(first);
+      stream.pause();
+      // Longer than the 1 s without progress after which the store's GET is given up.
+      await new Promise((resolve) => setTimeout(resolve, 2500));
+      got.push(await readAll(stream));
+      expect(sha256(Buffer.concat(got))).toBe(sha256(content));
+      expect(rec.calls.slice(from).filter((c) => c.op === 'GET').length).toBeGreaterThanOrEqual(2);
+      expect(d.readAheadBytesInUse).toBe(0);
     });
 
     it('a CompleteMultipartUpload whose answer is lost is tried again, and the commit stands', async () => {

@@ -61,7 +61,7 @@ export interface S3DriverOptions extends S3Location {
 /** putContent above this size gets its MD5 from the pool; below, node:crypto is faster than a round trip. */
 const INLINE_MD5_MAX_BYTES = 1024 * 1024;
 const DELETE_BATCH = 1000;
-const READ_WINDOW_BYTES = 8 * 1024 * 1024;
+const READ_WINDOW_BYTES = 16 * 1024 * 1024;
 const READ_WINDOWS_AHEAD = 3;
 /** Uploads whose last state this instance remembers (tail-cache.ts); their buffers are bounded by the pool. */
 const MAX_HELD_TAILS = 4096;

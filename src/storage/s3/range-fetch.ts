@@ -75,7 +75,8 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
         res.on('error', reject);
         res.on('end', () => {
           const code = /<Code>([^<]+)<\/Code>/.exec(text)?.[1] ?? `HTTP ${status}`;
-          if (status === 403 && code !== 'AccessDenied') urls.delete(key);
+          // Refused: perhaps the URL outlived its credentials (it answers AccessDenied then); sign anew.
+          if (status === 403) urls.delete(key);
           reject(Object.assign(new Error(`S3 GET of ${key}: ${code}`), { name: code, $metadata: { httpStatusCode: status } }));
         });
       });

@@ -5,22 +5,27 @@ import { httpStatus } from './errors.js';
 import type { RangeFetch } from './range-fetch.js';
 
 /**
- * Blob reads ahead of the client. One GET streams an object at the speed of one request's
- * path through the store (one OSD read after another, here); a pull goes faster when the
- * next ranges are already being fetched while the client takes the current one, which is
- * what distribution's s3 driver does not do.
+ * Blob reads, fetched ahead of the client. One GET streams an object at the pace of one
+ * request's path through the store; a pull goes faster when the next ranges are already on
+ * their way while the client takes the current one, which distribution's s3 driver does not
+ * do. Measured on this machine's radosgw: 16 MiB ranges four at a time fetch a 256 MiB
+ * object about 1.3x as fast as one GET.
  *
- * A read of [offset, offset + length) is cut into windows of `windowBytes`, each one ranged
- * GET. The first window streams to the client as it arrives; up to `windowsAhead` further
- * windows are fetched at the same time into memory and handed on in order. Every window's
- * body is read as fast as the store sends it, never paused for a slow client (whose
- * slowness would otherwise look like a dead store to the no-progress deadline), so what one
- * read holds is bounded by (1 + windowsAhead) x windowBytes, and what all reads hold ahead
- * by the driver-wide ReadAhead budget: without budget, a read fetches one window at a time.
+ * The read's head streams to the client as it arrives. When the driver-wide ReadAhead budget
+ * has room, the head is one window of `windowBytes`, and up to `windowsAhead` further windows
+ * are fetched at the same time into memory and handed on in order; the budget is given back
+ * as the client takes them. Without room (many pulls at once, which keep the store busy by
+ * themselves), the head is one GET for all that is left, as a plain read would be. So one
+ * read holds at most (1 + windowsAhead) x windowBytes, and all reads together their heads
+ * plus the budget.
  *
- * A window whose body breaks off (reset, no progress) is asked again for the bytes it still
- * owes, within the driver's deadlines (deadlines.ts); then the read fails with
- * StorageUnavailableError. The response already started, so the client sees a short body.
+ * Windows ahead are read as fast as the store sends them. The head is paused while the
+ * client lags by more than a window; if its GET then times out for want of progress (the
+ * deadline, see deadlines.ts, cannot tell a slow client from a dead store), it is asked
+ * again for what it still owes once the client catches up. A GET that breaks off otherwise
+ * (reset, store timeout) is asked again within the driver's deadlines; after that the read
+ * fails with StorageUnavailableError. The response has started by then: the client sees a
+ * short body.
  */
 export interface RangedReadOptions {
   /** Sends one ranged GET (range-fetch.ts). */
@@ -31,13 +36,13 @@ export interface RangedReadOptions {
   windowBytes: number;
   windowsAhead: number;
   budget: ReadAhead;
-  /** A broken window body is asked again this many times at most... */
+  /** A broken GET is asked again this many times at most... */
   maxAttempts: number;
-  /** ...and only this long after its first request. */
+  /** ...and only this long after the window's first request. */
   retryForMs: number;
 }
 
-/** The bytes all reads may hold ahead of their clients (windows beyond each read's first). */
+/** The bytes all reads may hold ahead of their clients (windows beyond each read's head). */
 export class ReadAhead {
   readonly maxBytes: number;
   #used = 0;
@@ -46,8 +51,12 @@ export class ReadAhead {
     this.maxBytes = maxBytes;
   }
 
+  canTake(bytes: number): boolean {
+    return this.#used + bytes <= this.maxBytes;
+  }
+
   tryTake(bytes: number): boolean {
-    if (this.#used + bytes > this.maxBytes) return false;
+    if (!this.canTake(bytes)) return false;
     this.#used += bytes;
     return true;
   }
@@ -64,15 +73,22 @@ export class ReadAhead {
 interface Window {
   readonly start: number;
   end: number;
-  /** From the answer's Content-Range. */
-  objectSize?: number;
+  /** Bytes taken from the budget (0 for the head). */
+  charged: number;
   readonly chunks: Buffer[];
+  /** Bytes in `chunks`. */
+  held: number;
   received: number;
   done: boolean;
-  /** Bytes taken from the budget (0 for a window that streams). */
-  charged: number;
-  readonly abort: AbortController;
+  /** The current GET's body, while it runs. */
   body?: Readable;
+  /** Paused for a lagging client. */
+  paused: boolean;
+  /** Its GET broke off while paused: asked again once the client catches up. */
+  dropped: boolean;
+  attempts: number;
+  firstRequestAt: number;
+  readonly abort: AbortController;
 }
 
 export class RangedReader extends Readable {
@@ -92,21 +108,20 @@ export class RangedReader extends Readable {
   }
 
   /**
-   * Starts the read; resolves once the store has answered the first window, so that a
-   * missing object or an unreachable store fails here, before the caller has answered.
+   * Starts the read; resolves once the store has answered the head's GET, so that a missing
+   * object or an unreachable store fails here, before the caller has answered its client.
    */
   static async open(o: RangedReadOptions): Promise<RangedReader> {
     const r = new RangedReader(o);
-    const first = r.#startWindow(0);
-    const answered = r.#request(first, first.start);
-    const size = await answered.then(() => first.objectSize);
-    if (size !== undefined && size < r.#end) {
+    const head = r.#startHead();
+    const answer = await o.fetch(o.key, head.start, head.end, head.abort.signal);
+    if (answer.objectSize !== undefined && answer.objectSize < r.#end) {
       // Asked past the end: the object ends sooner (the store's Content-Range says where).
-      r.#end = size;
-      first.end = Math.min(first.end, size);
-      r.#next = first.end;
+      r.#end = answer.objectSize;
+      head.end = Math.min(head.end, r.#end);
+      r.#next = head.end;
     }
-    void r.#fetch(first, answered);
+    r.#take(head, answer.body);
     r.#fillAhead();
     return r;
   }
@@ -125,97 +140,138 @@ export class RangedReader extends Readable {
     callback(err);
   }
 
-  #startWindow(charged: number): Window {
+  /** The next head: one window when there is budget to read ahead of it, else all that is left. */
+  #startHead(): Window {
+    const rest = this.#end - this.#next;
+    const windowed = this.#o.windowsAhead > 0 && rest > this.#o.windowBytes &&
+      this.#o.budget.canTake(Math.min(rest - this.#o.windowBytes, this.#o.windowBytes));
+    return this.#startWindow(windowed ? this.#o.windowBytes : rest, 0);
+  }
+
+  #startWindow(bytes: number, charged: number): Window {
     const start = this.#next;
-    const end = Math.min(this.#end, start + this.#o.windowBytes);
+    const end = Math.min(this.#end, start + bytes);
     this.#next = end;
-    const w: Window = { start, end, chunks: [], received: 0, done: false, charged, abort: new AbortController() };
+    const w: Window = {
+      start, end, charged, chunks: [], held: 0, received: 0, done: false, paused: false, dropped: false,
+      attempts: 1, firstRequestAt: Date.now(), abort: new AbortController(),
+    };
     this.#windows.push(w);
     return w;
   }
 
-  /** Starts windows ahead while this read and the budget allow; the head window needs no budget. */
+  /** Starts windows ahead while this read and the budget allow; starts a head when there is none. */
   #fillAhead(): void {
     while (this.#next < this.#end && !this.destroyed) {
       if (this.#windows.length === 0) {
-        const w = this.#startWindow(0);
-        void this.#fetch(w, this.#request(w, w.start));
+        this.#request(this.#startHead());
         continue;
       }
       if (this.#windows.length > this.#o.windowsAhead) return;
       const bytes = Math.min(this.#end - this.#next, this.#o.windowBytes);
       if (!this.#o.budget.tryTake(bytes)) return;
-      const w = this.#startWindow(bytes);
-      void this.#fetch(w, this.#request(w, w.start));
+      this.#request(this.#startWindow(bytes, bytes));
     }
   }
 
-  /** Reads a window's body, asking again for what a broken body still owes. */
-  async #fetch(w: Window, answered: Promise<Readable>): Promise<void> {
-    const startedAt = Date.now();
-    let attempts = 1;
-    let body = answered;
-    for (;;) {
-      try {
-        await this.#take(w, await body);
-        if (w.received !== w.end - w.start) throw new Error(`S3 GET of ${this.#o.key}: ${w.received} of ${w.end - w.start} bytes`);
-        w.done = true;
-        w.body = undefined;
-        this.#drain();
-        return;
-      } catch (err) {
-        if (this.destroyed || w.abort.signal.aborted) return;
-        const unavailable = isStoreUnavailable(err);
-        // 403: the presigned URL may have expired with its credentials; a new one is made.
-        const again = unavailable || (httpStatus(err) === 403 && attempts === 1);
-        if (!again || attempts >= this.#o.maxAttempts || Date.now() - startedAt > this.#o.retryForMs) {
-          this.destroy(unavailable && !(err instanceof StorageUnavailableError)
-            ? new StorageUnavailableError(`S3 GET of ${this.#o.key} failed: ${(err as Error).message}`, { cause: err })
-            : err as Error);
-          return;
-        }
-        attempts++;
-        body = this.#request(w, w.start + w.received);
-      }
-    }
+  /** Asks for what the window still owes. */
+  #request(w: Window): void {
+    this.#o.fetch(this.#o.key, w.start + w.received, w.end, w.abort.signal).then(
+      (answer) => this.#take(w, answer.body),
+      (err: unknown) => this.#broken(w, err),
+    );
   }
 
   /**
    * Collects a body's chunks into its window as they come ('data' events: an async iterator
    * costs a promise per 64 KiB, which a pull of a GiB notices), handing on the head's at once.
    */
-  #take(w: Window, body: Readable): Promise<void> {
-    return new Promise((resolve, reject) => {
-      body.on('data', (b: Buffer) => {
-        w.received += b.length;
-        if (w.received > w.end - w.start) {
-          body.destroy(new Error(`S3 GET of ${this.#o.key}: more bytes than the range asked for`));
-          return;
+  #take(w: Window, body: Readable): void {
+    if (this.destroyed) {
+      body.destroy();
+      return;
+    }
+    w.body = body;
+    body.on('data', (b: Buffer) => {
+      w.received += b.length;
+      if (w.start + w.received > w.end) {
+        body.destroy(new Error(`S3 GET of ${this.#o.key}: more bytes than the range asked for`));
+        return;
+      }
+      w.chunks.push(b);
+      w.held += b.length;
+      if (w === this.#windows[0]) {
+        if (this.#wanting) this.#drain();
+        if (w.held > this.#o.windowBytes && !w.paused) {
+          // The client lags a window behind: stop taking from the store until it catches up.
+          w.paused = true;
+          body.pause();
         }
-        w.chunks.push(b);
-        if (w === this.#windows[0] && this.#wanting) this.#drain();
-      });
-      body.once('end', resolve);
-      body.once('error', reject);
-      body.once('close', () => {
-        if (!body.readableEnded) reject(new Error(`S3 GET of ${this.#o.key}: the body was cut off`));
-      });
+      }
+    });
+    body.once('end', () => {
+      if (w.body !== body) return;
+      w.body = undefined;
+      if (w.start + w.received !== w.end) {
+        this.#broken(w, new Error(`S3 GET of ${this.#o.key}: ${w.received} of ${w.end - w.start} bytes`));
+        return;
+      }
+      w.done = true;
+      this.#drain();
+    });
+    body.once('error', (err) => {
+      if (w.body !== body) return;
+      w.body = undefined;
+      this.#broken(w, err);
+    });
+    body.once('close', () => {
+      if (w.body !== body) return;
+      w.body = undefined;
+      this.#broken(w, new Error(`S3 GET of ${this.#o.key}: the answer was cut off`));
     });
   }
 
-  /** A ranged GET of [from, w.end); resolves with its body once the store answered. */
-  async #request(w: Window, from: number): Promise<Readable> {
-    const answer = await this.#o.fetch(this.#o.key, from, w.end, w.abort.signal);
-    w.objectSize = answer.objectSize;
-    w.body = answer.body;
-    return w.body;
+  /** A GET failed or broke off: ask again within the deadlines, or fail the read. */
+  #broken(w: Window, err: unknown): void {
+    if (this.destroyed || w.abort.signal.aborted) return;
+    if (w.paused) {
+      // Our own pause starved it: not the store's fault. Ask again when the client is back.
+      w.dropped = true;
+      return;
+    }
+    const unavailable = isStoreUnavailable(err);
+    // 403: the presigned URL may have expired with its credentials; a new one is made.
+    const again = unavailable || (httpStatus(err) === 403 && w.attempts === 1);
+    if (!again || w.attempts >= this.#o.maxAttempts || Date.now() - w.firstRequestAt > this.#o.retryForMs) {
+      this.destroy(unavailable && !(err instanceof StorageUnavailableError)
+        ? new StorageUnavailableError(`S3 GET of ${this.#o.key} failed: ${(err as Error).message}`, { cause: err })
+        : err as Error);
+      return;
+    }
+    w.attempts++;
+    this.#request(w);
   }
 
   /** Hands on what the head window has, in order, while the consumer wants more. */
   #drain(): void {
     while (this.#wanting && this.#windows.length > 0) {
       const head = this.#windows[0]!;
-      while (head.chunks.length > 0 && this.#wanting) this.#wanting = this.push(head.chunks.shift()!);
+      while (head.chunks.length > 0 && this.#wanting) {
+        const chunk = head.chunks.shift()!;
+        head.held -= chunk.length;
+        this.#wanting = this.push(chunk);
+      }
+      if (head.paused && head.held <= this.#o.windowBytes / 2) {
+        head.paused = false;
+        if (head.dropped) {
+          head.dropped = false;
+          head.attempts = 1;
+          head.firstRequestAt = Date.now();
+          this.#request(head);
+        } else {
+          head.body?.resume();
+        }
+      }
       if (head.chunks.length > 0 || !head.done) return;
       this.#windows.shift();
       if (head.charged > 0) this.#o.budget.give(head.charged);
