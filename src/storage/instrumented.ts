@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream';
 import { channels, type StorageRequestMessage } from '../diagnostics.js';
 import {
   isPathNotFound, type FileInfo, type FileWriter, type IncompleteWrite, type ListOptions, type ListPage, type PutOptions, type StorageDriver,
+  type WriterOptions,
 } from './driver.js';
 
 /**
@@ -65,8 +66,8 @@ export class InstrumentedDriver implements StorageDriver {
     return this.#observe('reader', () => this.#base.reader(path, offset, length));
   }
 
-  async writer(path: string, append: boolean): Promise<FileWriter> {
-    return new InstrumentedWriter(await this.#observe('writer', () => this.#base.writer(path, append)), this.name);
+  async writer(path: string, append: boolean, opts?: WriterOptions): Promise<FileWriter> {
+    return new InstrumentedWriter(await this.#observe('writer', () => this.#base.writer(path, append, opts)), this.name);
   }
 
   stat(path: string): Promise<FileInfo> {

@@ -2,7 +2,9 @@ import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import http from 'node:http';
 import https from 'node:https';
+import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
+import { channels, type S3RequestMessage } from '../../diagnostics.js';
 
 /**
  * Ranged GETs for blob reads (reader.ts), sent over plain node:http to a presigned
@@ -14,7 +16,8 @@ import type { Readable } from 'node:stream';
  * Deadlines as for every store request (deadlines.ts): no progress on the socket for
  * `timeoutMs`, connecting included, fails the request with a TimeoutError; the caller
  * retries. A failed answer becomes an error shaped like the SDK's (`$metadata.httpStatusCode`,
- * `name` from the S3 error code), so errors.ts reads both alike.
+ * `name` from the S3 error code), so errors.ts reads both alike. Each GET is reported on the
+ * `hoist:s3:request` channel as GetObject, like the SDK's commands (driver.ts).
  */
 export interface RangeFetchOptions {
   client: S3Client;
@@ -54,6 +57,11 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
   return async (key, from, to, signal) => {
     const url = new URL(await urlOf(key));
     const secure = url.protocol === 'https:';
+    const ch = channels.s3Request;
+    const t0 = ch.hasSubscribers ? performance.now() : 0;
+    const report = (error: string | undefined): void => {
+      if (ch.hasSubscribers) ch.publish({ operation: 'GetObject', attempts: 1, error, ms: performance.now() - t0 } satisfies S3RequestMessage);
+    };
     return new Promise<RangeAnswer>((resolve, reject) => {
       const req = (secure ? https : http).request(url, {
         agent: secure ? o.httpsAgent : o.httpAgent,
@@ -63,6 +71,9 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
         const status = res.statusCode ?? 0;
         if (status === 200 || status === 206) {
           const total = /\/(\d+)$/.exec(res.headers['content-range'] ?? '')?.[1];
+          // Reported once the body has been read, or broke off.
+          res.once('end', () => report(undefined));
+          res.once('error', (err: Error & { code?: string }) => report(err.name && err.name !== 'Error' ? err.name : (err.code ?? 'Error')));
           resolve({ body: res, objectSize: total === undefined ? undefined : Number(total) });
           return;
         }
@@ -75,6 +86,7 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
         res.on('error', reject);
         res.on('end', () => {
           const code = /<Code>([^<]+)<\/Code>/.exec(text)?.[1] ?? `HTTP ${status}`;
+          report(code);
           // Refused: perhaps the URL outlived its credentials (it answers AccessDenied then); sign anew.
           if (status === 403) urls.delete(key);
           reject(Object.assign(new Error(`S3 GET of ${key}: ${code}`), { name: code, $metadata: { httpStatusCode: status } }));
@@ -84,7 +96,10 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
       req.setTimeout(o.timeoutMs, () => {
         req.destroy(Object.assign(new Error(`S3 GET of ${key}: no progress for ${o.timeoutMs} ms`), { name: 'TimeoutError' }));
       });
-      req.on('error', reject);
+      req.on('error', (err: Error & { code?: string }) => {
+        report(err.name && err.name !== 'Error' ? err.name : (err.code ?? 'Error'));
+        reject(err);
+      });
       req.end();
     });
   };
