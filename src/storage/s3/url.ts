@@ -9,8 +9,8 @@
  *   partSize=16MiB          size of every non-final multipart part, 5 MiB to 5 GiB
  *   maxPartsInFlight=4      parts one upload sends at once
  *   maxBufferedBytes=256MiB part buffers held by all uploads together (at least one part)
- *   maxReadAheadBytes=128MiB  what blob reads may fetch ahead of their clients, all together
- *                           (reader.ts; 0: each read fetches one range at a time)
+ *   maxReadAheadBytes=128MiB  what blob reads may have requested ahead of their clients, all
+ *                           together (reader.ts; 0: each read is one GET)
  *   redirect=true           blob GETs may answer 307 to a presigned URL (driver.redirectURL)
  *   timeout=15s             a store request that makes no progress this long fails (and is
  *                           retried while 2x this has not passed since its first try)

@@ -25,8 +25,8 @@ describe('partSizeFor (an upload\'s part size from its first chunk\'s announced 
     expect(partSizeFor(16 * MiB, 20 * MiB)).toBe(10 * MiB);
     expect(partSizeFor(16 * MiB, 300 * MiB)).toBe(15 * MiB);
     expect(partSizeFor(16 * MiB, 100_000_000)).toBe(12_500_000);
-    // Nothing between 5 MiB and the buffer divides it: the buffer size (the chunks leave tails).
     expect(partSizeFor(16 * MiB, 20 * MiB + 1)).toBe((20 * MiB + 1) / 3);
+    // Nothing between 5 MiB and the buffer divides it: the buffer size (the chunks leave tails).
     expect(partSizeFor(16 * MiB, 20 * MiB + 5)).toBe(16 * MiB);
     expect(partSizeFor(8 * MiB, 9 * MiB)).toBe(8 * MiB);
   });
