@@ -96,8 +96,15 @@ function token(count: number, delay: number, startedAt: number): Token {
 /** Node's codes for a connection that failed or broke (no response from the store). */
 const NETWORK_ERROR_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNABORTED', 'EAI_AGAIN']);
 
+/** A request timed out for want of progress (node-http-handler's TimeoutError, or range-fetch.ts's). */
+export function isTimeout(err: unknown): boolean {
+  const e = err as { name?: string; cause?: { name?: string } } | undefined;
+  return e?.name === 'TimeoutError' || e?.cause?.name === 'TimeoutError';
+}
+
 /** The store did not answer, or answered with a server error (after the retries). */
 export function isStoreUnavailable(err: unknown): boolean {
+  if (err instanceof StorageUnavailableError) return true;
   const status = httpStatus(err);
   if (status !== undefined) return status >= 500;
   const e = err as { name?: string; code?: string } | undefined;
@@ -114,7 +121,7 @@ export function reportUnavailable(client: S3Client): void {
       try {
         return await next(args);
       } catch (err) {
-        if (!isStoreUnavailable(err)) throw err;
+        if (err instanceof StorageUnavailableError || !isStoreUnavailable(err)) throw err;
         const what = `${context.commandName?.replace(/Command$/, '') ?? 'request'}`;
         throw new StorageUnavailableError(`S3 ${what} failed: ${(err as Error).message || (err as Error).name}`, { cause: err });
       }

@@ -5,6 +5,7 @@ import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
+import { StorageUnavailableError } from '../driver.js';
 
 /**
  * Ranged GETs for blob reads (reader.ts), sent over plain node:http to a presigned
@@ -14,8 +15,9 @@ import { channels, type S3RequestMessage } from '../../diagnostics.js';
  * while (the Range header is not part of a presigned signature).
  *
  * Deadlines as for every store request (deadlines.ts): no progress on the socket for
- * `timeoutMs`, connecting included, fails the request with a TimeoutError; the caller
- * retries. A failed answer becomes an error shaped like the SDK's (`$metadata.httpStatusCode`,
+ * `timeoutMs`, connecting included, fails the request, or its body while it is being read,
+ * with a StorageUnavailableError whose cause is a TimeoutError; the caller retries. A body
+ * that nobody reads is not timed out (the reader holds it back, not the store). A failed answer becomes an error shaped like the SDK's (`$metadata.httpStatusCode`,
  * `name` from the S3 error code), so errors.ts reads both alike. Each GET is reported on the
  * `hoist:s3:request` channel as GetObject, like the SDK's commands (driver.ts).
  */
@@ -63,6 +65,7 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
       if (ch.hasSubscribers) ch.publish({ operation: 'GetObject', attempts: 1, error, ms: performance.now() - t0 } satisfies S3RequestMessage);
     };
     return new Promise<RangeAnswer>((resolve, reject) => {
+      let body: http.IncomingMessage | undefined;
       const req = (secure ? https : http).request(url, {
         agent: secure ? o.httpsAgent : o.httpAgent,
         headers: { range: `bytes=${from}-${to - 1}` },
@@ -70,6 +73,7 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
       }, (res) => {
         const status = res.statusCode ?? 0;
         if (status === 200 || status === 206) {
+          body = res;
           const total = /\/(\d+)$/.exec(res.headers['content-range'] ?? '')?.[1];
           // Reported once the body has been read, or broke off.
           res.once('end', () => report(undefined));
@@ -93,8 +97,19 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
         });
       });
       // Inactivity on the socket, from connecting to the last byte of the body.
-      req.setTimeout(o.timeoutMs, () => {
-        req.destroy(Object.assign(new Error(`S3 GET of ${key}: no progress for ${o.timeoutMs} ms`), { name: 'TimeoutError' }));
+      req.setTimeout(o.timeoutMs);
+      req.on('timeout', () => {
+        if (body && body.readableFlowing !== true) {
+          // Nobody is reading the body (a paused client, a window waiting for its turn): the
+          // store is not to blame for the quiet. The deadline starts over.
+          req.setTimeout(o.timeoutMs);
+          return;
+        }
+        const timeout = Object.assign(new Error(`no progress for ${o.timeoutMs} ms`), { name: 'TimeoutError' });
+        const err = new StorageUnavailableError(`S3 GET of ${key}: no progress for ${o.timeoutMs} ms`, { cause: timeout });
+        // The body's reader hears of it as the body's error; the request's, as a rejection.
+        body?.destroy(err);
+        req.destroy(err);
       });
       req.on('error', (err: Error & { code?: string }) => {
         report(err.name && err.name !== 'Error' ? err.name : (err.code ?? 'Error'));

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import { StorageUnavailableError } from '../driver.js';
-import { isStoreUnavailable } from './deadlines.js';
+import { isStoreUnavailable, isTimeout } from './deadlines.js';
 import { httpStatus } from './errors.js';
 import type { RangeFetch } from './range-fetch.js';
 
@@ -23,11 +23,12 @@ import type { RangeFetch } from './range-fetch.js';
  * the head is one GET for all that is left. The budget counts each waiting window whole, an
  * upper bound of what it can hold.
  *
- * A paused GET can time out for want of progress (the deadline, deadlines.ts, cannot tell a
- * slow client from a dead store): it is asked again for what it still owes when its turn
- * comes. A GET that breaks off while streaming (reset, store timeout) is asked again within
- * the driver's deadlines; after that the read fails with StorageUnavailableError. The
- * response has started by then: the client sees a short body.
+ * A GET that nobody reads is not timed out (range-fetch.ts), but the store may drop it: it
+ * is asked again for what it still owes when its turn comes. A window's GET that breaks off
+ * while streaming (reset, no progress) is asked again within the driver's deadlines; after
+ * that the read fails with StorageUnavailableError. A read without windows (no budget) is
+ * the store's answer itself and is not asked again. Either way the response has started by
+ * then: the client sees a short body.
  */
 export interface RangedReadOptions {
   /** Sends one ranged GET (range-fetch.ts). */
@@ -106,11 +107,15 @@ export class RangedReader extends Readable {
   /**
    * Starts the read; resolves once the store has answered the head's GET, so that a missing
    * object or an unreachable store fails here, before the caller has answered its client.
+   * Without room to read ahead, the read is the store's answer itself, handed over as it is
+   * (a stream in between would cost CPU on every chunk; range-fetch.ts does not time out a
+   * body its reader holds paused).
    */
-  static async open(o: RangedReadOptions): Promise<RangedReader> {
+  static async open(o: RangedReadOptions): Promise<Readable> {
     const r = new RangedReader(o);
     const head = r.#startHead();
     const answer = await o.fetch(o.key, head.start, head.end, head.abort.signal);
+    if (head.end === r.#end) return answer.body;
     if (answer.objectSize !== undefined && answer.objectSize < r.#end) {
       // Asked past the end: the object ends sooner (the store's Content-Range says where).
       r.#end = answer.objectSize;
@@ -240,7 +245,7 @@ export class RangedReader extends Readable {
   #broken(w: Window, err: unknown): void {
     if (this.destroyed || w.abort.signal.aborted) return;
     const taking = w === this.#windows[0] && this.#wanting;
-    if (!taking && (err as { name?: string } | undefined)?.name === 'TimeoutError') {
+    if (!taking && isTimeout(err)) {
       // Nobody was taking its bytes (it waited for its turn, or for the client): the deadline
       // ran out on our account, not the store's. Asked again when its bytes are wanted.
       w.dropped = true;
