@@ -296,7 +296,7 @@ function s3Tests(env: S3TestEnv): void {
       await w1.close();
       const before = await staging();
       // A writer that lost its right to write (its upload lock ran out). (Not past a part:
-      // radosgw refuses to complete an upload that holds parts its completion does not list.)
+      // parts it leaves behind are the next test's.)
       const w2 = await d.writer('/ab/data', true);
       await w2.write(randomBytes(PART - 1000));
       await w2.abandon!();
@@ -361,6 +361,33 @@ function s3Tests(env: S3TestEnv): void {
         await (i === sizes.length - 1 ? w.commit() : w.close());
       }
       expect(sha256(await readAll(await a.reader('/two/data')))).toBe(sha256(Buffer.concat(all)));
+      expect(await staging()).toEqual({});
+    });
+
+    it('completes an upload whose store holds parts it never recorded (an instance died after UploadPart; a second writer)', async () => {
+      // radosgw answers InvalidPart to a CompleteMultipartUpload that does not list every
+      // part the upload holds, so these commits failed until the writer reconciled with ListParts.
+      fresh();
+      const [a, b] = [await driver(), await driver()];
+      const first = randomBytes(PART + 123);
+      const w1 = await a.writer('/stray/data', false);
+      await w1.write(first);
+      await w1.close();
+      // Instance b takes two more parts to the store (2 and 3) and dies before recording them.
+      const lost = await b.writer('/stray/data', true);
+      await lost.write(randomBytes(2 * PART));
+      await lost.abandon!();
+      expect(await parts('/stray/data')).toEqual([PART, PART, PART]);
+      // The client resumes from the last acknowledged offset and finishes with fewer bytes.
+      const last = randomBytes(1000);
+      const w2 = await b.writer('/stray/data', true);
+      expect(w2.size).toBe(first.length);
+      await w2.write(last);
+      await w2.commit();
+      const want = Buffer.concat([first, last]);
+      expect((await b.stat('/stray/data')).size).toBe(want.length);
+      expect(sha256(await readAll(await a.reader('/stray/data')))).toBe(sha256(want));
+      expect(await listUploads(client, bucket, prefix)).toEqual([]);
       expect(await staging()).toEqual({});
     });
 

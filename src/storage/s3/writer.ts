@@ -1,6 +1,7 @@
 import {
   AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand,
-  GetObjectCommand, HeadObjectCommand, PutObjectCommand, UploadPartCommand, UploadPartCopyCommand, type S3Client,
+  GetObjectCommand, HeadObjectCommand, ListPartsCommand, PutObjectCommand, UploadPartCommand, UploadPartCopyCommand,
+  type S3Client,
 } from '@aws-sdk/client-s3';
 import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -225,7 +226,8 @@ type State = 'open' | 'writing' | 'closed' | 'committed' | 'cancelled';
  *
  * Failures: a part that fails (after the driver's retries) fails the writer: write/close/
  * commit reject, and the state stays as the last successful close() left it, so the upload
- * resumes from there (parts uploaded since get the same numbers again, which replaces them).
+ * resumes from there (parts uploaded since get the same numbers again, which replaces them;
+ * any the resumed upload does not reach again are found at commit() and left out).
  *
  * An empty writer leaves no trace: writer(path, false) removes what was at the path, and a
  * close() with no new bytes writes nothing, so the path stays absent until bytes arrive.
@@ -410,6 +412,18 @@ export class S3FileWriter implements FileWriter {
         const md5 = length > 0 ? await c.md5({ buffer: this.#buf!.buffer, byteOffset: 0, length }) : undefined;
         await c.client.send(new PutObjectCommand({ Bucket: c.bucket, Key: this.#key, Body: body, ContentLength: length, ContentMD5: md5 }));
       } else {
+        const uploadId = await this.#ensureUpload();
+        // Parts the store holds that no record names (an instance died after UploadPart and
+        // before its close recorded it; a writer that lost its upload lock): radosgw refuses
+        // to complete an upload with parts its completion does not list (InvalidPart), so
+        // the upload is put together again without them.
+        const unrecorded = await this.#unrecordedParts(uploadId);
+        if (unrecorded.length > 0) {
+          await this.#completeWithout(uploadId, unrecorded);
+          this.#releaseBuffer();
+          if (this.#persisted || this.#wroteStaging) await removeStaging(c, this.#path);
+          return;
+        }
         // The empty final chunk never becomes a part: a non-final part must be full, and an
         // empty last part would be refused (EntityTooSmall) or be a wasted request.
         if (this.#fill > 0) {
@@ -417,7 +431,6 @@ export class S3FileWriter implements FileWriter {
           const rec = await this.#uploadPart(this.#nextPart, this.#buf!, this.#fill);
           this.#parts.set(rec.partNumber, rec);
         }
-        const uploadId = await this.#ensureUpload();
         const parts = [...this.#parts.values()].sort((a, b) => a.partNumber - b.partNumber);
         try {
           // radosgw answers with an empty ETag here; nothing below relies on it.
@@ -605,6 +618,101 @@ export class S3FileWriter implements FileWriter {
     }));
     if (!out.ETag) throw new Error(`UploadPart ${partNumber} of ${this.#path} returned no ETag`);
     return { partNumber, etag: out.ETag, md5, size: length };
+  }
+
+  /**
+   * The parts the store holds for the upload beyond this writer's records, by number and
+   * ETag; the next part number does not count when the final part will replace it. A
+   * recorded part whose ETag the store no longer has was replaced by another writer: its
+   * bytes are not this upload's, and the commit fails. An upload that is gone (a lost
+   * Complete answer, tried again) has none: the Complete below sorts that out.
+   */
+  async #unrecordedParts(uploadId: string): Promise<{ partNumber: number; etag: string }[]> {
+    const c = this.#ctx;
+    const unquote = (etag: string | undefined): string => (etag ?? '').replace(/"/g, '');
+    const extra: { partNumber: number; etag: string }[] = [];
+    let marker: string | undefined;
+    try {
+      do {
+        const out = await c.client.send(new ListPartsCommand({ Bucket: c.bucket, Key: this.#key, UploadId: uploadId, PartNumberMarker: marker }));
+        for (const p of out.Parts ?? []) {
+          const recorded = this.#parts.get(p.PartNumber!);
+          if (recorded) {
+            if (unquote(recorded.etag) !== unquote(p.ETag)) {
+              throw new Error(`S3 upload ${this.#path}: part ${p.PartNumber} in the store is not the one recorded (another writer replaced it)`);
+            }
+          } else {
+            extra.push({ partNumber: p.PartNumber!, etag: p.ETag ?? '' });
+          }
+        }
+        marker = out.IsTruncated ? String(out.NextPartNumberMarker ?? '') || undefined : undefined;
+      } while (marker !== undefined);
+    } catch (err) {
+      if (isNoSuchUpload(err)) return [];
+      throw err;
+    }
+    // Only the next part, which the final part replaces: nothing to put together again.
+    if (extra.length === 1 && extra[0]!.partNumber === this.#nextPart && this.#fill > 0) return [];
+    return extra;
+  }
+
+  /**
+   * The rare path of commit(), when the upload holds parts it does not record: the store
+   * has the recorded parts' bytes and nothing else does, so the upload is completed with
+   * every part it holds, then the object is made again from its first `recorded` parts by
+   * server-side copy (UploadPartCopy, no bytes through this process) and the final part from
+   * the buffer. Costs one copy of the blob in the store. Should this instance die between
+   * the two, the path holds an object with foreign bytes after this upload's: an upload
+   * continued there adopts it (open()), and the registry's digest check refuses the result.
+   */
+  async #completeWithout(uploadId: string, unrecorded: { partNumber: number; etag: string }[]): Promise<void> {
+    const c = this.#ctx;
+    const recorded = [...this.#parts.values()].sort((a, b) => a.partNumber - b.partNumber);
+    const length = this.#fill;
+    const body = (): Buffer => (this.#buf ? Buffer.from(this.#buf.buffer, 0, length) : Buffer.alloc(0));
+    if (recorded.length === 0) {
+      // Nothing of this upload's is in the store: its bytes are all in the buffer.
+      await abortUpload(c, this.#key, uploadId);
+      this.#uploadId = null;
+      const md5 = length > 0 ? await c.md5({ buffer: this.#buf!.buffer, byteOffset: 0, length }) : undefined;
+      await c.client.send(new PutObjectCommand({ Bucket: c.bucket, Key: this.#key, Body: body(), ContentLength: length, ContentMD5: md5 }));
+      return;
+    }
+    const all = [...recorded.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })), ...unrecorded.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag }))]
+      .sort((a, b) => a.PartNumber - b.PartNumber);
+    await c.client.send(new CompleteMultipartUploadCommand({ Bucket: c.bucket, Key: this.#key, UploadId: uploadId, MultipartUpload: { Parts: all } }));
+    // A new upload of the same key: the recorded parts copied from the object just made.
+    this.#uploadId = null;
+    this.#creating = undefined;
+    this.#parts.clear();
+    const copied = recorded.length;
+    let next = 0;
+    const copyParts = async (): Promise<void> => {
+      while (next < copied) {
+        const partNumber = ++next;
+        const first = (partNumber - 1) * this.#partSize;
+        const out = await c.client.send(new UploadPartCopyCommand({
+          Bucket: c.bucket,
+          Key: this.#key,
+          UploadId: await this.#ensureUpload(),
+          PartNumber: partNumber,
+          CopySource: copySource(c.bucket, this.#key),
+          CopySourceRange: `bytes=${first}-${first + this.#partSize - 1}`,
+        }));
+        const etag = out.CopyPartResult?.ETag;
+        if (!etag) throw new Error(`UploadPartCopy of ${this.#path} part ${partNumber} returned no ETag`);
+        this.#parts.set(partNumber, { partNumber, etag, md5: '', size: this.#partSize });
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(copied, c.maxPartsInFlight) }, copyParts));
+    if (length > 0) this.#parts.set(copied + 1, await this.#uploadPart(copied + 1, this.#buf!, length));
+    const parts = [...this.#parts.values()].sort((a, b) => a.partNumber - b.partNumber);
+    await c.client.send(new CompleteMultipartUploadCommand({
+      Bucket: c.bucket,
+      Key: this.#key,
+      UploadId: await this.#ensureUpload(),
+      MultipartUpload: { Parts: parts.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })) },
+    }));
   }
 
   #ensureUpload(): Promise<string> {
