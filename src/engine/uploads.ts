@@ -530,14 +530,19 @@ class DeferredWriter implements FileWriter {
   }
 
   async write(data: Uint8Array): Promise<void> {
-    this.#real ??= await (this.#opening ??= this.#driver.writer(this.#path, false, { sizeHintBytes: this.#sizeHintBytes }));
-    await this.#real.write(data);
+    await (await this.#open()).write(data);
   }
 
   async writev(parts: readonly Uint8Array[]): Promise<void> {
-    this.#real ??= await (this.#opening ??= this.#driver.writer(this.#path, false));
-    if (this.#real.writev) await this.#real.writev(parts);
-    else for (const p of parts) await this.#real.write(p);
+    const real = await this.#open();
+    if (real.writev) await real.writev(parts);
+    else for (const p of parts) await real.write(p);
+  }
+
+  /** The real writer, opened on the first bytes (with the size hint, whichever write brings them). */
+  async #open(): Promise<FileWriter> {
+    this.#real ??= await (this.#opening ??= this.#driver.writer(this.#path, false, { sizeHintBytes: this.#sizeHintBytes }));
+    return this.#real;
   }
 
   async close(): Promise<void> {
