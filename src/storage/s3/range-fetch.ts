@@ -17,7 +17,8 @@ import { StorageUnavailableError } from '../driver.js';
  * Deadlines as for every store request (deadlines.ts): no progress on the socket for
  * `timeoutMs`, connecting included, fails the request, or its body while it is being read,
  * with a StorageUnavailableError whose cause is a TimeoutError; the caller retries. A body
- * that nobody reads is not timed out (the reader holds it back, not the store). A failed answer becomes an error shaped like the SDK's (`$metadata.httpStatusCode`,
+ * whose buffer is full because nobody reads it is not timed out (the reader holds it back,
+ * not the store). A failed answer becomes an error shaped like the SDK's (`$metadata.httpStatusCode`,
  * `name` from the S3 error code), so errors.ts reads both alike. Each GET is reported on the
  * `hoist:s3:request` channel as GetObject, like the SDK's commands (driver.ts).
  */
@@ -99,9 +100,11 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
       // Inactivity on the socket, from connecting to the last byte of the body.
       req.setTimeout(o.timeoutMs);
       req.on('timeout', () => {
-        if (body && body.readableFlowing !== true) {
-          // Nobody is reading the body (a paused client, a window waiting for its turn): the
-          // store is not to blame for the quiet. The deadline starts over.
+        if (body && body.readableLength >= body.readableHighWaterMark) {
+          // The body holds a full buffer nobody has taken (a paused client, a window waiting
+          // for its turn), so node stopped reading the socket: the store is not to blame for
+          // the quiet. The deadline starts over. (Paused or flowing says nothing here: an
+          // async iterator reads in paused mode.)
           req.setTimeout(o.timeoutMs);
           return;
         }
