@@ -198,5 +198,6 @@ function operation(method: string, q: URLSearchParams): string {
   if (method === 'DELETE' && q.has('uploadId')) return 'AbortMultipartUpload';
   if (method === 'PUT') return 'PutObject';
   if (method === 'GET' && q.has('list-type')) return 'ListObjectsV2';
+  if (method === 'GET' && q.has('uploadId')) return 'ListParts';
   return method;
 }
