@@ -10,7 +10,8 @@ import { describeS3, MiB, PART_BYTES } from '../../../helpers/s3-http.js';
 
 /**
  * The S3 writer (src/storage/s3/writer.ts) against radosgw: the state object any instance
- * continues an upload from (what it records, one tail generation at a time), and what the
+ * continues an upload from (what it records: parts, and each session's remainder as a piece
+ * staged once), and what the
  * writer does with a state it must not trust: another version, parts bigger than this
  * driver's, a tail shorter than recorded, a state left beside a committed object. Part
  * cutting, resumption across instances, failures and retries are in test/storage/s3.test.ts.
@@ -57,7 +58,7 @@ describeS3('S3 writer (radosgw)', (env) => {
   }
   const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('base64');
 
-  it('records parts, size and tail in its state at each close, one tail generation at a time', async () => {
+  it('records parts, size and pieces in its state at each close, each session\'s remainder staged once as a piece of its own', async () => {
     const d = await driver();
     const path = '/blobs/data/s1';
     const first = randomBytes(PART + 1000);
@@ -66,21 +67,22 @@ describeS3('S3 writer (radosgw)', (env) => {
     await w1.close();
     const s1 = await state(path);
     expect(s1).toEqual({
-      version: 1, uploadId: expect.any(String), partSizeBytes: PART, size: PART + 1000, tailBytes: 1000, generation: 1,
-      parts: [{ partNumber: 1, etag: expect.stringMatching(/^".+"$/), md5: md5(first.subarray(0, PART)), size: PART }],
+      version: 2, uploadId: expect.any(String), partSizeBytes: PART, size: PART + 1000, pieces: [{ n: 1, bytes: 1000 }], nextPiece: 2,
+      writeId: expect.any(String), parts: [{ partNumber: 1, etag: expect.stringMatching(/^".+"$/), md5: md5(first.subarray(0, PART)), size: PART }],
     });
     expect(await listUploads(client, bucket, prefix)).toEqual([{ key: `${prefix}${path}`, uploadId: s1.uploadId }]);
     expect(await staging()).toEqual([stateKey(path), tailKey(path, 1)]);
 
-    // The next session: a new generation, the old tail gone, the same multipart upload.
+    // The next session: its 500 bytes are a piece of their own, the first piece stays, the same multipart upload.
     const second = randomBytes(500);
     const w2 = await d.writer(path, true);
     expect(w2.size).toBe(PART + 1000);
     await w2.write(second);
     await w2.close();
     const s2 = await state(path);
-    expect(s2).toMatchObject({ uploadId: s1.uploadId, size: PART + 1500, tailBytes: 1500, generation: 2, parts: s1.parts });
-    expect(await staging()).toEqual([stateKey(path), tailKey(path, 2)]);
+    expect(s2).toMatchObject({ uploadId: s1.uploadId, size: PART + 1500, pieces: [{ n: 1, bytes: 1000 }, { n: 2, bytes: 500 }], nextPiece: 3, parts: s1.parts });
+    expect(s2.writeId).not.toBe(s1.writeId);
+    expect(await staging()).toEqual([stateKey(path), tailKey(path, 1), tailKey(path, 2)]);
 
     await (await d.writer(path, true)).commit();
     expect(Buffer.compare(await d.getContent(path), Buffer.concat([first, second]))).toBe(0);
@@ -93,14 +95,16 @@ describeS3('S3 writer (radosgw)', (env) => {
     const w = await d.writer('/small', false);
     await w.write(randomBytes(10));
     await w.close();
-    expect(await state('/small')).toEqual({ version: 1, uploadId: null, partSizeBytes: PART, parts: [], size: 10, tailBytes: 10, generation: 1 });
+    expect(await state('/small')).toEqual({
+      version: 2, uploadId: null, partSizeBytes: PART, parts: [], size: 10, pieces: [{ n: 1, bytes: 10 }], nextPiece: 2, writeId: expect.any(String),
+    });
     expect(await listUploads(client, bucket, prefix)).toEqual([]);
   });
 
   it('refuses a state of another version instead of misreading it', async () => {
     const d = await driver();
-    await put(stateKey('/v'), JSON.stringify({ version: 2, uploadId: null, partSizeBytes: PART, parts: [], size: 3, tailBytes: 0, generation: 1 }));
-    await expect(d.writer('/v', true)).rejects.toThrow(/S3 writer state of \/v: unknown version 2/);
+    await put(stateKey('/v'), JSON.stringify({ version: 3, uploadId: null, partSizeBytes: PART, parts: [], size: 3, tailBytes: 0, generation: 1 }));
+    await expect(d.writer('/v', true)).rejects.toThrow(/S3 writer state of \/v: unknown version 3/);
   });
 
   it('refuses to continue an upload started with bigger parts, naming the setting', async () => {
@@ -109,12 +113,12 @@ describeS3('S3 writer (radosgw)', (env) => {
     await expect(d.writer('/big', true)).rejects.toThrow(/started with 8388608-byte parts; this driver's parts are 5242880 bytes \(set partSize back/);
   });
 
-  it('fails on a tail shorter than its state says, and gives its part buffer back', async () => {
+  it('fails on a tail shorter than its state says, and gives its part buffer back (a version 1 state, read as one piece)', async () => {
     // One part buffer in all: a writer that kept it would leave the next one waiting.
     const d = await driver({ maxBufferedBytes: '5MiB' }, 5_000);
     await put(stateKey('/torn'), JSON.stringify({ version: 1, uploadId: null, partSizeBytes: PART, parts: [], size: 100, tailBytes: 100, generation: 1 }));
     await put(tailKey('/torn', 1), randomBytes(50));
-    await expect(d.writer('/torn', true)).rejects.toThrow(/S3 upload \/torn: tail object has 50 bytes, state says 100/);
+    await expect(d.writer('/torn', true)).rejects.toThrow(/S3 upload \/torn: piece 1 has 50 bytes, the state says 100/);
     const w = await d.writer('/other', false);
     await w.write(randomBytes(1000));
     await w.commit();
@@ -131,9 +135,9 @@ describeS3('S3 writer (radosgw)', (env) => {
     const w = await d.writer('/done', true);
     expect(w.size).toBe(2000);
     // The stale state and its tail are gone; the object's bytes are the upload now (adopted:
-    // smaller than a part, so a tail of a first generation).
+    // smaller than a part, so its first piece).
     expect(await staging()).toEqual([stateKey('/done'), tailKey('/done', 1)]);
-    expect(await state('/done')).toMatchObject({ uploadId: null, size: 2000, tailBytes: 2000, generation: 1 });
+    expect(await state('/done')).toMatchObject({ uploadId: null, size: 2000, pieces: [{ n: 1, bytes: 2000 }], nextPiece: 2 });
     const more = randomBytes(300);
     await w.write(more);
     await w.commit();
