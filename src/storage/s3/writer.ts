@@ -82,7 +82,15 @@ interface WriterStateV1 {
 
 /** A v1 state is a v2 state whose one piece is its tail (same key, `.tail.<generation>`). */
 function upgrade(s: WriterState | WriterStateV1, path: string): WriterState {
-  if (s.version === 2) return s;
+  if (s.version === 2) {
+    // Read, not trusted: a state missing a field would fail later with a TypeError.
+    const count = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
+    if (!Array.isArray(s.parts) || !Array.isArray(s.pieces) || !count(s.size) || !count(s.partSizeBytes) || !count(s.nextPiece) ||
+      !s.pieces.every((p) => count(p?.n) && count(p?.bytes))) {
+      throw new Error(`S3 writer state of ${path}: malformed version 2 state`);
+    }
+    return s;
+  }
   if (s.version === 1) {
     return {
       version: 2, uploadId: s.uploadId, partSizeBytes: s.partSizeBytes, parts: s.parts, size: s.size,

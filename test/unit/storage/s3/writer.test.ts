@@ -105,6 +105,9 @@ describeS3('S3 writer (radosgw)', (env) => {
     const d = await driver();
     await put(stateKey('/v'), JSON.stringify({ version: 3, uploadId: null, partSizeBytes: PART, parts: [], size: 3, tailBytes: 0, generation: 1 }));
     await expect(d.writer('/v', true)).rejects.toThrow(/S3 writer state of \/v: unknown version 3/);
+    // Version 2 in name only (the fields of version 1): refused by name, not a TypeError.
+    await put(stateKey('/v'), JSON.stringify({ version: 2, uploadId: null, partSizeBytes: PART, parts: [], size: 3, tailBytes: 0, generation: 1 }));
+    await expect(d.writer('/v', true)).rejects.toThrow(/S3 writer state of \/v: malformed version 2 state/);
   });
 
   it('refuses to continue an upload started with bigger parts, naming the setting', async () => {
