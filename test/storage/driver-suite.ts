@@ -174,20 +174,17 @@ export function driverSuite(
         expect(sha256(await readAll(await driver.reader('/w/large')))).toBe(hash.digest('hex'));
       });
 
-      it('writev(), where the driver has it, writes parts in order between write()s, views and empty parts included', async (ctx) => {
+      it('writev() writes parts in order between write()s, views and empty parts included (a driver without it: write() per part, as the engine does)', async () => {
         const w = await driver.writer('/w/writev', false);
-        if (!w.writev) {
-          await w.cancel();
-          ctx.skip();
-          return;
-        }
+        // The engine's fallback (upload-write.ts) when a driver has no writev: one write() per part.
+        const writev = w.writev ? w.writev.bind(w) : async (parts: readonly Uint8Array[]) => { for (const p of parts) await w.write(p); };
         // More parts than one pwritev takes (IOV_MAX is 1024 on Linux).
         const many = Array.from({ length: 1500 }, (_, i) => randomBytes(i % 7 === 0 ? 0 : 100 + (i % 50)));
         const first = randomBytes(3000);
         const views = [sharedView(randomBytes(70_000), 5), randomBytes(9000).subarray(10, 8000)];
         await w.write(first);
-        await w.writev(many);
-        await w.writev(views);
+        await writev(many);
+        await writev(views);
         const all = Buffer.concat([first, ...many, ...views]);
         expect(w.size).toBe(all.length);
         await w.commit();
