@@ -147,7 +147,8 @@ const USAGE = `usage: npm run bench -- [options]
   --render FILE.json    only redraw the tables and charts of an earlier run's JSON into --out
   --tags N              tags the 'tags' scenario pushes (default 10000; 1000 with --quick)
 environment: HOIST_BENCH_S3_ENDPOINT (default http://127.0.0.1:7480), AWS_ACCESS_KEY_ID and
-  AWS_SECRET_ACCESS_KEY (default testkey/testsecret, the keys scripts/rgw-start.sh creates)`;
+  AWS_SECRET_ACCESS_KEY (default testkey/testsecret, the keys scripts/rgw-start.sh creates);
+  HOIST_BENCH_CLI: another build's dist/src/cli.js for the hoist targets (a before/after run)`;
 
 /** Writes the JSON, Markdown and SVG files of a report, and their latest.* copies. */
 function writeOutputs(report: Report, out: string, log: (msg: string) => void): void {

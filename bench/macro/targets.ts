@@ -33,7 +33,12 @@ import {
 
 /** This file runs as dist/bench/macro/targets.js. */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-export const HOIST_CLI = join(ROOT, 'dist/src/cli.js');
+/**
+ * The Hoist server the hoist targets run. HOIST_BENCH_CLI names another build's cli.js (an
+ * older commit's worktree), so that a before/after comparison runs the same bench, scenarios
+ * and docker-registry in both runs.
+ */
+export const HOIST_CLI = process.env.HOIST_BENCH_CLI ?? join(ROOT, 'dist/src/cli.js');
 export const DOCKER_REGISTRY = '/usr/bin/docker-registry';
 /** Storage lives on the repo's disk (git-ignored), not a tmpfs, so fs numbers mean disk. */
 export const TMP = join(ROOT, 'bench/results/tmp');
