@@ -58,7 +58,7 @@ export interface Row extends PhaseResult {
 export interface Report {
   date: string;
   machine: Record<string, unknown>;
-  git: { commit?: string | undefined; dirty: boolean };
+  git: { commit?: string | undefined; dirty: boolean; hoistCommit?: string | undefined };
   settings: Record<string, unknown> & { quick: boolean; scenarios: ScenarioInfo[] };
   hashes: { sha256MiBps: number; md5MiBps: number; bytes: number };
   targets: Array<{ name: string; storage: string; settings?: Record<string, unknown> }>;
@@ -281,7 +281,7 @@ export function markdown(report: Report, reference: (t: string) => string | unde
     `# Hoist macro benchmark, ${report.date}${report.settings.quick ? ' (--quick)' : ''}`,
     '',
     machineLine(report),
-    `Git ${report.git.commit?.slice(0, 12) ?? 'unknown'}${report.git.dirty ? ' (with local changes)' : ''}.`,
+    `Git ${report.git.commit?.slice(0, 12) ?? 'unknown'}${report.git.dirty ? ' (with local changes)' : ''}${report.git.hoistCommit ? `; the hoist targets ran ${report.git.hoistCommit.slice(0, 12)} (HOIST_BENCH_CLI)` : ''}.`,
     'Load generator and servers share this machine (bench/macro/loadgen.ts, node:http keep-alive client).',
     '',
     'Cells are MiB/s of blob bytes, and in brackets that as a share of the sink in the same scenario: the sink receives and ' +

@@ -2,7 +2,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BlobSet, formatBytes, MiB, parseBytes, pull, push, type BlobRef, type PhaseResult, type PushMode } from './loadgen.js';
 
@@ -368,7 +368,11 @@ async function main(): Promise<void> {
       loadAverageAtStart: loadAtStart, loadAverageAtEnd: os.loadavg().map((l) => +l.toFixed(2)),
       dockerRegistry: tryRun(DOCKER_REGISTRY, ['--version']),
     },
-    git: { commit: tryRun('git', ['rev-parse', 'HEAD']), dirty: Boolean(tryRun('git', ['status', '--porcelain', '--untracked-files=no'])) },
+    git: {
+      commit: tryRun('git', ['rev-parse', 'HEAD']), dirty: Boolean(tryRun('git', ['status', '--porcelain', '--untracked-files=no'])),
+      // The hoist targets ran another build (HOIST_BENCH_CLI): its commit, if it is in a checkout.
+      hoistCommit: process.env.HOIST_BENCH_CLI ? tryRun('git', ['-C', dirname(process.env.HOIST_BENCH_CLI), 'rev-parse', 'HEAD']) : undefined,
+    },
     settings: {
       quick, url: v.url, client: 'bench/macro/loadgen.ts: node:http keep-alive Agent, one socket per concurrent upload',
       streamedBody: v['stream-length'] ? 'Content-Length' : 'chunked transfer encoding',
