@@ -10,7 +10,7 @@ import { HashPool } from '../../../src/engine/hash-pool.js';
 import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
 import { paths } from '../../../src/registry/paths.js';
 import { parseDigest } from '../../../src/registry/reference.js';
-import { isPathNotFound, type StorageDriver } from '../../../src/storage/driver.js';
+import { isPathNotFound, type FileInfo, type StorageDriver } from '../../../src/storage/driver.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
 import { BY_DIGEST, GcFixture, sha256 } from '../../helpers/gc.js';
 import { bodyOf } from '../../helpers/uploads.js';
@@ -60,6 +60,21 @@ class HookedDriver extends MemoryDriver {
     if (i < 0) return;
     const [hook] = this.#before.splice(i, 1);
     await hook!.fn();
+  }
+}
+
+/** A memory driver whose stat() reports chosen objects as older than they are, by `ms`. */
+class BackdatedDriver extends MemoryDriver {
+  readonly #ageMs = new Map<string, number>();
+
+  backdate(path: string, ms: number): void {
+    this.#ageMs.set(path, ms);
+  }
+
+  override async stat(path: string): Promise<FileInfo> {
+    const info = await super.stat(path);
+    const ms = this.#ageMs.get(path);
+    return ms === undefined ? info : { ...info, modTime: new Date(info.modTime.getTime() - ms) };
   }
 }
 
@@ -198,9 +213,11 @@ describe('online safety', () => {
       finished = true;
       return r;
     });
-    await sleep(100);
+    // Once the lease is written the collector is waiting for the server's acknowledgement,
+    // which the stalled PUT holds back: it cannot finish, however long it is given.
+    while ((await readLease(d))?.gen !== 1) await sleep(5);
+    await sleep(50);
     expect(finished).toBe(false);
-    expect((await readLease(d))?.gen).toBe(1);
     release();
     await put;
     const r = await gc;
@@ -384,24 +401,29 @@ describe('uploads and orphaned data', () => {
   });
 
   it('removes the locks a dead server left on uploads that are gone, and never a lock of an upload that has a record', async () => {
-    const live = await t.registry.startUpload('u');
+    // Ages are set, not waited for: the locks are two minutes old and the live upload's record
+    // is fresh by a minute's margin, so no collection, however slow, judges either otherwise.
+    const aged = new BackdatedDriver();
+    const ta = new GcFixture(aged, pool);
+    const live = await ta.registry.startUpload('u');
     const gone = randomUUID();
     const lock = Buffer.from(JSON.stringify({ token: 'dead0000dead0000dead0000dead0000', expiresAt: new Date().toISOString() }));
-    await d.putContent(paths.uploadLock('u', live.id), lock);
-    await d.putContent(paths.uploadLock('u', gone), lock);
-    await d.putContent(paths.takeoverMarker(paths.uploadLock('u', gone), 'ab12', 1), Buffer.from('{"at":"2026-01-01T00:00:00Z"}'));
-    let r = await t.gc({ staleUploadAfterMs: 60_000 });
+    const marker = paths.takeoverMarker(paths.uploadLock('u', gone), 'ab12', 1);
+    await aged.putContent(paths.uploadLock('u', live.id), lock);
+    await aged.putContent(paths.uploadLock('u', gone), lock);
+    await aged.putContent(marker, Buffer.from('{"at":"2026-01-01T00:00:00Z"}'));
+    let r = await ta.gc({ staleUploadAfterMs: 60_000 });
     expect(r.uploadLocks).toBe(0); // not idle long enough
-    await sleep(30);
+    for (const p of [paths.uploadLock('u', live.id), paths.uploadLock('u', gone), marker]) aged.backdate(p, 120_000);
     // The live upload is in use (its record fresh), its lock left by a server that died.
-    await d.putContent(paths.upload('u', live.id), Buffer.from(JSON.stringify({ startedAt: new Date().toISOString(), data: paths.blobData(live.id) })));
-    r = await t.gc({ staleUploadAfterMs: 20 });
+    r = await ta.gc({ staleUploadAfterMs: 60_000 });
     expect(r.uploads.count).toBe(0);
     expect(r.uploadLocks).toBe(2);
-    expect(await exists(d, paths.uploadLock('u', gone))).toBe(false);
-    expect((await d.list(paths.uploads('u'))).map((p) => p.slice(p.lastIndexOf('/') + 1)).sort()).toEqual([live.id, `${live.id}.lock`]);
+    expect(await exists(aged, paths.uploadLock('u', gone))).toBe(false);
+    expect(await exists(aged, marker)).toBe(false);
+    expect((await aged.list(paths.uploads('u'))).map((p) => p.slice(p.lastIndexOf('/') + 1)).sort()).toEqual([live.id, `${live.id}.lock`]);
     // Its next request takes the lock over (engine/upload-lock.ts), not the collector.
-    expect(await exists(d, paths.uploadLock('u', live.id))).toBe(true);
+    expect(await exists(aged, paths.uploadLock('u', live.id))).toBe(true);
   });
 
   it('removes data no record names once it is idle and has been seen unnamed as long, and keeps fresh data', async () => {
