@@ -510,9 +510,13 @@ describe('UploadEngine: one request at a time per upload (issue 10)', () => {
     const uploads = engine(driver, { lock: { ttlMs: 30_000, skewMs: 100 } });
     const data = randomBytes(1000);
     const { id } = await uploads.start(REPO);
-    const dead = { token: 'dead0000dead0000dead0000dead0000', expiresAt: new Date(Date.now() + 200).toISOString() };
+    const expiresAt = Date.now() + 200;
+    const dead = { token: 'dead0000dead0000dead0000dead0000', expiresAt: new Date(expiresAt).toISOString() };
     await driver.putContent(paths.uploadLock(REPO, id), Buffer.from(JSON.stringify(dead)));
-    expect(await rejection(uploads.append(REPO, id, {}, bodyOf(data)))).toBeInstanceOf(UploadRangeError);
+    // Refused while the lease lasts: asked of an instance allowing a minute's skew, so that a
+    // stalled machine reaching this line after 300 ms still sees the lease as live.
+    const patient = engine(driver, { lock: { ttlMs: 30_000, skewMs: 60_000 } });
+    expect(await rejection(patient.append(REPO, id, {}, bodyOf(data)))).toBeInstanceOf(UploadRangeError);
     let state;
     for (;;) {
       // Refused until the dead lease (and the skew allowance) is over; no wall-clock bound here.
@@ -524,6 +528,8 @@ describe('UploadEngine: one request at a time per upload (issue 10)', () => {
       await sleep(20);
     }
     expect(state).toEqual({ id, offset: 1000 });
+    // Never taken over before the lease and the skew allowance were over.
+    expect(Date.now()).toBeGreaterThan(expiresAt + 100);
     expect((await uploads.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(1000);
   });
 
@@ -551,16 +557,19 @@ describe('UploadEngine: one request at a time per upload (issue 10)', () => {
     refuseLock = false;
     const stored = (await uploads.status(REPO, id)).offset;
     expect(stored).toBeLessThan(data.length);
-    // Once the lock can be taken over, the upload resumes from what was stored.
+    // Once the lock can be taken over, the upload resumes from what was stored. The resume
+    // holds an ordinary 30 s lock (another instance, with the first one's 50 ms skew): a
+    // 150 ms lease would run out again whenever a loaded machine stalls the renewals.
+    const resumed = engine(driver, { lock: { skewMs: 50 } });
     for (;;) {
-      const r = await uploads.append(REPO, id, { start: stored }, bodyOf(data.subarray(stored))).catch((e: unknown) => {
+      const r = await resumed.append(REPO, id, { start: stored }, bodyOf(data.subarray(stored))).catch((e: unknown) => {
         if (e instanceof UploadRangeError) return undefined;
         throw e;
       });
       if (r) break;
       await sleep(20);
     }
-    expect((await uploads.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(data.length);
+    expect((await resumed.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(data.length);
   });
 });
 
