@@ -24,6 +24,12 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * report the same and remove nothing.
  */
 
+/**
+ * How long a wait for an event may take before the test calls it a hang: far beyond what a
+ * loaded 2-core machine takes (the fs case timed out twice at 10 s under load 15-30).
+ */
+const HANG_MS = 120_000;
+
 function sumRegistries(run: GcRunReport, pick: (r: GcRunReport['registries'][number]['report']) => number): number {
   return run.registries.reduce((n, r) => n + pick(r.report), 0);
 }
@@ -35,7 +41,8 @@ function startMonolithic(server: TestServer, repo: string, totalBytes: number, s
     method: 'POST',
     headers: { 'content-type': 'application/octet-stream', 'content-length': totalBytes },
   });
-  void o.write(data.subarray(0, sentBytes));
+  // The write fails when the test kills the server or destroys the request: expected.
+  o.write(data.subarray(0, sentBytes)).catch(() => undefined);
   return o;
 }
 
@@ -71,12 +78,20 @@ describe('crash leftovers on fs', () => {
     const dataDir = join(dir.path, 'blobs', 'data');
     const initial = new Set(await readdir(dataDir));
     const cut = startMonolithic(server, 'crash/app', 4 * MiB, 2 * MiB);
+    // Waits for the event (a MiB of it on disk); the bound only turns a hang into a failure
+    // that says how far the upload got.
+    let largest = 0;
     await waitFor('the cut-off upload\'s data on disk', async () => {
       for (const f of await readdir(dataDir)) {
-        if (!initial.has(f) && (await stat(join(dataDir, f))).size >= MiB) return f;
+        if (initial.has(f)) continue;
+        const size = (await stat(join(dataDir, f)).catch(() => undefined))?.size ?? 0;
+        largest = Math.max(largest, size);
+        if (size >= MiB) return f;
       }
       return undefined;
-    }, 60_000);
+    }, HANG_MS).catch((err: Error) => {
+      throw new Error(`${err.message} (its largest data file had ${largest} bytes)`);
+    });
     await server.kill();
     cut.req.destroy();
 
@@ -127,12 +142,18 @@ describeS3('crash leftovers on S3', (env) => {
     const before = new Set((await listUploads(bucket.client, bucket.name, PREFIX)).map((u) => u.uploadId));
     const cut = startMonolithic(server, 'crash/app', 16 * MiB, 12 * MiB);
     // Both full parts of what was sent (5 MiB each) stored in radosgw, then the kill.
+    let mostParts = 0;
     await waitFor('two parts of the cut-off upload in radosgw', async () => {
       for (const u of await listUploads(bucket.client, bucket.name, PREFIX)) {
-        if (!before.has(u.uploadId) && (await partSizes(bucket.client, bucket.name, u.key, u.uploadId)).length >= 2) return true;
+        if (before.has(u.uploadId)) continue;
+        const parts = (await partSizes(bucket.client, bucket.name, u.key, u.uploadId)).length;
+        mostParts = Math.max(mostParts, parts);
+        if (parts >= 2) return true;
       }
       return undefined;
-    }, 60_000);
+    }, HANG_MS).catch((err: Error) => {
+      throw new Error(`${err.message} (its multipart upload had ${mostParts} parts)`);
+    });
     await server.kill();
     cut.req.destroy();
     // Made by hand, as a crash elsewhere would: an orphaned multipart upload with one part,
