@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run, type RunResult } from '../helpers/commands.js';
 import { randomBlob, sha256 } from '../helpers/oci.js';
-import { headObject, keyMap, s3Env, s3ServerEnv, useTestBucket, type TestBucket } from '../helpers/s3-http.js';
-import { listUploads, S3_ENDPOINT_MISSING } from '../helpers/s3.js';
+import { headObject, keyMap, s3EnvOrFail, s3ServerEnv, useTestBucket, type TestBucket } from '../helpers/s3-http.js';
+import { listUploads } from '../helpers/s3.js';
 import { startServer, tail, type Frontend, type TestServer } from '../helpers/server.js';
 
 /**
@@ -201,14 +201,9 @@ for (const target of targets) describe(`skopeo against ${EXTERNAL_REGISTRY ? 'an
 
   let bucket: TestBucket | undefined;
   if (target.storage === 's3') {
-    if (!s3Env) {
-      // Fail, never skip (as test/storage/s3.test.ts does).
-      it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-        throw new Error(S3_ENDPOINT_MISSING);
-      });
-      return;
-    }
-    bucket = useTestBucket(s3Env, 'e2e');
+    const env = s3EnvOrFail();
+    if (!env) return;
+    bucket = useTestBucket(env, 'e2e');
   }
 
   const registryLogs = (): string => (server ? tail(server.logs(), 80) : `(external registry ${host})`);

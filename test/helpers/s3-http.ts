@@ -32,14 +32,23 @@ export const s3Env: S3TestEnv | undefined = s3TestEnv();
 /** A describe block that runs `body` on S3, or fails (never skips) when there is no S3 server. */
 export function describeS3(title: string, body: (env: S3TestEnv) => void): void {
   describe(title, () => {
-    if (!s3Env) {
-      it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-        throw new Error(S3_ENDPOINT_MISSING);
-      });
-      return;
-    }
-    body(s3Env);
+    const env = s3EnvOrFail();
+    if (env) body(env);
   });
+}
+
+/**
+ * Inside a describe block: the S3 test endpoint, or, without one, registers the failing "needs
+ * an S3 server" test and returns undefined, so the caller registers nothing else (fail, never
+ * skip: scripts/test-all.sh fails on any skip, and CI must not pass without S3).
+ */
+export function s3EnvOrFail(): S3TestEnv | undefined {
+  if (!s3Env) {
+    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
+      throw new Error(S3_ENDPOINT_MISSING);
+    });
+  }
+  return s3Env;
 }
 
 /**
@@ -49,12 +58,7 @@ export function describeS3(title: string, body: (env: S3TestEnv) => void): void 
  * returns too (fail, never skip). Hooks the caller registers afterwards see `server` set.
  */
 export function useRegistryServer(frontend: Frontend, storage: 'memory' | 's3', label: string): { readonly server: TestServer } | undefined {
-  if (storage === 's3' && !s3Env) {
-    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-      throw new Error(S3_ENDPOINT_MISSING);
-    });
-    return undefined;
-  }
+  if (storage === 's3' && !s3EnvOrFail()) return undefined;
   const bucket = storage === 's3' ? useTestBucket(s3Env!, label) : undefined;
   const handle: { server: TestServer } = { server: undefined as unknown as TestServer };
   beforeAll(async () => {

@@ -4,8 +4,7 @@ import { tmpdir } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectError, expectStatus, listTree, request, startUpload, tempDir, withQuery, type Reply } from '../helpers/http.js';
 import { MEDIA_TYPES, makeImage, pushBlob, pushImage, randomBlob, sha256 } from '../helpers/oci.js';
-import { keyMap, s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
-import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
+import { keyMap, s3Env, s3EnvOrFail, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
 import { REPO_ROOT, startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -53,15 +52,6 @@ function manifestBody(): Buffer {
   return makeImage({ layerSizesBytes: [10] }).manifestBytes;
 }
 
-/** Without HOIST_TEST_S3_ENDPOINT an S3 variant is one failing test, never a skip (as in test/storage/s3.test.ts). */
-function failWithoutS3(): boolean {
-  if (s3Env) return false;
-  it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-    throw new Error(S3_ENDPOINT_MISSING);
-  });
-  return true;
-}
-
 const combos: Array<{ frontend: (typeof FRONTENDS)[number]; storage: 'memory' | 's3' }> = [
   ...FRONTENDS.map((frontend) => ({ frontend, storage: 'memory' as const })),
   { frontend: 'node', storage: 's3' },
@@ -70,7 +60,7 @@ const combos: Array<{ frontend: (typeof FRONTENDS)[number]; storage: 'memory' | 
 describe.each(combos)('errors ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let server: TestServer;
   let base: string;
-  if (storage === 's3' && failWithoutS3()) return;
+  if (storage === 's3' && !s3EnvOrFail()) return;
   const bucket = storage === 's3' ? useTestBucket(s3Env!, 'errors') : undefined;
 
   beforeAll(async () => {
@@ -405,7 +395,7 @@ describe.each(FRONTENDS)('path traversal (%s front end, fs storage)', (frontend)
  * may have started.
  */
 describe('path traversal (node front end, s3 storage)', () => {
-  if (failWithoutS3()) return;
+  if (!s3EnvOrFail()) return;
   const bucket = useTestBucket(s3Env!, 'traversal');
   const PREFIX = 'inner/deep';
   let server: TestServer;

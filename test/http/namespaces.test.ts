@@ -4,8 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectError, expectStatus, pathOf, request, type RequestOptions } from '../helpers/http.js';
 import { makeImage, pushImage, randomBlob, sha256 } from '../helpers/oci.js';
-import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
-import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
+import { s3Env, s3EnvOrFail, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -31,13 +30,7 @@ describe.each(combos)('namespaces ($frontend front end, $storage storage)', ({ f
   let base: string;
   let storageDir: string | undefined;
 
-  if (storage === 's3' && !s3Env) {
-    // Fail, never skip, without an S3 server (test/storage/s3.test.ts does the same).
-    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-      throw new Error(S3_ENDPOINT_MISSING);
-    });
-    return;
-  }
+  if (storage === 's3' && !s3EnvOrFail()) return;
   const bucket = storage === 's3' ? useTestBucket(s3Env!, 'namespaces') : undefined;
 
   beforeAll(async () => {

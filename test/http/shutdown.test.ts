@@ -5,8 +5,7 @@ import {
   waitForLog, withQuery, type OpenRequest, type Reply,
 } from '../helpers/http.js';
 import { randomBlob, sha256 } from '../helpers/oci.js';
-import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
-import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
+import { s3Env, s3EnvOrFail, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -85,13 +84,7 @@ const combos: Array<{ frontend: (typeof FRONTENDS)[number]; storage: 'fs' | 's3'
 describe.each(combos)('graceful shutdown ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let dir: Awaited<ReturnType<typeof tempDir>> | undefined;
   const servers: TestServer[] = [];
-  if (storage === 's3' && !s3Env) {
-    // Fail, never skip, without an S3 server (as test/storage/s3.test.ts does).
-    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-      throw new Error(S3_ENDPOINT_MISSING);
-    });
-    return;
-  }
+  if (storage === 's3' && !s3EnvOrFail()) return;
   const bucket = storage === 's3' ? useTestBucket(s3Env!, 'shutdown') : undefined;
 
   beforeAll(async () => {

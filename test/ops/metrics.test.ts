@@ -7,8 +7,8 @@ import { startFaultyProxy, type FaultyProxy } from '../helpers/faulty-proxy.js';
 import { expectStatus, openRequest, patchChunk, request, startUpload, waitFor, waitForLog, withQuery } from '../helpers/http.js';
 import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { makeImage, pushBlob, pushImage, randomBlob, sha256 } from '../helpers/oci.js';
-import { s3Env, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
-import { s3StorageUrl, S3_ENDPOINT_MISSING } from '../helpers/s3.js';
+import { s3Env, s3EnvOrFail, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
+import { s3StorageUrl } from '../helpers/s3.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -169,13 +169,9 @@ describe('health checks and access metrics with auth and rate limits (node front
 });
 
 describe('S3 metrics and readiness (node front end, radosgw behind a proxy)', () => {
-  if (!s3Env) {
-    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-      throw new Error(S3_ENDPOINT_MISSING);
-    });
-    return;
-  }
-  const bucket = useTestBucket(s3Env, 'ops');
+  const env = s3EnvOrFail();
+  if (!env) return;
+  const bucket = useTestBucket(env, 'ops');
   let proxy: FaultyProxy;
   let server: TestServer;
   let metricsUrl: string;
@@ -225,13 +221,9 @@ describe('S3 metrics and readiness (node front end, radosgw behind a proxy)', ()
 });
 
 for (const frontend of ['uws', 'node'] as const) describe(`sockets paused by backpressure (${frontend} front end, S3 with one writer at a time)`, () => {
-  if (!s3Env) {
-    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-      throw new Error(S3_ENDPOINT_MISSING);
-    });
-    return;
-  }
-  const bucket = useTestBucket(s3Env, 'paused');
+  const env = s3EnvOrFail();
+  if (!env) return;
+  const bucket = useTestBucket(env, 'paused');
   let server: TestServer;
   let metricsUrl: string;
 

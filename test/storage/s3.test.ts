@@ -11,28 +11,20 @@ import { parseS3Url } from '../../src/storage/s3/url.js';
 import { StorageUnavailableError } from '../../src/storage/driver.js';
 import { startFaultyProxy, type Fault, type FaultyProxy } from '../helpers/faulty-proxy.js';
 import {
-  createTestBucket, deleteBucket, listAllKeys, listUploads, s3StorageUrl, s3TestEnv, S3_ENDPOINT_MISSING, testClient, type S3TestEnv,
+  createTestBucket, deleteBucket, listAllKeys, listUploads, s3StorageUrl, testClient, type S3TestEnv,
 } from '../helpers/s3.js';
+import { describeS3 } from '../helpers/s3-http.js';
 import { driverSuite, expectNotFound, readAll, sha256 } from './driver-suite.js';
 
 /**
  * The S3 driver against a real S3 server (radosgw; scripts/rgw-start.sh). Without one these
  * tests fail, on purpose: a skipped S3 suite would hide a broken S3 driver in CI.
  */
-const env = s3TestEnv();
 const MiB = 1024 * 1024;
 /** The smallest part S3 accepts: keeps the multipart tests small. */
 const PART = 5 * MiB;
 
-if (!env) {
-  describe('S3 storage driver', () => {
-    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-      throw new Error(S3_ENDPOINT_MISSING);
-    });
-  });
-} else {
-  s3Tests(env);
-}
+describeS3('S3 storage driver', s3Tests);
 
 function s3Tests(env: S3TestEnv): void {
   let client: S3Client;
