@@ -1,10 +1,12 @@
 import { mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectError, expectStatus, openRequest, patchChunk, request, startUpload, storedBytes, waitFor, withQuery, type Reply } from '../helpers/http.js';
+import {
+  expectError, expectStatus, openRequest, parseRawReply, patchChunk, request, socketExchange, startUpload, storedBytes, waitFor, withQuery,
+  type Reply,
+} from '../helpers/http.js';
 import { randomBlob, sha256 } from '../helpers/oci.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { basic, writeConfig, writeHtpasswd } from './fixtures.js';
@@ -17,31 +19,9 @@ import { basic, writeConfig, writeHtpasswd } from './fixtures.js';
  * limited per credential with 429 TOOMANYREQUESTS and Retry-After.
  */
 
-/** Sends raw bytes on a fresh connection; resolves with everything the server sent back before closing. */
-function raw(port: number, bytes: Buffer | string, timeoutMs = 5000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, '127.0.0.1');
-    let out = '';
-    const timer = setTimeout(() => { socket.destroy(); resolve(out); }, timeoutMs);
-    socket.on('data', (d: Buffer) => { out += d.toString('latin1'); });
-    socket.on('close', () => { clearTimeout(timer); resolve(out); });
-    socket.on('error', (err) => { clearTimeout(timer); if (out) resolve(out); else reject(err); });
-    socket.write(bytes);
-  });
-}
-
-/** Status and error codes of a raw HTTP/1.1 reply. */
-function parseRaw(text: string): { status: number; codes: string[]; headers: string } {
-  const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
-  const split = text.indexOf('\r\n\r\n');
-  const body = split < 0 ? '' : text.slice(split + 4);
-  let codes: string[] = [];
-  try {
-    codes = (JSON.parse(body) as { errors: Array<{ code: string }> }).errors.map((e) => e.code);
-  } catch {
-    // no envelope
-  }
-  return { status, codes, headers: split < 0 ? text : text.slice(0, split) };
+/** Sends raw bytes on a fresh connection; resolves with what the server sent back before closing (or within `timeoutMs`). */
+async function raw(port: number, bytes: Buffer | string, timeoutMs = 5000): Promise<string> {
+  return (await socketExchange(port, bytes, { timeoutMs })).text;
 }
 
 const IDLE_MS = 1000;
@@ -133,13 +113,13 @@ describe('hostile input (node front end, fs storage)', () => {
     ['negative', '-1'],
     ['not a number', '12abc'],
   ])('a Content-Length %s → 400 SIZE_INVALID with the envelope', async (_, value) => {
-    const r = parseRaw(await raw(server.port, `PATCH /v2/a/blobs/uploads/x HTTP/1.1\r\nHost: x\r\nContent-Length: ${value}\r\n\r\n`));
+    const r = parseRawReply(await raw(server.port, `PATCH /v2/a/blobs/uploads/x HTTP/1.1\r\nHost: x\r\nContent-Length: ${value}\r\n\r\n`));
     expect(r.status).toBe(400);
     expect(r.codes).toEqual(['SIZE_INVALID']);
   });
 
   it('two different Content-Lengths → 400 SIZE_INVALID', async () => {
-    const r = parseRaw(await raw(server.port, 'PUT /v2/a/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello'));
+    const r = parseRawReply(await raw(server.port, 'PUT /v2/a/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello'));
     expect(r.status).toBe(400);
     expect(r.codes).toEqual(['SIZE_INVALID']);
   });
@@ -183,7 +163,7 @@ describe('hostile input (node front end, fs storage)', () => {
 
   it('non-UTF-8 bytes in the path → 400 NAME_INVALID with the envelope', async () => {
     const bytes = Buffer.concat([Buffer.from('GET /v2/'), Buffer.from([0xff, 0xfe, 0x80]), Buffer.from('/tags/list HTTP/1.1\r\nHost: x\r\n\r\n')]);
-    const r = parseRaw(await raw(server.port, bytes));
+    const r = parseRawReply(await raw(server.port, bytes));
     expect(r.status).toBe(400);
     expect(r.codes).toEqual(['NAME_INVALID']);
   });
@@ -221,7 +201,7 @@ describe('hostile input (node front end, fs storage)', () => {
   });
 
   it('a header section over limits.maxHeaderBytes → 431', async () => {
-    const r = parseRaw(await raw(server.port, `GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: ${'y'.repeat(5000)}\r\n\r\n`));
+    const r = parseRawReply(await raw(server.port, `GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: ${'y'.repeat(5000)}\r\n\r\n`));
     expect(r.status).toBe(431);
   });
 
@@ -231,7 +211,7 @@ describe('hostile input (node front end, fs storage)', () => {
     // Dropped after about the idle timeout, 1.5 s at most here. The bound only tells it from
     // node's default (60 s, checked every 30 s), so it leaves a loaded machine 20 s to spare.
     expect(Date.now() - t0).toBeLessThan(25_000);
-    expect(parseRaw(text).status).toBe(408);
+    expect(parseRawReply(text).status).toBe(408);
   });
 
   it('is still alive and well', async () => {
@@ -258,12 +238,12 @@ describe('limits.maxHeaderBytes on the uws front end', () => {
   it('a header section over the limit → 431, and the connection closes; one under it is served', async () => {
     for (const size of [20_000, 60_000]) {
       const text = await raw(server.port, `GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: ${'y'.repeat(size)}\r\n\r\n`);
-      expect(parseRaw(text).status, `${size}-byte header`).toBe(431);
+      expect(parseRawReply(text).status, `${size}-byte header`).toBe(431);
       expect(text).toMatch(/\r\nconnection: close\r\n/i);
     }
     // Sent in one write, so that it arrives in one read: uWS cuts a header section over 4 KiB
     // that spans several reads by itself, without an answer (README, Limits).
-    expect(parseRaw(await raw(server.port, `GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ${'y'.repeat(12_000)}\r\n\r\n`)).status).toBe(200);
+    expect(parseRawReply(await raw(server.port, `GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ${'y'.repeat(12_000)}\r\n\r\n`)).status).toBe(200);
     expect((await request(server.url, '/v2/')).status).toBe(200);
   });
 });

@@ -1,13 +1,12 @@
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ErrorCodes } from '../../src/errors.js';
 import { WELL_KNOWN_BLOBS } from '../../src/registry/blobs.js';
-import { expectStatus, listTree, request } from '../helpers/http.js';
+import { expectStatus, listTree, request, socketExchange } from '../helpers/http.js';
 import { pushImage, makeImage, sha256, type Image } from '../helpers/oci.js';
 import { REPO_ROOT, startServer, tail, type TestServer } from '../helpers/server.js';
 
@@ -79,47 +78,34 @@ type Silence = 'closed' | 'silent';
  * Writes `bytes` on a fresh connection and reads one HTTP/1.1 response (framed by its
  * Content-Length; none for HEAD, 204 and 304).
  */
-function exchange(port: number, bytes: Buffer, method: string, waitMs: number): Promise<RawReply | Silence | Error> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    let data = Buffer.alloc(0);
-    let done = false;
-    const finish = (v: RawReply | Silence | Error): void => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(v);
-    };
-    const timer = setTimeout(() => finish(data.length === 0 ? 'silent' : new Error(`incomplete reply after ${waitMs} ms: ${JSON.stringify(data.toString('latin1').slice(0, 300))}`)), waitMs);
-    socket.on('error', () => finish(data.length === 0 ? 'closed' : new Error('connection error mid-reply')));
-    socket.on('close', () => finish(data.length === 0 ? 'closed' : parse(true) ?? new Error('closed mid-reply')));
-    socket.on('data', (chunk: Buffer) => {
-      data = Buffer.concat([data, chunk]);
-      const r = parse(false);
-      if (r) finish(r);
-    });
-    const parse = (closed: boolean): RawReply | Error | undefined => {
-      const end = data.indexOf('\r\n\r\n');
-      if (end < 0) return closed ? new Error(`no header end: ${JSON.stringify(data.toString('latin1').slice(0, 300))}`) : undefined;
-      const lines = data.subarray(0, end).toString('latin1').split('\r\n');
-      const m = /^HTTP\/1\.1 (\d{3}) /.exec(lines[0]!);
-      if (!m) return new Error(`bad status line: ${JSON.stringify(lines[0])}`);
-      const status = Number(m[1]);
-      const headers: Record<string, string> = {};
-      for (const line of lines.slice(1)) {
-        const colon = line.indexOf(':');
-        if (colon <= 0) return new Error(`bad header line: ${JSON.stringify(line)}`);
-        headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim();
-      }
-      const bodyless = method === 'HEAD' || status === 204 || status === 304;
-      const length = bodyless ? 0 : Number(headers['content-length'] ?? (closed ? data.length - end - 4 : NaN));
-      if (Number.isNaN(length)) return closed ? new Error('reply without Content-Length') : undefined;
-      if (data.length - end - 4 < length) return closed ? new Error('reply body cut short') : undefined;
-      return { status, headers, body: data.subarray(end + 4, end + 4 + length) };
-    };
-    socket.write(bytes);
-  });
+async function exchange(port: number, bytes: Buffer, method: string, waitMs: number): Promise<RawReply | Silence | Error> {
+  const parse = (data: Buffer, closed: boolean): RawReply | Error | undefined => {
+    const end = data.indexOf('\r\n\r\n');
+    if (end < 0) return closed ? new Error(`no header end: ${JSON.stringify(data.toString('latin1').slice(0, 300))}`) : undefined;
+    const lines = data.subarray(0, end).toString('latin1').split('\r\n');
+    const m = /^HTTP\/1\.1 (\d{3}) /.exec(lines[0]!);
+    if (!m) return new Error(`bad status line: ${JSON.stringify(lines[0])}`);
+    const status = Number(m[1]);
+    const headers: Record<string, string> = {};
+    for (const line of lines.slice(1)) {
+      const colon = line.indexOf(':');
+      if (colon <= 0) return new Error(`bad header line: ${JSON.stringify(line)}`);
+      headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim();
+    }
+    const bodyless = method === 'HEAD' || status === 204 || status === 304;
+    const length = bodyless ? 0 : Number(headers['content-length'] ?? (closed ? data.length - end - 4 : NaN));
+    if (Number.isNaN(length)) return closed ? new Error('reply without Content-Length') : undefined;
+    if (data.length - end - 4 < length) return closed ? new Error('reply body cut short') : undefined;
+    return { status, headers, body: data.subarray(end + 4, end + 4 + length) };
+  };
+  // Done as soon as one whole response (or something that cannot be one) is in.
+  const r = await socketExchange(port, bytes, { timeoutMs: waitMs, until: (data) => parse(data, false) !== undefined });
+  const data = r.bytes;
+  if (r.timedOut) return data.length === 0 ? 'silent' : new Error(`incomplete reply after ${waitMs} ms: ${JSON.stringify(data.toString('latin1').slice(0, 300))}`);
+  if (!r.closed) return parse(data, false)!;
+  if (data.length === 0) return 'closed';
+  if (r.error) return new Error('connection error mid-reply');
+  return parse(data, true) ?? new Error('closed mid-reply');
 }
 
 // ---- generators ------------------------------------------------------------------------

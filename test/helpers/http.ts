@@ -1,9 +1,11 @@
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import http from 'node:http';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { expect } from 'vitest';
+import { sha256 } from './oci.js';
 import type { LogRecord, TestServer } from './server.js';
 
 /**
@@ -136,6 +138,157 @@ export async function request(base: string, path: string, opts: RequestOptions =
     // node:http says only "aborted" or "socket hang up": name the request that failed.
     throw new Error(`${opts.method ?? 'GET'} ${path}: ${(err as Error).message}`, { cause: err });
   }
+}
+
+/** A reply read to its end, or to where the connection was cut. */
+export interface RawReply {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  readonly body: Buffer;
+  /** The body arrived whole (as long as its Content-Length), and the response ended cleanly. */
+  readonly complete: boolean;
+}
+
+/**
+ * GET on its own connection with only the headers given (no registry credentials: a presigned
+ * S3 URL or a mirror); never rejects for a connection cut mid-body (that is `complete: false`).
+ * `onResponse` sees the response as soon as its headers are in (to pause or destroy it).
+ */
+export function rawGet(base: string, path: string, headers: Record<string, string> = {}, onResponse?: (res: http.IncomingMessage, req: http.ClientRequest) => void): Promise<RawReply> {
+  const u = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: u.hostname, port: Number(u.port), path, method: 'GET', headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      let done = false;
+      const finish = (): void => {
+        if (done) return;
+        done = true;
+        const body = Buffer.concat(chunks);
+        const declared = res.headers['content-length'];
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          body,
+          complete: res.complete && (declared === undefined || Number(declared) === body.length),
+        });
+      };
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', finish);
+      res.on('error', finish);
+      res.on('close', finish);
+      onResponse?.(res, req);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** What came back on a raw socket (see socketExchange). */
+export interface SocketReply {
+  /** Every byte the server sent, and the same as latin1 text (byte for byte). */
+  readonly bytes: Buffer;
+  readonly text: string;
+  /** The server closed the connection (or it failed: see `error`). */
+  readonly closed: boolean;
+  /** Nothing ended the exchange within `timeoutMs`: the helper hung up. */
+  readonly timedOut: boolean;
+  /** A socket error (refused, reset), if one ended it. */
+  readonly error?: Error;
+}
+
+export interface SocketOptions {
+  /** A hang guard: resolve with what arrived so far after this long (30 s by default). */
+  timeoutMs?: number;
+  /** Called on every arrival; returning true ends the exchange (the helper hangs up) with `closed: false`. */
+  until?: (received: Buffer) => boolean;
+}
+
+/**
+ * Raw HTTP/1.x on a fresh TCP connection (a string is sent as UTF-8), for what node:http will
+ * not send or parse: duplicate
+ * Content-Lengths, bytes outside ASCII in the request-line, pipelined requests, a request cut
+ * short. Writes `bytes` and resolves (never rejects) once the server closes, `until` says the
+ * reply is in, or `timeoutMs` passes.
+ */
+export function socketExchange(port: number, bytes: Buffer | string, opts: SocketOptions = {}): Promise<SocketReply> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    let done = false;
+    const finish = (closed: boolean, timedOut: boolean, error?: Error): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.destroy();
+      const all = Buffer.concat(chunks);
+      resolve({ bytes: all, text: all.toString('latin1'), closed, timedOut, ...(error ? { error } : {}) });
+    };
+    const timer = setTimeout(() => finish(false, true), opts.timeoutMs ?? 30_000);
+    socket.on('data', (d: Buffer) => {
+      chunks.push(d);
+      if (opts.until?.(Buffer.concat(chunks))) finish(false, false);
+    });
+    socket.on('error', (err) => finish(true, false, err));
+    socket.on('close', () => finish(true, false));
+    socket.write(bytes);
+  });
+}
+
+/** `until` for socketExchange: a response's header section is in. */
+export const headerSectionIn = (received: Buffer): boolean => received.includes('\r\n\r\n');
+
+/** The status, OCI error codes (when the body is the error envelope) and header section of a raw HTTP/1.1 reply. */
+export function parseRawReply(text: string): { status: number; codes: string[]; headers: string } {
+  const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
+  const split = text.indexOf('\r\n\r\n');
+  let codes: string[] = [];
+  try {
+    codes = (JSON.parse(split < 0 ? '' : text.slice(split + 4)) as { errors: Array<{ code: string }> }).errors.map((e) => e.code);
+  } catch {
+    // no envelope
+  }
+  return { status, codes, headers: split < 0 ? text : text.slice(0, split) };
+}
+
+/**
+ * A name generator for a test file: `repoNamer('uploads')('mount')` → `uploads/mount-1`, a
+ * fresh repository per test, so tests sharing a server never see each other's blobs or tags.
+ */
+export function repoNamer(prefix: string): (label: string) => string {
+  let seq = 0;
+  return (label) => `${prefix}/${label}-${(++seq).toString(36)}`;
+}
+
+/** GET of a blob → 200 with exactly `data` (its digest, Content-Length and bytes). */
+export async function expectBlob(base: string, name: string, data: Uint8Array): Promise<void> {
+  const digest = sha256(data);
+  const r = await request(base, `/v2/${name}/blobs/${digest}`);
+  expectStatus(r, 200, `GET ${base}/v2/${name}/blobs/${digest}`);
+  expect(r.header('docker-content-digest')).toBe(digest);
+  expect(r.header('content-length')).toBe(String(data.byteLength));
+  expect(r.body.byteLength).toBe(data.byteLength);
+  // Compare digests, not buffers: a mismatch in 64 MiB should not print 64 MiB.
+  expect(sha256(r.body)).toBe(digest);
+}
+
+/**
+ * PUT <location>?digest=<digest> with no body (the blob's digest, or its bytes to take it
+ * from); expects 201 and the blob's Location, and returns the reply.
+ */
+export async function commitUpload(base: string, location: string, blob: string | Uint8Array, name: string): Promise<Reply> {
+  const digest = typeof blob === 'string' ? blob : sha256(blob);
+  const r = await request(base, withQuery(location, 'digest', digest), { method: 'PUT' });
+  expectStatus(r, 201, `PUT ${location}?digest=${digest}`);
+  expect(r.header('docker-content-digest')).toBe(digest);
+  expect(pathOf(base, r.header('location') ?? '')).toBe(`/v2/${name}/blobs/${digest}`);
+  return r;
+}
+
+/** GET <location> → 204 with the upload's Range; returns the stored byte count. */
+export async function uploadStatus(base: string, location: string): Promise<number> {
+  const r = await request(base, location);
+  expectStatus(r, 204, `GET ${base}${location}`);
+  return storedBytes(r.header('range'));
 }
 
 export interface ErrorEntry {

@@ -1,5 +1,4 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import http from 'node:http';
 import { join } from 'node:path';
 import { run } from './commands.js';
 import { startFaultyProxy, type FaultyProxy, type ResponseFault } from './faulty-proxy.js';
@@ -48,47 +47,8 @@ export async function tapUpstream(target: string): Promise<UpstreamTap> {
   };
 }
 
-/** A reply read to its end, or to where the connection was cut. */
-export interface RawReply {
-  readonly status: number;
-  readonly headers: http.IncomingHttpHeaders;
-  readonly body: Buffer;
-  /** The body arrived whole (as long as its Content-Length), and the response ended cleanly. */
-  readonly complete: boolean;
-}
-
-/**
- * GET on its own connection; never rejects for a connection cut mid-body (that is `complete:
- * false`). `onResponse` sees the response as soon as its headers are in (to pause or destroy it).
- */
-export function rawGet(base: string, path: string, headers: Record<string, string> = {}, onResponse?: (res: http.IncomingMessage, req: http.ClientRequest) => void): Promise<RawReply> {
-  const u = new URL(base);
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: u.hostname, port: Number(u.port), path, method: 'GET', headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      let done = false;
-      const finish = (): void => {
-        if (done) return;
-        done = true;
-        const body = Buffer.concat(chunks);
-        const declared = res.headers['content-length'];
-        resolve({
-          status: res.statusCode ?? 0,
-          headers: res.headers,
-          body,
-          complete: res.complete && (declared === undefined || Number(declared) === body.length),
-        });
-      };
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', finish);
-      res.on('error', finish);
-      res.on('close', finish);
-      onResponse?.(res, req);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+// The mirror suites' GET without registry credentials; it lives with the other raw HTTP helpers.
+export { rawGet, type RawReply } from './http.js';
 
 export interface LayoutImage {
   /** The OCI layout directory (`oci:<dir>:<tag>`). */

@@ -1,6 +1,6 @@
 import { gunzipSync } from 'node:zlib';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { expectError, expectStatus, request } from '../helpers/http.js';
+import { expectError, expectStatus, repoNamer, request } from '../helpers/http.js';
 import { pushBlob, randomBlob, sha256 } from '../helpers/oci.js';
 import { useRegistryServer } from '../helpers/s3-http.js';
 import type { TestServer } from '../helpers/server.js';
@@ -21,10 +21,7 @@ const EMPTY_LAYER_DIGEST = 'sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb1642
 /** image-spec "Guidance for an Empty Descriptor": the 2-byte JSON `{}`. */
 const EMPTY_JSON_DIGEST = 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a';
 
-let repoSeq = 0;
-function repo(label: string): string {
-  return `blobs/${label}-${(++repoSeq).toString(36)}`;
-}
+const repo = repoNamer('blobs');
 
 const combos: Array<{ frontend: (typeof FRONTENDS)[number]; storage: 'memory' | 's3' }> = [
   ...FRONTENDS.map((frontend) => ({ frontend, storage: 'memory' as const })),

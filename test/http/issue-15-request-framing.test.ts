@@ -1,5 +1,5 @@
-import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { headerSectionIn, parseRawReply, socketExchange, type SocketReply } from '../helpers/http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -20,41 +20,8 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * Writes raw bytes; resolves with what came back and whether the server closed the connection
  * (or, with `headOnly`, as soon as a response's header section is in).
  */
-function raw(port: number, bytes: Buffer, headOnly = false): Promise<{ text: string; closed: boolean }> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    let text = '';
-    // A hang guard only: the server answers and closes at once.
-    const timer = setTimeout(() => {
-      socket.destroy();
-      resolve({ text, closed: false });
-    }, 30_000);
-    socket.on('data', (d: Buffer) => {
-      text += d.toString('latin1');
-      if (headOnly && text.includes('\r\n\r\n')) {
-        clearTimeout(timer);
-        socket.destroy();
-        resolve({ text, closed: false });
-      }
-    });
-    socket.on('error', () => undefined);
-    socket.on('close', () => {
-      clearTimeout(timer);
-      resolve({ text, closed: true });
-    });
-    socket.write(bytes);
-  });
-}
-
-function parse(text: string): { status: number; codes: string[] } {
-  const split = text.indexOf('\r\n\r\n');
-  let codes: string[] = [];
-  try {
-    codes = (JSON.parse(text.slice(split + 4)) as { errors: Array<{ code: string }> }).errors.map((e) => e.code);
-  } catch {
-    // no envelope
-  }
-  return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0), codes };
+function raw(port: number, bytes: Buffer, headOnly = false): Promise<SocketReply> {
+  return socketExchange(port, bytes, headOnly ? { until: headerSectionIn } : {});
 }
 
 describe.each(['uws', 'node'] as const)('request framing and request-target bytes (%s front end)', (frontend) => {
@@ -73,7 +40,7 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
     ['GET /v2/', 'two equal', 'Content-Length: 2\r\nContent-Length: 2'],
   ])('%s with %s Content-Lengths → 400 SIZE_INVALID, connection closed', async (line, _label, lengths) => {
     const r = await raw(server.port, Buffer.from(`${line} HTTP/1.1\r\nHost: x\r\n${lengths}\r\n\r\n{}`));
-    expect(parse(r.text), r.text).toEqual({ status: 400, codes: ['SIZE_INVALID'] });
+    expect(parseRawReply(r.text), r.text).toMatchObject({ status: 400, codes: ['SIZE_INVALID'] });
     expect(r.closed).toBe(true);
   });
 
@@ -82,7 +49,7 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
     ['in the path', 'GET /v2/a\x80b/tags/list'],
   ])('a byte outside visible ASCII %s → 400 NAME_INVALID, connection closed', async (_where, line) => {
     const r = await raw(server.port, Buffer.from(`${line} HTTP/1.1\r\nHost: x\r\n\r\n`, 'latin1'));
-    expect(parse(r.text), r.text).toEqual({ status: 400, codes: ['NAME_INVALID'] });
+    expect(parseRawReply(r.text), r.text).toMatchObject({ status: 400, codes: ['NAME_INVALID'] });
     expect(r.closed).toBe(true);
   });
 
@@ -96,6 +63,6 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
 
   it('serves the next connection as before', async () => {
     const r = await raw(server.port, Buffer.from('GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
-    expect(parse(r.text).status).toBe(200);
+    expect(parseRawReply(r.text).status).toBe(200);
   });
 });

@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { expectError, expectStatus, request } from '../helpers/http.js';
+import { expectError, expectStatus, repoNamer, request } from '../helpers/http.js';
 import { MEDIA_TYPES, makeImage, pushBlob, pushImage, pushManifest, randomBlob, sha256 } from '../helpers/oci.js';
 import { useRegistryServer } from '../helpers/s3-http.js';
 import type { TestServer } from '../helpers/server.js';
@@ -26,8 +26,7 @@ const DOCKER = {
   layer: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
 };
 
-let seq = 0;
-const repo = (label: string): string => `validation/${label}-${(++seq).toString(36)}`;
+const repo = repoNamer('validation');
 
 describe.each(combos)('manifest validation ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let server: TestServer;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectError, expectStatus, pathOf, request, type Reply } from '../helpers/http.js';
+import { expectError, expectStatus, pathOf, repoNamer, request, type Reply } from '../helpers/http.js';
 import { MEDIA_TYPES, makeImage, pushBlob, pushImage, pushManifest, sha256, type Image } from '../helpers/oci.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -13,10 +13,7 @@ import { startServer, type TestServer } from '../helpers/server.js';
 
 const FRONTENDS = ['uws', 'node'] as const;
 
-let repoSeq = 0;
-function repo(label: string): string {
-  return `manifests/${label}-${(++repoSeq).toString(36)}`;
-}
+const repo = repoNamer('manifests');
 
 /** `<url>; rel="next"` (RFC 8288) → the URL's path and query. */
 function nextLink(base: string, r: Reply): string | undefined {

@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { expectError, expectStatus, request } from '../helpers/http.js';
+import { expectError, expectStatus, repoNamer, request } from '../helpers/http.js';
 import { MEDIA_TYPES, makeImage, pushBlob, pushImage, pushManifest, randomBlob, sha256, type Image } from '../helpers/oci.js';
 import { useRegistryServer } from '../helpers/s3-http.js';
 import type { TestServer } from '../helpers/server.js';
@@ -25,8 +25,7 @@ interface ReferrersIndex {
   manifests: Array<{ mediaType: string; digest: string; size: number; artifactType?: string; annotations?: Record<string, string> }>;
 }
 
-let seq = 0;
-const repo = (label: string): string => `referrers/${label}-${(++seq).toString(36)}`;
+const repo = repoNamer('referrers');
 
 describe.each(combos)('referrers ($frontend front end, $storage storage)', ({ frontend, storage }) => {
   let server: TestServer;

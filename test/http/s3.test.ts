@@ -1,10 +1,9 @@
 import { GetObjectCommand } from '@aws-sdk/client-s3';
-import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  expectStatus, openRequest, patchChunk, pathOf, pieces, request, startUpload, storedBytes, uploadRange, waitForLog,
-  withQuery, type Reply,
+  commitUpload, expectBlob, expectStatus, openRequest, patchChunk, pathOf, pieces, rawGet, repoNamer, request, startUpload,
+  uploadRange, uploadStatus, waitForLog, withQuery, type RawReply, type Reply,
 } from '../helpers/http.js';
 import { makeImage, pushBlob, pushImage, randomBlob, sha256 } from '../helpers/oci.js';
 import {
@@ -38,35 +37,7 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * Every storage URL uses partSize=5MiB (S3's minimum) so multipart uploads need only a few MiB.
  */
 
-let repoSeq = 0;
-function repo(label: string): string {
-  return `s3/${label}-${(++repoSeq).toString(36)}`;
-}
-
-async function expectBlob(base: string, name: string, data: Uint8Array): Promise<void> {
-  const digest = sha256(data);
-  const r = await request(base, `/v2/${name}/blobs/${digest}`);
-  expectStatus(r, 200, `GET ${base}/v2/${name}/blobs/${digest}`);
-  expect(r.header('docker-content-digest')).toBe(digest);
-  expect(r.header('content-length')).toBe(String(data.byteLength));
-  expect(r.body.byteLength).toBe(data.byteLength);
-  expect(sha256(r.body)).toBe(digest);
-}
-
-async function commit(base: string, location: string, data: Uint8Array, name: string): Promise<Reply> {
-  const digest = sha256(data);
-  const r = await request(base, withQuery(location, 'digest', digest), { method: 'PUT' });
-  expectStatus(r, 201, `PUT ${location}?digest=${digest}`);
-  expect(r.header('docker-content-digest')).toBe(digest);
-  expect(pathOf(base, r.header('location') ?? '')).toBe(`/v2/${name}/blobs/${digest}`);
-  return r;
-}
-
-async function status(base: string, location: string): Promise<number> {
-  const r = await request(base, location);
-  expectStatus(r, 204, `GET ${base}${location}`);
-  return storedBytes(r.header('range'));
-}
+const repo = repoNamer('s3');
 
 /** A server error with the spec's error envelope (distribution-spec "Error Codes"). */
 function expect5xx(r: Reply, what: string): void {
@@ -82,16 +53,10 @@ function expect5xx(r: Reply, what: string): void {
   }
 }
 
-/** A GET with node:http and no extra headers (no registry credentials, nothing but `range`). */
-function plainGet(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer; headers: http.IncomingHttpHeaders }> {
-  return new Promise((resolve, reject) => {
-    http.get(url, { agent: false, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('error', reject);
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), headers: res.headers }));
-    }).on('error', reject);
-  });
+/** A GET with node:http and no registry credentials (a presigned URL carries its own). */
+function plainGet(url: string, headers: Record<string, string> = {}): Promise<RawReply> {
+  const u = new URL(url);
+  return rawGet(u.origin, `${u.pathname}${u.search}`, headers);
 }
 
 const ops = (calls: S3Call[], op: string, key?: string): S3Call[] =>
@@ -222,7 +187,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       expect(sessionCalls.filter((c) => c.op === 'UploadPart' && c.key !== s.keys.data)).toEqual([]);
       expect(await partSizes(bucket.client, bucket.name, s.keys.data, uploadId!)).toEqual(Array(Math.floor(total / PART)).fill(PART));
 
-      const { calls: putCalls } = await rec.during(() => commit(base, location, data, name));
+      const { calls: putCalls } = await rec.during(() => commitUpload(base, location, data, name));
       // The PUT sends the staged tail as the last (short) part and completes in place.
       expect(ops(putCalls, 'UploadPart', s.keys.data)).toHaveLength(total % PART === 0 ? 0 : 1);
       expect(ops(putCalls, 'CompleteMultipartUpload', s.keys.data)).toHaveLength(1);
@@ -273,7 +238,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
 
       const r = await patchChunk(base, location, data.subarray(offset), offset);
       expectStatus(r, 202);
-      await commit(base, pathOf(base, r.header('location')!), data, name);
+      await commitUpload(base, pathOf(base, r.header('location')!), data, name);
       await expectBlob(base, name, data);
     });
 
@@ -325,7 +290,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       }
 
       // PUT with no body: no part, no staged object; the two parts are completed as they are.
-      const { calls } = await rec.during(() => commit(base, location, data, name));
+      const { calls } = await rec.during(() => commitUpload(base, location, data, name));
       expect(ops(calls, 'UploadPart'), 'parts uploaded by a body-less PUT').toEqual([]);
       expect(calls.filter((c) => c.op === 'PutObject' && (c.key === keys.data || c.key.startsWith(keys.staging))), 'data or staging objects written by a body-less PUT').toEqual([]);
       expect(ops(calls, 'CompleteMultipartUpload', keys.data)).toHaveLength(1);
@@ -361,7 +326,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
           location = pathOf(base, r.header('location')!);
         }
         const before = await keyMap(bucket.client, bucket.name, `${PREFIX}/`);
-        const put = await rec.during(() => commit(base, location, data, name));
+        const put = await rec.during(() => commitUpload(base, location, data, name));
         return { before, putCalls: put.calls };
       });
       const partKeys = new Set(ops(session.calls, 'UploadPart').map((c) => c.key));
@@ -450,9 +415,9 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       o.req.destroy();
       await expect(o.reply).rejects.toThrow();
       await waitForLog(server, 'the aborted PATCH to finish', (l) => l.msg === 'request' && l.method === 'PATCH' && l.uploadId === id, 30_000);
-      const offset = await status(base, location);
+      const offset = await uploadStatus(base, location);
       expect(offset).toBeLessThanOrEqual(sent);
-      expect(await status(base, location)).toBe(offset);
+      expect(await uploadStatus(base, location)).toBe(offset);
       const s = await look(PREFIX, id);
       expect(s.uploads.length).toBeLessThanOrEqual(1);
       expectPartsAndTail(s, offset, 'after the disconnect');
@@ -460,7 +425,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       const r = await patchChunk(base, location, data.subarray(offset), offset);
       expectStatus(r, 202, `PATCH from ${offset}`);
       expect(r.header('range')).toBe(uploadRange(data.byteLength));
-      await commit(base, pathOf(base, r.header('location')!), data, name);
+      await commitUpload(base, pathOf(base, r.header('location')!), data, name);
       await expectBlob(base, name, data);
     });
 
@@ -476,7 +441,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
           expectStatus(r, 202, `PATCH #${i}`);
           location = pathOf(base, r.header('location')!);
         }
-        await commit(base, location, data, name);
+        await commitUpload(base, location, data, name);
       });
       const mine = calls.filter((c) => c.key === keys.data || c.key.startsWith(keys.tailPrefix));
       const sent = mine.filter((c) => c.op === 'UploadPart' || c.op === 'PutObject').reduce((n, c) => n + c.bytes, 0);
@@ -503,7 +468,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
           location = pathOf(hinted.url, r.header('location')!);
         }
         expect(await partSizes(bucket.client, bucket.name, keys.data, (await uploadsOf(bucket.client, bucket.name, keys.data))[0]!)).toEqual(Array(4).fill(6 * MiB));
-        await commit(hinted.url, location, data, name);
+        await commitUpload(hinted.url, location, data, name);
       });
       expect(ops(calls, 'UploadPart', keys.data).map((c) => c.bytes)).toEqual([...Array(4).fill(6 * MiB), MiB + 1]);
       expect(calls.filter((c) => c.op === 'PutObject' && c.key.startsWith(keys.tailPrefix)).map((c) => c.bytes)).toEqual([MiB + 1]);
@@ -518,7 +483,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       const up = await startUpload(base, name);
       const r = await request(base, up.location, { method: 'PATCH', body: pieces(data, 1_000_003) });
       expectStatus(r, 202);
-      await commit(base, pathOf(base, r.header('location')!), data, name);
+      await commitUpload(base, pathOf(base, r.header('location')!), data, name);
       await expectBlob(base, name, data);
       const digest = sha256(data);
       const size = data.byteLength;
@@ -613,7 +578,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
         expect(r.header('range')).toBe(uploadRange(offset));
         location = pathOf(s.url, r.header('location')!);
         // The other instance sees the same offset.
-        expect(await status((s === a ? b : a).url, location)).toBe(offset);
+        expect(await uploadStatus((s === a ? b : a).url, location)).toBe(offset);
         const st = await look(PREFIX, up.id);
         expectPartsAndTail(st, offset, `after PATCH #${i}`);
         if (st.uploads.length > 0) {
@@ -624,7 +589,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       // Commit on the instance that did not write last.
       const committer = sizes.length % 2 === 0 ? b : a;
       const other = committer === a ? b : a;
-      await commit(committer.url, location, data, name);
+      await commitUpload(committer.url, location, data, name);
       await expectBlob(a.url, name, data);
       await expectBlob(b.url, name, data);
       const h = await request(other.url, `/v2/${name}/blobs/${sha256(data)}`, { method: 'HEAD' });
@@ -648,7 +613,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       const r2 = await request(a.url, up.location, { method: 'PATCH', body: pieces(data.subarray(split, 6 * MiB), 500_001) });
       expectStatus(r2, 202);
       expect(r2.header('range')).toBe(uploadRange(6 * MiB));
-      expect(await status(b.url, up.location)).toBe(6 * MiB);
+      expect(await uploadStatus(b.url, up.location)).toBe(6 * MiB);
       // An out-of-order chunk on B is refused with A's offset.
       const bad = await patchChunk(b.url, up.location, data.subarray(0, 10), 0);
       expect(bad.status).toBe(416);
@@ -704,7 +669,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
         expectStatus(r, 202, `PATCH ${from}-${to - 1}`);
         location = pathOf(server.url, r.header('location')!);
       }
-      await commit(server.url, location, data, name);
+      await commitUpload(server.url, location, data, name);
       const mono = randomBlob(300_001);
       await pushBlob(server.url, name, mono);
       await pushImage(server.url, name, 'v1', makeImage({ layerSizesBytes: [4096, PART + 3] }));
@@ -747,10 +712,10 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
         expect(st.status, `upload status while the store ${kind}s`).toBe(503);
         fault = undefined;
 
-        expect(await status(server.url, up.location), `offset after the store ${kind}ed`).toBe(first);
+        expect(await uploadStatus(server.url, up.location), `offset after the store ${kind}ed`).toBe(first);
         const r = await patchChunk(server.url, up.location, data.subarray(first), first);
         expectStatus(r, 202, `PATCH from ${first} after the store ${kind}ed`);
-        await commit(server.url, up.location, data, name);
+        await commitUpload(server.url, up.location, data, name);
         await expectBlob(server.url, name, data);
       }
       expect(await server.stop()).toBe(0);
@@ -777,7 +742,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       expect5xx(await request(server.url, withQuery(up.location, 'digest', sha256(data)), { method: 'PUT' }), 'PUT during the outage');
       outage = false;
 
-      expect(await status(server.url, up.location), 'status after the outage').toBe(first);
+      expect(await uploadStatus(server.url, up.location), 'status after the outage').toBe(first);
       let st = await look('outage', up.id);
       expectPartsAndTail(st, first, 'after the outage');
       expect(st.uploads).toHaveLength(1);
@@ -809,7 +774,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       expect(cut.status).toBeLessThan(600);
       outage = false;
 
-      const offset = await status(server.url, up.location);
+      const offset = await uploadStatus(server.url, up.location);
       expect(offset).toBeGreaterThanOrEqual(first);
       expect(offset).toBeLessThanOrEqual(first + sent);
       st = await look('outage', up.id);
@@ -817,7 +782,7 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       expect(st.uploads.length).toBeLessThanOrEqual(1);
       const r = await patchChunk(server.url, up.location, data.subarray(offset), offset);
       expectStatus(r, 202, `PATCH from ${offset} after the outage`);
-      await commit(server.url, up.location, data, name);
+      await commitUpload(server.url, up.location, data, name);
       await expectBlob(server.url, name, data);
       expect(await listUploads(bucket.client, bucket.name, 'outage/')).toEqual([]);
       expect(await server.stop()).toBe(0);

@@ -1,12 +1,11 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  expectError, expectStatus, openRequest, patchChunk, pathOf, pieces, request, startUpload, storedBytes, tempDir,
-  uploadRange, waitForLog, withQuery, type Reply,
+  commitUpload, expectBlob, expectError, expectStatus, openRequest, patchChunk, pathOf, pieces, request, startUpload, tempDir,
+  repoNamer, uploadRange, uploadStatus, waitForLog, withQuery, type Reply,
 } from '../helpers/http.js';
 import { pushBlob, randomBlob, sha256 } from '../helpers/oci.js';
-import { s3Env, s3ServerEnv, useTestBucket, type TestBucket } from '../helpers/s3-http.js';
-import { S3_ENDPOINT_MISSING } from '../helpers/s3.js';
+import { s3EnvOrFail, s3ServerEnv, useTestBucket, type TestBucket } from '../helpers/s3-http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -25,41 +24,11 @@ type Storage = (typeof STORAGES)[number] | 's3';
 type FrontendName = (typeof FRONTENDS)[number];
 const EMPTY_DIGEST = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 
-let repoSeq = 0;
 /** A fresh repository per test, so tests sharing a server never see each other's blobs. */
-function repo(label: string): string {
-  return `uploads/${label}-${(++repoSeq).toString(36)}`;
-}
+const repo = repoNamer('uploads');
 
 async function getBlob(base: string, name: string, digest: string): Promise<Reply> {
   return request(base, `/v2/${name}/blobs/${digest}`);
-}
-
-async function expectBlob(base: string, name: string, data: Uint8Array): Promise<void> {
-  const digest = sha256(data);
-  const r = await getBlob(base, name, digest);
-  expectStatus(r, 200, `GET /v2/${name}/blobs/${digest}`);
-  expect(r.header('docker-content-digest')).toBe(digest);
-  expect(r.header('content-length')).toBe(String(data.byteLength));
-  expect(r.body.byteLength).toBe(data.byteLength);
-  // Compare digests, not buffers: a mismatch in 64 MiB should not print 64 MiB.
-  expect(sha256(r.body)).toBe(digest);
-}
-
-/** PUT <location>?digest=<digest> with no body; expects 201 and returns the reply. */
-async function commit(base: string, location: string, digest: string, name: string): Promise<Reply> {
-  const r = await request(base, withQuery(location, 'digest', digest), { method: 'PUT' });
-  expectStatus(r, 201, `PUT ${location}?digest=${digest}`);
-  expect(r.header('docker-content-digest')).toBe(digest);
-  expect(pathOf(base, r.header('location') ?? '')).toBe(`/v2/${name}/blobs/${digest}`);
-  return r;
-}
-
-/** GET <location> → 204 with the upload's Range; returns the stored byte count. */
-async function status(base: string, location: string): Promise<number> {
-  const r = await request(base, location);
-  expectStatus(r, 204, `GET ${location}`);
-  return storedBytes(r.header('range'));
 }
 
 /** Sends the rest of `data` from `offset` as one Content-Range chunk, then commits; checks the blob. */
@@ -71,7 +40,7 @@ async function finish(base: string, name: string, location: string, data: Buffer
     expect(r.header('range')).toBe(uploadRange(data.byteLength));
     loc = pathOf(base, r.header('location')!);
   }
-  await commit(base, loc, sha256(data), name);
+  await commitUpload(base, loc, sha256(data), name);
   await expectBlob(base, name, data);
 }
 
@@ -83,19 +52,11 @@ async function startOn(storage: Storage, frontend: FrontendName, where?: string 
   return startServer({ storage: storage === 'fs' ? `fs:${where as string}` : 'memory:', frontend });
 }
 
-/**
- * Without HOIST_TEST_S3_ENDPOINT an S3 variant is one failing test (never a skip), like
- * test/storage/s3.test.ts; otherwise it gets a fresh bucket, deleted afterwards.
- */
+/** An S3 variant gets a fresh bucket, deleted afterwards ('missing' without an S3 server: see s3EnvOrFail). */
 function s3BucketOrFail(storage: Storage, label: string): TestBucket | undefined | 'missing' {
   if (storage !== 's3') return undefined;
-  if (!s3Env) {
-    it('needs an S3 server: HOIST_TEST_S3_ENDPOINT', () => {
-      throw new Error(S3_ENDPOINT_MISSING);
-    });
-    return 'missing';
-  }
-  return useTestBucket(s3Env, label);
+  const env = s3EnvOrFail();
+  return env ? useTestBucket(env, label) : 'missing';
 }
 
 const combos: Array<{ frontend: FrontendName; storage: Storage }> = [
@@ -182,7 +143,7 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
     expectStatus(r, 202);
     expect(r.header('range')).toBe(uploadRange(data.byteLength));
     expect(r.header('docker-upload-uuid')).toBe(up.id);
-    await commit(base, pathOf(base, r.header('location')!), sha256(data), name);
+    await commitUpload(base, pathOf(base, r.header('location')!), sha256(data), name);
     await expectBlob(base, name, data);
   });
 
@@ -194,7 +155,7 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
     const r = await request(base, up.location, { method: 'PATCH', body: pieces(data, 700_001) });
     expectStatus(r, 202);
     expect(r.header('range')).toBe(uploadRange(data.byteLength));
-    await commit(base, pathOf(base, r.header('location')!), sha256(data), name);
+    await commitUpload(base, pathOf(base, r.header('location')!), sha256(data), name);
     await expectBlob(base, name, data);
   });
 
@@ -209,9 +170,9 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
       expect(r.header('range')).toBe(`0-${cuts[i + 1]! - 1}`);
       expect(r.header('content-length')).toBe('0');
       location = pathOf(base, r.header('location')!);
-      expect(await status(base, location)).toBe(cuts[i + 1]);
+      expect(await uploadStatus(base, location)).toBe(cuts[i + 1]);
     }
-    await commit(base, location, sha256(data), name);
+    await commitUpload(base, location, sha256(data), name);
     await expectBlob(base, name, data);
   });
 
@@ -223,7 +184,7 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
     const r = await patchChunk(base, location, data.subarray(200, 300), 200);
     expectError(r, 416, undefined, 'PATCH');
     expect(r.header('range')).toBe('0-99');
-    expect(await status(base, location)).toBe(100);
+    expect(await uploadStatus(base, location)).toBe(100);
     await finish(base, name, location, data, 100);
   });
 
@@ -235,7 +196,7 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
     const r = await patchChunk(base, location, data.subarray(0, 100), 0);
     expectError(r, 416, undefined, 'PATCH');
     expect(r.header('range')).toBe('0-99');
-    expect(await status(base, location)).toBe(100);
+    expect(await uploadStatus(base, location)).toBe(100);
     await finish(base, name, location, data, 100);
   });
 
@@ -249,7 +210,7 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
       body: data.subarray(0, 5),
     });
     expectError(r, 416, undefined, 'PATCH');
-    expect(await status(base, location)).toBe(0);
+    expect(await uploadStatus(base, location)).toBe(0);
     await finish(base, name, location, data, 0);
   });
 
@@ -325,8 +286,8 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
     const r = await request(base, location, { method: 'PATCH', headers: { 'content-length': 0 } });
     expectStatus(r, 202);
     expect(r.header('range')).toBe(uploadRange(data.byteLength));
-    expect(await status(base, location)).toBe(data.byteLength);
-    await commit(base, pathOf(base, r.header('location')!), sha256(data), name);
+    expect(await uploadStatus(base, location)).toBe(data.byteLength);
+    await commitUpload(base, pathOf(base, r.header('location')!), sha256(data), name);
     await expectBlob(base, name, data);
   });
 
@@ -336,7 +297,7 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
     const { location } = await startUpload(base, name);
     const empty = await request(base, location, { method: 'PATCH', headers: { 'content-length': 0 } });
     expectStatus(empty, 202);
-    await commit(base, location, EMPTY_DIGEST, name);
+    await commitUpload(base, location, EMPTY_DIGEST, name);
     const r = await getBlob(base, name, EMPTY_DIGEST);
     expectStatus(r, 200);
     expect(r.header('content-length')).toBe('0');
@@ -387,10 +348,10 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
     // The server logs one line per request when it is done with it: after that line the
     // aborted request has stored what it kept, and the upload is free again.
     await waitForLog(server, 'the aborted PATCH to finish', (l) => l.msg === 'request' && l.method === 'PATCH' && l.uploadId === id);
-    const offset = await status(base, location);
+    const offset = await uploadStatus(base, location);
     expect(offset).toBeLessThanOrEqual(sent);
     // A second status read agrees: nothing is still trickling in.
-    expect(await status(base, location)).toBe(offset);
+    expect(await uploadStatus(base, location)).toBe(offset);
     await finish(base, name, location, data, offset);
   });
 
@@ -403,7 +364,7 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
     const r = await request(base, location, { method: 'PATCH', body: data, timeoutMs: 120_000 });
     expectStatus(r, 202);
     expect(r.header('range')).toBe(uploadRange(data.byteLength));
-    await commit(base, pathOf(base, r.header('location')!), sha256(data), name);
+    await commitUpload(base, pathOf(base, r.header('location')!), sha256(data), name);
     const g = await getBlob(base, name, sha256(data));
     expectStatus(g, 200);
     expect(g.body.byteLength).toBe(data.byteLength);
@@ -485,12 +446,12 @@ describe.each(restartCombos)('upload survives a server restart ($frontend front 
       location = pathOf(a.url, r.header('location')!);
     }
     const offset = cuts[cuts.length - 1]!;
-    expect(await status(a.url, location)).toBe(offset);
+    expect(await uploadStatus(a.url, location)).toBe(offset);
     expect(await a.stop()).toBe(0);
 
     // The new process has no running hash for this upload: it must rebuild it from storage.
     const b = await start();
-    expect(await status(b.url, location)).toBe(offset);
+    expect(await uploadStatus(b.url, location)).toBe(offset);
     await finish(b.url, name, location, data, offset);
     expect(await b.stop()).toBe(0);
   });
@@ -505,8 +466,8 @@ describe.each(restartCombos)('upload survives a server restart ($frontend front 
     expect(await a.stop()).toBe(0);
 
     const b = await start();
-    expect(await status(b.url, location)).toBe(data.byteLength);
-    await commit(b.url, location, sha256(data), name);
+    expect(await uploadStatus(b.url, location)).toBe(data.byteLength);
+    await commitUpload(b.url, location, sha256(data), name);
     await expectBlob(b.url, name, data);
     // And a wrong digest is still caught after a restart.
     const c = await startUpload(b.url, name);
