@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExpiryPolicy, type ExpirationSettings } from '../../src/registry/expiry.js';
@@ -11,7 +10,7 @@ import { parseDigest } from '../../src/registry/reference.js';
 import { Registry } from '../../src/registry/registry.js';
 import { SlabPool } from '../../src/engine/slab-pool.js';
 import { isPathNotFound, type StorageDriver } from '../../src/storage/driver.js';
-import { CLI_PATH, REPO_ROOT } from './server.js';
+import { runCli, type CliResult } from './server.js';
 import { bodyOf } from './uploads.js';
 
 /**
@@ -154,34 +153,9 @@ export class GcFixture {
   }
 }
 
-export interface CliResult {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
+export type { CliResult } from './server.js';
 
-/**
- * Runs the built `hoist gc` (dist/src/cli.js) with `args`, as an operator does while servers
- * run. Inherited HOIST_* variables are dropped (as test/helpers/server.ts does); `env` adds.
- */
+/** Runs the built `hoist gc` with `args`, as an operator does while servers run (see runCli). */
 export function runGcCli(args: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<CliResult> {
-  const childEnv: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('HOIST_')) childEnv[k] = v;
-  Object.assign(childEnv, env);
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI_PATH, 'gc', ...args], { cwd: REPO_ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
-    child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+  return runCli(['gc', ...args], env, timeoutMs);
 }

@@ -85,13 +85,51 @@ function parse(line: string): LogRecord {
   return { msg: line, raw: true };
 }
 
+/**
+ * The environment for a Hoist child process: this one without its HOIST_* variables (a
+ * developer's shell must not change what a test runs), plus `extra`.
+ */
+export function hoistEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('HOIST_')) env[k] = v;
+  return Object.assign(env, extra);
+}
+
+export interface CliResult {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/**
+ * Runs the built `hoist <args>` (dist/src/cli.js) to its end, as a user or operator does, with
+ * hoistEnv(env); SIGKILLs it after `timeoutMs` (a hang guard: the result then has that signal).
+ */
+export function runCli(args: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI_PATH, ...args], { cwd: REPO_ROOT, env: hoistEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
+    child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
 export async function startServer(opts: StartServerOptions = {}): Promise<TestServer> {
   if (!existsSync(CLI_PATH)) {
     throw new Error(`${CLI_PATH} does not exist: build first (npm run build; vitest's global setup does this)`);
   }
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('HOIST_')) env[k] = v;
-  Object.assign(env, opts.env ?? {});
+  const env = hoistEnv(opts.env);
 
   const args = [CLI_PATH, 'serve'];
   if (!opts.env?.HOIST_LISTEN) args.push('--listen', '127.0.0.1:0');

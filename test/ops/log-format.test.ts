@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { CLI_PATH, REPO_ROOT, startServer } from '../helpers/server.js';
+import { CLI_PATH, hoistEnv, REPO_ROOT, startServer } from '../helpers/server.js';
 
 /**
  * `hoist serve` logs JSON lines when its stdout is a pipe or a file (log collectors), readable
@@ -11,9 +11,7 @@ import { CLI_PATH, REPO_ROOT, startServer } from '../helpers/server.js';
 /** Runs `hoist serve` via `argv`, waits for a line matching `ready`, stops it, and returns its output. */
 function serveUntil(argv: string[], ready: RegExp, env: NodeJS.ProcessEnv = {}): Promise<string> {
   return new Promise((resolve, reject) => {
-    const cleanEnv: NodeJS.ProcessEnv = {};
-    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('HOIST_')) cleanEnv[k] = v;
-    const child = spawn(argv[0]!, argv.slice(1), { cwd: REPO_ROOT, env: { ...cleanEnv, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(argv[0]!, argv.slice(1), { cwd: REPO_ROOT, env: hoistEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let stopping = false;
     const timer = setTimeout(() => {

@@ -1,10 +1,9 @@
-import { spawn } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lease } from '../../src/gc/lease.js';
 import { createDriver } from '../../src/storage/index.js';
 import { tempDir } from '../helpers/http.js';
-import { CLI_PATH, REPO_ROOT } from '../helpers/server.js';
+import { runCli, type CliResult } from '../helpers/server.js';
 
 /**
  * The command line (src/cli.ts), run as a user runs it (dist/cli.js in a child process): what
@@ -13,26 +12,8 @@ import { CLI_PATH, REPO_ROOT } from '../helpers/server.js';
  * collection running. Errors go to stderr without the secrets a URL or option may carry.
  */
 
-interface Run { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
-
-/** Runs `hoist <args>` with no HOIST_* from this environment; kills it after `timeoutMs` (a hang guard). */
-function hoist(args: string[], env: Record<string, string> = {}, timeoutMs = 60_000): Promise<Run> {
-  const childEnv: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('HOIST_')) childEnv[k] = v;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI_PATH, ...args], { cwd: REPO_ROOT, env: { ...childEnv, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
-    child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('error', reject);
-    child.once('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr });
-    });
-  });
-}
+/** Runs `hoist <args>`; kills it after `timeoutMs` (a hang guard). */
+const hoist = (args: string[], env: Record<string, string> = {}, timeoutMs = 60_000): Promise<CliResult> => runCli(args, env, timeoutMs);
 
 describe('hoist (no or unknown command)', () => {
   it('--help lists serve and gc and exits 0', async () => {
