@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import {
-  ErrorCodes, MethodNotAllowedError, RangeNotSatisfiableError, RegistryError, TooManyRequestsError, UnauthorizedError, UploadRangeError, toRegistryError,
+  MethodNotAllowedError, RangeNotSatisfiableError, RegistryError, TooManyRequestsError, UnauthorizedError, UploadRangeError, toRegistryError,
 } from '../errors.js';
 import type { HeaderMap, OutgoingResponse } from './adapter.js';
 import { locations } from './routes.js';

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, expect, it } from 'vitest';
 import {
   expectStatus, openRequest, patchChunk, pathOf, pieces, request, startUpload, storedBytes, uploadRange, waitFor, withQuery,
 } from '../helpers/http.js';
