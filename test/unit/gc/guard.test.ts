@@ -6,6 +6,7 @@ import { Lease } from '../../../src/gc/lease.js';
 import { HashPool } from '../../../src/engine/hash-pool.js';
 import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
 import { paths } from '../../../src/registry/paths.js';
+import type { ListOptions, ListPage } from '../../../src/storage/driver.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
 import { CountingDriver } from '../../helpers/counting-driver.js';
 import { BY_DIGEST, GcFixture } from '../../helpers/gc.js';
@@ -27,6 +28,18 @@ afterAll(async () => {
 async function presences(d: MemoryDriver): Promise<PresenceRecord[]> {
   const list = await d.list(paths.gcServersDir()).catch(() => []);
   return Promise.all(list.map(async (p) => JSON.parse((await d.getContent(p)).toString('utf8')) as PresenceRecord));
+}
+
+/**
+ * Resolves once `cond` holds, looking every 10 ms. The 30 s bound is a hang guard (an
+ * acknowledgement takes milliseconds), and its failure says what never came.
+ */
+async function until(what: string, cond: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`no ${what} within 30 s`);
+    await sleep(10);
+  }
 }
 
 /** The PID of a process that has exited. */
@@ -89,17 +102,19 @@ describe('acknowledgements', () => {
     try {
       await guard.poll();
       // The fixture's server, with nothing running, acknowledges as soon as it looks.
-      for (let i = 0; i < 100 && !(await presences(d)).some((p) => p.ack === lease.gen); i++) await sleep(10);
+      await until('acknowledgement by the idle server', async () => (await presences(d)).some((p) => p.ack === lease.gen));
       await t.registry.putManifest('r', 'during', MEDIA_TYPES.ociManifest, img.bytes);
       const touched = JSON.parse((await d.getContent(paths.blobTouched(imgDigest(img.layers[0]!)))).toString('utf8')) as { gen?: number };
       expect(touched.gen).toBe(lease.gen);
+      // This guard, which has seen the lease (poll() above), waits for its stalled operation
+      // however long it is given.
+      await guard.poll();
       await sleep(50);
-      // This guard waits for its stalled operation.
       expect((await presences(d)).map((p) => p.ack).sort()).toEqual([lease.gen, undefined]);
       release();
       await stalled;
       await guard.poll();
-      for (let i = 0; i < 100 && (await presences(d)).some((p) => p.ack !== lease.gen); i++) await sleep(10);
+      await until('acknowledgement once the stalled operation ended', async () => (await presences(d)).every((p) => p.ack === lease.gen));
       expect((await presences(d)).map((p) => p.ack)).toEqual([lease.gen, lease.gen]);
     } finally {
       await lease.release();
@@ -113,7 +128,7 @@ describe('acknowledgements', () => {
     try {
       const guard = new GcGuard(d, { pollMs: 10 });
       expect(await guard.op(async () => guard.collecting)).toBe(true);
-      for (let i = 0; i < 100 && (await presences(d))[0]?.ack === undefined; i++) await sleep(10);
+      await until('acknowledgement', async () => (await presences(d))[0]?.ack !== undefined);
       expect((await presences(d))[0]?.ack).toBe(lease.gen);
       await guard.close();
     } finally {
@@ -121,6 +136,31 @@ describe('acknowledgements', () => {
     }
   });
 });
+
+/**
+ * A store whose listings show chosen objects as older than they are (the collector judges a
+ * presence's silence by its listed time), and which counts listings of the presences.
+ */
+class AgedListing extends MemoryDriver {
+  readonly #ageMs = new Map<string, number>();
+  serverListings = 0;
+
+  age(path: string, ms: number): void {
+    this.#ageMs.set(path, ms);
+  }
+
+  override async listPage(path: string, opts?: ListOptions): Promise<ListPage> {
+    if (path === paths.gcServersDir()) this.serverListings++;
+    const page = await super.listPage(path, opts);
+    return {
+      ...page,
+      children: page.children.map((c) => {
+        const ms = this.#ageMs.get(c.path);
+        return ms === undefined || c.modTime === undefined ? c : { ...c, modTime: new Date(c.modTime.getTime() - ms) };
+      }),
+    };
+  }
+}
 
 describe('which servers a collection waits for', () => {
   async function presence(d: MemoryDriver, id: string, extra: Partial<PresenceRecord>): Promise<void> {
@@ -140,17 +180,23 @@ describe('which servers a collection waits for', () => {
   });
 
   it('for a live server until it acknowledges, or until its presence has been silent for inflightTimeout', async () => {
-    const d = new MemoryDriver();
+    const d = new AgedListing();
     const t = new GcFixture(d, pool);
     // On another host: nothing tells whether it lives, but its silence.
     await presence(d, 'elsewhere', { host: 'another-host' });
     let done = false;
-    const gc = t.gc({ inflightTimeoutMs: 400 }).then((r) => {
+    const gc = t.gc({ inflightTimeoutMs: 60_000 }).then((r) => {
       done = true;
       return r;
     });
-    await sleep(150);
+    // The collector has judged the presence and gone round again: it waits. (Its presence is
+    // not a minute old; no stall of a loaded machine makes it so.)
+    const listed = d.serverListings;
+    await until('second look at the servers', async () => d.serverListings >= listed + 2);
     expect(done).toBe(false);
+    expect((await presences(d)).map((p) => p.id)).toEqual(['elsewhere']);
+    // Silent for longer than the timeout: no longer waited for, and its presence goes.
+    d.age(paths.gcServer('elsewhere'), 120_000);
     await gc;
     expect(await presences(d)).toEqual([]);
   });
