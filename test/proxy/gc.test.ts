@@ -9,21 +9,25 @@ import { expectError, request, tempDir, waitForLog } from '../helpers/http.js';
 import { rawGet, tapUpstream, type UpstreamTap } from '../helpers/mirror.js';
 import { makeImage, pushImage, sha256, type Image } from '../helpers/oci.js';
 import { startServer, type TestServer } from '../helpers/server.js';
+import { processClock } from './clock.js';
 
 /**
  * `hoist gc` on a pull-through cache (issue 13, item 5): what nobody pulled for proxy.ttl
  * goes, whatever its tags; what was pulled within it stays; a fetch in progress during the
  * collection is stored whole afterwards.
  *
- * Timeline (ttl 10 s, so the collection's grace is 11 s, gc/mirror.ts):
+ * Timeline (ttl 10 s, so the collection's grace is 11 s, gc/mirror.ts), by the cache's clock:
  *
  *   tA           pull A (manifest by tag, every blob) has ended; pull B
- *   tA + 5.5 s   pull B again (its tag is re-checked, its manifest and blobs touched)
- *   tA + 11.2 s  a fetch of C starts and is held after 1 MiB; hoist gc runs; C is let go
+ *   tA + 9 s     pull B again (its tag is re-checked, its manifest and blobs touched)
+ *   then         a fetch of C starts and is held after 1 MiB; hoist gc runs; C is let go
  *
- * The sleeps are lower bounds only (A must be older than the grace when the collection
- * starts); B stays as long as the collection starts before tA + 16.5 s, which leaves the
- * CLI 5 s to start on a loaded machine.
+ * The collection runs on a clock of its own (./clock.ts) that reads tA + 11.2 s when it is
+ * started, however late a loaded machine gets there: A (11.2 s) is older than the
+ * grace, B's second pull (2.2 s) is not, and B stays as long as the collection judges it
+ * within 7.8 s of starting (its tag then expires, 10 s after tA + 9 s). The sleep is a lower
+ * bound only: B's second pull must be newer than its first by more than the 1 s tagTtl and
+ * the 1 s marker refresh (pullRefreshMs), and it can only be later than planned.
  */
 
 let work: string;
@@ -74,9 +78,8 @@ describe('hoist gc on a cache', () => {
     await pull('library/a', images.a);
     const tA = Date.now();
     await pull('library/b', images.b);
-    await sleep(Math.max(0, tA + 5500 - Date.now()));
+    await sleep(Math.max(0, tA + 9000 - Date.now()));
     await pull('library/b', images.b);
-    await sleep(Math.max(0, tA + 11_200 - Date.now()));
 
     // C's only layer is held after 1 MiB: a fetch in flight while the collection runs.
     expect(sha256((await request(mirror.url, '/v2/library/c/manifests/v1')).body)).toBe(images.c.manifestDigest);
@@ -89,7 +92,9 @@ describe('hoist gc on a cache', () => {
     const pending = rawGet(mirror.url, `/v2/library/c/blobs/${layer}`);
     await held;
 
-    const gc = await runGcCli(['--config', config, '--json']);
+    const clock = processClock(work, 'gc');
+    await clock.setNow(tA + 11_200);
+    const gc = await runGcCli(['--config', config, '--json'], clock.env());
     expect(gc.code, gc.stderr).toBe(0);
     const report = (JSON.parse(gc.stdout) as { registries: Array<{ report: { expiredTags: number; manifests: number; blobs: { count: number } } }> }).registries[0]!.report;
     release();
