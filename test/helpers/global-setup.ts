@@ -16,7 +16,7 @@ export default function setup(): void {
     console.log('[global-setup] HOIST_TEST_SKIP_BUILD=1: using dist/ as it is');
     return;
   }
-  const root = fileURLToPath(new URL('../../', import.meta.url));
+  const root = fileURLToPath(new URL('../..', import.meta.url));
   const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
   const started = Date.now();
   const result = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.json'], {

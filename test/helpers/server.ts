@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
  *   expect(await server.stop()).toBe(0);
  */
 
-export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const CLI_PATH = fileURLToPath(new URL('../../dist/src/cli.js', import.meta.url));
 
 export type Frontend = 'uws' | 'node' | 'auto';

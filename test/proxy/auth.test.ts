@@ -7,7 +7,7 @@ import { expectError, request, tempDir } from '../helpers/http.js';
 import { readPulled, skopeo, writePolicy } from '../helpers/mirror.js';
 import { sha256 } from '../helpers/oci.js';
 import { startServer, tail, type TestServer } from '../helpers/server.js';
-import { processClock } from './clock.js';
+import { processClock } from '../helpers/clock.js';
 
 /**
  * The cache's upstream asks for credentials (issue 13, item 4), as real registries do:

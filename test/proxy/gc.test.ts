@@ -9,7 +9,7 @@ import { expectError, request, tempDir, waitForLog } from '../helpers/http.js';
 import { rawGet, tapUpstream, type UpstreamTap } from '../helpers/mirror.js';
 import { makeImage, pushImage, sha256, type Image } from '../helpers/oci.js';
 import { startServer, type TestServer } from '../helpers/server.js';
-import { processClock } from './clock.js';
+import { processClock } from '../helpers/clock.js';
 
 /**
  * `hoist gc` on a pull-through cache (issue 13, item 5): what nobody pulled for proxy.ttl
