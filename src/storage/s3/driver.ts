@@ -11,6 +11,7 @@ import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { Readable } from 'node:stream';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
+import { ReadBuffers } from '../file-reader.js';
 import {
   checkLimit, compareKeys, PathNotFoundError, StorageUnavailableError, type FileInfo, type FileWriter, type IncompleteWrite, type ListedChild,
   type ListOptions, type ListPage, type StorageDriver, type WriterOptions,
@@ -23,6 +24,7 @@ import { INTERNAL_SEGMENT, Layout } from './layout.js';
 import { PartBufferPool } from './part-buffers.js';
 import { rangeFetch, type RangeFetch } from './range-fetch.js';
 import { RangedReader, ReadAhead } from './reader.js';
+
 import { TailCache } from './tail-cache.js';
 import type { S3Location } from './url.js';
 import {
@@ -63,6 +65,10 @@ const INLINE_MD5_MAX_BYTES = 1024 * 1024;
 const DELETE_BATCH = 1000;
 const READ_WINDOW_BYTES = 16 * 1024 * 1024;
 const READ_WINDOWS_AHEAD = 3;
+/** Blob reads from an http:// store land in recycled chunks of this size (plain-get.ts)... */
+const READ_CHUNK_BYTES = 256 * 1024;
+/** ...of which this many are kept while idle (16 MiB). */
+const READ_CHUNKS_IDLE = 64;
 /** Uploads whose last state this instance remembers (tail-cache.ts); their buffers are bounded by the pool. */
 const MAX_HELD_TAILS = 4096;
 
@@ -82,7 +88,7 @@ export class S3Driver implements StorageDriver {
   readonly #writers: WriterContext;
   readonly #tails: TailCache;
   readonly #readAhead: ReadAhead;
-  readonly #read: { fetch: RangeFetch; windowBytes: number; windowsAhead: number; maxAttempts: number; retryForMs: number };
+  readonly #read: { fetch: RangeFetch; buffers: ReadBuffers; windowBytes: number; windowsAhead: number; maxAttempts: number; retryForMs: number };
   readonly #endpoint: string | undefined;
   /**
    * A presigned GetObject URL for `path`, valid `expiresInSeconds`, so a blob GET can
@@ -151,8 +157,10 @@ export class S3Driver implements StorageDriver {
       { step: 'initialize', name: 'hoistRequestMetrics' },
     );
     this.#readAhead = new ReadAhead(opts.maxReadAheadBytes);
+    const readBuffers = new ReadBuffers(READ_CHUNK_BYTES, READ_CHUNKS_IDLE);
     this.#read = {
-      fetch: rangeFetch({ client: this.#client, bucket: this.bucket, httpAgent, httpsAgent, timeoutMs: opts.timeoutMs }),
+      fetch: rangeFetch({ client: this.#client, bucket: this.bucket, httpAgent, httpsAgent, timeoutMs: opts.timeoutMs, buffers: readBuffers }),
+      buffers: readBuffers,
       windowBytes: opts.readWindowBytes ?? READ_WINDOW_BYTES,
       windowsAhead: opts.readWindowsAhead ?? READ_WINDOWS_AHEAD,
       maxAttempts,

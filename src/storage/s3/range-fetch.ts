@@ -6,6 +6,8 @@ import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
 import { StorageUnavailableError } from '../driver.js';
+import type { ReadBuffers } from '../file-reader.js';
+import { PlainHttp } from './plain-get.js';
 
 /**
  * Ranged GETs for blob reads (reader.ts), sent over plain node:http to a presigned
@@ -28,6 +30,11 @@ export interface RangeFetchOptions {
   httpAgent: http.Agent;
   httpsAgent: https.Agent;
   timeoutMs: number;
+  /**
+   * Buffers for the bodies of GETs to an http:// store (plain-get.ts), which the consumer may
+   * give back (RecyclingReadable). An https:// store is read through node:https.
+   */
+  buffers: ReadBuffers;
 }
 
 /** A store answer to a ranged GET: its body, and the object's whole size (Content-Range). */
@@ -57,6 +64,19 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
     return url;
   };
 
+  const plain = new PlainHttp(o.buffers);
+  const timedOut = (key: string): StorageUnavailableError => {
+    const timeout = Object.assign(new Error(`no progress for ${o.timeoutMs} ms`), { name: 'TimeoutError' });
+    return new StorageUnavailableError(`S3 GET of ${key}: no progress for ${o.timeoutMs} ms`, { cause: timeout });
+  };
+  const failed = (key: string, status: number, text: string): Error => {
+    const code = /<Code>([^<]+)<\/Code>/.exec(text)?.[1] ?? `HTTP ${status}`;
+    // Refused: perhaps the URL outlived its credentials (it answers AccessDenied then); sign anew.
+    if (status === 403) urls.delete(key);
+    return Object.assign(new Error(`S3 GET of ${key}: ${code}`), { name: code, $metadata: { httpStatusCode: status } });
+  };
+  const errorName = (err: Error & { code?: string }): string => err.name && err.name !== 'Error' ? err.name : (err.code ?? 'Error');
+
   return async (key, from, to, signal) => {
     const url = new URL(await urlOf(key));
     const secure = url.protocol === 'https:';
@@ -65,6 +85,26 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
     const report = (error: string | undefined): void => {
       if (ch.hasSubscribers) ch.publish({ operation: 'GetObject', attempts: 1, error, ms: performance.now() - t0 } satisfies S3RequestMessage);
     };
+    if (url.protocol === 'http:') {
+      let answer;
+      try {
+        answer = await plain.get(url, { range: `bytes=${from}-${to - 1}` }, { timeoutMs: o.timeoutMs, onTimeout: () => timedOut(key), signal });
+      } catch (err) {
+        report(errorName(err as Error));
+        throw err;
+      }
+      const body = answer.body;
+      if (!body) {
+        const err = failed(key, answer.status, answer.text);
+        report(err.name);
+        throw err;
+      }
+      // Reported once the body has been read, or broke off.
+      body.once('end', () => report(undefined));
+      body.once('error', (err: Error) => report(errorName(err)));
+      const total = /\/(\d+)$/.exec(answer.headers.get('content-range') ?? '')?.[1];
+      return { body, objectSize: total === undefined ? undefined : Number(total) };
+    }
     return new Promise<RangeAnswer>((resolve, reject) => {
       let body: http.IncomingMessage | undefined;
       const req = (secure ? https : http).request(url, {

@@ -1,5 +1,6 @@
 import { Readable } from 'node:stream';
 import { StorageUnavailableError } from '../driver.js';
+import type { ReadBuffers, RecyclingReadable } from '../file-reader.js';
 import { isStoreUnavailable, isTimeout } from './deadlines.js';
 import { httpStatus } from './errors.js';
 import type { RangeFetch } from './range-fetch.js';
@@ -33,6 +34,8 @@ import type { RangeFetch } from './range-fetch.js';
 export interface RangedReadOptions {
   /** Sends one ranged GET (range-fetch.ts). */
   fetch: RangeFetch;
+  /** Where the chunks of bodies read over plain HTTP go back to (plain-get.ts). */
+  buffers: ReadBuffers;
   key: string;
   offset: number;
   length: number;
@@ -89,7 +92,7 @@ interface Window {
   readonly abort: AbortController;
 }
 
-export class RangedReader extends Readable {
+export class RangedReader extends Readable implements RecyclingReadable {
   readonly #o: RangedReadOptions;
   readonly #windows: Window[] = [];
   /** Start of the next window not yet requested. */
@@ -133,6 +136,11 @@ export class RangedReader extends Readable {
     if (!head) return;
     if (head.dropped) this.#request(head);
     else head.body?.resume();
+  }
+
+  /** A chunk its consumer is done with (RecyclingReadable); ReadBuffers keeps only its own. */
+  recycle(chunk: Uint8Array): void {
+    this.#o.buffers.give(chunk);
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
