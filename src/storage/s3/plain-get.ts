@@ -234,8 +234,9 @@ export class PlainHttp {
         fail(o.onTimeout());
       });
       s.on('error', fail);
-      s.on('end', () => fail(new Error('S3 GET: the store closed the connection')));
-      s.on('close', () => fail(new Error('S3 GET: the connection closed')));
+      // Codes as node:http gives them, which isStoreUnavailable() (deadlines.ts) knows.
+      s.on('end', () => fail(Object.assign(new Error('S3 GET: the store closed the connection'), { code: 'ECONNRESET' })));
+      s.on('close', () => fail(Object.assign(new Error('S3 GET: the connection closed'), { code: 'ECONNRESET' })));
       const path = url.pathname + url.search;
       let req = `GET ${path} HTTP/1.1\r\nHost: ${url.host}\r\n`;
       for (const [k, v] of Object.entries(headers)) req += `${k}: ${v}\r\n`;
