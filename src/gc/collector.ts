@@ -1,12 +1,12 @@
 import pLimit, { type LimitFunction } from 'p-limit';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { InvalidPathError, isPathNotFound, listPage, type StorageDriver } from '../storage/driver.js';
+import { InvalidPathError, isPathNotFound, listPage, objectExists, type StorageDriver } from '../storage/driver.js';
 import { BlobStore, WELL_KNOWN_BLOBS } from '../registry/blobs.js';
 import type { ExpiryPolicy } from '../registry/expiry.js';
 import { decodeRevision } from '../registry/manifests.js';
 import { presenceProcessGone, type PresenceRecord, type TouchRecord } from './guard.js';
-import { Lease, objectExists } from './lease.js';
+import { Lease } from './lease.js';
 import { manifestRefs, Marker } from './mark.js';
 import {
   basename, listData, listOrEmpty, listRepositories, readOrUndefined, scanBlobs, scanRepository, type RepositoryScan,

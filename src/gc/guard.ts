@@ -3,9 +3,9 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { StorageDriver } from '../storage/driver.js';
+import { objectExists, type StorageDriver } from '../storage/driver.js';
 import { WELL_KNOWN_BLOBS } from '../registry/blobs.js';
-import { objectExists, runningGeneration } from './lease.js';
+import { runningGeneration } from './lease.js';
 import { paths } from '../registry/paths.js';
 import { tryParseDigest, type Digest } from '../registry/reference.js';
 

@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { isPathNotFound, objectExists, type StorageDriver } from '../storage/driver.js';
 import { paths } from '../registry/paths.js';
 
 /**
@@ -45,21 +45,6 @@ export async function readLease(driver: StorageDriver): Promise<LeaseRecord | un
     return JSON.parse((await driver.getContent(paths.gcLease())).toString('utf8')) as LeaseRecord;
   } catch (err) {
     if (isPathNotFound(err)) return undefined;
-    throw err;
-  }
-}
-
-/**
- * Whether an object exists, as cheaply as the driver can say: a zero-length read, which the
- * S3 driver answers with one HEAD (its stat() also looks for directories and uploads in
- * progress, and reading an object costs a GET).
- */
-export async function objectExists(driver: StorageDriver, path: string): Promise<boolean> {
-  try {
-    (await driver.reader(path, 0, 0)).destroy();
-    return true;
-  } catch (err) {
-    if (isPathNotFound(err)) return false;
     throw err;
   }
 }

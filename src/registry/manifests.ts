@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { RegistryError } from '../errors.js';
-import { isPathNotFound, listPage, type ListedChild, type ListPage, type StorageDriver } from '../storage/driver.js';
+import { isPathNotFound, listPage, objectExists, type ListedChild, type ListPage, type StorageDriver } from '../storage/driver.js';
 import type { BlobLocation, BlobStore } from './blobs.js';
 import { ExpiryPolicy } from './expiry.js';
 import { EXPIRES_AFTER_LABEL, labelsOf, MAX_CONFIG_BYTES, parseExpiresAfter } from './labels.js';
@@ -487,19 +487,6 @@ function nearBoundary(c: ListedChild, expirationMs: number, nowMs: number): bool
   return Math.abs(c.modTime.getTime() + expirationMs - nowMs) < EXPIRY_BOUNDARY_MS;
 }
 
-/**
- * Whether an object exists, as cheaply as the driver can say: a zero-length read, which the
- * S3 driver answers with one HEAD.
- */
-async function objectExists(driver: StorageDriver, path: string): Promise<boolean> {
-  try {
-    (await driver.reader(path, 0, 0)).destroy();
-    return true;
-  } catch (err) {
-    if (isPathNotFound(err)) return false;
-    throw err;
-  }
-}
 
 function unknown(reference: Reference): RegistryError {
   return new RegistryError('MANIFEST_UNKNOWN', {

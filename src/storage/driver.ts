@@ -313,6 +313,21 @@ export function isPathNotFound(err: unknown): err is PathNotFoundError {
 }
 
 /**
+ * Whether an object exists, as cheaply as the driver can say: a zero-length read, which the
+ * S3 driver answers with one HEAD (its stat() also looks for directories and uploads in
+ * progress, and reading an object costs a GET).
+ */
+export async function objectExists(driver: StorageDriver, path: string): Promise<boolean> {
+  try {
+    (await driver.reader(path, 0, 0)).destroy();
+    return true;
+  } catch (err) {
+    if (isPathNotFound(err)) return false;
+    throw err;
+  }
+}
+
+/**
  * Deletes one object (not a directory, not an upload in progress), the cheapest way the driver
  * has: deleteObjects() is one request on S3, where delete() also looks for what lies below
  * the path and for writers of it. Nothing there is fine.

@@ -526,6 +526,33 @@ export class S3FileWriter implements FileWriter {
   }
 
   /**
+   * Parts 1..count of a new multipart upload of this key, copied inside the store
+   * (UploadPartCopy) from the object now at the key, maxPartsInFlight at a time.
+   */
+  async #copyParts(count: number): Promise<void> {
+    const c = this.#ctx;
+    let next = 0;
+    const copyParts = async (): Promise<void> => {
+      while (next < count) {
+        const partNumber = ++next;
+        const first = (partNumber - 1) * this.#partSize;
+        const out = await c.client.send(new UploadPartCopyCommand({
+          Bucket: c.bucket,
+          Key: this.#key,
+          UploadId: await this.#ensureUpload(),
+          PartNumber: partNumber,
+          CopySource: copySource(c.bucket, this.#key),
+          CopySourceRange: `bytes=${first}-${first + this.#partSize - 1}`,
+        }));
+        const etag = out.CopyPartResult?.ETag;
+        if (!etag) throw new Error(`UploadPartCopy of ${this.#path} part ${partNumber} returned no ETag`);
+        this.#parts.set(partNumber, { partNumber, etag, md5: '', size: this.#partSize });
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(count, c.maxPartsInFlight) }, copyParts));
+  }
+
+  /**
    * writer(path, true) on a committed object: its whole parts become parts of a new multipart
    * upload by server-side copy (UploadPartCopy), the rest is read into the buffer, and the
    * state takes the object's place. The registry never does this (it appends only to
@@ -536,26 +563,7 @@ export class S3FileWriter implements FileWriter {
     const fullParts = Math.floor(objectSize / this.#partSize);
     if (fullParts >= MAX_PARTS) throw new Error(`S3 object ${this.#path} is too large to append to`);
     try {
-      let next = 0;
-      const copyParts = async (): Promise<void> => {
-        while (next < fullParts) {
-          const partNumber = ++next;
-          const first = (partNumber - 1) * this.#partSize;
-          const uploadId = await this.#ensureUpload();
-          const out = await c.client.send(new UploadPartCopyCommand({
-            Bucket: c.bucket,
-            Key: this.#key,
-            UploadId: uploadId,
-            PartNumber: partNumber,
-            CopySource: copySource(c.bucket, this.#key),
-            CopySourceRange: `bytes=${first}-${first + this.#partSize - 1}`,
-          }));
-          const etag = out.CopyPartResult?.ETag;
-          if (!etag) throw new Error(`UploadPartCopy of ${this.#path} part ${partNumber} returned no ETag`);
-          this.#parts.set(partNumber, { partNumber, etag, md5: '', size: this.#partSize });
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(fullParts, c.maxPartsInFlight) }, copyParts));
+      await this.#copyParts(fullParts);
       this.#nextPart = fullParts + 1;
       const rest = objectSize - fullParts * this.#partSize;
       if (rest > 0) {
@@ -694,25 +702,7 @@ export class S3FileWriter implements FileWriter {
     this.#creating = undefined;
     this.#parts.clear();
     const copied = recorded.length;
-    let next = 0;
-    const copyParts = async (): Promise<void> => {
-      while (next < copied) {
-        const partNumber = ++next;
-        const first = (partNumber - 1) * this.#partSize;
-        const out = await c.client.send(new UploadPartCopyCommand({
-          Bucket: c.bucket,
-          Key: this.#key,
-          UploadId: await this.#ensureUpload(),
-          PartNumber: partNumber,
-          CopySource: copySource(c.bucket, this.#key),
-          CopySourceRange: `bytes=${first}-${first + this.#partSize - 1}`,
-        }));
-        const etag = out.CopyPartResult?.ETag;
-        if (!etag) throw new Error(`UploadPartCopy of ${this.#path} part ${partNumber} returned no ETag`);
-        this.#parts.set(partNumber, { partNumber, etag, md5: '', size: this.#partSize });
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(copied, c.maxPartsInFlight) }, copyParts));
+    await this.#copyParts(copied);
     if (length > 0) this.#parts.set(copied + 1, await this.#uploadPart(copied + 1, this.#buf!, length));
     const parts = [...this.#parts.values()].sort((a, b) => a.partNumber - b.partNumber);
     await c.client.send(new CompleteMultipartUploadCommand({
