@@ -2,7 +2,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, durationMs, envName, loadConfig } from '../../../src/config.js';
+import { durationMs, envName, loadConfig } from '../../../src/config.js';
+import { configError } from '../../helpers/config.js';
 
 const MiB = 1024 ** 2;
 
@@ -22,17 +23,6 @@ async function yamlFile(text: string): Promise<string> {
   const file = join(dir, `config-${n++}.yaml`);
   await writeFile(file, text);
   return file;
-}
-
-/** The ConfigError loadConfig throws for these options. */
-function configError(opts: Parameters<typeof loadConfig>[0]): ConfigError {
-  try {
-    loadConfig(opts);
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return err as ConfigError;
-  }
-  throw new Error('expected loadConfig to throw');
 }
 
 describe('loadConfig defaults', () => {

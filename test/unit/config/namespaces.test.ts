@@ -1,16 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../../../src/config.js';
-
-/** The ConfigError loadConfig throws for these options. */
-function configError(opts: Parameters<typeof loadConfig>[0]): ConfigError {
-  try {
-    loadConfig(opts);
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return err as ConfigError;
-  }
-  throw new Error('expected loadConfig to throw');
-}
+import { loadConfig } from '../../../src/config.js';
+import { configError } from '../../helpers/config.js';
 
 describe('config namespaces', () => {
   it('defaults to none', () => {

@@ -2,17 +2,8 @@ import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../../../src/config.js';
-
-function configError(opts: Parameters<typeof loadConfig>[0]): string {
-  try {
-    loadConfig(opts);
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return (err as ConfigError).message;
-  }
-  throw new Error('expected loadConfig to throw');
-}
+import { loadConfig } from '../../../src/config.js';
+import { configError } from '../../helpers/config.js';
 
 describe('config proxy (pull-through cache)', () => {
   it('is off by default', () => {
@@ -53,7 +44,7 @@ describe('config proxy (pull-through cache)', () => {
     ['a ttl under a second', { remoteUrl: 'https://x', ttl: '10ms' }, /proxy\.ttl: at least 1s/],
     ['an unknown key', { remoteUrl: 'https://x', mirror: true }, /mirror/],
   ])('refuses %s', (_label, proxy, message) => {
-    expect(configError({ overrides: { proxy } })).toMatch(message);
+    expect(configError({ overrides: { proxy } }).message).toMatch(message);
   });
 
   it('takes the README\'s example as it is written', () => {
