@@ -121,30 +121,27 @@ export class FaultyDriver implements StorageDriver {
   async writer(path: string, append: boolean): Promise<FileWriter> {
     const w = await this.inner.writer(path, append);
     const driver = this;
+    /** Counts one write of `data` and injects what the options ask for before it goes through. */
+    const before = async (data: Uint8Array): Promise<void> => {
+      const n = ++driver.writes;
+      driver.writeSizes.push(data.byteLength);
+      await driver.opts.beforeWrite?.(n, data);
+      if (n === driver.opts.failWriteAt) {
+        if (driver.opts.partialFailure) await w.write(data.subarray(0, Math.floor(data.length / 2)));
+        throw new Error(`injected failure of write #${n}`);
+      }
+    };
     return {
       get size() {
         return w.size;
       },
       async write(data: Uint8Array) {
-        const n = ++driver.writes;
-        driver.writeSizes.push(data.byteLength);
-        await driver.opts.beforeWrite?.(n, data);
-        if (n === driver.opts.failWriteAt) {
-          if (driver.opts.partialFailure) await w.write(data.subarray(0, Math.floor(data.length / 2)));
-          throw new Error(`injected failure of write #${n}`);
-        }
+        await before(data);
         await w.write(data);
       },
       // One call, one write: a failure hits a whole batch of parts, as a failed pwritev would.
       async writev(parts: readonly Uint8Array[]) {
-        const data = Buffer.concat(parts);
-        const n = ++driver.writes;
-        driver.writeSizes.push(data.byteLength);
-        await driver.opts.beforeWrite?.(n, data);
-        if (n === driver.opts.failWriteAt) {
-          if (driver.opts.partialFailure) await w.write(data.subarray(0, Math.floor(data.length / 2)));
-          throw new Error(`injected failure of write #${n}`);
-        }
+        await before(Buffer.concat(parts));
         if (w.writev) await w.writev(parts);
         else for (const p of parts) await w.write(p);
       },
