@@ -1,5 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { s3Operation } from '../../test/helpers/faulty-proxy.js';
 
 /**
  * A proxy between a registry and its S3 endpoint that counts the requests passing through,
@@ -25,17 +26,6 @@ export interface CountingProxy {
   close(): Promise<void>;
 }
 
-/** S3 operation from method and query, as test/helpers/faulty-proxy.ts names them. */
-export function s3Operation(method: string, q: URLSearchParams): string {
-  if (method === 'PUT' && q.has('partNumber')) return 'UploadPart';
-  if (method === 'POST' && q.has('uploads')) return 'CreateMultipartUpload';
-  if (method === 'POST' && q.has('uploadId')) return 'CompleteMultipartUpload';
-  if (method === 'POST' && q.has('delete')) return 'DeleteObjects';
-  if (method === 'PUT') return 'PutObject';
-  if (method === 'GET' && q.has('list-type')) return 'ListObjectsV2';
-  if (method === 'GET' && (q.has('prefix') || q.has('delimiter') || q.has('marker'))) return 'ListObjects';
-  return method;
-}
 
 /** Hoist's lease polls and presence heartbeats (gc/guard.ts). */
 function isBackground(method: string, path: string): boolean {

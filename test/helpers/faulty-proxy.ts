@@ -68,7 +68,7 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
   };
   const server: Server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://proxy');
-    const op = operation(req.method ?? 'GET', url.searchParams);
+    const op = s3Operation(req.method ?? 'GET', url.searchParams);
     const n = (seen.get(op) ?? 0) + 1;
     seen.set(op, n);
     const fault = decide(op, n, url, { bytes: Number(req.headers['content-length'] ?? 0) });
@@ -190,7 +190,12 @@ function forwardWithFault(to: URL, req: IncomingMessage, res: ServerResponse, fa
   req.pipe(upstream);
 }
 
-function operation(method: string, q: URLSearchParams): string {
+/**
+ * The S3 operation a request is, from its method and query (bodies and headers unread): the
+ * names the SDK gives its commands, or the method for a plain object GET, HEAD or DELETE.
+ * Also the bench's counting proxy's (bench/macro/count-proxy.ts).
+ */
+export function s3Operation(method: string, q: URLSearchParams): string {
   if (method === 'PUT' && q.has('partNumber')) return 'UploadPart';
   if (method === 'POST' && q.has('uploads')) return 'CreateMultipartUpload';
   if (method === 'POST' && q.has('uploadId')) return 'CompleteMultipartUpload';
@@ -199,5 +204,8 @@ function operation(method: string, q: URLSearchParams): string {
   if (method === 'PUT') return 'PutObject';
   if (method === 'GET' && q.has('list-type')) return 'ListObjectsV2';
   if (method === 'GET' && q.has('uploadId')) return 'ListParts';
+  if (method === 'GET' && q.has('uploads')) return 'ListMultipartUploads';
+  // ListObjects (version 1), as distribution's s3 driver lists.
+  if (method === 'GET' && (q.has('prefix') || q.has('delimiter') || q.has('marker'))) return 'ListObjects';
   return method;
 }
