@@ -15,8 +15,9 @@ import { REPO_ROOT } from '../helpers/server.js';
  * bench.
  *
  * The bench is compiled here (tsc -p bench/tsconfig.json, type-checked) into a temporary
- * directory, and only its own files are copied to dist/bench/: the shared dist/src/ that
- * other test files run is left as global-setup built it.
+ * directory, and everything but dist/src/ and dist/workers/ is copied into dist/: the bench's
+ * own files and what it imports from outside src (test/helpers' S3 operation names), while the
+ * shared dist/src/ that other test files run is left as global-setup built it.
  */
 
 const SCENARIOS = ['monolithic', 'sweep-c1'];
@@ -93,7 +94,9 @@ describe('npm run bench -- --quick (smoke)', () => {
     const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
     const build = spawnSync(process.execPath, [tsc, '-p', 'bench/tsconfig.json', '--outDir', join(work, 'dist')], { cwd: REPO_ROOT, encoding: 'utf8' });
     if (build.status !== 0) throw new Error(`bench does not compile:\n${build.stdout}${build.stderr}`);
-    cpSync(join(work, 'dist/bench'), join(REPO_ROOT, 'dist/bench'), { recursive: true });
+    for (const dir of readdirSync(join(work, 'dist'))) {
+      if (dir !== 'src' && dir !== 'workers') cpSync(join(work, 'dist', dir), join(REPO_ROOT, 'dist', dir), { recursive: true });
+    }
     run = await runBench(['--quick', '--no-build', '--targets', TARGETS.join(','), '--scenario', SCENARIOS.join(','), '--out', out]);
   }, RUN_TIMEOUT_MS + 60_000);
 
