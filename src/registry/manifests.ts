@@ -202,15 +202,18 @@ export class ManifestStore {
   }
 
   /**
-   * Points `tag` at `digest`. Re-pushing a tag that already names this manifest is a no-op:
-   * nothing is rewritten, and its expiry is not pushed back. An expired tag is no tag:
-   * pushing it again makes a new one. `always`: written without reading it first (a tag of
-   * a manifest stored just now; a cache's tag, whose updatedAt is when the upstream last
-   * confirmed it).
+   * Points `tag` at `digest`. Re-pushing a tag that already names this manifest does not
+   * push its expiry back: nothing is rewritten. An expired tag is no tag: pushing it again
+   * makes a new one. `always`: written without reading it first (a tag of a manifest stored
+   * just now; a cache's tag, whose updatedAt is when the upstream last confirmed it). A tag
+   * that can have no expiry (no label, no configured expiration for the repository) is
+   * written without a look too: rewritten, it changes only its updatedAt, which nothing
+   * reads then, and the write costs one store request where the look would cost one more.
    */
   async #pointTag(repo: string, tag: string, digest: Digest, expiresAfterMs: number | undefined, always = false): Promise<void> {
     const now = Date.now();
-    if (!always) {
+    const mayExpire = expiresAfterMs !== undefined || this.#expiry.expirationFor(repo) !== undefined;
+    if (!always && mayExpire) {
       const current = await this.#tag(repo, tag);
       if (current?.digest === digest.value && !this.#expiry.isExpired(repo, current, now)) return;
     }

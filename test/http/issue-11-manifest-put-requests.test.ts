@@ -18,13 +18,14 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * Both registries store into the same radosgw through a proxy that records every request,
  * and push images (a config and one layer) five ways: a new manifest under a new tag, the
  * same manifest under another new tag, a new manifest under an existing tag, a tag pushed
- * again unchanged, and a known manifest under a tag that named another. Hoist must make no
- * more requests than docker-registry over the five, and none for garbage collection while
- * no collection runs. Case by case it may make one more: it checks each blob's data as
- * well as its record (issue 10: a record without data is no blob), 3 requests a blob where
- * docker-registry makes 2, and it reads a tag before it rewrites it (a tag pushed again
- * keeps its expiry), where docker-registry writes its two tag links blind; it writes one
- * object where docker-registry writes two, and a new manifest's tag without reading it.
+ * again unchanged, and a known manifest under a tag that named another. In each, Hoist must
+ * make no more requests than docker-registry, and none for garbage collection while no
+ * collection runs. Where they go differs: Hoist checks each blob's data as well as its
+ * record (issue 10: a record without data is no blob), 3 requests a blob where
+ * docker-registry makes 2, and writes one object for the manifest where docker-registry
+ * writes two, and one for the tag where it writes two links. (A tag that may expire is read
+ * before it is rewritten, so that pushing it again keeps its expiry: one request more, in
+ * repositories with expiry only; these have none.)
  * (Hoist's server looks at the GC lease once a second whatever it does, a HEAD each time,
  * and rewrites its presence once a minute; those are left out and reported.)
  */
@@ -121,10 +122,8 @@ describeS3('issue 11: S3 requests per manifest PUT, Hoist against docker-registr
     });
   }
 
-  it('hoist makes no more requests than docker-registry over the five, at most one more in any, and none for garbage collection', () => {
-    const total = (who: string) => CASES.reduce((n, c) => n + counts[who]![c.what]!, 0);
-    expect(total('hoist')).toBeLessThanOrEqual(total('docker-registry'));
-    for (const c of CASES) expect(counts.hoist![c.what], c.what).toBeLessThanOrEqual(counts['docker-registry']![c.what]! + 1);
+  it('hoist makes no more requests than docker-registry in any of the five, and none for garbage collection', () => {
+    for (const c of CASES) expect(counts.hoist![c.what], c.what).toBeLessThanOrEqual(counts['docker-registry']![c.what]!);
     expect(gcCalls).toEqual([]);
   });
 });

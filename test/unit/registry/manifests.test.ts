@@ -388,11 +388,11 @@ describe('ManifestStore', () => {
       expect(await manifests.get('repo', parseReference('again'))).toEqual({ ...record, bytes });
     });
 
-    it('writes a tag record only when the tag changes, so the object\'s time is its updatedAt', async () => {
+    it('writes the record of a tag that may expire only when the tag changes, so the object\'s time is its updatedAt', async () => {
       const fs = await tempDir('hoist-tags-');
       try {
         const d = await createDriver(`fs:${fs.path}`);
-        const store = new ManifestStore({ driver: d, blobs: new BlobStore(d), maxBytes: 8192 });
+        const store = new ManifestStore({ driver: d, blobs: new BlobStore(d), maxBytes: 8192, expiry: new ExpiryPolicy({ repositories: { repo: 3_600_000 } }) });
         const bytes = manifest({ n: 'mtime' });
         // updatedAt and the object's time both fall within the put, however long a loaded
         // machine makes it (tag lists trust the object's time to within EXPIRY_BOUNDARY_MS, 5 min).
@@ -417,6 +417,31 @@ describe('ManifestStore', () => {
         await fs.cleanup();
       }
     });
+
+    it('rewrites the record of a tag that cannot expire without reading it, its time and updatedAt moving together', async () => {
+      const fs = await tempDir('hoist-tags-');
+      try {
+        const d = await createDriver(`fs:${fs.path}`);
+        const store = new ManifestStore({ driver: d, blobs: new BlobStore(d), maxBytes: 8192 });
+        const bytes = manifest({ n: 'no-expiry' });
+        await store.put('repo', parseReference('t'), OCI_MANIFEST, bytes);
+        const first = await store.tagRecord('repo', 't');
+        await new Promise((r) => setTimeout(r, 20));
+        const before = Date.now();
+        await store.put('repo', parseReference('t'), OCI_MANIFEST, bytes);
+        const after = Date.now();
+        const again = await store.tagRecord('repo', 't');
+        expect(again!.digest).toBe(first!.digest);
+        expect(again).not.toHaveProperty('expiresAt');
+        expect(Date.parse(again!.updatedAt)).toBeGreaterThanOrEqual(before);
+        expect(Date.parse(again!.updatedAt)).toBeLessThanOrEqual(after);
+        const mtime = (await d.stat(paths.tag('repo', 't'))).modTime.getTime();
+        expect(mtime).toBeGreaterThanOrEqual(before - 50);
+        expect(mtime).toBeLessThanOrEqual(after);
+      } finally {
+        await fs.cleanup();
+      }
+    });
   });
 
   describe('what a push asks of storage', () => {
@@ -428,7 +453,25 @@ describe('ManifestStore', () => {
       await pushBlob('repo', layer);
       const bytes = manifest({ config, layers: [desc('application/vnd.oci.image.layer.v1.tar', layer)] });
       // Per blob: the link (stat), the record (get), the data (the layer's stat; the config's
-      // bytes, read for its labels); the revision, written unless there; the tag, read and written.
+      // bytes, read for its labels); the revision, written unless there; the tag, written.
+      const perBlobs = ['getContent', 'getContent', 'getContent', 'stat', 'stat', 'stat'];
+      const first = await counting.during(() => store.put('repo', parseReference('t1'), OCI_MANIFEST, bytes));
+      expect(first.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
+      // A known manifest under another tag, and under the same tag again: no tag in this
+      // repository can expire, so the tag is written without a look.
+      const again = await counting.during(() => store.put('repo', parseReference('t2'), OCI_MANIFEST, bytes));
+      expect(again.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
+      const same = await counting.during(() => store.put('repo', parseReference('t2'), OCI_MANIFEST, bytes));
+      expect(same.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
+    });
+
+    it('a tag that may expire: read before a known manifest is pushed under it, and left alone when it names it already', async () => {
+      const counting = new CountingDriver(driver);
+      const store = new ManifestStore({ driver: counting, blobs: new BlobStore(counting), maxBytes: 8192, expiry: new ExpiryPolicy({ repositories: { repo: 3_600_000 } }) });
+      const config = await pushConfig('repo');
+      const layer = randomBytes(100);
+      await pushBlob('repo', layer);
+      const bytes = manifest({ config, layers: [desc('application/vnd.oci.image.layer.v1.tar', layer)] });
       const perBlobs = ['getContent', 'getContent', 'getContent', 'stat', 'stat', 'stat'];
       // A new manifest: its tag cannot name it yet, so it is written without a look.
       const first = await counting.during(() => store.put('repo', parseReference('t1'), OCI_MANIFEST, bytes));
