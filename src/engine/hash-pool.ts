@@ -18,14 +18,24 @@ export interface HashPoolOptions {
   threads: number;
   /** Upper bound on queued tasks; the upload engine's buffer bound keeps it far below this. */
   maxQueue: number;
+  /** Updates moving a slab to the workers and back, at once (default: two per thread); see #gate. */
+  maxInflightUpdates?: number;
 }
 
 export class HashPool {
   readonly #pool: Piscina;
   readonly #concurrency = 4;
+  readonly #maxInflightUpdates: number;
+  #inflightUpdates = 0;
+  /**
+   * Updates waiting for one at the workers to answer. Bounded by the upload engine: each
+   * waiting update holds one of its slab pool's slabs.
+   */
+  readonly #waitingUpdates: Array<() => void> = [];
 
   constructor(opts: HashPoolOptions) {
     const concurrency = this.#concurrency;
+    this.#maxInflightUpdates = Math.max(1, opts.maxInflightUpdates ?? 2 * opts.threads);
     this.#pool = new Piscina({
       filename: workerFile(),
       minThreads: opts.threads,
@@ -69,7 +79,39 @@ export class HashPool {
       transferList = [...moved];
     }
     const task = { key, expectedOffset, parts, giveBack: transfer ? giveBack : undefined, [Piscina.queueOptionsSymbol]: { threadId: pin } };
-    return this.#pool.run(task, { name: 'update', transferList });
+    const run = () => this.#pool.run(task, { name: 'update', transferList }) as Promise<StateResult>;
+    return task.giveBack !== undefined ? this.#gate(run) : run();
+  }
+
+  /**
+   * Runs an update that moves a slab to a worker and back (`giveBack`: uWS chunks copied into
+   * the engine's slabs) once fewer than `maxInflightUpdates` such are at the workers. Why: a
+   * slab at a worker has left the main thread's external memory, and comes back into it with
+   * the answer; V8 starts a full collection whenever external memory has grown 64 MiB past
+   * where the last one left it. With 16 uWS pushes at once, each with a few 4 MiB slabs
+   * queued at the workers, the slabs' coming and going alone set off 23-28 full mark-compacts
+   * per GiB (0.4-0.6 CPU s of V8's helper threads); two updates a thread keep every worker
+   * busy, and with them 8-11 (README, "Where a GiB's CPU goes"). node:http's chunks go one
+   * way, and are freed at the worker: they do not wait here (measured, waiting cost single
+   * pushes ~4%). Waiting here, an upload keeps its slab, and the slab pool pauses sockets:
+   * the usual backpressure.
+   */
+  async #gate<T>(run: () => Promise<T>): Promise<T> {
+    if (this.#inflightUpdates < this.#maxInflightUpdates) this.#inflightUpdates++;
+    else await new Promise<void>((resolve) => this.#waitingUpdates.push(resolve));
+    try {
+      return await run();
+    } finally {
+      // The slot passes straight to the next in line, so none can jump the queue.
+      const next = this.#waitingUpdates.shift();
+      if (next) next();
+      else this.#inflightUpdates--;
+    }
+  }
+
+  /** Updates moving a slab at the workers now, and waiting for a place there (tests). */
+  get updates(): { inflight: number; waiting: number } {
+    return { inflight: this.#inflightUpdates, waiting: this.#waitingUpdates.length };
   }
 
   digest(key: string, pin: number | undefined, expectedOffset: number, final: boolean): Promise<DigestResult> {

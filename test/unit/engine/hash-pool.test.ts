@@ -269,3 +269,52 @@ describe('HashPool instances', () => {
     }
   });
 });
+
+describe('HashPool updates in flight', () => {
+  it('sends at most maxInflightUpdates slabs to the workers at once; the rest wait their turn, and all hash right', async () => {
+    const pool = new HashPool({ threads: 2, maxQueue: 100, maxInflightUpdates: 3 });
+    try {
+      expect(pool.updates).toEqual({ inflight: 0, waiting: 0 });
+      const blobs = Array.from({ length: 20 }, () => randomBytes(256 * 1024));
+      const keys = blobs.map(() => nextKey());
+      // Each moves its buffer to a worker and wants it back (giveBack), as a slab does.
+      const started = blobs.map((b, i) => {
+        const ref = owned(b);
+        return pool.update(keys[i]!, undefined, ref, 0, true, ref.buffer as ArrayBuffer);
+      });
+      expect(pool.updates).toEqual({ inflight: 3, waiting: 17 });
+      // Chunks that go one way (node:http's) do not wait in that line.
+      const oneWay = pool.update(nextKey(), undefined, owned(randomBytes(10)), 0, true);
+      expect(pool.updates).toEqual({ inflight: 3, waiting: 17 });
+      expect(await oneWay).toMatchObject({ ok: true, offset: 10 });
+      let most = 0;
+      const sampler = setInterval(() => (most = Math.max(most, pool.updates.inflight)), 1);
+      const results = await Promise.all(started);
+      clearInterval(sampler);
+      expect(most).toBeLessThanOrEqual(3);
+      expect(pool.updates).toEqual({ inflight: 0, waiting: 0 });
+      for (const [i, r] of results.entries()) {
+        expect(r).toMatchObject({ ok: true, offset: 256 * 1024 });
+        expect(r.returned?.byteLength).toBe(256 * 1024);
+        expect(await pool.digest(keys[i]!, r.threadId, 256 * 1024, true)).toMatchObject({ ok: true, hex: sha256(blobs[i]!) });
+      }
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it('gives its place back when an update fails', async () => {
+    const pool = new HashPool({ threads: 1, maxQueue: 100, maxInflightUpdates: 1 });
+    try {
+      const view = new Uint8Array(new ArrayBuffer(10));
+      const slab = view.buffer;
+      expect(await pool.update(nextKey(), undefined, [view], 0, true)).toMatchObject({ ok: true, offset: 10 });
+      // Moved away by the first update: sending it again cannot be done.
+      await expect(pool.update(nextKey(), undefined, [view], 0, true, slab)).rejects.toThrow();
+      expect(pool.updates).toEqual({ inflight: 0, waiting: 0 });
+      expect(await pool.update(nextKey(), undefined, owned(randomBytes(10)), 0)).toMatchObject({ ok: true, offset: 10 });
+    } finally {
+      await pool.close();
+    }
+  });
+});
