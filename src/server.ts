@@ -46,9 +46,9 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
   const hashPool = new HashPool({ threads: u.hashThreads, maxQueue: slabs.maxSlabs * 2 + 64 });
   let driver: StorageDriver;
   try {
-    // S3 parts carry a Content-MD5, computed by the hashing workers straight from the part's
-    // shared buffer rather than on this thread.
-    driver = await createDriver(config.storage, { md5: (bytes) => hashPool.oneShot(bytes, 'md5', 'base64') });
+    // S3 parts are signed with their SHA-256, computed by the hashing workers straight from
+    // the part's shared buffer rather than on this thread (s3/writer.ts signedPayload).
+    driver = await createDriver(config.storage, { payloadHash: (bytes) => hashPool.oneShot(bytes, 'sha256', 'hex') });
   } catch (err) {
     await hashPool.close();
     throw err;

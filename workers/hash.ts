@@ -14,7 +14,7 @@
  * received in, moved (transferred) here rather than copied: node:http's own body Buffers, and
  * the engine's slabs holding copies of uWS chunks. A slab goes back to the main thread with
  * the answer (`giveBack`); the rest are freed here as soon as they are hashed (release()).
- * S3 parts arrive as views on SharedArrayBuffers, read in place for their Content-MD5.
+ * S3 parts arrive as views on SharedArrayBuffers, read in place for the SHA-256 they are signed with.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { once } from 'node:events';
@@ -143,7 +143,7 @@ export function drop(task: { key: string }): boolean {
   return states.delete(task.key);
 }
 
-/** One-shot digest of a buffer (a storage part's Content-MD5, or a whole small blob). */
+/** One-shot digest of a buffer (an S3 part's signed SHA-256, or a whole small blob). */
 export function oneShot(task: BytesRef & { algorithm: 'md5' | 'sha256' | 'sha512'; encoding: 'hex' | 'base64' }): string {
   return createHash(task.algorithm).update(view(task)).digest(task.encoding);
 }

@@ -167,7 +167,7 @@ async function main(): Promise<void> {
     });
   }
   const hashPool = new HashPool({ threads: 2, maxQueue: 4096 });
-  const base = await createDriver(url, { md5: (bytes) => hashPool.oneShot(bytes, 'md5', 'base64') });
+  const base = await createDriver(url, { payloadHash: (bytes) => hashPool.oneShot(bytes, 'sha256', 'hex') });
   const driver = new CallCounter(base);
   const registry = new Registry({
     driver, hashPool, slabs: new SlabPool(64 * 1024, 64 << 20), maxSessionBufferedBytes: 1 << 20, maxBlobBytes: 0, maxManifestBytes: 1 << 20,

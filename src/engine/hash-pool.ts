@@ -11,7 +11,7 @@ export type { BytesRef } from '../../workers/hash.js';
  *
  * piscina 5 lets a `loadBalancer` choose the worker for each task, and exposes a task's
  * `queueOptionsSymbol` value to it: we put the wanted thread id there. Tasks without a pin
- * (a new upload, a part MD5) go to the least busy worker. Ordering within an upload is the
+ * (a new upload, an S3 part's SHA-256) go to the least busy worker. Ordering within an upload is the
  * caller's job: it sends an upload's next chunk only after the previous one was hashed.
  */
 export interface HashPoolOptions {
@@ -124,7 +124,7 @@ export class HashPool {
     await this.#pool.run({ key, [Piscina.queueOptionsSymbol]: { threadId: pin } }, { name: 'drop' });
   }
 
-  /** One-shot digest off the main thread: a storage part's Content-MD5, a blob re-hash. */
+  /** One-shot digest off the main thread: an S3 part's signed SHA-256, a blob re-hash. */
   oneShot(bytes: BytesRef, algorithm: 'md5' | 'sha256' | 'sha512', encoding: 'hex' | 'base64'): Promise<string> {
     return this.#pool.run({ buffer: bytes.buffer, byteOffset: bytes.byteOffset, length: bytes.length, algorithm, encoding }, { name: 'oneShot' });
   }

@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import type { StorageDriver } from './driver.js';
 import { FsDriver } from './fs.js';
 import { MemoryDriver } from './memory.js';
-import type { Md5Function } from './s3/driver.js';
+import type { PayloadHashFunction } from './s3/driver.js';
 
 export * from './driver.js';
 export { FsDriver, MemoryDriver };
@@ -11,10 +11,11 @@ export interface CreateDriverOptions {
   /** Base for relative `fs:` paths; defaults to process.cwd(). */
   cwd?: string;
   /**
-   * s3: Content-MD5 of each multipart part, computed off the main thread; the server passes
-   * its hashing pool's `oneShot(bytes, 'md5', 'base64')`. Without it the driver hashes inline.
+   * s3: the SHA-256 each part is signed with, computed off the main thread; the server
+   * passes its hashing pool's `oneShot(bytes, 'sha256', 'hex')`. Without it the driver
+   * hashes inline.
    */
-  md5?: Md5Function;
+  payloadHash?: PayloadHashFunction;
 }
 
 /**
@@ -43,7 +44,7 @@ export async function createDriver(storageUrl: string, opts: CreateDriverOptions
       // Loaded only when used: the AWS SDK costs start-up time that fs and memory don't need.
       // src/storage/s3/ is the only module that imports @aws-sdk (STYLE.md).
       const [{ parseS3Url }, { S3Driver }] = await Promise.all([import('./s3/url.js'), import('./s3/driver.js')]);
-      return S3Driver.open({ ...parseS3Url(storageUrl), md5: opts.md5 });
+      return S3Driver.open({ ...parseS3Url(storageUrl), payloadHash: opts.payloadHash });
     }
     default:
       throw new Error(`unsupported storage ${JSON.stringify(storageUrl)}: expected fs:PATH, memory: or s3://BUCKET/PREFIX`);

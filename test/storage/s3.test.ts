@@ -5,7 +5,7 @@ import pLimit from 'p-limit';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HashPool } from '../../src/engine/hash-pool.js';
 import { createDriver } from '../../src/storage/index.js';
-import { S3Driver, type Md5Function } from '../../src/storage/s3/driver.js';
+import { S3Driver, type PayloadHashFunction } from '../../src/storage/s3/driver.js';
 import { PartBufferWaitError } from '../../src/storage/s3/part-buffers.js';
 import { parseS3Url } from '../../src/storage/s3/url.js';
 import { StorageUnavailableError } from '../../src/storage/driver.js';
@@ -29,8 +29,8 @@ describeS3('S3 storage driver', s3Tests);
 function s3Tests(env: S3TestEnv): void {
   let client: S3Client;
   let hashPool: HashPool;
-  /** Part MD5s from the real hashing workers, as the server wires it. */
-  const poolMd5: Md5Function = (bytes) => hashPool.oneShot(bytes, 'md5', 'base64');
+  /** Parts' SHA-256 from the real hashing workers, as the server wires it. */
+  const poolSha256: PayloadHashFunction = (bytes) => hashPool.oneShot(bytes, 'sha256', 'hex');
 
   beforeAll(() => {
     client = testClient(env);
@@ -44,7 +44,7 @@ function s3Tests(env: S3TestEnv): void {
 
   function open(bucket: string, prefix: string, options: Record<string, string> = {}, extra: Partial<Parameters<typeof S3Driver.open>[0]> = {}): Promise<S3Driver> {
     const url = s3StorageUrl(env, bucket, prefix, { partSize: '5MiB', maxBufferedBytes: '64MiB', ...options });
-    return S3Driver.open({ ...parseS3Url(url), md5: poolMd5, ...extra });
+    return S3Driver.open({ ...parseS3Url(url), payloadHash: poolSha256, ...extra });
   }
 
   describe('S3Driver (radosgw)', () => {
@@ -383,35 +383,35 @@ function s3Tests(env: S3TestEnv): void {
       expect(await staging()).toEqual({});
     });
 
-    it('fails the writer when a part MD5 is wrong (BadDigest), leaving the upload at its last close', async () => {
+    it('fails the writer when a part\'s signed SHA-256 is wrong (XAmzContentSHA256Mismatch), leaving the upload at its last close', async () => {
       fresh();
       const good = await driver();
-      const lying = await driver({}, { md5: async () => createHash('md5').update('something else').digest('base64') });
+      const lying = await driver({}, { payloadHash: async () => createHash('sha256').update('something else').digest('hex') });
       // A new upload whose parts all fail leaves no multipart upload behind.
-      const w0 = await lying.writer('/md5/new', false);
+      const w0 = await lying.writer('/sha/new', false);
       await w0.write(randomBytes(2 * PART));
-      await expect(w0.close()).rejects.toMatchObject({ name: 'BadDigest' });
+      await expect(w0.close()).rejects.toMatchObject({ name: 'XAmzContentSHA256Mismatch' });
       expect(await listUploads(client, bucket, prefix)).toEqual([]);
-      await expectNotFound(good.stat('/md5/new'), '/md5/new');
+      await expectNotFound(good.stat('/sha/new'), '/sha/new');
 
       const first = randomBytes(PART + MiB);
-      const w1 = await good.writer('/md5/data', false);
+      const w1 = await good.writer('/sha/data', false);
       await w1.write(first);
       await w1.close();
 
-      const w2 = await lying.writer('/md5/data', true);
+      const w2 = await lying.writer('/sha/data', true);
       await w2.write(randomBytes(PART));
       const err = await w2.close().then(() => undefined, (e: unknown) => e);
-      expect(err).toMatchObject({ name: 'BadDigest' });
-      expect((await good.stat('/md5/data')).size).toBe(first.length);
+      expect(err).toMatchObject({ name: 'XAmzContentSHA256Mismatch' });
+      expect((await good.stat('/sha/data')).size).toBe(first.length);
 
       // Resumable from the last close: the rejected bytes were never recorded.
       const second = randomBytes(2 * MiB);
-      const w3 = await good.writer('/md5/data', true);
+      const w3 = await good.writer('/sha/data', true);
       expect(w3.size).toBe(first.length);
       await w3.write(second);
       await w3.commit();
-      expect(sha256(await good.getContent('/md5/data'))).toBe(sha256(Buffer.concat([first, second])));
+      expect(sha256(await good.getContent('/sha/data'))).toBe(sha256(Buffer.concat([first, second])));
     });
 
     it('bounds the buffers: a writer waits for one and gives up after the timeout', async () => {
@@ -682,7 +682,7 @@ function s3Tests(env: S3TestEnv): void {
       const closed = await startFaultyProxy(env.endpoint, () => undefined);
       const endpoint = closed.endpoint;
       await closed.close();
-      const gone = new S3Driver({ ...parseS3Url(s3StorageUrl(env, bucket, prefix, { endpoint, timeout: '1s', partSize: '5MiB' })), md5: poolMd5 });
+      const gone = new S3Driver({ ...parseS3Url(s3StorageUrl(env, bucket, prefix, { endpoint, timeout: '1s', partSize: '5MiB' })), payloadHash: poolSha256 });
       drivers.push(gone);
       const refused = await gone.stat('/anything').then(() => undefined, (e: unknown) => e);
       expect(refused).toBeInstanceOf(StorageUnavailableError);

@@ -37,14 +37,13 @@ const WRITE_BYTES = 4 * MiB;
 interface Variant {
   label: string;
   options: Partial<S3DriverOptions>;
-  poolMd5: boolean;
+  poolHash: boolean;
 }
 
 const VARIANTS: Variant[] = [
-  { label: 'WHEN_REQUIRED, Content-MD5 from the hash pool, unsigned payload (default)', options: {}, poolMd5: true },
-  { label: 'WHEN_REQUIRED, Content-MD5 from the hash pool, signed payload (SHA-256 on main thread)', options: { signPayloads: true }, poolMd5: true },
-  { label: 'WHEN_SUPPORTED (SDK CRC32 on main thread) + Content-MD5 from the pool, unsigned payload', options: { sdkChecksums: true }, poolMd5: true },
-  { label: 'WHEN_REQUIRED, Content-MD5 by node:crypto on the main thread, unsigned payload', options: {}, poolMd5: false },
+  { label: 'WHEN_REQUIRED, parts signed with their SHA-256 from the hash pool (default)', options: {}, poolHash: true },
+  { label: 'WHEN_SUPPORTED (SDK CRC32 on main thread) + SHA-256 from the pool', options: { sdkChecksums: true }, poolHash: true },
+  { label: 'WHEN_REQUIRED, SHA-256 by node:crypto on the main thread', options: {}, poolHash: false },
 ];
 
 async function main(): Promise<void> {
@@ -60,7 +59,7 @@ async function main(): Promise<void> {
       for (const v of VARIANTS) {
         const driver = new S3Driver({
           ...parseS3Url(`s3://${bucket}/bench?endpoint=${encodeURIComponent(endpoint)}&forcePathStyle=true&partSize=16MiB&maxPartsInFlight=4`),
-          ...(v.poolMd5 ? { md5: (b) => hashPool.oneShot(b, 'md5', 'base64') } : {}),
+          ...(v.poolHash ? { payloadHash: (b) => hashPool.oneShot(b, 'sha256', 'hex') } : {}),
           ...v.options,
         });
         const path = `/blobs/data/run-${run}`;

@@ -28,30 +28,24 @@ import { RangedReader, ReadAhead } from './reader.js';
 import { TailCache } from './tail-cache.js';
 import type { S3Location } from './url.js';
 import {
-  copySource, discardWriter, loadWriterState, S3FileWriter, type Md5Function, type WriterContext, type WriterState,
+  copySource, discardWriter, loadWriterState, S3FileWriter, signedPayload, type PayloadHashFunction, type WriterContext, type WriterState,
 } from './writer.js';
 
-export type { BytesView, Md5Function } from './writer.js';
+export type { BytesView, PayloadHashFunction } from './writer.js';
 
 export interface S3DriverOptions extends S3Location {
   /**
-   * Content-MD5 of parts and tails. The server passes its hashing pool
-   * (HashPool.oneShot(bytes, 'md5', 'base64')) so no part is hashed on the main thread;
-   * without one, node:crypto hashes here.
+   * The SHA-256 (hex) parts, tails and large objects are signed with (writer.ts
+   * signedPayload). The server passes its hashing pool (HashPool.oneShot(bytes, 'sha256',
+   * 'hex')) so no part is hashed on the main thread; without one, node:crypto hashes here.
    */
-  md5?: Md5Function;
+  payloadHash?: PayloadHashFunction;
   /** Attempts per request, the first included (deadlines.ts: backoff with jitter, within 2 x timeout). */
   maxAttempts?: number;
   /** Keep-alive sockets per endpoint. */
   maxSockets?: number;
   /** How long a write() waits for a free part buffer before it fails (part-buffers.ts). */
   bufferWaitTimeoutMs?: number;
-  /**
-   * Sign the SHA-256 of request bodies (x-amz-content-sha256). Off: bodies are sent as
-   * UNSIGNED-PAYLOAD, protected by their Content-MD5, and the SDK does not hash every part
-   * on the main thread.
-   */
-  signPayloads?: boolean;
   /** Extra client settings (tests: credentials). */
   clientConfig?: S3ClientConfig;
   /** Reads fetch ranges of this size ahead of the client (reader.ts). */
@@ -60,8 +54,8 @@ export interface S3DriverOptions extends S3Location {
   readWindowsAhead?: number;
 }
 
-/** putContent above this size gets its MD5 from the pool; below, node:crypto is faster than a round trip. */
-const INLINE_MD5_MAX_BYTES = 1024 * 1024;
+/** putContent above this size gets its payload hash from the pool; below, the SDK's own is faster than a round trip. */
+const INLINE_HASH_MAX_BYTES = 1024 * 1024;
 const DELETE_BATCH = 1000;
 const READ_WINDOW_BYTES = 16 * 1024 * 1024;
 const READ_WINDOWS_AHEAD = 3;
@@ -115,7 +109,7 @@ export class S3Driver implements StorageDriver {
       forcePathStyle: opts.forcePathStyle,
       // The SDK's default (WHEN_SUPPORTED) adds CRC32 checksums to every upload, and with
       // streamed bodies uses aws-chunked encoding that radosgw refuses (411). Parts carry
-      // Content-MD5 from the hashing pool instead.
+      // a signed SHA-256 from the hashing pool instead (writer.ts signedPayload).
       requestChecksumCalculation: opts.sdkChecksums ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       // Timeouts, 503 SlowDown, 500s and connection resets are retried with backoff, within
@@ -166,34 +160,19 @@ export class S3Driver implements StorageDriver {
       maxAttempts,
       retryForMs: 2 * opts.timeoutMs,
     };
-    if (!opts.signPayloads) {
-      this.#client.middlewareStack.add(
-        (next, context) => async (args) => {
-          const request = args.request as { headers?: Record<string, string> } | undefined;
-          const input = args.input as { ContentMD5?: string } | undefined;
-          if (request?.headers && input?.ContentMD5 && (context.commandName === 'UploadPartCommand' || context.commandName === 'PutObjectCommand')) {
-            // SigV4 otherwise hashes the whole body (16 MiB a part) with SHA-256 on this
-            // thread before sending it; the Content-MD5 already lets S3 check the bytes.
-            request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
-          }
-          return next(args);
-        },
-        { step: 'build', name: 'hoistUnsignedPayload' },
-      );
-    }
     const buffers = new PartBufferPool(opts.partSizeBytes, opts.maxBufferedBytes);
     this.#tails = new TailCache(buffers, MAX_HELD_TAILS);
     // Half the buffers may be parts being filled, one per writer; the other half carry parts
     // in flight, which free themselves by finishing on the network alone.
     this.maxConcurrentWriters = Math.max(1, Math.floor(buffers.maxBuffers / 2));
-    const md5 = opts.md5 ?? (async (b) => createHash('md5').update(new Uint8Array(b.buffer, b.byteOffset, b.length)).digest('base64'));
+    const payloadHash = opts.payloadHash ?? (async (b) => createHash('sha256').update(new Uint8Array(b.buffer, b.byteOffset, b.length)).digest('hex'));
     this.#writers = {
       client: this.#client,
       bucket: this.bucket,
       layout: this.#layout,
       buffers,
       tails: this.#tails,
-      md5,
+      payloadHash,
       maxPartsInFlight: opts.maxPartsInFlight,
       bufferWaitTimeoutMs: opts.bufferWaitTimeoutMs ?? 30_000,
       listKeys: (prefix) => this.#listKeys(prefix),
@@ -250,23 +229,20 @@ export class S3Driver implements StorageDriver {
       }).done();
       return true;
     }
-    // radosgw 16 answers BadDigest to the (correct) MD5 of an empty body: send none then.
-    const md5 = content.byteLength === 0
+    // Small bodies (records, manifests) the SDK hashes and signs itself.
+    const sha256 = content.byteLength <= INLINE_HASH_MAX_BYTES
       ? undefined
-      : content.byteLength <= INLINE_MD5_MAX_BYTES
-      ? createHash('md5').update(content).digest('base64')
-      : await this.#writers.md5({ buffer: content.buffer, byteOffset: content.byteOffset, length: content.byteLength });
+      : await this.#writers.payloadHash({ buffer: content.buffer, byteOffset: content.byteOffset, length: content.byteLength });
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.#client.send(new PutObjectCommand({
+        await this.#client.send(signedPayload(new PutObjectCommand({
           Bucket: this.bucket,
           Key: key,
           Body: body,
           ContentLength: content.byteLength,
-          ContentMD5: md5,
           // The existence check and the write are one step on the server.
           IfNoneMatch: opts.ifNotExists ? '*' : undefined,
-        }));
+        }), sha256));
         return true;
       } catch (err) {
         if (opts.ifNotExists && isPreconditionFailed(err)) return false;

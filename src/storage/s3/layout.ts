@@ -9,7 +9,7 @@ import { checkPath, InvalidPathError } from '../driver.js';
  *   └── _s3/                              the driver's own keys; '/_s3' is not a driver path
  *       └── writers/
  *           ├── blobs/data/<id>.json      writer state of /blobs/data/<id> while it is written:
- *           │                             multipart upload id, parts (number, ETag, MD5, size),
+ *           │                             multipart upload id, parts (number, ETag, size),
  *           │                             size, tail length, generation (see writer.ts)
  *           └── blobs/data/<id>.tail.<g>  the bytes after the last full part, as of generation g
  *

@@ -1,5 +1,5 @@
 import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { PathNotFoundError } from '../../../../src/storage/driver.js';
 import { S3Driver } from '../../../../src/storage/s3/driver.js';
@@ -56,7 +56,6 @@ describeS3('S3 writer (radosgw)', (env) => {
   async function staging(): Promise<string[]> {
     return (await listAllKeys(client, bucket, `${prefix}/_s3/`)).map((k) => k.key).sort();
   }
-  const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('base64');
 
   it('records parts, size and pieces in its state at each close, each session\'s remainder staged once as a piece of its own', async () => {
     const d = await driver();
@@ -68,7 +67,7 @@ describeS3('S3 writer (radosgw)', (env) => {
     const s1 = await state(path);
     expect(s1).toEqual({
       version: 2, uploadId: expect.any(String), partSizeBytes: PART, size: PART + 1000, pieces: [{ n: 1, bytes: 1000 }], nextPiece: 2,
-      writeId: expect.any(String), parts: [{ partNumber: 1, etag: expect.stringMatching(/^".+"$/), md5: md5(first.subarray(0, PART)), size: PART }],
+      writeId: expect.any(String), parts: [{ partNumber: 1, etag: expect.stringMatching(/^".+"$/), size: PART }],
     });
     expect(await listUploads(client, bucket, prefix)).toEqual([{ key: `${prefix}${path}`, uploadId: s1.uploadId }]);
     expect(await staging()).toEqual([stateKey(path), tailKey(path, 1)]);
