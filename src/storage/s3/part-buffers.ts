@@ -4,8 +4,8 @@ import { BufferPool, BufferWaitError, type PooledBuffer } from '../buffer-pool.j
  * The memory bound of the S3 writers: every byte a writer holds (the part it is filling, the
  * parts in flight) sits in a buffer from this pool, shared by all writers of one driver.
  * Each buffer is exactly one part long and backed by a SharedArrayBuffer, so the hashing
- * worker reads a part for the SHA-256 it is signed with, without a copy or a transfer, while the main thread
- * still owns it. The pool itself is the one the upload engine uses (../buffer-pool.ts).
+ * worker reads a part for the SHA-256 it is signed with, without a copy or a transfer,
+ * while the main thread still owns it. The pool itself is the one the upload engine uses (../buffer-pool.ts).
  *
  * When the pool is empty a writer's write() waits, which is the backpressure the upload
  * engine turns into a paused socket. A wait has a time limit: the holders of the buffers may
