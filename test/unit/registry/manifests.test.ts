@@ -445,16 +445,23 @@ describe('ManifestStore', () => {
   });
 
   describe('what a push asks of storage', () => {
-    it('an image pushed under a new tag: per blob its link, record and data; the revision written if absent; the tag', async () => {
+    // Per blob: the link (stat), the record (get), the data (the layer's stat; the config's
+    // bytes, read for its labels).
+    const perBlobs = ['getContent', 'getContent', 'getContent', 'stat', 'stat', 'stat'];
+
+    /** A store counting its storage calls, and an image (a config, a layer) to push to it. */
+    async function countedImage(expiry?: ExpiryPolicy): Promise<{ counting: CountingDriver; store: ManifestStore; bytes: Buffer }> {
       const counting = new CountingDriver(driver);
-      const store = new ManifestStore({ driver: counting, blobs: new BlobStore(counting), maxBytes: 8192 });
+      const store = new ManifestStore({ driver: counting, blobs: new BlobStore(counting), maxBytes: 8192, ...(expiry ? { expiry } : {}) });
       const config = await pushConfig('repo');
       const layer = randomBytes(100);
       await pushBlob('repo', layer);
-      const bytes = manifest({ config, layers: [desc('application/vnd.oci.image.layer.v1.tar', layer)] });
-      // Per blob: the link (stat), the record (get), the data (the layer's stat; the config's
-      // bytes, read for its labels); the revision, written unless there; the tag, written.
-      const perBlobs = ['getContent', 'getContent', 'getContent', 'stat', 'stat', 'stat'];
+      return { counting, store, bytes: manifest({ config, layers: [desc('application/vnd.oci.image.layer.v1.tar', layer)] }) };
+    }
+
+    it('an image pushed under a new tag: per blob its link, record and data; the revision written if absent; the tag', async () => {
+      const { counting, store, bytes } = await countedImage();
+      // Then the revision, written unless there; the tag, written.
       const first = await counting.during(() => store.put('repo', parseReference('t1'), OCI_MANIFEST, bytes));
       expect(first.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
       // A known manifest under another tag, and under the same tag again: no tag in this
@@ -466,13 +473,7 @@ describe('ManifestStore', () => {
     });
 
     it('a tag that may expire: read before a known manifest is pushed under it, and left alone when it names it already', async () => {
-      const counting = new CountingDriver(driver);
-      const store = new ManifestStore({ driver: counting, blobs: new BlobStore(counting), maxBytes: 8192, expiry: new ExpiryPolicy({ repositories: { repo: 3_600_000 } }) });
-      const config = await pushConfig('repo');
-      const layer = randomBytes(100);
-      await pushBlob('repo', layer);
-      const bytes = manifest({ config, layers: [desc('application/vnd.oci.image.layer.v1.tar', layer)] });
-      const perBlobs = ['getContent', 'getContent', 'getContent', 'stat', 'stat', 'stat'];
+      const { counting, store, bytes } = await countedImage(new ExpiryPolicy({ repositories: { repo: 3_600_000 } }));
       // A new manifest: its tag cannot name it yet, so it is written without a look.
       const first = await counting.during(() => store.put('repo', parseReference('t1'), OCI_MANIFEST, bytes));
       expect(first.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
