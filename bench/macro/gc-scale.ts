@@ -3,7 +3,6 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import pLimit from 'p-limit';
 import { collectGarbage, type GcReport } from '../../src/gc/collector.js';
@@ -11,8 +10,8 @@ import { HashPool } from '../../src/engine/hash-pool.js';
 import { SlabPool } from '../../src/engine/slab-pool.js';
 import type { BodySource } from '../../src/engine/upload-write.js';
 import { Registry } from '../../src/registry/registry.js';
-import type { FileInfo, FileWriter, ListOptions, ListPage, StorageDriver } from '../../src/storage/driver.js';
 import { createDriver } from '../../src/storage/index.js';
+import { CountingDriver, type DriverCall } from '../../test/helpers/counting-driver.js';
 import { startCountingProxy, type CountingProxy, type Counts } from './count-proxy.js';
 import { createBucket, deleteBucket, s3Client, s3EndpointFromEnv } from './s3.js';
 import { ROOT } from './targets.js';
@@ -45,73 +44,10 @@ interface CollectionResult {
   s3Requests?: Counts;
 }
 
-/** Counts the calls the core makes of storage, by method; reads of tag records apart. */
-class CallCounter implements StorageDriver {
-  readonly name: string;
-  readonly #d: StorageDriver;
-  #byKind: Record<string, number> = {};
-  #tagReads = 0;
-  readonly deleteObjects?: (paths: readonly string[]) => Promise<void>;
-  readonly redirectURL?: (path: string, expiresInSeconds: number) => Promise<string>;
-
-  constructor(d: StorageDriver) {
-    this.#d = d;
-    this.name = d.name;
-    if (d.deleteObjects) this.deleteObjects = (p) => (this.#count('deleteObjects'), d.deleteObjects!(p));
-  }
-
-  reset(): { counts: Counts; tagReads: number } {
-    const byKind = this.#byKind;
-    const out = { counts: { total: Object.values(byKind).reduce((a, b) => a + b, 0), byKind }, tagReads: this.#tagReads };
-    this.#byKind = {};
-    this.#tagReads = 0;
-    return out;
-  }
-
-  #count(kind: string): void {
-    this.#byKind[kind] = (this.#byKind[kind] ?? 0) + 1;
-  }
-
-  getContent(path: string): Promise<Buffer> {
-    this.#count('getContent');
-    if (path.includes('/_manifests/tags/')) this.#tagReads++;
-    return this.#d.getContent(path);
-  }
-  putContent(path: string, content: Uint8Array, opts?: { ifNotExists?: boolean }): Promise<boolean> {
-    this.#count('putContent');
-    return this.#d.putContent(path, content, opts);
-  }
-  reader(path: string, offset?: number, length?: number): Promise<Readable> {
-    this.#count('reader');
-    return this.#d.reader(path, offset, length);
-  }
-  writer(path: string, append: boolean): Promise<FileWriter> {
-    this.#count('writer');
-    return this.#d.writer(path, append);
-  }
-  stat(path: string): Promise<FileInfo> {
-    this.#count('stat');
-    return this.#d.stat(path);
-  }
-  list(path: string): Promise<string[]> {
-    this.#count('list');
-    return this.#d.list(path);
-  }
-  listPage(path: string, opts?: ListOptions): Promise<ListPage> {
-    this.#count('listPage');
-    return this.#d.listPage!(path, opts);
-  }
-  move(source: string, dest: string): Promise<void> {
-    this.#count('move');
-    return this.#d.move(source, dest);
-  }
-  delete(path: string): Promise<void> {
-    this.#count('delete');
-    return this.#d.delete(path);
-  }
-  close(): Promise<void> {
-    return this.#d.close();
-  }
+function countByOp(calls: readonly DriverCall[]): Counts {
+  const byKind: Record<string, number> = {};
+  for (const c of calls) byKind[c.op] = (byKind[c.op] ?? 0) + 1;
+  return { total: calls.length, byKind };
 }
 
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -168,7 +104,8 @@ async function main(): Promise<void> {
   }
   const hashPool = new HashPool({ threads: 2, maxQueue: 4096 });
   const base = await createDriver(url, { payloadHash: (bytes) => hashPool.oneShot(bytes, 'sha256', 'hex') });
-  const driver = new CallCounter(base);
+  // Counts the calls the core makes of storage, by method; reads of tag records apart.
+  const driver = new CountingDriver(base, { batchDeletes: true });
   const registry = new Registry({
     driver, hashPool, slabs: new SlabPool(64 * 1024, 64 << 20), maxSessionBufferedBytes: 1 << 20, maxBlobBytes: 0, maxManifestBytes: 1 << 20,
   });
@@ -213,12 +150,13 @@ async function main(): Promise<void> {
 
     // --- collect ----------------------------------------------------------------------------
     const collect = async (label: string): Promise<CollectionResult> => {
-      driver.reset();
+      driver.calls.length = 0;
       const mark = proxy?.mark();
       const t = Date.now();
-      const report = await collectGarbage({ driver, graceMs: 0, staleUploadAfterMs: 3_600_000, concurrency });
+      const { result: report, calls } = await driver.during(() => collectGarbage({ driver, graceMs: 0, staleUploadAfterMs: 3_600_000, concurrency }));
       const elapsedMs = Date.now() - t;
-      const { counts, tagReads } = driver.reset();
+      const counts = countByOp(calls);
+      const tagReads = calls.filter((c) => c.op === 'getContent' && c.path.includes('/_manifests/tags/')).length;
       const s3Requests = mark !== undefined ? proxy!.since(mark) : undefined;
       log(`${label}: ${(elapsedMs / 1000).toFixed(1)} s, removed ${report.manifests} manifests, ${report.blobs.count} blobs, ${report.links} links; ` +
         `${counts.total} driver calls (${tagReads} tag record reads)${s3Requests ? `, ${s3Requests.total} S3 requests` : ''}`);

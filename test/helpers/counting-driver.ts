@@ -4,7 +4,8 @@ import { MemoryDriver } from '../../src/storage/memory.js';
 
 /** One call a CountingDriver saw. */
 export interface DriverCall {
-  readonly op: 'getContent' | 'putContent' | 'reader' | 'writer' | 'stat' | 'list' | 'listPage' | 'move' | 'delete';
+  readonly op: 'getContent' | 'putContent' | 'reader' | 'writer' | 'stat' | 'list' | 'listPage' | 'move' | 'delete' | 'deleteObjects';
+  /** For deleteObjects, the first of its paths. */
   readonly path: string;
 }
 
@@ -14,15 +15,27 @@ export interface DriverCall {
  *
  *   const d = new CountingDriver();
  *   const { calls } = await d.during(() => store.tags('repo', 10, undefined));
+ *
+ * The wrapped driver's batch delete is passed on (and counted, one call a batch) only when
+ * asked for (`batchDeletes`): without it the core deletes object by object, as the tests
+ * that bound its calls expect. The GC bench (bench/macro/gc-scale.ts) asks for it.
  */
 export class CountingDriver implements StorageDriver {
   readonly name: string;
   readonly inner: StorageDriver;
   readonly calls: DriverCall[] = [];
+  readonly deleteObjects?: (paths: readonly string[]) => Promise<void>;
 
-  constructor(inner: StorageDriver = new MemoryDriver()) {
+  constructor(inner: StorageDriver = new MemoryDriver(), opts: { batchDeletes?: boolean } = {}) {
     this.inner = inner;
     this.name = inner.name;
+    const batch = inner.deleteObjects?.bind(inner);
+    if (opts.batchDeletes && batch) {
+      this.deleteObjects = (paths) => {
+        this.#note('deleteObjects', paths[0] ?? '');
+        return batch(paths);
+      };
+    }
   }
 
   /** The calls made while `fn` ran. */
