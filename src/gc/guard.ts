@@ -83,6 +83,12 @@ class Epoch {
 const TOUCH_CONCURRENCY = 8;
 /** How long a tag write waits for a collector to finish deleting that tag (gc/collector.ts holds an intent for milliseconds). */
 const INTENT_WAIT_MS = 30_000;
+/**
+ * When a check right after a touch finds a reference missing while a collection runs, it is
+ * looked for again after these pauses (3 s in all): the collector puts back within three
+ * store requests what it deleted under a fresh touch (gc/collector.ts A).
+ */
+const RECHECK_PAUSES_MS = [50, 100, 250, 500, 800, 1300];
 const DEFAULT_POLL_MS = 1000;
 const DEFAULT_HEARTBEAT_MS = 60_000;
 
@@ -110,7 +116,11 @@ const DEFAULT_HEARTBEAT_MS = 60_000;
  *    read (fs, S3 since 2020), at least one of the two sees the other: either our check finds
  *    the record gone (we answer "unknown", the client uploads again), or the collector finds
  *    our touch and puts the record back. Blob HEADs, upload commits and mounts touch always,
- *    for the grace period (B): the client will name the blob in a manifest soon.
+ *    for the grace period (B): the client will name the blob in a manifest soon. Where the
+ *    check falls between the collector's delete and its putting back, it finds nothing
+ *    though the thing stays: a HEAD then answers 404 and the client uploads again, but a
+ *    manifest PUT would fail a push the grace period keeps (B), so it looks again for a
+ *    moment before it answers "unknown" (recheck()).
  *
  * 3. tagIntent() (F): a collector deleting an expired tag first writes an intent, then re-reads
  *    the tag; a PUT that knew a collection was running looks for the intent after writing its
@@ -181,6 +191,27 @@ export class GcGuard {
     } finally {
       epoch.leave();
     }
+  }
+
+  /**
+   * Inside an op that knows a collection runs, after touch(): runs `check`, and when it fails
+   * for a missing reference (`missing(err)`), runs it again after short pauses, 3 s at most.
+   * The collector deletes a record, re-reads its marker and puts the record back when our
+   * touch made it fresh (A); a check between the two would otherwise call a kept blob
+   * unknown. Missing on every try, it is gone: the collector's re-read came before our touch.
+   * `check` must have written nothing when it fails so. Outside a collection: one try.
+   */
+  async recheck<T>(check: () => Promise<T>, missing: (err: unknown) => boolean): Promise<T> {
+    if (!this.collecting) return check();
+    for (const pause of RECHECK_PAUSES_MS) {
+      try {
+        return await check();
+      } catch (err) {
+        if (!missing(err)) throw err;
+      }
+      await sleep(pause);
+    }
+    return check();
   }
 
   /** Inside op(): whether a collection was running when the operation started. */

@@ -177,11 +177,13 @@ export class Registry {
     return this.#guard.op(async () => {
       const collecting = this.#guard.collecting;
       if (collecting) await this.#guard.touch(referencedBy(ref, bytes));
-      const record = await this.#manifests.put(repo, ref, contentType, bytes, {
+      // A reference found missing is looked for again while a collection runs: the collector
+      // may be putting it back (gc/guard.ts recheck). put() writes nothing before its checks.
+      const record = await this.#guard.recheck(() => this.#manifests.put(repo, ref, contentType, bytes, {
         onExisting: async (d) => {
           if (ref.kind === 'digest' && !collecting) await this.#guard.touch([d]);
         },
-      });
+      }), isMissingReference);
       if (ref.kind === 'tag' && collecting) {
         await this.#guard.tagIntent(repo, ref.tag);
         await this.#manifests.repairTag(repo, ref.tag, record.digest);
@@ -351,4 +353,9 @@ async function* namesBelow(driver: StorageDriver, dir: string, prefix: string, a
     if (!page.truncated || page.children.length === 0) return;
     startAfter = childKey(page.children[page.children.length - 1]!);
   }
+}
+
+/** ManifestStore.put's answer for a config, layer or index child that is not in the repository. */
+function isMissingReference(err: unknown): boolean {
+  return err instanceof RegistryError && (err.code === 'MANIFEST_BLOB_UNKNOWN' || err.code === 'MANIFEST_UNKNOWN');
 }

@@ -201,3 +201,52 @@ describe('which servers a collection waits for', () => {
     expect(await presences(d)).toEqual([]);
   });
 });
+
+describe('a manifest PUT while the collector deletes and puts back a blob it references', () => {
+  /** Starts a collection's lease and waits until the registry's guard has acknowledged it. */
+  async function collecting(d: MemoryDriver): Promise<Lease> {
+    const lease = await Lease.acquire(d, { ttlMs: 60_000 });
+    await until('acknowledgement', async () => (await presences(d)).some((p) => p.ack === lease.gen));
+    return lease;
+  }
+
+  it('finds the blob once the collector has put its record back (gc/collector.ts A), and fails when it never comes back', async () => {
+    const d = new MemoryDriver();
+    const t = new GcFixture(d, pool);
+    const img = await t.pushImage('r', 'v1');
+    const lease = await collecting(d);
+    try {
+      const record = paths.blobRecord(imgDigest(img.layers[0]!));
+      const saved = await d.getContent(record);
+      // As the collector does under a touch it had not seen: the record goes, and comes back
+      // once the marker's re-read finds the touch fresh.
+      await d.delete(record);
+      const back = sleep(200).then(() => d.putContent(record, saved));
+      await expect(t.registry.putManifest('r', 'v2', MEDIA_TYPES.ociManifest, img.bytes)).resolves.toMatchObject({ digest: img.digest });
+      await back;
+      expect(await t.blobStored(img.layers[0]!)).toBe(true);
+      // Gone for good: after the pauses, the push is refused.
+      await d.delete(record);
+      const t0 = Date.now();
+      await expect(t.registry.putManifest('r', 'v3', MEDIA_TYPES.ociManifest, img.bytes)).rejects.toMatchObject({ code: 'MANIFEST_BLOB_UNKNOWN' });
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(2_500);
+    } finally {
+      await lease.release();
+      await t.close();
+    }
+  });
+
+  it('answers a missing blob at once while no collection runs', async () => {
+    const d = new MemoryDriver();
+    const t = new GcFixture(d, pool);
+    try {
+      const img = await t.pushImage('r', 'v1');
+      await d.delete(paths.blobRecord(imgDigest(img.layers[0]!)));
+      const t0 = Date.now();
+      await expect(t.registry.putManifest('r', 'v2', MEDIA_TYPES.ociManifest, img.bytes)).rejects.toMatchObject({ code: 'MANIFEST_BLOB_UNKNOWN' });
+      expect(Date.now() - t0).toBeLessThan(1_000);
+    } finally {
+      await t.close();
+    }
+  });
+});
