@@ -76,7 +76,9 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    before the delete, so the touch ran before the collector's re-read, which therefore
  *    sees it: the record comes back and the bytes were never deleted (data goes only after
  *    the re-read). If the check did not find it, the registry answers "unknown" and the
- *    client uploads again. Manifests (revisions, which hold their bytes) and layer links are
+ *    client uploads again; a manifest PUT first looks again for a moment (gc/guard.ts
+ *    recheck), since its check may have fallen between the collector's delete and its
+ *    putting back. Manifests (revisions, which hold their bytes) and layer links are
  *    swept the same way, with the same marker. An operation that did not know of g needs no
  *    touch: by C it finished before the collector deleted anything.
  *
