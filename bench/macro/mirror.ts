@@ -4,7 +4,7 @@ import http from 'node:http';
 import { join } from 'node:path';
 import { BlobSet, formatBytes, MiB, pull, push, type BlobRef, type PhaseResult } from './loadgen.js';
 import {
-  cleanEnv, DOCKER_REGISTRY, freePort, HOIST_CLI, launch, sample, start, TMP, type Target, type Usage,
+  cleanEnv, DOCKER_REGISTRY, freePort, hoistArgs, launch, sample, start, TMP, type Target, type Usage,
 } from './targets.js';
 
 /**
@@ -130,7 +130,7 @@ async function startHoistCache(upstream: string): Promise<Target> {
   await mkdir(TMP, { recursive: true });
   const dir = await mkdtemp(join(TMP, 'hoist-mirror-'));
   const port = await freePort();
-  return launch('hoist-mirror', process.execPath, [HOIST_CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--storage', `fs:${join(dir, 'data')}`],
+  return launch('hoist-mirror', process.execPath, hoistArgs('serve', '--listen', `127.0.0.1:${port}`, '--storage', `fs:${join(dir, 'data')}`),
     cleanEnv({ HOIST_LOG_LEVEL: 'warn', HOIST_PROXY_REMOTE_URL: upstream }), port, () => rm(dir, { recursive: true, force: true }));
 }
 

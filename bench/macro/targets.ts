@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { fileURLToPath } from 'node:url';
+import { nodeFlagsOf } from '../../test/helpers/node-flags.js';
 import type { BlobRef, BlobSet, LoadOptions, PhaseResult } from './loadgen.js';
 import {
   createBucket, deleteBucket, getText, s3Client, startCountingProxy, storeRow, type S3Endpoint, type StoreTraffic,
@@ -39,6 +40,11 @@ export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..')
  * and docker-registry in both runs.
  */
 export const HOIST_CLI = process.env.HOIST_BENCH_CLI ?? join(ROOT, 'dist/src/cli.js');
+
+/** node's arguments for `hoist <args>`: the Node.js options of that build's shebang first, as `npm start` runs it. */
+export function hoistArgs(...args: string[]): string[] {
+  return [...nodeFlagsOf(HOIST_CLI), HOIST_CLI, ...args];
+}
 export const DOCKER_REGISTRY = '/usr/bin/docker-registry';
 /** Storage lives on the repo's disk (git-ignored), not a tmpfs, so fs numbers mean disk. */
 export const TMP = join(ROOT, 'bench/results/tmp');
@@ -240,8 +246,8 @@ export async function start(name: TargetName, opts: StartOptions = {}): Promise<
         const env = name === 'hoist-s3'
           ? cleanEnv({ ...hoistEnv, AWS_ACCESS_KEY_ID: opts.s3!.accessKeyId, AWS_SECRET_ACCESS_KEY: opts.s3!.secretAccessKey })
           : cleanEnv(hoistEnv);
-        target = await launch(name, process.execPath, [HOIST_CLI, 'serve', '--listen', listen, '--storage', storage,
-          ...(name.startsWith('hoist-uws') ? ['--frontend', 'uws'] : [])], env, port, cleanup);
+        target = await launch(name, process.execPath, hoistArgs('serve', '--listen', listen, '--storage', storage,
+          ...(name.startsWith('hoist-uws') ? ['--frontend', 'uws'] : [])), env, port, cleanup);
         break;
       }
       case 'docker-registry':

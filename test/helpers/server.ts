@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { nodeFlagsOf } from './node-flags.js';
 
 /**
  * Starts the built server (`dist/src/cli.js serve`, compiled by test/helpers/global-setup.ts)
@@ -108,7 +109,7 @@ export interface CliResult {
  */
 export function runCli(args: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI_PATH, ...args], { cwd: REPO_ROOT, env: hoistEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...nodeFlagsOf(CLI_PATH), CLI_PATH, ...args], { cwd: REPO_ROOT, env: hoistEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
@@ -131,7 +132,7 @@ export async function startServer(opts: StartServerOptions = {}): Promise<TestSe
   }
   const env = hoistEnv(opts.env);
 
-  const args = [CLI_PATH, 'serve'];
+  const args = [...nodeFlagsOf(CLI_PATH), CLI_PATH, 'serve'];
   if (!opts.env?.HOIST_LISTEN) args.push('--listen', '127.0.0.1:0');
   if (opts.storage !== undefined || !opts.env?.HOIST_STORAGE) args.push('--storage', opts.storage ?? 'memory:');
   if (opts.frontend) args.push('--frontend', opts.frontend);

@@ -1,9 +1,13 @@
+import { spawn } from 'node:child_process';
+import { chmod, readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lease } from '../../src/gc/lease.js';
 import { createDriver } from '../../src/storage/index.js';
 import { tempDir } from '../helpers/http.js';
-import { runCli, type CliResult } from '../helpers/server.js';
+import { nodeFlagsOf } from '../helpers/node-flags.js';
+import { CLI_PATH, REPO_ROOT, runCli, startServer, type CliResult } from '../helpers/server.js';
 
 /**
  * The command line (src/cli.ts), run as a user runs it (dist/cli.js in a child process): what
@@ -14,6 +18,38 @@ import { runCli, type CliResult } from '../helpers/server.js';
 
 /** Runs `hoist <args>`; kills it after `timeoutMs` (a hang guard). */
 const hoist = (args: string[], env: Record<string, string> = {}, timeoutMs = 60_000): Promise<CliResult> => runCli(args, env, timeoutMs);
+
+describe('how node runs hoist', () => {
+  // The options matter to the engine's speed (src/cli.ts says why); started any of the three
+  // ways a user or the tests start it, the server must get them.
+  it('the built CLI is a program whose shebang gives node the old generation\'s starting size', async () => {
+    const flags = nodeFlagsOf(CLI_PATH);
+    expect(flags).toContain('--initial-old-space-size=64');
+    // Run as a program, not through `node`: env -S must split the options. Installed as a
+    // package's bin, npm makes it executable; the build does not.
+    await chmod(CLI_PATH, 0o755);
+    const out = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      const child = spawn(CLI_PATH, ['--help'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let stdout = '';
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.once('close', (code) => resolve({ code, stdout }));
+    });
+    expect(out.code).toBe(0);
+    expect(out.stdout).toMatch(/^Usage: hoist/m);
+  });
+
+  it('`npm start` passes the shebang\'s options, and so does the tests\' server helper', async () => {
+    const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    expect(pkg.scripts.start).toBe(`node ${nodeFlagsOf(CLI_PATH).join(' ')} dist/src/cli.js serve`);
+    const server = await startServer();
+    try {
+      const argv = (await readFile(`/proc/${server.pid}/cmdline`, 'utf8')).split('\0');
+      expect(argv).toContain('--initial-old-space-size=64');
+    } finally {
+      await server.stop();
+    }
+  });
+});
 
 describe('hoist (no or unknown command)', () => {
   it('--help lists serve and gc and exits 0', async () => {
