@@ -5,6 +5,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
+import { copyInto } from '../buffer-pool.js';
 import { PathNotFoundError, StorageUnavailableError, type FileWriter } from '../driver.js';
 import { httpStatus, isNoSuchKey, isNoSuchUpload } from './errors.js';
 import type { Layout } from './layout.js';
@@ -386,7 +387,7 @@ export class S3FileWriter implements FileWriter {
         if (this.#fill === this.#partSize) await this.#sendFullBuffer();
         this.#buf ??= await acquireBuffer(this.#ctx);
         const n = Math.min(this.#partSize - this.#fill, data.byteLength - pos);
-        this.#buf.bytes.set(data.subarray(pos, pos + n), this.#fill);
+        copyInto(this.#buf, data.subarray(pos, pos + n), this.#fill);
         this.#fill += n;
         pos += n;
         this.#size += n;
@@ -861,15 +862,16 @@ async function headSize(ctx: WriterContext, key: string): Promise<number | undef
   }
 }
 
-/** Reads a stream into `into`; returns the bytes read (more than fit is an error). */
-async function readInto(body: Readable, into: Uint8Array): Promise<number> {
+/** Reads a stream into `into` (a part buffer's memory); returns the bytes read (more than fit is an error). */
+async function readInto(body: Readable, into: Buffer): Promise<number> {
   let n = 0;
   for await (const chunk of body as AsyncIterable<Uint8Array>) {
     if (n + chunk.byteLength > into.byteLength) {
       body.destroy();
       return n + chunk.byteLength;
     }
-    into.set(chunk, n);
+    // fill(), not set(): a memcpy into shared memory (copyInto in ../buffer-pool.ts says why).
+    if (chunk.byteLength > 0) into.fill(chunk, n, n + chunk.byteLength);
     n += chunk.byteLength;
   }
   return n;

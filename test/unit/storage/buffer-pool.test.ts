@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BufferPool, BufferWaitError, type PooledBuffer } from '../../../src/storage/buffer-pool.js';
+import { BufferPool, BufferWaitError, copyInto, type PooledBuffer } from '../../../src/storage/buffer-pool.js';
 import { SlabPool } from '../../../src/engine/slab-pool.js';
 import { PartBufferPool, PartBufferWaitError } from '../../../src/storage/s3/part-buffers.js';
 
@@ -202,5 +202,34 @@ describe('BufferPool', () => {
     expect(buf.bytes.length).toBe(64 * KiB);
     pool.release(buf);
     expect(pool.tryAcquire()).toBe(buf);
+  });
+});
+
+describe('copyInto', () => {
+  // The copy every S3 push byte takes into a shared part buffer, and the engine's into a slab.
+  it.each([
+    ['a shared buffer (S3 part)', () => new PartBufferPool(1024, 1024).tryAcquire()!],
+    ['a private buffer (slab)', () => new SlabPool(1024, 1024).tryAcquire()!],
+  ])('copies exactly, at any alignment of source and target, into %s', (_what, take) => {
+    const target = take();
+    target.bytes.fill(0xee);
+    const source = new Uint8Array(300);
+    for (let i = 0; i < source.length; i++) source[i] = (i * 31 + 7) & 0xff;
+    const want = Buffer.alloc(1024, 0xee);
+    let at = 0;
+    for (const [from, len] of [[0, 13], [3, 64], [5, 0], [1, 200], [7, 1]] as const) {
+      const piece = source.subarray(from, from + len);
+      copyInto(target, piece, at);
+      want.set(piece, at);
+      at += len + 1; // leave a byte between pieces: untouched
+    }
+    expect(Buffer.compare(target.bytes, want)).toBe(0);
+  });
+
+  it('refuses a copy past the end and writes nothing', () => {
+    const target = new PartBufferPool(16, 16).tryAcquire()!;
+    target.bytes.fill(1);
+    expect(() => copyInto(target, new Uint8Array(8).fill(2), 12)).toThrow(RangeError);
+    expect([...target.bytes]).toEqual(new Array(16).fill(1));
   });
 });
