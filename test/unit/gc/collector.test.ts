@@ -542,3 +542,24 @@ describe('blob records without data', () => {
   });
 });
 
+
+describe('touched markers a crash emptied', () => {
+  // The markers are written without an fsync (gc/guard.ts, touch): after a machine crash one
+  // can be empty. That must read as no marker, the blob's own times deciding, never as fresh
+  // for good nor as a reason to delete a blob still within its grace period.
+  it('count as none: an old unreferenced blob goes, one pushed within the grace period stays', async () => {
+    const d = new BackdatedDriver();
+    const t = new GcFixture(d, pool);
+    const old = await t.pushBlob('m', Buffer.from('old, unreferenced'));
+    const recent = await t.pushBlob('m', Buffer.from('recent, unreferenced'));
+    for (const digest of [old, recent]) {
+      await d.putContent(paths.blobTouched(parseDigest(digest)), new Uint8Array(0));
+    }
+    for (const p of [paths.blobRecord(parseDigest(old)), paths.layerLink('m', parseDigest(old))]) d.backdate(p, 2 * 3_600_000);
+    const r = await t.gc({ graceMs: 3_600_000 });
+    expect(r.blobs.count).toBe(1);
+    expect(await t.blobStored(old)).toBe(false);
+    expect(await t.blobStored(recent)).toBe(true);
+    expect(await t.linked('m', recent)).toBe(true);
+  });
+});
