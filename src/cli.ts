@@ -1,11 +1,4 @@
-#!/usr/bin/env -S node --initial-old-space-size=64
-// Why the flag: V8 starts a full collection whenever memory held outside its heap (the
-// request bodies' ArrayBuffers) has grown past its level at the last one by more than the old
-// generation's slack, which for Hoist's ~11 MB heap is ~16 MB. Sixteen uploads at once swing
-// their in-flight buffers by more than that all the time: 11-20 full mark-compacts per GiB
-// pushed. With the old generation's limit starting at 64 MB, 2-3 (README, "Where a GiB's CPU
-// goes"). It is a start-up option of V8's (v8.setFlagsFromString is too late, NODE_OPTIONS
-// refuses it), so it lives here and in `npm start`; tests and the bench read it from this line.
+#!/usr/bin/env node
 import { Command } from 'commander';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { formatDuration, formatRun, ProgressLine } from './gc/format.js';
@@ -13,6 +6,7 @@ import { createLogger, scrubSecrets } from './logger.js';
 import { GcBusyError, LeaseLostError } from './gc/lease.js';
 import { runGarbageCollection } from './gc/runner.js';
 import { mirrorsOf } from './gc/mirror.js';
+import { missingNodeOptions } from './node-options.js';
 import { startServer } from './server.js';
 import { createDriver } from './storage/index.js';
 
@@ -53,6 +47,8 @@ program
     const tty = process.stdout.isTTY === true;
     const format = config.logFormat === 'auto' ? (tty ? 'pretty' : 'json') : config.logFormat;
     const log = createLogger(config.logLevel, undefined, format, tty);
+    const missing = missingNodeOptions();
+    if (missing.length > 0) log.info({ missing }, 'started without the Node.js options hoist serve runs best with (src/node-options.ts; npm start passes them)');
     let server;
     try {
       server = await startServer(config, log);

@@ -5,8 +5,7 @@ import http from 'node:http';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { fileURLToPath } from 'node:url';
-import { nodeFlagsOf } from '../../test/helpers/node-flags.js';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { BlobRef, BlobSet, LoadOptions, PhaseResult } from './loadgen.js';
 import {
   createBucket, deleteBucket, getText, s3Client, startCountingProxy, storeRow, type S3Endpoint, type StoreTraffic,
@@ -41,9 +40,19 @@ export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..')
  */
 export const HOIST_CLI = process.env.HOIST_BENCH_CLI ?? join(ROOT, 'dist/src/cli.js');
 
-/** node's arguments for `hoist <args>`: the Node.js options of that build's shebang first, as `npm start` runs it. */
+/**
+ * The Node.js options `npm start` gives that build's server (its src/node-options.ts; none for
+ * a build from before there were any), so that a before/after run gives each its own.
+ */
+const HOIST_NODE_OPTIONS: readonly string[] = await (async () => {
+  const file = join(dirname(HOIST_CLI), 'node-options.js');
+  if (!existsSync(file)) return [];
+  return ((await import(pathToFileURL(file).href)) as { SERVE_NODE_OPTIONS: readonly string[] }).SERVE_NODE_OPTIONS;
+})();
+
+/** node's arguments for `hoist <args>`, as `npm start` runs it. */
 export function hoistArgs(...args: string[]): string[] {
-  return [...nodeFlagsOf(HOIST_CLI), HOIST_CLI, ...args];
+  return [...HOIST_NODE_OPTIONS, HOIST_CLI, ...args];
 }
 export const DOCKER_REGISTRY = '/usr/bin/docker-registry';
 /** Storage lives on the repo's disk (git-ignored), not a tmpfs, so fs numbers mean disk. */

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { nodeFlagsOf } from './node-flags.js';
+import { SERVE_NODE_OPTIONS } from '../../src/node-options.js';
 
 /**
  * Starts the built server (`dist/src/cli.js serve`, compiled by test/helpers/global-setup.ts)
@@ -31,6 +31,8 @@ export interface StartServerOptions {
   env?: Record<string, string>;
   /** Extra command-line arguments after `serve` and the helper's own flags. */
   args?: string[];
+  /** Node.js options before the CLI (default: SERVE_NODE_OPTIONS, as `npm start` passes them). */
+  nodeOptions?: readonly string[];
   /** How long to wait for the `listening` line. */
   startTimeoutMs?: number;
 }
@@ -109,7 +111,7 @@ export interface CliResult {
  */
 export function runCli(args: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...nodeFlagsOf(CLI_PATH), CLI_PATH, ...args], { cwd: REPO_ROOT, env: hoistEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...SERVE_NODE_OPTIONS, CLI_PATH, ...args], { cwd: REPO_ROOT, env: hoistEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
@@ -132,7 +134,7 @@ export async function startServer(opts: StartServerOptions = {}): Promise<TestSe
   }
   const env = hoistEnv(opts.env);
 
-  const args = [...nodeFlagsOf(CLI_PATH), CLI_PATH, 'serve'];
+  const args = [...(opts.nodeOptions ?? SERVE_NODE_OPTIONS), CLI_PATH, 'serve'];
   if (!opts.env?.HOIST_LISTEN) args.push('--listen', '127.0.0.1:0');
   if (opts.storage !== undefined || !opts.env?.HOIST_STORAGE) args.push('--storage', opts.storage ?? 'memory:');
   if (opts.frontend) args.push('--frontend', opts.frontend);

@@ -4,9 +4,9 @@ import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lease } from '../../src/gc/lease.js';
+import { SERVE_NODE_OPTIONS } from '../../src/node-options.js';
 import { createDriver } from '../../src/storage/index.js';
 import { tempDir } from '../helpers/http.js';
-import { nodeFlagsOf } from '../helpers/node-flags.js';
 import { CLI_PATH, REPO_ROOT, runCli, startServer, type CliResult } from '../helpers/server.js';
 
 /**
@@ -20,13 +20,36 @@ import { CLI_PATH, REPO_ROOT, runCli, startServer, type CliResult } from '../hel
 const hoist = (args: string[], env: Record<string, string> = {}, timeoutMs = 60_000): Promise<CliResult> => runCli(args, env, timeoutMs);
 
 describe('how node runs hoist', () => {
-  // The options matter to the engine's speed (src/cli.ts says why); started any of the three
-  // ways a user or the tests start it, the server must get them.
-  it('the built CLI is a program whose shebang gives node the old generation\'s starting size', async () => {
-    const flags = nodeFlagsOf(CLI_PATH);
-    expect(flags).toContain('--initial-old-space-size=64');
-    // Run as a program, not through `node`: env -S must split the options. Installed as a
-    // package's bin, npm makes it executable; the build does not.
+  // The options matter to the engine's speed (src/node-options.ts says why); started the ways
+  // a user or the tests start it, the server gets them, and without them it says so.
+  it('`npm start` passes SERVE_NODE_OPTIONS, and so does the tests\' server helper', async () => {
+    expect(SERVE_NODE_OPTIONS).toContain('--initial-old-space-size=64');
+    const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    expect(pkg.scripts.start).toBe(`node ${SERVE_NODE_OPTIONS.join(' ')} dist/src/cli.js serve`);
+    const server = await startServer();
+    try {
+      const argv = (await readFile(`/proc/${server.pid}/cmdline`, 'utf8')).split('\0');
+      for (const o of SERVE_NODE_OPTIONS) expect(argv).toContain(o);
+      expect(server.records().some((r) => typeof r.msg === 'string' && r.msg.startsWith('started without'))).toBe(false);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('a server started without them logs which it lacks, and runs', async () => {
+    const server = await startServer({ nodeOptions: [] });
+    try {
+      const line = server.records().find((r) => typeof r.msg === 'string' && r.msg.startsWith('started without'));
+      expect(line).toMatchObject({ level: 30, missing: [...SERVE_NODE_OPTIONS] });
+      expect((await fetch(`${server.url}/v2/`)).status).toBe(200);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('the built CLI runs as a program through a plain `env node` shebang (no `env -S`, which BusyBox lacks)', async () => {
+    expect((await readFile(CLI_PATH, 'utf8')).split('\n', 1)[0]).toBe('#!/usr/bin/env node');
+    // Installed as a package's bin, npm makes it executable; the build does not.
     await chmod(CLI_PATH, 0o755);
     const out = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
       const child = spawn(CLI_PATH, ['--help'], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -36,18 +59,6 @@ describe('how node runs hoist', () => {
     });
     expect(out.code).toBe(0);
     expect(out.stdout).toMatch(/^Usage: hoist/m);
-  });
-
-  it('`npm start` passes the shebang\'s options, and so does the tests\' server helper', async () => {
-    const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
-    expect(pkg.scripts.start).toBe(`node ${nodeFlagsOf(CLI_PATH).join(' ')} dist/src/cli.js serve`);
-    const server = await startServer();
-    try {
-      const argv = (await readFile(`/proc/${server.pid}/cmdline`, 'utf8')).split('\0');
-      expect(argv).toContain('--initial-old-space-size=64');
-    } finally {
-      await server.stop();
-    }
   });
 });
 
