@@ -91,7 +91,10 @@ bluestore block db create = false
 bluestore block wal create = false
 osd memory target = 1073741824
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
+# tcp_nodelay: without it beast sends a response's body behind its head only once the client
+# ACKs the head, which the client delays (40 ms): every GET with a body on a kept-alive
+# connection took 43 ms instead of 2-4 (AWS S3 and MinIO answer without such a stall).
+rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT tcp_nodelay=1
 rgw data = $DIR/rgw
 rgw dns name = localhost
 rgw thread pool size = 64
