@@ -509,7 +509,9 @@ export class UploadEngine {
 /**
  * A writer for an upload that has stored nothing yet: the driver's writer is created by the
  * first write, so no object exists until there are bytes. Committing without any bytes
- * stores the empty blob.
+ * stores the empty blob. Made only by a session that found nothing at the path and that
+ * nobody else can write to meanwhile (the upload's lock, or a monolithic upload's fresh id),
+ * so the driver need not clear the path first (WriterOptions.absent).
  */
 class DeferredWriter implements FileWriter {
   readonly #driver: StorageDriver;
@@ -540,7 +542,8 @@ class DeferredWriter implements FileWriter {
 
   /** The real writer, opened on the first bytes (with the size hint, whichever write brings them). */
   async #open(): Promise<FileWriter> {
-    this.#real ??= await (this.#opening ??= this.#driver.writer(this.#path, false, { sizeHintBytes: this.#sizeHintBytes }));
+    // `absent`: the session found nothing stored (#openWriter) and holds the upload's lock.
+    this.#real ??= await (this.#opening ??= this.#driver.writer(this.#path, false, { sizeHintBytes: this.#sizeHintBytes, absent: true }));
     return this.#real;
   }
 

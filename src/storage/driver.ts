@@ -135,6 +135,13 @@ export interface PutOptions {
 export interface WriterOptions {
   /** Bytes the caller expects to write in this session (see StorageDriver.writer). */
   readonly sizeHintBytes?: number;
+  /**
+   * With `append` false: the caller has just found nothing at `path` (an append writer threw
+   * PathNotFoundError) and nobody else writes there meanwhile (it holds the upload's lock),
+   * so there is nothing to remove first. S3 then skips looking for an earlier writer's state
+   * and deleting an object: two requests on every upload's first bytes.
+   */
+  readonly absent?: boolean;
 }
 
 /** An abandoned write, as listIncompleteWrites() reports it. */

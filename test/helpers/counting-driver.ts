@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { FileInfo, FileWriter, ListOptions, ListPage, StorageDriver } from '../../src/storage/driver.js';
+import type { FileInfo, FileWriter, ListOptions, ListPage, StorageDriver, WriterOptions } from '../../src/storage/driver.js';
 import { MemoryDriver } from '../../src/storage/memory.js';
 
 /** One call a CountingDriver saw. */
@@ -64,9 +64,9 @@ export class CountingDriver implements StorageDriver {
     return this.inner.reader(path, offset, length);
   }
 
-  writer(path: string, append: boolean): Promise<FileWriter> {
+  writer(path: string, append: boolean, opts?: WriterOptions): Promise<FileWriter> {
     this.#note('writer', path);
-    return this.inner.writer(path, append);
+    return this.inner.writer(path, append, opts);
   }
 
   stat(path: string): Promise<FileInfo> {

@@ -313,6 +313,22 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       await expectBlob(base, other, one);
     });
 
+    it('the first PATCH of a fresh upload looks for stored bytes once and removes nothing', async () => {
+      const name = repo('fresh');
+      const up = await startUpload(base, name);
+      const { keys } = await look(PREFIX, up.id);
+      const { result, calls } = await rec.during(() => request(base, up.location, { method: 'PATCH', body: randomBlob(MiB) }));
+      expectStatus(result, 202, 'first PATCH');
+      // One look for a committed object and one for a writer's state: both absent. Then no
+      // DeleteObject of either, and no second look before the first bytes are written.
+      // (The proxy names HEAD, GET and DELETE of an object by their methods.)
+      expect(ops(calls, 'HEAD', keys.data)).toHaveLength(1);
+      expect(ops(calls, 'GET', keys.state)).toHaveLength(1);
+      expect(calls.filter((c) => (c.key === keys.data || c.key === keys.state) && c.op === 'DELETE')).toEqual([]);
+      const s = await look(PREFIX, up.id);
+      expect(s.pieces.reduce((n, p) => n + p.bytes, 0)).toBe(MiB);
+    });
+
     it('commit does not copy: the blob is the key the parts were uploaded to, and no other full-size object appears', async () => {
       const name = repo('nocopy');
       const data = randomBlob(12 * MiB + 99);

@@ -279,7 +279,7 @@ export class S3Driver implements StorageDriver {
 
   async writer(path: string, append: boolean, opts: WriterOptions = {}): Promise<FileWriter> {
     this.#layout.checkObject(path);
-    return S3FileWriter.open(this.#writers, path, append, opts.sizeHintBytes);
+    return S3FileWriter.open(this.#writers, path, append, opts.sizeHintBytes, opts.absent === true);
   }
 
   async stat(path: string): Promise<FileInfo> {

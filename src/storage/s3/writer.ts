@@ -303,14 +303,17 @@ export class S3FileWriter implements FileWriter {
   }
 
   /** Opens a writer; see StorageDriver.writer. `path` must be checked already. */
-  static async open(ctx: WriterContext, path: string, append: boolean, sizeHintBytes?: number): Promise<S3FileWriter> {
+  static async open(ctx: WriterContext, path: string, append: boolean, sizeHintBytes?: number, absent = false): Promise<S3FileWriter> {
     const key = ctx.layout.key(path);
     if (!append) {
       // Truncate: the old content goes now, so stat() and a later append see the new writer.
-      await Promise.all([
-        discardWriter(ctx, path),
-        ctx.client.send(new DeleteObjectCommand({ Bucket: ctx.bucket, Key: key })),
-      ]);
+      // Unless the caller knows there is none (WriterOptions.absent).
+      if (!absent) {
+        await Promise.all([
+          discardWriter(ctx, path),
+          ctx.client.send(new DeleteObjectCommand({ Bucket: ctx.bucket, Key: key })),
+        ]);
+      }
       return new S3FileWriter(ctx, path, partSizeFor(ctx.buffers.partSizeBytes, sizeHintBytes), sizeHintBytes);
     }
     const held = ctx.tails.take(path);
