@@ -19,15 +19,15 @@ export interface PooledBuffer<B extends ArrayBufferLike = ArrayBufferLike> {
 }
 
 /**
- * Copies `source` into a pool buffer at `offset`. Why not `bytes.set()`: into shared memory
- * (the S3 part buffers), V8 copies with `relaxed_memmove`, byte by byte whenever source and
- * target differ in alignment mod 8, as request chunks of any length make them: 0.31-0.39 CPU
- * s per GiB here, against 0.03-0.13 into private memory. Node's `Buffer.fill()` with a buffer
- * as the value is one `memcpy` into the range, shared or not: 0.07 s per GiB.
+ * Copies `source` into `target` (a pool buffer's memory) at `offset`. Why not `set()`: into
+ * shared memory (the S3 part buffers), V8 copies with `relaxed_memmove`, byte by byte whenever
+ * source and target differ in alignment mod 8, as request chunks of any length make them:
+ * 0.31-0.39 CPU s per GiB here, against 0.03-0.13 into private memory. Node's `Buffer.fill()`
+ * with a buffer as the value is one `memcpy` into the range, shared or not: 0.07 s per GiB.
  */
-export function copyInto(target: PooledBuffer, source: Uint8Array, offset: number): void {
+export function copyInto(target: Buffer, source: Uint8Array, offset: number): void {
   if (source.byteLength === 0) return; // fill() refuses an empty value
-  target.bytes.fill(source, offset, offset + source.byteLength);
+  target.fill(source, offset, offset + source.byteLength);
 }
 
 export class BufferWaitError extends Error {

@@ -390,7 +390,7 @@ export class S3FileWriter implements FileWriter {
         if (this.#fill === this.#partSize) await this.#sendFullBuffer();
         this.#buf ??= await acquireBuffer(this.#ctx);
         const n = Math.min(this.#partSize - this.#fill, data.byteLength - pos);
-        copyInto(this.#buf, data.subarray(pos, pos + n), this.#fill);
+        copyInto(this.#buf.bytes, data.subarray(pos, pos + n), this.#fill);
         this.#fill += n;
         pos += n;
         this.#size += n;
@@ -440,11 +440,8 @@ export class S3FileWriter implements FileWriter {
       await this.#settle();
       this.#throwIfFailed();
       if (this.#parts.size === 0 && this.#creating === undefined && this.#uploadId === null) {
-        // At most one part in all: a single PutObject (an empty blob is a 0-byte object).
-        const length = this.#fill;
-        const body = this.#buf ? Buffer.from(this.#buf.buffer, 0, length) : Buffer.alloc(0);
-        const sha256 = length > 0 ? await c.payloadHash({ buffer: this.#buf!.buffer, byteOffset: 0, length }) : undefined;
-        await c.client.send(signedPayload(new PutObjectCommand({ Bucket: c.bucket, Key: this.#key, Body: body, ContentLength: length }), sha256));
+        // At most one part in all: a single PutObject.
+        await this.#putBufferAsObject();
       } else {
         const uploadId = await this.#ensureUpload();
         // Parts the store holds that no record names (an instance died after UploadPart and
@@ -710,13 +707,11 @@ export class S3FileWriter implements FileWriter {
     const c = this.#ctx;
     const recorded = [...this.#parts.values()].sort((a, b) => a.partNumber - b.partNumber);
     const length = this.#fill;
-    const body = (): Buffer => (this.#buf ? Buffer.from(this.#buf.buffer, 0, length) : Buffer.alloc(0));
     if (recorded.length === 0) {
       // Nothing of this upload's is in the store: its bytes are all in the buffer.
       await abortUpload(c, this.#key, uploadId);
       this.#uploadId = null;
-      const sha256 = length > 0 ? await c.payloadHash({ buffer: this.#buf!.buffer, byteOffset: 0, length }) : undefined;
-      await c.client.send(signedPayload(new PutObjectCommand({ Bucket: c.bucket, Key: this.#key, Body: body(), ContentLength: length }), sha256));
+      await this.#putBufferAsObject();
       return;
     }
     const all = [...recorded.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })), ...unrecorded.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag }))]
@@ -736,6 +731,15 @@ export class S3FileWriter implements FileWriter {
       UploadId: await this.#ensureUpload(),
       MultipartUpload: { Parts: parts.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })) },
     }));
+  }
+
+  /** Stores what the buffer holds as the whole object, one signed PutObject (an empty blob is a 0-byte object). */
+  async #putBufferAsObject(): Promise<void> {
+    const c = this.#ctx;
+    const length = this.#fill;
+    const body = this.#buf ? Buffer.from(this.#buf.buffer, 0, length) : Buffer.alloc(0);
+    const sha256 = length > 0 ? await c.payloadHash({ buffer: this.#buf!.buffer, byteOffset: 0, length }) : undefined;
+    await c.client.send(signedPayload(new PutObjectCommand({ Bucket: c.bucket, Key: this.#key, Body: body, ContentLength: length }), sha256));
   }
 
   #ensureUpload(): Promise<string> {
@@ -873,8 +877,7 @@ async function readInto(body: Readable, into: Buffer): Promise<number> {
       body.destroy();
       return n + chunk.byteLength;
     }
-    // fill(), not set(): a memcpy into shared memory (copyInto in ../buffer-pool.ts says why).
-    if (chunk.byteLength > 0) into.fill(chunk, n, n + chunk.byteLength);
+    copyInto(into, chunk, n);
     n += chunk.byteLength;
   }
   return n;

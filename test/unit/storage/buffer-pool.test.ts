@@ -219,7 +219,7 @@ describe('copyInto', () => {
     let at = 0;
     for (const [from, len] of [[0, 13], [3, 64], [5, 0], [1, 200], [7, 1]] as const) {
       const piece = source.subarray(from, from + len);
-      copyInto(target, piece, at);
+      copyInto(target.bytes, piece, at);
       want.set(piece, at);
       at += len + 1; // leave a byte between pieces: untouched
     }
@@ -229,7 +229,7 @@ describe('copyInto', () => {
   it('refuses a copy past the end and writes nothing', () => {
     const target = new PartBufferPool(16, 16).tryAcquire()!;
     target.bytes.fill(1);
-    expect(() => copyInto(target, new Uint8Array(8).fill(2), 12)).toThrow(RangeError);
+    expect(() => copyInto(target.bytes, new Uint8Array(8).fill(2), 12)).toThrow(RangeError);
     expect([...target.bytes]).toEqual(new Array(16).fill(1));
   });
 });
