@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { FileInfo, FileWriter, ListOptions, ListPage, StorageDriver, WriterOptions } from '../../src/storage/driver.js';
+import type { FileInfo, FileWriter, ListOptions, ListPage, PutOptions, StorageDriver, WriterOptions } from '../../src/storage/driver.js';
 import { MemoryDriver } from '../../src/storage/memory.js';
 
 /** One call a CountingDriver saw. */
@@ -54,7 +54,7 @@ export class CountingDriver implements StorageDriver {
     return this.inner.getContent(path);
   }
 
-  putContent(path: string, content: Uint8Array, opts?: { ifNotExists?: boolean }): Promise<boolean> {
+  putContent(path: string, content: Uint8Array, opts?: PutOptions): Promise<boolean> {
     this.#note('putContent', path);
     return this.inner.putContent(path, content, opts);
   }
