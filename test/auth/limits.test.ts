@@ -236,10 +236,17 @@ describe('limits.maxHeaderBytes on the uws front end', () => {
   });
 
   it('a header section over the limit → 431, and the connection closes; one under it is served', async () => {
-    for (const size of [20_000, 60_000]) {
-      const text = await raw(server.port, `GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: ${'y'.repeat(size)}\r\n\r\n`);
-      expect(parseRawReply(text).status, `${size}-byte header`).toBe(431);
-      expect(text).toMatch(/\r\nconnection: close\r\n/i);
+    const text = await raw(server.port, `GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: ${'y'.repeat(20_000)}\r\n\r\n`);
+    expect(parseRawReply(text).status, '20,000-byte header').toBe(431);
+    expect(text).toMatch(/\r\nconnection: close\r\n/i);
+    // 60,000 bytes arrive in one read on an idle loopback, but a loaded machine can wake uWS
+    // after the first part of them; uWS then cuts the connection itself, without an answer
+    // (README, Limits). Either way the request is refused, never served.
+    const big = await socketExchange(server.port, `GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: ${'y'.repeat(60_000)}\r\n\r\n`, { timeoutMs: 5000 });
+    expect(big.closed && !big.timedOut, '60,000-byte header: the connection closes').toBe(true);
+    if (big.text !== '') {
+      expect(parseRawReply(big.text).status, '60,000-byte header').toBe(431);
+      expect(big.text).toMatch(/\r\nconnection: close\r\n/i);
     }
     // Sent in one write, so that it arrives in one read: uWS cuts a header section over 4 KiB
     // that spans several reads by itself, without an answer (README, Limits).
