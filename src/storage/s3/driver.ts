@@ -1,6 +1,6 @@
 import {
-  AbortMultipartUploadCommand, CopyObjectCommand, DeleteObjectCommand, DeleteObjectsCommand, GetObjectCommand, HeadBucketCommand,
-  HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand, PutObjectCommand, S3Client,
+  AbortMultipartUploadCommand, CopyObjectCommand, DeleteObjectsCommand, GetObjectCommand, HeadBucketCommand,
+  ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand, S3Client,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
@@ -13,10 +13,10 @@ import { Readable } from 'node:stream';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
 import { ReadBuffers } from '../file-reader.js';
 import {
-  checkLimit, compareKeys, PathNotFoundError, StorageUnavailableError, type FileInfo, type FileWriter, type IncompleteWrite, type ListedChild,
+  checkLimit, compareKeys, PathNotFoundError, type FileInfo, type FileWriter, type IncompleteWrite, type ListedChild,
   type ListOptions, type ListPage, type StorageDriver, type WriterOptions,
 } from '../driver.js';
-import { deadlineSettings, isStoreUnavailable, reportUnavailable } from './deadlines.js';
+import { deadlineSettings, reportUnavailable } from './deadlines.js';
 import {
   explainBucketError, isConditionalConflict, isInvalidRange, isNoSuchKey, isNoSuchUpload, isPreconditionFailed,
 } from './errors.js';
@@ -24,11 +24,12 @@ import { INTERNAL_SEGMENT, Layout } from './layout.js';
 import { PartBufferPool } from './part-buffers.js';
 import { rangeFetch, type RangeFetch } from './range-fetch.js';
 import { RangedReader, ReadAhead } from './reader.js';
+import { SmallRequests } from './small-requests.js';
 
 import { TailCache } from './tail-cache.js';
 import type { S3Location } from './url.js';
 import {
-  copySource, discardWriter, loadWriterState, S3FileWriter, signedPayload, type PayloadHashFunction, type WriterContext, type WriterState,
+  copySource, discardWriter, loadWriterState, S3FileWriter, type PayloadHashFunction, type WriterContext, type WriterState,
 } from './writer.js';
 
 export type { BytesView, PayloadHashFunction } from './writer.js';
@@ -78,6 +79,8 @@ export class S3Driver implements StorageDriver {
   readonly prefix: string;
   readonly partSizeBytes: number;
   readonly #client: S3Client;
+  /** HeadObject, GetObject, PutObject and DeleteObject of small objects, off the SDK's stack (small-requests.ts). */
+  readonly #small: SmallRequests;
   readonly #layout: Layout;
   readonly #writers: WriterContext;
   readonly #tails: TailCache;
@@ -126,6 +129,10 @@ export class S3Driver implements StorageDriver {
       ...opts.clientConfig,
     });
     reportUnavailable(this.#client);
+    this.#small = new SmallRequests({
+      client: this.#client, bucket: this.bucket, httpAgent, httpsAgent,
+      connectTimeoutMs: deadlines.connectionTimeout, timeoutMs: deadlines.socketTimeout, retry: deadlines.retryStrategy,
+    });
     // Each command once, around the SDK's retries (they run in a later step): its name,
     // attempts and outcome, for metrics (src/metrics/). Costs nothing without subscribers.
     this.#client.middlewareStack.add(
@@ -168,6 +175,7 @@ export class S3Driver implements StorageDriver {
     const payloadHash = opts.payloadHash ?? (async (b) => createHash('sha256').update(new Uint8Array(b.buffer, b.byteOffset, b.length)).digest('hex'));
     this.#writers = {
       client: this.#client,
+      small: this.#small,
       bucket: this.bucket,
       layout: this.#layout,
       buffers,
@@ -205,11 +213,7 @@ export class S3Driver implements StorageDriver {
   async getContent(path: string): Promise<Buffer> {
     const key = this.#key(path);
     try {
-      const out = await this.#client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-      const bytes = await out.Body!.transformToByteArray().catch((err: unknown) => {
-        throw unavailable(err, `S3 GetObject of ${key}`);
-      });
-      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      return (await this.#small.get(key)).body;
     } catch (err) {
       throw notFound(err, path);
     }
@@ -235,14 +239,7 @@ export class S3Driver implements StorageDriver {
       : await this.#writers.payloadHash({ buffer: content.buffer, byteOffset: content.byteOffset, length: content.byteLength });
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.#client.send(signedPayload(new PutObjectCommand({
-          Bucket: this.bucket,
-          Key: key,
-          Body: body,
-          ContentLength: content.byteLength,
-          // The existence check and the write are one step on the server.
-          IfNoneMatch: opts.ifNotExists ? '*' : undefined,
-        }), sha256));
+        await this.#small.put(key, body, { sha256, ifNotExists: opts.ifNotExists });
         return true;
       } catch (err) {
         if (opts.ifNotExists && isPreconditionFailed(err)) return false;
@@ -287,8 +284,8 @@ export class S3Driver implements StorageDriver {
     if (path === '/') return { path, size: 0, modTime: new Date(0), isDir: true };
     const key = this.#layout.key(path);
     try {
-      const out = await this.#client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
-      return { path, size: out.ContentLength ?? 0, modTime: out.LastModified ?? new Date(0), isDir: false };
+      const out = await this.#small.head(key);
+      return { path, size: out.size, modTime: out.modTime, isDir: false };
     } catch (err) {
       if (!isNoSuchKey(err)) throw err;
     }
@@ -377,7 +374,7 @@ export class S3Driver implements StorageDriver {
     } catch (err) {
       throw notFound(err, source);
     }
-    await this.#client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: from }));
+    await this.#small.delete(from);
   }
 
   /**
@@ -388,7 +385,7 @@ export class S3Driver implements StorageDriver {
     const key = this.#key(path);
     const l = this.#layout;
     const [exists, below, writersBelow, ownWriterKeys] = await Promise.all([
-      this.#client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key })).then(() => true, (err: unknown) => {
+      this.#small.head(key).then(() => true, (err: unknown) => {
         if (isNoSuchKey(err)) return false;
         throw err;
       }),
@@ -473,7 +470,7 @@ export class S3Driver implements StorageDriver {
       }
       return;
     }
-    await this.#client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: h.key }));
+    await this.#small.delete(h.key);
   }
 
   async deleteObjects(paths: readonly string[]): Promise<void> {
@@ -509,7 +506,7 @@ export class S3Driver implements StorageDriver {
 
   async #head(path: string, key: string): Promise<void> {
     try {
-      await this.#client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      await this.#small.head(key);
     } catch (err) {
       throw notFound(err, path);
     }
@@ -548,7 +545,7 @@ export class S3Driver implements StorageDriver {
 
   async #deleteKeys(keys: string[]): Promise<void> {
     if (keys.length === 1) {
-      await this.#client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: keys[0] }));
+      await this.#small.delete(keys[0]!);
       return;
     }
     for (let i = 0; i < keys.length; i += DELETE_BATCH) {
@@ -573,12 +570,6 @@ export class S3Driver implements StorageDriver {
   toString(): string {
     return `s3://${this.bucket}/${this.prefix}${this.#endpoint ? ` at ${this.#endpoint}` : ''}`;
   }
-}
-
-/** A store that broke off a response body: StorageUnavailableError, like a failed request. */
-function unavailable(err: unknown, what: string): unknown {
-  if (err instanceof StorageUnavailableError || !isStoreUnavailable(err)) return err;
-  return new StorageUnavailableError(`${what} failed: ${(err as Error).message}`, { cause: err });
 }
 
 function notFound(err: unknown, path: string): unknown {

@@ -1,6 +1,6 @@
 import {
-  AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand,
-  GetObjectCommand, HeadObjectCommand, ListPartsCommand, PutObjectCommand, UploadPartCommand, UploadPartCopyCommand,
+  AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand,
+  GetObjectCommand, ListPartsCommand, UploadPartCommand, UploadPartCopyCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { randomUUID } from 'node:crypto';
@@ -10,6 +10,7 @@ import { PathNotFoundError, StorageUnavailableError, type FileWriter } from '../
 import { httpStatus, isNoSuchKey, isNoSuchUpload } from './errors.js';
 import type { Layout } from './layout.js';
 import { PartBufferWaitError, type PartBuffer, type PartBufferPool } from './part-buffers.js';
+import type { SmallRequests } from './small-requests.js';
 import type { TailCache } from './tail-cache.js';
 import { MIN_PART_BYTES } from './url.js';
 
@@ -127,6 +128,8 @@ function upgrade(s: WriterState | WriterStateV1, path: string): WriterState {
 /** What the driver lends its writers. */
 export interface WriterContext {
   readonly client: S3Client;
+  /** Small object requests (state, pieces, HEADs, deletes), off the SDK's stack. */
+  readonly small: SmallRequests;
   readonly bucket: string;
   readonly layout: Layout;
   readonly buffers: PartBufferPool;
@@ -155,9 +158,9 @@ export async function loadWriterState(ctx: WriterContext, path: string): Promise
 export async function loadWriterState(ctx: WriterContext, path: string, unlessEtag: string | undefined): Promise<LoadedState | 'unchanged' | undefined>;
 export async function loadWriterState(ctx: WriterContext, path: string, unlessEtag?: string): Promise<LoadedState | 'unchanged' | undefined> {
   try {
-    const out = await ctx.client.send(new GetObjectCommand({ Bucket: ctx.bucket, Key: ctx.layout.writerState(path), IfNoneMatch: unlessEtag }));
-    const state = upgrade(JSON.parse(await out.Body!.transformToString('utf8')) as WriterState | WriterStateV1, path);
-    return { state, modTime: out.LastModified ?? new Date(), etag: out.ETag ?? '' };
+    const out = await ctx.small.get(ctx.layout.writerState(path), { ifNoneMatch: unlessEtag });
+    const state = upgrade(JSON.parse(out.body.toString('utf8')) as WriterState | WriterStateV1, path);
+    return { state, modTime: out.modTime, etag: out.etag };
   } catch (err) {
     if (unlessEtag !== undefined && httpStatus(err) === 304) return 'unchanged';
     if (isNoSuchKey(err)) return undefined;
@@ -311,7 +314,7 @@ export class S3FileWriter implements FileWriter {
       if (!absent) {
         await Promise.all([
           discardWriter(ctx, path),
-          ctx.client.send(new DeleteObjectCommand({ Bucket: ctx.bucket, Key: key })),
+          ctx.small.delete(key),
         ]);
       }
       return new S3FileWriter(ctx, path, partSizeFor(ctx.buffers.partSizeBytes, sizeHintBytes), sizeHintBytes);
@@ -597,7 +600,7 @@ export class S3FileWriter implements FileWriter {
       }
       this.#size = this.#sessionStart = objectSize;
       await this.#persist();
-      await c.client.send(new DeleteObjectCommand({ Bucket: c.bucket, Key: this.#key }));
+      await c.small.delete(this.#key);
     } catch (err) {
       const uploadId = this.#uploadId ?? (await this.#creating?.catch(() => undefined));
       if (uploadId) await abortUpload(c, this.#key, uploadId).catch(() => undefined);
@@ -739,7 +742,7 @@ export class S3FileWriter implements FileWriter {
     const length = this.#fill;
     const body = this.#buf ? Buffer.from(this.#buf.buffer, 0, length) : Buffer.alloc(0);
     const sha256 = length > 0 ? await c.payloadHash({ buffer: this.#buf!.buffer, byteOffset: 0, length }) : undefined;
-    await c.client.send(signedPayload(new PutObjectCommand({ Bucket: c.bucket, Key: this.#key, Body: body, ContentLength: length }), sha256));
+    await c.small.put(this.#key, body, { sha256 });
   }
 
   #ensureUpload(): Promise<string> {
@@ -776,12 +779,7 @@ export class S3FileWriter implements FileWriter {
       const buf = this.#buf!;
       this.#wroteStaging = true;
       const sha256 = await c.payloadHash({ buffer: buf.buffer, byteOffset: from, length: this.#fill - from });
-      await c.client.send(signedPayload(new PutObjectCommand({
-        Bucket: c.bucket,
-        Key: c.layout.writerTail(this.#path, n),
-        Body: Buffer.from(buf.buffer, from, this.#fill - from),
-        ContentLength: this.#fill - from,
-      }), sha256));
+      await c.small.put(c.layout.writerTail(this.#path, n), Buffer.from(buf.buffer, from, this.#fill - from), { sha256 });
       pieces = [...pieces, { n, bytes: this.#fill - from }];
     }
     const state: WriterState = {
@@ -794,13 +792,8 @@ export class S3FileWriter implements FileWriter {
       nextPiece: this.#nextPiece,
       writeId: randomUUID(),
     };
-    const out = await c.client.send(new PutObjectCommand({
-      Bucket: c.bucket,
-      Key: c.layout.writerState(this.#path),
-      Body: Buffer.from(JSON.stringify(state)),
-      ContentType: 'application/json',
-    }));
-    this.#persisted = { state, etag: out.ETag ?? '' };
+    const out = await c.small.put(c.layout.writerState(this.#path), Buffer.from(JSON.stringify(state)), { contentType: 'application/json' });
+    this.#persisted = { state, etag: out.etag };
     this.#pieces = pieces;
     this.#staged = this.#fill;
     this.#obsolete = [];
@@ -861,8 +854,7 @@ export class S3FileWriter implements FileWriter {
 
 async function headSize(ctx: WriterContext, key: string): Promise<number | undefined> {
   try {
-    const out = await ctx.client.send(new HeadObjectCommand({ Bucket: ctx.bucket, Key: key }));
-    return out.ContentLength ?? 0;
+    return (await ctx.small.head(key)).size;
   } catch (err) {
     if (isNoSuchKey(err)) return undefined;
     throw err;
