@@ -132,6 +132,7 @@ export class S3Driver implements StorageDriver {
     this.#small = new SmallRequests({
       client: this.#client, bucket: this.bucket, httpAgent, httpsAgent,
       connectTimeoutMs: deadlines.connectionTimeout, timeoutMs: deadlines.socketTimeout, retry: deadlines.retryStrategy,
+      viaSdk: opts.sdkChecksums,
     });
     // Each command once, around the SDK's retries (they run in a later step): its name,
     // attempts and outcome, for metrics (src/metrics/). Costs nothing without subscribers.

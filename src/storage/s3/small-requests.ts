@@ -1,4 +1,4 @@
-import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { createHash, createHmac } from 'node:crypto';
 import http from 'node:http';
@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
 import { StorageUnavailableError } from '../driver.js';
 import { BoundedRetryStrategy, isStoreUnavailable } from './deadlines.js';
+import { signedPayload } from './writer.js';
 
 /**
  * The small object requests (HeadObject, GetObject, PutObject, DeleteObject of records,
@@ -29,6 +30,9 @@ import { BoundedRetryStrategy, isStoreUnavailable } from './deadlines.js';
  *   answers without a body; `$metadata.httpStatusCode`, `$metadata.attempts`), so errors.ts
  *   reads both alike;
  * - one `hoist:s3:request` message per operation, as driver.ts's middleware publishes.
+ *
+ * With `viaSdk` (the storage URL's sdkChecksums=true, which asks for the SDK's own checksums
+ * on every upload) the same four go through the SDK's commands instead.
  */
 export interface SmallRequestOptions {
   client: S3Client;
@@ -38,6 +42,8 @@ export interface SmallRequestOptions {
   connectTimeoutMs: number;
   timeoutMs: number;
   retry: BoundedRetryStrategy;
+  /** Send through the SDK's commands (see above). */
+  viaSdk?: boolean;
 }
 
 export interface ObjectHead {
@@ -86,12 +92,25 @@ export class SmallRequests {
   }
 
   async head(key: string): Promise<ObjectHead> {
+    if (this.#o.viaSdk) {
+      const out = await this.#o.client.send(new HeadObjectCommand({ Bucket: this.#o.bucket, Key: key }));
+      return { size: out.ContentLength ?? 0, modTime: out.LastModified ?? new Date(0), etag: out.ETag ?? '' };
+    }
     const a = await this.#send('HeadObject', 'HEAD', key, {});
     return headOf(a);
   }
 
   /** With `ifNoneMatch`, an object that still has that ETag fails with 304 (NotModified). */
   async get(key: string, opts: { ifNoneMatch?: string } = {}): Promise<ObjectContent> {
+    if (this.#o.viaSdk) {
+      const out = await this.#o.client.send(new GetObjectCommand({ Bucket: this.#o.bucket, Key: key, IfNoneMatch: opts.ifNoneMatch }));
+      const bytes = await out.Body!.transformToByteArray().catch((err: unknown) => {
+        if (err instanceof StorageUnavailableError || !isStoreUnavailable(err)) throw err;
+        throw new StorageUnavailableError(`S3 GetObject of ${key} failed: ${(err as Error).message}`, { cause: err });
+      });
+      const body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      return { size: body.byteLength, modTime: out.LastModified ?? new Date(0), etag: out.ETag ?? '', body };
+    }
     const headers: Record<string, string> = {};
     if (opts.ifNoneMatch !== undefined) headers['if-none-match'] = opts.ifNoneMatch;
     const a = await this.#send('GetObject', 'GET', key, { headers });
@@ -99,6 +118,13 @@ export class SmallRequests {
   }
 
   async put(key: string, body: Buffer, opts: PutObjectOptions = {}): Promise<{ etag: string }> {
+    if (this.#o.viaSdk) {
+      const out = await this.#o.client.send(signedPayload(new PutObjectCommand({
+        Bucket: this.#o.bucket, Key: key, Body: body, ContentLength: body.byteLength, ContentType: opts.contentType,
+        IfNoneMatch: opts.ifNotExists ? '*' : undefined,
+      }), opts.sha256));
+      return { etag: out.ETag ?? '' };
+    }
     const headers: Record<string, string> = { 'content-length': String(body.byteLength) };
     if (opts.ifNotExists) headers['if-none-match'] = '*';
     if (opts.contentType !== undefined) headers['content-type'] = opts.contentType;
@@ -107,6 +133,10 @@ export class SmallRequests {
   }
 
   async delete(key: string): Promise<void> {
+    if (this.#o.viaSdk) {
+      await this.#o.client.send(new DeleteObjectCommand({ Bucket: this.#o.bucket, Key: key }));
+      return;
+    }
     await this.#send('DeleteObject', 'DELETE', key, {});
   }
 

@@ -15,7 +15,9 @@
  *   timeout=15s             a store request that makes no progress this long fails (and is
  *                           retried while 2x this has not passed since its first try)
  *   sdkChecksums=true       let the SDK add its CRC32 checksums (requestChecksumCalculation
- *                           WHEN_SUPPORTED); off by default: parts are signed with their SHA-256 instead
+ *                           WHEN_SUPPORTED), small object requests included (they go through
+ *                           the SDK then: small-requests.ts); off by default: parts and
+ *                           objects are signed with their SHA-256 instead
  *
  * Credentials are not part of the URL: they come from the SDK's standard chain
  * (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web identity, instance metadata).
