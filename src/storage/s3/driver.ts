@@ -55,7 +55,7 @@ export interface S3DriverOptions extends S3Location {
   readWindowsAhead?: number;
 }
 
-/** putContent above this size gets its payload hash from the pool; below, the SDK's own is faster than a round trip. */
+/** putContent above this size gets its payload hash from the pool; below, hashing it here is faster than a round trip. */
 const INLINE_HASH_MAX_BYTES = 1024 * 1024;
 const DELETE_BATCH = 1000;
 const READ_WINDOW_BYTES = 16 * 1024 * 1024;
@@ -234,7 +234,7 @@ export class S3Driver implements StorageDriver {
       }).done();
       return true;
     }
-    // Small bodies (records, manifests) the SDK hashes and signs itself.
+    // Small bodies (records, manifests) are hashed where they are signed (small-requests.ts).
     const sha256 = content.byteLength <= INLINE_HASH_MAX_BYTES
       ? undefined
       : await this.#writers.payloadHash({ buffer: content.buffer, byteOffset: content.byteOffset, length: content.byteLength });
