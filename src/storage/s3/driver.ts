@@ -18,7 +18,7 @@ import {
 } from '../driver.js';
 import { deadlineSettings, reportUnavailable } from './deadlines.js';
 import {
-  explainBucketError, isConditionalConflict, isInvalidRange, isNoSuchKey, isNoSuchUpload, isPreconditionFailed,
+  errorName, explainBucketError, isConditionalConflict, isInvalidRange, isNoSuchKey, isNoSuchUpload, isPreconditionFailed,
 } from './errors.js';
 import { INTERNAL_SEGMENT, Layout } from './layout.js';
 import { PartBufferPool } from './part-buffers.js';
@@ -150,9 +150,8 @@ export class S3Driver implements StorageDriver {
           ch.publish({ operation, attempts, error: undefined, ms: performance.now() - t0 } satisfies S3RequestMessage);
           return out;
         } catch (err) {
-          const e = err as { name?: string; code?: string; $metadata?: { attempts?: number } };
-          const error = e.name && e.name !== 'Error' ? e.name : (e.code ?? 'Error');
-          ch.publish({ operation, attempts: e.$metadata?.attempts ?? 1, error, ms: performance.now() - t0 } satisfies S3RequestMessage);
+          const attempts = (err as { $metadata?: { attempts?: number } }).$metadata?.attempts ?? 1;
+          ch.publish({ operation, attempts, error: errorName(err), ms: performance.now() - t0 } satisfies S3RequestMessage);
           throw err;
         }
       },

@@ -7,6 +7,28 @@ export function httpStatus(err: unknown): number | undefined {
   return (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
 }
 
+/** What a failure is called in metrics (hoist:s3:request): the S3 error code, else node's error code. */
+export function errorName(err: unknown): string {
+  const e = err as { name?: string; code?: string } | undefined;
+  return e?.name && e.name !== 'Error' ? e.name : (e?.code ?? 'Error');
+}
+
+/** What the SDK names an error answer without a body (HEAD, 304), by status. */
+const NAME_BY_STATUS: Record<number, string> = { 304: 'NotModified', 400: 'BadRequest', 403: 'Forbidden', 404: 'NotFound', 412: 'PreconditionFailed' };
+
+/**
+ * An error answer to a request Hoist sent itself (small-requests.ts, range-fetch.ts), shaped
+ * as the SDK throws them: `name` the S3 code from the error document, or without one what
+ * the SDK calls the status; `$metadata.httpStatusCode`. `what` says which request it was.
+ */
+export function serviceError(status: number, text: string, what: string): Error & { name: string; $metadata: { httpStatusCode: number; attempts: number } } {
+  const code = /<Code>([^<]+)<\/Code>/.exec(text)?.[1] ?? NAME_BY_STATUS[status] ?? (status >= 500 ? 'ServerError' : 'UnknownError');
+  const message = /<Message>([^<]*)<\/Message>/.exec(text)?.[1] ?? code;
+  return Object.assign(new Error(`${what}: ${message}`), {
+    name: code, Code: code, $fault: status >= 500 ? 'server' : 'client', $metadata: { httpStatusCode: status, attempts: 1 },
+  });
+}
+
 export function errorCode(err: unknown): string | undefined {
   return (err as { name?: string; Code?: string } | undefined)?.Code ?? (err as { name?: string } | undefined)?.name;
 }

@@ -7,6 +7,7 @@ import type { Readable } from 'node:stream';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
 import { StorageUnavailableError } from '../driver.js';
 import type { ReadBuffers } from '../file-reader.js';
+import { errorName, serviceError } from './errors.js';
 import { PlainHttp } from './plain-get.js';
 
 /**
@@ -70,12 +71,10 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
     return new StorageUnavailableError(`S3 GET of ${key}: no progress for ${o.timeoutMs} ms`, { cause: timeout });
   };
   const failed = (key: string, status: number, text: string): Error => {
-    const code = /<Code>([^<]+)<\/Code>/.exec(text)?.[1] ?? `HTTP ${status}`;
     // Refused: perhaps the URL outlived its credentials (it answers AccessDenied then); sign anew.
     if (status === 403) urls.delete(key);
-    return Object.assign(new Error(`S3 GET of ${key}: ${code}`), { name: code, $metadata: { httpStatusCode: status } });
+    return serviceError(status, text, `S3 GET of ${key}`);
   };
-  const errorName = (err: Error & { code?: string }): string => err.name && err.name !== 'Error' ? err.name : (err.code ?? 'Error');
 
   return async (key, from, to, signal) => {
     const url = new URL(await urlOf(key));
@@ -130,11 +129,9 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
         });
         res.on('error', reject);
         res.on('end', () => {
-          const code = /<Code>([^<]+)<\/Code>/.exec(text)?.[1] ?? `HTTP ${status}`;
-          report(code);
-          // Refused: perhaps the URL outlived its credentials (it answers AccessDenied then); sign anew.
-          if (status === 403) urls.delete(key);
-          reject(Object.assign(new Error(`S3 GET of ${key}: ${code}`), { name: code, $metadata: { httpStatusCode: status } }));
+          const err = failed(key, status, text);
+          report(err.name);
+          reject(err);
         });
       });
       // Inactivity on the socket, from connecting to the last byte of the body.

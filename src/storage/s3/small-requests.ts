@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
 import { StorageUnavailableError } from '../driver.js';
 import { BoundedRetryStrategy, isStoreUnavailable } from './deadlines.js';
+import { errorName, serviceError } from './errors.js';
 import { signedPayload } from './writer.js';
 
 /**
@@ -66,8 +67,6 @@ export interface PutObjectOptions {
 }
 
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
-/** What the SDK names an error answer without a body (HEAD, 304), by status. */
-const NAME_BY_STATUS: Record<number, string> = { 304: 'NotModified', 400: 'BadRequest', 403: 'Forbidden', 404: 'NotFound', 412: 'PreconditionFailed' };
 /** The store refused the request's time (our clock is off): the SDK corrects its offset and tries again; so do we. */
 const CLOCK_SKEW_CODES = new Set(['RequestTimeTooSkewed', 'RequestExpired', 'RequestInTheFuture', 'InvalidSignatureException', 'SignatureDoesNotMatch']);
 const THROTTLING_CODES = new Set(['SlowDown', 'Throttling', 'ThrottlingException', 'RequestThrottled', 'TooManyRequestsException', 'RequestLimitExceeded']);
@@ -152,7 +151,10 @@ export class SmallRequests {
       attempts++;
       try {
         const a = await this.#attempt(method, key, r.headers ?? {}, r.body, payloadHash);
-        if (a.status >= 300) throw serviceError(a);
+        if (a.status >= 300) {
+          // The store's time comes with the error, for #correctClock.
+          throw Object.assign(serviceError(a.status, a.body.toString('utf8'), `S3 ${operation} of ${key}`), { serverTime: header(a.headers, 'date') });
+        }
         publish(operation, attempts, undefined, t0);
         return a;
       } catch (err) {
@@ -329,16 +331,6 @@ function headOf(a: Answer): ObjectHead {
   };
 }
 
-/** An error answer as the SDK would throw it. */
-function serviceError(a: Answer): Error {
-  const text = a.body.toString('utf8');
-  const code = /<Code>([^<]+)<\/Code>/.exec(text)?.[1] ?? NAME_BY_STATUS[a.status] ?? (a.status >= 500 ? 'ServerError' : 'UnknownError');
-  const message = /<Message>([^<]*)<\/Message>/.exec(text)?.[1] ?? code;
-  return Object.assign(new Error(message), {
-    name: code, Code: code, $fault: a.status >= 500 ? 'server' : 'client', $metadata: { httpStatusCode: a.status, attempts: 1 }, serverTime: header(a.headers, 'date'),
-  });
-}
-
 function retryType(err: unknown): 'TRANSIENT' | 'THROTTLING' | 'SERVER_ERROR' | 'CLIENT_ERROR' {
   const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
   const status = e.$metadata?.httpStatusCode;
@@ -346,11 +338,6 @@ function retryType(err: unknown): 'TRANSIENT' | 'THROTTLING' | 'SERVER_ERROR' | 
   if (status === 429 || THROTTLING_CODES.has(e.name ?? '')) return 'THROTTLING';
   if (status >= 500) return 'SERVER_ERROR';
   return 'CLIENT_ERROR';
-}
-
-function errorName(err: unknown): string {
-  const e = err as { name?: string; code?: string };
-  return e.name && e.name !== 'Error' ? e.name : (e.code ?? 'Error');
 }
 
 function publish(operation: string, attempts: number, error: string | undefined, t0: number): void {
