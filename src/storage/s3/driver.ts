@@ -283,12 +283,8 @@ export class S3Driver implements StorageDriver {
     this.#layout.check(path);
     if (path === '/') return { path, size: 0, modTime: new Date(0), isDir: true };
     const key = this.#layout.key(path);
-    try {
-      const out = await this.#small.head(key);
-      return { path, size: out.size, modTime: out.modTime, isDir: false };
-    } catch (err) {
-      if (!isNoSuchKey(err)) throw err;
-    }
+    const out = await this.#small.headIfAny(key);
+    if (out) return { path, size: out.size, modTime: out.modTime, isDir: false };
     // Not an object: a directory (of objects, or of uploads in progress), or an upload in
     // progress, whose size is what its writers closed with (the upload status needs it).
     const [child, writerChild, writer] = await Promise.all([
@@ -385,10 +381,7 @@ export class S3Driver implements StorageDriver {
     const key = this.#key(path);
     const l = this.#layout;
     const [exists, below, writersBelow, ownWriterKeys] = await Promise.all([
-      this.#small.head(key).then(() => true, (err: unknown) => {
-        if (isNoSuchKey(err)) return false;
-        throw err;
-      }),
+      this.#small.headIfAny(key).then((head) => head !== undefined),
       this.#listKeys(l.dirPrefix(path)),
       this.#listKeys(l.writersDirPrefix(path)),
       this.#listKeys(l.writerKeysPrefix(path)).then((keys) => keys.filter((k) => l.isOwnWriterKey(path, k))),

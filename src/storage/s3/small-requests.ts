@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
 import { StorageUnavailableError } from '../driver.js';
 import { BoundedRetryStrategy, isStoreUnavailable } from './deadlines.js';
-import { errorName, serviceError } from './errors.js';
+import { errorName, isNoSuchKey, serviceError } from './errors.js';
 import { signedPayload } from './writer.js';
 
 /**
@@ -97,6 +97,16 @@ export class SmallRequests {
     }
     const a = await this.#send('HeadObject', 'HEAD', key, {});
     return headOf(a);
+  }
+
+  /** The object's head, or undefined when no object is at `key`. */
+  async headIfAny(key: string): Promise<ObjectHead | undefined> {
+    try {
+      return await this.head(key);
+    } catch (err) {
+      if (isNoSuchKey(err)) return undefined;
+      throw err;
+    }
   }
 
   /** With `ifNoneMatch`, an object that still has that ETag fails with 304 (NotModified). */

@@ -328,7 +328,7 @@ export class S3FileWriter implements FileWriter {
     try {
       // A held tail is only as good as the state it came with: ask whether that is still the
       // stored one (304 costs no transfer). In parallel: has the object been committed?
-      [loaded, objectSize] = await Promise.all([loadWriterState(ctx, path, held?.etag), headSize(ctx, key)]);
+      [loaded, objectSize] = await Promise.all([loadWriterState(ctx, path, held?.etag), ctx.small.headIfAny(key).then((head) => head?.size)]);
     } catch (err) {
       releaseHeld();
       throw err;
@@ -477,7 +477,7 @@ export class S3FileWriter implements FileWriter {
         } catch (err) {
           // A retry of a Complete whose answer was lost finds the upload gone: if the object
           // is there, whole, the first try did it.
-          if (!isNoSuchUpload(err) || (await headSize(c, this.#key)) !== this.#size) throw err;
+          if (!isNoSuchUpload(err) || (await c.small.headIfAny(this.#key))?.size !== this.#size) throw err;
         }
       }
       this.#releaseBuffer();
@@ -849,15 +849,6 @@ export class S3FileWriter implements FileWriter {
     if (this.#state === 'writing') throw new Error(`FileWriter.${op}(): a write() is still in progress; await it first`);
     if (this.#state !== 'open') throw new Error(`FileWriter.${op}(): the writer is already ${this.#state}`);
     this.#state = next;
-  }
-}
-
-async function headSize(ctx: WriterContext, key: string): Promise<number | undefined> {
-  try {
-    return (await ctx.small.head(key)).size;
-  } catch (err) {
-    if (isNoSuchKey(err)) return undefined;
-    throw err;
   }
 }
 
