@@ -54,7 +54,18 @@ interface Batch {
   copied: number;
   /** The last part is a run of copies that the next copy extends. */
   run: CopyRun | undefined;
+  /** Sends the batch on if it is still filling after MAX_FILL_MS (armed with its first byte). */
+  timer: NodeJS.Timeout | undefined;
 }
+
+/**
+ * How long a batch may wait for more bytes before it is written and hashed as it is. Its
+ * slab is part of the engine's memory bound, shared by all uploads: without this, a client
+ * that sends a few bytes and then nothing (short of the idle timeout) would keep its slab,
+ * and as many such clients as there are slabs would stall every other upload. A client this
+ * slow gains nothing from full batches anyway.
+ */
+const MAX_FILL_MS = 500;
 
 /**
  * One request's bytes on their way into an upload, gathered into batches of one slab each.
@@ -165,6 +176,7 @@ export class UploadWrite implements ByteSink {
     await this.#writeChain;
     await this.#hashChain;
     if (this.#batch) {
+      if (this.#batch.timer !== undefined) clearTimeout(this.#batch.timer);
       this.#d.slabs.release(this.#batch.slab);
       this.#batch = undefined;
     }
@@ -186,6 +198,7 @@ export class UploadWrite implements ByteSink {
       return;
     }
     const b = this.#batch!;
+    if (b.bytes === 0) this.#armFillTimer(b);
     b.parts.push(chunk);
     b.bytes += chunk.byteLength;
     b.run = undefined;
@@ -198,6 +211,7 @@ export class UploadWrite implements ByteSink {
     while (pos < chunk.byteLength) {
       if (this.#batch === undefined && !this.#takeSlab()) break;
       const b = this.#batch!;
+      if (b.bytes === 0) this.#armFillTimer(b);
       const n = Math.min(this.#slabBytes - b.bytes, chunk.byteLength - pos);
       b.slab.bytes.set(pos === 0 && n === chunk.byteLength ? chunk : chunk.subarray(pos, pos + n), b.copied);
       if (b.run === undefined) {
@@ -278,10 +292,22 @@ export class UploadWrite implements ByteSink {
     this.#notify();
   }
 
+  #armFillTimer(b: Batch): void {
+    b.timer = setTimeout(() => {
+      b.timer = undefined;
+      if (this.#batch === b && b.bytes > 0 && this.#error === undefined) {
+        this.#dispatch();
+        this.#pump();
+      }
+    }, MAX_FILL_MS);
+    b.timer.unref();
+  }
+
   /** Sends the filling batch on: written to storage, then hashed. */
   #dispatch(): void {
     const b = this.#batch!;
     this.#batch = undefined;
+    if (b.timer !== undefined) clearTimeout(b.timer);
     const offset = this.#offset;
     this.#offset += b.bytes;
     this.#inflight++;
@@ -338,7 +364,7 @@ export class UploadWrite implements ByteSink {
 }
 
 function newBatch(slab: Slab): Batch {
-  return { slab, parts: [], bytes: 0, copied: 0, run: undefined };
+  return { slab, parts: [], bytes: 0, copied: 0, run: undefined, timer: undefined };
 }
 
 /** A view of all of a private ArrayBuffer: one the sink can keep, and move to another thread. */
