@@ -245,11 +245,15 @@ export const ConfigSchema = z.object({
      */
     chunkBytes: bytes.pipe(z.number().min(64 * 1024).max(64 * 1024 ** 2)).default('4MiB'),
     /**
-     * Upper bound on request bytes held in memory across all uploads. 128 MiB keeps 16 pushes
-     * at once within 256 MiB of RSS (uWS copies every chunk into slabs, which stay resident);
-     * more buys no throughput on a 2-core machine, where the hashing and the socket are the limit.
+     * Upper bound on request bytes held in memory across all uploads: 32 MiB, two uploads'
+     * worth (maxSessionBufferedBytes). Small on purpose: every byte is copied out of the
+     * socket, then into the page cache (or an S3 part) and hashed, and those copies cost
+     * twice as much once the bytes between them no longer fit the CPU's caches. Sixteen
+     * pushes at once with 128 MiB in flight cost 15-20% more CPU per GiB than with 32 MiB, and
+     * ran slower (README, Benchmarks); the uploads beyond the bound wait their turn for a
+     * slab, with their sockets paused.
      */
-    maxBufferedBytes: bytes.pipe(z.number().min(1024 ** 2)).default('128MiB'),
+    maxBufferedBytes: bytes.pipe(z.number().min(1024 ** 2)).default('32MiB'),
     /** Upper bound on bytes one upload may hold in memory before its socket is paused. */
     maxSessionBufferedBytes: bytes.pipe(z.number().min(64 * 1024)).default('16MiB'),
     /**

@@ -12,8 +12,8 @@ import { BufferPool, type PooledBuffer } from '../storage/buffer-pool.js';
  * A slab's memory is allocated when the pool first hands it out, and only touched when
  * bytes are copied into it: uploads through node:http keep their own chunks and leave it
  * untouched (not resident). Once no upload holds a slab, the pool keeps a few and frees
- * the others at once: a burst of uWS uploads touched them all, and 128 MiB of idle slabs
- * would stay resident for good (and count in every later pull's RSS).
+ * the others at once: a burst of uWS uploads touched them all, and idle slabs would stay
+ * resident for good (and count in every later pull's RSS).
  */
 export type Slab = PooledBuffer<ArrayBuffer>;
 

@@ -100,12 +100,11 @@ export class UploadEngine {
     this.#o = opts;
     this.#locks = new UploadLocks(opts.driver, opts.lock);
     const driverCap = opts.driver.maxConcurrentWriters;
-    if (driverCap !== undefined) {
-      // Admitted requests must also be able to hold their share of slabs at once, so that no
-      // admitted request waits for a slab another admitted request holds while it waits.
-      const slabCap = Math.floor(opts.slabs.maxSlabs / (this.#maxInflightSlabs() + 1));
-      this.#admission = pLimit(Math.max(1, Math.min(driverCap, slabCap)));
-    }
+    // Not also bounded by the slabs: an admitted request waiting for a slab waits for batches
+    // being written or hashed, and a batch being written waits at most for a part buffer,
+    // which the driver's cap guarantees (half its buffers are parts in flight, which finish
+    // on the network alone). So fewer slabs than admitted writers is slower, never stuck.
+    if (driverCap !== undefined) this.#admission = pLimit(Math.max(1, driverCap));
   }
 
   #maxInflightSlabs(): number {

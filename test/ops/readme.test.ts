@@ -89,7 +89,7 @@ describe('README "Running it"', () => {
     expect(config.status, config.output).toBe(0);
     const checked = promtool(['check', 'rules', join(work, 'rules.yml')]);
     expect(checked.status, checked.output).toBe(0);
-    for (const alert of ['HoistGcFailing', 'HoistUploadsWaitingForSlabs']) expect(rules).toContain(`alert: ${alert}`);
+    for (const alert of ['HoistGcFailing', 'HoistUploadsStalled']) expect(rules).toContain(`alert: ${alert}`);
     // The alerts use metrics that exist.
     for (const m of rules!.matchAll(/\b(hoist_\w+)/g)) expect(exposition, m[1]).toContain(`# TYPE ${m[1]} `);
   });

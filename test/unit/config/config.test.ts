@@ -35,7 +35,7 @@ describe('loadConfig defaults', () => {
     expect(cfg.shutdownTimeoutMs).toBe(10_000);
     expect(cfg.uploads).toEqual({
       chunkBytes: 4 * MiB,
-      maxBufferedBytes: 128 * MiB,
+      maxBufferedBytes: 32 * MiB,
       maxSessionBufferedBytes: 16 * MiB,
       minChunkBytes: 1024 * 1024,
       hashThreads: Math.max(1, availableParallelism()),
@@ -96,7 +96,7 @@ describe('loadConfig sources', () => {
     expect(cfg.uploads.hashThreads).toBe(3);
     expect(cfg.uploads.maxBlobBytes).toBe(1024 ** 3);
     // Options the file leaves out keep their defaults, also inside a section it names.
-    expect(cfg.uploads.maxBufferedBytes).toBe(128 * MiB);
+    expect(cfg.uploads.maxBufferedBytes).toBe(32 * MiB);
     expect(cfg.manifests.maxBytes).toBe(MiB);
     expect(cfg.debugErrors).toBe(true);
   });
@@ -114,7 +114,7 @@ describe('loadConfig sources', () => {
         HOIST_SHUTDOWN_TIMEOUT_MS: '2m',
         HOIST_UPLOADS_CHUNK_BYTES: '8MiB',
         HOIST_UPLOADS_HASH_THREADS: '2',
-        HOIST_UPLOADS_MAX_SESSION_BUFFERED_BYTES: '64MiB',
+        HOIST_UPLOADS_MAX_SESSION_BUFFERED_BYTES: '32MiB',
         HOIST_MANIFESTS_MAX_BYTES: '512k',
         HOIST_DEBUG_ERRORS: '1',
         // Not options: ignored.
@@ -129,7 +129,7 @@ describe('loadConfig sources', () => {
     expect(cfg.shutdownTimeoutMs).toBe(120_000);
     expect(cfg.uploads.chunkBytes).toBe(8 * MiB);
     expect(cfg.uploads.hashThreads).toBe(2);
-    expect(cfg.uploads.maxSessionBufferedBytes).toBe(64 * MiB);
+    expect(cfg.uploads.maxSessionBufferedBytes).toBe(32 * MiB);
     expect(cfg.manifests.maxBytes).toBe(512_000);
     expect(cfg.debugErrors).toBe(true);
   });
