@@ -9,11 +9,11 @@ import { BufferPool, type PooledBuffer } from '../storage/buffer-pool.js';
  * their sockets and wait in line. The pool is the one the S3 writers use for their parts
  * (src/storage/buffer-pool.ts).
  *
- * A slab's memory is allocated when the pool first hands it out, and only touched when
- * bytes are copied into it: uploads through node:http keep their own chunks and leave it
- * untouched (not resident). Once no upload holds a slab, the pool keeps a few and frees
- * the others at once: a burst of uWS uploads touched them all, and idle slabs would stay
- * resident for good (and count in every later pull's RSS).
+ * A slab's memory is allocated when bytes are first copied into it (withMemory()): uploads
+ * through node:http keep their own chunks, and their slabs never get any. Once no upload
+ * holds a slab, the pool keeps a few and frees the others at once: a burst of uWS uploads
+ * gave them all memory, which would otherwise stay resident for good (and count in every
+ * later pull's RSS).
  */
 export type Slab = PooledBuffer<ArrayBuffer>;
 
@@ -21,7 +21,7 @@ export class SlabPool extends BufferPool<ArrayBuffer> {
   constructor(slabBytes: number, maxBytes: number) {
     super({
       bufferBytes: slabBytes, maxBytes, allocate: (bytes) => new ArrayBuffer(bytes), what: 'upload slab',
-      keepIdle: KEEP_IDLE_SLABS, free: freeNow,
+      keepIdle: KEEP_IDLE_SLABS, free: freeNow, lazy: true,
     });
   }
 

@@ -213,7 +213,7 @@ export class UploadWrite implements ByteSink {
       const b = this.#batch!;
       if (b.bytes === 0) this.#armFillTimer(b);
       const n = Math.min(this.#slabBytes - b.bytes, chunk.byteLength - pos);
-      b.slab.bytes.set(pos === 0 && n === chunk.byteLength ? chunk : chunk.subarray(pos, pos + n), b.copied);
+      this.#d.slabs.withMemory(b.slab).set(pos === 0 && n === chunk.byteLength ? chunk : chunk.subarray(pos, pos + n), b.copied);
       if (b.run === undefined) {
         b.run = { start: b.copied, end: b.copied };
         b.parts.push(b.run);
@@ -354,11 +354,10 @@ export class UploadWrite implements ByteSink {
       // This batch is in storage already: rebuild the state from there, through its end.
       this.#pin = await this.#d.rebuildHash(offset + b.bytes);
     } catch {
-      // A hashing failure loses no data: the digest is rebuilt from storage at commit.
+      // A hashing failure loses no data: the digest is rebuilt from storage at commit. A slab
+      // moved to a worker that never answered is left detached (no memory): the pool gives it
+      // new memory when it is next copied into (withMemory()).
       this.#hashDirty = true;
-    } finally {
-      // Moved to a worker that never answered: the slab needs new memory.
-      if (giveBack !== undefined && b.slab.buffer === giveBack && giveBack.byteLength === 0) slabs.renew(b.slab);
     }
   }
 }

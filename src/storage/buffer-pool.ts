@@ -51,6 +51,13 @@ export interface BufferPoolOptions<B extends ArrayBufferLike> {
   keepIdle?: number;
   /** Lets go of a buffer's memory now, rather than at the next garbage collection. */
   free?: (buffer: B) => void;
+  /**
+   * Hand out buffers without memory (`buffer.byteLength` 0) and allocate it only when a
+   * holder asks (withMemory()): the upload engine's slabs are its memory bound whatever the
+   * bytes are in, and node:http's chunks never need the slab's own memory. Allocating it
+   * anyway cost a 4 MiB memset per slab (new memory is zeroed), and kept it resident.
+   */
+  lazy?: boolean;
 }
 
 interface Waiter<B extends ArrayBufferLike> {
@@ -72,6 +79,7 @@ export class BufferPool<B extends ArrayBufferLike = ArrayBufferLike> {
   readonly #waitError: (message: string) => Error;
   readonly #keepIdle: number;
   readonly #freeMemory: ((buffer: B) => void) | undefined;
+  readonly #lazy: boolean;
   #allocated = 0;
   /** Last released first: its memory is the most likely to still be in a cache. */
   readonly #free: Slot<B>[] = [];
@@ -85,6 +93,7 @@ export class BufferPool<B extends ArrayBufferLike = ArrayBufferLike> {
     this.#waitError = opts.waitError ?? ((message) => new BufferWaitError(message));
     this.#keepIdle = opts.keepIdle ?? Infinity;
     this.#freeMemory = opts.free;
+    this.#lazy = opts.lazy ?? false;
   }
 
   /** A buffer now, or undefined when all `maxBuffers` are in use. */
@@ -93,8 +102,14 @@ export class BufferPool<B extends ArrayBufferLike = ArrayBufferLike> {
     if (free) return free;
     if (this.#allocated >= this.maxBuffers) return undefined;
     this.#allocated++;
-    const buffer = this.#allocate(this.bufferBytes);
+    const buffer = this.#allocate(this.#lazy ? 0 : this.bufferBytes);
     return { buffer, bytes: Buffer.from(buffer) };
+  }
+
+  /** The buffer's bytes, allocating its memory first if it has none yet (a `lazy` pool's). */
+  withMemory(buffer: PooledBuffer<B>): Buffer {
+    if (buffer.buffer.byteLength === 0) this.renew(buffer);
+    return buffer.bytes;
   }
 
   /**
@@ -128,7 +143,7 @@ export class BufferPool<B extends ArrayBufferLike = ArrayBufferLike> {
     slot.bytes = Buffer.from(memory);
   }
 
-  /** Memory for a buffer whose own went away for good (allocated like a new buffer's). */
+  /** Memory for a buffer whose own went away for good. */
   renew(buffer: PooledBuffer<B>): void {
     this.replace(buffer, this.#allocate(this.bufferBytes));
   }
@@ -149,7 +164,7 @@ export class BufferPool<B extends ArrayBufferLike = ArrayBufferLike> {
     // The least recently released sit at the bottom of the stack.
     const excess = this.#free.length - this.#keepIdle;
     if (excess <= 0) return;
-    for (const slot of this.#free.splice(0, excess)) this.#freeMemory?.(slot.buffer);
+    for (const slot of this.#free.splice(0, excess)) if (slot.buffer.byteLength > 0) this.#freeMemory?.(slot.buffer);
     this.#allocated -= excess;
   }
 
