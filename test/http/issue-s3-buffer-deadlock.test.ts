@@ -6,7 +6,9 @@
  * slabs were held by uploads waiting for a buffer: nothing moved until the writer's buffer
  * wait timed out and the pushes failed with 5xx. The core now admits at most as many
  * writing requests as the driver's buffers can serve (StorageDriver.maxConcurrentWriters);
- * the rest wait with their sockets paused, holding nothing.
+ * the rest wait with their sockets paused, holding nothing. That cap does not also divide the
+ * engine's slabs among the admitted writers (src/engine/uploads.ts says why no circle can
+ * form): the second case admits more writers than there are slabs.
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -14,16 +16,24 @@ import { commitUpload, expectBlob, pathOf, request } from '../helpers/http.js';
 import { describeS3, useTestBucket } from '../helpers/s3-http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
-describeS3('many concurrent uploads on S3 with few part buffers', (env) => {
+const cases = [
+  // 4 part buffers of 5 MiB (2 writers admitted); a stall would end in the writer's 30 s
+  // buffer wait and a 5xx.
+  { what: 'few part buffers', partBuffers: '20MiB', slabs: '16MiB', session: '4MiB' },
+  // 8 part buffers (4 writers admitted) but only 2 engine slabs: the admission does not divide
+  // the slabs among the writers, so writers wait for slabs, which must never stall them for good.
+  { what: 'fewer engine slabs than admitted writers', partBuffers: '40MiB', slabs: '2MiB', session: '2MiB' },
+];
+
+for (const { what, partBuffers, slabs, session } of cases) describeS3(`many concurrent uploads on S3 with ${what}`, (env) => {
   let server: TestServer;
   const bucket = useTestBucket(env, 'deadlock');
 
   beforeAll(async () => {
-    // 4 part buffers of 5 MiB, a stall would end in the writer's 30 s buffer wait and a 5xx.
     server = await startServer({
-      storage: bucket.url('r', { partSize: '5MiB', maxBufferedBytes: '20MiB' }),
+      storage: bucket.url('r', { partSize: '5MiB', maxBufferedBytes: partBuffers }),
       frontend: 'node',
-      env: { HOIST_UPLOADS_CHUNK_BYTES: '1MiB', HOIST_UPLOADS_MAX_SESSION_BUFFERED_BYTES: '4MiB', HOIST_UPLOADS_MAX_BUFFERED_BYTES: '16MiB' },
+      env: { HOIST_UPLOADS_CHUNK_BYTES: '1MiB', HOIST_UPLOADS_MAX_SESSION_BUFFERED_BYTES: session, HOIST_UPLOADS_MAX_BUFFERED_BYTES: slabs },
     });
   });
   afterAll(async () => {
