@@ -112,8 +112,16 @@ export function isStoreUnavailable(err: unknown): boolean {
 }
 
 /**
- * Turns what isStoreUnavailable() recognises into StorageUnavailableError, the driver
- * interface's word for it, at the outside of the SDK's middleware stack (after its retries).
+ * What isStoreUnavailable() recognises, as StorageUnavailableError (the driver interface's
+ * word for it); any other error as it is. `what` names the request ("PutObject").
+ */
+export function asUnavailable(err: unknown, what: string): unknown {
+  if (err instanceof StorageUnavailableError || !isStoreUnavailable(err)) return err;
+  return new StorageUnavailableError(`S3 ${what} failed: ${(err as Error).message || (err as Error).name}`, { cause: err });
+}
+
+/**
+ * Applies asUnavailable() at the outside of the SDK's middleware stack (after its retries).
  */
 export function reportUnavailable(client: S3Client): void {
   client.middlewareStack.add(
@@ -121,9 +129,7 @@ export function reportUnavailable(client: S3Client): void {
       try {
         return await next(args);
       } catch (err) {
-        if (err instanceof StorageUnavailableError || !isStoreUnavailable(err)) throw err;
-        const what = `${context.commandName?.replace(/Command$/, '') ?? 'request'}`;
-        throw new StorageUnavailableError(`S3 ${what} failed: ${(err as Error).message || (err as Error).name}`, { cause: err });
+        throw asUnavailable(err, context.commandName?.replace(/Command$/, '') ?? 'request');
       }
     },
     { step: 'initialize', priority: 'high', name: 'hoistStoreUnavailable' },

@@ -6,8 +6,7 @@ import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
-import { StorageUnavailableError } from '../driver.js';
-import { BoundedRetryStrategy, isStoreUnavailable } from './deadlines.js';
+import { asUnavailable, BoundedRetryStrategy, isStoreUnavailable } from './deadlines.js';
 import { errorName, isNoSuchKey, serviceError } from './errors.js';
 import { signedPayload } from './writer.js';
 
@@ -114,8 +113,7 @@ export class SmallRequests {
     if (this.#o.viaSdk) {
       const out = await this.#o.client.send(new GetObjectCommand({ Bucket: this.#o.bucket, Key: key, IfNoneMatch: opts.ifNoneMatch }));
       const bytes = await out.Body!.transformToByteArray().catch((err: unknown) => {
-        if (err instanceof StorageUnavailableError || !isStoreUnavailable(err)) throw err;
-        throw new StorageUnavailableError(`S3 GetObject of ${key} failed: ${(err as Error).message}`, { cause: err });
+        throw asUnavailable(err, `GetObject of ${key}`);
       });
       const body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       return { size: body.byteLength, modTime: out.LastModified ?? new Date(0), etag: out.ETag ?? '', body };
@@ -180,8 +178,7 @@ export class SmallRequests {
         if (next === undefined) {
           if (e.$metadata) e.$metadata.attempts = attempts;
           publish(operation, attempts, errorName(err), t0);
-          if (err instanceof StorageUnavailableError || !isStoreUnavailable(err)) throw err;
-          throw new StorageUnavailableError(`S3 ${operation} failed: ${(err as Error).message || (err as Error).name}`, { cause: err });
+          throw asUnavailable(err, operation);
         }
         token = next;
         await sleep(token.getRetryDelay());
