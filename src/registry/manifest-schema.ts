@@ -196,6 +196,7 @@ export function parseManifest(bytes: Uint8Array, contentType: string | undefined
     throw invalid('manifest is not valid JSON');
   }
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw invalid('manifest must be a JSON object');
+  checkAsGoReadsIt(text, doc as Record<string, unknown>);
   const fields = doc as { mediaType?: unknown; schemaVersion?: unknown };
   const field = typeof fields.mediaType === 'string' ? fields.mediaType : undefined;
   if (fields.schemaVersion === 1 || SCHEMA1_MEDIA_TYPES.includes(header ?? '') || SCHEMA1_MEDIA_TYPES.includes(field ?? '')) {
@@ -208,6 +209,14 @@ export function parseManifest(bytes: Uint8Array, contentType: string | undefined
   if (type === undefined) throw invalid('manifest media type unknown: set Content-Type');
   if (!isManifestMediaType(type)) {
     throw invalid('unsupported manifest media type', { mediaType: type.slice(0, 200), supported: MANIFEST_MEDIA_TYPES });
+  }
+  // A document of two kinds at once reads as the one or the other depending on the client
+  // (CVE-2021-41190); distribution refuses it the same way (ocischema, manifestlist).
+  const d = doc as Record<string, unknown>;
+  const isIndex = type === MEDIA_TYPES.ociIndex || type === MEDIA_TYPES.dockerManifestList;
+  const stray = isIndex ? ['config', 'layers'].find((k) => d[k] != null) : d.manifests != null ? 'manifests' : undefined;
+  if (stray !== undefined) {
+    throw invalid(isIndex ? 'expected an index but found a manifest\'s field' : 'expected a manifest but found an index\'s field', { mediaType: type, field: stray });
   }
   const result = SCHEMAS[type].safeParse(doc);
   if (!result.success) {
@@ -250,6 +259,96 @@ export function isNonDistributable(layer: Descriptor): boolean {
  */
 export function artifactTypeOf(m: ParsedManifest): string | undefined {
   return m.artifactType ?? (m.kind === 'manifest' ? m.config.mediaType : undefined);
+}
+
+/**
+ * Deeper than this, a manifest is refused. Go's encoding/json (every Go client: docker,
+ * containerd, skopeo) stops at 10,000 levels; a real manifest has five.
+ */
+const MAX_DEPTH = 1000;
+
+/** The fields of the structs Go clients decode a manifest into, by their folded names. */
+const fieldsOf = (...names: string[]): ReadonlyMap<string, string> => new Map(names.map((k) => [fold(k), k]));
+const TOP_FIELDS = fieldsOf('schemaVersion', 'mediaType', 'artifactType', 'config', 'layers', 'manifests', 'subject', 'annotations');
+const DESCRIPTOR_FIELDS = fieldsOf('mediaType', 'digest', 'size', 'urls', 'annotations', 'data', 'artifactType', 'platform');
+const PLATFORM_FIELDS = fieldsOf('architecture', 'os', 'os.version', 'os.features', 'variant', 'features');
+
+/**
+ * Refuses what JSON.parse reads one way and Go clients another, so that the manifest stored
+ * is the one every client sees (and the one GC marks from):
+ * - a key that is a manifest's, descriptor's or platform's field in another case ("Layers"):
+ *   Go matches struct fields without regard to case, so a client would read layers this
+ *   registry never checked (map keys, such as annotations', are exact in Go too);
+ * - a schemaVersion written other than as the integer 2 ("2.0", "2e0"), which Go refuses;
+ * - nesting deeper than MAX_DEPTH, where Go gives up.
+ * `text` is valid JSON (JSON.parse read it), which keeps the scan simple.
+ */
+function checkAsGoReadsIt(text: string, doc: Record<string, unknown>): void {
+  checkCase(doc, TOP_FIELDS);
+  for (const d of [doc.config, doc.subject, ...(Array.isArray(doc.layers) ? doc.layers : []), ...(Array.isArray(doc.manifests) ? doc.manifests : [])]) {
+    if (!isObject(d)) continue;
+    checkCase(d, DESCRIPTOR_FIELDS);
+    if (isObject(d.platform)) checkCase(d.platform, PLATFORM_FIELDS);
+  }
+  checkNesting(text, doc);
+}
+
+function checkCase(o: Record<string, unknown>, known: ReadonlyMap<string, string>): void {
+  for (const key of Object.keys(o)) {
+    const field = known.get(fold(key));
+    if (field !== undefined && field !== key) throw invalid('manifest has a field that differs from a known one only in case', { field: key.slice(0, 100), known: field });
+  }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function checkNesting(text: string, doc: Record<string, unknown>): void {
+  // Per open container, whether it is an object: there a comma is followed by a key.
+  const inObject: boolean[] = [];
+  let topKey: string | undefined;
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
+      if (inObject.push(c === 0x7b) > MAX_DEPTH) throw invalid(`manifest nests deeper than ${MAX_DEPTH} levels`);
+      expectKey = c === 0x7b;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
+      inObject.pop();
+      expectKey = false;
+    } else if (c === 0x2c /* , */) {
+      expectKey = inObject[inObject.length - 1] === true;
+    } else if (c === 0x22 /* " */) {
+      const end = stringEnd(text, i);
+      if (expectKey) {
+        topKey = inObject.length === 1 ? JSON.parse(text.slice(i, end + 1)) as string : undefined;
+        expectKey = false;
+      }
+      i = end;
+    } else if (c === 0x3a /* : */ && topKey !== undefined) {
+      if (topKey === 'schemaVersion') {
+        const m = /^\s*(-?[0-9][0-9.eE+-]*)/.exec(text.slice(i + 1, i + 40));
+        if (m !== null && m[1] !== '2' && doc.schemaVersion === 2) throw invalid('schemaVersion must be written as the integer 2', { schemaVersion: m[1] });
+      }
+      topKey = undefined;
+    }
+  }
+}
+
+/** The index of the quote that closes the string opening at `start`. */
+function stringEnd(text: string, start: number): number {
+  for (let i = start + 1; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x5c /* backslash */) i++;
+    else if (c === 0x22) return i;
+  }
+  return text.length - 1;
+}
+
+/** Go's key match folds case the Unicode way: 'ſ' is 's' and 'K' (Kelvin) is 'k'. */
+function fold(key: string): string {
+  return key.toLowerCase().replace(/ſ/g, 's');
 }
 
 function normaliseMediaType(contentType: string | undefined): string | undefined {

@@ -103,6 +103,68 @@ describe.each(combos)('manifest validation ($frontend front end, $storage storag
       expectStatus(await put(name, 'v1', image.manifestBytes, MEDIA_TYPES.imageManifest), 201);
     });
 
+    // Found by probing (2026-12-02): each of these was stored with 201, and Go clients
+    // (skopeo, containerd, docker) then read it otherwise than this registry checked it, or
+    // could not read it at all.
+    it('for a document that is a manifest and an index at once (CVE-2021-41190)', async () => {
+      const name = repo('ambiguous');
+      const empty = { mediaType: 'application/vnd.oci.empty.v1+json', digest: EMPTY_JSON, size: 2 };
+      const cases: Array<[string, object]> = [
+        [MEDIA_TYPES.imageManifest, { schemaVersion: 2, mediaType: MEDIA_TYPES.imageManifest, config: empty, layers: [], manifests: [empty] }],
+        [MEDIA_TYPES.imageIndex, { schemaVersion: 2, mediaType: MEDIA_TYPES.imageIndex, manifests: [], layers: [empty] }],
+        [MEDIA_TYPES.imageIndex, { schemaVersion: 2, mediaType: MEDIA_TYPES.imageIndex, manifests: [], config: empty }],
+        [DOCKER.list, { schemaVersion: 2, mediaType: DOCKER.list, manifests: [], layers: [] }],
+        [DOCKER.manifest, { schemaVersion: 2, mediaType: DOCKER.manifest, config: empty, layers: [], manifests: [] }],
+      ];
+      for (const [type, doc] of cases) {
+        const [e] = expectError(await put(name, 'v1', doc, type), 400, 'MANIFEST_INVALID', `PUT ${JSON.stringify(doc)}`);
+        expect(e!.message).toMatch(/expected an? (manifest|index) but found/);
+      }
+      await expectNothingStored(name, 'v1');
+      // null is no value in Go either: a manifest with "manifests": null is a manifest.
+      expectStatus(await put(name, 'v1', { schemaVersion: 2, mediaType: MEDIA_TYPES.imageManifest, config: empty, layers: [], manifests: null }, MEDIA_TYPES.imageManifest), 201);
+    });
+
+    it('for a field that differs from a known one only in case, where Go would read it', async () => {
+      const name = repo('case');
+      const empty = { mediaType: 'application/vnd.oci.empty.v1+json', digest: EMPTY_JSON, size: 2 };
+      const missing = { mediaType: MEDIA_TYPES.layerTar, digest: sha256('never pushed'), size: 3 };
+      const base2 = { schemaVersion: 2, mediaType: MEDIA_TYPES.imageManifest, config: empty, layers: [] as object[] };
+      const cases: object[] = [
+        { ...base2, Layers: [missing] },
+        { ...base2, layerſ: [missing] },
+        { ...base2, SchemaVersion: 2 },
+        { ...base2, config: { ...empty, Digest: missing.digest } },
+        { ...base2, layers: [{ ...empty, SIZE: 5 }] },
+        { schemaVersion: 2, mediaType: MEDIA_TYPES.imageIndex, manifests: [{ ...empty, platform: { architecture: 'amd64', os: 'linux', OS: 'windows' } }] },
+      ];
+      for (const doc of cases) {
+        const [e] = expectError(await put(name, 'v1', doc, (doc as { mediaType: string }).mediaType), 400, 'MANIFEST_INVALID', `PUT ${JSON.stringify(doc)}`);
+        expect(e!.message).toMatch(/only in case/);
+      }
+      await expectNothingStored(name, 'v1');
+      // Map keys are exact in Go too: annotations and unknown fields may spell what they like.
+      const fine = { ...base2, annotations: { Size: 'x', LAYERS: 'y' }, extension: { Layers: [missing] } };
+      expectStatus(await put(name, 'v1', fine, MEDIA_TYPES.imageManifest), 201);
+    });
+
+    it('for a schemaVersion not written as the integer 2, and for nesting Go gives up on', async () => {
+      const name = repo('gojson');
+      const empty = { mediaType: 'application/vnd.oci.empty.v1+json', digest: EMPTY_JSON, size: 2 };
+      const body = JSON.stringify({ mediaType: MEDIA_TYPES.imageManifest, config: empty, layers: [] });
+      for (const v of ['2.0', '2e0', '20e-1', '2.000']) {
+        const [e] = expectError(await put(name, 'v1', `{"schemaVersion": ${v},${body.slice(1)}`, MEDIA_TYPES.imageManifest), 400, 'MANIFEST_INVALID', `schemaVersion ${v}`);
+        expect(e!.message).toMatch(/integer 2/);
+      }
+      const nested = (depth: number): string => `{"schemaVersion":2,"x":${'['.repeat(depth)}${']'.repeat(depth)},${body.slice(1)}`;
+      const [e] = expectError(await put(name, 'v1', nested(5000), MEDIA_TYPES.imageManifest), 400, 'MANIFEST_INVALID', 'nested 5000 deep');
+      expect(e!.message).toMatch(/nests deeper/);
+      await expectNothingStored(name, 'v1');
+      expectStatus(await put(name, 'v1', nested(100), MEDIA_TYPES.imageManifest), 201);
+      // The key's own spelling does not matter: an escaped "schemaVersion" is still it.
+      expectStatus(await put(name, 'v2', `{"schema\\u0056ersion": 2,${body.slice(1)}`, MEDIA_TYPES.imageManifest), 201);
+    });
+
     it('for a media type that is not a manifest', async () => {
       const name = repo('unsupported');
       expectError(await put(name, 'v1', '{"schemaVersion":2}', 'text/plain'), 400, 'MANIFEST_INVALID', 'PUT');
