@@ -113,8 +113,11 @@ export function rawErrorResponse(parserCode: string | undefined): string | undef
   return `HTTP/1.1 ${status} Bad Request\r\n${head}\r\n${body}`;
 }
 
-/** llhttp error codes (node's `err.code`) the registry can name. */
-const PARSER_ERRORS: Record<string, [ErrorCode, string]> = {
+/**
+ * llhttp error codes (node's `err.code`) the registry can name. The uWS front end answers
+ * what its own parser lets through with the same codes and messages (uws.ts framingError).
+ */
+export const PARSER_ERRORS: Readonly<Record<string, readonly [ErrorCode, string]>> = {
   HPE_INVALID_CONTENT_LENGTH: ['SIZE_INVALID', 'invalid Content-Length'],
   HPE_UNEXPECTED_CONTENT_LENGTH: ['SIZE_INVALID', 'Content-Length together with Transfer-Encoding, or twice'],
   HPE_INVALID_TRANSFER_ENCODING: ['SIZE_INVALID', 'invalid Transfer-Encoding'],

@@ -4,10 +4,11 @@ import { SocketAddress } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
-import { ClientAbortError, ErrorCodes } from '../errors.js';
+import { ClientAbortError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import { BodyPump } from './body-pump.js';
 import { API_VERSION_HEADER } from './errors.js';
+import { PARSER_ERRORS } from './limits.js';
 import { callHandler, overrun, responseHasNoBody, underrun } from './node.js';
 import type {
   BodySink,
@@ -77,8 +78,9 @@ export class UwsFrontEnd implements FrontEnd {
       if (exchange.started) return; // answered already: 431
       // What node:http's parser refuses before Hoist sees it (node.ts onClientError), refused
       // here too, so that both front ends answer alike.
-      if (!isOneLength(exchange.header('content-length'))) {
-        exchange.reject('SIZE_INVALID', 'invalid Content-Length');
+      const framing = framingError(exchange.header('content-length'), exchange.header('transfer-encoding'));
+      if (framing !== undefined) {
+        exchange.reject(...framing);
         return;
       }
       if (NOT_TARGET_BYTES.test(exchange.path) || NOT_TARGET_BYTES.test(exchange.rawQuery)) {
@@ -381,7 +383,7 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
    * that (the message has no framing): uWS lets two different lengths through (joined here
    * as "a, b") and would read the body by one of them.
    */
-  reject(code: 'SIZE_INVALID' | 'NAME_INVALID', message: string): void {
+  reject(code: ErrorCode, message: string): void {
     if (!this.#start()) return;
     const body = JSON.stringify({ errors: [{ code, message }] });
     this.#res.cork(() => {
@@ -416,9 +418,22 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
 /** A request-target is visible ASCII (RFC 9112 §3.2, RFC 3986); uWS passes other bytes through. */
 const NOT_TARGET_BYTES = /[^\x21-\x7e]/;
 
-/** No Content-Length, or one decimal number (repeated values are rejected, as RFC 9110 §8.6 allows). */
-function isOneLength(value: string | undefined): boolean {
-  return value === undefined || /^\d+$/.test(value);
+/**
+ * What node:http's parser refuses in a message's framing and uWS's lets through, named as
+ * node.ts names it (limits.ts PARSER_ERRORS):
+ * - a Content-Length that is not one decimal number: repeated values are refused, as
+ *   RFC 9110 §8.6 allows (uWS joins repeats as "a, b" and would read the body by one of them);
+ * - a Transfer-Encoding whose last coding is not chunked: the body then has no framing
+ *   (RFC 9112 §6.1 asks for 400 and a close), but uWS reads any Transfer-Encoding as chunked,
+ *   so `gzip` stored a chunked body and an unframed one left the request waiting forever;
+ * - Content-Length and Transfer-Encoding together (RFC 9112 §6.3: a smuggling vector).
+ */
+function framingError(length: string | undefined, coding: string | undefined): readonly [ErrorCode, string] | undefined {
+  if (length !== undefined && !/^\d+$/.test(length)) return PARSER_ERRORS.HPE_INVALID_CONTENT_LENGTH;
+  if (coding === undefined) return undefined;
+  if (coding.split(',').pop()!.trim().toLowerCase() !== 'chunked') return PARSER_ERRORS.HPE_INVALID_TRANSFER_ENCODING;
+  if (length !== undefined) return PARSER_ERRORS.HPE_UNEXPECTED_CONTENT_LENGTH;
+  return undefined;
 }
 
 /** uWS spells IPv6 out in full (0000:...:0001); node:http, and our logs, use the short form (::1). */

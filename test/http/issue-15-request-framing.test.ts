@@ -44,6 +44,27 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
     expect(r.closed).toBe(true);
   });
 
+  // Found by probing (2026-12-02): uWS read any Transfer-Encoding as chunked, so `gzip` stored
+  // the chunked body as if it were one (202), and a body not framed in chunks left the request
+  // unanswered, holding the upload, for as long as the client stayed. node:http refuses both.
+  it.each([
+    ['gzip', 'Transfer-Encoding: gzip', '3\r\nabc\r\n0\r\n\r\n'],
+    ['gzip, with a body not framed in chunks', 'Transfer-Encoding: gzip', 'abc'],
+    ['identity', 'Transfer-Encoding: identity', 'abc'],
+    ['chunked, gzip', 'Transfer-Encoding: chunked, gzip', '3\r\nabc\r\n0\r\n\r\n'],
+    // uWS's own parser drops this one without a reply (README, Front ends): closed either way.
+    ['chunked with a Content-Length', 'Transfer-Encoding: chunked\r\nContent-Length: 3', '3\r\nabc\r\n0\r\n\r\n', 'uws'],
+  ])('a body with Transfer-Encoding %s → 400 SIZE_INVALID, connection closed', async (_label, headers, body, silentOn?: string) => {
+    const r = await raw(server.port, Buffer.from(`POST /v2/a/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n${headers}\r\n\r\n${body}`));
+    if (!(silentOn === frontend && r.text === '')) expect(parseRawReply(r.text), r.text).toMatchObject({ status: 400, codes: ['SIZE_INVALID'] });
+    expect(r.closed).toBe(true);
+  });
+
+  it.each(['chunked', 'Chunked', 'gzip, chunked'])('a body with Transfer-Encoding %s (chunked last) is read', async (coding) => {
+    const r = await raw(server.port, Buffer.from(`POST /v2/a/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ${coding}\r\nConnection: close\r\n\r\n0\r\n\r\n`));
+    expect(parseRawReply(r.text), r.text).toMatchObject({ status: 202 });
+  });
+
   it.each([
     ['in the query', 'GET /v2/?\xffn=1'],
     ['in the path', 'GET /v2/a\x80b/tags/list'],
