@@ -229,12 +229,19 @@ async function deleteManifest(c: Ctx): Promise<void> {
 //     {"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",
 //      "manifests":[{"mediaType":..,"digest":..,"size":..,"artifactType":..,"annotations":{..}}]}
 //     OCI-Filters-Applied: artifactType   (only when the filter was applied)
+//     Link: </v2/<name>/referrers/<digest>?last=sha256-..>; rel="next"   (when more remain:
+//     a page holds about 1 MiB of descriptors; distribution-spec v1.1 "Listing Referrers")
 //   Never 404 (clients take that for "no referrers API"): nothing found is an empty index.
 async function referrers(c: Ctx): Promise<void> {
   const artifactType = c.req.query.get('artifactType') || undefined;
-  const manifests = await c.registry.listReferrers(c.m.name, c.m.param, artifactType);
-  const body = JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests });
-  reply(c, 200, { 'content-type': MEDIA_TYPES.ociIndex, ...(artifactType ? { 'oci-filters-applied': 'artifactType' } : {}) }, body);
+  const page = await c.registry.listReferrers(c.m.name, c.m.param, artifactType, c.req.query.get('last') ?? undefined);
+  const body = JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests: page.items });
+  const headers: HeaderMap = { 'content-type': MEDIA_TYPES.ociIndex, ...(artifactType ? { 'oci-filters-applied': 'artifactType' } : {}) };
+  if (page.next !== undefined) {
+    const q = new URLSearchParams({ ...(artifactType ? { artifactType } : {}), last: page.next });
+    headers.link = `<${c.req.path}?${q.toString()}>; rel="next"`;
+  }
+  reply(c, 200, headers, body);
 }
 
 // POST /v2/<name>/blobs/uploads/                          → 202, Location, Range: 0-0

@@ -97,6 +97,9 @@ export interface PutManifestOptions {
 const CHECK_CONCURRENCY = 8;
 /** Tag records read at once for a tag list, a delete by digest. */
 const TAG_READ_CONCURRENCY = 32;
+/** Referrer entries read per listPage(), and the JSON a referrers page holds before it ends (referrers()). */
+const REFERRERS_BATCH = 64;
+const REFERRERS_PAGE_BYTES = 1024 * 1024;
 /** Children asked for per listPage() by a tag list of all tags. */
 const LIST_PAGE = 1000;
 /**
@@ -388,16 +391,33 @@ export class ManifestStore {
    * "Listing Referrers"), optionally only those of one artifact type. The subject itself
    * need not exist; no referrers is an empty list, never an error.
    */
-  async referrers(repo: string, subject: Digest, artifactType?: string): Promise<ReferrerDescriptor[]> {
-    let entries: string[];
-    try {
-      entries = await this.#o.driver.list(paths.referrers(repo, subject));
-    } catch (err) {
-      if (isPathNotFound(err)) return [];
-      throw err;
+  async referrers(repo: string, subject: Digest, artifactType?: string, last?: string): Promise<Page<ReferrerDescriptor>> {
+    // A page ends once its entries pass REFERRERS_PAGE_BYTES (with at least one, so that a
+    // client always gets on): the spec asks for a Link header rather than a response larger
+    // than a client takes (manifests are read up to 4 MiB), and every entry can carry up to
+    // a manifest's size of annotations. Entries are read REFERRERS_BATCH at a time, so a
+    // request holds at most one batch more than it answers.
+    const items: ReferrerDescriptor[] = [];
+    let bytes = 0;
+    let after = last;
+    for (;;) {
+      const page = await listPage(this.#o.driver, paths.referrers(repo, subject), { ...(after !== undefined ? { startAfter: after } : {}), limit: REFERRERS_BATCH });
+      const entries = page.children.filter((c) => !c.isDir);
+      const found = await mapLimit(entries, CHECK_CONCURRENCY, (c) => readJson<ReferrerDescriptor>(this.#o.driver, c.path));
+      for (let i = 0; i < entries.length; i++) {
+        const d = found[i];
+        const name = basename(entries[i]!.path);
+        if (d !== undefined && (artifactType === undefined || d.artifactType === artifactType)) {
+          const size = JSON.stringify(d).length + 1;
+          if (items.length > 0 && bytes + size > REFERRERS_PAGE_BYTES) return { items, next: after! };
+          items.push(d);
+          bytes += size;
+        }
+        after = name;
+      }
+      if (!page.truncated || page.children.length === 0) return { items };
+      after = basename(page.children[page.children.length - 1]!.path);
     }
-    const found = await mapLimit(entries, CHECK_CONCURRENCY, (path) => readJson<ReferrerDescriptor>(this.#o.driver, path));
-    return found.filter((d): d is ReferrerDescriptor => d !== undefined && (artifactType === undefined || d.artifactType === artifactType));
   }
 
   /**

@@ -217,8 +217,8 @@ export class Registry {
    * list (empty when there are none), even for a repository that does not exist: the spec
    * forbids a 404 here, which clients read as "no referrers API".
    */
-  listReferrers(repo: string, digest: string, artifactType: string | undefined): Promise<ReferrerDescriptor[]> {
-    return this.#manifests.referrers(assertName(repo), parseDigest(digest), artifactType);
+  listReferrers(repo: string, digest: string, artifactType: string | undefined, last?: string): Promise<Page<ReferrerDescriptor>> {
+    return this.#manifests.referrers(assertName(repo), parseDigest(digest), artifactType, last);
   }
 
   /** Stops taking part in garbage collection (gc/guard.ts); call after the last request. */

@@ -166,6 +166,43 @@ describe.each(combos)('referrers ($frontend front end, $storage storage)', ({ fr
     expect((await referrers(name, image.manifestDigest)).index.manifests.map((m) => m.digest)).toEqual([b.digest]);
   });
 
+  // Found by probing (2026-12-02): referrers came in one response however many there were.
+  // Each entry can carry a manifest's size of annotations, so 135 of them made a response
+  // JSON.stringify could not build (500), and three already one of 12 MB that clients refuse.
+  it('pages a long list with Link headers, about 1 MiB of descriptors a page, the filter kept', async () => {
+    const name = repo('pages');
+    const image = makeImage({ layerSizesBytes: [10] });
+    await pushImage(base, name, 'v1', image);
+    const pushed = new Set<string>();
+    for (let i = 0; i < 7; i++) {
+      const { reply, digest } = await pushArtifact(name, subjectOf(image), i % 2 === 0 ? SBOM : SIGNATURE, { note: String(i).repeat(300_000) });
+      expectStatus(reply, 201);
+      pushed.add(digest);
+    }
+    const walk = async (query: string): Promise<Array<{ digest: string; artifactType?: string }>> => {
+      const seen: Array<{ digest: string; artifactType?: string }> = [];
+      let url: string | undefined = `/v2/${name}/referrers/${image.manifestDigest}${query}`;
+      for (let pages = 0; url !== undefined; pages++) {
+        expect(pages).toBeLessThan(10);
+        const r = await request(base, url);
+        expectStatus(r, 200, `GET ${url}`);
+        expect(r.body.length).toBeLessThan(1.5 * 1024 * 1024);
+        const index = r.json<ReferrersIndex>();
+        expect(index.manifests.length).toBeGreaterThan(0);
+        seen.push(...index.manifests);
+        const link = r.header('link');
+        url = link === undefined ? undefined : /^<([^>]+)>; rel="next"$/.exec(link)![1]!;
+        if (url !== undefined) expect(url).toContain(`/v2/${name}/referrers/${image.manifestDigest}?`);
+      }
+      return seen;
+    };
+    const all = await walk('');
+    expect(all.map((d) => d.digest).sort()).toEqual([...pushed].sort());
+    const sboms = await walk(`?artifactType=${encodeURIComponent(SBOM)}`);
+    expect(sboms).toHaveLength(4);
+    expect(sboms.every((d) => d.artifactType === SBOM)).toBe(true);
+  });
+
   it('an invalid digest is 400 DIGEST_INVALID, an invalid name 400 NAME_INVALID', async () => {
     expectError(await request(base, `/v2/${repo('bad')}/referrers/sha256:abc`), 400, 'DIGEST_INVALID');
     expectError(await request(base, `/v2/${repo('bad')}/referrers/latest`), 400, 'DIGEST_INVALID');

@@ -116,14 +116,14 @@ describe('marking', () => {
     expect(await t.manifestStored('signed', stray.digest)).toBe(false);
     expect(r.manifests).toBe(1);
     expect(r.referrerEntries).toBe(1);
-    expect((await t.registry.listReferrers('signed', sha256('elsewhere'), undefined)).length).toBe(0);
+    expect((await t.registry.listReferrers('signed', sha256('elsewhere'), undefined)).items.length).toBe(0);
 
     await t.registry.deleteManifest('signed', 'v1');
     r = await t.gc();
     expect(r.manifests).toBe(3);
     for (const x of [img, sig, sigOfSig]) expect(await t.manifestStored('signed', x.digest)).toBe(false);
-    expect(await t.registry.listReferrers('signed', img.digest, undefined)).toEqual([]);
-    expect(await t.registry.listReferrers('signed', sig.digest, undefined)).toEqual([]);
+    expect((await t.registry.listReferrers('signed', img.digest, undefined)).items).toEqual([]);
+    expect((await t.registry.listReferrers('signed', sig.digest, undefined)).items).toEqual([]);
   });
 
   it('keeps untagged manifests pushed within the grace period, with what they reference', async () => {

@@ -577,29 +577,29 @@ describe('ManifestStore', () => {
       const idx = index([], { artifactType: 'application/vnd.example.bundle', subject });
       await manifests.put('repo', parseReference(sha(idx)), OCI_INDEX, idx);
 
-      const found = await manifests.referrers('repo', parseDigest(subject.digest));
+      const found = (await manifests.referrers('repo', parseDigest(subject.digest))).items;
       const expected = [
         { mediaType: OCI_MANIFEST, digest: sha(sig), size: sig.length, artifactType: 'application/vnd.example.sig', annotations: { 'org.example.k': 'v' } },
         { mediaType: OCI_MANIFEST, digest: sha(image), size: image.length, artifactType: MEDIA_TYPES.ociImageConfig },
         { mediaType: OCI_INDEX, digest: sha(idx), size: idx.length, artifactType: 'application/vnd.example.bundle' },
       ];
       expect(sortByDigest(found)).toEqual(sortByDigest(expected));
-      expect(await manifests.referrers('repo', parseDigest(subject.digest), 'application/vnd.example.sig')).toEqual([expected[0]]);
-      expect(await manifests.referrers('repo', parseDigest(subject.digest), 'application/none')).toEqual([]);
+      expect((await manifests.referrers('repo', parseDigest(subject.digest), 'application/vnd.example.sig')).items).toEqual([expected[0]]);
+      expect((await manifests.referrers('repo', parseDigest(subject.digest), 'application/none')).items).toEqual([]);
     });
 
     it('is empty for a digest nothing refers to, and per repository', async () => {
       const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
       await manifests.put('repo', parseReference('sig'), OCI_MANIFEST, sig);
-      expect(await manifests.referrers('repo', parseDigest(sha('something else')))).toEqual([]);
-      expect(await manifests.referrers('other', parseDigest(subject.digest))).toEqual([]);
+      expect((await manifests.referrers('repo', parseDigest(sha('something else')))).items).toEqual([]);
+      expect((await manifests.referrers('other', parseDigest(subject.digest))).items).toEqual([]);
     });
 
     it('pushing a referrer twice lists it once', async () => {
       const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
       await manifests.put('repo', parseReference('a'), OCI_MANIFEST, sig);
       await manifests.put('repo', parseReference('b'), OCI_MANIFEST, sig);
-      expect(await manifests.referrers('repo', parseDigest(subject.digest))).toHaveLength(1);
+      expect((await manifests.referrers('repo', parseDigest(subject.digest))).items).toHaveLength(1);
     });
 
     it('deleting a referrer by digest removes it from the list', async () => {
@@ -608,12 +608,12 @@ describe('ManifestStore', () => {
       await manifests.put('repo', parseReference('a'), OCI_MANIFEST, a);
       await manifests.put('repo', parseReference('b'), OCI_MANIFEST, b);
       await manifests.delete('repo', parseReference(sha(a)));
-      expect((await manifests.referrers('repo', parseDigest(subject.digest))).map((d) => d.digest)).toEqual([sha(b)]);
+      expect(((await manifests.referrers('repo', parseDigest(subject.digest))).items).map((d) => d.digest)).toEqual([sha(b)]);
       // Deleting a tag leaves the manifest, and so its entry.
       await manifests.delete('repo', parseReference('b'));
-      expect(await manifests.referrers('repo', parseDigest(subject.digest))).toHaveLength(1);
+      expect((await manifests.referrers('repo', parseDigest(subject.digest))).items).toHaveLength(1);
       await manifests.delete('repo', parseReference(sha(b)));
-      expect(await manifests.referrers('repo', parseDigest(subject.digest))).toEqual([]);
+      expect((await manifests.referrers('repo', parseDigest(subject.digest))).items).toEqual([]);
     });
   });
 });
