@@ -282,6 +282,9 @@ export class ManifestStore {
    */
   async delete(repo: string, reference: Reference): Promise<void> {
     if (reference.kind === 'tag') {
+      // An expired tag is gone to clients (GET and HEAD answer 404): so it is to DELETE. Its
+      // record is the collector's to remove.
+      await this.#resolve(repo, reference);
       await this.#o.driver.delete(paths.tag(repo, reference.tag)).catch((err) => {
         if (isPathNotFound(err)) throw unknown(reference);
         throw err;

@@ -531,6 +531,9 @@ describe('ManifestStore', () => {
         expect(await store.tags('repo', 8, undefined)).toEqual({ items: plain.slice(0, 8), next: 't0007' });
         expect((await store.tags('repo', undefined, 't0009')).items).toEqual(plain.slice(10));
         expect(await codeOf(store.get('repo', parseReference('t0010x')))).toBe('MANIFEST_UNKNOWN');
+        // Gone to DELETE too (found by probing, 2026-12-02: it answered 202), its record left for the collector.
+        expect(await codeOf(store.delete('repo', parseReference('t0015x')))).toBe('MANIFEST_UNKNOWN');
+        expect(await driver.getContent(paths.tag('repo', 't0015x'))).toBeDefined();
         // Moved to a manifest without the label: listed again (its stale index entry costs a read).
         await store.put('repo', parseReference('t0010x'), OCI_MANIFEST, manifest({ n: 'many' }));
         expect((await store.tags('repo', undefined, 't0009')).items).toEqual(['t0010', 't0010x', ...plain.slice(11)]);
