@@ -1,7 +1,11 @@
 import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import bcrypt from 'bcryptjs';
+import { fileURLToPath } from 'node:url';
+import { Piscina } from 'piscina';
+import type { BcryptTask } from '../../workers/bcrypt.js';
 import { ConfigError } from '../config.js';
+import { TooManyRequestsError } from '../errors.js';
 
 /**
  * Users and bcrypt password hashes from an htpasswd file (`htpasswd -B -c FILE alice`):
@@ -13,10 +17,12 @@ import { ConfigError } from '../config.js';
  * MD5, SHA-1 and crypt formats are too cheap to brute-force. A file with anything else
  * stops start-up naming the line.
  *
- * bcrypt is slow on purpose (~90 ms at cost 10 here, in JavaScript on the main thread), and
- * clients using Basic auth send the password with every request; so a successful check is
- * remembered for a while, under an HMAC of user and password with a key made at start-up
- * (never the password itself).
+ * bcrypt is slow on purpose (~80 ms at cost 10 here, in JavaScript), and clients using Basic
+ * auth send the password with every request; so a successful check is remembered for a
+ * while, under an HMAC of user and password with a key made at start-up (never the password
+ * itself). The checks run on one worker thread (workers/bcrypt.ts), so a client sending wrong
+ * passwords costs at most that thread and not the requests of everybody else; at most
+ * MAX_WAITING_CHECKS wait for it, and a check beyond those is refused with 429.
  *
  * An unknown name costs what a known one does (issue 10), so that timing does not tell
  * which names exist: its password is compared against a dummy hash of a cost the file's own
@@ -34,6 +40,25 @@ const CACHE_MAX_ENTRIES = 10_000;
 const DEFAULT_COST = 10;
 const BCRYPT_ALPHABET = './ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 const CACHE_KEY = randomBytes(32);
+/** Checks waiting for the bcrypt thread: about 2.5 s of them at cost 10. */
+const MAX_WAITING_CHECKS = 32;
+
+let checks: Piscina | undefined;
+
+/** The bcrypt thread, started on the first check and stopped after 30 s without one. */
+function compare(password: string, hash: string): Promise<boolean> {
+  checks ??= new Piscina({ filename: bcryptWorkerFile(), minThreads: 0, maxThreads: 1, maxQueue: MAX_WAITING_CHECKS, idleTimeout: 30_000 });
+  if (checks.queueSize >= MAX_WAITING_CHECKS) return Promise.reject(new TooManyRequestsError(1, { message: 'too many password checks waiting; try again' }));
+  const task: BcryptTask = { password, hash };
+  return checks.run(task) as Promise<boolean>;
+}
+
+/** As hash-pool.ts finds its task file: next to this module once compiled, else in dist/ (vitest). */
+function bcryptWorkerFile(): string {
+  const compiled = fileURLToPath(new URL('../../workers/bcrypt.js', import.meta.url));
+  if (existsSync(compiled)) return compiled;
+  return fileURLToPath(new URL('../../dist/workers/bcrypt.js', import.meta.url));
+}
 
 interface Users {
   readonly hashes: Map<string, string>;
@@ -76,11 +101,16 @@ export class Htpasswd {
     const now = Date.now();
     if (until !== undefined && until > now) return true;
     const hash = this.#users.hashes.get(user);
-    const ok = await bcrypt.compare(password, hash ?? this.#dummyFor(user));
+    const ok = await compare(password, this.hashFor(user));
     if (!ok || hash === undefined) return false;
     if (this.#verified.size >= CACHE_MAX_ENTRIES) this.#verified.delete(this.#verified.keys().next().value!);
     this.#verified.set(key, now + CACHE_TTL_MS);
     return true;
+  }
+
+  /** The hash a check of `user`'s password compares against: theirs, or an unknown name's dummy. */
+  hashFor(user: string): string {
+    return this.#users.hashes.get(user) ?? this.#dummyFor(user);
   }
 
   /** The dummy hash an unknown `user` is checked against: of a cost drawn as the class comment says. */

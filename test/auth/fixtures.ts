@@ -14,10 +14,13 @@ import { sha256 } from '../helpers/oci.js';
  * certificates (openssl), a YAML config, and tokens signed the way an external issuer would.
  */
 
-/** Writes an htpasswd file of bcrypt hashes (cost 4: fast, and still what `htpasswd -B` writes). */
-export async function writeHtpasswd(dir: string, users: Record<string, string>, name = 'htpasswd'): Promise<string> {
+/**
+ * Writes an htpasswd file of bcrypt hashes (cost 4: fast, and still what `htpasswd -B` writes;
+ * `costs` names users to hash at another cost, such as htpasswd -B's default 10).
+ */
+export async function writeHtpasswd(dir: string, users: Record<string, string>, name = 'htpasswd', costs: Record<string, number> = {}): Promise<string> {
   const path = join(dir, name);
-  const lines = Object.entries(users).map(([user, password]) => `${user}:${bcrypt.hashSync(password, 4).replace(/^\$2b\$/, '$2y$')}`);
+  const lines = Object.entries(users).map(([user, password]) => `${user}:${bcrypt.hashSync(password, costs[user] ?? 4).replace(/^\$2b\$/, '$2y$')}`);
   await writeFile(path, `# test users\n${lines.join('\n')}\n`);
   return path;
 }
