@@ -131,9 +131,8 @@ const EXPIRY_BOUNDARY_MS = 5 * 60_000;
  * registry 2.8 makes 8 requests on S3, 9 for a new manifest): per blob BlobStore.locate(),
  * the link, the record and the data (3 requests on S3; for the config, its bytes, read for
  * the labels, in place of the data's stat); the revision's conditional write (1); the tag,
- * written (1) for a manifest stored just now, else read and written when it changes (2);
- * the revision looked for again (1: a DELETE may have run alongside, #afterConcurrentDelete).
- * 9 for a new manifest, 10 for a known one under another tag, 9 when nothing changes.
+ * written (1) for a manifest stored just now, else read and written when it changes (2).
+ * 8 for a new manifest, 9 for a known one under another tag, 8 when nothing changes.
  * Online garbage collection adds nothing while no collection runs (gc/guard.ts).
  */
 export class ManifestStore {
@@ -202,27 +201,7 @@ export class ManifestStore {
     // A manifest that was not stored cannot be what a live tag names already: its tag is
     // written without a look (as a cache's always is).
     if (reference.kind === 'tag') await this.#pointTag(repo, reference.tag, digest, expiresAfterMs, created || (opts.fromUpstream ?? false));
-    if (reference.kind === 'tag' || manifest.subject) await this.#afterConcurrentDelete(repo, reference, digest, manifest.subject?.digest);
     return record;
-  }
-
-  /**
-   * A DELETE of this manifest by digest that ran alongside the push may have removed the
-   * revision after the push found or wrote it, and looked for tags and the referrer entry
-   * before the push wrote them: they would then name a manifest that is gone. Each side
-   * writes before it reads what the other writes (the push: tag and entry, then the
-   * revision; the delete: the revision, then tags and entry, see delete()), so at least one
-   * of them sees the other. Here the push sees the revision gone and takes back what it
-   * wrote, as if it had come first and the DELETE after it. (The collector never removes a
-   * manifest a push is writing: gc/guard.ts.)
-   */
-  async #afterConcurrentDelete(repo: string, reference: Reference, digest: Digest, subject: string | undefined): Promise<void> {
-    if (await objectExists(this.#o.driver, paths.manifestRevision(repo, digest))) return;
-    const subjectDigest = subject === undefined ? undefined : tryParseDigest(subject);
-    if (subjectDigest) await ignoreNotFound(this.#o.driver.delete(paths.referrer(repo, subjectDigest, digest)));
-    if (reference.kind === 'tag' && (await this.#tag(repo, reference.tag))?.digest === digest.value) {
-      await ignoreNotFound(this.#o.driver.delete(paths.tag(repo, reference.tag)));
-    }
   }
 
   /**
@@ -329,9 +308,6 @@ export class ManifestStore {
       const t = await this.#tag(repo, tag);
       if (t?.digest === digest.value) await ignoreNotFound(this.#o.driver.delete(paths.tag(repo, tag)));
     });
-    // Again, now that the revision is gone: a push of this manifest alongside may have
-    // rewritten the entry since the first delete (put(), #afterConcurrentDelete).
-    if (subject) await ignoreNotFound(this.#o.driver.delete(paths.referrer(repo, subject, digest)));
   }
 
   /**
