@@ -269,10 +269,23 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     if (this.#start()) this.#end(status, headers, body);
   }
 
+  /**
+   * Whether the connection goes with this response: when asked to, or when the request's
+   * Content-Length is one the registry refuses as a length (more than 15 digits, handlers.ts:
+   * 400 SIZE_INVALID). node:http took it, and would otherwise drain up to 10^19 bytes after
+   * the 400 to keep the connection. (A refused body of a length we take is drained, so that
+   * the client, still sending, reads its answer rather than a reset.)
+   */
+  #closesConnection(): boolean {
+    if (this.#closeAfterResponse) return true;
+    const declared = this.#req.headers['content-length'];
+    return !this.#req.complete && declared !== undefined && !/^\d{1,15}$/.test(declared.trim());
+  }
+
   #end(status: number, headers: HeaderMap, body: string | Uint8Array | undefined): void {
     this.#discardUnreadBody();
     const out = withoutContentLength(headers);
-    if (this.#closeAfterResponse) out['connection'] = 'close';
+    if (this.#closesConnection()) out['connection'] = 'close';
     const bodyless = responseHasNoBody(this.method, status, headers, body);
     if (bodyless === false) {
       const payload = body ?? '';
@@ -295,6 +308,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     res.writeHead(status, STATUS_CODES[status] ?? 'Unknown', {
       ...withoutContentLength(headers),
       'content-length': String(length),
+      ...(this.#closesConnection() ? { connection: 'close' } : {}),
     });
     // A hand-written pump rather than pipeline(): it must send exactly `length` bytes, and
     // res.strictContentLength would throw out of pipe() as an uncaught exception.

@@ -60,6 +60,17 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
     expect(r.closed).toBe(true);
   });
 
+  // Found by probing (2026-12-02): node:http takes a Content-Length of up to 19 digits, the
+  // registry refuses more than 15 with 400, and the connection then stayed open, draining the
+  // declared 10^18 bytes, until the idle timeout. (uWS resets lengths of 10 digits or more.)
+  it('a Content-Length too long to be a length → 400 SIZE_INVALID, connection closed', async () => {
+    const digest = `sha256:${'0'.repeat(64)}`;
+    // Closed at once: within 3 s, well before any idle timeout.
+    const r = await socketExchange(server.port, `POST /v2/a/blobs/uploads/?digest=${digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775807\r\n\r\nabc`, { timeoutMs: 3000 });
+    if (!(frontend === 'uws' && r.text === '')) expect(parseRawReply(r.text), r.text).toMatchObject({ status: 400, codes: ['SIZE_INVALID'] });
+    expect(r.closed).toBe(true);
+  });
+
   it.each(['chunked', 'Chunked', 'gzip, chunked'])('a body with Transfer-Encoding %s (chunked last) is read', async (coding) => {
     const r = await raw(server.port, Buffer.from(`POST /v2/a/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ${coding}\r\nConnection: close\r\n\r\n0\r\n\r\n`));
     expect(parseRawReply(r.text), r.text).toMatchObject({ status: 202 });
