@@ -98,7 +98,7 @@ export function checkUrlLength(path: string, rawQuery: string, maxBytes: number)
  *   GET /v2/\xff/tags/list                 → 400 NAME_INVALID
  */
 export function rawErrorResponse(parserCode: string | undefined): string | undefined {
-  const mapped = PARSER_ERRORS[parserCode ?? ''];
+  const mapped = (PARSER_ERRORS as Record<string, readonly [ErrorCode, string] | undefined>)[parserCode ?? ''];
   if (!mapped) return undefined;
   const [code, message] = mapped;
   const status = ErrorCodes[code].status;
@@ -117,10 +117,10 @@ export function rawErrorResponse(parserCode: string | undefined): string | undef
  * llhttp error codes (node's `err.code`) the registry can name. The uWS front end answers
  * what its own parser lets through with the same codes and messages (uws.ts framingError).
  */
-export const PARSER_ERRORS: Readonly<Record<string, readonly [ErrorCode, string]>> = {
+export const PARSER_ERRORS = {
   HPE_INVALID_CONTENT_LENGTH: ['SIZE_INVALID', 'invalid Content-Length'],
   HPE_UNEXPECTED_CONTENT_LENGTH: ['SIZE_INVALID', 'Content-Length together with Transfer-Encoding, or twice'],
   HPE_INVALID_TRANSFER_ENCODING: ['SIZE_INVALID', 'invalid Transfer-Encoding'],
   HPE_INVALID_CHUNK_SIZE: ['SIZE_INVALID', 'invalid chunk size in a chunked body'],
   HPE_INVALID_URL: ['NAME_INVALID', 'invalid character in the request target (only ASCII is allowed; percent-encode the rest)'],
-};
+} as const satisfies Record<string, readonly [ErrorCode, string]>;
