@@ -43,8 +43,13 @@ export class NodeFrontEnd implements FrontEnd {
     const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
       const exchange = new NodeExchange(req, res, idleMs);
       this.#exchanges.add(exchange);
+      // A request pipelined behind one still being answered waits for that answer: node:http
+      // hands it over as soon as it is parsed, and a PUT run beside the PATCH before it found
+      // the upload busy (RFC 9112 §9.3.2: only safe methods may run in parallel). Its body,
+      // unread meanwhile, holds the socket back.
+      const before = this.#answering.get(req.socket)?.answered;
       // The main handler catches everything itself; this is the last resort.
-      const handled = callHandler(handler, exchange)
+      const handled = (before === undefined ? callHandler(handler, exchange) : before.then(() => callHandler(handler, exchange)))
         .catch(() => undefined)
         .then(() => exchange.respondIfForgotten());
       // In flight until the response has left too, so close() never cuts unsent bytes.
