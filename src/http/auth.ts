@@ -16,7 +16,7 @@ import type { RouteMatch } from './routes.js';
  *   GET|HEAD /v2/                       authenticated (an anonymous token counts)
  *   GET /v2/_catalog                    registry:catalog:*
  *   GET|HEAD manifests, blobs, tags, referrers            repository:<name>:pull
- *   PUT manifests, POST|PATCH|PUT|GET|DELETE uploads       repository:<name>:push
+ *   PUT manifests, POST|PATCH|PUT|GET|HEAD|DELETE uploads  repository:<name>:push
  *   POST uploads ?mount=<digest>&from=<other>             + repository:<other>:pull
  *   DELETE manifests, blobs                               repository:<name>:delete
  *   GET /token                          no check: it authenticates itself

@@ -57,7 +57,7 @@ const HANDLERS: Record<RouteMatch['route']['name'], Partial<Record<string, Handl
   tags: { GET: tags },
   manifest: { GET: getManifest, HEAD: getManifest, PUT: putManifest, DELETE: deleteManifest },
   uploads: { POST: startUpload },
-  upload: { GET: uploadStatus, PATCH: patchUpload, PUT: putUpload, DELETE: cancelUpload },
+  upload: { GET: uploadStatus, HEAD: uploadStatus, PATCH: patchUpload, PUT: putUpload, DELETE: cancelUpload },
   blob: { GET: getBlob, HEAD: getBlob, DELETE: deleteBlob },
   referrers: { GET: referrers },
   token: { GET: token },
@@ -270,7 +270,7 @@ async function startUpload(c: Ctx): Promise<void> {
   uploadAccepted(c, 202, state.id, 0);
 }
 
-// GET /v2/<name>/blobs/uploads/<id>  →  204, Range: 0-<offset-1>, Location
+// GET|HEAD /v2/<name>/blobs/uploads/<id>  →  204, Range: 0-<offset-1>, Location (HEAD as distribution answers it)
 async function uploadStatus(c: Ctx): Promise<void> {
   c.uploadId = c.m.param;
   const state = await c.registry.uploadStatus(c.m.name, c.m.param);

@@ -9,7 +9,7 @@ export const ROUTES = [
   { name: 'tags', pattern: /^\/v2\/(.+)\/tags\/list$/, methods: ['GET'] },
   { name: 'manifest', pattern: /^\/v2\/(.+)\/manifests\/([^/]+)$/, methods: ['GET', 'HEAD', 'PUT', 'DELETE'] },
   { name: 'uploads', pattern: /^\/v2\/(.+)\/blobs\/uploads\/?$/, methods: ['POST'] },
-  { name: 'upload', pattern: /^\/v2\/(.+)\/blobs\/uploads\/([^/]+)$/, methods: ['GET', 'PATCH', 'PUT', 'DELETE'] },
+  { name: 'upload', pattern: /^\/v2\/(.+)\/blobs\/uploads\/([^/]+)$/, methods: ['GET', 'HEAD', 'PATCH', 'PUT', 'DELETE'] },
   { name: 'blob', pattern: /^\/v2\/(.+)\/blobs\/([^/]+)$/, methods: ['GET', 'HEAD', 'DELETE'] },
   { name: 'referrers', pattern: /^\/v2\/(.+)\/referrers\/([^/]+)$/, methods: ['GET'] },
   // Docker token authentication spec: where clients trade a password for a bearer token

@@ -188,6 +188,22 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
     await finish(base, name, location, data, 100);
   });
 
+  // Found by probing (2026-12-02): HEAD was 405 here; distribution answers it as GET
+  // (blobUploadDispatcher), and clients that probe an upload with HEAD expect that.
+  it('HEAD of an upload answers as GET does: 204, Range, Docker-Upload-UUID, no body', async () => {
+    const name = repo('head');
+    const data = randomBlob(100);
+    const { location } = await startUpload(base, name);
+    expectStatus(await patchChunk(base, location, data.subarray(0, 40), 0), 202);
+    const get = await request(base, location);
+    const head = await request(base, location, { method: 'HEAD' });
+    expectStatus(head, 204, 'HEAD');
+    expect(head.body.length).toBe(0);
+    for (const h of ['range', 'docker-upload-uuid', 'location']) expect(head.header(h), h).toBe(get.header(h));
+    expect(head.header('range')).toBe('0-39');
+    await finish(base, name, location, data, 40);
+  });
+
   it('a repeated chunk gets 416 and is not appended twice', async () => {
     const name = repo('repeat');
     const data = randomBlob(200);
