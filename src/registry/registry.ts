@@ -124,11 +124,17 @@ export class Registry {
     });
   }
 
-  /** Cross-repository mount; undefined when `from` cannot see the blob. */
+  /**
+   * Cross-repository mount; undefined when `from` cannot see the blob, or when `digest` or
+   * `from` cannot name one: distribution-spec "Mounting a blob from another repository" has a
+   * registry that cannot mount open an upload session instead (202), as distribution does
+   * for a mount parameter it cannot read.
+   */
   async mountBlob(repo: string, digest: string, from: string): Promise<BlobDescriptor | undefined> {
     this.#refuseOnMirror(repo);
-    const d = parseDigest(digest);
-    if (!isValidName(from)) return undefined;
+    assertName(repo);
+    const d = tryParseDigest(digest);
+    if (d === undefined || !isValidName(from)) return undefined;
     return this.#guard.op(async () => {
       await this.#guard.touch([d]);
       return this.#blobs.mount(repo, d, from);

@@ -421,6 +421,13 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
     // Mounting from a repository that does not exist at all also falls back to an upload.
     const none = await request(base, `/v2/${to}/blobs/uploads/?mount=${sha256(randomBlob(8))}&from=${repo('nowhere')}`, { method: 'POST' });
     expectStatus(none, 202);
+    // So does a mount that names no blob or no repository (found by probing, 2026-12-02: 400
+    // DIGEST_INVALID), as distribution answers it: the spec's fallback for "cannot mount".
+    for (const query of ['mount=sha256:xyz&from=' + from, `mount=&from=${from}`, `mount=${digest}&from=Not..A/Name`]) {
+      const r2 = await request(base, `/v2/${to}/blobs/uploads/?${query}`, { method: 'POST' });
+      expectStatus(r2, 202, query);
+      expect(r2.header('location'), query).toMatch(new RegExp(`^(https?://[^/]+)?/v2/${to}/blobs/uploads/`));
+    }
   });
 });
 
