@@ -61,7 +61,7 @@ describe('ROUTES', () => {
       tags: ['GET'],
       manifest: ['DELETE', 'GET', 'HEAD', 'PUT'],
       uploads: ['POST'],
-      upload: ['DELETE', 'GET', 'PATCH', 'PUT'],
+      upload: ['DELETE', 'GET', 'HEAD', 'PATCH', 'PUT'],
       blob: ['DELETE', 'GET', 'HEAD'],
       referrers: ['GET'],
       token: ['GET'],
