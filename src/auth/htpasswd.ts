@@ -1,11 +1,10 @@
 import { createHash, createHmac, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import type { BcryptTask } from '../../workers/bcrypt.js';
 import { ConfigError } from '../config.js';
 import { TooManyRequestsError } from '../errors.js';
+import { taskFile } from '../task-file.js';
 
 /**
  * Users and bcrypt password hashes from an htpasswd file (`htpasswd -B -c FILE alice`):
@@ -47,17 +46,10 @@ let checks: Piscina | undefined;
 
 /** The bcrypt thread, started on the first check and stopped after 30 s without one. */
 function compare(password: string, hash: string): Promise<boolean> {
-  checks ??= new Piscina({ filename: bcryptWorkerFile(), minThreads: 0, maxThreads: 1, maxQueue: MAX_WAITING_CHECKS, idleTimeout: 30_000 });
+  checks ??= new Piscina({ filename: taskFile('bcrypt'), minThreads: 0, maxThreads: 1, maxQueue: MAX_WAITING_CHECKS, idleTimeout: 30_000 });
   if (checks.queueSize >= MAX_WAITING_CHECKS) return Promise.reject(new TooManyRequestsError(1, { message: 'too many password checks waiting; try again' }));
   const task: BcryptTask = { password, hash };
   return checks.run(task) as Promise<boolean>;
-}
-
-/** As hash-pool.ts finds its task file: next to this module once compiled, else in dist/ (vitest). */
-function bcryptWorkerFile(): string {
-  const compiled = fileURLToPath(new URL('../../workers/bcrypt.js', import.meta.url));
-  if (existsSync(compiled)) return compiled;
-  return fileURLToPath(new URL('../../dist/workers/bcrypt.js', import.meta.url));
 }
 
 interface Users {

@@ -1,7 +1,6 @@
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import type { BytesRef, DigestResult, StateResult } from '../../workers/hash.js';
+import { taskFile } from '../task-file.js';
 
 export type { BytesRef } from '../../workers/hash.js';
 
@@ -37,7 +36,7 @@ export class HashPool {
     const concurrency = this.#concurrency;
     this.#maxInflightUpdates = Math.max(1, opts.maxInflightUpdates ?? 2 * opts.threads);
     this.#pool = new Piscina({
-      filename: workerFile(),
+      filename: taskFile('hash'),
       minThreads: opts.threads,
       maxThreads: opts.threads,
       // Workers hold running hash states: never retire one for being idle.
@@ -149,15 +148,4 @@ export class HashPool {
 
 function isParts(bytes: BytesRef | readonly Uint8Array[]): bytes is readonly Uint8Array[] {
   return Array.isArray(bytes);
-}
-
-/**
- * The compiled task file. Under vitest this module runs from src/*.ts, where the worker
- * has not been compiled next to it; the test set-up builds dist/ first, so use that.
- */
-function workerFile(): string {
-  const here = new URL(import.meta.url);
-  const compiled = fileURLToPath(new URL('../../workers/hash.js', here));
-  if (existsSync(compiled)) return compiled;
-  return fileURLToPath(new URL('../../dist/workers/hash.js', here));
 }
