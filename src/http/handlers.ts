@@ -13,6 +13,7 @@ import type { BodySink, HeaderMap, IncomingRequest, OutgoingResponse, RequestHan
 import type { Admission, RequestGate } from './auth.js';
 import { hasBody, readSmallBody } from './body.js';
 import { API_VERSION_HEADER, rangeHeader, sendError } from './errors.js';
+import { isTakenLength } from './limits.js';
 import { NamespaceRouter, withPath, withPathPrefix, type Namespace } from './namespaces.js';
 import { locations, matchRoute, UNGATED_ROUTES, type RouteMatch } from './routes.js';
 
@@ -373,7 +374,7 @@ function uploadAccepted(c: Ctx, status: 202 | 204, id: string, offset: number): 
 function contentLength(req: IncomingRequest): number | undefined {
   const v = req.header('content-length');
   if (v === undefined) return undefined;
-  if (!/^\d{1,15}$/.test(v.trim())) throw new RegistryError('SIZE_INVALID', { message: 'invalid Content-Length' });
+  if (!isTakenLength(v)) throw new RegistryError('SIZE_INVALID', { message: 'invalid Content-Length' });
   return Number(v);
 }
 

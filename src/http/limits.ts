@@ -90,6 +90,15 @@ export function checkUrlLength(path: string, rawQuery: string, maxBytes: number)
 }
 
 /**
+ * Whether the registry takes `value` as a Content-Length: up to 15 digits, which a Number
+ * holds exactly. node:http passes up to 19; handlers.ts answers longer ones 400 SIZE_INVALID,
+ * and node.ts then closes the connection rather than drain what they declare.
+ */
+export function isTakenLength(value: string): boolean {
+  return /^\d{1,15}$/.test(value.trim());
+}
+
+/**
  * A raw HTTP/1.1 reply, with the spec's error envelope, for a request node:http could not
  * even parse (`clientError`): there is no request object to answer through. Only for
  * errors the registry has a code for; others get node's bare 400 (or 431).

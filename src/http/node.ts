@@ -15,7 +15,7 @@ import type {
   TlsFiles,
 } from './adapter.js';
 import { BodyPump } from './body-pump.js';
-import { rawErrorResponse } from './limits.js';
+import { isTakenLength, rawErrorResponse } from './limits.js';
 
 /**
  * The node:http front end, for runtimes where the uWebSockets.js binary does not load
@@ -284,7 +284,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   #closesConnection(): boolean {
     if (this.#closeAfterResponse) return true;
     const declared = this.#req.headers['content-length'];
-    return !this.#req.complete && declared !== undefined && !/^\d{1,15}$/.test(declared.trim());
+    return !this.#req.complete && declared !== undefined && !isTakenLength(declared);
   }
 
   #end(status: number, headers: HeaderMap, body: string | Uint8Array | undefined): void {
