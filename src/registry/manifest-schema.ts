@@ -290,7 +290,7 @@ function checkAsGoReadsIt(text: string, doc: Record<string, unknown>): void {
     checkCase(d, DESCRIPTOR_FIELDS);
     if (isObject(d.platform)) checkCase(d.platform, PLATFORM_FIELDS);
   }
-  checkNesting(text, doc);
+  checkText(text, doc);
 }
 
 function checkCase(o: Record<string, unknown>, known: ReadonlyMap<string, string>): void {
@@ -304,7 +304,8 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function checkNesting(text: string, doc: Record<string, unknown>): void {
+/** What only the text shows: how deep it nests, and how schemaVersion is written. */
+function checkText(text: string, doc: Record<string, unknown>): void {
   // Per open container, whether it is an object: there a comma is followed by a key.
   const inObject: boolean[] = [];
   let topKey: string | undefined;
