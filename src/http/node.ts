@@ -40,8 +40,8 @@ export class NodeFrontEnd implements FrontEnd {
       ...(idleMs > 0 ? { headersTimeout: idleMs, connectionsCheckingInterval: Math.min(30_000, Math.max(250, idleMs / 2)) } : {}),
       maxHeaderSize: opts.maxHeaderBytes,
     };
-    const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
-      const exchange = new NodeExchange(req, res, idleMs);
+    const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue = false): void => {
+      const exchange = new NodeExchange(req, res, idleMs, expectsContinue);
       this.#exchanges.add(exchange);
       // A request pipelined behind one still being answered waits for that answer: node:http
       // hands it over as soon as it is parsed, and a PUT run beside the PATCH before it found
@@ -63,6 +63,10 @@ export class NodeFrontEnd implements FrontEnd {
     this.#server = opts.tls
       ? createHttpsServer({ ...options, cert: opts.tls.cert, key: opts.tls.key }, onRequest)
       : createServer(options, onRequest);
+    // `Expect: 100-continue`: the 100 goes out when the handler starts reading the body, so
+    // a request refused first (401, 404, 416...) gets its answer before the client sends
+    // the body at all; node:http then closes the connection, whose framing is unknown.
+    this.#server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
     this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       // RFC 9112 §9.3: responses go out in the order of the requests. What a connection sent
       // after a complete request still being answered (garbage, or a request node cannot
@@ -139,11 +143,14 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   readonly #idleMs: number;
   /** The body stalled: answer, then close the connection (its framing is lost). */
   #closeAfterResponse = false;
+  /** The client waits for `100 Continue` before it sends the body. */
+  readonly #expectsContinue: boolean;
 
-  constructor(req: IncomingMessage, res: ServerResponse, idleMs = 0) {
+  constructor(req: IncomingMessage, res: ServerResponse, idleMs = 0, expectsContinue = false) {
     this.#req = req;
     this.#res = res;
     this.#idleMs = idleMs;
+    this.#expectsContinue = expectsContinue;
     this.method = req.method ?? 'GET';
     const url = req.url ?? '/';
     const q = url.indexOf('?');
@@ -248,6 +255,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
       },
     }, { chunksOwned: true });
     this.#body = body;
+    if (this.#expectsContinue) this.#res.writeContinue();
     req.on('data', onData).once('end', onEnd).once('error', onError);
     if (idleMs > 0 && !req.complete) req.on('timeout', onIdle);
     return body.start(sink);

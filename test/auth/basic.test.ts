@@ -1,8 +1,9 @@
 import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectError, expectStatus, listTree, request } from '../helpers/http.js';
+import { expectError, expectStatus, listTree, parseRawReply, request, socketExchange } from '../helpers/http.js';
 import { sha256 } from '../helpers/oci.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { basic, parseChallenge, pushBlobAs, pushImageAs, writeConfig, writeHtpasswd } from './fixtures.js';
@@ -212,6 +213,36 @@ for (const frontend of ['node', 'uws'] as const) describe(`htpasswd and HTTP Bas
       const r = await request(base, '/v2/%2e%2e/blobs/uploads/', { method: 'POST' });
       expectError(r, 400, 'NAME_INVALID');
       expect(r.header('www-authenticate')).toBeUndefined();
+    });
+
+    // uWS answers `Expect: 100-continue` natively, before any handler runs (README, Front ends).
+    if (frontend === 'node') it('Expect: 100-continue: a refused push gets its 401 instead of the 100, so the body is never sent', async () => {
+      const data = Buffer.alloc(1 << 20, 7);
+      const head = (auth?: string): string =>
+        `POST /v2/drop/expect/blobs/uploads/?digest=${sha256(data)} HTTP/1.1\r\nHost: x\r\nContent-Length: ${data.byteLength}\r\n` +
+        `Content-Type: application/octet-stream\r\nExpect: 100-continue\r\n${auth ? `Authorization: ${auth}\r\n` : ''}\r\n`;
+      await writesNothing(async () => {
+        // Without credentials: the answer comes with no body sent, and the connection goes
+        // (the server cannot know whether the client will send the body after all).
+        const refused = await socketExchange(server.port, head(), { timeoutMs: 5000 });
+        expect(refused.timedOut).toBe(false);
+        expect(refused.text).not.toContain('100 Continue');
+        const r = parseRawReply(refused.text);
+        expect(r.status).toBe(401);
+        expect(r.codes).toEqual(['UNAUTHORIZED']);
+        expect(r.headers.toLowerCase()).toContain('connection: close');
+        expect(refused.closed).toBe(true);
+      });
+      // With them: 100 first, then the body, then 201.
+      const socket = net.connect(server.port, '127.0.0.1');
+      let received = '';
+      socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
+      socket.write(head(DAVE));
+      await expect.poll(() => received, { timeout: 5000 }).toContain('\r\n\r\n');
+      expect(received).toMatch(/^HTTP\/1\.1 100 Continue\r\n\r\n$/);
+      socket.write(data);
+      await expect.poll(() => received, { timeout: 5000 }).toMatch(/HTTP\/1\.1 201 Created/);
+      socket.destroy();
     });
 
     it('logs the user of each request, never the password', async () => {
