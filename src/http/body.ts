@@ -3,6 +3,10 @@ import type { BodySink, IncomingRequest } from './adapter.js';
 
 /** Reads a small body (a manifest) into memory, refusing more than `maxBytes`. */
 export async function readSmallBody(req: IncomingRequest, maxBytes: number): Promise<Buffer> {
+  // A body announced larger than the limit is refused before a byte of it is read (with
+  // node:http, before `100 Continue`): the client learns at once, not after sending maxBytes.
+  const declared = req.header('content-length');
+  if (declared !== undefined && Number(declared) > maxBytes) throw tooLargeError(maxBytes);
   const parts: Buffer[] = [];
   let total = 0;
   let tooLarge = false;

@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { expectError, expectStatus, repoNamer, request } from '../helpers/http.js';
+import { expectError, expectStatus, parseRawReply, repoNamer, request, socketExchange } from '../helpers/http.js';
 import { MEDIA_TYPES, makeImage, pushBlob, pushImage, pushManifest, randomBlob, sha256 } from '../helpers/oci.js';
 import { useRegistryServer } from '../helpers/s3-http.js';
 import type { TestServer } from '../helpers/server.js';
@@ -89,6 +89,19 @@ describe.each(combos)('manifest validation ($frontend front end, $storage storag
       const name = repo('json');
       expectError(await put(name, 'v1', '{"schemaVersion":2,', MEDIA_TYPES.imageManifest), 400, 'MANIFEST_INVALID', 'PUT');
       expectError(await put(name, 'v1', 'null', MEDIA_TYPES.imageManifest), 400, 'MANIFEST_INVALID', 'PUT');
+    });
+
+    it('for a manifest announced larger than manifests.maxBytes, answered before its body is sent', async () => {
+      const name = repo('large');
+      // Only the head: the answer must not wait for the 4 MiB + 1 bytes announced.
+      const reply = await socketExchange(server.port,
+        `PUT /v2/${name}/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: ${MEDIA_TYPES.imageManifest}\r\nContent-Length: ${4 * 1024 * 1024 + 1}\r\n\r\n`,
+        { timeoutMs: 5000, until: (received) => parseRawReply(received.toString('latin1')).codes.length > 0 });
+      expect(reply.timedOut).toBe(false);
+      const r = parseRawReply(reply.text);
+      expect(r.status).toBe(400);
+      expect(r.codes).toEqual(['MANIFEST_INVALID']);
+      await expectNothingStored(name, 'v1');
     });
 
     it('when the document media type disagrees with Content-Type', async () => {
