@@ -145,6 +145,8 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   #closeAfterResponse = false;
   /** The client waits for `100 Continue` before it sends the body. */
   readonly #expectsContinue: boolean;
+  /** The request-target's authority, when it came in absolute-form. */
+  #authority: string | undefined;
 
   constructor(req: IncomingMessage, res: ServerResponse, idleMs = 0, expectsContinue = false) {
     this.#req = req;
@@ -152,7 +154,15 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     this.#idleMs = idleMs;
     this.#expectsContinue = expectsContinue;
     this.method = req.method ?? 'GET';
-    const url = req.url ?? '/';
+    let url = req.url ?? '/';
+    // The absolute-form (`GET http://host/v2/`), which RFC 9112 §3.2.2 has servers accept:
+    // its authority stands in for Host. (uWS never answers it: README, Front ends.)
+    const absolute = /^https?:\/\/([^/?#]*)/i.exec(url);
+    if (absolute) {
+      url = url.slice(absolute[0].length);
+      if (!url.startsWith('/')) url = `/${url}`;
+      this.#authority = absolute[1]!;
+    }
     const q = url.indexOf('?');
     this.path = q < 0 ? url : url.slice(0, q);
     this.rawQuery = q < 0 ? '' : url.slice(q + 1);
@@ -197,6 +207,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     for (const [name, values] of Object.entries(this.#req.headersDistinct)) {
       if (values !== undefined) map[name] = values.join(', ');
     }
+    if (this.#authority !== undefined) map.host = this.#authority;
     return (this.#headers = map);
   }
 

@@ -93,6 +93,21 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
     });
   }
 
+  // Found by probing (2026-12-02): node:http hands the absolute-form target over as it came,
+  // and the router answered 404. RFC 9112 §3.2.2: a server must accept it. (uWS never answers
+  // it: README, Front ends.)
+  if (frontend === 'node') {
+    it.each([
+      ['GET http://127.0.0.1/v2/', 200, '{}'],
+      ['GET HTTP://registry.example:5000/v2/_catalog?n=1', 200, '{"repositories":'],
+      ['GET http://registry.example?n=1', 404, '"NOT_FOUND"'],
+    ])('the absolute-form target %s is routed by its path', async (line, status, body) => {
+      const r = await raw(server.port, Buffer.from(`${line} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`));
+      expect(parseRawReply(r.text).status, r.text).toBe(status);
+      expect(r.text.slice(r.text.indexOf('\r\n\r\n') + 4)).toContain(body);
+    });
+  }
+
   it.each(['chunked', 'Chunked', 'gzip, chunked'])('a body with Transfer-Encoding %s (chunked last) is read', async (coding) => {
     const r = await raw(server.port, Buffer.from(`POST /v2/a/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ${coding}\r\nConnection: close\r\n\r\n0\r\n\r\n`));
     expect(parseRawReply(r.text), r.text).toMatchObject({ status: 202 });
