@@ -1,7 +1,7 @@
 import { ConfigError } from '../config.js';
 import { isValidName } from '../registry/reference.js';
 import { AccessPolicy, type AccessRule } from './access.js';
-import { Htpasswd } from './htpasswd.js';
+import { Htpasswd, type VerifyOptions } from './htpasswd.js';
 import { ACTIONS, grants, isAction, type Requirement, type ResourceActions } from './scope.js';
 import {
   ephemeralSigningKey, loadSigningKey, loadVerifyingKeys, TokenIssuer, TokenVerifier, type IssuedToken, type VerifiedToken,
@@ -152,9 +152,10 @@ export class Auth {
    * The identity an Authorization header value proves, for a request to the registry of
    * `namespace`. Resolves 'invalid' for credentials that do not check out (wrong password,
    * bad or expired token, a scheme we do not take): the client gets a 401, never anonymous
-   * access instead.
+   * access instead. `check` goes with a password that needs a bcrypt check (Htpasswd.verify:
+   * per-client bound, rate limit), which may refuse it with 429.
    */
-  async authenticate(authorization: string | undefined, namespace: string | undefined): Promise<Identity | 'invalid'> {
+  async authenticate(authorization: string | undefined, namespace: string | undefined, check?: VerifyOptions): Promise<Identity | 'invalid'> {
     if (authorization === undefined || authorization.trim() === '') return { kind: 'anonymous' };
     const space = authorization.indexOf(' ');
     const scheme = (space < 0 ? authorization : authorization.slice(0, space)).toLowerCase();
@@ -163,7 +164,7 @@ export class Auth {
       const creds = parseBasic(value);
       if (creds === undefined) return 'invalid';
       if (creds.user === '' && creds.password === '') return { kind: 'anonymous' };
-      if (!this.#htpasswd || !(await this.#htpasswd.verify(creds.user, creds.password))) return 'invalid';
+      if (!this.#htpasswd || !(await this.#htpasswd.verify(creds.user, creds.password, check))) return 'invalid';
       return { kind: 'user', user: creds.user };
     }
     if (scheme === 'bearer' && this.#verifier) {

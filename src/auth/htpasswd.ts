@@ -21,7 +21,10 @@ import { taskFile } from '../task-file.js';
  * while, under an HMAC of user and password with a key made at start-up (never the password
  * itself). The checks run on one worker thread (workers/bcrypt.ts), so a client sending wrong
  * passwords costs at most that thread and not the requests of everybody else; at most
- * MAX_WAITING_CHECKS wait for it, and a check beyond those is refused with 429.
+ * MAX_WAITING_CHECKS wait for it, and a check beyond those is refused with 429. So that one
+ * client cannot fill that line and refuse everybody's logins, a client (the caller's key: an
+ * address) has at most MAX_CHECKS_PER_CLIENT checks running or waiting; and the caller
+ * charges a check to the client's rate limit before it runs (VerifyOptions.beforeCheck).
  *
  * An unknown name costs what a known one does (issue 10), so that timing does not tell
  * which names exist: its password is compared against a dummy hash of a cost the file's own
@@ -41,6 +44,10 @@ const BCRYPT_ALPHABET = './ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 const CACHE_KEY = randomBytes(32);
 /** Checks waiting for the bcrypt thread: about 2.5 s of them at cost 10. */
 const MAX_WAITING_CHECKS = 32;
+/** Checks one client may have running or waiting: a login, a token fetch and a retry or two. */
+const MAX_CHECKS_PER_CLIENT = 4;
+/** Checks running or waiting, per client key (entries go at zero). */
+const checksByClient = new Map<string, number>();
 
 let checks: Piscina | undefined;
 
@@ -50,6 +57,13 @@ function compare(password: string, hash: string): Promise<boolean> {
   if (checks.queueSize >= MAX_WAITING_CHECKS) return Promise.reject(new TooManyRequestsError(1, { message: 'too many password checks waiting; try again' }));
   const task: BcryptTask = { password, hash };
   return checks.run(task) as Promise<boolean>;
+}
+
+export interface VerifyOptions {
+  /** Who asks (an address): at most MAX_CHECKS_PER_CLIENT checks each. */
+  client?: string;
+  /** Called just before a bcrypt check is queued; throwing refuses it (a rate limit). */
+  beforeCheck?: () => void;
 }
 
 interface Users {
@@ -87,13 +101,32 @@ export class Htpasswd {
     this.#verified.clear();
   }
 
-  async verify(user: string, password: string): Promise<boolean> {
+  /**
+   * Whether `password` is `user`'s: from the remembered successes, else by a bcrypt check.
+   * A check is refused with 429 (TooManyRequestsError) when `o.client` has too many, or when
+   * `o.beforeCheck` throws (the caller's rate limit); neither is asked for a remembered one.
+   */
+  async verify(user: string, password: string, o: VerifyOptions = {}): Promise<boolean> {
     const key = createHmac('sha256', CACHE_KEY).update(user).update('\0').update(password).digest('base64');
     const until = this.#verified.get(key);
     const now = Date.now();
     if (until !== undefined && until > now) return true;
     const hash = this.#users.hashes.get(user);
-    const ok = await compare(password, this.hashFor(user));
+    const client = o.client;
+    const mine = client === undefined ? 0 : checksByClient.get(client) ?? 0;
+    if (mine >= MAX_CHECKS_PER_CLIENT) throw new TooManyRequestsError(1, { message: 'too many password checks from this address; try again' });
+    o.beforeCheck?.();
+    if (client !== undefined) checksByClient.set(client, mine + 1);
+    let ok: boolean;
+    try {
+      ok = await compare(password, this.hashFor(user));
+    } finally {
+      if (client !== undefined) {
+        const left = (checksByClient.get(client) ?? 1) - 1;
+        if (left > 0) checksByClient.set(client, left);
+        else checksByClient.delete(client);
+      }
+    }
     if (!ok || hash === undefined) return false;
     if (this.#verified.size >= CACHE_MAX_ENTRIES) this.#verified.delete(this.#verified.keys().next().value!);
     this.#verified.set(key, now + CACHE_TTL_MS);

@@ -25,6 +25,15 @@ export class RateLimiter {
 
   /** Takes one request from `key`'s bucket, or throws TOOMANYREQUESTS saying when one will be there. */
   take(key: string, nowMs = performance.now()): void {
+    this.#refuseIfEmpty(key, nowMs).tokens -= 1;
+  }
+
+  /** Throws as take() would, but takes nothing: for work that is charged only if it fails. */
+  ensure(key: string, nowMs = performance.now()): void {
+    this.#refuseIfEmpty(key, nowMs);
+  }
+
+  #refuseIfEmpty(key: string, nowMs: number): { tokens: number } {
     let b = this.#buckets.get(key);
     if (b) {
       this.#buckets.delete(key);
@@ -35,10 +44,7 @@ export class RateLimiter {
       if (this.#buckets.size >= MAX_KEYS) this.#buckets.delete(this.#buckets.keys().next().value!);
     }
     this.#buckets.set(key, b); // most recently seen last
-    if (b.tokens >= 1) {
-      b.tokens -= 1;
-      return;
-    }
+    if (b.tokens >= 1) return b;
     const waitMs = (1 - b.tokens) / this.#ratePerMs;
     refused('rate');
     throw new TooManyRequestsError(waitMs / 1000, { message: 'rate limit exceeded', detail: { retryAfterSeconds: Math.ceil(waitMs / 1000) } });

@@ -1,4 +1,5 @@
 import { mkdtemp, rm } from 'node:fs/promises';
+import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +16,7 @@ import { basic, parseChallenge, pushBlobAs, pushImageAs, writeConfig, writeHtpas
  * On both front ends: the check sits before dispatch, behind the adapter.
  */
 
-const USERS = { admin: 'admin-pw', carol: 'carol-pw', dave: 'dave-pw' };
+const USERS = { admin: 'admin-pw', carol: 'carol-pw', dave: 'dave-pw', erin: 'erin-pw' };
 const ADMIN = basic('admin', USERS.admin);
 const CAROL = basic('carol', USERS.carol);
 const DAVE = basic('dave', USERS.dave);
@@ -32,7 +33,7 @@ for (const frontend of ['node', 'uws'] as const) describe(`htpasswd and HTTP Bas
     const config = await writeConfig(work, {
       auth: {
         // dave's at htpasswd -B's cost: a check of his password takes ~80 ms, as in production.
-        htpasswd: await writeHtpasswd(work, USERS, 'htpasswd', { dave: 10 }),
+        htpasswd: await writeHtpasswd(work, USERS, 'htpasswd', { dave: 10, erin: 10 }),
         groups: { 'team-a': ['carol'] },
         access: [
           { repository: '*', users: ['admin'], actions: ['pull', 'push', 'delete'] },
@@ -118,6 +119,30 @@ for (const frontend of ['node', 'uws'] as const) describe(`htpasswd and HTTP Bas
       // The right password still works afterwards.
       expectStatus(await request(base, '/v2/', { headers: { authorization: ADMIN } }), 200);
     });
+
+    // Found by probing (2026-12-02): the line of 32 was everybody's, so one address sending
+    // wrong passwords kept it full, and every other user's login got 429 while it did.
+    it('one address\'s storm of wrong passwords does not hold up another address\'s login', async () => {
+      const storm = Array.from({ length: 48 }, (_, i) => statusFrom('127.0.0.2', basic('dave', `storm-${i}`)));
+      await new Promise((r) => setTimeout(r, 50));
+      // erin's password is checked for the first time here (cost 10, as dave's).
+      expect(await statusFrom('127.0.0.3', basic('erin', USERS.erin)), 'erin logs in during the storm').toBe(200);
+      const statuses = await Promise.all(storm);
+      expect(statuses.every((s) => s === 401 || s === 429), statuses.join(' ')).toBe(true);
+      // A few checks at a time per address: the rest are refused without one.
+      expect(statuses.filter((s) => s === 401).length, statuses.join(' ')).toBeLessThanOrEqual(8);
+    });
+
+    /** The status of GET /v2/ sent from `localAddress` (any 127.x.y.z is this machine). */
+    function statusFrom(localAddress: string, authorization: string): Promise<number> {
+      return new Promise((resolve, reject) => {
+        const req = http.get(`${base}/v2/`, { localAddress, headers: { authorization }, agent: false }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        });
+        req.on('error', reject);
+      });
+    }
 
     it('anonymous users pull public/* and nothing else', async () => {
       expectStatus(await request(base, '/v2/public/tools/manifests/v1'), 200, 'anonymous GET manifest');

@@ -264,7 +264,7 @@ describe('per-credential limits: uploads at once, requests per second', () => {
 
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'hoist-limits-cred-'));
-    const htpasswd = await writeHtpasswd(work, { alice: 'alice-pw', bob: 'bob-pw' });
+    const htpasswd = await writeHtpasswd(work, { alice: 'alice-pw', bob: 'bob-pw', carl: 'carl-pw' }, 'htpasswd', { carl: 10 });
     const auth = { htpasswd, access: [{ repository: '*', users: ['*'], actions: ['pull', 'push', 'delete'] }] };
     uploads = await startServer({
       storage: 'memory:', frontend: 'node',
@@ -342,5 +342,12 @@ describe('per-credential limits: uploads at once, requests per second', () => {
     for (let i = 0; i < 5; i++) statuses.push((await request(base, '/v2/', { headers: { authorization: wrong } })).status);
     expect(statuses.slice(0, 3)).toEqual([401, 401, 401]);
     expect(statuses.slice(3)).toEqual([429, 429]);
+    // Found by probing (2026-12-02): the address's limit was looked at only after the bcrypt
+    // check, so each refused guess still cost one (~80 ms at cost 10). Now it is refused first:
+    // eight guesses at once, 640 ms of bcrypt or more if checked, are all answered at once.
+    const started = performance.now();
+    const guesses = await Promise.all(Array.from({ length: 8 }, (_, i) => request(base, '/v2/', { headers: { authorization: basic('carl', `guess-${i}`) } })));
+    expect(guesses.map((r) => r.status)).toEqual(Array(8).fill(429));
+    expect(performance.now() - started).toBeLessThan(400);
   });
 });
