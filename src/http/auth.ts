@@ -17,7 +17,7 @@ import type { RouteMatch } from './routes.js';
  *   GET /v2/_catalog                    registry:catalog:*
  *   GET|HEAD manifests, blobs, tags, referrers            repository:<name>:pull
  *   PUT manifests, POST|PATCH|PUT|GET|HEAD|DELETE uploads  repository:<name>:push
- *   POST uploads ?mount=<digest>&from=<other>             + repository:<other>:pull
+ *   POST uploads ?mount=<digest>&from=<other>             + repository:<other>:pull, else no mount
  *   DELETE manifests, blobs                               repository:<name>:delete
  *   GET /token                          no check: it authenticates itself
  *
@@ -26,6 +26,11 @@ import type { RouteMatch } from './routes.js';
  *   401 UNAUTHORIZED  WWW-Authenticate: Bearer realm="https://r.example/token",service="hoist",scope="repository:a:pull,push"
  *                     (no or wrong credentials, or a token without the scope; Basic realm="hoist" without tokens)
  *   403 DENIED        an authenticated user the rules do not allow
+ *
+ * A mount from a repository the rules do not let the client pull is not refused: the upload
+ * starts without it (202), as the spec has a registry do when it cannot mount, and as
+ * containerd, which fails the push on any answer to a mount but 201, 202 and 401, needs.
+ * (A token that lacks the source's scope but could have it still gets 401 insufficient_scope.)
  *   429 TOOMANYREQUESTS  Retry-After: 2   (rate limit, or too many uploads at once)
  */
 export interface GateOptions {
@@ -48,6 +53,8 @@ export interface Admission {
   readonly user: string | undefined;
   /** Call when the request finished (frees its upload slot). */
   release(): void;
+  /** The request asked to mount from a repository the client may not pull: start the upload without it. */
+  readonly mountRefused?: boolean;
 }
 
 export interface TokenReply {
@@ -97,16 +104,17 @@ export class RequestGate {
         // Wrong passwords cost a bcrypt each: they count against the address.
         this.#rate?.take(address);
         decided('unauthorized');
-        throw this.#unauthorized(req, namespace, m.route.name === 'token' ? [] : needs.list, 'invalid_token', m.route.name === 'token');
+        throw this.#unauthorized(req, namespace, m.route.name === 'token' ? [] : challenged(needs), 'invalid_token', m.route.name === 'token');
       }
       identity = found;
     }
     const user = userOf(identity);
     const key = user === undefined ? `ip:${req.remoteAddress}` : `user:${user}`;
     this.#rate?.take(key);
+    let mountRefused = false;
     if (auth) {
       try {
-        this.#authorize(auth, req, identity, namespace, needs);
+        mountRefused = this.#authorize(auth, req, identity, namespace, needs);
       } catch (err) {
         if (err instanceof RegistryError && (err.code === 'UNAUTHORIZED' || err.code === 'DENIED')) {
           decided(err.code === 'UNAUTHORIZED' ? 'unauthorized' : 'denied');
@@ -116,21 +124,28 @@ export class RequestGate {
       decided('allowed');
     }
     const release = this.#uploads && carriesUpload(m, req) ? this.#uploads.acquire(key) : noop;
-    return { identity, user, release };
+    return { identity, user, release, ...(mountRefused ? { mountRefused } : {}) };
   }
 
-  #authorize(auth: Auth, req: IncomingRequest, identity: Identity, namespace: string | undefined, needs: Needs): void {
-    if (needs.kind === 'none') return;
+  /** Throws 401 or 403 unless `identity` may; returns whether a mount's source is refused. */
+  #authorize(auth: Auth, req: IncomingRequest, identity: Identity, namespace: string | undefined, needs: Needs): boolean {
+    if (needs.kind === 'none') return false;
     if (needs.kind === 'authenticated') {
       if (identity.kind === 'anonymous') throw this.#unauthorized(req, namespace, [], undefined);
-      return;
+      return false;
     }
     for (const need of needs.list) {
       const d = auth.decide(identity, namespace, need);
       if (d === 'allow') continue;
       if (d === 'deny') throw new RegistryError('DENIED', { detail: [{ Type: need.type, Name: need.name, Action: need.action }] });
-      throw this.#unauthorized(req, namespace, needs.list, d === 'scope' ? 'insufficient_scope' : undefined, false, need);
+      throw this.#unauthorized(req, namespace, challenged(needs), d === 'scope' ? 'insufficient_scope' : undefined, false, need);
     }
+    if (!needs.mountFrom) return false;
+    const d = auth.decide(identity, namespace, needs.mountFrom);
+    // A token without the source's scope that a new token could have: asked for, so that
+    // the client can mount (Docker token spec). Refused by the rules: the upload goes on without.
+    if (d === 'scope') throw this.#unauthorized(req, namespace, challenged(needs), 'insufficient_scope', false, needs.mountFrom);
+    return d !== 'allow';
   }
 
   /**
@@ -187,7 +202,13 @@ function decided(decision: AuthDecisionMessage['decision']): void {
 type Needs =
   | { kind: 'none'; list: readonly Requirement[] }
   | { kind: 'authenticated'; list: readonly Requirement[] }
-  | { kind: 'actions'; list: readonly Requirement[] };
+  /** `mountFrom`: pull on a mount's source, which decides only whether the mount is tried. */
+  | { kind: 'actions'; list: readonly Requirement[]; mountFrom?: Requirement };
+
+/** The scopes a challenge names: a mount's source too, so that the next token can mount. */
+function challenged(needs: Needs): readonly Requirement[] {
+  return needs.kind === 'actions' && needs.mountFrom ? [...needs.list, needs.mountFrom] : needs.list;
+}
 
 /** What a route and method need (see the table at the top). */
 function requirements(m: RouteMatch, req: IncomingRequest): Needs {
@@ -210,8 +231,8 @@ function requirements(m: RouteMatch, req: IncomingRequest): Needs {
     case 'uploads': {
       const from = req.query.get('from');
       const mount = req.query.get('mount') !== null && from !== null && isValidName(from);
-      // A mount reads the blob from `from`: the client must be allowed to pull it there.
-      return { kind: 'actions', list: mount ? [repo('push'), { type: 'repository', name: from!, action: 'pull' }] : [repo('push')] };
+      // A mount reads the blob from `from`: tried only if the client may pull it there.
+      return { kind: 'actions', list: [repo('push')], ...(mount ? { mountFrom: { type: 'repository', name: from!, action: 'pull' } } : {}) };
     }
     case 'upload':
       return { kind: 'actions', list: [repo('push')] };

@@ -251,7 +251,7 @@ async function referrers(c: Ctx): Promise<void> {
 async function startUpload(c: Ctx): Promise<void> {
   const q = c.req.query;
   const mount = q.get('mount');
-  if (mount !== null) {
+  if (mount !== null && !c.admission?.mountRefused) {
     const from = q.get('from');
     const desc = from ? await c.registry.mountBlob(c.m.name, mount, from) : undefined;
     if (desc) {

@@ -169,6 +169,14 @@ describe('requests with tokens', () => {
     expect(parseChallenge(r.header('www-authenticate')).error).toBe('insufficient_scope');
     const both = await fetchToken(base, ['repository:team-a/dst:pull,push', 'repository:team-a/src:pull'], ['carol', USERS.carol]);
     expectStatus(await request(base, mount, { method: 'POST', headers: { authorization: bearer(both.token) } }), 201, 'mount with both scopes');
+    // From a repository the rules keep carol out of, no token can have the scope: the upload
+    // starts without the mount (202), as when the source does not have the blob.
+    const adminBlob = Buffer.from(`private ${Math.random()}`);
+    expectStatus(await pushBlobAs(base, 'team-b/src', adminBlob, bearer((await fetchToken(base, ['repository:team-b/src:pull,push'], ['admin', USERS.admin])).token)), 201);
+    const asked = await fetchToken(base, ['repository:team-a/dst:pull,push', 'repository:team-b/src:pull'], ['carol', USERS.carol]);
+    const refused = await request(base, `/v2/team-a/dst/blobs/uploads/?mount=${sha256(adminBlob)}&from=team-b/src`, { method: 'POST', headers: { authorization: bearer(asked.token) } });
+    expectStatus(refused, 202, 'mount from team-b/src');
+    expectError(await request(base, `/v2/team-a/dst/blobs/${sha256(adminBlob)}`, { method: 'HEAD', headers: { authorization: bearer(asked.token) } }), 404, undefined, 'HEAD');
   });
 
   it('lists the catalog with a registry:catalog:* token', async () => {
