@@ -88,7 +88,7 @@ interface Session {
 export class UploadEngine {
   readonly #o: UploadEngineOptions;
   readonly #locks: UploadLocks;
-  /** Uploads a request of this process holds: others are refused without asking storage. */
+  /** Uploads (`<repo>@<id>`) a request of this process holds: others are refused without asking storage. */
   readonly #busy = new Set<string>();
   /** Requests in their write section (#exclusive), monolithic uploads included. */
   #writing = 0;
@@ -263,8 +263,11 @@ export class UploadEngine {
     const refuse = async (): Promise<never> => {
       throw await busy(repo, id, () => this.#storedSize(paths.blobData(id)));
     };
-    if (this.#busy.has(id)) return refuse();
-    this.#busy.add(id);
+    // By repository and id: a request naming another repository's upload finds no record
+    // there (BLOB_UPLOAD_UNKNOWN below) and must not learn, or hold up, that one's state.
+    const busyKey = `${repo}@${id}`;
+    if (this.#busy.has(busyKey)) return refuse();
+    this.#busy.add(busyKey);
     try {
       const lock = await this.#locks.acquire(paths.uploadLock(repo, id));
       if (!lock) return await refuse();
@@ -289,7 +292,7 @@ export class UploadEngine {
         await lock.release();
       }
     } finally {
-      this.#busy.delete(id);
+      this.#busy.delete(busyKey);
     }
   }
 

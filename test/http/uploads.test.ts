@@ -334,6 +334,30 @@ describe.each(combos)('blob uploads ($frontend front end, $storage storage)', ({
     expect(g.body.byteLength).toBe(0);
   });
 
+  // Found by probing (2026-12-02): while one request wrote to an upload, a request naming its
+  // id under another repository was answered "busy" with the upload's offset (416, 400), and
+  // held the owner's next request up the same way, before anything checked the repository.
+  it('an upload id named under another repository is unknown there, even while its own repository writes to it', async () => {
+    const name = repo('owner');
+    const other = repo('stranger');
+    const data = randomBlob(1000);
+    const { location, id } = await startUpload(base, name);
+    const o = openRequest(base, location, {
+      method: 'PATCH',
+      headers: { 'content-type': 'application/octet-stream', 'content-length': data.byteLength, 'content-range': '0-999' },
+    });
+    await o.write(data.subarray(0, 300));
+    await new Promise((r) => setTimeout(r, 200));
+    const foreign = `/v2/${other}/blobs/uploads/${id}`;
+    expectError(await request(base, foreign, { method: 'PATCH', body: Buffer.from('x') }), 404, 'BLOB_UPLOAD_UNKNOWN', 'PATCH');
+    expectError(await request(base, `${foreign}?digest=${sha256(data)}`, { method: 'PUT' }), 404, 'BLOB_UPLOAD_UNKNOWN', 'PUT');
+    expectError(await request(base, foreign, { method: 'DELETE' }), 404, 'BLOB_UPLOAD_UNKNOWN', 'DELETE');
+    await o.write(data.subarray(300));
+    expectStatus(await o.reply, 202, 'the owner\'s PATCH');
+    expectStatus(await request(base, withQuery(location, 'digest', sha256(data)), { method: 'PUT' }), 201, 'the owner commits');
+    await expectBlob(base, name, data);
+  });
+
   it('a monolithic POST of 0 bytes commits as the empty blob', async () => {
     const name = repo('empty-mono');
     const r = await request(base, `/v2/${name}/blobs/uploads/?digest=${EMPTY_DIGEST}`, { method: 'POST', body: Buffer.alloc(0) });
