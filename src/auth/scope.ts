@@ -37,7 +37,9 @@ export function isAction(text: string): text is Action {
  * scopes are dropped: the issuer simply grants nothing for them.
  */
 export function parseScopes(params: readonly string[]): ResourceActions[] {
-  const out: ResourceActions[] = [];
+  // One entry per resource, its actions merged: a scope repeated a thousand times asks for
+  // no more than once, and must not make a token too large to send back (431).
+  const byResource = new Map<string, { type: string; name: string; actions: Set<string> }>();
   for (const param of params) {
     for (const text of param.split(' ')) {
       const first = text.indexOf(':');
@@ -46,10 +48,14 @@ export function parseScopes(params: readonly string[]): ResourceActions[] {
       const type = text.slice(0, first).replace(/\(.*\)$/, ''); // resourcetype(class): the class is not used
       const name = text.slice(first + 1, last);
       const actions = text.slice(last + 1).split(',').filter(Boolean);
-      if (name && actions.length > 0) out.push({ type, name, actions });
+      if (!name || actions.length === 0) continue;
+      const key = `${type}:${name}`;
+      const entry = byResource.get(key) ?? { type, name, actions: new Set<string>() };
+      for (const a of actions) entry.actions.add(a);
+      byResource.set(key, entry);
     }
   }
-  return out;
+  return [...byResource.values()].map((r) => ({ type: r.type, name: r.name, actions: [...r.actions] }));
 }
 
 /** `repository:a:pull,push repository:b:pull` for a challenge's `scope` (one entry per resource, in order). */

@@ -11,6 +11,16 @@ describe('parseScopes', () => {
     ]);
   });
 
+  // Found by probing (2026-12-02): a scope repeated 300 times gave a 24 KB token, refused with
+  // 431 when the client sent it back.
+  it('merges the scopes of one resource, however often repeated', () => {
+    const repeated = Array(300).fill('repository:a:pull').join(' ');
+    expect(parseScopes([repeated, 'repository:a:push,pull', 'repository:b:pull'])).toEqual([
+      { type: 'repository', name: 'a', actions: ['pull', 'push'] },
+      { type: 'repository', name: 'b', actions: ['pull'] },
+    ]);
+  });
+
   it('keeps a name with ":" whole, drops a resource class, and skips what does not parse', () => {
     expect(parseScopes(['repository(plugin):localhost:5000/app:pull'])).toEqual([{ type: 'repository', name: 'localhost:5000/app', actions: ['pull'] }]);
     expect(parseScopes(['', 'repository', 'repository:app', ':app:pull', 'repository::pull', 'repository:app:'])).toEqual([]);
