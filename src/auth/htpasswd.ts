@@ -107,7 +107,8 @@ export class Htpasswd {
    * `o.beforeCheck` throws (the caller's rate limit); neither is asked for a remembered one.
    */
   async verify(user: string, password: string, o: VerifyOptions = {}): Promise<boolean> {
-    const key = createHmac('sha256', CACHE_KEY).update(user).update('\0').update(password).digest('base64');
+    // The user's length first: no other (user, password) pair runs together into the same bytes.
+    const key = createHmac('sha256', CACHE_KEY).update(`${Buffer.byteLength(user)}:${user}`).update(password).digest('base64');
     const until = this.#verified.get(key);
     const now = Date.now();
     if (until !== undefined && until > now) return true;

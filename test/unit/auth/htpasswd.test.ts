@@ -35,6 +35,14 @@ describe('Htpasswd', () => {
     expect(await h.verify('alice', 'a:b c')).toBe(true);
   });
 
+  // Found by probing (2026-12-02): the remembered successes were keyed by user, NUL, password,
+  // so ("dave\0a", "b") found ("dave", "a\0b")'s entry and logged in a user no file names.
+  it('a remembered success is one user\'s with one password, however the bytes run together', async () => {
+    const h = await Htpasswd.load(await file(`dave:${hash('a\0b')}\n`));
+    expect(await h.verify('dave', 'a\0b')).toBe(true);
+    expect(await h.verify('dave\0a', 'b')).toBe(false);
+  });
+
   it.each([
     ['a missing file', null, /auth\.htpasswd: cannot read/],
     ['an MD5 (apr1) hash', 'alice:$apr1$abc$def\n', /line 1: the hash of "alice" is not bcrypt/],
