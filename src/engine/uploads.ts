@@ -17,13 +17,13 @@ interface UploadRecord {
   data: string;
   /**
    * Last sign of life the collector can see on any store (gc/collector.ts removes uploads idle for
-   * gc.staleUploadAfter): refreshed when a request starts on an upload idle for a while, every
-   * ACTIVITY_REFRESH_MS while a long body streams, and when the upload is being finished.
+   * gc.staleUploadAfter): refreshed when a request starts on an upload idle for a while, on every
+   * beat of the upload lock (10 s) while a long body streams, and when the upload is being finished.
    */
   touchedAt?: string;
 }
 
-/** How stale an upload's record may get while it is in use (the collector's default is an hour). */
+/** How stale an upload's record may get between requests before one refreshes it (the collector's default is an hour). */
 const ACTIVITY_REFRESH_MS = 60_000;
 
 export interface UploadState {
@@ -279,9 +279,11 @@ export class UploadEngine {
           await this.#touch(s);
           if (!s.live) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
         }
-        // A long body: the lock renews itself, and on the same beat the record's touchedAt.
+        // A long body: the lock renews itself, and on the same beat (ttl/3, 10 s) the record's
+        // touchedAt, so that no collection finds an upload stale while a request writes to it,
+        // whatever gc.staleUploadAfter says (down to a beat or two).
         lock.onBeat = () => {
-          if (s.live && !s.touching && !(Date.now() - s.touchedMs < ACTIVITY_REFRESH_MS)) {
+          if (s.live && !s.touching) {
             s.touching = this.#touch(s).catch(() => undefined).finally(() => (s.touching = undefined));
           }
         };

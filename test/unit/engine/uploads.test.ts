@@ -12,6 +12,7 @@ import { SlabPool } from '../../../src/engine/slab-pool.js';
 import type { BodySource } from '../../../src/engine/upload-write.js';
 import type { UploadLockOptions } from '../../../src/engine/upload-lock.js';
 import { UploadEngine } from '../../../src/engine/uploads.js';
+import { collectGarbage } from '../../../src/gc/collector.js';
 import { isPathNotFound, type PutOptions, type StorageDriver } from '../../../src/storage/driver.js';
 import { FsDriver } from '../../../src/storage/fs.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
@@ -531,6 +532,36 @@ describe('UploadEngine: one request at a time per upload (issue 10)', () => {
     // Never taken over before the lease and the skew allowance were over.
     expect(Date.now()).toBeGreaterThan(expiresAt + 100);
     expect((await uploads.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(1000);
+  });
+
+  // Found by probing (2026-12-02): the record was refreshed once a minute while a body
+  // streamed, so with gc.staleUploadAfter under that, a collection removed the upload of a
+  // slow PATCH, whose 202 then acknowledged bytes already deleted.
+  it('a body that streams for longer than gc.staleUploadAfter keeps its upload from the collector', async () => {
+    const uploads = engine(driver, { lock: { ttlMs: 300, skewMs: 50 } });
+    const data = randomBytes(6 * SLAB);
+    const { id } = await uploads.start(REPO);
+    let streaming = true;
+    const body: BodySource = async (sink) => {
+      await bodyOf(data.subarray(0, 2 * SLAB))(sink);
+      await sleep(1500);
+      await bodyOf(data.subarray(2 * SLAB))(sink);
+      streaming = false;
+      return data.length;
+    };
+    const collections = (async () => {
+      let runs = 0;
+      while (streaming) {
+        await collectGarbage({ driver, graceMs: 0, staleUploadAfterMs: 600, leaseTtlMs: 5_000 });
+        runs++;
+        await sleep(50);
+      }
+      return runs;
+    })();
+    expect(await uploads.append(REPO, id, { start: 0 }, body)).toEqual({ id, offset: data.length });
+    expect(await collections).toBeGreaterThan(3);
+    expect((await uploads.complete(REPO, id, digestOf(data), {}, undefined)).size).toBe(data.length);
+    expectSameBytes(await driver.getContent(paths.blobData(id)), data);
   });
 
   it('stops writing when its lock runs out mid-body (storage refused the renewals), keeping a resumable upload', async () => {
