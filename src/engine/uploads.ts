@@ -111,6 +111,11 @@ export class UploadEngine {
     return Math.max(1, Math.floor(this.#o.maxSessionBufferedBytes / this.#o.slabs.slabBytes) - 1);
   }
 
+  /** The size limit of a blob (uploads.maxBlobBytes; 0: none), which a pull-through cache's fetches keep too. */
+  get maxBlobBytes(): number {
+    return this.#o.maxBlobBytes;
+  }
+
   /** Uploads with a request writing to them now, on this instance (metrics read it at scrape time). */
   get writing(): number {
     return this.#writing;

@@ -7,7 +7,7 @@ import type { Digest } from '../registry/reference.js';
 import type { StorageDriver } from '../storage/driver.js';
 import { isPathNotFound } from '../storage/driver.js';
 import type { GcGuard } from '../gc/guard.js';
-import { reasonOf, UpstreamUnavailableError, type UpstreamBlob } from './upstream.js';
+import { isUpstreamDown, reasonOf, UpstreamUnavailableError, type UpstreamBlob } from './upstream.js';
 
 /**
  * One blob on its way from the upstream into the cache, and out to every client that asked
@@ -204,7 +204,12 @@ export class BlobFlight {
 
   #fail(err: unknown): void {
     this.#state = 'failed';
-    this.#error = err instanceof RegistryError ? err : new UpstreamUnavailableError(this.#d.remote, reasonOf(err), err);
+    // Bytes that are not the digest's, or not as many as announced, are the upstream's
+    // fault: 503, which clients retry, not the 400 a push of them would get.
+    const overLimit = err instanceof RegistryError && err.code === 'SIZE_INVALID' && (err.detail as { limit?: unknown } | undefined)?.limit !== undefined;
+    const keep = err instanceof RegistryError && (isUpstreamDown(err) || err.code === 'UNAVAILABLE' || overLimit);
+    this.#error = keep ? err : new UpstreamUnavailableError(this.#d.remote,
+      err instanceof RegistryError ? `it sent a blob that is not ${this.digest.value} (${err.message})` : reasonOf(err), err);
     this.#replay = undefined;
     const fields = { repository: this.repo, digest: this.digest.value, receivedBytes: this.#received, readers: this.#live.size + this.#waiting.size };
     if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') {

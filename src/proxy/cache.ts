@@ -262,7 +262,7 @@ export class PullThroughCache implements Mirror {
       // in, storage shows what any fetch before ours stored.
       if ((await this.#core.blobs.storedSize(digest)) !== undefined) return undefined;
       const abort = new AbortController();
-      const upstream = await this.#up.openBlob(repo, digest.value, abort.signal);
+      const upstream = await this.#up.openBlob(repo, digest.value, abort.signal, this.#core.uploads.maxBlobBytes);
       const flight = new BlobFlight(
         { driver: this.#core.driver, blobs: this.#core.blobs, uploads: this.#core.uploads, guard: this.#core.guard, log: this.#log, remote: this.#up.remote },
         repo, digest, upstream, abort,

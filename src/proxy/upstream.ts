@@ -142,13 +142,21 @@ export class UpstreamClient {
    * GET a blob, following redirects (Authorization is not sent to another origin). Resolves
    * once the headers are in; the body streams from `body`. Aborting `signal` cuts it.
    */
-  async openBlob(repo: string, digest: string, signal: AbortSignal): Promise<UpstreamBlob> {
+  async openBlob(repo: string, digest: string, signal: AbortSignal, maxBytes = 0): Promise<UpstreamBlob> {
     // Identity: the bytes must arrive as they were hashed, not re-encoded on the way.
     const res = await this.#send('GET', repo, `blobs/${digest}`, { signal, identity: true });
     await this.#expectOk(res, 'BLOB_UNKNOWN', { digest });
     if (!res.body) throw new UpstreamUnavailableError(this.remote, 'blob response without a body');
+    // Its length, or no fetch: a body without one has no end the cache could hold it to (an
+    // upstream sending without end filled the disk), and clients would wait for it headerless.
     const length = res.headers.get('content-length');
-    return { size: length !== null && /^\d{1,15}$/.test(length) ? Number(length) : undefined, body: res.body };
+    const size = length !== null && /^\d{1,15}$/.test(length) ? Number(length) : undefined;
+    if (size === undefined || (maxBytes > 0 && size > maxBytes)) {
+      await res.body.cancel().catch(() => undefined);
+      if (size === undefined) throw new UpstreamUnavailableError(this.remote, 'blob size not reported');
+      throw new RegistryError('SIZE_INVALID', { message: 'blob exceeds the size limit', detail: { size, limit: maxBytes, upstream: this.remote } });
+    }
+    return { size, body: res.body };
   }
 
   /** The upstream's tags/list, one page (distribution-spec "Listing Tags"). */
@@ -183,16 +191,34 @@ export class UpstreamClient {
     if (opts.range) headers['range'] = opts.range;
     if (opts.identity) headers['accept-encoding'] = 'identity';
     const scope = `repository:${repo}:pull`;
-    const auth = await this.#authorization(scope);
+    // A token service that fails (for another repository's challenge, say) must not fail the
+    // repositories that need none: then the request goes without, and a 401 says what it needs.
+    const auth = await this.#authorization(scope).catch((err: unknown) => {
+      this.#o.log.debug({ upstream: this.remote, scope, err }, 'no upstream credentials to send first');
+      return undefined;
+    });
     const init = { method, redirect: opts.redirect ?? 'follow' } as const;
     let res = await this.#fetch(url, { ...init, headers: auth ? { ...headers, authorization: auth } : headers }, opts.signal);
     if (res.status !== 401) return this.#checkAvailable(res);
+    await this.#refuseElsewhere(res);
     // Answer the challenge once; a second 401 is the upstream's last word.
     const answer = await this.#answer(parseChallenge(res.headers.get('www-authenticate')), scope, auth);
     if (answer === undefined) return res;
     await res.body?.cancel().catch(() => undefined);
     res = await this.#fetch(url, { ...init, headers: { ...headers, authorization: answer } }, opts.signal);
+    if (res.status === 401) await this.#refuseElsewhere(res);
     return this.#checkAvailable(res);
+  }
+
+  /**
+   * Only the upstream itself may ask for its credentials: a 401 from a host it redirected us
+   * to (a CDN, or anyone a compromised upstream names) is not answered, or its realm would
+   * get the username and password, and be asked for every later token. Unavailable instead.
+   */
+  async #refuseElsewhere(res: Response): Promise<void> {
+    if (!res.redirected || new URL(res.url).origin === new URL(this.#o.remoteUrl).origin) return;
+    await res.body?.cancel().catch(() => undefined);
+    throw new UpstreamUnavailableError(this.remote, `${new URL(res.url).host}, where it redirected, asked for credentials`);
   }
 
   /** What to send before any challenge: what the upstream asked for last time. */
@@ -316,19 +342,23 @@ export class UpstreamClient {
     throw new UpstreamUnavailableError(this.remote, `HTTP ${res.status}${upstream ? ` ${JSON.stringify(upstream).slice(0, 200)}` : ''}`);
   }
 
-  /** The body, refusing more than `max` bytes; a body cut short is the upstream being unavailable. */
+  /**
+   * The body, refusing more than `max` bytes; a body cut short is the upstream being
+   * unavailable, and so is one too large: the upstream's fault, not the client's (503, not 400).
+   */
   async #readCapped(res: Response, max: number): Promise<Buffer> {
     const declared = Number(res.headers.get('content-length') ?? NaN);
+    const tooLarge = (): UpstreamUnavailableError => new UpstreamUnavailableError(this.remote, `a response over ${max} bytes`);
     if (declared > max) {
       await res.body?.cancel().catch(() => undefined);
-      throw new RegistryError('MANIFEST_INVALID', { message: 'upstream response too large', detail: { size: declared, limit: max } });
+      throw tooLarge();
     }
     const chunks: Uint8Array[] = [];
     let n = 0;
     try {
       for await (const chunk of res.body ?? []) {
         n += chunk.byteLength;
-        if (n > max) throw new RegistryError('MANIFEST_INVALID', { message: 'upstream response too large', detail: { limit: max } });
+        if (n > max) throw tooLarge();
         chunks.push(chunk);
       }
     } catch (err) {

@@ -1,0 +1,147 @@
+import { createHash, randomBytes } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectError, request, tempDir } from '../helpers/http.js';
+import { startServer, type TestServer } from '../helpers/server.js';
+
+/**
+ * A pull-through cache in front of an upstream that misbehaves, found by probing (2026-12-02):
+ *
+ * - a blob redirected to another host whose 401 named its own token service: the cache sent
+ *   the upstream's username and password there, and kept asking that realm for every later
+ *   token, of every repository;
+ * - one repository's 401 naming a token service that fails made every uncached pull through
+ *   the upstream 503, repositories needing no credentials included, until a restart;
+ * - a blob without a Content-Length was fetched without end (8.4 GB before the probe stopped
+ *   it), its client waiting without a status line; one announced over uploads.maxBlobBytes was
+ *   streamed and then cut;
+ * - a manifest over manifests.maxBytes got 400 MANIFEST_INVALID, the client's fault by its
+ *   code; it is the upstream's (503).
+ *
+ * The upstream here is a small HTTP server of the test's own (a real one cannot be made to
+ * misbehave so), and so is the host it redirects to.
+ */
+
+const USER = 'mirror-user';
+const PASSWORD = 'mirror-secret';
+const BASIC = `Basic ${Buffer.from(`${USER}:${PASSWORD}`).toString('base64')}`;
+
+const blob = randomBytes(64 * 1024);
+const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`;
+const big = randomBytes(3 * 1024 * 1024);
+const bigDigest = `sha256:${createHash('sha256').update(big).digest('hex')}`;
+
+let upstream: http.Server;
+let elsewhere: http.Server;
+/** Authorization headers the other host was sent, by path. */
+const elsewhereSaw: string[] = [];
+let mirror: TestServer;
+let cleanup: () => Promise<void>;
+
+const portOf = (s: http.Server): number => (s.address() as AddressInfo).port;
+
+async function listen(handler: http.RequestListener): Promise<http.Server> {
+  const s = http.createServer(handler);
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+  return s;
+}
+
+beforeAll(async () => {
+  elsewhere = await listen((req, res) => {
+    elsewhereSaw.push(`${req.url} ${req.headers.authorization ?? '-'}`);
+    if (req.url?.startsWith('/token')) {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token: 'from-elsewhere' }));
+      return;
+    }
+    res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${portOf(elsewhere)}/token",service="elsewhere"` }).end();
+  });
+  upstream = await listen((req, res) => {
+    const url = req.url ?? '';
+    const auth = req.headers.authorization;
+    if (url === '/v2/' || url === '/v2') {
+      res.writeHead(200).end('{}');
+    } else if (url.startsWith('/v2/private/')) {
+      // Wants the configured credentials, as Basic (so that the cache sends them from now on).
+      if (auth !== BASIC) {
+        res.writeHead(401, { 'www-authenticate': 'Basic realm="upstream"' }).end();
+        return;
+      }
+      res.writeHead(302, { location: `http://127.0.0.1:${portOf(elsewhere)}/cdn/${digest}` }).end();
+    } else if (url.startsWith('/v2/poison/')) {
+      res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${portOf(upstream)}/no-token-here",service="up"` }).end();
+    } else if (url === `/v2/free/img/blobs/${digest}`) {
+      res.writeHead(200, { 'content-length': String(blob.byteLength), 'content-type': 'application/octet-stream' }).end(blob);
+    } else if (url === `/v2/unsized/img/blobs/${digest}`) {
+      // Chunked, no Content-Length: it could go on for ever.
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      res.write(blob.subarray(0, 1000));
+      setTimeout(() => res.end(blob.subarray(1000)), 50);
+    } else if (url === `/v2/big/img/blobs/${bigDigest}`) {
+      res.writeHead(200, { 'content-length': String(big.byteLength) }).end(big);
+    } else if (url === '/v2/huge/img/manifests/v1') {
+      res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': String(5 * 1024 * 1024) });
+      res.end(Buffer.alloc(5 * 1024 * 1024, 0x20));
+    } else {
+      res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"NAME_UNKNOWN"}]}');
+    }
+  });
+  let dir: string;
+  ({ path: dir, cleanup } = await tempDir('hoist-hostile-upstream-'));
+  mirror = await startServer({
+    storage: `fs:${dir}`,
+    frontend: 'node',
+    env: {
+      HOIST_PROXY_REMOTE_URL: `http://127.0.0.1:${portOf(upstream)}`,
+      HOIST_PROXY_USERNAME: USER,
+      HOIST_PROXY_PASSWORD: PASSWORD,
+      HOIST_UPLOADS_MAX_BLOB_BYTES: '2MiB',
+    },
+  });
+});
+
+afterAll(async () => {
+  await mirror?.stop();
+  upstream?.close();
+  elsewhere?.close();
+  await cleanup?.();
+});
+
+describe('a pull-through cache before a hostile upstream', () => {
+  // First: the failing token service below is in the cache's memory afterwards.
+  it('a manifest over manifests.maxBytes is the upstream\'s fault: 503, not 400', async () => {
+    expectError(await request(mirror.url, '/v2/huge/img/manifests/v1'), 503, 'UNAVAILABLE');
+  });
+
+  it('never sends the upstream\'s credentials to a host it was redirected to, nor takes that host\'s realm', async () => {
+    // The first pull learns that the upstream wants Basic; the second sends it at once, and is
+    // redirected to a host answering 401 with a realm of its own.
+    for (let i = 0; i < 2; i++) expectError(await request(mirror.url, `/v2/private/img/blobs/${digest}`), 503, 'UNAVAILABLE');
+    // The redirect target was asked for the blob (without credentials), never for a token.
+    expect(elsewhereSaw.length).toBeGreaterThan(0);
+    expect(elsewhereSaw.filter((line) => line.startsWith('/token'))).toEqual([]);
+    expect(elsewhereSaw.filter((line) => line.includes(BASIC.slice(6)))).toEqual([]);
+    // And the next pull, of another repository, goes to the upstream as before.
+    const free = await request(mirror.url, `/v2/free/img/blobs/${digest}`);
+    expect(free.status).toBe(200);
+    expect(free.body.equals(blob)).toBe(true);
+    expect(elsewhereSaw.filter((line) => line.startsWith('/token'))).toEqual([]);
+  });
+
+  it('one repository\'s failing token service leaves the others working', async () => {
+    const r = await request(mirror.url, '/v2/poison/img/manifests/v1');
+    expect(r.status).toBe(503);
+    const free = await request(mirror.url, `/v2/free/img/blobs/${digest}`, { method: 'HEAD' });
+    expect(free.status).toBe(200);
+    // Not cached by the HEAD: a GET of the blob in a fresh repository name goes upstream too.
+    const again = await request(mirror.url, `/v2/free/img/blobs/${digest}`);
+    expect(again.status).toBe(200);
+  });
+
+  it('refuses a blob the upstream sends without a length, or announces over uploads.maxBlobBytes, before storing any of it', async () => {
+    expectError(await request(mirror.url, `/v2/unsized/img/blobs/${digest}`), 503, 'UNAVAILABLE');
+    const over = await request(mirror.url, `/v2/big/img/blobs/${bigDigest}`);
+    expectError(over, 400, 'SIZE_INVALID');
+    expect(over.body.toString()).toContain('size limit');
+  });
+});
