@@ -115,6 +115,11 @@ export class PullThroughCache implements Mirror {
         if (m.digest !== undefined) this.#checkDigest(repo, tag, m.bytes, m.digest);
         return await this.#store(repo, ref, m.bytes, m.contentType);
       } catch (err) {
+        if (cachedDigest && err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN') {
+          // The upstream no longer has the tag: nor does the cache, or an outage would bring it
+          // back (a tag deleted for its bad image, served again). The manifest stays by digest.
+          await this.#core.manifests.delete(repo, ref).catch(() => undefined);
+        }
         if (!isUpstreamDown(err) || !cachedDigest) throw err;
         const cached = await this.#cachedManifest(repo, cachedDigest);
         if (!cached) throw err;

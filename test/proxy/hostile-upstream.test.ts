@@ -32,6 +32,12 @@ const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`;
 const big = randomBytes(3 * 1024 * 1024);
 const bigDigest = `sha256:${createHash('sha256').update(big).digest('hex')}`;
 
+/** An index of nothing: a manifest the cache stores without any blob. */
+const index = Buffer.from('{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}');
+const indexDigest = `sha256:${createHash('sha256').update(index).digest('hex')}`;
+/** The upstream's tag `moving/img:v1`: there, deleted, or the upstream down. */
+let movingTag: 'there' | 'deleted' | 'down' = 'there';
+
 let upstream: http.Server;
 let elsewhere: http.Server;
 /** Authorization headers the other host was sent, by path. */
@@ -79,6 +85,13 @@ beforeAll(async () => {
       setTimeout(() => res.end(blob.subarray(1000)), 50);
     } else if (url === `/v2/big/img/blobs/${bigDigest}`) {
       res.writeHead(200, { 'content-length': String(big.byteLength) }).end(big);
+    } else if (url === '/v2/moving/img/manifests/v1') {
+      if (movingTag === 'down') res.writeHead(503).end();
+      else if (movingTag === 'deleted') res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"MANIFEST_UNKNOWN"}]}');
+      else {
+        res.writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json', 'docker-content-digest': indexDigest, 'content-length': String(index.byteLength) });
+        res.end(req.method === 'HEAD' ? undefined : index);
+      }
     } else if (url === '/v2/huge/img/manifests/v1') {
       res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': String(5 * 1024 * 1024) });
       res.end(Buffer.alloc(5 * 1024 * 1024, 0x20));
@@ -96,6 +109,8 @@ beforeAll(async () => {
       HOIST_PROXY_USERNAME: USER,
       HOIST_PROXY_PASSWORD: PASSWORD,
       HOIST_UPLOADS_MAX_BLOB_BYTES: '2MiB',
+      // Every pull of a tag asks the upstream again.
+      HOIST_PROXY_TAG_TTL: '1ms',
     },
   });
 });
@@ -136,6 +151,19 @@ describe('a pull-through cache before a hostile upstream', () => {
     // Not cached by the HEAD: a GET of the blob in a fresh repository name goes upstream too.
     const again = await request(mirror.url, `/v2/free/img/blobs/${digest}`);
     expect(again.status).toBe(200);
+  });
+
+  it('a tag the upstream deleted is gone from the cache too, and not served again while the upstream is down', async () => {
+    const tag = '/v2/moving/img/manifests/v1';
+    expect((await request(mirror.url, tag)).status).toBe(200);
+    movingTag = 'down';
+    expect((await request(mirror.url, tag)).status, 'served from the cache while the upstream is down').toBe(200);
+    movingTag = 'deleted';
+    expectError(await request(mirror.url, tag), 404, 'MANIFEST_UNKNOWN');
+    movingTag = 'down';
+    expectError(await request(mirror.url, tag), 503, 'UNAVAILABLE');
+    // The manifest itself stays, by digest.
+    expect((await request(mirror.url, `/v2/moving/img/manifests/${indexDigest}`)).status).toBe(200);
   });
 
   it('refuses a blob the upstream sends without a length, or announces over uploads.maxBlobBytes, before storing any of it', async () => {
