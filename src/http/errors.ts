@@ -18,7 +18,9 @@ export function sendError(res: OutgoingResponse, method: string, err: unknown, l
   const e = toRegistryError(err);
   const status = e.status;
   if (e.code === 'UNKNOWN') log.error({ err: e.cause ?? err }, 'request failed');
-  else if (e.code === 'UNAVAILABLE') log.warn({ err: e.cause ?? err }, 'request failed: storage unavailable');
+  // UNAVAILABLE is storage, an upstream registry (a pull-through cache), or shutdown: the
+  // message names which, so that an operator looks in the right place.
+  else if (e.code === 'UNAVAILABLE') log.warn({ err: e.cause ?? err }, `request failed: ${e.message}`);
   if (res.aborted || res.started) return status;
   const headers: HeaderMap = { ...API_VERSION_HEADER, 'content-type': 'application/json' };
   if (e instanceof UploadRangeError) {
