@@ -23,8 +23,8 @@ import { taskFile } from '../task-file.js';
  * passwords costs at most that thread and not the requests of everybody else; at most
  * MAX_WAITING_CHECKS wait for it, and a check beyond those is refused with 429. So that one
  * client cannot fill that line and refuse everybody's logins, a client (the caller's key: an
- * address) has at most MAX_CHECKS_PER_CLIENT checks running or waiting; and the caller
- * charges a check to the client's rate limit before it runs (VerifyOptions.beforeCheck).
+ * address) has at most MAX_CHECKS_PER_CLIENT checks running or waiting; and the caller may
+ * refuse a check before it runs (VerifyOptions.beforeCheck: a client over its rate limit).
  *
  * An unknown name costs what a known one does (issue 10), so that timing does not tell
  * which names exist: its password is compared against a dummy hash of a cost the file's own

@@ -26,12 +26,12 @@ import type { RouteMatch } from './routes.js';
  *   401 UNAUTHORIZED  WWW-Authenticate: Bearer realm="https://r.example/token",service="hoist",scope="repository:a:pull,push"
  *                     (no or wrong credentials, or a token without the scope; Basic realm="hoist" without tokens)
  *   403 DENIED        an authenticated user the rules do not allow
+ *   429 TOOMANYREQUESTS  Retry-After: 2   (rate limit, or too many uploads at once)
  *
  * A mount from a repository the rules do not let the client pull is not refused: the upload
  * starts without it (202), as the spec has a registry do when it cannot mount, and as
  * containerd, which fails the push on any answer to a mount but 201, 202 and 401, needs.
  * (A token that lacks the source's scope but could have it still gets 401 insufficient_scope.)
- *   429 TOOMANYREQUESTS  Retry-After: 2   (rate limit, or too many uploads at once)
  */
 export interface GateOptions {
   /** Undefined: no access control (every request allowed). */
