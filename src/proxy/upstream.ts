@@ -151,8 +151,12 @@ export class UpstreamClient {
     // upstream sending without end filled the disk), and clients would wait for it headerless.
     const length = res.headers.get('content-length');
     const size = length !== null && /^\d{1,15}$/.test(length) ? Number(length) : undefined;
-    if (size === undefined || (maxBytes > 0 && size > maxBytes)) {
+    // Re-encoded despite Accept-Encoding: identity: fetch() decodes it, so its length is not the blob's.
+    const encoding = res.headers.get('content-encoding');
+    const encoded = encoding !== null && encoding.trim().toLowerCase() !== 'identity';
+    if (size === undefined || encoded || (maxBytes > 0 && size > maxBytes)) {
       await res.body.cancel().catch(() => undefined);
+      if (encoded) throw new UpstreamUnavailableError(this.remote, `the blob came with Content-Encoding: ${encoding!.slice(0, 40)}`);
       if (size === undefined) throw new UpstreamUnavailableError(this.remote, 'blob size not reported');
       throw new RegistryError('SIZE_INVALID', { message: 'blob exceeds the size limit', detail: { size, limit: maxBytes, upstream: this.remote } });
     }

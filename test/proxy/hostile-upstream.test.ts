@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectError, request, tempDir } from '../helpers/http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
@@ -29,6 +30,8 @@ const BASIC = `Basic ${Buffer.from(`${USER}:${PASSWORD}`).toString('base64')}`;
 
 const blob = randomBytes(64 * 1024);
 const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`;
+const zipped = randomBytes(32 * 1024);
+const zippedDigest = `sha256:${createHash('sha256').update(zipped).digest('hex')}`;
 const big = randomBytes(3 * 1024 * 1024);
 const bigDigest = `sha256:${createHash('sha256').update(big).digest('hex')}`;
 
@@ -83,6 +86,10 @@ beforeAll(async () => {
       res.writeHead(200, { 'content-type': 'application/octet-stream' });
       res.write(blob.subarray(0, 1000));
       setTimeout(() => res.end(blob.subarray(1000)), 50);
+    } else if (url === `/v2/gzipped/img/blobs/${zippedDigest}`) {
+      // Re-encoded although the cache asked for identity: the length is the gzip's.
+      const gz = gzipSync(zipped);
+      res.writeHead(200, { 'content-encoding': 'gzip', 'content-length': String(gz.byteLength) }).end(gz);
     } else if (url === `/v2/big/img/blobs/${bigDigest}`) {
       res.writeHead(200, { 'content-length': String(big.byteLength) }).end(big);
     } else if (url === '/v2/moving/img/manifests/v1') {
@@ -168,6 +175,10 @@ describe('a pull-through cache before a hostile upstream', () => {
 
   it('refuses a blob the upstream sends without a length, or announces over uploads.maxBlobBytes, before storing any of it', async () => {
     expectError(await request(mirror.url, `/v2/unsized/img/blobs/${digest}`), 503, 'UNAVAILABLE');
+    // Re-encoded, its length is not the blob's: refused with a reason, not cut at every pull.
+    const gz = await request(mirror.url, `/v2/gzipped/img/blobs/${zippedDigest}`);
+    expectError(gz, 503, 'UNAVAILABLE');
+    expect(gz.body.toString()).toContain('Content-Encoding: gzip');
     const over = await request(mirror.url, `/v2/big/img/blobs/${bigDigest}`);
     expectError(over, 400, 'SIZE_INVALID');
     expect(over.body.toString()).toContain('size limit');
