@@ -345,10 +345,12 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
         return ok;
       });
 
-      res.cork(() => {
-        this.#discardUnreadBody();
-        this.#writeHead(status, headers);
-      });
+      res.cork(() => this.#discardUnreadBody());
+      // The status line and headers go with the first byte, as node:http sends them: uWS sends
+      // what it was given at once, so a source that fails before its first byte (a pull-through
+      // cache's fetch whose digest failed) would leave half a header section, which curl takes
+      // for a complete, empty response. Cut before it, the client sees no answer at all.
+      let headSent = false;
       body.on('data', (data: Buffer | string) => {
         if (this.#done) return;
         const chunk = typeof data === 'string' ? Buffer.from(data) : data;
@@ -358,6 +360,10 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
         overran = piece.byteLength < chunk.byteLength;
         const whole = piece.byteLength === chunk.byteLength ? chunk : undefined;
         res.cork(() => {
+          if (!headSent) {
+            headSent = true;
+            this.#writeHead(status, headers);
+          }
           const start = res.getWriteOffset();
           if (!tryEnd(piece)) {
             retry = piece;

@@ -3,7 +3,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectError, request, tempDir } from '../helpers/http.js';
+import { expectError, request, socketExchange, tempDir } from '../helpers/http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -32,6 +32,9 @@ const blob = randomBytes(64 * 1024);
 const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`;
 const zipped = randomBytes(32 * 1024);
 const zippedDigest = `sha256:${createHash('sha256').update(zipped).digest('hex')}`;
+/** Served for this digest: other bytes of the same length (one flipped). */
+const told = randomBytes(8 * 1024);
+const toldDigest = `sha256:${createHash('sha256').update(told).digest('hex')}`;
 const big = randomBytes(3 * 1024 * 1024);
 const bigDigest = `sha256:${createHash('sha256').update(big).digest('hex')}`;
 
@@ -46,6 +49,8 @@ let elsewhere: http.Server;
 /** Authorization headers the other host was sent, by path. */
 const elsewhereSaw: string[] = [];
 let mirror: TestServer;
+/** The same cache on the uWS front end. */
+let uwsMirror: TestServer;
 let cleanup: () => Promise<void>;
 
 const portOf = (s: http.Server): number => (s.address() as AddressInfo).port;
@@ -90,6 +95,10 @@ beforeAll(async () => {
       // Re-encoded although the cache asked for identity: the length is the gzip's.
       const gz = gzipSync(zipped);
       res.writeHead(200, { 'content-encoding': 'gzip', 'content-length': String(gz.byteLength) }).end(gz);
+    } else if (url.startsWith('/v2/liar/img/blobs/')) {
+      const lie = Buffer.from(told);
+      lie[0] ^= 1;
+      res.writeHead(200, { 'content-length': String(lie.byteLength) }).end(lie);
     } else if (url === `/v2/big/img/blobs/${bigDigest}`) {
       res.writeHead(200, { 'content-length': String(big.byteLength) }).end(big);
     } else if (url === '/v2/moving/img/manifests/v1') {
@@ -108,6 +117,11 @@ beforeAll(async () => {
   });
   let dir: string;
   ({ path: dir, cleanup } = await tempDir('hoist-hostile-upstream-'));
+  uwsMirror = await startServer({
+    storage: `fs:${dir}/uws`,
+    frontend: 'uws',
+    env: { HOIST_PROXY_REMOTE_URL: `http://127.0.0.1:${portOf(upstream)}` },
+  });
   mirror = await startServer({
     storage: `fs:${dir}`,
     frontend: 'node',
@@ -124,6 +138,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await mirror?.stop();
+  await uwsMirror?.stop();
   upstream?.close();
   elsewhere?.close();
   await cleanup?.();
@@ -171,6 +186,18 @@ describe('a pull-through cache before a hostile upstream', () => {
     expectError(await request(mirror.url, tag), 503, 'UNAVAILABLE');
     // The manifest itself stays, by digest.
     expect((await request(mirror.url, `/v2/moving/img/manifests/${indexDigest}`)).status).toBe(200);
+  });
+
+  // Found by probing (2026-12-02): on uWS the status line and some headers went out before
+  // the first byte, so a fetch that failed before it left half a header section, which curl
+  // takes for a complete, empty 206 (exit 0). Every byte of a response waits for the digest
+  // when it is the last one: here the only one.
+  it.each(['node', 'uws'] as const)('a response cut before its first byte (%s front end) has sent nothing at all', async (frontend) => {
+    const server = frontend === 'uws' ? uwsMirror : mirror;
+    const reply = await socketExchange(server.port, `GET /v2/liar/img/blobs/${toldDigest} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0\r\n\r\n`, { timeoutMs: 10_000 });
+    expect(reply.timedOut).toBe(false);
+    expect(reply.closed).toBe(true);
+    expect(reply.text).toBe('');
   });
 
   it('refuses a blob the upstream sends without a length, or announces over uploads.maxBlobBytes, before storing any of it', async () => {
