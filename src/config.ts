@@ -43,6 +43,14 @@ export const durationMs = z.union([z.number(), z.string()]).transform((v, ctx) =
   return Math.round(Number(m[1]) * DURATION_UNITS[m[2] ?? 'ms']!);
 }).pipe(z.number().int().nonnegative());
 
+/**
+ * A duration that a timer waits: at most 2^31 - 1 ms (24.8 days), beyond which Node fires the
+ * timer after 1 ms instead (a 30-day gc.schedule collected back to back; a 30-day shutdown
+ * timeout cut every upload at once).
+ */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+export const timerMs = durationMs.pipe(z.number().max(MAX_TIMER_MS, 'at most 24d (a timer waits it)'));
+
 const listen = z.string().transform((v, ctx) => {
   const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(v);
   const port = m ? Number(m[3]) : NaN;
@@ -213,7 +221,7 @@ const limits = z.object({
   /** Largest request header section, both front ends; larger is 431 (uWS itself cuts a section over 4 KiB that spans TCP reads). */
   maxHeaderBytes: bytes.pipe(z.number().min(1024)).default('16KiB'),
   /** A client that sends no body bytes (or no headers) this long is dropped; its upload stays resumable (0: never). */
-  idleTimeout: durationMs.default('60s'),
+  idleTimeout: timerMs.default('60s'),
   /** Uploads in flight per user (or address, without credentials); more is 429 (0: no limit). */
   maxConcurrentUploads: integerish.pipe(z.number().min(0)).default(0),
   /** Requests per second per user (or address), on average (0: no limit); more is 429 with Retry-After. */
@@ -237,7 +245,7 @@ export const ConfigSchema = z.object({
   /** json: one JSON object a line (for collectors); pretty: readable lines; auto: pretty on a terminal. */
   logFormat: z.enum(['auto', 'json', 'pretty']).default('auto'),
   /** Grace period for in-flight requests on SIGINT/SIGTERM. */
-  shutdownTimeoutMs: durationMs.default('10s'),
+  shutdownTimeoutMs: timerMs.default('10s'),
   uploads: z.object({
     /**
      * Bytes are gathered into buffers of this size before they are hashed and written:
@@ -275,7 +283,7 @@ export const ConfigSchema = z.object({
   /** Online garbage collection (src/gc/collector.ts; `hoist gc` runs one by hand). */
   gc: z.object({
     /** `hoist serve` runs a collection this often, on one instance at a time (0: never). */
-    schedule: durationMs.default(0),
+    schedule: timerMs.default(0),
     /** Nothing touched this recently is collected: longer than the slowest push. */
     grace: durationMs.default('1h'),
     /** Uploads (and unrecorded data) without activity this long are removed. */

@@ -64,7 +64,7 @@ export function startGcSchedule(config: Readonly<Config>, driver: StorageDriver,
         running = undefined;
         if (!abort.signal.aborted) arm();
       });
-    }, Math.round(g.schedule * jitter));
+    }, Math.min(2 ** 31 - 1, Math.round(g.schedule * jitter))); // a longer timer fires at once (config.ts timerMs)
     timer.unref();
   };
   arm();

@@ -233,6 +233,10 @@ describe('loadConfig values', () => {
     [{ uploads: { hashThreads: 65 } }, 'uploads.hashThreads', /64/],
     [{ shutdownTimeoutMs: '10 minutes' }, 'shutdownTimeoutMs', /not a duration/],
     [{ shutdownTimeoutMs: '-5s' }, 'shutdownTimeoutMs', /not a duration/],
+    // Found by probing (2026-12-02): past 2^31 - 1 ms Node fires a timer after 1 ms.
+    [{ shutdownTimeoutMs: '30d' }, 'shutdownTimeoutMs', /at most 24d/],
+    [{ gc: { schedule: '30d' } }, 'gc.schedule', /at most 24d/],
+    [{ limits: { idleTimeout: '25d' } }, 'limits.idleTimeout', /at most 24d/],
     [{ listen: '5000' }, 'listen', /HOST:PORT/],
     [{ listen: 'host:70000' }, 'listen', /HOST:PORT/],
     [{ listen: 5000 }, 'listen', /string/],
