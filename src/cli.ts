@@ -117,12 +117,13 @@ program
     try {
       driver = await createDriver(config.storage);
     } catch (err) {
-      process.stderr.write(`hoist: ${(err as Error).message}\n`);
+      process.stderr.write(scrubSecrets(`hoist: ${(err as Error).message}\n`));
       process.exit(1);
     }
     const g = config.gc;
     if (!opts.json) {
-      process.stdout.write(`hoist gc ${config.storage}${opts.dryRun ? ' (dry run)' : ''}: grace ${formatDuration(g.grace)}, stale uploads after ${formatDuration(g.staleUploadAfter)}\n`);
+      // The storage URL may carry S3 keys: printed as the log prints it, scrubbed.
+      process.stdout.write(scrubSecrets(`hoist gc ${config.storage}${opts.dryRun ? ' (dry run)' : ''}: grace ${formatDuration(g.grace)}, stale uploads after ${formatDuration(g.staleUploadAfter)}\n`));
     }
     const progress = new ProgressLine(process.stderr);
     try {
@@ -145,7 +146,7 @@ program
         process.stderr.write(`hoist gc: ${err.message}\n`);
         process.exitCode = 3;
       } else {
-        process.stderr.write(`hoist gc failed: ${(err as Error).stack ?? String(err)}\n`);
+        process.stderr.write(scrubSecrets(`hoist gc failed: ${(err as Error).stack ?? String(err)}\n`));
         process.exitCode = 1;
       }
     } finally {

@@ -178,6 +178,14 @@ describe('hoist gc', () => {
     }
   });
 
+  // Found by probing (2026-12-02): `hoist serve` scrubbed them, `hoist gc` printed them.
+  it('keys in the storage URL are not printed, on stdout or stderr', async () => {
+    const r = await hoist(['gc', '--storage', 's3://AKIAEXAMPLE:SuperSecretKey123@bucket/p?endpoint=http://127.0.0.1:9&region=us-east-1']);
+    expect(r.code).not.toBe(0);
+    expect(`${r.stdout}${r.stderr}`).not.toContain('SuperSecretKey123');
+    expect(`${r.stdout}${r.stderr}`).not.toContain('AKIAEXAMPLE');
+  });
+
   it('while another collection holds the lease → exit 3 with "a collection is running already"', async () => {
     const driver = await createDriver(`fs:${dir.path}`);
     const lease = await Lease.acquire(driver, { owner: 'cli-test', ttlMs: 600_000 });
