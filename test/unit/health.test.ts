@@ -1,4 +1,4 @@
-import { mkdtemp, rename, rm, symlink } from 'node:fs/promises';
+import { mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -88,6 +88,24 @@ describe('ReadinessCheck', () => {
       await rename(root, join(work, 'moved'));
       await symlink(root, root);
       expect(await check.check()).toEqual({ ready: false, reason: 'storage (fs) failed: ELOOP' });
+      await driver.close();
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+
+  // Found by probing (2026-12-02): every push failed with 500 while /readyz said ready, the
+  // driver reading ENOTDIR as "nothing there", which an empty store may answer.
+  it('on fs: not ready when a file stands where the root directory was', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'hoist-health-'));
+    try {
+      const root = join(work, 'data');
+      const driver = await FsDriver.open({ rootDirectory: root });
+      const check = new ReadinessCheck(driver, { cacheMs: 0 });
+      expect(await check.check()).toEqual({ ready: true });
+      await rm(root, { recursive: true, force: true });
+      await writeFile(root, 'not a directory');
+      expect(await check.check()).toEqual({ ready: false, reason: 'storage (fs) failed: ENOTDIR' });
       await driver.close();
     } finally {
       await rm(work, { recursive: true, force: true });
