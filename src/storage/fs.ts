@@ -4,7 +4,7 @@ import * as fs from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import {
-  checkLimit, checkPath, InvalidPathError, isPathSegment, PathNotFoundError, type FileInfo, type FileWriter, type ListedChild,
+  checkLimit, checkPath, InvalidPathError, isPathSegment, PathNotFoundError, StorageUnavailableError, type FileInfo, type FileWriter, type ListedChild,
   type ListOptions, type ListPage, type PutOptions, type StorageDriver,
 } from './driver.js';
 import { FileReader, ReadBuffers } from './file-reader.js';
@@ -68,6 +68,14 @@ export class FsDriver implements StorageDriver {
   }
 
   async putContent(path: string, content: Uint8Array, opts: PutOptions = {}): Promise<boolean> {
+    try {
+      return await this.#put(path, content, opts);
+    } catch (err) {
+      throw unwritable(err);
+    }
+  }
+
+  async #put(path: string, content: Uint8Array, opts: PutOptions): Promise<boolean> {
     const file = this.#object(path);
     const temp = join(dirname(file), `.${basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
     let tempExists = false;
@@ -127,7 +135,10 @@ export class FsDriver implements StorageDriver {
   async writer(path: string, append: boolean): Promise<FileWriter> {
     const file = this.#object(path);
     if (!append) {
-      return new FsFileWriter(await inDir(dirname(file), () => fs.open(file, 'w')), 0, () => this.#remove(file), this.#syncEveryBytes);
+      const fh = await inDir(dirname(file), () => fs.open(file, 'w')).catch((err: unknown) => {
+        throw unwritable(err);
+      });
+      return new FsFileWriter(fh, 0, () => this.#remove(file), this.#syncEveryBytes);
     }
     let fh: fs.FileHandle;
     try {
@@ -225,7 +236,7 @@ export class FsDriver implements StorageDriver {
       await inDir(dirname(to), () => fs.rename(from, to));
     } catch (err) {
       // ENOENT now means a concurrent move or delete took the source; other errors are about dest.
-      throw errno(err) === 'ENOENT' ? new PathNotFoundError(source, { cause: err }) : err;
+      throw errno(err) === 'ENOENT' ? new PathNotFoundError(source, { cause: err }) : unwritable(err);
     }
     await this.#prune(dirname(from));
   }
@@ -338,6 +349,8 @@ class FsFileWriter implements FileWriter {
         this.#size += bytesWritten;
       }
       this.#wrote(data.byteLength);
+    } catch (err) {
+      throw unwritable(err);
     } finally {
       this.#state = 'open';
     }
@@ -360,6 +373,8 @@ class FsFileWriter implements FileWriter {
         if (left > 0) rest[0] = rest[0]!.subarray(left);
         this.#wrote(bytesWritten);
       }
+    } catch (err) {
+      throw unwritable(err);
     } finally {
       this.#state = 'open';
     }
@@ -387,6 +402,8 @@ class FsFileWriter implements FileWriter {
       await this.#syncing;
       if (this.#syncError !== undefined) throw this.#syncError;
       await this.#fh.sync();
+    } catch (err) {
+      throw unwritable(err);
     } finally {
       await this.#fh.close();
     }
@@ -457,6 +474,18 @@ function checkRange(offset: number, length: number | undefined): void {
 
 function errno(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/**
+ * A full or read-only file system: the write did not happen, and will once there is space (or
+ * write access) again. StorageUnavailableError, so the client gets 503 and tries again later,
+ * not a 500; an upload stays where its last write left it.
+ */
+const UNWRITABLE = new Set(['ENOSPC', 'EDQUOT', 'EROFS']);
+
+export function unwritable(err: unknown): unknown {
+  const code = errno(err);
+  return code !== undefined && UNWRITABLE.has(code) ? new StorageUnavailableError('fs storage cannot be written (full, or read-only)', { cause: err }) : err;
 }
 
 /** ENOTDIR: a parent is a file; EISDIR: a directory where an object was asked for. Neither is an object at `path`. */

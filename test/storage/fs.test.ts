@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { InvalidPathError } from '../../src/storage/driver.js';
-import { FsDriver } from '../../src/storage/fs.js';
+import { InvalidPathError, StorageUnavailableError } from '../../src/storage/driver.js';
+import { FsDriver, unwritable } from '../../src/storage/fs.js';
 import { createDriver } from '../../src/storage/index.js';
 import { driverSuite } from './driver-suite.js';
 
@@ -170,6 +170,23 @@ describe('FsDriver', () => {
     await first;
     await w.commit();
     expect(w.size).toBe(1024 * 1024);
+  });
+
+  // Found by probing (2026-12-02): a full disk answered 500 UNKNOWN to every push; the write
+  // did not happen and will once there is space, which is 503 (StorageUnavailableError).
+  it('a full file system is StorageUnavailableError, for write() and writev() (a writer on /dev/full)', async () => {
+    await driver.putContent('/full', Buffer.from('x'));
+    await rm(join(root, 'full'));
+    await symlink('/dev/full', join(root, 'full'));
+    const w = await driver.writer('/full', true);
+    const err = await w.write(Buffer.alloc(4096)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StorageUnavailableError);
+    expect(((err as Error).cause as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    await expect(w.writev([Buffer.alloc(10), Buffer.alloc(10)])).rejects.toBeInstanceOf(StorageUnavailableError);
+    await w.close();
+    expect(unwritable(Object.assign(new Error('x'), { code: 'EROFS' }))).toBeInstanceOf(StorageUnavailableError);
+    const other = Object.assign(new Error('x'), { code: 'EACCES' });
+    expect(unwritable(other)).toBe(other);
   });
 });
 
