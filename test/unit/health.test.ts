@@ -78,37 +78,39 @@ describe('ReadinessCheck', () => {
     expect(await check.check()).toEqual({ ready: false, reason: 'shutting down' });
   });
 
-  it('on fs: not ready when the root cannot be read (a symlink loop where the directory was)', async () => {
+  /**
+   * An fs store that answers ready, then `breakRoot(work, root)` done to its root directory,
+   * then the reason the check gives.
+   */
+  async function afterBreakingRoot(breakRoot: (work: string, root: string) => Promise<void>): Promise<Readiness> {
     const work = await mkdtemp(join(tmpdir(), 'hoist-health-'));
     try {
       const root = join(work, 'data');
       const driver = await FsDriver.open({ rootDirectory: root });
       const check = new ReadinessCheck(driver, { cacheMs: 0 });
       expect(await check.check()).toEqual({ ready: true });
-      await rename(root, join(work, 'moved'));
-      await symlink(root, root);
-      expect(await check.check()).toEqual({ ready: false, reason: 'storage (fs) failed: ELOOP' });
+      await breakRoot(work, root);
+      const result = await check.check();
       await driver.close();
+      return result;
     } finally {
       await rm(work, { recursive: true, force: true });
     }
+  }
+
+  it('on fs: not ready when the root cannot be read (a symlink loop where the directory was)', async () => {
+    expect(await afterBreakingRoot(async (work, root) => {
+      await rename(root, join(work, 'moved'));
+      await symlink(root, root);
+    })).toEqual({ ready: false, reason: 'storage (fs) failed: ELOOP' });
   });
 
   // Found by probing (2026-12-02): every push failed with 500 while /readyz said ready, the
   // driver reading ENOTDIR as "nothing there", which an empty store may answer.
   it('on fs: not ready when a file stands where the root directory was', async () => {
-    const work = await mkdtemp(join(tmpdir(), 'hoist-health-'));
-    try {
-      const root = join(work, 'data');
-      const driver = await FsDriver.open({ rootDirectory: root });
-      const check = new ReadinessCheck(driver, { cacheMs: 0 });
-      expect(await check.check()).toEqual({ ready: true });
+    expect(await afterBreakingRoot(async (_work, root) => {
       await rm(root, { recursive: true, force: true });
       await writeFile(root, 'not a directory');
-      expect(await check.check()).toEqual({ ready: false, reason: 'storage (fs) failed: ENOTDIR' });
-      await driver.close();
-    } finally {
-      await rm(work, { recursive: true, force: true });
-    }
+    })).toEqual({ ready: false, reason: 'storage (fs) failed: ENOTDIR' });
   });
 });
