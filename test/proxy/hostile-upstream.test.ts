@@ -97,7 +97,7 @@ beforeAll(async () => {
       res.writeHead(200, { 'content-encoding': 'gzip', 'content-length': String(gz.byteLength) }).end(gz);
     } else if (url.startsWith('/v2/liar/img/blobs/')) {
       const lie = Buffer.from(told);
-      lie[0] ^= 1;
+      lie[0] = lie[0]! ^ 1;
       res.writeHead(200, { 'content-length': String(lie.byteLength) }).end(lie);
     } else if (url === `/v2/big/img/blobs/${bigDigest}`) {
       res.writeHead(200, { 'content-length': String(big.byteLength) }).end(big);

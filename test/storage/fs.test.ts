@@ -182,7 +182,7 @@ describe('FsDriver', () => {
     const err = await w.write(Buffer.alloc(4096)).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(StorageUnavailableError);
     expect(((err as Error).cause as NodeJS.ErrnoException).code).toBe('ENOSPC');
-    await expect(w.writev([Buffer.alloc(10), Buffer.alloc(10)])).rejects.toBeInstanceOf(StorageUnavailableError);
+    await expect(w.writev!([Buffer.alloc(10), Buffer.alloc(10)])).rejects.toBeInstanceOf(StorageUnavailableError);
     await w.close();
     expect(unwritable(Object.assign(new Error('x'), { code: 'EROFS' }))).toBeInstanceOf(StorageUnavailableError);
     const other = Object.assign(new Error('x'), { code: 'EACCES' });
