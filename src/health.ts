@@ -68,13 +68,11 @@ export class ReadinessCheck {
       await this.#driver.list('/');
       result = { ready: true };
     } catch (err) {
-      // An empty store has no root listing yet on some drivers: it answered. Not so a file
-      // where the fs root should be (ENOTDIR), which the driver also reads as "not found".
-      const cause = isPathNotFound(err) ? (err as { cause?: unknown }).cause : undefined;
-      if (isPathNotFound(err) && errorCode(cause) !== 'ENOTDIR') result = { ready: true };
+      // An empty store has no root listing yet on some drivers: it answered.
+      if (isPathNotFound(err)) result = { ready: true };
       else {
         error = err;
-        result = { ready: false, reason: `storage (${this.#driver.name}) failed: ${errorCode(cause ?? err)}` };
+        result = { ready: false, reason: `storage (${this.#driver.name}) failed: ${errorCode(err)}` };
       }
     }
     this.#last = { at: performance.now(), result };

@@ -170,7 +170,8 @@ export class FsDriver implements StorageDriver {
     try {
       names = await fs.readdir(this.#file(path));
     } catch (err) {
-      throw notFound(err, path);
+      // A file where the root should be is no empty store: every write would fail.
+      throw path === '/' && errno(err) === 'ENOTDIR' ? err : notFound(err, path);
     }
     const prefix = path === '/' ? '/' : `${path}/`;
     const children = names.map((name) => prefix + name).filter(isDriverPath).sort();
