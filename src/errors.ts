@@ -85,6 +85,17 @@ export class UploadRangeError extends RegistryError {
   }
 }
 
+/**
+ * A blob larger than uploads.maxBlobBytes: refused (400 SIZE_INVALID) whether a client
+ * pushes it (engine/upload-write.ts) or a pull-through cache's upstream announces it
+ * (proxy/upstream.ts), which the cache tells apart from an upstream that lied.
+ */
+export class BlobTooLargeError extends RegistryError {
+  constructor(limit: number, detail: Record<string, unknown> = {}) {
+    super('SIZE_INVALID', { message: 'blob exceeds the size limit', detail: { ...detail, limit } });
+  }
+}
+
 /** A route exists but not for this method; the HTTP layer lists the allowed ones in `Allow` (RFC 9110 §15.5.6). */
 export class MethodNotAllowedError extends RegistryError {
   readonly allow: readonly string[];

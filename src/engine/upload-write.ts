@@ -1,4 +1,4 @@
-import { RegistryError } from '../errors.js';
+import { BlobTooLargeError } from '../errors.js';
 import type { FileWriter } from '../storage/driver.js';
 import type { HashPool } from './hash-pool.js';
 import type { Slab, SlabPool } from './slab-pool.js';
@@ -141,7 +141,7 @@ export class UploadWrite implements ByteSink {
     if (this.#error !== undefined || this.#finished) return false;
     const n = chunk.byteLength;
     if (this.#d.maxBlobBytes > 0 && this.offset + n > this.#d.maxBlobBytes) {
-      this.#fail(new RegistryError('SIZE_INVALID', { message: 'blob exceeds the size limit', detail: { limit: this.#d.maxBlobBytes } }));
+      this.#fail(new BlobTooLargeError(this.#d.maxBlobBytes));
       return false;
     }
     if (n === 0) return !this.#mustPause();

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { RegistryError, toRegistryError } from '../errors.js';
+import { BlobTooLargeError, RegistryError, toRegistryError } from '../errors.js';
 import type { CommittedData, UploadEngine } from '../engine/uploads.js';
 import type { BlobStore } from '../registry/blobs.js';
 import type { Digest } from '../registry/reference.js';
@@ -206,8 +206,7 @@ export class BlobFlight {
     this.#state = 'failed';
     // Bytes that are not the digest's, or not as many as announced, are the upstream's
     // fault: 503, which clients retry, not the 400 a push of them would get.
-    const overLimit = err instanceof RegistryError && err.code === 'SIZE_INVALID' && (err.detail as { limit?: unknown } | undefined)?.limit !== undefined;
-    const keep = err instanceof RegistryError && (isUpstreamDown(err) || err.code === 'UNAVAILABLE' || overLimit);
+    const keep = err instanceof BlobTooLargeError || (err instanceof RegistryError && (isUpstreamDown(err) || err.code === 'UNAVAILABLE'));
     this.#error = keep ? err : new UpstreamUnavailableError(this.#d.remote,
       err instanceof RegistryError ? `it sent a blob that is not ${this.digest.value} (${err.message})` : reasonOf(err), err);
     this.#replay = undefined;

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
+import { BlobTooLargeError, RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
 import { MANIFEST_MEDIA_TYPES } from '../registry/manifest-schema.js';
 import type { Page } from '../registry/manifests.js';
 import { parseChallenge, type Challenge } from './challenge.js';
@@ -158,7 +158,7 @@ export class UpstreamClient {
       await res.body.cancel().catch(() => undefined);
       if (encoded) throw new UpstreamUnavailableError(this.remote, `the blob came with Content-Encoding: ${encoding!.slice(0, 40)}`);
       if (size === undefined) throw new UpstreamUnavailableError(this.remote, 'blob size not reported');
-      throw new RegistryError('SIZE_INVALID', { message: 'blob exceeds the size limit', detail: { size, limit: maxBytes, upstream: this.remote } });
+      throw new BlobTooLargeError(maxBytes, { size, upstream: this.remote });
     }
     return { size, body: res.body };
   }
