@@ -48,7 +48,7 @@ export const durationMs = z.union([z.number(), z.string()]).transform((v, ctx) =
  * timer after 1 ms instead (a 30-day gc.schedule collected back to back; a 30-day shutdown
  * timeout cut every upload at once).
  */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 export const timerMs = durationMs.pipe(z.number().max(MAX_TIMER_MS, 'at most 24d (a timer waits it)'));
 
 const listen = z.string().transform((v, ctx) => {

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { Config } from '../config.js';
+import { MAX_TIMER_MS, type Config } from '../config.js';
 import { channels, type GcRunMessage } from '../diagnostics.js';
 import { GcBusyError } from './lease.js';
 import { runGarbageCollection, totals } from './runner.js';
@@ -64,7 +64,7 @@ export function startGcSchedule(config: Readonly<Config>, driver: StorageDriver,
         running = undefined;
         if (!abort.signal.aborted) arm();
       });
-    }, Math.min(2 ** 31 - 1, Math.round(g.schedule * jitter))); // a longer timer fires at once (config.ts timerMs)
+    }, Math.min(MAX_TIMER_MS, Math.round(g.schedule * jitter))); // a longer timer fires at once (config.ts timerMs)
     timer.unref();
   };
   arm();
