@@ -146,7 +146,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   /** The client waits for `100 Continue` before it sends the body. */
   readonly #expectsContinue: boolean;
   /** The request-target's authority, when it came in absolute-form. */
-  #authority: string | undefined;
+  readonly #authority: string | undefined;
 
   constructor(req: IncomingMessage, res: ServerResponse, idleMs = 0, expectsContinue = false) {
     this.#req = req;
