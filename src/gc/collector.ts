@@ -5,7 +5,8 @@ import { InvalidPathError, isPathNotFound, listPage, objectExists, type StorageD
 import { BlobStore, WELL_KNOWN_BLOBS } from '../registry/blobs.js';
 import type { ExpiryPolicy } from '../registry/expiry.js';
 import { decodeRevision } from '../registry/manifests.js';
-import { presenceProcessGone, type PresenceRecord, type TouchRecord } from './guard.js';
+import type { PresenceRecord, TouchRecord } from './guard.js';
+import { processGone } from '../process-identity.js';
 import { Lease } from './lease.js';
 import { manifestRefs, Marker } from './mark.js';
 import {
@@ -395,7 +396,7 @@ class Collection {
           return;
         }
         const silent = c.modTime !== undefined && Date.now() - c.modTime.getTime() > timeoutMs;
-        if (silent || presenceProcessGone(p) === true) {
+        if (silent || processGone(p) === true) {
           settled.add(c.path);
           await ignoreNotFound(this.#d.delete(c.path));
         }

@@ -1,11 +1,11 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { objectExists, type StorageDriver } from '../storage/driver.js';
 import { WELL_KNOWN_BLOBS } from '../registry/blobs.js';
 import { runningGeneration } from './lease.js';
+import { processIdentity, type ProcessIdentity } from '../process-identity.js';
 import { paths } from '../registry/paths.js';
 import { tryParseDigest, type Digest } from '../registry/reference.js';
 
@@ -20,14 +20,10 @@ export interface TouchRecord {
 }
 
 /** What paths.gcServer() holds: a server that runs operations on this registry's storage. */
-export interface PresenceRecord {
+export interface PresenceRecord extends Partial<ProcessIdentity> {
   readonly id: string;
-  /** host:pid, for people. */
+  /** host:pid, for people. (The identity's fields let a collector on the same host tell a crashed server from a live one.) */
   readonly owner: string;
-  /** For a collector on the same host to tell a crashed server from a live one: the host, the PID namespace, the PID. */
-  readonly host?: string;
-  readonly pidns?: string;
-  readonly pid?: number;
   readonly startedAt: string;
   readonly heartbeatAt: string;
   /**
@@ -309,34 +305,5 @@ export class GcGuard {
     const next = this.#writes.then(write, write);
     this.#writes = next.catch(() => undefined);
     return next;
-  }
-}
-
-/**
- * Which process this is, in terms another process on the same machine can check: the host
- * name, the PID namespace (Linux; containers have their own) and the PID.
- */
-export function processIdentity(): { host: string; pidns?: string; pid: number } {
-  let pidns: string | undefined;
-  try {
-    pidns = readlinkSync('/proc/self/ns/pid');
-  } catch {
-    // Not Linux: a collector cannot tell whether this process lives; it waits for the timeout.
-  }
-  return { host: hostname(), ...(pidns ? { pidns } : {}), pid: process.pid };
-}
-
-/**
- * Whether a presence belongs to a process that is gone: on this host and in this PID
- * namespace, no process has its PID. Undefined when that cannot be told from here.
- */
-export function presenceProcessGone(p: Pick<PresenceRecord, 'host' | 'pidns' | 'pid'>): boolean | undefined {
-  const me = processIdentity();
-  if (p.host !== me.host || p.pidns === undefined || p.pidns !== me.pidns || typeof p.pid !== 'number') return undefined;
-  try {
-    process.kill(p.pid, 0);
-    return false;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ESRCH';
   }
 }

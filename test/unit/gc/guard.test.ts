@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { GcGuard, processIdentity, type PresenceRecord } from '../../../src/gc/guard.js';
+import { GcGuard, type PresenceRecord } from '../../../src/gc/guard.js';
+import { processIdentity } from '../../../src/process-identity.js';
 import { Lease } from '../../../src/gc/lease.js';
 import { HashPool } from '../../../src/engine/hash-pool.js';
 import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
