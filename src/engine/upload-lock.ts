@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { RegistryError } from '../errors.js';
 import { deleteObject, isPathNotFound, type StorageDriver } from '../storage/driver.js';
 import { removeStale } from '../registry/takeover.js';
+import { processGone, processIdentity, type ProcessIdentity } from '../process-identity.js';
 
 /**
  * One request at a time per upload, across every instance that shares the store (issue 10).
@@ -34,7 +35,12 @@ import { removeStale } from '../registry/takeover.js';
  *   take over a lock whose expiresAt is more than `skewMs` past (its holder died, or lost
  *             storage for longer than the ttl) is removed through registry/takeover.ts, which
  *             lets exactly one of several servers doing this at once remove it, and only if it
- *             still holds what they read; then the lock is created as above.
+ *             still holds what they read; then the lock is created as above. On local storage
+ *             (fs) so is a lock whose holder, named in it, is a process of this host that no
+ *             longer exists: a server restarted after kill -9 continues its uploads at once
+ *             instead of answering busy for a minute. Nothing a dead process asked of a local
+ *             file system lands later; on S3 a request may still be in flight, so there only
+ *             the expiry counts.
  *
  * Why two requests never both hold it: the lock is created only where none exists, and
  * deleted only by its holder (release) or by the one taker of a stale lock. The holder writes
@@ -65,8 +71,8 @@ const DEFAULT_SKEW_MS = 30_000;
 /** Attempts to create a lock that keeps being released or taken over under us. */
 const MAX_ATTEMPTS = 4;
 
-/** What the lock object holds. */
-interface LockRecord {
+/** What the lock object holds; the holder's identity lets a server on its host see it died (process-identity.ts). */
+interface LockRecord extends Partial<ProcessIdentity> {
   readonly token: string;
   readonly expiresAt: string;
 }
@@ -92,19 +98,23 @@ export class UploadLocks {
       }
       const raw = await readOrUndefined(this.#driver, path);
       if (!raw) continue; // released between our two requests
-      if (!(await this.#expired(path, raw))) return undefined;
+      if (!(await this.#stale(path, raw))) return undefined;
       if ((await removeStale(this.#driver, path, raw)) === 'busy') return undefined;
     }
     return undefined;
   }
 
-  async #expired(path: string, raw: Buffer): Promise<boolean> {
-    let expiresAt: number;
+  /** Whether a lock found held may be taken over: it expired, or (on local storage) its holder is dead. */
+  async #stale(path: string, raw: Buffer): Promise<boolean> {
+    let record: Partial<LockRecord> = {};
     try {
-      expiresAt = Date.parse((JSON.parse(raw.toString('utf8')) as Partial<LockRecord>).expiresAt ?? '');
+      const parsed: unknown = JSON.parse(raw.toString('utf8'));
+      if (parsed && typeof parsed === 'object') record = parsed as Partial<LockRecord>;
     } catch {
-      expiresAt = NaN;
+      // Unreadable: judged by its age below.
     }
+    if (this.#driver.local && processGone(record) === true) return true;
+    let expiresAt = Date.parse(typeof record.expiresAt === 'string' ? record.expiresAt : '');
     if (!Number.isFinite(expiresAt)) {
       // Unreadable (a transient object after a machine crash can be empty): judge it by its age.
       try {
@@ -184,7 +194,7 @@ export class UploadLock {
 }
 
 function lockBytes(token: string, expiresAtMs: number): Buffer {
-  const record: LockRecord = { token, expiresAt: new Date(expiresAtMs).toISOString() };
+  const record: LockRecord = { token, expiresAt: new Date(expiresAtMs).toISOString(), ...processIdentity() };
   return Buffer.from(JSON.stringify(record));
 }
 

@@ -96,6 +96,16 @@ export interface StorageDriver {
   close(): Promise<void>;
 
   /**
+   * True when nothing a process asked of this storage can take effect after that process has
+   * died: a local file system, where every write is a system call, done or not. Locks and
+   * leases that name a dead process on this host are then taken over at once (a server
+   * restarted after a crash continues its uploads), where otherwise their expiry and the
+   * allowed clock skew are waited out, since a request to a remote store (S3) may still be in
+   * flight after its sender died. Undefined: no.
+   */
+  readonly local?: boolean;
+
+  /**
    * Optional: a URL from which a client can GET the object at `path` directly, without the
    * registry in between (S3: a presigned GetObject URL), valid for `expiresInSeconds`. A blob
    * GET may answer with a 307 redirect to it. Drivers that cannot, or are not configured to,

@@ -29,6 +29,7 @@ export interface FsDriverOptions {
 
 export class FsDriver implements StorageDriver {
   readonly name = 'fs';
+  readonly local = true;
   readonly rootDirectory: string;
   readonly #syncEveryBytes: number;
   /**

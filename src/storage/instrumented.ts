@@ -21,6 +21,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly name: string;
   readonly #base: StorageDriver;
   readonly maxConcurrentWriters?: number;
+  readonly local?: boolean;
   readonly redirectURL?: (path: string, expiresInSeconds: number) => Promise<string>;
   readonly listIncompleteWrites?: (idleSince: Date) => Promise<IncompleteWrite[]>;
   readonly abortIncompleteWrite?: (write: IncompleteWrite) => Promise<void>;
@@ -31,6 +32,7 @@ export class InstrumentedDriver implements StorageDriver {
     this.#base = base;
     this.name = base.name;
     this.maxConcurrentWriters = base.maxConcurrentWriters;
+    this.local = base.local;
     // Optional methods only when the base has them: callers test for their presence.
     if (base.redirectURL) {
       const fn = base.redirectURL.bind(base);

@@ -18,6 +18,7 @@ import {
  */
 export class PrefixedDriver implements StorageDriver {
   readonly name: string;
+  readonly local?: boolean;
   readonly #base: StorageDriver;
   readonly #prefix: string;
   readonly redirectURL?: (path: string, expiresInSeconds: number) => Promise<string>;
@@ -30,6 +31,7 @@ export class PrefixedDriver implements StorageDriver {
     this.#base = base;
     this.#prefix = prefix;
     this.name = base.name;
+    this.local = base.local;
     // Only when the base can: callers test for the method's presence (BlobStore.open).
     if (base.redirectURL) {
       const redirect = base.redirectURL.bind(base);

@@ -1,9 +1,12 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RegistryError } from '../../../src/errors.js';
 import { UploadLocks } from '../../../src/engine/upload-lock.js';
+import { processIdentity } from '../../../src/process-identity.js';
 import { isPathNotFound, type PutOptions, type StorageDriver } from '../../../src/storage/driver.js';
 import { FsDriver } from '../../../src/storage/fs.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
@@ -83,6 +86,26 @@ describe.each(drivers)('UploadLocks on %s', (_name, make) => {
     await lock!.release();
     // No takeover marker is left behind.
     expect((await driver.list('/repositories/r/_uploads').catch(() => [])).filter((p) => p.includes('takeover'))).toEqual([]);
+  });
+
+  it('takes over at once, on local storage only, a lock whose holder is a process of this host that is gone', async () => {
+    const driver = await make();
+    const child = spawn(process.execPath, ['-e', '']);
+    const deadPid = child.pid!;
+    await once(child, 'exit');
+    const unexpired = (pid: number) => ({ token: `t${pid}`, expiresAt: new Date(Date.now() + 30_000).toISOString(), ...processIdentity(), pid });
+
+    // The holder lives (this process's parent): the lock stays held.
+    await driver.putContent(LOCK, Buffer.from(JSON.stringify(unexpired(process.ppid))));
+    expect(await new UploadLocks(driver).acquire(LOCK)).toBeUndefined();
+
+    // The holder is gone: fs takes the lock now; in memory (no other process could have
+    // held it, and the rule is for local storage only) the expiry is still waited out.
+    await driver.putContent(LOCK, Buffer.from(JSON.stringify(unexpired(deadPid))));
+    const lock = await new UploadLocks(driver).acquire(LOCK);
+    expect(lock !== undefined).toBe(driver.local === true);
+    await lock?.release();
+    await driver.delete(LOCK).catch(() => undefined);
   });
 
   it('lets exactly one of many servers take over a dead holder\'s lock at once', async () => {
