@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { isPathNotFound, objectExists, type StorageDriver } from '../storage/driver.js';
 import { paths } from '../registry/paths.js';
+import { processGone, processIdentity, type ProcessIdentity } from '../process-identity.js';
 
 /**
  * The collection lease: `/gc/lease` exists while a collection runs and says which one
@@ -16,9 +17,10 @@ import { paths } from '../registry/paths.js';
  * One collector at a time: a collector claims generation n+1 by creating
  * `/gc/generations/<n+1>` with create-if-absent (atomic on every driver), so of two collectors
  * that start together exactly one wins; the other gets GcBusyError. A lease whose heartbeat
- * is older than the TTL belongs to a collector that died; the next one takes over.
+ * is older than the TTL belongs to a collector that died; the next one takes over, and on
+ * local storage (fs) at once when the lease names a process of this host that is gone.
  */
-export interface LeaseRecord {
+export interface LeaseRecord extends Partial<ProcessIdentity> {
   readonly gen: number;
   readonly state: 'running';
   readonly owner: string;
@@ -95,7 +97,9 @@ export class Lease {
   static async acquire(driver: StorageDriver, opts: LeaseOptions): Promise<Lease> {
     const owner = opts.owner ?? defaultOwner();
     const current = await readLease(driver);
-    if (current && isRunning(current, opts.ttlMs)) {
+    // A collector of this host that died (a killed `hoist gc`) holds nothing on local storage:
+    // the next one need not wait out the TTL (StorageDriver.local says why only there).
+    if (current && isRunning(current, opts.ttlMs) && !(driver.local && processGone(current) === true)) {
       throw new GcBusyError(`a collection is running already (generation ${current.gen}, ${current.owner}, since ${current.startedAt})`, current);
     }
     const claims = (await driver.list(paths.gcGenerationsDir()).catch(() => [])).map((p) => Number(p.slice(p.lastIndexOf('/') + 1)));
@@ -114,7 +118,7 @@ export class Lease {
       throw new GcBusyError(`another collection claimed generation ${gen} just now`, await readLease(driver));
     }
     const now = new Date().toISOString();
-    const record: LeaseRecord = { gen, state: 'running', owner, startedAt: now, heartbeatAt: now };
+    const record: LeaseRecord = { gen, state: 'running', owner, startedAt: now, heartbeatAt: now, ...processIdentity() };
     await driver.putContent(paths.gcLease(), json(record));
     // Older claims are no longer needed (the lease says which generation is current).
     for (const old of [gen - 1, gen - 2]) if (old > 0) await driver.delete(paths.gcGeneration(old)).catch(() => undefined);

@@ -1,3 +1,8 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,6 +17,8 @@ import { paths } from '../../../src/registry/paths.js';
 import { parseDigest } from '../../../src/registry/reference.js';
 import { isPathNotFound, type FileInfo, type StorageDriver } from '../../../src/storage/driver.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
+import { FsDriver } from '../../../src/storage/fs.js';
+import { processIdentity } from '../../../src/process-identity.js';
 import { BY_DIGEST, GcFixture, sha256 } from '../../helpers/gc.js';
 import { bodyOf } from '../../helpers/uploads.js';
 
@@ -356,6 +363,29 @@ describe('leases', () => {
     await d.putContent(paths.gcLease(), Buffer.from(JSON.stringify({ gen: 4, state: 'running', owner: 'dead:1', startedAt: old, heartbeatAt: old })));
     const r = await t.gc({ leaseTtlMs: 60_000 });
     expect(r.generation).toBe(5);
+  });
+
+  it('on fs, takes over at once the fresh lease of a collector of this host that is gone (a killed `hoist gc`), but not a live one\'s', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'hoist-lease-'));
+    try {
+      const d = await FsDriver.open({ rootDirectory: root });
+      const child = spawn(process.execPath, ['-e', '']);
+      await once(child, 'exit');
+      const now = new Date().toISOString();
+      const lease = (pid: number) => Buffer.from(JSON.stringify({ gen: 4, state: 'running', owner: `here:${pid}`, startedAt: now, heartbeatAt: now, ...processIdentity(), pid }));
+      await d.putContent(paths.gcLease(), lease(process.ppid));
+      await expect(Lease.acquire(d, { ttlMs: 300_000 })).rejects.toBeInstanceOf(GcBusyError);
+      await d.putContent(paths.gcLease(), lease(child.pid!));
+      const taken = await Lease.acquire(d, { ttlMs: 300_000 });
+      expect(taken.gen).toBe(5);
+      await taken.release();
+      // Not on storage a dead process may still have requests in flight to (memory stands in for S3).
+      const m = new MemoryDriver();
+      await m.putContent(paths.gcLease(), lease(child.pid!));
+      await expect(Lease.acquire(m, { ttlMs: 300_000 })).rejects.toBeInstanceOf(GcBusyError);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });
 
