@@ -1,5 +1,5 @@
 import { RegistryError } from '../errors.js';
-import { childKey, listPage, type ListedChild, type StorageDriver } from '../storage/driver.js';
+import { childKey, listPage, StorageUnwritableError, type ListedChild, type StorageDriver } from '../storage/driver.js';
 import { createHash } from 'node:crypto';
 import { BlobStore, type BlobDescriptor, type BlobRead, type ByteRange } from './blobs.js';
 import { ExpiryPolicy } from './expiry.js';
@@ -9,7 +9,7 @@ import { manifestRefs } from '../gc/mark.js';
 import type { HashPool } from '../engine/hash-pool.js';
 import { ManifestStore, lexical, type Manifest, type ManifestRecord, type Page, type ReferrerDescriptor } from './manifests.js';
 import { paths, REPOSITORY_MARKERS } from './paths.js';
-import { assertName, isValidName, parseDigest, parseReference, tryParseDigest, type Reference } from './reference.js';
+import { assertName, isValidName, parseDigest, parseReference, tryParseDigest, type Digest, type Reference } from './reference.js';
 import type { SlabPool } from '../engine/slab-pool.js';
 import type { BodySource } from '../engine/upload-write.js';
 import { UploadEngine, type ChunkRange, type UploadState } from '../engine/uploads.js';
@@ -152,8 +152,21 @@ export class Registry {
     const d = parseDigest(digest);
     assertName(repo);
     if (this.#mirror) return this.#mirror.statBlob(repo, d);
-    await this.#guard.touch([d]);
+    await this.#markAsked(d);
     return this.#blobs.stat(repo, d);
+  }
+
+  /**
+   * A HEAD's touch. A store that takes no writes (full, read-only) still answers what it holds:
+   * without the marker the worst case is the one a lost marker has (gc/guard.ts touch), a
+   * client that skipped the upload and then gets MANIFEST_BLOB_UNKNOWN from its manifest PUT.
+   */
+  async #markAsked(d: Digest): Promise<void> {
+    try {
+      await this.#guard.touch([d]);
+    } catch (err) {
+      if (!(err instanceof StorageUnwritableError)) throw err;
+    }
   }
 
   async readBlob(repo: string, digest: string, range?: ByteRange): Promise<BlobRead> {
@@ -210,7 +223,7 @@ export class Registry {
     assertName(repo);
     const ref = readReference(reference);
     if (this.#mirror) return this.#mirror.statManifest(repo, ref);
-    if (ref.kind === 'digest') await this.#guard.touch([ref.digest]);
+    if (ref.kind === 'digest') await this.#markAsked(ref.digest);
     return this.#manifests.stat(repo, ref);
   }
 

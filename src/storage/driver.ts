@@ -313,7 +313,16 @@ export function isPathSegment(name: string): boolean {
  * it. The registry answers 503 UNAVAILABLE; `cause` is the driver's last error.
  */
 export class StorageUnavailableError extends Error {
-  override readonly name = 'StorageUnavailableError';
+  override readonly name: string = 'StorageUnavailableError';
+}
+
+/**
+ * The store takes no writes (full, or read-only) but may still serve reads: what only
+ * writes for its own bookkeeping, such as a blob HEAD's garbage-collection marker, may go
+ * on without them (registry.ts).
+ */
+export class StorageUnwritableError extends StorageUnavailableError {
+  override readonly name: string = 'StorageUnwritableError';
 }
 
 export function checkPath(path: string): string {

@@ -4,7 +4,7 @@ import * as fs from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import {
-  checkLimit, checkPath, InvalidPathError, isPathSegment, PathNotFoundError, StorageUnavailableError, type FileInfo, type FileWriter, type ListedChild,
+  checkLimit, checkPath, InvalidPathError, isPathSegment, PathNotFoundError, StorageUnwritableError, type FileInfo, type FileWriter, type ListedChild,
   type ListOptions, type ListPage, type PutOptions, type StorageDriver,
 } from './driver.js';
 import { FileReader, ReadBuffers } from './file-reader.js';
@@ -455,7 +455,27 @@ async function inDir<T>(dir: string, create: () => Promise<T>): Promise<T> {
     } catch (err) {
       if (errno(err) !== 'ENOENT' || attempt === 5) throw err;
     }
-    await fs.mkdir(dir, { recursive: true });
+    await makeDir(dir);
+  }
+}
+
+/**
+ * mkdir -p, one level at a time. Node's `mkdir(dir, { recursive: true })` reports ENOENT where
+ * a file system is read-only (EROFS), which reads as "not found" to our callers (a move's
+ * source gone) instead of "cannot write" (unwritable(): 503).
+ */
+async function makeDir(dir: string): Promise<void> {
+  try {
+    await fs.mkdir(dir);
+  } catch (err) {
+    const code = errno(err);
+    if (code === 'EEXIST') return;
+    if (code !== 'ENOENT' || dirname(dir) === dir) throw err;
+    await makeDir(dirname(dir));
+    // ENOENT again: a delete() pruned the parent meanwhile; inDir's next attempt makes it again.
+    await fs.mkdir(dir).catch((again: unknown) => {
+      if (errno(again) !== 'EEXIST' && errno(again) !== 'ENOENT') throw again;
+    });
   }
 }
 
@@ -480,14 +500,14 @@ function errno(err: unknown): string | undefined {
 
 /**
  * A full or read-only file system: the write did not happen, and will once there is space (or
- * write access) again. StorageUnavailableError, so the client gets 503 and tries again later,
- * not a 500; an upload stays where its last write left it.
+ * write access) again. StorageUnwritableError (a StorageUnavailableError), so the client gets 503
+ * and tries again later, not a 500; an upload stays where its last write left it.
  */
 const UNWRITABLE = new Set(['ENOSPC', 'EDQUOT', 'EROFS']);
 
 export function unwritable(err: unknown): unknown {
   const code = errno(err);
-  return code !== undefined && UNWRITABLE.has(code) ? new StorageUnavailableError('fs storage cannot be written (full, or read-only)', { cause: err }) : err;
+  return code !== undefined && UNWRITABLE.has(code) ? new StorageUnwritableError('fs storage cannot be written (full, or read-only)', { cause: err }) : err;
 }
 
 /** ENOTDIR: a parent is a file; EISDIR: a directory where an object was asked for. Neither is an object at `path`. */
