@@ -33,8 +33,9 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *   - touched markers of blobs that are gone;
  *   - entries of the expiring index (manifests.ts) whose tag is gone or has no label expiry
  *     any more, and presences of servers that are gone (C).
- * S3 multipart uploads that no writer state knows (a crash mid-PATCH) are the driver's:
- * see StorageDriver.listIncompleteWrites, run by gc/runner.ts once per store.
+ * S3 multipart uploads that no writer state knows (a crash mid-PATCH) and fs temp files (a
+ * crash mid-putContent) are the driver's: see StorageDriver.listIncompleteWrites, run by
+ * gc/runner.ts once per store.
  *
  * Why nothing referenced is lost (the argument the code below follows)
  * -------------------------------------------------------------------

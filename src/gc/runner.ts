@@ -8,7 +8,8 @@ import { mirrorGraceMs, MirrorExpiry, type MirrorGcSettings } from './mirror.js'
 /**
  * One collection over a whole store: the default registry, then every namespace's registry
  * (src/storage/prefixed.ts: `/namespaces/<name>`), then the driver's abandoned writes (S3
- * multipart uploads no writer state knows), which belong to the store, not to a registry.
+ * multipart uploads no writer state knows, fs temp files), which belong to the store, not to
+ * a registry.
  * Used by `hoist gc` and by `hoist serve`'s schedule.
  */
 export interface GcRunOptions {
@@ -37,7 +38,7 @@ export interface RegistryGcReport {
 
 export interface GcRunReport {
   readonly registries: RegistryGcReport[];
-  /** Abandoned multipart uploads and staging objects (S3). */
+  /** Abandoned multipart uploads and staging objects (S3), temp files (fs). */
   readonly incompleteWrites: Removed;
   readonly elapsedMs: number;
   readonly dryRun: boolean;

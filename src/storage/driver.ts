@@ -119,9 +119,9 @@ export interface StorageDriver {
    * no path reaches, idle (no byte stored) since before `idleSince`. S3: multipart uploads
    * that no writer state records (a process died mid-PATCH, before its first close()) and
    * staging tails of no current generation. Writes a writer state does record are not listed:
-   * they belong to a path (list() shows it), and delete(path) removes them. Garbage
-   * collection aborts what this lists (gc/runner.ts). Drivers with nothing of the kind
-   * (fs, memory) leave both methods undefined.
+   * they belong to a path (list() shows it), and delete(path) removes them. fs: temp files
+   * of writes killed before their rename. Garbage collection aborts what this lists
+   * (gc/runner.ts). Drivers with nothing of the kind (memory) leave both methods undefined.
    */
   listIncompleteWrites?(idleSince: Date): Promise<IncompleteWrite[]>;
 
@@ -158,7 +158,7 @@ export interface WriterOptions {
 export interface IncompleteWrite {
   /** The path it was writing (which need not exist). */
   readonly path: string;
-  /** For reports: 'multipart upload', 'staging object'. */
+  /** For reports: 'multipart upload', 'staging object', 'temp file'. */
   readonly kind: string;
   /** Bytes it holds in storage. */
   readonly bytes: number;

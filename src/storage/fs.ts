@@ -4,8 +4,8 @@ import * as fs from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import {
-  checkLimit, checkPath, InvalidPathError, isPathSegment, PathNotFoundError, StorageUnwritableError, type FileInfo, type FileWriter, type ListedChild,
-  type ListOptions, type ListPage, type PutOptions, type StorageDriver,
+  checkLimit, checkPath, InvalidPathError, isPathSegment, PathNotFoundError, StorageUnwritableError, type FileInfo, type FileWriter,
+  type IncompleteWrite, type ListedChild, type ListOptions, type ListPage, type PutOptions, type StorageDriver,
 } from './driver.js';
 import { FileReader, ReadBuffers } from './file-reader.js';
 
@@ -20,6 +20,8 @@ import { FileReader, ReadBuffers } from './file-reader.js';
  *
  * Temp files start with '.', which no valid path segment does (checkPath), so they can never
  * collide with an object, and list() skips them like any other name outside the path syntax.
+ * A process killed between writing one and renaming it leaves it behind: garbage collection
+ * removes it (listIncompleteWrites).
  */
 export interface FsDriverOptions {
   rootDirectory: string;
@@ -253,6 +255,55 @@ export class FsDriver implements StorageDriver {
     await this.#prune(dirname(target));
   }
 
+  /**
+   * Temp files whose writer died before its rename (putContent() killed mid-write) or before
+   * it removed them (open()'s probe), idle since `idleSince` and for TEMP_MIN_IDLE_MS at
+   * least. No path reaches them (list() skips them), so nothing else ever removes them. Walks
+   * the whole tree: one readdir per directory, a stat per temp file only.
+   */
+  async listIncompleteWrites(idleSince: Date): Promise<IncompleteWrite[]> {
+    const before = Math.min(idleSince.getTime(), Date.now() - TEMP_MIN_IDLE_MS);
+    const found: IncompleteWrite[] = [];
+    const walk = async (dir: string): Promise<void> => {
+      let entries: Dirent[];
+      try {
+        entries = await fs.readdir(this.#file(dir), { withFileTypes: true });
+      } catch (err) {
+        // Pruned since its parent was read.
+        if (notFound(err, dir) instanceof PathNotFoundError) return;
+        throw err;
+      }
+      const prefix = dir === '/' ? '/' : `${dir}/`;
+      for (const d of entries) {
+        // Directories no path can name (lost+found) hold none of ours.
+        if (d.isDirectory() && isPathSegment(d.name)) await walk(prefix + d.name);
+        const m = d.isFile() ? TEMP_RE.exec(d.name) : null;
+        if (!m) continue;
+        let st: Stats;
+        try {
+          st = await fs.lstat(join(this.#file(dir), d.name));
+        } catch (err) {
+          if (errno(err) === 'ENOENT') continue;
+          throw err;
+        }
+        if (st.mtimeMs >= before) continue;
+        // A second name of its object (killed between putContent's link() and unlink()):
+        // removing it frees nothing.
+        const bytes = st.nlink > 1 ? 0 : st.size;
+        found.push({ path: m[1] === undefined ? dir : prefix + m[1], kind: 'temp file', bytes, lastActivity: st.mtime, handle: prefix + d.name });
+      }
+    };
+    await walk('/');
+    return found;
+  }
+
+  async abortIncompleteWrite(write: IncompleteWrite): Promise<void> {
+    const slash = write.handle.lastIndexOf('/');
+    const dir = this.#file(write.handle.slice(0, slash) || '/');
+    if (!TEMP_RE.test(write.handle.slice(slash + 1))) throw new InvalidPathError(write.handle);
+    await this.#remove(join(dir, write.handle.slice(slash + 1)));
+  }
+
   async close(): Promise<void> {}
 
   /** checkPath rejects '..' and empty segments, so the joined path stays under the root. */
@@ -290,6 +341,16 @@ export class FsDriver implements StorageDriver {
     }
   }
 }
+
+/** putContent()'s temp files (`.<name>.<hex>.tmp`, <name> captured) and open()'s probe. */
+const TEMP_RE = /^\.(?:([A-Za-z0-9_][A-Za-z0-9._-]*)\.[0-9a-f]{12}\.tmp|probe-[0-9a-f]{12})$/;
+
+/**
+ * A temp file lives for one putContent() call: one write (a manifest at most, a few MiB), an
+ * fsync, a rename. Idle this long, its writer is dead whatever bound the caller passes
+ * (`hoist gc --stale-upload-after 0s` must not fail a live server's tag write).
+ */
+const TEMP_MIN_IDLE_MS = 10 * 60_000;
 
 type WriterState = 'open' | 'writing' | 'closed' | 'committed' | 'cancelled';
 

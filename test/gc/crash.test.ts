@@ -1,13 +1,14 @@
 import { CreateMultipartUploadCommand, PutObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { readdir, stat } from 'node:fs/promises';
+import { mkdir, readdir, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GcRunReport } from '../../src/gc/runner.js';
+import { FsDriver } from '../../src/storage/fs.js';
 import { blobRef, GcTestClient, image, sha256 } from '../helpers/gc-client.js';
 import { runGcCli } from '../helpers/gc.js';
-import { openRequest, patchChunk, startUpload, tempDir, waitFor } from '../helpers/http.js';
+import { listTree, openRequest, patchChunk, startUpload, tempDir, waitFor } from '../helpers/http.js';
 import { describeS3, MiB, partSizes, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
 import { listAllKeys, listUploads } from '../helpers/s3.js';
 import { startServer, type TestServer } from '../helpers/server.js';
@@ -116,6 +117,65 @@ describe('crash leftovers on fs', () => {
     expect(sumRegistries(again, (r) => r.uploads.count + r.orphanData.count + r.blobs.count + r.manifests)).toBe(0);
     expect(await server.stop()).toBe(0);
   }, 300_000);
+});
+
+/**
+ * The fs driver writes every small object (records, tags, a manifest's bytes) to a temp file
+ * `.<name>.<hex>.tmp` beside it and renames it into place. A kill -9 between the two left the
+ * temp file forever: no listing shows it, so no collection removed it. A collection now removes
+ * those idle for staleUploadAfter (and 10 minutes at least, so a live server's write in
+ * progress keeps its file whatever the bound), and reports them as abandoned writes.
+ */
+describe('crash leftovers on fs: temp files', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  beforeAll(async () => {
+    dir = await tempDir('hoist-gc-temp-');
+  });
+  afterAll(async () => {
+    await dir?.cleanup();
+  });
+
+  it('removes temp files a killed writer left, once idle for staleUploadAfter; keeps fresh ones', async () => {
+    const driver = await FsDriver.open({ rootDirectory: dir.path });
+    await driver.putContent('/repositories/a/_manifests/tags/v1', Buffer.from('{}'));
+    await driver.close();
+    const tags = join(dir.path, 'repositories', 'a', 'a-gone');
+    await mkdir(tags, { recursive: true });
+    // As putContent() leaves them when killed before its rename: a tag's, a manifest's bytes'
+    // (in a directory nothing else is in), and open()'s probe; one written just now.
+    const twoHoursAgo = new Date(Date.now() - 2 * 3_600_000);
+    const stale = [
+      join(dir.path, 'repositories', 'a', '_manifests', 'tags', '.v1.0123456789ab.tmp'),
+      join(tags, '.x.a1b2c3d4e5f6.tmp'),
+      join(dir.path, '.probe-00aa11bb22cc'),
+    ];
+    const sizes = [2, 300_000, 0];
+    for (const [i, f] of stale.entries()) {
+      await writeFile(f, randomBytes(sizes[i]!));
+      await utimes(f, twoHoursAgo, twoHoursAgo);
+    }
+    const fresh = join(dir.path, 'repositories', 'a', '_manifests', 'tags', '.v2.ba9876543210.tmp');
+    await writeFile(fresh, '{}');
+    // Dot-files that are not ours stay, however old.
+    const foreign = join(dir.path, '.keep');
+    await writeFile(foreign, 'x');
+    await utimes(foreign, twoHoursAgo, twoHoursAgo);
+
+    const dry = await gcJson(['--storage', `fs:${dir.path}`, '--dry-run']);
+    expect(dry.incompleteWrites).toEqual({ count: 3, bytes: 300_002 });
+    const human = await runGcCli(['--storage', `fs:${dir.path}`]);
+    expect(human.code, human.stderr).toBe(0);
+    expect(human.stdout).toMatch(/^store: aborted 3 abandoned writes \(293\.0 KiB\)$/m);
+    // (The collection's own bookkeeping is under gc/.)
+    expect((await listTree(dir.path)).filter((f) => !f.startsWith('gc/'))).toEqual([
+      '.keep', 'repositories/', 'repositories/a/', 'repositories/a/_manifests/', 'repositories/a/_manifests/tags/',
+      'repositories/a/_manifests/tags/.v2.ba9876543210.tmp', 'repositories/a/_manifests/tags/v1',
+    ]);
+    // A bound of 0s still spares a temp file written just now: its writer may be alive.
+    const zero = await gcJson(['--storage', `fs:${dir.path}`, '--stale-upload-after', '0s', '--grace', '0s']);
+    expect(zero.incompleteWrites.count).toBe(0);
+    expect((await stat(fresh)).isFile()).toBe(true);
+  }, 120_000);
 });
 
 describeS3('crash leftovers on S3', (env) => {
