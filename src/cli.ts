@@ -115,7 +115,7 @@ program
     }
     let driver;
     try {
-      driver = await createDriver(config.storage);
+      driver = await createDriver(config.storage, { existing: true });
     } catch (err) {
       process.stderr.write(scrubSecrets(`hoist: ${(err as Error).message}\n`));
       process.exit(1);

@@ -25,6 +25,12 @@ import { FileReader, ReadBuffers } from './file-reader.js';
  */
 export interface FsDriverOptions {
   rootDirectory: string;
+  /**
+   * open() creates a missing root directory (default true: a server's first start). False for
+   * a tool that only works on an existing store (`hoist gc`): a mistyped path then fails
+   * instead of looking like an empty store.
+   */
+  createRoot?: boolean;
   /** A writer starts a background datasync after this many bytes (see FsFileWriter). */
   syncEveryBytes?: number;
 }
@@ -46,10 +52,17 @@ export class FsDriver implements StorageDriver {
     this.#syncEveryBytes = opts.syncEveryBytes ?? SYNC_EVERY_BYTES_DEFAULT;
   }
 
-  /** Creates the root directory if needed and proves it writable, so a bad root fails at start, not on the first push. */
+  /**
+   * Creates the root directory if needed (unless `createRoot` is false: then a missing root
+   * fails) and proves it writable, so a bad root fails at start, not on the first push.
+   */
   static async open(opts: FsDriverOptions): Promise<FsDriver> {
     const driver = new FsDriver(opts);
     const probe = join(driver.rootDirectory, `.probe-${randomBytes(6).toString('hex')}`);
+    if (opts.createRoot === false) {
+      const missing = await fs.stat(driver.rootDirectory).then(() => false, (err: unknown) => errno(err) === 'ENOENT');
+      if (missing) throw new Error(`fs storage: root directory ${driver.rootDirectory} does not exist`);
+    }
     try {
       await fs.mkdir(driver.rootDirectory, { recursive: true });
       // access(W_OK) says yes to root even on read-only mounts or foreign NFS; a real write can't lie.

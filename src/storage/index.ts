@@ -16,12 +16,17 @@ export interface CreateDriverOptions {
    * hashes inline.
    */
   payloadHash?: PayloadHashFunction;
+  /**
+   * The store must exist already: fs does not create a missing root directory (`hoist gc`,
+   * where a mistyped path would otherwise collect an empty store and report success).
+   */
+  existing?: boolean;
 }
 
 /**
  * Opens the driver a storage URL (config `storage`) names:
  *
- *   fs:./data, fs:data, fs:/var/lib/hoist   files under a directory, created if missing;
+ *   fs:./data, fs:data, fs:/var/lib/hoist   files under a directory, created if missing (unless `existing`);
  *                                           relative paths are relative to the working directory
  *   memory:                                 this process's memory; gone when it exits
  *   s3://BUCKET/PREFIX?endpoint=URL&...     objects in an S3 bucket under PREFIX; options in
@@ -36,7 +41,7 @@ export async function createDriver(storageUrl: string, opts: CreateDriverOptions
   switch (scheme) {
     case 'fs':
       if (rest === '') throw new Error(`storage ${JSON.stringify(storageUrl)}: expected fs:PATH, e.g. fs:./data`);
-      return FsDriver.open({ rootDirectory: resolve(opts.cwd ?? process.cwd(), rest) });
+      return FsDriver.open({ rootDirectory: resolve(opts.cwd ?? process.cwd(), rest), createRoot: !opts.existing });
     case 'memory':
       if (rest !== '') throw new Error(`storage ${JSON.stringify(storageUrl)}: memory: takes no path`);
       return new MemoryDriver();

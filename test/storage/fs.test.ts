@@ -243,6 +243,13 @@ describe('createDriver fs:', () => {
     expect((driver as FsDriver).rootDirectory).toBe(join(parent, 'abs'));
   });
 
+  it('with `existing` (hoist gc), refuses a root that does not exist and creates nothing', async () => {
+    await expect(createDriver(`fs:${parent}/a/b`, { existing: true })).rejects.toThrow(`fs storage: root directory ${parent}/a/b does not exist`);
+    expect(await readdir(parent)).toEqual([]);
+    await createDriver(`fs:${parent}/a/b`);
+    expect(await createDriver(`fs:${parent}/a/b`, { existing: true })).toBeInstanceOf(FsDriver);
+  });
+
   it('rejects an empty path and unknown schemes', async () => {
     await expect(createDriver('fs:')).rejects.toThrow(/expected fs:PATH/);
     await expect(createDriver('ftp://x')).rejects.toThrow(/unsupported storage/);

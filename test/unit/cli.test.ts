@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmod, readFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -176,6 +176,27 @@ describe('hoist gc', () => {
       expect(r.code, `${storage}: ${r.stderr}`).toBe(1);
       expect(r.stderr).toMatch(/^hoist: .*storage/);
     }
+  });
+
+  // `hoist gc --storage fs:/var/lib/hoisst` created the mistyped directory, collected the
+  // empty store it had just made and exited 0, as if the real store were clean.
+  it('an fs root that does not exist → exit 1 with the reason, and nothing created; hoist serve still creates one', async () => {
+    const missing = join(dir.path, 'typo', 'store');
+    const r = await hoist(['gc', '--storage', `fs:${missing}`]);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toBe(`hoist: fs storage: root directory ${missing} does not exist\n`);
+    expect(r.stdout).toBe('');
+    expect(await readdir(dir.path)).not.toContain('typo');
+    // A server's first start on a fresh machine makes its store.
+    const server = await startServer({ storage: `fs:${missing}` });
+    try {
+      expect((await fetch(`${server.url}/v2/`)).status).toBe(200);
+    } finally {
+      expect(await server.stop()).toBe(0);
+    }
+    expect((await stat(missing)).isDirectory()).toBe(true);
+    const again = await hoist(['gc', '--storage', `fs:${missing}`, '--json']);
+    expect(again.code, again.stderr).toBe(0);
   });
 
   // Found by probing (2026-12-02): `hoist serve` scrubbed them, `hoist gc` printed them.
