@@ -51,6 +51,18 @@ export const durationMs = z.union([z.number(), z.string()]).transform((v, ctx) =
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 export const timerMs = durationMs.pipe(z.number().max(MAX_TIMER_MS, 'at most 24d (a timer waits it)'));
 
+/**
+ * The shortest a duration option may be. A number without a unit is milliseconds, so
+ * `idleTimeout: 5` meant as seconds dropped every client after 5 ms, and `expiration: 30`
+ * meant as days expired every tag at once; below the floor the value is refused instead.
+ * `zero` says what 0 means, where the option gives it a meaning (off, never, at once).
+ */
+function atLeast(minMs: number, label: string, zero?: string) {
+  return z.number().refine((v) => (zero !== undefined && v === 0) || v >= minMs, (v) => ({
+    message: `${zero !== undefined ? `0 (${zero}) or ` : ''}at least ${label}, got ${v} ms (a number without a unit is milliseconds)`,
+  }));
+}
+
 const listen = z.string().transform((v, ctx) => {
   const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(v);
   const port = m ? Number(m[3]) : NaN;
@@ -89,8 +101,8 @@ const proxy = z.object({
   password: z.string().min(1).optional(),
   /** A file holding the password (its last line break is not part of it). */
   passwordFile: z.string().min(1).optional(),
-  tagTtl: durationMs.default('5m'),
-  ttl: durationMs.pipe(z.number().min(1000, 'at least 1s')).default('7d'),
+  tagTtl: durationMs.pipe(atLeast(1000, '1s', 'check at every pull')).default('5m'),
+  ttl: durationMs.pipe(atLeast(1000, '1s')).default('7d'),
 }).strict()
   .refine((p) => !(p.password !== undefined && p.passwordFile !== undefined), { message: 'password and passwordFile exclude each other' })
   .refine((p) => (p.username === undefined) === (p.password === undefined && p.passwordFile === undefined), {
@@ -152,15 +164,18 @@ const REPOSITORY_PREFIX = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(
  * Tag expiration (zuul-registry's `expiration`; src/registry/expiry.ts): a duration for every
  * registry, or per namespace and per repository prefix. `30d` is short for `{default: 30d}`.
  */
+const expiresAfter = durationMs.pipe(atLeast(1000, '1s', 'off'));
 const expiration = z
   .union([
-    durationMs.transform((ms) => ({ default: ms })),
+    expiresAfter,
     z.object({
-      default: durationMs.optional(),
-      namespaces: z.record(z.string().regex(NAMESPACE_SEGMENT, 'a namespace name'), durationMs).optional(),
-      repositories: z.record(z.string().regex(REPOSITORY_PREFIX, 'a repository name or prefix, e.g. ci/tmp'), durationMs).optional(),
+      default: expiresAfter.optional(),
+      namespaces: z.record(z.string().regex(NAMESPACE_SEGMENT, 'a namespace name'), expiresAfter).optional(),
+      repositories: z.record(z.string().regex(REPOSITORY_PREFIX, 'a repository name or prefix, e.g. ci/tmp'), expiresAfter).optional(),
     }).strict(),
-  ]);
+  ])
+  // Not on the first branch: zod would then report a value under the floor as 'Invalid input'.
+  .transform((v) => (typeof v === 'number' ? { default: v } : v));
 
 /** A YAML value, or (from the environment) the same value as JSON. */
 function jsonOr<T extends z.ZodTypeAny>(schema: T, example: string) {
@@ -206,7 +221,14 @@ const auth = z.object({
     issuer: challengeParam.default('hoist'),
     privateKeyFile: z.string().min(1).optional(),
     publicKeyFiles: fileList.default([]),
-    expiry: durationMs.pipe(z.number().min(1000, 'at least 1s')).default('5m'),
+    /**
+     * At least a minute: token verifiers allow a minute of clock skew (distribution's
+     * token.Leeway), and a client needs its token for a push's several requests. At most a
+     * day: a token cannot be revoked (taking a user out of the htpasswd file does not end
+     * theirs), and a day covers the longest that registries issue (Harbor's default is 30
+     * minutes, raised from 5 for slow transfers, goharbor/harbor#634; ACR's tokens last 3 hours).
+     */
+    expiry: durationMs.pipe(atLeast(60_000, '1m')).pipe(z.number().max(86_400_000, 'at most 24h (a token cannot be revoked before it expires)')).default('5m'),
   }).strict().optional(),
   groups: jsonOr(z.record(z.array(z.string().min(1))), '{"team-a":["alice","bob"]}').default({}),
   access: jsonOr(z.array(accessRule), '[{"repository":"team-a/*","users":["alice"],"actions":["pull","push"]}]').optional(),
@@ -221,7 +243,7 @@ const limits = z.object({
   /** Largest request header section, both front ends; larger is 431 (uWS itself cuts a section over 4 KiB that spans TCP reads). */
   maxHeaderBytes: bytes.pipe(z.number().min(1024)).default('16KiB'),
   /** A client that sends no body bytes (or no headers) this long is dropped; its upload stays resumable (0: never). */
-  idleTimeout: timerMs.default('60s'),
+  idleTimeout: timerMs.pipe(atLeast(1000, '1s', 'never')).default('60s'),
   /** Uploads in flight per user (or address, without credentials); more is 429 (0: no limit). */
   maxConcurrentUploads: integerish.pipe(z.number().min(0)).default(0),
   /** Requests per second per user (or address), on average (0: no limit); more is 429 with Retry-After. */
@@ -245,7 +267,7 @@ export const ConfigSchema = z.object({
   /** json: one JSON object a line (for collectors); pretty: readable lines; auto: pretty on a terminal. */
   logFormat: z.enum(['auto', 'json', 'pretty']).default('auto'),
   /** Grace period for in-flight requests on SIGINT/SIGTERM. */
-  shutdownTimeoutMs: timerMs.default('10s'),
+  shutdownTimeoutMs: timerMs.pipe(atLeast(1000, '1s', 'cut in-flight requests at once')).default('10s'),
   uploads: z.object({
     /**
      * Bytes are gathered into buffers of this size before they are hashed and written:
@@ -283,11 +305,11 @@ export const ConfigSchema = z.object({
   /** Online garbage collection (src/gc/collector.ts; `hoist gc` runs one by hand). */
   gc: z.object({
     /** `hoist serve` runs a collection this often, on one instance at a time (0: never). */
-    schedule: timerMs.default(0),
+    schedule: timerMs.pipe(atLeast(1000, '1s', 'off')).default(0),
     /** Nothing touched this recently is collected: longer than the slowest push. */
-    grace: durationMs.default('1h'),
+    grace: durationMs.pipe(atLeast(1000, '1s', 'spare nothing unreferenced')).default('1h'),
     /** Uploads (and unrecorded data) without activity this long are removed. */
-    staleUploadAfter: durationMs.default('1h'),
+    staleUploadAfter: durationMs.pipe(atLeast(1000, '1s', 'any idle upload')).default('1h'),
     expiration: expiration.default({}),
   }).strict().default({}),
   /** The default registry is a pull-through cache of another registry (src/proxy/). */

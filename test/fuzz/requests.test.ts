@@ -43,7 +43,8 @@ import { REPO_ROOT, startServer, tail, type TestServer } from '../helpers/server
 const RUNS = Number(process.env.HOIST_FUZZ_RUNS ?? 20_000);
 const SECONDS = Number(process.env.HOIST_FUZZ_SECONDS ?? 45);
 const SEED = process.env.HOIST_FUZZ_SEED === undefined ? undefined : Number(process.env.HOIST_FUZZ_SEED);
-const IDLE_MS = 300;
+/** limits.idleTimeout: its floor, so that a body that never comes costs as little as the server allows. */
+const IDLE_MS = 1000;
 /**
  * How long to wait for a reply that is due. Replies come in milliseconds (the slowest, the
  * idle-timeout answer to a body that never comes, after IDLE_MS); this only bounds a hang.

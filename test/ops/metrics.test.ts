@@ -274,7 +274,7 @@ describe('metrics of scheduled garbage collection (memory storage)', () => {
   let server: TestServer;
 
   beforeAll(async () => {
-    server = await startServer({ storage: 'memory:', env: { ...METRICS_ENV, HOIST_GC_SCHEDULE: '500ms' } });
+    server = await startServer({ storage: 'memory:', env: { ...METRICS_ENV, HOIST_GC_SCHEDULE: '1s' } });
   });
 
   afterAll(async () => {

@@ -131,7 +131,7 @@ beforeAll(async () => {
       HOIST_PROXY_PASSWORD: PASSWORD,
       HOIST_UPLOADS_MAX_BLOB_BYTES: '2MiB',
       // Every pull of a tag asks the upstream again.
-      HOIST_PROXY_TAG_TTL: '1ms',
+      HOIST_PROXY_TAG_TTL: '0s',
     },
   });
 });

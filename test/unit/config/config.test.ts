@@ -207,7 +207,8 @@ describe('loadConfig values', () => {
     ['7d', 7 * 86_400_000],
     ['1w', 604_800_000],
   ])('parses the duration %j as %d ms', (input, expected) => {
-    expect(loadConfig({ overrides: { shutdownTimeoutMs: input } }).shutdownTimeoutMs).toBe(expected);
+    // Every duration option has a floor of a second or more (0 aside).
+    if (expected >= 1000) expect(loadConfig({ overrides: { shutdownTimeoutMs: input } }).shutdownTimeoutMs).toBe(expected);
     expect(durationMs.parse(input)).toBe(expected);
   });
 
@@ -237,6 +238,17 @@ describe('loadConfig values', () => {
     [{ shutdownTimeoutMs: '30d' }, 'shutdownTimeoutMs', /at most 24d/],
     [{ gc: { schedule: '30d' } }, 'gc.schedule', /at most 24d/],
     [{ limits: { idleTimeout: '25d' } }, 'limits.idleTimeout', /at most 24d/],
+    // A number without a unit is milliseconds: `idleTimeout: 5` dropped every client after 5 ms.
+    [{ limits: { idleTimeout: 5 } }, 'limits.idleTimeout', /0 \(never\) or at least 1s, got 5 ms/],
+    [{ shutdownTimeoutMs: 500 }, 'shutdownTimeoutMs', /at least 1s/],
+    [{ gc: { schedule: '10ms' } }, 'gc.schedule', /0 \(off\) or at least 1s/],
+    [{ gc: { grace: 60 } }, 'gc.grace', /at least 1s/],
+    [{ gc: { staleUploadAfter: 60 } }, 'gc.staleUploadAfter', /at least 1s/],
+    [{ gc: { expiration: 30 } }, 'gc.expiration', /0 \(off\) or at least 1s, got 30 ms/],
+    [{ gc: { expiration: { repositories: { 'ci/tmp': 30 } } } }, 'gc.expiration.repositories.ci/tmp', /at least 1s/],
+    [{ proxy: { remoteUrl: 'https://x', tagTtl: 5 } }, 'proxy.tagTtl', /0 \(check at every pull\) or at least 1s/],
+    [{ auth: { htpasswd: '/h', token: { expiry: '30s' } } }, 'auth.token.expiry', /at least 1m/],
+    [{ auth: { htpasswd: '/h', token: { expiry: '2d' } } }, 'auth.token.expiry', /at most 24h/],
     [{ listen: '5000' }, 'listen', /HOST:PORT/],
     [{ listen: 'host:70000' }, 'listen', /HOST:PORT/],
     [{ listen: 5000 }, 'listen', /string/],
@@ -251,6 +263,21 @@ describe('loadConfig values', () => {
     const err = configError({ overrides });
     expect(err.message).toContain(`${option}:`);
     expect(err.message).toMatch(reason);
+  });
+
+  it('takes 0 where a duration option gives it a meaning, and the bounds themselves', () => {
+    const zero = loadConfig({
+      overrides: {
+        shutdownTimeoutMs: 0, limits: { idleTimeout: 0 }, gc: { schedule: 0, grace: 0, staleUploadAfter: 0, expiration: 0 },
+        proxy: { remoteUrl: 'https://x', tagTtl: 0 },
+      },
+    });
+    expect([zero.shutdownTimeoutMs, zero.limits.idleTimeout, zero.gc.schedule, zero.gc.grace, zero.gc.staleUploadAfter, zero.proxy!.tagTtl]).toEqual([0, 0, 0, 0, 0, 0]);
+    expect(zero.gc.expiration).toEqual({ default: 0 });
+    const bounds = loadConfig({ overrides: { limits: { idleTimeout: '1s' }, gc: { schedule: '1s' }, auth: { htpasswd: '/h', token: { expiry: '24h' } } } });
+    expect(bounds.limits.idleTimeout).toBe(1000);
+    expect(bounds.auth!.token!.expiry).toBe(86_400_000);
+    expect(loadConfig({ overrides: { auth: { htpasswd: '/h', token: { expiry: '1m' } } } }).auth!.token!.expiry).toBe(60_000);
   });
 
   it('leaves metrics off and picks the log format by terminal unless told (issue 12)', async () => {
