@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
-import { ConfigError, loadConfig, type Config } from './config.js';
+import { ConfigError, loadConfig, unknownEnvNames, type Config } from './config.js';
 import { formatDuration, formatRun, ProgressLine } from './gc/format.js';
 import { createLogger, scrubSecrets } from './logger.js';
 import { GcBusyError, LeaseLostError } from './gc/lease.js';
@@ -47,6 +47,9 @@ program
     const tty = process.stdout.isTTY === true;
     const format = config.logFormat === 'auto' ? (tty ? 'pretty' : 'json') : config.logFormat;
     const log = createLogger(config.logLevel, undefined, format, tty);
+    // Names only: a misspelt HOIST_PROXY_PASSWORD's value is a secret.
+    const unknownEnv = unknownEnvNames(process.env);
+    if (unknownEnv.length > 0) log.warn({ variables: unknownEnv }, `ignoring environment variables that name no option: ${unknownEnv.join(', ')}`);
     const missing = missingNodeOptions();
     if (missing.length > 0) log.info({ missing }, 'started without the Node.js options hoist serve runs best with (src/node-options.ts; npm start passes them)');
     let server;
@@ -108,6 +111,8 @@ program
       }
       throw err;
     }
+    const unknownEnv = unknownEnvNames(process.env);
+    if (unknownEnv.length > 0) process.stderr.write(`hoist gc: ignoring environment variables that name no option: ${unknownEnv.join(', ')}\n`);
     const concurrency = opts.concurrency === undefined ? undefined : Number(opts.concurrency);
     if (concurrency !== undefined && !(Number.isInteger(concurrency) && concurrency > 0)) {
       process.stderr.write(`hoist: --concurrency must be a positive whole number\n`);

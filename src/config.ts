@@ -355,6 +355,26 @@ export function envName(path: string[]): string {
   return ENV_PREFIX + path.map((p) => p.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()).join('_');
 }
 
+/** HOIST_CONFIG names the config file (cli.ts) rather than an option. */
+const ENV_NOT_OPTIONS: ReadonlySet<string> = new Set([`${ENV_PREFIX}CONFIG`]);
+/**
+ * The test and benchmark harnesses' own settings, which may reach a server they start
+ * (test/helpers/clock.ts passes HOIST_TEST_CLOCK_FILE, bench/macro/targets.ts HOIST_BENCH_*).
+ */
+const HARNESS_ENV_PREFIXES = ['HOIST_TEST_', 'HOIST_BENCH_', 'HOIST_FUZZ_', 'HOIST_E2E_'];
+
+/**
+ * The HOIST_* variables in `env` that name no option, sorted: a misspelt option would
+ * otherwise leave its default in force without a word (an unknown YAML key is an error; a
+ * variable may be meant for another program or version, so these are only warned of).
+ */
+export function unknownEnvNames(env: NodeJS.ProcessEnv): string[] {
+  const known = new Set(optionPaths(ConfigSchema).map(envName));
+  return Object.keys(env)
+    .filter((k) => k.startsWith(ENV_PREFIX) && !known.has(k) && !ENV_NOT_OPTIONS.has(k) && !HARNESS_ENV_PREFIXES.some((p) => k.startsWith(p)))
+    .sort();
+}
+
 function setPath(obj: Json, path: string[], value: unknown): void {
   let o = obj;
   for (const k of path.slice(0, -1)) {
