@@ -31,7 +31,7 @@ describe.each(['node', 'uws'] as const)('slow clients do not hold the upload buf
       frontend,
       env: {
         HOIST_UPLOADS_CHUNK_BYTES: '1MiB', HOIST_UPLOADS_MAX_SESSION_BUFFERED_BYTES: '2MiB',
-        HOIST_UPLOADS_MAX_BUFFERED_BYTES: '2MiB', HOIST_IDLE_TIMEOUT: '120s',
+        HOIST_UPLOADS_MAX_BUFFERED_BYTES: '2MiB', HOIST_LIMITS_IDLE_TIMEOUT: '120s',
       },
     });
   });
