@@ -143,6 +143,11 @@ export class Auth {
     return null;
   }
 
+  /** How many users the htpasswd file holds; undefined without one. */
+  get passwordUsers(): number | undefined {
+    return this.#htpasswd?.size;
+  }
+
   /** Reads the htpasswd file again (SIGHUP). */
   async reload(): Promise<void> {
     await this.#htpasswd?.reload();

@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createSecureContext } from 'node:tls';
 import type { Logger } from 'pino';
@@ -41,6 +42,13 @@ export async function loadSecurity(config: Readonly<Config>, log: Logger): Promi
         config.namespaces.map((n) => n.name),
       )
     : undefined;
+  // Files that load but that nobody can use (no users; a certificate out of its dates):
+  // warned of at start and at every reload, as time passes and files change.
+  const warnOfFiles = (files: TlsFiles | undefined): void => {
+    if (auth?.passwordUsers === 0) log.warn({ option: 'auth.htpasswd', file: a?.htpasswd }, 'the htpasswd file holds no users: nobody can log in with a password');
+    if (files && config.tls) warnOfCertificateDates(log, config.tls.certFile, files.cert);
+  };
+  warnOfFiles(tls);
   if (auth?.ephemeralKey) {
     log.warn('auth.token: no privateKeyFile, so tokens are signed with a key made at start-up: they end with this process and no other instance accepts them');
   }
@@ -59,10 +67,12 @@ export async function loadSecurity(config: Readonly<Config>, log: Logger): Promi
     authMode: auth?.mode ?? 'none',
     async reload(frontend) {
       await auth?.reload();
+      let files: TlsFiles | undefined;
       if (config.tls) {
-        const files = await readTls(config.tls);
+        files = await readTls(config.tls);
         frontend.reloadTls?.(files);
       }
+      warnOfFiles(files);
     },
   };
 }
@@ -87,4 +97,20 @@ async function readTls(t: { certFile: string; keyFile: string }): Promise<TlsFil
     throw new ConfigError(`tls.certFile, tls.keyFile: ${(err as Error).message}`);
   }
   return { cert, key };
+}
+
+/**
+ * An expired or not yet valid certificate: OpenSSL serves it all the same, and every client
+ * refuses it. Its first certificate is the server's own (the rest is the chain).
+ */
+function warnOfCertificateDates(log: Logger, file: string, cert: Buffer): void {
+  const x = new X509Certificate(cert);
+  const notBefore = new Date(x.validFrom);
+  const notAfter = new Date(x.validTo);
+  const now = Date.now();
+  if (now > notAfter.getTime()) {
+    log.warn({ option: 'tls.certFile', file, notAfter: notAfter.toISOString() }, `the TLS certificate expired at ${notAfter.toISOString()}: clients will refuse it`);
+  } else if (now < notBefore.getTime()) {
+    log.warn({ option: 'tls.certFile', file, notBefore: notBefore.toISOString() }, `the TLS certificate is not valid before ${notBefore.toISOString()}: clients will refuse it`);
+  }
 }
