@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import {
-  MethodNotAllowedError, RangeNotSatisfiableError, RegistryError, TooManyRequestsError, UnauthorizedError, UploadRangeError, toRegistryError,
+  ErrorCodes, MethodNotAllowedError, RangeNotSatisfiableError, RegistryError, TooManyRequestsError, UnauthorizedError, UploadRangeError, toRegistryError,
+  type ErrorCode,
 } from '../errors.js';
 import type { HeaderMap, OutgoingResponse } from './adapter.js';
 import { locations } from './routes.js';
@@ -40,6 +41,18 @@ export function sendError(res: OutgoingResponse, method: string, err: unknown, l
     res.send(status, headers, body);
   }
   return status;
+}
+
+/**
+ * The answer to a request a front end refuses before any handler sees it (its framing, its
+ * target, its Host): the code's status from the table, and the spec's envelope.
+ */
+export function refusal(code: ErrorCode, message: string): { status: number; headers: HeaderMap; body: string } {
+  return {
+    status: ErrorCodes[code].status,
+    headers: { ...API_VERSION_HEADER, 'content-type': 'application/json' },
+    body: JSON.stringify({ errors: [{ code, message }] }),
+  };
 }
 
 function envelopeEntry(e: RegistryError): { code: string; message: string; detail?: unknown } {

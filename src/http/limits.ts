@@ -1,6 +1,6 @@
 import { channels, type LimitRefusalMessage } from '../diagnostics.js';
-import { ErrorCodes, RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
-import { API_VERSION_HEADER } from './errors.js';
+import { RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
+import { refusal } from './errors.js';
 
 /**
  * Per-client limits, keyed by credential (`user:<name>`) or, without one, by address
@@ -115,16 +115,9 @@ export function isTakenLength(value: string): boolean {
 export function rawErrorResponse(parserCode: string | undefined): string | undefined {
   const mapped = (PARSER_ERRORS as Record<string, readonly [ErrorCode, string] | undefined>)[parserCode ?? ''];
   if (!mapped) return undefined;
-  const [code, message] = mapped;
-  const status = ErrorCodes[code].status;
-  const body = JSON.stringify({ errors: [{ code, message }] });
-  const headers = {
-    ...API_VERSION_HEADER,
-    'content-type': 'application/json',
-    'content-length': String(Buffer.byteLength(body)),
-    connection: 'close',
-  };
-  const head = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  const { status, headers, body } = refusal(...mapped);
+  const head = Object.entries({ ...headers, 'content-length': String(Buffer.byteLength(body)), connection: 'close' })
+    .map(([k, v]) => `${k}: ${v}\r\n`).join('');
   return `HTTP/1.1 ${status} Bad Request\r\n${head}\r\n${body}`;
 }
 

@@ -4,10 +4,10 @@ import { SocketAddress } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
-import { ClientAbortError, ErrorCodes, type ErrorCode } from '../errors.js';
+import { ClientAbortError, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import { BodyPump } from './body-pump.js';
-import { API_VERSION_HEADER } from './errors.js';
+import { refusal } from './errors.js';
 import { PARSER_ERRORS } from './limits.js';
 import { callHandler, overrun, responseHasNoBody, underrun } from './node.js';
 import type {
@@ -391,10 +391,10 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
    */
   reject(code: ErrorCode, message: string): void {
     if (!this.#start()) return;
-    const body = JSON.stringify({ errors: [{ code, message }] });
+    const { status, headers, body } = refusal(code, message);
     this.#res.cork(() => {
       this.#discardUnreadBody();
-      this.#writeHead(ErrorCodes[code].status, { ...API_VERSION_HEADER, 'content-type': 'application/json' });
+      this.#writeHead(status, headers);
       this.#res.end(body, true);
     });
     this.#done = true;
