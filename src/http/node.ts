@@ -2,7 +2,7 @@ import { createServer, STATUS_CODES, type IncomingMessage, type Server, type Ser
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import { BodyTimeoutError, ClientAbortError } from '../errors.js';
+import { BodyTimeoutError, ClientAbortError, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import type {
   BodySink,
@@ -15,6 +15,8 @@ import type {
   TlsFiles,
 } from './adapter.js';
 import { BodyPump } from './body-pump.js';
+import { refusal } from './errors.js';
+import { hostError } from './host.js';
 import { isTakenLength, rawErrorResponse } from './limits.js';
 
 /**
@@ -39,6 +41,9 @@ export class NodeFrontEnd implements FrontEnd {
       // node checks headersTimeout every connectionsCheckingInterval (30 s by default).
       ...(idleMs > 0 ? { headersTimeout: idleMs, connectionsCheckingInterval: Math.min(30_000, Math.max(250, idleMs / 2)) } : {}),
       maxHeaderSize: opts.maxHeaderBytes,
+      // node:http would answer an HTTP/1.1 request without Host with a bare 400; host.ts
+      // answers it, with the error envelope, along with the other Host checks.
+      requireHostHeader: false,
     };
     const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue = false): void => {
       const exchange = new NodeExchange(req, res, idleMs, expectsContinue);
@@ -48,8 +53,13 @@ export class NodeFrontEnd implements FrontEnd {
       // the upload busy (RFC 9112 §9.3.2: only safe methods may run in parallel). Its body,
       // unread meanwhile, holds the socket back.
       const before = this.#answering.get(req.socket)?.answered;
+      const serve = (): Promise<void> => {
+        if (exchange.refusal === undefined) return callHandler(handler, exchange);
+        exchange.reject(...exchange.refusal);
+        return Promise.resolve();
+      };
       // The main handler catches everything itself; this is the last resort.
-      const handled = (before === undefined ? callHandler(handler, exchange) : before.then(() => callHandler(handler, exchange)))
+      const handled = (before === undefined ? serve() : before.then(serve))
         .catch(() => undefined)
         .then(() => exchange.respondIfForgotten());
       // In flight until the response has left too, so close() never cuts unsent bytes.
@@ -147,6 +157,8 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   readonly #expectsContinue: boolean;
   /** The request-target's authority, when it came in absolute-form. */
   readonly #authority: string | undefined;
+  /** Why the request is refused before any handler sees it (host.ts), if it is. */
+  readonly refusal: readonly [ErrorCode, string] | undefined;
 
   constructor(req: IncomingMessage, res: ServerResponse, idleMs = 0, expectsContinue = false) {
     this.#req = req;
@@ -163,6 +175,8 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
       if (!url.startsWith('/')) url = `/${url}`;
       this.#authority = absolute[1]!;
     }
+    // One check of Host, and of the authority that replaces it, for routing and auth alike.
+    this.refusal = hostError(req.headersDistinct.host ?? [], req.httpVersion, this.#authority);
     const q = url.indexOf('?');
     this.path = q < 0 ? url : url.slice(0, q);
     this.rawQuery = q < 0 ? '' : url.slice(q + 1);
@@ -386,6 +400,16 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
       });
       body.on('error', fail);
     });
+  }
+
+  /**
+   * Answers a request the handler must not see (`refusal`) with the spec's error envelope,
+   * and closes the connection, as uws.ts does.
+   */
+  reject(code: ErrorCode, message: string): void {
+    const { status, headers, body } = refusal(code, message);
+    this.#closeAfterResponse = true;
+    this.send(status, headers, body);
   }
 
   /** After the handler settled: a handler that never answered gets a bare 500. */

@@ -8,6 +8,7 @@ import { ClientAbortError, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import { BodyPump } from './body-pump.js';
 import { refusal } from './errors.js';
+import { hostError } from './host.js';
 import { PARSER_ERRORS } from './limits.js';
 import { callHandler, overrun, responseHasNoBody, underrun } from './node.js';
 import type {
@@ -63,6 +64,9 @@ type ClosableApp = TemplatedApp & { close(): void };
  *   reset with no response; nothing we can answer gets through. Chunked bodies of any size
  *   work. Clients that send a layer of ~954 MiB or more with its length (a monolithic PUT)
  *   need the node:http front end.
+ * - Header values lose any bytes 0x80-0xFF at either end, as if they were spaces
+ *   (`Host: \xffa.example` arrives as `a.example`), so host.ts cannot refuse those as
+ *   node.ts does. An HTTP/1.1 request without Host is closed unanswered, before JavaScript.
  */
 export class UwsFrontEnd implements FrontEnd {
   readonly kind = 'uws';
@@ -85,6 +89,13 @@ export class UwsFrontEnd implements FrontEnd {
       }
       if (NOT_TARGET_BYTES.test(exchange.path) || NOT_TARGET_BYTES.test(exchange.rawQuery)) {
         exchange.reject('NAME_INVALID', 'invalid character in the request target (only ASCII is allowed; percent-encode the rest)');
+        return;
+      }
+      // uWS hands JavaScript HTTP/1.1 only (README, Front ends), and closes one without Host
+      // itself, unanswered; what it lets through is checked as node.ts checks it.
+      const host = hostError(exchange.hosts, '1.1');
+      if (host !== undefined) {
+        exchange.reject(...host);
         return;
       }
       this.#exchanges.add(exchange);
@@ -144,6 +155,8 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
   readonly rawQuery: string;
   readonly remoteAddress: string;
   readonly #headers: Record<string, string> = Object.create(null) as Record<string, string>;
+  /** Every Host field line's value, in order (#headers joins repeats, as for any header). */
+  readonly hosts: string[] = [];
   #query: URLSearchParams | undefined;
 
   readonly #res: HttpResponse;
@@ -167,6 +180,7 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
     // The header section as it came: request line, `name: value` lines, the empty line.
     let headerBytes = this.method.length + this.path.length + (this.rawQuery ? this.rawQuery.length + 1 : 0) + 13;
     req.forEach((name, value) => {
+      if (name === 'host') this.hosts.push(value);
       const seen = this.#headers[name];
       this.#headers[name] = seen === undefined ? value : `${seen}, ${value}`;
       headerBytes += name.length + value.length + 4;

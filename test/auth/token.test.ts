@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectError, expectStatus, request } from '../helpers/http.js';
+import { expectError, expectStatus, parseRawReply, request, socketExchange } from '../helpers/http.js';
 import { sha256 } from '../helpers/oci.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import {
@@ -255,5 +255,25 @@ describe('namespaces', () => {
     expectStatus(await post(forB.token, teamB), 202, "team-b's token in team-b");
     expectError(await post(forB.token), 401, 'UNAUTHORIZED');
     expectError(await post(forDefault.token, teamB), 401, 'UNAUTHORIZED');
+  });
+
+  // RFC 9112 §3.2.2: the absolute-form's authority replaces Host. Routing and the gate take
+  // the namespace from the one resolution (handlers.ts), so they cannot disagree; and a
+  // request whose Host is ambiguous is refused before either (src/http/host.ts).
+  it("an absolute-form target's authority picks the namespace for auth as for routing, whatever Host says", async () => {
+    const send = (head: string) => socketExchange(server.port, `${head}\r\nConnection: close\r\n\r\n`, { timeoutMs: 5000 });
+    const challenge = await send(`GET http://team-b.registry.test/v2/ HTTP/1.1\r\nHost: ${server.host}`);
+    expect(parseRawReply(challenge.text).status, challenge.text).toBe(401);
+    expect(parseChallenge(/^www-authenticate: (.*)$/im.exec(challenge.text)?.[1])).toMatchObject({ realm: 'http://team-b.registry.test/token', service: 'hoist/team-b' });
+    const forB = await fetchToken(base, ['repository:team-a/app:pull,push'], ['carol', USERS.carol], 'hoist/team-b');
+    const post = (authority: string, host: string) =>
+      send(`POST http://${authority}/v2/team-a/app/blobs/uploads/ HTTP/1.1\r\nHost: ${host}\r\nAuthorization: ${bearer(forB.token)}\r\nContent-Length: 0`);
+    expect(parseRawReply((await post('team-b.registry.test', server.host)).text).status).toBe(202);
+    expect(parseRawReply((await post(server.host, 'team-b.registry.test')).text)).toMatchObject({ status: 401, codes: ['UNAUTHORIZED'] });
+  });
+
+  it('two Host lines naming two namespaces → 400 NAME_INVALID, before any credential is checked', async () => {
+    const r = await socketExchange(server.port, `GET /v2/ HTTP/1.1\r\nHost: team-b.registry.test\r\nHost: ${server.host}\r\n\r\n`, { timeoutMs: 5000 });
+    expect(parseRawReply(r.text), r.text).toMatchObject({ status: 400, codes: ['NAME_INVALID'] });
   });
 });
