@@ -398,25 +398,33 @@ export class ManifestStore {
     // A page ends once its entries pass REFERRERS_PAGE_BYTES (with at least one, so that a
     // client always gets on): the spec asks for a Link header rather than a response larger
     // than a client takes (manifests are read up to 4 MiB), and every entry can carry up to
-    // a manifest's size of annotations. Entries are read REFERRERS_BATCH at a time, so a
-    // request holds at most one batch more than it answers.
+    // a manifest's size of annotations. Entries are read in runs of at most that many stored
+    // bytes (the listing gives their sizes), or one entry, so a request holds about two pages
+    // at most: reading a whole listing batch at once held up to 64 entries of 4 MiB each, and
+    // a few such requests at once took the process past its heap (found by probing).
     const items: ReferrerDescriptor[] = [];
     let bytes = 0;
     let after = last;
     for (;;) {
-      const page = await listPage(this.#o.driver, paths.referrers(repo, subject), { ...(after !== undefined ? { startAfter: after } : {}), limit: REFERRERS_BATCH });
+      const page = await listPage(this.#o.driver, paths.referrers(repo, subject), { ...(after !== undefined ? { startAfter: after } : {}), limit: REFERRERS_BATCH, details: true });
       const entries = page.children.filter((c) => !c.isDir);
-      const found = await mapLimit(entries, CHECK_CONCURRENCY, (c) => readJson<ReferrerDescriptor>(this.#o.driver, c.path));
-      for (let i = 0; i < entries.length; i++) {
-        const d = found[i];
-        const name = basename(entries[i]!.path);
-        if (d !== undefined && (artifactType === undefined || d.artifactType === artifactType)) {
-          const size = JSON.stringify(d).length + 1;
-          if (items.length > 0 && bytes + size > REFERRERS_PAGE_BYTES) return { items, next: after! };
-          items.push(d);
-          bytes += size;
+      for (let from = 0; from < entries.length;) {
+        let to = from + 1;
+        for (let run = entries[from]!.size ?? 0; to < entries.length && run + (entries[to]!.size ?? REFERRERS_PAGE_BYTES) <= REFERRERS_PAGE_BYTES; to++) {
+          run += entries[to]!.size ?? REFERRERS_PAGE_BYTES;
         }
-        after = name;
+        const found = await mapLimit(entries.slice(from, to), CHECK_CONCURRENCY, (c) => readJson<ReferrerDescriptor>(this.#o.driver, c.path));
+        for (let i = 0; i < found.length; i++) {
+          const d = found[i];
+          if (d !== undefined && (artifactType === undefined || d.artifactType === artifactType)) {
+            const size = JSON.stringify(d).length + 1;
+            if (items.length > 0 && bytes + size > REFERRERS_PAGE_BYTES) return { items, next: after! };
+            items.push(d);
+            bytes += size;
+          }
+          after = basename(entries[from + i]!.path);
+        }
+        from = to;
       }
       if (!page.truncated || page.children.length === 0) return { items };
       after = basename(page.children[page.children.length - 1]!.path);

@@ -605,6 +605,35 @@ describe('ManifestStore', () => {
       expect((await manifests.referrers('repo', parseDigest(subject.digest))).items).toHaveLength(1);
     });
 
+    // Found by probing: a listing batch of 64 entries, each with up to a manifest's size of
+    // annotations, was read whole before the page budget was looked at: about 260 MiB a
+    // request, and 20 requests at once took the process past its heap.
+    it('reads entries in runs that fit a page (by their listed sizes), never a whole listing batch of large ones', async () => {
+      const counting = new CountingDriver();
+      const store = new ManifestStore({ driver: counting, blobs: new BlobStore(counting), maxBytes: 4 * 1024 * 1024 });
+      const big = 'x'.repeat(600 * 1024);
+      const digests: string[] = [];
+      for (let i = 0; i < 12; i++) {
+        const m = manifest({ artifactType: 'application/vnd.example.sig', subject, annotations: { 'org.example.blob': big, 'org.example.n': String(i) } });
+        await store.put('repo', parseReference(sha(m)), OCI_MANIFEST, m);
+        digests.push(sha(m));
+      }
+      const seen: string[] = [];
+      let last: string | undefined;
+      for (let pages = 0; ; pages++) {
+        expect(pages).toBeLessThan(12);
+        const { result, calls } = await counting.during(() => store.referrers('repo', parseDigest(subject.digest), undefined, last));
+        // One 600 KiB entry fits a 1 MiB page, two do not: each page is one entry, and reads
+        // at most the run that fits it (one) and the next run (one), never all twelve.
+        expect(result.items).toHaveLength(1);
+        expect(calls.filter((c) => c.op === 'getContent' || c.op === 'reader').length).toBeLessThanOrEqual(2);
+        seen.push(...result.items.map((d) => d.digest));
+        if (result.next === undefined) break;
+        last = result.next;
+      }
+      expect(seen.sort()).toEqual([...digests].sort());
+    });
+
     it('deleting a referrer by digest removes it from the list', async () => {
       const a = manifest({ artifactType: 'application/vnd.example.a', subject });
       const b = manifest({ artifactType: 'application/vnd.example.b', subject });
