@@ -13,6 +13,8 @@ import type { Slab, SlabPool } from './slab-pool.js';
 export interface ByteSink {
   write(chunk: Uint8Array, owned?: boolean): boolean;
   drained(): Promise<void>;
+  /** Aborted when the engine wants no more of this body (admission.ts): the read stops with its reason. */
+  readonly signal?: AbortSignal;
 }
 
 /** Pumps a request body into a sink; resolves with the byte count, rejects if the client left. */
@@ -32,6 +34,8 @@ export interface UploadWriteDeps {
   readonly pin: number | undefined;
   /** Rebuilds the running hash from stored bytes [0, offset); resolves with the new pin. */
   readonly rebuildHash: (offset: number) => Promise<number>;
+  /** Passed on to the front end (ByteSink.signal). */
+  readonly signal?: AbortSignal;
 }
 
 /** Bytes [start, end) of a batch's slab, filled by copies of borrowed chunks. */
@@ -133,6 +137,20 @@ export class UploadWrite implements ByteSink {
   }
 
   /** What this request's body cost the engine, for the hoist:upload:body channel. */
+  /** Body bytes received (admission.ts watches them). */
+  get received(): number {
+    return this.#bytes;
+  }
+
+  get signal(): AbortSignal | undefined {
+    return this.#d.signal;
+  }
+
+  /** Whether the front end has been asked to stop sending (storage or hashing is behind): no fault of the client's. */
+  get holdingBack(): boolean {
+    return this.#mustPause();
+  }
+
   get stats(): { bytes: number; copiedBytes: number; batches: number } {
     return { bytes: this.#bytes, copiedBytes: this.#copiedBytes, batches: this.#batches };
   }

@@ -1,6 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import pLimit, { type LimitFunction } from 'p-limit';
 import { ClientAbortError, RegistryError, UploadRangeError } from '../errors.js';
 import { deleteObject, isPathNotFound, objectExists, type FileWriter, type StorageDriver } from '../storage/driver.js';
 import { channels, type UploadBodyMessage } from '../diagnostics.js';
@@ -8,6 +7,7 @@ import type { HashPool } from './hash-pool.js';
 import { paths } from '../registry/paths.js';
 import type { Digest } from '../registry/reference.js';
 import type { SlabPool } from './slab-pool.js';
+import { Admission, type AdmissionOptions, type Ticket } from './admission.js';
 import { UploadLocks, type UploadLock, type UploadLockOptions } from './upload-lock.js';
 import { UploadWrite, type BodySource } from './upload-write.js';
 
@@ -53,6 +53,8 @@ export interface UploadEngineOptions {
   maxBlobBytes: number;
   /** The per-upload storage lock's timing (tests shorten it). */
   lock?: UploadLockOptions;
+  /** When an admitted body counts as too slow (admission.ts; tests shorten it). */
+  admission?: AdmissionOptions;
 }
 
 const UPLOAD_ID_RE = /^[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}$/;
@@ -94,7 +96,7 @@ export class UploadEngine {
   #writing = 0;
   readonly #pins = new Map<string, number>();
   /** Admission of writing requests, for drivers that buffer whole parts (see maxConcurrentWriters). */
-  readonly #admission: LimitFunction | undefined;
+  readonly #admission: Admission | undefined;
 
   constructor(opts: UploadEngineOptions) {
     this.#o = opts;
@@ -104,7 +106,7 @@ export class UploadEngine {
     // being written or hashed, and a batch being written waits at most for a part buffer,
     // which the driver's cap guarantees (half its buffers are parts in flight, which finish
     // on the network alone). So fewer slabs than admitted writers is slower, never stuck.
-    if (driverCap !== undefined) this.#admission = pLimit(Math.max(1, driverCap));
+    if (driverCap !== undefined) this.#admission = new Admission(driverCap, opts.admission);
   }
 
   #maxInflightSlabs(): number {
@@ -143,11 +145,11 @@ export class UploadEngine {
     return this.#locked(repo, id, 'stat', busyRange, async (s) => {
       if (!(Date.now() - s.touchedMs < ACTIVITY_REFRESH_MS)) await this.#touch(s);
       if (!s.live) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
-      return this.#exclusive(s, async (writer) => {
+      return this.#exclusive(s, async (writer, ticket) => {
         this.#checkRange(repo, id, writer.size, range);
         const start = writer.size;
         const t0 = performance.now();
-        const offset = await this.#pumpBody(id, writer, body);
+        const offset = await this.#pumpBody(id, writer, body, ticket);
         await writer.close();
         if (channels.uploadAppend.hasSubscribers) {
           channels.uploadAppend.publish({ repository: repo, uploadId: id, bytes: offset - start, offset, ms: performance.now() - t0 });
@@ -203,11 +205,11 @@ export class UploadEngine {
   ): Promise<CommittedData> {
     const { repo, id } = s;
     const t0 = performance.now();
-    const committed = await this.#exclusive(s, async (writer) => {
+    const committed = await this.#exclusive(s, async (writer, ticket) => {
       if (body) {
         this.#checkRange(repo, id, writer.size, range);
         const start = writer.size;
-        const offset = await this.#pumpBody(id, writer, body);
+        const offset = await this.#pumpBody(id, writer, body, ticket);
         this.#checkLength(repo, id, range, offset - start, offset);
       }
       const size = writer.size;
@@ -380,13 +382,13 @@ export class UploadEngine {
    * upload's own id). `sizeHintBytes`, the body's declared length, goes to the driver
    * (StorageDriver.writer: S3 sizes a new upload's parts after it).
    */
-  async #exclusive<T>(s: Session, fn: (writer: FileWriter) => Promise<T>, sizeHintBytes?: number): Promise<T> {
-    const run = async (): Promise<T> => {
+  async #exclusive<T>(s: Session, fn: (writer: FileWriter, ticket: Ticket | undefined) => Promise<T>, sizeHintBytes?: number): Promise<T> {
+    const run = async (ticket?: Ticket): Promise<T> => {
       s.lock?.assertHeld();
       const opened = await this.#openWriter(s.dataPath, sizeHintBytes);
       const writer = s.lock ? new FencedWriter(opened, s.lock) : opened;
       try {
-        return await fn(writer);
+        return await fn(writer, ticket);
       } catch (err) {
         await writer.close().catch(() => undefined);
         throw err;
@@ -395,7 +397,7 @@ export class UploadEngine {
     this.#writing++;
     try {
       // Waiting here holds no buffer: the front end keeps the socket paused meanwhile.
-      return await (this.#admission ? this.#admission(run) : run());
+      return await (this.#admission ? this.#admission.run(run) : run());
     } finally {
       this.#writing--;
     }
@@ -412,7 +414,8 @@ export class UploadEngine {
     }
   }
 
-  async #pumpBody(id: string, writer: FileWriter, body: BodySource): Promise<number> {
+  /** `ticket`: the admission's, which may stop a body that crawls while others wait (admission.ts). */
+  async #pumpBody(id: string, writer: FileWriter, body: BodySource, ticket?: Ticket): Promise<number> {
     const slabs = this.#o.slabs;
     const w = new UploadWrite({
       writer,
@@ -423,12 +426,16 @@ export class UploadEngine {
       hashKey: id,
       pin: this.#pins.get(id),
       rebuildHash: (offset) => this.#rebuild(id, paths.blobData(id), offset),
+      ...(ticket ? { signal: ticket.signal } : {}),
     });
     let bodyError: unknown;
+    ticket?.watch(w);
     try {
       await body(w);
     } catch (err) {
       bodyError = err;
+    } finally {
+      ticket?.watch(undefined);
     }
     try {
       // Also after an abort: keep what arrived, so the stored offset is what the client sent.

@@ -43,6 +43,12 @@ export interface BodySink {
   write(chunk: Uint8Array, owned?: boolean): boolean;
   /** Resolves when the sink can take more. Rejects if the sink failed (the read then stops). */
   drained(): Promise<void>;
+  /**
+   * Aborted when the sink wants no more of this body, whether or not bytes are arriving
+   * (the upload engine stops a body that crawls while others wait for storage buffers): the
+   * read then stops with the signal's reason, and the front end need not keep the connection.
+   */
+  readonly signal?: AbortSignal;
 }
 
 export type HeaderMap = Record<string, string>;

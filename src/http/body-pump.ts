@@ -37,8 +37,8 @@ export interface BodyPumpOptions {
  *
  * A sink that wants no more (write() returned false) gets no further chunks until its
  * drained() resolved, except those a read already under way delivers: they are written
- * (a sink must accept them) and the pump waits again. A sink that throws, or whose drained()
- * rejects, ends the read with that error.
+ * (a sink must accept them) and the pump waits again. A sink that throws, whose drained()
+ * rejects, or whose signal aborts, ends the read with that error.
  */
 export class BodyPump {
   readonly #flow: BodyFlow;
@@ -55,6 +55,8 @@ export class BodyPump {
   #stopped = false;
   #sinkFull = false;
   #draining = false;
+  #signal: AbortSignal | undefined;
+  readonly #onAbort = (): void => this.#stop(this.#signal!.reason);
 
   constructor(flow: BodyFlow, opts: BodyPumpOptions) {
     this.#flow = flow;
@@ -82,9 +84,15 @@ export class BodyPump {
     if (this.#claimed) return Promise.reject(new Error('BodyPump.start() called twice'));
     this.#claimed = true;
     if (this.#stopped) return Promise.reject(this.#stopError);
+    if (sink.signal?.aborted) {
+      this.#stop(sink.signal.reason);
+      return Promise.reject(this.#stopError);
+    }
     return new Promise<number>((resolve, reject) => {
       this.#settle = { resolve, reject };
       this.#sink = sink;
+      this.#signal = sink.signal;
+      this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
       const pending = this.#pending;
       this.#pending = [];
       for (const chunk of pending) {
@@ -162,6 +170,7 @@ export class BodyPump {
   #finish(): void {
     const settle = this.#settle;
     this.#stopped = true;
+    this.#signal?.removeEventListener('abort', this.#onAbort);
     this.#settle = undefined;
     this.#sink = undefined;
     this.#flow.stop(true);
@@ -172,6 +181,7 @@ export class BodyPump {
     if (this.#stopped) return;
     const settle = this.#settle;
     this.#stopped = true;
+    this.#signal?.removeEventListener('abort', this.#onAbort);
     this.#stopError = err;
     this.#settle = undefined;
     this.#sink = undefined;

@@ -351,6 +351,7 @@ function bodyOf(c: Ctx): BodySource {
         return sink.write(chunk, owned);
       },
       drained: () => sink.drained(),
+      ...(sink.signal ? { signal: sink.signal } : {}),
     };
     return c.req.readBody(counting);
   };

@@ -275,6 +275,9 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
       stop: (ended) => {
         req.off('data', onData).off('end', onEnd).off('error', onError).off('timeout', onIdle);
         idle(false);
+        // The engine gave up on a body that crawled: waiting for the rest to drain would
+        // keep the connection as long as its sender likes.
+        if (!ended && sink.signal?.aborted) this.#closeAfterResponse = true;
         // Nobody will read the rest: let it flow, with no listener, so node drops it.
         if (!ended) req.resume();
       },

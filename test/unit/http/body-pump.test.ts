@@ -148,6 +148,26 @@ describe('BodyPump', () => {
     expect(flow2.paused).toBe(true); // stop() is where the front end lets the rest flow away
   });
 
+  it('ends the read when the sink\'s signal aborts, between chunks (nothing arriving) or before start()', async () => {
+    const flow = new Flow();
+    const pump = new BodyPump(flow, { chunksOwned: false });
+    const controller = new AbortController();
+    const sink = Object.assign(new Sink(), { signal: controller.signal });
+    const read = pump.start(sink);
+    pump.push(Uint8Array.of(1));
+    const reason = new Error('too slow');
+    controller.abort(reason);
+    await expect(read).rejects.toBe(reason);
+    expect(flow.calls.at(-1)).toBe('stop');
+    pump.push(Uint8Array.of(2));
+    expect(sink.got).toHaveLength(1);
+
+    const aborted = new AbortController();
+    aborted.abort(reason);
+    const late = new BodyPump(new Flow(), { chunksOwned: false });
+    await expect(late.start(Object.assign(new Sink(), { signal: aborted.signal }))).rejects.toBe(reason);
+  });
+
   it('fail() rejects a read under way once, even while waiting for the sink; later calls change nothing', async () => {
     const flow = new Flow();
     const pump = new BodyPump(flow, { chunksOwned: false });
