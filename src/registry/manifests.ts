@@ -555,10 +555,24 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) 
 }
 
 /** The first descriptor (in manifest order) for which `exists` is false. Each digest is checked once. */
+/**
+ * The first of `descriptors` (in order) that `exists` says is not there. Checks CHECK_CONCURRENCY
+ * at a time, in order, and starts no more once one is missing: an index of 20,000 children
+ * that do not exist cost 20,000 store requests before its 400 (found by probing). Every
+ * descriptor before the one reported was checked, so the answer is the same either way.
+ */
 async function firstMissing(descriptors: readonly Descriptor[], exists: (d: Descriptor) => Promise<boolean>): Promise<Descriptor | undefined> {
   const unique = [...new Map(descriptors.map((d) => [d.digest, d])).values()];
-  const present = await mapLimit(unique, CHECK_CONCURRENCY, exists);
-  return unique.find((_, i) => !present[i]);
+  let next = 0;
+  let first: number | undefined;
+  const worker = async (): Promise<void> => {
+    while (first === undefined && next < unique.length) {
+      const i = next++;
+      if (!(await exists(unique[i]!))) first = Math.min(first ?? i, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(CHECK_CONCURRENCY, unique.length) }, worker));
+  return first === undefined ? undefined : unique[first];
 }
 
 export function paginate(sorted: string[], n: number | undefined, last: string | undefined): Page<string> {

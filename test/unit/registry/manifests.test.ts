@@ -568,6 +568,21 @@ describe('ManifestStore', () => {
     });
   });
 
+  // Found by probing: an index of 20,000 children that do not exist cost 20,000 store
+  // requests before its 400; the checks now stop at the first missing child.
+  it('an index whose children are missing is refused after a handful of store requests, naming the first missing child', async () => {
+    const counting = new CountingDriver();
+    const store = new ManifestStore({ driver: counting, blobs: new BlobStore(counting), maxBytes: 4 * 1024 * 1024 });
+    const present = manifest({ n: 'present' });
+    await store.put('repo', parseReference(sha(present)), OCI_MANIFEST, present);
+    const children = [present, ...Array.from({ length: 500 }, (_, i) => manifest({ n: `absent-${i}` }))];
+    const idx = index(children);
+    const { result: err, calls } = await counting.during(() => errorOf(store.put('repo', parseReference('many'), OCI_INDEX, idx)));
+    expect(err.code).toBe('MANIFEST_UNKNOWN');
+    expect(err.detail).toEqual({ digest: sha(children[1]!) });
+    expect(calls.length).toBeLessThan(20);
+  });
+
   describe('referrers', () => {
     const subject = { mediaType: OCI_MANIFEST, digest: sha('the subject'), size: 11 };
 
