@@ -47,11 +47,6 @@ export class Admission {
     this.#minBytes = opts.minBytes ?? DEFAULT_MIN_BYTES;
   }
 
-  /** Requests waiting for a slot. */
-  get waiting(): number {
-    return this.#limit.pendingCount;
-  }
-
   /** Runs `fn` once a slot is free; `fn` shows its body to the ticket while it reads one. */
   run<T>(fn: (ticket: Ticket) => Promise<T>): Promise<T> {
     return this.#limit(async () => {
@@ -90,6 +85,7 @@ export class Admission {
 export class Ticket {
   readonly #controller = new AbortController();
   #body: WatchedBody | undefined;
+  /** Since when, and from how many bytes received, the body's progress is counted. */
   markedAt = Date.now();
   markedBytes = 0;
 
