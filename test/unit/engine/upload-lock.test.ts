@@ -99,6 +99,12 @@ describe.each(drivers)('UploadLocks on %s', (_name, make) => {
     await driver.putContent(LOCK, Buffer.from(JSON.stringify(unexpired(process.ppid))));
     expect(await new UploadLocks(driver).acquire(LOCK)).toBeUndefined();
 
+    // The same host name, PID namespace and PID, on another machine (or before a reboot):
+    // nothing here can tell whether it lives (the first PID namespace has one number on every
+    // Linux machine, and host names repeat), so the lock waits for its expiry.
+    await driver.putContent(LOCK, Buffer.from(JSON.stringify({ ...unexpired(deadPid), boot: 'another-boot' })));
+    expect(await new UploadLocks(driver).acquire(LOCK)).toBeUndefined();
+
     // The holder is gone: fs takes the lock now; in memory (no other process could have
     // held it, and the rule is for local storage only) the expiry is still waited out.
     await driver.putContent(LOCK, Buffer.from(JSON.stringify(unexpired(deadPid))));
