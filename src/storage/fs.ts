@@ -3,6 +3,7 @@ import type { Dirent, Stats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
+import pLimit from 'p-limit';
 import {
   checkLimit, checkPath, InvalidPathError, isPathSegment, PathNotFoundError, StorageUnwritableError, type FileInfo, type FileWriter,
   type IncompleteWrite, type ListedChild, type ListOptions, type ListPage, type PutOptions, type StorageDriver,
@@ -277,7 +278,11 @@ export class FsDriver implements StorageDriver {
   async listIncompleteWrites(idleSince: Date): Promise<IncompleteWrite[]> {
     const before = Math.min(idleSince.getTime(), Date.now() - TEMP_MIN_IDLE_MS);
     const found: IncompleteWrite[] = [];
-    const walk = async (dir: string): Promise<void> => {
+    // Level by level, WALK_CONCURRENCY directories at a time: one after the other, 50,000
+    // blob directories took 3 s here.
+    const limit = pLimit(WALK_CONCURRENCY);
+    let next: string[] = [];
+    const visit = async (dir: string): Promise<void> => {
       let entries: Dirent[];
       try {
         entries = await fs.readdir(this.#file(dir), { withFileTypes: true });
@@ -289,7 +294,7 @@ export class FsDriver implements StorageDriver {
       const prefix = dir === '/' ? '/' : `${dir}/`;
       for (const d of entries) {
         // Directories no path can name (lost+found) hold none of ours.
-        if (d.isDirectory() && isPathSegment(d.name)) await walk(prefix + d.name);
+        if (d.isDirectory() && isPathSegment(d.name)) next.push(prefix + d.name);
         const m = d.isFile() ? TEMP_RE.exec(d.name) : null;
         if (!m) continue;
         let st: Stats;
@@ -306,7 +311,10 @@ export class FsDriver implements StorageDriver {
         found.push({ path: m[1] === undefined ? dir : prefix + m[1], kind: 'temp file', bytes, lastActivity: st.mtime, handle: prefix + d.name });
       }
     };
-    await walk('/');
+    for (let level = ['/']; level.length > 0; level = next) {
+      next = [];
+      await Promise.all(level.map((dir) => limit(() => visit(dir))));
+    }
     return found;
   }
 
@@ -364,6 +372,8 @@ const TEMP_RE = /^\.(?:([A-Za-z0-9_][A-Za-z0-9._-]*)\.[0-9a-f]{12}\.tmp|probe-[0
  * (`hoist gc --stale-upload-after 0s` must not fail a live server's tag write).
  */
 const TEMP_MIN_IDLE_MS = 10 * 60_000;
+/** Directories read at once by listIncompleteWrites(). */
+const WALK_CONCURRENCY = 16;
 
 type WriterState = 'open' | 'writing' | 'closed' | 'committed' | 'cancelled';
 
