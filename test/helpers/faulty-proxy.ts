@@ -14,8 +14,10 @@ import type { AddressInfo } from 'node:net';
  *                 then nothing more (a GET that stops making progress)
  *   lose-answer   passed on and carried out by the store, whose answer is then dropped and
  *                 the connection reset: the client cannot know that it happened
+ *   keys-failed   a DeleteObjects answered 200 with every key it names in an <Error> (what
+ *                 radosgw does to a key now and then), deleting nothing
  */
-export type Fault = 'slowdown' | 'unavailable' | 'internal' | 'reset' | 'stall' | 'stall-midway' | 'lose-answer' | ResponseFault | undefined;
+export type Fault = 'slowdown' | 'unavailable' | 'internal' | 'reset' | 'stall' | 'stall-midway' | 'lose-answer' | 'keys-failed' | ResponseFault | undefined;
 
 /** More about a request, for `decide`. */
 export interface RequestInfo {
@@ -84,6 +86,18 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
       // Read the body, as a store does, and then say nothing.
       req.resume();
       hold(req);
+      return;
+    }
+    if (fault === 'keys-failed') {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const keys = [...Buffer.concat(chunks).toString('utf8').matchAll(/<Key>([^<]*)<\/Key>/g)].map((m) => m[1]!);
+        const errors = keys.map((k) => `<Error><Key>${k}</Key><Code>UnknownError</Code><Message>injected by the test proxy</Message></Error>`).join('');
+        const body = `<?xml version="1.0" encoding="UTF-8"?><DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">${errors}</DeleteResult>`;
+        res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+      });
       return;
     }
     if (fault === 'slowdown' || fault === 'unavailable' || fault === 'internal') {
