@@ -19,6 +19,8 @@ export const channels = {
   uploadCommit: diagnostics.channel('hoist:upload:commit'),
   /** A running hash was rebuilt from storage (the slow path): { uploadId, bytes, ms }. */
   hashRebuild: diagnostics.channel('hoist:hash:rebuild'),
+  /** An admitted body was stopped for crawling while others waited (engine/admission.ts): { receivedBytes }. */
+  uploadStopped: diagnostics.channel('hoist:upload:stopped'),
   /** A request was answered (HttpRequestMessage): route name, method, status, duration, body bytes. */
   httpRequest: diagnostics.channel('hoist:http:request'),
   /** The request gate decided who may do what (AuthDecisionMessage); only with access control. */

@@ -1,4 +1,5 @@
 import pLimit, { type LimitFunction } from 'p-limit';
+import { channels } from '../diagnostics.js';
 import { RegistryError } from '../errors.js';
 
 /** A body under watch: what the upload engine's sink (UploadWrite) tells of it. */
@@ -74,8 +75,12 @@ export class Admission {
         t.mark(now);
       } else if (now - t.markedAt >= this.#windowMs) {
         const brought = body.received - t.markedBytes;
-        if (brought < this.#minBytes) t.stop(new BodyTooSlowError(body.received, brought, now - t.markedAt));
-        else t.mark(now);
+        if (brought < this.#minBytes) {
+          t.stop(new BodyTooSlowError(body.received, brought, now - t.markedAt));
+          if (channels.uploadStopped.hasSubscribers) channels.uploadStopped.publish({ receivedBytes: body.received });
+        } else {
+          t.mark(now);
+        }
       }
     }
   }

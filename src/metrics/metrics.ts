@@ -196,6 +196,11 @@ export class HoistMetrics {
       name: 'hoist_limit_refusals_total', help: 'Requests refused with 429 by a per-client limit: rate (limits.requestsPerSecond) or uploads (limits.maxConcurrentUploads)',
       labelNames: ['limit'], registers,
     });
+    const stoppedBodies = new Counter({
+      name: 'hoist_upload_bodies_stopped_total',
+      help: 'Upload bodies stopped with 503 for bringing under 1 MiB in 10 s while other uploads waited for storage buffers (S3; src/engine/admission.ts)',
+      registers,
+    });
     for (const decision of ['allowed', 'unauthorized', 'denied']) authDecisions.inc({ decision }, 0);
     for (const limit of ['rate', 'uploads']) limitRefusals.inc({ limit }, 0);
 
@@ -215,6 +220,7 @@ export class HoistMetrics {
       rebuilds.inc();
       rebuildBytes.inc(m.bytes);
     });
+    this.#on(channels.uploadStopped, () => stoppedBodies.inc());
     this.#on(channels.storageRequest, (m: StorageRequestMessage) => {
       storageRequests.inc({ driver: m.driver, op: m.op, outcome: m.outcome });
       storageSeconds.observe({ driver: m.driver, op: m.op }, m.ms / 1000);

@@ -14,6 +14,7 @@ import net from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { commitUpload, expectBlob, pathOf, request, uploadStatus } from '../helpers/http.js';
 import { describeS3, useTestBucket } from '../helpers/s3-http.js';
+import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /** Opens a PATCH declaring `declared` bytes and sends one byte every `everyMs` until stopped. */
@@ -49,7 +50,7 @@ describeS3('a crawling body does not keep a waiting push out (S3, node:http)', (
     server = await startServer({
       storage: bucket.url('r', { partSize: '5MiB', maxBufferedBytes: '10MiB' }),
       frontend: 'node',
-      env: { HOIST_UPLOADS_CHUNK_BYTES: '1MiB', HOIST_LIMITS_IDLE_TIMEOUT: '120s' },
+      env: { HOIST_UPLOADS_CHUNK_BYTES: '1MiB', HOIST_LIMITS_IDLE_TIMEOUT: '120s', HOIST_METRICS_LISTEN: '127.0.0.1:0' },
     });
   });
   afterAll(async () => {
@@ -65,6 +66,7 @@ describeS3('a crawling body does not keep a waiting push out (S3, node:http)', (
       // Alone, it is left alone: nobody waits for its slot.
       await new Promise((r) => setTimeout(r, 12_000));
       expect(crawler.socket.destroyed).toBe(false);
+      expect((await scrape(metricsUrlOf(server))).value('hoist_upload_bodies_stopped_total')).toBe(0);
 
       // A push arrives and waits for the slot the crawler holds.
       const data = randomBytes(3 * 1024 * 1024);
@@ -81,6 +83,7 @@ describeS3('a crawling body does not keep a waiting push out (S3, node:http)', (
       const reply = await crawler.reply;
       expect(reply).toMatch(/^HTTP\/1\.1 503 /);
       expect(reply).toContain('UNAVAILABLE');
+      expect((await scrape(metricsUrlOf(server))).value('hoist_upload_bodies_stopped_total')).toBe(1);
       // What it sent is kept: the upload resumes from there.
       const offset = await uploadStatus(base, slow);
       expect(offset).toBeGreaterThan(0);
