@@ -136,7 +136,6 @@ export class UploadWrite implements ByteSink {
     return this.#hashDirty;
   }
 
-  /** What this request's body cost the engine, for the hoist:upload:body channel. */
   /** Body bytes received (admission.ts watches them). */
   get received(): number {
     return this.#bytes;
@@ -151,6 +150,7 @@ export class UploadWrite implements ByteSink {
     return this.#mustPause();
   }
 
+  /** What this request's body cost the engine, for the hoist:upload:body channel. */
   get stats(): { bytes: number; copiedBytes: number; batches: number } {
     return { bytes: this.#bytes, copiedBytes: this.#copiedBytes, batches: this.#batches };
   }

@@ -554,12 +554,12 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) 
   return out;
 }
 
-/** The first descriptor (in manifest order) for which `exists` is false. Each digest is checked once. */
 /**
- * The first of `descriptors` (in order) that `exists` says is not there. Checks CHECK_CONCURRENCY
- * at a time, in order, and starts no more once one is missing: an index of 20,000 children
- * that do not exist cost 20,000 store requests before its 400 (found by probing). Every
- * descriptor before the one reported was checked, so the answer is the same either way.
+ * The first of `descriptors` (in order) that `exists` says is not there; each digest is
+ * checked once. Checks CHECK_CONCURRENCY at a time, in order, and starts no more once one is
+ * missing: an index of 20,000 children that do not exist cost 20,000 store requests before
+ * its 400 (found by probing). Every descriptor before the one reported was checked, so the
+ * answer is the same either way.
  */
 async function firstMissing(descriptors: readonly Descriptor[], exists: (d: Descriptor) => Promise<boolean>): Promise<Descriptor | undefined> {
   const unique = [...new Map(descriptors.map((d) => [d.digest, d])).values()];
