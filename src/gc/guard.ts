@@ -1,10 +1,9 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { objectExists, type StorageDriver } from '../storage/driver.js';
 import { WELL_KNOWN_BLOBS } from '../registry/blobs.js';
-import { runningGeneration } from './lease.js';
+import { defaultOwner, runningGeneration } from './lease.js';
 import { processIdentity, type ProcessIdentity } from '../process-identity.js';
 import { paths } from '../registry/paths.js';
 import { tryParseDigest, type Digest } from '../registry/reference.js';
@@ -294,7 +293,7 @@ export class GcGuard {
       if (this.#closed && this.#started) return;
       const record: PresenceRecord = {
         id: this.#id,
-        owner: `${hostname()}:${process.pid}`,
+        owner: defaultOwner(),
         ...processIdentity(),
         startedAt: this.#startedAt,
         heartbeatAt: new Date().toISOString(),

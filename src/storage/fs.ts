@@ -320,9 +320,9 @@ export class FsDriver implements StorageDriver {
 
   async abortIncompleteWrite(write: IncompleteWrite): Promise<void> {
     const slash = write.handle.lastIndexOf('/');
-    const dir = this.#file(write.handle.slice(0, slash) || '/');
-    if (!TEMP_RE.test(write.handle.slice(slash + 1))) throw new InvalidPathError(write.handle);
-    await this.#remove(join(dir, write.handle.slice(slash + 1)));
+    const name = write.handle.slice(slash + 1);
+    if (!TEMP_RE.test(name)) throw new InvalidPathError(write.handle);
+    await this.#remove(join(this.#file(write.handle.slice(0, slash) || '/'), name));
   }
 
   async close(): Promise<void> {}
