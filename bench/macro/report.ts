@@ -199,6 +199,8 @@ export function spotTables(report: Report): string {
         return `| ${r.target} | ${r.title} | ${before} | ${f(p.sizeBytes / 1024 ** 2, 1)} MiB | ${p.partCount} |`;
       }), '');
   }
+  const engineGoals = engineGoalsTable(report);
+  if (engineGoals) out.push(engineGoals);
   const s3Goals = s3GoalsTable(report);
   if (s3Goals) out.push(s3Goals);
   const traffic = report.results.filter((r) => r.store && r.ok > 0);
@@ -248,6 +250,34 @@ function s3GoalsTable(report: Report): string | undefined {
     '0.8x its streamed push or more; 1 MiB PATCHes sending at most 2.2x the blob to the store with no re-reads; pulls at 1.2x docker-registry or more.', '',
     '| target | streamed push ÷ store row | 8 MiB PATCHes ÷ streamed push | 1 MiB PATCHes: sent ÷ blob, object GETs, read back | pull 16 at c16 ÷ docker-registry | pull 1 large ÷ docker-registry |',
     '|---|--:|--:|---|--:|--:|', ...lines, ''].join('\n');
+}
+
+/**
+ * The figures issue 16 sets goals for, each a ratio within this run: on tmpfs, the streamed
+ * pushes' CPU per GiB and MiB/s against docker-registry's; on the disk, the durable large
+ * push against the disk's own fdatasync'ed write measured just before it; pulls' CPU per GiB.
+ */
+function engineGoalsTable(report: Report): string | undefined {
+  const row = (t: string, id: string): Row | undefined => report.results.find((r) => r.target === t && r.scenario === id && r.ok > 0);
+  const x = (v: number | undefined): string => (v === undefined || !Number.isFinite(v) ? '–' : `${v.toFixed(2)}x`);
+  const lines: string[] = [];
+  for (const t of ['hoist-tmpfs', 'hoist-uws-tmpfs', 'hoist', 'hoist-uws']) {
+    if (!report.targets.some((g) => g.name === t)) continue;
+    const one = row(t, 'stream-one');
+    const many = row(t, 'stream-many');
+    const pull = row(t, 'pull');
+    if (!one && !many && !pull) continue;
+    const durable = one?.diskMiBps === undefined ? undefined : one.mibPerSec / one.diskMiBps;
+    lines.push(`| ${t} | ${x(one?.cpuVsReference)} | ${x(one?.vsReference)} | ${x(many?.cpuVsReference)} | ${x(many?.vsReference)} | ` +
+      `${x(durable)} | ${pull?.cpuSecPerGiB === undefined ? '–' : f(pull.cpuSecPerGiB, 2)} (${x(pull?.cpuVsReference)}) |`);
+  }
+  if (lines.length === 0) return undefined;
+  return ['### Engine goals (issue 16)', '',
+    'Ratios within this run, each Hoist target over docker-registry on the same storage. Goals for the tmpfs targets, both ' +
+    'front ends: CPU per GiB at most 0.4x and MiB/s at least 2.5x, for the large streamed push and the sixteen at once; on ' +
+    'the disk, the durable large push at 0.9x or more of the disk\'s own fdatasync\'ed write just before it.', '',
+    '| target | large push: CPU ÷ docker-registry | large push: MiB/s ÷ docker-registry | 16 at once: CPU ÷ | 16 at once: MiB/s ÷ | large push ÷ the disk | pull 16: CPU s/GiB (÷ docker-registry) |',
+    '|---|--:|--:|--:|--:|--:|--:|', ...lines, ''].join('\n');
 }
 
 function referenceOfS3(t: string): string | undefined {
