@@ -243,7 +243,16 @@ export class BlobStore {
   }
 
   /** Removes the repository's link; the bytes stay until garbage collection finds them unreferenced. */
+  /**
+   * Removes `digest` from `repo`. A well-known blob cannot be: it exists in every repository
+   * whatever is deleted, so a 202 would be followed by a 200 for the same HEAD (the
+   * distribution-spec conformance suite checks that a deleted blob is gone). 405 UNSUPPORTED
+   * is the spec's answer for a blob deletion the registry does not do.
+   */
   async unlink(repo: string, digest: Digest): Promise<void> {
+    if (WELL_KNOWN_BLOBS.has(digest.value)) {
+      throw new RegistryError('UNSUPPORTED', { message: 'this blob is built in and exists in every repository: it cannot be deleted', detail: { digest: digest.value } });
+    }
     try {
       await this.#driver.delete(paths.layerLink(repo, digest));
     } catch (err) {

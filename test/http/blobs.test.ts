@@ -281,4 +281,20 @@ describe.each(combos)('blobs ($frontend front end, $storage storage)', ({ fronte
     expectStatus(g, 200);
     expect(g.text()).toBe('{}');
   });
+
+  // distribution-spec conformance: a 202 for a blob DELETE means the next HEAD is a 404. A
+  // well-known blob exists in every repository whatever is deleted, so its DELETE is
+  // refused as unsupported (the spec's 405), never answered 202 and then served.
+  it('a DELETE of a well-known blob is 405 UNSUPPORTED, pushed or not, and it still resolves', async () => {
+    const name = repo('delete-known');
+    await pushBlob(base, name, '{}');
+    for (const digest of [EMPTY_JSON_DIGEST, EMPTY_LAYER_DIGEST]) {
+      expectError(await request(base, `/v2/${name}/blobs/${digest}`, { method: 'DELETE' }), 405, 'UNSUPPORTED');
+      expectStatus(await request(base, `/v2/${name}/blobs/${digest}`, { method: 'HEAD' }), 200);
+    }
+    // An ordinary blob: 202, then gone.
+    const other = await pushBlob(base, name, randomBlob(1000));
+    expectStatus(await request(base, `/v2/${name}/blobs/${other.digest}`, { method: 'DELETE' }), 202);
+    expectError(await request(base, `/v2/${name}/blobs/${other.digest}`, { method: 'HEAD' }), 404, undefined, 'HEAD');
+  });
 });
