@@ -205,14 +205,21 @@ async function getManifest(c: Ctx): Promise<void> {
 // PUT /v2/<name>/manifests/<reference>, Content-Type: application/vnd.oci.image.manifest.v1+json
 //   → 201, Location: /v2/<name>/manifests/<digest>, Docker-Content-Digest
 //     (+ OCI-Subject: <digest> when the manifest has a subject)
+// PUT /v2/<name>/manifests/<digest>?tag=v1&tag=latest  (distribution-spec 1.1+dev)
+//   → the same, and the tags point at it: OCI-Tag: v1, latest
+//   400 TAG_INVALID (an invalid tag, more than 100)
 //   400 DIGEST_INVALID (bytes ≠ digest reference), MANIFEST_INVALID (not JSON, schema 1,
 //   schema violation, media type ≠ Content-Type), MANIFEST_BLOB_UNKNOWN (a config or layer
 //   not in the repository), MANIFEST_UNKNOWN (an index child not in the repository)
 async function putManifest(c: Ctx): Promise<void> {
   const bytes = await readSmallBody(c.req, c.o.maxManifestBytes);
   c.bytesIn = bytes.length;
-  const r = await c.registry.putManifest(c.m.name, c.m.param, c.req.header('content-type'), bytes);
+  const tags = c.req.query.getAll('tag');
+  const r = await c.registry.putManifest(c.m.name, c.m.param, c.req.header('content-type'), bytes, tags);
   const headers: HeaderMap = { location: locations.manifest(c.m.name, r.digest), 'docker-content-digest': r.digest, 'content-length': '0' };
+  // Tells the client the tags were set; a registry without the feature ignores `tag`, and
+  // the client, finding no OCI-Tag, pushes each tag by itself.
+  if (tags.length > 0) headers['oci-tag'] = [...new Set(tags)].join(', ');
   // distribution-spec v1.1 "Pushing Manifests with Subject": tells the client this registry
   // indexed the subject, so it must not fall back to the `<alg>-<hex>` referrers tag.
   if (r.subject) headers['oci-subject'] = r.subject;

@@ -91,12 +91,20 @@ export interface PutManifestOptions {
    * grace period, as the first push did (gc/guard.ts).
    */
   readonly onExisting?: (digest: Digest) => Promise<void>;
+  /**
+   * Tags to point at the manifest besides a tag reference, valid and each once (a PUT by
+   * digest with `?tag=`: reference.ts parseTags). They name the manifest by the reference's
+   * digest, so a tag can name a manifest pushed by its sha512 digest.
+   */
+  readonly tags?: readonly string[];
 }
 
 /** Existence checks in flight for one manifest (an index may list dozens of platforms). */
 const CHECK_CONCURRENCY = 8;
 /** Tag records read at once for a tag list, a delete by digest. */
 const TAG_READ_CONCURRENCY = 32;
+/** Tags written at once for one manifest PUT with `?tag=`. */
+const TAG_WRITE_CONCURRENCY = 8;
 /** Referrer entries read per listPage(), and the JSON a referrers page holds before it ends (referrers()). */
 const REFERRERS_BATCH = 64;
 const REFERRERS_PAGE_BYTES = 1024 * 1024;
@@ -198,9 +206,10 @@ export class ManifestStore {
       await this.#o.driver.putContent(paths.referrer(repo, subject, digest), json(entry));
     }
 
-    // A manifest that was not stored cannot be what a live tag names already: its tag is
-    // written without a look (as a cache's always is).
-    if (reference.kind === 'tag') await this.#pointTag(repo, reference.tag, digest, expiresAfterMs, created || (opts.fromUpstream ?? false));
+    // A manifest that was not stored cannot be what a live tag names already: its tags are
+    // written without a look (as a cache's always are).
+    const tags = new Set([...(reference.kind === 'tag' ? [reference.tag] : []), ...(opts.tags ?? [])]);
+    await mapLimit([...tags], TAG_WRITE_CONCURRENCY, (tag) => this.#pointTag(repo, tag, digest, expiresAfterMs, created || (opts.fromUpstream ?? false)));
     return record;
   }
 

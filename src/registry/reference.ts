@@ -41,6 +41,24 @@ export function isValidTag(tag: string): boolean {
   return TAG_RE.test(tag);
 }
 
+/** Tags one manifest PUT may set with `?tag=` (each is a store write, in one request). */
+export const MAX_TAGS_PER_PUT = 100;
+
+/**
+ * The `tag` parameters of a manifest PUT (distribution-spec 1.1+dev: a PUT by digest with
+ * `?tag=a&tag=b` points those tags at it), each once, in the order given. TAG_INVALID for
+ * an invalid tag or more than MAX_TAGS_PER_PUT of them.
+ */
+export function parseTags(tags: readonly string[]): string[] {
+  const unique = [...new Set(tags)];
+  const bad = unique.find((t) => !isValidTag(t));
+  if (bad !== undefined) throw new RegistryError('TAG_INVALID', { message: 'invalid tag', detail: { tag: bad.slice(0, 200) } });
+  if (unique.length > MAX_TAGS_PER_PUT) {
+    throw new RegistryError('TAG_INVALID', { message: `more than ${MAX_TAGS_PER_PUT} tags in one request`, detail: { tags: unique.length, limit: MAX_TAGS_PER_PUT } });
+  }
+  return unique;
+}
+
 /** Parses `algo:hex`; returns undefined when the text is not a digest this registry accepts. */
 export function tryParseDigest(text: string): Digest | undefined {
   const colon = text.indexOf(':');

@@ -9,7 +9,7 @@ import { manifestRefs } from '../gc/mark.js';
 import type { HashPool } from '../engine/hash-pool.js';
 import { ManifestStore, lexical, type Manifest, type ManifestRecord, type Page, type ReferrerDescriptor } from './manifests.js';
 import { paths, REPOSITORY_MARKERS } from './paths.js';
-import { assertName, isValidName, parseDigest, parseReference, tryParseDigest, type Digest, type Reference } from './reference.js';
+import { assertName, isValidName, parseDigest, parseReference, parseTags, tryParseDigest, type Digest, type Reference } from './reference.js';
 import type { SlabPool } from '../engine/slab-pool.js';
 import type { BodySource } from '../engine/upload-write.js';
 import { UploadEngine, type ChunkRange, type UploadState } from '../engine/uploads.js';
@@ -190,9 +190,11 @@ export class Registry {
    * collector was deleting it as expired at that moment (F). An untagged manifest pushed
    * again is touched, so that it is kept for the grace period as a new one is (B).
    */
-  async putManifest(repo: string, reference: string, contentType: string | undefined, bytes: Buffer): Promise<ManifestRecord> {
+  async putManifest(repo: string, reference: string, contentType: string | undefined, bytes: Buffer, extraTags: readonly string[] = []): Promise<ManifestRecord> {
     this.#refuseOnMirror(repo);
     const ref = parseReference(reference);
+    const tags = parseTags(extraTags);
+    const allTags = [...new Set([...(ref.kind === 'tag' ? [ref.tag] : []), ...tags])];
     return this.#guard.op(async () => {
       const collecting = this.#guard.collecting;
       if (collecting) await this.#guard.touch(referencedBy(ref, bytes));
@@ -202,10 +204,13 @@ export class Registry {
         onExisting: async (d) => {
           if (ref.kind === 'digest' && !collecting) await this.#guard.touch([d]);
         },
+        tags,
       }), isMissingReference);
-      if (ref.kind === 'tag' && collecting) {
-        await this.#guard.tagIntent(repo, ref.tag);
-        await this.#manifests.repairTag(repo, ref.tag, record.digest);
+      if (collecting) {
+        for (const tag of allTags) {
+          await this.#guard.tagIntent(repo, tag);
+          await this.#manifests.repairTag(repo, tag, record.digest);
+        }
       }
       return record;
     });

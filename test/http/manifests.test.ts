@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectError, expectStatus, pathOf, repoNamer, request, type Reply } from '../helpers/http.js';
 import { MEDIA_TYPES, makeImage, pushBlob, pushImage, pushManifest, sha256, type Image } from '../helpers/oci.js';
@@ -94,6 +95,68 @@ describe.each(FRONTENDS)('manifests and tags (%s front end, memory storage)', (f
     const g = await request(base, `/v2/${name}/manifests/${image.manifestDigest}`);
     expectStatus(g, 200);
     expect(Buffer.compare(g.body, image.manifestBytes)).toBe(0);
+  });
+
+  // distribution-spec 1.1+dev (the conformance suite's tag parameters): a PUT by digest with
+  // `?tag=` points each tag at the manifest and names them in OCI-Tag; a client that finds
+  // no OCI-Tag pushes each tag by itself instead.
+  it('PUT by digest with ?tag= → 201 with OCI-Tag, and every tag serves the manifest', async () => {
+    const name = repo('put-tags');
+    const image = makeImage();
+    for (const b of [image.config, ...image.layers]) await pushBlob(base, name, b.bytes);
+    const r = await request(base, `/v2/${name}/manifests/${image.manifestDigest}?tag=v1&tag=latest&tag=v1`, {
+      method: 'PUT',
+      headers: { 'content-type': MEDIA_TYPES.imageManifest },
+      body: image.manifestBytes,
+    });
+    expectStatus(r, 201);
+    expect(r.header('oci-tag')).toBe('v1, latest');
+    expect(r.header('docker-content-digest')).toBe(image.manifestDigest);
+    for (const tag of ['v1', 'latest']) {
+      const g = await request(base, `/v2/${name}/manifests/${tag}`);
+      expectStatus(g, 200, tag);
+      expect(g.header('docker-content-digest')).toBe(image.manifestDigest);
+      expect(Buffer.compare(g.body, image.manifestBytes)).toBe(0);
+    }
+    expect((await request(base, `/v2/${name}/tags/list`)).json<{ tags: string[] }>().tags).toEqual(['latest', 'v1']);
+  });
+
+  it('a tag set by a PUT by sha512 digest names the manifest by that digest', async () => {
+    const name = repo('put-tags-sha512');
+    const image = makeImage();
+    for (const b of [image.config, ...image.layers]) await pushBlob(base, name, b.bytes);
+    const digest = `sha512:${createHash('sha512').update(image.manifestBytes).digest('hex')}`;
+    const r = await request(base, `/v2/${name}/manifests/${digest}?tag=s5`, {
+      method: 'PUT',
+      headers: { 'content-type': MEDIA_TYPES.imageManifest },
+      body: image.manifestBytes,
+    });
+    expectStatus(r, 201);
+    expect(r.header('oci-tag')).toBe('s5');
+    expect(r.header('docker-content-digest')).toBe(digest);
+    for (const method of ['GET', 'HEAD'] as const) {
+      const g = await request(base, `/v2/${name}/manifests/s5`, { method });
+      expectStatus(g, 200, method);
+      expect(g.header('docker-content-digest')).toBe(digest);
+    }
+  });
+
+  it.each([
+    ['an invalid tag', ['ok', '-bad']],
+    ['more than 100 tags', Array.from({ length: 101 }, (_, i) => `t${i}`)],
+  ])('PUT with ?tag= of %s → 400 TAG_INVALID, and nothing is stored or tagged', async (_label, tags) => {
+    const name = repo('put-tags-bad');
+    const image = makeImage();
+    for (const b of [image.config, ...image.layers]) await pushBlob(base, name, b.bytes);
+    const q = new URLSearchParams(tags.map((t) => ['tag', t]));
+    const r = await request(base, `/v2/${name}/manifests/${image.manifestDigest}?${q.toString()}`, {
+      method: 'PUT',
+      headers: { 'content-type': MEDIA_TYPES.imageManifest },
+      body: image.manifestBytes,
+    });
+    expectError(r, 400, 'TAG_INVALID', 'PUT');
+    expectError(await request(base, `/v2/${name}/manifests/${image.manifestDigest}`), 404, 'MANIFEST_UNKNOWN');
+    expectError(await request(base, `/v2/${name}/manifests/ok`), 404, 'MANIFEST_UNKNOWN');
   });
 
   it('GET and HEAD by tag and by digest return the exact bytes and the pushed Content-Type', async () => {
