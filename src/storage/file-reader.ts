@@ -20,7 +20,7 @@ export function recyclerOf(stream: Readable): ((chunk: Uint8Array) => void) | un
 /**
  * Free read buffers of one size, shared by a driver's readers, at most `maxIdle` kept.
  *
- * Why (README, "Where a GiB's CPU goes"): fs.createReadStream allocates a new buffer for
+ * Why (bench/HISTORY.md, "Pulls, and memory"): fs.createReadStream allocates a new buffer for
  * every read. A gigabyte of pulls is a thousand fresh 1 MiB buffers that die at once, and
  * their external memory set off a full mark-compact every 64 MiB or so: a third of the
  * server's CPU on a pull went to V8's marking and sweeping, and the garbage waiting for it
