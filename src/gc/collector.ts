@@ -167,6 +167,17 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    under A (it could resurrect it over the record a push just wrote). It finds them among
  *    the records it sweeps, and among all records when the data objects do not add up (one
  *    per record and per upload that stored bytes), which is also how it finds orphan data.
+ *
+ * J. A collector that dies. A delete and the re-read that may put back what it deleted (A)
+ *    are two steps, and a collector killed between them (kill -9, a lost machine) put back
+ *    nothing: a push that deduplicated onto a record, or a manifest PUT that checked a link or
+ *    re-pushed a revision, was told it is there, and it was gone for good. So each batch of
+ *    records, links and revisions is written down first (/gc/sweeping, with the bytes as
+ *    read), and the note deleted once the batch's put-backs are done. A collection that
+ *    finds the note (one runs at a time, G: its writer died) puts back whatever it names
+ *    that is gone, before it lists anything: a blob record only while its data is there (I).
+ *    What comes back is judged by this collection like everything else; putting back more
+ *    than was touched only keeps it one collection longer.
  */
 
 export interface GcOptions {
@@ -238,6 +249,34 @@ const DEFAULT_LEASE_TTL_MS = 5 * 60_000;
 const DEFAULT_INFLIGHT_TIMEOUT_MS = 10 * 60_000;
 /** Objects deleted per batch (S3 DeleteObjects takes at most 1,000). */
 const DELETE_BATCH = 500;
+/** A batch's note (J) holds what it deletes: manifests are batched by their bytes too. */
+const SWEEP_NOTE_MAX_BYTES = 8 * 1024 * 1024;
+
+/** An object about to be deleted, as read (J); `record`: a blob record, put back only with its data. */
+interface SweepEntry {
+  readonly path: string;
+  readonly raw: Buffer;
+  readonly record?: boolean;
+}
+
+/** `items` in batches of at most DELETE_BATCH, and of SWEEP_NOTE_MAX_BYTES by `bytes` (one item at least). */
+function batches<T>(items: T[], bytes: (item: T) => number): T[][] {
+  const out: T[][] = [];
+  let current: T[] = [];
+  let size = 0;
+  for (const item of items) {
+    const n = bytes(item);
+    if (current.length > 0 && (current.length >= DELETE_BATCH || size + n > SWEEP_NOTE_MAX_BYTES)) {
+      out.push(current);
+      current = [];
+      size = 0;
+    }
+    current.push(item);
+    size += n;
+  }
+  if (current.length > 0) out.push(current);
+  return out;
+}
 /** Progress callbacks per phase, at most. */
 const PROGRESS_STEPS = 200;
 
@@ -310,6 +349,7 @@ class Collection {
   async run(): Promise<GcReport> {
     const started = performance.now();
     if (this.#lease) {
+      await this.#replaySweep();
       await this.#waitForServers();
       await this.#waitForInflight();
     }
@@ -530,13 +570,16 @@ class Collection {
         const entry = entryPath ? await readOrUndefined(this.#d, entryPath) : undefined;
         doomed.push({ repo, d, revisionPath, revision, ...(entryPath && entry ? { entryPath, entry } : {}) });
       })));
-      for (let i = 0; i < doomed.length; i += DELETE_BATCH) {
-        const batch = doomed.slice(i, i + DELETE_BATCH);
+      for (const batch of batches(doomed, (x) => x.revision.length)) {
         if (this.#dry) {
           this.#report.manifests += batch.length;
           this.#report.referrerEntries += batch.filter((x) => x.entry).length;
           continue;
         }
+        await this.#noteSweep(batch.flatMap((x) => [
+          { path: x.revisionPath, raw: x.revision },
+          ...(x.entryPath && x.entry ? [{ path: x.entryPath, raw: x.entry }] : []),
+        ]));
         // The referrer entries first, as ManifestStore.delete does: never an entry without its manifest.
         await this.#deleteMany(batch.flatMap((x) => (x.entryPath ? [x.entryPath] : [])));
         await this.#deleteMany(batch.map((x) => x.revisionPath));
@@ -551,6 +594,7 @@ class Collection {
             if (x.entry) this.#report.referrerEntries++;
           }
         })));
+        await this.#sweepDone();
       }
       done += level.length;
       this.#progress('manifests', done, total);
@@ -624,6 +668,7 @@ class Collection {
     for (let i = 0; i < doomed.length; i += DELETE_BATCH) {
       const batch = doomed.slice(i, i + DELETE_BATCH);
       if (!this.#dry) {
+        await this.#noteSweep(batch.map((x) => ({ path: x.link, raw: Buffer.from(x.d) })));
         await this.#deleteMany(batch.map((x) => x.link));
         await Promise.all(batch.map((x) => this.#limit(async () => {
           if (await this.#touchedSinceFirstRead(x.d)) {
@@ -632,6 +677,7 @@ class Collection {
             this.#report.links--;
           }
         })));
+        await this.#sweepDone();
       }
       this.#report.links += batch.length;
       this.#progress('links', Math.min(i + DELETE_BATCH, doomed.length), doomed.length);
@@ -667,6 +713,7 @@ class Collection {
       const batch = doomed.slice(i, i + DELETE_BATCH);
       let gone = batch;
       if (!this.#dry) {
+        await this.#noteSweep(batch.map((x) => ({ path: x.recordPath, raw: x.raw, record: true })));
         await this.#deleteMany(batch.map((x) => x.recordPath));
         gone = [];
         await Promise.all(batch.map((x) => this.#limit(async () => {
@@ -680,6 +727,7 @@ class Collection {
             gone.push(x);
           }
         })));
+        await this.#sweepDone();
         // Only now, after the re-reads, the bytes.
         await this.#deleteMany(gone.flatMap((x) => (x.data ? [x.data] : [])));
         await this.#deleteMany(gone.map((x) => paths.blobTouched(tryParseDigest(x.d)!)));
@@ -992,6 +1040,42 @@ class Collection {
   }
 
   /** Deletes objects (missing ones are fine): in batches where the driver can, else one by one. */
+  /** Writes down the batch about to be deleted, as read (J). */
+  async #noteSweep(entries: SweepEntry[]): Promise<void> {
+    const note = entries.map((e) => ({ path: e.path, raw: e.raw.toString('base64'), ...(e.record ? { record: true } : {}) }));
+    await this.#d.putContent(paths.gcSweeping(), Buffer.from(JSON.stringify({ gen: this.#lease?.gen, entries: note })));
+  }
+
+  /** The batch's put-backs are done (J). */
+  async #sweepDone(): Promise<void> {
+    await ignoreNotFound(this.#d.delete(paths.gcSweeping()));
+  }
+
+  /** Puts back what a collector that died mid-batch deleted (J). */
+  async #replaySweep(): Promise<void> {
+    const raw = await readOrUndefined(this.#d, paths.gcSweeping());
+    if (!raw) return;
+    let entries: Array<{ path?: unknown; raw?: unknown; record?: unknown }> = [];
+    try {
+      const parsed = JSON.parse(raw.toString('utf8')) as { entries?: unknown };
+      if (Array.isArray(parsed.entries)) entries = parsed.entries as typeof entries;
+    } catch {
+      // A note cut short (fs after a machine crash): nothing to go by.
+    }
+    await Promise.all(entries.map((e) => this.#limit(async () => {
+      if (typeof e.path !== 'string' || typeof e.raw !== 'string') return;
+      const bytes = Buffer.from(e.raw, 'base64');
+      if (e.record === true && !(await this.#hasData(parseBlobRecord(bytes)))) return;
+      try {
+        if (await this.#d.putContent(e.path, bytes, { ifNotExists: true })) this.#report.spared++;
+      } catch (err) {
+        // A path this version cannot write is no path it noted.
+        if (!(err instanceof InvalidPathError)) throw err;
+      }
+    })));
+    await this.#sweepDone();
+  }
+
   async #deleteMany(list: string[]): Promise<void> {
     if (list.length === 0) return;
     if (this.#d.deleteObjects) {

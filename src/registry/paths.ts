@@ -28,6 +28,9 @@ import type { Digest } from './reference.js';
  *   │   ├── inflight/<id>             a manifest PUT, upload commit or mount in progress, as servers
  *   │   │                             before 2026-12 registered each: {"startedAt"}
  *   │   ├── orphans/<id>              /blobs/data/<id> was seen named by no record: {"firstSeen"}
+ *   │   ├── sweeping                  while the collector deletes a batch and looks for touches of it:
+ *   │   │                             what it deletes, as it read it, for the next one to put back
+ *   │   │                             should it die meanwhile (gc/collector.ts, J)
  *   │   └── intents/<name>
  *   │       ├── _tags/<tag>           the collector is about to delete this expired tag
  *   │       └── _uploads/<id>         the collector is about to remove this stale upload
@@ -98,6 +101,7 @@ export const paths = {
   layerLinks: (name: string, algorithm: string) => `/repositories/${name}/_layers/${algorithm}`,
   referrersRoot: (name: string) => `/repositories/${name}/_manifests/referrers`,
   gcLease: () => '/gc/lease',
+  gcSweeping: () => '/gc/sweeping',
   gcGeneration: (gen: number) => `/gc/generations/${gen}`,
   gcGenerationsDir: () => '/gc/generations',
   gcIntentsDir: () => '/gc/intents',

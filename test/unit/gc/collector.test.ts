@@ -159,6 +159,64 @@ describe('online safety', () => {
     expect(sha256(await readBlob(t, 'b', layer))).toBe(layer);
   });
 
+  // A collector killed (kill -9, a lost machine) between deleting a batch and re-reading the
+  // markers of what it deleted never puts back what was vouched for meanwhile: a push that
+  // deduplicated onto the record (201), or a manifest PUT that checked the link, was told
+  // the blob is there, and it was gone for good. The next collection replays the batch.
+  it('a collector killed after deleting a record a push just deduplicated onto: the next collection puts it back', async () => {
+    const img = await t.pushImage('a', BY_DIGEST, { layerCount: 1 });
+    await t.registry.deleteManifest('a', img.digest);
+    const layer = img.layers[0]!;
+    const bytes = await readBlob(t, img.repo, layer);
+    const record = paths.blobRecord(parseDigest(layer));
+    d.beforeDelete((p) => p === record, async () => {
+      await t.registry.putBlob('b', layer, bytes.length, bodyOf(bytes));
+      await d.delete(record);
+      throw new Error('killed');
+    });
+    await expect(t.gc()).rejects.toThrow('killed');
+    // The push is within the grace period of the next collection, which must find it whole.
+    await t.gc({ graceMs: 60_000 });
+    expect(await t.blobStored(layer)).toBe(true);
+    expect(sha256(await readBlob(t, 'b', layer))).toBe(layer);
+  });
+
+  it('a collector killed after deleting a link a manifest PUT just checked: the next collection puts it back', async () => {
+    // The layer's is the repository's only link (the config is the well-known `{}`), so the
+    // PUT's check is the one the kill falls after.
+    const layer = await t.pushBlob('a', randomBytes(300));
+    const empty = sha256(Buffer.from('{}'));
+    const manifest = Buffer.from(JSON.stringify({
+      schemaVersion: 2, mediaType: MEDIA_TYPES.ociManifest,
+      config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: empty, size: 2 },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layer, size: 300 }],
+    }));
+    const link = paths.layerLink('a', parseDigest(layer));
+    d.beforeDelete((p) => p === link, async () => {
+      await t.registry.putManifest('a', 'v1', MEDIA_TYPES.ociManifest, manifest);
+      await d.delete(link);
+      throw new Error('killed');
+    });
+    await expect(t.gc()).rejects.toThrow('killed');
+    await t.gc({ graceMs: 60_000 });
+    expect(await t.linked('a', layer)).toBe(true);
+    expect(sha256(await readBlob(t, 'a', layer))).toBe(layer);
+  });
+
+  it('a collector killed after deleting a revision a manifest PUT just pushed again: the next collection puts it back', async () => {
+    const img = await t.pushImage('m', BY_DIGEST);
+    const revision = paths.manifestRevision('m', parseDigest(img.digest));
+    d.beforeDelete((p) => p === revision, async () => {
+      await t.registry.putManifest('m', 'v1', MEDIA_TYPES.ociManifest, img.bytes);
+      await d.delete(revision);
+      throw new Error('killed');
+    });
+    await expect(t.gc()).rejects.toThrow('killed');
+    await t.gc({ graceMs: 60_000 });
+    expect((await t.registry.getManifest('m', 'v1')).digest).toBe(img.digest);
+    expect(await t.imageStored(img)).toBe(true);
+  });
+
   it('a blob HEAD after its link is gone answers unknown; its touch keeps the blob until the next collection', async () => {
     const img = await t.pushImage('a', BY_DIGEST, { layerCount: 1 });
     const layer = img.layers[0]!;
