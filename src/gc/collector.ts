@@ -1039,7 +1039,6 @@ class Collection {
     return bytes ? manifestRefs(bytes) : undefined;
   }
 
-  /** Deletes objects (missing ones are fine): in batches where the driver can, else one by one. */
   /** Writes down the batch about to be deleted, as read (J). */
   async #noteSweep(entries: SweepEntry[]): Promise<void> {
     const note = entries.map((e) => ({ path: e.path, raw: e.raw.toString('base64'), ...(e.record ? { record: true } : {}) }));
@@ -1076,6 +1075,7 @@ class Collection {
     await this.#sweepDone();
   }
 
+  /** Deletes objects (missing ones are fine): in batches where the driver can, else one by one. */
   async #deleteMany(list: string[]): Promise<void> {
     if (list.length === 0) return;
     if (this.#d.deleteObjects) {
