@@ -219,7 +219,7 @@ async function putManifest(c: Ctx): Promise<void> {
   const headers: HeaderMap = { location: locations.manifest(c.m.name, r.digest), 'docker-content-digest': r.digest, 'content-length': '0' };
   // Tells the client the tags were set; a registry without the feature ignores `tag`, and
   // the client, finding no OCI-Tag, pushes each tag by itself.
-  if (tags.length > 0) headers['oci-tag'] = [...new Set(tags)].join(', ');
+  if (tags.length > 0) headers['oci-tag'] = r.tags.join(', ');
   // distribution-spec v1.1 "Pushing Manifests with Subject": tells the client this registry
   // indexed the subject, so it must not fall back to the `<alg>-<hex>` referrers tag.
   if (r.subject) headers['oci-subject'] = r.subject;

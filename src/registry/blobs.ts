@@ -242,9 +242,9 @@ export class BlobStore {
     return { digest: digest.value, size: record.size };
   }
 
-  /** Removes the repository's link; the bytes stay until garbage collection finds them unreferenced. */
   /**
-   * Removes `digest` from `repo`. A well-known blob cannot be: it exists in every repository
+   * Removes the repository's link; the bytes stay until garbage collection finds them
+   * unreferenced. A well-known blob cannot be removed: it exists in every repository
    * whatever is deleted, so a 202 would be followed by a 200 for the same HEAD (the
    * distribution-spec conformance suite checks that a deleted blob is gone). 405 UNSUPPORTED
    * is the spec's answer for a blob deletion the registry does not do.

@@ -189,8 +189,10 @@ export class Registry {
    * ManifestStore.put checks that they exist (A), and afterwards puts the tag back if the
    * collector was deleting it as expired at that moment (F). An untagged manifest pushed
    * again is touched, so that it is kept for the grace period as a new one is (B).
+   * `extraTags` (a PUT's `?tag=`, checked by parseTags) point at the manifest too; the
+   * result names every tag the PUT set.
    */
-  async putManifest(repo: string, reference: string, contentType: string | undefined, bytes: Buffer, extraTags: readonly string[] = []): Promise<ManifestRecord> {
+  async putManifest(repo: string, reference: string, contentType: string | undefined, bytes: Buffer, extraTags: readonly string[] = []): Promise<ManifestRecord & { tags: string[] }> {
     this.#refuseOnMirror(repo);
     const ref = parseReference(reference);
     const tags = parseTags(extraTags);
@@ -212,7 +214,7 @@ export class Registry {
           await this.#manifests.repairTag(repo, tag, record.digest);
         }
       }
-      return record;
+      return { ...record, tags: allTags };
     });
   }
 
