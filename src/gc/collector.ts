@@ -1054,14 +1054,16 @@ class Collection {
   async #replaySweep(): Promise<void> {
     const raw = await readOrUndefined(this.#d, paths.gcSweeping());
     if (!raw) return;
-    let entries: Array<{ path?: unknown; raw?: unknown; record?: unknown }> = [];
+    let entries: unknown[] = [];
     try {
       const parsed = JSON.parse(raw.toString('utf8')) as { entries?: unknown };
-      if (Array.isArray(parsed.entries)) entries = parsed.entries as typeof entries;
+      if (Array.isArray(parsed.entries)) entries = parsed.entries;
     } catch {
       // A note cut short (fs after a machine crash): nothing to go by.
     }
-    await Promise.all(entries.map((e) => this.#limit(async () => {
+    await Promise.all(entries.map((item) => this.#limit(async () => {
+      // An entry not of our making (a hand edit) is skipped: it must not stop every collection.
+      const e = (typeof item === 'object' && item !== null ? item : {}) as { path?: unknown; raw?: unknown; record?: unknown };
       if (typeof e.path !== 'string' || typeof e.raw !== 'string') return;
       const bytes = Buffer.from(e.raw, 'base64');
       if (e.record === true && !(await this.#hasData(parseBlobRecord(bytes)))) return;
