@@ -85,8 +85,9 @@ function refused(limit: LimitRefusalMessage['limit']): void {
 }
 
 /**
- * A request target longer than `maxBytes`: no valid request comes close (a name is at most
- * 255 characters, a digest 135), so it is refused before anything parses it.
+ * A request target longer than `maxBytes`: refused before anything parses it. Only a
+ * manifest PUT's `?tag=` list comes close (a name is at most 255 characters, a digest 135;
+ * 100 tags of 128 characters are 13 KiB): README "Manifests" says how many fit.
  */
 export function checkUrlLength(path: string, rawQuery: string, maxBytes: number): void {
   const length = path.length + (rawQuery ? rawQuery.length + 1 : 0);
