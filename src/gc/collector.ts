@@ -839,8 +839,8 @@ class Collection {
   /**
    * Data objects no blob record and no upload names: a monolithic upload in progress (no
    * record until it commits), or what a crash left. One goes when it has been idle (no
-   * write) for staleUploadAfter and collections have seen it unnamed for as long: the first
-   * collection to see it notes when (/gc/orphans/<id>). The second condition is for data on
+   * write) for staleUploadAfter and collections have seen it unnamed for as long, and never
+   * in the collection that first saw it: that one notes when (/gc/orphans/<id>). The second condition is for data on
    * its way to becoming a blob, which is unnamed for the milliseconds between its commit and
    * its record, and may look idle then: S3 dates a multipart object by when its upload
    * began (radosgw by when it completed).
@@ -891,7 +891,10 @@ class Collection {
       const raw = await readOrUndefined(this.#d, note);
       if (raw) firstSeen = Date.parse((JSON.parse(raw.toString('utf8')) as { firstSeen?: string }).firstSeen ?? '') || now;
       else if (!this.#dry) await this.#d.putContent(note, json({ firstSeen: new Date(now).toISOString() }));
-      if (firstSeen > staleBefore) {
+      // Never on the first sighting, whatever staleUploadAfter says: at 0 the data a commit
+      // is about to name (its record follows its last write by milliseconds) would go in the
+      // same collection that first saw it unnamed, and the blob's 201 would name deleted bytes.
+      if (!raw || firstSeen > staleBefore) {
         noted.add(id);
         return;
       }
