@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import type { ErrorCode } from '../errors.js';
 
 /**
  * The small seam between an HTTP server implementation (uWebSockets.js, or node:http where
@@ -84,6 +85,18 @@ export interface FrontEndOptions {
   idleTimeoutMs?: number;
   /** Serve HTTPS with this certificate chain and key (PEM). */
   tls?: TlsFiles;
+  /**
+   * A request answered by the front end itself, never seen by the handler (a Host or framing
+   * error, bytes that are no request target): told so it can be logged like any other.
+   */
+  onRefused?: (r: RefusedRequest) => void;
+}
+
+export interface RefusedRequest {
+  readonly method: string;
+  /** As received, still percent-encoded. */
+  readonly path: string;
+  readonly code: ErrorCode;
 }
 
 export interface TlsFiles {

@@ -56,6 +56,7 @@ export class NodeFrontEnd implements FrontEnd {
       const serve = (): Promise<void> => {
         if (exchange.refusal === undefined) return callHandler(handler, exchange);
         exchange.reject(...exchange.refusal);
+        opts.onRefused?.({ method: exchange.method, path: exchange.path, code: exchange.refusal[0] });
         return Promise.resolve();
       };
       // The main handler catches everything itself; this is the last resort.

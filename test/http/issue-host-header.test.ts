@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseRawReply, request, socketExchange, type SocketReply } from '../helpers/http.js';
+import { parseRawReply, request, socketExchange, waitForLog, type SocketReply } from '../helpers/http.js';
 import { sha256 } from '../helpers/oci.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -52,6 +52,15 @@ describe.each(['uws', 'node'] as const)('the Host header (%s front end)', (front
     expect(parseRawReply(r.text), r.text).toMatchObject({ status: 400, codes: ['NAME_INVALID'] });
     expect(r.text).toContain('Host');
     expect(r.closed).toBe(true);
+  });
+
+  // The handler never sees a refused request, so its access log line came from nowhere: an
+  // operator saw no trace of the 400s.
+  it('a refused request is logged like an answered one', async () => {
+    const path = `/v2/refused-${frontend}/tags/list`;
+    await raw(server.port, `GET ${path} HTTP/1.1\r\nHost: a.registry.test\r\nHost: other.test`);
+    const line = await waitForLog(server, 'the refusal\'s log line', (l) => l.msg === 'request refused' && l.path === path);
+    expect(line).toMatchObject({ method: 'GET', status: 400, code: 'NAME_INVALID' });
   });
 
   it.each([
