@@ -9,7 +9,7 @@ import {
   type Descriptor, type ParsedManifest,
 } from './manifest-schema.js';
 import { paths } from './paths.js';
-import { tryParseDigest, type Digest, type Reference } from './reference.js';
+import { tagsOf, tryParseDigest, type Digest, type Reference } from './reference.js';
 
 export { MANIFEST_MEDIA_TYPES } from './manifest-schema.js';
 
@@ -208,8 +208,7 @@ export class ManifestStore {
 
     // A manifest that was not stored cannot be what a live tag names already: its tags are
     // written without a look (as a cache's always are).
-    const tags = new Set([...(reference.kind === 'tag' ? [reference.tag] : []), ...(opts.tags ?? [])]);
-    await mapLimit([...tags], TAG_WRITE_CONCURRENCY, (tag) => this.#pointTag(repo, tag, digest, expiresAfterMs, created || (opts.fromUpstream ?? false)));
+    await mapLimit(tagsOf(reference, opts.tags), TAG_WRITE_CONCURRENCY, (tag) => this.#pointTag(repo, tag, digest, expiresAfterMs, created || (opts.fromUpstream ?? false)));
     return record;
   }
 

@@ -59,6 +59,11 @@ export function parseTags(tags: readonly string[]): string[] {
   return unique;
 }
 
+/** The tags a manifest PUT points at its manifest: a tag reference's, then `extra` (parseTags'), each once. */
+export function tagsOf(reference: Reference, extra: readonly string[] = []): string[] {
+  return [...new Set([...(reference.kind === 'tag' ? [reference.tag] : []), ...extra])];
+}
+
 /** Parses `algo:hex`; returns undefined when the text is not a digest this registry accepts. */
 export function tryParseDigest(text: string): Digest | undefined {
   const colon = text.indexOf(':');

@@ -9,7 +9,7 @@ import { manifestRefs } from '../gc/mark.js';
 import type { HashPool } from '../engine/hash-pool.js';
 import { ManifestStore, lexical, type Manifest, type ManifestRecord, type Page, type ReferrerDescriptor } from './manifests.js';
 import { paths, REPOSITORY_MARKERS } from './paths.js';
-import { assertName, isValidName, parseDigest, parseReference, parseTags, tryParseDigest, type Digest, type Reference } from './reference.js';
+import { assertName, isValidName, parseDigest, parseReference, parseTags, tagsOf, tryParseDigest, type Digest, type Reference } from './reference.js';
 import type { SlabPool } from '../engine/slab-pool.js';
 import type { BodySource } from '../engine/upload-write.js';
 import { UploadEngine, type ChunkRange, type UploadState } from '../engine/uploads.js';
@@ -196,7 +196,7 @@ export class Registry {
     this.#refuseOnMirror(repo);
     const ref = parseReference(reference);
     const tags = parseTags(extraTags);
-    const allTags = [...new Set([...(ref.kind === 'tag' ? [ref.tag] : []), ...tags])];
+    const allTags = tagsOf(ref, tags);
     return this.#guard.op(async () => {
       const collecting = this.#guard.collecting;
       if (collecting) await this.#guard.touch(referencedBy(ref, bytes));
