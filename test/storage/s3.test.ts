@@ -13,7 +13,7 @@ import { startFaultyProxy, type Fault, type FaultyProxy } from '../helpers/fault
 import {
   createTestBucket, deleteBucket, listAllKeys, listUploads, s3StorageUrl, testClient, type S3TestEnv,
 } from '../helpers/s3.js';
-import { describeS3 } from '../helpers/s3-http.js';
+import { describeS3, useTestBucket } from '../helpers/s3-http.js';
 import { driverSuite, expectNotFound, readAll, sha256 } from './driver-suite.js';
 
 /**
@@ -138,20 +138,14 @@ function s3Tests(env: S3TestEnv): void {
   });
 
   describe('deleteObjects', () => {
-    let bucket: string;
-    beforeAll(async () => {
-      bucket = await createTestBucket(client, 'delobj');
-    });
-    afterAll(async () => {
-      await deleteBucket(client, bucket);
-    });
+    const bucket = useTestBucket(env, 'delobj');
 
     // Seen in CI (test/gc/stress.test.ts): radosgw answered one key of a batch with
     // UnknownError, and a whole collection failed.
     it('deletes again, one by one, the keys a DeleteObjects answer says it could not delete; more than 16 fail the call', async () => {
       let failBatches = 1;
       const proxy = await startFaultyProxy(env.endpoint, (op) => (op === 'DeleteObjects' && failBatches-- > 0 ? 'keys-failed' : undefined));
-      const driver = await S3Driver.open({ ...parseS3Url(s3StorageUrl({ ...env, endpoint: proxy.endpoint }, bucket, 'p')) });
+      const driver = await S3Driver.open({ ...parseS3Url(s3StorageUrl({ ...env, endpoint: proxy.endpoint }, bucket.name, 'p')) });
       try {
         const few = Array.from({ length: 5 }, (_, i) => `/few/k${i}`);
         for (const p of few) await driver.putContent(p, Buffer.from(p));
