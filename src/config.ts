@@ -281,8 +281,8 @@ export const ConfigSchema = z.object({
      * socket, then into the page cache (or an S3 part) and hashed, and those copies cost
      * twice as much once the bytes between them no longer fit the CPU's caches. Sixteen
      * pushes at once with 128 MiB in flight cost 15-20% more CPU per GiB than with 32 MiB, and
-     * ran slower (bench/HISTORY.md, seventh round); the uploads beyond the bound wait their turn for a
-     * slab, with their sockets paused.
+     * ran slower (bench/HISTORY.md, seventh round); the uploads beyond the bound wait their
+     * turn for a slab, with their sockets paused.
      */
     maxBufferedBytes: bytes.pipe(z.number().min(1024 ** 2)).default('32MiB'),
     /** Upper bound on bytes one upload may hold in memory before its socket is paused. */

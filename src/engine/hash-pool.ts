@@ -90,10 +90,10 @@ export class HashPool {
    * where the last one left it. With 16 uWS pushes at once, each with a few 4 MiB slabs
    * queued at the workers, the slabs' coming and going alone set off 23-28 full mark-compacts
    * per GiB (0.4-0.6 CPU s of V8's helper threads); two updates a thread keep every worker
-   * busy, and with them 8-12 (bench/HISTORY.md, "Sixteen pushes at once"). node:http's chunks go one
-   * way, and are freed at the worker: they do not wait here (measured, waiting cost single
-   * pushes ~4%). Waiting here, an upload keeps its slab, and the slab pool pauses sockets:
-   * the usual backpressure.
+   * busy, and with them 8-12 (bench/HISTORY.md, "Sixteen pushes at once"). node:http's
+   * chunks go one way, and are freed at the worker: they do not wait here (measured, waiting
+   * cost single pushes ~4%). Waiting here, an upload keeps its slab, and the slab pool pauses
+   * sockets: the usual backpressure.
    */
   async #gate<T>(run: () => Promise<T>): Promise<T> {
     if (this.#inflightUpdates < this.#maxInflightUpdates) this.#inflightUpdates++;

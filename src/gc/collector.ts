@@ -840,10 +840,10 @@ class Collection {
    * Data objects no blob record and no upload names: a monolithic upload in progress (no
    * record until it commits), or what a crash left. One goes when it has been idle (no
    * write) for staleUploadAfter and collections have seen it unnamed for as long, and never
-   * in the collection that first saw it: that one notes when (/gc/orphans/<id>). The second condition is for data on
-   * its way to becoming a blob, which is unnamed for the milliseconds between its commit and
-   * its record, and may look idle then: S3 dates a multipart object by when its upload
-   * began (radosgw by when it completed).
+   * in the collection that first saw it: that one notes when (/gc/orphans/<id>). The second
+   * condition is for data on its way to becoming a blob, which is unnamed for the
+   * milliseconds between its commit and its record, and may look idle then: S3 dates a
+   * multipart object by when its upload began (radosgw by when it completed).
    *
    * Finding them means reading every blob record (which data it names), so it is done only
    * when there are more data objects than records and uploads, each of which names one.

@@ -6,10 +6,10 @@ import { ReadBuffers, type RecyclingReadable } from '../file-reader.js';
  * GETs over plain HTTP/1.1 whose body bytes land in recycled buffers, for blob reads from an
  * http:// store (range-fetch.ts; https:// stays on node:https).
  *
- * Why (bench/HISTORY.md, "S3 (issue 14): before and after"): node's HTTP client reads its socket into a
- * fresh 64 KiB buffer per read. A GiB is 16384 of them; their memory is external to V8's heap
- * and set off a full mark-compact every 20 MiB or so, and malloc hands their pages back and
- * faults them in again. A plain GET of a 256 MiB object into a null sink cost node 2.1-2.5
+ * Why (bench/HISTORY.md, "S3 (issue 14): before and after"): node's HTTP client reads its
+ * socket into a fresh 64 KiB buffer per read. A GiB is 16384 of them; their memory is external
+ * to V8's heap and set off a full mark-compact every 20 MiB or so, and malloc hands their
+ * pages back and faults them in again. A plain GET of a 256 MiB object into a null sink cost node 2.1-2.5
  * CPU s/GiB on this machine, curl 0.25. Here each connection reads into one buffer of its
  * own (net's `onread`), and the body is copied from it into `ReadBuffers` chunks that the
  * consumer gives back (RecyclingReadable), so a pull allocates nothing per read.

@@ -15,8 +15,8 @@ import { signedPayload } from './writer.js';
  * locks, writer states, staged pieces), signed here with SigV4 and sent over node:http(s),
  * instead of through the SDK's command stack.
  *
- * Why (bench/HISTORY.md, "S3, sixth round"): an upload makes some 30 of them besides its parts, a
- * chunked one seven per PATCH, and the SDK spends 2-3.5 ms of CPU on each (middleware,
+ * Why (bench/HISTORY.md, "S3, sixth round"): an upload makes some 30 of them besides its
+ * parts, a chunked one seven per PATCH, and the SDK spends 2-3.5 ms of CPU on each (middleware,
  * endpoint rules, its response wrapper), several times what the request itself costs
  * node:http. Parts, multipart calls and listings stay on the SDK: they are few, or large.
  *
