@@ -80,26 +80,18 @@ export class UwsFrontEnd implements FrontEnd {
     this.#app.any('/*', (res, req) => {
       const exchange = new UwsExchange(res, req, opts.maxHeaderBytes);
       if (exchange.started) return; // answered already: 431
-      const refuse = (code: ErrorCode, message: string): void => {
-        exchange.reject(code, message);
-        opts.onRefused?.({ method: exchange.method, path: exchange.path, code });
-      };
       // What node:http's parser refuses before Hoist sees it (node.ts onClientError), refused
-      // here too, so that both front ends answer alike.
-      const framing = framingError(exchange.header('content-length'), exchange.header('transfer-encoding'));
-      if (framing !== undefined) {
-        refuse(...framing);
-        return;
-      }
-      if (NOT_TARGET_BYTES.test(exchange.path) || NOT_TARGET_BYTES.test(exchange.rawQuery)) {
-        refuse('NAME_INVALID', 'invalid character in the request target (only ASCII is allowed; percent-encode the rest)');
-        return;
-      }
-      // uWS hands JavaScript HTTP/1.1 only (README, Front ends), and closes one without Host
-      // itself, unanswered; what it lets through is checked as node.ts checks it.
-      const host = hostError(exchange.hosts, '1.1');
-      if (host !== undefined) {
-        refuse(...host);
+      // here too, so that both front ends answer alike. uWS hands JavaScript HTTP/1.1 only
+      // (README, Front ends), and closes one without Host itself, unanswered; what it lets
+      // through is checked as node.ts checks it.
+      const refusal: readonly [ErrorCode, string] | undefined =
+        framingError(exchange.header('content-length'), exchange.header('transfer-encoding')) ??
+        (NOT_TARGET_BYTES.test(exchange.path) || NOT_TARGET_BYTES.test(exchange.rawQuery)
+          ? ['NAME_INVALID', 'invalid character in the request target (only ASCII is allowed; percent-encode the rest)']
+          : hostError(exchange.hosts, '1.1'));
+      if (refusal !== undefined) {
+        exchange.reject(...refusal);
+        opts.onRefused?.({ method: exchange.method, path: exchange.path, code: refusal[0] });
         return;
       }
       this.#exchanges.add(exchange);
