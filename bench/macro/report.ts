@@ -229,7 +229,8 @@ export function spotTables(report: Report): string {
 /**
  * The S3 figures issue 14 sets goals for, per S3 registry, each a ratio within this run:
  * streamed push against the store's own speed, one upload in 8 MiB PATCHes against the
- * streamed push, what 1 MiB PATCHes send to the store, and pulls against docker-registry.
+ * streamed push and against the store's own 8 MiB parts one at a time (s3.ts storeRow), what
+ * 1 MiB PATCHes send to the store, and pulls against docker-registry.
  */
 function s3GoalsTable(report: Report): string | undefined {
   const regs = report.targets.filter((t) => t.storage === 's3' && t.name !== STORE_ROW).map((t) => t.name);
@@ -241,15 +242,18 @@ function s3GoalsTable(report: Report): string | undefined {
     const p1 = row(t, 'patch-1m');
     const sent = p1?.store ? `${x(p1.store.sentBytes / p1.bytes)}, ${p1.store.requests.GetObject ?? 0} GETs, ${f(p1.store.receivedBytes / 1024 ** 2, 1)} MiB read` : '–';
     const ref = referenceOfS3(t);
-    return `| ${t} | ${x(stream?.vsStore)} | ${x(ratio(row(t, 'patch-8m'), stream))} | ${sent} | ` +
+    const p8 = row(t, 'patch-8m');
+    return `| ${t} | ${x(stream?.vsStore)} | ${x(ratio(p8, stream))} | ${x(p8?.vsStore)} | ${sent} | ` +
       `${x(ref ? ratio(row(t, 'pull'), row(ref, 'pull')) : undefined)} | ${x(ref ? ratio(row(t, 'pull-one'), row(ref, 'pull-one')) : undefined)} |`;
   });
   if (regs.length === 0 || !report.results.some((r) => r.storage === 's3' && r.target !== STORE_ROW)) return undefined;
   return ['### S3 goals (issue 14)', '',
     'Ratios within this run. Goals for hoist-s3: streamed push at 0.85x the store row or more; one upload in 8 MiB PATCHes at ' +
-    '0.8x its streamed push or more; 1 MiB PATCHes sending at most 2.2x the blob to the store with no re-reads; pulls at 1.2x docker-registry or more.', '',
-    '| target | streamed push ÷ store row | 8 MiB PATCHes ÷ streamed push | 1 MiB PATCHes: sent ÷ blob, object GETs, read back | pull 16 at c16 ÷ docker-registry | pull 1 large ÷ docker-registry |',
-    '|---|--:|--:|---|--:|--:|', ...lines, ''].join('\n');
+    '0.8x its streamed push or more; 1 MiB PATCHes sending at most 2.2x the blob to the store with no re-reads; pulls at 1.2x docker-registry or more. ' +
+    'The store row of the 8 MiB PATCHes sends each blob as such a client does, one 8 MiB part after another, each answered before the next: ' +
+    'what the store itself allows that client.', '',
+    '| target | streamed push ÷ store row | 8 MiB PATCHes ÷ streamed push | 8 MiB PATCHes ÷ store row (8 MiB parts one at a time) | 1 MiB PATCHes: sent ÷ blob, object GETs, read back | pull 16 at c16 ÷ docker-registry | pull 1 large ÷ docker-registry |',
+    '|---|--:|--:|--:|---|--:|--:|', ...lines, ''].join('\n');
 }
 
 /**

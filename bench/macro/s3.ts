@@ -10,6 +10,7 @@ import https from 'node:https';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { MIN_PART_BYTES } from '../../src/storage/s3/url.js';
 import { finish, runJobs, type BlobRef, type BlobSet, type LoadOptions, type PhaseResult } from './loadgen.js';
 
 /**
@@ -239,6 +240,12 @@ export interface StoreRowOptions {
  * generator's own buffers are the bodies). Blobs smaller than a part are one presigned
  * PutObject. Pulls are one presigned GetObject per blob. Whatever a registry does on top
  * (hashing, MD5s, buffering, its own requests) shows as its distance from this row.
+ *
+ * A chunked scenario whose chunks the store can take as parts (5 MiB or more) is sent as its
+ * client sends it: parts of the chunk's size, one after another, each waiting for the store's
+ * answer, as a registry must before it answers a PATCH with 202 (the bytes are stored, and any
+ * instance may take the next one). That is the most a registry could do with such a client on
+ * this store; the 16 MiB parts four at a time of a streamed push are not open to it.
  */
 export function storeRow(s: StoreRowOptions): {
   push(o: LoadOptions, blobs: BlobSet): Promise<PhaseResult & { blobs: BlobRef[] }>;
@@ -284,19 +291,22 @@ export function storeRow(s: StoreRowOptions): {
     const size = blobs.sizeBytes;
     const Key = keyOf(digest);
     const base = { Bucket: s.bucket, Key };
-    if (size < s.partBytes) {
+    const asChunks = o.mode === 'chunked' && o.chunkBytes >= MIN_PART_BYTES;
+    const partBytes = asChunks ? o.chunkBytes : s.partBytes;
+    const partsInFlight = asChunks ? 1 : s.partsInFlight;
+    if (size < partBytes) {
       await send('PUT', await getSignedUrl(s.client, new PutObjectCommand(base), { expiresIn: 3600 }), blobs.pieces(i, 0, size), o.progress);
       return;
     }
     requests++;
     const { UploadId } = await s.client.send(new CreateMultipartUploadCommand(base));
-    const count = Math.ceil(size / s.partBytes);
+    const count = Math.ceil(size / partBytes);
     const etags: string[] = [];
     let next = 0;
-    await Promise.all(Array.from({ length: Math.min(count, s.partsInFlight) }, async () => {
+    await Promise.all(Array.from({ length: Math.min(count, partsInFlight) }, async () => {
       for (let n = next++; n < count; n = next++) {
         const url = await getSignedUrl(s.client, new UploadPartCommand({ ...base, UploadId, PartNumber: n + 1 }), { expiresIn: 3600 });
-        const headers = await send('PUT', url, blobs.pieces(i, n * s.partBytes, Math.min(size, (n + 1) * s.partBytes)), o.progress);
+        const headers = await send('PUT', url, blobs.pieces(i, n * partBytes, Math.min(size, (n + 1) * partBytes)), o.progress);
         etags[n] = String(headers.etag);
       }
     }));
