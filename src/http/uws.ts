@@ -447,7 +447,10 @@ const NOT_TARGET_BYTES = /[^\x21-\x7e]/;
 function framingError(length: string | undefined, coding: string | undefined): readonly [ErrorCode, string] | undefined {
   if (length !== undefined && !/^\d+$/.test(length)) return PARSER_ERRORS.HPE_INVALID_CONTENT_LENGTH;
   if (coding === undefined) return undefined;
-  if (coding.split(',').pop()!.trim().toLowerCase() !== 'chunked') return PARSER_ERRORS.HPE_INVALID_TRANSFER_ENCODING;
+  // Chunked must come last, and only once (RFC 9112 §6.1; uWS would read `chunked, chunked`,
+  // repeats of the field joined, as one chunked body, where node:http refuses it).
+  const codings = coding.split(',').map((c) => c.trim().toLowerCase());
+  if (codings.pop() !== 'chunked' || codings.includes('chunked')) return PARSER_ERRORS.HPE_INVALID_TRANSFER_ENCODING;
   if (length !== undefined) return PARSER_ERRORS.HPE_UNEXPECTED_CONTENT_LENGTH;
   return undefined;
 }

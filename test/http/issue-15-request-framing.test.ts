@@ -53,6 +53,10 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
     ['gzip, with a body not framed in chunks', 'Transfer-Encoding: gzip', 'abc'],
     ['identity', 'Transfer-Encoding: identity', 'abc'],
     ['chunked, gzip', 'Transfer-Encoding: chunked, gzip', '3\r\nabc\r\n0\r\n\r\n'],
+    // Found by probing (round 12): chunked applied twice (RFC 9112 §6.1: a sender MUST NOT),
+    // in one field line or two, was read by uWS as chunked once (202); node:http refuses it.
+    ['chunked, chunked', 'Transfer-Encoding: chunked, chunked', '3\r\nabc\r\n0\r\n\r\n'],
+    ['chunked on two lines', 'Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked', '3\r\nabc\r\n0\r\n\r\n'],
     // uWS's own parser drops this one without a reply (README, Front ends): closed either way.
     ['chunked with a Content-Length', 'Transfer-Encoding: chunked\r\nContent-Length: 3', '3\r\nabc\r\n0\r\n\r\n', 'uws'],
   ])('a body with Transfer-Encoding %s → 400 SIZE_INVALID, connection closed', async (_label, headers, body, silentOn?: string) => {
