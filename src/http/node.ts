@@ -78,6 +78,9 @@ export class NodeFrontEnd implements FrontEnd {
     // a request refused first (401, 404, 416...) gets its answer before the client sends
     // the body at all; node:http then closes the connection, whose framing is unknown.
     this.#server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
+    // Any other expectation: node:http would answer a bare 417 (no error envelope) where uWS
+    // serves the request; RFC 9110 §10.1.1 makes the 417 a MAY, so serve it here too.
+    this.#server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => onRequest(req, res));
     this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       // RFC 9112 §9.3: responses go out in the order of the requests. What a connection sent
       // after a complete request still being answered (garbage, or a request node cannot
