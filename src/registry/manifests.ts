@@ -441,7 +441,8 @@ export class ManifestStore {
 
   /**
    * Every blob an image manifest names must be in the repository (pushed or mounted there),
-   * and every child of an index must be a manifest in the repository. The well-known empty
+   * with the size its descriptor gives, and every child of an index must be a manifest in the
+   * repository. The well-known empty
    * layer and empty JSON config are always there (BlobStore.locate knows them); layers whose
    * bytes live elsewhere (`urls`) are not checked. The subject is not checked: referrers may
    * be pushed before what they refer to (distribution-spec "Pushing Manifests with Subject").
@@ -460,6 +461,16 @@ export class ManifestStore {
       });
       if (missing) {
         throw new RegistryError('MANIFEST_BLOB_UNKNOWN', { message: 'manifest references a blob unknown to the repository', detail: { digest: missing.digest } });
+      }
+      // A descriptor's size is what a client reads before the bytes, to allot and to stop a
+      // pull that runs long (image-spec: content of another length is not to be trusted). The
+      // stored size came with the lookup above, so a wrong one costs nothing to refuse.
+      const wrong = blobs.find((d) => found.get(d.digest)!.size !== d.size);
+      if (wrong) {
+        throw new RegistryError('MANIFEST_INVALID', {
+          message: 'a descriptor\'s size differs from the blob\'s',
+          detail: { digest: wrong.digest, size: wrong.size, stored: found.get(wrong.digest)!.size },
+        });
       }
       return found.get(m.config.digest);
     }

@@ -185,6 +185,21 @@ describe.each(combos)('manifest validation ($frontend front end, $storage storag
     });
   });
 
+  it('MANIFEST_INVALID for a layer or config descriptor whose size is not the blob\'s, naming it; nothing stored', async () => {
+    const name = repo('sizes');
+    const image = makeImage({ layerSizesBytes: [10, 20] });
+    for (const b of [image.config, ...image.layers]) await pushBlob(base, name, b.bytes);
+    const lying = (m: Record<string, unknown>): Buffer => Buffer.from(JSON.stringify(m));
+    const layers = image.layers.map((l) => l.descriptor);
+    const shortLayer = lying({ ...image.manifest, layers: [layers[0], { ...layers[1]!, size: 19 }] });
+    const [e] = expectError(await put(name, 'v1', shortLayer, image.mediaType), 400, 'MANIFEST_INVALID', 'PUT');
+    expect(e!.detail).toEqual({ digest: layers[1]!.digest, size: 19, stored: 20 });
+    const bigConfig = lying({ ...image.manifest, config: { ...image.config.descriptor, size: image.config.bytes.length + 1 } });
+    expectError(await put(name, 'v1', bigConfig, image.mediaType), 400, 'MANIFEST_INVALID', 'PUT');
+    await expectNothingStored(name, 'v1');
+    expectStatus(await put(name, 'v1', image.manifestBytes, image.mediaType), 201);
+  });
+
   describe('MANIFEST_BLOB_UNKNOWN (400)', () => {
     it('for a layer that was never pushed, naming it', async () => {
       const name = repo('layer');
