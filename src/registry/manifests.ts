@@ -442,10 +442,10 @@ export class ManifestStore {
   /**
    * Every blob an image manifest names must be in the repository (pushed or mounted there),
    * with the size its descriptor gives, and every child of an index must be a manifest in the
-   * repository. The well-known empty
-   * layer and empty JSON config are always there (BlobStore.locate knows them); layers whose
-   * bytes live elsewhere (`urls`) are not checked. The subject is not checked: referrers may
-   * be pushed before what they refer to (distribution-spec "Pushing Manifests with Subject").
+   * repository. The well-known empty layer and empty JSON config are always there
+   * (BlobStore.locate knows them); layers whose bytes live elsewhere (`urls`) are not checked.
+   * The subject is not checked: referrers may be pushed before what they refer to
+   * (distribution-spec "Pushing Manifests with Subject").
    * Returns an image's config as found, with its bytes when its labels are to be read.
    */
   async #checkReferences(repo: string, m: ParsedManifest): Promise<BlobLocation | undefined> {
