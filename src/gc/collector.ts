@@ -259,7 +259,10 @@ interface SweepEntry {
   readonly record?: boolean;
 }
 
-/** `items` in batches of at most DELETE_BATCH, and of SWEEP_NOTE_MAX_BYTES by `bytes` (one item at least). */
+/**
+ * `items` in batches of at most DELETE_BATCH, and of SWEEP_NOTE_MAX_BYTES by `bytes` (one item
+ * at least): every sweep deletes in these, so that each batch's note (J) stays bounded.
+ */
 function batches<T>(items: T[], bytes: (item: T) => number): T[][] {
   const out: T[][] = [];
   let current: T[] = [];
@@ -665,8 +668,8 @@ class Collection {
       const link = paths.layerLink(repo, tryParseDigest(d)!);
       if (!(await this.#isFresh(d, () => this.#modTime(link)))) doomed.push({ d, link });
     })));
-    for (let i = 0; i < doomed.length; i += DELETE_BATCH) {
-      const batch = doomed.slice(i, i + DELETE_BATCH);
+    let done = 0;
+    for (const batch of batches(doomed, (x) => x.d.length)) {
       if (!this.#dry) {
         await this.#noteSweep(batch.map((x) => ({ path: x.link, raw: Buffer.from(x.d) })));
         await this.#deleteMany(batch.map((x) => x.link));
@@ -680,7 +683,8 @@ class Collection {
         await this.#sweepDone();
       }
       this.#report.links += batch.length;
-      this.#progress('links', Math.min(i + DELETE_BATCH, doomed.length), doomed.length);
+      done += batch.length;
+      this.#progress('links', done, doomed.length);
     }
   }
 
@@ -709,8 +713,7 @@ class Collection {
       doomed.push({ d, recordPath, raw, ...(record?.data ? { data: record.data } : {}), size: record?.size ?? 0 });
     })));
     let done = 0;
-    for (let i = 0; i < doomed.length; i += DELETE_BATCH) {
-      const batch = doomed.slice(i, i + DELETE_BATCH);
+    for (const batch of batches(doomed, (x) => x.raw.length)) {
       let gone = batch;
       if (!this.#dry) {
         await this.#noteSweep(batch.map((x) => ({ path: x.recordPath, raw: x.raw, record: true })));
