@@ -579,25 +579,26 @@ class Collection {
           this.#report.referrerEntries += batch.filter((x) => x.entry).length;
           continue;
         }
-        await this.#noteSweep(batch.flatMap((x) => [
+        const noted = batch.flatMap((x) => [
           { path: x.revisionPath, raw: x.revision },
           ...(x.entryPath && x.entry ? [{ path: x.entryPath, raw: x.entry }] : []),
-        ]));
-        // The referrer entries first, as ManifestStore.delete does: never an entry without its manifest.
-        await this.#deleteMany(batch.flatMap((x) => (x.entryPath ? [x.entryPath] : [])));
-        await this.#deleteMany(batch.map((x) => x.revisionPath));
-        await Promise.all(batch.map((x) => this.#limit(async () => {
-          if (await this.#touchedSinceFirstRead(x.d)) {
-            // A: vouched for while we deleted it: put it back, and keep everything it reaches.
-            await this.#d.putContent(x.revisionPath, x.revision, { ifNotExists: true });
-            if (x.entryPath && x.entry) await this.#d.putContent(x.entryPath, x.entry);
-            await this.#spare(x.repo, x.d);
-          } else {
-            this.#report.manifests++;
-            if (x.entry) this.#report.referrerEntries++;
-          }
-        })));
-        await this.#sweepDone();
+        ]);
+        await this.#sweepNoted(noted, async () => {
+          // The referrer entries first, as ManifestStore.delete does: never an entry without its manifest.
+          await this.#deleteMany(batch.flatMap((x) => (x.entryPath ? [x.entryPath] : [])));
+          await this.#deleteMany(batch.map((x) => x.revisionPath));
+          await Promise.all(batch.map((x) => this.#limit(async () => {
+            if (await this.#touchedSinceFirstRead(x.d)) {
+              // A: vouched for while we deleted it: put it back, and keep everything it reaches.
+              await this.#d.putContent(x.revisionPath, x.revision, { ifNotExists: true });
+              if (x.entryPath && x.entry) await this.#d.putContent(x.entryPath, x.entry);
+              await this.#spare(x.repo, x.d);
+            } else {
+              this.#report.manifests++;
+              if (x.entry) this.#report.referrerEntries++;
+            }
+          })));
+        });
       }
       done += level.length;
       this.#progress('manifests', done, total);
@@ -671,16 +672,16 @@ class Collection {
     let done = 0;
     for (const batch of batches(doomed, (x) => x.d.length)) {
       if (!this.#dry) {
-        await this.#noteSweep(batch.map((x) => ({ path: x.link, raw: Buffer.from(x.d) })));
-        await this.#deleteMany(batch.map((x) => x.link));
-        await Promise.all(batch.map((x) => this.#limit(async () => {
-          if (await this.#touchedSinceFirstRead(x.d)) {
-            await this.#d.putContent(x.link, Buffer.from(x.d));
-            this.#report.spared++;
-            this.#report.links--;
-          }
-        })));
-        await this.#sweepDone();
+        await this.#sweepNoted(batch.map((x) => ({ path: x.link, raw: Buffer.from(x.d) })), async () => {
+          await this.#deleteMany(batch.map((x) => x.link));
+          await Promise.all(batch.map((x) => this.#limit(async () => {
+            if (await this.#touchedSinceFirstRead(x.d)) {
+              await this.#d.putContent(x.link, Buffer.from(x.d));
+              this.#report.spared++;
+              this.#report.links--;
+            }
+          })));
+        });
       }
       this.#report.links += batch.length;
       done += batch.length;
@@ -716,21 +717,21 @@ class Collection {
     for (const batch of batches(doomed, (x) => x.raw.length)) {
       let gone = batch;
       if (!this.#dry) {
-        await this.#noteSweep(batch.map((x) => ({ path: x.recordPath, raw: x.raw, record: true })));
-        await this.#deleteMany(batch.map((x) => x.recordPath));
         gone = [];
-        await Promise.all(batch.map((x) => this.#limit(async () => {
-          if (await this.#touchedSinceFirstRead(x.d)) {
-            // A: vouched for while we deleted it. Its data is untouched; put the record back
-            // unless an upload of the same content recorded new data meanwhile (ours is
-            // then unreferenced, and a later collection removes it as orphan data).
-            await this.#d.putContent(x.recordPath, x.raw, { ifNotExists: true });
-            this.#report.spared++;
-          } else {
-            gone.push(x);
-          }
-        })));
-        await this.#sweepDone();
+        await this.#sweepNoted(batch.map((x) => ({ path: x.recordPath, raw: x.raw, record: true })), async () => {
+          await this.#deleteMany(batch.map((x) => x.recordPath));
+          await Promise.all(batch.map((x) => this.#limit(async () => {
+            if (await this.#touchedSinceFirstRead(x.d)) {
+              // A: vouched for while we deleted it. Its data is untouched; put the record back
+              // unless an upload of the same content recorded new data meanwhile (ours is
+              // then unreferenced, and a later collection removes it as orphan data).
+              await this.#d.putContent(x.recordPath, x.raw, { ifNotExists: true });
+              this.#report.spared++;
+            } else {
+              gone.push(x);
+            }
+          })));
+        });
         // Only now, after the re-reads, the bytes.
         await this.#deleteMany(gone.flatMap((x) => (x.data ? [x.data] : [])));
         await this.#deleteMany(gone.map((x) => paths.blobTouched(tryParseDigest(x.d)!)));
@@ -1045,10 +1046,15 @@ class Collection {
     return bytes ? manifestRefs(bytes) : undefined;
   }
 
-  /** Writes down the batch about to be deleted, as read (J). */
-  async #noteSweep(entries: SweepEntry[]): Promise<void> {
+  /**
+   * Runs one batch's deletes and put-backs (`sweep`) between writing down what it deletes, as
+   * read, and removing that note (J). A sweep that fails leaves the note for the next collection.
+   */
+  async #sweepNoted(entries: SweepEntry[], sweep: () => Promise<void>): Promise<void> {
     const note = entries.map((e) => ({ path: e.path, raw: e.raw.toString('base64'), ...(e.record ? { record: true } : {}) }));
     await this.#d.putContent(paths.gcSweeping(), Buffer.from(JSON.stringify({ gen: this.#lease?.gen, entries: note })));
+    await sweep();
+    await this.#sweepDone();
   }
 
   /** The batch's put-backs are done (J). */
