@@ -173,11 +173,19 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    nothing: a push that deduplicated onto a record, or a manifest PUT that checked a link or
  *    re-pushed a revision, was told it is there, and it was gone for good. So each batch of
  *    records, links and revisions is written down first (/gc/sweeping, with the bytes as
- *    read), and the note deleted once the batch's put-backs are done. A collection that
- *    finds the note (one runs at a time, G: its writer died) puts back whatever it names
- *    that is gone, before it lists anything: a blob record only while its data is there (I).
- *    What comes back is judged by this collection like everything else; putting back more
- *    than was touched only keeps it one collection longer.
+ *    read, with each digest's marker as first read), and the note deleted once the batch's
+ *    put-backs are done. A collection that finds the note (one runs at a time, G: its writer
+ *    died) does, before it lists anything, what the re-reads would have: it puts back what the
+ *    note names that is gone and whose marker has changed since (a blob record only while its
+ *    data is there, I). What comes back is judged by this collection like everything else.
+ *    A client's delete must not be undone so: the note may outlive the put-back it was kept
+ *    for (a collector killed between the two), and a client may delete, or push and delete,
+ *    what it names before the next collection comes (hours, perhaps). So a client deleting a
+ *    manifest, a referrer entry or a link while a note exists leaves a tombstone first
+ *    (/gc/deleted/, gc/guard.ts duty 4), and neither the replay nor a live put-back brings a
+ *    tombstoned path back. Each collection clears the tombstones after its replay: no note
+ *    they could be held against is left then, and a path deleted and pushed again later is
+ *    fresh (B) for as long as the collection that might delete it again runs.
  */
 
 export interface GcOptions {
@@ -252,10 +260,14 @@ const DELETE_BATCH = 500;
 /** A batch's note (J) holds what it deletes: manifests are batched by their bytes too. */
 const SWEEP_NOTE_MAX_BYTES = 8 * 1024 * 1024;
 
-/** An object about to be deleted, as read (J); `record`: a blob record, put back only with its data. */
+/**
+ * An object about to be deleted, as read (J); `d`: the digest whose touched marker decides
+ * whether it comes back (A); `record`: a blob record, put back only with its data.
+ */
 interface SweepEntry {
   readonly path: string;
   readonly raw: Buffer;
+  readonly d: string;
   readonly record?: boolean;
 }
 
@@ -580,15 +592,15 @@ class Collection {
           continue;
         }
         const noted = batch.flatMap((x) => [
-          { path: x.revisionPath, raw: x.revision },
-          ...(x.entryPath && x.entry ? [{ path: x.entryPath, raw: x.entry }] : []),
+          { path: x.revisionPath, raw: x.revision, d: x.d },
+          ...(x.entryPath && x.entry ? [{ path: x.entryPath, raw: x.entry, d: x.d }] : []),
         ]);
         await this.#sweepNoted(noted, async () => {
           // The referrer entries first, as ManifestStore.delete does: never an entry without its manifest.
           await this.#deleteMany(batch.flatMap((x) => (x.entryPath ? [x.entryPath] : [])));
           await this.#deleteMany(batch.map((x) => x.revisionPath));
           await Promise.all(batch.map((x) => this.#limit(async () => {
-            if (await this.#touchedSinceFirstRead(x.d)) {
+            if ((await this.#touchedSinceFirstRead(x.d)) && !(await this.#clientDeleted(x.revisionPath))) {
               // A: vouched for while we deleted it: put it back, and keep everything it reaches.
               await this.#d.putContent(x.revisionPath, x.revision, { ifNotExists: true });
               if (x.entryPath && x.entry) await this.#d.putContent(x.entryPath, x.entry);
@@ -672,10 +684,10 @@ class Collection {
     let done = 0;
     for (const batch of batches(doomed, (x) => x.d.length)) {
       if (!this.#dry) {
-        await this.#sweepNoted(batch.map((x) => ({ path: x.link, raw: Buffer.from(x.d) })), async () => {
+        await this.#sweepNoted(batch.map((x) => ({ path: x.link, raw: Buffer.from(x.d), d: x.d })), async () => {
           await this.#deleteMany(batch.map((x) => x.link));
           await Promise.all(batch.map((x) => this.#limit(async () => {
-            if (await this.#touchedSinceFirstRead(x.d)) {
+            if ((await this.#touchedSinceFirstRead(x.d)) && !(await this.#clientDeleted(x.link))) {
               await this.#d.putContent(x.link, Buffer.from(x.d));
               this.#report.spared++;
               this.#report.links--;
@@ -718,7 +730,7 @@ class Collection {
       let gone = batch;
       if (!this.#dry) {
         gone = [];
-        await this.#sweepNoted(batch.map((x) => ({ path: x.recordPath, raw: x.raw, record: true })), async () => {
+        await this.#sweepNoted(batch.map((x) => ({ path: x.recordPath, raw: x.raw, d: x.d, record: true })), async () => {
           await this.#deleteMany(batch.map((x) => x.recordPath));
           await Promise.all(batch.map((x) => this.#limit(async () => {
             if (await this.#touchedSinceFirstRead(x.d)) {
@@ -1004,9 +1016,19 @@ class Collection {
 
   /** The re-read after a delete (A): fresh now, or different from what we first read. */
   async #touchedSinceFirstRead(d: string): Promise<boolean> {
-    const raw = (await readOrUndefined(this.#d, paths.blobTouched(tryParseDigest(d)!)))?.toString('utf8') ?? '';
+    const raw = await this.#touchOf(tryParseDigest(d)!);
     if (raw !== (this.#firstTouch.get(d) ?? '')) return true;
     return raw !== '' && this.#freshTouch(raw);
+  }
+
+  /** A digest's touched marker as stored ('' for none). */
+  async #touchOf(d: Digest): Promise<string> {
+    return (await readOrUndefined(this.#d, paths.blobTouched(d)))?.toString('utf8') ?? '';
+  }
+
+  /** Whether a client deleted `path` while a sweep note existed (gc/guard.ts duty 4). */
+  #clientDeleted(path: string): Promise<boolean> {
+    return objectExists(this.#d, paths.gcDeleted(path));
   }
 
   /** When the manifest was first pushed, from its record (a revision the listing had no time for). */
@@ -1051,7 +1073,9 @@ class Collection {
    * read, and removing that note (J). A sweep that fails leaves the note for the next collection.
    */
   async #sweepNoted(entries: SweepEntry[], sweep: () => Promise<void>): Promise<void> {
-    const note = entries.map((e) => ({ path: e.path, raw: e.raw.toString('base64'), ...(e.record ? { record: true } : {}) }));
+    const note = entries.map((e) => ({
+      path: e.path, raw: e.raw.toString('base64'), d: e.d, touch: this.#firstTouch.get(e.d) ?? '', ...(e.record ? { record: true } : {}),
+    }));
     await this.#d.putContent(paths.gcSweeping(), Buffer.from(JSON.stringify({ gen: this.#lease?.gen, entries: note })));
     await sweep();
     await this.#sweepDone();
@@ -1062,10 +1086,18 @@ class Collection {
     await ignoreNotFound(this.#d.delete(paths.gcSweeping()));
   }
 
-  /** Puts back what a collector that died mid-batch deleted (J). */
+  /**
+   * Puts back what a collector that died mid-batch deleted and someone vouched for meanwhile,
+   * as its own re-read would have (A), unless a client deleted it since (J). Then forgets the
+   * clients' deletes: from here on no note is left that they could be replayed against.
+   */
   async #replaySweep(): Promise<void> {
     const raw = await readOrUndefined(this.#d, paths.gcSweeping());
-    if (!raw) return;
+    if (raw) await this.#replayNote(raw);
+    await this.#deleteMany(await listOrEmpty(this.#d, paths.gcDeletedDir()));
+  }
+
+  async #replayNote(raw: Buffer): Promise<void> {
     let entries: unknown[] = [];
     try {
       const parsed = JSON.parse(raw.toString('utf8')) as { entries?: unknown };
@@ -1075,8 +1107,13 @@ class Collection {
     }
     await Promise.all(entries.map((item) => this.#limit(async () => {
       // An entry not of our making (a hand edit) is skipped: it must not stop every collection.
-      const e = (typeof item === 'object' && item !== null ? item : {}) as { path?: unknown; raw?: unknown; record?: unknown };
+      const e = (typeof item === 'object' && item !== null ? item : {}) as { path?: unknown; raw?: unknown; record?: unknown; d?: unknown; touch?: unknown };
       if (typeof e.path !== 'string' || typeof e.raw !== 'string') return;
+      if (await this.#clientDeleted(e.path)) return;
+      // Untouched since the dead collector first read it: its delete stands. (A note written
+      // before notes named the marker puts back all it names, as it did then.)
+      const digest = typeof e.d === 'string' ? tryParseDigest(e.d) : undefined;
+      if (digest && typeof e.touch === 'string' && (await this.#touchOf(digest)) === e.touch) return;
       const bytes = Buffer.from(e.raw, 'base64');
       if (e.record === true && !(await this.#hasData(parseBlobRecord(bytes)))) return;
       try {

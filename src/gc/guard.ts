@@ -121,6 +121,11 @@ const DEFAULT_HEARTBEAT_MS = 60_000;
  *    the tag; a PUT that knew a collection was running looks for the intent after writing its
  *    tag, waits for the collector to be done, and repairs the tag if it was deleted under it
  *    (ManifestStore.repairTag).
+ *
+ * 4. deleting() (J): before a client's delete of a manifest, a referrer entry or a link, if a
+ *    collector's sweep note exists (it is mid-batch, or it died there), writes down that the
+ *    client deleted it, so that the note's replay, or the collector's own putting back,
+ *    does not bring it back. One stat of the note per delete while none exists.
  */
 export class GcGuard {
   readonly #driver: StorageDriver;
@@ -231,6 +236,18 @@ export class GcGuard {
     const deadline = Date.now() + INTENT_WAIT_MS;
     while (Date.now() < deadline && (await objectExists(this.#driver, intent))) await sleep(20);
     return true;
+  }
+
+  /**
+   * Before a client deletes `targets` (duty 4): while a sweep note exists, a tombstone for each
+   * that exists now (one already gone is no delete of the client's, and must not stop a put-back
+   * a push needs). Durable: a replay after a machine crash reads them.
+   */
+  async deleting(targets: readonly string[]): Promise<void> {
+    if (!(await objectExists(this.#driver, paths.gcSweeping()))) return;
+    await Promise.all(targets.map(async (target) => {
+      if (await objectExists(this.#driver, target)) await this.#driver.putContent(paths.gcDeleted(target), Buffer.from(target));
+    }));
   }
 
   /**

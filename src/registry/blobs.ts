@@ -247,14 +247,17 @@ export class BlobStore {
    * unreferenced. A well-known blob cannot be removed: it exists in every repository
    * whatever is deleted, so a 202 would be followed by a 200 for the same HEAD (the
    * distribution-spec conformance suite checks that a deleted blob is gone). 405 UNSUPPORTED
-   * is the spec's answer for a blob deletion the registry does not do.
+   * is the spec's answer for a blob deletion the registry does not do. `beforeDelete` is given
+   * the link's path first (gc/guard.ts duty 4).
    */
-  async unlink(repo: string, digest: Digest): Promise<void> {
+  async unlink(repo: string, digest: Digest, beforeDelete?: (paths: string[]) => Promise<void>): Promise<void> {
     if (WELL_KNOWN_BLOBS.has(digest.value)) {
       throw new RegistryError('UNSUPPORTED', { message: 'this blob is built in and exists in every repository: it cannot be deleted', detail: { digest: digest.value } });
     }
+    const link = paths.layerLink(repo, digest);
+    await beforeDelete?.([link]);
     try {
-      await this.#driver.delete(paths.layerLink(repo, digest));
+      await this.#driver.delete(link);
     } catch (err) {
       if (isPathNotFound(err)) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
       throw err;

@@ -286,9 +286,10 @@ export class ManifestStore {
    * referrers, and every tag pointing at it (a tag must not dangle). By tag: removes only
    * the tag (its expiring-index entry, if any, is tidied by the next collection). The
    * referrer entry goes first, so a delete cut short never leaves an entry naming a manifest
-   * that is gone.
+   * that is gone. `beforeDelete` is given the paths of the manifest and its referrer entry
+   * once the manifest is found, before either is deleted (gc/guard.ts duty 4).
    */
-  async delete(repo: string, reference: Reference): Promise<void> {
+  async delete(repo: string, reference: Reference, beforeDelete?: (paths: string[]) => Promise<void>): Promise<void> {
     if (reference.kind === 'tag') {
       // An expired tag is gone to clients (GET and HEAD answer 404): so it is to DELETE. Its
       // record is the collector's to remove.
@@ -303,7 +304,9 @@ export class ManifestStore {
     const found = await this.#revision(repo, digest);
     if (!found) throw unknown(reference);
     const subject = found.record.subject === undefined ? undefined : tryParseDigest(found.record.subject);
-    if (subject) await ignoreNotFound(this.#o.driver.delete(paths.referrer(repo, subject, digest)));
+    const entry = subject ? paths.referrer(repo, subject, digest) : undefined;
+    await beforeDelete?.([paths.manifestRevision(repo, digest), ...(entry ? [entry] : [])]);
+    if (entry) await ignoreNotFound(this.#o.driver.delete(entry));
     try {
       await this.#o.driver.delete(paths.manifestRevision(repo, digest));
     } catch (err) {

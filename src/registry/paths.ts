@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Digest } from './reference.js';
 
 /**
@@ -31,6 +32,9 @@ import type { Digest } from './reference.js';
  *   │   ├── sweeping                  while the collector deletes a batch and looks for touches of it:
  *   │   │                             what it deletes, as it read it, for the next one to put back
  *   │   │                             should it die meanwhile (gc/collector.ts, J)
+ *   │   ├── deleted/<sha256 of a path> a client deleted that path (a manifest, a referrer entry, a
+ *   │   │                             link) while a sweep note existed: the note's replay must not
+ *   │   │                             put it back (J); cleared by the next collection's start
  *   │   └── intents/<name>
  *   │       ├── _tags/<tag>           the collector is about to delete this expired tag
  *   │       └── _uploads/<id>         the collector is about to remove this stale upload
@@ -102,6 +106,9 @@ export const paths = {
   referrersRoot: (name: string) => `/repositories/${name}/_manifests/referrers`,
   gcLease: () => '/gc/lease',
   gcSweeping: () => '/gc/sweeping',
+  /** A client deleted `path` while a sweep note existed (gc/collector.ts J): named by the path's SHA-256. */
+  gcDeleted: (path: string) => `/gc/deleted/${createHash('sha256').update(path).digest('hex')}`,
+  gcDeletedDir: () => '/gc/deleted',
   gcGeneration: (gen: number) => `/gc/generations/${gen}`,
   gcGenerationsDir: () => '/gc/generations',
   gcIntentsDir: () => '/gc/intents',

@@ -177,7 +177,7 @@ export class Registry {
   }
 
   async deleteBlob(repo: string, digest: string): Promise<void> {
-    return this.#blobs.unlink(this.#refuseOnMirror(repo), parseDigest(digest));
+    return this.#blobs.unlink(this.#refuseOnMirror(repo), parseDigest(digest), (p) => this.#guard.deleting(p));
   }
 
   // --- manifests and tags ----------------------------------------------------------------
@@ -235,7 +235,7 @@ export class Registry {
   }
 
   async deleteManifest(repo: string, reference: string): Promise<void> {
-    return this.#manifests.delete(this.#refuseOnMirror(repo), parseReference(reference));
+    return this.#manifests.delete(this.#refuseOnMirror(repo), parseReference(reference), (p) => this.#guard.deleting(p));
   }
 
   /**

@@ -217,6 +217,91 @@ describe('online safety', () => {
     expect(await t.imageStored(img)).toBe(true);
   });
 
+  // The note outlives the put-backs it was kept for when the collector is killed between the
+  // two; a client's delete before the next collection must stand all the same.
+  it('a collector killed after putting back a revision, before removing its note: a client delete in between stays', async () => {
+    const img = await t.pushImage('m', BY_DIGEST);
+    const revision = paths.manifestRevision('m', parseDigest(img.digest));
+    d.beforeDelete((p) => p === revision, async () => {
+      // Pushed again by digest while the collector deletes it: it is put back (A).
+      await t.registry.putManifest('m', img.digest, MEDIA_TYPES.ociManifest, img.bytes);
+    });
+    d.beforeDelete((p) => p === paths.gcSweeping(), async () => {
+      throw new Error('killed');
+    });
+    await expect(t.gc()).rejects.toThrow('killed');
+    expect((await t.registry.getManifest('m', img.digest)).digest).toBe(img.digest);
+    await t.registry.deleteManifest('m', img.digest);
+    await t.gc({ graceMs: 60_000 });
+    await expect(t.registry.getManifest('m', img.digest)).rejects.toMatchObject({ code: 'MANIFEST_UNKNOWN' });
+    expect(await d.list(paths.gcDeletedDir()).catch(() => [])).toEqual([]);
+  });
+
+  it('a collector killed after deleting a revision: pushed again and deleted by a client before the next collection, it stays deleted', async () => {
+    const img = await t.pushImage('m', BY_DIGEST);
+    const revision = paths.manifestRevision('m', parseDigest(img.digest));
+    d.beforeDelete((p) => p === revision, async () => {
+      await d.delete(revision);
+      throw new Error('killed');
+    });
+    await expect(t.gc()).rejects.toThrow('killed');
+    await t.registry.putManifest('m', img.digest, MEDIA_TYPES.ociManifest, img.bytes);
+    await t.registry.deleteManifest('m', img.digest);
+    await t.gc({ graceMs: 60_000 });
+    await expect(t.registry.getManifest('m', img.digest)).rejects.toMatchObject({ code: 'MANIFEST_UNKNOWN' });
+  });
+
+  it('a collector killed after deleting a revision nobody vouched for: the next collection does not bring it back', async () => {
+    const img = await t.pushImage('m', BY_DIGEST);
+    const revision = paths.manifestRevision('m', parseDigest(img.digest));
+    d.beforeDelete((p) => p === revision, async () => {
+      await d.delete(revision);
+      throw new Error('killed');
+    });
+    await expect(t.gc()).rejects.toThrow('killed');
+    expect(await exists(d, paths.gcSweeping())).toBe(true);
+    const r = await t.gc({ graceMs: 60_000 });
+    expect(r.spared).toBe(0);
+    expect(await exists(d, revision)).toBe(false);
+    expect(await exists(d, paths.gcSweeping())).toBe(false);
+  });
+
+  it('a collector killed after putting back a link a manifest PUT checked: a client blob delete before the next collection stays', async () => {
+    const layer = await t.pushBlob('a', randomBytes(300));
+    const empty = sha256(Buffer.from('{}'));
+    const manifest = Buffer.from(JSON.stringify({
+      schemaVersion: 2, mediaType: MEDIA_TYPES.ociManifest,
+      config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: empty, size: 2 },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layer, size: 300 }],
+    }));
+    const link = paths.layerLink('a', parseDigest(layer));
+    d.beforeDelete((p) => p === link, async () => {
+      await t.registry.putManifest('a', 'v1', MEDIA_TYPES.ociManifest, manifest);
+    });
+    d.beforeDelete((p) => p === paths.gcSweeping(), async () => {
+      throw new Error('killed');
+    });
+    await expect(t.gc()).rejects.toThrow('killed');
+    expect(await t.linked('a', layer)).toBe(true);
+    await t.registry.deleteBlob('a', layer);
+    await t.gc({ graceMs: 60_000 });
+    expect(await t.linked('a', layer)).toBe(false);
+  });
+
+  it('a client deletes a manifest the collector is deleting and a push has just vouched for: it is not put back', async () => {
+    const img = await t.pushImage('m', BY_DIGEST);
+    const revision = paths.manifestRevision('m', parseDigest(img.digest));
+    d.beforeDelete((p) => p === revision, async () => {
+      await t.registry.putManifest('m', img.digest, MEDIA_TYPES.ociManifest, img.bytes);
+      await t.registry.deleteManifest('m', img.digest);
+    });
+    await t.gc();
+    expect(await exists(d, revision)).toBe(false);
+    expect(await d.list(paths.gcDeletedDir()).catch(() => [])).toHaveLength(1);
+    await t.gc();
+    expect(await d.list(paths.gcDeletedDir()).catch(() => [])).toEqual([]);
+  });
+
   // A note this version did not write (a hand edit, a foreign tool): entries that are not
   // objects failed every collection until someone removed the note by hand.
   it('a sweep note with entries that are not objects: the collection puts back the rest and runs', async () => {
