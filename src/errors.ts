@@ -30,6 +30,7 @@ export const ErrorCodes = {
   NOT_FOUND: { status: 404, message: 'route not found' },
   PAYLOAD_TOO_LARGE: { status: 413, message: 'request body too large' },
   UNAVAILABLE: { status: 503, message: 'service unavailable' },
+  NOT_IMPLEMENTED: { status: 501, message: 'not implemented' },
   UNKNOWN: { status: 500, message: 'unknown error' },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -71,6 +71,20 @@ export interface RegistryHandler extends RequestHandler {
   drain(timeoutMs: number): Promise<void>;
 }
 
+/**
+ * Both front ends frame a body whose last transfer coding is chunked and hand over what the
+ * chunks hold: a coding before chunked (`gzip, chunked`) would be stored still coded. RFC 9112
+ * §6.1: 501 for a coding the server does not decode. (A body whose last coding is not chunked
+ * has no framing: the front ends answer it 400 and close the connection.)
+ */
+function assertChunkedOnly(req: IncomingRequest): void {
+  const coding = req.header('transfer-encoding');
+  if (coding === undefined) return;
+  const codings = coding.split(',').map((c) => c.trim().toLowerCase());
+  if (codings.length === 1 || codings[codings.length - 1] !== 'chunked') return;
+  throw new RegistryError('NOT_IMPLEMENTED', { message: 'transfer coding not implemented: only chunked is', detail: { transferEncoding: coding.slice(0, 100) } });
+}
+
 export function createHandler(o: HandlerOptions): RegistryHandler {
   const running = new Set<Promise<void>>();
   const namespaces = new NamespaceRouter(o.registry, o.namespaces ?? []);
@@ -87,6 +101,7 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
     const c: Ctx | undefined = m ? { req, res, m, registry: ns.registry, o, namespace: ns.name } : undefined;
     let status = 0;
     try {
+      assertChunkedOnly(req);
       if (!m) throw new RegistryError('NOT_FOUND', { detail: { path: req.path.slice(0, 200) } });
       const h = HANDLERS[m.route.name][req.method];
       if (!h) throw new MethodNotAllowedError(req.method, Object.keys(HANDLERS[m.route.name]));
