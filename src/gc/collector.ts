@@ -950,8 +950,8 @@ class Collection {
   }
 
   /**
-   * Touched markers of digests that have no blob record (a HEAD for a blob never uploaded, a
-   * PUT that named a missing blob), unless fresh. Those of swept blobs went with them.
+   * Touched markers of digests that have no blob record (a blob deleted by hand, a PUT that
+   * named a missing blob), unless fresh. Those of swept blobs went with them.
    */
   async #sweepMarkers(markers: Set<string>, records: Set<string>, swept: Set<string>): Promise<void> {
     const candidates = [...markers].filter((d) => !records.has(d) && !swept.has(d));

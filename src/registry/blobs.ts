@@ -164,6 +164,14 @@ export class BlobStore {
     return { digest: found.digest, size: found.size };
   }
 
+  /**
+   * Whether `repo` links the blob (or it is built in): one stat, where stat() and exists() also
+   * read the record and look for its data. Says nothing of the data; a cheap first look.
+   */
+  async linked(repo: string, digest: Digest): Promise<boolean> {
+    return WELL_KNOWN_BLOBS.has(digest.value) || this.#linked(repo, digest);
+  }
+
   async exists(repo: string, digest: Digest): Promise<boolean> {
     return (await this.locate(repo, digest)) !== undefined;
   }

@@ -261,6 +261,11 @@ export class ManifestStore {
     return true;
   }
 
+  /** Whether the repository holds the manifest `digest`: one existence check, no read. */
+  exists(repo: string, digest: Digest): Promise<boolean> {
+    return objectExists(this.#o.driver, paths.manifestRevision(repo, digest));
+  }
+
   async stat(repo: string, reference: Reference): Promise<ManifestRecord> {
     const found = await this.#revision(repo, await this.#resolve(repo, reference));
     if (!found) throw unknown(reference);

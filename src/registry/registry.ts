@@ -135,6 +135,8 @@ export class Registry {
     assertName(repo);
     const d = tryParseDigest(digest);
     if (d === undefined || !isValidName(from)) return undefined;
+    // No touch for a blob `from` does not link (as statBlob).
+    if (!(await this.#blobs.linked(from, d))) return undefined;
     return this.#guard.op(async () => {
       await this.#guard.touch([d]);
       return this.#blobs.mount(repo, d, from);
@@ -145,13 +147,15 @@ export class Registry {
 
   /**
    * HEAD: clients ask before they upload, and skip the upload if the blob is there, so a yes
-   * must keep the blob for the grace period (gc/collector.ts, B): touch, then check (A). A no leaves a
-   * marker the next collection removes (and the client's upload rewrites it anyway).
+   * must keep the blob for the grace period (gc/collector.ts, B): touch, then check (A). A
+   * digest the repository does not link is answered no before any touch: anyone who may pull
+   * can ask for any digest, and each marker written for one would stay until a collection.
    */
   async statBlob(repo: string, digest: string): Promise<BlobDescriptor> {
     const d = parseDigest(digest);
     assertName(repo);
     if (this.#mirror) return this.#mirror.statBlob(repo, d);
+    if (!(await this.#blobs.linked(repo, d))) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: d.value } });
     await this.#markAsked(d);
     return this.#blobs.stat(repo, d);
   }
@@ -230,7 +234,11 @@ export class Registry {
     assertName(repo);
     const ref = readReference(reference);
     if (this.#mirror) return this.#mirror.statManifest(repo, ref);
-    if (ref.kind === 'digest') await this.#markAsked(ref.digest);
+    if (ref.kind === 'digest') {
+      // As statBlob: no marker for a manifest the repository does not hold.
+      if (!(await this.#manifests.exists(repo, ref.digest))) throw new RegistryError('MANIFEST_UNKNOWN', { detail: { digest: ref.digest.value } });
+      await this.#markAsked(ref.digest);
+    }
     return this.#manifests.stat(repo, ref);
   }
 
