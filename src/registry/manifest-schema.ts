@@ -304,37 +304,71 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** What only the text shows: how deep it nests, and how schemaVersion is written. */
+/**
+ * What only the text shows: how deep it nests, and how its integers are written. Go reads
+ * schemaVersion (int) and every descriptor's size (int64) with strconv.ParseInt, which refuses
+ * `2.0`, `24E0` or a size past int64, all of which JSON.parse reads as integers: such a
+ * manifest would be stored and then fail every Go client's pull.
+ */
 function checkText(text: string, doc: Record<string, unknown>): void {
   // Per open container, whether it is an object: there a comma is followed by a key.
   const inObject: boolean[] = [];
-  let topKey: string | undefined;
+  // Per open container, the key it is the value of (undefined: the root, an array's element).
+  const owners: Array<string | undefined> = [];
+  // The innermost object's key whose value is being read (read only where a checked one can be).
+  let key: string | undefined;
   let expectKey = false;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
       if (inObject.push(c === 0x7b) > MAX_DEPTH) throw invalid(`manifest nests deeper than ${MAX_DEPTH} levels`);
+      owners.push(key);
+      key = undefined;
       expectKey = c === 0x7b;
     } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
       inObject.pop();
+      owners.pop();
+      key = undefined;
       expectKey = false;
     } else if (c === 0x2c /* , */) {
       expectKey = inObject[inObject.length - 1] === true;
+      key = undefined;
     } else if (c === 0x22 /* " */) {
       const end = stringEnd(text, i);
       if (expectKey) {
-        topKey = inObject.length === 1 ? JSON.parse(text.slice(i, end + 1)) as string : undefined;
+        key = inObject.length <= 3 ? JSON.parse(text.slice(i, end + 1)) as string : undefined;
         expectKey = false;
       }
       i = end;
-    } else if (c === 0x3a /* : */ && topKey !== undefined) {
-      if (topKey === 'schemaVersion') {
-        const m = /^\s*(-?[0-9][0-9.eE+-]*)/.exec(text.slice(i + 1, i + 40));
-        if (m !== null && m[1] !== '2' && doc.schemaVersion === 2) throw invalid('schemaVersion must be written as the integer 2', { schemaVersion: m[1] });
+    } else if (c === 0x3a /* : */ && key !== undefined) {
+      const literal = /^\s*(-?[0-9][0-9.eE+-]*)/.exec(text.slice(i + 1, i + 40))?.[1];
+      if (literal !== undefined) {
+        if (inObject.length === 1 && key === 'schemaVersion') {
+          if (literal !== '2' && doc.schemaVersion === 2) throw invalid('schemaVersion must be written as the integer 2', { schemaVersion: literal });
+        } else if (key === 'size' && isDescriptor(owners, inObject) && Number.isInteger(Number(literal)) && !isInt64(literal)) {
+          // (One that is no integer to JSON.parse either, 1.5, is the schema's to name.)
+          throw invalid('a descriptor\'s size must be written as an integer', { size: literal });
+        }
       }
-      topKey = undefined;
+      // The key stays until its value ends (`,` or the close): an object or array opened as the
+      // value is owned by it.
     }
   }
+}
+
+/** Whether the innermost open object is a descriptor: config, subject, or an entry of layers or manifests. */
+function isDescriptor(owners: ReadonlyArray<string | undefined>, inObject: readonly boolean[]): boolean {
+  if (inObject.length === 2) return owners[1] === 'config' || owners[1] === 'subject';
+  return inObject.length === 3 && !inObject[1] && (owners[1] === 'layers' || owners[1] === 'manifests');
+}
+
+const INT64_MAX = 2n ** 63n - 1n;
+
+/** What Go's strconv.ParseInt(s, 10, 64) takes from a JSON number. */
+function isInt64(literal: string): boolean {
+  if (!/^-?(0|[1-9][0-9]*)$/.test(literal)) return false;
+  const n = BigInt(literal);
+  return n <= INT64_MAX && n >= -INT64_MAX - 1n;
 }
 
 /** The index of the quote that closes the string opening at `start`. */

@@ -178,6 +178,30 @@ describe.each(combos)('manifest validation ($frontend front end, $storage storag
       expectStatus(await put(name, 'v2', `{"schema\\u0056ersion": 2,${body.slice(1)}`, MEDIA_TYPES.imageManifest), 201);
     });
 
+    // Found by probing (2026-12-03): `"size": 24.0` passed (JSON.parse reads 24), and Go's
+    // ParseInt refuses it, so every Go client's pull of the manifest failed.
+    it('for a descriptor size not written as an integer Go can read', async () => {
+      const name = repo('gosize');
+      const empty = { mediaType: 'application/vnd.oci.empty.v1+json', digest: EMPTY_JSON, size: 2 };
+      const sized = (size: string): Record<string, string> => ({
+        config: `{"schemaVersion":2,"mediaType":"${MEDIA_TYPES.imageManifest}","config":{"mediaType":"${empty.mediaType}","digest":"${EMPTY_JSON}","size":${size}},"layers":[]}`,
+        layer: `{"schemaVersion":2,"mediaType":"${MEDIA_TYPES.imageManifest}","config":${JSON.stringify(empty)},"layers":[{"mediaType":"${empty.mediaType}","digest":"${EMPTY_JSON}","size":${size}}]}`,
+        subject: `{"schemaVersion":2,"mediaType":"${MEDIA_TYPES.imageManifest}","config":${JSON.stringify(empty)},"layers":[],"subject":{"mediaType":"${MEDIA_TYPES.imageManifest}","digest":"${EMPTY_JSON}","size":${size}}}`,
+        child: `{"schemaVersion":2,"mediaType":"${MEDIA_TYPES.imageIndex}","manifests":[{"mediaType":"${MEDIA_TYPES.imageManifest}","digest":"${EMPTY_JSON}","size":${size}}]}`,
+      });
+      for (const v of ['2.0', '2e0', '20E-1', '0.2e1', '9223372036854775808']) {
+        for (const [where, doc] of Object.entries(sized(v))) {
+          const type = where === 'child' ? MEDIA_TYPES.imageIndex : MEDIA_TYPES.imageManifest;
+          const [e] = expectError(await put(name, 'v1', doc, type), 400, 'MANIFEST_INVALID', `${where} size ${v}`);
+          expect(e!.message).toMatch(/size must be written as an integer/);
+        }
+      }
+      await expectNothingStored(name, 'v1');
+      // Elsewhere a number is Go's to ignore (an unknown field) or a string (annotations).
+      const fine = `{"schemaVersion":2,"mediaType":"${MEDIA_TYPES.imageManifest}","config":${JSON.stringify(empty)},"layers":[],"extension":{"size":2.0,"layers":[{"size":1e3}]},"annotations":{"size":"2.0"}}`;
+      expectStatus(await put(name, 'v1', fine, MEDIA_TYPES.imageManifest), 201);
+    });
+
     it('for a media type that is not a manifest', async () => {
       const name = repo('unsupported');
       expectError(await put(name, 'v1', '{"schemaVersion":2}', 'text/plain'), 400, 'MANIFEST_INVALID', 'PUT');
