@@ -247,7 +247,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   readBody(sink: BodySink): Promise<number> {
     if (this.#bodyClaimed) return Promise.reject(new Error('readBody() called twice'));
     this.#bodyClaimed = true;
-    if (this.#aborted) return Promise.reject(new ClientAbortError());
+    if (this.#aborted) return this.#readLeftover(sink);
     if (this.#started) return Promise.reject(new Error('readBody() called after the response was sent'));
     const req = this.#req;
     const idleMs = this.#idleMs;
@@ -291,6 +291,23 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     req.on('data', onData).once('end', onEnd).once('error', onError);
     if (idleMs > 0 && !req.complete) req.on('timeout', onIdle);
     return body.start(sink);
+  }
+
+  /**
+   * The client went away before the handler read the body, say with its headers, part of the
+   * body and its FIN in one read: node:http destroyed the request with that part still
+   * buffered. It is what the client sent, and is kept as a body cut short later is (README:
+   * what arrived is kept): written into the sink, then the read fails as the client left.
+   */
+  #readLeftover(sink: BodySink): Promise<number> {
+    const left: Buffer[] = [];
+    for (let chunk: Buffer | null; (chunk = this.#req.read() as Buffer | null) !== null;) left.push(chunk);
+    if (left.length === 0) return Promise.reject(new ClientAbortError());
+    const body = new BodyPump({ pause: () => {}, resume: () => {}, stop: () => {} }, { chunksOwned: true });
+    const read = body.start(sink);
+    for (const chunk of left) body.push(chunk);
+    body.fail(new ClientAbortError());
+    return read;
   }
 
   /**
