@@ -46,7 +46,8 @@ export interface RegistryErrorOptions {
   /**
    * Overrides the table's status, only where the spec gives one code a second meaning: a
    * manifest PUT whose index names a child the repository lacks is a bad request (400), not a
-   * missing resource, yet the code is MANIFEST_UNKNOWN. Nothing in src/http chooses statuses.
+   * missing resource, yet the code is MANIFEST_UNKNOWN; a manifest over the size limit is
+   * invalid, yet the spec asks for 413 ("Pushing Manifests"). Nothing in src/http chooses statuses.
    */
   status?: number;
 }

@@ -28,7 +28,7 @@ export async function readSmallBody(req: IncomingRequest, maxBytes: number): Pro
 }
 
 function tooLargeError(maxBytes: number): RegistryError {
-  return new RegistryError('MANIFEST_INVALID', { message: 'manifest too large', detail: { limit: maxBytes } });
+  return new RegistryError('MANIFEST_INVALID', { message: 'manifest too large', detail: { limit: maxBytes }, status: 413 });
 }
 
 /** True when the request announces a body (RFC 9112 §6.3): a non-zero length, or chunked. */

@@ -162,7 +162,7 @@ export class ManifestStore {
    */
   async put(repo: string, reference: Reference, contentType: string | undefined, bytes: Buffer, opts: PutManifestOptions = {}): Promise<ManifestRecord> {
     if (bytes.length > this.#o.maxBytes) {
-      throw new RegistryError('MANIFEST_INVALID', { message: 'manifest too large', detail: { size: bytes.length, limit: this.#o.maxBytes } });
+      throw new RegistryError('MANIFEST_INVALID', { message: 'manifest too large', detail: { size: bytes.length, limit: this.#o.maxBytes }, status: 413 });
     }
     const algorithm = reference.kind === 'digest' ? reference.digest.algorithm : 'sha256';
     const digest = tryParseDigest(`${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`)!;

@@ -91,7 +91,7 @@ describe.each(combos)('manifest validation ($frontend front end, $storage storag
       expectError(await put(name, 'v1', 'null', MEDIA_TYPES.imageManifest), 400, 'MANIFEST_INVALID', 'PUT');
     });
 
-    it('for a manifest announced larger than manifests.maxBytes, answered before its body is sent', async () => {
+    it('for a manifest larger than manifests.maxBytes, with 413; when announced, before its body is sent', async () => {
       const name = repo('large');
       // Only the head: the answer must not wait for the 4 MiB + 1 bytes announced.
       const reply = await socketExchange(server.port,
@@ -99,8 +99,16 @@ describe.each(combos)('manifest validation ($frontend front end, $storage storag
         { timeoutMs: 5000, until: (received) => parseRawReply(received.toString('latin1')).codes.length > 0 });
       expect(reply.timedOut).toBe(false);
       const r = parseRawReply(reply.text);
-      expect(r.status).toBe(400);
+      // distribution-spec "Pushing Manifests": a registry that enforces a limit SHOULD answer 413.
+      expect(r.status).toBe(413);
       expect(r.codes).toEqual(['MANIFEST_INVALID']);
+      await expectNothingStored(name, 'v1');
+      // Chunked, so that only the bytes tell: the same.
+      const chunked = await request(base, `/v2/${name}/manifests/v1`, {
+        method: 'PUT', headers: { 'content-type': MEDIA_TYPES.imageManifest }, body: [Buffer.alloc(3 * 1024 * 1024, 32), Buffer.alloc(1024 * 1024 + 1, 32)],
+      });
+      const [e] = expectError(chunked, 413, 'MANIFEST_INVALID', 'PUT chunked');
+      expect(e!.message).toMatch(/too large/);
       await expectNothingStored(name, 'v1');
     });
 
