@@ -2,7 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { RangeNotSatisfiableError, RegistryError } from '../errors.js';
-import { InvalidPathError, isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { InvalidPathError, isPathNotFound, objectExists, type StorageDriver } from '../storage/driver.js';
 import { paths } from './paths.js';
 import type { Digest } from './reference.js';
 import { removeStale } from './takeover.js';
@@ -165,11 +165,12 @@ export class BlobStore {
   }
 
   /**
-   * Whether `repo` links the blob (or it is built in): one stat, where stat() and exists() also
-   * read the record and look for its data. Says nothing of the data; a cheap first look.
+   * Whether `repo` links the blob (or it is built in): one existence check (a HEAD on S3),
+   * where stat() and exists() also read the record and look for its data. Says nothing of the
+   * data; a cheap first look.
    */
   async linked(repo: string, digest: Digest): Promise<boolean> {
-    return WELL_KNOWN_BLOBS.has(digest.value) || this.#linked(repo, digest);
+    return WELL_KNOWN_BLOBS.has(digest.value) || objectExists(this.#driver, paths.layerLink(repo, digest));
   }
 
   async exists(repo: string, digest: Digest): Promise<boolean> {
