@@ -180,7 +180,16 @@ export class PullThroughCache implements Mirror {
     const declared = (MANIFEST_MEDIA_TYPES as readonly string[]).includes(type ?? '') ? type : undefined;
     const record = await this.#core.guard.op(async () => {
       await this.#core.guard.touch([digest]);
-      const r = await this.#core.manifests.put(repo, ref, declared, bytes, { fromUpstream: true });
+      const r = await this.#core.manifests.put(repo, ref, declared, bytes, { fromUpstream: true }).catch((err: unknown) => {
+        // Not JSON, not a manifest, a Content-Type its bytes deny: the upstream's fault, which
+        // clients retry (503), and a tag the cache holds is served instead; never the 400 that
+        // tells a pushing client to mend its manifest.
+        if (err instanceof RegistryError && (err.code === 'MANIFEST_INVALID' || err.code === 'DIGEST_INVALID')) {
+          this.#log.warn({ repository: repo, reason: err.message }, 'upstream sent a manifest this registry cannot serve: not stored');
+          throw new UpstreamUnavailableError(this.#up.remote, `sent a manifest this registry cannot serve (${err.message})`, err);
+        }
+        throw err;
+      });
       // A collector may have deleted this (expired) tag as we wrote it: put it back (gc/guard.ts, duty 3).
       if (ref.kind === 'tag' && this.#core.guard.collecting) {
         await this.#core.guard.tagIntent(repo, ref.tag);

@@ -349,6 +349,10 @@ export class UpstreamClient {
   /**
    * The body, refusing more than `max` bytes; a body cut short is the upstream being
    * unavailable, and so is one too large: the upstream's fault, not the client's (503, not 400).
+   * These bodies are small (a manifest, a tag list, a token), and all of one must arrive within
+   * the time allowed for headers: one that stalls, or drips a byte at a time, would otherwise
+   * hold every client of the fetch it belongs to (a cached tag is served instead, as when the
+   * headers never come).
    */
   async #readCapped(res: Response, max: number): Promise<Buffer> {
     const declared = Number(res.headers.get('content-length') ?? NaN);
@@ -357,17 +361,32 @@ export class UpstreamClient {
       await res.body?.cancel().catch(() => undefined);
       throw tooLarge();
     }
+    if (!res.body) return Buffer.alloc(0);
+    const reader = res.body.getReader();
+    let late = false;
+    const timer = setTimeout(() => {
+      late = true;
+      void reader.cancel().catch(() => undefined);
+    }, this.#headersTimeoutMs);
     const chunks: Uint8Array[] = [];
     let n = 0;
     try {
-      for await (const chunk of res.body ?? []) {
-        n += chunk.byteLength;
-        if (n > max) throw tooLarge();
-        chunks.push(chunk);
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (late) throw new UpstreamUnavailableError(this.remote, `a response body not complete within ${this.#headersTimeoutMs} ms`);
+        if (done) break;
+        n += value.byteLength;
+        if (n > max) {
+          void reader.cancel().catch(() => undefined);
+          throw tooLarge();
+        }
+        chunks.push(value);
       }
     } catch (err) {
       if (err instanceof RegistryError) throw err;
       throw new UpstreamUnavailableError(this.remote, reasonOf(err), err);
+    } finally {
+      clearTimeout(timer);
     }
     return Buffer.concat(chunks, n);
   }

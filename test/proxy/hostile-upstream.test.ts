@@ -41,6 +41,10 @@ const bigDigest = `sha256:${createHash('sha256').update(big).digest('hex')}`;
 /** An index of nothing: a manifest the cache stores without any blob. */
 const index = Buffer.from('{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}');
 const indexDigest = `sha256:${createHash('sha256').update(index).digest('hex')}`;
+/** What the upstream serves as `junk/*:v1` once `junkTag` says so: a 200 that is no manifest. */
+const JUNK = Buffer.from('<html>not a manifest</html>');
+const junkDigest = `sha256:${createHash('sha256').update(JUNK).digest('hex')}`;
+let junkTag: 'good' | 'junk' = 'good';
 /** The upstream's tag `moving/img:v1`: there, deleted, or the upstream down. */
 let movingTag: 'there' | 'deleted' | 'down' = 'there';
 
@@ -108,6 +112,15 @@ beforeAll(async () => {
         res.writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json', 'docker-content-digest': indexDigest, 'content-length': String(index.byteLength) });
         res.end(req.method === 'HEAD' ? undefined : index);
       }
+    } else if (url === '/v2/junk/img/manifests/v1' || url === '/v2/junk/other/manifests/v1') {
+      const good = junkTag === 'good' && url.includes('/img/');
+      const bytes = good ? index : JUNK;
+      res.writeHead(200, {
+        'content-type': 'application/vnd.oci.image.index.v1+json',
+        'docker-content-digest': good ? indexDigest : junkDigest,
+        'content-length': String(bytes.byteLength),
+      });
+      res.end(req.method === 'HEAD' ? undefined : bytes);
     } else if (url === '/v2/huge/img/manifests/v1') {
       res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': String(5 * 1024 * 1024) });
       res.end(Buffer.alloc(5 * 1024 * 1024, 0x20));
@@ -173,6 +186,20 @@ describe('a pull-through cache before a hostile upstream', () => {
     // Not cached by the HEAD: a GET of the blob in a fresh repository name goes upstream too.
     const again = await request(mirror.url, `/v2/free/img/blobs/${digest}`);
     expect(again.status).toBe(200);
+  });
+
+  // Found by probing (2026-12-03): a 200 whose body is no manifest got the client 400
+  // MANIFEST_INVALID ("set Content-Type"), a push's answer, even for a tag the cache held.
+  it('a manifest that is none (not JSON) is the upstream\'s fault: a cached tag is served, else 503', async () => {
+    const tag = '/v2/junk/img/manifests/v1';
+    junkTag = 'good';
+    expect((await request(mirror.url, tag)).status).toBe(200);
+    junkTag = 'junk';
+    const cached = await request(mirror.url, tag);
+    expect(cached.status, 'served from the cache').toBe(200);
+    expect(cached.body.equals(index)).toBe(true);
+    expect((await request(mirror.url, tag, { method: 'HEAD' })).status).toBe(200);
+    expectError(await request(mirror.url, '/v2/junk/other/manifests/v1'), 503, 'UNAVAILABLE');
   });
 
   it('a tag the upstream deleted is gone from the cache too, and not served again while the upstream is down', async () => {
