@@ -118,7 +118,12 @@ export class UwsFrontEnd implements FrontEnd {
 
   listen(host: string, port: number): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.#app.listen(host, port, (socket) => {
+      // uWS listens with SO_REUSEPORT unless told otherwise: a second server started on a port
+      // another uWS process holds (a unit started twice) got half the connections, with its own
+      // storage, where node:http fails with EADDRINUSE. (The host form with options is in uWS,
+      // not in its typings.)
+      const listen = this.#app.listen as unknown as (h: string, p: number, options: number, cb: (socket: us_listen_socket | false) => void) => void;
+      listen.call(this.#app, host, port, LIBUS_LISTEN_EXCLUSIVE_PORT, (socket) => {
         if (socket === false) return reject(new Error(`uWS could not listen on ${host}:${port}`));
         this.#listenSocket = socket;
         resolve(uws.us_socket_local_port(socket as never));
@@ -430,6 +435,9 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
     for (const cb of this.#abortCallbacks.splice(0)) cb();
   }
 }
+
+/** uWS's ListenOptions: no SO_REUSEPORT. */
+const LIBUS_LISTEN_EXCLUSIVE_PORT = 1;
 
 /** A request-target is visible ASCII (RFC 9112 §3.2, RFC 3986); uWS passes other bytes through. */
 const NOT_TARGET_BYTES = /[^\x21-\x7e]/;

@@ -132,6 +132,20 @@ describe('hoist serve', () => {
       expect(r.code, r.stderr).toBe(1);
       expect(r.stderr).toMatch(/^hoist: start-up failed: /m);
     });
+
+    // Found by probing (2026-12-03): uWS listened with SO_REUSEPORT, so a second uWS server on
+    // a port a first one held started, and the kernel shared the connections between the two
+    // (each with its own storage).
+    it('a port a running uWS Hoist holds → a second uWS Hoist exits 1 with "start-up failed"', async () => {
+      const first = await startServer({ frontend: 'uws' });
+      try {
+        const r = await hoist(['serve', '--storage', 'memory:', '--frontend', 'uws', '--listen', `127.0.0.1:${first.port}`]);
+        expect(r.code, r.stderr).toBe(1);
+        expect(r.stderr).toMatch(/^hoist: start-up failed: /m);
+      } finally {
+        expect(await first.stop()).toBe(0);
+      }
+    });
   });
 });
 
