@@ -137,7 +137,12 @@ describe('hoist serve', () => {
     // a port a first one held started, and the kernel shared the connections between the two
     // (each with its own storage).
     it('a port a running uWS Hoist holds → a second uWS Hoist exits 1 with "start-up failed"', async () => {
-      const first = await startServer({ frontend: 'uws' });
+      // A port of our choosing: one the kernel picks for port 0 is not shared so anyway.
+      const probe = createServer();
+      await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+      const free = (probe.address() as { port: number }).port;
+      await new Promise((resolve) => probe.close(resolve));
+      const first = await startServer({ frontend: 'uws', env: { HOIST_LISTEN: `127.0.0.1:${free}` } });
       try {
         const r = await hoist(['serve', '--storage', 'memory:', '--frontend', 'uws', '--listen', `127.0.0.1:${first.port}`]);
         expect(r.code, r.stderr).toBe(1);
