@@ -195,7 +195,16 @@ function jsonOr<T extends z.ZodTypeAny>(schema: T, example: string) {
 
 /** File names: a YAML list, or from the environment a JSON list or `a.pem,b.pem`. */
 const fileList = z
-  .union([z.array(z.string()), z.string().transform((v) => (v.trim().startsWith('[') ? (JSON.parse(v) as unknown) : v.split(',').map((f) => f.trim()).filter(Boolean)))])
+  .union([z.array(z.string()), z.string().transform((v, ctx) => {
+    if (!v.trim().startsWith('[')) return v.split(',').map((f) => f.trim()).filter(Boolean);
+    try {
+      return JSON.parse(v) as unknown;
+    } catch {
+      // Thrown here it would escape zod, and the CLI print a stack trace instead of the setting.
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: 'expected a JSON list of file names, e.g. ["a.pem","b.pem"], or a.pem,b.pem' });
+      return z.NEVER;
+    }
+  })])
   .pipe(z.array(z.string().min(1)));
 
 /** Text that goes into a quoted challenge parameter (WWW-Authenticate). */

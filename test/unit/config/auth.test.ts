@@ -56,6 +56,15 @@ describe('auth, limits and tls options', () => {
     expect(() => loadConfig({ overrides })).toThrow(message);
   });
 
+  // Found by probing (2026-12-03): a SyntaxError escaped, and the CLI printed its stack.
+  it('bad JSON in HOIST_AUTH_TOKEN_PUBLIC_KEY_FILES (or publicKeyFiles) → ConfigError naming the option', () => {
+    const env = { HOIST_AUTH_HTPASSWD: 'f', HOIST_AUTH_TOKEN_REALM: 'https://r.example/token', HOIST_AUTH_TOKEN_SERVICE: 's', HOIST_AUTH_TOKEN_ISSUER: 'i', HOIST_AUTH_TOKEN_PRIVATE_KEY_FILE: '/k.pem' };
+    expect(() => loadConfig({ env: { ...env, HOIST_AUTH_TOKEN_PUBLIC_KEY_FILES: '[bad' } })).toThrow(ConfigError);
+    expect(() => loadConfig({ env: { ...env, HOIST_AUTH_TOKEN_PUBLIC_KEY_FILES: '[bad' } })).toThrow(/auth\.token\.publicKeyFiles.*JSON list of file names/);
+    const overrides = { auth: { htpasswd: 'f', token: { realm: 'https://r.example/token', service: 's', issuer: 'i', privateKeyFile: '/k.pem', publicKeyFiles: '["a.pem"' } } };
+    expect(() => loadConfig({ overrides })).toThrow(ConfigError);
+  });
+
   it('bad JSON in HOIST_AUTH_ACCESS says what it expected', () => {
     expect(() => loadConfig({ env: { HOIST_AUTH_HTPASSWD: 'f', HOIST_AUTH_ACCESS: '[{' } })).toThrow(/auth\.access.*expected JSON/);
   });
