@@ -68,7 +68,8 @@ export class ReadinessCheck {
       await this.#driver.list('/');
       result = { ready: true };
     } catch (err) {
-      // An empty store has no root listing yet on some drivers: it answered.
+      // A store that answered "nothing there" answered (no driver says so of its root today:
+      // fs reports a root gone as the error it is).
       if (isPathNotFound(err)) result = { ready: true };
       else {
         error = err;

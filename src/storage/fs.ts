@@ -187,8 +187,9 @@ export class FsDriver implements StorageDriver {
     try {
       names = await fs.readdir(this.#file(path));
     } catch (err) {
-      // A file where the root should be is no empty store: every write would fail.
-      throw path === '/' && errno(err) === 'ENOTDIR' ? err : notFound(err, path);
+      // A file where the root should be, or no root at all (open() made it: a volume that went
+      // away, a directory moved), is no empty store: every write would fail.
+      throw path === '/' && (errno(err) === 'ENOTDIR' || errno(err) === 'ENOENT') ? err : notFound(err, path);
     }
     const prefix = path === '/' ? '/' : `${path}/`;
     const children = names.map((name) => prefix + name).filter(isDriverPath).sort();

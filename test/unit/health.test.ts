@@ -113,4 +113,12 @@ describe('ReadinessCheck', () => {
       await writeFile(root, 'not a directory');
     })).toEqual({ ready: false, reason: 'storage (fs) failed: ENOTDIR' });
   });
+
+  // Found by probing (2026-12-03): the root moved away (a volume unmounted), every push failed
+  // with 500 and /readyz said ready, "not found" counting as an empty store.
+  it('on fs: not ready when the root directory is gone', async () => {
+    expect(await afterBreakingRoot(async (work, root) => {
+      await rename(root, join(work, 'moved'));
+    })).toEqual({ ready: false, reason: 'storage (fs) failed: ENOENT' });
+  });
 });
