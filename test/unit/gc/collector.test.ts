@@ -105,6 +105,15 @@ async function acknowledged(driver: StorageDriver, gen: number): Promise<void> {
   }
 }
 
+/** A manifest of one 300-byte layer, its config the well-known `{}`: the layer's is its repository's only link. */
+function oneLayerManifest(layer: string): Buffer {
+  return Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: MEDIA_TYPES.ociManifest,
+    config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: sha256(Buffer.from('{}')), size: 2 },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layer, size: 300 }],
+  }));
+}
+
 let pool: HashPool;
 beforeAll(() => {
   pool = new HashPool({ threads: 1, maxQueue: 100 });
@@ -185,12 +194,7 @@ describe('online safety', () => {
     // The layer's is the repository's only link (the config is the well-known `{}`), so the
     // PUT's check is the one the kill falls after.
     const layer = await t.pushBlob('a', randomBytes(300));
-    const empty = sha256(Buffer.from('{}'));
-    const manifest = Buffer.from(JSON.stringify({
-      schemaVersion: 2, mediaType: MEDIA_TYPES.ociManifest,
-      config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: empty, size: 2 },
-      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layer, size: 300 }],
-    }));
+    const manifest = oneLayerManifest(layer);
     const link = paths.layerLink('a', parseDigest(layer));
     d.beforeDelete((p) => p === link, async () => {
       await t.registry.putManifest('a', 'v1', MEDIA_TYPES.ociManifest, manifest);
@@ -268,12 +272,7 @@ describe('online safety', () => {
 
   it('a collector killed after putting back a link a manifest PUT checked: a client blob delete before the next collection stays', async () => {
     const layer = await t.pushBlob('a', randomBytes(300));
-    const empty = sha256(Buffer.from('{}'));
-    const manifest = Buffer.from(JSON.stringify({
-      schemaVersion: 2, mediaType: MEDIA_TYPES.ociManifest,
-      config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: empty, size: 2 },
-      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layer, size: 300 }],
-    }));
+    const manifest = oneLayerManifest(layer);
     const link = paths.layerLink('a', parseDigest(layer));
     d.beforeDelete((p) => p === link, async () => {
       await t.registry.putManifest('a', 'v1', MEDIA_TYPES.ociManifest, manifest);
