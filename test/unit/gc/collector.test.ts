@@ -223,6 +223,15 @@ describe('online safety', () => {
 
   // The note outlives the put-backs it was kept for when the collector is killed between the
   // two; a client's delete before the next collection must stand all the same.
+  /** Runs a collection that is killed (kill -9) right after it deleted `path` (J). */
+  async function collectionKilledAfterDeleting(path: string): Promise<void> {
+    d.beforeDelete((p) => p === path, async () => {
+      await d.delete(path);
+      throw new Error('killed');
+    });
+    await expect(t.gc()).rejects.toThrow('killed');
+  }
+
   it('a collector killed after putting back a revision, before removing its note: a client delete in between stays', async () => {
     const img = await t.pushImage('m', BY_DIGEST);
     const revision = paths.manifestRevision('m', parseDigest(img.digest));
@@ -244,11 +253,7 @@ describe('online safety', () => {
   it('a collector killed after deleting a revision: pushed again and deleted by a client before the next collection, it stays deleted', async () => {
     const img = await t.pushImage('m', BY_DIGEST);
     const revision = paths.manifestRevision('m', parseDigest(img.digest));
-    d.beforeDelete((p) => p === revision, async () => {
-      await d.delete(revision);
-      throw new Error('killed');
-    });
-    await expect(t.gc()).rejects.toThrow('killed');
+    await collectionKilledAfterDeleting(revision);
     await t.registry.putManifest('m', img.digest, MEDIA_TYPES.ociManifest, img.bytes);
     await t.registry.deleteManifest('m', img.digest);
     await t.gc({ graceMs: 60_000 });
@@ -258,11 +263,7 @@ describe('online safety', () => {
   it('a collector killed after deleting a revision nobody vouched for: the next collection does not bring it back', async () => {
     const img = await t.pushImage('m', BY_DIGEST);
     const revision = paths.manifestRevision('m', parseDigest(img.digest));
-    d.beforeDelete((p) => p === revision, async () => {
-      await d.delete(revision);
-      throw new Error('killed');
-    });
-    await expect(t.gc()).rejects.toThrow('killed');
+    await collectionKilledAfterDeleting(revision);
     expect(await exists(d, paths.gcSweeping())).toBe(true);
     const r = await t.gc({ graceMs: 60_000 });
     expect(r.spared).toBe(0);
