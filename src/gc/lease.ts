@@ -16,7 +16,11 @@ import { processGone, processIdentity, type ProcessIdentity } from '../process-i
  *
  * One collector at a time: a collector claims generation n+1 by creating
  * `/gc/generations/<n+1>` with create-if-absent (atomic on every driver), so of two collectors
- * that start together exactly one wins; the other gets GcBusyError. A lease whose heartbeat
+ * that start together exactly one wins; the other gets GcBusyError. Two that read the lease
+ * at different moments could claim different generations (one reads no lease before the
+ * other wrote its own, then lists the other's claim): so a claim above the lease that is
+ * neither marked done (release() marks it) nor older than the TTL is a collection starting
+ * right now, and makes the second busy too. A lease whose heartbeat
  * is older than the TTL belongs to a collector that died; the next one takes over, and on
  * local storage (fs) at once when the lease names a process of this host that is gone.
  */
@@ -103,9 +107,14 @@ export class Lease {
       throw new GcBusyError(`a collection is running already (generation ${current.gen}, ${current.owner}, since ${current.startedAt})`, current);
     }
     const claims = (await driver.list(paths.gcGenerationsDir()).catch(() => [])).map((p) => Number(p.slice(p.lastIndexOf('/') + 1)));
-    let gen = Math.max(current?.gen ?? 0, ...claims.filter(Number.isSafeInteger), 0) + 1;
+    const newest = Math.max(0, ...claims.filter(Number.isSafeInteger));
+    if (newest > (current?.gen ?? 0) && (await claimStarting(driver, newest, opts.ttlMs))) {
+      throw new GcBusyError(`collection ${newest} is starting`, current);
+    }
+    let gen = Math.max(current?.gen ?? 0, newest) + 1;
     for (let attempt = 0; ; attempt++) {
-      const claimed = await driver.putContent(paths.gcGeneration(gen), Buffer.from(JSON.stringify({ owner, at: new Date().toISOString() })), { ifNotExists: true });
+      const claim: ClaimRecord = { owner, at: new Date().toISOString(), ...processIdentity() };
+      const claimed = await driver.putContent(paths.gcGeneration(gen), json(claim), { ifNotExists: true });
       if (claimed) break;
       // Somebody claimed this generation. If its lease never appeared and the claim is old,
       // that collector died between the two writes: skip the generation. Otherwise it's
@@ -160,10 +169,40 @@ export class Lease {
     if (this.#lost) return;
     const current = await readLease(this.#driver);
     if (current?.gen !== this.gen) return;
+    // Done, for the next collector to tell from one starting now (acquire()).
+    const claim: ClaimRecord = { owner: this.#record.owner, at: this.#record.startedAt, done: true };
+    await this.#driver.putContent(paths.gcGeneration(this.gen), json(claim)).catch(() => undefined);
     await this.#driver.delete(paths.gcLease()).catch((err: unknown) => {
       if (!isPathNotFound(err)) throw err;
     });
   }
+}
+
+/** What /gc/generations/<n> holds. */
+interface ClaimRecord extends Partial<ProcessIdentity> {
+  readonly owner: string;
+  /** When it was claimed (the claimer's clock). */
+  readonly at: string;
+  /** The collection ended and released its lease. */
+  readonly done?: boolean;
+}
+
+/**
+ * Whether claim `gen` is a collection starting now: not done, younger than the TTL, and on
+ * local storage not of a process of this host that is gone. (A claim written before claims
+ * were marked done counts as starting for a TTL after it was made.)
+ */
+async function claimStarting(driver: StorageDriver, gen: number, ttlMs: number): Promise<boolean> {
+  let claim: Partial<ClaimRecord>;
+  try {
+    claim = JSON.parse((await driver.getContent(paths.gcGeneration(gen))).toString('utf8')) as Partial<ClaimRecord>;
+  } catch {
+    return false; // gone since the listing, or unreadable: nothing to wait for
+  }
+  if (claim.done === true) return false;
+  const at = Date.parse(claim.at ?? '');
+  if (!Number.isFinite(at) || Date.now() - at >= ttlMs) return false;
+  return !(driver.local && processGone(claim) === true);
 }
 
 function json(value: unknown): Buffer {

@@ -22,7 +22,8 @@ import type { Digest } from './reference.js';
  *   │                                 is gone (registry/takeover.ts; h names the record as it read it)
  *   ├── gc                            garbage collection's coordination objects (gc/lease.ts)
  *   │   ├── lease                     while a collection runs: {"gen", "owner", "startedAt", ...}
- *   │   ├── generations/<gen>         created (if absent) to claim a collection's generation
+ *   │   ├── generations/<gen>         created (if absent) to claim a collection's generation:
+ *   │   │                             {"owner", "at", "done"?} (done: released; gc/lease.ts)
  *   │   ├── servers/<id>              a server that runs operations here: {"heartbeatAt", "ack"?, ...}
  *   │   │                             (gc/guard.ts: rewritten every minute, and when it acknowledges
  *   │   │                             a collection; deleted when the server stops)

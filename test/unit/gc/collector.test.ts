@@ -510,6 +510,25 @@ describe('leases', () => {
     expect(results.filter((r) => r.status === 'rejected' && r.reason instanceof GcBusyError).length).toBe(1);
   });
 
+  // Found by probing (2026-12-03): the second read no lease (the first had not written it
+  // yet) and listed the first's claim, so it claimed the next generation and both collections
+  // ran, until the first found its lease overwritten.
+  it('of two collectors whose steps interleave, the second is busy, not a second holder', async () => {
+    const d = new HookedDriver();
+    let second: unknown;
+    d.beforePut((p) => p === paths.gcLease(), async () => {
+      second = await Lease.acquire(d, { ttlMs: 60_000 }).catch((e: unknown) => e);
+    });
+    const first = await Lease.acquire(d, { ttlMs: 60_000 });
+    expect(second).toBeInstanceOf(GcBusyError);
+    expect((await readLease(d))?.gen).toBe(first.gen);
+    await first.release();
+    // Released, its claim is done: the next starts at once, with the next generation.
+    const next = await Lease.acquire(d, { ttlMs: 60_000 });
+    expect(next.gen).toBe(first.gen + 1);
+    await next.release();
+  });
+
   it('takes over a lease whose collector stopped renewing it', async () => {
     const d = new MemoryDriver();
     const t = new GcFixture(d, pool);
