@@ -190,9 +190,9 @@ describe('hostile input (node front end, fs storage)', () => {
     expectError(await request(base, `/v2/ok/manifests/${'t'.repeat(129)}`, put), 400, 'TAG_INVALID');
   });
 
-  it('a manifest larger than manifests.maxBytes → 400 MANIFEST_INVALID', async () => {
+  it('a manifest larger than manifests.maxBytes → 413 MANIFEST_INVALID', async () => {
     const body = Buffer.from(JSON.stringify({ schemaVersion: 2, annotations: { pad: 'x'.repeat(3000) } }));
-    expectError(await request(base, '/v2/big/app/manifests/v1', { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body }), 400, 'MANIFEST_INVALID');
+    expectError(await request(base, '/v2/big/app/manifests/v1', { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body }), 413, 'MANIFEST_INVALID');
   });
 
   it('a request URL over limits.maxUrlBytes → 400 NAME_INVALID saying so', async () => {
