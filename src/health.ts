@@ -1,4 +1,4 @@
-import { isPathNotFound, type StorageDriver } from './storage/driver.js';
+import type { StorageDriver } from './storage/driver.js';
 
 /**
  * Readiness (`GET /readyz`): can this instance serve, that is, does its storage answer?
@@ -68,13 +68,9 @@ export class ReadinessCheck {
       await this.#driver.list('/');
       result = { ready: true };
     } catch (err) {
-      // A store that answered "nothing there" answered (no driver says so of its root today:
-      // fs reports a root gone as the error it is).
-      if (isPathNotFound(err)) result = { ready: true };
-      else {
-        error = err;
-        result = { ready: false, reason: `storage (${this.#driver.name}) failed: ${errorCode(err)}` };
-      }
+      // Every driver lists an empty store's root as empty; fs reports a root gone as ENOENT.
+      error = err;
+      result = { ready: false, reason: `storage (${this.#driver.name}) failed: ${errorCode(err)}` };
     }
     this.#last = { at: performance.now(), result };
     if (result.ready !== this.#wasReady) {
