@@ -31,6 +31,11 @@ function tooLargeError(maxBytes: number): RegistryError {
   return new RegistryError('MANIFEST_INVALID', { message: 'manifest too large', detail: { limit: maxBytes }, status: 413 });
 }
 
+/** A Transfer-Encoding field's codings, in order, lower-cased (RFC 9112 §6.1). */
+export function transferCodings(field: string): string[] {
+  return field.split(',').map((c) => c.trim().toLowerCase());
+}
+
 /** True when the request announces a body (RFC 9112 §6.3): a non-zero length, or chunked. */
 export function hasBody(req: IncomingRequest): boolean {
   const length = req.header('content-length');

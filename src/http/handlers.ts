@@ -11,7 +11,7 @@ import type { BodySource } from '../engine/upload-write.js';
 import type { ChunkRange } from '../engine/uploads.js';
 import type { BodySink, HeaderMap, IncomingRequest, OutgoingResponse, RequestHandler } from './adapter.js';
 import type { Admission, RequestGate } from './auth.js';
-import { hasBody, readSmallBody } from './body.js';
+import { hasBody, readSmallBody, transferCodings } from './body.js';
 import { API_VERSION_HEADER, rangeHeader, sendError } from './errors.js';
 import { isTakenLength } from './limits.js';
 import { NamespaceRouter, withPath, withPathPrefix, type Namespace } from './namespaces.js';
@@ -80,7 +80,7 @@ export interface RegistryHandler extends RequestHandler {
 function assertChunkedOnly(req: IncomingRequest): void {
   const coding = req.header('transfer-encoding');
   if (coding === undefined) return;
-  const codings = coding.split(',').map((c) => c.trim().toLowerCase());
+  const codings = transferCodings(coding);
   if (codings.length === 1 || codings[codings.length - 1] !== 'chunked') return;
   throw new RegistryError('NOT_IMPLEMENTED', { message: 'transfer coding not implemented: only chunked is', detail: { transferEncoding: coding.slice(0, 100) } });
 }

@@ -7,6 +7,7 @@ import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '
 import { ClientAbortError, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import { BodyPump } from './body-pump.js';
+import { transferCodings } from './body.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
 import { PARSER_ERRORS } from './limits.js';
@@ -457,7 +458,7 @@ function framingError(length: string | undefined, coding: string | undefined): r
   if (coding === undefined) return undefined;
   // Chunked must come last, and only once (RFC 9112 §6.1; uWS would read `chunked, chunked`,
   // repeats of the field joined, as one chunked body, where node:http refuses it).
-  const codings = coding.split(',').map((c) => c.trim().toLowerCase());
+  const codings = transferCodings(coding);
   if (codings.pop() !== 'chunked' || codings.includes('chunked')) return PARSER_ERRORS.HPE_INVALID_TRANSFER_ENCODING;
   if (length !== undefined) return PARSER_ERRORS.HPE_UNEXPECTED_CONTENT_LENGTH;
   return undefined;
