@@ -263,7 +263,14 @@ export class FsDriver implements StorageDriver {
   async delete(path: string): Promise<void> {
     const target = this.#object(path);
     try {
-      await fs.rm(target, { recursive: true });
+      // unlink first: nearly every delete is of one file, and rm() lstat()s twice before it
+      // unlinks (two of the ~40 file-system calls a small push makes per delete). A directory
+      // (EISDIR on Linux, EPERM elsewhere) goes with everything in it.
+      await fs.unlink(target).catch((err: unknown) => {
+        const code = errno(err);
+        if (code === 'EISDIR' || code === 'EPERM') return fs.rm(target, { recursive: true });
+        throw err;
+      });
     } catch (err) {
       throw notFound(err, path);
     }
