@@ -155,6 +155,14 @@ const namespaces = z
         seen.add(v);
       });
     }
+    // `/x/v2/v2/app` would be namespace x's repository v2/app and also namespace x/v2's app;
+    // the longer prefix wins, so x could push what it never sees again.
+    list.forEach((n, i) => {
+      const inner = n.pathPrefix;
+      if (inner === undefined) return;
+      const outer = list.find((o) => o.pathPrefix !== undefined && (inner === `${o.pathPrefix}/v2` || inner.startsWith(`${o.pathPrefix}/v2/`)));
+      if (outer) ctx.addIssue({ code: z.ZodIssueCode.custom, path: [i, 'pathPrefix'], message: `pathPrefix ${JSON.stringify(inner)} would take repositories of namespace ${JSON.stringify(outer.name)} (pathPrefix ${JSON.stringify(outer.pathPrefix)})` });
+    });
   });
 
 /** Repository names and prefixes: what a name may be (reference.ts), without a leading or trailing '/'. */

@@ -42,6 +42,8 @@ describe('config namespaces', () => {
     ['two namespaces of one name', [{ name: 'a', host: 'a.example' }, { name: 'a', host: 'b.example' }], /name "a" is used by two namespaces/],
     ['two namespaces on one host', [{ name: 'a', host: 'x.example' }, { name: 'b', host: 'X.example' }], /host "x.example" is used by two/],
     ['two namespaces on one prefix', [{ name: 'a', pathPrefix: 'p' }, { name: 'b', pathPrefix: '/p' }], /pathPrefix "p" is used by two/],
+    ['a prefix inside another namespace\'s /v2/', [{ name: 'outer', pathPrefix: 'x' }, { name: 'inner', pathPrefix: 'x/v2' }], /namespaces\.1\.pathPrefix.*"x\/v2" would take repositories of namespace "outer"/],
+    ['a prefix deeper inside another namespace\'s /v2/', [{ name: 'inner', pathPrefix: 'x/v2/team' }, { name: 'outer', pathPrefix: 'x' }], /namespaces\.0\.pathPrefix.*would take repositories of namespace "outer"/],
   ])('refuses %s', (_label, namespaces, message) => {
     expect(configError({ overrides: { namespaces } }).message).toMatch(message);
   });
