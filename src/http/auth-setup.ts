@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createSecureContext } from 'node:tls';
 import type { Logger } from 'pino';
@@ -95,6 +95,11 @@ async function readTls(t: { certFile: string; keyFile: string }): Promise<TlsFil
     createSecureContext({ cert, key });
   } catch (err) {
     throw new ConfigError(`tls.certFile, tls.keyFile: ${(err as Error).message}`);
+  }
+  // OpenSSL compares a key only with a certificate of its own kind: an RSA key beside an EC
+  // certificate loads into another slot, and every handshake then fails.
+  if (!new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) {
+    throw new ConfigError('tls.certFile, tls.keyFile: the private key does not belong to the certificate (key values mismatch)');
   }
   return { cert, key };
 }

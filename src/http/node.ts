@@ -17,7 +17,7 @@ import type {
 import { BodyPump } from './body-pump.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
-import { isTakenLength, rawErrorResponse } from './limits.js';
+import { isTakenLength, PARSER_ERRORS, rawErrorResponse } from './limits.js';
 
 /**
  * The node:http front end, for runtimes where the uWebSockets.js binary does not load
@@ -72,7 +72,9 @@ export class NodeFrontEnd implements FrontEnd {
       this.#answering.set(req.socket, { req, answered });
     };
     this.#server = opts.tls
-      ? createHttpsServer({ ...options, cert: opts.tls.cert, key: opts.tls.key }, onRequest)
+      // A TLS handshake gets the idle timeout too (node's own is 120 s): a client that
+      // connects and says nothing is dropped as soon as on plain HTTP.
+      ? createHttpsServer({ ...options, cert: opts.tls.cert, key: opts.tls.key, ...(idleMs > 0 ? { handshakeTimeout: Math.min(idleMs, 120_000) } : {}) }, onRequest)
       : createServer(options, onRequest);
     // `Expect: 100-continue`: the 100 goes out when the handler starts reading the body, so
     // a request refused first (401, 404, 416...) gets its answer before the client sends
@@ -81,14 +83,18 @@ export class NodeFrontEnd implements FrontEnd {
     // Any other expectation: node:http would answer a bare 417 (no error envelope) where uWS
     // serves the request; RFC 9110 §10.1.1 makes the 417 a MAY, so serve it here too.
     this.#server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => onRequest(req, res));
-    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    this.#server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket) => {
       // RFC 9112 §9.3: responses go out in the order of the requests. What a connection sent
       // after a complete request still being answered (garbage, or a request node cannot
       // parse) is dealt with once that answer is out; answered at once, its 400 would go
       // first. An error in the request itself (its body, the connection) is handled at once.
       const last = this.#answering.get(socket);
-      if (last?.req.complete && err.code?.startsWith('HPE_')) void last.answered.then(() => onClientError(err, socket));
-      else onClientError(err, socket);
+      const answer = (): void => {
+        const refused = onClientError(err, socket);
+        if (refused) opts.onRefused?.({ ...requestLine(err.rawPacket), code: refused });
+      };
+      if (last?.req.complete && err.code?.startsWith('HPE_')) void last.answered.then(answer);
+      else answer();
     });
   }
 
@@ -508,13 +514,30 @@ function byteLength(body: string | Uint8Array): number {
  * Content-Length, non-ASCII in the path), the client gets the spec's envelope; otherwise
  * what node would send by itself. Like node, only on a connection that has sent nothing yet.
  */
-function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
-  if (socket.writable && socket.bytesWritten === 0) {
-    const reply = rawErrorResponse(err.code) ?? bareReply(err.code);
-    socket.end(reply, () => socket.destroy());
-    return;
+/**
+ * Answers what node:http's parser refused, or a request that timed out, and closes the
+ * connection. Returns the error code it answered with, if the error table has one.
+ */
+function onClientError(err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket): ErrorCode | undefined {
+  // Only an HTTP-level error gets an HTTP answer. A TLS handshake that failed or timed out
+  // (ERR_TLS_HANDSHAKE_TIMEOUT, an OpenSSL error) has no channel to answer on: the end()
+  // below would never flush, its callback never destroy the socket, and a client that
+  // connects and stays silent would hold a descriptor for good.
+  const http = err.code !== undefined && (err.code.startsWith('HPE_') || err.code.startsWith('ERR_HTTP_'));
+  if (http && socket.writable && socket.bytesWritten === 0) {
+    const raw = rawErrorResponse(err.code);
+    socket.end(raw ?? bareReply(err.code), () => socket.destroy());
+    return raw === undefined ? undefined : PARSER_ERRORS[err.code as keyof typeof PARSER_ERRORS][0];
   }
   socket.destroy();
+  return undefined;
+}
+
+/** Method and target of a request the parser refused, from the bytes it saw, for the log. */
+function requestLine(raw: Buffer | undefined): { method: string; path: string } {
+  const line = raw ? raw.subarray(0, Math.min(raw.length, 8192)).toString('latin1').split('\r\n', 1)[0]! : '';
+  const [method = '', path = ''] = line.split(' ');
+  return { method: /^[A-Za-z]{1,20}$/.test(method) ? method : '', path };
 }
 
 function bareReply(code: string | undefined): string {

@@ -1,6 +1,8 @@
 import { X509Certificate } from 'node:crypto';
 import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import https from 'node:https';
+import net from 'node:net';
+import tls from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -134,6 +136,16 @@ describe('TLS start-up errors', () => {
     expect(message).toMatch(/tls\.certFile, tls\.keyFile: .*(key values mismatch|mismatch)/i);
   });
 
+  // OpenSSL matches a key against a certificate of its own kind only: an RSA key beside an
+  // EC certificate started the server, and every handshake failed.
+  it('a key of another kind than the certificate names both options', async () => {
+    const a = writeSelfSigned(work, 'kind');
+    const rsaKey = join(work, 'kind-rsa.key');
+    await run('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', rsaKey]);
+    const message = await startFails({ HOIST_TLS_CERT_FILE: a.certFile, HOIST_TLS_KEY_FILE: rsaKey });
+    expect(message).toMatch(/tls\.certFile, tls\.keyFile: .*key values mismatch/i);
+  });
+
   it('only one of the two files → tls.keyFile required', async () => {
     const a = writeSelfSigned(work, 'half');
     const message = await startFails({ HOIST_TLS_CERT_FILE: a.certFile });
@@ -144,6 +156,52 @@ describe('TLS start-up errors', () => {
     const a = writeSelfSigned(work, 'uws');
     const message = await startFails({ HOIST_TLS_CERT_FILE: a.certFile, HOIST_TLS_KEY_FILE: a.keyFile }, ['--frontend', 'uws']);
     expect(message).toMatch(/uWebSockets\.js front end serves plain HTTP only/);
+  });
+});
+
+describe('TLS connections that never finish their handshake', () => {
+  let server: TestServer;
+
+  beforeAll(async () => {
+    const cert = writeSelfSigned(work, 'silent');
+    server = await startServer({
+      storage: 'memory:',
+      env: { HOIST_TLS_CERT_FILE: cert.certFile, HOIST_TLS_KEY_FILE: cert.keyFile, HOIST_LIMITS_IDLE_TIMEOUT: '1s' },
+    });
+  });
+
+  afterAll(async () => {
+    await server?.kill();
+  });
+
+  // The clientError handler answered the handshake's timeout with an HTTP 400 on a socket that
+  // had no TLS session: the write never flushed, its callback never destroyed the socket, and
+  // every silent connection stayed open for good (a descriptor each).
+  it('a client that connects and says nothing is dropped after the idle timeout', async () => {
+    const sockets = Array.from({ length: 5 }, () => net.connect(server.port, '127.0.0.1'));
+    const closedAfter = await Promise.all(sockets.map((s) => new Promise<number>((resolve) => {
+      const t0 = Date.now();
+      s.on('error', () => undefined);
+      s.on('close', () => resolve(Date.now() - t0));
+      setTimeout(() => resolve(Infinity), 15_000).unref();
+    })));
+    for (const s of sockets) s.destroy();
+    for (const ms of closedAfter) expect(ms).toBeLessThan(10_000);
+    expect((await httpsGet(server.port, '/v2/')).status).toBe(200);
+  });
+
+  // Refused by node's parser before Hoist saw the request: it went unlogged.
+  it('a request its parser refuses is logged as refused', async () => {
+    const reply = await new Promise<string>((resolve, reject) => {
+      const s = tls.connect({ host: '127.0.0.1', port: server.port, rejectUnauthorized: false }, () => {
+        s.end('GET /v2/refused/tags/list HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n');
+      });
+      let text = '';
+      s.setEncoding('latin1').on('data', (d: string) => { text += d; }).on('close', () => resolve(text)).on('error', reject);
+    });
+    expect(reply).toMatch(/^HTTP\/1\.1 400/);
+    const line = await waitForLog(server, 'the refusal\'s log line', (l) => l.msg === 'request refused' && l.path === '/v2/refused/tags/list');
+    expect(line).toMatchObject({ method: 'GET', status: 400, code: 'SIZE_INVALID' });
   });
 });
 
