@@ -1,6 +1,7 @@
 import { GetObjectCommand, HeadObjectCommand, ListPartsCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pLimit from 'p-limit';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HashPool } from '../../src/engine/hash-pool.js';
@@ -785,6 +786,30 @@ function s3Tests(env: S3TestEnv): void {
       expect(rec.calls.filter((c) => c.op === 'CompleteMultipartUpload')).toHaveLength(2);
       expect(sha256(await d.getContent('/lost/data'))).toBe(sha256(content));
       expect(await listUploads(client, bucket, prefix)).toEqual([]);
+    });
+
+    // The store wrote the state that names a new multipart upload, and every answer to it was
+    // lost: the writer took the upload for unrecorded and aborted it, so the stored state named
+    // an upload gone, and every later PATCH or commit of it failed (NoSuchUpload) for good.
+    it('a writer state whose answers are all lost leaves the upload resumable, its multipart upload kept', async () => {
+      fresh();
+      let healed = false;
+      const rec = await recorder((op, key) => (!healed && op === 'PutObject' && key.endsWith('.json') && key.includes('/_s3/writers/') ? 'lose-answer' : undefined));
+      const d = await driver({ endpoint: rec.endpoint }, { maxAttempts: 2 });
+      const first = randomBytes(PART + 7);
+      const w = await d.writer('/lost-state/data', false);
+      await w.write(first);
+      await expect(w.close()).rejects.toBeInstanceOf(StorageUnavailableError);
+      // An abort goes on in the background after a store error: give it time to be sent.
+      await sleep(500);
+      healed = true;
+      expect(rec.calls.filter((c) => c.op === 'AbortMultipartUpload')).toEqual([]);
+      const again = await d.writer('/lost-state/data', true);
+      expect(again.size).toBe(first.length);
+      const second = randomBytes(10);
+      await again.write(second);
+      await again.commit();
+      expect(sha256(await d.getContent('/lost-state/data'))).toBe(sha256(Buffer.concat([first, second])));
     });
 
     it('with redirect=true, hands out presigned URLs that serve the blob', async () => {

@@ -296,6 +296,8 @@ export class S3FileWriter implements FileWriter {
   #persisted: { state: WriterState; etag: string } | undefined;
   /** This writer stored pieces that a state may not name: clean up by listing. */
   #wroteStaging = false;
+  /** The multipart upload named by the last state this writer sent, stored or not (its answer may have been lost). */
+  #stateSent: string | undefined;
 
   private constructor(ctx: WriterContext, path: string, partSize: number, sessionHint: number | undefined) {
     this.#ctx = ctx;
@@ -792,6 +794,7 @@ export class S3FileWriter implements FileWriter {
       nextPiece: this.#nextPiece,
       writeId: randomUUID(),
     };
+    this.#stateSent = state.uploadId ?? undefined;
     const out = await c.small.put(c.layout.writerState(this.#path), Buffer.from(JSON.stringify(state)), { contentType: 'application/json' });
     this.#persisted = { state, etag: out.etag };
     this.#pieces = pieces;
@@ -814,8 +817,24 @@ export class S3FileWriter implements FileWriter {
   async #abortUnrecorded(cause: unknown): Promise<void> {
     const uploadId = this.#uploadId ?? (await this.#creating?.catch(() => undefined));
     if (!uploadId || uploadId === this.#persisted?.state.uploadId) return;
-    const aborting = abortUpload(this.#ctx, this.#key, uploadId).catch(() => undefined);
+    const aborting = (async () => {
+      // A state naming it was sent and failed: the store may have stored it and lost only its
+      // answer (a reset, a 500 after the write). Aborting then would leave a state that names
+      // a multipart upload gone: the upload could never be finished. So look first, and keep
+      // it unless the stored state surely names another (or none).
+      if (this.#stateSent === uploadId && !(await this.#surelyUnrecorded(uploadId))) return;
+      await abortUpload(this.#ctx, this.#key, uploadId);
+    })().catch(() => undefined);
     if (!(cause instanceof StorageUnavailableError)) await aborting;
+  }
+
+  /** Whether the stored state names another multipart upload than `uploadId`, or there is none; false when the store cannot say. */
+  async #surelyUnrecorded(uploadId: string): Promise<boolean> {
+    try {
+      return (await loadWriterState(this.#ctx, this.#path))?.state.uploadId !== uploadId;
+    } catch {
+      return false;
+    }
   }
 
   #checkPartNumber(): void {
