@@ -205,12 +205,14 @@ export class UploadEngine {
   ): Promise<CommittedData> {
     const { repo, id } = s;
     const t0 = performance.now();
+    let appended = 0;
     const committed = await this.#exclusive(s, async (writer, ticket) => {
       if (body) {
         this.#checkRange(repo, id, writer.size, range);
         const start = writer.size;
         const offset = await this.#pumpBody(id, writer, body, ticket);
-        this.#checkLength(repo, id, range, offset - start, offset);
+        appended = offset - start;
+        this.#checkLength(repo, id, range, appended, offset);
       }
       const size = writer.size;
       // Commit first: the data is then complete and readable (S3: the multipart upload is
@@ -231,9 +233,16 @@ export class UploadEngine {
       s.lock?.assertHeld();
       try {
         await adopt(committed);
-      } finally {
-        await this.#forget(s);
+      } catch (err) {
+        // The data is stored whole and matched its digest; only its record or link is missing
+        // (the store failed). An upload whose last PUT brought no bytes is kept, so that the
+        // client's retry of that same PUT finds it and links the blob, rather than
+        // BLOB_UPLOAD_UNKNOWN and a push started over. A PUT that brought bytes would bring
+        // them again, after those already stored: that upload goes, as a monolithic one does.
+        if (!s.lock || appended > 0) await this.#forget(s);
+        throw err;
       }
+      await this.#forget(s);
     } else if (s.lock) {
       await this.#forget(s);
     }

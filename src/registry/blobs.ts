@@ -78,10 +78,11 @@ export class BlobStore {
   async adopt(repo: string, digest: Digest, data: CommittedData): Promise<BlobDescriptor> {
     // (The caller touched the digest first, so a collection sweeping the record we find
     // concurrently puts it back: gc/collector.ts, A.)
-    if (!(await this.#install(digest, { data: data.dataPath, size: data.size }))) {
-      await this.#driver.delete(data.dataPath).catch(() => undefined);
-    }
+    const installed = await this.#install(digest, { data: data.dataPath, size: data.size });
     await this.#link(repo, digest);
+    // A duplicate goes only once the link is in: an upload whose link failed is kept for the
+    // client's retry (UploadEngine.#complete), which needs its data still there.
+    if (!installed) await this.#driver.delete(data.dataPath).catch(() => undefined);
     return { digest: digest.value, size: data.size };
   }
 

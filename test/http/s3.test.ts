@@ -737,6 +737,34 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       expect(await server.stop()).toBe(0);
     });
 
+    // The data was stored and its digest checked, and the blob record or the repository's link
+    // then failed: the 503 said "try again", but the upload was already gone (404
+    // BLOB_UPLOAD_UNKNOWN to the retry) and the client had to push the blob all over again.
+    it('a PUT whose blob record or link the store fails answers 503, and the same PUT again links the blob', async () => {
+      let failing: ((key: string) => boolean) | undefined;
+      const rec = await proxy((op, _n, url) => (op === 'PutObject' && failing?.(decodeURIComponent(url.pathname)) ? 'unavailable' : undefined));
+      const server = await start(bucket.url('adopt-fails', { endpoint: rec.endpoint, timeout: '1s' }));
+      const record = (key: string): boolean => /\/blobs\/sha256\/[0-9a-f]{2}\/[0-9a-f]{64}$/.test(key);
+      const link = (key: string): boolean => key.includes('/_layers/');
+      // A blob another repository holds already: the upload's data is a duplicate, deleted once linked.
+      const shared = randomBlob(6 * MiB + 3);
+      await pushBlob(server.url, repo('adopt-fails-first'), shared);
+      for (const [label, fails, data] of [['record', record, randomBlob(6 * MiB + 1)], ['link', link, randomBlob(6 * MiB + 2)], ['link of a duplicate', link, shared]] as const) {
+        const name = repo('adopt-fails');
+        const up = await startUpload(server.url, name);
+        expectStatus(await patchChunk(server.url, up.location, data, 0), 202);
+        failing = fails;
+        const put = withQuery(up.location, 'digest', sha256(data));
+        const failed = await request(server.url, put, { method: 'PUT' });
+        expect(failed.status, `PUT while the ${label} fails`).toBe(503);
+        failing = undefined;
+        expect(await uploadStatus(server.url, up.location), `the upload after its ${label} failed`).toBe(data.length);
+        await commitUpload(server.url, up.location, data, name);
+        await expectBlob(server.url, name, data);
+      }
+      expect(await server.stop()).toBe(0);
+    });
+
     it('during an S3 outage the client gets a 5xx OCI error; after it heals the upload resumes and commits', async () => {
       let outage = false;
       // 500 InternalError (the SDK retries it with short backoff; SlowDown's is longer).
