@@ -100,6 +100,8 @@ export class FaultyDriver implements StorageDriver {
   writes = 0;
   /** Bytes each of those calls carried, in order. */
   readonly writeSizes: number[] = [];
+  /** Parts each of those calls carried (1 for a write()). */
+  readonly writeParts: number[] = [];
 
   constructor(opts: FaultyDriverOptions = {}, inner: StorageDriver = new MemoryDriver()) {
     this.opts = opts;
@@ -136,11 +138,13 @@ export class FaultyDriver implements StorageDriver {
         return w.size;
       },
       async write(data: Uint8Array) {
+        driver.writeParts.push(1);
         await before(data);
         await w.write(data);
       },
       // One call, one write: a failure hits a whole batch of parts, as a failed pwritev would.
       async writev(parts: readonly Uint8Array[]) {
+        driver.writeParts.push(parts.length);
         await before(Buffer.concat(parts));
         if (w.writev) await w.writev(parts);
         else for (const p of parts) await w.write(p);
