@@ -75,6 +75,11 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
       // A cache's tags expire by last confirmation as its collections see them (gc/mirror.ts).
       expiry: proxy ? new MirrorExpiry(expiry.forNamespace(namespace), proxy.ttl) : expiry.forNamespace(namespace),
       mirror: mirror?.factory,
+      uploadLock: {
+        // The request was answered as its work went; the lock is deleted again in the background,
+        // and taken over by this server's next request on the upload (engine/upload-lock.ts).
+        onReleaseFailed: (lock, err) => log.warn({ err, lock, namespace }, 'upload lock not deleted after its request; retrying in the background'),
+      },
     });
   };
   const registry = registryOn(driver);

@@ -28,10 +28,14 @@ import { processGone, processIdentity, type ProcessIdentity } from '../process-i
  *
  *   acquire   create the lock if absent (one atomic step on every driver: link() on fs,
  *             If-None-Match: * on S3); on success we hold it until `expiresAt`, by our clock
- *             (sentAt + ttl, sentAt taken before the request left).
+ *             (sentAt + ttl, sentAt taken before the request left). A create answered "exists"
+ *             by a lock that carries our own token is ours too: the store took an earlier
+ *             attempt and its answer was lost (a 500 or a reset after the write), so the SDK's
+ *             retry found our own lock.
  *   renew     every ttl/3 while held, overwrite it with a new expiresAt; a request streaming a
  *             long body keeps its lock (and, on the same beat, the upload record's touchedAt).
- *   release   stop renewing, wait for a renewal in flight, delete it.
+ *   release   stop renewing, wait for a renewal in flight, delete it. A delete that fails
+ *             does not fail the request, whose work is done (onReleaseFailed reports it).
  *   take over a lock whose expiresAt is more than `skewMs` past (its holder died, or lost
  *             storage for longer than the ttl) is removed through registry/takeover.ts, which
  *             lets exactly one of several servers doing this at once remove it, and only if it
@@ -41,6 +45,15 @@ import { processGone, processIdentity, type ProcessIdentity } from '../process-i
  *             instead of answering busy for a minute. Nothing a dead process asked of a local
  *             file system lands later; on S3 a request may still be in flight, so there only
  *             the expiry counts.
+ *   left behind  a lock of ours that may still be in storage though its holder has finished
+ *             (the release's delete failed; a create failed with its outcome unknown; a lease
+ *             ran out) is remembered by this process, which alone knows that nobody holds it:
+ *             its next request on the upload takes it over at once, in the same way (through
+ *             takeover.ts, so only while it still holds our token), and in the background
+ *             it is deleted a few more times, each time only if it still carries our token
+ *             and while our lease on it runs, so that other instances need not wait for its
+ *             expiry either. Another instance never takes it early: it cannot tell a finished
+ *             holder from a live one.
  *
  * Why two requests never both hold it: the lock is created only where none exists, and
  * deleted only by its holder (release) or by the one taker of a stale lock. The holder writes
@@ -64,12 +77,30 @@ export interface UploadLockOptions {
   readonly ttlMs?: number;
   /** How much longer a taker waits past a lock's expiry: the clock skew allowed between servers (default 30 s). */
   readonly skewMs?: number;
+  /** Told when a release could not delete its lock (the request's answer stands; the lock is left behind, see above). */
+  readonly onReleaseFailed?: (path: string, err: unknown) => void;
 }
 
 const DEFAULT_TTL_MS = 30_000;
 const DEFAULT_SKEW_MS = 30_000;
 /** Attempts to create a lock that keeps being released or taken over under us. */
 const MAX_ATTEMPTS = 4;
+/** Locks left behind that a process remembers; past this the oldest is forgotten (it then waits for its expiry). */
+const MAX_LEFT_BEHIND = 10_000;
+/** When a left-behind lock is deleted again in the background (each one within our lease only). */
+const RETRY_DELAYS_MS = [1_000, 2_000, 4_000, 8_000];
+
+/** A lock of ours whose holder finished, which may still be in storage (see "left behind" above). */
+interface LeftBehind {
+  readonly token: string;
+  /** Our lease on it ends here, by our clock: a background delete may start only before. */
+  readonly validUntil: number;
+  timer: NodeJS.Timeout | undefined;
+  /** A background delete in flight. */
+  deleting: Promise<void> | undefined;
+  /** A request of ours is taking it over: no background delete starts any more. */
+  stopped: boolean;
+}
 
 /** What the lock object holds; the holder's identity lets a server on its host see it died (process-identity.ts). */
 interface LockRecord extends Partial<ProcessIdentity> {
@@ -81,11 +112,20 @@ export class UploadLocks {
   readonly #driver: StorageDriver;
   readonly #ttlMs: number;
   readonly #skewMs: number;
+  readonly #onReleaseFailed: ((path: string, err: unknown) => void) | undefined;
+  /** By lock path, oldest first. */
+  readonly #leftBehind = new Map<string, LeftBehind>();
 
   constructor(driver: StorageDriver, opts: UploadLockOptions = {}) {
     this.#driver = driver;
     this.#ttlMs = opts.ttlMs ?? DEFAULT_TTL_MS;
     this.#skewMs = opts.skewMs ?? DEFAULT_SKEW_MS;
+    this.#onReleaseFailed = opts.onReleaseFailed;
+  }
+
+  /** Locks this process left behind and still remembers (tests look). */
+  get leftBehind(): number {
+    return this.#leftBehind.size;
   }
 
   /** Takes the lock at `path`; undefined when another request holds it. */
@@ -93,26 +133,104 @@ export class UploadLocks {
     const token = randomBytes(16).toString('hex');
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const sentAt = Date.now();
-      if (await this.#driver.putContent(path, lockBytes(token, sentAt + this.#ttlMs), { ifNotExists: true, transient: true })) {
-        return new UploadLock(this.#driver, path, token, sentAt + this.#ttlMs, this.#ttlMs);
+      const lock = (): UploadLock => new UploadLock(this.#driver, path, token, sentAt + this.#ttlMs, this.#ttlMs, (validUntil, err) => this.#leftBehindBy(path, token, validUntil, err));
+      let created: boolean;
+      try {
+        created = await this.#driver.putContent(path, lockBytes(token, sentAt + this.#ttlMs), { ifNotExists: true, transient: true });
+      } catch (err) {
+        // The store may have taken the create and lost its answer: a lock of ours that nobody holds.
+        this.#remember(path, token, sentAt + this.#ttlMs);
+        throw err;
       }
+      if (created) return lock();
       const raw = await readOrUndefined(this.#driver, path);
       if (!raw) continue; // released between our two requests
-      if (!(await this.#stale(path, raw))) return undefined;
+      const record = parseRecord(raw);
+      if (record.token === token) return lock();
+      const mine = this.#leftBehind.get(path);
+      if (mine && mine.token === record.token) {
+        if (!(await this.#takeOverLeftBehind(path, mine, raw))) return undefined;
+        continue;
+      }
+      if (!(await this.#stale(path, record))) return undefined;
       if ((await removeStale(this.#driver, path, raw)) === 'busy') return undefined;
     }
     return undefined;
   }
 
+  /**
+   * Removes a lock this process left behind (its `raw` content as just read), so that it can
+   * be created anew: false when another server is removing it right now (then it expired).
+   */
+  async #takeOverLeftBehind(path: string, entry: LeftBehind, raw: Buffer): Promise<boolean> {
+    // A background delete must not land on the lock we are about to create.
+    entry.stopped = true;
+    clearTimeout(entry.timer);
+    await entry.deleting;
+    const result = await removeStale(this.#driver, path, raw);
+    if (result === 'busy') return false;
+    if (this.#leftBehind.get(path) === entry) this.#leftBehind.delete(path);
+    return true;
+  }
+
+  /** A holder of ours finished without deleting its lock: its delete failed (`err`), or its lease had run out. */
+  #leftBehindBy(path: string, token: string, validUntil: number, err: unknown): void {
+    if (err !== undefined) this.#onReleaseFailed?.(path, err);
+    this.#remember(path, token, validUntil);
+  }
+
+  #remember(path: string, token: string, validUntil: number): void {
+    this.#forget(path);
+    while (this.#leftBehind.size >= MAX_LEFT_BEHIND) this.#forget(this.#leftBehind.keys().next().value!);
+    const entry: LeftBehind = { token, validUntil, timer: undefined, deleting: undefined, stopped: false };
+    this.#leftBehind.set(path, entry);
+    this.#retryLater(path, entry, 0);
+  }
+
+  #forget(path: string): void {
+    const entry = this.#leftBehind.get(path);
+    if (!entry) return;
+    entry.stopped = true;
+    clearTimeout(entry.timer);
+    this.#leftBehind.delete(path);
+  }
+
+  /**
+   * Deletes a left-behind lock in the background, a few times at most, each time only while
+   * our lease on it runs and only if it still carries our token: a lock that is gone, or
+   * another's (our create was never taken, or our delete was taken and its answer lost, and
+   * another request has created one since), is left alone and forgotten. Once our lease is
+   * over, only our own next request takes it over (acquire), or anyone after its expiry.
+   */
+  #retryLater(path: string, entry: LeftBehind, attempt: number): void {
+    const delayMs = RETRY_DELAYS_MS[attempt];
+    if (delayMs === undefined || Date.now() + delayMs >= entry.validUntil) return;
+    entry.timer = setTimeout(() => {
+      entry.timer = undefined;
+      if (entry.stopped || Date.now() >= entry.validUntil) return;
+      entry.deleting = this.#deleteIfOurs(path, entry).then(
+        (done) => {
+          if (done && this.#leftBehind.get(path) === entry) this.#leftBehind.delete(path);
+        },
+        () => {
+          if (!entry.stopped) this.#retryLater(path, entry, attempt + 1);
+        },
+      ).finally(() => (entry.deleting = undefined));
+    }, delayMs);
+    entry.timer.unref();
+  }
+
+  /** True when the lock no longer needs us: deleted now, gone, or another's; false when we may no longer delete it (our lease ran out, or a request of ours takes it over). */
+  async #deleteIfOurs(path: string, entry: LeftBehind): Promise<boolean> {
+    const raw = await readOrUndefined(this.#driver, path);
+    if (!raw || parseRecord(raw).token !== entry.token) return true;
+    if (entry.stopped || Date.now() >= entry.validUntil) return false;
+    await deleteObject(this.#driver, path);
+    return true;
+  }
+
   /** Whether a lock found held may be taken over: it expired, or (on local storage) its holder is dead. */
-  async #stale(path: string, raw: Buffer): Promise<boolean> {
-    let record: Partial<LockRecord> = {};
-    try {
-      const parsed: unknown = JSON.parse(raw.toString('utf8'));
-      if (parsed && typeof parsed === 'object') record = parsed as Partial<LockRecord>;
-    } catch {
-      // Unreadable: judged by its age below.
-    }
+  async #stale(path: string, record: Partial<LockRecord>): Promise<boolean> {
     if (this.#driver.local && processGone(record) === true) return true;
     let expiresAt = Date.parse(typeof record.expiresAt === 'string' ? record.expiresAt : '');
     if (!Number.isFinite(expiresAt)) {
@@ -139,15 +257,18 @@ export class UploadLock {
   readonly #timer: NodeJS.Timeout;
   #renewing: Promise<void> | undefined;
   #released = false;
+  /** Told when the release leaves the lock in storage: its delete failed (`err`), or the lease had run out. */
+  readonly #onLeftBehind: (validUntil: number, err: unknown) => void;
   /** Called on every renewal beat (the engine refreshes the upload record's touchedAt on it). */
   onBeat: (() => void) | undefined;
 
-  constructor(driver: StorageDriver, path: string, token: string, validUntil: number, ttlMs: number) {
+  constructor(driver: StorageDriver, path: string, token: string, validUntil: number, ttlMs: number, onLeftBehind: (validUntil: number, err: unknown) => void) {
     this.#driver = driver;
     this.path = path;
     this.#token = token;
     this.#validUntil = validUntil;
     this.#ttlMs = ttlMs;
+    this.#onLeftBehind = onLeftBehind;
     this.#timer = setInterval(() => {
       this.#renewing ??= this.#renew().finally(() => (this.#renewing = undefined));
       this.onBeat?.();
@@ -170,7 +291,11 @@ export class UploadLock {
     }
   }
 
-  /** Ends the lease: deletes the lock, unless it ran out already (then a taker may own the path). */
+  /**
+   * Ends the lease: deletes the lock, unless it ran out already (then a taker may own the
+   * path). Never throws: the request's work is done, whatever happens to its lock; a lock not
+   * deleted is left behind (UploadLocks remembers it).
+   */
   async release(): Promise<void> {
     if (this.#released) return;
     clearInterval(this.#timer);
@@ -178,7 +303,15 @@ export class UploadLock {
     await this.#renewing;
     const held = this.held;
     this.#released = true;
-    if (held) await deleteObject(this.#driver, this.path);
+    if (!held) {
+      this.#onLeftBehind(this.#validUntil, undefined);
+      return;
+    }
+    try {
+      await deleteObject(this.#driver, this.path);
+    } catch (err) {
+      this.#onLeftBehind(this.#validUntil, err);
+    }
   }
 
   async #renew(): Promise<void> {
@@ -191,6 +324,17 @@ export class UploadLock {
       // The next beat tries again; a lease that runs out stops the request (assertHeld).
     }
   }
+}
+
+/** A lock's content; {} when unreadable (a transient object after a machine crash can be empty). */
+function parseRecord(raw: Buffer): Partial<LockRecord> {
+  try {
+    const parsed: unknown = JSON.parse(raw.toString('utf8'));
+    if (parsed && typeof parsed === 'object') return parsed as Partial<LockRecord>;
+  } catch {
+    // Unreadable: judged by its age (#stale).
+  }
+  return {};
 }
 
 function lockBytes(token: string, expiresAtMs: number): Buffer {

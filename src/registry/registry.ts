@@ -12,6 +12,7 @@ import { paths, REPOSITORY_MARKERS } from './paths.js';
 import { assertName, isValidName, parseDigest, parseReference, parseTags, tagsOf, tryParseDigest, type Digest, type Reference } from './reference.js';
 import type { SlabPool } from '../engine/slab-pool.js';
 import type { BodySource } from '../engine/upload-write.js';
+import type { UploadLockOptions } from '../engine/upload-lock.js';
 import { UploadEngine, type ChunkRange, type UploadState } from '../engine/uploads.js';
 
 export interface RegistryOptions {
@@ -27,6 +28,8 @@ export interface RegistryOptions {
   mirror?: MirrorFactory;
   /** How the server takes part in online garbage collection (gc/guard.ts): how often it looks at the lease. */
   gc?: GcGuardOptions;
+  /** The per-upload storage lock: its timing, and who hears of a lock its release could not delete. */
+  uploadLock?: UploadLockOptions;
 }
 
 /**
@@ -60,6 +63,7 @@ export class Registry {
       slabs: opts.slabs,
       maxSessionBufferedBytes: opts.maxSessionBufferedBytes,
       maxBlobBytes: opts.maxBlobBytes,
+      lock: opts.uploadLock,
     });
     this.#mirror = opts.mirror?.({
       driver: opts.driver, blobs: this.#blobs, manifests: this.#manifests, uploads: this.#uploads, guard: this.#guard, maxManifestBytes: opts.maxManifestBytes,

@@ -183,3 +183,105 @@ describe('an upload lock whose renewals fail', () => {
     expect(await exists(driver, LOCK)).toBe(true);
   });
 });
+
+/**
+ * Answers lost between a server and its store (found by a fault-injecting proxy in front of
+ * radosgw; end to end in test/http/s3-upload-lock-lost-answers.test.ts): a create the store
+ * took but whose answer never came, a delete the store did not take.
+ */
+describe('a lock whose create or delete lost its answer', () => {
+  /** A store whose lock creates and deletes fail as `faults` says. */
+  function store(faults: { create?: 'taken-then-412' | 'taken-then-throw'; del?: boolean }): FaultyDriver {
+    const driver = new FaultyDriver();
+    const put = driver.putContent.bind(driver);
+    driver.putContent = async (path: string, content: Uint8Array, opts?: PutOptions) => {
+      const fault = path === LOCK && opts?.ifNotExists ? faults.create : undefined;
+      const created = await put(path, content, opts);
+      // The SDK retries a create whose answer was lost, and its retry finds the object there.
+      if (fault === 'taken-then-412') return false;
+      if (fault === 'taken-then-throw') throw new Error('injected: the answer to the lock create was lost on every try');
+      return created;
+    };
+    const del = driver.delete.bind(driver);
+    driver.delete = async (path: string) => {
+      if (faults.del && path === LOCK) throw new Error('injected: 503 SlowDown');
+      return del(path);
+    };
+    return driver;
+  }
+
+  it('is held by the request whose create the store took, though its retry was told the lock exists', async () => {
+    const driver = store({ create: 'taken-then-412' });
+    const lock = await new UploadLocks(driver).acquire(LOCK);
+    expect(lock?.held).toBe(true);
+    // Still one holder at a time: another request finds it held.
+    expect(await new UploadLocks(driver).acquire(LOCK)).toBeUndefined();
+    await lock!.release();
+    expect(await exists(driver, LOCK)).toBe(false);
+  });
+
+  it('whose create failed with its outcome unknown is taken over by the same server at once, and by no other', async () => {
+    const faults: Parameters<typeof store>[0] = { create: 'taken-then-throw' };
+    const driver = store(faults);
+    const locks = new UploadLocks(driver);
+    await expect(locks.acquire(LOCK)).rejects.toThrow(/lost/);
+    expect(await exists(driver, LOCK), 'the store took the create').toBe(true);
+    faults.create = undefined;
+    expect(await new UploadLocks(driver).acquire(LOCK), 'another server').toBeUndefined();
+    const lock = await locks.acquire(LOCK);
+    expect(lock?.held).toBe(true);
+    expect(locks.leftBehind).toBe(0);
+    await lock!.release();
+  });
+
+  it('whose release could not delete it: release still resolves, the same server takes it at once, another does not', async () => {
+    const faults: Parameters<typeof store>[0] = { del: true };
+    const driver = store(faults);
+    const failures: string[] = [];
+    const locks = new UploadLocks(driver, { onReleaseFailed: (path) => failures.push(path) });
+    const first = (await locks.acquire(LOCK))!;
+    await first.release();
+    expect(failures).toEqual([LOCK]);
+    expect(await exists(driver, LOCK)).toBe(true);
+    expect(locks.leftBehind).toBe(1);
+    // The store takes deletes again; before the first background delete (1 s) ...
+    faults.del = false;
+    // ... another instance, which cannot tell a finished holder from a live one, finds it held;
+    expect(await new UploadLocks(driver).acquire(LOCK)).toBeUndefined();
+    // the server that left it takes it over.
+    const second = await locks.acquire(LOCK);
+    expect(second?.held).toBe(true);
+    expect(locks.leftBehind).toBe(0);
+    await second!.release();
+    expect(await exists(driver, LOCK)).toBe(false);
+  });
+
+  it('whose release could not delete it is deleted in the background once the store takes deletes again, so that another server gets it', async () => {
+    const faults: Parameters<typeof store>[0] = { del: true };
+    const driver = store(faults);
+    const locks = new UploadLocks(driver);
+    await (await locks.acquire(LOCK))!.release();
+    faults.del = false;
+    await waitUntil('the background delete', async () => !(await exists(driver, LOCK)), 5_000);
+    expect(locks.leftBehind).toBe(0);
+    const other = await new UploadLocks(driver).acquire(LOCK);
+    expect(other?.held).toBe(true);
+    await other!.release();
+  });
+
+  it('is deleted in the background only while it carries our token: another request\'s lock in its place stays', async () => {
+    const faults: Parameters<typeof store>[0] = { del: true };
+    const driver = store(faults);
+    const locks = new UploadLocks(driver);
+    await (await locks.acquire(LOCK))!.release();
+    // The store took the delete after all (its answer was lost), and another server's request took the upload.
+    faults.del = false;
+    await driver.delete(LOCK);
+    const other = (await new UploadLocks(driver).acquire(LOCK))!;
+    await waitUntil('the background delete to give up', () => locks.leftBehind === 0, 5_000);
+    expect(other.held).toBe(true);
+    expect(await exists(driver, LOCK), 'the other request\'s lock').toBe(true);
+    expect(await new UploadLocks(driver).acquire(LOCK)).toBeUndefined();
+    await other.release();
+  });
+});
