@@ -14,10 +14,14 @@ import type { AddressInfo } from 'node:net';
  *                 then nothing more (a GET that stops making progress)
  *   lose-answer   passed on and carried out by the store, whose answer is then dropped and
  *                 the connection reset: the client cannot know that it happened
+ *   internal-after  passed on and carried out by the store, whose answer is then replaced
+ *                 by 500 InternalError (a gateway that failed on the way back)
  *   keys-failed   a DeleteObjects answered 200 with every key it names in an <Error> (what
  *                 radosgw does to a key now and then), deleting nothing
  */
-export type Fault = 'slowdown' | 'unavailable' | 'internal' | 'reset' | 'stall' | 'stall-midway' | 'lose-answer' | 'keys-failed' | ResponseFault | undefined;
+export type Fault =
+  | 'slowdown' | 'unavailable' | 'internal' | 'reset' | 'stall' | 'stall-midway' | 'lose-answer' | 'internal-after' | 'keys-failed'
+  | ResponseFault | undefined;
 
 /** More about a request, for `decide`. */
 export interface RequestInfo {
@@ -100,14 +104,18 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
       });
       return;
     }
+    const answerError = (status: number, code: string): void => {
+      const body = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the test proxy</Message></Error>`;
+      res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+    };
     if (fault === 'slowdown' || fault === 'unavailable' || fault === 'internal') {
       // Read the body first, as a server does before it answers an upload.
       req.resume();
       req.on('end', () => {
-        const [status, code] = fault === 'slowdown' ? [503, 'SlowDown'] : fault === 'unavailable' ? [503, 'ServiceUnavailable'] : [500, 'InternalError'];
-        const body = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the test proxy</Message></Error>`;
-        res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
-        res.end(body);
+        if (fault === 'slowdown') answerError(503, 'SlowDown');
+        else if (fault === 'unavailable') answerError(503, 'ServiceUnavailable');
+        else answerError(500, 'InternalError');
       });
       return;
     }
@@ -117,6 +125,11 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
         if (fault === 'lose-answer') {
           up.resume();
           up.on('end', () => req.socket.destroy());
+          return;
+        }
+        if (fault === 'internal-after') {
+          up.resume();
+          up.on('end', () => answerError(500, 'InternalError'));
           return;
         }
         res.writeHead(up.statusCode ?? 502, up.headers);
