@@ -542,6 +542,67 @@ describe('ManifestStore', () => {
       }
     });
 
+    // Found by probing: a page listed only the n tags it still wanted, and every pass of that
+    // cost a full listing (fs reads and sorts the whole directory; S3 makes two requests). A
+    // page of 2 over 3,000 expired tags (gc.schedule is off by default, so they stay) made
+    // 1,500 passes and took 10 s; two at once over 8,000 did not finish in 30.
+    it('reads on over expired tags a listing page at a time, each record once', async () => {
+      const counting = new CountingDriver(driver);
+      const store = new ManifestStore({ driver: counting, blobs: new BlobStore(counting), maxBytes: 8192 });
+      vi.useFakeTimers({ toFake: ['Date'], now: Date.now() });
+      try {
+        const expired = await tagged(store, 300, { 'quay.expires-after': '1s' });
+        for (const t of ['a0', 'z0']) await store.put('repo', parseReference(t), OCI_MANIFEST, manifest({ n: 'live' }));
+        vi.setSystemTime(Date.now() + 1100);
+        const reads = expired.map((t) => paths.tag('repo', t)).sort();
+        const list = (n: number, last?: string) => counting.during(() => store.tags('repo', n, last));
+        for (const n of [2, 3]) {
+          const { result, calls } = await list(n);
+          expect(result).toEqual({ items: ['a0', 'z0'] });
+          // n + 1 tags, then the rest in one page; with the index listed beside each.
+          expect(calls.filter((c) => c.op === 'listPage')).toHaveLength(4);
+          expect(calls.filter((c) => c.op === 'getContent').map((c) => c.path).sort()).toEqual(reads);
+        }
+        // After a0 comes an expired tag, and only reading every record after it would tell
+        // that no live one follows: the next page may be empty (the spec allows it).
+        const first = await list(1);
+        expect(first.result).toEqual({ items: ['a0'], next: 'a0' });
+        expect(first.calls.filter((c) => c.op === 'listPage')).toHaveLength(2);
+        const second = await list(1, 'a0');
+        expect(second.result).toEqual({ items: ['z0'] });
+        expect(second.calls.filter((c) => c.op === 'listPage')).toHaveLength(4);
+        expect(second.calls.filter((c) => c.op === 'getContent').map((c) => c.path).sort()).toEqual(reads);
+        expect(await store.tags('repo', 1, 'z0')).toEqual({ items: [] });
+      } finally {
+        vi.useRealTimers();
+      }
+    });
+
+    it('links a next page when what it listed shows a live tag follows, or cannot tell', async () => {
+      const hour = 3_600_000;
+      const store = new ManifestStore({ driver, blobs, maxBytes: 8192, expiry: new ExpiryPolicy({ repositories: { repo: hour } }) });
+      vi.useFakeTimers({ toFake: ['Date'], now: Date.now() });
+      try {
+        // The memory driver dates objects by Date: t0000… and v0… are pushed two hours before the rest.
+        const old = await tagged(store, 300);
+        for (const t of ['v0', 'v1', 'v2']) await store.put('repo', parseReference(t), OCI_MANIFEST, manifest({ n: 'many' }));
+        vi.setSystemTime(Date.now() + 2 * hour);
+        for (const t of ['a0', 'u0', 'u1']) await store.put('repo', parseReference(t), OCI_MANIFEST, manifest({ n: 'live' }));
+        // Past the expired tags, the listing page that found u0 shows u1 after it, and after u1
+        // only expired tags to its end.
+        expect(await store.tags('repo', 1, 'a0')).toEqual({ items: ['u0'], next: 'u0' });
+        expect(await store.tags('repo', 2, 'a0')).toEqual({ items: ['u0', 'u1'] });
+        expect(await store.tags('repo', 3, undefined)).toEqual({ items: ['a0', 'u0', 'u1'] });
+        expect(await store.tags('repo', 5, old[10])).toEqual({ items: ['u0', 'u1'] });
+        // A page without expired tags in it lists one tag past it, here an expired one with
+        // more after it: that one look cannot tell, so the next page is linked.
+        expect(await store.tags('repo', 1, undefined)).toEqual({ items: ['a0'], next: 'a0' });
+        expect((await store.tags('repo', undefined, undefined)).items).toEqual(['a0', 'u0', 'u1']);
+      } finally {
+        vi.useRealTimers();
+      }
+    });
+
     it('decides a configured expiration from the tag objects\' times, reading records only near the boundary', async () => {
       const fs = await tempDir('hoist-tags-');
       try {
