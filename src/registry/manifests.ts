@@ -34,15 +34,16 @@ export interface ManifestRecord {
 }
 
 /**
- * What paths.tag() holds: the one thing a tag is, a pointer to a manifest. Written only when
- * the tag changes (a push of another manifest, or of an expired tag), so the object's
- * modification time is its updatedAt, to within the clocks' difference.
+ * What paths.tag() holds: the one thing a tag is, a pointer to a manifest. Written whenever
+ * its updatedAt changes (a push of another manifest, or of an expired tag; under a configured
+ * expiration every push), so the object's modification time is its updatedAt, to within the
+ * clocks' difference.
  */
 export interface TagRecord {
   readonly digest: string;
-  /** When the tag was pushed to point here; a configured expiration counts from it (expiry.ts). */
+  /** When the tag was last pushed; a configured expiration counts from it (expiry.ts). */
   readonly updatedAt: string;
-  /** From the manifest's `quay.expires-after` label, counted from this tag push (ISO 8601). */
+  /** From the manifest's `quay.expires-after` label, counted from the push that pointed the tag here (ISO 8601). */
   readonly expiresAt?: string;
 }
 
@@ -139,8 +140,8 @@ const EXPIRY_BOUNDARY_MS = 5 * 60_000;
  * registry 2.8 makes 8 requests on S3, 9 for a new manifest): per blob BlobStore.locate(),
  * the link, the record and the data (3 requests on S3; for the config, its bytes, read for
  * the labels, in place of the data's stat); the revision's conditional write (1); the tag,
- * written (1) for a manifest stored just now, else read and written when it changes (2).
- * 8 for a new manifest, 9 for a known one under another tag, 8 when nothing changes.
+ * written (1), but for a known manifest with a label expiry read first and written when it
+ * changes (2) or when a configured expiration restarts. Without a label: 8 for every push.
  * Online garbage collection adds nothing while no collection runs (gc/guard.ts).
  */
 export class ManifestStore {
@@ -213,25 +214,33 @@ export class ManifestStore {
   }
 
   /**
-   * Points `tag` at `digest`. Re-pushing a tag that already names this manifest does not
-   * push its expiry back: nothing is rewritten. An expired tag is no tag: pushing it again
-   * makes a new one. `always`: written without reading it first (a tag of a manifest stored
-   * just now; a cache's tag, whose updatedAt is when the upstream last confirmed it). A tag
-   * that can have no expiry (no label, no configured expiration for the repository) is
-   * written without a look too: rewritten, it changes only its updatedAt, which nothing
-   * reads then, and the write costs one store request where the look would cost one more.
+   * Points `tag` at `digest`. An expired tag is no tag: pushing it again makes a new one.
+   * Pushing a live tag that already names this manifest again keeps its label expiry (Quay
+   * counts `quay.expires-after` from the push that set the tag) and restarts a configured
+   * expiration (zuul-registry's `expiration` counts from the last push: it rewrites the tag
+   * on every push), so the record is rewritten with this push's updatedAt and its expiresAt
+   * as it was, or, with no expiration configured, left alone.
+   *
+   * `always`: written without reading it first (a tag of a manifest stored just now; a
+   * cache's tag, whose updatedAt is when the upstream last confirmed it). A tag whose
+   * manifest has no label expiry is written without a look too: the record is the same
+   * whatever the tag named, and the write costs one store request where the look would cost
+   * one more.
    */
   async #pointTag(repo: string, tag: string, digest: Digest, expiresAfterMs: number | undefined, always = false): Promise<void> {
     const now = Date.now();
-    const mayExpire = expiresAfterMs !== undefined || this.#expiry.expirationFor(repo) !== undefined;
-    if (!always && mayExpire) {
+    let expiresAt = expiresAfterMs === undefined ? undefined : new Date(now + expiresAfterMs).toISOString();
+    if (!always && expiresAfterMs !== undefined) {
       const current = await this.#tag(repo, tag);
-      if (current?.digest === digest.value && !this.#expiry.isExpired(repo, current, now)) return;
+      if (current?.digest === digest.value && !this.#expiry.isExpired(repo, current, now)) {
+        if (this.#expiry.expirationFor(repo) === undefined) return;
+        expiresAt = current.expiresAt;
+      }
     }
     const record: TagRecord = {
       digest: digest.value,
       updatedAt: new Date(now).toISOString(),
-      ...(expiresAfterMs !== undefined ? { expiresAt: new Date(now + expiresAfterMs).toISOString() } : {}),
+      ...(expiresAt !== undefined ? { expiresAt } : {}),
     };
     // The index entry first: a tag with a label expiry is never without one (tags()).
     if (record.expiresAt !== undefined) await this.#o.driver.putContent(paths.tagExpiring(repo, tag), Buffer.from(record.expiresAt));

@@ -270,6 +270,40 @@ describe('ManifestStore', () => {
       }
     });
 
+    // Found by probing: a push of the manifest a tag names already rewrote nothing, so a
+    // configured expiration (gc.expiration: "this long after their last push", as
+    // zuul-registry, which rewrites the tag on every push) ran from the first push: with 3 s,
+    // a tag pushed again at 2 s was gone at 3.5 s, and the collector deleted it.
+    it('a push restarts a configured expiration; a label expiry counts from the push that set the tag', async () => {
+      const minute = 60_000;
+      const store = new ManifestStore({ driver, blobs, maxBytes: 8192, expiry: new ExpiryPolicy({ repositories: { repo: 60 * minute } }) });
+      const plain = manifest({ n: 'plain' });
+      const labelled = manifest({ config: await pushConfig('repo', { 'quay.expires-after': '2h' }) });
+      const t0 = Date.now();
+      vi.useFakeTimers({ toFake: ['Date'], now: t0 });
+      try {
+        for (const t of ['again', 'once']) await store.put('repo', parseReference(t), OCI_MANIFEST, plain);
+        await store.put('repo', parseReference('label'), OCI_MANIFEST, labelled);
+        const labelExpiry = (await store.tagRecord('repo', 'label'))!.expiresAt;
+        vi.setSystemTime(t0 + 40 * minute);
+        await store.put('repo', parseReference('again'), OCI_MANIFEST, plain);
+        await store.put('repo', parseReference('label'), OCI_MANIFEST, labelled);
+        vi.setSystemTime(t0 + 80 * minute);
+        expect((await store.tags('repo', undefined, undefined)).items).toEqual(['again', 'label']);
+        expect((await store.get('repo', parseReference('again'))).digest).toBe(sha(plain));
+        expect((await store.get('repo', parseReference('label'))).digest).toBe(sha(labelled));
+        expect(await codeOf(store.get('repo', parseReference('once')))).toBe('MANIFEST_UNKNOWN');
+        expect(await store.tagRecord('repo', 'label')).toEqual({ digest: sha(labelled), updatedAt: new Date(t0 + 40 * minute).toISOString(), expiresAt: labelExpiry });
+        // Pushed again, its configured expiration runs to 140 min, but its label's 2 h ran from 0.
+        await store.put('repo', parseReference('label'), OCI_MANIFEST, labelled);
+        vi.setSystemTime(t0 + 121 * minute);
+        expect(await codeOf(store.get('repo', parseReference('label')))).toBe('MANIFEST_UNKNOWN');
+        expect((await store.tags('repo', undefined, undefined)).items).toEqual([]);
+      } finally {
+        vi.useRealTimers();
+      }
+    });
+
     it.each(['soon', '2 hours', '-1d', ''])('ignores an invalid quay.expires-after %j', async (value) => {
       const config = await pushConfig('repo', { 'quay.expires-after': value });
       const r = await manifests.put('repo', parseReference('t'), OCI_MANIFEST, manifest({ config }));
@@ -388,7 +422,7 @@ describe('ManifestStore', () => {
       expect(await manifests.get('repo', parseReference('again'))).toEqual({ ...record, bytes });
     });
 
-    it('writes the record of a tag that may expire only when the tag changes, so the object\'s time is its updatedAt', async () => {
+    it('rewrites the record of a tag under a configured expiration at every push, so the object\'s time is its updatedAt', async () => {
       const fs = await tempDir('hoist-tags-');
       try {
         const d = await createDriver(`fs:${fs.path}`);
@@ -408,11 +442,18 @@ describe('ManifestStore', () => {
         // behind Date.now(); 50 ms covers that.
         expect(first.modTime.getTime()).toBeGreaterThanOrEqual(before - 50);
         expect(first.modTime.getTime()).toBeLessThanOrEqual(after);
-        // A rewrite after this would carry a later time (and a later updatedAt).
+        // Pushed again: the expiration counts from this push, and so does the object's time.
         await new Promise((r) => setTimeout(r, 20));
+        const before2 = Date.now();
         await store.put('repo', parseReference('t'), OCI_MANIFEST, bytes);
-        expect((await d.stat(paths.tag('repo', 't'))).modTime).toEqual(first.modTime);
-        expect(await store.tagRecord('repo', 't')).toEqual(record);
+        const after2 = Date.now();
+        const again = await store.tagRecord('repo', 't');
+        expect(again!.digest).toBe(record!.digest);
+        expect(Date.parse(again!.updatedAt)).toBeGreaterThanOrEqual(before2);
+        expect(Date.parse(again!.updatedAt)).toBeLessThanOrEqual(after2);
+        const second = (await d.stat(paths.tag('repo', 't'))).modTime.getTime();
+        expect(second).toBeGreaterThanOrEqual(before2 - 50);
+        expect(second).toBeLessThanOrEqual(after2);
       } finally {
         await fs.cleanup();
       }
@@ -472,13 +513,28 @@ describe('ManifestStore', () => {
       expect(same.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
     });
 
-    it('a tag that may expire: read before a known manifest is pushed under it, and left alone when it names it already', async () => {
+    it('a tag under a configured expiration: written without a look at every push, which restarts the expiration', async () => {
       const { counting, store, bytes } = await countedImage(new ExpiryPolicy({ repositories: { repo: 3_600_000 } }));
-      // A new manifest: its tag cannot name it yet, so it is written without a look.
+      for (const t of ['t1', 't2', 't2']) {
+        const { calls } = await counting.during(() => store.put('repo', parseReference(t), OCI_MANIFEST, bytes));
+        expect(calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
+      }
+    });
+
+    it('a tag with a label expiry: read before a known manifest is pushed under it, and left alone when it names it already', async () => {
+      const counting = new CountingDriver(driver);
+      const store = new ManifestStore({ driver: counting, blobs: new BlobStore(counting), maxBytes: 8192 });
+      const bytes = manifest({ config: await pushConfig('repo', { 'quay.expires-after': '1h' }) });
+      // A new manifest: its tag cannot name it yet, so it is written without a look (its
+      // expiring-index entry first).
       const first = await counting.during(() => store.put('repo', parseReference('t1'), OCI_MANIFEST, bytes));
-      expect(first.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
+      expect(first.calls.filter((c) => c.op === 'putContent').map((c) => c.path)).toEqual([
+        paths.manifestRevision('repo', parseDigest(sha(bytes))), paths.tagExpiring('repo', 't1'), paths.tag('repo', 't1'),
+      ]);
       const again = await counting.during(() => store.put('repo', parseReference('t2'), OCI_MANIFEST, bytes));
-      expect(again.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'getContent', 'putContent', 'putContent'].sort());
+      expect(again.calls.filter((c) => c.path.startsWith(paths.tags('repo')) || c.path.startsWith(paths.tagsExpiring('repo'))).map((c) => [c.op, c.path])).toEqual([
+        ['getContent', paths.tag('repo', 't2')], ['putContent', paths.tagExpiring('repo', 't2')], ['putContent', paths.tag('repo', 't2')],
+      ]);
       const same = await counting.during(() => store.put('repo', parseReference('t2'), OCI_MANIFEST, bytes));
       // The revision's conditional write finds it there; the tag names it already.
       expect(same.calls.filter((c) => c.op === 'putContent').map((c) => c.path)).toEqual([paths.manifestRevision('repo', parseDigest(sha(bytes)))]);
