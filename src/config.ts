@@ -481,5 +481,14 @@ export function loadConfig(opts: LoadConfigOptions = {}): Readonly<Config> {
       `invalid configuration:\n  ${named('uploads.maxBufferedBytes', 'uploads.maxSessionBufferedBytes')}: uploads.maxBufferedBytes must be at least uploads.maxSessionBufferedBytes`,
     );
   }
+  // A namespace's expiration under a name no namespace has (a typo) would expire nothing.
+  const exp = cfg.gc.expiration;
+  for (const name of Object.keys(typeof exp === 'object' ? exp.namespaces ?? {} : {})) {
+    if (!cfg.namespaces.some((n) => n.name === name)) {
+      throw new ConfigError(
+        `invalid configuration:\n  ${named(`gc.expiration.namespaces.${name}`)}: no namespace is named ${JSON.stringify(name)} (namespaces: ${cfg.namespaces.map((n) => n.name).join(', ') || 'none'})`,
+      );
+    }
+  }
   return deepFreeze(cfg);
 }

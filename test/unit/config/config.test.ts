@@ -245,6 +245,8 @@ describe('loadConfig values', () => {
     [{ gc: { staleUploadAfter: 60 } }, 'gc.staleUploadAfter', /at least 1s/],
     [{ gc: { expiration: 30 } }, 'gc.expiration', /0 \(off\) or at least 1s, got 30 ms/],
     [{ gc: { expiration: { repositories: { 'ci/tmp': 30 } } } }, 'gc.expiration.repositories.ci/tmp', /at least 1s/],
+    // Found by probing (2026-12-03): a misspelt namespace's expiration expired nothing, silently.
+    [{ namespaces: [{ name: 'team-a', host: 'a.example' }], gc: { expiration: { namespaces: { 'team-b': '1d' } } } }, 'gc.expiration.namespaces.team-b', /no namespace is named "team-b" \(namespaces: team-a\)/],
     [{ proxy: { remoteUrl: 'https://x', tagTtl: 5 } }, 'proxy.tagTtl', /0 \(check at every pull\) or at least 1s/],
     [{ auth: { htpasswd: '/h', token: { expiry: '30s' } } }, 'auth.token.expiry', /at least 1m/],
     [{ auth: { htpasswd: '/h', token: { expiry: '2d' } } }, 'auth.token.expiry', /at most 24h/],
