@@ -111,6 +111,18 @@ export function isStoreUnavailable(err: unknown): boolean {
   return e?.name === 'TimeoutError' || NETWORK_ERROR_CODES.has(e?.code ?? '');
 }
 
+const THROTTLING_CODES = new Set(['SlowDown', 'Throttling', 'ThrottlingException', 'RequestThrottled', 'TooManyRequestsException', 'RequestLimitExceeded']);
+
+/** What a failed request was, for BoundedRetryStrategy (throttling backs off longer; client errors are not tried again). */
+export function retryErrorType(err: unknown): RetryErrorInfo['errorType'] {
+  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+  const status = e.$metadata?.httpStatusCode;
+  if (status === undefined) return isStoreUnavailable(err) ? 'TRANSIENT' : 'CLIENT_ERROR';
+  if (status === 429 || THROTTLING_CODES.has(e.name ?? '')) return 'THROTTLING';
+  if (status >= 500) return 'SERVER_ERROR';
+  return 'CLIENT_ERROR';
+}
+
 /**
  * What isStoreUnavailable() recognises, as StorageUnavailableError (the driver interface's
  * word for it); any other error as it is. `what` names the request ("PutObject").

@@ -6,7 +6,7 @@ import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
-import { asUnavailable, BoundedRetryStrategy, isStoreUnavailable } from './deadlines.js';
+import { asUnavailable, BoundedRetryStrategy, retryErrorType } from './deadlines.js';
 import { errorName, isNoSuchKey, serviceError } from './errors.js';
 import { signedPayload } from './writer.js';
 
@@ -68,7 +68,6 @@ export interface PutObjectOptions {
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 /** The store refused the request's time (our clock is off): the SDK corrects its offset and tries again; so do we. */
 const CLOCK_SKEW_CODES = new Set(['RequestTimeTooSkewed', 'RequestExpired', 'RequestInTheFuture', 'InvalidSignatureException', 'SignatureDoesNotMatch']);
-const THROTTLING_CODES = new Set(['SlowDown', 'Throttling', 'ThrottlingException', 'RequestThrottled', 'TooManyRequestsException', 'RequestLimitExceeded']);
 /** S3 allows 15 minutes of skew; a smaller difference did not cause a refusal. */
 const MIN_CLOCK_CORRECTION_MS = 5 * 60_000;
 /** An error answer's text is read this far (an S3 error document is short). */
@@ -168,7 +167,7 @@ export class SmallRequests {
       } catch (err) {
         const e = err as { $metadata?: { attempts?: number } };
         if (attempts === 1 && this.#correctClock(err)) continue;
-        const errorType = retryType(err);
+        const errorType = retryErrorType(err);
         let next;
         try {
           next = errorType === 'CLIENT_ERROR' ? undefined : await this.#o.retry.refreshRetryTokenForRetry(token, { errorType });
@@ -336,15 +335,6 @@ function headOf(a: Answer): ObjectHead {
     modTime: modified ? new Date(modified) : new Date(0),
     etag: header(a.headers, 'etag') ?? '',
   };
-}
-
-function retryType(err: unknown): 'TRANSIENT' | 'THROTTLING' | 'SERVER_ERROR' | 'CLIENT_ERROR' {
-  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
-  const status = e.$metadata?.httpStatusCode;
-  if (status === undefined) return isStoreUnavailable(err) ? 'TRANSIENT' : 'CLIENT_ERROR';
-  if (status === 429 || THROTTLING_CODES.has(e.name ?? '')) return 'THROTTLING';
-  if (status >= 500) return 'SERVER_ERROR';
-  return 'CLIENT_ERROR';
 }
 
 function publish(operation: string, attempts: number, error: string | undefined, t0: number): void {
