@@ -718,6 +718,23 @@ function s3Tests(env: S3TestEnv): void {
       expect(refused).toMatchObject({ cause: { code: 'ECONNREFUSED' } });
     });
 
+    it('a read\'s first GET that fails is asked again (test/http/issue-s3-blob-get-retry.test.ts); a missing object is asked once', async () => {
+      fresh();
+      const content = randomBytes(3 * MiB + 1);
+      await (await driver()).putContent('/first/read', content);
+      let faults: Fault[] = [];
+      const rec = await recorder((op, key) => (op === 'GET' && key.includes('/first/') ? faults.shift() : undefined));
+      const d = await driver({ endpoint: rec.endpoint, timeout: '1s' }, { readWindowBytes: MiB, readWindowsAhead: 2 });
+      for (const fault of ['slowdown', 'internal', 'reset'] as const) {
+        faults = [fault, fault];
+        expect(sha256(await readAll(await d.reader('/first/read', 0, content.length))), fault).toBe(sha256(content));
+        expect(faults, `${fault}s injected`).toEqual([]);
+      }
+      const from = rec.calls.length;
+      await expectNotFound(d.reader('/first/missing', 0, 10), '/first/missing');
+      expect(rec.calls.slice(from).filter((c) => c.op === 'GET')).toHaveLength(1);
+    });
+
     it('reads in windows fetched ahead: exact bytes for any range, and what it holds ahead goes back when reads end', async () => {
       fresh();
       const rec = await recorder();

@@ -22,8 +22,8 @@ import {
 } from './errors.js';
 import { INTERNAL_SEGMENT, Layout } from './layout.js';
 import { PartBufferPool } from './part-buffers.js';
-import { rangeFetch, type RangeFetch } from './range-fetch.js';
-import { RangedReader, ReadAhead } from './reader.js';
+import { rangeFetch } from './range-fetch.js';
+import { RangedReader, ReadAhead, type RangedReadOptions } from './reader.js';
 import { SmallRequests } from './small-requests.js';
 
 import { TailCache } from './tail-cache.js';
@@ -87,7 +87,7 @@ export class S3Driver implements StorageDriver {
   readonly #writers: WriterContext;
   readonly #tails: TailCache;
   readonly #readAhead: ReadAhead;
-  readonly #read: { fetch: RangeFetch; buffers: ReadBuffers; windowBytes: number; windowsAhead: number; maxAttempts: number; retryForMs: number };
+  readonly #read: Omit<RangedReadOptions, 'key' | 'offset' | 'length' | 'budget'>;
   readonly #endpoint: string | undefined;
   /**
    * A presigned GetObject URL for `path`, valid `expiresInSeconds`, so a blob GET can
@@ -168,6 +168,7 @@ export class S3Driver implements StorageDriver {
       windowsAhead: opts.readWindowsAhead ?? READ_WINDOWS_AHEAD,
       maxAttempts,
       retryForMs: 2 * opts.timeoutMs,
+      retry: deadlines.retryStrategy,
     };
     const buffers = new PartBufferPool(opts.partSizeBytes, opts.maxBufferedBytes);
     this.#tails = new TailCache(buffers, MAX_HELD_TAILS);

@@ -1,9 +1,10 @@
 import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { StorageUnavailableError } from '../driver.js';
 import type { ReadBuffers, RecyclingReadable } from '../file-reader.js';
-import { isStoreUnavailable, isTimeout } from './deadlines.js';
+import { asUnavailable, type BoundedRetryStrategy, isStoreUnavailable, isTimeout, retryErrorType } from './deadlines.js';
 import { httpStatus } from './errors.js';
-import type { RangeFetch } from './range-fetch.js';
+import type { RangeAnswer, RangeFetch } from './range-fetch.js';
 
 /**
  * Blob reads, requested ahead of the client. One GET streams an object at the pace of one
@@ -23,6 +24,11 @@ import type { RangeFetch } from './range-fetch.js';
  * Without room in the budget (many pulls at once, which keep the store busy by themselves)
  * the head is one GET for all that is left. The budget counts each waiting window whole, an
  * upper bound of what it can hold.
+ *
+ * The head's first GET is asked again as every store request is (deadlines.ts: backoff,
+ * within the attempts and 2 x timeout), since no byte has gone to the client yet; then the
+ * read fails with StorageUnavailableError before the caller has answered its client. A
+ * missing object is not asked again.
  *
  * A GET that nobody reads is not timed out (range-fetch.ts), but the store may drop it: it
  * is asked again for what it still owes when its turn comes. A window's GET that breaks off
@@ -46,6 +52,8 @@ export interface RangedReadOptions {
   maxAttempts: number;
   /** ...and only this long after the window's first failure. */
   retryForMs: number;
+  /** The head's first GET is asked again under the driver's retry strategy (deadlines.ts). */
+  retry: BoundedRetryStrategy;
 }
 
 /** The bytes all reads may have requested ahead of their clients (windows beyond each read's head). */
@@ -117,7 +125,7 @@ export class RangedReader extends Readable implements RecyclingReadable {
   static async open(o: RangedReadOptions): Promise<Readable> {
     const r = new RangedReader(o);
     const head = r.#startHead();
-    const answer = await o.fetch(o.key, head.start, head.end, head.abort.signal);
+    const answer = await r.#firstAnswer(head);
     if (head.end === r.#end) return answer.body;
     if (answer.objectSize !== undefined && answer.objectSize < r.#end) {
       // Asked past the end: the object ends sooner (the store's Content-Range says where).
@@ -128,6 +136,29 @@ export class RangedReader extends Readable implements RecyclingReadable {
     r.#answered(head, answer.body);
     r.#fillAhead();
     return r;
+  }
+
+  /**
+   * The head's GET, asked again while the store may recover (a 503 SlowDown, a 500, a reset,
+   * no progress). Nothing has reached the client yet, so a new GET of the same range is safe.
+   */
+  async #firstAnswer(w: Window): Promise<RangeAnswer> {
+    const what = `GET of ${this.#o.key}`;
+    let token = await this.#o.retry.acquireInitialRetryToken();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.#o.fetch(this.#o.key, w.start, w.end, w.abort.signal);
+      } catch (err) {
+        // 403: the presigned URL may have expired with its credentials; range-fetch.ts signs a new one.
+        if (httpStatus(err) === 403 && attempt === 1) continue;
+        try {
+          token = await this.#o.retry.refreshRetryTokenForRetry(token, { errorType: retryErrorType(err) });
+        } catch {
+          throw asUnavailable(err, what);
+        }
+        await sleep(token.getRetryDelay());
+      }
+    }
   }
 
   override _read(): void {
