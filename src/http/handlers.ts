@@ -337,7 +337,7 @@ async function getBlob(c: Ctx): Promise<void> {
     reply(c, 200, { ...headers, 'docker-content-digest': d.digest, etag: `"${d.digest}"`, 'content-length': String(d.size) });
     return;
   }
-  const read = await c.registry.readBlob(c.m.name, c.m.param, parseRange(c.req.header('range')));
+  const read = await c.registry.readBlob(c.m.name, c.m.param, rangeOf(c));
   const d = read.descriptor;
   if (read.redirect) {
     // GET /v2/<name>/blobs/<digest> → 307, Location: <presigned S3 URL> (distribution's
@@ -415,10 +415,22 @@ function chunkRange(req: IncomingRequest): ChunkRange {
   return { start, length: end - start + 1 };
 }
 
-/** A single `Range: bytes=a-b` request; anything else is ignored (RFC 9110 §14.2 allows it). */
+/**
+ * The blob GET's Range, unless an If-Range names another representation (RFC 9110 §13.1.5):
+ * a client resuming a download asks for the rest only if the entity is the one it began, and
+ * otherwise wants the whole. This blob's only validator is its ETag, the digest: a date (we
+ * send no Last-Modified) or another tag gets the whole blob.
+ */
+function rangeOf(c: Ctx): ByteRange | undefined {
+  const ifRange = c.req.header('if-range');
+  if (ifRange !== undefined && ifRange.trim() !== `"${c.m.param}"`) return undefined;
+  return parseRange(c.req.header('range'));
+}
+
+/** A single `Range: bytes=a-b` request (the unit in any case); anything else is ignored (RFC 9110 §14.2 allows it). */
 function parseRange(header: string | undefined): ByteRange | undefined {
   if (!header) return undefined;
-  const m = /^bytes=(\d{0,15})-(\d{0,15})$/.exec(header.trim());
+  const m = /^bytes=(\d{0,15})-(\d{0,15})$/i.exec(header.trim());
   if (!m || (m[1] === '' && m[2] === '')) return undefined;
   if (m[1] === '') return { suffix: Number(m[2]) };
   return m[2] === '' ? { start: Number(m[1]) } : { start: Number(m[1]), end: Number(m[2]) };

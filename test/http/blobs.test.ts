@@ -85,6 +85,8 @@ describe.each(combos)('blobs ($frontend front end, $storage storage)', ({ fronte
       ['bytes=42-42', 42, 42],
       ['bytes=90-1000', 90, 99],
       ['bytes=0-99', 0, 99],
+      // RFC 9110 §14.1: the range unit is case-insensitive.
+      ['BYTES=0-9', 0, 9],
     ] as const)('%s → 206 with Content-Range and exactly those bytes', async (range, first, last) => {
       const r = await request(base, `/v2/${name}/blobs/${digest}`, { headers: { range } });
       expectStatus(r, 206, range);
@@ -92,6 +94,19 @@ describe.each(combos)('blobs ($frontend front end, $storage storage)', ({ fronte
       expect(r.header('content-length')).toBe(String(last - first + 1));
       expect(r.header('docker-content-digest')).toBe(digest);
       expect(r.body.toString('hex')).toBe(data.subarray(first, last + 1).toString('hex'));
+    });
+
+    // RFC 9110 §13.1.5: the range only if the validator names this blob, else the whole blob.
+    // The only validator a blob has is its ETag, the digest (no Last-Modified is sent).
+    it.each([
+      ['its own ETag', () => `"${digest}"`, 206],
+      ['another ETag', () => '"sha256:0000000000000000000000000000000000000000000000000000000000000000"', 200],
+      ['a weak ETag (If-Range compares strongly)', () => `W/"${digest}"`, 200],
+      ['a date', () => 'Thu, 03 Dec 2026 09:00:00 GMT', 200],
+    ] as const)('Range with an If-Range of %s → %i', async (_label, validator, status) => {
+      const r = await request(base, `/v2/${name}/blobs/${digest}`, { headers: { range: 'bytes=0-9', 'if-range': validator() } });
+      expectStatus(r, status, 'If-Range');
+      expect(r.body.equals(status === 206 ? data.subarray(0, 10) : data)).toBe(true);
     });
 
     // Unsatisfiable (RFC 9110 §14.1.2), or invalid (last before first), which §14.2 lets a server reject.
