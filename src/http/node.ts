@@ -88,13 +88,15 @@ export class NodeFrontEnd implements FrontEnd {
       // after a complete request still being answered (garbage, or a request node cannot
       // parse) is dealt with once that answer is out; answered at once, its 400 would go
       // first. An error in the request itself (its body, the connection) is handled at once.
+      // A 400 may go out when no answer is on its way on this connection: none began, or the
+      // one before was sent whole (a keep-alive connection's next request that does not parse).
       const last = this.#answering.get(socket);
-      const answer = (): void => {
-        const refused = onClientError(err, socket);
+      const answer = (idle: boolean): void => {
+        const refused = onClientError(err, socket, idle || socket.bytesWritten === 0);
         if (refused) opts.onRefused?.({ ...requestLine(err.rawPacket), code: refused });
       };
-      if (last?.req.complete && err.code?.startsWith('HPE_')) void last.answered.then(answer);
-      else answer();
+      if (last?.req.complete && err.code?.startsWith('HPE_')) void last.answered.then(() => answer(true));
+      else answer(last === undefined);
     });
   }
 
@@ -518,13 +520,13 @@ function byteLength(body: string | Uint8Array): number {
  * Answers what node:http's parser refused, or a request that timed out, and closes the
  * connection. Returns the error code it answered with, if the error table has one.
  */
-function onClientError(err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket): ErrorCode | undefined {
+function onClientError(err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket, mayAnswer: boolean): ErrorCode | undefined {
   // Only an HTTP-level error gets an HTTP answer. A TLS handshake that failed or timed out
   // (ERR_TLS_HANDSHAKE_TIMEOUT, an OpenSSL error) has no channel to answer on: the end()
   // below would never flush, its callback never destroy the socket, and a client that
   // connects and stays silent would hold a descriptor for good.
   const http = err.code !== undefined && (err.code.startsWith('HPE_') || err.code.startsWith('ERR_HTTP_'));
-  if (http && socket.writable && socket.bytesWritten === 0) {
+  if (http && socket.writable && mayAnswer) {
     const raw = rawErrorResponse(err.code);
     socket.end(raw ?? bareReply(err.code), () => socket.destroy());
     return raw === undefined ? undefined : PARSER_ERRORS[err.code as keyof typeof PARSER_ERRORS][0];

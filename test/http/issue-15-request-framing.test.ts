@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
+import net from 'node:net';
 import { headerSectionIn, parseRawReply, request, socketExchange, type SocketReply } from '../helpers/http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -107,6 +108,32 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
       const statuses = [...r.text.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
       expect(statuses, r.text).toEqual([202, 201, 200]);
       expect(r.text.endsWith('hello')).toBe(true);
+    });
+  }
+
+  // Found by probing (2026-12-03): on a connection that had answered a request already, a
+  // request node:http's parser refused got no answer at all: the connection was just closed.
+  if (frontend === 'node') {
+    it('a request that does not parse, after one answered on the same connection, gets its 400', async () => {
+      const bad = 'GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n';
+      const pipelined = await socketExchange(server.port, `GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n${bad}`);
+      expect([...pipelined.text.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1])), pipelined.text).toEqual([200, 400]);
+      expect(pipelined.text).toContain('SIZE_INVALID');
+
+      const sequential = await new Promise<string>((resolve, reject) => {
+        const socket = net.connect(server.port, '127.0.0.1');
+        let text = '';
+        socket.setEncoding('latin1');
+        socket.on('data', (d: string) => {
+          const first = text === '';
+          text += d;
+          if (first) socket.write(bad);
+        });
+        socket.on('close', () => resolve(text));
+        socket.on('error', reject);
+        socket.write('GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n');
+      });
+      expect([...sequential.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1])), sequential).toEqual([200, 400]);
     });
   }
 
