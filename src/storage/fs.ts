@@ -44,9 +44,11 @@ export class FsDriver implements StorageDriver {
   /**
    * 1 MiB reads: blob GETs are large and sequential; 64 KiB (fs streams' default) costs a
    * syscall and a stream turn per 64 KiB and halved pull throughput. Up to 16 MiB of them
-   * are kept for the next reads (see ReadBuffers for why they are recycled at all).
+   * are kept for the next reads (see ReadBuffers for why they are recycled at all), and at
+   * most 64 MiB are in use: two a pull, so 32 pulls at once read 1 MiB at a time, and
+   * clients that stop reading cannot hold more (further reads go 64 KiB at a time).
    */
-  readonly #readBuffers = new ReadBuffers(1024 * 1024, 16);
+  readonly #readBuffers = new ReadBuffers(1024 * 1024, 16, 64 * 1024 * 1024);
 
   constructor(opts: FsDriverOptions) {
     this.rootDirectory = resolve(opts.rootDirectory);

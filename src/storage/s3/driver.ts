@@ -64,8 +64,10 @@ const READ_WINDOW_BYTES = 16 * 1024 * 1024;
 const READ_WINDOWS_AHEAD = 3;
 /** Blob reads from an http:// store land in recycled chunks of this size (plain-get.ts)... */
 const READ_CHUNK_BYTES = 256 * 1024;
-/** ...of which this many are kept while idle (16 MiB). */
+/** ...of which this many are kept while idle (16 MiB)... */
 const READ_CHUNKS_IDLE = 64;
+/** ...and at most this many bytes of them are in use (file-reader.ts, ReadBuffers: clients that stop reading hold theirs). */
+const READ_CHUNKS_MAX_IN_USE_BYTES = 64 * 1024 * 1024;
 /** Uploads whose last state this instance remembers (tail-cache.ts); their buffers are bounded by the pool. */
 const MAX_HELD_TAILS = 4096;
 
@@ -160,7 +162,7 @@ export class S3Driver implements StorageDriver {
       { step: 'initialize', name: 'hoistRequestMetrics' },
     );
     this.#readAhead = new ReadAhead(opts.maxReadAheadBytes);
-    const readBuffers = new ReadBuffers(READ_CHUNK_BYTES, READ_CHUNKS_IDLE);
+    const readBuffers = new ReadBuffers(READ_CHUNK_BYTES, READ_CHUNKS_IDLE, READ_CHUNKS_MAX_IN_USE_BYTES);
     this.#read = {
       fetch: rangeFetch({ client: this.#client, bucket: this.bucket, httpAgent, httpsAgent, timeoutMs: opts.timeoutMs, buffers: readBuffers }),
       buffers: readBuffers,

@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { Readable } from 'node:stream';
-import { ReadBuffers, type RecyclingReadable } from '../file-reader.js';
+import { ReadBufferShare, type ReadBuffers, type RecyclingReadable } from '../file-reader.js';
 
 /**
  * GETs over plain HTTP/1.1 whose body bytes land in recycled buffers, for blob reads from an
@@ -259,10 +259,16 @@ function unwrap(err: unknown): unknown {
 /**
  * A 2xx answer's body: Content-Length bytes, copied from the socket's buffer into recycled
  * chunks. At most one chunk waits in the stream and one is being filled; past that the
- * socket is paused until the consumer reads.
+ * socket is paused until the consumer reads. With every shared chunk in use (ReadBuffers'
+ * bound), it copies into private chunks of the socket's read size instead.
  */
 export class PlainBody extends Readable implements RecyclingReadable {
   readonly #buffers: ReadBuffers;
+  /**
+   * The chunk being filled, the one waiting in this stream, the one waiting in a RangedReader
+   * above it (reader.ts), and the one at the client's socket.
+   */
+  readonly #share: ReadBufferShare;
   readonly #socket: net.Socket;
   readonly #o: PlainGetOptions;
   readonly #done: (ok: boolean) => void;
@@ -275,6 +281,7 @@ export class PlainBody extends Readable implements RecyclingReadable {
   constructor(buffers: ReadBuffers, length: number, socket: net.Socket, o: PlainGetOptions, done: (ok: boolean) => void) {
     super({ highWaterMark: buffers.bufferBytes });
     this.#buffers = buffers;
+    this.#share = new ReadBufferShare(buffers, 4, SOCKET_READ_BYTES);
     this.#left = length;
     this.#socket = socket;
     this.#o = o;
@@ -296,7 +303,7 @@ export class PlainBody extends Readable implements RecyclingReadable {
     let at = 0;
     let more = true;
     while (at < n) {
-      this.#chunk ??= this.#buffers.take();
+      this.#chunk ??= this.#share.take();
       const k = Math.min(n - at, this.#chunk.length - this.#filled);
       buf.copy(this.#chunk, this.#filled, at, at + k);
       this.#filled += k;
@@ -339,6 +346,7 @@ export class PlainBody extends Readable implements RecyclingReadable {
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     if (this.#chunk) this.#buffers.give(this.#chunk);
     this.#chunk = undefined;
+    this.#share.close();
     this.#settle(this.#left === 0);
     cb(err);
   }

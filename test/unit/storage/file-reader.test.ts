@@ -3,7 +3,7 @@ import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FileReader, ReadBuffers, recyclerOf } from '../../../src/storage/file-reader.js';
+import { FALLBACK_READ_BYTES, FileReader, ReadBufferShare, ReadBuffers, recyclerOf } from '../../../src/storage/file-reader.js';
 
 describe('FileReader', () => {
   let dir: string;
@@ -62,5 +62,36 @@ describe('FileReader', () => {
     reader.destroy();
     await new Promise((resolve) => reader.once('close', resolve));
     expect(fh.fd).toBe(-1);
+  });
+
+  it('keeps at most its bound of buffers in use, and reads on in private buffers past it', async () => {
+    const buffers = new ReadBuffers(4096, 4, 2 * 4096);
+    const share = new ReadBufferShare(buffers, 2, FALLBACK_READ_BYTES);
+    const held = [share.take(), share.take()];
+    expect(buffers.inUseBytes).toBe(2 * 4096);
+    // Another reader of the same file finds none free: it still reads every byte.
+    expect((await readAll(0, Infinity, buffers, true)).bytes.equals(data)).toBe(true);
+    expect(buffers.inUseBytes).toBe(2 * 4096);
+    buffers.give(held[0]!);
+    expect(buffers.inUseBytes).toBe(4096);
+    share.close();
+    expect(buffers.inUseBytes).toBe(0);
+  });
+
+  it('charges a share for its last buffers only, and not for memory another share took after it came back', () => {
+    const buffers = new ReadBuffers(1024, 4, 8 * 1024);
+    const a = new ReadBufferShare(buffers, 2, 512);
+    // A consumer that keeps every chunk: the share lets go of all but the last two.
+    for (let i = 0; i < 5; i++) a.take();
+    expect(buffers.inUseBytes).toBe(2 * 1024);
+    a.close();
+    const kept = a.take();
+    buffers.give(kept);
+    const b = new ReadBufferShare(buffers, 2, 512);
+    expect(b.take().buffer).toBe(kept.buffer);
+    a.close();
+    expect(buffers.inUseBytes).toBe(1024);
+    b.close();
+    expect(buffers.inUseBytes).toBe(0);
   });
 });
