@@ -24,6 +24,8 @@ export interface MetricSources {
   readonly hashPool: { readonly threads: number; readonly busyThreads: number; readonly queueSize: number };
   readonly slabs: { readonly maxSlabs: number; readonly slabBytes: number; readonly inUse: number; readonly waiting: number };
   readonly frontend: { readonly kind: string; readonly inFlight: number; readonly pausedSockets: number };
+  /** Bytes of the storage driver's read buffers in use now (0: it has none). */
+  readBufferBytes(): number;
   /** Uploads with a request writing to them now, over every registry (namespaces included). */
   uploadsInProgress(): number;
   /** The storage driver's name (fs, memory, s3), for hoist_info. */
@@ -147,6 +149,12 @@ export class HoistMetrics {
     });
 
     // --- storage ------------------------------------------------------------------------
+    new Gauge({
+      name: 'hoist_read_buffers_in_use_bytes', help: 'Bytes of the buffers blob reads from storage hold now (fs, S3 over http://): at most 64 MiB; past that, reads use small private buffers', registers,
+      collect() {
+        this.set(sources.readBufferBytes());
+      },
+    });
     const storageRequests = new Counter({
       name: 'hoist_storage_requests_total', help: 'Storage driver calls, by driver, operation and outcome (ok, not_found, error)',
       labelNames: ['driver', 'op', 'outcome'], registers,

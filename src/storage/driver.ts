@@ -92,6 +92,13 @@ export interface StorageDriver {
    */
   readonly maxConcurrentWriters?: number;
 
+  /**
+   * Optional: the bytes of the buffers blob reads hold now (fs and S3 read into shared
+   * buffers of bounded total size: file-reader.ts, ReadBuffers), for metrics. Undefined for
+   * a driver that reads into fresh memory (memory).
+   */
+  readonly readBuffers?: { readonly inUseBytes: number };
+
   /** Releases connections, file handles, timers. */
   close(): Promise<void>;
 

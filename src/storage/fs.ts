@@ -50,6 +50,10 @@ export class FsDriver implements StorageDriver {
    */
   readonly #readBuffers = new ReadBuffers(1024 * 1024, 16, 64 * 1024 * 1024);
 
+  get readBuffers(): { readonly inUseBytes: number } {
+    return this.#readBuffers;
+  }
+
   constructor(opts: FsDriverOptions) {
     this.rootDirectory = resolve(opts.rootDirectory);
     this.#syncEveryBytes = opts.syncEveryBytes ?? SYNC_EVERY_BYTES_DEFAULT;

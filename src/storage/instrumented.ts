@@ -22,6 +22,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly #base: StorageDriver;
   readonly maxConcurrentWriters?: number;
   readonly local?: boolean;
+  readonly readBuffers?: { readonly inUseBytes: number };
   readonly redirectURL?: (path: string, expiresInSeconds: number) => Promise<string>;
   readonly listIncompleteWrites?: (idleSince: Date) => Promise<IncompleteWrite[]>;
   readonly abortIncompleteWrite?: (write: IncompleteWrite) => Promise<void>;
@@ -33,6 +34,7 @@ export class InstrumentedDriver implements StorageDriver {
     this.name = base.name;
     this.maxConcurrentWriters = base.maxConcurrentWriters;
     this.local = base.local;
+    if (base.readBuffers) this.readBuffers = base.readBuffers;
     // Optional methods only when the base has them: callers test for their presence.
     if (base.redirectURL) {
       const fn = base.redirectURL.bind(base);

@@ -564,6 +564,11 @@ export class S3Driver implements StorageDriver {
     }
   }
 
+  /** The chunks blob reads over plain HTTP hold (plain-get.ts), for metrics. */
+  get readBuffers(): { readonly inUseBytes: number } {
+    return this.#read.buffers;
+  }
+
   /** Bytes blob reads hold ahead of their clients right now (reader.ts), for tests and metrics. */
   get readAheadBytesInUse(): number {
     return this.#readAhead.usedBytes;
