@@ -99,10 +99,10 @@ describe.each(combos)('blobs ($frontend front end, $storage storage)', ({ fronte
     // RFC 9110 §13.1.5: the range only if the validator names this blob, else the whole blob.
     // The only validator a blob has is its ETag, the digest (no Last-Modified is sent).
     it.each([
-      ['its own ETag', () => `"${digest}"`, 206],
-      ['another ETag', () => '"sha256:0000000000000000000000000000000000000000000000000000000000000000"', 200],
-      ['a weak ETag (If-Range compares strongly)', () => `W/"${digest}"`, 200],
-      ['a date', () => 'Thu, 03 Dec 2026 09:00:00 GMT', 200],
+      ['its own ETag', (): string => `"${digest}"`, 206],
+      ['another ETag', (): string => '"sha256:0000000000000000000000000000000000000000000000000000000000000000"', 200],
+      ['a weak ETag (If-Range compares strongly)', (): string => `W/"${digest}"`, 200],
+      ['a date', (): string => 'Thu, 03 Dec 2026 09:00:00 GMT', 200],
     ] as const)('Range with an If-Range of %s → %i', async (_label, validator, status) => {
       const r = await request(base, `/v2/${name}/blobs/${digest}`, { headers: { range: 'bytes=0-9', 'if-range': validator() } });
       expectStatus(r, status, 'If-Range');
