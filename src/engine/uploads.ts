@@ -45,6 +45,19 @@ export interface CommittedData {
   readonly size: number;
 }
 
+/**
+ * What an adopt callback (UploadEngine.complete) throws when it failed but left the data
+ * named by no blob record: the upload may keep its data for the client's retry of the PUT.
+ * Any other failure may have left a record naming the data, which is then the blob's and no
+ * longer the upload's to append to, cancel or sweep: that upload goes. `cause` is what failed.
+ */
+export class UnclaimedDataError extends Error {
+  override readonly name = 'UnclaimedDataError';
+  constructor(cause: unknown) {
+    super('the blob could not be recorded; its data is the upload\'s still', { cause });
+  }
+}
+
 export interface UploadEngineOptions {
   driver: StorageDriver;
   hashPool: HashPool;
@@ -235,12 +248,15 @@ export class UploadEngine {
         await adopt(committed);
       } catch (err) {
         // The data is stored whole and matched its digest; only its record or link is missing
-        // (the store failed). An upload whose last PUT brought no bytes is kept, so that the
-        // client's retry of that same PUT finds it and links the blob, rather than
-        // BLOB_UPLOAD_UNKNOWN and a push started over. A PUT that brought bytes would bring
-        // them again, after those already stored: that upload goes, as a monolithic one does.
-        if (!s.lock || appended > 0) await this.#forget(s);
-        throw err;
+        // (the store failed). While no record names the data (UnclaimedDataError), an upload
+        // whose last PUT brought no bytes is kept, so that the client's retry of that same PUT
+        // finds it and links the blob, rather than BLOB_UPLOAD_UNKNOWN and a push started over.
+        // A PUT that brought bytes would bring them again, after those already stored; and data
+        // a record names is a blob's, which a cancel, a PATCH or a sweep of the upload would
+        // destroy under every repository linked to it: those uploads go, as before.
+        const unclaimed = err instanceof UnclaimedDataError;
+        if (!unclaimed || !s.lock || appended > 0) await this.#forget(s);
+        throw unclaimed ? err.cause : err;
       }
       await this.#forget(s);
     } else if (s.lock) {

@@ -86,6 +86,16 @@ export class BlobStore {
     return { digest: digest.value, size: data.size };
   }
 
+  /** Whether the record of `digest` names `dataPath`; true too when the store cannot say. */
+  async namesData(digest: Digest, dataPath: string): Promise<boolean> {
+    try {
+      const found = await this.#readRecord(digest);
+      return found !== undefined && (found.record === undefined || found.record.data === dataPath);
+    } catch {
+      return true;
+    }
+  }
+
   /** Stores small content (a manifest's bytes) under its digest, unlinked. */
   async putSmall(digest: Digest, bytes: Uint8Array): Promise<void> {
     if (await this.#liveRecord(digest)) return;

@@ -13,7 +13,7 @@ import { assertName, isValidName, parseDigest, parseReference, parseTags, tagsOf
 import type { SlabPool } from '../engine/slab-pool.js';
 import type { BodySource } from '../engine/upload-write.js';
 import type { UploadLockOptions } from '../engine/upload-lock.js';
-import { UploadEngine, type ChunkRange, type UploadState } from '../engine/uploads.js';
+import { UnclaimedDataError, UploadEngine, type ChunkRange, type UploadState } from '../engine/uploads.js';
 
 export interface RegistryOptions {
   driver: StorageDriver;
@@ -105,10 +105,15 @@ export class Registry {
     // an existing record to deduplicate onto (gc/collector.ts, A), as a registered operation, so that
     // a collection running meanwhile spares the blob whatever the clocks say (gc/collector.ts, C).
     await this.#uploads.complete(repo, id, d, range, body, async (data) => {
-      desc = await this.#guard.op(async () => {
-        await this.#guard.touch([d]);
-        return this.#blobs.adopt(repo, d, data);
-      });
+      try {
+        desc = await this.#guard.op(async () => {
+          await this.#guard.touch([d]);
+          return this.#blobs.adopt(repo, d, data);
+        });
+      } catch (err) {
+        // The upload may keep its data for a retry only while no record names it (uploads.ts).
+        throw (await this.#blobs.namesData(d, data.dataPath)) ? err : new UnclaimedDataError(err);
+      }
     });
     return desc!;
   }

@@ -740,7 +740,10 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
     // The data was stored and its digest checked, and the blob record or the repository's link
     // then failed: the 503 said "try again", but the upload was already gone (404
     // BLOB_UPLOAD_UNKNOWN to the retry) and the client had to push the blob all over again.
-    it('a PUT whose blob record or link the store fails answers 503, and the same PUT again links the blob', async () => {
+    // Kept only while no blob record names the data: once one does, the data is the blob's,
+    // and a cancel (or a PATCH, a wrong digest, a sweep) of the upload would delete it under
+    // every repository linked to it (found by probing the first version of this mend).
+    it('a PUT whose blob record or link the store fails answers 503; the same PUT again links the blob, unless a record names the data already', async () => {
       let failing: ((key: string) => boolean) | undefined;
       const rec = await proxy((op, _n, url) => (op === 'PutObject' && failing?.(decodeURIComponent(url.pathname)) ? 'unavailable' : undefined));
       const server = await start(bucket.url('adopt-fails', { endpoint: rec.endpoint, timeout: '1s' }));
@@ -749,19 +752,32 @@ describeS3('Hoist on S3 storage (node front end, radosgw)', (env) => {
       // A blob another repository holds already: the upload's data is a duplicate, deleted once linked.
       const shared = randomBlob(6 * MiB + 3);
       await pushBlob(server.url, repo('adopt-fails-first'), shared);
-      for (const [label, fails, data] of [['record', record, randomBlob(6 * MiB + 1)], ['link', link, randomBlob(6 * MiB + 2)], ['link of a duplicate', link, shared]] as const) {
+      const failedPut = async (label: string, fails: (key: string) => boolean, data: Buffer): Promise<{ name: string; location: string }> => {
         const name = repo('adopt-fails');
         const up = await startUpload(server.url, name);
         expectStatus(await patchChunk(server.url, up.location, data, 0), 202);
         failing = fails;
-        const put = withQuery(up.location, 'digest', sha256(data));
-        const failed = await request(server.url, put, { method: 'PUT' });
+        const failed = await request(server.url, withQuery(up.location, 'digest', sha256(data)), { method: 'PUT' });
         expect(failed.status, `PUT while the ${label} fails`).toBe(503);
         failing = undefined;
+        return { name, location: up.location };
+      };
+      for (const [label, fails, data] of [['record', record, randomBlob(6 * MiB + 1)], ['link of a duplicate', link, shared]] as const) {
+        const up = await failedPut(label, fails, data);
         expect(await uploadStatus(server.url, up.location), `the upload after its ${label} failed`).toBe(data.length);
-        await commitUpload(server.url, up.location, data, name);
-        await expectBlob(server.url, name, data);
+        await commitUpload(server.url, up.location, data, up.name);
+        await expectBlob(server.url, up.name, data);
       }
+      // The record went in, the link did not: the data is the blob's now.
+      const fresh = randomBlob(6 * MiB + 2);
+      const up = await failedPut('link', link, fresh);
+      expect((await request(server.url, up.location)).status, 'the upload once a record names its data').toBe(404);
+      const other = repo('adopt-fails-other');
+      await pushBlob(server.url, other, fresh);
+      expect((await request(server.url, up.location, { method: 'DELETE' })).status).toBe(404);
+      await expectBlob(server.url, other, fresh);
+      await pushBlob(server.url, up.name, fresh);
+      await expectBlob(server.url, up.name, fresh);
       expect(await server.stop()).toBe(0);
     });
 
