@@ -46,8 +46,8 @@ import { processGone, processIdentity, type ProcessIdentity } from '../process-i
  *             file system lands later; on S3 a request may still be in flight, so there only
  *             the expiry counts.
  *   left behind  a lock of ours that may still be in storage though its holder has finished
- *             (the release's delete failed; a create failed with its outcome unknown; a lease
- *             ran out) is remembered by this process, which alone knows that nobody holds it:
+ *             (the release's delete failed; a create failed with its outcome unknown) is
+ *             remembered by this process, which alone knows that nobody holds it:
  *             its next request on the upload takes it over at once, in the same way (through
  *             takeover.ts, so only while it still holds our token), and in the background
  *             it is deleted a few more times, each time only if it still carries our token
@@ -303,10 +303,9 @@ export class UploadLock {
     await this.#renewing;
     const held = this.held;
     this.#released = true;
-    if (!held) {
-      this.#onLeftBehind(this.#validUntil, undefined);
-      return;
-    }
+    // A lease that ran out is not ours to take back early: its renewals failed, and a write
+    // of ours may still be on its way to the store; only its expiry frees it.
+    if (!held) return;
     try {
       await deleteObject(this.#driver, this.path);
     } catch (err) {
