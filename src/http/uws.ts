@@ -313,10 +313,12 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
     const res = this.#res;
     return new Promise<void>((resolve, reject) => {
       let settled = false;
+      let nudger: NodeJS.Timeout | undefined;
       const settle = (err?: unknown): void => {
         if (settled) return;
         settled = true;
         this.#onStreamAbort = undefined;
+        clearInterval(nudger);
         body.destroy();
         if (err === undefined) resolve();
         else reject(err);
@@ -332,13 +334,36 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
       this.#onStreamAbort = () => settle();
 
       // tryEnd() writes what the socket takes and buffers nothing, so on backpressure we keep
-      // the chunk and where it started, and onWritable retries from the offset uWS reports
+      // the piece and where it started, and onWritable retries from the offset uWS reports
       // (the uWebSockets.js VideoStreamer example).
+      //
+      // Except for a write of at most 16 KiB inside cork(): uWS copies that into its cork
+      // buffer and calls it written, and what the socket then refuses it keeps in memory.
+      // Mid-response that is harmless (the next write sends it first), but as the last write
+      // it ends the response, and uWS's idle timer can close the connection before a writable
+      // event sends those bytes: they are lost (a slow client got all but the last 5,504).
+      // So the response's last TAIL_BYTES are gathered and offered as one piece, which uWS
+      // writes straight to the socket or reports as not written.
       let takenBytes = 0;
       let overran = false;
-      let retry: Uint8Array | undefined;
-      let retryStart = 0;
+      const tailStart = Math.max(0, length - TAIL_BYTES);
+      const tail = new Uint8Array(length - tailStart);
+      let headSent = false;
+      /** The piece being written, and where in the response it starts. */
+      let pending: Uint8Array | undefined;
+      let pendingStart = 0;
+      /** The source's chunk behind `pending`, given back once `pending` is written. */
+      let pendingWhole: Uint8Array | undefined;
       const tryEnd = (chunk: Uint8Array): boolean => {
+        // The status line and headers go with the first byte, as node:http sends them: uWS
+        // sends what it was given at once, so a source that fails before its first byte (a
+        // pull-through cache's fetch whose digest failed) would leave half a header section,
+        // which curl takes for a complete, empty response. Cut before it, the client sees no
+        // answer at all.
+        if (!headSent) {
+          headSent = true;
+          this.#writeHead(status, headers);
+        }
         const [ok, done] = res.tryEnd(chunk, length);
         if (done) {
           this.#done = true;
@@ -349,49 +374,97 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
       // uWS copies what it keeps of a write before tryEnd() returns: a chunk the source lets
       // us give back goes back as soon as it is written whole, to carry the next read.
       const recycle = recyclerOf(body);
-      let retryWhole: Uint8Array | undefined;
-      res.onWritable((offset) => {
-        if (retry === undefined || this.#done) return true;
-        const ok = tryEnd(retry.subarray(offset - retryStart));
-        if (ok) {
-          if (retryWhole !== undefined) recycle?.(retryWhole);
-          retry = retryWhole = undefined;
-          if (!this.#done) body.resume();
+      /** The source has given every byte: `tail` goes once `pending` is written. */
+      let tailDue = false;
+      /** A write failed and no writable event came since: the socket is full. */
+      let blocked = false;
+      /**
+       * Writes `pending` from `offset` on, then the tail if due; true once all is written (or
+       * the response ended). While the socket is full, the last bytes wait for a writable
+       * event if they are few enough for uWS's cork buffer (see TAIL_BYTES).
+       */
+      const retryFrom = (offset: number, writable: boolean): boolean => {
+        if (writable) blocked = false;
+        while (pending !== undefined && !this.#done) {
+          if (blocked && length - offset <= CORK_BUFFER_BYTES) return false;
+          if (!tryEnd(pending.subarray(offset - pendingStart))) {
+            blocked = true;
+            return false;
+          }
+          if (pendingWhole !== undefined) recycle?.(pendingWhole);
+          pending = pendingWhole = undefined;
+          if (tailDue && !this.#done) {
+            tailDue = false;
+            offset = queue(tail, undefined);
+          }
         }
-        return ok;
-      });
+        if (!this.#done) body.resume();
+        return true;
+      };
+      /** Makes `piece` (from `whole`, if the source may have that back) the one to write; returns where it starts. */
+      const queue = (piece: Uint8Array, whole: Uint8Array | undefined): number => {
+        pending = piece;
+        pendingWhole = whole;
+        pendingStart = res.getWriteOffset();
+        return pendingStart;
+      };
+      res.onWritable((offset) => retryFrom(offset, true));
+
+      // A failed tryEnd() arms uWS's 10 s idle timer, and only the next writable event stops
+      // it. Linux reports a full socket writable once a third of its send buffer (grown to
+      // 4 MiB on a fast link) has drained: more than 10 s for a client reading below about
+      // 140 KB/s, so uWS cut slow but steady pulls. The socket takes bytes again as soon as
+      // some have drained, though, so while a write waits we retry it every second: what the
+      // client read is refilled, and each failed retry arms the timer anew. Since that would
+      // also keep a client that stopped reading, we drop one that took nothing for uWS's
+      // 10 s ourselves, as uWS would have. The last few bytes, which only a writable event
+      // may send, show no progress while they wait: pause() and resume() arm the timer anew
+      // instead (measured: writable events still come), for at most LAST_BYTES_WAIT_MS.
+      let movedOffset = -1;
+      let movedAtMs = 0;
+      const nudge = (): void => {
+        if (pending === undefined || this.#done) return;
+        res.cork(() => retryFrom(res.getWriteOffset(), false));
+        if (this.#done) return;
+        const offset = res.getWriteOffset();
+        const now = Date.now();
+        if (offset !== movedOffset) {
+          movedOffset = offset;
+          movedAtMs = now;
+        } else if (length - offset <= CORK_BUFFER_BYTES && now - movedAtMs < LAST_BYTES_WAIT_MS) {
+          res.pause();
+          res.resume();
+        } else if (now - movedAtMs >= UWS_IDLE_TIMEOUT_MS) {
+          this.forceClose();
+        }
+      };
 
       res.cork(() => this.#discardUnreadBody());
-      // The status line and headers go with the first byte, as node:http sends them: uWS sends
-      // what it was given at once, so a source that fails before its first byte (a pull-through
-      // cache's fetch whose digest failed) would leave half a header section, which curl takes
-      // for a complete, empty response. Cut before it, the client sees no answer at all.
-      let headSent = false;
       body.on('data', (data: Buffer | string) => {
         if (this.#done) return;
         const chunk = typeof data === 'string' ? Buffer.from(data) : data;
         // uWS would write past `length` without reporting done, so clip.
         const piece = chunk.subarray(0, length - takenBytes);
-        takenBytes += piece.byteLength;
         overran = piece.byteLength < chunk.byteLength;
         const whole = piece.byteLength === chunk.byteLength ? chunk : undefined;
+        const head = piece.subarray(0, Math.max(0, tailStart - takenBytes));
+        if (head.byteLength < piece.byteLength) tail.set(piece.subarray(head.byteLength), takenBytes + head.byteLength - tailStart);
+        takenBytes += piece.byteLength;
+        if (piece.byteLength > 0 && takenBytes === length) tailDue = true;
         res.cork(() => {
-          if (!headSent) {
-            headSent = true;
-            this.#writeHead(status, headers);
+          if (head.byteLength > 0) queue(head, whole);
+          else if (whole !== undefined) recycle?.(whole);
+          if (pending === undefined && tailDue) {
+            tailDue = false;
+            queue(tail, undefined);
           }
-          const start = res.getWriteOffset();
-          if (!tryEnd(piece)) {
-            retry = piece;
-            retryWhole = whole;
-            retryStart = start;
+          if (pending !== undefined && !retryFrom(res.getWriteOffset(), false)) {
             body.pause();
-          } else if (whole !== undefined) {
-            recycle?.(whole);
+            nudger ??= setInterval(nudge, NUDGE_INTERVAL_MS).unref();
           }
         });
       });
-      // 'end' may come while the last chunk still waits in `retry`: only a short source fails.
+      // 'end' may come while the last piece still waits in `pending`: only a short source fails.
       body.on('end', () => {
         if (takenBytes < length) fail(underrun(takenBytes, length));
       });
@@ -436,6 +509,30 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
     for (const cb of this.#abortCallbacks.splice(0)) cb();
   }
 }
+
+/** uWS's HTTP idle timeout (HTTP_TIMEOUT_S, compiled in): a response that moved no byte for this long is dropped. */
+const UWS_IDLE_TIMEOUT_MS = 10_000;
+
+/** How often a response write that waits for the client is retried (stream()). */
+const NUDGE_INTERVAL_MS = 1_000;
+
+/**
+ * uWS's cork buffer (LoopData::CORK_BUFFER_SIZE): a write this small inside cork() is copied
+ * there and reported written whatever the socket then takes; uWS keeps the rest in memory.
+ */
+const CORK_BUFFER_BYTES = 16 * 1024;
+
+/**
+ * A response's last bytes, offered to uWS as one piece (stream()), larger than its cork
+ * buffer, so that they go to the socket or are reported not written.
+ */
+const TAIL_BYTES = 2 * CORK_BUFFER_BYTES;
+
+/**
+ * How long the last bytes of a response may wait for the socket to report room (stream()):
+ * a third of a 4 MiB send buffer drains in about 90 s at 16 KB/s.
+ */
+const LAST_BYTES_WAIT_MS = 120_000;
 
 /** uWS's ListenOptions: no SO_REUSEPORT. */
 const LIBUS_LISTEN_EXCLUSIVE_PORT = 1;
