@@ -72,20 +72,26 @@ interface Batch {
 const MAX_FILL_MS = 500;
 
 /**
- * Both thresholds below are this fraction of a slab: 16 KiB of the default 4 MiB.
- *
- * Staging: a request's first bytes, up to that many, wait in memory of their own rather than
- * in a slab, until more come or the body ends. A slab is a place in the one line every upload
- * waits in: clients sending a byte now and then (200 of them, a byte every few seconds) each
- * took one for MAX_FILL_MS per byte, and a push behind them waited ~12 s for every batch. They
- * now cost that much each, like a socket's own buffers, and take a slab once, at their end.
- *
- * Small owned chunks: copied into the slab like borrowed ones. node:http gives each piece of a
- * chunked body a Buffer of its own: a body of one-byte chunks made millions of parts per batch
- * (808 MiB of ArrayBuffers for an 11 MiB body, and a quadratic writev). Parts per batch now
- * stay below SMALL_FRACTION.
+ * Staging, up to this fraction of a slab (16 KiB of the default 4 MiB): a request's first
+ * bytes wait in memory of their own rather than in a slab, until more come or the body ends.
+ * A slab is a place in the one line every upload waits in: clients sending a byte now and then
+ * (200 of them, a byte every few seconds) each took one for MAX_FILL_MS per byte, and a push
+ * behind them waited ~12 s for every batch. They now cost that much each, like a socket's own
+ * buffers, and take a slab once, at their end. Only before the request's first batch: later,
+ * bytes go to a slab as they come.
  */
-const SMALL_FRACTION = 256;
+const STAGE_FRACTION = 256;
+
+/**
+ * Owned chunks under this fraction of a slab (1 KiB of 4 MiB) are copied into the slab like
+ * borrowed ones. node:http gives each piece of a chunked body a Buffer of its own: a body of
+ * one-byte chunks made millions of parts per batch (808 MiB of ArrayBuffers for an 11 MiB
+ * body, and a quadratic writev); parts per batch now stay below this. Not higher: a copy gives
+ * the slab memory, which then travels to the worker and back with every batch, and sixteen
+ * pushes at once through node:http, whose reads are often under 16 KiB, cost a fifth more
+ * CPU per GiB with the line at 16 KiB (quick bench, 2026-12-03).
+ */
+const MIN_OWNED_FRACTION = 4096;
 
 /**
  * One request's bytes on their way into an upload, gathered into batches of one slab each.
@@ -112,8 +118,10 @@ const SMALL_FRACTION = 256;
 export class UploadWrite implements ByteSink {
   readonly #d: UploadWriteDeps;
   readonly #slabBytes: number;
-  /** Staged without a slab up to this many bytes; owned chunks below it are copied (SMALL_FRACTION). */
-  readonly #smallBytes: number;
+  /** A request's first bytes are staged without a slab up to this many (STAGE_FRACTION). */
+  readonly #stageBytes: number;
+  /** Owned chunks below this are copied (MIN_OWNED_FRACTION). */
+  readonly #minOwnedBytes: number;
   #pin: number | undefined;
   /** Offset after every batch dispatched; `writer.size` lags behind while writes run. */
   #offset: number;
@@ -137,7 +145,8 @@ export class UploadWrite implements ByteSink {
   constructor(deps: UploadWriteDeps) {
     this.#d = deps;
     this.#slabBytes = deps.slabs.slabBytes;
-    this.#smallBytes = Math.floor(this.#slabBytes / SMALL_FRACTION);
+    this.#stageBytes = Math.floor(this.#slabBytes / STAGE_FRACTION);
+    this.#minOwnedBytes = Math.floor(this.#slabBytes / MIN_OWNED_FRACTION);
     this.#pin = deps.pin;
     this.#offset = deps.writer.size;
   }
@@ -183,10 +192,10 @@ export class UploadWrite implements ByteSink {
     }
     if (n === 0) return !this.#mustPause();
     this.#bytes += n;
-    const keep = owned && n >= this.#smallBytes && isWholeArrayBuffer(chunk);
-    if (this.#overflowBytes > 0 || (this.#batch === undefined && n <= this.#smallBytes)) {
+    const keep = owned && n >= this.#minOwnedBytes && isWholeArrayBuffer(chunk);
+    if (this.#overflowBytes > 0 || (this.#batches === 0 && this.#batch === undefined && n <= this.#stageBytes)) {
       this.#stash(chunk, keep);
-      if (this.#overflowBytes > this.#smallBytes) this.#pump();
+      if (this.#overflowBytes > this.#stageLimit()) this.#pump();
     } else if (keep) this.#addOwned(chunk);
     else this.#addCopy(chunk);
     return !this.#mustPause();
@@ -225,8 +234,13 @@ export class UploadWrite implements ByteSink {
     }
   }
 
+  /** Bytes the overflow may hold without pausing the socket: the stage, before the first batch only. */
+  #stageLimit(): number {
+    return this.#batches === 0 ? this.#stageBytes : 0;
+  }
+
   #mustPause(): boolean {
-    return this.#overflowBytes > this.#smallBytes || this.#inflight >= this.#d.maxInflightSlabs || this.#waitingForSlab;
+    return this.#overflowBytes > this.#stageLimit() || this.#inflight >= this.#d.maxInflightSlabs || this.#waitingForSlab;
   }
 
   /** Adds an owned chunk to the filling batch as it is; without a slab, to the overflow. */
@@ -310,7 +324,7 @@ export class UploadWrite implements ByteSink {
       this.#overflowBytes -= head.byteLength;
       // It fits the batch (checked above): a copy takes no second slab, so nothing of it
       // goes back to the overflow behind later chunks.
-      if (head.byteLength >= this.#smallBytes) this.#addOwned(head);
+      if (head.byteLength >= this.#minOwnedBytes) this.#addOwned(head);
       else this.#addCopy(head);
     }
     this.#notify();
