@@ -55,7 +55,7 @@ describe.each(['node', 'uws'] as const)('issue 16: request bodies the engine cop
     await server?.close();
   });
 
-  it.each([false, true])('a streamed PATCH (chunked encoding: %s) is stored right, with nothing copied on node:http and everything once on uWS', async (chunked) => {
+  it.each([false, true])('a streamed PATCH (chunked encoding: %s) is stored right, with next to nothing copied on node:http and everything once on uWS', async (chunked) => {
     const data = randomBytes(8 * 1024 * 1024 + 5);
     const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
     const start = await send(server.port, 'POST', '/v2/issue16/blobs/uploads/');
@@ -69,7 +69,10 @@ describe.each(['node', 'uws'] as const)('issue 16: request bodies the engine cop
     const body = seen.find((m) => m.bytes === data.length);
     expect(body, JSON.stringify(seen)).toBeDefined();
     expect(body!.batches).toBeGreaterThanOrEqual(8);
-    if (frontend === 'node') expect(body!.copiedBytes).toBe(0);
+    // node:http: only pieces under 1/4096 of a slab are copied (upload-write.ts: a chunked
+    // body of one-byte chunks must not become millions of parts), a few where chunk framing
+    // splits a read.
+    if (frontend === 'node') expect(body!.copiedBytes).toBeLessThan(data.length / 1000);
     else expect(body!.copiedBytes).toBe(data.length);
   });
 });
