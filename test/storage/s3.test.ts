@@ -724,7 +724,9 @@ function s3Tests(env: S3TestEnv): void {
       await (await driver()).putContent('/first/read', content);
       let faults: Fault[] = [];
       const rec = await recorder((op, key) => (op === 'GET' && key.includes('/first/') ? faults.shift() : undefined));
-      const d = await driver({ endpoint: rec.endpoint, timeout: '1s' }, { readWindowBytes: MiB, readWindowsAhead: 2 });
+      // Two SlowDowns back off up to 1 + 2 s (deadlines.ts, jittered): within the 6 s budget of
+      // a 3 s timeout, always (at 1 s the 2 s budget ran out now and then).
+      const d = await driver({ endpoint: rec.endpoint, timeout: '3s' }, { readWindowBytes: MiB, readWindowsAhead: 2 });
       for (const fault of ['slowdown', 'internal', 'reset'] as const) {
         faults = [fault, fault];
         expect(sha256(await readAll(await d.reader('/first/read', 0, content.length))), fault).toBe(sha256(content));
