@@ -173,9 +173,9 @@ export class UploadLocks {
     return true;
   }
 
-  /** A holder of ours finished without deleting its lock: its delete failed (`err`), or its lease had run out. */
+  /** A holder of ours finished and could not delete its lock (`err`). */
   #leftBehindBy(path: string, token: string, validUntil: number, err: unknown): void {
-    if (err !== undefined) this.#onReleaseFailed?.(path, err);
+    this.#onReleaseFailed?.(path, err);
     this.#remember(path, token, validUntil);
   }
 
@@ -257,7 +257,7 @@ export class UploadLock {
   readonly #timer: NodeJS.Timeout;
   #renewing: Promise<void> | undefined;
   #released = false;
-  /** Told when the release leaves the lock in storage: its delete failed (`err`), or the lease had run out. */
+  /** Told when the release's delete failed (`err`) and the lock may still be in storage. */
   readonly #onLeftBehind: (validUntil: number, err: unknown) => void;
   /** Called on every renewal beat (the engine refreshes the upload record's touchedAt on it). */
   onBeat: (() => void) | undefined;
