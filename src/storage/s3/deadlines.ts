@@ -1,4 +1,5 @@
 import type { S3Client } from '@aws-sdk/client-s3';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { StorageUnavailableError } from '../driver.js';
 import { httpStatus } from './errors.js';
 
@@ -87,6 +88,38 @@ export class BoundedRetryStrategy {
   }
 
   recordSuccess(): void {}
+}
+
+/**
+ * One operation the driver runs outside the SDK's own retry loop (small-requests.ts, a blob
+ * read's first GET): `attempt(n)`, n from 1, tried again after the strategy's delay while it
+ * allows; then the last error, as asUnavailable() words it, with the attempts made in its
+ * `$metadata.attempts` as the SDK's own errors carry them. `atOnce(err, n)` lets the caller
+ * mend a cause it knows (a skewed clock, an expired presigned URL) and try again without
+ * asking the strategy.
+ */
+export async function withRetries<T>(
+  strategy: BoundedRetryStrategy,
+  what: string,
+  attempt: (n: number) => Promise<T>,
+  atOnce?: (err: unknown, n: number) => boolean,
+): Promise<T> {
+  let token = await strategy.acquireInitialRetryToken();
+  for (let n = 1; ; n++) {
+    try {
+      return await attempt(n);
+    } catch (err) {
+      if (atOnce?.(err, n)) continue;
+      try {
+        token = await strategy.refreshRetryTokenForRetry(token, { errorType: retryErrorType(err) });
+      } catch {
+        const e = err as { $metadata?: { attempts?: number } };
+        if (e.$metadata) e.$metadata.attempts = n;
+        throw asUnavailable(err, what);
+      }
+      await sleep(token.getRetryDelay());
+    }
+  }
 }
 
 function token(count: number, delay: number, startedAt: number): Token {

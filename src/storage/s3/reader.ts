@@ -1,8 +1,6 @@
 import { Readable } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { StorageUnavailableError } from '../driver.js';
 import type { ReadBuffers, RecyclingReadable } from '../file-reader.js';
-import { asUnavailable, type BoundedRetryStrategy, isStoreUnavailable, isTimeout, retryErrorType } from './deadlines.js';
+import { asUnavailable, type BoundedRetryStrategy, isStoreUnavailable, isTimeout, withRetries } from './deadlines.js';
 import { httpStatus } from './errors.js';
 import type { RangeAnswer, RangeFetch } from './range-fetch.js';
 
@@ -143,22 +141,10 @@ export class RangedReader extends Readable implements RecyclingReadable {
    * no progress). Nothing has reached the client yet, so a new GET of the same range is safe.
    */
   async #firstAnswer(w: Window): Promise<RangeAnswer> {
-    const what = `GET of ${this.#o.key}`;
-    let token = await this.#o.retry.acquireInitialRetryToken();
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.#o.fetch(this.#o.key, w.start, w.end, w.abort.signal);
-      } catch (err) {
-        // 403: the presigned URL may have expired with its credentials; range-fetch.ts signs a new one.
-        if (httpStatus(err) === 403 && attempt === 1) continue;
-        try {
-          token = await this.#o.retry.refreshRetryTokenForRetry(token, { errorType: retryErrorType(err) });
-        } catch {
-          throw asUnavailable(err, what);
-        }
-        await sleep(token.getRetryDelay());
-      }
-    }
+    // 403: the presigned URL may have expired with its credentials; range-fetch.ts signs a new one.
+    return withRetries(this.#o.retry, `GET of ${this.#o.key}`,
+      () => this.#o.fetch(this.#o.key, w.start, w.end, w.abort.signal),
+      (err, n) => httpStatus(err) === 403 && n === 1);
   }
 
   override _read(): void {
@@ -295,9 +281,7 @@ export class RangedReader extends Readable implements RecyclingReadable {
     // 403: the presigned URL may have expired with its credentials; a new one is made.
     const again = unavailable || (httpStatus(err) === 403 && w.attempts === 1);
     if (!again || w.attempts >= this.#o.maxAttempts || Date.now() - w.failingSince > this.#o.retryForMs) {
-      this.destroy(unavailable && !(err instanceof StorageUnavailableError)
-        ? new StorageUnavailableError(`S3 GET of ${this.#o.key} failed: ${(err as Error).message}`, { cause: err })
-        : err as Error);
+      this.destroy(asUnavailable(err, `GET of ${this.#o.key}`) as Error);
       return;
     }
     w.attempts++;

@@ -4,9 +4,8 @@ import { createHash, createHmac } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import { performance } from 'node:perf_hooks';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
-import { asUnavailable, BoundedRetryStrategy, retryErrorType } from './deadlines.js';
+import { asUnavailable, type BoundedRetryStrategy, withRetries } from './deadlines.js';
 import { errorName, isNoSuchKey, serviceError } from './errors.js';
 import { signedPayload } from './writer.js';
 
@@ -152,36 +151,22 @@ export class SmallRequests {
     const payloadHash = r.body === undefined || r.body.byteLength === 0
       ? EMPTY_SHA256
       : r.sha256 ?? createHash('sha256').update(r.body).digest('hex');
-    let token = await this.#o.retry.acquireInitialRetryToken();
     let attempts = 0;
-    for (;;) {
-      attempts++;
-      try {
+    try {
+      const a = await withRetries(this.#o.retry, operation, async (n) => {
+        attempts = n;
         const a = await this.#attempt(method, key, r.headers ?? {}, r.body, payloadHash);
         if (a.status >= 300) {
           // The store's time comes with the error, for #correctClock.
           throw Object.assign(serviceError(a.status, a.body.toString('utf8'), `S3 ${operation} of ${key}`), { serverTime: header(a.headers, 'date') });
         }
-        publish(operation, attempts, undefined, t0);
         return a;
-      } catch (err) {
-        const e = err as { $metadata?: { attempts?: number } };
-        if (attempts === 1 && this.#correctClock(err)) continue;
-        const errorType = retryErrorType(err);
-        let next;
-        try {
-          next = errorType === 'CLIENT_ERROR' ? undefined : await this.#o.retry.refreshRetryTokenForRetry(token, { errorType });
-        } catch {
-          next = undefined;
-        }
-        if (next === undefined) {
-          if (e.$metadata) e.$metadata.attempts = attempts;
-          publish(operation, attempts, errorName(err), t0);
-          throw asUnavailable(err, operation);
-        }
-        token = next;
-        await sleep(token.getRetryDelay());
-      }
+      }, (err, n) => n === 1 && this.#correctClock(err));
+      publish(operation, attempts, undefined, t0);
+      return a;
+    } catch (err) {
+      publish(operation, attempts, errorName((err as { cause?: unknown }).cause ?? err), t0);
+      throw err;
     }
   }
 
