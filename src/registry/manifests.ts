@@ -475,7 +475,7 @@ export class ManifestStore {
   /**
    * Every blob an image manifest names must be in the repository (pushed or mounted there),
    * with the size its descriptor gives, and every child of an index must be a manifest in the
-   * repository. The well-known empty layer and empty JSON config are always there
+   * repository, of the size its descriptor gives. The well-known empty layer and empty JSON config are always there
    * (BlobStore.locate knows them); layers whose bytes live elsewhere (`urls`) are not checked.
    * The subject is not checked: referrers may be pushed before what they refer to
    * (distribution-spec "Pushing Manifests with Subject").
@@ -507,10 +507,24 @@ export class ManifestStore {
       }
       return found.get(m.config.digest);
     }
-    const missing = await firstMissing(m.manifests, (d) => objectExists(this.#o.driver, paths.manifestRevision(repo, tryParseDigest(d.digest)!)));
+    const sizes = new Map<string, number>();
+    const missing = await firstMissing(m.manifests, async (d) => {
+      const child = await this.#revision(repo, tryParseDigest(d.digest)!);
+      if (child) sizes.set(d.digest, child.record.size);
+      return child !== undefined;
+    });
     if (missing) {
       // MANIFEST_UNKNOWN (a missing child is a manifest, not a blob), but as a bad request.
       throw new RegistryError('MANIFEST_UNKNOWN', { status: 400, message: 'index references a manifest unknown to the repository', detail: { digest: missing.digest } });
+    }
+    // As for blobs above: a client reads a child's size before its bytes (containerd stops a
+    // pull that runs short with "unexpected EOF").
+    const wrong = m.manifests.find((d) => sizes.get(d.digest) !== d.size);
+    if (wrong) {
+      throw new RegistryError('MANIFEST_INVALID', {
+        message: 'a descriptor\'s size differs from the manifest\'s',
+        detail: { digest: wrong.digest, size: wrong.size, stored: sizes.get(wrong.digest) },
+      });
     }
     return undefined;
   }

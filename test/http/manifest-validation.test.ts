@@ -232,6 +232,26 @@ describe.each(combos)('manifest validation ($frontend front end, $storage storag
     expectStatus(await put(name, 'v1', image.manifestBytes, image.mediaType), 201);
   });
 
+  it('MANIFEST_INVALID for an index child descriptor whose size is not the manifest\'s, naming it; nothing stored', async () => {
+    // Found by probing: accepted (201), and containerd's pull of the index then failed with
+    // "failed to read expected number of bytes: unexpected EOF".
+    const name = repo('child-sizes');
+    const image = makeImage({ layerSizesBytes: [10] });
+    await pushImage(base, name, image.manifestDigest, image);
+    const index = (size: number): Record<string, unknown> => ({
+      schemaVersion: 2,
+      mediaType: MEDIA_TYPES.imageIndex,
+      manifests: [{ mediaType: image.mediaType, digest: image.manifestDigest, size, platform: { architecture: 'amd64', os: 'linux' } }],
+    });
+    const stored = image.manifestBytes.length;
+    for (const size of [stored + 7, stored - 1]) {
+      const [e] = expectError(await put(name, 'multi', index(size), MEDIA_TYPES.imageIndex), 400, 'MANIFEST_INVALID', `size ${size}`);
+      expect(e!.detail).toEqual({ digest: image.manifestDigest, size, stored });
+    }
+    await expectNothingStored(name, 'multi');
+    expectStatus(await put(name, 'multi', index(stored), MEDIA_TYPES.imageIndex), 201);
+  });
+
   describe('MANIFEST_BLOB_UNKNOWN (400)', () => {
     it('for a layer that was never pushed, naming it', async () => {
       const name = repo('layer');
