@@ -29,6 +29,7 @@ export const ErrorCodes = {
   PAGINATION_NUMBER_INVALID: { status: 400, message: 'invalid number of results requested' },
   NOT_FOUND: { status: 404, message: 'route not found' },
   PAYLOAD_TOO_LARGE: { status: 413, message: 'request body too large' },
+  PRECONDITION_FAILED: { status: 412, message: 'precondition failed' },
   UNAVAILABLE: { status: 503, message: 'service unavailable' },
   NOT_IMPLEMENTED: { status: 501, message: 'not implemented' },
   UNKNOWN: { status: 500, message: 'unknown error' },

@@ -208,6 +208,10 @@ async function tags(c: Ctx): Promise<void> {
 // GET|HEAD /v2/<name>/manifests/<reference>
 //   → 200, Content-Type: <pushed media type>, Docker-Content-Digest, the bytes as pushed
 async function getManifest(c: Ctx): Promise<void> {
+  if (conditional(c)) {
+    const r = await c.registry.statManifest(c.m.name, c.m.param);
+    if (preconditionsAnswered(c, r.digest)) return;
+  }
   if (c.req.method === 'HEAD') {
     const r = await c.registry.statManifest(c.m.name, c.m.param);
     reply(c, 200, { 'content-type': r.mediaType, 'docker-content-digest': r.digest, etag: `"${r.digest}"`, 'content-length': String(r.size) });
@@ -332,6 +336,10 @@ async function cancelUpload(c: Ctx): Promise<void> {
 //   → 200 (or 206 with Content-Range), Docker-Content-Digest, Content-Length
 async function getBlob(c: Ctx): Promise<void> {
   const headers: HeaderMap = { 'content-type': 'application/octet-stream', 'accept-ranges': 'bytes' };
+  if (conditional(c)) {
+    const d = await c.registry.statBlob(c.m.name, c.m.param);
+    if (preconditionsAnswered(c, d.digest)) return;
+  }
   if (c.req.method === 'HEAD') {
     const d = await c.registry.statBlob(c.m.name, c.m.param);
     reply(c, 200, { ...headers, 'docker-content-digest': d.digest, etag: `"${d.digest}"`, 'content-length': String(d.size) });
@@ -413,6 +421,37 @@ function chunkRange(req: IncomingRequest): ChunkRange {
     throw new RegistryError('RANGE_INVALID', { message: 'invalid Content-Range', detail: { contentRange: header.slice(0, 100) } });
   }
   return { start, length: end - start + 1 };
+}
+
+/** Whether a GET or HEAD carries a precondition that preconditionsAnswered() evaluates. */
+function conditional(c: Ctx): boolean {
+  return c.req.header('if-match') !== undefined || c.req.header('if-none-match') !== undefined;
+}
+
+/**
+ * RFC 9110 §13.2.2 for a blob or manifest, whose one validator is its ETag, the digest
+ * (quoted): an If-Match that names none of its ETags → 412 (strong comparison); else an
+ * If-None-Match that names it → 304 (weak comparison), so that a cache revalidates without
+ * the bytes. True when it answered. (No Last-Modified is sent, so no date conditions.)
+ */
+function preconditionsAnswered(c: Ctx, digest: string): boolean {
+  const ifMatch = c.req.header('if-match');
+  if (ifMatch !== undefined && !namesEtag(ifMatch, digest, true)) {
+    throw new RegistryError('PRECONDITION_FAILED', { message: 'If-Match names another representation' });
+  }
+  const ifNoneMatch = c.req.header('if-none-match');
+  if (ifNoneMatch === undefined || !namesEtag(ifNoneMatch, digest, false)) return false;
+  reply(c, 304, { 'docker-content-digest': digest, etag: `"${digest}"` });
+  return true;
+}
+
+/** Whether a list of entity tags (or `*`) names `"digest"`; a weak one only if `strong` is false. */
+function namesEtag(header: string, digest: string, strong: boolean): boolean {
+  if (header.trim() === '*') return true;
+  return header.split(',').some((item) => {
+    const tag = item.trim();
+    return tag === `"${digest}"` || (!strong && tag === `W/"${digest}"`);
+  });
 }
 
 /**

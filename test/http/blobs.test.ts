@@ -200,6 +200,33 @@ describe.each(combos)('blobs ($frontend front end, $storage storage)', ({ fronte
     expect(sha256(r.body)).toBe(sha256(data.subarray(first, last + 1)));
   });
 
+  it('conditional GET and HEAD: If-None-Match naming the ETag → 304 without the bytes; If-Match naming another → 412 (found by probing: both answered 200)', async () => {
+    const name = repo('conditional');
+    const data = randomBlob(1000);
+    const digest = sha256(data);
+    await pushBlob(base, name, data);
+    const other = sha256(randomBlob(8));
+    for (const method of ['GET', 'HEAD'] as const) {
+      for (const inm of [`"${digest}"`, `W/"${digest}"`, `"${other}", "${digest}"`, '*']) {
+        const r = await request(base, `/v2/${name}/blobs/${digest}`, { method, headers: { 'if-none-match': inm } });
+        expectStatus(r, 304, `${method} If-None-Match: ${inm}`);
+        expect(r.header('etag')).toBe(`"${digest}"`);
+        expect(r.body.byteLength).toBe(0);
+      }
+      const changed = await request(base, `/v2/${name}/blobs/${digest}`, { method, headers: { 'if-none-match': `"${other}"` } });
+      expectStatus(changed, 200, `${method} If-None-Match of another`);
+      if (method === 'GET') expect(Buffer.compare(changed.body, data)).toBe(0);
+      for (const im of [`"${other}"`, `W/"${digest}"`]) {
+        expectError(await request(base, `/v2/${name}/blobs/${digest}`, { method, headers: { 'if-match': im } }), 412, 'PRECONDITION_FAILED', method);
+      }
+      for (const im of [`"${digest}"`, '*']) {
+        expectStatus(await request(base, `/v2/${name}/blobs/${digest}`, { method, headers: { 'if-match': im } }), 200, `${method} If-Match: ${im}`);
+      }
+    }
+    // A condition does not hide that the blob is unknown.
+    expectError(await request(base, `/v2/${name}/blobs/${other}`, { headers: { 'if-none-match': '*' } }), 404, 'BLOB_UNKNOWN');
+  });
+
   it('an unknown blob is 404 BLOB_UNKNOWN for GET, HEAD and DELETE', async () => {
     const name = repo('unknown');
     await pushBlob(base, name, randomBlob(10));

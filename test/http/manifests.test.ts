@@ -179,6 +179,29 @@ describe.each(FRONTENDS)('manifests and tags (%s front end, memory storage)', (f
     }
   });
 
+  it('conditional GET and HEAD by tag and by digest: If-None-Match naming the ETag → 304; If-Match naming another → 412; a re-tag changes the answer', async () => {
+    const name = repo('conditional');
+    const image = await pushed(name, 'latest');
+    const etag = `"${image.manifestDigest}"`;
+    for (const method of ['GET', 'HEAD'] as const) {
+      for (const ref of ['latest', image.manifestDigest]) {
+        const r = await request(base, `/v2/${name}/manifests/${ref}`, { method, headers: { accept: MEDIA_TYPES.imageManifest, 'if-none-match': etag } });
+        expectStatus(r, 304, `${method} ${ref}`);
+        expect(r.header('etag')).toBe(etag);
+        expect(r.header('docker-content-digest')).toBe(image.manifestDigest);
+        expect(r.body.byteLength).toBe(0);
+        expectError(await request(base, `/v2/${name}/manifests/${ref}`, { method, headers: { 'if-match': '"sha256:0"' } }), 412, 'PRECONDITION_FAILED', method);
+        expectStatus(await request(base, `/v2/${name}/manifests/${ref}`, { method, headers: { 'if-match': etag } }), 200, `${method} If-Match`);
+      }
+    }
+    // The tag moves: the cached ETag no longer matches, and the new manifest comes whole.
+    const next = await pushed(name, 'latest');
+    const g = await request(base, `/v2/${name}/manifests/latest`, { headers: { 'if-none-match': etag } });
+    expectStatus(g, 200);
+    expect(g.header('docker-content-digest')).toBe(next.manifestDigest);
+    expectError(await request(base, `/v2/${name}/manifests/nosuchtag`, { headers: { 'if-none-match': '*' } }), 404, 'MANIFEST_UNKNOWN');
+  });
+
   it('keeps bytes exactly as pushed (whitespace, key order) and serves other media types as pushed', async () => {
     const name = repo('exact');
     const image = makeImage({ layerSizesBytes: [100] });
