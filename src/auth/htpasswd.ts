@@ -112,7 +112,8 @@ export class Htpasswd {
     const until = this.#verified.get(key);
     const now = Date.now();
     if (until !== undefined && until > now) return true;
-    const hash = this.#users.hashes.get(user);
+    const users = this.#users;
+    const hash = users.hashes.get(user);
     const client = o.client;
     const mine = client === undefined ? 0 : checksByClient.get(client) ?? 0;
     if (mine >= MAX_CHECKS_PER_CLIENT) throw new TooManyRequestsError(1, { message: 'too many password checks from this address; try again' });
@@ -128,6 +129,10 @@ export class Htpasswd {
         else checksByClient.delete(client);
       }
     }
+    // A reload (SIGHUP) while the check ran: its answer is about the old file, and stands
+    // only if the new one gives the user the same hash; else the check runs again, and
+    // nothing is remembered that reload() has cleared.
+    if (this.#users !== users && this.#users.hashes.get(user) !== hash) return this.verify(user, password, o);
     if (!ok || hash === undefined) return false;
     if (this.#verified.size >= CACHE_MAX_ENTRIES) this.#verified.delete(this.#verified.keys().next().value!);
     this.#verified.set(key, now + CACHE_TTL_MS);

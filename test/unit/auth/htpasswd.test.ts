@@ -69,6 +69,27 @@ describe('Htpasswd', () => {
     await expect(h.reload()).rejects.toThrow(/not bcrypt/);
     expect(await h.verify('alice', 'new')).toBe(true);
   });
+
+  // Found by probing: a check under way when a reload removed its user (or changed their
+  // password) remembered its success after the reload had cleared the remembered ones, so the
+  // removed user stayed logged in for the 5 minutes a success is remembered.
+  it('a check that a reload overtakes is judged by the new file, and its success under the old one is not remembered', async () => {
+    const path = await file(`frank:${bcrypt.hashSync('pw', 12)}\nalice:${hash('a')}\n`);
+    const h = await Htpasswd.load(path);
+    const checking = h.verify('frank', 'pw');
+    await writeFile(path, `alice:${hash('a')}\n`);
+    await h.reload();
+    expect(await checking).toBe(false);
+    expect(await h.verify('frank', 'pw')).toBe(false);
+    // A change that leaves the user's hash as it was does not overturn the check.
+    const same = bcrypt.hashSync('pw', 12);
+    await writeFile(path, `frank:${same}\n`);
+    await h.reload();
+    const again = h.verify('frank', 'pw');
+    await writeFile(path, `frank:${same}\nbob:${hash('b')}\n`);
+    await h.reload();
+    expect(await again).toBe(true);
+  });
 });
 
 /**
