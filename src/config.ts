@@ -490,5 +490,19 @@ export function loadConfig(opts: LoadConfigOptions = {}): Readonly<Config> {
       );
     }
   }
+  // An access rule under a namespace or group nobody defined (a typo) would grant nothing, silently.
+  for (const [i, rule] of (cfg.auth?.access ?? []).entries()) {
+    if (rule.namespace !== undefined && !cfg.namespaces.some((n) => n.name === rule.namespace)) {
+      throw new ConfigError(
+        `invalid configuration:\n  ${named('auth.access')}: rule ${i + 1} names namespace ${JSON.stringify(rule.namespace)}, which no namespace is (namespaces: ${cfg.namespaces.map((n) => n.name).join(', ') || 'none'})`,
+      );
+    }
+    const unknownGroup = rule.groups.find((g) => !Object.hasOwn(cfg.auth!.groups, g));
+    if (unknownGroup !== undefined) {
+      throw new ConfigError(
+        `invalid configuration:\n  ${named('auth.access', 'auth.groups')}: rule ${i + 1} names group ${JSON.stringify(unknownGroup)}, which auth.groups does not define (groups: ${Object.keys(cfg.auth!.groups).join(', ') || 'none'})`,
+      );
+    }
+  }
   return deepFreeze(cfg);
 }

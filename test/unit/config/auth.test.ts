@@ -51,6 +51,11 @@ describe('auth, limits and tls options', () => {
     [{ auth: { htpasswd: 'f', extra: 1 } }, /Unrecognized key/],
     [{ tls: { certFile: 'c' } }, /tls\.keyFile: Required/],
     [{ limits: { maxUrlBytes: 10 } }, /limits\.maxUrlBytes/],
+    // Found by probing: a rule under a namespace or group nobody defined (a typo) started the
+    // server and granted nothing.
+    [{ auth: { htpasswd: 'f', access: [{ repository: 'x/*', namespace: 'nosuchns', users: ['a'], actions: ['pull'] }] } }, /auth\.access: rule 1 names namespace "nosuchns", which no namespace is \(namespaces: none\)/],
+    [{ namespaces: [{ name: 'team-a', host: 'a.example' }], auth: { htpasswd: 'f', access: [{ repository: '*', users: ['a'], actions: ['pull'] }, { repository: '*', namespace: 'team-b', users: ['a'], actions: ['pull'] }] } }, /rule 2 names namespace "team-b", which no namespace is \(namespaces: team-a\)/],
+    [{ auth: { htpasswd: 'f', groups: { ops: ['a'] }, access: [{ repository: 'y/*', groups: ['ops', 'nosuchgroup'], actions: ['pull'] }] } }, /auth\.access, auth\.groups: rule 1 names group "nosuchgroup", which auth\.groups does not define \(groups: ops\)/],
   ])('%j → ConfigError naming the option', (overrides, message) => {
     expect(() => loadConfig({ overrides })).toThrow(ConfigError);
     expect(() => loadConfig({ overrides })).toThrow(message);
