@@ -163,7 +163,7 @@ export class UploadEngine {
         const start = writer.size;
         const t0 = performance.now();
         const offset = await this.#pumpBody(id, writer, body, ticket);
-        await writer.close();
+        await this.#stored(id, () => writer.close());
         if (channels.uploadAppend.hasSubscribers) {
           channels.uploadAppend.publish({ repository: repo, uploadId: id, bytes: offset - start, offset, ms: performance.now() - t0 });
         }
@@ -206,8 +206,7 @@ export class UploadEngine {
       return await this.#complete(s, digest, { start: 0, length }, body, undefined);
     } catch (err) {
       await this.#o.driver.delete(s.dataPath).catch(() => undefined);
-      await this.#o.hashPool.drop(id, this.#pins.get(id)).catch(() => undefined);
-      this.#pins.delete(id);
+      await this.#dropHash(id);
       throw err;
     }
   }
@@ -230,7 +229,7 @@ export class UploadEngine {
       const size = writer.size;
       // Commit first: the data is then complete and readable (S3: the multipart upload is
       // completed), yet no digest points at it until the caller links it.
-      await writer.commit();
+      await this.#stored(id, () => writer.commit());
       const actual = await this.#digestOf(id, s.dataPath, size, digest.algorithm);
       if (actual !== digest.hex) {
         s.lock?.assertHeld();
@@ -335,10 +334,37 @@ export class UploadEngine {
     s.live = false;
     await s.touching;
     s.lock?.assertHeld();
-    const pin = this.#pins.get(s.id);
-    this.#pins.delete(s.id);
     await deleteObject(this.#o.driver, paths.upload(s.repo, s.id));
-    await this.#o.hashPool.drop(s.id, pin).catch(() => undefined);
+    await this.#dropHash(s.id);
+  }
+
+  /**
+   * Forgets the upload's running hash, here and at its worker. A state that may have seen
+   * bytes storage does not hold must go at once, not just lose its pin: an unpinned task can
+   * land on the worker that keeps it, and another instance can bring storage to the same
+   * offset with other bytes, which the stale state would then vouch for at commit.
+   */
+  async #dropHash(id: string): Promise<void> {
+    const pin = this.#pins.get(id);
+    this.#pins.delete(id);
+    await this.#o.hashPool.drop(id, pin).catch(() => undefined);
+  }
+
+  /**
+   * Runs the step that makes a body's bytes durable (a writer's close() or commit(): on S3 the
+   * parts and the writer's state go to the store only then). The running hash already covers
+   * those bytes; if the step fails, storage may hold fewer, or (once another instance resumes
+   * the upload) others, so the state is dropped and the next request rebuilds it from storage
+   * (found by probing: a PUT on an instance whose close had failed got 201 for the digest of
+   * bytes another instance had since replaced).
+   */
+  async #stored(id: string, step: () => Promise<void>): Promise<void> {
+    try {
+      await step();
+    } catch (err) {
+      await this.#dropHash(id);
+      throw err;
+    }
   }
 
   /** When the upload record was last written; BLOB_UPLOAD_UNKNOWN when there is none. */
@@ -415,7 +441,8 @@ export class UploadEngine {
       try {
         return await fn(writer, ticket);
       } catch (err) {
-        await writer.close().catch(() => undefined);
+        // What arrived before the error is kept (a client that went away resumes from there).
+        await this.#stored(s.id, () => writer.close()).catch(() => undefined);
         throw err;
       }
     };
@@ -467,7 +494,7 @@ export class UploadEngine {
       await w.flush();
     } finally {
       if (channels.uploadBody.hasSubscribers) channels.uploadBody.publish({ uploadId: id, ...w.stats } satisfies UploadBodyMessage);
-      this.#rememberPin(id, w.pin, w.hashDirty);
+      await this.#rememberPin(id, w.pin, w.hashDirty);
     }
     if (bodyError !== undefined) {
       if (bodyError instanceof ClientAbortError || bodyError instanceof RegistryError) throw bodyError;
@@ -476,9 +503,11 @@ export class UploadEngine {
     return w.offset;
   }
 
-  #rememberPin(id: string, pin: number | undefined, dirty: boolean): void {
+  async #rememberPin(id: string, pin: number | undefined, dirty: boolean): Promise<void> {
     this.#pins.delete(id);
-    if (dirty || pin === undefined) return;
+    if (pin === undefined) return;
+    // A batch that did not reach storage: the state at the worker may have run ahead of it.
+    if (dirty) return this.#o.hashPool.drop(id, pin).catch(() => undefined);
     if (this.#pins.size >= MAX_PINS) this.#pins.delete(this.#pins.keys().next().value!);
     this.#pins.set(id, pin);
   }
