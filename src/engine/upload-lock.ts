@@ -230,20 +230,36 @@ export class UploadLocks {
   }
 
   /** Whether a lock found held may be taken over: it expired, or (on local storage) its holder is dead. */
-  async #stale(path: string, record: Partial<LockRecord>): Promise<boolean> {
-    if (this.#driver.local && processGone(record) === true) return true;
-    let expiresAt = Date.parse(typeof record.expiresAt === 'string' ? record.expiresAt : '');
-    if (!Number.isFinite(expiresAt)) {
-      // Unreadable (a transient object after a machine crash can be empty): judge it by its age.
-      try {
-        expiresAt = (await this.#driver.stat(path)).modTime.getTime() + this.#ttlMs;
-      } catch (err) {
-        if (isPathNotFound(err)) return true;
-        throw err;
-      }
-    }
-    return Date.now() > expiresAt + this.#skewMs;
+  #stale(path: string, record: Partial<LockRecord>): Promise<boolean> {
+    return isStale(this.#driver, path, record, this.#ttlMs, this.#skewMs);
   }
+}
+
+/**
+ * Whether the lock at `path` may still be held by a request: it exists and is not stale as a
+ * taker judges it (UploadLocks.acquire). The garbage collector asks before it removes an
+ * upload as stale: a request holding the lock (a PUT committing a large blob, a body streaming
+ * slowly) is activity, however old the upload record's times are.
+ */
+export async function lockInForce(driver: StorageDriver, path: string, ttlMs = DEFAULT_TTL_MS, skewMs = DEFAULT_SKEW_MS): Promise<boolean> {
+  const raw = await readOrUndefined(driver, path);
+  return raw !== undefined && !(await isStale(driver, path, parseRecord(raw), ttlMs, skewMs));
+}
+
+/** Past its expiry and the skew, or (local storage) left by a process of this host that is gone. */
+async function isStale(driver: StorageDriver, path: string, record: Partial<LockRecord>, ttlMs: number, skewMs: number): Promise<boolean> {
+  if (driver.local && processGone(record) === true) return true;
+  let expiresAt = Date.parse(typeof record.expiresAt === 'string' ? record.expiresAt : '');
+  if (!Number.isFinite(expiresAt)) {
+    // Unreadable (a transient object after a machine crash can be empty): judge it by its age.
+    try {
+      expiresAt = (await driver.stat(path)).modTime.getTime() + ttlMs;
+    } catch (err) {
+      if (isPathNotFound(err)) return true;
+      throw err;
+    }
+  }
+  return Date.now() > expiresAt + skewMs;
 }
 
 /** A held upload lock: renews itself until released. */

@@ -6,6 +6,7 @@ import { BlobStore, WELL_KNOWN_BLOBS } from '../registry/blobs.js';
 import type { ExpiryPolicy } from '../registry/expiry.js';
 import { decodeRevision } from '../registry/manifests.js';
 import type { PresenceRecord, TouchRecord } from './guard.js';
+import { lockInForce } from '../engine/upload-lock.js';
 import { processGone } from '../process-identity.js';
 import { Lease } from './lease.js';
 import { manifestRefs, Marker } from './mark.js';
@@ -784,9 +785,16 @@ class Collection {
           const intent = paths.gcUploadIntent(repo, id);
           await this.#d.putContent(intent, json({ gen: this.#lease!.gen, at: new Date().toISOString() }));
           try {
+            // A request that holds the upload's lock is using it, however long ago it touched
+            // the record: a PUT committing a large blob, a slow body (found by probing with a
+            // staleUploadAfter shorter than such a request: a commit answered 201 lost its data).
+            // Looked at after the intent is stored and before the re-read: a request that takes
+            // the lock later sees the intent (a commit) or finds the record gone; one that
+            // released it since has deleted the record (a commit) or left it touched.
+            const inUse = await lockInForce(this.#d, paths.uploadLock(repo, id));
             // Re-read after the intent is stored: a commit that touched the record before
             // seeing no intent is seen here (E).
-            const again = await this.#uploadActivity(recordPath, dataPath);
+            const again = inUse ? undefined : await this.#uploadActivity(recordPath, dataPath);
             if (again && again.lastActivity < staleBefore) {
               await ignoreNotFound(this.#d.delete(again.data));
               await ignoreNotFound(this.#d.delete(recordPath));

@@ -12,6 +12,7 @@ import { collectGarbage } from '../../../src/gc/collector.js';
 import { GcGuard } from '../../../src/gc/guard.js';
 import { GcBusyError, Lease, readLease } from '../../../src/gc/lease.js';
 import { HashPool } from '../../../src/engine/hash-pool.js';
+import { UploadLocks } from '../../../src/engine/upload-lock.js';
 import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
 import { paths } from '../../../src/registry/paths.js';
 import { parseDigest } from '../../../src/registry/reference.js';
@@ -582,6 +583,31 @@ describe('uploads and orphaned data', () => {
     expect(await exists(d, paths.blobData(id))).toBe(false);
     expect(await exists(d, paths.upload('u', id))).toBe(false);
     await expect(t.registry.uploadStatus('u', id)).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+  });
+
+  // Found by probing (S3, three instances, staleUploadAfter 0s): a PUT whose commit took a
+  // second (its hash rebuilt from storage) had touched the record before the collection began,
+  // saw no intent, and was answered 201 while the collector removed the upload's data as
+  // stale: the blob record named deleted data. A PUT streaming a slow body was cut the same way.
+  it('an upload whose lock a request holds is in use, however long ago its record was touched; released or dead, it goes', async () => {
+    const { id } = await t.registry.startUpload('u');
+    await t.registry.appendUpload('u', id, {}, bodyOf(randomBytes(4000)));
+    await sleep(5);
+    const lockPath = paths.uploadLock('u', id);
+    const held = await new UploadLocks(d).acquire(lockPath);
+    expect(held).toBeDefined();
+    let r = await t.gc({ staleUploadAfterMs: 1 });
+    expect(r.uploads.count).toBe(0);
+    expect(await exists(d, paths.blobData(id))).toBe(true);
+    expect(await exists(d, paths.upload('u', id))).toBe(true);
+    await held!.release();
+    // A lock whose holder died: past its expiry and the skew allowed (30 s each), it keeps nothing.
+    const dead = { token: 'dead0000dead0000dead0000dead0000', expiresAt: new Date(Date.now() - 61_000).toISOString() };
+    await d.putContent(lockPath, Buffer.from(JSON.stringify(dead)));
+    await sleep(5);
+    r = await t.gc({ staleUploadAfterMs: 1 });
+    expect(r.uploads).toEqual({ count: 1, bytes: 4000 });
+    expect(await exists(d, paths.blobData(id))).toBe(false);
   });
 
   it('an upload finished while the collector holds its intent fails cleanly; one finished first is kept', async () => {
