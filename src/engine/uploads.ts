@@ -443,6 +443,8 @@ export class UploadEngine {
       } catch (err) {
         // What arrived before the error is kept (a client that went away resumes from there).
         await this.#stored(s.id, () => writer.close()).catch(() => undefined);
+        // The data went while we wrote (a cancel, or a collector that took the upload for stale).
+        if (isPathNotFound(err) && s.lock) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id: s.id } });
         throw err;
       }
     };

@@ -3,7 +3,9 @@ import {
   expectBlob, expectError, expectStatus, patchChunk, pathOf, repoNamer, request, startUpload, withQuery,
 } from '../helpers/http.js';
 import { randomBlob, sha256 } from '../helpers/oci.js';
+import { AbortMultipartUploadCommand } from '@aws-sdk/client-s3';
 import type { Fault } from '../helpers/faulty-proxy.js';
+import { listUploads } from '../helpers/s3.js';
 import { describeS3, s3ServerEnv, startRecordingProxy, useTestBucket, type RecordingProxy } from '../helpers/s3-http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -24,7 +26,7 @@ import { startServer, type TestServer } from '../helpers/server.js';
 const repo = repoNamer('persist-hash');
 const MiB = 1024 * 1024;
 
-describeS3('a PATCH whose bytes did not reach S3 leaves no running hash behind', (env) => {
+describeS3('S3 uploads whose stored state is not what an instance last made it', (env) => {
   const bucket = useTestBucket(env, 'persisthash');
   /** What the proxy does to A's staging writes (`<data>.tail.<n>`: a PATCH under the 5 MiB part minimum). */
   let stagingFault: Fault;
@@ -86,5 +88,20 @@ describeS3('a PATCH whose bytes did not reach S3 leaves no running hash behind',
     const r = await request(a.url, withQuery(location, 'digest', sha256(stored)), { method: 'PUT' });
     expectStatus(r, 201, 'PUT with the stored bytes\' digest');
     await expectBlob(b.url, name, stored);
+  });
+
+  // Found by probing: a PATCH streaming while a collector removed its upload as stale (the
+  // multipart upload aborted under it) ended in 500 UNKNOWN, the store's NoSuchUpload.
+  it('a PATCH whose multipart upload was aborted under it is answered 404 BLOB_UPLOAD_UNKNOWN', async () => {
+    const name = repo('aborted');
+    const up = await startUpload(b.url, name);
+    let r = await patchChunk(b.url, up.location, randomBlob(6 * MiB), 0);
+    expectStatus(r, 202, 'first PATCH');
+    const location = pathOf(b.url, r.header('location')!);
+    const uploads = (await listUploads(bucket.client, bucket.name, 'p/')).filter((u) => u.key.includes(up.id));
+    expect(uploads).toHaveLength(1);
+    await bucket.client.send(new AbortMultipartUploadCommand({ Bucket: bucket.name, Key: uploads[0]!.key, UploadId: uploads[0]!.uploadId }));
+    r = await patchChunk(b.url, location, randomBlob(6 * MiB), 6 * MiB);
+    expectError(r, 404, 'BLOB_UPLOAD_UNKNOWN', 'PATCH after the abort');
   });
 });

@@ -1,4 +1,4 @@
-import { GetObjectCommand, HeadObjectCommand, ListPartsCommand, type S3Client } from '@aws-sdk/client-s3';
+import { AbortMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, ListPartsCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -347,6 +347,25 @@ function s3Tests(env: S3TestEnv): void {
       await d.delete('/blobs');
       expect(await listUploads(client, bucket, prefix)).toEqual([]);
       expect(await listAllKeys(client, bucket, prefix)).toEqual([]);
+    });
+
+    // Found by probing: a PATCH streaming while a collector removed its upload as stale ended
+    // in 500 UNKNOWN (NoSuchUpload); the engine answers a vanished path BLOB_UPLOAD_UNKNOWN.
+    it('a writer whose multipart upload was aborted under it fails with PathNotFoundError', async () => {
+      fresh();
+      const d = await driver();
+      const path = '/blobs/data/aborted';
+      let w = await d.writer(path, false);
+      await w.write(randomBytes(PART + 1));
+      await w.close();
+      const [upload] = await listUploads(client, bucket, prefix);
+      await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: upload!.key, UploadId: upload!.uploadId }));
+      w = await d.writer(path, true);
+      const failed = (async () => {
+        await w.write(randomBytes(2 * PART));
+        await w.close();
+      })();
+      await expectNotFound(failed, path);
     });
 
     it('stat of an upload in progress gives the size its writers closed with', async () => {

@@ -651,14 +651,22 @@ export class S3FileWriter implements FileWriter {
     // The SHA-256 is computed by a worker straight from the shared buffer while the multipart
     // upload is being created (first part) or not at all (later parts): no waiting in line.
     const [uploadId, sha256] = await Promise.all([this.#ensureUpload(), c.payloadHash({ buffer: buf.buffer, byteOffset: 0, length })]);
-    const out = await c.client.send(signedPayload(new UploadPartCommand({
-      Bucket: c.bucket,
-      Key: this.#key,
-      UploadId: uploadId,
-      PartNumber: partNumber,
-      Body: Buffer.from(buf.buffer, 0, length),
-      ContentLength: length,
-    }), sha256));
+    let out;
+    try {
+      out = await c.client.send(signedPayload(new UploadPartCommand({
+        Bucket: c.bucket,
+        Key: this.#key,
+        UploadId: uploadId,
+        PartNumber: partNumber,
+        Body: Buffer.from(buf.buffer, 0, length),
+        ContentLength: length,
+      }), sha256));
+    } catch (err) {
+      // The multipart upload was aborted under us (the upload cancelled, or collected as
+      // stale): the data is gone, which the registry answers BLOB_UPLOAD_UNKNOWN, not 500.
+      if (isNoSuchUpload(err)) throw new PathNotFoundError(this.#path);
+      throw err;
+    }
     if (!out.ETag) throw new Error(`UploadPart ${partNumber} of ${this.#path} returned no ETag`);
     return { partNumber, etag: out.ETag, size: length };
   }
