@@ -90,6 +90,8 @@ interface Session {
   touching: Promise<void> | undefined;
   /** The record may be rewritten; false once the request is about to remove it. */
   live: boolean;
+  /** The record as this request last wrote it (#touch). */
+  record?: UploadRecord;
 }
 
 /**
@@ -239,25 +241,33 @@ export class UploadEngine {
       }
       return { dataPath: s.dataPath, size };
     }, body ? range.length : undefined);
-    // The blob record goes in before the upload record goes out: data moving from an upload
-    // to a blob is always named by one of them (gc/collector.ts, E). Both under the lock.
     if (adopt) {
-      s.lock?.assertHeld();
+      // The upload record goes out before the blob record comes in. The other way round, a
+      // crash between the two (kill -9, found by probing) left an upload whose data a blob
+      // record named, and a cancel, a PATCH, a retried PUT with its body or a sweep of that
+      // upload then destroyed the blob under every repository linked to it. This way the data
+      // is named by neither for the milliseconds between, which the collector's rule for
+      // unnamed data allows for (gc/collector.ts, E); a crash there leaves data nobody was
+      // told about, which a later collection removes.
+      const record = s.lock ? s.record : undefined;
+      if (s.lock) await this.#unrecord(s);
       try {
         await adopt(committed);
       } catch (err) {
         // The data is stored whole and matched its digest; only its record or link is missing
         // (the store failed). While no record names the data (UnclaimedDataError), an upload
-        // whose last PUT brought no bytes is kept, so that the client's retry of that same PUT
-        // finds it and links the blob, rather than BLOB_UPLOAD_UNKNOWN and a push started over.
-        // A PUT that brought bytes would bring them again, after those already stored; and data
-        // a record names is a blob's, which a cancel, a PATCH or a sweep of the upload would
-        // destroy under every repository linked to it: those uploads go, as before.
+        // whose last PUT brought no bytes is put back, so that the client's retry of that same
+        // PUT finds it and links the blob, rather than BLOB_UPLOAD_UNKNOWN and a push started
+        // over (if the store refuses that too, the push starts over). A PUT that brought bytes
+        // would bring them again, after those already stored; and data a record may name is a
+        // blob's, which a cancel, a PATCH or a sweep of the upload would destroy: those go.
         const unclaimed = err instanceof UnclaimedDataError;
-        if (!unclaimed || !s.lock || appended > 0) await this.#forget(s);
+        const putBack = unclaimed && record !== undefined && appended === 0
+          && (await this.#putBack(s, record).then(() => true, () => false));
+        if (!putBack) await this.#dropHash(id);
         throw unclaimed ? err.cause : err;
       }
-      await this.#forget(s);
+      await this.#dropHash(id);
     } else if (s.lock) {
       await this.#forget(s);
     }
@@ -331,11 +341,22 @@ export class UploadEngine {
 
   /** Deletes the record and the worker's state; the data (now a blob's, or deleted) stays. */
   async #forget(s: Session): Promise<void> {
+    await this.#unrecord(s);
+    await this.#dropHash(s.id);
+  }
+
+  /** Deletes the record: no request finds the upload any more. */
+  async #unrecord(s: Session): Promise<void> {
     s.live = false;
     await s.touching;
     s.lock?.assertHeld();
     await deleteObject(this.#o.driver, paths.upload(s.repo, s.id));
-    await this.#dropHash(s.id);
+  }
+
+  /** Writes back the record #unrecord() deleted (the lock still held). */
+  async #putBack(s: Session, record: UploadRecord): Promise<void> {
+    s.lock?.assertHeld();
+    await this.#o.driver.putContent(paths.upload(s.repo, s.id), Buffer.from(JSON.stringify(record)));
   }
 
   /**
@@ -400,6 +421,7 @@ export class UploadEngine {
     record.touchedAt = new Date(now).toISOString();
     await this.#o.driver.putContent(paths.upload(s.repo, s.id), Buffer.from(JSON.stringify(record)));
     s.touchedMs = now;
+    s.record = record;
   }
 
   async #storedSize(dataPath: string): Promise<number> {

@@ -109,10 +109,13 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    its children, a subject before its referrers), so that a late mark never reaches one
  *    that is already gone: anything that could refer to a manifest was decided before it.
  *
- * E. Uploads. An upload record names its data. Finishing an upload writes the blob record
- *    before it deletes the upload record (Registry.completeUpload), and the collector lists
- *    uploads before blob records and blob records before data, so data on its way from an
- *    upload to a blob is seen referenced. Removing a stale upload writes an intent, then
+ * E. Uploads. An upload record names its data. Finishing an upload deletes the upload record
+ *    and then writes the blob record, inside one operation (Registry.completeUpload; the other
+ *    order let a crash between the two leave an upload whose data a blob record named, which
+ *    a cancel or a sweep of the upload then deleted). For those milliseconds the data is named
+ *    by neither, as a monolithic upload's is until its record: a collection may see it unnamed
+ *    once, and notes it (#sweepOrphanData never deletes on a first sighting); the next one
+ *    lists nothing before that operation ends (C), by which time the record names it. Removing a stale upload writes an intent, then
  *    re-reads the upload record; finishing an upload rewrites its record (touchedAt), then
  *    looks for an intent: one of the two sees the other, and either the collector leaves
  *    the upload alone or the client gets BLOB_UPLOAD_UNKNOWN. Data no record names is

@@ -101,9 +101,10 @@ export class Registry {
     this.#refuseOnMirror(repo);
     const d = parseDigest(digest);
     let desc: BlobDescriptor | undefined;
-    // Adopted before the upload record goes (gc/collector.ts, E); touched before the adopt looks for
-    // an existing record to deduplicate onto (gc/collector.ts, A), as a registered operation, so that
-    // a collection running meanwhile spares the blob whatever the clocks say (gc/collector.ts, C).
+    // Adopted once the upload record is gone (uploads.ts, gc/collector.ts E); touched before the
+    // adopt looks for an existing record to deduplicate onto (gc/collector.ts, A), as a registered
+    // operation, so that a collection running meanwhile spares the blob whatever the clocks say,
+    // and no later one lists anything before it ends (gc/collector.ts, C).
     await this.#uploads.complete(repo, id, d, range, body, async (data) => {
       try {
         desc = await this.#guard.op(async () => {

@@ -610,6 +610,50 @@ describe('uploads and orphaned data', () => {
     expect(await exists(d, paths.blobData(id))).toBe(false);
   });
 
+  // Found by probing with kill -9: the blob record went in before the upload record went out,
+  // and a server killed between the two left an upload whose data a blob record named. A
+  // cancel, a PATCH, a PUT retried with its body, or a sweep of that upload then deleted or
+  // grew the data under every repository that had the blob. Now the upload record goes first.
+  it('a server killed as its PUT records the blob leaves no upload behind whose data the blob record names', async () => {
+    const data = randomBytes(5000);
+    const digest = sha256(data);
+    const recordPath = paths.blobRecord(parseDigest(digest));
+    let dead = false;
+    const dying = new Proxy(d, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof v !== 'function') return v;
+        const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
+        if (!['putContent', 'delete', 'deleteObjects', 'writer', 'move'].includes(String(prop))) return fn;
+        return async (...args: unknown[]) => {
+          if (dead) throw new Error('the process was killed');
+          const result = await fn(...args);
+          if (prop === 'putContent' && args[0] === recordPath) dead = true;
+          return result;
+        };
+      },
+    }) as StorageDriver;
+    const killed = new GcFixture(dying, pool);
+    const { id } = await killed.registry.startUpload('u');
+    await killed.registry.appendUpload('u', id, {}, bodyOf(data));
+    await expect(killed.registry.completeUpload('u', id, digest, {}, undefined)).rejects.toThrow();
+    expect(dead).toBe(true);
+    await killed.close().catch(() => undefined);
+    // Its presence, which a collector would wait 10 minutes for, goes as a crashed server's does.
+    for (const p of await d.list(paths.gcServersDir()).catch(() => [])) await d.delete(p);
+
+    // Restarted: the upload is gone, not resumable over the blob's data.
+    const t2 = new GcFixture(d, pool);
+    await expect(t2.registry.uploadStatus('u', id)).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+    // The killed server's lock runs out (60 s); a collection that sweeps stale uploads then leaves the blob's data.
+    await d.delete(paths.uploadLock('u', id)).catch(() => undefined);
+    await sleep(5);
+    await t2.gc({ staleUploadAfterMs: 1 });
+    await t2.pushBlob('v', data);
+    expect(Buffer.compare(await readBlob(t2, 'v', digest), data)).toBe(0);
+    await t2.close();
+  });
+
   it('an upload finished while the collector holds its intent fails cleanly; one finished first is kept', async () => {
     const data = randomBytes(3000);
     const a = await t.registry.startUpload('u');
