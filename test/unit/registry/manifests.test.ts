@@ -389,6 +389,38 @@ describe('ManifestStore', () => {
       expect(await codeOf(manifests.delete('repo', parseReference('a')))).toBe('MANIFEST_UNKNOWN');
     });
 
+    // Found by probing with kill -9: the manifest went before its tags, so a server killed in
+    // between left tags that listed but answered 404, and the client's retry of the DELETE
+    // found no manifest (404) and could not remove them.
+    it('a manifest delete cut short after its first storage delete leaves what a retry finishes', async () => {
+      const one = manifest({ n: 1 });
+      await manifests.put('repo', parseReference('a'), OCI_MANIFEST, one);
+      await manifests.put('repo', parseReference('b'), OCI_MANIFEST, one);
+      await manifests.put('repo', parseReference('c'), OCI_MANIFEST, manifest({ n: 2 }));
+      let deletes = 0;
+      const dying = new Proxy(driver, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
+          if (prop !== 'delete' && prop !== 'putContent') return fn;
+          return async (...args: unknown[]) => {
+            if (prop === 'delete' && deletes++ === 0) return fn(...args);
+            throw new Error('the process was killed');
+          };
+        },
+      }) as StorageDriver;
+      const killed = new ManifestStore({ driver: dying, blobs: new BlobStore(dying), maxBytes: 8192 });
+      await expect(killed.delete('repo', parseReference(sha(one)))).rejects.toThrow(/killed/);
+      // Whatever is left, every listed tag resolves; the retry removes the manifest and its tags.
+      for (const tag of (await manifests.tags('repo', undefined, undefined)).items) {
+        await expect(manifests.stat('repo', parseReference(tag)), tag).resolves.toBeDefined();
+      }
+      await manifests.delete('repo', parseReference(sha(one)));
+      expect((await manifests.tags('repo', undefined, undefined)).items).toEqual(['c']);
+      expect(await codeOf(manifests.stat('repo', parseReference(sha(one))))).toBe('MANIFEST_UNKNOWN');
+    });
+
     it('lists tags in lexical (byte-wise) order with pagination', async () => {
       for (const tag of ['v2', 'V1', 'latest', '1.0', '_x']) await manifests.put('repo', parseReference(tag), OCI_MANIFEST, manifest());
       expect((await manifests.tags('repo', undefined, undefined)).items).toEqual(['1.0', 'V1', '_x', 'latest', 'v2']);
