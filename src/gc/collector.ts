@@ -204,6 +204,11 @@ export interface GcOptions {
   /** Tag expiry (label and configured expiration); without one, only labels expire tags. */
   expiry?: ExpiryPolicy;
   onProgress?: (p: GcProgress) => void;
+  /**
+   * Told the uploads that remain after the sweep, by data path, with their lock's path: the
+   * runner keeps a store's abandoned-looking write of one whose lock is held (gc/runner.ts).
+   */
+  onUploads?: (locks: ReadonlyMap<string, string>) => void;
   /** Lease owner, for `/gc/lease` (default host:pid). */
   owner?: string;
   /** Storage requests in flight at once (default 16). */
@@ -408,6 +413,15 @@ class Collection {
     await this.#sweepLinks();
     const { swept, sweptData } = await this.#sweepBlobs(blobScan.records);
     const remainingUploads = await this.#sweepUploads();
+    if (this.#o.onUploads) {
+      const locks = new Map<string, string>();
+      for (const [name, repo] of this.#repos) {
+        for (const id of repo.uploads) {
+          if (remainingUploads.has(paths.blobData(id))) locks.set(paths.blobData(id), paths.uploadLock(name, id));
+        }
+      }
+      this.#o.onUploads(locks);
+    }
     await this.#sweepUploadLocks(remainingUploads);
     await this.#sweepOrphanData(dataPaths.filter((p) => !sweptData.has(p)), blobScan.records, swept, remainingUploads);
     await this.#sweepMarkers(blobScan.markers, blobScan.records, swept);

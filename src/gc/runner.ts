@@ -3,6 +3,7 @@ import { PrefixedDriver } from '../storage/prefixed.js';
 import { ExpiryPolicy, type ExpirationSettings } from '../registry/expiry.js';
 import { collectGarbage, type GcProgress, type GcReport, type Removed } from './collector.js';
 import { basename, listOrEmpty } from './scan.js';
+import { lockInForce } from '../engine/upload-lock.js';
 import { mirrorGraceMs, MirrorExpiry, type MirrorGcSettings } from './mirror.js';
 
 /**
@@ -50,8 +51,11 @@ export async function runGarbageCollection(o: GcRunOptions): Promise<GcRunReport
   const found = (await listOrEmpty(o.driver, '/namespaces')).map(basename);
   const namespaces = [...new Set([...found, ...(o.namespaces ?? [])])].sort();
   const registries: RegistryGcReport[] = [];
+  /** Every registry's remaining uploads, by data path in the store's own paths: their lock's path. */
+  const uploadLocks = new Map<string, string>();
   for (const name of ['', ...namespaces]) {
-    const driver = name === '' ? o.driver : new PrefixedDriver(o.driver, `/namespaces/${name}`);
+    const prefix = name === '' ? '' : `/namespaces/${name}`;
+    const driver = name === '' ? o.driver : new PrefixedDriver(o.driver, prefix);
     const expiry = policy.forNamespace(name === '' ? undefined : name);
     const mirror = o.mirrors?.get(name);
     const report = await collectGarbage({
@@ -64,6 +68,9 @@ export async function runGarbageCollection(o: GcRunOptions): Promise<GcRunReport
       concurrency: o.concurrency,
       signal: o.signal,
       onProgress: o.onProgress ? (p) => o.onProgress!(name, p) : undefined,
+      onUploads: (locks) => {
+        for (const [data, lock] of locks) uploadLocks.set(prefix + data, prefix + lock);
+      },
     });
     registries.push({ registry: name, report });
   }
@@ -74,7 +81,13 @@ export async function runGarbageCollection(o: GcRunOptions): Promise<GcRunReport
     o.onProgress?.('', { phase: 'incomplete writes', done, total: writes.length });
     for (const w of writes) {
       o.signal?.throwIfAborted();
-      if (!o.dryRun) await o.driver.abortIncompleteWrite!(w);
+      // An upload's write that a request is still making (found by probing: a PATCH sending its
+      // parts slower than one per staleUploadAfter had its multipart upload aborted, and was
+      // answered 202 for bytes that were gone). Its lock says so; the driver looks at the
+      // writer's state once more before it aborts, for a request that finished since.
+      const lock = uploadLocks.get(w.path);
+      if (lock !== undefined && (await lockInForce(o.driver, lock))) continue;
+      if (!o.dryRun && !(await o.driver.abortIncompleteWrite!(w))) continue;
       incompleteWrites.count++;
       incompleteWrites.bytes += w.bytes;
       o.onProgress?.('', { phase: 'incomplete writes', done: ++done, total: writes.length });

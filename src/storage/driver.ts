@@ -132,8 +132,11 @@ export interface StorageDriver {
    */
   listIncompleteWrites?(idleSince: Date): Promise<IncompleteWrite[]>;
 
-  /** Optional: releases what listIncompleteWrites() found (gone already is fine). */
-  abortIncompleteWrite?(write: IncompleteWrite): Promise<void>;
+  /**
+   * Optional: releases what listIncompleteWrites() found (gone already is fine); false when it
+   * turned out to be in use after all (a writer recorded it since) and was left.
+   */
+  abortIncompleteWrite?(write: IncompleteWrite): Promise<boolean>;
 
   /**
    * Optional: deletes many objects at once; missing ones are ignored. Objects only: no

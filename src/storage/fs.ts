@@ -332,11 +332,12 @@ export class FsDriver implements StorageDriver {
     return found;
   }
 
-  async abortIncompleteWrite(write: IncompleteWrite): Promise<void> {
+  async abortIncompleteWrite(write: IncompleteWrite): Promise<boolean> {
     const slash = write.handle.lastIndexOf('/');
     const name = write.handle.slice(slash + 1);
     if (!TEMP_RE.test(name)) throw new InvalidPathError(write.handle);
     await this.#remove(join(this.#file(write.handle.slice(0, slash) || '/'), name));
+    return true;
   }
 
   async close(): Promise<void> {}

@@ -25,7 +25,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly readBuffers?: { readonly inUseBytes: number };
   readonly redirectURL?: (path: string, expiresInSeconds: number) => Promise<string>;
   readonly listIncompleteWrites?: (idleSince: Date) => Promise<IncompleteWrite[]>;
-  readonly abortIncompleteWrite?: (write: IncompleteWrite) => Promise<void>;
+  readonly abortIncompleteWrite?: (write: IncompleteWrite) => Promise<boolean>;
   readonly deleteObjects?: (paths: readonly string[]) => Promise<void>;
   readonly listPage?: (path: string, opts?: ListOptions) => Promise<ListPage>;
 

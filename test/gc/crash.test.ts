@@ -8,7 +8,7 @@ import type { GcRunReport } from '../../src/gc/runner.js';
 import { FsDriver } from '../../src/storage/fs.js';
 import { blobRef, GcTestClient, image, sha256 } from '../helpers/gc-client.js';
 import { runGcCli } from '../helpers/gc.js';
-import { listTree, openRequest, patchChunk, startUpload, tempDir, waitFor } from '../helpers/http.js';
+import { listTree, openRequest, patchChunk, pathOf, request, startUpload, tempDir, waitFor, withQuery } from '../helpers/http.js';
 import { describeS3, MiB, partSizes, s3ServerEnv, useTestBucket } from '../helpers/s3-http.js';
 import { listAllKeys, listUploads } from '../helpers/s3.js';
 import { startServer, type TestServer } from '../helpers/server.js';
@@ -252,4 +252,37 @@ describeS3('crash leftovers on S3', (env) => {
     await new GcTestClient(server.url).pull('crash/app', 'v1');
     expect(await server.stop()).toBe(0);
   }, 600_000);
+
+  // Found by probing: a PATCH sending its parts slower than one per staleUploadAfter (6 MiB,
+  // then a trickle) had its multipart upload aborted as abandoned, since no writer state names
+  // it until the request ends; the PATCH was answered 202 and the PUT 404. The request holds
+  // the upload's lock, which the collection now looks at.
+  it('keeps the multipart upload of a PATCH still under way, however slow, and its upload', async () => {
+    const url = bucket.url('slow');
+    server = await startServer({ storage: url, frontend: 'node', env: serverEnv });
+    const data = randomBytes(7 * MiB);
+    const up = await startUpload(server.url, 'slow/app');
+    const patch = openRequest(server.url, up.location, { method: 'PATCH', headers: { 'content-type': 'application/octet-stream', 'content-length': data.length } });
+    await patch.write(data.subarray(0, 6 * MiB));
+    await waitFor('the PATCH\'s first part in radosgw', async () => {
+      for (const u of await listUploads(bucket.client, bucket.name, 'slow/')) {
+        if ((await partSizes(bucket.client, bucket.name, u.key, u.uploadId)).length >= 1) return true;
+      }
+      return undefined;
+    }, HANG_MS);
+    await sleep(1100);
+    const run = await gcJson(['--storage', url, '--grace', '0s', '--stale-upload-after', '0s'], s3ServerEnv());
+    expect(run.incompleteWrites.count).toBe(0);
+    expect(sumRegistries(run, (r) => r.uploads.count)).toBe(0);
+    await patch.write(data.subarray(6 * MiB));
+    patch.req.end();
+    const r = await patch.reply;
+    expect(r.status, r.text()).toBe(202);
+    const put = await request(server.url, withQuery(pathOf(server.url, r.header('location')!), 'digest', sha256(data)), { method: 'PUT' });
+    expect(put.status, put.text()).toBe(201);
+    const get = await request(server.url, `/v2/slow/app/blobs/${sha256(data)}`);
+    expect(get.status).toBe(200);
+    expect(Buffer.compare(get.body, data)).toBe(0);
+    expect(await server.stop()).toBe(0);
+  }, 300_000);
 });

@@ -457,18 +457,22 @@ export class S3Driver implements StorageDriver {
     return found;
   }
 
-  async abortIncompleteWrite(write: IncompleteWrite): Promise<void> {
+  async abortIncompleteWrite(write: IncompleteWrite): Promise<boolean> {
     const h = JSON.parse(write.handle) as { key: string; uploadId?: string };
     if (!h.key.startsWith(this.prefix)) throw new Error(`not this driver's write: ${write.handle}`);
+    // A writer that closed since the listing may have recorded it: then it is not abandoned.
+    const state = (await loadWriterState(this.#writers, write.path))?.state;
+    if (h.uploadId ? state?.uploadId === h.uploadId : state?.pieces.some((p) => h.key.endsWith(`.tail.${p.n}`))) return false;
     if (h.uploadId) {
       try {
         await this.#client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: h.key, UploadId: h.uploadId }));
       } catch (err) {
         if (!isNoSuchUpload(err)) throw err;
       }
-      return;
+      return true;
     }
     await this.#small.delete(h.key);
+    return true;
   }
 
   async deleteObjects(paths: readonly string[]): Promise<void> {
