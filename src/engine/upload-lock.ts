@@ -246,20 +246,32 @@ export async function lockInForce(driver: StorageDriver, path: string, ttlMs = D
   return raw !== undefined && !(await isStale(driver, path, parseRecord(raw), ttlMs, skewMs));
 }
 
-/** Past its expiry and the skew, or (local storage) left by a process of this host that is gone. */
+/**
+ * Past its expiry and the skew, or (local storage) left by a process of this host that is gone.
+ * The expiry is the holder's word, by its clock, but never later than a lease (ttl) from the
+ * store's time of its last write: a holder whose clock ran far ahead, or a lock written by
+ * hand, would otherwise keep its upload busy, and uncollected, for as long as it says (found
+ * by probing: 2099).
+ */
 async function isStale(driver: StorageDriver, path: string, record: Partial<LockRecord>, ttlMs: number, skewMs: number): Promise<boolean> {
   if (driver.local && processGone(record) === true) return true;
-  let expiresAt = Date.parse(typeof record.expiresAt === 'string' ? record.expiresAt : '');
-  if (!Number.isFinite(expiresAt)) {
-    // Unreadable (a transient object after a machine crash can be empty): judge it by its age.
-    try {
-      expiresAt = (await driver.stat(path)).modTime.getTime() + ttlMs;
-    } catch (err) {
-      if (isPathNotFound(err)) return true;
-      throw err;
-    }
+  const claimed = Date.parse(typeof record.expiresAt === 'string' ? record.expiresAt : '');
+  const now = Date.now();
+  if (Number.isFinite(claimed)) {
+    if (now > claimed + skewMs) return true;
+    // No further off than a lease and the skew: as a live holder writes it, no need to ask the store.
+    if (claimed <= now + ttlMs + skewMs) return false;
   }
-  return Date.now() > expiresAt + skewMs;
+  let written: number;
+  try {
+    written = (await driver.stat(path)).modTime.getTime();
+  } catch (err) {
+    if (isPathNotFound(err)) return true;
+    throw err;
+  }
+  // Unreadable (a transient object after a machine crash can be empty): judged by its age alone.
+  const expiresAt = Number.isFinite(claimed) ? Math.min(claimed, written + ttlMs) : written + ttlMs;
+  return now > expiresAt + skewMs;
 }
 
 /** A held upload lock: renews itself until released. */

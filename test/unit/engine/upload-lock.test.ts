@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RegistryError } from '../../../src/errors.js';
-import { UploadLocks } from '../../../src/engine/upload-lock.js';
+import { lockInForce, UploadLocks } from '../../../src/engine/upload-lock.js';
 import { processIdentity } from '../../../src/process-identity.js';
 import { isPathNotFound, type PutOptions, type StorageDriver } from '../../../src/storage/driver.js';
 import { FsDriver } from '../../../src/storage/fs.js';
@@ -139,6 +139,21 @@ describe.each(drivers)('UploadLocks on %s', (_name, make) => {
     const lock = (await taker.acquire(LOCK)) ?? (await sleep(50), await taker.acquire(LOCK));
     expect(lock).toBeDefined();
     expect(JSON.parse((await driver.getContent(LOCK)).toString()).token).toMatch(/^[0-9a-f]{32}$/);
+    await lock!.release();
+  });
+
+  // Found by probing: a lock whose expiresAt lay far ahead (a holder's clock running ahead,
+  // or a hand-written lock) kept its upload busy, and uncollected, for as long as it said.
+  it('counts a lock\'s expiry as no later than a lease from the store\'s time of its last write', async () => {
+    const driver = await make();
+    await driver.putContent(LOCK, Buffer.from(JSON.stringify({ token: 'ahead000ahead000ahead000ahead000', expiresAt: '2099-01-01T00:00:00.000Z' })));
+    expect(await lockInForce(driver, LOCK)).toBe(true);
+    expect(await new UploadLocks(driver).acquire(LOCK)).toBeUndefined();
+    // (A 1 ms lease and skew: written a moment ago, it is past both at once.)
+    await sleep(50);
+    expect(await lockInForce(driver, LOCK, 1, 1)).toBe(false);
+    const lock = await new UploadLocks(driver, { ttlMs: 1, skewMs: 1 }).acquire(LOCK);
+    expect(lock).toBeDefined();
     await lock!.release();
   });
 
