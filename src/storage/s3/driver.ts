@@ -16,6 +16,7 @@ import {
   checkLimit, compareKeys, PathNotFoundError, type FileInfo, type FileWriter, type IncompleteWrite, type ListedChild,
   type ListOptions, type ListPage, type StorageDriver, type WriterOptions,
 } from '../driver.js';
+import { storeNow } from './clock.js';
 import { deadlineSettings, reportUnavailable } from './deadlines.js';
 import {
   errorName, explainBucketError, isConditionalConflict, isInvalidRange, isNoSuchKey, isNoSuchUpload, isPreconditionFailed,
@@ -194,7 +195,7 @@ export class S3Driver implements StorageDriver {
     if (opts.redirect) {
       this.redirectURL = (path, expiresInSeconds) => {
         const key = this.#layout.key(this.#layout.checkObject(path));
-        return getSignedUrl(this.#client, new GetObjectCommand({ Bucket: this.bucket, Key: key }), { expiresIn: expiresInSeconds });
+        return getSignedUrl(this.#client, new GetObjectCommand({ Bucket: this.bucket, Key: key }), { expiresIn: expiresInSeconds, signingDate: storeNow(this.#client) });
       };
     }
   }

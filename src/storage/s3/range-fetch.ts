@@ -7,6 +7,7 @@ import type { Readable } from 'node:stream';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
 import { StorageUnavailableError } from '../driver.js';
 import type { ReadBuffers } from '../file-reader.js';
+import { correctClock, storeNow } from './clock.js';
 import { errorName, serviceError } from './errors.js';
 import { PlainHttp } from './plain-get.js';
 
@@ -57,7 +58,7 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
     const now = Date.now();
     const known = urls.get(key);
     if (known && now - known.signedAt < URL_REUSE_MS) return known.url;
-    const url = getSignedUrl(o.client, new GetObjectCommand({ Bucket: o.bucket, Key: key }), { expiresIn: URL_EXPIRY_SECONDS });
+    const url = getSignedUrl(o.client, new GetObjectCommand({ Bucket: o.bucket, Key: key }), { expiresIn: URL_EXPIRY_SECONDS, signingDate: storeNow(o.client) });
     urls.delete(key);
     urls.set(key, { url, signedAt: now });
     url.catch(() => urls.delete(key));
@@ -70,9 +71,13 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
     const timeout = Object.assign(new Error(`no progress for ${o.timeoutMs} ms`), { name: 'TimeoutError' });
     return new StorageUnavailableError(`S3 GET of ${key}: no progress for ${o.timeoutMs} ms`, { cause: timeout });
   };
-  const failed = (key: string, status: number, text: string): Error => {
-    // Refused: perhaps the URL outlived its credentials (it answers AccessDenied then); sign anew.
-    if (status === 403) urls.delete(key);
+  const failed = (key: string, status: number, text: string, serverTime: string | null | undefined): Error => {
+    // Refused: perhaps the URL outlived its credentials (it answers AccessDenied then), or was
+    // signed by a clock far from the store's (its Date says so: corrected); sign anew.
+    if (status === 403) {
+      urls.delete(key);
+      correctClock(o.client, serverTime);
+    }
     return serviceError(status, text, `S3 GET of ${key}`);
   };
 
@@ -94,7 +99,7 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
       }
       const body = answer.body;
       if (!body) {
-        const err = failed(key, answer.status, answer.text);
+        const err = failed(key, answer.status, answer.text, answer.headers.get('date'));
         report(err.name);
         throw err;
       }
@@ -129,7 +134,7 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
         });
         res.on('error', reject);
         res.on('end', () => {
-          const err = failed(key, status, text);
+          const err = failed(key, status, text, res.headers.date);
           report(err.name);
           reject(err);
         });

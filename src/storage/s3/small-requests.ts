@@ -5,6 +5,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import { channels, type S3RequestMessage } from '../../diagnostics.js';
+import { correctClock, storeNow } from './clock.js';
 import { asUnavailable, type BoundedRetryStrategy, withRetries } from './deadlines.js';
 import { errorName, isNoSuchKey, serviceError } from './errors.js';
 import { signedPayload } from './writer.js';
@@ -67,8 +68,6 @@ export interface PutObjectOptions {
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 /** The store refused the request's time (our clock is off): the SDK corrects its offset and tries again; so do we. */
 const CLOCK_SKEW_CODES = new Set(['RequestTimeTooSkewed', 'RequestExpired', 'RequestInTheFuture', 'InvalidSignatureException', 'SignatureDoesNotMatch']);
-/** S3 allows 15 minutes of skew; a smaller difference did not cause a refusal. */
-const MIN_CLOCK_CORRECTION_MS = 5 * 60_000;
 /** An error answer's text is read this far (an S3 error document is short). */
 const MAX_ERROR_TEXT = 16 * 1024;
 
@@ -177,21 +176,15 @@ export class SmallRequests {
    */
   #correctClock(err: unknown): boolean {
     const e = err as { name?: string; $metadata?: { httpStatusCode?: number }; serverTime?: string };
-    if (e.$metadata?.httpStatusCode !== 403 || !CLOCK_SKEW_CODES.has(e.name ?? '') || !e.serverTime) return false;
-    const server = Date.parse(e.serverTime);
-    if (!Number.isFinite(server)) return false;
-    const config = this.#o.client.config as { systemClockOffset?: number };
-    const offset = server - Date.now();
-    if (Math.abs(offset - (config.systemClockOffset ?? 0)) < MIN_CLOCK_CORRECTION_MS) return false;
-    config.systemClockOffset = offset;
-    return true;
+    if (e.$metadata?.httpStatusCode !== 403 || !CLOCK_SKEW_CODES.has(e.name ?? '')) return false;
+    return correctClock(this.#o.client, e.serverTime);
   }
 
   async #attempt(method: string, key: string, extra: Record<string, string>, body: Buffer | undefined, payloadHash: string): Promise<Answer> {
     const base = await this.#baseUrl();
     const url = new URL(base.href + encodeKey(key));
     const [credentials, region] = await Promise.all([this.#o.client.config.credentials(), this.#o.client.config.region()]);
-    const now = new Date(Date.now() + ((this.#o.client.config as { systemClockOffset?: number }).systemClockOffset ?? 0));
+    const now = storeNow(this.#o.client);
     const amzDate = now.toISOString().replace(/[-:]/g, '').replace(/\.\d{3}/, '');
     const headers: Record<string, string> = {
       ...extra,
