@@ -299,8 +299,8 @@ export class ManifestStore {
    * By digest: removes the manifest from the repository, its entry among its subject's
    * referrers, and every tag pointing at it (a tag must not dangle). By tag: removes only
    * the tag (its expiring-index entry, if any, is tidied by the next collection). The
-   * referrer entry and the tags go first, so a delete cut short never leaves an entry or a
-   * tag naming a manifest that is gone. `beforeDelete` is given the paths of the manifest and its referrer entry
+   * referrer entry goes first, so a delete cut short never leaves an entry naming a manifest
+   * that is gone; tags it leaves, a retry removes. `beforeDelete` is given the paths of the manifest and its referrer entry
    * once the manifest is found, before either is deleted (gc/guard.ts duty 4).
    */
   async delete(repo: string, reference: Reference, beforeDelete?: (paths: string[]) => Promise<void>): Promise<void> {
@@ -316,27 +316,42 @@ export class ManifestStore {
     }
     const digest = reference.digest;
     const found = await this.#revision(repo, digest);
-    if (!found) throw unknown(reference);
+    if (!found) {
+      // A delete cut short between the manifest and its tags (a server killed, found by
+      // probing) left tags that list but answer 404: the client's retry removes them. (The
+      // tags cannot go first: a push of the same manifest meanwhile finds it still there,
+      // writes its tag, and the manifest then goes under it, found by probing too.)
+      if ((await this.#untag(repo, digest)) > 0) return;
+      throw unknown(reference);
+    }
     const subject = found.record.subject === undefined ? undefined : tryParseDigest(found.record.subject);
     const entry = subject ? paths.referrer(repo, subject, digest) : undefined;
     await beforeDelete?.([paths.manifestRevision(repo, digest), ...(entry ? [entry] : [])]);
     if (entry) await ignoreNotFound(this.#o.driver.delete(entry));
-    // The tags before the manifest, for the same reason (found by probing: a server killed
-    // between the two, in the other order, left tags that listed but answered 404, and the
-    // client's retry found no manifest to delete). Cut short here, the manifest is still
-    // there, and a retry finishes. Which tags name it, only their records say: every one is
-    // read (as distribution does).
-    const names = (await listPage(this.#o.driver, paths.tags(repo))).children.filter((c) => !c.isDir).map((c) => basename(c.path));
-    await mapLimit(names, TAG_READ_CONCURRENCY, async (tag) => {
-      const t = await this.#tag(repo, tag);
-      if (t?.digest === digest.value) await ignoreNotFound(this.#o.driver.delete(paths.tag(repo, tag)));
-    });
     try {
       await this.#o.driver.delete(paths.manifestRevision(repo, digest));
     } catch (err) {
       if (isPathNotFound(err)) throw unknown(reference);
       throw err;
     }
+    await this.#untag(repo, digest);
+  }
+
+  /**
+   * Deletes the tags naming `digest`; returns how many. Which tags name it, only their records
+   * say: every one is read (as distribution does).
+   */
+  async #untag(repo: string, digest: Digest): Promise<number> {
+    const names = (await listPage(this.#o.driver, paths.tags(repo))).children.filter((c) => !c.isDir).map((c) => basename(c.path));
+    let removed = 0;
+    await mapLimit(names, TAG_READ_CONCURRENCY, async (tag) => {
+      const t = await this.#tag(repo, tag);
+      if (t?.digest === digest.value) {
+        await ignoreNotFound(this.#o.driver.delete(paths.tag(repo, tag)));
+        removed++;
+      }
+    });
+    return removed;
   }
 
   /**

@@ -389,9 +389,9 @@ describe('ManifestStore', () => {
       expect(await codeOf(manifests.delete('repo', parseReference('a')))).toBe('MANIFEST_UNKNOWN');
     });
 
-    // Found by probing with kill -9: the manifest went before its tags, so a server killed in
-    // between left tags that listed but answered 404, and the client's retry of the DELETE
-    // found no manifest (404) and could not remove them.
+    // Found by probing with kill -9: a server killed between the manifest and its tags left
+    // tags that listed but answered 404, and the client's retry of the DELETE found no
+    // manifest (404) and could not remove them.
     it('a manifest delete cut short after its first storage delete leaves what a retry finishes', async () => {
       const one = manifest({ n: 1 });
       await manifests.put('repo', parseReference('a'), OCI_MANIFEST, one);
@@ -412,13 +412,41 @@ describe('ManifestStore', () => {
       }) as StorageDriver;
       const killed = new ManifestStore({ driver: dying, blobs: new BlobStore(dying), maxBytes: 8192 });
       await expect(killed.delete('repo', parseReference(sha(one)))).rejects.toThrow(/killed/);
-      // Whatever is left, every listed tag resolves; the retry removes the manifest and its tags.
-      for (const tag of (await manifests.tags('repo', undefined, undefined)).items) {
-        await expect(manifests.stat('repo', parseReference(tag)), tag).resolves.toBeDefined();
-      }
+      // The retry removes what is left of the manifest and its tags; another retry finds nothing.
       await manifests.delete('repo', parseReference(sha(one)));
       expect((await manifests.tags('repo', undefined, undefined)).items).toEqual(['c']);
       expect(await codeOf(manifests.stat('repo', parseReference(sha(one))))).toBe('MANIFEST_UNKNOWN');
+      expect(await codeOf(manifests.delete('repo', parseReference(sha(one))))).toBe('MANIFEST_UNKNOWN');
+    });
+
+    // Found by probing the first mend of the case above, which deleted the tags first: a push
+    // of the same manifest under a new tag, while the delete read the tags, found the manifest
+    // still there and wrote its tag; the manifest then went under it (a 201 tag that answers 404).
+    it('a push of the same manifest while a delete by digest reads the tags leaves no tag naming a missing manifest', async () => {
+      const one = manifest({ n: 1 });
+      await manifests.put('repo', parseReference('a'), OCI_MANIFEST, one);
+      let pushed: Promise<unknown> | undefined;
+      const racing = new Proxy(driver, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
+          if (prop !== 'listPage') return fn;
+          return async (...args: unknown[]) => {
+            const page = await fn(...args);
+            if (String(args[0]) === paths.tags('repo') && !pushed) {
+              pushed = manifests.put('repo', parseReference('b'), OCI_MANIFEST, one);
+              await pushed;
+            }
+            return page;
+          };
+        },
+      }) as StorageDriver;
+      await new ManifestStore({ driver: racing, blobs: new BlobStore(racing), maxBytes: 8192 }).delete('repo', parseReference(sha(one)));
+      expect(pushed).toBeDefined();
+      for (const tag of (await manifests.tags('repo', undefined, undefined)).items) {
+        await expect(manifests.stat('repo', parseReference(tag)), tag).resolves.toBeDefined();
+      }
     });
 
     it('lists tags in lexical (byte-wise) order with pagination', async () => {
