@@ -481,21 +481,19 @@ export function loadConfig(opts: LoadConfigOptions = {}): Readonly<Config> {
       `invalid configuration:\n  ${named('uploads.maxBufferedBytes', 'uploads.maxSessionBufferedBytes')}: uploads.maxBufferedBytes must be at least uploads.maxSessionBufferedBytes`,
     );
   }
-  // A namespace's expiration under a name no namespace has (a typo) would expire nothing.
+  // A name no namespace has (a typo) under a namespace's expiration would expire nothing, and
+  // in an access rule grant nothing, silently.
+  const namespaceNames = cfg.namespaces.map((n) => n.name);
+  const defined = `(namespaces: ${namespaceNames.join(', ') || 'none'})`;
   const exp = cfg.gc.expiration;
   for (const name of Object.keys(typeof exp === 'object' ? exp.namespaces ?? {} : {})) {
-    if (!cfg.namespaces.some((n) => n.name === name)) {
-      throw new ConfigError(
-        `invalid configuration:\n  ${named(`gc.expiration.namespaces.${name}`)}: no namespace is named ${JSON.stringify(name)} (namespaces: ${cfg.namespaces.map((n) => n.name).join(', ') || 'none'})`,
-      );
+    if (!namespaceNames.includes(name)) {
+      throw new ConfigError(`invalid configuration:\n  ${named(`gc.expiration.namespaces.${name}`)}: no namespace is named ${JSON.stringify(name)} ${defined}`);
     }
   }
-  // An access rule under a namespace or group nobody defined (a typo) would grant nothing, silently.
   for (const [i, rule] of (cfg.auth?.access ?? []).entries()) {
-    if (rule.namespace !== undefined && !cfg.namespaces.some((n) => n.name === rule.namespace)) {
-      throw new ConfigError(
-        `invalid configuration:\n  ${named('auth.access')}: rule ${i + 1} names namespace ${JSON.stringify(rule.namespace)}, which no namespace is (namespaces: ${cfg.namespaces.map((n) => n.name).join(', ') || 'none'})`,
-      );
+    if (rule.namespace !== undefined && !namespaceNames.includes(rule.namespace)) {
+      throw new ConfigError(`invalid configuration:\n  ${named('auth.access')}: rule ${i + 1} names namespace ${JSON.stringify(rule.namespace)}, which no namespace is ${defined}`);
     }
     const unknownGroup = rule.groups.find((g) => !Object.hasOwn(cfg.auth!.groups, g));
     if (unknownGroup !== undefined) {

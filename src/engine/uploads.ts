@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { ClientAbortError, RegistryError, UploadRangeError } from '../errors.js';
+import { RegistryError, UploadRangeError } from '../errors.js';
 import { deleteObject, isPathNotFound, objectExists, type FileWriter, type StorageDriver } from '../storage/driver.js';
 import { channels, type UploadBodyMessage } from '../diagnostics.js';
 import type { HashPool } from './hash-pool.js';
@@ -520,10 +520,7 @@ export class UploadEngine {
       if (channels.uploadBody.hasSubscribers) channels.uploadBody.publish({ uploadId: id, ...w.stats } satisfies UploadBodyMessage);
       await this.#rememberPin(id, w.pin, w.hashDirty);
     }
-    if (bodyError !== undefined) {
-      if (bodyError instanceof ClientAbortError || bodyError instanceof RegistryError) throw bodyError;
-      throw bodyError;
-    }
+    if (bodyError !== undefined) throw bodyError;
     return w.offset;
   }
 

@@ -413,17 +413,9 @@ class Collection {
     await this.#sweepLinks();
     const { swept, sweptData } = await this.#sweepBlobs(blobScan.records);
     const remainingUploads = await this.#sweepUploads();
-    if (this.#o.onUploads) {
-      const locks = new Map<string, string>();
-      for (const [name, repo] of this.#repos) {
-        for (const id of repo.uploads) {
-          if (remainingUploads.has(paths.blobData(id))) locks.set(paths.blobData(id), paths.uploadLock(name, id));
-        }
-      }
-      this.#o.onUploads(locks);
-    }
+    this.#o.onUploads?.(remainingUploads);
     await this.#sweepUploadLocks(remainingUploads);
-    await this.#sweepOrphanData(dataPaths.filter((p) => !sweptData.has(p)), blobScan.records, swept, remainingUploads);
+    await this.#sweepOrphanData(dataPaths.filter((p) => !sweptData.has(p)), blobScan.records, swept, new Set(remainingUploads.keys()));
     await this.#sweepMarkers(blobScan.markers, blobScan.records, swept);
     if (this.#lease) await this.#sweepStaleIntents();
 
@@ -780,9 +772,9 @@ class Collection {
 
   // --- E: uploads and orphan data ----------------------------------------------------------
 
-  /** Removes stale uploads; returns the data paths of the uploads that remain. */
-  async #sweepUploads(): Promise<Set<string>> {
-    const remaining = new Set<string>();
+  /** Removes stale uploads; returns the uploads that remain, by data path, with their lock's path. */
+  async #sweepUploads(): Promise<Map<string, string>> {
+    const remaining = new Map<string, string>();
     const all: Array<[string, string]> = [];
     for (const [name, repo] of this.#repos) for (const id of repo.uploads) all.push([name, id]);
     if (all.length === 0) return remaining;
@@ -792,7 +784,8 @@ class Collection {
     await Promise.all(all.map(([repo, id]) => this.#limit(async () => {
       const recordPath = paths.upload(repo, id);
       const dataPath = paths.blobData(id);
-      remaining.add(dataPath);
+      const lockPath = paths.uploadLock(repo, id);
+      remaining.set(dataPath, lockPath);
       const first = await this.#uploadActivity(recordPath, dataPath);
       if (first && first.lastActivity < staleBefore) {
         if (this.#dry) {
@@ -808,7 +801,7 @@ class Collection {
             // Looked at after the intent is stored and before the re-read: a request that takes
             // the lock later sees the intent (a commit) or finds the record gone; one that
             // released it since has deleted the record (a commit) or left it touched.
-            const inUse = await lockInForce(this.#d, paths.uploadLock(repo, id));
+            const inUse = await lockInForce(this.#d, lockPath);
             // Re-read after the intent is stored: a commit that touched the record before
             // seeing no intent is seen here (E).
             const again = inUse ? undefined : await this.#uploadActivity(recordPath, dataPath);
@@ -837,7 +830,7 @@ class Collection {
    * ends without writing. The lock of an upload that has a record is left to the next
    * request on it, which takes it over.
    */
-  async #sweepUploadLocks(remainingData: Set<string>): Promise<void> {
+  async #sweepUploadLocks(remainingData: ReadonlyMap<string, string>): Promise<void> {
     const candidates: string[] = [];
     for (const [name, repo] of this.#repos) {
       for (const [id, child] of repo.uploadLocks) if (!remainingData.has(paths.blobData(id))) candidates.push(paths.uploadsChild(name, child));
