@@ -449,6 +449,60 @@ describe('ManifestStore', () => {
       }
     });
 
+    // Found by probing: a push of a manifest with a subject that found the manifest stored,
+    // racing a delete of it, wrote its referrer entry after the delete removed it: a referrer
+    // listed whose manifest was gone (about one race in six).
+    it('a push of the same referrer while a delete by digest runs leaves no entry naming a missing manifest', async () => {
+      const subject = { mediaType: OCI_MANIFEST, digest: sha('the subject'), size: 11 };
+      const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
+      await manifests.put('repo', parseReference('a'), OCI_MANIFEST, sig);
+      // The push stops before its entry write, which the delete lets go on once the manifest is gone.
+      let reached!: () => void;
+      const atEntry = new Promise<void>((r) => (reached = r));
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      const held = new Proxy(driver, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
+          if (prop !== 'putContent') return fn;
+          return async (...args: unknown[]) => {
+            if (String(args[0]).includes('/_manifests/referrers/')) {
+              reached();
+              await gate;
+            }
+            return fn(...args);
+          };
+        },
+      }) as StorageDriver;
+      const pushed = new ManifestStore({ driver: held, blobs: new BlobStore(held), maxBytes: 8192 }).put('repo', parseReference('b'), OCI_MANIFEST, sig);
+      await atEntry;
+      const racing = new Proxy(driver, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
+          if (prop !== 'listPage') return fn;
+          return async (...args: unknown[]) => {
+            const page = await fn(...args);
+            if (String(args[0]) === paths.tags('repo')) {
+              release();
+              await pushed;
+            }
+            return page;
+          };
+        },
+      }) as StorageDriver;
+      await new ManifestStore({ driver: racing, blobs: new BlobStore(racing), maxBytes: 8192 }).delete('repo', parseReference(sha(sig)));
+      await pushed;
+      expect(await codeOf(manifests.stat('repo', parseReference(sha(sig))))).toBe('MANIFEST_UNKNOWN');
+      expect((await manifests.referrers('repo', parseDigest(subject.digest))).items).toEqual([]);
+      // A push after the delete is a manifest again, and its entry stays.
+      await manifests.put('repo', parseReference('c'), OCI_MANIFEST, sig);
+      expect((await manifests.referrers('repo', parseDigest(subject.digest))).items.map((d) => d.digest)).toEqual([sha(sig)]);
+    });
+
     it('lists tags in lexical (byte-wise) order with pagination', async () => {
       for (const tag of ['v2', 'V1', 'latest', '1.0', '_x']) await manifests.put('repo', parseReference(tag), OCI_MANIFEST, manifest());
       expect((await manifests.tags('repo', undefined, undefined)).items).toEqual(['1.0', 'V1', '_x', 'latest', 'v2']);
