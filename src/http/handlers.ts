@@ -417,8 +417,14 @@ function chunkRange(req: IncomingRequest): ChunkRange {
   const m = /^(?:bytes[ =])?(\d{1,15})-(\d{1,15})(?:\/(?:\d{1,15}|\*))?$/.exec(header.trim());
   const start = m ? Number(m[1]) : NaN;
   const end = m ? Number(m[2]) : NaN;
-  if (!m || end < start || (length !== undefined && length !== end - start + 1)) {
+  if (!m || end < start) {
     throw new RegistryError('RANGE_INVALID', { message: 'invalid Content-Range', detail: { contentRange: header.slice(0, 100) } });
+  }
+  // A body of another length than its range is not a chunk out of order, which a client
+  // answers by asking for the offset and sending again (416), but one it cannot send: 400, as
+  // distribution answers it.
+  if (length !== undefined && length !== end - start + 1) {
+    throw new RegistryError('SIZE_INVALID', { message: 'Content-Length disagrees with Content-Range', detail: { contentRange: header.slice(0, 100), contentLength: length } });
   }
   return { start, length: end - start + 1 };
 }
