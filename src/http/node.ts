@@ -20,6 +20,36 @@ import { hostError } from './host.js';
 import { isTakenLength, PARSER_ERRORS, rawErrorResponse } from './limits.js';
 
 /**
+ * A request in plain HTTP on the TLS port gets a 400 that says so, as Go's servers (so
+ * distribution's) answer it, where node's TLS layer would reset the connection and leave the
+ * client to guess. A connection's first byte decides: a TLS record starts with 22 (a
+ * handshake). The TLS server's own connection listener then takes the socket, with the bytes
+ * read so far (node hands a socket's buffered bytes to its TLS session). A connection that
+ * sends nothing is dropped after the idle timeout, as its handshake would be.
+ */
+function answerPlainHttp(server: HttpsServer, idleMs: number): void {
+  const tlsListeners = server.listeners('connection') as ((socket: Socket) => void)[];
+  server.removeAllListeners('connection');
+  const ignore = (): void => undefined;
+  server.on('connection', (socket: Socket) => {
+    socket.on('error', ignore);
+    if (idleMs > 0) socket.setTimeout(Math.min(idleMs, 120_000), () => socket.destroy());
+    socket.once('data', (first: Buffer) => {
+      socket.pause();
+      socket.unshift(first);
+      socket.setTimeout(0);
+      if (first[0] === 22) {
+        socket.off('error', ignore);
+        for (const listener of tlsListeners) listener.call(server, socket);
+        return;
+      }
+      socket.end('HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n');
+      socket.resume();
+    });
+  });
+}
+
+/**
  * The node:http front end, for runtimes where the uWebSockets.js binary does not load
  * (Node 22+, musl). It behaves like the uWS one; test/http/frontend.test.ts runs against both.
  */
@@ -76,6 +106,7 @@ export class NodeFrontEnd implements FrontEnd {
       // connects and says nothing is dropped as soon as on plain HTTP.
       ? createHttpsServer({ ...options, cert: opts.tls.cert, key: opts.tls.key, ...(idleMs > 0 ? { handshakeTimeout: Math.min(idleMs, 120_000) } : {}) }, onRequest)
       : createServer(options, onRequest);
+    if (opts.tls) answerPlainHttp(this.#server as HttpsServer, idleMs);
     // `Expect: 100-continue`: the 100 goes out when the handler starts reading the body, so
     // a request refused first (401, 404, 416...) gets its answer before the client sends
     // the body at all; node:http then closes the connection, whose framing is unknown.
