@@ -65,7 +65,9 @@ const MEDIA_TYPE_RE = /^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\/[A-Za-z0-9][A-Za
 
 const mediaType = z.string().regex(MEDIA_TYPE_RE, 'not a media type (RFC 6838)');
 const digest = z.string().refine((d) => tryParseDigest(d) !== undefined, 'not a digest this registry accepts (sha256 or sha512, lowercase hex)');
-const annotations = z.record(z.string(), z.string());
+// Checked by a loop, not z.record(), which rebuilt the object entry by entry: ~2 µs an entry,
+// 0.3 s for a manifest of 150,000 annotations (found by probing). The object is kept as parsed.
+const annotations = z.custom<Record<string, string>>(isStringMap, 'expected an object of strings');
 const base64 = z.string().regex(/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/, 'not base64');
 
 const platform = z
@@ -393,4 +395,10 @@ function normaliseMediaType(contentType: string | undefined): string | undefined
 
 function invalid(message: string, detail?: unknown): RegistryError {
   return new RegistryError('MANIFEST_INVALID', { message, ...(detail === undefined ? {} : { detail }) });
+}
+
+function isStringMap(v: unknown): boolean {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  for (const key in v) if (typeof (v as Record<string, unknown>)[key] !== 'string') return false;
+  return true;
 }

@@ -8,6 +8,7 @@ import {
   artifactTypeOf, IMAGE_CONFIG_MEDIA_TYPES, isNonDistributable, parseManifest,
   type Descriptor, type ParsedManifest,
 } from './manifest-schema.js';
+import { LARGE_MANIFEST_BYTES, ParseLane } from './parse-lane.js';
 import { paths } from './paths.js';
 import { tagsOf, tryParseDigest, type Digest, type Reference } from './reference.js';
 
@@ -147,6 +148,7 @@ const EXPIRY_BOUNDARY_MS = 5 * 60_000;
 export class ManifestStore {
   readonly #o: ManifestStoreOptions;
   readonly #expiry: ExpiryPolicy;
+  readonly #lane = new ParseLane();
 
   constructor(opts: ManifestStoreOptions) {
     this.#o = opts;
@@ -170,7 +172,7 @@ export class ManifestStore {
     if (reference.kind === 'digest' && reference.digest.hex !== digest.hex) {
       throw new RegistryError('DIGEST_INVALID', { detail: { expected: reference.digest.value, actual: digest.value } });
     }
-    const manifest = parseManifest(bytes, contentType);
+    const manifest = bytes.length < LARGE_MANIFEST_BYTES ? parseManifest(bytes, contentType) : await this.#lane.run(() => parseManifest(bytes, contentType));
     // Every reference is checked on every push, stored manifest or not (a blob may have been
     // deleted from the repository since), but an upstream's; the config is read meanwhile.
     const config = opts.fromUpstream ? undefined : await this.#checkReferences(repo, manifest);

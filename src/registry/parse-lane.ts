@@ -1,0 +1,47 @@
+import { TooManyRequestsError } from '../errors.js';
+
+/** Manifests this large or larger take the lane; parsing one costs ~25 ms of the event loop. */
+export const LARGE_MANIFEST_BYTES = 256 * 1024;
+/** Large manifests waiting for the lane at most; more are refused (429) rather than held. */
+const MAX_WAITING = 16;
+
+/**
+ * One lane for the synchronous work on large manifests (decoding, JSON.parse, the schema):
+ * a 4 MiB manifest of 150,000 annotations holds the event loop for 0.3-0.5 s, and pushes of
+ * several at once ran back to back in one turn of the loop (their bodies ended together), so
+ * that every other request waited for all of them: 4 s for eight (found by probing;
+ * distribution, whose goroutines are preempted, kept its other requests under 0.7 s). Through
+ * the lane they run one at a time, each after a turn of the loop in which the requests that
+ * arrived meanwhile are served, so none waits much longer than one parse. The waiting bodies
+ * are bounded (MAX_WAITING x manifests.maxBytes); past that a push gets 429 with Retry-After.
+ */
+export class ParseLane {
+  #busy = false;
+  readonly #waiting: Array<() => void> = [];
+
+  async run<T>(work: () => T): Promise<T> {
+    if (this.#busy) {
+      if (this.#waiting.length >= MAX_WAITING) throw new TooManyRequestsError(1, { message: 'too many large manifests pushed at once' });
+      // Handed the lane by the run before (#busy stays true).
+      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    } else {
+      this.#busy = true;
+    }
+    try {
+      await loopTurn();
+      return work();
+    } finally {
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#busy = false;
+    }
+  }
+}
+
+/**
+ * Resolves in the event loop's next check phase, so the work runs there, and the run after it
+ * in the check phase of the iteration after: a poll for I/O comes between the two.
+ */
+function loopTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
