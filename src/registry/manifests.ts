@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { RegistryError } from '../errors.js';
 import { isPathNotFound, listPage, objectExists, type ListedChild, type ListPage, type StorageDriver } from '../storage/driver.js';
+import { recyclerOf } from '../storage/file-reader.js';
 import type { BlobLocation, BlobStore } from './blobs.js';
 import { ExpiryPolicy } from './expiry.js';
 import { EXPIRES_AFTER_LABEL, labelsOf, MAX_CONFIG_BYTES, parseExpiresAfter } from './labels.js';
@@ -278,9 +279,9 @@ export class ManifestStore {
   }
 
   async stat(repo: string, reference: Reference): Promise<ManifestRecord> {
-    const found = await this.#revision(repo, await this.#resolve(repo, reference));
+    const found = await this.#record(repo, await this.#resolve(repo, reference));
     if (!found) throw unknown(reference);
-    return found.record;
+    return found;
   }
 
   async get(repo: string, reference: Reference): Promise<Manifest> {
@@ -536,8 +537,8 @@ export class ManifestStore {
     }
     const sizes = new Map<string, number>();
     const missing = await firstMissing(m.manifests, async (d) => {
-      const child = await this.#revision(repo, tryParseDigest(d.digest)!);
-      if (child) sizes.set(d.digest, child.record.size);
+      const child = await this.#record(repo, tryParseDigest(d.digest)!);
+      if (child) sizes.set(d.digest, child.size);
       return child !== undefined;
     });
     if (missing) {
@@ -569,6 +570,28 @@ export class ManifestStore {
     return readJson<TagRecord>(this.#o.driver, paths.tag(repo, tag));
   }
 
+  /**
+   * A revision's record without its bytes: its first RECORD_READ_BYTES, where the record line
+   * ends, or the whole object when the line is longer (labels). An index push checks each
+   * child's size, and a manifest HEAD answers, with this: reading the revisions whole held up
+   * to 4 MiB a child, and 32 pushes at once of a 3 KB index of 4 MiB children grew the process
+   * by 800 MiB (found by probing). One request either way.
+   */
+  async #record(repo: string, digest: Digest): Promise<ManifestRecord | undefined> {
+    let head: Buffer;
+    try {
+      head = await readPrefix(this.#o.driver, paths.manifestRevision(repo, digest), RECORD_READ_BYTES);
+    } catch (err) {
+      if (isPathNotFound(err)) return undefined;
+      throw err;
+    }
+    const nl = head.indexOf(NEWLINE);
+    if (nl >= 0) return JSON.parse(head.subarray(0, nl).toString('utf8')) as ManifestRecord;
+    // No line break in a revision read whole: the old layout, a record alone.
+    if (head.length < RECORD_READ_BYTES) return decodeRevision(head).record;
+    return (await this.#revision(repo, digest))?.record;
+  }
+
   async #revision(repo: string, digest: Digest): Promise<Revision | undefined> {
     try {
       return decodeRevision(await this.#o.driver.getContent(paths.manifestRevision(repo, digest)));
@@ -586,6 +609,24 @@ export interface Revision {
 }
 
 const NEWLINE = 0x0a;
+/** What #record() reads of a revision: a record line is ~300 bytes, more with labels. */
+const RECORD_READ_BYTES = 16 * 1024;
+
+/**
+ * The object's first `n` bytes (fewer when it is shorter); PathNotFoundError when it is
+ * absent. The reader's chunks are copied and given back: drivers read into recycled buffers
+ * (1 MiB on fs), and one dropped at every manifest HEAD would be a fresh one at the next.
+ */
+async function readPrefix(driver: StorageDriver, path: string, n: number): Promise<Buffer> {
+  const stream = await driver.reader(path, 0, n);
+  const recycle = recyclerOf(stream);
+  const parts: Buffer[] = [];
+  for await (const chunk of stream) {
+    parts.push(Buffer.from(chunk as Uint8Array));
+    recycle?.(chunk as Uint8Array);
+  }
+  return Buffer.concat(parts);
+}
 
 /** What paths.manifestRevision() holds: the record as one line of JSON (JSON.stringify writes no newline), then the bytes. */
 export function encodeRevision(record: ManifestRecord, bytes: Uint8Array): Buffer {

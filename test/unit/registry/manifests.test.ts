@@ -814,6 +814,39 @@ describe('ManifestStore', () => {
     expect(calls.length).toBeLessThan(20);
   });
 
+  // Found by probing: each child's revision was read whole (up to 4 MiB) for its size, and 32
+  // pushes at once of a 3 KB index of 4 MiB children grew the process by 800 MiB.
+  it('an index push and a manifest HEAD read the records of large manifests, not their bytes', async () => {
+    let bytesRead = 0;
+    const reading = new Proxy(driver, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof v !== 'function') return v;
+        const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
+        if (prop === 'getContent') return async (...args: unknown[]) => {
+          const b = (await fn(...args)) as Buffer;
+          bytesRead += b.length;
+          return b;
+        };
+        if (prop === 'reader') return async (...args: unknown[]) => {
+          const r = (await fn(...args)) as import('node:stream').Readable;
+          return r.on('data', (c: Buffer) => (bytesRead += c.length));
+        };
+        return fn;
+      },
+    }) as StorageDriver;
+    const store = new ManifestStore({ driver: reading, blobs: new BlobStore(reading), maxBytes: 4 * 1024 * 1024 });
+    const children = Array.from({ length: 4 }, (_, i) => manifest({ annotations: { 'org.example.big': 'x'.repeat(1024 * 1024), n: String(i) } }));
+    for (const c of children) await store.put('repo', parseReference(sha(c)), OCI_MANIFEST, c);
+    bytesRead = 0;
+    await store.put('repo', parseReference('idx'), OCI_INDEX, index(children));
+    expect(await store.stat('repo', parseReference(sha(children[0]!)))).toMatchObject({ size: children[0]!.length });
+    expect(bytesRead).toBeLessThanOrEqual(5 * 16 * 1024);
+    // A child of another size is still refused.
+    const lying = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [{ ...desc(OCI_MANIFEST, children[0]!), size: 10 }] }));
+    expect(await codeOf(store.put('repo', parseReference('lying'), OCI_INDEX, lying))).toBe('MANIFEST_INVALID');
+  });
+
   describe('referrers', () => {
     const subject = { mediaType: OCI_MANIFEST, digest: sha('the subject'), size: 11 };
 
