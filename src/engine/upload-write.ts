@@ -77,8 +77,11 @@ const MAX_FILL_MS = 500;
  * A slab is a place in the one line every upload waits in: clients sending a byte now and then
  * (200 of them, a byte every few seconds) each took one for MAX_FILL_MS per byte, and a push
  * behind them waited ~12 s for every batch. They now cost that much each, like a socket's own
- * buffers, and take a slab once, at their end. Only before the request's first batch: later,
- * bytes go to a slab as they come.
+ * buffers, and take a slab once, at their end. Before the request's first batch, and again
+ * once a batch went out part-filled for want of bytes (its MAX_FILL_MS passed: the client is
+ * slow) until one fills: a client that sent 20 KB at once and then a byte every few seconds
+ * took a slab for every byte, and 200 of them held a 16 MiB push for 52 s (found by probing).
+ * A body that comes as fast as it is taken never stages after its first bytes.
  */
 const STAGE_FRACTION = 256;
 
@@ -135,6 +138,8 @@ export class UploadWrite implements ByteSink {
   #writeChain: Promise<void> = Promise.resolve();
   /** The running hash no longer matches storage; the next user must rebuild it. */
   #hashDirty = false;
+  /** A batch went out part-filled for want of bytes, and none has filled since (STAGE_FRACTION). */
+  #trickling = false;
   #error: unknown;
   #finished = false;
   #waiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
@@ -193,7 +198,7 @@ export class UploadWrite implements ByteSink {
     if (n === 0) return !this.#mustPause();
     this.#bytes += n;
     const keep = owned && n >= this.#minOwnedBytes && isWholeArrayBuffer(chunk);
-    if (this.#overflowBytes > 0 || (this.#batches === 0 && this.#batch === undefined && n <= this.#stageBytes)) {
+    if (this.#overflowBytes > 0 || (this.#batch === undefined && n <= this.#stageLimit())) {
       this.#stash(chunk, keep);
       if (this.#overflowBytes > this.#stageLimit()) this.#pump();
     } else if (keep) this.#addOwned(chunk);
@@ -234,9 +239,9 @@ export class UploadWrite implements ByteSink {
     }
   }
 
-  /** Bytes the overflow may hold without pausing the socket: the stage, before the first batch only. */
+  /** Bytes the overflow may hold without pausing the socket: the stage, before the first batch and while trickling. */
   #stageLimit(): number {
-    return this.#batches === 0 ? this.#stageBytes : 0;
+    return this.#batches === 0 || this.#trickling ? this.#stageBytes : 0;
   }
 
   #mustPause(): boolean {
@@ -352,18 +357,21 @@ export class UploadWrite implements ByteSink {
     b.timer = setTimeout(() => {
       b.timer = undefined;
       if (this.#batch === b && b.bytes > 0 && this.#error === undefined) {
-        this.#dispatch();
+        this.#dispatch(true);
         this.#pump();
       }
     }, MAX_FILL_MS);
     b.timer.unref();
   }
 
-  /** Sends the filling batch on: written to storage, then hashed. */
-  #dispatch(): void {
+  /** Sends the filling batch on: written to storage, then hashed. `timedOut`: its MAX_FILL_MS passed. */
+  #dispatch(timedOut = false): void {
     const b = this.#batch!;
     this.#batch = undefined;
     if (b.timer !== undefined) clearTimeout(b.timer);
+    // Half a slab in time (a batch goes out a chunk short of full when the next does not fit).
+    if (timedOut) this.#trickling = true;
+    else if (2 * b.bytes >= this.#slabBytes) this.#trickling = false;
     const offset = this.#offset;
     this.#offset += b.bytes;
     this.#inflight++;

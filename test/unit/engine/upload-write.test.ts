@@ -203,6 +203,39 @@ describe('UploadWrite', () => {
     expect(slabs.inUse).toBe(0);
   });
 
+  // Found by probing: the stage served a request's first bytes only. Clients that sent 20 KB at
+  // once and then a byte every few seconds took a slab for every byte, and 200 of them held a
+  // 16 MiB push for 52 s.
+  it('a client that slows to a trickle after its first batch stages its bytes again, holding no slab', async () => {
+    const slabs = new SlabPool(SLAB, 4 * SLAB);
+    const tricklers = await Promise.all([0, 1, 2, 3].map(() => harness({ slabs })));
+    const first = tricklers.map(() => randomBytes(SLAB / 8));
+    const later = tricklers.map(() => randomBytes(3));
+    tricklers.forEach((t, i) => t.write.write(new Uint8Array(first[i]!), true));
+    // Their first batches go out part-filled once MAX_FILL_MS (500 ms) passed.
+    await sleep(700);
+    expect(slabs.inUse).toBe(0);
+    tricklers.forEach((t, i) => {
+      expect(t.write.write(later[i]!.subarray(0, 1))).toBe(true);
+      expect(t.write.write(new Uint8Array(later[i]!.subarray(1, 3)), true)).toBe(true);
+    });
+    expect(slabs.inUse).toBe(0);
+    const push = await harness({ slabs });
+    const data = randomBytes(6 * SLAB + 7);
+    let waited = false;
+    await bodyOf(data, { sizes: ODD_SIZES, onWrite: () => (waited ||= slabs.waiting > 0) })(push.write);
+    await push.write.flush();
+    expect(waited).toBe(false);
+    expectSameBytes(await stored(push.driver), data);
+    for (const [i, t] of tricklers.entries()) {
+      await t.write.flush();
+      const all = Buffer.concat([first[i]!, later[i]!]);
+      expectSameBytes(await stored(t.driver), all);
+      expect(await runningDigest(t)).toBe(sha256(all));
+    }
+    expect(slabs.inUse).toBe(0);
+  });
+
   it('copies an owned chunk that is a view into a larger buffer, and leaves that buffer alone', async () => {
     const h = await harness();
     const big = randomBytes(3 * SLAB);
