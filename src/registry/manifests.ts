@@ -486,7 +486,8 @@ export class ManifestStore {
         for (let i = 0; i < found.length; i++) {
           const d = found[i];
           if (d !== undefined && (artifactType === undefined || d.artifactType === artifactType)) {
-            const size = JSON.stringify(d).length + 1;
+            // Bytes, not UTF-16 units: annotations of `€` made pages of 3 MB (found by probing).
+            const size = Buffer.byteLength(JSON.stringify(d)) + 1;
             if (items.length > 0 && bytes + size > REFERRERS_PAGE_BYTES) return { items, next: after! };
             items.push(d);
             bytes += size;

@@ -913,6 +913,26 @@ describe('ManifestStore', () => {
       expect(seen.sort()).toEqual([...digests].sort());
     });
 
+    // Found by probing: a page was measured in UTF-16 units, and annotations of `€` (three
+    // bytes each) made pages of 3 MB.
+    it('measures a page in bytes: annotations outside ASCII fill it sooner', async () => {
+      const store = new ManifestStore({ driver, blobs, maxBytes: 4 * 1024 * 1024 });
+      for (let i = 0; i < 8; i++) {
+        const m = manifest({ artifactType: 'application/vnd.example.sig', subject, annotations: { 'org.example.note': '€'.repeat(100_000), n: String(i) } });
+        await store.put('repo', parseReference(sha(m)), OCI_MANIFEST, m);
+      }
+      const seen: string[] = [];
+      let last: string | undefined;
+      for (;;) {
+        const page = await store.referrers('repo', parseDigest(subject.digest), undefined, last);
+        expect(Buffer.byteLength(JSON.stringify(page.items))).toBeLessThanOrEqual(1024 * 1024);
+        seen.push(...page.items.map((d) => d.digest));
+        if (page.next === undefined) break;
+        last = page.next;
+      }
+      expect(new Set(seen).size).toBe(8);
+    });
+
     it('deleting a referrer by digest removes it from the list', async () => {
       const a = manifest({ artifactType: 'application/vnd.example.a', subject });
       const b = manifest({ artifactType: 'application/vnd.example.b', subject });
