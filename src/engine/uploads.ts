@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { RegistryError, UploadRangeError } from '../errors.js';
+import { BlobTooLargeError, RegistryError, UploadRangeError } from '../errors.js';
 import { deleteObject, isPathNotFound, objectExists, type FileWriter, type StorageDriver } from '../storage/driver.js';
 import { channels, type UploadBodyMessage } from '../diagnostics.js';
 import type { HashPool } from './hash-pool.js';
@@ -436,6 +436,12 @@ export class UploadEngine {
   #checkRange(repo: string, id: string, offset: number, range: ChunkRange): void {
     if (range.start !== undefined && range.start !== offset) {
       throw new UploadRangeError(repo, id, offset, `chunk starts at ${range.start}, upload is at ${offset}`);
+    }
+    // A body announced past the limit is refused before a byte of it is stored: read, it
+    // would be stored up to the limit and then refused all the same (found by probing).
+    const max = this.#o.maxBlobBytes;
+    if (max > 0 && range.length !== undefined && offset + range.length > max) {
+      throw new BlobTooLargeError(max, { offset, length: range.length });
     }
   }
 

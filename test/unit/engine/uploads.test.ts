@@ -393,6 +393,28 @@ describe('UploadEngine', () => {
     expect((await e.status(REPO, id)).offset).toBeLessThanOrEqual(2 * SLAB);
   });
 
+  // Found by probing: a PATCH announcing a Content-Length past the limit was read and stored
+  // up to the limit before its 400.
+  it('refuses a body announced past maxBlobBytes before storing a byte of it', async () => {
+    const e = engine(driver, { maxBlobBytes: 2 * SLAB });
+    const { id } = await e.start(REPO);
+    await e.append(REPO, id, {}, bodyOf(randomBytes(SLAB)));
+    let read = false;
+    const body = bodyOf(randomBytes(2 * SLAB));
+    const watched: typeof body = (sink) => {
+      read = true;
+      return body(sink);
+    };
+    const err = await rejection(e.append(REPO, id, { start: SLAB, length: 2 * SLAB }, watched));
+    expect(err.code).toBe('SIZE_INVALID');
+    expect(err.detail).toMatchObject({ limit: 2 * SLAB, offset: SLAB, length: 2 * SLAB });
+    expect(read).toBe(false);
+    expect((await e.status(REPO, id)).offset).toBe(SLAB);
+    // A monolithic upload announced past it, the same.
+    expect((await rejection(e.oneShot(REPO, digestOf(new Uint8Array(0)), 3 * SLAB, watched))).code).toBe('SIZE_INVALID');
+    expect(read).toBe(false);
+  });
+
   it('answers BLOB_UPLOAD_UNKNOWN for unknown, malformed or other repositories\' upload ids', async () => {
     const { id } = await uploads.start(REPO);
     for (const [repo, bad] of [[REPO, '00000000-0000-0000-0000-000000000000'], [REPO, '../../etc'], [REPO, id.toUpperCase()], ['other/repo', id]] as const) {
