@@ -25,6 +25,17 @@ afterAll(async () => {
   await pool.close();
 });
 
+/** Pushes six slabs and a bit through `slabs`, checks what was stored, and says whether the push ever waited for a slab. */
+async function pushWaitsForSlab(slabs: SlabPool): Promise<boolean> {
+  const push = await harness({ slabs });
+  const data = randomBytes(6 * SLAB + 7);
+  let waited = false;
+  await bodyOf(data, { sizes: ODD_SIZES, onWrite: () => (waited ||= slabs.waiting > 0) })(push.write);
+  await push.write.flush();
+  expectSameBytes(await stored(push.driver), data);
+  return waited;
+}
+
 /**
  * The engine's rebuild, done plainly: read what storage holds [0, offset) and feed it to a
  * fresh state.
@@ -187,13 +198,7 @@ describe('UploadWrite', () => {
     });
     expect(slabs.inUse).toBe(0);
     expect(slabs.waiting).toBe(0);
-    const push = await harness({ slabs });
-    const data = randomBytes(6 * SLAB + 7);
-    let waited = false;
-    await bodyOf(data, { sizes: ODD_SIZES, onWrite: () => (waited ||= slabs.waiting > 0) })(push.write);
-    await push.write.flush();
-    expect(waited).toBe(false);
-    expectSameBytes(await stored(push.driver), data);
+    expect(await pushWaitsForSlab(slabs)).toBe(false);
     // At their end the tricklers' bytes are stored and hashed like any others.
     for (const [i, t] of tricklers.entries()) {
       await t.write.flush();
@@ -220,13 +225,7 @@ describe('UploadWrite', () => {
       expect(t.write.write(new Uint8Array(later[i]!.subarray(1, 3)), true)).toBe(true);
     });
     expect(slabs.inUse).toBe(0);
-    const push = await harness({ slabs });
-    const data = randomBytes(6 * SLAB + 7);
-    let waited = false;
-    await bodyOf(data, { sizes: ODD_SIZES, onWrite: () => (waited ||= slabs.waiting > 0) })(push.write);
-    await push.write.flush();
-    expect(waited).toBe(false);
-    expectSameBytes(await stored(push.driver), data);
+    expect(await pushWaitsForSlab(slabs)).toBe(false);
     for (const [i, t] of tricklers.entries()) {
       await t.write.flush();
       const all = Buffer.concat([first[i]!, later[i]!]);

@@ -1,6 +1,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { utimes } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Transform, type Readable } from 'node:stream';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { RegistryError } from '../../../src/errors.js';
 import { BlobStore } from '../../../src/registry/blobs.js';
@@ -398,18 +399,10 @@ describe('ManifestStore', () => {
       await manifests.put('repo', parseReference('b'), OCI_MANIFEST, one);
       await manifests.put('repo', parseReference('c'), OCI_MANIFEST, manifest({ n: 2 }));
       let deletes = 0;
-      const dying = new Proxy(driver, {
-        get(target, prop, receiver) {
-          const v = Reflect.get(target, prop, receiver) as unknown;
-          if (typeof v !== 'function') return v;
-          const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
-          if (prop !== 'delete' && prop !== 'putContent') return fn;
-          return async (...args: unknown[]) => {
-            if (prop === 'delete' && deletes++ === 0) return fn(...args);
-            throw new Error('the process was killed');
-          };
-        },
-      }) as StorageDriver;
+      const dying = intercepted(driver, {
+        delete: (call, args) => (deletes++ === 0 ? call(...args) : Promise.reject(new Error('the process was killed'))),
+        putContent: () => Promise.reject(new Error('the process was killed')),
+      });
       const killed = new ManifestStore({ driver: dying, blobs: new BlobStore(dying), maxBytes: 8192 });
       await expect(killed.delete('repo', parseReference(sha(one)))).rejects.toThrow(/killed/);
       // The retry removes what is left of the manifest and its tags; another retry finds nothing.
@@ -426,22 +419,16 @@ describe('ManifestStore', () => {
       const one = manifest({ n: 1 });
       await manifests.put('repo', parseReference('a'), OCI_MANIFEST, one);
       let pushed: Promise<unknown> | undefined;
-      const racing = new Proxy(driver, {
-        get(target, prop, receiver) {
-          const v = Reflect.get(target, prop, receiver) as unknown;
-          if (typeof v !== 'function') return v;
-          const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
-          if (prop !== 'listPage') return fn;
-          return async (...args: unknown[]) => {
-            const page = await fn(...args);
-            if (String(args[0]) === paths.tags('repo') && !pushed) {
-              pushed = manifests.put('repo', parseReference('b'), OCI_MANIFEST, one);
-              await pushed;
-            }
-            return page;
-          };
+      const racing = intercepted(driver, {
+        listPage: async (call, args) => {
+          const page = await call(...args);
+          if (String(args[0]) === paths.tags('repo') && !pushed) {
+            pushed = manifests.put('repo', parseReference('b'), OCI_MANIFEST, one);
+            await pushed;
+          }
+          return page;
         },
-      }) as StorageDriver;
+      });
       await new ManifestStore({ driver: racing, blobs: new BlobStore(racing), maxBytes: 8192 }).delete('repo', parseReference(sha(one)));
       expect(pushed).toBeDefined();
       for (const tag of (await manifests.tags('repo', undefined, undefined)).items) {
@@ -461,39 +448,27 @@ describe('ManifestStore', () => {
       const atEntry = new Promise<void>((r) => (reached = r));
       let release!: () => void;
       const gate = new Promise<void>((r) => (release = r));
-      const held = new Proxy(driver, {
-        get(target, prop, receiver) {
-          const v = Reflect.get(target, prop, receiver) as unknown;
-          if (typeof v !== 'function') return v;
-          const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
-          if (prop !== 'putContent') return fn;
-          return async (...args: unknown[]) => {
-            if (String(args[0]).includes('/_manifests/referrers/')) {
-              reached();
-              await gate;
-            }
-            return fn(...args);
-          };
+      const held = intercepted(driver, {
+        putContent: async (call, args) => {
+          if (String(args[0]).includes('/_manifests/referrers/')) {
+            reached();
+            await gate;
+          }
+          return call(...args);
         },
-      }) as StorageDriver;
+      });
       const pushed = new ManifestStore({ driver: held, blobs: new BlobStore(held), maxBytes: 8192 }).put('repo', parseReference('b'), OCI_MANIFEST, sig);
       await atEntry;
-      const racing = new Proxy(driver, {
-        get(target, prop, receiver) {
-          const v = Reflect.get(target, prop, receiver) as unknown;
-          if (typeof v !== 'function') return v;
-          const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
-          if (prop !== 'listPage') return fn;
-          return async (...args: unknown[]) => {
-            const page = await fn(...args);
-            if (String(args[0]) === paths.tags('repo')) {
-              release();
-              await pushed;
-            }
-            return page;
-          };
+      const racing = intercepted(driver, {
+        listPage: async (call, args) => {
+          const page = await call(...args);
+          if (String(args[0]) === paths.tags('repo')) {
+            release();
+            await pushed;
+          }
+          return page;
         },
-      }) as StorageDriver;
+      });
       await new ManifestStore({ driver: racing, blobs: new BlobStore(racing), maxBytes: 8192 }).delete('repo', parseReference(sha(sig)));
       await pushed;
       expect(await codeOf(manifests.stat('repo', parseReference(sha(sig))))).toBe('MANIFEST_UNKNOWN');
@@ -818,23 +793,19 @@ describe('ManifestStore', () => {
   // pushes at once of a 3 KB index of 4 MiB children grew the process by 800 MiB.
   it('an index push and a manifest HEAD read the records of large manifests, not their bytes', async () => {
     let bytesRead = 0;
-    const reading = new Proxy(driver, {
-      get(target, prop, receiver) {
-        const v = Reflect.get(target, prop, receiver) as unknown;
-        if (typeof v !== 'function') return v;
-        const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
-        if (prop === 'getContent') return async (...args: unknown[]) => {
-          const b = (await fn(...args)) as Buffer;
-          bytesRead += b.length;
-          return b;
-        };
-        if (prop === 'reader') return async (...args: unknown[]) => {
-          const r = (await fn(...args)) as import('node:stream').Readable;
-          return r.on('data', (c: Buffer) => (bytesRead += c.length));
-        };
-        return fn;
+    const reading = intercepted(driver, {
+      getContent: async (call, args) => {
+        const b = (await call(...args)) as Buffer;
+        bytesRead += b.length;
+        return b;
       },
-    }) as StorageDriver;
+      reader: async (call, args) => (await call(...args) as Readable).pipe(new Transform({
+        transform(chunk: Buffer, _encoding, done) {
+          bytesRead += chunk.length;
+          done(null, chunk);
+        },
+      })),
+    });
     const store = new ManifestStore({ driver: reading, blobs: new BlobStore(reading), maxBytes: 4 * 1024 * 1024 });
     const children = Array.from({ length: 4 }, (_, i) => manifest({ annotations: { 'org.example.big': 'x'.repeat(1024 * 1024), n: String(i) } }));
     for (const c of children) await store.put('repo', parseReference(sha(c)), OCI_MANIFEST, c);
@@ -959,6 +930,22 @@ async function pushedAt(driver: StorageDriver, root: string, tag: string, atMs: 
 
 function sortByDigest<T extends { digest: string }>(items: T[]): T[] {
   return [...items].sort((x, y) => lexical(x.digest, y.digest));
+}
+
+type DriverCall = (...args: unknown[]) => Promise<unknown>;
+
+/** The driver with some methods wrapped: `around.<method>(call, args)` runs in place of each call, `call` being the method itself. */
+function intercepted(driver: StorageDriver, around: Partial<Record<keyof StorageDriver, (call: DriverCall, args: unknown[]) => Promise<unknown>>>): StorageDriver {
+  return new Proxy(driver, {
+    get(target, prop, receiver) {
+      const value = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof value !== 'function') return value;
+      // Bound: the driver's methods reach its private fields, which the proxy has not.
+      const call = (value as DriverCall).bind(target);
+      const wrap = around[prop as keyof StorageDriver];
+      return wrap ? (...args: unknown[]) => wrap(call, args) : call;
+    },
+  });
 }
 
 /** The driver with every call delayed by a random 0–2 ms, so concurrent callers interleave. */
