@@ -10,6 +10,16 @@ import { BlobFlight } from './blob-flight.js';
 import { PullMarks } from './pull-marks.js';
 import { isUpstreamDown, UpstreamUnavailableError, type UpstreamClient } from './upstream.js';
 
+/** Times a blob pull asks again after fetches through other repositories failed under it. */
+const MAX_FOREIGN_FAILURES = 3;
+
+/** A blob fetch in the table: the repository it asks the upstream through, and its opening. */
+interface FlightEntry {
+  readonly repo: string;
+  /** Resolves once the upstream's headers are in (undefined: the blob turned out to be stored). */
+  readonly opening: Promise<BlobFlight | undefined>;
+}
+
 export interface PullThroughCacheOptions {
   readonly upstream: UpstreamClient;
   /** A tag the upstream confirmed longer ago than this is checked again (HEAD) when pulled. */
@@ -33,7 +43,9 @@ export interface PullThroughCacheOptions {
  *   blob                 linked in the repository? serve it. Stored for another repository?
  *                        the upstream must say this repository has it (HEAD), then link it.
  *                        Else one fetch per digest (blob-flight.ts), streamed to every client
- *                        asking meanwhile while it is hashed and stored.
+ *                        asking meanwhile while it is hashed and stored. A fetch through
+ *                        another repository that fails before a client got a byte is not
+ *                        that client's answer: it asks again, as its own repository.
  *   tags/list            the upstream's, or the cached tags while it cannot be asked.
  *
  * Concurrent pulls of one missing manifest or blob ask the upstream once (per registry and
@@ -47,7 +59,7 @@ export class PullThroughCache implements Mirror {
   readonly #log: Logger;
   readonly #pulls: PullMarks;
   /** Blob fetches by digest: opening (waiting for the upstream's headers), then running. */
-  readonly #flights = new Map<string, Promise<BlobFlight | undefined>>();
+  readonly #flights = new Map<string, FlightEntry>();
   readonly #running = new Set<BlobFlight>();
   /** Manifest fetches and tag checks in progress, by `m <repo> <digest>` / `t <repo> <tag>`. */
   readonly #manifestFetches = new Map<string, Promise<Manifest>>();
@@ -217,8 +229,10 @@ export class PullThroughCache implements Mirror {
     await this.#pulls.pulled([digest]);
     const local = await this.#localBlob(repo, digest);
     if (local) return local;
-    const flight = await this.#flights.get(digest.value)?.catch(() => undefined);
-    if (flight && flight.repo === repo && flight.size !== undefined) return { digest: digest.value, size: flight.size };
+    // Only a fetch through this repository tells this repository's size (another's may fail).
+    const entry = this.#flights.get(digest.value);
+    const flight = entry?.repo === repo ? await entry.opening.catch(() => undefined) : undefined;
+    if (flight && flight.size !== undefined) return { digest: digest.value, size: flight.size };
     const size = await this.#up.headBlob(repo, digest.value);
     // Stored for another repository: now that the upstream said this one has it, link it.
     return (await this.#linkStored(repo, digest)) ?? { digest: digest.value, size };
@@ -226,20 +240,47 @@ export class PullThroughCache implements Mirror {
 
   async readBlob(repo: string, digest: Digest, range: ByteRange | undefined): Promise<BlobRead> {
     await this.#pulls.pulled([digest]);
-    const stored = await this.#fromStore(repo, digest, range);
-    if (stored) return stored;
-    // No await between this look and starting a fetch: one fetch per digest.
-    let opening = this.#flights.get(digest.value);
-    const joined = opening !== undefined;
-    opening ??= this.#startFlight(repo, digest);
-    const flight = await opening;
+    for (let foreign = 0; ; foreign++) {
+      const stored = await this.#fromStore(repo, digest, range);
+      if (stored) return stored;
+      if (foreign === MAX_FOREIGN_FAILURES) {
+        // Fetches through other repositories kept failing under this pull: this repository's
+        // own HEAD answers (its 404 or 403), else the client is asked to come back.
+        await this.#up.headBlob(repo, digest.value);
+        throw new UpstreamUnavailableError(this.#up.remote, `fetches of ${digest.value} through other repositories failed ${foreign} times`);
+      }
+      // No await between this look and starting a fetch: one fetch per digest.
+      const entry = this.#flights.get(digest.value) ?? this.#startFlight(repo, digest);
+      const read = await this.#fromFlight(repo, digest, range, entry);
+      if (read) return read;
+      // Another repository's fetch failed before this client got a byte of it. Its failure
+      // says nothing of this repository (its upstream may answer 404 or 403 where this one
+      // has the blob): ask again, as this repository. The failed fetch is out of the table
+      // (it stored nothing), so the next look starts a fetch of our own, or joins a newer one.
+      if (this.#flights.get(digest.value) === entry) this.#flights.delete(digest.value);
+    }
+  }
+
+  /**
+   * The blob through a fetch: ours, or one in progress that this pull joins. Undefined when
+   * the fetch was another repository's and failed before any byte went to this client.
+   */
+  async #fromFlight(repo: string, digest: Digest, range: ByteRange | undefined, entry: FlightEntry): Promise<BlobRead | undefined> {
+    const foreign = entry.repo !== repo;
+    let flight: BlobFlight | undefined;
+    try {
+      flight = await entry.opening;
+    } catch (err) {
+      if (foreign) return undefined;
+      throw err;
+    }
     if (!flight) {
       // A fetch that ended between our look at storage and the start of ours stored it.
       const now = await this.#fromStore(repo, digest, range);
       if (now) return now;
       throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
     }
-    if (joined && flight.repo !== repo) {
+    if (foreign) {
       // Another repository's fetch: this one must have the blob upstream too, and is linked once it is stored.
       await this.#up.headBlob(repo, digest.value);
       void flight.settled.then((ok) => (ok ? this.#linkStored(repo, digest) : undefined)).catch(() => undefined);
@@ -247,8 +288,11 @@ export class PullThroughCache implements Mirror {
     const size = flight.size;
     if (size === undefined || size === 0) {
       // Nothing to stream before the digest is known good (no length to announce, or no bytes).
-      if (!(await flight.settled)) throw flight.error;
-      if (flight.repo !== repo) await this.#linkStored(repo, digest);
+      if (!(await flight.settled)) {
+        if (foreign) return undefined;
+        throw flight.error;
+      }
+      if (foreign) await this.#linkStored(repo, digest);
       const now = await this.#openLocal(repo, digest, range);
       if (!now) throw new RegistryError('BLOB_UNKNOWN', { detail: { digest: digest.value } });
       return now;
@@ -269,7 +313,7 @@ export class PullThroughCache implements Mirror {
   }
 
   /** Starts the one fetch of a digest; resolves undefined when it turns out to be stored already. */
-  #startFlight(repo: string, digest: Digest): Promise<BlobFlight | undefined> {
+  #startFlight(repo: string, digest: Digest): FlightEntry {
     const opening = (async () => {
       if (this.#closed) throw new RegistryError('UNAVAILABLE', { message: 'server shutting down' });
       // A fetch leaves the table only after it stored the blob: looked at after our entry went
@@ -284,10 +328,11 @@ export class PullThroughCache implements Mirror {
       this.#running.add(flight);
       return flight;
     })();
-    this.#flights.set(digest.value, opening);
+    const entry: FlightEntry = { repo, opening };
+    this.#flights.set(digest.value, entry);
     // Out of the table once it is stored (or failed); from then on, pulls find it stored (or start anew).
     const forget = (): void => {
-      if (this.#flights.get(digest.value) === opening) this.#flights.delete(digest.value);
+      if (this.#flights.get(digest.value) === entry) this.#flights.delete(digest.value);
     };
     opening.then(
       (flight) => (flight ? flight.settled : Promise.resolve(false)).then((ok) => {
@@ -297,7 +342,7 @@ export class PullThroughCache implements Mirror {
       }),
       forget,
     );
-    return opening;
+    return entry;
   }
 
   async #localBlob(repo: string, digest: Digest): Promise<BlobDescriptor | undefined> {

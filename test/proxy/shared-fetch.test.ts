@@ -1,0 +1,117 @@
+import { createHash, randomBytes } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rawGet, tempDir, type RawReply } from '../helpers/http.js';
+import { startServer, type TestServer } from '../helpers/server.js';
+
+/**
+ * One blob fetch shared by pulls through several repositories, or by pulls that join it
+ * late, found by probing (2026-12-04):
+ *
+ * - client X asked for blob D through slow404/r, whose upstream answers 404 after a while;
+ *   client Y asked for D through plain/x, where the upstream has it, meanwhile: Y joined X's
+ *   fetch and got X's 404 (or 403), an answer about another repository;
+ * - a client that joined a fetch after its first MiB went by (it waits for storage), or
+ *   through another repository, had its connection reset when the fetch failed before it
+ *   got a byte; a client still waiting for its answer gets 503 (README), and one whose own
+ *   repository has the blob gets the blob.
+ *
+ * The upstream is a small HTTP server of the test's own: a real one cannot be made to
+ * answer slowly, or send wrong bytes, on cue.
+ */
+
+const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+/** Blobs the upstream has, by digest: served through `plain/*` whole, through `slowbad/*` slowly with the last byte flipped. */
+const blobs = new Map<string, Buffer>();
+/** Resolvers called when the upstream gets a blob GET, by repository. */
+const arrivals = new Map<string, () => void>();
+
+function newBlob(size: number): { bytes: Buffer; digest: string } {
+  const bytes = randomBytes(size);
+  const digest = sha(bytes);
+  blobs.set(digest, bytes);
+  return { bytes, digest };
+}
+
+/** Resolves once the upstream gets a GET of a blob through `repo`. */
+function arrival(repo: string): Promise<void> {
+  return new Promise((resolve) => arrivals.set(repo, resolve));
+}
+
+let upstream: http.Server;
+let mirror: TestServer;
+let cleanup: () => Promise<void>;
+
+beforeAll(async () => {
+  upstream = http.createServer((req, res) => {
+    const m = /^\/v2\/(.+)\/blobs\/(sha256:[0-9a-f]{64})$/.exec(req.url ?? '');
+    const bytes = m ? blobs.get(m[2]!) : undefined;
+    if (!m || !bytes) {
+      res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"BLOB_UNKNOWN"}]}');
+      return;
+    }
+    const repo = m[1]!;
+    if (req.method === 'GET') arrivals.get(repo)?.();
+    const slowError = /^slow(40[34])\//.exec(repo);
+    if (slowError) {
+      setTimeout(() => res.writeHead(Number(slowError[1]), { 'content-type': 'application/json' }).end('{"errors":[{"code":"DENIED"}]}'), 1000);
+      return;
+    }
+    res.writeHead(200, { 'content-length': String(bytes.byteLength), 'content-type': 'application/octet-stream' });
+    if (req.method === 'HEAD') {
+      res.end();
+    } else if (repo.startsWith('slowbad/')) {
+      // 256 KiB every 40 ms, the last byte wrong: the fetch fails at its very end.
+      const bad = Buffer.from(bytes);
+      bad[bad.length - 1] = bad[bad.length - 1]! ^ 1;
+      let at = 0;
+      const t = setInterval(() => {
+        res.write(bad.subarray(at, at + 256 * 1024));
+        at += 256 * 1024;
+        if (at >= bad.length) {
+          clearInterval(t);
+          res.end();
+        }
+      }, 40);
+      res.on('close', () => clearInterval(t));
+    } else {
+      res.end(bytes);
+    }
+  });
+  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+  let dir: string;
+  ({ path: dir, cleanup } = await tempDir('hoist-shared-fetch-'));
+  mirror = await startServer({
+    storage: `fs:${dir}`,
+    frontend: 'node',
+    env: { HOIST_PROXY_REMOTE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`, HOIST_LOG_LEVEL: 'debug' },
+  });
+});
+
+afterAll(async () => {
+  await mirror?.stop();
+  upstream?.close();
+  await cleanup?.();
+});
+
+/** A GET's reply, or status 0 when the connection closed without one. */
+function get(path: string): Promise<RawReply & { error?: string }> {
+  return rawGet(mirror.url, path).catch((err: NodeJS.ErrnoException) => ({ status: 0, headers: {}, body: Buffer.alloc(0), complete: false, error: err.code ?? err.message }));
+}
+
+describe('a blob fetch shared by several pulls', () => {
+  it.each(['slow404', 'slow403'])('another repository\'s failed fetch (%s) is not this repository\'s answer', async (bad) => {
+    const { bytes, digest } = newBlob(100_000);
+    const asked = arrival(`${bad}/r`);
+    const x = get(`/v2/${bad}/r/blobs/${digest}`);
+    // Y asks while X's fetch waits for the upstream's answer.
+    await asked;
+    const y = await get(`/v2/plain/x/blobs/${digest}`);
+    expect(y.status, y.body.toString()).toBe(200);
+    expect(y.complete).toBe(true);
+    expect(y.body.equals(bytes)).toBe(true);
+    expect((await x).status).toBe(bad === 'slow404' ? 404 : 403);
+  });
+});
