@@ -30,6 +30,11 @@ import { isUpstreamDown, reasonOf, UpstreamUnavailableError, type UpstreamBlob }
  * upstream dies half way, nothing is stored and every reader ends short, which the front end
  * turns into a cut connection (src/http/node.ts, uws.ts: a body shorter than its
  * Content-Length): a client sees a failed transfer, never a complete wrong one.
+ *
+ * A response starts only with its first bytes in hand (`started`): a client waiting for
+ * storage (it joined late, or fell behind at once), or whose only byte is the held-back one,
+ * has no status line yet when the fetch fails, and gets the fetch's error (503) instead of a
+ * connection cut before any byte, which a client cannot tell from a network fault.
  */
 
 /** Bytes kept from the start of a fetch for clients that join late. */
@@ -90,7 +95,7 @@ export class BlobFlight {
    * A response body for bytes [start, end] (inclusive) of the blob. Throws when the fetch
    * already failed. Before the blob is verified, the last byte is held back (see above).
    */
-  reader(start: number, end: number): Readable {
+  reader(start: number, end: number): FlightReader {
     if (this.#state === 'failed') throw this.#error;
     const r = new FlightReader(this, start, end);
     if (this.#state === 'verified') {
@@ -226,7 +231,14 @@ export class BlobFlight {
  * One client's response body, fed live by the flight or, once the blob is stored, from
  * storage. `#pos` is the next blob offset it needs; `#final` the held-back last byte.
  */
-class FlightReader extends Readable {
+export class FlightReader extends Readable {
+  /**
+   * Resolves once the response can start: its first bytes are in, or it has none left to
+   * wait for. Rejects with the reason when it is cut before that (the fetch failed); the
+   * cache then answers with that error, and destroys the reader.
+   */
+  readonly started: Promise<void>;
+  #start: { resolve: () => void; reject: (err: unknown) => void } | undefined;
   readonly #flight: BlobFlight;
   #pos: number;
   readonly #end: number;
@@ -237,6 +249,9 @@ class FlightReader extends Readable {
 
   constructor(flight: BlobFlight, start: number, end: number) {
     super({ highWaterMark: 1024 * 1024 });
+    this.started = new Promise<void>((resolve, reject) => (this.#start = { resolve, reject }));
+    // Awaited by the cache as soon as it has the reader; never an unhandled rejection meanwhile.
+    this.started.catch(() => undefined);
     this.#flight = flight;
     this.#pos = start;
     this.#end = end;
@@ -251,6 +266,7 @@ class FlightReader extends Readable {
       if (upto >= this.#pos) {
         this.push(chunk.subarray(this.#pos - at, upto - at + 1));
         this.#pos = upto + 1;
+        this.#began();
       }
       if (last === this.#end && this.#final === undefined) this.#final = chunk.slice(last - at, last - at + 1);
     }
@@ -269,7 +285,14 @@ class FlightReader extends Readable {
   #endStream(): void {
     if (this.#eof) return;
     this.#eof = true;
+    this.#began();
     this.push(null);
+  }
+
+  /** The response may start: its first bytes are in (or its end is). */
+  #began(): void {
+    this.#start?.resolve();
+    this.#start = undefined;
   }
 
   /** The rest, [#pos, #end], from the stored data (verified). */
@@ -293,7 +316,9 @@ class FlightReader extends Readable {
       for await (const chunk of this.#storage as AsyncIterable<Buffer>) {
         if (this.destroyed) return;
         this.#pos += chunk.byteLength;
-        if (!this.push(chunk)) await new Promise<void>((resolve) => (this.#wantMore = resolve));
+        const more = this.push(chunk);
+        this.#began();
+        if (!more) await new Promise<void>((resolve) => (this.#wantMore = resolve));
       }
       if (this.#pos !== this.#end + 1) throw new Error(`storage returned ${this.#pos} of ${this.#end + 1} bytes`);
       this.#endStream();
@@ -312,6 +337,12 @@ class FlightReader extends Readable {
    */
   cut(err: unknown): void {
     if (this.destroyed || this.#eof) return;
+    if (this.#start) {
+      // Not started: no response is under way, the cache answers with the error.
+      this.#start.reject(err);
+      this.#start = undefined;
+      return;
+    }
     if (this.listenerCount('error') > 0) this.destroy(err instanceof Error ? err : new Error(String(err)));
     else this.#endStream();
   }
@@ -323,6 +354,8 @@ class FlightReader extends Readable {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.#start?.reject(err ?? new Error('response body destroyed before it started'));
+    this.#start = undefined;
     this.#flight.detach(this);
     this.#storage?.destroy();
     const w = this.#wantMore;

@@ -6,7 +6,7 @@ import { MANIFEST_MEDIA_TYPES, type Manifest, type ManifestRecord, type Page } f
 import type { Mirror, MirrorCore } from '../registry/mirror.js';
 import { tryParseDigest, type Digest, type Reference } from '../registry/reference.js';
 import { pullRefreshMs } from '../gc/mirror.js';
-import { BlobFlight } from './blob-flight.js';
+import { BlobFlight, type FlightReader } from './blob-flight.js';
 import { PullMarks } from './pull-marks.js';
 import { isUpstreamDown, UpstreamUnavailableError, type UpstreamClient } from './upstream.js';
 
@@ -298,7 +298,18 @@ export class PullThroughCache implements Mirror {
       return now;
     }
     const [start, end] = resolveRange(range, size);
-    return { descriptor: { digest: digest.value, size }, start, end, partial: range !== undefined, stream: flight.reader(start, end) };
+    // The answer waits for its first bytes (blob-flight.ts, FlightReader.started): a fetch that
+    // fails before them gets this client its error (503), not a connection cut with no status.
+    let stream: FlightReader | undefined;
+    try {
+      stream = flight.reader(start, end);
+      await stream.started;
+    } catch (err) {
+      stream?.destroy();
+      if (foreign) return undefined;
+      throw err;
+    }
+    return { descriptor: { digest: digest.value, size }, start, end, partial: range !== undefined, stream };
   }
 
   /**

@@ -218,13 +218,17 @@ describe('a pull-through cache before a hostile upstream', () => {
   // Found by probing (2026-12-02): on uWS the status line and some headers went out before
   // the first byte, so a fetch that failed before it left half a header section, which curl
   // takes for a complete, empty 206 (exit 0). Every byte of a response waits for the digest
-  // when it is the last one: here the only one.
-  it.each(['node', 'uws'] as const)('a response cut before its first byte (%s front end) has sent nothing at all', async (frontend) => {
+  // when it is the last one: here the only one. Since 2026-12-04 a response starts only with
+  // its first byte in hand (blob-flight.ts, started): the client gets the fetch's 503 whole.
+  it.each(['node', 'uws'] as const)('a fetch that fails before a response\'s first byte is a whole 503 (%s front end), never part of a 206', async (frontend) => {
     const server = frontend === 'uws' ? uwsMirror : mirror;
-    const reply = await socketExchange(server.port, `GET /v2/liar/img/blobs/${toldDigest} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0\r\n\r\n`, { timeoutMs: 10_000 });
+    const reply = await socketExchange(server.port, `GET /v2/liar/img/blobs/${toldDigest} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0\r\nConnection: close\r\n\r\n`, { timeoutMs: 10_000 });
     expect(reply.timedOut).toBe(false);
     expect(reply.closed).toBe(true);
-    expect(reply.text).toBe('');
+    expect(reply.text).toMatch(/^HTTP\/1\.1 503 /);
+    expect(reply.text).not.toMatch(/ 206 /);
+    const body = reply.text.slice(reply.text.indexOf('\r\n\r\n') + 4);
+    expect(JSON.parse(body).errors[0].code).toBe('UNAVAILABLE');
   });
 
   it('refuses a blob the upstream sends without a length, or announces over uploads.maxBlobBytes, before storing any of it', async () => {

@@ -115,3 +115,43 @@ describe('a blob fetch shared by several pulls', () => {
     expect((await x).status).toBe(bad === 'slow404' ? 404 : 403);
   });
 });
+
+describe('a client waiting for storage when the fetch fails', () => {
+  /** Starts a GET through slowbad/a (a fetch that fails at its end); resolves once its client has `past` bytes. */
+  function failingFetch(digest: string, past: number): { first: Promise<RawReply>; pastWindow: Promise<void> } {
+    let got = 0;
+    let passed!: () => void;
+    const pastWindow = new Promise<void>((r) => (passed = r));
+    const first = rawGet(mirror.url, `/v2/slowbad/a/blobs/${digest}`, {}, (res) => res.on('data', (c: Buffer) => {
+      got += c.length;
+      if (got > past) passed();
+    }));
+    return { first, pastWindow };
+  }
+
+  it('a client that joined after the first MiB went by gets 503, not a connection cut with no status', async () => {
+    const { digest } = newBlob(3 * 1024 * 1024);
+    const { first, pastWindow } = failingFetch(digest, 1.5 * 1024 * 1024);
+    await pastWindow;
+    const late = await get(`/v2/slowbad/a/blobs/${digest}`);
+    expect(late.error).toBeUndefined();
+    expect(late.status).toBe(503);
+    expect(JSON.parse(late.body.toString()).errors[0].code).toBe('UNAVAILABLE');
+    // The first client was already receiving: it is cut off, as before.
+    const a = await first;
+    expect(a.status).toBe(200);
+    expect(a.complete).toBe(false);
+  });
+
+  it('a client of another repository waiting on it gets the blob through its own repository\'s fetch', async () => {
+    const { bytes, digest } = newBlob(3 * 1024 * 1024);
+    const { first, pastWindow } = failingFetch(digest, 1.5 * 1024 * 1024);
+    await pastWindow;
+    const other = await get(`/v2/plain/x/blobs/${digest}`);
+    expect(other.error).toBeUndefined();
+    expect(other.status).toBe(200);
+    expect(other.complete).toBe(true);
+    expect(other.body.equals(bytes)).toBe(true);
+    expect((await first).complete).toBe(false);
+  });
+});
