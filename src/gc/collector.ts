@@ -158,6 +158,8 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *      - a pull touches the blob or manifest it serves before it reads it (A), unless this
  *        process touched it less than pullRefreshMs ago: that marker is fresh in any case
  *        (the grace is longer than the refresh), so no collection is deleting what it reads.
+ *        It touches only what the repository holds (a look first, which serves nothing: what
+ *        goes in between is fetched again), so a digest asked for in vain leaves no marker.
  *    Unlike a push, a cache needs no grace for its own safety: it checks no references when
  *    it stores a manifest, and whatever a client asks for that is gone is fetched again. Its
  *    grace only says how long unpulled content stays.

@@ -91,7 +91,7 @@ export class PullThroughCache implements Mirror {
   }
 
   async #byDigest(repo: string, digest: Digest): Promise<Manifest> {
-    await this.#pulls.pulled([digest]);
+    await this.#touchIfHeld(digest, () => this.#core.manifests.exists(repo, digest));
     const cached = await this.#cachedManifest(repo, digest);
     if (cached) return cached;
     return this.#once(`m ${repo} ${digest.value}`, async () => {
@@ -213,6 +213,23 @@ export class PullThroughCache implements Mirror {
     return { ...record, bytes };
   }
 
+  /**
+   * A pull's touch (pull-marks.ts) of content the repository holds, before the pull reads it.
+   * Content it does not hold gets no marker: anyone may ask for any digest, and a marker for
+   * each would stay until a collection (the core's statBlob answers no before any touch too).
+   *
+   * The look (`held`) reads nothing that is served, so the argument of gc/collector.ts H holds
+   * as before: whatever this pull serves from storage it reads after this touch. A collection
+   * that deletes the content between our look and our touch leaves the read finding it gone,
+   * and the pull fetches it again, as when it was collected before the pull came; one that
+   * deletes it after our touch re-reads the marker (A), sees our touch and puts it back.
+   * What is not held is stored as a push stores it, inside op() after a touch (#store,
+   * blob-flight.ts, #linkStored), so the fetch or link that makes it held marks it.
+   */
+  async #touchIfHeld(digest: Digest, held: () => Promise<boolean>): Promise<void> {
+    if (this.#pulls.due(digest) && (await held())) await this.#pulls.pulled([digest]);
+  }
+
   /** One fetch per key at a time; later callers share the first one's result. */
   #once(key: string, fetch: () => Promise<Manifest>): Promise<Manifest> {
     let p = this.#manifestFetches.get(key);
@@ -226,7 +243,7 @@ export class PullThroughCache implements Mirror {
   // --- blobs ---------------------------------------------------------------------------------
 
   async statBlob(repo: string, digest: Digest): Promise<BlobDescriptor> {
-    await this.#pulls.pulled([digest]);
+    await this.#touchIfHeld(digest, () => this.#core.blobs.linked(repo, digest));
     const local = await this.#localBlob(repo, digest);
     if (local) return local;
     // Only a fetch through this repository tells this repository's size (another's may fail).
@@ -239,7 +256,7 @@ export class PullThroughCache implements Mirror {
   }
 
   async readBlob(repo: string, digest: Digest, range: ByteRange | undefined): Promise<BlobRead> {
-    await this.#pulls.pulled([digest]);
+    await this.#touchIfHeld(digest, () => this.#core.blobs.linked(repo, digest));
     for (let foreign = 0; ; foreign++) {
       const stored = await this.#fromStore(repo, digest, range);
       if (stored) return stored;

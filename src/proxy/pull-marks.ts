@@ -23,9 +23,14 @@ export class PullMarks {
     this.#refreshMs = refreshMs;
   }
 
+  /** Whether a pull of `digest` would write its marker now (this process has not lately). */
+  due(digest: Digest, now = Date.now()): boolean {
+    return !(now - (this.#last.get(digest.value) ?? -Infinity) < this.#refreshMs);
+  }
+
   async pulled(digests: readonly Digest[]): Promise<void> {
     const now = Date.now();
-    const due = digests.filter((d) => !(now - (this.#last.get(d.value) ?? -Infinity) < this.#refreshMs));
+    const due = digests.filter((d) => this.due(d, now));
     if (due.length === 0) return;
     await this.#guard.touch(due);
     for (const d of due) this.touched(d, now);

@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { gzipSync } from 'node:zlib';
@@ -56,6 +57,8 @@ let mirror: TestServer;
 /** The same cache on the uWS front end. */
 let uwsMirror: TestServer;
 let cleanup: () => Promise<void>;
+/** The node front end's cache storage (fs). */
+let dir: string;
 
 const portOf = (s: http.Server): number => (s.address() as AddressInfo).port;
 
@@ -128,7 +131,6 @@ beforeAll(async () => {
       res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"NAME_UNKNOWN"}]}');
     }
   });
-  let dir: string;
   ({ path: dir, cleanup } = await tempDir('hoist-hostile-upstream-'));
   uwsMirror = await startServer({
     storage: `fs:${dir}/uws`,
@@ -240,5 +242,23 @@ describe('a pull-through cache before a hostile upstream', () => {
     const over = await request(mirror.url, `/v2/big/img/blobs/${bigDigest}`);
     expectError(over, 400, 'SIZE_INVALID');
     expect(over.body.toString()).toContain('size limit');
+  });
+
+  // Found by probing (2026-12-04): a pull wrote the touched marker of whatever digest it was
+  // asked for before it looked for it: 200 HEADs of random digests left 200 markers, which
+  // stayed until a collection (ttl and an hour later). Only content the cache holds is marked.
+  it('a pull of a digest that exists nowhere leaves no touched marker', async () => {
+    const asked = Array.from({ length: 6 }, () => createHash('sha256').update(randomBytes(16)).digest('hex'));
+    const [a, b, c, d, e, f] = asked as [string, string, string, string, string, string];
+    expect((await request(mirror.url, `/v2/nosuch/repo/blobs/sha256:${a}`, { method: 'HEAD' })).status).toBe(404);
+    expect((await request(mirror.url, `/v2/nosuch/repo/blobs/sha256:${b}`)).status).toBe(404);
+    expect((await request(mirror.url, `/v2/nosuch/repo/manifests/sha256:${c}`, { method: 'HEAD' })).status).toBe(404);
+    expect((await request(mirror.url, `/v2/nosuch/repo/manifests/sha256:${d}`)).status).toBe(404);
+    // Nor does a digest stored in no repository, asked for where the upstream has the repository.
+    expect((await request(mirror.url, `/v2/free/img/blobs/sha256:${e}`, { method: 'HEAD' })).status).toBe(404);
+    expect((await request(mirror.url, `/v2/free/img/blobs/sha256:${f}`)).status).toBe(404);
+    const markers = (await readdir(dir, { recursive: true })).filter((p) => p.endsWith('.touched'));
+    expect(markers.length, 'the cache holds some marked content').toBeGreaterThan(0);
+    expect(markers.filter((p) => asked.some((hex) => p.includes(hex)))).toEqual([]);
   });
 });
