@@ -38,6 +38,15 @@ const DEFAULT_HEADERS_TIMEOUT_MS = 30_000;
 const DEFAULT_TOKEN_SECONDS = 60;
 /** Tokens cached at once (one per repository pulled lately). */
 const MAX_TOKENS = 1000;
+/**
+ * The longest token taken (characters; they are ASCII), so that the cache holds at most
+ * MAX_TOKENS × 16 KiB = 16 MiB of them: a token service that sent 1 MiB tokens made it hold
+ * about 1 GiB (found by probing). Real ones are far shorter (Docker Hub's JWTs: a few KiB),
+ * and a longer one would not fit in the request headers of most servers anyway (node: 16 KiB).
+ */
+const MAX_TOKEN_CHARS = 16 * 1024;
+/** A token service's answer: the token, perhaps twice (`token`, `access_token`), and a few fields. */
+const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
 const USER_AGENT = 'hoist-pull-through-cache';
 const MANIFEST_ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
 
@@ -289,13 +298,14 @@ export class UpstreamClient {
     }
     let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
-      body = JSON.parse((await this.#readCapped(res, 1024 * 1024)).toString('utf8')) as typeof body;
+      body = JSON.parse((await this.#readCapped(res, MAX_TOKEN_RESPONSE_BYTES)).toString('utf8')) as typeof body;
     } catch (err) {
       if (err instanceof RegistryError) throw err;
       throw new UpstreamUnavailableError(this.remote, 'token service answered something that is not JSON', err);
     }
     const value = typeof body.token === 'string' && body.token ? body.token : typeof body.access_token === 'string' ? body.access_token : '';
     if (!value) throw new UpstreamUnavailableError(this.remote, 'token service answered without a token');
+    if (value.length > MAX_TOKEN_CHARS) throw new UpstreamUnavailableError(this.remote, `token service answered a token of ${value.length} characters (at most ${MAX_TOKEN_CHARS} taken)`);
     const seconds = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_SECONDS;
     // Renew a little early: a token must not expire between our check and the upstream's.
     const lifetimeMs = seconds * 1000;

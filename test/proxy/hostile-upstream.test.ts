@@ -48,6 +48,8 @@ const junkDigest = `sha256:${createHash('sha256').update(JUNK).digest('hex')}`;
 let junkTag: 'good' | 'junk' = 'good';
 /** The upstream's tag `moving/img:v1`: there, deleted, or the upstream down. */
 let movingTag: 'there' | 'deleted' | 'down' = 'there';
+/** The length of the tokens the upstream's token service hands out for `bigtoken/*`. */
+let tokenChars = 100;
 
 let upstream: http.Server;
 let elsewhere: http.Server;
@@ -63,7 +65,8 @@ let dir: string;
 const portOf = (s: http.Server): number => (s.address() as AddressInfo).port;
 
 async function listen(handler: http.RequestListener): Promise<http.Server> {
-  const s = http.createServer(handler);
+  // Headers as large as a huge token: the upstream must not refuse what the cache sends.
+  const s = http.createServer({ maxHeaderSize: 1024 * 1024 }, handler);
   await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
   return s;
 }
@@ -89,6 +92,16 @@ beforeAll(async () => {
         return;
       }
       res.writeHead(302, { location: `http://127.0.0.1:${portOf(elsewhere)}/cdn/${digest}` }).end();
+    } else if (url.startsWith('/token-of?')) {
+      const token = 't'.repeat(Number(new URL(url, 'http://x').searchParams.get('chars')));
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token, access_token: token, expires_in: 300 }));
+    } else if (url.startsWith('/v2/bigtoken/')) {
+      if (!/^Bearer t+$/.test(auth ?? '')) {
+        res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${portOf(upstream)}/token-of?chars=${tokenChars}",service="up"` }).end();
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json', 'docker-content-digest': indexDigest, 'content-length': String(index.byteLength) });
+      res.end(req.method === 'HEAD' ? undefined : index);
     } else if (url.startsWith('/v2/poison/')) {
       res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${portOf(upstream)}/no-token-here",service="up"` }).end();
     } else if (url === `/v2/free/img/blobs/${digest}`) {
@@ -260,5 +273,17 @@ describe('a pull-through cache before a hostile upstream', () => {
     const markers = (await readdir(dir, { recursive: true })).filter((p) => p.endsWith('.touched'));
     expect(markers.length, 'the cache holds some marked content').toBeGreaterThan(0);
     expect(markers.filter((p) => asked.some((hex) => p.includes(hex)))).toEqual([]);
+  });
+
+  // Found by probing (2026-12-04): a token service handing out 1 MiB tokens, one per
+  // repository, grew the cache's token store to about 1 GiB (1000 of them). A token over
+  // 16 KiB is the token service failing: 503, as for any failing token service.
+  it('refuses a token over 16 KiB (503), and takes one within it', async () => {
+    tokenChars = 20 * 1024;
+    const huge = await request(mirror.url, `/v2/bigtoken/a/manifests/${indexDigest}`);
+    const [e] = expectError(huge, 503, 'UNAVAILABLE');
+    expect(e!.message).toContain('token service answered a token of 20480 characters');
+    tokenChars = 8 * 1024;
+    expect((await request(mirror.url, `/v2/bigtoken/b/manifests/${indexDigest}`)).status).toBe(200);
   });
 });
