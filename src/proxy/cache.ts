@@ -250,9 +250,12 @@ export class PullThroughCache implements Mirror {
     const entry = this.#flights.get(digest.value);
     const flight = entry?.repo === repo ? await entry.opening.catch(() => undefined) : undefined;
     if (flight && flight.size !== undefined) return { digest: digest.value, size: flight.size };
-    const size = await this.#up.headBlob(repo, digest.value);
-    // Stored for another repository: now that the upstream said this one has it, link it.
-    return (await this.#linkStored(repo, digest)) ?? { digest: digest.value, size };
+    // As a GET answers: a blob stored for another repository is served whatever its size (once
+    // the upstream says this one has it, and then linked); one not stored is fetched only
+    // within uploads.maxBlobBytes, and is SIZE_INVALID over it, to a HEAD too.
+    const stored = (await this.#core.blobs.storedSize(digest)) !== undefined;
+    const size = await this.#up.headBlob(repo, digest.value, stored ? 0 : this.#core.uploads.maxBlobBytes);
+    return (stored ? await this.#linkStored(repo, digest) : undefined) ?? { digest: digest.value, size };
   }
 
   async readBlob(repo: string, digest: Digest, range: ByteRange | undefined): Promise<BlobRead> {

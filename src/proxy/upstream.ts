@@ -128,8 +128,17 @@ export class UpstreamClient {
     return { bytes, contentType: res.headers.get('content-type') ?? undefined, digest: res.headers.get('docker-content-digest') ?? undefined };
   }
 
-  /** Whether `repo` has the blob upstream, and its size (BLOB_UNKNOWN when not). */
-  async headBlob(repo: string, digest: string): Promise<number> {
+  /**
+   * Whether `repo` has the blob upstream, and its size (BLOB_UNKNOWN when not). Over
+   * `maxBytes` (when not 0) it is SIZE_INVALID, as openBlob answers a GET of it.
+   */
+  async headBlob(repo: string, digest: string, maxBytes = 0): Promise<number> {
+    const size = await this.#headBlob(repo, digest);
+    if (maxBytes > 0 && size > maxBytes) throw new BlobTooLargeError(maxBytes, { size, upstream: this.remote });
+    return size;
+  }
+
+  async #headBlob(repo: string, digest: string): Promise<number> {
     // Not following redirects: a HEAD sent on to a presigned GET URL (S3, a CDN) is refused there.
     const res = await this.#send('HEAD', repo, `blobs/${digest}`, { redirect: 'manual' });
     if (res.status >= 300 && res.status < 400) {

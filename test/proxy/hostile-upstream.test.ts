@@ -286,4 +286,12 @@ describe('a pull-through cache before a hostile upstream', () => {
     tokenChars = 8 * 1024;
     expect((await request(mirror.url, `/v2/bigtoken/b/manifests/${indexDigest}`)).status).toBe(200);
   });
+
+  // Found by probing (2026-12-04): a HEAD of a blob over uploads.maxBlobBytes said 200, with
+  // its length, and the GET that followed 400 SIZE_INVALID. A HEAD answers as the GET does.
+  it('a HEAD of a blob over uploads.maxBlobBytes is 400, as its GET is', async () => {
+    const path = `/v2/big/img/blobs/${bigDigest}`;
+    expectError(await request(mirror.url, path, { method: 'HEAD' }), 400, undefined, 'HEAD');
+    expectError(await request(mirror.url, path), 400, 'SIZE_INVALID');
+  });
 });
