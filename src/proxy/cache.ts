@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { RegistryError } from '../errors.js';
 import { resolveRange, type BlobDescriptor, type BlobRead, type ByteRange } from '../registry/blobs.js';
-import { MANIFEST_MEDIA_TYPES, type Manifest, type ManifestRecord, type Page } from '../registry/manifests.js';
+import { lexical, MANIFEST_MEDIA_TYPES, paginate, type Manifest, type ManifestRecord, type Page } from '../registry/manifests.js';
 import type { Mirror, MirrorCore } from '../registry/mirror.js';
 import { tryParseDigest, type Digest, type Reference } from '../registry/reference.js';
 import { pullRefreshMs } from '../gc/mirror.js';
@@ -46,7 +46,8 @@ export interface PullThroughCacheOptions {
  *                        asking meanwhile while it is hashed and stored. A fetch through
  *                        another repository that fails before a client got a byte is not
  *                        that client's answer: it asks again, as its own repository.
- *   tags/list            the upstream's, or the cached tags while it cannot be asked.
+ *   tags/list            the upstream's, or the cached tags while it cannot be asked; either
+ *                        way in lexical order, n at most, after last (as the core pages).
  *
  * Concurrent pulls of one missing manifest or blob ask the upstream once (per registry and
  * digest, or tag). Everything is stored through the core's own stores, under the GC guard,
@@ -405,8 +406,9 @@ export class PullThroughCache implements Mirror {
   // --- tags ----------------------------------------------------------------------------------
 
   async listTags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {
+    let upstream: Page<string>;
     try {
-      return await this.#up.listTags(repo, n, last);
+      upstream = await this.#up.listTags(repo, n, last);
     } catch (err) {
       if (!isUpstreamDown(err)) throw err;
       this.#log.warn({ repository: repo, reason: (err as Error).message }, 'upstream unavailable: listing the cached tags');
@@ -414,5 +416,13 @@ export class PullThroughCache implements Mirror {
       if (page.items.length === 0 && last === undefined) throw err;
       return page;
     }
+    // The page is ours to shape, as the cached listing's (manifests.ts tags): lexical order,
+    // at most n, after `last`. Upstreams ignore n (docker-registry 2.8.2 sent all three tags,
+    // unsorted, for n=1; a hostile one 200,000), or sort otherwise; what they send is at most
+    // 16 MiB (upstream.ts listTags).
+    const own = paginate([...new Set(upstream.items)].sort(lexical), n, last);
+    // The upstream has more after its page: the client asks on from our page's last tag.
+    if (own.next === undefined && upstream.next !== undefined && own.items.length > 0) return { items: own.items, next: own.items[own.items.length - 1]! };
+    return own;
   }
 }

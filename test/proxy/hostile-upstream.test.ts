@@ -102,6 +102,9 @@ beforeAll(async () => {
       }
       res.writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json', 'docker-content-digest': indexDigest, 'content-length': String(index.byteLength) });
       res.end(req.method === 'HEAD' ? undefined : index);
+    } else if (url.startsWith('/v2/manytags/img/tags/list')) {
+      // Ignores n and last, and sorts nothing (docker-registry 2.8.2 ignores n too).
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ name: 'manytags/img', tags: ['v3', 'latest', 'V1', '_x', 'v10', 'v2', 'v3'] }));
     } else if (url.startsWith('/v2/poison/')) {
       res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${portOf(upstream)}/no-token-here",service="up"` }).end();
     } else if (url === `/v2/free/img/blobs/${digest}`) {
@@ -293,5 +296,22 @@ describe('a pull-through cache before a hostile upstream', () => {
     const path = `/v2/big/img/blobs/${bigDigest}`;
     expectError(await request(mirror.url, path, { method: 'HEAD' }), 400, undefined, 'HEAD');
     expectError(await request(mirror.url, path), 400, 'SIZE_INVALID');
+  });
+
+  // Found by probing (2026-12-04): tags/list passed the upstream's answer on as it was: a
+  // docker-registry 2.8.2 upstream sent 3 unsorted tags for n=1, a hostile one 200,000.
+  it('tags/list is paged here: lexical order, n at most, after last, whatever the upstream sends', async () => {
+    const list = async (query: string): Promise<{ tags: string[]; link: string | undefined }> => {
+      const r = await request(mirror.url, `/v2/manytags/img/tags/list${query}`);
+      expect(r.status).toBe(200);
+      return { tags: r.json<{ tags: string[] }>().tags, link: r.header('link') };
+    };
+    expect(await list('')).toEqual({ tags: ['V1', '_x', 'latest', 'v10', 'v2', 'v3'], link: undefined });
+    const first = await list('?n=2');
+    expect(first.tags).toEqual(['V1', '_x']);
+    expect(first.link).toBe('</v2/manytags/img/tags/list?n=2&last=_x>; rel="next"');
+    expect(await list('?n=2&last=_x')).toEqual({ tags: ['latest', 'v10'], link: '</v2/manytags/img/tags/list?n=2&last=v10>; rel="next"' });
+    expect(await list('?n=2&last=v10')).toEqual({ tags: ['v2', 'v3'], link: undefined });
+    expect(await list('?n=5&last=v3')).toEqual({ tags: [], link: undefined });
   });
 });
