@@ -81,11 +81,19 @@ export class ReadinessCheck {
   }
 }
 
-/** A short, bounded name for an error: a system or S3 error code, else the error's class name. */
+/**
+ * A short, bounded name for an error: a system or S3 error code, else the error's class name.
+ * Drivers wrap what the store said in a domain error (StorageUnavailableError, whose cause is
+ * S3's ECONNREFUSED or TimeoutError, or fs's EMFILE): the code is looked for down the cause
+ * chain, outermost first, and failing that the innermost class name, which says what happened
+ * where the outer ones only say that it did.
+ */
 function errorCode(err: unknown): string {
-  const e = err as { code?: unknown; name?: unknown; Code?: unknown } | undefined;
-  for (const v of [e?.code, e?.Code, e?.name]) {
-    if (typeof v === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(v) && v !== 'Error') return v;
-  }
+  const chain: Array<{ code?: unknown; name?: unknown; Code?: unknown; cause?: unknown }> = [];
+  // Bounded: a cause chain can be long, or a cycle.
+  for (let e = err; e !== null && typeof e === 'object' && chain.length < 8; e = (e as { cause?: unknown }).cause) chain.push(e);
+  const usable = (v: unknown): v is string => typeof v === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(v) && v !== 'Error';
+  for (const e of chain) for (const v of [e.code, e.Code]) if (usable(v)) return v;
+  for (const e of chain.reverse()) if (usable(e.name)) return e.name;
   return 'Error';
 }

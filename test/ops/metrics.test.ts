@@ -220,6 +220,37 @@ describe('S3 metrics and readiness (node front end, radosgw behind a proxy)', ()
   });
 });
 
+describe('readiness names the cause when S3 refuses connections (short timeout, so the check ends before its 5 s)', () => {
+  const env = s3EnvOrFail();
+  if (!env) return;
+  const bucket = useTestBucket(env, 'refused');
+  let proxy: FaultyProxy;
+  let server: TestServer;
+  let metricsUrl: string;
+
+  beforeAll(async () => {
+    proxy = await startFaultyProxy(s3Env!.endpoint, () => undefined);
+    const url = s3StorageUrl({ ...s3Env!, endpoint: proxy.endpoint }, bucket.name, 'refused', { timeout: '1s' });
+    server = await startServer({ storage: url, frontend: 'node', env: { ...s3ServerEnv(), ...METRICS_ENV } });
+    metricsUrl = metricsUrlOf(server);
+  });
+
+  afterAll(async () => {
+    await server?.kill();
+    await proxy?.close();
+  });
+
+  it("says ECONNREFUSED, the store's error, not the driver's StorageUnavailableError that wraps it", async () => {
+    expect((await getJson(`${metricsUrl}/readyz`)).status).toBe(200);
+    await proxy.close();
+    const r = await waitFor('503 from /readyz', async () => {
+      const got = await getJson(`${metricsUrl}/readyz`);
+      return got.status === 503 ? got : undefined;
+    }, 30_000);
+    expect(r.body).toEqual({ status: 'not ready', reason: 'storage (s3) failed: ECONNREFUSED' });
+  });
+});
+
 for (const frontend of ['uws', 'node'] as const) describe(`sockets paused by backpressure (${frontend} front end, S3 with one writer at a time)`, () => {
   const env = s3EnvOrFail();
   if (!env) return;

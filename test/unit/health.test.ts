@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ReadinessCheck, type Readiness } from '../../src/health.js';
 import { FsDriver } from '../../src/storage/fs.js';
+import { StorageUnavailableError } from '../../src/storage/driver.js';
 import { MemoryDriver } from '../../src/storage/memory.js';
 
 /** A memory driver whose list() can be made to fail or hang, counting calls: the probe's only request. */
@@ -40,6 +41,20 @@ describe('ReadinessCheck', () => {
     expect(r).toEqual({ ready: false, reason: 'storage (memory) failed: EACCES' });
     expect(JSON.stringify(r)).not.toContain('secret-path');
     expect(changes, 'the log hears of it once, with the whole error').toEqual([[r, d.fail]]);
+  });
+
+  it("gives the code of what a driver's domain error wraps, not the wrapper's class name", async () => {
+    // The S3 driver wraps the SDK's error after its retries, and fs its EMFILE, in a
+    // StorageUnavailableError: the reason was "storage (s3) failed: StorageUnavailableError".
+    const d = new ControlledDriver();
+    const check = new ReadinessCheck(d, { cacheMs: 0 });
+    d.fail = new StorageUnavailableError('S3 ListObjectsV2 failed: connect ECONNREFUSED 10.0.0.1:443', { cause: codeError('ECONNREFUSED', 'connect ECONNREFUSED 10.0.0.1:443') });
+    expect(await check.check()).toEqual({ ready: false, reason: 'storage (memory) failed: ECONNREFUSED' });
+    const timeout = Object.assign(new Error('no progress for 3000 ms'), { name: 'TimeoutError' });
+    d.fail = new StorageUnavailableError('S3 ListObjectsV2 failed: no progress', { cause: timeout });
+    expect(await check.check(), 'no code anywhere: the innermost class name').toEqual({ ready: false, reason: 'storage (memory) failed: TimeoutError' });
+    d.fail = new StorageUnavailableError('gave up');
+    expect(await check.check(), 'nothing wrapped: the class name').toEqual({ ready: false, reason: 'storage (memory) failed: StorageUnavailableError' });
   });
 
   it('reuses a result for cacheMs and runs one check at a time, however many probes ask', async () => {
