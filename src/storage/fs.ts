@@ -5,7 +5,7 @@ import { basename, dirname, join, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
 import {
-  checkLimit, checkPath, InvalidPathError, isPathSegment, PathNotFoundError, StorageUnwritableError, type FileInfo, type FileWriter,
+  checkLimit, checkPath, InvalidPathError, isPathSegment, PathNotFoundError, StorageUnavailableError, StorageUnwritableError, type FileInfo, type FileWriter,
   type IncompleteWrite, type ListedChild, type ListOptions, type ListPage, type PutOptions, type StorageDriver,
 } from './driver.js';
 import { FileReader, ReadBuffers } from './file-reader.js';
@@ -241,8 +241,9 @@ export class FsDriver implements StorageDriver {
         return { ...c, size: st.size, modTime: st.mtime };
       } catch (err) {
         // Deleted since the readdir: not a child any more.
-        if (notFound(err, c.path) instanceof PathNotFoundError) return undefined;
-        throw err;
+        const e = notFound(err, c.path);
+        if (e instanceof PathNotFoundError) return undefined;
+        throw e;
       }
     }));
     return { children: children.filter((c): c is ListedChild => c !== undefined), truncated: keys.length > page.length };
@@ -302,8 +303,9 @@ export class FsDriver implements StorageDriver {
         entries = await fs.readdir(this.#file(dir), { withFileTypes: true });
       } catch (err) {
         // Pruned since its parent was read.
-        if (notFound(err, dir) instanceof PathNotFoundError) return;
-        throw err;
+        const e = notFound(err, dir);
+        if (e instanceof PathNotFoundError) return;
+        throw e;
       }
       const prefix = dir === '/' ? '/' : `${dir}/`;
       for (const d of entries) {
@@ -604,13 +606,26 @@ function errno(err: unknown): string | undefined {
  */
 const UNWRITABLE = new Set(['ENOSPC', 'EDQUOT', 'EROFS']);
 
+/**
+ * Out of file descriptors, the process's (EMFILE: idle connections hold them too) or the
+ * system's (ENFILE): nothing could be opened, read or write, until some are closed, which
+ * they are as connections and requests end. StorageUnavailableError, so the client gets
+ * 503 and tries again; as a 500 UNKNOWN a client gives up on a store that is merely busy.
+ */
+const OUT_OF_DESCRIPTORS = new Set(['EMFILE', 'ENFILE']);
+
 export function unwritable(err: unknown): unknown {
   const code = errno(err);
-  return code !== undefined && UNWRITABLE.has(code) ? new StorageUnwritableError('fs storage cannot be written (full, or read-only)', { cause: err }) : err;
+  return code !== undefined && UNWRITABLE.has(code) ? new StorageUnwritableError('fs storage cannot be written (full, or read-only)', { cause: err }) : unavailable(err);
+}
+
+function unavailable(err: unknown): unknown {
+  const code = errno(err);
+  return code !== undefined && OUT_OF_DESCRIPTORS.has(code) ? new StorageUnavailableError(`fs storage cannot open files (${code}: out of file descriptors)`, { cause: err }) : err;
 }
 
 /** ENOTDIR: a parent is a file; EISDIR: a directory where an object was asked for. Neither is an object at `path`. */
 function notFound(err: unknown, path: string): unknown {
   const code = errno(err);
-  return code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR' ? new PathNotFoundError(path, { cause: err }) : err;
+  return code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR' ? new PathNotFoundError(path, { cause: err }) : unavailable(err);
 }
