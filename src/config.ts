@@ -185,6 +185,25 @@ const expiration = z
   // Not on the first branch: zod would then report a value under the floor as 'Invalid input'.
   .transform((v) => (typeof v === 'number' ? { default: v } : v));
 
+/**
+ * A YAML value, or from the environment a scalar (`30d`) or, for the forms a scalar cannot
+ * write (an object or a list), JSON: HOIST_GC_EXPIRATION='{"default":"90d","namespaces":{"ci":"7d"}}'.
+ */
+function scalarOrJson<T extends z.ZodTypeAny>(schema: T, example: string) {
+  return z
+    .unknown()
+    .transform((v, ctx) => {
+      if (typeof v !== 'string' || !/^\s*[[{]/.test(v)) return v;
+      try {
+        return JSON.parse(v) as unknown;
+      } catch {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected a scalar or JSON, e.g. ${example}` });
+        return z.NEVER;
+      }
+    })
+    .pipe(schema);
+}
+
 /** A YAML value, or (from the environment) the same value as JSON. */
 function jsonOr<T extends z.ZodTypeAny>(schema: T, example: string) {
   return z
@@ -328,7 +347,7 @@ export const ConfigSchema = z.object({
     grace: durationMs.pipe(atLeast(1000, '1s', 'spare nothing unreferenced')).default('1h'),
     /** Uploads (and unrecorded data) without activity this long are removed. */
     staleUploadAfter: durationMs.pipe(atLeast(1000, '1s', 'any idle upload')).default('1h'),
-    expiration: expiration.default({}),
+    expiration: scalarOrJson(expiration, '30d or {"default":"90d","namespaces":{"ci":"7d"}}').default({}),
   }).strict().default({}),
   /** The default registry is a pull-through cache of another registry (src/proxy/). */
   proxy: proxy.optional(),

@@ -134,6 +134,25 @@ describe('loadConfig sources', () => {
     expect(cfg.debugErrors).toBe(true);
   });
 
+  // Found by probing: HOIST_GC_EXPIRATION='{"default":"1d"}' stopped start-up with "not a
+  // duration", so expiration per namespace or repository could not be set from the environment.
+  it('reads HOIST_GC_EXPIRATION as a duration, or as JSON for the per-namespace and per-repository form', () => {
+    expect(loadConfig({ env: { HOIST_GC_EXPIRATION: '30d' } }).gc.expiration).toEqual({ default: 30 * 86_400_000 });
+    const cfg = loadConfig({
+      env: {
+        HOIST_NAMESPACES: '[{"name":"ci","host":"ci.example"}]',
+        HOIST_GC_EXPIRATION: ' {"default":"90d","namespaces":{"ci":"7d"},"repositories":{"team/scratch":"1d","team/release":0}}',
+      },
+    });
+    expect(cfg.gc.expiration).toEqual({
+      default: 90 * 86_400_000,
+      namespaces: { ci: 7 * 86_400_000 },
+      repositories: { 'team/scratch': 86_400_000, 'team/release': 0 },
+    });
+    expect(configError({ env: { HOIST_GC_EXPIRATION: '{"default":' } }).message).toMatch(/gc\.expiration \(from HOIST_GC_EXPIRATION\): expected a scalar or JSON/);
+    expect(configError({ env: { HOIST_GC_EXPIRATION: '{"default":"30"}' } }).message).toMatch(/gc\.expiration\.default.*at least 1s/);
+  });
+
   it('ignores empty environment variables', () => {
     expect(loadConfig({ env: { HOIST_LISTEN: '', HOIST_UPLOADS_CHUNK_BYTES: '' } }).listen.port).toBe(5000);
   });
