@@ -78,7 +78,6 @@ const storage = z.string().refine((v) => /^(fs|memory|s3):/.test(v), {
 });
 
 const integerish = z.union([z.number(), z.string().regex(/^\d+$/).transform(Number)]).pipe(z.number().int());
-const booleanish = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]);
 
 /** A namespace's name and path prefix segments: what a storage path segment and a URL allow. */
 const NAMESPACE_SEGMENT = /^[a-z0-9]+(?:[._-][a-z0-9]+)*$/;
@@ -337,8 +336,6 @@ export const ConfigSchema = z.object({
   manifests: z.object({
     maxBytes: bytes.default('4MiB'),
   }).strict().default({}),
-  /** Answer GET /v2/ etc. with extra debugging detail in error bodies. Off in production. */
-  debugErrors: booleanish.default(false),
   /** Online garbage collection (src/gc/collector.ts; `hoist gc` runs one by hand). */
   gc: z.object({
     /** `hoist serve` runs a collection this often, on one instance at a time (0: never). */
