@@ -1,6 +1,5 @@
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
-import { ErrorCodes } from './errors.js';
 import type { FrontEnd } from './http/adapter.js';
 import { loadSecurity } from './http/auth-setup.js';
 import { createFrontEnd, FrontEndUnfitError } from './http/frontend.js';
@@ -100,7 +99,7 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     idleTimeoutMs: config.limits.idleTimeout,
     tls: security.tls,
     // One line, as handlers.ts writes for every request it answers.
-    onRefused: (r) => log.info({ method: r.method, path: r.path.slice(0, 200), status: ErrorCodes[r.code].status, code: r.code }, 'request refused'),
+    onRefused: (r) => log.info({ method: r.method, path: r.path.slice(0, 200), status: r.status, ...(r.code ? { code: r.code } : {}) }, 'request refused'),
     onFallback: (err) =>
       err instanceof FrontEndUnfitError
         ? log.info({ reason: err.message }, 'using the node:http front end')

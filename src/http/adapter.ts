@@ -87,16 +87,21 @@ export interface FrontEndOptions {
   tls?: TlsFiles;
   /**
    * A request answered by the front end itself, never seen by the handler (a Host or framing
-   * error, bytes that are no request target): told so it can be logged like any other.
+   * error, bytes that are no request target, a header section too large, a request the
+   * parser cannot read, one whose headers did not come in time): told so it can be logged
+   * like any other. Once per answer; what is closed unanswered is not told.
    */
   onRefused?: (r: RefusedRequest) => void;
 }
 
 export interface RefusedRequest {
+  /** As received ('' when the bytes held none): only a method the metrics know becomes a label (else OTHER). */
   readonly method: string;
-  /** As received, still percent-encoded. */
+  /** As received, still percent-encoded ('' when the bytes held none). */
   readonly path: string;
-  readonly code: ErrorCode;
+  readonly status: number;
+  /** The error code the answer carries; none for a bare answer (431, node's parser's 400, 408). */
+  readonly code?: ErrorCode;
 }
 
 export interface TlsFiles {

@@ -1,5 +1,6 @@
-import { channels, type LimitRefusalMessage } from '../diagnostics.js';
+import { channels, type HttpRequestMessage, type LimitRefusalMessage } from '../diagnostics.js';
 import { RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
+import type { RefusedRequest } from './adapter.js';
 import { refusal } from './errors.js';
 
 /**
@@ -120,6 +121,20 @@ export function rawErrorResponse(parserCode: string | undefined): string | undef
   const head = Object.entries({ ...headers, 'content-length': String(Buffer.byteLength(body)), connection: 'close' })
     .map(([k, v]) => `${k}: ${v}\r\n`).join('');
   return `HTTP/1.1 ${status} Bad Request\r\n${head}\r\n${body}`;
+}
+
+/**
+ * Reports a request a front end answered itself, before any handler saw it: counted in
+ * hoist_http_requests_total as handlers.ts counts what it answers, under route `refused`
+ * (it was never routed; its method is collapsed to OTHER unless the metrics know it, so a
+ * client cannot mint label values), and told to `onRefused` for its one log line. Its
+ * duration counts as 0: it was answered as soon as it was read (or, a 408, never was).
+ */
+export function reportRefused(r: RefusedRequest, onRefused: ((r: RefusedRequest) => void) | undefined): void {
+  if (channels.httpRequest.hasSubscribers) {
+    channels.httpRequest.publish({ route: 'refused', method: r.method, status: r.status, ms: 0, bytesIn: 0 } satisfies HttpRequestMessage);
+  }
+  onRefused?.(r);
 }
 
 /**

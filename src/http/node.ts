@@ -2,7 +2,7 @@ import { createServer, STATUS_CODES, type IncomingMessage, type Server, type Ser
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import { BodyTimeoutError, ClientAbortError, type ErrorCode } from '../errors.js';
+import { BodyTimeoutError, ClientAbortError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import type {
   BodySink,
@@ -11,13 +11,14 @@ import type {
   HeaderMap,
   IncomingRequest,
   OutgoingResponse,
+  RefusedRequest,
   RequestHandler,
   TlsFiles,
 } from './adapter.js';
 import { BodyPump } from './body-pump.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
-import { isTakenLength, PARSER_ERRORS, rawErrorResponse } from './limits.js';
+import { isTakenLength, PARSER_ERRORS, rawErrorResponse, reportRefused } from './limits.js';
 
 /** Requests one connection may have waiting for their answers; past it, it is cut off. */
 const MAX_PIPELINED = 256;
@@ -30,7 +31,7 @@ const MAX_PIPELINED = 256;
  * read so far (node hands a socket's buffered bytes to its TLS session). A connection that
  * sends nothing is dropped after the idle timeout, as its handshake would be.
  */
-function answerPlainHttp(server: HttpsServer, idleMs: number): void {
+function answerPlainHttp(server: HttpsServer, idleMs: number, onRefused: FrontEndOptions['onRefused']): void {
   const tlsListeners = server.listeners('connection') as ((socket: Socket) => void)[];
   server.removeAllListeners('connection');
   const ignore = (): void => undefined;
@@ -48,6 +49,7 @@ function answerPlainHttp(server: HttpsServer, idleMs: number): void {
       }
       socket.end('HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n');
       socket.resume();
+      reportRefused({ ...requestLine(first), status: 400 }, onRefused);
     });
   });
 }
@@ -98,7 +100,8 @@ export class NodeFrontEnd implements FrontEnd {
       const serve = (): Promise<void> => {
         if (exchange.refusal === undefined) return callHandler(handler, exchange);
         exchange.reject(...exchange.refusal);
-        opts.onRefused?.({ method: exchange.method, path: exchange.path, code: exchange.refusal[0] });
+        const [code] = exchange.refusal;
+        reportRefused({ method: exchange.method, path: exchange.path, status: ErrorCodes[code].status, code }, opts.onRefused);
         return Promise.resolve();
       };
       // The main handler catches everything itself; this is the last resort.
@@ -119,7 +122,7 @@ export class NodeFrontEnd implements FrontEnd {
       // connects and says nothing is dropped as soon as on plain HTTP.
       ? createHttpsServer({ ...options, cert: opts.tls.cert, key: opts.tls.key, ...(idleMs > 0 ? { handshakeTimeout: Math.min(idleMs, 120_000) } : {}) }, onRequest)
       : createServer(options, onRequest);
-    if (opts.tls) answerPlainHttp(this.#server as HttpsServer, idleMs);
+    if (opts.tls) answerPlainHttp(this.#server as HttpsServer, idleMs, opts.onRefused);
     // `Expect: 100-continue`: the 100 goes out when the handler starts reading the body, so
     // a request refused first (401, 404, 416...) gets its answer before the client sends
     // the body at all; node:http then closes the connection, whose framing is unknown.
@@ -136,8 +139,8 @@ export class NodeFrontEnd implements FrontEnd {
       // one before was sent whole (a keep-alive connection's next request that does not parse).
       const last = this.#answering.get(socket);
       const answer = (idle: boolean): void => {
-        const refused = onClientError(err, socket, idle || socket.bytesWritten === 0);
-        if (refused) opts.onRefused?.({ ...requestLine(err.rawPacket), code: refused });
+        const answered = onClientError(err, socket, idle || socket.bytesWritten === 0);
+        if (answered) reportRefused({ ...requestLine(err.rawPacket), ...answered }, opts.onRefused);
       };
       if (last?.req.complete && err.code?.startsWith('HPE_')) void last.answered.then(() => answer(true));
       else answer(last === undefined);
@@ -562,9 +565,10 @@ function byteLength(body: string | Uint8Array): number {
  */
 /**
  * Answers what node:http's parser refused, or a request that timed out, and closes the
- * connection. Returns the error code it answered with, if the error table has one.
+ * connection. Returns the status it answered with, and the error code if the error table
+ * has one; nothing if it closed the connection unanswered.
  */
-function onClientError(err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket, mayAnswer: boolean): ErrorCode | undefined {
+function onClientError(err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket, mayAnswer: boolean): Pick<RefusedRequest, 'status' | 'code'> | undefined {
   // Only an HTTP-level error gets an HTTP answer. A TLS handshake that failed or timed out
   // (ERR_TLS_HANDSHAKE_TIMEOUT, an OpenSSL error) has no channel to answer on: the end()
   // below would never flush, its callback never destroy the socket, and a client that
@@ -573,7 +577,9 @@ function onClientError(err: NodeJS.ErrnoException & { rawPacket?: Buffer }, sock
   if (http && socket.writable && mayAnswer) {
     const raw = rawErrorResponse(err.code);
     socket.end(raw ?? bareReply(err.code), () => socket.destroy());
-    return raw === undefined ? undefined : PARSER_ERRORS[err.code as keyof typeof PARSER_ERRORS][0];
+    if (raw === undefined) return { status: bareStatus(err.code) };
+    const code = PARSER_ERRORS[err.code as keyof typeof PARSER_ERRORS][0];
+    return { status: ErrorCodes[code].status, code };
   }
   socket.destroy();
   return undefined;
@@ -586,7 +592,11 @@ function requestLine(raw: Buffer | undefined): { method: string; path: string } 
   return { method: /^[A-Za-z]{1,20}$/.test(method) ? method : '', path };
 }
 
+function bareStatus(code: string | undefined): number {
+  return code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+}
+
 function bareReply(code: string | undefined): string {
-  const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+  const status = bareStatus(code);
   return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`;
 }

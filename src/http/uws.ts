@@ -4,13 +4,13 @@ import { SocketAddress } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
-import { ClientAbortError, type ErrorCode } from '../errors.js';
+import { ClientAbortError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import { BodyPump } from './body-pump.js';
 import { transferCodings } from './body.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
-import { PARSER_ERRORS } from './limits.js';
+import { PARSER_ERRORS, reportRefused } from './limits.js';
 import { callHandler, overrun, responseHasNoBody, underrun } from './node.js';
 import type {
   BodySink,
@@ -80,7 +80,11 @@ export class UwsFrontEnd implements FrontEnd {
     this.#app = uws.App() as ClosableApp;
     this.#app.any('/*', (res, req) => {
       const exchange = new UwsExchange(res, req, opts.maxHeaderBytes);
-      if (exchange.started) return; // answered already: 431
+      if (exchange.started) {
+        // Answered already: 431.
+        reportRefused({ method: exchange.method, path: exchange.path, status: 431 }, opts.onRefused);
+        return;
+      }
       // What node:http's parser refuses before Hoist sees it (node.ts onClientError), refused
       // here too, so that both front ends answer alike. uWS hands JavaScript HTTP/1.1 only
       // (README, Front ends), and closes one without Host itself, unanswered; what it lets
@@ -92,7 +96,8 @@ export class UwsFrontEnd implements FrontEnd {
           : hostError(exchange.hosts, '1.1'));
       if (refusal !== undefined) {
         exchange.reject(...refusal);
-        opts.onRefused?.({ method: exchange.method, path: exchange.path, code: refusal[0] });
+        const [code] = refusal;
+        reportRefused({ method: exchange.method, path: exchange.path, status: ErrorCodes[code].status, code }, opts.onRefused);
         return;
       }
       this.#exchanges.add(exchange);
