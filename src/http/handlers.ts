@@ -493,7 +493,9 @@ function pagination(req: IncomingRequest): { n: number | undefined; last: string
 
 /** RFC 5988 Link to the next page, as distribution-spec "Listing Tags" shows it. */
 function nextLink(path: string, page: Page<string>, n: number | undefined): HeaderMap {
-  if (page.next === undefined || n === undefined) return {};
-  const q = new URLSearchParams({ n: String(n), last: page.next });
+  // A page asked for without n has a next only when its source pages anyway (a cache's
+  // upstream may): the link then asks without n too.
+  if (page.next === undefined) return {};
+  const q = new URLSearchParams({ ...(n !== undefined ? { n: String(n) } : {}), last: page.next });
   return { link: `<${path}?${q.toString()}>; rel="next"` };
 }

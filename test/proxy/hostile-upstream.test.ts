@@ -105,6 +105,13 @@ beforeAll(async () => {
     } else if (url.startsWith('/v2/manytags/img/tags/list')) {
       // Ignores n and last, and sorts nothing (docker-registry 2.8.2 ignores n too).
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ name: 'manytags/img', tags: ['v3', 'latest', 'V1', '_x', 'v10', 'v2', 'v3'] }));
+    } else if (url.startsWith('/v2/pagedtags/img/tags/list')) {
+      // Pages of three whether or not n is asked for (Quay's way; the spec lets a registry).
+      const after = new URL(url, 'http://x').searchParams.get('last');
+      const tags = ['a', 'b', 'c', 'd', 'e'].filter((t) => after === null || t > after).slice(0, 3);
+      const more = tags.length === 3 && tags[2] !== 'e';
+      res.writeHead(200, { 'content-type': 'application/json', ...(more ? { link: `</v2/pagedtags/img/tags/list?n=3&last=${tags[2]}>; rel="next"` } : {}) });
+      res.end(JSON.stringify({ name: 'pagedtags/img', tags }));
     } else if (url.startsWith('/v2/poison/')) {
       res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${portOf(upstream)}/no-token-here",service="up"` }).end();
     } else if (url === `/v2/free/img/blobs/${digest}`) {
@@ -313,5 +320,16 @@ describe('a pull-through cache before a hostile upstream', () => {
     expect(await list('?n=2&last=_x')).toEqual({ tags: ['latest', 'v10'], link: '</v2/manytags/img/tags/list?n=2&last=v10>; rel="next"' });
     expect(await list('?n=2&last=v10')).toEqual({ tags: ['v2', 'v3'], link: undefined });
     expect(await list('?n=5&last=v3')).toEqual({ tags: [], link: undefined });
+  });
+
+  // Found by probing: an upstream that pages a listing asked for without n (as Quay does) had
+  // its next page dropped: the client saw three tags of five.
+  it('tags/list passes on that the upstream has more when the client asked without n', async () => {
+    const first = await request(mirror.url, '/v2/pagedtags/img/tags/list');
+    expect(first.json<{ tags: string[] }>().tags).toEqual(['a', 'b', 'c']);
+    expect(first.header('link')).toBe('</v2/pagedtags/img/tags/list?last=c>; rel="next"');
+    const second = await request(mirror.url, '/v2/pagedtags/img/tags/list?last=c');
+    expect(second.json<{ tags: string[] }>().tags).toEqual(['d', 'e']);
+    expect(second.header('link')).toBeUndefined();
   });
 });
