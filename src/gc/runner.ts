@@ -19,7 +19,10 @@ export interface GcRunOptions {
   graceMs: number;
   staleUploadAfterMs: number;
   expiration?: ExpirationSettings;
-  /** Namespaces to collect besides the ones found under /namespaces (configured, maybe still empty). */
+  /**
+   * The configured namespaces: collected by their settings, even while still empty. Those
+   * found under /namespaces but not configured are collected without a configured expiration.
+   */
   namespaces?: readonly string[];
   /** Registries that are pull-through caches ('' the default one), collected by last pull (gc/mirror.ts). */
   mirrors?: ReadonlyMap<string, MirrorGcSettings>;
@@ -49,14 +52,21 @@ export async function runGarbageCollection(o: GcRunOptions): Promise<GcRunReport
   const t0 = Date.now();
   const policy = new ExpiryPolicy(o.expiration ?? {});
   const found = (await listOrEmpty(o.driver, '/namespaces')).map(basename);
-  const namespaces = [...new Set([...found, ...(o.namespaces ?? [])])].sort();
+  const configuredNames = new Set(o.namespaces ?? []);
+  const namespaces = [...new Set([...found, ...configuredNames])].sort();
   const registries: RegistryGcReport[] = [];
   /** Every registry's remaining uploads, by data path in the store's own paths: their lock's path. */
   const uploadLocks = new Map<string, string>();
   for (const name of ['', ...namespaces]) {
     const prefix = name === '' ? '' : `/namespaces/${name}`;
     const driver = name === '' ? o.driver : new PrefixedDriver(o.driver, prefix);
-    const expiry = policy.forNamespace(name === '' ? undefined : name);
+    // A namespace the configuration does not name (renamed, removed, or this instance's
+    // configuration lags another's) has no settings here: the default expiration would apply
+    // to tags its own settings kept (found by probing: a rename of a namespace whose tags
+    // never expired, and one collection took its images for good). So only what nothing
+    // refers to goes, and tags expire by their labels alone.
+    const configured = name === '' || configuredNames.has(name);
+    const expiry = configured ? policy.forNamespace(name === '' ? undefined : name) : new ExpiryPolicy();
     const mirror = o.mirrors?.get(name);
     const report = await collectGarbage({
       driver,
