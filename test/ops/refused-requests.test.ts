@@ -45,7 +45,8 @@ for (const frontend of ['uws', 'node'] as const) describe(`requests refused by t
     expect(lines.map((l) => [l.method, l.path, l.status, l.code])).toEqual([['GET', '/v2/', 431, undefined], ['GET', '/v2/', 400, 'NAME_INVALID']]);
   });
 
-  it.runIf(frontend === 'node')("counts node:http's parser 400s, an unknown method as OTHER", async () => {
+  // uWS closes an unknown method unanswered (README, Front ends): nothing to count there.
+  if (frontend === 'node') it("counts node:http's parser 400s, an unknown method as OTHER", async () => {
     expect(await statusOf(unknownMethod)).toBe('HTTP/1.1 400 Bad Request');
     const s = await scrape(metricsUrl);
     expect(s.value('hoist_http_requests_total', { route: 'refused', method: 'OTHER', status: '400' })).toBe(1);
