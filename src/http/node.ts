@@ -20,6 +20,9 @@ import { refusal } from './errors.js';
 import { hostError } from './host.js';
 import { isTakenLength, PARSER_ERRORS, rawErrorResponse, reportRefused } from './limits.js';
 
+/** How long a plain-HTTP client on the TLS port has to take its 400 before it is cut off. */
+const PLAIN_HTTP_LINGER_MS = 2000;
+
 /** Requests one connection may have waiting for their answers; past it, it is cut off. */
 const MAX_PIPELINED = 256;
 
@@ -48,7 +51,11 @@ function answerPlainHttp(server: HttpsServer, idleMs: number, onRefused: FrontEn
         return;
       }
       socket.end('HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n');
+      // What it sends meanwhile is read and dropped, for a moment: a client that keeps its
+      // side open (or trickles) held a descriptor for good (found by probing).
       socket.resume();
+      const linger = setTimeout(() => socket.destroy(), PLAIN_HTTP_LINGER_MS).unref();
+      socket.once('close', () => clearTimeout(linger));
       reportRefused({ ...requestLine(first), status: 400 }, onRefused);
     });
   });
@@ -241,10 +248,17 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     this.rawQuery = q < 0 ? '' : url.slice(q + 1);
     this.remoteAddress = req.socket.remoteAddress ?? '';
     this.closed = new Promise((resolve) => {
-      res.once('close', () => {
+      const closed = (): void => {
         // Closed before we ended the response: the client went away (or close() cut it).
         if (!res.writableEnded) this.#abort();
         resolve();
+      };
+      res.once('close', closed);
+      // A request pipelined behind another whose connection went: node never closes a
+      // response it had not yet started, only the request (found by probing: each such
+      // request stayed in flight for good, 179,400 of them after 600 connections).
+      req.once('close', () => {
+        if (req.socket.destroyed) closed();
       });
     });
   }

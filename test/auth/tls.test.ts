@@ -94,6 +94,23 @@ describe('TLS with certificate reload on SIGHUP', () => {
     expect(r.status).toBe(400);
     expect(r.body.toString()).toMatch(/HTTP request to an HTTPS server/);
     expect((await httpsGet(server.port, '/v2/')).status).toBe(200);
+    // A client that keeps its side open after the 400 (found by probing: it held a
+    // descriptor for good, and one that trickled bytes too) is cut off soon after.
+    const s = net.connect({ port: server.port, host: '127.0.0.1', allowHalfOpen: true });
+    s.on('error', () => undefined);
+    let reply = '';
+    s.setEncoding('latin1').on('data', (d: string) => (reply += d));
+    s.write('GET /v2/ HTTP/1.1\r\nHost: x\r\n');
+    const trickle = setInterval(() => s.write('x'), 300);
+    const closedAfter = await new Promise<number>((resolve) => {
+      const t0 = Date.now();
+      s.on('close', () => resolve(Date.now() - t0));
+      setTimeout(() => resolve(Infinity), 15_000).unref();
+    });
+    clearInterval(trickle);
+    s.destroy();
+    expect(reply).toMatch(/^HTTP\/1\.1 400/);
+    expect(closedAfter).toBeLessThan(6000);
   });
 
   it('SIGHUP loads the new certificate for new connections', async () => {

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import net from 'node:net';
-import { headerSectionIn, parseRawReply, request, socketExchange, type SocketReply } from '../helpers/http.js';
+import { headerSectionIn, parseRawReply, request, socketExchange, waitFor, type SocketReply } from '../helpers/http.js';
+import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -29,7 +30,7 @@ function raw(port: number, bytes: Buffer, headOnly = false): Promise<SocketReply
 describe.each(['uws', 'node'] as const)('request framing and request-target bytes (%s front end)', (frontend) => {
   let server: TestServer;
   beforeAll(async () => {
-    server = await startServer({ frontend });
+    server = await startServer({ frontend, env: { HOIST_METRICS_LISTEN: '127.0.0.1:0' } });
   });
   afterAll(async () => {
     if (server) expect(await server.stop()).toBe(0);
@@ -138,6 +139,11 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
       s.destroy();
       expect(sent).toBeLessThan(8 * 1024 * 1024);
       expect((await request(server.url, '/v2/')).status).toBe(200);
+      // And the requests cut off with it are over: node closes no response it had not begun,
+      // and each stayed in flight for good (found by probing the first version of this mend:
+      // 179,400 after 600 such connections, 3 GB after 2,500).
+      const inFlight = async (): Promise<number | undefined> => (await scrape(metricsUrlOf(server))).value('hoist_http_requests_in_flight', {});
+      await waitFor('the cut requests to leave', async () => ((await inFlight()) === 0 ? true : undefined), 10_000);
     });
   }
 
