@@ -270,8 +270,13 @@ export class PullThroughCache implements Mirror {
         await this.#up.headBlob(repo, digest.value);
         throw new UpstreamUnavailableError(this.#up.remote, `fetches of ${digest.value} through other repositories failed ${foreign} times`);
       }
-      // No await between this look and starting a fetch: one fetch per digest.
-      const entry = this.#flights.get(digest.value) ?? this.#startFlight(repo, digest);
+      // No await between this look and starting a fetch: one fetch per digest. But once a fetch
+      // through another repository failed under this pull, it joins only its own repository's:
+      // pulls through a failing repository kept starting the next fetch first, and a healthy
+      // one's pull joined them until it gave up (found by probing: 503 after 503). Its own fetch
+      // then runs beside the other's; both store the same blob, as two pushes of it would.
+      const running = this.#flights.get(digest.value);
+      const entry = running && (foreign === 0 || running.repo === repo) ? running : this.#startFlight(repo, digest);
       const read = await this.#fromFlight(repo, digest, range, entry);
       if (read) return read;
       // Another repository's fetch failed before this client got a byte of it. Its failure

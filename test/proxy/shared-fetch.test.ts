@@ -114,6 +114,30 @@ describe('a blob fetch shared by several pulls', () => {
     expect(y.body.equals(bytes)).toBe(true);
     expect((await x).status).toBe(bad === 'slow404' ? 404 : 403);
   });
+
+  // Found by probing the mend above: pulls through failing repositories, in a loop, kept
+  // starting the next fetch first, and a healthy repository's pull joined one after another
+  // until it gave up (503, seven times in eight). After one foreign failure a pull joins
+  // only its own repository's fetch.
+  it('pulls through failing repositories in a loop do not keep a healthy repository\'s pull out', async () => {
+    for (let round = 0; round < 3; round++) {
+      const { bytes, digest } = newBlob(100_000);
+      let stop = false;
+      const asked = arrival(`slow404/r${round}-0`);
+      const failing = [0, 1, 2, 3].map(async (i) => {
+        while (!stop) expect((await get(`/v2/slow404/r${round}-${i}/blobs/${digest}`)).status).toBe(404);
+      });
+      await asked;
+      try {
+        const y = await get(`/v2/plain/y/blobs/${digest}`);
+        expect(y.status, y.body.toString()).toBe(200);
+        expect(y.body.equals(bytes)).toBe(true);
+      } finally {
+        stop = true;
+        await Promise.all(failing);
+      }
+    }
+  }, 60_000);
 });
 
 describe('a client waiting for storage when the fetch fails', () => {
