@@ -207,13 +207,19 @@ export class ManifestStore {
         ...(artifactType !== undefined ? { artifactType } : {}),
         ...(manifest.annotations ? { annotations: manifest.annotations } : {}),
       };
-      await this.#o.driver.putContent(paths.referrer(repo, subject, digest), json(entry));
+      const entryPath = paths.referrer(repo, subject, digest);
+      const entryBytes = json(entry);
+      await this.#o.driver.putContent(entryPath, entryBytes);
       // A delete by digest of this manifest that ran since the revision's write took the
       // manifest, and its entry, before this write: the entry would name nothing (found by
       // probing: 55 races of 90 on fs, where the push's touch of a known manifest widens the
-      // gap). This push then comes after that delete: the manifest goes back. One request
-      // more, for manifests with a subject only.
-      if (!(await this.exists(repo, digest))) await this.#o.driver.putContent(paths.manifestRevision(repo, digest), encodeRevision(record, bytes), { ifNotExists: true });
+      // gap). This push then comes after that delete: the manifest goes back, and the entry
+      // is written again after it, since the delete's last look (delete()) may have removed
+      // it meanwhile (found by probing too). One request more, for manifests with a subject.
+      if (!(await this.exists(repo, digest))) {
+        await this.#o.driver.putContent(paths.manifestRevision(repo, digest), encodeRevision(record, bytes), { ifNotExists: true });
+        await this.#o.driver.putContent(entryPath, entryBytes);
+      }
     }
 
     // A manifest that was not stored cannot be what a live tag names already: its tags are
@@ -347,9 +353,18 @@ export class ManifestStore {
     // A push of this manifest that found it still stored writes its entry after that look:
     // if it did so since the entry went, the entry goes again, unless the manifest is back
     // (pushed again since; its entry is then its own). Found by probing: in about one race
-    // in six a referrer was listed whose manifest was gone. Costs two requests, and only
-    // deletes of manifests with a subject.
-    if (entry && !(await this.exists(repo, digest))) await ignoreNotFound(this.#o.driver.delete(entry));
+    // in six a referrer was listed whose manifest was gone. And a push that puts the manifest
+    // back between this look and the entry's delete (put()) wrote the entry before: it goes
+    // back as it was. Costs two to four requests, and only deletes of manifests with a subject.
+    if (entry && !(await this.exists(repo, digest))) {
+      const written = await this.#o.driver.getContent(entry).catch((err: unknown) => {
+        if (isPathNotFound(err)) return undefined;
+        throw err;
+      });
+      if (written === undefined) return;
+      await ignoreNotFound(this.#o.driver.delete(entry));
+      if (await this.exists(repo, digest)) await this.#o.driver.putContent(entry, written);
+    }
   }
 
   /**

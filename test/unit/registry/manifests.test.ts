@@ -482,6 +482,62 @@ describe('ManifestStore', () => {
       expect((await manifests.referrers('repo', parseDigest(subject.digest))).items).toEqual([]);
     });
 
+    // Found by probing the mend above: the push wrote its entry, the delete's last look found
+    // no manifest and removed the entry, and only then did the push find the manifest gone
+    // and put it back: stored, and never listed (and a collection then took it).
+    it('a push that puts its manifest back after the delete\'s last look writes its entry again', async () => {
+      const subject = { mediaType: OCI_MANIFEST, digest: sha('the subject'), size: 11 };
+      const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
+      const revision = paths.manifestRevision('repo', parseDigest(sha(sig)));
+      await manifests.put('repo', parseReference('a'), OCI_MANIFEST, sig);
+      const gate = () => {
+        let open!: () => void;
+        const opened = new Promise<void>((r) => (open = r));
+        return { open, opened };
+      };
+      const atEntry = gate();
+      const entryGo = gate();
+      const atLook = gate();
+      const lookGo = gate();
+      // The push: stops before its (first) entry write, and again before its look for the manifest.
+      let entryHeld = false;
+      const held = intercepted(driver, {
+        putContent: async (call, args) => {
+          if (String(args[0]).includes('/_manifests/referrers/') && !entryHeld) {
+            entryHeld = true;
+            atEntry.open();
+            await entryGo.opened;
+          }
+          return call(...args);
+        },
+        reader: async (call, args) => {
+          if (args[0] === revision && args[2] === 0) {
+            atLook.open();
+            await lookGo.opened;
+          }
+          return call(...args);
+        },
+      });
+      const pushed = new ManifestStore({ driver: held, blobs: new BlobStore(held), maxBytes: 8192 }).put('repo', parseReference('b'), OCI_MANIFEST, sig);
+      await atEntry.opened;
+      // The delete: at its last look for the manifest, the push writes its entry first.
+      let looks = 0;
+      const racing = intercepted(driver, {
+        reader: async (call, args) => {
+          if (args[0] === revision && args[2] === 0 && looks++ === 0) {
+            entryGo.open();
+            await atLook.opened;
+          }
+          return call(...args);
+        },
+      });
+      await new ManifestStore({ driver: racing, blobs: new BlobStore(racing), maxBytes: 8192 }).delete('repo', parseReference(sha(sig)));
+      lookGo.open();
+      await pushed;
+      expect((await manifests.stat('repo', parseReference(sha(sig)))).digest).toBe(sha(sig));
+      expect((await manifests.referrers('repo', parseDigest(subject.digest))).items.map((d) => d.digest)).toEqual([sha(sig)]);
+    });
+
     it('lists tags in lexical (byte-wise) order with pagination', async () => {
       for (const tag of ['v2', 'V1', 'latest', '1.0', '_x']) await manifests.put('repo', parseReference(tag), OCI_MANIFEST, manifest());
       expect((await manifests.tags('repo', undefined, undefined)).items).toEqual(['1.0', 'V1', '_x', 'latest', 'v2']);
