@@ -197,6 +197,8 @@ export class ManifestStore {
     const created = await this.#o.driver.putContent(paths.manifestRevision(repo, digest), encodeRevision(record, bytes), { ifNotExists: true });
     if (!created) await opts.onExisting?.(digest);
 
+    let entryPath: string | undefined;
+    let entryBytes: Buffer | undefined;
     if (manifest.subject) {
       const subject = tryParseDigest(manifest.subject.digest)!;
       const artifactType = artifactTypeOf(manifest);
@@ -207,24 +209,29 @@ export class ManifestStore {
         ...(artifactType !== undefined ? { artifactType } : {}),
         ...(manifest.annotations ? { annotations: manifest.annotations } : {}),
       };
-      const entryPath = paths.referrer(repo, subject, digest);
-      const entryBytes = json(entry);
+      entryPath = paths.referrer(repo, subject, digest);
+      entryBytes = json(entry);
       await this.#o.driver.putContent(entryPath, entryBytes);
-      // A delete by digest of this manifest that ran since the revision's write took the
-      // manifest, and its entry, before this write: the entry would name nothing (found by
-      // probing: 55 races of 90 on fs, where the push's touch of a known manifest widens the
-      // gap). This push then comes after that delete: the manifest goes back, and the entry
-      // is written again after it, since the delete's last look (delete()) may have removed
-      // it meanwhile (found by probing too). One request more, for manifests with a subject.
-      if (!(await this.exists(repo, digest))) {
-        await this.#o.driver.putContent(paths.manifestRevision(repo, digest), encodeRevision(record, bytes), { ifNotExists: true });
-        await this.#o.driver.putContent(entryPath, entryBytes);
-      }
     }
 
     // A manifest that was not stored cannot be what a live tag names already: its tags are
     // written without a look (as a cache's always are).
-    await mapLimit(tagsOf(reference, opts.tags), TAG_WRITE_CONCURRENCY, (tag) => this.#pointTag(repo, tag, digest, expiresAfterMs, created || (opts.fromUpstream ?? false)));
+    const tags = tagsOf(reference, opts.tags);
+    await mapLimit(tags, TAG_WRITE_CONCURRENCY, (tag) => this.#pointTag(repo, tag, digest, expiresAfterMs, created || (opts.fromUpstream ?? false)));
+    // A delete by digest of this manifest that ran since the revision's write took the
+    // manifest, and its entry and tags, before these were written: they would name nothing
+    // (found by probing: 55 races of 90 on fs for the entry, where the push's touch of a
+    // known manifest widens the gap; tags too). This push then comes after that delete: the
+    // manifest goes back, and the entry and tags are written again after it, since the
+    // delete's last look (delete()) may have removed the entry meanwhile (found by probing
+    // too). A delete that comes after this look untags what it finds. One request more,
+    // for manifests with a subject only (the other races are left as distribution leaves
+    // them, README).
+    if (entryPath && entryBytes && !(await this.exists(repo, digest))) {
+      await this.#o.driver.putContent(paths.manifestRevision(repo, digest), encodeRevision(record, bytes), { ifNotExists: true });
+      await this.#o.driver.putContent(entryPath, entryBytes);
+      await mapLimit(tags, TAG_WRITE_CONCURRENCY, (tag) => this.#pointTag(repo, tag, digest, expiresAfterMs, true));
+    }
     return record;
   }
 
