@@ -10,9 +10,6 @@ import { BlobFlight, type FlightReader } from './blob-flight.js';
 import { PullMarks } from './pull-marks.js';
 import { isUpstreamDown, UpstreamUnavailableError, type UpstreamClient } from './upstream.js';
 
-/** Times a blob pull asks again after fetches through other repositories failed under it. */
-const MAX_FOREIGN_FAILURES = 3;
-
 /** A blob fetch in the table: the repository it asks the upstream through, and its opening. */
 interface FlightEntry {
   readonly repo: string;
@@ -261,30 +258,26 @@ export class PullThroughCache implements Mirror {
 
   async readBlob(repo: string, digest: Digest, range: ByteRange | undefined): Promise<BlobRead> {
     await this.#touchIfHeld(digest, () => this.#core.blobs.linked(repo, digest));
-    for (let foreign = 0; ; foreign++) {
-      const stored = await this.#fromStore(repo, digest, range);
-      if (stored) return stored;
-      if (foreign === MAX_FOREIGN_FAILURES) {
-        // Fetches through other repositories kept failing under this pull: this repository's
-        // own HEAD answers (its 404 or 403), else the client is asked to come back.
-        await this.#up.headBlob(repo, digest.value);
-        throw new UpstreamUnavailableError(this.#up.remote, `fetches of ${digest.value} through other repositories failed ${foreign} times`);
-      }
-      // No await between this look and starting a fetch: one fetch per digest. But once a fetch
-      // through another repository failed under this pull, it joins only its own repository's:
-      // pulls through a failing repository kept starting the next fetch first, and a healthy
-      // one's pull joined them until it gave up (found by probing: 503 after 503). Its own fetch
-      // then runs beside the other's; both store the same blob, as two pushes of it would.
-      const running = this.#flights.get(digest.value);
-      const entry = running && (foreign === 0 || running.repo === repo) ? running : this.#startFlight(repo, digest);
-      const read = await this.#fromFlight(repo, digest, range, entry);
-      if (read) return read;
-      // Another repository's fetch failed before this client got a byte of it. Its failure
-      // says nothing of this repository (its upstream may answer 404 or 403 where this one
-      // has the blob): ask again, as this repository. The failed fetch is out of the table
-      // (it stored nothing), so the next look starts a fetch of our own, or joins a newer one.
-      if (this.#flights.get(digest.value) === entry) this.#flights.delete(digest.value);
-    }
+    const stored = await this.#fromStore(repo, digest, range);
+    if (stored) return stored;
+    // No await between this look and starting a fetch: one fetch per digest.
+    const entry = this.#flights.get(digest.value) ?? this.#startFlight(repo, digest);
+    const read = await this.#fromFlight(repo, digest, range, entry);
+    if (read) return read;
+    // Another repository's fetch failed before this client got a byte of it. Its failure says
+    // nothing of this repository (its upstream may answer 404 or 403 where this one has the
+    // blob): ask again, as this repository, through its own fetch only. Pulls through failing
+    // repositories kept starting the next fetch first, and a healthy repository's pull that
+    // joined them one after another gave up (found by probing: 503 after 503). Its own fetch
+    // may run beside another repository's; both store the same blob, as two pushes of it would.
+    // The failed fetch is out of the table (it stored nothing).
+    if (this.#flights.get(digest.value) === entry) this.#flights.delete(digest.value);
+    const now = await this.#fromStore(repo, digest, range);
+    if (now) return now;
+    const running = this.#flights.get(digest.value);
+    const own = running?.repo === repo ? running : this.#startFlight(repo, digest);
+    // A fetch through this repository is this repository's answer: it never comes back empty.
+    return (await this.#fromFlight(repo, digest, range, own))!;
   }
 
   /**
