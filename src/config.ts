@@ -185,34 +185,19 @@ const expiration = z
   .transform((v) => (typeof v === 'number' ? { default: v } : v));
 
 /**
- * A YAML value, or from the environment a scalar (`30d`) or, for the forms a scalar cannot
- * write (an object or a list), JSON: HOIST_GC_EXPIRATION='{"default":"90d","namespaces":{"ci":"7d"}}'.
+ * A YAML value, or (from the environment) the same value as JSON. With `scalars`, a string that
+ * is no JSON object or list is the value itself, for options that take a scalar too:
+ * HOIST_GC_EXPIRATION=30d, or '{"default":"90d","namespaces":{"ci":"7d"}}'.
  */
-function scalarOrJson<T extends z.ZodTypeAny>(schema: T, example: string) {
+function jsonOr<T extends z.ZodTypeAny>(schema: T, example: string, scalars = false) {
   return z
     .unknown()
     .transform((v, ctx) => {
-      if (typeof v !== 'string' || !/^\s*[[{]/.test(v)) return v;
+      if (typeof v !== 'string' || (scalars && !/^\s*[[{]/.test(v))) return v;
       try {
         return JSON.parse(v) as unknown;
       } catch {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected a scalar or JSON, e.g. ${example}` });
-        return z.NEVER;
-      }
-    })
-    .pipe(schema);
-}
-
-/** A YAML value, or (from the environment) the same value as JSON. */
-function jsonOr<T extends z.ZodTypeAny>(schema: T, example: string) {
-  return z
-    .unknown()
-    .transform((v, ctx) => {
-      if (typeof v !== 'string') return v;
-      try {
-        return JSON.parse(v) as unknown;
-      } catch {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected JSON, e.g. ${example}` });
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected ${scalars ? 'a scalar or ' : ''}JSON, e.g. ${example}` });
         return z.NEVER;
       }
     })
@@ -344,7 +329,7 @@ export const ConfigSchema = z.object({
     grace: durationMs.pipe(atLeast(1000, '1s', 'spare nothing unreferenced')).default('1h'),
     /** Uploads (and unrecorded data) without activity this long are removed. */
     staleUploadAfter: durationMs.pipe(atLeast(1000, '1s', 'any idle upload')).default('1h'),
-    expiration: scalarOrJson(expiration, '30d or {"default":"90d","namespaces":{"ci":"7d"}}').default({}),
+    expiration: jsonOr(expiration, '30d or {"default":"90d","namespaces":{"ci":"7d"}}', true).default({}),
   }).strict().default({}),
   /** The default registry is a pull-through cache of another registry (src/proxy/). */
   proxy: proxy.optional(),
