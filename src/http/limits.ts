@@ -1,5 +1,5 @@
 import { channels, type HttpRequestMessage, type LimitRefusalMessage } from '../diagnostics.js';
-import { RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
+import { ErrorCodes, RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
 import type { RefusedRequest } from './adapter.js';
 import { refusal } from './errors.js';
 
@@ -121,6 +121,11 @@ export function rawErrorResponse(parserCode: string | undefined): string | undef
   const head = Object.entries({ ...headers, 'content-length': String(Buffer.byteLength(body)), connection: 'close' })
     .map(([k, v]) => `${k}: ${v}\r\n`).join('');
   return `HTTP/1.1 ${status} Bad Request\r\n${head}\r\n${body}`;
+}
+
+/** The status and code of an answer with the error table's `code`, for reportRefused. */
+export function refusedWith(code: ErrorCode): Pick<RefusedRequest, 'status' | 'code'> {
+  return { status: ErrorCodes[code].status, code };
 }
 
 /**

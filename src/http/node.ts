@@ -2,7 +2,7 @@ import { createServer, STATUS_CODES, type IncomingMessage, type Server, type Ser
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import { BodyTimeoutError, ClientAbortError, ErrorCodes, type ErrorCode } from '../errors.js';
+import { BodyTimeoutError, ClientAbortError, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import type {
   BodySink,
@@ -18,7 +18,7 @@ import type {
 import { BodyPump } from './body-pump.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
-import { isTakenLength, PARSER_ERRORS, rawErrorResponse, reportRefused } from './limits.js';
+import { isTakenLength, PARSER_ERRORS, rawErrorResponse, refusedWith, reportRefused } from './limits.js';
 
 /** How long a plain-HTTP client on the TLS port has to take its 400 before it is cut off. */
 const PLAIN_HTTP_LINGER_MS = 2000;
@@ -107,8 +107,7 @@ export class NodeFrontEnd implements FrontEnd {
       const serve = (): Promise<void> => {
         if (exchange.refusal === undefined) return callHandler(handler, exchange);
         exchange.reject(...exchange.refusal);
-        const [code] = exchange.refusal;
-        reportRefused({ method: exchange.method, path: exchange.path, status: ErrorCodes[code].status, code }, opts.onRefused);
+        reportRefused({ method: exchange.method, path: exchange.path, ...refusedWith(exchange.refusal[0]) }, opts.onRefused);
         return Promise.resolve();
       };
       // The main handler catches everything itself; this is the last resort.
@@ -591,9 +590,7 @@ function onClientError(err: NodeJS.ErrnoException & { rawPacket?: Buffer }, sock
   if (http && socket.writable && mayAnswer) {
     const raw = rawErrorResponse(err.code);
     socket.end(raw ?? bareReply(err.code), () => socket.destroy());
-    if (raw === undefined) return { status: bareStatus(err.code) };
-    const code = PARSER_ERRORS[err.code as keyof typeof PARSER_ERRORS][0];
-    return { status: ErrorCodes[code].status, code };
+    return raw === undefined ? { status: bareStatus(err.code) } : refusedWith(PARSER_ERRORS[err.code as keyof typeof PARSER_ERRORS][0]);
   }
   socket.destroy();
   return undefined;

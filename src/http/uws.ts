@@ -4,13 +4,13 @@ import { SocketAddress } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
-import { ClientAbortError, ErrorCodes, type ErrorCode } from '../errors.js';
+import { ClientAbortError, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import { BodyPump } from './body-pump.js';
 import { transferCodings } from './body.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
-import { PARSER_ERRORS, reportRefused } from './limits.js';
+import { PARSER_ERRORS, refusedWith, reportRefused } from './limits.js';
 import { callHandler, overrun, responseHasNoBody, underrun } from './node.js';
 import type {
   BodySink,
@@ -96,8 +96,7 @@ export class UwsFrontEnd implements FrontEnd {
           : hostError(exchange.hosts, '1.1'));
       if (refusal !== undefined) {
         exchange.reject(...refusal);
-        const [code] = refusal;
-        reportRefused({ method: exchange.method, path: exchange.path, status: ErrorCodes[code].status, code }, opts.onRefused);
+        reportRefused({ method: exchange.method, path: exchange.path, ...refusedWith(refusal[0]) }, opts.onRefused);
         return;
       }
       this.#exchanges.add(exchange);
