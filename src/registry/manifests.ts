@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { RegistryError } from '../errors.js';
+import { readOrUndefined } from '../gc/scan.js';
 import { isPathNotFound, listPage, objectExists, type ListedChild, type ListPage, type StorageDriver } from '../storage/driver.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import type { BlobLocation, BlobStore } from './blobs.js';
@@ -194,11 +195,11 @@ export class ManifestStore {
     // Written unless it is there: a manifest pushed again (same bytes, same config, same
     // labels) keeps the record of its first push, and costs that one conditional write, not
     // a read first.
-    const created = await this.#o.driver.putContent(paths.manifestRevision(repo, digest), encodeRevision(record, bytes), { ifNotExists: true });
+    const revision = encodeRevision(record, bytes);
+    const created = await this.#o.driver.putContent(paths.manifestRevision(repo, digest), revision, { ifNotExists: true });
     if (!created) await opts.onExisting?.(digest);
 
-    let entryPath: string | undefined;
-    let entryBytes: Buffer | undefined;
+    let referrer: { path: string; bytes: Buffer } | undefined;
     if (manifest.subject) {
       const subject = tryParseDigest(manifest.subject.digest)!;
       const artifactType = artifactTypeOf(manifest);
@@ -209,9 +210,8 @@ export class ManifestStore {
         ...(artifactType !== undefined ? { artifactType } : {}),
         ...(manifest.annotations ? { annotations: manifest.annotations } : {}),
       };
-      entryPath = paths.referrer(repo, subject, digest);
-      entryBytes = json(entry);
-      await this.#o.driver.putContent(entryPath, entryBytes);
+      referrer = { path: paths.referrer(repo, subject, digest), bytes: json(entry) };
+      await this.#o.driver.putContent(referrer.path, referrer.bytes);
     }
 
     // A manifest that was not stored cannot be what a live tag names already: its tags are
@@ -227,9 +227,9 @@ export class ManifestStore {
     // too). A delete that comes after this look untags what it finds. One request more,
     // for manifests with a subject only (the other races are left as distribution leaves
     // them, README).
-    if (entryPath && entryBytes && !(await this.exists(repo, digest))) {
-      await this.#o.driver.putContent(paths.manifestRevision(repo, digest), encodeRevision(record, bytes), { ifNotExists: true });
-      await this.#o.driver.putContent(entryPath, entryBytes);
+    if (referrer && !(await this.exists(repo, digest))) {
+      await this.#o.driver.putContent(paths.manifestRevision(repo, digest), revision, { ifNotExists: true });
+      await this.#o.driver.putContent(referrer.path, referrer.bytes);
       await mapLimit(tags, TAG_WRITE_CONCURRENCY, (tag) => this.#pointTag(repo, tag, digest, expiresAfterMs, true));
     }
     return record;
@@ -364,10 +364,7 @@ export class ManifestStore {
     // back between this look and the entry's delete (put()) wrote the entry before: it goes
     // back as it was. Costs two to four requests, and only deletes of manifests with a subject.
     if (entry && !(await this.exists(repo, digest))) {
-      const written = await this.#o.driver.getContent(entry).catch((err: unknown) => {
-        if (isPathNotFound(err)) return undefined;
-        throw err;
-      });
+      const written = await readOrUndefined(this.#o.driver, entry);
       if (written === undefined) return;
       await ignoreNotFound(this.#o.driver.delete(entry));
       if (await this.exists(repo, digest)) await this.#o.driver.putContent(entry, written);
@@ -643,18 +640,17 @@ const RECORD_READ_BYTES = 16 * 1024;
 
 /**
  * The object's first `n` bytes (fewer when it is shorter); PathNotFoundError when it is
- * absent. The reader's chunks are copied and given back: drivers read into recycled buffers
+ * absent. The reader's chunks are copied (into the result) and given back: drivers read into recycled buffers
  * (1 MiB on fs), and one dropped at every manifest HEAD would be a fresh one at the next.
  */
 async function readPrefix(driver: StorageDriver, path: string, n: number): Promise<Buffer> {
   const stream = await driver.reader(path, 0, n);
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Uint8Array);
+  const head = Buffer.concat(chunks);
   const recycle = recyclerOf(stream);
-  const parts: Buffer[] = [];
-  for await (const chunk of stream) {
-    parts.push(Buffer.from(chunk as Uint8Array));
-    recycle?.(chunk as Uint8Array);
-  }
-  return Buffer.concat(parts);
+  if (recycle) for (const chunk of chunks) recycle(chunk);
+  return head;
 }
 
 /** What paths.manifestRevision() holds: the record as one line of JSON (JSON.stringify writes no newline), then the bytes. */
