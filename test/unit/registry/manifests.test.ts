@@ -446,33 +446,31 @@ describe('ManifestStore', () => {
       const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
       await manifests.put('repo', parseReference('a'), OCI_MANIFEST, sig);
       // The push stops before its entry write (having found the manifest stored), until released.
-      let reached!: () => void;
-      const atEntry = new Promise<void>((r) => (reached = r));
-      let release!: () => void;
-      const gate = new Promise<void>((r) => (release = r));
+      const atEntry = gate();
+      const entryGo = gate();
       const held = intercepted(driver, {
         putContent: async (call, args) => {
           if (String(args[0]).includes('/_manifests/referrers/')) {
-            reached();
-            await gate;
+            atEntry.open();
+            await entryGo.opened;
           }
           return call(...args);
         },
       });
       const pushed = new ManifestStore({ driver: held, blobs: new BlobStore(held), maxBytes: 8192 }).put('repo', parseReference('b'), OCI_MANIFEST, sig);
-      await atEntry;
+      await atEntry.opened;
       const racing = intercepted(driver, {
         listPage: async (call, args) => {
           const page = await call(...args);
           if (when === 'while the delete reads the tags' && String(args[0]) === paths.tags('repo')) {
-            release();
+            entryGo.open();
             await pushed;
           }
           return page;
         },
       });
       await new ManifestStore({ driver: racing, blobs: new BlobStore(racing), maxBytes: 8192 }).delete('repo', parseReference(sha(sig)));
-      release();
+      entryGo.open();
       await pushed;
       expect((await manifests.stat('repo', parseReference(sha(sig)))).digest).toBe(sha(sig));
       expect((await manifests.referrers('repo', parseDigest(subject.digest))).items.map((d) => d.digest)).toEqual([sha(sig)]);
@@ -490,11 +488,6 @@ describe('ManifestStore', () => {
       const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
       const revision = paths.manifestRevision('repo', parseDigest(sha(sig)));
       await manifests.put('repo', parseReference('a'), OCI_MANIFEST, sig);
-      const gate = () => {
-        let open!: () => void;
-        const opened = new Promise<void>((r) => (open = r));
-        return { open, opened };
-      };
       const atEntry = gate();
       const entryGo = gate();
       const atLook = gate();
@@ -545,23 +538,21 @@ describe('ManifestStore', () => {
       const subject = { mediaType: OCI_MANIFEST, digest: sha('the subject'), size: 11 };
       const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
       await manifests.put('repo', parseReference('a'), OCI_MANIFEST, sig);
-      let open!: () => void;
-      const atTag = new Promise<void>((r) => (open = r));
-      let go!: () => void;
-      const released = new Promise<void>((r) => (go = r));
+      const atTag = gate();
+      const tagGo = gate();
       const held = intercepted(driver, {
         putContent: async (call, args) => {
           if (args[0] === paths.tag('repo', 'b')) {
-            open();
-            await released;
+            atTag.open();
+            await tagGo.opened;
           }
           return call(...args);
         },
       });
       const pushed = new ManifestStore({ driver: held, blobs: new BlobStore(held), maxBytes: 8192 }).put('repo', parseReference('b'), OCI_MANIFEST, sig);
-      await atTag;
+      await atTag.opened;
       await manifests.delete('repo', parseReference(sha(sig)));
-      go();
+      tagGo.open();
       await pushed;
       expect((await manifests.stat('repo', parseReference('b'))).digest).toBe(sha(sig));
       expect((await manifests.referrers('repo', parseDigest(subject.digest))).items.map((d) => d.digest)).toEqual([sha(sig)]);
@@ -1019,6 +1010,13 @@ async function pushedAt(driver: StorageDriver, root: string, tag: string, atMs: 
 
 function sortByDigest<T extends { digest: string }>(items: T[]): T[] {
   return [...items].sort((x, y) => lexical(x.digest, y.digest));
+}
+
+/** A promise, and the function that resolves it: where a test holds one side of a race. */
+function gate(): { open: () => void; opened: Promise<void> } {
+  let open!: () => void;
+  const opened = new Promise<void>((r) => (open = r));
+  return { open, opened };
 }
 
 type DriverCall = (...args: unknown[]) => Promise<unknown>;
