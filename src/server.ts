@@ -41,8 +41,8 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
   for (const [i, n] of config.namespaces.entries()) if (n.proxy) mirrors.set(n.name, await loadMirror(n.proxy, `namespaces.${i}.proxy`, log));
   const u = config.uploads;
   const slabs = new SlabPool(u.chunkBytes, u.maxBufferedBytes);
-  // Every queued hash task holds a slab (or an S3 part buffer, bounded by that driver's
-  // pool), so the slab bound also bounds the queue.
+  // Tasks past this bound wait in the pool's own line (HashPool #tasks): one per slab, and
+  // room for the tasks that hold none (digests, rebuilds, S3 parts' SHA-256).
   const hashPool = new HashPool({ threads: u.hashThreads, maxQueue: slabs.maxSlabs * 2 + 64 });
   let driver: StorageDriver;
   try {

@@ -58,7 +58,16 @@ interface RunningHash {
   touchedMs: number;
 }
 
+/** In the order they were last touched: the least recently touched first. */
 const states = new Map<string, RunningHash>();
+
+/**
+ * States one worker holds at most (about 1.4 KB each); past it the least recently touched
+ * goes, which costs its upload a rebuild from storage if it ever continues. Found by
+ * probing: without it, a client opening uploads and sending a byte to each grew the workers
+ * by 1.4 KB an upload for the hour until the idle sweep.
+ */
+const MAX_STATES = 20_000;
 
 /**
  * States of uploads that were abandoned without commit or cancel would pile up; drop those
@@ -71,7 +80,10 @@ let lastSweepMs = Date.now();
 function sweep(now: number): void {
   if (now - lastSweepMs < 60_000) return;
   lastSweepMs = now;
-  for (const [key, s] of states) if (now - s.touchedMs > IDLE_STATE_MS) states.delete(key);
+  for (const [key, s] of states) {
+    if (now - s.touchedMs <= IDLE_STATE_MS) break;
+    states.delete(key);
+  }
 }
 
 function view(ref: BytesRef): Uint8Array {
@@ -124,6 +136,9 @@ function updateState(task: UpdateTask): StateResult {
     s.offset += part.byteLength;
   }
   s.touchedMs = now;
+  states.delete(task.key);
+  states.set(task.key, s);
+  if (states.size > MAX_STATES) states.delete(states.keys().next().value!);
   return { ok: true, threadId, offset: s.offset };
 }
 

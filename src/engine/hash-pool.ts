@@ -1,6 +1,7 @@
 import { Piscina } from 'piscina';
 import type { BytesRef, DigestResult, StateResult } from '../../workers/hash.js';
 import { taskFile } from '../task-file.js';
+import { Slots } from './slots.js';
 
 export type { BytesRef } from '../../workers/hash.js';
 
@@ -15,26 +16,32 @@ export type { BytesRef } from '../../workers/hash.js';
  */
 export interface HashPoolOptions {
   threads: number;
-  /** Upper bound on queued tasks; the upload engine's buffer bound keeps it far below this. */
+  /**
+   * Tasks at the workers or in piscina's queue at most; the others wait here, in arrival
+   * order (#tasks).
+   */
   maxQueue: number;
-  /** Updates moving a slab to the workers and back, at once (default: two per thread); see #gate. */
+  /** Updates moving a slab to the workers and back, at once (default: two per thread); see `updates`. */
   maxInflightUpdates?: number;
 }
 
 export class HashPool {
   readonly #pool: Piscina;
   readonly #concurrency = 4;
-  readonly #maxInflightUpdates: number;
-  #inflightUpdates = 0;
+  /** Updates moving a slab to the workers and back; see `updates`. Each waiting one holds a slab. */
+  readonly #slabUpdates: Slots;
   /**
-   * Updates waiting for one at the workers to answer. Bounded by the upload engine: each
-   * waiting update holds one of its slab pool's slabs.
+   * Every task. piscina refuses a task past its maxQueue (TaskQueueAtLimit), and not every
+   * task holds a slab: a commit's digest, a state rebuilt after a restart, an S3 part's
+   * SHA-256. Found by probing: 400 finishes at once after a restart got 260 500s. So tasks
+   * past the bound wait here instead, and piscina's queue never reaches its limit.
    */
-  readonly #waitingUpdates: Array<() => void> = [];
+  readonly #tasks: Slots;
 
   constructor(opts: HashPoolOptions) {
     const concurrency = this.#concurrency;
-    this.#maxInflightUpdates = Math.max(1, opts.maxInflightUpdates ?? 2 * opts.threads);
+    this.#slabUpdates = new Slots(opts.maxInflightUpdates ?? 2 * opts.threads);
+    this.#tasks = new Slots(opts.maxQueue);
     this.#pool = new Piscina({
       filename: taskFile('hash'),
       minThreads: opts.threads,
@@ -78,54 +85,49 @@ export class HashPool {
       transferList = [...moved];
     }
     const task = { key, expectedOffset, parts, giveBack: transfer ? giveBack : undefined, [Piscina.queueOptionsSymbol]: { threadId: pin } };
-    const run = () => this.#pool.run(task, { name: 'update', transferList }) as Promise<StateResult>;
-    return task.giveBack !== undefined ? this.#gate(run) : run();
+    const run = () => this.#run<StateResult>(task, { name: 'update', transferList });
+    return task.giveBack !== undefined ? this.#slabUpdates.run(run) : run();
+  }
+
+  #run<T>(task: object, options: { name: string; transferList?: ArrayBuffer[] }): Promise<T> {
+    return this.#tasks.run(() => this.#pool.run(task, options) as Promise<T>);
   }
 
   /**
-   * Runs an update that moves a slab to a worker and back (`giveBack`: uWS chunks copied into
-   * the engine's slabs) once fewer than `maxInflightUpdates` such are at the workers. Why: a
+   * Updates that move a slab to a worker and back (`giveBack`: uWS chunks copied into the
+   * engine's slabs) run once fewer than `maxInflightUpdates` such are at the workers. Why: a
    * slab at a worker has left the main thread's external memory, and comes back into it with
    * the answer; V8 starts a full collection whenever external memory has grown 64 MiB past
    * where the last one left it. With 16 uWS pushes at once, each with a few 4 MiB slabs
    * queued at the workers, the slabs' coming and going alone set off 23-28 full mark-compacts
    * per GiB (0.4-0.6 CPU s of V8's helper threads); two updates a thread keep every worker
    * busy, and with them 8-12 (bench/HISTORY.md, "Sixteen pushes at once"). node:http's
-   * chunks go one way, and are freed at the worker: they do not wait here (measured, waiting
-   * cost single pushes ~4%). Waiting here, an upload keeps its slab, and the slab pool pauses
+   * chunks go one way, and are freed at the worker: they do not wait (measured, waiting
+   * cost single pushes ~4%). Waiting, an upload keeps its slab, and the slab pool pauses
    * sockets: the usual backpressure.
    */
-  async #gate<T>(run: () => Promise<T>): Promise<T> {
-    if (this.#inflightUpdates < this.#maxInflightUpdates) this.#inflightUpdates++;
-    else await new Promise<void>((resolve) => this.#waitingUpdates.push(resolve));
-    try {
-      return await run();
-    } finally {
-      // The slot passes straight to the next in line, so none can jump the queue.
-      const next = this.#waitingUpdates.shift();
-      if (next) next();
-      else this.#inflightUpdates--;
-    }
+  get updates(): { inflight: number; waiting: number } {
+    return { inflight: this.#slabUpdates.inflight, waiting: this.#slabUpdates.waiting };
   }
 
-  /** Updates moving a slab at the workers now, and waiting for a place there (tests). */
-  get updates(): { inflight: number; waiting: number } {
-    return { inflight: this.#inflightUpdates, waiting: this.#waitingUpdates.length };
+  /** Tasks at the workers or queued there, and waiting for a place (tests). */
+  get tasks(): { inflight: number; waiting: number } {
+    return { inflight: this.#tasks.inflight, waiting: this.#tasks.waiting };
   }
 
   digest(key: string, pin: number | undefined, expectedOffset: number, final: boolean): Promise<DigestResult> {
-    return this.#pool.run({ key, expectedOffset, final, [Piscina.queueOptionsSymbol]: { threadId: pin } }, { name: 'digest' });
+    return this.#run({ key, expectedOffset, final, [Piscina.queueOptionsSymbol]: { threadId: pin } }, { name: 'digest' });
   }
 
   /** Forgets an upload's state (cancel, or after a failed write made it diverge from storage). */
   async drop(key: string, pin: number | undefined): Promise<void> {
     if (pin === undefined) return;
-    await this.#pool.run({ key, [Piscina.queueOptionsSymbol]: { threadId: pin } }, { name: 'drop' });
+    await this.#run({ key, [Piscina.queueOptionsSymbol]: { threadId: pin } }, { name: 'drop' });
   }
 
   /** One-shot digest off the main thread: an S3 part's signed SHA-256, a blob re-hash. */
   oneShot(bytes: BytesRef, algorithm: 'md5' | 'sha256' | 'sha512', encoding: 'hex' | 'base64'): Promise<string> {
-    return this.#pool.run({ buffer: bytes.buffer, byteOffset: bytes.byteOffset, length: bytes.length, algorithm, encoding }, { name: 'oneShot' });
+    return this.#run({ buffer: bytes.buffer, byteOffset: bytes.byteOffset, length: bytes.length, algorithm, encoding }, { name: 'oneShot' });
   }
 
   get threads(): number {

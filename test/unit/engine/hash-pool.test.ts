@@ -318,3 +318,51 @@ describe('HashPool updates in flight', () => {
     }
   });
 });
+
+describe('HashPool tasks past its queue', () => {
+  // Found by probing: 400 finishes at once after a restart (digests and rebuilds, which hold
+  // no slab) met piscina's maxQueue, and 260 of them got 500 (TaskQueueAtLimit).
+  it('waits with tasks past maxQueue instead of refusing them, and runs them all', async () => {
+    const pool = new HashPool({ threads: 1, maxQueue: 8 });
+    try {
+      const blobs = Array.from({ length: 200 }, () => randomBytes(1024));
+      const keys = blobs.map(() => nextKey());
+      const started = blobs.map((b, i) => pool.update(keys[i]!, undefined, owned(b), 0));
+      expect(pool.tasks).toEqual({ inflight: 8, waiting: 192 });
+      const updated = await Promise.all(started);
+      const digests = await Promise.all(keys.map((k, i) => pool.digest(k, updated[i]!.threadId, 1024, true)));
+      expect(digests.map((d) => (d.ok ? d.hex : d.reason))).toEqual(blobs.map(sha256));
+      const shots = await Promise.all(blobs.map((b) => pool.oneShot(shared(b), 'sha256', 'hex')));
+      expect(shots).toEqual(blobs.map(sha256));
+      expect(pool.tasks).toEqual({ inflight: 0, waiting: 0 });
+    } finally {
+      await pool.close();
+    }
+  });
+});
+
+describe('HashPool states held', () => {
+  // Found by probing: a client opening uploads and sending a byte to each grew the workers by
+  // 1.4 KB an upload, until an hour's idle sweep.
+  it('keeps at most 20,000 states a worker: the least recently touched goes, and answers missing', { timeout: 60_000 }, async () => {
+    const pool = new HashPool({ threads: 1, maxQueue: 64 });
+    try {
+      const first = nextKey();
+      const touched = nextKey();
+      expect(await pool.update(first, undefined, owned(randomBytes(1)), 0)).toMatchObject({ ok: true });
+      expect(await pool.update(touched, undefined, owned(randomBytes(1)), 0)).toMatchObject({ ok: true });
+      const others = Array.from({ length: 20_000 - 2 }, () => nextKey());
+      // Touched again before the last of the others: it is not the least recently touched.
+      for (let i = 0; i < others.length; i += 50) {
+        await Promise.all(others.slice(i, i + 50).map((k) => pool.update(k, undefined, owned(randomBytes(1)), 0)));
+      }
+      expect(await pool.update(touched, undefined, owned(randomBytes(1)), 1)).toMatchObject({ ok: true, offset: 2 });
+      // 20,000 held; one more, and the least recently touched goes.
+      expect(await pool.update(nextKey(), undefined, owned(randomBytes(1)), 0)).toMatchObject({ ok: true });
+      expect(await pool.update(first, undefined, owned(randomBytes(1)), 1)).toMatchObject({ ok: false, reason: 'missing' });
+      expect(await pool.update(touched, undefined, owned(randomBytes(1)), 2)).toMatchObject({ ok: true, offset: 3 });
+    } finally {
+      await pool.close();
+    }
+  });
+});
