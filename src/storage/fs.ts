@@ -487,12 +487,18 @@ class FsFileWriter implements FileWriter {
    * No fsync here: close() ends every PATCH, and flushing each chunk to disk would make a
    * chunked push disk-bound. What reached the page cache survives a process crash, and after
    * a machine crash the file is merely shorter: the upload's offset is the file's size, so
-   * the client is told the true offset (416 + Range) and resends from there.
+   * the client is told the true offset (416 + Range) and resends from there. A background
+   * datasync that failed is reported here too, not only by commit(): the next request's
+   * writer is another handle, whose fsync Linux would let succeed over the lost bytes.
    */
   async close(): Promise<void> {
     this.#enter('close', 'closed');
-    await this.#syncing;
-    await this.#fh.close();
+    try {
+      await this.#syncing;
+      if (this.#syncError !== undefined) throw unwritable(this.#syncError);
+    } finally {
+      await this.#fh.close();
+    }
   }
 
   /**

@@ -10,7 +10,8 @@ import { driverSuite } from './driver-suite.js';
 
 // Lets a test act between the driver's mkdir and its next step, as a concurrent delete() could.
 // Counts the datasyncs of the handles the driver opens.
-const hooks = vi.hoisted(() => ({ afterMkdir: undefined as ((dir: string) => Promise<void>) | undefined, datasyncs: 0 }));
+// Fails datasyncs with `failDatasync` (a disk's EIO, which no real file here gives).
+const hooks = vi.hoisted(() => ({ afterMkdir: undefined as ((dir: string) => Promise<void>) | undefined, datasyncs: 0, failDatasync: undefined as Error | undefined }));
 vi.mock('node:fs/promises', async (importOriginal) => {
   const real = await importOriginal<typeof import('node:fs/promises')>();
   async function mkdir(...args: Parameters<typeof real.mkdir>) {
@@ -23,7 +24,7 @@ vi.mock('node:fs/promises', async (importOriginal) => {
     const datasync = fh.datasync.bind(fh);
     fh.datasync = () => {
       hooks.datasyncs++;
-      return datasync();
+      return hooks.failDatasync ? Promise.reject(hooks.failDatasync) : datasync();
     };
     return fh;
   }
@@ -55,6 +56,7 @@ describe('FsDriver', () => {
 
   afterEach(async () => {
     hooks.afterMkdir = undefined;
+    hooks.failDatasync = undefined;
     await driver.close();
     await rm(parent, { recursive: true, force: true });
   });
@@ -187,6 +189,20 @@ describe('FsDriver', () => {
     await w.commit();
     expect(hooks.datasyncs - before).toBeGreaterThan(0);
     expect((await syncing.getContent('/u/data')).equals(data)).toBe(true);
+  });
+
+  // Found by reading: only commit() reported a failed background datasync, so a PATCH whose
+  // writeback failed got its 202, and the commit's fsync, on a later handle, succeeded.
+  it('reports a failed background datasync when the writer closes, as when it commits', async () => {
+    const syncing = await FsDriver.open({ rootDirectory: join(root, 'synced'), syncEveryBytes: 256 * 1024 });
+    hooks.failDatasync = Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+    for (const end of ['close', 'commit'] as const) {
+      const w = await syncing.writer(`/u/${end}`, false);
+      const before = hooks.datasyncs;
+      await w.write(randomBytes(1024 * 1024));
+      expect(hooks.datasyncs - before).toBe(1);
+      await expect(w[end]()).rejects.toThrow(/EIO/);
+    }
   });
 
   it('rejects a write() while another is in progress', async () => {
