@@ -3,7 +3,7 @@ import { Command } from 'commander';
 import { ConfigError, loadConfig, unknownEnvNames, type Config } from './config.js';
 import { formatDuration, formatRun, ProgressLine } from './gc/format.js';
 import { createLogger, scrubSecrets } from './logger.js';
-import { GcBusyError, LeaseLostError } from './gc/lease.js';
+import { ClockSkewError, GcBusyError, LeaseLostError } from './gc/lease.js';
 import { runGarbageCollection } from './gc/runner.js';
 import { mirrorsOf } from './gc/mirror.js';
 import { missingNodeOptions } from './node-options.js';
@@ -150,6 +150,9 @@ program
       if (err instanceof GcBusyError || err instanceof LeaseLostError) {
         process.stderr.write(`hoist gc: ${err.message}\n`);
         process.exitCode = 3;
+      } else if (err instanceof ClockSkewError) {
+        process.stderr.write(`hoist gc: ${err.message}\n`);
+        process.exitCode = 1;
       } else {
         process.stderr.write(scrubSecrets(`hoist gc failed: ${(err as Error).stack ?? String(err)}\n`));
         process.exitCode = 1;

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { isPathNotFound, objectExists, type StorageDriver } from '../storage/driver.js';
 import { paths } from '../registry/paths.js';
@@ -40,6 +41,24 @@ export class GcBusyError extends Error {
     this.lease = lease;
   }
 }
+
+/**
+ * This host's clock is too far from the store's for a collection: the collector judges what
+ * is old by the store's modification times and the times servers and collectors write, with
+ * its own clock.
+ */
+export class ClockSkewError extends Error {
+  override readonly name = 'ClockSkewError';
+}
+
+/**
+ * How far this host's clock may be from the store's for a collection to run. Found by
+ * probing: a collector 12 minutes ahead took every server's presence for silent and swept a
+ * manifest push in flight; one 6 minutes behind wrote heartbeats that another collector took
+ * for a dead one's, and two collections ran at once. Well under the lease TTL and the wait
+ * for servers (rule C), so neither misjudges.
+ */
+export const MAX_CLOCK_SKEW_MS = 60_000;
 
 /** The lease went to another collector (ours missed its heartbeats for longer than the TTL). */
 export class LeaseLostError extends Error {
@@ -112,10 +131,16 @@ export class Lease {
       throw new GcBusyError(`collection ${newest} is starting`, current);
     }
     let gen = Math.max(current?.gen ?? 0, newest) + 1;
+    // Whose claim it is, when a create-if-absent whose answer was lost is sent again and
+    // finds its own first write (found by probing: the collector then took its own claim for
+    // another's, and every collection was refused for the TTL).
+    const token = randomUUID();
+    let claimedAtMs: number;
     for (let attempt = 0; ; attempt++) {
-      const claim: ClaimRecord = { owner, at: new Date().toISOString(), ...processIdentity() };
-      const claimed = await driver.putContent(paths.gcGeneration(gen), json(claim), { ifNotExists: true });
-      if (claimed) break;
+      claimedAtMs = Date.now();
+      const claim: ClaimRecord = { owner, at: new Date(claimedAtMs).toISOString(), token, ...processIdentity() };
+      if (await driver.putContent(paths.gcGeneration(gen), json(claim), { ifNotExists: true })) break;
+      if ((await readClaim(driver, gen))?.token === token) break;
       // Somebody claimed this generation. If its lease never appeared and the claim is old,
       // that collector died between the two writes: skip the generation. Otherwise it's
       // starting right now.
@@ -125,6 +150,15 @@ export class Lease {
         continue;
       }
       throw new GcBusyError(`another collection claimed generation ${gen} just now`, await readLease(driver));
+    }
+    // The claim's modification time is the store's clock: before this collector writes a
+    // lease (which would replace a running one it misjudged), it checks its own. (On local
+    // storage the store's clock is this host's.)
+    const skewMs = driver.local ? 0 : clockSkew((await driver.stat(paths.gcGeneration(gen))).modTime.getTime(), claimedAtMs, Date.now());
+    if (Math.abs(skewMs) > MAX_CLOCK_SKEW_MS) {
+      const done: ClaimRecord = { owner, at: new Date(claimedAtMs).toISOString(), token, done: true };
+      await driver.putContent(paths.gcGeneration(gen), json(done)).catch(() => undefined);
+      throw new ClockSkewError(`this host's clock is ${Math.round(Math.abs(skewMs) / 1000)} s ${skewMs < 0 ? 'ahead of' : 'behind'} the storage's; a collection needs the two within ${MAX_CLOCK_SKEW_MS / 1000} s (set the time, e.g. with NTP)`);
     }
     const now = new Date().toISOString();
     const record: LeaseRecord = { gen, state: 'running', owner, startedAt: now, heartbeatAt: now, ...processIdentity() };
@@ -183,8 +217,29 @@ interface ClaimRecord extends Partial<ProcessIdentity> {
   readonly owner: string;
   /** When it was claimed (the claimer's clock). */
   readonly at: string;
+  /** The claimer's own mark (claims before it have none). */
+  readonly token?: string;
   /** The collection ended and released its lease. */
   readonly done?: boolean;
+}
+
+async function readClaim(driver: StorageDriver, gen: number): Promise<Partial<ClaimRecord> | undefined> {
+  try {
+    return JSON.parse((await driver.getContent(paths.gcGeneration(gen))).toString('utf8')) as Partial<ClaimRecord>;
+  } catch {
+    return undefined; // gone, or unreadable
+  }
+}
+
+/**
+ * The store's clock minus this host's, as far as one write tells: the store stamped it
+ * (`storeMs`, whole seconds on S3) between `beforeMs` and `afterMs` of this host. 0 when
+ * the stamp falls within that window.
+ */
+export function clockSkew(storeMs: number, beforeMs: number, afterMs: number): number {
+  if (storeMs < beforeMs - 1000) return storeMs - beforeMs;
+  if (storeMs > afterMs) return storeMs - afterMs;
+  return 0;
 }
 
 /**
@@ -193,13 +248,9 @@ interface ClaimRecord extends Partial<ProcessIdentity> {
  * were marked done counts as starting for a TTL after it was made.)
  */
 async function claimStarting(driver: StorageDriver, gen: number, ttlMs: number): Promise<boolean> {
-  let claim: Partial<ClaimRecord>;
-  try {
-    claim = JSON.parse((await driver.getContent(paths.gcGeneration(gen))).toString('utf8')) as Partial<ClaimRecord>;
-  } catch {
-    return false; // gone since the listing, or unreadable: nothing to wait for
-  }
-  if (claim.done === true) return false;
+  const claim = await readClaim(driver, gen);
+  // Gone since the listing, or unreadable: nothing to wait for.
+  if (claim === undefined || claim.done === true) return false;
   const at = Date.parse(claim.at ?? '');
   if (!Number.isFinite(at) || Date.now() - at >= ttlMs) return false;
   return !(driver.local && processGone(claim) === true);

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { RegistryError } from '../../../src/errors.js';
 import { collectGarbage } from '../../../src/gc/collector.js';
 import { GcGuard } from '../../../src/gc/guard.js';
-import { GcBusyError, Lease, readLease } from '../../../src/gc/lease.js';
+import { ClockSkewError, GcBusyError, Lease, MAX_CLOCK_SKEW_MS, readLease } from '../../../src/gc/lease.js';
 import { HashPool } from '../../../src/engine/hash-pool.js';
 import { UploadLocks } from '../../../src/engine/upload-lock.js';
 import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
@@ -528,6 +528,55 @@ describe('leases', () => {
     const next = await Lease.acquire(d, { ttlMs: 60_000 });
     expect(next.gen).toBe(first.gen + 1);
     await next.release();
+  });
+
+  // Found by probing: the store took the claim, its answer was lost, and the SDK's retry of
+  // the create-if-absent found it there: the collector took its own claim for another's,
+  // and every collection was refused as "starting" for the lease's TTL.
+  it('a claim whose answer was lost, and whose retry finds it, is the collector\'s own', async () => {
+    class LostAnswer extends MemoryDriver {
+      override async putContent(path: string, content: Uint8Array, opts?: { ifNotExists?: boolean }): Promise<boolean> {
+        if (!path.startsWith(paths.gcGenerationsDir()) || !opts?.ifNotExists) return super.putContent(path, content, opts);
+        await super.putContent(path, content, opts);
+        return super.putContent(path, content, opts);
+      }
+    }
+    const d = new LostAnswer();
+    const lease = await Lease.acquire(d, { ttlMs: 60_000 });
+    expect((await readLease(d))?.gen).toBe(lease.gen);
+    await lease.release();
+    // Another collector's claim still makes it busy.
+    await d.putContent(paths.gcGeneration(lease.gen + 1), Buffer.from(JSON.stringify({ owner: 'other:1', at: new Date().toISOString(), token: 'theirs' })));
+    await expect(Lease.acquire(d, { ttlMs: 60_000 })).rejects.toBeInstanceOf(GcBusyError);
+  });
+
+  // Found by probing: a collector 12 minutes ahead of the store took every server's presence
+  // for silent and swept a push in flight; one 6 minutes behind wrote heartbeats another
+  // collector took for a dead one's, and two collections ran at once.
+  it.each([['ahead of', -12 * 60_000], ['behind', 6 * 60_000]])('a collector whose clock is minutes %s the store\'s refuses to collect, and leaves the next free to', async (_, storeMinusHostMs) => {
+    class SkewedStore extends MemoryDriver {
+      shiftMs = storeMinusHostMs;
+      override async stat(path: string): Promise<FileInfo> {
+        const info = await super.stat(path);
+        return { ...info, modTime: new Date(info.modTime.getTime() + this.shiftMs) };
+      }
+    }
+    const d = new SkewedStore();
+    const running = new Date().toISOString();
+    const err = await Lease.acquire(d, { ttlMs: 300_000 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ClockSkewError);
+    expect((err as Error).message).toMatch(new RegExp(`clock is ${Math.abs(storeMinusHostMs) / 1000} s ${_} the storage's`));
+    expect(await readLease(d)).toBeUndefined();
+    // Within the bound, it collects; its refused claim held nobody up.
+    d.shiftMs = Math.sign(storeMinusHostMs) * (MAX_CLOCK_SKEW_MS - 5_000);
+    const lease = await Lease.acquire(d, { ttlMs: 300_000 });
+    expect(lease.gen).toBe(2);
+    await lease.release();
+    // A running collection's lease is never replaced by a skewed collector's.
+    await d.putContent(paths.gcLease(), Buffer.from(JSON.stringify({ gen: 7, state: 'running', owner: 'slow:1', startedAt: running, heartbeatAt: new Date(Date.now() - 400_000).toISOString() })));
+    d.shiftMs = storeMinusHostMs;
+    await expect(Lease.acquire(d, { ttlMs: 300_000 })).rejects.toBeInstanceOf(ClockSkewError);
+    expect((await readLease(d))?.owner).toBe('slow:1');
   });
 
   it('takes over a lease whose collector stopped renewing it', async () => {
