@@ -208,7 +208,11 @@ async function removeStaging(ctx: WriterContext, path: string): Promise<void> {
 export function partSizeFor(bufferBytes: number, hintBytes: number | undefined): number {
   if (hintBytes === undefined || !Number.isSafeInteger(hintBytes) || hintBytes < MIN_PART_BYTES) return bufferBytes;
   if (hintBytes <= bufferBytes) return hintBytes;
-  for (let k = Math.ceil(hintBytes / bufferBytes); hintBytes / k >= MIN_PART_BYTES; k++) {
+  // A size no part size can store in MAX_PARTS parts fails later whatever this says; and the
+  // search stops at MAX_PARTS parts (found by probing: a Content-Range announcing 10^15
+  // bytes held the event loop for 6 s in this loop).
+  if (hintBytes > MAX_PARTS * bufferBytes) return bufferBytes;
+  for (let k = Math.ceil(hintBytes / bufferBytes); k <= MAX_PARTS && hintBytes / k >= MIN_PART_BYTES; k++) {
     if (hintBytes % k === 0) return hintBytes / k;
   }
   return bufferBytes;
@@ -361,7 +365,9 @@ export class S3FileWriter implements FileWriter {
     }
     if (state.partSizeBytes > ctx.buffers.partSizeBytes) {
       if (buf) ctx.buffers.release(buf);
-      throw new Error(`S3 upload ${path} was started with ${state.partSizeBytes}-byte parts; this driver's parts are ${ctx.buffers.partSizeBytes} bytes (set partSize back to continue it)`);
+      // 503: an instance with larger part buffers (the configuration the upload started
+      // under, during a rolling change) can continue it.
+      throw new StorageUnavailableError(`S3 upload ${path} was started with ${state.partSizeBytes}-byte parts; this driver's parts are ${ctx.buffers.partSizeBytes} bytes (set partSize back to continue it)`);
     }
     const w = new S3FileWriter(ctx, path, state.partSizeBytes, sizeHintBytes);
     w.#uploadId = state.uploadId;

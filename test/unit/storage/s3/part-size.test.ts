@@ -30,4 +30,16 @@ describe('partSizeFor (an upload\'s part size from its first chunk\'s announced 
     expect(partSizeFor(16 * MiB, 20 * MiB + 5)).toBe(16 * MiB);
     expect(partSizeFor(8 * MiB, 9 * MiB)).toBe(8 * MiB);
   });
+
+  // Found by probing: the search for a divisor ran once per candidate part count, and a
+  // Content-Range announcing 10^15 bytes held the event loop for 6 s.
+  it('answers at once for announced sizes of any length, and never past 10,000 parts', () => {
+    const t0 = performance.now();
+    expect(partSizeFor(16 * MiB, 999_999_999_999_989)).toBe(16 * MiB);
+    expect(partSizeFor(16 * MiB, 10_000 * 16 * MiB + 1)).toBe(16 * MiB);
+    // Prime: no divisor at all, every candidate up to 10,000 parts tried.
+    expect(partSizeFor(16 * MiB, 167_772_161)).toBe(16 * MiB);
+    // Not a speed target: 6 s before, microseconds now; the bound only tells a hang.
+    expect(performance.now() - t0).toBeLessThan(1000);
+  });
 });
