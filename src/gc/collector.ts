@@ -1,14 +1,14 @@
 import pLimit, { type LimitFunction } from 'p-limit';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { InvalidPathError, isPathNotFound, listPage, objectExists, type StorageDriver } from '../storage/driver.js';
+import { InvalidPathError, isPathNotFound, listPage, objectExists, type ListedChild, type StorageDriver } from '../storage/driver.js';
 import { BlobStore, WELL_KNOWN_BLOBS } from '../registry/blobs.js';
 import type { ExpiryPolicy } from '../registry/expiry.js';
 import { decodeRevision } from '../registry/manifests.js';
 import type { PresenceRecord, TouchRecord } from './guard.js';
 import { lockInForce } from '../engine/upload-lock.js';
 import { processGone } from '../process-identity.js';
-import { Lease } from './lease.js';
+import { ClockSkewError, clockSkew, Lease, MAX_CLOCK_SKEW_MS } from './lease.js';
 import { manifestRefs, Marker } from './mark.js';
 import {
   basename, listData, listOrEmpty, listRepositories, readOrUndefined, scanBlobs, scanRepository, type RepositoryScan,
@@ -266,6 +266,12 @@ export interface GcReport {
 const DEFAULT_CONCURRENCY = 16;
 const DEFAULT_LEASE_TTL_MS = 5 * 60_000;
 const DEFAULT_INFLIGHT_TIMEOUT_MS = 10 * 60_000;
+/**
+ * How long after its heartbeatAt a server's presence may reach the store: an S3 request is
+ * tried again for up to twice the driver's timeout, and the last try may take one more
+ * (README, S3 storage), 45 s at the default.
+ */
+const PRESENCE_WRITE_SLACK_MS = 60_000;
 /** Objects deleted per batch (S3 DeleteObjects takes at most 1,000). */
 const DELETE_BATCH = 500;
 /** A batch's note (J) holds what it deletes: manifests are batched by their bytes too. */
@@ -459,6 +465,7 @@ class Collection {
         } catch {
           // Unreadable: judged by its age alone.
         }
+        this.#checkServerClock(c, p);
         if (!raw || (typeof p.ack === 'number' && p.ack >= gen)) {
           settled.add(c.path);
           return;
@@ -473,6 +480,25 @@ class Collection {
       // Servers look at the lease every second or so.
       await sleep(50);
     }
+  }
+
+  /**
+   * Servers date their touches, upload locks and records by their own clocks, which the
+   * collector compares with its own: a server minutes behind had a PATCH's upload removed
+   * under it and blobs it had just vouched for swept (found by probing, 90 s and 10 min
+   * behind). Its presence says when it was written by both clocks (heartbeatAt, and the
+   * store's modification time), so before it lists anything a collection refuses to run
+   * beside a server off by more than MAX_CLOCK_SKEW_MS ahead, or that plus the longest a
+   * presence's write may be retried (PRESENCE_WRITE_SLACK_MS) behind. On local storage the
+   * store's clock is this host's, and a server's is too.
+   */
+  #checkServerClock(c: ListedChild, p: Partial<PresenceRecord>): void {
+    if (this.#d.local || c.modTime === undefined || typeof p.heartbeatAt !== 'string') return;
+    const written = Date.parse(p.heartbeatAt);
+    if (!Number.isFinite(written)) return;
+    const skewMs = clockSkew(c.modTime.getTime(), written, written + PRESENCE_WRITE_SLACK_MS);
+    if (Math.abs(skewMs) <= MAX_CLOCK_SKEW_MS) return;
+    throw new ClockSkewError(`the clock of server ${p.owner ?? c.path} is ${Math.round(Math.abs(skewMs) / 1000)} s or more ${skewMs < 0 ? 'ahead of' : 'behind'} the storage's; a collection needs every server within ${MAX_CLOCK_SKEW_MS / 1000} s (set the time, e.g. with NTP)`);
   }
 
   /** Registrations of operations by servers of earlier versions, which register each one. */

@@ -55,10 +55,12 @@ export class ClockSkewError extends Error {
  * How far this host's clock may be from the store's for a collection to run. Found by
  * probing: a collector 12 minutes ahead took every server's presence for silent and swept a
  * manifest push in flight; one 6 minutes behind wrote heartbeats that another collector took
- * for a dead one's, and two collections ran at once. Well under the lease TTL and the wait
- * for servers (rule C), so neither misjudges.
+ * for a dead one's, and two collections ran at once; at 55 s ahead (a first bound of 60 s)
+ * it removed an upload whose PATCH held its lock, since upload locks allow 30 s of skew
+ * (engine/upload-lock.ts), and swept a blob vouched for within a 30 s grace. Hosts kept by
+ * NTP are milliseconds apart; S3 dates objects to the second.
  */
-export const MAX_CLOCK_SKEW_MS = 60_000;
+export const MAX_CLOCK_SKEW_MS = 10_000;
 
 /** The lease went to another collector (ours missed its heartbeats for longer than the TTL). */
 export class LeaseLostError extends Error {
@@ -163,8 +165,11 @@ export class Lease {
     const now = new Date().toISOString();
     const record: LeaseRecord = { gen, state: 'running', owner, startedAt: now, heartbeatAt: now, ...processIdentity() };
     await driver.putContent(paths.gcLease(), json(record));
-    // Older claims are no longer needed (the lease says which generation is current).
-    for (const old of [gen - 1, gen - 2]) if (old > 0) await driver.delete(paths.gcGeneration(old)).catch(() => undefined);
+    // Older claims are no longer needed (the lease says which generation is current): the
+    // two before, and any older the listing found (claims of collectors refused for their
+    // clocks would otherwise pile up, one per scheduled run).
+    const older = new Set([gen - 1, gen - 2, ...claims.filter((c) => Number.isSafeInteger(c) && c < gen)]);
+    for (const old of older) if (old > 0) await driver.delete(paths.gcGeneration(old)).catch(() => undefined);
     return new Lease(driver, record, opts.ttlMs);
   }
 
@@ -251,7 +256,11 @@ async function claimStarting(driver: StorageDriver, gen: number, ttlMs: number):
   const claim = await readClaim(driver, gen);
   // Gone since the listing, or unreadable: nothing to wait for.
   if (claim === undefined || claim.done === true) return false;
-  const at = Date.parse(claim.at ?? '');
+  // Its age by the store's clock too: a claim dated by a clock far ahead, whose collector
+  // was refused for it (or died) before marking it done, would otherwise hold every
+  // collection off until that date (found by probing: a day).
+  const stored = (await driver.stat(paths.gcGeneration(gen)).catch(() => undefined))?.modTime.getTime() ?? Infinity;
+  const at = Math.min(Date.parse(claim.at ?? ''), stored);
   if (!Number.isFinite(at) || Date.now() - at >= ttlMs) return false;
   return !(driver.local && processGone(claim) === true);
 }

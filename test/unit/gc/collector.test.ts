@@ -579,6 +579,40 @@ describe('leases', () => {
     expect((await readLease(d))?.owner).toBe('slow:1');
   });
 
+  // Found by probing: a collector a day ahead, refused, whose "done" write failed, left a
+  // claim dated a day ahead, and every collection was "starting" until then.
+  it('judges a claim\'s age by the store\'s clock too, and the next lease takes every older claim away', async () => {
+    const d = new MemoryDriver();
+    await d.putContent(paths.gcGeneration(1), Buffer.from(JSON.stringify({ owner: 'ahead:1', at: new Date(Date.now() + 86_400_000).toISOString(), token: 't' })));
+    await d.putContent(paths.gcGeneration(2), Buffer.from(JSON.stringify({ owner: 'ahead:1', at: new Date(Date.now() + 86_400_000).toISOString(), token: 't' })));
+    await expect(Lease.acquire(d, { ttlMs: 200 })).rejects.toBeInstanceOf(GcBusyError);
+    await sleep(300);
+    const lease = await Lease.acquire(d, { ttlMs: 200 });
+    expect(lease.gen).toBe(3);
+    await lease.release();
+    expect((await d.list(paths.gcGenerationsDir())).map((p) => p.slice(p.lastIndexOf('/') + 1))).toEqual(['3']);
+  });
+
+  // Found by probing: a server 90 s or 10 min behind had a PATCH's upload removed under it
+  // and blobs it had just vouched for swept; its touches and locks are dated by its clock.
+  it.each([['behind', -10 * 60_000], ['ahead of', 60_000]])('refuses to collect beside a server whose clock is minutes %s the store\'s', async (_, serverMinusStoreMs) => {
+    const d = new MemoryDriver();
+    const t = new GcFixture(d, pool);
+    await t.pushImage('x', 'v1');
+    await t.registry.deleteManifest('x', 'v1');
+    const heartbeatAt = new Date(Date.now() + serverMinusStoreMs).toISOString();
+    await d.putContent(paths.gcServer('skewed'), Buffer.from(JSON.stringify({ id: 'skewed', owner: 'skewed:1', startedAt: heartbeatAt, heartbeatAt })));
+    const before = (await d.list('/')).length;
+    const err = await t.gc().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ClockSkewError);
+    expect((err as Error).message).toMatch(new RegExp(`server skewed:1 is \\d+ s or more ${_} the storage's`));
+    expect(await readLease(d)).toBeUndefined();
+    expect((await d.list('/')).length).toBe(before);
+    // Within the bound: it collects.
+    await d.putContent(paths.gcServer('skewed'), Buffer.from(JSON.stringify({ id: 'skewed', owner: 'skewed:1', startedAt: heartbeatAt, heartbeatAt: new Date(Date.now() - 30_000).toISOString(), ack: 99 })));
+    expect((await t.gc()).manifests).toBe(1);
+  });
+
   it('takes over a lease whose collector stopped renewing it', async () => {
     const d = new MemoryDriver();
     const t = new GcFixture(d, pool);
