@@ -283,10 +283,6 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
 
   #writeHead(status: number, headers: HeaderMap): void {
     this.#res.writeStatus(`${status} ${STATUS_CODES[status] ?? 'Unknown'}`);
-    // uWS drops a connection idle for 10 s without saying so: a pooled client that reuses it
-    // just then gets a reset (found by probing, on requests that cannot be retried). The hint
-    // is node:http's own, so both front ends tell clients the same.
-    this.#res.writeHeader('Keep-Alive', KEEP_ALIVE_HINT);
     // uWS writes Content-Length itself; a second one would corrupt the message.
     for (const name in headers) if (name.toLowerCase() !== 'content-length') this.#res.writeHeader(name, headers[name]!);
   }
@@ -520,8 +516,6 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
 
 /** uWS's HTTP idle timeout (HTTP_TIMEOUT_S, compiled in): a response that moved no byte for this long is dropped. */
 const UWS_IDLE_TIMEOUT_MS = 10_000;
-/** What node:http says of its idle keep-alive connections (its keepAliveTimeout, 5 s), well inside uWS's timeout. */
-const KEEP_ALIVE_HINT = 'timeout=5';
 
 /** How often a response write that waits for the client is retried (stream()). */
 const NUDGE_INTERVAL_MS = 1_000;
