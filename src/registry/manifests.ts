@@ -224,12 +224,12 @@ export class ManifestStore {
     // known manifest widens the gap; tags too). This push then comes after that delete: the
     // manifest goes back, and the entry and tags are written again after it, since the
     // delete's last look (delete()) may have removed the entry meanwhile (found by probing
-    // too). A delete that comes after this look untags what it finds. One request more per
-    // push that names the manifest somewhere (a tag, a referrer entry), where docker-registry
-    // leaves a tag naming nothing; a push by digest alone has nothing to leave dangling.
-    if ((referrer || tags.length > 0) && !(await this.exists(repo, digest))) {
+    // too). A delete that comes after this look untags what it finds. One request more,
+    // for manifests with a subject only (the other races are left as distribution leaves
+    // them, README).
+    if (referrer && !(await this.exists(repo, digest))) {
       await this.#o.driver.putContent(paths.manifestRevision(repo, digest), revision, { ifNotExists: true });
-      if (referrer) await this.#o.driver.putContent(referrer.path, referrer.bytes);
+      await this.#o.driver.putContent(referrer.path, referrer.bytes);
       await mapLimit(tags, TAG_WRITE_CONCURRENCY, (tag) => this.#pointTag(repo, tag, digest, expiresAfterMs, true));
     }
     return record;

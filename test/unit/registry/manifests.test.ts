@@ -533,11 +533,10 @@ describe('ManifestStore', () => {
 
     // Found by probing: a push by tag of a referrer that looked for its manifest before
     // writing its tag, racing a delete by digest that untagged in between, left its tag naming
-    // the deleted manifest (20 races in 500 on fs). The look now follows the tags, and a
-    // manifest without a subject gets it too (its tag named the deleted manifest as well).
-    it.each(['a referrer', 'a manifest without a subject'])('a push by tag of %s whose tag is written after a delete took its manifest puts the manifest back', async (kind) => {
+    // the deleted manifest (20 races in 500 on fs). The look now follows the tags.
+    it('a push by tag of a referrer whose tag is written after a delete took its manifest puts the manifest back', async () => {
       const subject = { mediaType: OCI_MANIFEST, digest: sha('the subject'), size: 11 };
-      const sig = kind === 'a referrer' ? manifest({ artifactType: 'application/vnd.example.sig', subject }) : manifest({ n: 'plain' });
+      const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
       await manifests.put('repo', parseReference('a'), OCI_MANIFEST, sig);
       const atTag = gate();
       const tagGo = gate();
@@ -556,7 +555,7 @@ describe('ManifestStore', () => {
       tagGo.open();
       await pushed;
       expect((await manifests.stat('repo', parseReference('b'))).digest).toBe(sha(sig));
-      expect((await manifests.referrers('repo', parseDigest(subject.digest))).items.map((d) => d.digest)).toEqual(kind === 'a referrer' ? [sha(sig)] : []);
+      expect((await manifests.referrers('repo', parseDigest(subject.digest))).items.map((d) => d.digest)).toEqual([sha(sig)]);
     });
 
     it('lists tags in lexical (byte-wise) order with pagination', async () => {
@@ -670,31 +669,24 @@ describe('ManifestStore', () => {
       return { counting, store, bytes: manifest({ config, layers: [desc('application/vnd.oci.image.layer.v1.tar', layer)] }) };
     }
 
-    // After the tag, one look that the manifest is still there (a delete by digest may have
-    // taken it meanwhile: put()).
-    const tagged = ['putContent', 'putContent', 'reader'];
-
-    it('an image pushed under a new tag: per blob its link, record and data; the revision written if absent; the tag; a look for the revision', async () => {
+    it('an image pushed under a new tag: per blob its link, record and data; the revision written if absent; the tag', async () => {
       const { counting, store, bytes } = await countedImage();
       // Then the revision, written unless there; the tag, written.
       const first = await counting.during(() => store.put('repo', parseReference('t1'), OCI_MANIFEST, bytes));
-      expect(first.calls.map((c) => c.op).sort()).toEqual([...perBlobs, ...tagged].sort());
+      expect(first.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
       // A known manifest under another tag, and under the same tag again: no tag in this
       // repository can expire, so the tag is written without a look.
       const again = await counting.during(() => store.put('repo', parseReference('t2'), OCI_MANIFEST, bytes));
-      expect(again.calls.map((c) => c.op).sort()).toEqual([...perBlobs, ...tagged].sort());
+      expect(again.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
       const same = await counting.during(() => store.put('repo', parseReference('t2'), OCI_MANIFEST, bytes));
-      expect(same.calls.map((c) => c.op).sort()).toEqual([...perBlobs, ...tagged].sort());
-      // By digest, nothing else names it: no look.
-      const byDigest = await counting.during(() => store.put('repo', parseReference(sha(bytes)), OCI_MANIFEST, bytes));
-      expect(byDigest.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent'].sort());
+      expect(same.calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
     });
 
     it('a tag under a configured expiration: written without a look at every push, which restarts the expiration', async () => {
       const { counting, store, bytes } = await countedImage(new ExpiryPolicy({ repositories: { repo: 3_600_000 } }));
       for (const t of ['t1', 't2', 't2']) {
         const { calls } = await counting.during(() => store.put('repo', parseReference(t), OCI_MANIFEST, bytes));
-        expect(calls.map((c) => c.op).sort()).toEqual([...perBlobs, ...tagged].sort());
+        expect(calls.map((c) => c.op).sort()).toEqual([...perBlobs, 'putContent', 'putContent'].sort());
       }
     });
 
