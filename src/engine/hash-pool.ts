@@ -134,8 +134,9 @@ export class HashPool {
     return this.#pool.threads.length;
   }
 
+  /** Tasks waiting for a worker: in piscina's queue, and in this pool's lines before it. */
   get queueSize(): number {
-    return this.#pool.queueSize;
+    return this.#pool.queueSize + this.#tasks.waiting + this.#slabUpdates.waiting;
   }
 
   /** Workers running at least one task now (metrics read it at scrape time). */

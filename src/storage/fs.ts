@@ -427,12 +427,17 @@ class FsFileWriter implements FileWriter {
    * fsync could succeed over lost bytes.
    */
   #syncError: unknown;
+  /** The file's size when the last background datasync that succeeded started: on disk. */
+  #durable: number;
 
   readonly #syncEveryBytes: number;
 
   constructor(fh: fs.FileHandle, size: number, discard: () => Promise<void>, syncEveryBytes: number) {
     this.#fh = fh;
     this.#size = size;
+    // What an earlier writer left: the size an upload's status reports, judged as durable as
+    // the rest of it.
+    this.#durable = size;
     this.#discard = discard;
     this.#syncEveryBytes = syncEveryBytes;
   }
@@ -488,17 +493,27 @@ class FsFileWriter implements FileWriter {
    * chunked push disk-bound. What reached the page cache survives a process crash, and after
    * a machine crash the file is merely shorter: the upload's offset is the file's size, so
    * the client is told the true offset (416 + Range) and resends from there. A background
-   * datasync that failed is reported here too, not only by commit(): the next request's
-   * writer is another handle, whose fsync Linux would let succeed over the lost bytes.
+   * datasync that failed is reported here too, not only by commit(), and the file is cut
+   * back to what the last one that succeeded put on disk: the next request's writer is
+   * another handle, whose fsync Linux would let succeed over the lost bytes (still readable
+   * from the page cache, so a rebuilt hash would match them), and the client resends the
+   * rest from the offset its status then reports.
    */
   async close(): Promise<void> {
     this.#enter('close', 'closed');
     try {
       await this.#syncing;
-      if (this.#syncError !== undefined) throw unwritable(this.#syncError);
+      await this.#throwIfSyncFailed();
     } finally {
       await this.#fh.close();
     }
+  }
+
+  /** After a failed background datasync: the file cut back to what is on disk (close() says why), and the error. */
+  async #throwIfSyncFailed(): Promise<void> {
+    if (this.#syncError === undefined) return;
+    await this.#fh.truncate(this.#durable).catch(() => undefined);
+    throw unwritable(this.#syncError);
   }
 
   /**
@@ -509,7 +524,7 @@ class FsFileWriter implements FileWriter {
     this.#enter('commit', 'committed');
     try {
       await this.#syncing;
-      if (this.#syncError !== undefined) throw this.#syncError;
+      await this.#throwIfSyncFailed();
       await this.#fh.sync();
     } catch (err) {
       throw unwritable(err);
@@ -531,8 +546,11 @@ class FsFileWriter implements FileWriter {
     if (this.#unsynced < this.#syncEveryBytes || this.#syncing !== undefined || backgroundSyncs >= MAX_BACKGROUND_SYNCS) return;
     this.#unsynced = 0;
     backgroundSyncs++;
+    const target = this.#size;
     this.#syncing = this.#fh.datasync().then(
-      () => undefined,
+      () => {
+        if (this.#syncError === undefined) this.#durable = target;
+      },
       (err: unknown) => {
         this.#syncError ??= err;
       },

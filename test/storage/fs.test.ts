@@ -11,7 +11,7 @@ import { driverSuite } from './driver-suite.js';
 // Lets a test act between the driver's mkdir and its next step, as a concurrent delete() could.
 // Counts the datasyncs of the handles the driver opens.
 // Fails datasyncs with `failDatasync` (a disk's EIO, which no real file here gives).
-const hooks = vi.hoisted(() => ({ afterMkdir: undefined as ((dir: string) => Promise<void>) | undefined, datasyncs: 0, failDatasync: undefined as Error | undefined }));
+const hooks = vi.hoisted(() => ({ afterMkdir: undefined as ((dir: string) => Promise<void>) | undefined, datasyncs: 0, failDatasync: undefined as Error | undefined, lastDatasync: Promise.resolve() as Promise<unknown> }));
 vi.mock('node:fs/promises', async (importOriginal) => {
   const real = await importOriginal<typeof import('node:fs/promises')>();
   async function mkdir(...args: Parameters<typeof real.mkdir>) {
@@ -24,7 +24,9 @@ vi.mock('node:fs/promises', async (importOriginal) => {
     const datasync = fh.datasync.bind(fh);
     fh.datasync = () => {
       hooks.datasyncs++;
-      return hooks.failDatasync ? Promise.reject(hooks.failDatasync) : datasync();
+      const done = hooks.failDatasync ? Promise.reject(hooks.failDatasync) : datasync();
+      hooks.lastDatasync = done.catch(() => undefined);
+      return done;
     };
     return fh;
   }
@@ -203,6 +205,33 @@ describe('FsDriver', () => {
       expect(hooks.datasyncs - before).toBe(1);
       await expect(w[end]()).rejects.toThrow(/EIO/);
     }
+  });
+
+  // Found by review: the close reported it, but the file kept the bytes whose writeback
+  // failed, the status offered them as stored, and a hash rebuilt from the page cache
+  // matched them: the commit would vouch for bytes not on disk.
+  it('cuts the file back to what the last good datasync put on disk when a later one failed', async () => {
+    const syncing = await FsDriver.open({ rootDirectory: join(root, 'synced'), syncEveryBytes: 256 * 1024 });
+    const data = randomBytes(1024 * 1024);
+    const w = await syncing.writer('/u/data', false);
+    await w.write(data.subarray(0, 300 * 1024));
+    // The first datasync (of 300 KiB) succeeds; the next, after 600 KiB, fails.
+    await hooks.lastDatasync;
+    // And the writer's own bookkeeping of it, a few promise turns later.
+    await new Promise((resolve) => setImmediate(resolve));
+    await w.write(data.subarray(300 * 1024, 301 * 1024));
+    hooks.failDatasync = Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+    await w.write(data.subarray(301 * 1024, 600 * 1024));
+    await expect(w.close()).rejects.toThrow(/EIO/);
+    hooks.failDatasync = undefined;
+    const stored = await syncing.getContent('/u/data');
+    expect(stored.length).toBe(300 * 1024);
+    expect(stored.equals(data.subarray(0, 300 * 1024))).toBe(true);
+    const resumed = await syncing.writer('/u/data', true);
+    expect(resumed.size).toBe(300 * 1024);
+    await resumed.write(data.subarray(300 * 1024));
+    await resumed.commit();
+    expect((await syncing.getContent('/u/data')).equals(data)).toBe(true);
   });
 
   it('rejects a write() while another is in progress', async () => {
