@@ -465,12 +465,13 @@ class Collection {
         } catch {
           // Unreadable: judged by its age alone.
         }
-        this.#checkServerClock(c, p);
+        const silent = c.modTime !== undefined && Date.now() - c.modTime.getTime() > timeoutMs;
+        // A dead server's clock no longer matters.
+        if (!silent) this.#checkServerClock(c, p);
         if (!raw || (typeof p.ack === 'number' && p.ack >= gen)) {
           settled.add(c.path);
           return;
         }
-        const silent = c.modTime !== undefined && Date.now() - c.modTime.getTime() > timeoutMs;
         if (silent || processGone(p) === true) {
           settled.add(c.path);
           await ignoreNotFound(this.#d.delete(c.path));
