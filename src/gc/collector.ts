@@ -8,7 +8,7 @@ import { decodeRevision } from '../registry/manifests.js';
 import type { PresenceRecord, TouchRecord } from './guard.js';
 import { lockInForce } from '../engine/upload-lock.js';
 import { processGone } from '../process-identity.js';
-import { ClockSkewError, clockSkew, Lease, MAX_CLOCK_SKEW_MS } from './lease.js';
+import { ClockSkewError, Lease, MAX_CLOCK_SKEW_MS } from './lease.js';
 import { manifestRefs, Marker } from './mark.js';
 import {
   basename, listData, listOrEmpty, listRepositories, readOrUndefined, scanBlobs, scanRepository, type RepositoryScan,
@@ -266,12 +266,6 @@ export interface GcReport {
 const DEFAULT_CONCURRENCY = 16;
 const DEFAULT_LEASE_TTL_MS = 5 * 60_000;
 const DEFAULT_INFLIGHT_TIMEOUT_MS = 10 * 60_000;
-/**
- * How long after its heartbeatAt a server's presence may reach the store: an S3 request is
- * tried again for up to twice the driver's timeout, and the last try may take one more
- * (README, S3 storage), 45 s at the default.
- */
-const PRESENCE_WRITE_SLACK_MS = 60_000;
 /** Objects deleted per batch (S3 DeleteObjects takes at most 1,000). */
 const DELETE_BATCH = 500;
 /** A batch's note (J) holds what it deletes: manifests are batched by their bytes too. */
@@ -487,19 +481,15 @@ class Collection {
    * Servers date their touches, upload locks and records by their own clocks, which the
    * collector compares with its own: a server minutes behind had a PATCH's upload removed
    * under it and blobs it had just vouched for swept (found by probing, 90 s and 10 min
-   * behind). Its presence says when it was written by both clocks (heartbeatAt, and the
-   * store's modification time), so before it lists anything a collection refuses to run
-   * beside a server off by more than MAX_CLOCK_SKEW_MS ahead, or that plus the longest a
-   * presence's write may be retried (PRESENCE_WRITE_SLACK_MS) behind. On local storage the
-   * store's clock is this host's, and a server's is too.
+   * behind). Each server measures its clock against the store's at every presence write
+   * (PresenceRecord.skewMs), so before it lists anything a collection refuses to run beside
+   * a live server off by more than MAX_CLOCK_SKEW_MS. (Comparing the presence's heartbeatAt
+   * with the listing's date of it refused healthy servers in 7 collections of 15: a rewrite
+   * between the listing and the read.)
    */
   #checkServerClock(c: ListedChild, p: Partial<PresenceRecord>): void {
-    if (this.#d.local || c.modTime === undefined || typeof p.heartbeatAt !== 'string') return;
-    const written = Date.parse(p.heartbeatAt);
-    if (!Number.isFinite(written)) return;
-    const skewMs = clockSkew(c.modTime.getTime(), written, written + PRESENCE_WRITE_SLACK_MS);
-    if (Math.abs(skewMs) <= MAX_CLOCK_SKEW_MS) return;
-    throw new ClockSkewError(`the clock of server ${p.owner ?? c.path} is ${Math.round(Math.abs(skewMs) / 1000)} s or more ${skewMs < 0 ? 'ahead of' : 'behind'} the storage's; a collection needs every server within ${MAX_CLOCK_SKEW_MS / 1000} s (set the time, e.g. with NTP)`);
+    if (this.#d.local || typeof p.skewMs !== 'number' || Math.abs(p.skewMs) <= MAX_CLOCK_SKEW_MS) return;
+    throw new ClockSkewError(`the clock of server ${p.owner ?? c.path} is ${Math.round(Math.abs(p.skewMs) / 1000)} s ${p.skewMs < 0 ? 'ahead of' : 'behind'} the storage's; a collection needs every server within ${MAX_CLOCK_SKEW_MS / 1000} s (set the time, e.g. with NTP)`);
   }
 
   /** Registrations of operations by servers of earlier versions, which register each one. */

@@ -3,7 +3,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { objectExists, type StorageDriver } from '../storage/driver.js';
 import { WELL_KNOWN_BLOBS } from '../registry/blobs.js';
-import { defaultOwner, runningGeneration } from './lease.js';
+import { clockSkew, defaultOwner, runningGeneration } from './lease.js';
 import { processIdentity, type ProcessIdentity } from '../process-identity.js';
 import { paths } from '../registry/paths.js';
 import { tryParseDigest, type Digest } from '../registry/reference.js';
@@ -30,6 +30,14 @@ export interface PresenceRecord extends Partial<ProcessIdentity> {
    * started before it saw that collection running has finished.
    */
   readonly ack?: number;
+  /**
+   * The store's clock minus this server's, in ms, as its last presence write measured it (the
+   * store's date of the object against the moments before the write and after a look at
+   * it): the collector refuses to run beside a server whose clock is too far off, since it
+   * judges that server's touches, upload locks and records by their dates. Not on local
+   * storage, whose clock is the host's.
+   */
+  readonly skewMs?: number;
 }
 
 export interface GcGuardOptions {
@@ -140,6 +148,8 @@ export class GcGuard {
   /** Epochs that ended with operations still running. */
   readonly #draining = new Set<Epoch>();
   #ack: number | undefined;
+  /** PresenceRecord.skewMs, as the last presence write measured it. */
+  #skewMs: number | undefined;
   #timers: NodeJS.Timeout[] = [];
   #polling: Promise<void> | undefined;
   /** Presence writes, one after another, so that none overtakes a newer one. */
@@ -308,15 +318,21 @@ export class GcGuard {
   #writePresence(): Promise<void> {
     const write = async (): Promise<void> => {
       if (this.#closed && this.#started) return;
+      const before = Date.now();
       const record: PresenceRecord = {
         id: this.#id,
         owner: defaultOwner(),
         ...processIdentity(),
         startedAt: this.#startedAt,
-        heartbeatAt: new Date().toISOString(),
+        heartbeatAt: new Date(before).toISOString(),
         ...(this.#ack !== undefined ? { ack: this.#ack } : {}),
+        ...(this.#skewMs !== undefined ? { skewMs: this.#skewMs } : {}),
       };
       await this.#driver.putContent(paths.gcServer(this.#id), Buffer.from(JSON.stringify(record)));
+      if (!this.#driver.local) {
+        const stored = await this.#driver.stat(paths.gcServer(this.#id)).catch(() => undefined);
+        if (stored) this.#skewMs = clockSkew(stored.modTime.getTime(), before, Date.now());
+      }
     };
     const next = this.#writes.then(write, write);
     this.#writes = next.catch(() => undefined);

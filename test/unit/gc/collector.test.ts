@@ -595,21 +595,23 @@ describe('leases', () => {
 
   // Found by probing: a server 90 s or 10 min behind had a PATCH's upload removed under it
   // and blobs it had just vouched for swept; its touches and locks are dated by its clock.
-  it.each([['behind', -10 * 60_000], ['ahead of', 60_000]])('refuses to collect beside a server whose clock is minutes %s the store\'s', async (_, serverMinusStoreMs) => {
+  // Each server measures its skew at its presence writes (skewMs; guard.test.ts).
+  it.each([['behind', 10 * 60_000], ['ahead of', -60_000]])('refuses to collect beside a server whose clock is minutes %s the store\'s', async (_, skewMs) => {
     const d = new MemoryDriver();
     const t = new GcFixture(d, pool);
     await t.pushImage('x', 'v1');
     await t.registry.deleteManifest('x', 'v1');
-    const heartbeatAt = new Date(Date.now() + serverMinusStoreMs).toISOString();
-    await d.putContent(paths.gcServer('skewed'), Buffer.from(JSON.stringify({ id: 'skewed', owner: 'skewed:1', startedAt: heartbeatAt, heartbeatAt })));
+    const now = new Date().toISOString();
+    const presence = (skew: number) => Buffer.from(JSON.stringify({ id: 'skewed', owner: 'skewed:1', startedAt: now, heartbeatAt: now, skewMs: skew, ack: 99 }));
+    await d.putContent(paths.gcServer('skewed'), presence(skewMs));
     const before = (await d.list('/')).length;
     const err = await t.gc().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ClockSkewError);
-    expect((err as Error).message).toMatch(new RegExp(`server skewed:1 is \\d+ s or more ${_} the storage's`));
+    expect((err as Error).message).toMatch(new RegExp(`server skewed:1 is ${Math.abs(skewMs) / 1000} s ${_} the storage's`));
     expect(await readLease(d)).toBeUndefined();
     expect((await d.list('/')).length).toBe(before);
     // Within the bound: it collects.
-    await d.putContent(paths.gcServer('skewed'), Buffer.from(JSON.stringify({ id: 'skewed', owner: 'skewed:1', startedAt: heartbeatAt, heartbeatAt: new Date(Date.now() - 30_000).toISOString(), ack: 99 })));
+    await d.putContent(paths.gcServer('skewed'), presence(Math.sign(skewMs) * (MAX_CLOCK_SKEW_MS - 1000)));
     expect((await t.gc()).manifests).toBe(1);
   });
 

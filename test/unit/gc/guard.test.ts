@@ -1,4 +1,7 @@
 import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { GcGuard, type PresenceRecord } from '../../../src/gc/guard.js';
@@ -7,7 +10,8 @@ import { Lease } from '../../../src/gc/lease.js';
 import { HashPool } from '../../../src/engine/hash-pool.js';
 import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
 import { paths } from '../../../src/registry/paths.js';
-import type { ListOptions, ListPage } from '../../../src/storage/driver.js';
+import type { FileInfo, ListOptions, ListPage } from '../../../src/storage/driver.js';
+import { FsDriver } from '../../../src/storage/fs.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
 import { CountingDriver } from '../../helpers/counting-driver.js';
 import { BY_DIGEST, GcFixture } from '../../helpers/gc.js';
@@ -75,9 +79,11 @@ describe('operations while no collection runs', () => {
     const { calls } = await counting.during(() => t.pushImage('r', 'v1', { layerCount: 1 }));
     const first = calls.findIndex((c) => c.path.startsWith('/gc/'));
     expect(calls[first]).toMatchObject({ op: 'putContent', path: expect.stringMatching(/^\/gc\/servers\//) as unknown as string });
-    expect(calls[first + 1]).toEqual({ op: 'reader', path: paths.gcLease() });
+    // A look at it, for the server's clock against the store's (PresenceRecord.skewMs).
+    expect(calls[first + 1]).toEqual({ op: 'stat', path: calls[first]!.path });
+    expect(calls[first + 2]).toEqual({ op: 'reader', path: paths.gcLease() });
     // Nothing else for garbage collection but the polls of the lease (every 10 ms here).
-    expect(calls.slice(first + 2).filter((c) => c.path.startsWith('/gc/') && c.path !== paths.gcLease())).toEqual([]);
+    expect(calls.slice(first + 3).filter((c) => c.path.startsWith('/gc/') && c.path !== paths.gcLease())).toEqual([]);
     const [p] = await presences(d);
     expect(p).toMatchObject({ ...processIdentity() });
     expect(p!.ack).toBeUndefined();
@@ -162,6 +168,43 @@ class AgedListing extends MemoryDriver {
     };
   }
 }
+
+describe('a server\'s clock', () => {
+  // The collector refuses to run beside a server whose clock is off (collector.test.ts): the
+  // server measures it at every presence write, against the store's date of the object.
+  it('is measured against the store\'s at every presence write, and written into the next', async () => {
+    class SkewedStore extends MemoryDriver {
+      override async stat(path: string): Promise<FileInfo> {
+        const info = await super.stat(path);
+        return { ...info, modTime: new Date(info.modTime.getTime() + 90_000) };
+      }
+    }
+    const d = new SkewedStore();
+    const guard = new GcGuard(d, { pollMs: 10, heartbeatMs: 20 });
+    await guard.op(async () => undefined);
+    try {
+      await until('a presence with skewMs', async () => (await presences(d)).some((p) => p.skewMs !== undefined));
+      const [p] = await presences(d);
+      expect(p!.skewMs).toBeGreaterThanOrEqual(89_000);
+      expect(p!.skewMs).toBeLessThanOrEqual(90_000);
+    } finally {
+      await guard.close();
+    }
+    // On local storage the store's clock is the host's: nothing measured.
+    const root = await mkdtemp(join(tmpdir(), 'hoist-guard-'));
+    try {
+      const fs = await FsDriver.open({ rootDirectory: root });
+      const local = new GcGuard(fs, { pollMs: 10, heartbeatMs: 20 });
+      await local.op(async () => undefined);
+      await sleep(100);
+      const written = JSON.parse((await fs.getContent((await fs.list(paths.gcServersDir()))[0]!)).toString('utf8')) as PresenceRecord;
+      expect(written.skewMs).toBeUndefined();
+      await local.close();
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+});
 
 describe('which servers a collection waits for', () => {
   async function presence(d: MemoryDriver, id: string, extra: Partial<PresenceRecord>): Promise<void> {
