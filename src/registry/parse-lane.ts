@@ -1,4 +1,5 @@
 import { TooManyRequestsError } from '../errors.js';
+import { Slots } from '../engine/slots.js';
 
 /** Manifests this large or larger take the lane; parsing one costs ~25 ms of the event loop. */
 export const LARGE_MANIFEST_BYTES = 256 * 1024;
@@ -16,25 +17,14 @@ const MAX_WAITING = 16;
  * are bounded (MAX_WAITING x manifests.maxBytes); past that a push gets 429 with Retry-After.
  */
 export class ParseLane {
-  #busy = false;
-  readonly #waiting: Array<() => void> = [];
+  readonly #lane = new Slots(1);
 
   async run<T>(work: () => T): Promise<T> {
-    if (this.#busy) {
-      if (this.#waiting.length >= MAX_WAITING) throw new TooManyRequestsError(1, { message: 'too many large manifests pushed at once' });
-      // Handed the lane by the run before (#busy stays true).
-      await new Promise<void>((resolve) => this.#waiting.push(resolve));
-    } else {
-      this.#busy = true;
-    }
-    try {
+    if (this.#lane.waiting >= MAX_WAITING) throw new TooManyRequestsError(1, { message: 'too many large manifests pushed at once' });
+    return this.#lane.run(async () => {
       await loopTurn();
       return work();
-    } finally {
-      const next = this.#waiting.shift();
-      if (next) next();
-      else this.#busy = false;
-    }
+    });
   }
 }
 
