@@ -489,7 +489,7 @@ class Collection {
    */
   #checkServerClock(c: ListedChild, p: Partial<PresenceRecord>): void {
     if (this.#d.local || typeof p.skewMs !== 'number' || Math.abs(p.skewMs) <= MAX_CLOCK_SKEW_MS) return;
-    throw new ClockSkewError(`the clock of server ${p.owner ?? c.path} is ${Math.round(Math.abs(p.skewMs) / 1000)} s ${p.skewMs < 0 ? 'ahead of' : 'behind'} the storage's; a collection needs every server within ${MAX_CLOCK_SKEW_MS / 1000} s (set the time, e.g. with NTP)`);
+    throw new ClockSkewError(`the clock of server ${p.owner ?? c.path}`, p.skewMs, 'every server');
   }
 
   /** Registrations of operations by servers of earlier versions, which register each one. */

@@ -49,6 +49,13 @@ export class GcBusyError extends Error {
  */
 export class ClockSkewError extends Error {
   override readonly name = 'ClockSkewError';
+  /**
+   * `clock`: whose ("this host's clock"); `skewMs`: the store's clock minus it (clockSkew());
+   * `needs`: what must be within the bound ("the two").
+   */
+  constructor(clock: string, skewMs: number, needs: string) {
+    super(`${clock} is ${Math.round(Math.abs(skewMs) / 1000)} s ${skewMs < 0 ? 'ahead of' : 'behind'} the storage's; a collection needs ${needs} within ${MAX_CLOCK_SKEW_MS / 1000} s (set the time, e.g. with NTP)`);
+  }
 }
 
 /**
@@ -160,7 +167,7 @@ export class Lease {
     if (Math.abs(skewMs) > MAX_CLOCK_SKEW_MS) {
       const done: ClaimRecord = { owner, at: new Date(claimedAtMs).toISOString(), token, done: true };
       await driver.putContent(paths.gcGeneration(gen), json(done)).catch(() => undefined);
-      throw new ClockSkewError(`this host's clock is ${Math.round(Math.abs(skewMs) / 1000)} s ${skewMs < 0 ? 'ahead of' : 'behind'} the storage's; a collection needs the two within ${MAX_CLOCK_SKEW_MS / 1000} s (set the time, e.g. with NTP)`);
+      throw new ClockSkewError('this host\'s clock', skewMs, 'the two');
     }
     const now = new Date().toISOString();
     const record: LeaseRecord = { gen, state: 'running', owner, startedAt: now, heartbeatAt: now, ...processIdentity() };
