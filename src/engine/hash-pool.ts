@@ -21,14 +21,26 @@ export interface HashPoolOptions {
    * order (#tasks).
    */
   maxQueue: number;
-  /** Updates moving a slab to the workers and back, at once (default: two per thread); see `updates`. */
+  /** Updates moving a slab to the workers and back, at once (default: two per thread); see #slabUpdates. */
   maxInflightUpdates?: number;
 }
 
 export class HashPool {
   readonly #pool: Piscina;
   readonly #concurrency = 4;
-  /** Updates moving a slab to the workers and back; see `updates`. Each waiting one holds a slab. */
+  /**
+   * Updates that move a slab to a worker and back (`giveBack`: uWS chunks copied into the
+   * engine's slabs) run once fewer than `maxInflightUpdates` such are at the workers. Why: a
+   * slab at a worker has left the main thread's external memory, and comes back into it with
+   * the answer; V8 starts a full collection whenever external memory has grown 64 MiB past
+   * where the last one left it. With 16 uWS pushes at once, each with a few 4 MiB slabs
+   * queued at the workers, the slabs' coming and going alone set off 23-28 full mark-compacts
+   * per GiB (0.4-0.6 CPU s of V8's helper threads); two updates a thread keep every worker
+   * busy, and with them 8-12 (bench/HISTORY.md, "Sixteen pushes at once"). node:http's
+   * chunks go one way, and are freed at the worker: they do not wait (measured, waiting
+   * cost single pushes ~4%). Waiting, an upload keeps its slab, and the slab pool pauses
+   * sockets: the usual backpressure.
+   */
   readonly #slabUpdates: Slots;
   /**
    * Every task. piscina refuses a task past its maxQueue (TaskQueueAtLimit), and not every
@@ -93,19 +105,7 @@ export class HashPool {
     return this.#tasks.run(() => this.#pool.run(task, options) as Promise<T>);
   }
 
-  /**
-   * Updates that move a slab to a worker and back (`giveBack`: uWS chunks copied into the
-   * engine's slabs) run once fewer than `maxInflightUpdates` such are at the workers. Why: a
-   * slab at a worker has left the main thread's external memory, and comes back into it with
-   * the answer; V8 starts a full collection whenever external memory has grown 64 MiB past
-   * where the last one left it. With 16 uWS pushes at once, each with a few 4 MiB slabs
-   * queued at the workers, the slabs' coming and going alone set off 23-28 full mark-compacts
-   * per GiB (0.4-0.6 CPU s of V8's helper threads); two updates a thread keep every worker
-   * busy, and with them 8-12 (bench/HISTORY.md, "Sixteen pushes at once"). node:http's
-   * chunks go one way, and are freed at the worker: they do not wait (measured, waiting
-   * cost single pushes ~4%). Waiting, an upload keeps its slab, and the slab pool pauses
-   * sockets: the usual backpressure.
-   */
+  /** Updates moving a slab at the workers now, and waiting for a place there (tests). */
   get updates(): { inflight: number; waiting: number } {
     return { inflight: this.#slabUpdates.inflight, waiting: this.#slabUpdates.waiting };
   }
