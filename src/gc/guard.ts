@@ -329,9 +329,14 @@ export class GcGuard {
         ...(this.#skewMs !== undefined ? { skewMs: this.#skewMs } : {}),
       };
       await this.#driver.putContent(paths.gcServer(this.#id), Buffer.from(JSON.stringify(record)));
+      // Measured for the next write, without holding this one: the server's first operation
+      // waits for its presence, not for the look (a later write seen by it is dated within
+      // this window too).
       if (!this.#driver.local) {
-        const stored = await this.#driver.stat(paths.gcServer(this.#id)).catch(() => undefined);
-        if (stored) this.#skewMs = clockSkew(stored.modTime.getTime(), before, Date.now());
+        void this.#driver.stat(paths.gcServer(this.#id)).then(
+          (stored) => (this.#skewMs = clockSkew(stored.modTime.getTime(), before, Date.now())),
+          () => undefined,
+        );
       }
     };
     const next = this.#writes.then(write, write);
