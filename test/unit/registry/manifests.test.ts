@@ -446,17 +446,7 @@ describe('ManifestStore', () => {
       const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
       await manifests.put('repo', parseReference('a'), OCI_MANIFEST, sig);
       // The push stops before its entry write (having found the manifest stored), until released.
-      const atEntry = gate();
-      const entryGo = gate();
-      const held = intercepted(driver, {
-        putContent: async (call, args) => {
-          if (String(args[0]).includes('/_manifests/referrers/')) {
-            atEntry.open();
-            await entryGo.opened;
-          }
-          return call(...args);
-        },
-      });
+      const { held, at: atEntry, go: entryGo } = heldPut(driver, (path) => path.includes('/_manifests/referrers/'));
       const pushed = new ManifestStore({ driver: held, blobs: new BlobStore(held), maxBytes: 8192 }).put('repo', parseReference('b'), OCI_MANIFEST, sig);
       await atEntry.opened;
       const racing = intercepted(driver, {
@@ -538,17 +528,7 @@ describe('ManifestStore', () => {
       const subject = { mediaType: OCI_MANIFEST, digest: sha('the subject'), size: 11 };
       const sig = manifest({ artifactType: 'application/vnd.example.sig', subject });
       await manifests.put('repo', parseReference('a'), OCI_MANIFEST, sig);
-      const atTag = gate();
-      const tagGo = gate();
-      const held = intercepted(driver, {
-        putContent: async (call, args) => {
-          if (args[0] === paths.tag('repo', 'b')) {
-            atTag.open();
-            await tagGo.opened;
-          }
-          return call(...args);
-        },
-      });
+      const { held, at: atTag, go: tagGo } = heldPut(driver, (path) => path === paths.tag('repo', 'b'));
       const pushed = new ManifestStore({ driver: held, blobs: new BlobStore(held), maxBytes: 8192 }).put('repo', parseReference('b'), OCI_MANIFEST, sig);
       await atTag.opened;
       await manifests.delete('repo', parseReference(sha(sig)));
@@ -1017,6 +997,25 @@ function gate(): { open: () => void; opened: Promise<void> } {
   let open!: () => void;
   const opened = new Promise<void>((r) => (open = r));
   return { open, opened };
+}
+
+/**
+ * The driver with its writes to paths `match` picks held: each opens `at` on arrival and
+ * waits for `go` (the push side of a race test).
+ */
+function heldPut(driver: StorageDriver, match: (path: string) => boolean): { held: StorageDriver; at: ReturnType<typeof gate>; go: ReturnType<typeof gate> } {
+  const at = gate();
+  const go = gate();
+  const held = intercepted(driver, {
+    putContent: async (call, args) => {
+      if (match(String(args[0]))) {
+        at.open();
+        await go.opened;
+      }
+      return call(...args);
+    },
+  });
+  return { held, at, go };
 }
 
 type DriverCall = (...args: unknown[]) => Promise<unknown>;
