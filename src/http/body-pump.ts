@@ -1,6 +1,16 @@
 import type { BodySink } from './adapter.js';
 
 /**
+ * How long a connection that closes after its answer goes on reading, and dropping, what the
+ * client still sends. Closed at once with bytes unread, a socket is reset by the kernel, and a
+ * client still writing its body gets EPIPE or ECONNRESET instead of the answer waiting in its
+ * receive buffer (Node's client did, for 1 to 2 in 6 chunked PATCHes answered 404 or 416 on
+ * either front end; Go's copes). Apache calls it a lingering close; Go's server waits 500 ms
+ * after its FIN.
+ */
+export const LINGER_MS = 2000;
+
+/**
  * What a front end lets the pump do with its connection while a body is read.
  */
 export interface BodyFlow {

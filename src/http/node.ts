@@ -15,16 +15,42 @@ import type {
   RequestHandler,
   TlsFiles,
 } from './adapter.js';
-import { BodyPump } from './body-pump.js';
+import { BodyPump, LINGER_MS } from './body-pump.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
 import { isTakenLength, PARSER_ERRORS, rawErrorResponse, refusedWith, reportRefused } from './limits.js';
 
-/** How long a plain-HTTP client on the TLS port has to take its 400 before it is cut off. */
-const PLAIN_HTTP_LINGER_MS = 2000;
-
 /** Requests one connection may have waiting for their answers; past it, it is cut off. */
 const MAX_PIPELINED = 256;
+
+/** Connections closing after an answer sent before their request's body was all read. */
+const lingering = new WeakSet<Socket>();
+
+/**
+ * The lingering close (body-pump.ts, LINGER_MS) for an answer that closes the connection (the
+ * client asked for that, or the request's framing is lost) while its body still arrives: the
+ * socket sends its FIN after the answer, as node:http does, then reads and drops the rest of
+ * the body until it ends, the client's side ends, or LINGER_MS passed. Nothing more on the
+ * connection is served (RFC 9112 §9.6).
+ */
+function lingerAfterAnswer(req: IncomingMessage): void {
+  const socket = req.socket;
+  if (lingering.has(socket)) return;
+  lingering.add(socket);
+  // node:http calls destroySoon() once the last response on the connection has been written.
+  socket.destroySoon = function lingeringDestroySoon(this: Socket): void {
+    if (this.writable) this.end();
+    // Once the answer has left (a client that reads nothing is cut by the timer).
+    const close = (): void => {
+      if (this.writableFinished) this.destroy();
+      else this.once('finish', () => this.destroy());
+    };
+    const timer = setTimeout(() => this.destroy(), LINGER_MS).unref();
+    this.once('close', () => clearTimeout(timer)).once('end', close);
+    if (req.complete) close();
+    else req.once('end', close);
+  };
+}
 
 /**
  * A request in plain HTTP on the TLS port gets a 400 that says so, as Go's servers (so
@@ -54,7 +80,7 @@ function answerPlainHttp(server: HttpsServer, idleMs: number, onRefused: FrontEn
       // What it sends meanwhile is read and dropped, for a moment: a client that keeps its
       // side open (or trickles) held a descriptor for good (found by probing).
       socket.resume();
-      const linger = setTimeout(() => socket.destroy(), PLAIN_HTTP_LINGER_MS).unref();
+      const linger = setTimeout(() => socket.destroy(), LINGER_MS).unref();
       socket.once('close', () => clearTimeout(linger));
       reportRefused({ ...requestLine(first), status: 400 }, onRefused);
     });
@@ -90,6 +116,11 @@ export class NodeFrontEnd implements FrontEnd {
       requireHostHeader: false,
     };
     const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue = false): void => {
+      // Pipelined after a request the connection closes with (lingerAfterAnswer).
+      if (lingering.has(req.socket)) {
+        req.socket.destroy();
+        return;
+      }
       const exchange = new NodeExchange(req, res, idleMs, expectsContinue);
       this.#exchanges.add(exchange);
       // A request pipelined behind one still being answered waits for that answer: node:http
@@ -416,6 +447,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     this.#discardUnreadBody();
     const out = withoutContentLength(headers);
     if (this.#closesConnection()) out['connection'] = 'close';
+    if (!this.#req.complete && (out['connection'] === 'close' || !this.#res.shouldKeepAlive)) lingerAfterAnswer(this.#req);
     const bodyless = responseHasNoBody(this.method, status, headers, body);
     if (bodyless === false) {
       const payload = body ?? '';

@@ -6,7 +6,7 @@ import type { Readable } from 'node:stream';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
 import { ClientAbortError, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
-import { BodyPump } from './body-pump.js';
+import { BodyPump, LINGER_MS } from './body-pump.js';
 import { transferCodings } from './body.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
@@ -176,6 +176,10 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
   /** The request body: chunks arrive from the constructor on, whether or not readBody() runs. */
   readonly #body: BodyPump;
   #paused = false;
+  /** The body's last chunk arrived, or it has none. */
+  #bodyArrived: boolean;
+  /** An answer held back until the body arrived (#lingerThen). */
+  #answerHeld: (() => void) | undefined;
 
   constructor(res: HttpResponse, req: HttpRequest, maxHeaderBytes?: number) {
     this.#res = res;
@@ -192,6 +196,8 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
       headerBytes += name.length + value.length + 4;
     });
     this.remoteAddress = formatAddress(Buffer.from(res.getRemoteAddressAsText()).toString());
+    const length = this.#headers['content-length'];
+    this.#bodyArrived = this.#headers['transfer-encoding'] === undefined && (length === undefined || length === '0');
     this.#body = new BodyPump({
       pause: () => this.#pause(),
       resume: () => this.#resume(),
@@ -209,7 +215,10 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
     res.onAborted(() => this.#abort());
     res.onData((chunk, isLast) => {
       this.#body.push(new Uint8Array(chunk));
-      if (isLast) this.#body.end();
+      if (!isLast) return;
+      this.#bodyArrived = true;
+      this.#body.end();
+      this.#answerHeld?.();
     });
   }
 
@@ -288,7 +297,25 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
   }
 
   send(status: number, headers: HeaderMap, body?: string | Uint8Array): void {
-    if (this.#start()) this.#end(status, headers, body);
+    if (!this.#start()) return;
+    if (this.#bodyArrived || !CLOSE_TOKEN.test(this.#headers['connection'] ?? '')) this.#end(status, headers, body);
+    else this.#lingerThen(() => this.#end(status, headers, body));
+  }
+
+  /**
+   * The lingering close (body-pump.ts, LINGER_MS) for a client that asked to close the
+   * connection after this request, answered before its body arrived: uWS ends such a
+   * connection as soon as the answer is written, bytes unread or not. So the answer waits,
+   * the rest of the body dropped as it comes, until the last chunk or LINGER_MS.
+   */
+  #lingerThen(answer: () => void): void {
+    this.#discardUnreadBody();
+    const timer = setTimeout(() => this.#answerHeld?.(), LINGER_MS).unref();
+    this.#answerHeld = () => {
+      clearTimeout(timer);
+      this.#answerHeld = undefined;
+      if (!this.#done) answer();
+    };
   }
 
   #end(status: number, headers: HeaderMap, body: string | Uint8Array | undefined): void {
@@ -513,6 +540,9 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
     for (const cb of this.#abortCallbacks.splice(0)) cb();
   }
 }
+
+/** `Connection: close` (RFC 9110 §7.6.1: a list of case-insensitive tokens). */
+const CLOSE_TOKEN = /(?:^|,)[ \t]*close[ \t]*(?:,|$)/i;
 
 /** uWS's HTTP idle timeout (HTTP_TIMEOUT_S, compiled in): a response that moved no byte for this long is dropped. */
 const UWS_IDLE_TIMEOUT_MS = 10_000;
