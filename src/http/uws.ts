@@ -75,13 +75,29 @@ export class UwsFrontEnd implements FrontEnd {
   #listenSocket: us_listen_socket | undefined;
   readonly #exchanges = new Set<UwsExchange>();
   #idleWaiters: (() => void)[] = [];
+  /**
+   * Remote addresses one of whose requests was refused, with a close, in this turn of the
+   * event loop. uWS goes on dispatching whatever the same read holds after such a request:
+   * with two Content-Lengths, `0` then `N`, the body it had framed as empty was served as a
+   * request of its own, and when another client's request came in the same read (a proxy
+   * that shares connections), it completed that request's header block, credentials and all
+   * (found by probing: a DELETE ran as the other client). uWS.js names no connection, so
+   * every request from that address in the same turn is cut off unanswered; a client that
+   * shares the address and was read in that turn retries.
+   */
+  readonly #closing = new Set<string>();
 
   constructor(handler: RequestHandler, opts: FrontEndOptions = {}) {
     this.#app = uws.App() as ClosableApp;
     this.#app.any('/*', (res, req) => {
       const exchange = new UwsExchange(res, req, opts.maxHeaderBytes);
+      if (this.#closing.has(exchange.remoteAddress)) {
+        exchange.forceClose();
+        return;
+      }
       if (exchange.started) {
         // Answered already: 431.
+        this.#closeTurn(exchange.remoteAddress);
         reportRefused({ method: exchange.method, path: exchange.path, status: 431 }, opts.onRefused);
         return;
       }
@@ -96,6 +112,7 @@ export class UwsFrontEnd implements FrontEnd {
           : hostError(exchange.hosts, '1.1'));
       if (refusal !== undefined) {
         exchange.reject(...refusal);
+        this.#closeTurn(exchange.remoteAddress);
         reportRefused({ method: exchange.method, path: exchange.path, ...refusedWith(refusal[0]) }, opts.onRefused);
         return;
       }
@@ -109,6 +126,13 @@ export class UwsFrontEnd implements FrontEnd {
           if (this.#exchanges.size === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
         });
     });
+  }
+
+  /** See #closing. */
+  #closeTurn(address: string): void {
+    if (this.#closing.has(address)) return;
+    this.#closing.add(address);
+    setImmediate(() => this.#closing.delete(address));
   }
 
   get inFlight(): number {

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import net from 'node:net';
-import { headerSectionIn, parseRawReply, request, socketExchange, waitFor, type SocketReply } from '../helpers/http.js';
+import { headerSectionIn, parseRawReply, pathOf, request, socketExchange, waitFor, type SocketReply } from '../helpers/http.js';
 import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -45,6 +45,19 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
     const r = await raw(server.port, Buffer.from(`${line} HTTP/1.1\r\nHost: x\r\n${lengths}\r\n\r\n{}`));
     expect(parseRawReply(r.text), r.text).toMatchObject({ status: 400, codes: ['SIZE_INVALID'] });
     expect(r.closed).toBe(true);
+  });
+
+  // Found by probing (2026-12-03): uWS frames a message by the first of two Content-Lengths,
+  // and went on serving what the same read held after the 400 and its close: with `0` then
+  // `N`, the body became a request of its own (an upload's DELETE ran; behind a proxy that
+  // shares connections, the next client's request completed its header block, credentials and all).
+  it('a request hidden in the body of one with Content-Lengths 0 and N is not served', async () => {
+    const upload = pathOf(server.url, (await request(server.url, '/v2/smuggle/blobs/uploads/', { method: 'POST' })).header('location')!);
+    const hidden = `DELETE ${upload} HTTP/1.1\r\nHost: x\r\n\r\n`;
+    const r = await raw(server.port, Buffer.from(`PATCH ${upload} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: ${hidden.length}\r\n\r\n${hidden}`));
+    expect(r.closed).toBe(true);
+    expect(r.text).not.toMatch(/HTTP\/1\.1 204/);
+    expect((await request(server.url, upload)).status, 'the upload is still there').toBe(204);
   });
 
   // Found by probing (2026-12-02): uWS read any Transfer-Encoding as chunked, so `gzip` stored
