@@ -97,6 +97,8 @@ export class NodeFrontEnd implements FrontEnd {
   readonly #exchanges = new Set<NodeExchange>();
   /** Per connection, its last request until that has been answered. */
   readonly #answering = new WeakMap<Socket, { req: IncomingMessage; answered: Promise<void> }>();
+  /** Per connection, its last request, answered or not. */
+  readonly #lastRequest = new WeakMap<Socket, IncomingMessage>();
   /** Per connection, its requests not yet answered (MAX_PIPELINED). */
   readonly #pending = new WeakMap<Socket, number>();
   #idleWaiters: (() => void)[] = [];
@@ -123,6 +125,7 @@ export class NodeFrontEnd implements FrontEnd {
       }
       const exchange = new NodeExchange(req, res, idleMs, expectsContinue);
       this.#exchanges.add(exchange);
+      this.#lastRequest.set(req.socket, req);
       // A request pipelined behind one still being answered waits for that answer: node:http
       // hands it over as soon as it is parsed, and a PUT run beside the PATCH before it found
       // the upload busy (RFC 9112 §9.3.2: only safe methods may run in parallel). Its body,
@@ -180,6 +183,10 @@ export class NodeFrontEnd implements FrontEnd {
         if (answered) reportRefused({ ...requestLine(err.rawPacket), ...answered }, opts.onRefused);
       };
       if (last?.req.complete && err.code?.startsWith('HPE_')) void last.answered.then(() => answer(true));
+      // The error is in the body of a request answered before its body ended (a 404 to a
+      // chunked PATCH, its rest being dropped): that request had its answer, and a 400 now
+      // would be taken for the next one's (found by probing).
+      else if (last === undefined && this.#lastRequest.get(socket)?.complete === false) answer(false);
       else answer(last === undefined);
     });
   }

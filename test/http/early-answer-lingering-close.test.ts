@@ -45,7 +45,7 @@ async function startUpload(port: number): Promise<string> {
   return res.headers.get('location')!;
 }
 
-describe.each(['node', 'uws'] as const)('an early answer on a closing connection (%s front end)', (frontend) => {
+describe.each(['node', 'uws'] as const)('an answer sent before its request'\''s body arrived (%s front end)', (frontend) => {
   let server: TestServer;
   beforeAll(async () => {
     server = await startServer({ frontend });
@@ -89,6 +89,22 @@ describe.each(['node', 'uws'] as const)('an early answer on a closing connection
     // and its close then resets a client that sends on, so that answer may be lost.
     if (frontend === 'node') expect(answer).toMatch(/^HTTP\/1\.1 404 /);
     expect((await fetch(`${server.url}/v2/`)).status).toBe(200);
+  });
+
+  // Found by probing (2026-12-03): node:http's parser refused the rest of a body answered
+  // early (a bad chunk size), and that 400 went out as if it answered a request of its own,
+  // which a client would take for its next request's answer.
+  it.runIf(frontend === 'node')('gives a body answered early, whose rest does not parse, no second answer', async () => {
+    const socket = net.connect(server.port, '127.0.0.1');
+    let answer = '';
+    socket.on('data', (data: Buffer) => (answer += data.toString('latin1')));
+    socket.on('error', () => undefined);
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    socket.write(`PATCH ${UNKNOWN} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n${'x'.repeat(16)}\r\n`);
+    for (let i = 0; i < 100 && !answer.includes('BLOB_UPLOAD_UNKNOWN'); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    socket.write('zz\r\n');
+    await closed;
+    expect(answer.match(/HTTP\/1\.1 \d+/g)).toEqual(['HTTP/1.1 404']);
   });
 
   it.runIf(frontend === 'node')('serves nothing pipelined after the request the connection closes with', async () => {
