@@ -45,7 +45,7 @@ async function startUpload(port: number): Promise<string> {
   return res.headers.get('location')!;
 }
 
-describe.each(['node', 'uws'] as const)('an answer sent before its request'\''s body arrived (%s front end)', (frontend) => {
+describe.each(['node', 'uws'] as const)("an answer sent before its request's body arrived (%s front end)", (frontend) => {
   let server: TestServer;
   beforeAll(async () => {
     server = await startServer({ frontend });
