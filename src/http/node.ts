@@ -162,6 +162,11 @@ export class NodeFrontEnd implements FrontEnd {
       // connects and says nothing is dropped as soon as on plain HTTP.
       ? createHttpsServer({ ...options, cert: opts.tls.cert, key: opts.tls.key, ...(idleMs > 0 ? { handshakeTimeout: Math.min(idleMs, 120_000) } : {}) }, onRequest)
       : createServer(options, onRequest);
+    // A client that half-closes after its request (shutdown(SHUT_WR), as `nc -N` does) gets
+    // its answer, as from Go's servers: node:http would abort the request at the FIN, and a
+    // PATCH whose bytes were all stored went unanswered (found by probing). The switch is
+    // node:http's own (_http_server.js), not in its typings.
+    (this.#server as { httpAllowHalfOpen?: boolean }).httpAllowHalfOpen = true;
     if (opts.tls) answerPlainHttp(this.#server as HttpsServer, idleMs, opts.onRefused);
     // `Expect: 100-continue`: the 100 goes out when the handler starts reading the body, so
     // a request refused first (401, 404, 416...) gets its answer before the client sends
