@@ -23,35 +23,6 @@ import { isTakenLength, PARSER_ERRORS, rawErrorResponse, refusedWith, reportRefu
 /** Requests one connection may have waiting for their answers; past it, it is cut off. */
 const MAX_PIPELINED = 256;
 
-/** Connections closing after an answer sent before their request's body was all read. */
-const lingering = new WeakSet<Socket>();
-
-/**
- * The lingering close (body-pump.ts, LINGER_MS) for an answer that closes the connection (the
- * client asked for that, or the request's framing is lost) while its body still arrives: the
- * socket sends its FIN after the answer, as node:http does, then reads and drops the rest of
- * the body until it ends, the client's side ends, or LINGER_MS passed. Nothing more on the
- * connection is served (RFC 9112 §9.6).
- */
-function lingerAfterAnswer(req: IncomingMessage): void {
-  const socket = req.socket;
-  if (lingering.has(socket)) return;
-  lingering.add(socket);
-  // node:http calls destroySoon() once the last response on the connection has been written.
-  socket.destroySoon = function lingeringDestroySoon(this: Socket): void {
-    if (this.writable) this.end();
-    // Once the answer has left (a client that reads nothing is cut by the timer).
-    const close = (): void => {
-      if (this.writableFinished) this.destroy();
-      else this.once('finish', () => this.destroy());
-    };
-    const timer = setTimeout(() => this.destroy(), LINGER_MS).unref();
-    this.once('close', () => clearTimeout(timer)).once('end', close);
-    if (req.complete) close();
-    else req.once('end', close);
-  };
-}
-
 /**
  * A request in plain HTTP on the TLS port gets a 400 that says so, as Go's servers (so
  * distribution's) answer it, where node's TLS layer would reset the connection and leave the
@@ -118,11 +89,6 @@ export class NodeFrontEnd implements FrontEnd {
       requireHostHeader: false,
     };
     const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue = false): void => {
-      // Pipelined after a request the connection closes with (lingerAfterAnswer).
-      if (lingering.has(req.socket)) {
-        req.socket.destroy();
-        return;
-      }
       const exchange = new NodeExchange(req, res, idleMs, expectsContinue);
       this.#exchanges.add(exchange);
       this.#lastRequest.set(req.socket, req);
@@ -459,7 +425,6 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     this.#discardUnreadBody();
     const out = withoutContentLength(headers);
     if (this.#closesConnection()) out['connection'] = 'close';
-    if (!this.#req.complete && (out['connection'] === 'close' || !this.#res.shouldKeepAlive)) lingerAfterAnswer(this.#req);
     const bodyless = responseHasNoBody(this.method, status, headers, body);
     if (bodyless === false) {
       const payload = body ?? '';

@@ -58,7 +58,9 @@ describe.each(['node', 'uws'] as const)("answers on connections that close, or w
     if (server) expect(await server.stop()).toBe(0);
   });
 
-  it('reaches a client still sending its chunked body', async () => {
+  // uWS only for now: node:http's lingering close (a destroySoon() that read on) hung the S3
+  // outage test (test/http/s3.test.ts) and was taken out; node:http still resets such a client.
+  it.runIf(frontend === 'uws')('reaches a client still sending its chunked body', async () => {
     const seen: string[] = [];
     for (let i = 0; i < 12; i++) {
       seen.push(await chunkedPatch(server.port, UNKNOWN));
@@ -68,7 +70,7 @@ describe.each(['node', 'uws'] as const)("answers on connections that close, or w
     expect(seen).toEqual(Array.from({ length: 12 }, () => ['404', '416']).flat());
   });
 
-  it('closes a connection whose client goes on sending, after LINGER_MS', async () => {
+  it.runIf(frontend === 'uws')('closes a connection whose client goes on sending, after LINGER_MS', async () => {
     // Half-open: the server's FIN does not end the client's side, as it would by default.
     const socket = net.connect({ port: server.port, host: '127.0.0.1', allowHalfOpen: true });
     let answer = '';
@@ -89,9 +91,8 @@ describe.each(['node', 'uws'] as const)("answers on connections that close, or w
     } finally {
       clearInterval(sender);
     }
-    // node:http answers at once, then lingers; uWS holds the answer back while it lingers,
-    // and its close then resets a client that sends on, so that answer may be lost.
-    if (frontend === 'node') expect(answer).toMatch(/^HTTP\/1\.1 404 /);
+    // uWS holds the answer back while it lingers, and its close then resets a client that
+    // sends on, so that answer may be lost.
     expect((await fetch(`${server.url}/v2/`)).status).toBe(200);
   });
 
