@@ -66,10 +66,8 @@ export class NodeFrontEnd implements FrontEnd {
   readonly kind = 'node';
   readonly #server: Server | HttpsServer;
   readonly #exchanges = new Set<NodeExchange>();
-  /** Per connection, its last request until that has been answered. */
-  readonly #answering = new WeakMap<Socket, { req: IncomingMessage; answered: Promise<void> }>();
-  /** Per connection, its last request, answered or not. */
-  readonly #lastRequest = new WeakMap<Socket, IncomingMessage>();
+  /** Per connection, its last request, and whether that has been answered (`done`). */
+  readonly #last = new WeakMap<Socket, { req: IncomingMessage; answered: Promise<void>; done: boolean }>();
   /** Per connection, its requests not yet answered (MAX_PIPELINED). */
   readonly #pending = new WeakMap<Socket, number>();
   #idleWaiters: (() => void)[] = [];
@@ -91,12 +89,12 @@ export class NodeFrontEnd implements FrontEnd {
     const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue = false): void => {
       const exchange = new NodeExchange(req, res, idleMs, expectsContinue);
       this.#exchanges.add(exchange);
-      this.#lastRequest.set(req.socket, req);
       // A request pipelined behind one still being answered waits for that answer: node:http
       // hands it over as soon as it is parsed, and a PUT run beside the PATCH before it found
       // the upload busy (RFC 9112 §9.3.2: only safe methods may run in parallel). Its body,
       // unread meanwhile, holds the socket back.
-      const before = this.#answering.get(req.socket)?.answered;
+      const previous = this.#last.get(req.socket);
+      const before = previous?.done === false ? previous.answered : undefined;
       // node:http parses on while answers wait (it stops only for unsent answers, and these
       // are not written yet): a client that pipelined GETs and read nothing had 340,000
       // requests held in 10 s, 1.9 GiB, and with a smaller heap the process died (found by
@@ -115,13 +113,14 @@ export class NodeFrontEnd implements FrontEnd {
         .catch(() => undefined)
         .then(() => exchange.respondIfForgotten());
       // In flight until the response has left too, so close() never cuts unsent bytes.
-      const answered = Promise.all([handled, exchange.closed]).then(() => {
+      const last = { req, answered: Promise.resolve(), done: false };
+      last.answered = Promise.all([handled, exchange.closed]).then(() => {
         this.#exchanges.delete(exchange);
         if (this.#exchanges.size === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
-        if (this.#answering.get(req.socket)?.req === req) this.#answering.delete(req.socket);
+        last.done = true;
         this.#pending.set(req.socket, (this.#pending.get(req.socket) ?? 1) - 1);
       });
-      this.#answering.set(req.socket, { req, answered });
+      this.#last.set(req.socket, last);
     };
     this.#server = opts.tls
       // A TLS handshake gets the idle timeout too (node's own is 120 s): a client that
@@ -148,17 +147,18 @@ export class NodeFrontEnd implements FrontEnd {
       // first. An error in the request itself (its body, the connection) is handled at once.
       // A 400 may go out when no answer is on its way on this connection: none began, or the
       // one before was sent whole (a keep-alive connection's next request that does not parse).
-      const last = this.#answering.get(socket);
+      const last = this.#last.get(socket);
+      const answering = last?.done === false ? last : undefined;
       const answer = (idle: boolean): void => {
         const answered = onClientError(err, socket, idle || socket.bytesWritten === 0);
         if (answered) reportRefused({ ...requestLine(err.rawPacket), ...answered }, opts.onRefused);
       };
-      if (last?.req.complete && err.code?.startsWith('HPE_')) void last.answered.then(() => answer(true));
+      if (answering?.req.complete && err.code?.startsWith('HPE_')) void answering.answered.then(() => answer(true));
       // The error is in the body of a request answered before its body ended (a 404 to a
       // chunked PATCH, its rest being dropped): that request had its answer, and a 400 now
       // would be taken for the next one's (found by probing).
-      else if (last === undefined && this.#lastRequest.get(socket)?.complete === false) answer(false);
-      else answer(last === undefined);
+      else if (last?.done === true && !last.req.complete) answer(false);
+      else answer(answering === undefined);
     });
   }
 

@@ -7,7 +7,7 @@ import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '
 import { ClientAbortError, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import { BodyPump, LINGER_MS } from './body-pump.js';
-import { transferCodings } from './body.js';
+import { hasBody, transferCodings } from './body.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
 import { PARSER_ERRORS, refusedWith, reportRefused } from './limits.js';
@@ -220,8 +220,7 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
       headerBytes += name.length + value.length + 4;
     });
     this.remoteAddress = formatAddress(Buffer.from(res.getRemoteAddressAsText()).toString());
-    const length = this.#headers['content-length'];
-    this.#bodyArrived = this.#headers['transfer-encoding'] === undefined && (length === undefined || length === '0');
+    this.#bodyArrived = !hasBody(this);
     this.#body = new BodyPump({
       pause: () => this.#pause(),
       resume: () => this.#resume(),
