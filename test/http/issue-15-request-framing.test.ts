@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import net from 'node:net';
-import { headerSectionIn, parseRawReply, pathOf, request, socketExchange, waitFor, type SocketReply } from '../helpers/http.js';
+import { headerSectionIn, parseRawReply, request, socketExchange, startUpload, waitFor, type SocketReply } from '../helpers/http.js';
 import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -52,7 +52,7 @@ describe.each(['uws', 'node'] as const)('request framing and request-target byte
   // `N`, the body became a request of its own (an upload's DELETE ran; behind a proxy that
   // shares connections, the next client's request completed its header block, credentials and all).
   it('a request hidden in the body of one with Content-Lengths 0 and N is not served', async () => {
-    const upload = pathOf(server.url, (await request(server.url, '/v2/smuggle/blobs/uploads/', { method: 'POST' })).header('location')!);
+    const upload = (await startUpload(server.url, 'smuggle')).location;
     const hidden = `DELETE ${upload} HTTP/1.1\r\nHost: x\r\n\r\n`;
     const r = await raw(server.port, Buffer.from(`PATCH ${upload} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: ${hidden.length}\r\n\r\n${hidden}`));
     expect(r.closed).toBe(true);
