@@ -18,10 +18,14 @@ import type { AddressInfo } from 'node:net';
  *                 by 500 InternalError (a gateway that failed on the way back)
  *   keys-failed   a DeleteObjects answered 200 with every key it names in an <Error> (what
  *                 radosgw does to a key now and then), deleting nothing
+ *   ignore-range  passed on without its Range header: the store answers 200 with the whole
+ *                 object (a store, or a cache in between, that does not do ranges)
+ *   shift-range   passed on with its Range moved one byte on: the store answers 206 with
+ *                 the bytes after the ones asked for
  */
 export type Fault =
   | 'slowdown' | 'unavailable' | 'internal' | 'reset' | 'stall' | 'stall-midway' | 'lose-answer' | 'internal-after' | 'keys-failed'
-  | ResponseFault | undefined;
+  | 'ignore-range' | 'shift-range' | ResponseFault | undefined;
 
 /** More about a request, for `decide`. */
 export interface RequestInfo {
@@ -119,8 +123,11 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
       });
       return;
     }
+    const headers = { ...req.headers };
+    if (fault === 'ignore-range') delete headers.range;
+    if (fault === 'shift-range') headers.range = headers.range?.replace(/^bytes=(\d+)-(\d*)/, (_, a: string, b: string) => `bytes=${Number(a) + 1}-${b === '' ? '' : Number(b) + 1}`);
     const upstream = request(
-      { host: to.hostname, port: to.port, method: req.method, path: req.url, headers: req.headers },
+      { host: to.hostname, port: to.port, method: req.method, path: req.url, headers },
       (up) => {
         if (fault === 'lose-answer') {
           up.resume();

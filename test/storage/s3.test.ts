@@ -775,6 +775,39 @@ function s3Tests(env: S3TestEnv): void {
       expect(rec.calls.slice(from).filter((c) => c.op === 'GET')).toHaveLength(1);
     });
 
+    it('a store that ignores or shifts a read\'s Range fails the read (503) and never hands on other bytes', async () => {
+      fresh();
+      const content = randomBytes(3 * MiB + 1);
+      await (await driver()).putContent('/range/blob', content);
+      let fault: Fault;
+      const rec = await recorder((op, key) => (op === 'GET' && key.endsWith('/range/blob') ? fault : undefined));
+      const d = await driver({ endpoint: rec.endpoint, timeout: '1s' }, { readWindowBytes: MiB, readWindowsAhead: 2 });
+      // One GET for the whole read, then windows read ahead: the first GET's answer, and a
+      // later window's.
+      for (const [offset, length] of [[5, 100], [0, 2 * MiB], [MiB + 3, 2 * MiB - 2]] as const) {
+        for (const f of ['ignore-range', 'shift-range'] as const) {
+          fault = f;
+          const read = d.reader('/range/blob', offset, length).then(readAll);
+          await expect(read, `${f} ${offset}+${length}`).rejects.toBeInstanceOf(StorageUnavailableError);
+          fault = undefined;
+        }
+      }
+      // A window after the first goes wrong: the read fails rather than shift its bytes.
+      let gets = 0;
+      fault = undefined;
+      const late = await recorder((op, key) => (op === 'GET' && key.endsWith('/range/blob') && ++gets > 1 ? 'shift-range' : undefined));
+      const dl = await driver({ endpoint: late.endpoint, timeout: '1s' }, { readWindowBytes: MiB, readWindowsAhead: 2 });
+      // (The last window, one byte, shifted past the end, is a 416 instead.)
+      await expect(readAll(await dl.reader('/range/blob', 0, content.length))).rejects.toThrow(/S3 GET of/);
+      // A read of a whole object in one GET: what a store that ignores Range answers is just that.
+      const small = randomBytes(1000);
+      await d.putContent('/range/small', small);
+      const whole = await recorder((op, key) => (op === 'GET' && key.endsWith('/range/small') ? 'ignore-range' : undefined));
+      const dw = await driver({ endpoint: whole.endpoint }, { readWindowBytes: MiB, readWindowsAhead: 2 });
+      expect(sha256(await readAll(await dw.reader('/range/small', 0, small.length)))).toBe(sha256(small));
+      expect(dw.readAheadBytesInUse).toBe(0);
+    });
+
     it('reads in windows fetched ahead: exact bytes for any range, and what it holds ahead goes back when reads end', async () => {
       fresh();
       const rec = await recorder();

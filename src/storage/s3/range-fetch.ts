@@ -103,11 +103,16 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
         report(err.name);
         throw err;
       }
+      const objectSize = answeredRange(key, from, to, answer.status, answer.headers.get('content-range'), answer.headers.get('content-length'));
+      if (objectSize instanceof Error) {
+        body.destroy();
+        report(objectSize.name);
+        throw objectSize;
+      }
       // Reported once the body has been read, or broke off.
       body.once('end', () => report(undefined));
       body.once('error', (err: Error) => report(errorName(err)));
-      const total = /\/(\d+)$/.exec(answer.headers.get('content-range') ?? '')?.[1];
-      return { body, objectSize: total === undefined ? undefined : Number(total) };
+      return { body, objectSize };
     }
     return new Promise<RangeAnswer>((resolve, reject) => {
       let body: http.IncomingMessage | undefined;
@@ -117,13 +122,19 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
         signal,
       }, (res) => {
         const status = res.statusCode ?? 0;
-        if (status === 200 || status === 206) {
+        if (status >= 200 && status <= 299) {
+          const objectSize = answeredRange(key, from, to, status, res.headers['content-range'], res.headers['content-length']);
+          if (objectSize instanceof Error) {
+            res.destroy();
+            report(objectSize.name);
+            reject(objectSize);
+            return;
+          }
           body = res;
-          const total = /\/(\d+)$/.exec(res.headers['content-range'] ?? '')?.[1];
           // Reported once the body has been read, or broke off.
           res.once('end', () => report(undefined));
           res.once('error', (err: Error & { code?: string }) => report(err.name && err.name !== 'Error' ? err.name : (err.code ?? 'Error')));
-          resolve({ body: res, objectSize: total === undefined ? undefined : Number(total) });
+          resolve({ body: res, objectSize });
           return;
         }
         // An S3 error document: keep its code for errors.ts.
@@ -163,4 +174,37 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
       req.end();
     });
   };
+}
+
+/**
+ * What a 2xx answer to the GET of bytes [from, to) says of itself: the object's whole size
+ * (undefined when it does not say), or an error when its body is not those bytes. A blob read
+ * is streamed to the client under a digest it was promised, so an answer is taken only when
+ * its headers prove it is the range asked for: a 206 whose Content-Range starts at `from`
+ * and ends at `to` or at the object's end, and whose Content-Length agrees; or a 200 (a store
+ * or a cache in between that ignores Range), which is the whole object and so serves only a
+ * read from byte 0 of an object no longer than `to`. Anything else (a Range ignored for a
+ * read further in, a range shifted or cut short) would hand the client other bytes under a
+ * 206 that looks complete. The error is StorageUnavailableError, so the read is asked again
+ * within the driver's deadlines and then fails with a 503, before the client has been
+ * answered when it is the read's first GET.
+ */
+export function answeredRange(key: string, from: number, to: number, status: number, contentRange: string | null | undefined, contentLength: string | null | undefined): number | undefined | StorageUnavailableError {
+  const length = contentLength !== undefined && contentLength !== null && /^\d+$/.test(contentLength) ? Number(contentLength) : undefined;
+  const wrong = (what: string): StorageUnavailableError =>
+    new StorageUnavailableError(`S3 GET of ${key}: asked for bytes ${from}-${to - 1}, the store answered ${what}`);
+  if (status === 200) {
+    if (from !== 0 || length === undefined || length > to) return wrong(`${status} with ${length ?? 'no'} Content-Length (the Range ignored)`);
+    return length;
+  }
+  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(contentRange?.trim() ?? '');
+  if (status !== 206 || !m) return wrong(`${status} with Content-Range ${JSON.stringify(contentRange ?? null)}`);
+  const first = Number(m[1]);
+  const last = Number(m[2]);
+  const size = m[3] === '*' ? undefined : Number(m[3]);
+  const end = size === undefined ? to : Math.min(to, size);
+  if (first !== from || last + 1 !== end || (length !== undefined && length !== last + 1 - first)) {
+    return wrong(`Content-Range ${contentRange} and ${length ?? 'no'} Content-Length`);
+  }
+  return size;
 }

@@ -239,6 +239,8 @@ export class RangedReader extends Readable implements RecyclingReadable {
     body.on('data', (b: Buffer) => {
       w.received += b.length;
       if (w.start + w.received > w.end) {
+        // Not handed on, so nobody else gives the chunk back.
+        this.#o.buffers.give(b);
         body.destroy(new Error(`S3 GET of ${this.#o.key}: more bytes than the range asked for`));
         return;
       }
