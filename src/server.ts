@@ -113,6 +113,7 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     const m = new HoistMetrics({
       hashPool, slabs, frontend, storage: driver.name,
       readBufferBytes: () => driver.readBuffers?.inUseBytes ?? 0,
+      writeBufferBytes: () => ({ inUse: driver.writeBuffers?.inUseBytes ?? 0, held: driver.writeBuffers?.heldBytes ?? 0 }),
       uploadsInProgress: () => registries.reduce((n, r) => n + r.uploadsInProgress, 0),
     });
     const listener = new MetricsListener(m, readiness);

@@ -26,6 +26,8 @@ export interface MetricSources {
   readonly frontend: { readonly kind: string; readonly inFlight: number; readonly pausedSockets: number };
   /** Bytes of the storage driver's read buffers in use now (0: it has none). */
   readBufferBytes(): number;
+  /** Bytes of the storage driver's write buffers (S3 parts) in use now, and held in all (in use or kept free). */
+  writeBufferBytes(): { inUse: number; held: number };
   /** Uploads with a request writing to them now, over every registry (namespaces included). */
   uploadsInProgress(): number;
   /** The storage driver's name (fs, memory, s3), for hoist_info. */
@@ -153,6 +155,18 @@ export class HoistMetrics {
       name: 'hoist_read_buffers_in_use_bytes', help: 'Bytes of the buffers blob reads from storage hold now (fs, S3 over http://): at most 64 MiB; past that, reads use small private buffers', registers,
       collect() {
         this.set(sources.readBufferBytes());
+      },
+    });
+    new Gauge({
+      name: 'hoist_write_buffers_in_use_bytes', help: 'Bytes of the S3 part buffers uploads hold now (parts being filled, parts in flight, held tails): at most maxBufferedBytes', registers,
+      collect() {
+        this.set(sources.writeBufferBytes().inUse);
+      },
+    });
+    new Gauge({
+      name: 'hoist_write_buffers_held_bytes', help: 'Bytes of the S3 part buffers made and not let go of (in use, or free and kept): back to 1 + maxPartsInFlight parts once none is in use', registers,
+      collect() {
+        this.set(sources.writeBufferBytes().held);
       },
     });
     const storageRequests = new Counter({

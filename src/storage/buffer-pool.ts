@@ -172,6 +172,11 @@ export class BufferPool<B extends ArrayBufferLike = ArrayBufferLike> {
     return this.#allocated - this.#free.length;
   }
 
+  /** Buffers made and not let go of: in use, or free and kept for the next acquire(). */
+  get held(): number {
+    return this.#allocated;
+  }
+
   get waiting(): number {
     return this.#waiters.length;
   }

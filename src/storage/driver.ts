@@ -99,6 +99,13 @@ export interface StorageDriver {
    */
   readonly readBuffers?: { readonly inUseBytes: number };
 
+  /**
+   * Optional: the bytes of the buffers writes hold (S3: its part buffers, in use, and in use
+   * or kept free), for metrics. Undefined for a driver that writes straight from the
+   * caller's bytes (fs, memory).
+   */
+  readonly writeBuffers?: { readonly inUseBytes: number; readonly heldBytes: number };
+
   /** Releases connections, file handles, timers. */
   close(): Promise<void>;
 

@@ -23,6 +23,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly maxConcurrentWriters?: number;
   readonly local?: boolean;
   readonly readBuffers?: { readonly inUseBytes: number };
+  readonly writeBuffers?: { readonly inUseBytes: number; readonly heldBytes: number };
   readonly redirectURL?: (path: string, expiresInSeconds: number) => Promise<string>;
   readonly listIncompleteWrites?: (idleSince: Date) => Promise<IncompleteWrite[]>;
   readonly abortIncompleteWrite?: (write: IncompleteWrite) => Promise<boolean>;
@@ -35,6 +36,7 @@ export class InstrumentedDriver implements StorageDriver {
     this.maxConcurrentWriters = base.maxConcurrentWriters;
     this.local = base.local;
     if (base.readBuffers) this.readBuffers = base.readBuffers;
+    if (base.writeBuffers) this.writeBuffers = base.writeBuffers;
     // Optional methods only when the base has them: callers test for their presence.
     if (base.redirectURL) {
       const fn = base.redirectURL.bind(base);

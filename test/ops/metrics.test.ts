@@ -206,6 +206,21 @@ describe('S3 metrics and readiness (node front end, radosgw behind a proxy)', ()
     expect(s.sum('hoist_storage_requests_total', { driver: 's3', outcome: 'ok' })).toBeGreaterThan(0);
   });
 
+  it('shows the part buffers a burst of pushes held, and lets most of them go once the pushes are over', async () => {
+    const MiB = 1024 * 1024;
+    // Eight 12 MiB blobs at once, in parts of 5 MiB: each upload holds at least one part.
+    const blobs = Array.from({ length: 8 }, () => randomBlob(12 * MiB));
+    await Promise.all(blobs.map((b, i) => pushBlob(server.url, `ops/burst${i}`, b)));
+    const s = await waitFor('no part buffer in use', async () => {
+      const got = await scrape(metricsUrl);
+      return got.value('hoist_write_buffers_in_use_bytes') === 0 ? got : undefined;
+    });
+    // Kept: 1 + maxPartsInFlight (4) parts, not the burst's eight or more.
+    expect(s.value('hoist_write_buffers_held_bytes')).toBeGreaterThan(0);
+    expect(s.value('hoist_write_buffers_held_bytes')).toBeLessThanOrEqual(5 * 5 * MiB);
+    for (const b of blobs) expect((await fetch(`${server.url}/v2/ops/burst${blobs.indexOf(b)}/blobs/${sha256(b)}`, { method: 'HEAD' })).status).toBe(200);
+  });
+
   it('is not ready when the S3 endpoint is down', async () => {
     expect((await getJson(`${server.url}/readyz`)).status).toBe(200);
     await proxy.close();

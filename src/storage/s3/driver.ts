@@ -99,6 +99,8 @@ export class S3Driver implements StorageDriver {
   readonly redirectURL?: (path: string, expiresInSeconds: number) => Promise<string>;
 
   readonly maxConcurrentWriters: number;
+  /** The part buffers writers hold (part-buffers.ts), for metrics. */
+  readonly writeBuffers: { readonly inUseBytes: number; readonly heldBytes: number };
 
   constructor(opts: S3DriverOptions) {
     this.bucket = opts.bucket;
@@ -173,7 +175,9 @@ export class S3Driver implements StorageDriver {
       retryForMs: 2 * opts.timeoutMs,
       retry: deadlines.retryStrategy,
     };
-    const buffers = new PartBufferPool(opts.partSizeBytes, opts.maxBufferedBytes);
+    // Kept once all are free: one upload's share, the part it fills and those in flight.
+    const buffers = new PartBufferPool(opts.partSizeBytes, opts.maxBufferedBytes, 1 + opts.maxPartsInFlight);
+    this.writeBuffers = buffers;
     this.#tails = new TailCache(buffers, MAX_HELD_TAILS);
     // Half the buffers may be parts being filled, one per writer; the other half carry parts
     // in flight, which free themselves by finishing on the network alone.

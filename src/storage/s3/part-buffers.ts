@@ -12,6 +12,11 @@ import { BufferPool, BufferWaitError, type PooledBuffer } from '../buffer-pool.j
  * be uploads whose sockets are paused for lack of the engine's own buffers, which the waiters
  * hold, and only a failed wait (the request ends with a 5xx, its upload stays resumable)
  * breaks that circle.
+ *
+ * Once no writer holds a buffer, the pool keeps `keepIdle` and lets go of the others: a
+ * burst of 16 uploads filled all 256 MiB of the default bound, which otherwise stayed
+ * resident for good. A SharedArrayBuffer cannot be freed at once (the hashing worker may
+ * still hold a reference to it); dropped, it goes at the next garbage collection.
  */
 export type PartBuffer = PooledBuffer<SharedArrayBuffer>;
 
@@ -21,13 +26,14 @@ export class PartBufferWaitError extends BufferWaitError {
 }
 
 export class PartBufferPool extends BufferPool<SharedArrayBuffer> {
-  constructor(partSizeBytes: number, maxBytes: number) {
+  constructor(partSizeBytes: number, maxBytes: number, keepIdle: number) {
     super({
       bufferBytes: partSizeBytes,
       maxBytes,
       allocate: (bytes) => new SharedArrayBuffer(bytes),
       what: 'S3 part buffer',
       waitError: (message) => new PartBufferWaitError(message),
+      keepIdle,
     });
   }
 
@@ -38,5 +44,14 @@ export class PartBufferPool extends BufferPool<SharedArrayBuffer> {
   /** A buffer, first come first served; rejects with PartBufferWaitError after `timeoutMs`. */
   override acquire(timeoutMs: number): Promise<PartBuffer> {
     return super.acquire(timeoutMs);
+  }
+
+  /** For metrics: the bytes of the buffers in use, and of all the pool holds (in use or kept free). */
+  get inUseBytes(): number {
+    return this.inUse * this.bufferBytes;
+  }
+
+  get heldBytes(): number {
+    return this.held * this.bufferBytes;
   }
 }

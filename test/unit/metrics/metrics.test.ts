@@ -44,6 +44,7 @@ function start(over: Partial<MetricSources> = {}): { metrics: HoistMetrics; slab
     frontend: { kind: 'node', inFlight: 3, pausedSockets: 2 },
     uploadsInProgress: () => ++uploads,
     readBufferBytes: () => 3 * 1024 * 1024,
+    writeBufferBytes: () => ({ inUse: 16 * 1024 * 1024, held: 80 * 1024 * 1024 }),
     storage: 'memory',
     ...over,
   });
@@ -105,6 +106,8 @@ describe('HoistMetrics', () => {
     expect(s.get('hoist_http_requests_in_flight')).toBe(3);
     expect(s.get('hoist_http_paused_sockets')).toBe(2);
     expect(s.get('hoist_read_buffers_in_use_bytes')).toBe(3 * 1024 * 1024);
+    expect(s.get('hoist_write_buffers_in_use_bytes')).toBe(16 * 1024 * 1024);
+    expect(s.get('hoist_write_buffers_held_bytes')).toBe(80 * 1024 * 1024);
     expect(s.get('hoist_info{frontend="node",storage="memory"}')).toBe(1);
     // uploadsInProgress() is asked at every scrape, not cached.
     const a = (await scrape()).get('hoist_uploads_in_progress')!;

@@ -23,7 +23,7 @@ describe('BufferPool', () => {
 
   it('is what the engine\'s slabs and the S3 writers\' parts are made of', () => {
     const slabs = new SlabPool(64 * KiB, 256 * KiB);
-    const parts = new PartBufferPool(128 * KiB, 256 * KiB);
+    const parts = new PartBufferPool(128 * KiB, 256 * KiB, 2);
     expect(slabs).toBeInstanceOf(BufferPool);
     expect(parts).toBeInstanceOf(BufferPool);
     expect([slabs.slabBytes, slabs.maxSlabs, parts.partSizeBytes, parts.maxBuffers]).toEqual([64 * KiB, 4, 128 * KiB, 2]);
@@ -182,7 +182,7 @@ describe('BufferPool', () => {
   });
 
   it('names its buffers and error class where the S3 driver needs them', async () => {
-    const parts = new PartBufferPool(64 * KiB, 64 * KiB);
+    const parts = new PartBufferPool(64 * KiB, 64 * KiB, 1);
     parts.tryAcquire();
     const err = await parts.acquire(10).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PartBufferWaitError);
@@ -211,7 +211,7 @@ describe('BufferPool', () => {
 describe('copyInto', () => {
   // The copy every S3 push byte takes into a shared part buffer, and the engine's into a slab.
   it.each([
-    ['a shared buffer (S3 part)', () => new PartBufferPool(1024, 1024).tryAcquire()!],
+    ['a shared buffer (S3 part)', () => new PartBufferPool(1024, 1024, 1).tryAcquire()!],
     ['a private buffer (slab)', () => {
       const pool = new SlabPool(1024, 1024);
       const slab = pool.tryAcquire()!;
@@ -235,7 +235,7 @@ describe('copyInto', () => {
   });
 
   it('refuses a copy past the end and writes nothing', () => {
-    const target = new PartBufferPool(16, 16).tryAcquire()!;
+    const target = new PartBufferPool(16, 16, 1).tryAcquire()!;
     target.bytes.fill(1);
     expect(() => copyInto(target.bytes, new Uint8Array(8).fill(2), 12)).toThrow(RangeError);
     expect([...target.bytes]).toEqual(new Array(16).fill(1));
