@@ -1,5 +1,5 @@
 import { RegistryError } from '../errors.js';
-import { childKey, listPage, StorageUnwritableError, type ListedChild, type StorageDriver } from '../storage/driver.js';
+import { childKey, listPage, StorageUnwritableError, type ListedChild, type ListPage, type StorageDriver } from '../storage/driver.js';
 import { createHash } from 'node:crypto';
 import { BlobStore, type BlobDescriptor, type BlobRead, type ByteRange } from './blobs.js';
 import { ExpiryPolicy } from './expiry.js';
@@ -282,14 +282,19 @@ export class Registry {
   /**
    * Repository names in lexical order (distribution-spec "Listing Repositories"), `n` at a
    * time after `last`. A page costs the store about n listings, whatever the catalog's size:
-   * the walk (repositoryNames) starts at `last` and stops one name past the page.
+   * the walk (repositoryNames) starts at `last` and stops one name past the page. A page
+   * holds at most MAX_CATALOG_PAGE names, asked for with `n` or not, and says where the next
+   * starts: the whole catalog of a large store in one answer would be one request that costs
+   * the store a listing per repository and holds every name (distribution's
+   * `catalog.maxentries`, 1,000 by default, does the same).
    */
   async catalog(n: number | undefined, last: string | undefined): Promise<Page<string>> {
     if (n === 0) return { items: [] };
+    const size = Math.min(n ?? MAX_CATALOG_PAGE, MAX_CATALOG_PAGE);
     const items: string[] = [];
     let more = false;
     for await (const name of repositoryNames(this.driver, last)) {
-      if (n !== undefined && items.length === n) {
+      if (items.length === size) {
         more = true;
         break;
       }
@@ -334,6 +339,16 @@ function readReference(reference: string): Reference {
 /** Children listed per request while walking the catalog. */
 const CATALOG_PAGE = 1000;
 
+/** The most repository names one catalog page holds. */
+export const MAX_CATALOG_PAGE = 1000;
+
+/**
+ * Repository checks (one listing each) sent ahead of the walk: on S3 each is a request of a
+ * few milliseconds, and one after another they made a page of 1,000 names take seconds. A
+ * walk stopped early (a small `n`) has wasted at most this many.
+ */
+const CHECKS_AHEAD = 16;
+
 /**
  * Whether the directory is a repository: it holds `_layers`, `_manifests` or `_uploads`.
  * Names cannot start with '_', so the first child after '_' in key order is one of those
@@ -365,15 +380,20 @@ export async function* repositoryNames(driver: StorageDriver, after: string | un
   yield* namesBelow(driver, paths.repositoriesRoot(), '', after);
 }
 
-async function* namesBelow(driver: StorageDriver, dir: string, prefix: string, after: string | undefined): AsyncGenerator<string> {
+async function* namesBelow(driver: StorageDriver, dir: string, prefix: string, after: string | undefined, first?: Promise<ListPage>): AsyncGenerator<string> {
   // Where `after` falls in this directory: past every child whose key is at most its first
   // component here (a child `c` keyed `c/` holds `c/...`, which may follow `after`).
   const within = after !== undefined && after.startsWith(prefix) ? after.slice(prefix.length) : undefined;
   let startAfter = within?.split('/')[0];
   const named = new Set<string>();
   const later = (name: string): boolean => after === undefined || lexical(name, after) > 0;
+  let next = first;
   for (;;) {
-    const page = await listPage(driver, dir, { ...(startAfter !== undefined ? { startAfter } : {}), limit: CATALOG_PAGE });
+    const page = await (next ?? listPage(driver, dir, { ...(startAfter !== undefined ? { startAfter } : {}), limit: CATALOG_PAGE }));
+    next = undefined;
+    // The page's steps in order: a name, named if its directory is a repository, and then
+    // the subtree below it to walk.
+    const steps: Array<{ name: string | undefined; path: string; below: string | undefined }> = [];
     for (const child of page.children) {
       const name = child.path.slice(child.path.lastIndexOf('/') + 1);
       if (!child.isDir || name.startsWith('_')) continue;
@@ -382,21 +402,52 @@ async function* namesBelow(driver: StorageDriver, dir: string, prefix: string, a
         const p = name.slice(0, i);
         if (named.has(p)) continue;
         named.add(p);
-        if (later(prefix + p) && (await isRepository(driver, `${dir}/${p}`))) yield prefix + p;
+        if (later(prefix + p)) steps.push({ name: prefix + p, path: `${dir}/${p}`, below: undefined });
       }
       const full = prefix + name;
-      if (!named.has(name)) {
-        named.add(name);
-        if (later(full) && (await isRepository(driver, child.path))) yield full;
-      }
+      const fresh = !named.has(name);
+      named.add(name);
       // Everything below starts with `full/`: all of it precedes `after` when `after` is
       // past `full/` without being inside it.
       const below = `${full}/`;
-      if (after === undefined || after.startsWith(below) || lexical(after, below) < 0) yield* namesBelow(driver, child.path, below, after);
+      const descend = after === undefined || after.startsWith(below) || lexical(after, below) < 0;
+      const step = { name: fresh && later(full) ? full : undefined, path: child.path, below: descend ? below : undefined };
+      if (step.name !== undefined || step.below !== undefined) steps.push(step);
+    }
+    // Each step's requests are sent up to CHECKS_AHEAD steps before its turn: the listing a
+    // walk below starts with, which also tells whether the directory is a repository (its
+    // markers sort among its children), or else the one-key listing that tells it.
+    const sent: Array<{ listing: Promise<ListPage> | undefined; check: Promise<boolean> | undefined }> = [];
+    for (let i = 0; i < steps.length; i++) {
+      while (sent.length < steps.length && sent.length <= i + CHECKS_AHEAD) {
+        const s = steps[sent.length]!;
+        // A walk below that starts after `after`'s component needs its own first listing.
+        const listing = s.below !== undefined && !(after?.startsWith(s.below) ?? false) ? listPage(driver, s.path, { limit: CATALOG_PAGE }) : undefined;
+        const check = s.name === undefined ? undefined
+          : listing ? listing.then((l) => markedIn(l) ?? isRepository(driver, s.path)) : isRepository(driver, s.path);
+        // Awaited in their turn; a walk stopped before then must not leave them unhandled.
+        listing?.catch(() => undefined);
+        check?.catch(() => undefined);
+        sent.push({ listing, check });
+      }
+      const step = steps[i]!;
+      const { listing, check } = sent[i]!;
+      if (check && (await check)) yield step.name!;
+      if (step.below !== undefined) yield* namesBelow(driver, step.path, step.below, after, listing);
     }
     if (!page.truncated || page.children.length === 0) return;
     startAfter = childKey(page.children[page.children.length - 1]!);
   }
+}
+
+/**
+ * Whether a directory's first listing page shows it is a repository: a marker among its
+ * children, or none in a listing that went past where they sort (undefined: it cannot tell).
+ */
+function markedIn(page: ListPage): boolean | undefined {
+  if (page.children.some(isMarker)) return true;
+  const last = page.children[page.children.length - 1];
+  return !page.truncated || (last !== undefined && childKey(last) > '_uploads/') ? false : undefined;
 }
 
 /** ManifestStore.put's answer for a config, layer or index child that is not in the repository. */

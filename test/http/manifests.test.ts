@@ -394,4 +394,21 @@ describe.each(FRONTENDS)('manifests and tags (%s front end, memory storage)', (f
     expectStatus(after, 200);
     expect(after.json<{ repositories: string[] }>().repositories).toEqual(all.filter((n) => n > 'catalog/a/b/c'));
   });
+
+  it('a catalog page holds at most 1,000 names, asked for with n or not; its Link leads on to the rest', async () => {
+    // A repository is a directory with uploads in it, too: 1,005 upload sessions make 1,005.
+    const names = Array.from({ length: 1005 }, (_, i) => `catalog-cap/r${String(i).padStart(4, '0')}`);
+    for (let i = 0; i < names.length; i += 50) {
+      await Promise.all(names.slice(i, i + 50).map(async (n) => expectStatus(await request(base, `/v2/${n}/blobs/uploads/`, { method: 'POST' }), 202)));
+    }
+    for (const first of ['/v2/_catalog', '/v2/_catalog?n=5000']) {
+      const r = await request(base, first);
+      expectStatus(r, 200);
+      expect(r.json<{ repositories: string[] }>().repositories, first).toHaveLength(1000);
+      expect(nextLink(base, r), first).toBeDefined();
+      const all = (await allPages(base, first, 'repositories', 1000)).flat();
+      expect(all.filter((n) => n.startsWith('catalog-cap/')), first).toEqual(names);
+      expect(all).toEqual(sorted(all));
+    }
+  });
 });

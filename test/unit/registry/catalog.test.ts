@@ -72,9 +72,14 @@ describe('repositoryNames', () => {
     const d = new CountingDriver(await store(names));
     const { result, calls } = await d.during(() => walk(d, 'team/app-250', 10));
     expect(result).toEqual(names.slice(251, 261));
-    // The top level, the namespace, and for each name a look for its markers, one prefix
-    // (`team/app` of `team/app-…`), and its own listing.
+    // The top level, the namespace, one prefix (`team/app` of `team/app-…`), and for each
+    // name its own listing, which shows its markers; and the listings of at most 17 names
+    // sent ahead of the walk (CHECKS_AHEAD + 1).
     expect(calls.every((c) => c.op === 'listPage')).toBe(true);
-    expect(calls.length).toBeLessThanOrEqual(2 + 1 + 2 * 10);
+    expect(calls.length).toBeLessThanOrEqual(2 + 1 + 10 + 17);
+    // A whole walk: one listing per name, not a look for markers besides.
+    const whole = await d.during(() => walk(d));
+    expect(whole.result).toEqual(names);
+    expect(whole.calls.length).toBeLessThanOrEqual(2 + 1 + 500);
   });
 });
