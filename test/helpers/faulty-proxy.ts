@@ -22,10 +22,14 @@ import type { AddressInfo } from 'node:net';
  *                 object (a store, or a cache in between, that does not do ranges)
  *   shift-range   passed on with its Range moved one byte on: the store answers 206 with
  *                 the bytes after the ones asked for
+ *   pretend       not passed on, and answered 200 as if done: a PutObject with an ETag, a
+ *                 CompleteMultipartUpload with its result document (a store that lost a
+ *                 write it acknowledged)
+ *   etag-foreign  passed on; the answer's ETag is replaced by one the store never gave
  */
 export type Fault =
   | 'slowdown' | 'unavailable' | 'internal' | 'reset' | 'stall' | 'stall-midway' | 'lose-answer' | 'internal-after' | 'keys-failed'
-  | 'ignore-range' | 'shift-range' | ResponseFault | undefined;
+  | 'ignore-range' | 'shift-range' | 'pretend' | 'etag-foreign' | ResponseFault | undefined;
 
 /** More about a request, for `decide`. */
 export interface RequestInfo {
@@ -113,6 +117,18 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
       res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
       res.end(body);
     };
+    if (fault === 'pretend') {
+      req.resume();
+      req.on('end', () => {
+        const etag = '"0123456789abcdef0123456789abcdef-1"';
+        const body = op === 'CompleteMultipartUpload'
+          ? `<?xml version="1.0" encoding="UTF-8"?><CompleteMultipartUploadResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Location>${url.pathname}</Location><Key>${url.pathname}</Key><ETag>${etag}</ETag></CompleteMultipartUploadResult>`
+          : '';
+        res.writeHead(200, { etag, 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+      });
+      return;
+    }
     if (fault === 'slowdown' || fault === 'unavailable' || fault === 'internal') {
       // Read the body first, as a server does before it answers an upload.
       req.resume();
@@ -139,7 +155,9 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
           up.on('end', () => answerError(500, 'InternalError'));
           return;
         }
-        res.writeHead(up.statusCode ?? 502, up.headers);
+        const answer = { ...up.headers };
+        if (fault === 'etag-foreign' && answer.etag) answer.etag = '"0123456789abcdef0123456789abcdef"';
+        res.writeHead(up.statusCode ?? 502, answer);
         if (fault === 'stall-midway') {
           hold(req);
           let sent = 0;

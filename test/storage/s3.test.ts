@@ -9,7 +9,7 @@ import { createDriver } from '../../src/storage/index.js';
 import { S3Driver, type PayloadHashFunction } from '../../src/storage/s3/driver.js';
 import { PartBufferWaitError } from '../../src/storage/s3/part-buffers.js';
 import { parseS3Url } from '../../src/storage/s3/url.js';
-import { StorageUnavailableError } from '../../src/storage/driver.js';
+import { PathNotFoundError, StorageUnavailableError } from '../../src/storage/driver.js';
 import { startFaultyProxy, type Fault, type FaultyProxy } from '../helpers/faulty-proxy.js';
 import {
   createTestBucket, deleteBucket, listAllKeys, listUploads, s3StorageUrl, testClient, type S3TestEnv,
@@ -421,6 +421,48 @@ function s3Tests(env: S3TestEnv): void {
       }
       expect(sha256(await readAll(await a.reader('/two/data')))).toBe(sha256(Buffer.concat(all)));
       expect(await staging()).toEqual({});
+    });
+
+    it('a commit the store acknowledged and did not apply fails with StorageUnavailableError; tried again, it completes', async () => {
+      fresh();
+      let lie: string | undefined;
+      const rec = await recorder((op, key) => (op === lie && key.endsWith('/lie/data') ? (lie = undefined, 'pretend') : undefined));
+      const d = await driver({ endpoint: rec.endpoint });
+      // Parts: the CompleteMultipartUpload is answered 200 and never reaches the store.
+      const content = randomBytes(PART + 100);
+      const w = await d.writer('/lie/data', false);
+      await w.write(content);
+      await w.close();
+      lie = 'CompleteMultipartUpload';
+      await expect((await d.writer('/lie/data', true)).commit()).rejects.toBeInstanceOf(StorageUnavailableError);
+      expect(lie, 'the lie was told').toBeUndefined();
+      await expectNotFound(d.getContent('/lie/data'), '/lie/data');
+      const again = await d.writer('/lie/data', true);
+      expect(again.size).toBe(content.length);
+      await again.commit();
+      expect(sha256(await readAll(await d.reader('/lie/data')))).toBe(sha256(content));
+      // One PutObject: answered 200, and nothing stored.
+      await d.delete('/lie/data');
+      const small = randomBytes(1000);
+      lie = 'PutObject';
+      const one = await d.writer('/lie/data', false);
+      await one.write(small);
+      await expect(one.commit()).rejects.toBeInstanceOf(StorageUnavailableError);
+      expect(lie, 'the lie was told').toBeUndefined();
+      await expectNotFound(d.getContent('/lie/data'), '/lie/data');
+    });
+
+    it('a part whose ETag the store does not hold any more leaves the upload unknown (PathNotFoundError), not failing every retry alike', async () => {
+      fresh();
+      let fault: Fault = 'etag-foreign';
+      const rec = await recorder((op, key) => (op === 'UploadPart' && key.endsWith('/etag/data') ? fault : undefined));
+      const d = await driver({ endpoint: rec.endpoint });
+      const w = await d.writer('/etag/data', false);
+      await w.write(randomBytes(PART + 100));
+      await w.close();
+      fault = undefined;
+      await expect((await d.writer('/etag/data', true)).commit()).rejects.toBeInstanceOf(PathNotFoundError);
+      await expectNotFound(d.getContent('/etag/data'), '/etag/data');
     });
 
     it('completes an upload whose store holds parts it never recorded (an instance died after UploadPart; a second writer)', async () => {

@@ -462,6 +462,7 @@ export class S3FileWriter implements FileWriter {
         const unrecorded = await this.#unrecordedParts(uploadId);
         if (unrecorded.length > 0) {
           await this.#completeWithout(uploadId, unrecorded);
+          await this.#checkStored();
           this.#releaseBuffer();
           if (this.#persisted || this.#wroteStaging) await removeStaging(c, this.#path);
           return;
@@ -488,6 +489,7 @@ export class S3FileWriter implements FileWriter {
           if (!isNoSuchUpload(err) || (await c.small.headIfAny(this.#key))?.size !== this.#size) throw err;
         }
       }
+      await this.#checkStored();
       this.#releaseBuffer();
       if (this.#persisted || this.#wroteStaging) await removeStaging(c, this.#path);
     } catch (err) {
@@ -696,7 +698,10 @@ export class S3FileWriter implements FileWriter {
           const recorded = this.#parts.get(p.PartNumber!);
           if (recorded) {
             if (unquote(recorded.etag) !== unquote(p.ETag)) {
-              throw new Error(`S3 upload ${this.#path}: part ${p.PartNumber} in the store is not the one recorded (another writer replaced it)`);
+              // The upload's bytes are not known any more, and no retry will make them so:
+              // BLOB_UPLOAD_UNKNOWN tells the client to start it again (a 500 came back at
+              // every retry of the PUT, found by probing).
+              throw new PathNotFoundError(this.#path, { cause: new Error(`S3 upload ${this.#path}: part ${p.PartNumber} in the store is not the one recorded (another writer replaced it)`) });
             }
           } else {
             extra.push({ partNumber: p.PartNumber!, etag: p.ETag ?? '' });
@@ -750,6 +755,22 @@ export class S3FileWriter implements FileWriter {
       UploadId: await this.#ensureUpload(),
       MultipartUpload: { Parts: parts.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })) },
     }));
+  }
+
+  /**
+   * The store said the object is made: a HEAD shows it is there, and as long as the upload.
+   * Until the client has its 201 the upload can still be finished again; after it, a blob
+   * record names the object. A store that answered 200 without applying the write (found by
+   * probing through a lying proxy: Hoist answered 201 and the blob was 404 at once) is told
+   * apart here, as docker-registry tells it apart by a stat of the upload after its commit.
+   * 503: the client tries the PUT again, and the writer's state, still stored, completes the
+   * upload anew.
+   */
+  async #checkStored(): Promise<void> {
+    const size = (await this.#ctx.small.headIfAny(this.#key))?.size;
+    if (size !== this.#size) {
+      throw new StorageUnavailableError(`S3 upload ${this.#path}: the store acknowledged an object of ${this.#size} bytes, and holds ${size === undefined ? 'none' : `${size} bytes`}`);
+    }
   }
 
   /** Stores what the buffer holds as the whole object, one signed PutObject (an empty blob is a 0-byte object). */
