@@ -101,6 +101,8 @@ interface Session {
   live: boolean;
   /** The record as this request last wrote it (#touch). */
   record?: UploadRecord;
+  /** This request looked for the collector's intent and found none (#touch): it need not look again. */
+  sawNoIntent?: boolean;
 }
 
 /**
@@ -196,13 +198,9 @@ export class UploadEngine {
     repo: string, id: string, digest: Digest, range: ChunkRange, body: BodySource | undefined,
     adopt?: (data: CommittedData) => Promise<void>,
   ): Promise<CommittedData> {
-    // The collector removes a stale upload by writing an intent and then re-reading this
-    // record; we rewrite the record (#locked, 'touch') and then look for an intent. One of us
-    // sees the other (gc/collector.ts, E), so an upload is never finished and removed at once.
-    return this.#locked(repo, id, 'touch', busyRange, async (s) => {
-      if (await objectExists(this.#o.driver, paths.gcUploadIntent(repo, id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
-      return this.#complete(s, digest, range, body, adopt);
-    });
+    // The record is rewritten (#locked, 'touch') only after a look for the collector's intent
+    // (#touch), so an upload is never finished and removed at once (gc/collector.ts, E).
+    return this.#locked(repo, id, 'touch', busyRange, (s) => this.#complete(s, digest, range, body, adopt));
   }
 
   /**
@@ -415,8 +413,24 @@ export class UploadEngine {
   /**
    * Rewrites the record with a fresh touchedAt (activity the collector can see). A record
    * that is gone (the collector removed the upload as stale) stays gone: the session ends.
+   *
+   * The read and the write are two steps, and a collector's delete landing between them was
+   * undone by the write (found by probing at staleUploadAfter 0s: the upload looked alive with
+   * its data gone, and its PUT answered DIGEST_INVALID for correct bytes). So the request's
+   * first touch, holding the lock, looks for the collector's intent before it reads: the
+   * collector writes its intent, then looks at the lock, and deletes the record before the
+   * intent. Either we see the intent (the session ends), or we looked before it was written
+   * and the collector finds our lock (it leaves the upload alone, for as long as we hold it),
+   * or we looked after it was deleted, and our read finds any delete it made (gc/collector.ts, E).
    */
   async #touch(s: Session): Promise<void> {
+    if (!s.sawNoIntent) {
+      if (await objectExists(this.#o.driver, paths.gcUploadIntent(s.repo, s.id))) {
+        s.live = false;
+        return;
+      }
+      s.sawNoIntent = true;
+    }
     let record: UploadRecord;
     try {
       record = JSON.parse((await this.#o.driver.getContent(paths.upload(s.repo, s.id))).toString('utf8')) as UploadRecord;

@@ -116,15 +116,25 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    by neither, as a monolithic upload's is until its record: a collection may see it unnamed
  *    once, and notes it (#sweepOrphanData never deletes on a first sighting); the next one
  *    lists nothing before that operation ends (C), by which time the record names it. Removing a stale upload writes an intent, then
- *    re-reads the upload record; finishing an upload rewrites its record (touchedAt), then
- *    looks for an intent: one of the two sees the other, and either the collector leaves
- *    the upload alone or the client gets BLOB_UPLOAD_UNKNOWN. Data no record names is
+ *    looks at the upload's lock, then re-reads the upload record, and deletes the record
+ *    before the intent. A request that rewrites the record (touchedAt: a PUT finishing the
+ *    upload, a PATCH after a pause or on its lock's beat) holds the lock and, before its first
+ *    read of the record, looks for an intent: it sees it (BLOB_UPLOAD_UNKNOWN), or it looked
+ *    before the intent was written, holding the lock, which the collector sees (and leaves the
+ *    upload alone), or it looked after the intent was deleted, and its read finds the record
+ *    gone. So a record the collector deleted is never written back (a touch that read it just
+ *    before the delete and wrote it just after did, when the look came after the rewrite: the
+ *    upload looked alive with its data gone, and its PUT answered DIGEST_INVALID for correct
+ *    bytes; found by probing at staleUploadAfter 0s). A PATCH that only appends (its record
+ *    fresh) may store its bytes just before the collector deletes the data, or just after,
+ *    as data no record names: its 202 stands, and the client's next request on the upload,
+ *    its PUT at the latest, finds the record gone (BLOB_UPLOAD_UNKNOWN). Data no record names is
  *    deleted only after `staleUploadAfterMs` without a write, and once collections have
  *    seen it unnamed for as long (#sweepOrphanData): data between its commit and its blob
  *    record is unnamed for milliseconds, never for the hour that takes. The requests that
  *    write to or end an upload hold its lock (engine/upload-lock.ts) while they do all that,
  *    the touch and the intent check included; the collector takes no lock, so the intent is
- *    what keeps it and a PUT apart. Locks of uploads that are gone, left by a server that
+ *    what keeps it and a request apart. Locks of uploads that are gone, left by a server that
  *    died, go once untouched for staleUploadAfter (#sweepUploadLocks).
  *
  * F. Tags. Deleting an expired tag writes an intent, re-reads the tag and deletes it only if

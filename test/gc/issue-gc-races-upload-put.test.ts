@@ -1,0 +1,225 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { HashPool } from '../../src/engine/hash-pool.js';
+import { paths } from '../../src/registry/paths.js';
+import { createDriver, isPathNotFound, type StorageDriver } from '../../src/storage/index.js';
+import { GcFixture, sha256 } from '../helpers/gc.js';
+import { tempDir } from '../helpers/http.js';
+import { describeS3, useTestBucket } from '../helpers/s3-http.js';
+import { bodyOf } from '../helpers/uploads.js';
+
+/**
+ * Found by probing (1 round in 10, staleUploadAfter 0s): a collection racing an upload's
+ * closing PUT had the client told 400 DIGEST_INVALID for correct bytes. The PUT read the
+ * upload record, the collector deleted the upload's data and record and then its intent, and
+ * the PUT wrote the record back with a fresh touchedAt and only then looked for the intent:
+ * gone. The upload looked alive with its data gone, and the digest was checked over what was
+ * left (nothing). A PATCH that refreshed the record after a pause did the same, and its bytes
+ * went into data of their own.
+ *
+ * Now a request looks for the intent before it first reads the record (src/engine/uploads.ts,
+ * #touch; src/gc/collector.ts, E). The races are staged, not hoped for: views of the store for
+ * the collector and for the server hold one call until the other side has made its own, on
+ * every driver.
+ */
+
+type Op = 'getContent' | 'putContent' | 'delete' | 'stat' | 'reader';
+
+interface Hooks {
+  /** Runs before the call; the call waits for it. */
+  before?: (op: Op, path: string) => Promise<void> | void;
+  /** Sees the call's result once it returned, and may replace it. */
+  after?: (op: Op, path: string, result: unknown) => unknown;
+}
+
+/** A view of `base` whose calls go through `hooks` (read at each call, so a test sets them when it stages). */
+function staged(base: StorageDriver, hooks: Hooks): StorageDriver {
+  const ops = new Set<string>(['getContent', 'putContent', 'delete', 'stat', 'reader']);
+  return new Proxy(base, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof v !== 'function') return v;
+      const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
+      if (!ops.has(String(prop))) return fn;
+      const op = prop as Op;
+      return async (path: string, ...rest: unknown[]) => {
+        await hooks.before?.(op, path);
+        const result = await fn(path, ...rest);
+        return hooks.after ? hooks.after(op, path, result) : result;
+      };
+    },
+  });
+}
+
+function signal(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+async function exists(d: StorageDriver, path: string): Promise<boolean> {
+  try {
+    await d.stat(path);
+    return true;
+  } catch (err) {
+    if (isPathNotFound(err)) return false;
+    throw err;
+  }
+}
+
+let pool: HashPool;
+beforeAll(() => {
+  pool = new HashPool({ threads: 1, maxQueue: 100 });
+});
+afterAll(async () => {
+  await pool.close();
+});
+
+/** The races, on the driver `open` makes (a fresh store for each test). */
+function races(open: () => Promise<StorageDriver>): void {
+  let base: StorageDriver;
+  let server: Hooks;
+  let t: GcFixture;
+  const setUp = async (): Promise<void> => {
+    base = await open();
+    server = {};
+    t = new GcFixture(staged(base, server), pool);
+  };
+  afterEach(async () => {
+    await t?.close();
+  });
+
+  /** Runs a collection at staleUploadAfter 0s whose delete of `record` first waits for `race()`; the server's rewrite of `record` waits for the collection. */
+  async function collectDuring(record: string, race: () => Promise<void>): Promise<Awaited<ReturnType<GcFixture['gc']>>> {
+    const collected = signal();
+    let raced = false;
+    server.before = async (op, path) => {
+      if (op === 'putContent' && path === record) await collected.promise;
+    };
+    try {
+      return await t.gc({
+        staleUploadAfterMs: 0,
+        driver: staged(base, {
+          before: async (op, path) => {
+            if (op !== 'delete' || path !== record || raced) return;
+            raced = true;
+            await race();
+          },
+        }),
+      });
+    } finally {
+      collected.resolve();
+      expect(raced).toBe(true);
+    }
+  }
+
+  it('a PUT that reads the upload record just before the collector deletes it gets BLOB_UPLOAD_UNKNOWN, and writes nothing back', async () => {
+    await setUp();
+    const data = randomBytes(3000);
+    const { id } = await t.registry.startUpload('r');
+    await t.registry.appendUpload('r', id, {}, bodyOf(data));
+    const record = paths.upload('r', id);
+    let put: Promise<unknown> | undefined;
+    const report = await collectDuring(record, async () => {
+      // The data is gone already; the PUT starts now and runs until it has read the record (or is answered).
+      const read = signal();
+      server.after = (op, path, result) => {
+        if (op === 'getContent' && path === record) read.resolve();
+        return result;
+      };
+      put = t.registry.completeUpload('r', id, sha256(data), {}, undefined);
+      await Promise.race([read.promise, put.then(() => undefined, () => undefined)]);
+    });
+    // Before the fix: DIGEST_INVALID (the record written back over data that was gone).
+    await expect(put).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+    expect(report.uploads.count).toBe(1);
+    expect(await exists(base, record)).toBe(false);
+    expect(await t.blobStored(sha256(data))).toBe(false);
+    // The client starts over, and the blob is stored whole.
+    await t.pushBlob('r', data);
+    expect(await t.blobStored(sha256(data))).toBe(true);
+  });
+
+  it('a PATCH after a pause that reads the record just before the collector deletes it leaves the upload gone, and its PUT gets BLOB_UPLOAD_UNKNOWN', async () => {
+    await setUp();
+    const [first, second] = [randomBytes(3000), randomBytes(2000)];
+    const { id } = await t.registry.startUpload('r');
+    await t.registry.appendUpload('r', id, {}, bodyOf(first));
+    const record = paths.upload('r', id);
+    let patch: Promise<unknown> | undefined;
+    const report = await collectDuring(record, async () => {
+      // To the PATCH the record looks two minutes old, so it refreshes it (uploads.ts, ACTIVITY_REFRESH_MS).
+      const read = signal();
+      server.after = (op, path, result) => {
+        if (op === 'getContent' && path === record) read.resolve();
+        if (op === 'stat' && path === record) {
+          const info = result as { modTime: Date };
+          return { ...info, modTime: new Date(info.modTime.getTime() - 120_000) };
+        }
+        return result;
+      };
+      patch = t.registry.appendUpload('r', id, {}, bodyOf(second));
+      await Promise.race([read.promise, patch.then(() => undefined, () => undefined)]);
+    });
+    server.after = undefined;
+    expect(report.uploads.count).toBe(1);
+    // Answered 404 at once, or 202 for bytes that no upload names: the PUT says the upload is gone.
+    await patch!.catch((err: unknown) => expect(err).toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' }));
+    expect(await exists(base, record)).toBe(false);
+    // Before the fix: DIGEST_INVALID (the PATCH wrote the record back, and its bytes went into data of their own).
+    await expect(t.registry.completeUpload('r', id, sha256(Buffer.concat([first, second])), {}, undefined))
+      .rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+  });
+
+  it('a PUT that looked for the intent before the collector wrote it is answered 201, and its blob is kept whole', async () => {
+    await setUp();
+    const data = randomBytes(3000);
+    const { id } = await t.registry.startUpload('r');
+    await t.registry.appendUpload('r', id, {}, bodyOf(data));
+    const intent = paths.gcUploadIntent('r', id);
+    let put: Promise<unknown> | undefined;
+    const looked = signal();
+    server.after = (op, path, result) => {
+      if (op === 'reader' && path === intent) looked.resolve();
+      return result;
+    };
+    const report = await t.gc({
+      staleUploadAfterMs: 0,
+      driver: staged(base, {
+        before: async (op, path) => {
+          if (op !== 'putContent' || path !== intent || put) return;
+          put = t.registry.completeUpload('r', id, sha256(data), {}, undefined);
+          await Promise.race([looked.promise, put.then(() => undefined, () => undefined)]);
+        },
+      }),
+    });
+    await expect(put).resolves.toMatchObject({ digest: sha256(data) });
+    expect(report.uploads.count).toBe(0);
+    expect(await t.blobStored(sha256(data))).toBe(true);
+    const read = await t.registry.readBlob('r', sha256(data));
+    const parts: Buffer[] = [];
+    for await (const c of read.stream) parts.push(Buffer.from(c as Uint8Array));
+    expect(Buffer.concat(parts).equals(data)).toBe(true);
+  });
+}
+
+describe('gc racing an upload\'s PUT or PATCH: memory', () => {
+  races(() => createDriver('memory:'));
+});
+
+describe('gc racing an upload\'s PUT or PATCH: fs', () => {
+  const dirs: Array<Awaited<ReturnType<typeof tempDir>>> = [];
+  afterAll(async () => {
+    for (const d of dirs) await d.cleanup();
+  });
+  races(async () => {
+    const dir = await tempDir('hoist-gc-upload-race-');
+    dirs.push(dir);
+    return createDriver(`fs:${dir.path}`);
+  });
+});
+
+describeS3('gc racing an upload\'s PUT or PATCH: S3', (env) => {
+  const bucket = useTestBucket(env, 'gc-upload-race');
+  races(() => createDriver(bucket.url(randomUUID().slice(0, 8))));
+});
