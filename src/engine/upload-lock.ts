@@ -242,8 +242,26 @@ export class UploadLocks {
  * slowly) is activity, however old the upload record's times are.
  */
 export async function lockInForce(driver: StorageDriver, path: string, ttlMs = DEFAULT_TTL_MS, skewMs = DEFAULT_SKEW_MS): Promise<boolean> {
+  return (await lockState(driver, path, ttlMs, skewMs)) === 'held';
+}
+
+/**
+ * Whether the object at `path`, a lock or a takeover marker of one, is left over: it exists
+ * and no request can hold it any more, as a taker judges it (UploadLocks.acquire). The
+ * collector removes only such locks of uploads that are gone: a request may hold the lock of
+ * an upload without a record (a PUT adopting its blob removed the record first), and one
+ * deleted under it let another request, or a collection, act on the upload as if nobody did.
+ * A takeover marker carries no expiry and is judged by its age: a lease and the skew, as long
+ * as takers leave one alone (registry/takeover.ts).
+ */
+export async function lockLeftOver(driver: StorageDriver, path: string, ttlMs = DEFAULT_TTL_MS, skewMs = DEFAULT_SKEW_MS): Promise<boolean> {
+  return (await lockState(driver, path, ttlMs, skewMs)) === 'stale';
+}
+
+async function lockState(driver: StorageDriver, path: string, ttlMs: number, skewMs: number): Promise<'absent' | 'held' | 'stale'> {
   const raw = await readOrUndefined(driver, path);
-  return raw !== undefined && !(await isStale(driver, path, parseRecord(raw), ttlMs, skewMs));
+  if (raw === undefined) return 'absent';
+  return (await isStale(driver, path, parseRecord(raw), ttlMs, skewMs)) ? 'stale' : 'held';
 }
 
 /**

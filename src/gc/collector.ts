@@ -6,7 +6,7 @@ import { BlobStore, WELL_KNOWN_BLOBS } from '../registry/blobs.js';
 import type { ExpiryPolicy } from '../registry/expiry.js';
 import { decodeRevision } from '../registry/manifests.js';
 import type { PresenceRecord, TouchRecord } from './guard.js';
-import { lockInForce } from '../engine/upload-lock.js';
+import { lockInForce, lockLeftOver } from '../engine/upload-lock.js';
 import { processGone } from '../process-identity.js';
 import { ClockSkewError, Lease, MAX_CLOCK_SKEW_MS } from './lease.js';
 import { manifestRefs, Marker } from './mark.js';
@@ -135,7 +135,7 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    write to or end an upload hold its lock (engine/upload-lock.ts) while they do all that,
  *    the touch and the intent check included; the collector takes no lock, so the intent is
  *    what keeps it and a request apart. Locks of uploads that are gone, left by a server that
- *    died, go once untouched for staleUploadAfter (#sweepUploadLocks).
+ *    died, go once their lease is over (#sweepUploadLocks), whatever staleUploadAfter says.
  *
  * F. Tags. Deleting an expired tag writes an intent, re-reads the tag and deletes it only if
  *    it is unchanged; entries of the expiring index (manifests.ts) whose tag is gone or has
@@ -852,12 +852,12 @@ class Collection {
   }
 
   /**
-   * Locks and takeover markers of uploads that have no record (any more), untouched for
-   * staleUploadAfter: a server died between removing an upload record and deleting the
-   * lock, or while taking a lock over (engine/upload-lock.ts). None is held: a held lock is
-   * rewritten every ten seconds, and a request holding the lock of an upload without a record
-   * ends without writing. The lock of an upload that has a record is left to the next
-   * request on it, which takes it over.
+   * Locks and takeover markers of uploads that have no record (any more), once their lease is
+   * over as a taker judges it (engine/upload-lock.ts, lockLeftOver): a server died between
+   * removing an upload record and deleting the lock, or while taking a lock over. Never by
+   * staleUploadAfter, which may be shorter than a lease: at 0s a lock a live PUT held went
+   * (found by probing). The lock of an upload that has a record is left to the next request
+   * on it, which takes it over.
    */
   async #sweepUploadLocks(remainingData: ReadonlyMap<string, string>): Promise<void> {
     const candidates: string[] = [];
@@ -866,11 +866,9 @@ class Collection {
     }
     if (candidates.length === 0) return;
     await this.#checkLease();
-    const staleBefore = Date.now() - this.#o.staleUploadAfterMs;
     const stale: string[] = [];
     await Promise.all(candidates.map((p) => this.#limit(async () => {
-      const t = await this.#modTime(p);
-      if (t !== undefined && t < staleBefore) stale.push(p);
+      if (await lockLeftOver(this.#d, p)) stale.push(p);
     })));
     if (!this.#dry) await this.#deleteMany(stale);
     this.#report.uploadLocks += stale.length;

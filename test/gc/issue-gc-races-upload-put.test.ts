@@ -1,6 +1,8 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HashPool } from '../../src/engine/hash-pool.js';
+import { UploadLocks } from '../../src/engine/upload-lock.js';
 import { paths } from '../../src/registry/paths.js';
 import { createDriver, isPathNotFound, type StorageDriver } from '../../src/storage/index.js';
 import { GcFixture, sha256 } from '../helpers/gc.js';
@@ -15,12 +17,13 @@ import { bodyOf } from '../helpers/uploads.js';
  * the PUT wrote the record back with a fresh touchedAt and only then looked for the intent:
  * gone. The upload looked alive with its data gone, and the digest was checked over what was
  * left (nothing). A PATCH that refreshed the record after a pause did the same, and its bytes
- * went into data of their own.
+ * went into data of their own. Besides, at 0s the collector deleted the lock of an upload it
+ * found gone while a request still held it: staleUploadAfter was taken for the lock's lease.
  *
  * Now a request looks for the intent before it first reads the record (src/engine/uploads.ts,
- * #touch; src/gc/collector.ts, E). The races are staged, not hoped for: views of the store for
- * the collector and for the server hold one call until the other side has made its own, on
- * every driver.
+ * #touch; src/gc/collector.ts, E), and a lock goes only once its lease is over. The races are
+ * staged, not hoped for: views of the store for the collector and for the server hold one
+ * call until the other side has made its own, on every driver.
  */
 
 type Op = 'getContent' | 'putContent' | 'delete' | 'stat' | 'reader';
@@ -200,6 +203,25 @@ function races(open: () => Promise<StorageDriver>): void {
     const parts: Buffer[] = [];
     for await (const c of read.stream) parts.push(Buffer.from(c as Uint8Array));
     expect(Buffer.concat(parts).equals(data)).toBe(true);
+  });
+
+  // A PUT adopting its blob has removed the upload record and still holds the lock; at 0s the
+  // collector took that lock, younger than the collection, for one a dead server left.
+  it('a lock within its lease is never removed, though its upload is gone and staleUploadAfter is 0s', async () => {
+    await setUp();
+    const lockPath = paths.uploadLock('r', randomUUID());
+    const held = await new UploadLocks(base).acquire(lockPath);
+    expect(held).toBeDefined();
+    await sleep(20);
+    let report = await t.gc({ staleUploadAfterMs: 0 });
+    // Before the fix: removed (uploadLocks 1).
+    expect(report.uploadLocks).toBe(0);
+    expect(await exists(base, lockPath)).toBe(true);
+    expect(held!.held).toBe(true);
+    await held!.release();
+    report = await t.gc({ staleUploadAfterMs: 0 });
+    expect(report.uploadLocks).toBe(0);
+    expect(await exists(base, lockPath)).toBe(false);
   });
 }
 

@@ -765,13 +765,15 @@ describe('uploads and orphaned data', () => {
     const ta = new GcFixture(aged, pool);
     const live = await ta.registry.startUpload('u');
     const gone = randomUUID();
-    const lock = Buffer.from(JSON.stringify({ token: 'dead0000dead0000dead0000dead0000', expiresAt: new Date().toISOString() }));
+    const lock = (expiresAtMs: number): Buffer => Buffer.from(JSON.stringify({ token: 'dead0000dead0000dead0000dead0000', expiresAt: new Date(expiresAtMs).toISOString() }));
     const marker = paths.takeoverMarker(paths.uploadLock('u', gone), 'ab12', 1);
-    await aged.putContent(paths.uploadLock('u', live.id), lock);
-    await aged.putContent(paths.uploadLock('u', gone), lock);
+    await aged.putContent(paths.uploadLock('u', live.id), lock(Date.now()));
+    await aged.putContent(paths.uploadLock('u', gone), lock(Date.now()));
     await aged.putContent(marker, Buffer.from('{"at":"2026-01-01T00:00:00Z"}'));
-    let r = await ta.gc({ staleUploadAfterMs: 60_000 });
-    expect(r.uploadLocks).toBe(0); // not idle long enough
+    let r = await ta.gc({ staleUploadAfterMs: 0 });
+    expect(r.uploadLocks).toBe(0); // within their lease (engine/upload-lock.ts), whatever staleUploadAfter says
+    // Their server died two minutes ago: its lock's lease ran out, and the marker's too.
+    await aged.putContent(paths.uploadLock('u', gone), lock(Date.now() - 120_000));
     for (const p of [paths.uploadLock('u', live.id), paths.uploadLock('u', gone), marker]) aged.backdate(p, 120_000);
     // The live upload is in use (its record fresh), its lock left by a server that died.
     r = await ta.gc({ staleUploadAfterMs: 60_000 });
