@@ -15,13 +15,58 @@ import type {
   RequestHandler,
   TlsFiles,
 } from './adapter.js';
-import { BodyPump, LINGER_MS } from './body-pump.js';
+import { BodyPump, DRAIN_MAX_BYTES, drainable, LINGER_MS } from './body-pump.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
-import { isTakenLength, PARSER_ERRORS, rawErrorResponse, refusedWith, reportRefused } from './limits.js';
+import { PARSER_ERRORS, rawErrorResponse, refusedWith, reportRefused } from './limits.js';
 
 /** Requests one connection may have waiting for their answers; past it, it is cut off. */
 const MAX_PIPELINED = 256;
+
+/** Connections that close after an answer sent before their request's body was all read. */
+const lingering = new WeakSet<Socket>();
+
+/**
+ * The lingering close (body-pump.ts, LINGER_MS) for an answer that closes the connection while
+ * its request's body still arrives: node:http would destroy the socket as soon as the answer
+ * is written, and the kernel then resets a client still sending, which loses the answer. Here
+ * the answer goes first, then the FIN, as node:http sends them; the rest of the body is read
+ * and dropped until it ends or the client's side ends, and only then, or after LINGER_MS, is
+ * the socket destroyed. Past DRAIN_MAX_BYTES the socket is no longer read: the client's
+ * writes then wait, and it reads its answer before the reset (destroyed at once, a client
+ * that sent fast got EPIPE first). The answer never waits for the body: a client that reads
+ * its answer before it ends its body would wait for good. Nothing else on the connection is
+ * served (RFC 9112 §9.6). Called as the answer's headers are written.
+ */
+function lingerAfterAnswer(req: IncomingMessage): void {
+  const socket = req.socket;
+  if (lingering.has(socket)) return;
+  lingering.add(socket);
+  let answered = false;
+  let over = false;
+  /** Destroys the socket once the answer has left, or marks the linger over until it has. */
+  const close = (): void => {
+    over = true;
+    if (!answered) return;
+    if (socket.writableFinished) socket.destroy();
+    else socket.once('finish', () => socket.destroy());
+  };
+  // The body is read here rather than dumped by node:http: a request it dumps emits 'end' at
+  // once, and its bytes go by without an event. bytesRead counts what node:http's parser
+  // reads off the socket; a paused request stops it reading.
+  const maxBytesRead = socket.bytesRead + DRAIN_MAX_BYTES;
+  req.on('data', () => {
+    if (socket.bytesRead > maxBytesRead) req.pause();
+  }).once('end', close);
+  // node:http calls destroySoon() once the last response on the connection has been written.
+  socket.destroySoon = function lingeringDestroySoon(this: Socket): void {
+    answered = true;
+    if (this.writable) this.end();
+    const timer = setTimeout(() => this.destroy(), LINGER_MS).unref();
+    this.once('close', () => clearTimeout(timer)).once('end', close);
+    if (over) close();
+  };
+}
 
 /**
  * A request in plain HTTP on the TLS port gets a 400 that says so, as Go's servers (so
@@ -87,6 +132,11 @@ export class NodeFrontEnd implements FrontEnd {
       requireHostHeader: false,
     };
     const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue = false): void => {
+      // Pipelined after a request the connection closes with (lingerAfterAnswer).
+      if (lingering.has(req.socket)) {
+        req.socket.destroy();
+        return;
+      }
       const exchange = new NodeExchange(req, res, idleMs, expectsContinue);
       this.#exchanges.add(exchange);
       // A request pipelined behind one still being answered waits for that answer: node:http
@@ -409,31 +459,42 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   }
 
   /**
-   * Whether the connection goes with this response: when asked to, or when the request's
-   * Content-Length is one the registry refuses as a length (more than 15 digits, handlers.ts:
-   * 400 SIZE_INVALID). node:http took it, and would otherwise drain up to 10^19 bytes after
-   * the 400 to keep the connection. (A refused body of a length we take is drained, so that
-   * the client, still sending, reads its answer rather than a reset.)
+   * Whether the connection goes with this response: when asked to, or when more is left of
+   * the request's body than is worth reading to keep it (body-pump.ts, drainable()), which
+   * includes a chunked body and a Content-Length the registry refuses as a length (more than
+   * 15 digits, handlers.ts: 400 SIZE_INVALID).
    */
   #closesConnection(): boolean {
     if (this.#closeAfterResponse) return true;
-    const declared = this.#req.headers['content-length'];
-    return !this.#req.complete && declared !== undefined && !isTakenLength(declared);
+    const { 'content-length': length, 'transfer-encoding': coding } = this.#req.headers;
+    return !this.#req.complete && !drainable(length, coding, this.#body?.bytes ?? 0);
+  }
+
+  /**
+   * Writes the status line and headers, with `Connection: close` when #closesConnection()
+   * says so; a response that closes the connection while the body still arrives gets the
+   * lingering close (lingerAfterAnswer). node:http decides whether a response keeps the
+   * connection (shouldKeepAlive) only as it writes the headers.
+   */
+  #writeHead(status: number, headers: HeaderMap): ServerResponse {
+    const closes = this.#closesConnection();
+    this.#res.writeHead(status, STATUS_CODES[status] ?? 'Unknown', closes ? { ...headers, connection: 'close' } : headers);
+    if (!this.#req.complete && (closes || !this.#res.shouldKeepAlive)) lingerAfterAnswer(this.#req);
+    return this.#res;
   }
 
   #end(status: number, headers: HeaderMap, body: string | Uint8Array | undefined): void {
     this.#discardUnreadBody();
     const out = withoutContentLength(headers);
-    if (this.#closesConnection()) out['connection'] = 'close';
     const bodyless = responseHasNoBody(this.method, status, headers, body);
     if (bodyless === false) {
       const payload = body ?? '';
       out['content-length'] = String(byteLength(payload));
-      this.#res.writeHead(status, STATUS_CODES[status] ?? 'Unknown', out).end(payload);
+      this.#writeHead(status, out).end(payload);
       return;
     }
     if (bodyless.contentLength !== undefined) out['content-length'] = bodyless.contentLength;
-    this.#res.writeHead(status, STATUS_CODES[status] ?? 'Unknown', out).end();
+    this.#writeHead(status, out).end();
   }
 
   stream(status: number, headers: HeaderMap, body: Readable, length: number): Promise<void> {
@@ -444,11 +505,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     }
     this.#discardUnreadBody();
     const res = this.#res;
-    res.writeHead(status, STATUS_CODES[status] ?? 'Unknown', {
-      ...withoutContentLength(headers),
-      'content-length': String(length),
-      ...(this.#closesConnection() ? { connection: 'close' } : {}),
-    });
+    this.#writeHead(status, { ...withoutContentLength(headers), 'content-length': String(length) });
     // A hand-written pump rather than pipeline(): it must send exactly `length` bytes, and
     // res.strictContentLength would throw out of pipe() as an uncaught exception.
     return new Promise<void>((resolve, reject) => {

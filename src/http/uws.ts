@@ -6,7 +6,7 @@ import type { Readable } from 'node:stream';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
 import { ClientAbortError, type ErrorCode } from '../errors.js';
 import { recyclerOf } from '../storage/file-reader.js';
-import { BodyPump, LINGER_MS } from './body-pump.js';
+import { BodyPump, DRAIN_MAX_BYTES, drainable, LINGER_MS } from './body-pump.js';
 import { hasBody, transferCodings } from './body.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
@@ -204,6 +204,8 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
   #bodyArrived: boolean;
   /** An answer held back until the body arrived (#lingerThen). */
   #answerHeld: (() => void) | undefined;
+  /** The body's byte count past which the socket is no longer read while an answer is held (#lingerThen). */
+  #holdMaxBytes = 0;
 
   constructor(res: HttpResponse, req: HttpRequest, maxHeaderBytes?: number) {
     this.#res = res;
@@ -238,7 +240,10 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
     res.onAborted(() => this.#abort());
     res.onData((chunk, isLast) => {
       this.#body.push(new Uint8Array(chunk));
-      if (!isLast) return;
+      if (!isLast) {
+        if (this.#answerHeld !== undefined && this.#body.bytes > this.#holdMaxBytes) this.#pause();
+        return;
+      }
       this.#bodyArrived = true;
       this.#body.end();
       this.#answerHeld?.();
@@ -321,18 +326,25 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
 
   send(status: number, headers: HeaderMap, body?: string | Uint8Array): void {
     if (!this.#start()) return;
-    if (this.#bodyArrived || !CLOSE_TOKEN.test(this.#headers['connection'] ?? '')) this.#end(status, headers, body);
-    else this.#lingerThen(() => this.#end(status, headers, body));
+    const keeps = !CLOSE_TOKEN.test(this.#headers['connection'] ?? '') &&
+      drainable(this.#headers['content-length'], this.#headers['transfer-encoding'], this.#body.bytes);
+    if (this.#bodyArrived || keeps) this.#end(status, headers, body);
+    else this.#lingerThen(() => this.#end(status, headers, body, true));
   }
 
   /**
-   * The lingering close (body-pump.ts, LINGER_MS) for a client that asked to close the
-   * connection after this request, answered before its body arrived: uWS ends such a
-   * connection as soon as the answer is written, bytes unread or not. So the answer waits,
-   * the rest of the body dropped as it comes, until the last chunk or LINGER_MS.
+   * The lingering close (body-pump.ts, LINGER_MS) for a request answered before its body
+   * arrived, on a connection that closes after it: the client asked for that, or more of the
+   * body may be left than is worth reading (DRAIN_MAX_BYTES). uWS closes such a connection as
+   * soon as the answer is written, bytes unread or not, and it cannot be closed once it has
+   * answered. So the answer waits, the rest of the body dropped as it comes, until the last
+   * chunk or LINGER_MS; past DRAIN_MAX_BYTES more the socket is no longer read (paused), so
+   * that a client still sending has its writes wait, and reads its answer before the reset
+   * that follows (sent at once instead, Node's client got EPIPE first).
    */
   #lingerThen(answer: () => void): void {
     this.#discardUnreadBody();
+    this.#holdMaxBytes = this.#body.bytes + DRAIN_MAX_BYTES;
     const timer = setTimeout(() => this.#answerHeld?.(), LINGER_MS).unref();
     this.#answerHeld = () => {
       clearTimeout(timer);
@@ -341,17 +353,20 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
     };
   }
 
-  #end(status: number, headers: HeaderMap, body: string | Uint8Array | undefined): void {
+  /** Ends the response; `close`: and the connection (uWS then writes `Connection: close`). */
+  #end(status: number, headers: HeaderMap, body: string | Uint8Array | undefined, close = false): void {
     const bodyless = responseHasNoBody(this.method, status, headers, body);
     this.#res.cork(() => {
       this.#discardUnreadBody();
       this.#writeHead(status, headers);
       if (bodyless === false) {
-        this.#res.end(body ?? '');
+        this.#res.end(body ?? '', close);
         return;
       }
       // endWithoutBody(n) with n > 0 leaves uWS expecting n more bytes: it closes the
       // connection and fires onAborted. Writing the header ourselves keeps keep-alive working.
+      // Given any argument, uWS writes a Content-Length of its own as well (two then), so an
+      // answer without a body cannot close the connection: uWS drains an unread rest after it.
       if (bodyless.contentLength !== undefined) this.#res.writeHeader('Content-Length', bodyless.contentLength);
       this.#res.endWithoutBody();
     });

@@ -76,7 +76,10 @@ export interface OpenRequest {
   readonly req: http.ClientRequest;
   /** The reply once it arrived (rejects if the connection failed first). */
   readonly reply: Promise<Reply>;
-  /** Writes a chunk and resolves once node:http handed it to the socket. */
+  /**
+   * Writes a chunk and resolves once node:http handed it to the socket; rejects if the request
+   * closed first.
+   */
   write(chunk: Uint8Array): Promise<void>;
 }
 
@@ -109,9 +112,19 @@ export function openRequest(base: string, path: string, opts: Omit<RequestOption
   return {
     req,
     reply,
+    // node:http's client drops the callback of a write on a socket it has closed, as it closes
+    // its socket once a `Connection: close` reply ended (the server answered early and shut
+    // the connection while the body was still being sent): the close settles such a write.
     write: (chunk) =>
       new Promise<void>((resolve, reject) => {
-        req.write(chunk, (err) => (err ? reject(err) : resolve()));
+        const closed = (): void => reject(new Error('the request closed before the chunk was written'));
+        if (req.destroyed) return closed();
+        req.once('close', closed);
+        req.write(chunk, (err) => {
+          req.off('close', closed);
+          if (err) reject(err);
+          else resolve();
+        });
       }),
   };
 }

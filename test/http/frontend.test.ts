@@ -5,6 +5,7 @@ import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ClientAbortError } from '../../src/errors.js';
+import { DRAIN_MAX_BYTES } from '../../src/http/body-pump.js';
 import type { BodySink, FrontEnd, FrontEndKind, RequestHandler } from '../../src/http/adapter.js';
 import { createFrontEnd, UWS_MAX_CONTENT_LENGTH } from '../../src/http/frontend.js';
 
@@ -301,13 +302,16 @@ describe.each<FrontEndKind>(['uws', 'node'])('%s front end', (kind) => {
     });
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     try {
-      const reply = await request(port, '/fail', { method: 'PATCH', body: randomBytes(8 * MiB), agent });
+      // No more than DRAIN_MAX_BYTES: the connection then stays, and this helper, which waits
+      // for the whole request to be sent, sees it sent (a longer rest closes the connection).
+      const reply = await request(port, '/fail', { method: 'PATCH', body: randomBytes(DRAIN_MAX_BYTES), agent });
       expect([reply.status, reply.body.toString()]).toEqual([507, 'disk full']);
     } finally {
       agent.destroy();
     }
   });
 
+  // Up to DRAIN_MAX_BYTES of it: a longer rest closes the connection (closing-connections.test.ts).
   it('answers before the body was read, drops the body and keeps the connection', async () => {
     const port = await serve(async (req, res) => {
       if (req.path === '/early') res.send(404, {}, 'nope');
@@ -315,7 +319,7 @@ describe.each<FrontEndKind>(['uws', 'node'])('%s front end', (kind) => {
     });
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     try {
-      const early = await request(port, '/early', { method: 'PATCH', body: randomBytes(8 * MiB), agent });
+      const early = await request(port, '/early', { method: 'PATCH', body: randomBytes(DRAIN_MAX_BYTES), agent });
       expect([early.status, early.body.toString()]).toEqual([404, 'nope']);
       const next = await request(port, '/next', { method: 'PATCH', body: Buffer.from('12345'), agent });
       expect([next.status, next.body.toString(), next.reusedSocket]).toEqual([200, '5', true]);
