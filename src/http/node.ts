@@ -204,6 +204,10 @@ export class NodeFrontEnd implements FrontEnd {
         if (answered) reportRefused({ ...requestLine(err.rawPacket), ...answered }, opts.onRefused);
       };
       if (answering?.req.complete && err.code?.startsWith('HPE_')) void answering.answered.then(() => answer(true));
+      // The client ended its side in the middle of the body of the request being answered: it
+      // went away, and that request says so (499). A 400 here, counted and logged as a refused
+      // request, counted the one client twice (found by probing).
+      else if (answering !== undefined && !answering.req.complete && err.code === 'HPE_INVALID_EOF_STATE') onClientError(err, socket, false);
       // The error is in the body of a request answered before its body ended (a 404 to a
       // chunked PATCH, its rest being dropped): that request had its answer, and a 400 now
       // would be taken for the next one's (found by probing).

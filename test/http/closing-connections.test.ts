@@ -17,7 +17,8 @@ import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DRAIN_MAX_BYTES, LINGER_MS } from '../../src/http/body-pump.js';
-import { socketExchange, startUpload } from '../helpers/http.js';
+import { socketExchange, startUpload, waitForLog } from '../helpers/http.js';
+import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 const MiB = 1024 * 1024;
@@ -50,7 +51,7 @@ function chunkedPatch(port: number, path: string, headers: Record<string, string
 describe.each(['node', 'uws'] as const)("answers on connections that close, or whose request's body is still arriving (%s front end)", (frontend) => {
   let server: TestServer;
   beforeAll(async () => {
-    server = await startServer({ frontend });
+    server = await startServer({ frontend, env: { HOIST_METRICS_LISTEN: '127.0.0.1:0' } });
   });
   afterAll(async () => {
     if (server) expect(await server.stop()).toBe(0);
@@ -132,6 +133,29 @@ describe.each(['node', 'uws'] as const)("answers on connections that close, or w
     // Said so to a client that had not asked for it (uWS does not repeat a client's close).
     if (!framing.startsWith('Connection: close')) expect(answer).toMatch(/\r\nconnection: close\r\n/i);
   }, 15_000);
+
+  // Found by probing (2026-12-03): on node:http a client that went away mid-body was counted,
+  // and logged, twice: as the 499 its request got, and as a request refused with 400, which
+  // node:http's parser reported for the body cut short at the FIN (and which went out too).
+  it('counts a client that goes away mid-body once, as 499', async () => {
+    const upload = (await startUpload(server.url, 'linger')).location;
+    const metricsUrl = metricsUrlOf(server);
+    const before = await scrape(metricsUrl);
+    const socket = net.connect(server.port, '127.0.0.1');
+    let answer = '';
+    socket.on('data', (data: Buffer) => (answer += data.toString('latin1')));
+    socket.on('error', () => undefined);
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    socket.end(`PATCH ${upload} HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n${'y'.repeat(5000)}`);
+    await closed;
+    const id = upload.split('/').pop();
+    await waitForLog(server, 'the PATCH to be logged', (r) => r.msg === 'request' && r.method === 'PATCH' && r.uploadId === id && r.status === 499);
+    const after = await scrape(metricsUrl);
+    const added = (labels: Record<string, string>): number => after.sum('hoist_http_requests_total', labels) - before.sum('hoist_http_requests_total', labels);
+    expect({ patch499: added({ method: 'PATCH', status: '499' }), all: added({}) }).toEqual({ patch499: 1, all: 1 });
+    expect(server.records().filter((r) => r.msg === 'request refused')).toEqual([]);
+    expect(answer).toBe('');
+  });
 
   it('keeps the connection of a body answered early with no more than DRAIN_MAX_BYTES left', async () => {
     const socket = net.connect(server.port, '127.0.0.1');
