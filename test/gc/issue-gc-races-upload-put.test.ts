@@ -8,6 +8,7 @@ import { createDriver, isPathNotFound, type StorageDriver } from '../../src/stor
 import { GcFixture, sha256 } from '../helpers/gc.js';
 import { tempDir } from '../helpers/http.js';
 import { describeS3, useTestBucket } from '../helpers/s3-http.js';
+import { signal, staged, type StageHooks } from '../helpers/staged-driver.js';
 import { bodyOf } from '../helpers/uploads.js';
 
 /**
@@ -25,40 +26,6 @@ import { bodyOf } from '../helpers/uploads.js';
  * staged, not hoped for: views of the store for the collector and for the server hold one
  * call until the other side has made its own, on every driver.
  */
-
-type Op = 'getContent' | 'putContent' | 'delete' | 'stat' | 'reader';
-
-interface Hooks {
-  /** Runs before the call; the call waits for it. */
-  before?: (op: Op, path: string) => Promise<void> | void;
-  /** Sees the call's result once it returned, and may replace it. */
-  after?: (op: Op, path: string, result: unknown) => unknown;
-}
-
-/** A view of `base` whose calls go through `hooks` (read at each call, so a test sets them when it stages). */
-function staged(base: StorageDriver, hooks: Hooks): StorageDriver {
-  const ops = new Set<string>(['getContent', 'putContent', 'delete', 'stat', 'reader']);
-  return new Proxy(base, {
-    get(target, prop, receiver) {
-      const v = Reflect.get(target, prop, receiver) as unknown;
-      if (typeof v !== 'function') return v;
-      const fn = (v as (...a: unknown[]) => Promise<unknown>).bind(target);
-      if (!ops.has(String(prop))) return fn;
-      const op = prop as Op;
-      return async (path: string, ...rest: unknown[]) => {
-        await hooks.before?.(op, path);
-        const result = await fn(path, ...rest);
-        return hooks.after ? hooks.after(op, path, result) : result;
-      };
-    },
-  });
-}
-
-function signal(): { promise: Promise<void>; resolve: () => void } {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => (resolve = r));
-  return { promise, resolve };
-}
 
 async function exists(d: StorageDriver, path: string): Promise<boolean> {
   try {
@@ -81,7 +48,7 @@ afterAll(async () => {
 /** The races, on the driver `open` makes (a fresh store for each test). */
 function races(open: () => Promise<StorageDriver>): void {
   let base: StorageDriver;
-  let server: Hooks;
+  let server: StageHooks;
   let t: GcFixture;
   const setUp = async (): Promise<void> => {
     base = await open();
