@@ -101,7 +101,10 @@ interface Session {
   live: boolean;
   /** The record as this request last wrote it (#touch). */
   record?: UploadRecord;
-  /** This request looked for the collector's intent and found none (#touch): it need not look again. */
+  /**
+   * This request looked for the collector's intent and the upload's finished marker and found
+   * neither (#touch): it need not look again.
+   */
   sawNoIntent?: boolean;
 }
 
@@ -258,7 +261,7 @@ export class UploadEngine {
       // unnamed data allows for (gc/collector.ts, E); a crash there leaves data nobody was
       // told about, which a later collection removes.
       const record = s.lock ? s.record : undefined;
-      if (s.lock) await this.#unrecord(s);
+      if (s.lock) await this.#unrecord(s, true);
       try {
         await adopt(committed);
       } catch (err) {
@@ -353,17 +356,32 @@ export class UploadEngine {
     await this.#dropHash(s.id);
   }
 
-  /** Deletes the record: no request finds the upload any more. */
-  async #unrecord(s: Session): Promise<void> {
+  /**
+   * Deletes the record: no request finds the upload any more. `finished`: its data is about to
+   * become a blob's, so the upload's finished marker is written too, and both are done before
+   * the caller goes on. A store may apply a write of the record after it answered it (found by
+   * probing: a touch held 8 s by a proxy while its retry succeeded landed after the commit's
+   * 201), and nothing we write can be sure to land after such a write: the record came back,
+   * and a DELETE, a PATCH or a sweep of that upload destroyed the blob. A record and a marker
+   * together are no upload (#recordTime, #touch; gc/collector.ts, E), and no request writes
+   * the marker but this one, so no late write undoes it.
+   */
+  async #unrecord(s: Session, finished = false): Promise<void> {
     s.live = false;
     await s.touching;
     s.lock?.assertHeld();
-    await deleteObject(this.#o.driver, paths.upload(s.repo, s.id));
+    const deleted = deleteObject(this.#o.driver, paths.upload(s.repo, s.id));
+    if (!finished) return deleted;
+    // Both settle before either failure is thrown: nothing of ours is in flight once the lock goes.
+    const marker = Buffer.from(JSON.stringify({ finishedAt: new Date().toISOString() }));
+    const marked = this.#o.driver.putContent(paths.uploadFinished(s.repo, s.id), marker);
+    for (const r of await Promise.allSettled([marked, deleted])) if (r.status === 'rejected') throw r.reason;
   }
 
-  /** Writes back the record #unrecord() deleted (the lock still held). */
+  /** Writes back the record #unrecord() deleted (the lock still held), its finished marker gone first. */
   async #putBack(s: Session, record: UploadRecord): Promise<void> {
     s.lock?.assertHeld();
+    await deleteObject(this.#o.driver, paths.uploadFinished(s.repo, s.id));
     await this.#o.driver.putContent(paths.upload(s.repo, s.id), Buffer.from(JSON.stringify(record)));
   }
 
@@ -396,13 +414,19 @@ export class UploadEngine {
     }
   }
 
-  /** When the upload record was last written; BLOB_UPLOAD_UNKNOWN when there is none. */
+  /**
+   * When the upload record was last written; BLOB_UPLOAD_UNKNOWN when there is none, or when the
+   * upload is finished (a record a late write brought back: #unrecord).
+   */
   async #recordTime(repo: string, id: string): Promise<number> {
     if (!UPLOAD_ID_RE.test(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id: id.slice(0, 100) } });
     try {
       // A stat, not a read: on S3 a HEAD, which radosgw answers several times faster than a GET.
-      const info = await this.#o.driver.stat(paths.upload(repo, id));
-      if (info.isDir) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
+      // The marker is looked for alongside, so the request waits no longer.
+      const [info, finished] = await Promise.all([
+        this.#o.driver.stat(paths.upload(repo, id)), objectExists(this.#o.driver, paths.uploadFinished(repo, id)),
+      ]);
+      if (info.isDir || finished) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
       return info.modTime.getTime();
     } catch (err) {
       if (isPathNotFound(err)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { detail: { id } });
@@ -422,10 +446,15 @@ export class UploadEngine {
    * intent. Either we see the intent (the session ends), or we looked before it was written
    * and the collector finds our lock (it leaves the upload alone, for as long as we hold it),
    * or we looked after it was deleted, and our read finds any delete it made (gc/collector.ts, E).
+   * The upload's finished marker is looked for alongside: a record that is there with it is no
+   * upload (#unrecord).
    */
   async #touch(s: Session): Promise<void> {
     if (!s.sawNoIntent) {
-      if (await objectExists(this.#o.driver, paths.gcUploadIntent(s.repo, s.id))) {
+      const looks = await Promise.all([
+        objectExists(this.#o.driver, paths.gcUploadIntent(s.repo, s.id)), objectExists(this.#o.driver, paths.uploadFinished(s.repo, s.id)),
+      ]);
+      if (looks.includes(true)) {
         s.live = false;
         return;
       }

@@ -29,8 +29,9 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *     referrer entries; layer links no live manifest of their repository uses; blob records
  *     and data no live manifest anywhere uses (mark and sweep, gc/mark.ts), blobs last;
  *   - uploads without activity for `staleUploadAfterMs`, with their data (on S3 the driver
- *     aborts the multipart upload and deletes the staging objects), and data objects that
- *     no record points to (a crash between writing data and recording it), idle as long;
+ *     aborts the multipart upload and deletes the staging objects) unless the upload became a
+ *     blob (E), and data objects that no record points to (a crash between writing data and
+ *     recording it), idle as long; finished markers of uploads a day after their commit (E);
  *   - touched markers of blobs that are gone;
  *   - entries of the expiring index (manifests.ts) whose tag is gone or has no label expiry
  *     any more, and presences of servers that are gone (C).
@@ -136,6 +137,19 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    the touch and the intent check included; the collector takes no lock, so the intent is
  *    what keeps it and a request apart. Locks of uploads that are gone, left by a server that
  *    died, go once their lease is over (#sweepUploadLocks), whatever staleUploadAfter says.
+ *    A store may also apply a write of the record after it answered it (found by probing: a
+ *    touch a proxy held for 8 s, whose retry succeeded, landed after the commit's 201), and
+ *    bring back the record of an upload whose data is now a blob's: a DELETE, a PATCH or a
+ *    sweep of it destroyed the blob. So a commit writes the upload's finished marker
+ *    (`_uploads/<id>.finished`) as it deletes the record, before the blob record and before
+ *    it lets go of the lock; nothing else writes the marker, so no late write undoes it. A
+ *    request looks for it along with the record and finds no upload when it is there. The
+ *    collector looks for it after the lock: a commit that held the lock before has written
+ *    it, and one that takes the lock after sees the intent or finds the record gone, as
+ *    above. A stale record with a marker goes as any other, its data never. A marker goes once
+ *    its upload has no record and it is a day old (#sweepFinishedMarkers): a late write lands
+ *    while the store still processes its request, not a day later. A commit whose blob record
+ *    fails, and which puts the record back for the client's retry, deletes the marker first.
  *
  * F. Tags. Deleting an expired tag writes an intent, re-reads the tag and deletes it only if
  *    it is unchanged; entries of the expiring index (manifests.ts) whose tag is gone or has
@@ -278,6 +292,11 @@ const DEFAULT_LEASE_TTL_MS = 5 * 60_000;
 const DEFAULT_INFLIGHT_TIMEOUT_MS = 10 * 60_000;
 /** Objects deleted per batch (S3 DeleteObjects takes at most 1,000). */
 const DELETE_BATCH = 500;
+/**
+ * How long an upload's finished marker outlives the commit that wrote it (E): far longer than
+ * a store takes to apply a write it answered late, which is all the marker guards against.
+ */
+const FINISHED_UPLOAD_KEEP_MS = 24 * 3_600_000;
 /** A batch's note (J) holds what it deletes: manifests are batched by their bytes too. */
 const SWEEP_NOTE_MAX_BYTES = 8 * 1024 * 1024;
 
@@ -427,6 +446,7 @@ class Collection {
     const remainingUploads = await this.#sweepUploads();
     this.#o.onUploads?.(remainingUploads);
     await this.#sweepUploadLocks(remainingUploads);
+    await this.#sweepFinishedMarkers();
     await this.#sweepOrphanData(dataPaths.filter((p) => !sweptData.has(p)), blobScan.records, swept, new Set(remainingUploads.keys()));
     await this.#sweepMarkers(blobScan.markers, blobScan.records, swept);
     if (this.#lease) await this.#sweepStaleIntents();
@@ -815,11 +835,12 @@ class Collection {
       const dataPath = paths.blobData(id);
       const lockPath = paths.uploadLock(repo, id);
       remaining.set(dataPath, lockPath);
+      const finishedPath = paths.uploadFinished(repo, id);
       const first = await this.#uploadActivity(recordPath, dataPath);
       if (first && first.lastActivity < staleBefore) {
         if (this.#dry) {
           this.#report.uploads.count++;
-          this.#report.uploads.bytes += first.size;
+          if (!(await objectExists(this.#d, finishedPath))) this.#report.uploads.bytes += first.size;
         } else {
           const intent = paths.gcUploadIntent(repo, id);
           await this.#d.putContent(intent, json({ gen: this.#lease!.gen, at: new Date().toISOString() }));
@@ -832,13 +853,17 @@ class Collection {
             // released it since has deleted the record (a commit) or left it touched.
             const inUse = await lockInForce(this.#d, lockPath);
             // Re-read after the intent is stored: a commit that touched the record before
-            // seeing no intent is seen here (E).
-            const again = inUse ? undefined : await this.#uploadActivity(recordPath, dataPath);
+            // seeing no intent is seen here (E). The finished marker is looked for after the
+            // lock too: a commit that held the lock before wrote it before letting go.
+            const [again, finished] = inUse
+              ? [undefined, false]
+              : await Promise.all([this.#uploadActivity(recordPath, dataPath), objectExists(this.#d, finishedPath)]);
             if (again && again.lastActivity < staleBefore) {
-              await ignoreNotFound(this.#d.delete(again.data));
+              // A finished upload's record is one a late write brought back; its data is a blob's.
+              if (!finished) await ignoreNotFound(this.#d.delete(again.data));
               await ignoreNotFound(this.#d.delete(recordPath));
               this.#report.uploads.count++;
-              this.#report.uploads.bytes += again.size;
+              if (!finished) this.#report.uploads.bytes += again.size;
               remaining.delete(dataPath);
             }
           } finally {
@@ -872,6 +897,23 @@ class Collection {
     })));
     if (!this.#dry) await this.#deleteMany(stale);
     this.#report.uploadLocks += stale.length;
+  }
+
+  /**
+   * Finished markers (E) whose upload has no record, once FINISHED_UPLOAD_KEEP_MS old: a write
+   * of the record that a store applies late lands within its processing of the request, long
+   * before. A marker whose record is there stays until the record goes (a sweep of the upload).
+   */
+  async #sweepFinishedMarkers(): Promise<void> {
+    const before = Date.now() - FINISHED_UPLOAD_KEEP_MS;
+    const old: string[] = [];
+    for (const [name, repo] of this.#repos) {
+      const records = new Set(repo.uploads);
+      for (const [id, at] of repo.finishedUploads) if (at < before && !records.has(id)) old.push(paths.uploadFinished(name, id));
+    }
+    if (old.length === 0 || this.#dry) return;
+    await this.#checkLease();
+    await this.#deleteMany(old);
   }
 
   async #uploadActivity(recordPath: string, dataPath: string): Promise<{ lastActivity: number; size: number; data: string } | undefined> {

@@ -41,6 +41,8 @@ export interface RepositoryScan {
   readonly uploads: string[];
   /** Upload locks and their takeover markers (engine/upload-lock.ts): `[upload id, object name]`. */
   readonly uploadLocks: Array<[string, string]>;
+  /** Uploads that became blobs (their finished markers, engine/uploads.ts), with when each marker was written (epoch ms). */
+  readonly finishedUploads: Map<string, number>;
   /** Tags with an entry in the expiring index (manifests.ts tags()). */
   readonly expiring: Set<string>;
 }
@@ -102,7 +104,7 @@ export async function listRepositories(driver: StorageDriver): Promise<string[]>
 export async function scanRepository(driver: StorageDriver, name: string, limit: LimitFunction): Promise<RepositoryScan> {
   const scan: RepositoryScan = {
     name, tags: new Map(), revisions: new Set(), revisionTimes: new Map(), links: new Set(), referrers: new Map(), uploads: [], uploadLocks: [],
-    expiring: new Set(),
+    finishedUploads: new Map(), expiring: new Set(),
   };
   const tagNames = (await listPaths(driver, paths.tags(name))).map(basename);
   await Promise.all(tagNames.map((tag) => limit(async () => {
@@ -154,10 +156,12 @@ export async function scanRepository(driver: StorageDriver, name: string, limit:
       if (set.size > 0) scan.referrers.set(subject.value, set);
     })));
   }
-  for (const p of await limit(() => listPaths(driver, paths.uploads(name)))) {
-    const entry = uploadEntry(basename(p));
-    if (entry?.record) scan.uploads.push(entry.id);
-    else if (entry) scan.uploadLocks.push([entry.id, basename(p)]);
+  // With their times, for the finished markers' age (free on S3, a stat each on fs).
+  for (const c of (await limit(() => listPage(driver, paths.uploads(name), { details: true }))).children) {
+    const entry = c.isDir ? undefined : uploadEntry(basename(c.path));
+    if (entry?.kind === 'record') scan.uploads.push(entry.id);
+    else if (entry?.kind === 'lock') scan.uploadLocks.push([entry.id, basename(c.path)]);
+    else if (entry && c.modTime) scan.finishedUploads.set(entry.id, c.modTime.getTime());
   }
   for (const p of await limit(() => listPaths(driver, paths.tagsExpiring(name)))) scan.expiring.add(basename(p));
   return scan;

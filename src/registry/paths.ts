@@ -68,6 +68,10 @@ import type { Digest } from './reference.js';
  *               ├── <id>              upload record: {"startedAt": ..., "data": "/blobs/data/<id>"}
  *               ├── <id>.lock         while a request writes to or ends the upload (PATCH, PUT,
  *               │                     DELETE): {"token", "expiresAt"} (engine/upload-lock.ts)
+ *               ├── <id>.finished     the upload became a blob (its data is the blob's): written by
+ *               │                     the PUT that commits it, as it deletes the record, and kept
+ *               │                     for a day, so that a record a late write brings back is no
+ *               │                     upload (engine/uploads.ts, #unrecord; gc/collector.ts, E)
  *               └── <id>.lock.takeover-<h>-<k>
  *                                     for milliseconds: a server is taking over the lock of a
  *                                     holder that died (registry/takeover.ts)
@@ -94,6 +98,7 @@ export const paths = {
   upload: (name: string, id: string) => `/repositories/${name}/_uploads/${id}`,
   uploads: (name: string) => `/repositories/${name}/_uploads`,
   uploadLock: (name: string, id: string) => `/repositories/${name}/_uploads/${id}${UPLOAD_LOCK_SUFFIX}`,
+  uploadFinished: (name: string, id: string) => `/repositories/${name}/_uploads/${id}${UPLOAD_FINISHED_SUFFIX}`,
   /** A child of `_uploads` by its name as listed (garbage collection removes stale locks by it). */
   uploadsChild: (name: string, child: string) => `/repositories/${name}/_uploads/${child}`,
   /** `h`: hex, names the stale content; `k`: 1, 2, ... (one more for each taker that died). */
@@ -124,15 +129,18 @@ export const paths = {
 } as const;
 
 const UPLOAD_LOCK_SUFFIX = '.lock';
+const UPLOAD_FINISHED_SUFFIX = '.finished';
 
 /**
- * The upload a child of `_uploads` belongs to, and whether it is the record itself: upload ids
- * are UUIDs (no '.'), and a lock and its takeover markers start with `<id>.lock`.
+ * The upload a child of `_uploads` belongs to, and what the child is: upload ids are UUIDs
+ * (no '.'), a lock and its takeover markers start with `<id>.lock`, and `<id>.finished` marks
+ * an upload that became a blob.
  */
-export function uploadEntry(name: string): { id: string; record: boolean } | undefined {
+export function uploadEntry(name: string): { id: string; kind: 'record' | 'lock' | 'finished' } | undefined {
   const dot = name.indexOf('.');
-  if (dot < 0) return { id: name, record: true };
-  return name.startsWith(UPLOAD_LOCK_SUFFIX, dot) ? { id: name.slice(0, dot), record: false } : undefined;
+  if (dot < 0) return { id: name, kind: 'record' };
+  if (name.startsWith(UPLOAD_LOCK_SUFFIX, dot)) return { id: name.slice(0, dot), kind: 'lock' };
+  return name.slice(dot) === UPLOAD_FINISHED_SUFFIX ? { id: name.slice(0, dot), kind: 'finished' } : undefined;
 }
 
 /** Children of a repository directory that mark it as a repository rather than a namespace. */

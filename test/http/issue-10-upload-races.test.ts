@@ -225,9 +225,11 @@ class Race {
       expect(after.status, `${what}; status after: ${after.status}`).toBe(204);
       expect(storedBytes(after.header('range')), what).toBe(prefixBytes + appended * chunkBytes);
     }
-    // No half-state: the upload area holds the upload record, or nothing once it ended.
+    // No half-state: the upload area holds the upload record; once it ended, nothing, or
+    // once it became a blob (201) its finished marker.
+    const finished = ops.some(([op], i) => (op === 'put' || op === 'putBody') && replies[i]!.status === 201);
     const left = await this.uploadArea(repo);
-    expect(left, `${what}: left in the upload area`).toEqual(ended ? [] : [started.id]);
+    expect(left, `${what}: left in the upload area`).toEqual(finished ? [`${started.id}.finished`] : ended ? [] : [started.id]);
 
     // Every digest the registry vouches for reads back; every 201 is kept; others can push it.
     const acknowledged: string[] = [];

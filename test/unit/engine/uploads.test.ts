@@ -520,9 +520,9 @@ describe('UploadEngine: one request at a time per upload (issue 10)', () => {
       expect((await rejection(e.cancel(REPO, id))).code).toBe('BLOB_UPLOAD_UNKNOWN');
       expect((await rejection(e.complete(REPO, id, digestOf(data), {}, undefined))).code).toBe('BLOB_UPLOAD_UNKNOWN');
     }
-    // The data the blob now is stays, and no lock is left behind.
+    // The data the blob now is stays, and no lock is left behind: only the upload's finished marker.
     expectSameBytes(await driver.getContent(paths.blobData(id)), data);
-    expect(await driver.list(paths.uploads(REPO)).catch(() => [])).toEqual([]);
+    expect(await driver.list(paths.uploads(REPO)).catch(() => [])).toEqual([paths.uploadFinished(REPO, id)]);
   });
 
   it('lets a PUT sent while a DELETE runs find no upload, and adopt nothing', async () => {

@@ -16,7 +16,7 @@ import { UploadLocks } from '../../../src/engine/upload-lock.js';
 import { MEDIA_TYPES } from '../../../src/registry/manifest-schema.js';
 import { paths } from '../../../src/registry/paths.js';
 import { parseDigest } from '../../../src/registry/reference.js';
-import { isPathNotFound, type FileInfo, type StorageDriver } from '../../../src/storage/driver.js';
+import { isPathNotFound, type FileInfo, type ListOptions, type ListPage, type StorageDriver } from '../../../src/storage/driver.js';
 import { MemoryDriver } from '../../../src/storage/memory.js';
 import { FsDriver } from '../../../src/storage/fs.js';
 import { processIdentity } from '../../../src/process-identity.js';
@@ -71,7 +71,7 @@ class HookedDriver extends MemoryDriver {
   }
 }
 
-/** A memory driver whose stat() reports chosen objects as older than they are, by `ms`. */
+/** A memory driver whose stat() and detailed listings report chosen objects as older than they are, by `ms`. */
 class BackdatedDriver extends MemoryDriver {
   readonly #ageMs = new Map<string, number>();
 
@@ -83,6 +83,15 @@ class BackdatedDriver extends MemoryDriver {
     const info = await super.stat(path);
     const ms = this.#ageMs.get(path);
     return ms === undefined ? info : { ...info, modTime: new Date(info.modTime.getTime() - ms) };
+  }
+
+  override async listPage(path: string, opts?: ListOptions): Promise<ListPage> {
+    const page = await super.listPage(path, opts);
+    const children = page.children.map((c) => {
+      const ms = this.#ageMs.get(c.path);
+      return ms === undefined || !c.modTime ? c : { ...c, modTime: new Date(c.modTime.getTime() - ms) };
+    });
+    return { ...page, children };
   }
 }
 
@@ -784,6 +793,31 @@ describe('uploads and orphaned data', () => {
     expect((await aged.list(paths.uploads('u'))).map((p) => p.slice(p.lastIndexOf('/') + 1)).sort()).toEqual([live.id, `${live.id}.lock`]);
     // Its next request takes the lock over (engine/upload-lock.ts), not the collector.
     expect(await exists(aged, paths.uploadLock('u', live.id))).toBe(true);
+  });
+
+  it('removes a finished upload\'s marker a day after its commit, and never while a record of the upload is there', async () => {
+    const aged = new BackdatedDriver();
+    const ta = new GcFixture(aged, pool);
+    const data = randomBytes(3000);
+    const ids: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const { id } = await ta.registry.startUpload('u');
+      await ta.registry.appendUpload('u', id, {}, bodyOf(data));
+      await ta.registry.completeUpload('u', id, sha256(data), {}, undefined);
+      ids.push(id);
+    }
+    const [a, b] = ids as [string, string];
+    // A write of b's record that the store applied after the commit (test/gc/issue-late-upload-record-write.test.ts).
+    await aged.putContent(paths.upload('u', b), Buffer.from(JSON.stringify({ startedAt: new Date().toISOString(), data: paths.blobData(b) })));
+    await ta.gc({ staleUploadAfterMs: 60_000, graceMs: 3_600_000 });
+    expect(await exists(aged, paths.uploadFinished('u', a))).toBe(true);
+    for (const id of ids) aged.backdate(paths.uploadFinished('u', id), 25 * 3_600_000);
+    await ta.gc({ staleUploadAfterMs: 60_000, graceMs: 3_600_000 });
+    expect(await exists(aged, paths.uploadFinished('u', a))).toBe(false);
+    expect(await exists(aged, paths.uploadFinished('u', b))).toBe(true);
+    await expect(ta.registry.uploadStatus('u', b)).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
+    expect(await ta.blobStored(sha256(data))).toBe(true);
+    await ta.close();
   });
 
   it('removes data no record names once it is idle and has been seen unnamed as long, and keeps fresh data', async () => {

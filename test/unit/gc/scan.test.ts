@@ -37,7 +37,7 @@ describe('an empty store', () => {
     expect(await scanBlobs(d, limit)).toEqual({ records: new Set(), markers: new Set() });
     expect(await scanRepository(d, 'nobody', limit)).toEqual({
       name: 'nobody', tags: new Map(), revisions: new Set(), revisionTimes: new Map(), links: new Set(), referrers: new Map(),
-      uploads: [], uploadLocks: [], expiring: new Set(),
+      uploads: [], uploadLocks: [], finishedUploads: new Map(), expiring: new Set(),
     });
     expect(await listOrEmpty(d, '/no/such/dir')).toEqual([]);
     expect(await readOrUndefined(d, '/no/such/object')).toBeUndefined();
@@ -117,7 +117,7 @@ describe('a store with pushed images', () => {
     expect(after.referrers).toEqual(new Map());
   });
 
-  it('tells upload records from their locks and takeover markers, and ignores other names', async () => {
+  it('tells upload records from their locks, takeover markers and finished markers, and ignores other names', async () => {
     const name = 'other';
     const a = '3f2b1c7e-0000-4000-8000-000000000001';
     const b = '3f2b1c7e-0000-4000-8000-000000000002';
@@ -127,9 +127,13 @@ describe('a store with pushed images', () => {
     await put(d, paths.uploadLock(name, b), '{}');
     await put(d, paths.takeoverMarker(paths.uploadLock(name, b), 'ab12', 1), '{}');
     await put(d, paths.uploadsChild(name, `${a}.partial`), '{}');
+    await put(d, paths.uploadFinished(name, b), '{}');
+    await put(d, paths.uploadsChild(name, `${b}.finished.takeover-ab12-1`), '{}');
     const scan = await scanRepository(d, name, limit);
     expect(scan.uploads).toEqual([a]);
     expect(scan.uploadLocks.sort()).toEqual([[a, `${a}.lock`], [b, `${b}.lock`], [b, `${b}.lock.takeover-ab12-1`]]);
+    expect([...scan.finishedUploads.keys()]).toEqual([b]);
+    expect(scan.finishedUploads.get(b)).toBeGreaterThan(Date.now() - 60_000);
   });
 
   it('reads blob records and touched markers, and skips takeover markers and stray names', async () => {
