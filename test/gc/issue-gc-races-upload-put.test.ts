@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HashPool } from '../../src/engine/hash-pool.js';
 import { UploadLocks } from '../../src/engine/upload-lock.js';
 import { paths } from '../../src/registry/paths.js';
-import { createDriver, isPathNotFound, type StorageDriver } from '../../src/storage/index.js';
+import { createDriver, objectExists, type StorageDriver } from '../../src/storage/index.js';
 import { GcFixture, sha256 } from '../helpers/gc.js';
 import { tempDir } from '../helpers/http.js';
 import { describeS3, useTestBucket } from '../helpers/s3-http.js';
@@ -26,16 +26,6 @@ import { bodyOf } from '../helpers/uploads.js';
  * staged, not hoped for: views of the store for the collector and for the server hold one
  * call until the other side has made its own, on every driver.
  */
-
-async function exists(d: StorageDriver, path: string): Promise<boolean> {
-  try {
-    await d.stat(path);
-    return true;
-  } catch (err) {
-    if (isPathNotFound(err)) return false;
-    throw err;
-  }
-}
 
 let pool: HashPool;
 beforeAll(() => {
@@ -103,7 +93,7 @@ function races(open: () => Promise<StorageDriver>): void {
     // Before the fix: DIGEST_INVALID (the record written back over data that was gone).
     await expect(put).rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
     expect(report.uploads.count).toBe(1);
-    expect(await exists(base, record)).toBe(false);
+    expect(await objectExists(base, record)).toBe(false);
     expect(await t.blobStored(sha256(data))).toBe(false);
     // The client starts over, and the blob is stored whole.
     await t.pushBlob('r', data);
@@ -135,7 +125,7 @@ function races(open: () => Promise<StorageDriver>): void {
     expect(report.uploads.count).toBe(1);
     // Answered 404 at once, or 202 for bytes that no upload names: the PUT says the upload is gone.
     await patch!.catch((err: unknown) => expect(err).toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' }));
-    expect(await exists(base, record)).toBe(false);
+    expect(await objectExists(base, record)).toBe(false);
     // Before the fix: DIGEST_INVALID (the PATCH wrote the record back, and its bytes went into data of their own).
     await expect(t.registry.completeUpload('r', id, sha256(Buffer.concat([first, second])), {}, undefined))
       .rejects.toMatchObject({ code: 'BLOB_UPLOAD_UNKNOWN' });
@@ -183,12 +173,12 @@ function races(open: () => Promise<StorageDriver>): void {
     let report = await t.gc({ staleUploadAfterMs: 0 });
     // Before the fix: removed (uploadLocks 1).
     expect(report.uploadLocks).toBe(0);
-    expect(await exists(base, lockPath)).toBe(true);
+    expect(await objectExists(base, lockPath)).toBe(true);
     expect(held!.held).toBe(true);
     await held!.release();
     report = await t.gc({ staleUploadAfterMs: 0 });
     expect(report.uploadLocks).toBe(0);
-    expect(await exists(base, lockPath)).toBe(false);
+    expect(await objectExists(base, lockPath)).toBe(false);
   });
 }
 

@@ -4,7 +4,7 @@ import { HashPool } from '../../src/engine/hash-pool.js';
 import { MEDIA_TYPES } from '../../src/registry/manifest-schema.js';
 import { paths } from '../../src/registry/paths.js';
 import { parseDigest } from '../../src/registry/reference.js';
-import { createDriver, isPathNotFound, type StorageDriver } from '../../src/storage/index.js';
+import { createDriver, objectExists, type StorageDriver } from '../../src/storage/index.js';
 import { GcFixture, sha256 } from '../helpers/gc.js';
 import { tempDir } from '../helpers/http.js';
 import { describeS3, useTestBucket } from '../helpers/s3-http.js';
@@ -27,16 +27,6 @@ import { bodyOf } from '../helpers/uploads.js';
  * E). The late write is staged: the server's view of the store keeps the content of the PUT's
  * touch and the test applies it once more after the 201, on every driver.
  */
-
-async function exists(d: StorageDriver, path: string): Promise<boolean> {
-  try {
-    await d.stat(path);
-    return true;
-  } catch (err) {
-    if (isPathNotFound(err)) return false;
-    throw err;
-  }
-}
 
 let pool: HashPool;
 beforeAll(() => {
@@ -74,7 +64,7 @@ function lateRecord(open: () => Promise<StorageDriver>): void {
     await expect(t.registry.completeUpload(repo, id, sha256(data), {}, undefined)).resolves.toMatchObject({ digest: sha256(data) });
     server.before = undefined;
     expect(late).toBeDefined();
-    expect(await exists(base, record)).toBe(false);
+    expect(await objectExists(base, record)).toBe(false);
     await base.putContent(record, late!);
     return { id, data, digest: sha256(data), record };
   }
@@ -122,11 +112,11 @@ function lateRecord(open: () => Promise<StorageDriver>): void {
     const report = await t.gc({ staleUploadAfterMs: 0 });
     // Before the fix: the upload removed with its data (5000 bytes), and the layer gone.
     expect(report.uploads).toEqual({ count: 1, bytes: 0 });
-    expect(await exists(base, record)).toBe(false);
+    expect(await objectExists(base, record)).toBe(false);
     expect(await t.blobStored(digest)).toBe(true);
     expect((await blobBytes('r', digest)).equals(data)).toBe(true);
     // The marker outlives the record (a day): a write of the record landing later is no upload either.
-    expect(await exists(base, paths.uploadFinished('r', id))).toBe(true);
+    expect(await objectExists(base, paths.uploadFinished('r', id))).toBe(true);
     expect((await t.gc({ staleUploadAfterMs: 0 })).uploads.count).toBe(0);
     expect(await t.blobStored(digest)).toBe(true);
   });
@@ -148,7 +138,7 @@ function lateRecord(open: () => Promise<StorageDriver>): void {
     };
     await expect(t.registry.completeUpload('r', id, sha256(data), {}, undefined)).rejects.toThrow('the store refused the write');
     expect(refused).toBe(true);
-    expect(await exists(base, paths.uploadFinished('r', id))).toBe(false);
+    expect(await objectExists(base, paths.uploadFinished('r', id))).toBe(false);
     await expect(t.registry.uploadStatus('r', id)).resolves.toMatchObject({ offset: data.length });
     await expect(t.registry.completeUpload('r', id, sha256(data), {}, undefined)).resolves.toMatchObject({ digest: sha256(data) });
     expect((await blobBytes('r', sha256(data))).equals(data)).toBe(true);
