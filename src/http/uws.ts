@@ -206,6 +206,8 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
   #answerHeld: (() => void) | undefined;
   /** The body's byte count past which the socket is no longer read while an answer is held (#lingerThen). */
   #holdMaxBytes = 0;
+  /** The body's byte count past which a streamed answer's connection is cut (stream()). */
+  #streamMaxBytes = Infinity;
 
   constructor(res: HttpResponse, req: HttpRequest, maxHeaderBytes?: number) {
     this.#res = res;
@@ -242,6 +244,7 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
       this.#body.push(new Uint8Array(chunk));
       if (!isLast) {
         if (this.#answerHeld !== undefined && this.#body.bytes > this.#holdMaxBytes) this.#pause();
+        else if (this.#body.bytes > this.#streamMaxBytes) this.forceClose();
         return;
       }
       this.#bodyArrived = true;
@@ -326,9 +329,24 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
 
   send(status: number, headers: HeaderMap, body?: string | Uint8Array): void {
     if (!this.#start()) return;
-    const keeps = !CLOSE_TOKEN.test(this.#headers['connection'] ?? '') &&
-      drainable(this.#headers['content-length'], this.#headers['transfer-encoding'], this.#body.bytes);
-    if (this.#bodyArrived || keeps) this.#end(status, headers, body);
+    this.#answer(status, headers, body);
+  }
+
+  /** Whether the connection may serve another request after this one's answer (#answer). */
+  #keeps(): boolean {
+    return this.#bodyArrived || (!CLOSE_TOKEN.test(this.#headers['connection'] ?? '') &&
+      drainable(this.#headers['content-length'], this.#headers['transfer-encoding'], this.#body.bytes));
+  }
+
+  /**
+   * Ends a claimed response, keeping the connection only when what is left of the request's
+   * body is worth reading (DRAIN_MAX_BYTES) and the client did not ask to close. An answer
+   * with a body then waits for the lingering close (#lingerThen); one without goes at once
+   * (#end explains why it may).
+   */
+  #answer(status: number, headers: HeaderMap, body: string | Uint8Array | undefined): void {
+    const keeps = this.#keeps();
+    if (keeps || responseHasNoBody(this.method, status, headers, body) !== false) this.#end(status, headers, body, !keeps);
     else this.#lingerThen(() => this.#end(status, headers, body, true));
   }
 
@@ -366,8 +384,16 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
       // endWithoutBody(n) with n > 0 leaves uWS expecting n more bytes: it closes the
       // connection and fires onAborted. Writing the header ourselves keeps keep-alive working.
       // Given any argument, uWS writes a Content-Length of its own as well (two then), so an
-      // answer without a body cannot close the connection: uWS drains an unread rest after it.
+      // answer without a body cannot close the connection, and uWS would read and drop an
+      // unread rest after it for as long as the client sent (a HEAD's 401 with a chunked
+      // body: without end). To close, the socket is left paused instead: the answer still
+      // goes out, nothing more is read, and uWS's idle timer (UWS_IDLE_TIMEOUT_MS) closes the
+      // connection. So such an answer need not wait for the lingering close.
       if (bodyless.contentLength !== undefined) this.#res.writeHeader('Content-Length', bodyless.contentLength);
+      if (close) {
+        this.#res.writeHeader('Connection', 'close');
+        this.#pause();
+      }
       this.#res.endWithoutBody();
     });
     this.#done = true;
@@ -376,10 +402,19 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
   stream(status: number, headers: HeaderMap, body: Readable, length: number): Promise<void> {
     if (!this.#start() || this.method === 'HEAD' || length === 0) {
       body.destroy();
-      if (!this.#aborted) this.#end(status, { ...headers, 'content-length': String(length) }, undefined);
+      if (!this.#aborted) this.#answer(status, { ...headers, 'content-length': String(length) }, undefined);
       return Promise.resolve();
     }
     const res = this.#res;
+    // What is left of a body this connection will not keep for (#keeps) is not read: uWS
+    // would read and drop it for as long as the client sent. The socket is left paused,
+    // which stops reads but not writes, and uWS's idle timer closes the connection once the
+    // response has ended. Reads come back while a write waits for the client, though (and
+    // pausing then would stop the writes too, measured), so the connection of a client that
+    // sends more than the answer's length and DRAIN_MAX_BYTES meanwhile is cut (the
+    // constructor): what it costs is then bounded by what it asked for.
+    const keeps = this.#keeps();
+    if (!keeps) this.#streamMaxBytes = this.#body.bytes + DRAIN_MAX_BYTES + length;
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       let nudger: NodeJS.Timeout | undefined;
@@ -431,8 +466,11 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
         // answer at all.
         if (!headSent) {
           headSent = true;
-          this.#writeHead(status, headers);
+          this.#writeHead(status, keeps ? headers : { ...headers, connection: 'close' });
         }
+        // A write the socket does not take all of has uSockets read it again (measured);
+        // paused before each, the socket is paused when the last one ends the response.
+        if (!keeps) res.pause();
         const [ok, done] = res.tryEnd(chunk, length);
         if (done) {
           this.#done = true;
@@ -503,12 +541,17 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
         } else if (length - offset <= CORK_BUFFER_BYTES && now - movedAtMs < LAST_BYTES_WAIT_MS) {
           res.pause();
           res.resume();
+          // A socket left paused (see below) is paused again before the loop can read it.
+          if (!keeps) res.pause();
         } else if (now - movedAtMs >= UWS_IDLE_TIMEOUT_MS) {
           this.forceClose();
         }
       };
 
-      res.cork(() => this.#discardUnreadBody());
+      res.cork(() => {
+        this.#discardUnreadBody();
+        if (!keeps) this.#pause();
+      });
       body.on('data', (data: Buffer | string) => {
         if (this.#done) return;
         const chunk = typeof data === 'string' ? Buffer.from(data) : data;

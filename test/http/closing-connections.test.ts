@@ -12,12 +12,12 @@
  * - node:http: a body answered early whose rest did not parse got a second answer, and a
  *   client that half-closed after its request got none.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DRAIN_MAX_BYTES, LINGER_MS } from '../../src/http/body-pump.js';
-import { socketExchange, startUpload, waitForLog } from '../helpers/http.js';
+import { request, socketExchange, startUpload, waitForLog, withQuery } from '../helpers/http.js';
 import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -48,6 +48,41 @@ function chunkedPatch(port: number, path: string, headers: Record<string, string
   });
 }
 
+/**
+ * Sends `requestLine` with a 64 MiB body framed by `framing`, as fast as the connection takes
+ * it, until the server closes the connection (with `allowHalfOpen`, its FIN does not end the
+ * sending): what was sent by then, and the answer.
+ */
+async function sendBodyOf64MiB(port: number, requestLine: string, framing: string): Promise<{ sentBytes: number; answer: string; answeredMs: number }> {
+  const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  let answer = '';
+  let answeredAt = NaN;
+  socket.on('data', (data: Buffer) => {
+    if (answer === '') answeredAt = performance.now();
+    answer += data.toString('latin1');
+  });
+  socket.on('error', () => undefined);
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  await new Promise<void>((resolve) => socket.once('connect', resolve));
+  const start = performance.now();
+  socket.write(`${requestLine} HTTP/1.1\r\nHost: a\r\n${framing}\r\n\r\n`);
+  const bytes = Buffer.alloc(64 * 1024, 1);
+  const piece = framing.includes('chunked') ? Buffer.concat([Buffer.from(`${bytes.length.toString(16)}\r\n`), bytes, Buffer.from('\r\n')]) : bytes;
+  let sentBytes = 0;
+  const send = (): void => {
+    while (!socket.destroyed && sentBytes < 64 * MiB) {
+      sentBytes += bytes.length;
+      if (!socket.write(piece)) {
+        socket.once('drain', send);
+        return;
+      }
+    }
+  };
+  send();
+  await closed;
+  return { sentBytes, answer, answeredMs: answeredAt - start };
+}
+
 describe.each(['node', 'uws'] as const)("answers on connections that close, or whose request's body is still arriving (%s front end)", (frontend) => {
   let server: TestServer;
   beforeAll(async () => {
@@ -56,6 +91,14 @@ describe.each(['node', 'uws'] as const)("answers on connections that close, or w
   afterAll(async () => {
     if (server) expect(await server.stop()).toBe(0);
   });
+
+  /** Stores `blob` in `linger`: its digest. */
+  async function pushed(blob: Buffer): Promise<string> {
+    const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`;
+    const location = withQuery((await startUpload(server.url, 'linger')).location, 'digest', digest);
+    expect((await request(server.url, location, { method: 'PUT', body: blob })).status).toBe(201);
+    return digest;
+  }
 
   it('reaches a client still sending its chunked body', async () => {
     // Twelve attempts: uWS holds each answer for LINGER_MS (its socket paused once it read
@@ -102,37 +145,49 @@ describe.each(['node', 'uws'] as const)("answers on connections that close, or w
   // uWS). Now no more than DRAIN_MAX_BYTES of it is: a longer rest, or a chunked one, closes
   // the connection after the answer.
   it.each([
-    ['a Content-Length', `Content-Length: ${64 * MiB}`, (piece: Buffer) => piece],
-    ['chunked', 'Transfer-Encoding: chunked', (piece: Buffer) => Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from('\r\n')])],
-    ['chunked, asked to close', 'Connection: close\r\nTransfer-Encoding: chunked', (piece: Buffer) => Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from('\r\n')])],
-  ])('stops reading a 64 MiB body answered early (%s) and closes the connection after the answer', async (_label, framing, frame) => {
-    const socket = net.connect({ port: server.port, host: '127.0.0.1', allowHalfOpen: true });
-    let answer = '';
-    socket.on('data', (data: Buffer) => (answer += data.toString('latin1')));
-    socket.on('error', () => undefined);
-    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-    await new Promise<void>((resolve) => socket.once('connect', resolve));
-    socket.write(`PATCH ${UNKNOWN} HTTP/1.1\r\nHost: a\r\n${framing}\r\n\r\n`);
-    // As fast as the connection takes it.
-    const piece = frame(Buffer.alloc(64 * 1024, 1));
-    let sentBytes = 0;
-    const send = (): void => {
-      while (!socket.destroyed && sentBytes < 64 * MiB) {
-        sentBytes += 64 * 1024;
-        if (!socket.write(piece)) {
-          socket.once('drain', send);
-          return;
-        }
-      }
-    };
-    send();
-    await closed;
+    ['a Content-Length', `Content-Length: ${64 * MiB}`],
+    ['chunked', 'Transfer-Encoding: chunked'],
+    ['chunked, asked to close', 'Connection: close\r\nTransfer-Encoding: chunked'],
+  ])('stops reading a 64 MiB body answered early (%s) and closes the connection after the answer', async (_label, framing) => {
+    const { sentBytes, answer } = await sendBodyOf64MiB(server.port, `PATCH ${UNKNOWN}`, framing);
     // What the socket buffers on either side holds, and DRAIN_MAX_BYTES, at most.
     expect(sentBytes).toBeLessThan(24 * MiB);
     expect(answer.match(/HTTP\/1\.1 \d+/g)).toEqual(['HTTP/1.1 404']);
     // Said so to a client that had not asked for it (uWS does not repeat a client's close).
     if (!framing.startsWith('Connection: close')) expect(answer).toMatch(/\r\nconnection: close\r\n/i);
   }, 15_000);
+
+  // An answer without a body (a HEAD's, a 204) cannot close a uWS connection: uWS held it
+  // for the lingering close, and then kept the connection without saying so. It now goes at
+  // once, with `Connection: close`, and the socket stays paused until uWS's idle timer
+  // closes the connection.
+  it.each([
+    ["a missing blob's HEAD", () => `HEAD /v2/linger/blobs/sha256:${'0'.repeat(64)}`, 404],
+    ["an upload's status", async () => `GET ${(await startUpload(server.url, 'linger')).location}`, 204],
+  ])('stops reading a chunked 64 MiB body sent with %s and closes the connection after the answer', async (_label, requestLine, status) => {
+    const { sentBytes, answer, answeredMs } = await sendBodyOf64MiB(server.port, await requestLine(), 'Transfer-Encoding: chunked');
+    expect(sentBytes).toBeLessThan(24 * MiB);
+    expect(answer).toMatch(new RegExp(`^HTTP/1\\.1 ${status} [^]*\r\nconnection: close\r\n[^]*\r\n\r\n$`, 'i'));
+    expect(answeredMs).toBeLessThan(LINGER_MS - 500);
+  }, 30_000);
+
+  // Found by probing (2026-12-04): on uWS a blob's GET kept the connection, so uWS read and
+  // dropped the rest of the request's body for as long as its client sent, during the
+  // answer and after it: more than 2 GiB in 20 s of a chunked body.
+
+  it("stops reading a chunked 64 MiB body sent with a blob's GET", async () => {
+    const blob = Buffer.alloc(4 * MiB, 9);
+    const { sentBytes, answer } = await sendBodyOf64MiB(server.port, `GET /v2/linger/blobs/${await pushed(blob)}`, 'Transfer-Encoding: chunked');
+    expect(answer).toMatch(/^HTTP\/1\.1 200 [^]*\r\nconnection: close\r\n/i);
+    if (frontend === 'node') {
+      expect(sentBytes).toBeLessThan(24 * MiB);
+      expect(answer.slice(answer.indexOf('\r\n\r\n') + 4)).toBe(blob.toString('latin1'));
+    } else {
+      // uWS reads again while a write waits for the client, and cuts the connection once
+      // more than the answer's length and DRAIN_MAX_BYTES came meanwhile (README, Front ends).
+      expect(sentBytes).toBeLessThan(24 * MiB + blob.length);
+    }
+  }, 30_000);
 
   // Found by probing (2026-12-03): on node:http a client that went away mid-body was counted,
   // and logged, twice: as the 499 its request got, and as a request refused with 400, which
