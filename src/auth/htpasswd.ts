@@ -38,6 +38,9 @@ import { taskFile } from '../task-file.js';
 const BCRYPT = /^\$2[aby]\$(\d{2})\$[./A-Za-z0-9]{53}$/;
 const CACHE_TTL_MS = 5 * 60_000;
 const CACHE_MAX_ENTRIES = 10_000;
+/** The costs bcrypt takes (bcryptjs refuses the others, as OpenBSD's bcrypt does). */
+const MIN_COST = 4;
+const MAX_COST = 31;
 /** bcrypt's cost when the file has no users to copy (htpasswd -B's default). */
 const DEFAULT_COST = 10;
 const BCRYPT_ALPHABET = './ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
@@ -174,7 +177,13 @@ async function readUsers(file: string, option: string): Promise<Users> {
     if (colon <= 0) throw new ConfigError(`${where}: expected user:bcrypt-hash`);
     const user = line.slice(0, colon);
     const hash = line.slice(colon + 1);
-    if (!BCRYPT.test(hash)) throw new ConfigError(`${where}: the hash of ${JSON.stringify(user)} is not bcrypt (create it with htpasswd -B)`);
+    const cost = BCRYPT.exec(hash)?.[1];
+    if (cost === undefined) throw new ConfigError(`${where}: the hash of ${JSON.stringify(user)} is not bcrypt (create it with htpasswd -B)`);
+    // Checked here, since unknown names draw the file's costs too: every check of a cost
+    // bcrypt refuses would answer 500, for names that exist and some that do not.
+    if (Number(cost) < MIN_COST || Number(cost) > MAX_COST) {
+      throw new ConfigError(`${where}: the hash of ${JSON.stringify(user)} has cost ${Number(cost)}: bcrypt takes ${MIN_COST} to ${MAX_COST}`);
+    }
     if (users.has(user)) throw new ConfigError(`${where}: ${JSON.stringify(user)} appears twice`);
     users.set(user, hash);
   });

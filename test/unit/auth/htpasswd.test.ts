@@ -50,6 +50,10 @@ describe('Htpasswd', () => {
     ['a plain-text password', 'alice:secret\n', /not bcrypt/],
     ['no colon', 'alice\n', /line 1: expected user:bcrypt-hash/],
     ['a user twice', `alice:${hash('x')}\nalice:${hash('y')}\n`, /line 2: "alice" appears twice/],
+    // Found by probing (2026-12-04): costs bcrypt itself refuses passed, and every check
+    // against them (some unknown names' too, which draw the file's costs) answered 500.
+    ['a bcrypt cost below 4', `alice:${hash('x')}\neve:${hash('y').replace(/^\$2y\$\d\d/, '$2y$03')}\n`, /line 2: the hash of "eve" has cost 3: bcrypt takes 4 to 31/],
+    ['a bcrypt cost above 31', `eve:${hash('y').replace(/^\$2y\$\d\d/, '$2y$32')}\n`, /line 1: the hash of "eve" has cost 32: bcrypt takes 4 to 31/],
   ])('refuses %s, naming the option and line', async (_, text, message) => {
     const path = text === null ? join(dir, 'missing') : await file(text);
     const err = await Htpasswd.load(path).catch((e: unknown) => e);
