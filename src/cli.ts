@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
-import { ConfigError, loadConfig, unknownEnvNames, type Config } from './config.js';
+import { ConfigError, loadConfig, testSettings, unknownEnvNames, type Config } from './config.js';
 import { formatDuration, formatRun, ProgressLine } from './gc/format.js';
 import { createLogger, scrubSecrets } from './logger.js';
 import { ClockSkewError, GcBusyError, LeaseLostError } from './gc/lease.js';
@@ -54,7 +54,7 @@ program
     if (missing.length > 0) log.info({ missing }, 'started without the Node.js options hoist serve runs best with (src/node-options.ts; npm start passes them)');
     let server;
     try {
-      server = await startServer(config, log);
+      server = await startServer(config, log, testSettings(process.env));
     } catch (err) {
       log.fatal({ err }, 'start-up failed');
       process.stderr.write(`hoist: start-up failed: ${scrubSecrets((err as Error).message)}\n`);

@@ -378,9 +378,24 @@ export function envName(path: string[]): string {
 const ENV_NOT_OPTIONS: ReadonlySet<string> = new Set([`${ENV_PREFIX}CONFIG`]);
 /**
  * The test and benchmark harnesses' own settings, which may reach a server they start
- * (test/helpers/clock.ts passes HOIST_TEST_CLOCK_FILE, bench/macro/targets.ts HOIST_BENCH_*).
+ * (test/helpers/clock.ts passes HOIST_TEST_CLOCK_FILE, testSettings() reads HOIST_TEST_GC_SWEEP_WATCH_MS,
+ * bench/macro/targets.ts HOIST_BENCH_*).
  */
 const HARNESS_ENV_PREFIXES = ['HOIST_TEST_', 'HOIST_BENCH_', 'HOIST_FUZZ_', 'HOIST_E2E_'];
+
+/**
+ * What the test harness may shorten that is no option for users, read once at start-up from
+ * its HOIST_TEST_* variables (a value that is no positive whole number is ignored).
+ */
+export interface TestSettings {
+  /** HOIST_TEST_GC_SWEEP_WATCH_MS: how often a server looks for a dead collector's sweep note (gc/schedule.ts SWEEP_WATCH_MS). */
+  readonly sweepWatchMs?: number;
+}
+
+export function testSettings(env: NodeJS.ProcessEnv): TestSettings {
+  const ms = Number(env.HOIST_TEST_GC_SWEEP_WATCH_MS);
+  return Number.isSafeInteger(ms) && ms > 0 ? { sweepWatchMs: ms } : {};
+}
 
 /**
  * The HOIST_* variables in `env` that name no option, sorted: a misspelt option would

@@ -33,6 +33,8 @@ export const channels = {
   s3Request: diagnostics.channel('hoist:s3:request'),
   /** A scheduled garbage collection ended (GcRunMessage; src/gc/schedule.ts). */
   gcRun: diagnostics.channel('hoist:gc:run'),
+  /** A server replayed the sweep note of a collector that died (GcSweepReplayMessage; src/gc/schedule.ts). */
+  gcSweepReplay: diagnostics.channel('hoist:gc:sweep-replay'),
 } as const;
 
 export interface UploadBodyMessage {
@@ -97,4 +99,11 @@ export interface GcRunMessage {
   /** Freed by a successful run (0 otherwise). */
   readonly objects: number;
   readonly bytes: number;
+}
+
+export interface GcSweepReplayMessage {
+  /** '' for the default registry, else the namespace's name. */
+  readonly registry: string;
+  /** Objects put back. */
+  readonly restored: number;
 }

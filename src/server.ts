@@ -1,11 +1,11 @@
 import type { Logger } from 'pino';
-import type { Config } from './config.js';
+import type { Config, TestSettings } from './config.js';
 import type { FrontEnd } from './http/adapter.js';
 import { loadSecurity } from './http/auth-setup.js';
 import { createFrontEnd, FrontEndUnfitError } from './http/frontend.js';
 import { createHandler } from './http/handlers.js';
 import type { Namespace } from './http/namespaces.js';
-import { startGcSchedule } from './gc/schedule.js';
+import { startGcSchedule, startSweepWatch } from './gc/schedule.js';
 import { ReadinessCheck } from './health.js';
 import { MetricsListener } from './metrics/listener.js';
 import { HoistMetrics } from './metrics/metrics.js';
@@ -32,7 +32,7 @@ export interface RunningServer {
 }
 
 /** Wires config → storage driver → hashing pool → registry core → HTTP front end. */
-export async function startServer(config: Readonly<Config>, log: Logger): Promise<RunningServer> {
+export async function startServer(config: Readonly<Config>, log: Logger, test: TestSettings = {}): Promise<RunningServer> {
   // Files of auth and tls first: a bad one stops start-up before anything else starts.
   const security = await loadSecurity(config, log);
   // Pull-through caches (src/proxy/): their password files are read now, with the others.
@@ -137,6 +137,7 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
     'listening',
   );
   const gc = startGcSchedule(config, driver, log);
+  const sweepWatch = startSweepWatch(config, driver, log, test.sweepWatchMs);
   let closing: Promise<void> | undefined;
   return {
     frontend,
@@ -149,7 +150,7 @@ export async function startServer(config: Readonly<Config>, log: Logger): Promis
         const t0 = Date.now();
         // Probes say so at once, so that load balancers stop sending before the port closes.
         readiness.shuttingDown();
-        const gcStopped = gc?.stop();
+        const gcStopped = Promise.all([gc?.stop(), sweepWatch?.stop()]);
         await frontend.close(config.shutdownTimeoutMs);
         // Fetches no client waits for any more would outlive the hashing pool.
         for (const m of mirrors.values()) m.close();

@@ -208,6 +208,9 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    died) does, before it lists anything, what the re-reads would have: it puts back what the
  *    note names that is gone and whose marker has changed since (a blob record only while its
  *    data is there, I). What comes back is judged by this collection like everything else.
+ *    Servers do the same between collections (replaySweepNote, gc/schedule.ts startSweepWatch),
+ *    taking the lease as a collection does, once it is free or expired: the next collection may
+ *    be hours away, and until the put-back a push answered 201 meanwhile answers 404.
  *    A client's delete must not be undone so: the note may outlive the put-back it was kept
  *    for (a collector killed between the two), and a client may delete, or push and delete,
  *    what it names before the next collection comes (hours, perhaps). So a client deleting a
@@ -352,6 +355,27 @@ export async function collectGarbage(opts: GcOptions): Promise<GcReport> {
   }
 }
 
+export type SweepReplayOptions = Pick<GcOptions, 'driver' | 'owner' | 'concurrency' | 'leaseTtlMs'>;
+
+/**
+ * Replays the sweep note of a collector that died mid-batch (J) without waiting for the next
+ * collection, which may be hours away: until then a push that was answered 201 while the
+ * batch was deleted answers 404. Takes the lease (a live one's collector is mid-batch, or
+ * will replay itself: GcBusyError), does what a collection does first (#replaySweep), and
+ * releases it. Undefined when there is no note (one stat, the common case); else how many
+ * objects it put back.
+ */
+export async function replaySweepNote(opts: SweepReplayOptions): Promise<{ restored: number } | undefined> {
+  if (!(await objectExists(opts.driver, paths.gcSweeping()))) return undefined;
+  const lease = await Lease.acquire(opts.driver, { owner: opts.owner, ttlMs: opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS });
+  try {
+    // Grace and staleness judge nothing here: a replay only puts back.
+    return { restored: await new Collection({ ...opts, graceMs: 0, staleUploadAfterMs: 0 }, lease).replay() };
+  } finally {
+    await lease.release();
+  }
+}
+
 class Collection {
   readonly #o: GcOptions;
   readonly #d: StorageDriver;
@@ -457,6 +481,12 @@ class Collection {
     this.#report.unreadableManifests = [...this.#marker.unreadable].sort();
     this.#report.elapsedMs = Math.round(performance.now() - started);
     return this.#report;
+  }
+
+  /** Only the replay of a dead collector's note (replaySweepNote); how many objects it put back. */
+  async replay(): Promise<number> {
+    await this.#replaySweep();
+    return this.#report.spared;
   }
 
   // --- C: wait for operations that started before the servers knew of this collection ------

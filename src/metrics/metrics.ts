@@ -208,6 +208,11 @@ export class HoistMetrics {
       name: 'hoist_gc_last_success_timestamp_seconds', help: 'When the last scheduled collection on this instance succeeded (Unix time; 0: none yet)', registers,
     });
     for (const outcome of ['success', 'failure', 'skipped', 'stopped']) gcRuns.inc({ outcome }, 0);
+    const gcSweepReplays = new Counter({
+      name: 'hoist_gc_sweep_replays_total',
+      help: 'Sweep notes of a collector that died mid-batch that this instance replayed between collections (src/gc/schedule.ts startSweepWatch)',
+      registers,
+    });
 
     // --- access -------------------------------------------------------------------------
     const authDecisions = new Counter({
@@ -262,6 +267,7 @@ export class HoistMetrics {
         gcLastSuccess.set(Date.now() / 1000);
       }
     });
+    this.#on(channels.gcSweepReplay, () => gcSweepReplays.inc());
     this.#on(channels.authDecision, (m: AuthDecisionMessage) => authDecisions.inc({ decision: m.decision }));
     this.#on(channels.limitRefusal, (m: LimitRefusalMessage) => limitRefusals.inc({ limit: m.limit }));
   }

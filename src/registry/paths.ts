@@ -31,8 +31,9 @@ import type { Digest } from './reference.js';
  *   │   │                             before 2026-12 registered each: {"startedAt"}
  *   │   ├── orphans/<id>              /blobs/data/<id> was seen named by no record: {"firstSeen"}
  *   │   ├── sweeping                  while the collector deletes a batch and looks for touches of it:
- *   │   │                             what it deletes, as it read it, for the next one to put back
- *   │   │                             should it die meanwhile (gc/collector.ts, J)
+ *   │   │                             what it deletes, as it read it, for the next one (or a server,
+ *   │   │                             within a minute) to put back should it die meanwhile
+ *   │   │                             (gc/collector.ts, J; gc/schedule.ts startSweepWatch)
  *   │   ├── deleted/<sha256 of a path> a client deleted that path (a manifest, a referrer entry, a
  *   │   │                             link) while a sweep note existed: the note's replay must not
  *   │   │                             put it back (J); cleared by the next collection's start
