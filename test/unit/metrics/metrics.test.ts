@@ -154,6 +154,14 @@ describe('HoistMetrics', () => {
     expect(s.get('hoist_gc_last_success_timestamp_seconds')).toBeGreaterThanOrEqual(Math.floor(before));
   });
 
+  it('counts the sweep notes of dead collectors this instance replayed', async () => {
+    const { scrape } = start();
+    expect((await scrape()).get('hoist_gc_sweep_replays_total'), 'present at 0 for alerts').toBe(0);
+    channels.gcSweepReplay.publish({ registry: '', restored: 2 });
+    channels.gcSweepReplay.publish({ registry: 'team-a', restored: 0 });
+    expect((await scrape()).get('hoist_gc_sweep_replays_total')).toBe(2);
+  });
+
   it('counts auth decisions and limit refusals, each present at 0', async () => {
     const { scrape } = start();
     channels.authDecision.publish({ decision: 'allowed' });
