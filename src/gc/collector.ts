@@ -369,6 +369,8 @@ export async function replaySweepNote(opts: SweepReplayOptions): Promise<{ resto
   if (!(await objectExists(opts.driver, paths.gcSweeping()))) return undefined;
   const lease = await Lease.acquire(opts.driver, { owner: opts.owner, ttlMs: opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS });
   try {
+    // Its collector may have finished the batch, and let go of the lease, since the look.
+    if (!(await objectExists(opts.driver, paths.gcSweeping()))) return undefined;
     // Grace and staleness judge nothing here: a replay only puts back.
     return { restored: await new Collection({ ...opts, graceMs: 0, staleUploadAfterMs: 0 }, lease).replay() };
   } finally {
