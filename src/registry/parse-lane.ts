@@ -20,7 +20,9 @@ export class ParseLane {
   readonly #lane = new Slots(1);
 
   async run<T>(work: () => T): Promise<T> {
-    if (this.#lane.waiting >= MAX_WAITING) throw new TooManyRequestsError(1, { message: 'too many large manifests pushed at once' });
+    // Neutral: the lane is shared by every client's pushes and by a pull-through cache's
+    // fetches, so a refusal is nobody's fault in particular, and the lane is not the client's business.
+    if (this.#lane.waiting >= MAX_WAITING) throw new TooManyRequestsError(1, { message: 'too many manifests being parsed; retry' });
     return this.#lane.run(async () => {
       await loopTurn();
       return work();
