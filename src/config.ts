@@ -88,6 +88,7 @@ const HOSTNAME = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9
  * it does not hold are fetched from the upstream, stored and served; pushes and deletes are
  * refused. `tagTtl`: a tag confirmed by the upstream longer ago than this is checked again (a
  * HEAD) on its next pull. `ttl`: what nobody pulled for this long is collected (`hoist gc`).
+ * `maxBlobFetches`: upstream blob fetches at once (src/proxy/cache.ts).
  */
 const proxy = z.object({
   remoteUrl: z
@@ -102,6 +103,12 @@ const proxy = z.object({
   passwordFile: z.string().min(1).optional(),
   tagTtl: durationMs.pipe(atLeast(1000, '1s', 'check at every pull')).default('5m'),
   ttl: durationMs.pipe(atLeast(1000, '1s')).default('7d'),
+  /**
+   * Distinct blobs fetched from the upstream at once; a pull that needs one more gets 429
+   * with Retry-After (a pull joining a fetch in progress takes none). Each fetch holds an
+   * upstream connection, a storage writer and up to 1 MiB kept for clients that join it.
+   */
+  maxBlobFetches: integerish.pipe(z.number().min(1).max(100_000)).default(64),
 }).strict()
   .refine((p) => !(p.password !== undefined && p.passwordFile !== undefined), { message: 'password and passwordFile exclude each other' })
   .refine((p) => (p.username === undefined) === (p.password === undefined && p.passwordFile === undefined), {

@@ -25,7 +25,7 @@ export const channels = {
   httpRequest: diagnostics.channel('hoist:http:request'),
   /** The request gate decided who may do what (AuthDecisionMessage); only with access control. */
   authDecision: diagnostics.channel('hoist:auth:decision'),
-  /** A per-client limit refused a request with 429 (LimitRefusalMessage). */
+  /** A limit refused a request with 429 (LimitRefusalMessage). */
   limitRefusal: diagnostics.channel('hoist:limit:refusal'),
   /** One storage driver call finished (StorageRequestMessage; src/storage/instrumented.ts). */
   storageRequest: diagnostics.channel('hoist:storage:request'),
@@ -68,8 +68,11 @@ export interface AuthDecisionMessage {
 }
 
 export interface LimitRefusalMessage {
-  /** rate: requests per second; uploads: uploads in flight per client. */
-  readonly limit: 'rate' | 'uploads';
+  /**
+   * rate: requests per second; uploads: uploads in flight per client; blob_fetches: a
+   * pull-through cache's upstream blob fetches at once (proxy.maxBlobFetches).
+   */
+  readonly limit: 'rate' | 'uploads' | 'blob_fetches';
 }
 
 export interface StorageRequestMessage {

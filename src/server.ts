@@ -115,6 +115,7 @@ export async function startServer(config: Readonly<Config>, log: Logger, test: T
       readBufferBytes: () => driver.readBuffers?.inUseBytes ?? 0,
       writeBufferBytes: () => ({ inUse: driver.writeBuffers?.inUseBytes ?? 0, held: driver.writeBuffers?.heldBytes ?? 0 }),
       uploadsInProgress: () => registries.reduce((n, r) => n + r.uploadsInProgress, 0),
+      proxyBlobFetches: () => [...mirrors.values()].reduce((n, m) => n + m.blobFetches(), 0),
     });
     const listener = new MetricsListener(m, readiness);
     try {

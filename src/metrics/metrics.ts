@@ -30,6 +30,8 @@ export interface MetricSources {
   writeBufferBytes(): { inUse: number; held: number };
   /** Uploads with a request writing to them now, over every registry (namespaces included). */
   uploadsInProgress(): number;
+  /** Blob fetches from upstreams in flight now, over every pull-through cache (src/proxy/). */
+  proxyBlobFetches(): number;
   /** The storage driver's name (fs, memory, s3), for hoist_info. */
   readonly storage: string;
 }
@@ -111,6 +113,14 @@ export class HoistMetrics {
       name: 'hoist_hash_rebuilds_total', help: 'Running hashes rebuilt by re-reading stored bytes (an upload continued on another instance, or after a restart)', registers,
     });
     const rebuildBytes = new Counter({ name: 'hoist_hash_rebuild_bytes_total', help: 'Bytes re-read from storage to rebuild running hashes', registers });
+
+    // --- pull-through caches -------------------------------------------------------------
+    new Gauge({
+      name: 'hoist_proxy_blob_fetches', help: 'Blob fetches from upstream registries in flight now (at most proxy.maxBlobFetches per cache)', registers,
+      collect() {
+        this.set(sources.proxyBlobFetches());
+      },
+    });
 
     // --- engine -------------------------------------------------------------------------
     new Gauge({
@@ -220,7 +230,8 @@ export class HoistMetrics {
       labelNames: ['decision'], registers,
     });
     const limitRefusals = new Counter({
-      name: 'hoist_limit_refusals_total', help: 'Requests refused with 429 by a per-client limit: rate (limits.requestsPerSecond) or uploads (limits.maxConcurrentUploads)',
+      name: 'hoist_limit_refusals_total',
+      help: 'Requests refused with 429 by a limit: rate (limits.requestsPerSecond), uploads (limits.maxConcurrentUploads), blob_fetches (proxy.maxBlobFetches)',
       labelNames: ['limit'], registers,
     });
     const stoppedBodies = new Counter({
@@ -229,7 +240,7 @@ export class HoistMetrics {
       registers,
     });
     for (const decision of ['allowed', 'unauthorized', 'denied']) authDecisions.inc({ decision }, 0);
-    for (const limit of ['rate', 'uploads']) limitRefusals.inc({ limit }, 0);
+    for (const limit of ['rate', 'uploads', 'blob_fetches']) limitRefusals.inc({ limit }, 0);
 
     // --- subscriptions ------------------------------------------------------------------
     this.#on(channels.httpRequest, (m: HttpRequestMessage) => {

@@ -22,7 +22,9 @@ import { isUpstreamDown, reasonOf, UpstreamUnavailableError, type UpstreamBlob }
  * that falls more than READER_MAX_BUFFERED behind stops getting live bytes and continues from
  * storage once the blob is stored. A client arriving after the first REPLAY_BYTES went by
  * does the same from the start; until then the fetch keeps those bytes for latecomers (a
- * fleet asking for one layer at once arrives within that window). The fetch belongs to no
+ * fleet asking for one layer at once arrives within that window), within a budget for the
+ * whole process (REPLAY_BUDGET_BYTES). An upstream that stops sending is given up on after
+ * BODY_IDLE_MS, whoever still reads. The fetch belongs to no
  * client: one that goes away detaches, and the fetch goes on for the others and the cache.
  *
  * Wrong bytes never finish a response: a reader holds back the last byte of its response
@@ -39,10 +41,28 @@ import { isUpstreamDown, reasonOf, UpstreamUnavailableError, type UpstreamBlob }
 
 /** Bytes kept from the start of a fetch for clients that join late. */
 const REPLAY_BYTES = 1024 * 1024;
+/**
+ * Bytes all fetches of the process (every cache, namespaces included) keep for late joiners
+ * at most. REPLAY_BYTES each bounds a fetch, and proxy.maxBlobFetches the fetches of one
+ * cache, but not their product over several caches, or a large maxBlobFetches. A fetch that
+ * finds the budget spent keeps nothing more (what it kept goes back to the budget): its later
+ * joiners wait for the blob to be stored and read it from there, as those arriving after
+ * REPLAY_BYTES do. That is the safe way to go over: it costs no memory, and no second
+ * upstream fetch of the same blob (which would take another of maxBlobFetches, and another
+ * writer of the same bytes); the joiner's first byte comes later, that is all.
+ */
+const REPLAY_BUDGET_BYTES = 64 * 1024 * 1024;
+let replayBytesInUse = 0;
 /** A reader's unread bytes past which it stops getting live bytes (it continues from storage). */
 const READER_MAX_BUFFERED = 8 * 1024 * 1024;
-/** An upstream that sends nothing for this long is given up on. */
-const BODY_IDLE_MS = 60_000;
+/**
+ * An upstream that sends no byte for this long is given up on. Its fetch holds one of
+ * proxy.maxBlobFetches, a storage writer and its replay bytes; with its clients gone, nothing
+ * else would ever end it (an upstream that sent headers and then stalled held its fetch, and
+ * pulls of the blob joined it, for as long as the connection stayed up: found by probing).
+ * Only time spent waiting for the upstream counts, not time waiting for storage to drain.
+ */
+const BODY_IDLE_MS = 10_000;
 
 export interface FlightDeps {
   readonly driver: StorageDriver;
@@ -69,6 +89,8 @@ export class BlobFlight {
   #data: CommittedData | undefined;
   #received = 0;
   #replay: Uint8Array[] | undefined = [];
+  /** Bytes in #replay, counted in replayBytesInUse. */
+  #replayBytes = 0;
   readonly #live = new Set<FlightReader>();
   /** Readers waiting for the blob to be verified, to read it (or the rest of it) from storage. */
   readonly #waiting = new Set<FlightReader>();
@@ -138,7 +160,7 @@ export class BlobFlight {
     }
     this.#data = data;
     this.#state = 'verified';
-    this.#replay = undefined;
+    this.#dropReplay();
     for (const r of this.#live) r.finish();
     this.#live.clear();
     for (const r of this.#waiting) void r.fromStorage(this.#d, data, this.repo, this.digest);
@@ -165,7 +187,12 @@ export class BlobFlight {
     const reader = body.getReader();
     let complete = false;
     // One timer, pushed back by every chunk (refresh() reuses it: no allocation per chunk).
-    const idle = setTimeout(() => this.#abort.abort(new Error(`upstream sent nothing for ${BODY_IDLE_MS / 1000} s`)), BODY_IDLE_MS);
+    // While the pump waits for the sink (storage, hashing), the upstream is not the one late.
+    let waitingForSink = false;
+    const idle: NodeJS.Timeout = setTimeout(() => {
+      if (waitingForSink) idle.refresh();
+      else this.#abort.abort(new Error(`upstream sent nothing for ${BODY_IDLE_MS / 1000} s`));
+    }, BODY_IDLE_MS);
     try {
       for (;;) {
         idle.refresh();
@@ -179,7 +206,11 @@ export class BlobFlight {
         const chunk = next.value;
         this.#broadcast(chunk);
         // The sink copies what it keeps; the chunk itself is shared by the readers.
-        if (!sink.write(chunk)) await sink.drained();
+        if (!sink.write(chunk)) {
+          waitingForSink = true;
+          await sink.drained();
+          waitingForSink = false;
+        }
       }
       complete = true;
     } finally {
@@ -195,8 +226,16 @@ export class BlobFlight {
     const at = this.#received;
     this.#received += chunk.byteLength;
     if (this.#replay) {
-      if (this.#received <= REPLAY_BYTES) this.#replay.push(chunk);
-      else this.#replay = undefined;
+      if (this.#received <= REPLAY_BYTES && replayBytesInUse + chunk.byteLength <= REPLAY_BUDGET_BYTES) {
+        this.#replay.push(chunk);
+        this.#replayBytes += chunk.byteLength;
+        replayBytesInUse += chunk.byteLength;
+      } else {
+        if (this.#received <= REPLAY_BYTES) {
+          this.#d.log.debug({ repository: this.repo, digest: this.digest.value, replayBytesInUse }, 'replay budget spent: later joiners of this fetch read from storage');
+        }
+        this.#dropReplay();
+      }
     }
     for (const r of this.#live) {
       if (!r.offer(chunk, at)) {
@@ -207,6 +246,13 @@ export class BlobFlight {
     }
   }
 
+  /** No more bytes kept for late joiners; what was kept goes back to the budget. */
+  #dropReplay(): void {
+    replayBytesInUse -= this.#replayBytes;
+    this.#replayBytes = 0;
+    this.#replay = undefined;
+  }
+
   #fail(err: unknown): void {
     this.#state = 'failed';
     // Bytes that are not the digest's, or not as many as announced, are the upstream's
@@ -214,7 +260,7 @@ export class BlobFlight {
     const keep = err instanceof BlobTooLargeError || (err instanceof RegistryError && (isUpstreamDown(err) || err.code === 'UNAVAILABLE'));
     this.#error = keep ? err : new UpstreamUnavailableError(this.#d.remote,
       err instanceof RegistryError ? `it sent a blob that is not ${this.digest.value} (${err.message})` : reasonOf(err), err);
-    this.#replay = undefined;
+    this.#dropReplay();
     const fields = { repository: this.repo, digest: this.digest.value, receivedBytes: this.#received, readers: this.#live.size + this.#waiting.size };
     if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') {
       this.#d.log.warn({ ...fields, detail: err.detail }, 'upstream sent a blob that does not match its digest: not stored, clients cut off');

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import { RegistryError } from '../errors.js';
+import { channels, type LimitRefusalMessage } from '../diagnostics.js';
+import { RegistryError, TooManyRequestsError } from '../errors.js';
 import { resolveRange, type BlobDescriptor, type BlobRead, type ByteRange } from '../registry/blobs.js';
 import { lexical, MANIFEST_MEDIA_TYPES, paginate, type Manifest, type ManifestRecord, type Page } from '../registry/manifests.js';
 import type { Mirror, MirrorCore } from '../registry/mirror.js';
@@ -23,6 +24,8 @@ export interface PullThroughCacheOptions {
   readonly tagTtlMs: number;
   /** Content nobody pulled for this long is collected (gc/mirror.ts); sets how often pulls touch. */
   readonly ttlMs: number;
+  /** Upstream blob fetches at once (proxy.maxBlobFetches); a pull needing one more gets 429. */
+  readonly maxBlobFetches: number;
   readonly log: Logger;
 }
 
@@ -47,7 +50,11 @@ export interface PullThroughCacheOptions {
  *                        way in lexical order, n at most, after last (as the core pages).
  *
  * Concurrent pulls of one missing manifest or blob ask the upstream once (per registry and
- * digest, or tag). Everything is stored through the core's own stores, under the GC guard,
+ * digest, or tag). Distinct blob fetches are bounded (maxBlobFetches): each holds an upstream
+ * connection, a storage writer and bytes kept for late joiners, and pulls of a thousand
+ * different digests at once started a thousand fetches (found by probing). A pull that would
+ * start one more gets 429 with Retry-After, as the per-client limits answer (src/http/limits.ts);
+ * one joining a fetch in progress costs nothing and is never refused. Everything is stored through the core's own stores, under the GC guard,
  * as pushes are (gc/collector.ts, H).
  */
 export class PullThroughCache implements Mirror {
@@ -59,6 +66,8 @@ export class PullThroughCache implements Mirror {
   /** Blob fetches by digest: opening (waiting for the upstream's headers), then running. */
   readonly #flights = new Map<string, FlightEntry>();
   readonly #running = new Set<BlobFlight>();
+  /** Fetches started and not yet settled, opening ones included: what maxBlobFetches bounds. */
+  #fetching = 0;
   /** Manifest fetches and tag checks in progress, by `m <repo> <digest>` / `t <repo> <tag>`. */
   readonly #manifestFetches = new Map<string, Promise<Manifest>>();
   #closed = false;
@@ -69,6 +78,11 @@ export class PullThroughCache implements Mirror {
     this.#up = o.upstream;
     this.#log = o.log;
     this.#pulls = new PullMarks(core.guard, pullRefreshMs(o.ttlMs));
+  }
+
+  /** Upstream blob fetches in flight (metrics: hoist_proxy_blob_fetches). */
+  get blobFetches(): number {
+    return this.#fetching;
   }
 
   /** Stops fetches in progress (shutdown): their clients are cut off and nothing is stored. */
@@ -342,8 +356,17 @@ export class PullThroughCache implements Mirror {
     return (await this.#linkStored(repo, digest)) ? this.#openLocal(repo, digest, range) : undefined;
   }
 
-  /** Starts the one fetch of a digest; resolves undefined when it turns out to be stored already. */
+  /**
+   * Starts the one fetch of a digest; resolves undefined when it turns out to be stored already.
+   * Throws TOOMANYREQUESTS (synchronously: nothing is in the table then) at maxBlobFetches.
+   */
   #startFlight(repo: string, digest: Digest): FlightEntry {
+    if (this.#fetching >= this.#o.maxBlobFetches) {
+      if (channels.limitRefusal.hasSubscribers) channels.limitRefusal.publish({ limit: 'blob_fetches' } satisfies LimitRefusalMessage);
+      this.#log.debug({ repository: repo, digest: digest.value, fetching: this.#fetching }, 'blob fetch refused: proxy.maxBlobFetches in flight');
+      throw new TooManyRequestsError(1, { message: 'too many blobs being fetched from the upstream; retry' });
+    }
+    this.#fetching++;
     const opening = (async () => {
       if (this.#closed) throw new RegistryError('UNAVAILABLE', { message: 'server shutting down' });
       // A fetch leaves the table only after it stored the blob: looked at after our entry went
@@ -361,7 +384,9 @@ export class PullThroughCache implements Mirror {
     const entry: FlightEntry = { repo, opening };
     this.#flights.set(digest.value, entry);
     // Out of the table once it is stored (or failed); from then on, pulls find it stored (or start anew).
+    // Its slot is free again then too, once and only once whichever way it ended.
     const forget = (): void => {
+      this.#fetching--;
       if (this.#flights.get(digest.value) === entry) this.#flights.delete(digest.value);
     };
     opening.then(

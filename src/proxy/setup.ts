@@ -14,6 +14,8 @@ export interface LoadedMirror {
   readonly factory: MirrorFactory;
   /** Stops the cache's fetches (shutdown), once the registry made it. */
   close(): void;
+  /** Upstream blob fetches in flight (metrics). */
+  blobFetches(): number;
 }
 
 export async function loadMirror(proxy: ProxyConfig, option: string, log: Logger): Promise<LoadedMirror> {
@@ -29,7 +31,8 @@ export async function loadMirror(proxy: ProxyConfig, option: string, log: Logger
   const upstream = new UpstreamClient({ remoteUrl: proxy.remoteUrl, username: proxy.username, password, log: plog });
   let cache: PullThroughCache | undefined;
   return {
-    factory: (core) => (cache = new PullThroughCache(core, { upstream, tagTtlMs: proxy.tagTtl, ttlMs: proxy.ttl, log: plog })),
+    factory: (core) => (cache = new PullThroughCache(core, { upstream, tagTtlMs: proxy.tagTtl, ttlMs: proxy.ttl, maxBlobFetches: proxy.maxBlobFetches, log: plog })),
     close: () => cache?.close(),
+    blobFetches: () => cache?.blobFetches ?? 0,
   };
 }

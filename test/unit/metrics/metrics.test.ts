@@ -43,6 +43,7 @@ function start(over: Partial<MetricSources> = {}): { metrics: HoistMetrics; slab
     slabs,
     frontend: { kind: 'node', inFlight: 3, pausedSockets: 2 },
     uploadsInProgress: () => ++uploads,
+    proxyBlobFetches: () => 5,
     readBufferBytes: () => 3 * 1024 * 1024,
     writeBufferBytes: () => ({ inUse: 16 * 1024 * 1024, held: 80 * 1024 * 1024 }),
     storage: 'memory',
@@ -109,6 +110,7 @@ describe('HoistMetrics', () => {
     expect(s.get('hoist_write_buffers_in_use_bytes')).toBe(16 * 1024 * 1024);
     expect(s.get('hoist_write_buffers_held_bytes')).toBe(80 * 1024 * 1024);
     expect(s.get('hoist_info{frontend="node",storage="memory"}')).toBe(1);
+    expect(s.get('hoist_proxy_blob_fetches')).toBe(5);
     // uploadsInProgress() is asked at every scrape, not cached.
     const a = (await scrape()).get('hoist_uploads_in_progress')!;
     expect((await scrape()).get('hoist_uploads_in_progress')).toBe(a + 1);

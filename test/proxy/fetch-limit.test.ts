@@ -1,0 +1,130 @@
+import { createHash, randomBytes } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectError, rawGet, request, tempDir, waitFor } from '../helpers/http.js';
+import { metricsUrlOf, scrape } from '../helpers/metrics.js';
+import { startServer, type TestServer } from '../helpers/server.js';
+
+/**
+ * Upstream blob fetches of a pull-through cache, bounded and given up on, found by probing:
+ *
+ * - pulls of many different digests at once started as many upstream fetches, each holding
+ *   a connection, a storage writer and up to 1 MiB for late joiners: nothing bounded them.
+ *   Now proxy.maxBlobFetches (HOIST_PROXY_MAX_BLOB_FETCHES) fetches at most, and a pull that
+ *   needs one more gets 429 with Retry-After (hoist_limit_refusals_total{limit="blob_fetches"});
+ * - a fetch whose upstream sent its headers and then nothing, its clients gone, was held for
+ *   a minute (and by an upstream that kept the connection up, every pull of the blob joined
+ *   it). Now it is given up on after 10 s without a byte, and its slot is free again.
+ *
+ * The upstream is a small HTTP server of the test's own: a real one cannot be made to stall.
+ */
+
+const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+/** Blobs the upstream has, by digest: whole through `plain/*`; through `stall/*` 1000 bytes, then nothing. */
+const blobs = new Map<string, Buffer>();
+/** The upstream's responses to stalled GETs, and whether the cache closed each. */
+const stalled: Array<{ digest: string; closed: boolean }> = [];
+
+function newBlob(size: number): { bytes: Buffer; digest: string } {
+  const bytes = randomBytes(size);
+  const digest = sha(bytes);
+  blobs.set(digest, bytes);
+  return { bytes, digest };
+}
+
+let upstream: http.Server;
+let mirror: TestServer;
+let metricsUrl: string;
+let cleanup: () => Promise<void>;
+
+beforeAll(async () => {
+  upstream = http.createServer((req, res) => {
+    const m = /^\/v2\/(.+)\/blobs\/(sha256:[0-9a-f]{64})$/.exec(req.url ?? '');
+    const bytes = m ? blobs.get(m[2]!) : undefined;
+    if (!m || !bytes) {
+      res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"BLOB_UNKNOWN"}]}');
+      return;
+    }
+    res.writeHead(200, { 'content-length': String(bytes.byteLength), 'content-type': 'application/octet-stream' });
+    if (req.method === 'HEAD') {
+      res.end();
+    } else if (m[1]!.startsWith('stall/')) {
+      const entry = { digest: m[2]!, closed: false };
+      stalled.push(entry);
+      res.write(bytes.subarray(0, 1000));
+      res.on('close', () => (entry.closed = true));
+    } else {
+      res.end(bytes);
+    }
+  });
+  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+  let dir: string;
+  ({ path: dir, cleanup } = await tempDir('hoist-fetch-limit-'));
+  mirror = await startServer({
+    storage: `fs:${dir}`,
+    frontend: 'node',
+    env: {
+      HOIST_PROXY_REMOTE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+      HOIST_PROXY_MAX_BLOB_FETCHES: '2',
+      HOIST_METRICS_LISTEN: '127.0.0.1:0',
+    },
+  });
+  metricsUrl = metricsUrlOf(mirror);
+});
+
+afterAll(async () => {
+  await mirror?.stop();
+  upstream?.closeAllConnections();
+  upstream?.close();
+  await cleanup?.();
+});
+
+/** Starts a GET that stays open; resolves with its status once the headers are in, and a way to hang up. */
+function openGet(path: string): Promise<{ status: number; hangUp: () => void }> {
+  return new Promise((resolve, reject) => {
+    void rawGet(mirror.url, path, {}, (res, req) => resolve({ status: res.statusCode ?? 0, hangUp: () => req.destroy() })).catch(reject);
+  });
+}
+
+describe('upstream blob fetches of a pull-through cache', () => {
+  const a = newBlob(200_000);
+  const b = newBlob(200_000);
+  const c = newBlob(50_000);
+  const hangUps: Array<() => void> = [];
+
+  it('at proxy.maxBlobFetches, a pull needing another fetch gets 429 with Retry-After; one joining a fetch does not', async () => {
+    for (const blob of [a, b]) {
+      const open = await openGet(`/v2/stall/img/blobs/${blob.digest}`);
+      expect(open.status).toBe(200);
+      hangUps.push(open.hangUp);
+    }
+    expect(stalled.map((s) => s.digest)).toEqual([a.digest, b.digest]);
+    const refused = await request(mirror.url, `/v2/plain/img/blobs/${c.digest}`);
+    const [e] = expectError(refused, 429, 'TOOMANYREQUESTS');
+    expect(refused.header('retry-after')).toBe('1');
+    expect(e!.message).toBe('too many blobs being fetched from the upstream; retry');
+    // A pull of a blob being fetched joins that fetch: no new fetch, no refusal.
+    const joiner = await openGet(`/v2/stall/img/blobs/${a.digest}`);
+    expect(joiner.status).toBe(200);
+    hangUps.push(joiner.hangUp);
+    expect(stalled).toHaveLength(2);
+    const s = await scrape(metricsUrl);
+    expect(s.value('hoist_limit_refusals_total', { limit: 'blob_fetches' })).toBe(1);
+    expect(s.value('hoist_proxy_blob_fetches')).toBe(2);
+  });
+
+  it('a fetch whose upstream sends nothing for 10 s is given up on, and its slot is free again', async () => {
+    const since = Date.now();
+    // Their clients go away; the fetches go on for the cache, until the upstream is given up on.
+    for (const hangUp of hangUps) hangUp();
+    await waitFor('the stalled upstream responses closed by the cache', () => (stalled.every((s) => s.closed) ? true : undefined), 14_000);
+    expect(Date.now() - since).toBeGreaterThan(8_000);
+    await waitFor('no fetch in flight', async () => ((await scrape(metricsUrl)).value('hoist_proxy_blob_fetches') === 0 ? true : undefined), 3_000);
+    const got = await rawGet(mirror.url, `/v2/plain/img/blobs/${c.digest}`);
+    expect(got.status).toBe(200);
+    expect(got.body.equals(c.bytes)).toBe(true);
+    expect(mirror.records().some((r) => r.msg === 'blob fetch from upstream failed: nothing stored, clients cut off' && r.digest === a.digest)).toBe(true);
+  }, 30_000);
+});
