@@ -3,6 +3,7 @@ import { BlobTooLargeError, RegistryError, TooManyRequestsError, type ErrorCode 
 import { MANIFEST_MEDIA_TYPES } from '../registry/manifest-schema.js';
 import type { Page } from '../registry/manifests.js';
 import { parseChallenge, type Challenge } from './challenge.js';
+import { isInternalHost } from './destinations.js';
 
 /**
  * The upstream registry of a pull-through cache, spoken to as a client does (distribution-spec
@@ -22,6 +23,14 @@ import { parseChallenge, type Challenge } from './challenge.js';
  *
  * Tokens are kept per scope until shortly before they expire (Docker token spec: `expires_in`,
  * 60 s when absent), so a pull of many blobs fetches one token, not one per blob.
+ *
+ * Redirects are followed by hand (#request), not by fetch(): at most MAX_REDIRECTS, never from
+ * https to http, never to an address of this machine or its link (destinations.ts) unless the
+ * upstream itself is at one, and the credentials only to the origin they are for. A redirect
+ * refused is the upstream failing: 503, and a warning in the log. fetch() followed any
+ * redirect (20 of them, to http://127.0.0.1 or the cloud's metadata service alike, found by
+ * probing): an upstream, or whoever controls where it redirects, could make the cache fetch
+ * from services only this host may reach.
  */
 export interface UpstreamOptions {
   /** `https://registry-1.docker.io`, without a trailing '/'. */
@@ -48,6 +57,10 @@ const MAX_TOKEN_CHARS = 16 * 1024;
 /** A token service's answer: the token, perhaps twice (`token`, `access_token`), and a few fields. */
 const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
 const USER_AGENT = 'hoist-pull-through-cache';
+/** Redirects followed for one request at most (fetch's own limit is 20; real registries use one, to S3 or a CDN). */
+const MAX_REDIRECTS = 5;
+/** What fetch() follows (Fetch standard, "redirect status"). */
+const REDIRECT_STATUSES: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
 const MANIFEST_ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
 
 /**
@@ -85,6 +98,12 @@ export interface UpstreamBlob {
   readonly body: ReadableStream<Uint8Array>;
 }
 
+/** A response, and the URL that answered it (after the redirects followed). */
+interface Answered {
+  readonly res: Response;
+  readonly url: URL;
+}
+
 interface CachedToken {
   readonly value: string;
   readonly expiresAtMs: number;
@@ -96,6 +115,10 @@ export class UpstreamClient {
   readonly remote: string;
   readonly #basic: string | undefined;
   readonly #headersTimeoutMs: number;
+  /** The upstream's own origin: the only one its credentials go to. */
+  readonly #origin: string;
+  /** Whether the upstream is at an internal address itself (then redirects may lead to one). */
+  #local: Promise<boolean> | undefined;
   /** What the upstream asked for last: decides what requests carry before any 401. */
   #scheme: 'none' | 'basic' | 'bearer' = 'none';
   #bearer: { realm: string; service: string | undefined } | undefined;
@@ -105,6 +128,7 @@ export class UpstreamClient {
   constructor(o: UpstreamOptions) {
     this.#o = o;
     this.remote = new URL(o.remoteUrl).host;
+    this.#origin = new URL(o.remoteUrl).origin;
     this.#basic = o.username !== undefined && o.password !== undefined
       ? `Basic ${Buffer.from(`${o.username}:${o.password}`).toString('base64')}`
       : undefined;
@@ -157,7 +181,7 @@ export class UpstreamClient {
   }
 
   /**
-   * GET a blob, following redirects (Authorization is not sent to another origin). Resolves
+   * GET a blob, following redirects (#request: Authorization is not sent to another origin). Resolves
    * once the headers are in; the body streams from `body`. Aborting `signal` cuts it.
    */
   async openBlob(repo: string, digest: string, signal: AbortSignal, maxBytes = 0): Promise<UpstreamBlob> {
@@ -207,7 +231,7 @@ export class UpstreamClient {
     method: string, repo: string, path: string,
     opts: { accept?: string; range?: string; identity?: boolean; signal?: AbortSignal; redirect?: RequestRedirect } = {},
   ): Promise<Response> {
-    const url = `${this.#o.remoteUrl}/v2/${repo}/${path}`;
+    const url = new URL(`${this.#o.remoteUrl}/v2/${repo}/${path}`);
     const headers: Record<string, string> = { 'user-agent': USER_AGENT };
     if (opts.accept) headers['accept'] = opts.accept;
     if (opts.range) headers['range'] = opts.range;
@@ -219,17 +243,71 @@ export class UpstreamClient {
       this.#o.log.debug({ upstream: this.remote, scope, err }, 'no upstream credentials to send first');
       return undefined;
     });
-    const init = { method, redirect: opts.redirect ?? 'follow' } as const;
-    let res = await this.#fetch(url, { ...init, headers: auth ? { ...headers, authorization: auth } : headers }, opts.signal);
-    if (res.status !== 401) return this.#checkAvailable(res);
-    await this.#refuseElsewhere(res);
+    const request = { method, headers, home: this.#origin, signal: opts.signal, follow: opts.redirect !== 'manual' };
+    let sent = await this.#request(url, { ...request, authorization: auth });
+    if (sent.res.status !== 401) return this.#checkAvailable(sent.res);
+    await this.#refuseElsewhere(sent);
     // Answer the challenge once; a second 401 is the upstream's last word.
-    const answer = await this.#answer(parseChallenge(res.headers.get('www-authenticate')), scope, auth);
-    if (answer === undefined) return res;
-    await res.body?.cancel().catch(() => undefined);
-    res = await this.#fetch(url, { ...init, headers: { ...headers, authorization: answer } }, opts.signal);
-    if (res.status === 401) await this.#refuseElsewhere(res);
-    return this.#checkAvailable(res);
+    const answer = await this.#answer(parseChallenge(sent.res.headers.get('www-authenticate')), scope, auth);
+    if (answer === undefined) return sent.res;
+    await sent.res.body?.cancel().catch(() => undefined);
+    sent = await this.#request(url, { ...request, authorization: answer });
+    if (sent.res.status === 401) await this.#refuseElsewhere(sent);
+    return this.#checkAvailable(sent.res);
+  }
+
+  /**
+   * One request, its redirects followed by hand when `follow` (see the top of this file).
+   * `authorization` goes only to `home`, the origin it is for: a redirect to another host
+   * (S3 presigned URLs, a CDN) is sent without it, as fetch() did (Fetch standard, "HTTP-redirect
+   * fetch", step 13).
+   */
+  async #request(
+    url: URL,
+    o: { method: string; headers: Record<string, string>; authorization: string | undefined; home: string; signal?: AbortSignal; follow: boolean },
+  ): Promise<Answered> {
+    let at = url;
+    for (let hop = 1; ; hop++) {
+      const headers = o.authorization !== undefined && at.origin === o.home ? { ...o.headers, authorization: o.authorization } : o.headers;
+      const res = await this.#fetch(at.href, { method: o.method, headers, redirect: 'manual' }, o.signal);
+      const location = res.headers.get('location');
+      // A redirect status without a Location is the answer, as fetch() has it.
+      if (!o.follow || !REDIRECT_STATUSES.has(res.status) || location === null) return { res, url: at };
+      await res.body?.cancel().catch(() => undefined);
+      // We send only GET and HEAD, which every redirect status repeats as they are (303 included).
+      at = await this.#redirectTarget(at, location, hop);
+    }
+  }
+
+  /** Where a redirect from `from` leads, or UpstreamUnavailableError (logged) when it may not be followed. */
+  async #redirectTarget(from: URL, location: string, hop: number): Promise<URL> {
+    let to: URL | undefined;
+    try {
+      to = new URL(location, from);
+    } catch {
+      // Not a URL: named nowhere, refused below.
+    }
+    const reason = !to ? 'a Location that is not a URL'
+      : hop > MAX_REDIRECTS ? `more than ${MAX_REDIRECTS} redirects`
+      : to.protocol !== 'http:' && to.protocol !== 'https:' ? `to a ${to.protocol.slice(0, 20)} URL`
+      : from.protocol === 'https:' && to.protocol === 'http:' ? 'from https to http'
+      : (await this.#refusesInternal(to)) ? 'to a loopback or link-local address'
+      : undefined;
+    if (reason === undefined) return to!;
+    // Hosts only: a presigned URL's query is a credential.
+    this.#o.log.warn({ upstream: this.remote, from: from.host, to: to?.host, hop, reason }, 'upstream redirect refused');
+    throw new UpstreamUnavailableError(this.remote, `redirect refused (${reason})`);
+  }
+
+  /**
+   * Whether `to` is at an address of this machine or its link (destinations.ts) where the
+   * upstream is not: an upstream configured at one (a registry beside the cache, the tests'
+   * upstreams on 127.0.0.1) may send the cache there, it is where the operator pointed it.
+   */
+  async #refusesInternal(to: URL): Promise<boolean> {
+    if (!(await isInternalHost(to.hostname))) return false;
+    this.#local ??= isInternalHost(new URL(this.#o.remoteUrl).hostname);
+    return !(await this.#local);
   }
 
   /**
@@ -237,10 +315,10 @@ export class UpstreamClient {
    * to (a CDN, or anyone a compromised upstream names) is not answered, or its realm would
    * get the username and password, and be asked for every later token. Unavailable instead.
    */
-  async #refuseElsewhere(res: Response): Promise<void> {
-    if (!res.redirected || new URL(res.url).origin === new URL(this.#o.remoteUrl).origin) return;
-    await res.body?.cancel().catch(() => undefined);
-    throw new UpstreamUnavailableError(this.remote, `${new URL(res.url).host}, where it redirected, asked for credentials`);
+  async #refuseElsewhere(sent: Answered): Promise<void> {
+    if (sent.url.origin === this.#origin) return;
+    await sent.res.body?.cancel().catch(() => undefined);
+    throw new UpstreamUnavailableError(this.remote, `${sent.url.host}, where it redirected, asked for credentials`);
   }
 
   /** What to send before any challenge: what the upstream asked for last time. */
@@ -292,8 +370,13 @@ export class UpstreamClient {
     if (scope) url.searchParams.set('scope', scope);
     if (this.#o.username) url.searchParams.set('account', this.#o.username);
     const headers: Record<string, string> = { 'user-agent': USER_AGENT, accept: 'application/json' };
-    if (this.#basic) headers['authorization'] = this.#basic;
-    const res = this.#checkAvailable(await this.#fetch(url.toString(), { method: 'GET', headers }));
+    // The realm is where the upstream sends us, as a redirect is: held to the same rules.
+    if (await this.#refusesInternal(url)) {
+      this.#o.log.warn({ upstream: this.remote, realm: url.host }, 'upstream token realm refused: a loopback or link-local address');
+      throw new UpstreamUnavailableError(this.remote, 'token realm refused (a loopback or link-local address)');
+    }
+    const { res: answered } = await this.#request(url, { method: 'GET', headers, authorization: this.#basic, home: url.origin, follow: true });
+    const res = this.#checkAvailable(answered);
     if (res.status === 401 || res.status === 403) {
       await res.body?.cancel().catch(() => undefined);
       throw new RegistryError('DENIED', {

@@ -1,0 +1,49 @@
+import { lookup } from 'node:dns/promises';
+import { BlockList, isIP } from 'node:net';
+
+/**
+ * Where an upstream may send the cache: addresses of the machine itself and of its link
+ * (cloud metadata services answer on 169.254.169.254) are not. An upstream that redirects a
+ * blob there (or names a token realm there) would make the cache fetch from services that
+ * trust whatever comes from the host, and serve their answers to whoever pulled, as a "blob"
+ * or in an error's detail (server-side request forgery).
+ *
+ *   127.0.0.0/8, ::1          loopback
+ *   169.254.0.0/16, fe80::/10 link-local
+ *   0.0.0.0/8, ::             "this host": connecting to 0.0.0.0 reaches the loopback
+ *
+ * IPv4-mapped IPv6 addresses (::ffff:127.0.0.1) match the IPv4 rules (BlockList does so).
+ */
+const INTERNAL = new BlockList();
+INTERNAL.addSubnet('127.0.0.0', 8, 'ipv4');
+INTERNAL.addSubnet('169.254.0.0', 16, 'ipv4');
+INTERNAL.addSubnet('0.0.0.0', 8, 'ipv4');
+INTERNAL.addAddress('::1', 'ipv6');
+INTERNAL.addAddress('::', 'ipv6');
+INTERNAL.addSubnet('fe80::', 10, 'ipv6');
+
+export function isInternalAddress(address: string): boolean {
+  const family = isIP(address);
+  return family !== 0 && INTERNAL.check(address, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+/**
+ * Whether a URL's hostname (an IPv6 address in brackets, as URL keeps it) is, or resolves to,
+ * an internal address: any of its addresses counts, as the connection may take any. A name
+ * that does not resolve is not internal: the request to it fails on its own.
+ *
+ * A name is resolved here and again when the request connects; a DNS server of the attacker's
+ * that answers differently the second time (rebinding, TTL 0) is not caught. Closing that
+ * needs the connection itself to check the address it connects to (an undici dispatcher with
+ * its own lookup), which Node's bundled fetch does not take without the undici package.
+ */
+export async function isInternalHost(hostname: string): Promise<boolean> {
+  const host = hostname.startsWith('[') && hostname.endsWith(']') ? hostname.slice(1, -1) : hostname;
+  if (isIP(host) !== 0) return isInternalAddress(host);
+  try {
+    const addresses = await lookup(host, { all: true, verbatim: true });
+    return addresses.some((a) => isInternalAddress(a.address));
+  } catch {
+    return false;
+  }
+}
