@@ -15,14 +15,20 @@ import { startServer, type TestServer } from '../helpers/server.js';
  *   needs one more gets 429 with Retry-After (hoist_limit_refusals_total{limit="blob_fetches"});
  * - a fetch whose upstream sent its headers and then nothing, its clients gone, was held for
  *   a minute (and by an upstream that kept the connection up, every pull of the blob joined
- *   it). Now it is given up on after 10 s without a byte, and its slot is free again.
+ *   it). Now it is given up on after 10 s without a byte, and its slot is free again;
+ * - the first MiB of every fetch was kept for clients joining it late, however many fetches
+ *   there were (and every namespace's cache had fetches of its own). Now 64 MiB at most in
+ *   the process: a fetch finding them spent keeps none, and its late joiners wait for storage.
  *
  * The upstream is a small HTTP server of the test's own: a real one cannot be made to stall.
  */
 
 const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-/** Blobs the upstream has, by digest: whole through `plain/*`; through `stall/*` 1000 bytes, then nothing. */
+/**
+ * Blobs the upstream has, by digest: whole through `plain/*`; through `stall/*` 1000 bytes,
+ * through `hold/*` 1 MiB (what a fetch keeps for late joiners at most), then nothing.
+ */
 const blobs = new Map<string, Buffer>();
 /** The upstream's responses to stalled GETs, and whether the cache closed each. */
 const stalled: Array<{ digest: string; closed: boolean }> = [];
@@ -36,6 +42,8 @@ function newBlob(size: number): { bytes: Buffer; digest: string } {
 
 let upstream: http.Server;
 let mirror: TestServer;
+/** A cache with room for 80 fetches at once, and for the upload buffers of all of them. */
+let roomy: TestServer;
 let metricsUrl: string;
 let cleanup: () => Promise<void>;
 
@@ -50,10 +58,10 @@ beforeAll(async () => {
     res.writeHead(200, { 'content-length': String(bytes.byteLength), 'content-type': 'application/octet-stream' });
     if (req.method === 'HEAD') {
       res.end();
-    } else if (m[1]!.startsWith('stall/')) {
+    } else if (m[1]!.startsWith('stall/') || m[1]!.startsWith('hold/')) {
       const entry = { digest: m[2]!, closed: false };
       stalled.push(entry);
-      res.write(bytes.subarray(0, 1000));
+      res.write(bytes.subarray(0, m[1]!.startsWith('hold/') ? 1024 * 1024 : 1000));
       res.on('close', () => (entry.closed = true));
     } else {
       res.end(bytes);
@@ -72,19 +80,46 @@ beforeAll(async () => {
     },
   });
   metricsUrl = metricsUrlOf(mirror);
+  roomy = await startServer({
+    storage: `fs:${dir}/roomy`,
+    frontend: 'node',
+    env: {
+      HOIST_PROXY_REMOTE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+      HOIST_PROXY_MAX_BLOB_FETCHES: '80',
+      // A slab each, so that every fetch takes its MiB at once rather than wait for a buffer.
+      HOIST_UPLOADS_CHUNK_BYTES: '1MiB',
+      HOIST_UPLOADS_MAX_BUFFERED_BYTES: '128MiB',
+      HOIST_LOG_LEVEL: 'debug',
+    },
+  });
 });
 
 afterAll(async () => {
   await mirror?.stop();
+  await roomy?.stop();
   upstream?.closeAllConnections();
   upstream?.close();
   await cleanup?.();
 });
 
 /** Starts a GET that stays open; resolves with its status once the headers are in, and a way to hang up. */
-function openGet(path: string): Promise<{ status: number; hangUp: () => void }> {
+function openGet(path: string, server = mirror): Promise<{ status: number; hangUp: () => void }> {
   return new Promise((resolve, reject) => {
-    void rawGet(mirror.url, path, {}, (res, req) => resolve({ status: res.statusCode ?? 0, hangUp: () => req.destroy() })).catch(reject);
+    void rawGet(server.url, path, {}, (res, req) => resolve({ status: res.statusCode ?? 0, hangUp: () => req.destroy() })).catch(reject);
+  });
+}
+
+/** Starts a GET that stays open; resolves once its client got `bytes` of the body. */
+function getUntil(server: TestServer, path: string, bytes: number): Promise<() => void> {
+  return new Promise((resolve, reject) => {
+    let got = 0;
+    void rawGet(server.url, path, {}, (res, req) => {
+      if (res.statusCode !== 200) reject(new Error(`${path}: HTTP ${res.statusCode}`));
+      res.on('data', (c: Buffer) => {
+        got += c.byteLength;
+        if (got >= bytes) resolve(() => req.destroy());
+      });
+    }).catch(reject);
   });
 }
 
@@ -127,4 +162,34 @@ describe('upstream blob fetches of a pull-through cache', () => {
     expect(got.body.equals(c.bytes)).toBe(true);
     expect(mirror.records().some((r) => r.msg === 'blob fetch from upstream failed: nothing stored, clients cut off' && r.digest === a.digest)).toBe(true);
   }, 30_000);
+});
+
+describe('bytes kept for late joiners of upstream blob fetches', () => {
+  it('are 64 MiB at most in all: a fetch past that keeps none, and its late joiners wait for storage; given back when fetches end', async () => {
+    // 64 fetches, each holding its first MiB for late joiners (its client got all of it).
+    const held = Array.from({ length: 64 }, () => newBlob(2 * 1024 * 1024));
+    const hangUps = await Promise.all(held.map((b) => getUntil(roomy, `/v2/hold/img/blobs/${b.digest}`, 1024 * 1024)));
+    // One of them: a joiner gets the kept bytes at once.
+    const inBudget = await openGet(`/v2/hold/img/blobs/${held[0]!.digest}`, roomy);
+    expect(inBudget.status).toBe(200);
+    hangUps.push(inBudget.hangUp);
+    // The 65th fetch finds the budget spent: its joiner gets no status line while the fetch
+    // stalls (it waits for storage), then the fetch's 503 when the upstream is given up on.
+    const over = newBlob(200_000);
+    hangUps.push(await getUntil(roomy, `/v2/stall/img/blobs/${over.digest}`, 999));
+    const joiner = openGet(`/v2/stall/img/blobs/${over.digest}`, roomy);
+    const early = await Promise.race([joiner.then((j) => `answered ${j.status}`), new Promise((r) => setTimeout(() => r('waiting'), 2000))]);
+    expect(early, 'a joiner past the budget waits for storage').toBe('waiting');
+    expect(roomy.records().some((r) => r.msg === 'replay budget spent: later joiners of this fetch read from storage' && r.digest === over.digest)).toBe(true);
+    for (const hangUp of hangUps) hangUp();
+    expect((await joiner).status).toBe(503);
+    // Every fetch above was given up on, and gave its bytes back: a new fetch keeps some again.
+    await waitFor('the stalled fetches given up on', () => (stalled.every((x) => x.closed) ? true : undefined), 14_000);
+    const again = newBlob(200_000);
+    const first = await getUntil(roomy, `/v2/stall/img/blobs/${again.digest}`, 999);
+    const late = await openGet(`/v2/stall/img/blobs/${again.digest}`, roomy);
+    expect(late.status).toBe(200);
+    first();
+    late.hangUp();
+  }, 60_000);
 });
