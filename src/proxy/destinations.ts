@@ -13,6 +13,11 @@ import { BlockList, isIP } from 'node:net';
  *   0.0.0.0/8, ::             "this host": connecting to 0.0.0.0 reaches the loopback
  *
  * IPv4-mapped IPv6 addresses (::ffff:127.0.0.1) match the IPv4 rules (BlockList does so).
+ *
+ * Not refused: private networks, where an upstream's own store may be, and this machine's
+ * addresses on its other interfaces (found by probing: a service on 0.0.0.0 answered a
+ * redirect to the host's LAN address). Refusing those would take the whole interface list,
+ * and with it an upstream beside the cache at its LAN address; the README says so instead.
  */
 const INTERNAL = new BlockList();
 INTERNAL.addSubnet('127.0.0.0', 8, 'ipv4');
