@@ -1,7 +1,5 @@
-import { createHash, randomBytes } from 'node:crypto';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startBlobUpstream, UpstreamBlobs, type BlobUpstream } from '../helpers/blob-upstream.js';
 import { expectError, rawGet, request, tempDir, waitFor, waitForLog } from '../helpers/http.js';
 import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { startServer, type TestServer } from '../helpers/server.js';
@@ -23,24 +21,16 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * The upstream is a small HTTP server of the test's own: a real one cannot be made to stall.
  */
 
-const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-
 /**
- * Blobs the upstream has, by digest: whole through `plain/*`; through `stall/*` 1000 bytes,
- * through `hold/*` 1 MiB (what a fetch keeps for late joiners at most), then nothing.
+ * Blobs the upstream has: whole through `plain/*`; through `stall/*` 1000 bytes, through
+ * `hold/*` 1 MiB (what a fetch keeps for late joiners at most), then nothing.
  */
-const blobs = new Map<string, Buffer>();
+const blobs = new UpstreamBlobs();
+const newBlob = (size: number): { bytes: Buffer; digest: string } => blobs.newBlob(size);
 /** The upstream's responses to stalled GETs, and whether the cache closed each. */
 const stalled: Array<{ digest: string; closed: boolean }> = [];
 
-function newBlob(size: number): { bytes: Buffer; digest: string } {
-  const bytes = randomBytes(size);
-  const digest = sha(bytes);
-  blobs.set(digest, bytes);
-  return { bytes, digest };
-}
-
-let upstream: http.Server;
+let upstream: BlobUpstream;
 let mirror: TestServer;
 /** A cache with room for 80 fetches at once, and for the upload buffers of all of them. */
 let roomy: TestServer;
@@ -48,33 +38,26 @@ let metricsUrl: string;
 let cleanup: () => Promise<void>;
 
 beforeAll(async () => {
-  upstream = http.createServer((req, res) => {
-    const m = /^\/v2\/(.+)\/blobs\/(sha256:[0-9a-f]{64})$/.exec(req.url ?? '');
-    const bytes = m ? blobs.get(m[2]!) : undefined;
-    if (!m || !bytes) {
-      res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"BLOB_UNKNOWN"}]}');
-      return;
-    }
+  upstream = await startBlobUpstream(blobs, ({ req, res, repo, digest, bytes }) => {
     res.writeHead(200, { 'content-length': String(bytes.byteLength), 'content-type': 'application/octet-stream' });
     if (req.method === 'HEAD') {
       res.end();
-    } else if (m[1]!.startsWith('stall/') || m[1]!.startsWith('hold/')) {
-      const entry = { digest: m[2]!, closed: false };
+    } else if (repo.startsWith('stall/') || repo.startsWith('hold/')) {
+      const entry = { digest, closed: false };
       stalled.push(entry);
-      res.write(bytes.subarray(0, m[1]!.startsWith('hold/') ? 1024 * 1024 : 1000));
+      res.write(bytes.subarray(0, repo.startsWith('hold/') ? 1024 * 1024 : 1000));
       res.on('close', () => (entry.closed = true));
     } else {
       res.end(bytes);
     }
   });
-  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
   let dir: string;
   ({ path: dir, cleanup } = await tempDir('hoist-fetch-limit-'));
   mirror = await startServer({
     storage: `fs:${dir}`,
     frontend: 'node',
     env: {
-      HOIST_PROXY_REMOTE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+      HOIST_PROXY_REMOTE_URL: upstream.url,
       HOIST_PROXY_MAX_BLOB_FETCHES: '2',
       HOIST_METRICS_LISTEN: '127.0.0.1:0',
     },
@@ -84,7 +67,7 @@ beforeAll(async () => {
     storage: `fs:${dir}/roomy`,
     frontend: 'node',
     env: {
-      HOIST_PROXY_REMOTE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+      HOIST_PROXY_REMOTE_URL: upstream.url,
       HOIST_PROXY_MAX_BLOB_FETCHES: '80',
       // A slab each, so that every fetch takes its MiB at once rather than wait for a buffer.
       HOIST_UPLOADS_CHUNK_BYTES: '1MiB',
@@ -97,7 +80,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await mirror?.stop();
   await roomy?.stop();
-  upstream?.closeAllConnections();
   upstream?.close();
   await cleanup?.();
 });

@@ -1,7 +1,5 @@
-import { createHash, randomBytes } from 'node:crypto';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startBlobUpstream, UpstreamBlobs, type BlobUpstream } from '../helpers/blob-upstream.js';
 import { rawGet, tempDir, type RawReply } from '../helpers/http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -21,38 +19,23 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * answer slowly, or send wrong bytes, on cue.
  */
 
-const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-
-/** Blobs the upstream has, by digest: served through `plain/*` whole, through `slowbad/*` slowly with the last byte flipped. */
-const blobs = new Map<string, Buffer>();
+/** Blobs the upstream has: served through `plain/*` whole, through `slowbad/*` slowly with the last byte flipped. */
+const blobs = new UpstreamBlobs();
+const newBlob = (size: number): { bytes: Buffer; digest: string } => blobs.newBlob(size);
 /** Resolvers called when the upstream gets a blob GET, by repository. */
 const arrivals = new Map<string, () => void>();
-
-function newBlob(size: number): { bytes: Buffer; digest: string } {
-  const bytes = randomBytes(size);
-  const digest = sha(bytes);
-  blobs.set(digest, bytes);
-  return { bytes, digest };
-}
 
 /** Resolves once the upstream gets a GET of a blob through `repo`. */
 function arrival(repo: string): Promise<void> {
   return new Promise((resolve) => arrivals.set(repo, resolve));
 }
 
-let upstream: http.Server;
+let upstream: BlobUpstream;
 let mirror: TestServer;
 let cleanup: () => Promise<void>;
 
 beforeAll(async () => {
-  upstream = http.createServer((req, res) => {
-    const m = /^\/v2\/(.+)\/blobs\/(sha256:[0-9a-f]{64})$/.exec(req.url ?? '');
-    const bytes = m ? blobs.get(m[2]!) : undefined;
-    if (!m || !bytes) {
-      res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"BLOB_UNKNOWN"}]}');
-      return;
-    }
-    const repo = m[1]!;
+  upstream = await startBlobUpstream(blobs, ({ req, res, repo, bytes }) => {
     if (req.method === 'GET') arrivals.get(repo)?.();
     const slowError = /^slow(40[34])\//.exec(repo);
     if (slowError) {
@@ -80,13 +63,12 @@ beforeAll(async () => {
       res.end(bytes);
     }
   });
-  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
   let dir: string;
   ({ path: dir, cleanup } = await tempDir('hoist-shared-fetch-'));
   mirror = await startServer({
     storage: `fs:${dir}`,
     frontend: 'node',
-    env: { HOIST_PROXY_REMOTE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`, HOIST_LOG_LEVEL: 'debug' },
+    env: { HOIST_PROXY_REMOTE_URL: upstream.url, HOIST_LOG_LEVEL: 'debug' },
   });
 });
 
