@@ -691,10 +691,11 @@ class Collection {
           await this.#deleteMany(batch.flatMap((x) => (x.entryPath ? [x.entryPath] : [])));
           await this.#deleteMany(batch.map((x) => x.revisionPath));
           await Promise.all(batch.map((x) => this.#limit(async () => {
-            if ((await this.#touchedSinceFirstRead(x.d)) && !(await this.#clientDeleted(x.revisionPath))) {
-              // A: vouched for while we deleted it: put it back, and keep everything it reaches.
+            // A: vouched for while we deleted it: put it back, and keep everything it reaches.
+            if ((await this.#touchedSinceFirstRead(x.d)) && (await this.#putBackUnlessDeleted(x.revisionPath, async () => {
               await this.#d.putContent(x.revisionPath, x.revision, { ifNotExists: true });
               if (x.entryPath && x.entry) await this.#d.putContent(x.entryPath, x.entry);
+            }))) {
               await this.#spare(x.repo, x.d);
             } else {
               this.#report.manifests++;
@@ -778,8 +779,7 @@ class Collection {
         await this.#sweepNoted(batch.map((x) => ({ path: x.link, raw: Buffer.from(x.d), d: x.d })), async () => {
           await this.#deleteMany(batch.map((x) => x.link));
           await Promise.all(batch.map((x) => this.#limit(async () => {
-            if ((await this.#touchedSinceFirstRead(x.d)) && !(await this.#clientDeleted(x.link))) {
-              await this.#d.putContent(x.link, Buffer.from(x.d));
+            if ((await this.#touchedSinceFirstRead(x.d)) && (await this.#putBackUnlessDeleted(x.link, () => this.#d.putContent(x.link, Buffer.from(x.d)).then(() => undefined)))) {
               this.#report.spared++;
               this.#report.links--;
             }
@@ -1145,6 +1145,28 @@ class Collection {
     return (await readOrUndefined(this.#d, paths.blobTouched(d)))?.toString('utf8') ?? '';
   }
 
+  /**
+   * Puts `path` back by `write` unless a client deleted it while a note existed (J). The look
+   * for the client's tombstone and the write are two steps, and a client's delete between
+   * them was undone: the manifest answered 200 after the client's 202 (found by probing). So
+   * an intent for the path is held from before the look until the write is done, and a
+   * client that wrote a tombstone waits for it to go before it deletes (gc/guard.ts
+   * deleting()): either the client sees the intent and deletes after the put-back, or its
+   * tombstone came before the look, which then sees it. Two requests more per put-back.
+   * Returns whether it wrote.
+   */
+  async #putBackUnlessDeleted(path: string, write: () => Promise<void>): Promise<boolean> {
+    const intent = paths.gcPutBackIntent(path);
+    await this.#d.putContent(intent, json({ gen: this.#lease?.gen, at: new Date().toISOString() }));
+    try {
+      if (await this.#clientDeleted(path)) return false;
+      await write();
+      return true;
+    } finally {
+      await ignoreNotFound(this.#d.delete(intent));
+    }
+  }
+
   /** Whether a client deleted `path` while a sweep note existed (gc/guard.ts duty 4). */
   #clientDeleted(path: string): Promise<boolean> {
     return objectExists(this.#d, paths.gcDeleted(path));
@@ -1211,6 +1233,9 @@ class Collection {
    * clients' deletes: from here on no note is left that they could be replayed against.
    */
   async #replaySweep(): Promise<void> {
+    // Put-back intents are a collector's for milliseconds; any there now is of one that died
+    // (we hold the lease), and a client's delete of its path would wait for it in vain.
+    await this.#deleteMany(await listOrEmpty(this.#d, paths.gcPutBackIntentsDir()));
     const raw = await readOrUndefined(this.#d, paths.gcSweeping());
     if (raw) await this.#replayNote(raw);
     await this.#deleteMany(await listOrEmpty(this.#d, paths.gcDeletedDir()));
@@ -1228,7 +1253,7 @@ class Collection {
       // An entry not of our making (a hand edit) is skipped: it must not stop every collection.
       const e = (typeof item === 'object' && item !== null ? item : {}) as { path?: unknown; raw?: unknown; record?: unknown; d?: unknown; touch?: unknown };
       if (typeof e.path !== 'string' || typeof e.raw !== 'string') return;
-      if (await this.#clientDeleted(e.path)) return;
+      const path = e.path;
       // Untouched since the dead collector first read it: its delete stands. (A note written
       // before notes named the marker puts back all it names, as it did then.)
       const digest = typeof e.d === 'string' ? tryParseDigest(e.d) : undefined;
@@ -1236,7 +1261,9 @@ class Collection {
       const bytes = Buffer.from(e.raw, 'base64');
       if (e.record === true && !(await this.#hasData(parseBlobRecord(bytes)))) return;
       try {
-        if (await this.#d.putContent(e.path, bytes, { ifNotExists: true })) this.#report.spared++;
+        await this.#putBackUnlessDeleted(path, async () => {
+          if (await this.#d.putContent(path, bytes, { ifNotExists: true })) this.#report.spared++;
+        });
       } catch (err) {
         // A path this version cannot write is no path it noted.
         if (!(err instanceof InvalidPathError)) throw err;

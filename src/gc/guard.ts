@@ -84,7 +84,11 @@ class Epoch {
 
 /** Touches written at once; a manifest lists a config, its layers or its children. */
 const TOUCH_CONCURRENCY = 8;
-/** How long a tag write waits for a collector to finish deleting that tag (gc/collector.ts holds an intent for milliseconds). */
+/**
+ * How long a tag write waits for a collector to finish deleting that tag, and a client's
+ * delete for a collector to finish putting the path back (gc/collector.ts holds an intent for
+ * milliseconds; one a collector that died left is waited out, until the next replay clears it).
+ */
 const INTENT_WAIT_MS = 30_000;
 /**
  * When a check right after a touch finds a reference missing while a collection runs, it is
@@ -256,7 +260,14 @@ export class GcGuard {
   async deleting(targets: readonly string[]): Promise<void> {
     if (!(await objectExists(this.#driver, paths.gcSweeping()))) return;
     await Promise.all(targets.map(async (target) => {
-      if (await objectExists(this.#driver, target)) await this.#driver.putContent(paths.gcDeleted(target), Buffer.from(target));
+      if (!(await objectExists(this.#driver, target))) return;
+      await this.#driver.putContent(paths.gcDeleted(target), Buffer.from(target));
+      // A collector that looked for the tombstone before it was written may be putting the
+      // path back: the delete waits for that to be done, or it would be undone
+      // (gc/collector.ts #putBackUnlessDeleted). One stat more, and only while a note exists.
+      const intent = paths.gcPutBackIntent(target);
+      const deadline = Date.now() + INTENT_WAIT_MS;
+      while (Date.now() < deadline && (await objectExists(this.#driver, intent))) await sleep(20);
     }));
   }
 

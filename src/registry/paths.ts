@@ -37,9 +37,11 @@ import type { Digest } from './reference.js';
  *   │   ├── deleted/<sha256 of a path> a client deleted that path (a manifest, a referrer entry, a
  *   │   │                             link) while a sweep note existed: the note's replay must not
  *   │   │                             put it back (J); cleared by the next collection's start
- *   │   └── intents/<name>
- *   │       ├── _tags/<tag>           the collector is about to delete this expired tag
- *   │       └── _uploads/<id>         the collector is about to remove this stale upload
+ *   │   └── intents
+ *   │       ├── <name>/_tags/<tag>    the collector is about to delete this expired tag
+ *   │       ├── <name>/_uploads/<id>  the collector is about to remove this stale upload
+ *   │       └── _put-back/<sha256 of a path>  the collector is about to put that path back,
+ *   │                                 unless a client deleted it (J); no name starts with `_`
  *   └── repositories
  *       └── <name>                    (may contain '/')
  *           ├── _layers
@@ -127,6 +129,9 @@ export const paths = {
   gcInflight: (id: string) => `/gc/inflight/${id}`,
   gcTagIntent: (name: string, tag: string) => `/gc/intents/${name}/_tags/${tag}`,
   gcUploadIntent: (name: string, id: string) => `/gc/intents/${name}/_uploads/${id}`,
+  /** The collector is about to put `path` back unless a client deleted it (gc/collector.ts J, gc/guard.ts duty 4). */
+  gcPutBackIntent: (path: string) => `/gc/intents/_put-back/${createHash('sha256').update(path).digest('hex')}`,
+  gcPutBackIntentsDir: () => '/gc/intents/_put-back',
 } as const;
 
 const UPLOAD_LOCK_SUFFIX = '.lock';
