@@ -10,36 +10,12 @@
  * which bounds the wait there without this and leaves no slow body alone to test.
  */
 import { randomBytes } from 'node:crypto';
-import net from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { commitUpload, expectBlob, pathOf, request, uploadStatus } from '../helpers/http.js';
 import { describeS3, useTestBucket } from '../helpers/s3-http.js';
 import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { startServer, type TestServer } from '../helpers/server.js';
-
-/** Opens a PATCH declaring `declared` bytes and sends one byte every `everyMs` until stopped. */
-function tricklingPatch(port: number, path: string, declared: number, everyMs: number): { socket: net.Socket; reply: Promise<string>; stop: () => void } {
-  const socket = net.connect(port, '127.0.0.1');
-  let timer: NodeJS.Timeout | undefined;
-  let reply = '';
-  const replied = new Promise<string>((resolve) => {
-    socket.on('data', (d) => {
-      reply += d.toString('latin1');
-    });
-    socket.on('close', () => resolve(reply));
-    socket.on('error', () => resolve(reply));
-  });
-  socket.on('connect', () => {
-    socket.write(`PATCH ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/octet-stream\r\ncontent-length: ${declared}\r\n\r\n`);
-    timer = setInterval(() => socket.write('x'), everyMs);
-  });
-  const stop = (): void => {
-    clearInterval(timer);
-    socket.destroy();
-  };
-  socket.on('close', () => clearInterval(timer));
-  return { socket, reply: replied, stop };
-}
+import { tricklingPatch } from '../helpers/trickle.js';
 
 describeS3('a crawling body does not keep a waiting push out (S3, node:http)', (env) => {
   let server: TestServer;
