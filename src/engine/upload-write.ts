@@ -18,7 +18,16 @@ export interface ByteSink {
 }
 
 /** Pumps a request body into a sink; resolves with the byte count, rejects if the client left. */
-export type BodySource = (sink: ByteSink) => Promise<number>;
+export interface BodySource {
+  (sink: ByteSink): Promise<number>;
+  /**
+   * Whether the body, not yet pumped, is arriving or there: it brought its first bytes (the
+   * front end's READY_BYTES) or all of them while it waited. A client trickling its body is
+   * not ready. Asked while the request waits for admission (admission.ts), where ready ones
+   * go first; absent, the body is taken for not ready.
+   */
+  readonly ready?: () => boolean;
+}
 
 export interface UploadWriteDeps {
   readonly writer: FileWriter;

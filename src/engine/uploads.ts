@@ -186,7 +186,7 @@ export class UploadEngine {
         }
         this.#checkLength(repo, id, range, offset - start, offset);
         return { id, offset };
-      }, range.length);
+      }, range.length, readiness(body));
     });
   }
 
@@ -251,7 +251,7 @@ export class UploadEngine {
         throw new RegistryError('DIGEST_INVALID', { detail: { expected: digest.value, actual: `${digest.algorithm}:${actual}` } });
       }
       return { dataPath: s.dataPath, size };
-    }, body ? range.length : undefined);
+    }, body ? range.length : undefined, readiness(body));
     if (adopt) {
       // The upload record goes out before the blob record comes in. The other way round, a
       // crash between the two (kill -9, found by probing) left an upload whose data a blob
@@ -512,9 +512,12 @@ export class UploadEngine {
   /**
    * Runs `fn` with the upload's writer (the caller holds the upload: #locked, or a monolithic
    * upload's own id). `sizeHintBytes`, the body's declared length, goes to the driver
-   * (StorageDriver.writer: S3 sizes a new upload's parts after it).
+   * (StorageDriver.writer: S3 sizes a new upload's parts after it). `ready`: whether the
+   * request may go before others waiting for admission (readiness()).
    */
-  async #exclusive<T>(s: Session, fn: (writer: FileWriter, ticket: Ticket | undefined) => Promise<T>, sizeHintBytes?: number): Promise<T> {
+  async #exclusive<T>(
+    s: Session, fn: (writer: FileWriter, ticket: Ticket | undefined) => Promise<T>, sizeHintBytes: number | undefined, ready: () => boolean,
+  ): Promise<T> {
     const run = async (ticket?: Ticket): Promise<T> => {
       s.lock?.assertHeld();
       const opened = await this.#openWriter(s.dataPath, sizeHintBytes);
@@ -531,8 +534,9 @@ export class UploadEngine {
     };
     this.#writing++;
     try {
-      // Waiting here holds no buffer: the front end keeps the socket paused meanwhile.
-      return await (this.#admission ? this.#admission.run(run) : run());
+      // Waiting here holds no engine buffer: the front end keeps at most the body's first few
+      // KiB, which tell whether it is ready (BodySource.ready), and pauses the socket.
+      return await (this.#admission ? this.#admission.run(run, ready) : run());
     } finally {
       this.#writing--;
     }
@@ -781,4 +785,13 @@ class FencedWriter implements FileWriter {
  */
 async function busyRange(repo: string, id: string, storedSize: () => Promise<number>): Promise<UploadRangeError> {
   return new UploadRangeError(repo, id, await storedSize(), 'another request is writing to this upload');
+}
+
+/**
+ * Whether a request may go before others waiting for admission (admission.ts): its body is
+ * arriving or there, as the front end tells (BodySource.ready), or it has none.
+ */
+function readiness(body: BodySource | undefined): () => boolean {
+  if (body === undefined) return () => true;
+  return () => body.ready?.() ?? false;
 }

@@ -29,6 +29,12 @@ export interface IncomingRequest {
    * front end after the response is sent.
    */
   readBody(sink: BodySink): Promise<number>;
+  /**
+   * Whether the body, not yet read, has brought its first READY_BYTES (body-pump.ts) or all of
+   * it, or the client went away: its client is sending, not trickling. The upload engine admits
+   * such requests first (engine/admission.ts). Absent: not known, taken for not ready.
+   */
+  readonly bodyReady?: boolean;
 }
 
 export interface BodySink {

@@ -33,6 +33,31 @@ export function drainable(contentLength: string | undefined, transferEncoding: s
 }
 
 /**
+ * A body that brought this much before anyone read it (or ended) is ready (BodyPump.ready):
+ * its client is sending, and the upload engine admits it before those whose bodies trickle
+ * (engine/admission.ts). A client sending a byte every few seconds takes hours to get here;
+ * one pushing a layer, its first read. Node's own stream buffers 16 KiB (Node 20) or more
+ * before it stops reading a request nobody reads yet, so both front ends can tell.
+ */
+export const READY_BYTES = 16 * 1024;
+
+/**
+ * The most bytes all bodies not yet started may hold for being read on past their first
+ * chunk, towards READY_BYTES (8 MiB: 512 requests). Past it, a body's socket is paused after
+ * its first chunk, as before readiness was asked: it is then ready only if that chunk made it
+ * so. Bounded, as every early byte is memory nobody reads yet.
+ */
+export const EARLY_BUDGET_BYTES = 8 * 1024 * 1024;
+
+/** Bytes held before start() by every pump in the process (EARLY_BUDGET_BYTES). */
+let earlyHeld = 0;
+
+/** Bytes held before start() by every pump in the process (for tests). */
+export function earlyBytesHeld(): number {
+  return earlyHeld;
+}
+
+/**
  * What a front end lets the pump do with its connection while a body is read.
  */
 export interface BodyFlow {
@@ -63,9 +88,10 @@ export interface BodyPumpOptions {
  * calls push() for each chunk, end() when the body is complete and fail() when the client
  * went away; the pump writes into the sink and pauses the connection while the sink is full.
  *
- * Chunks that arrive before start() (the handler usually awaits storage before it reads the
- * body) are kept, copied unless owned, and the connection is paused meanwhile; at most one
- * more read may land after the pause, and it is kept too.
+ * Chunks that arrive before start() (the handler usually awaits storage, or admission, before
+ * it reads the body) are kept, copied unless owned. The connection is read on until they make
+ * READY_BYTES, within the process's EARLY_BUDGET_BYTES, and then paused; at most one more read
+ * may land after the pause, and it is kept too.
  *
  * A sink that wants no more (write() returned false) gets no further chunks until its
  * drained() resolved, except those a read already under way delivers: they are written
@@ -78,6 +104,8 @@ export class BodyPump {
   #sink: BodySink | undefined;
   #settle: { resolve: (bytes: number) => void; reject: (err: unknown) => void } | undefined;
   #pending: Uint8Array[] = [];
+  /** Bytes of #pending, counted in `earlyHeld`. */
+  #pendingBytes = 0;
   #claimed = false;
   /** Why the read stopped before it was started, for a start() that comes after. */
   #stopError: unknown;
@@ -109,6 +137,14 @@ export class BodyPump {
   }
 
   /**
+   * Whether the body, before start(), brought READY_BYTES or ended, or the read is over (the
+   * client went away: reading it costs nothing). Nothing else than a hint for who goes first.
+   */
+  get ready(): boolean {
+    return this.#ended || this.#stopped || this.#bytes >= READY_BYTES;
+  }
+
+  /**
    * Reads the rest of the body into `sink`; resolves with the body's byte count once it
    * ended, rejects with what stopped it. Call once.
    */
@@ -127,6 +163,7 @@ export class BodyPump {
       this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
       const pending = this.#pending;
       this.#pending = [];
+      this.#releaseEarly();
       for (const chunk of pending) {
         if (this.#stopped) return;
         this.#write(chunk, true);
@@ -144,7 +181,10 @@ export class BodyPump {
     if (this.#stopped || n === 0) return;
     if (this.#sink === undefined) {
       this.#pending.push(this.#owned ? chunk : chunk.slice());
-      this.#flow.pause();
+      this.#pendingBytes += n;
+      earlyHeld += n;
+      // Read on only towards readiness, and only within the budget the first chunks leave.
+      if (this.#bytes >= READY_BYTES || earlyHeld > EARLY_BUDGET_BYTES) this.#flow.pause();
       return;
     }
     this.#write(chunk, this.#owned);
@@ -154,6 +194,9 @@ export class BodyPump {
   end(): void {
     if (this.#ended) return;
     this.#ended = true;
+    // Nothing more to read: paused as a body that reached READY_BYTES is (uWS's idle timer
+    // then leaves the connection alone while the request waits).
+    if (this.#sink === undefined && !this.#stopped) this.#flow.pause();
     if (this.#sink !== undefined && !this.#draining && !this.#stopped) this.#finish();
   }
 
@@ -199,6 +242,11 @@ export class BodyPump {
     else this.#flow.resume();
   }
 
+  #releaseEarly(): void {
+    earlyHeld -= this.#pendingBytes;
+    this.#pendingBytes = 0;
+  }
+
   #finish(): void {
     const settle = this.#settle;
     this.#stopped = true;
@@ -218,6 +266,7 @@ export class BodyPump {
     this.#settle = undefined;
     this.#sink = undefined;
     this.#pending = [];
+    this.#releaseEarly();
     this.#flow.stop(this.#ended);
     settle?.reject(err);
   }

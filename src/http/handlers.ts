@@ -7,7 +7,7 @@ import type { ByteRange } from '../registry/blobs.js';
 import { MEDIA_TYPES } from '../registry/manifest-schema.js';
 import type { Page } from '../registry/manifests.js';
 import type { Registry } from '../registry/registry.js';
-import type { BodySource } from '../engine/upload-write.js';
+import type { BodySource, ByteSink } from '../engine/upload-write.js';
 import type { ChunkRange } from '../engine/uploads.js';
 import type { BodySink, HeaderMap, IncomingRequest, OutgoingResponse, RequestHandler } from './adapter.js';
 import type { Admission, RequestGate } from './auth.js';
@@ -373,7 +373,7 @@ async function deleteBlob(c: Ctx): Promise<void> {
  * request log line and the upload byte metrics then include what an aborted request sent.
  */
 function bodyOf(c: Ctx): BodySource {
-  return (sink) => {
+  const pump = (sink: ByteSink): Promise<number> => {
     c.bytesIn = 0;
     const counting: BodySink = {
       // `owned` passes on: the engine keeps node:http's chunks instead of copying them.
@@ -386,6 +386,7 @@ function bodyOf(c: Ctx): BodySource {
     };
     return c.req.readBody(counting);
   };
+  return Object.assign(pump, { ready: () => c.req.bodyReady ?? false });
 }
 
 function blobCreated(c: Ctx, digest: string): void {

@@ -85,6 +85,9 @@ export function withPath(req: IncomingRequest, path: string): IncomingRequest {
     header: (name) => req.header(name),
     headers: () => req.headers(),
     readBody: (sink) => req.readBody(sink),
+    get bodyReady() {
+      return req.bodyReady;
+    },
   };
 }
 

@@ -15,7 +15,7 @@ import type {
   RequestHandler,
   TlsFiles,
 } from './adapter.js';
-import { BodyPump, DRAIN_MAX_BYTES, drainable, LINGER_MS } from './body-pump.js';
+import { BodyPump, DRAIN_MAX_BYTES, drainable, LINGER_MS, READY_BYTES } from './body-pump.js';
 import { refusal } from './errors.js';
 import { hostError } from './host.js';
 import { PARSER_ERRORS, rawErrorResponse, refusedWith, reportRefused } from './limits.js';
@@ -336,6 +336,18 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
    */
   get bodyPaused(): boolean {
     return !this.#req.complete && (this.#req.isPaused() || !this.#bodyClaimed);
+  }
+
+  /**
+   * Before readBody(), nobody reads the request: node's stream keeps what arrives, up to its
+   * highWaterMark (16 KiB on Node 20, 64 KiB on 22), and then stops reading the socket. That
+   * buffer is the early bytes the uWS front end keeps in its BodyPump, so readiness is told
+   * from it, with the same READY_BYTES.
+   */
+  get bodyReady(): boolean {
+    if (this.#body !== undefined) return this.#body.ready;
+    const req = this.#req;
+    return this.#aborted || req.complete || req.readableLength >= Math.min(READY_BYTES, req.readableHighWaterMark);
   }
 
   header(name: string): string | undefined {

@@ -51,7 +51,8 @@ type ClosableApp = TemplatedApp & { close(): void };
  *   it afterwards throws, so every use is guarded by `#done`.
  * - onData chunks are neutered when the callback returns, so they go to the sink (which copies)
  *   synchronously, or are copied into a short pending list while the handler awaits something
- *   before calling readBody() (body-pump.ts, shared with the node:http front end).
+ *   before calling readBody() (body-pump.ts, shared with the node:http front end: up to its
+ *   READY_BYTES, read on unpaused, so uWS's idle timer and slowloris guard run meanwhile).
  * - After end(), uWS keeps delivering the rest of an unread body to onData and then reuses the
  *   connection; we just drop those chunks.
  * - pause() also disarms uWS's 10 s idle timeout, so a slow sink cannot get the upload cut.
@@ -255,6 +256,10 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
 
   get query(): URLSearchParams {
     return (this.#query ??= new URLSearchParams(this.rawQuery));
+  }
+
+  get bodyReady(): boolean {
+    return this.#body.ready;
   }
 
   /** The socket is paused (#pause) and the response has not ended. */

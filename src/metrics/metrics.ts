@@ -236,7 +236,7 @@ export class HoistMetrics {
     });
     const stoppedBodies = new Counter({
       name: 'hoist_upload_bodies_stopped_total',
-      help: 'Upload bodies stopped with 503 for bringing under 1 MiB in 10 s while other uploads waited for storage buffers (S3; src/engine/admission.ts)',
+      help: 'Upload bodies stopped with 503 for bringing under 1 MiB in 10 s while other uploads waited for storage buffers, or under 256 KiB in 2.5 s while one whose body was there waited (S3; src/engine/admission.ts)',
       registers,
     });
     for (const decision of ['allowed', 'unauthorized', 'denied']) authDecisions.inc({ decision }, 0);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { BodySink } from '../../../src/http/adapter.js';
-import { BodyPump, type BodyFlow } from '../../../src/http/body-pump.js';
+import { BodyPump, EARLY_BUDGET_BYTES, earlyBytesHeld, READY_BYTES, type BodyFlow } from '../../../src/http/body-pump.js';
 
 /**
  * The body loop both front ends share (src/http/body-pump.ts), driven the way a front end
@@ -69,23 +69,71 @@ describe('BodyPump', () => {
     expect(flow.calls).toEqual(['resume', 'stop:ended']);
   });
 
-  it('keeps chunks that arrive before start() with the connection paused: copies of borrowed ones, owned ones as they are', async () => {
+  it('keeps chunks that arrive before start(), read on to READY_BYTES and then paused: copies of borrowed ones, owned ones as they are', async () => {
     for (const owned of [false, true]) {
       const flow = new Flow();
       const pump = new BodyPump(flow, { chunksOwned: owned });
       const chunk = Uint8Array.of(7, 8, 9);
       pump.push(chunk);
       chunk.fill(0); // a borrowed chunk's memory is reused once push() returns
+      // Not ready yet: the connection is read on.
+      expect(flow.paused).toBe(false);
+      expect(pump.ready).toBe(false);
+      expect(earlyBytesHeld()).toBe(3);
+      pump.push(new Uint8Array(READY_BYTES - 3).fill(5));
       expect(flow.paused).toBe(true);
+      expect(pump.ready).toBe(true);
       const sink = new Sink();
       const read = pump.start(sink);
+      expect(earlyBytesHeld()).toBe(0);
       expect(flow.paused).toBe(false);
       pump.push(Uint8Array.of(1));
       pump.end();
-      expect(await read).toBe(4);
+      expect(await read).toBe(READY_BYTES + 1);
       expect(sink.got[0]).toMatchObject({ bytes: owned ? [0, 0, 0] : [7, 8, 9], owned: true });
-      expect(sink.got[1]).toMatchObject({ bytes: [1], owned });
+      expect(sink.got[1]!.bytes.length).toBe(READY_BYTES - 3);
+      expect(sink.got[2]).toMatchObject({ bytes: [1], owned });
     }
+  });
+
+  it('is ready once the body ended or the read stopped before start()', () => {
+    const ended = new BodyPump(new Flow(), { chunksOwned: false });
+    ended.push(Uint8Array.of(1));
+    expect(ended.ready).toBe(false);
+    ended.end();
+    expect(ended.ready).toBe(true);
+    const failed = new BodyPump(new Flow(), { chunksOwned: false });
+    failed.push(Uint8Array.of(1));
+    failed.fail(new Error('client went away'));
+    expect(failed.ready).toBe(true);
+    expect(earlyBytesHeld()).toBe(1); // `ended` still holds its byte
+    void ended.start(new Sink());
+    expect(earlyBytesHeld()).toBe(0);
+  });
+
+  it('reads bodies not yet started on past their first chunk only within EARLY_BUDGET_BYTES', () => {
+    const piece = READY_BYTES / 2;
+    const pumps: Array<{ pump: BodyPump; flow: Flow }> = [];
+    // Each holds half of READY_BYTES and reads on, until the budget is used up.
+    while (earlyBytesHeld() <= EARLY_BUDGET_BYTES) {
+      const flow = new Flow();
+      const pump = new BodyPump(flow, { chunksOwned: true });
+      pump.push(new Uint8Array(piece));
+      pumps.push({ pump, flow });
+    }
+    expect(pumps.length).toBe(EARLY_BUDGET_BYTES / piece + 1);
+    expect(pumps.slice(0, -1).every(({ flow }) => !flow.paused)).toBe(true);
+    // The one that went past the budget, and any after it, is paused after its first chunk.
+    expect(pumps.at(-1)!.flow.paused).toBe(true);
+    const late = new Flow();
+    const pump = new BodyPump(late, { chunksOwned: true });
+    pump.push(new Uint8Array(1));
+    expect(late.paused).toBe(true);
+    expect(pump.ready).toBe(false);
+    pumps.push({ pump, flow: late });
+    // Dropped bodies give their bytes back.
+    for (const p of pumps) p.pump.fail(new Error('gone'));
+    expect(earlyBytesHeld()).toBe(0);
   });
 
   it('pauses while the sink is full, still writes what a read under way delivers, and resumes once it drained', async () => {
@@ -187,7 +235,7 @@ describe('BodyPump', () => {
     const pump = new BodyPump(flow, { chunksOwned: false });
     pump.push(Uint8Array.of(1));
     pump.fail(new Error('response sent first'));
-    expect(flow.calls).toEqual(['pause', 'stop']);
+    expect(flow.calls).toEqual(['stop']);
     await expect(pump.start(new Sink())).rejects.toThrow('response sent first');
     await expect(pump.start(new Sink())).rejects.toThrow('called twice');
   });
