@@ -385,7 +385,8 @@ export function envName(path: string[]): string {
 const ENV_NOT_OPTIONS: ReadonlySet<string> = new Set([`${ENV_PREFIX}CONFIG`]);
 /**
  * The test and benchmark harnesses' own settings, which may reach a server they start
- * (test/helpers/clock.ts passes HOIST_TEST_CLOCK_FILE, testSettings() reads HOIST_TEST_GC_SWEEP_WATCH_MS,
+ * (test/helpers/clock.ts passes HOIST_TEST_CLOCK_FILE, testSettings() reads HOIST_TEST_GC_SWEEP_WATCH_MS
+ * and HOIST_TEST_PROXY_BLOB_WINDOW_MS,
  * bench/macro/targets.ts HOIST_BENCH_*).
  */
 const HARNESS_ENV_PREFIXES = ['HOIST_TEST_', 'HOIST_BENCH_', 'HOIST_FUZZ_', 'HOIST_E2E_'];
@@ -397,11 +398,21 @@ const HARNESS_ENV_PREFIXES = ['HOIST_TEST_', 'HOIST_BENCH_', 'HOIST_FUZZ_', 'HOI
 export interface TestSettings {
   /** HOIST_TEST_GC_SWEEP_WATCH_MS: how often a server looks for a dead collector's sweep note (gc/schedule.ts SWEEP_WATCH_MS). */
   readonly sweepWatchMs?: number;
+  /** HOIST_TEST_PROXY_BLOB_WINDOW_MS: the window an upstream blob body must progress in (proxy/blob-flight.ts PROGRESS_WINDOW_MS). */
+  readonly proxyBlobWindowMs?: number;
 }
 
 export function testSettings(env: NodeJS.ProcessEnv): TestSettings {
-  const ms = Number(env.HOIST_TEST_GC_SWEEP_WATCH_MS);
-  return Number.isSafeInteger(ms) && ms > 0 ? { sweepWatchMs: ms } : {};
+  const ms = (name: string): number | undefined => {
+    const n = Number(env[name]);
+    return Number.isSafeInteger(n) && n > 0 ? n : undefined;
+  };
+  const sweepWatchMs = ms('HOIST_TEST_GC_SWEEP_WATCH_MS');
+  const proxyBlobWindowMs = ms('HOIST_TEST_PROXY_BLOB_WINDOW_MS');
+  return {
+    ...(sweepWatchMs !== undefined ? { sweepWatchMs } : {}),
+    ...(proxyBlobWindowMs !== undefined ? { proxyBlobWindowMs } : {}),
+  };
 }
 
 /**

@@ -37,8 +37,8 @@ export async function startServer(config: Readonly<Config>, log: Logger, test: T
   const security = await loadSecurity(config, log);
   // Pull-through caches (src/proxy/): their password files are read now, with the others.
   const mirrors = new Map<string | undefined, LoadedMirror>();
-  if (config.proxy) mirrors.set(undefined, await loadMirror(config.proxy, 'proxy', log));
-  for (const [i, n] of config.namespaces.entries()) if (n.proxy) mirrors.set(n.name, await loadMirror(n.proxy, `namespaces.${i}.proxy`, log));
+  if (config.proxy) mirrors.set(undefined, await loadMirror(config.proxy, 'proxy', log, test));
+  for (const [i, n] of config.namespaces.entries()) if (n.proxy) mirrors.set(n.name, await loadMirror(n.proxy, `namespaces.${i}.proxy`, log, test));
   const u = config.uploads;
   const slabs = new SlabPool(u.chunkBytes, u.maxBufferedBytes);
   // Tasks past this bound wait in the pool's own line (HashPool #tasks): one per slab, and

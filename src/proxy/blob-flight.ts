@@ -7,6 +7,7 @@ import type { Digest } from '../registry/reference.js';
 import type { StorageDriver } from '../storage/driver.js';
 import { isPathNotFound } from '../storage/driver.js';
 import type { GcGuard } from '../gc/guard.js';
+import { ProgressWatch } from './progress-watch.js';
 import { isUpstreamDown, reasonOf, UpstreamUnavailableError, type UpstreamBlob } from './upstream.js';
 
 /**
@@ -23,9 +24,10 @@ import { isUpstreamDown, reasonOf, UpstreamUnavailableError, type UpstreamBlob }
  * storage once the blob is stored. A client arriving after the first REPLAY_BYTES went by
  * does the same from the start; until then the fetch keeps those bytes for latecomers (a
  * fleet asking for one layer at once arrives within that window), within a budget for the
- * whole process (REPLAY_BUDGET_BYTES). An upstream that stops sending is given up on after
- * BODY_IDLE_MS, whoever still reads. The fetch belongs to no
- * client: one that goes away detaches, and the fetch goes on for the others and the cache.
+ * whole process (REPLAY_BUDGET_BYTES). An upstream that sends less than MIN_PROGRESS_BYTES
+ * in a PROGRESS_WINDOW_MS of waiting for it is given up on, whoever still reads. The fetch
+ * belongs to no client: one that goes away detaches, and the fetch goes on for the others and
+ * the cache.
  *
  * Wrong bytes never finish a response: a reader holds back the last byte of its response
  * until the whole blob matched its digest (for a Range request too). If it does not, or the
@@ -56,13 +58,23 @@ let replayBytesInUse = 0;
 /** A reader's unread bytes past which it stops getting live bytes (it continues from storage). */
 const READER_MAX_BUFFERED = 8 * 1024 * 1024;
 /**
- * An upstream that sends no byte for this long is given up on. Its fetch holds one of
- * proxy.maxBlobFetches, a storage writer and its replay bytes; with its clients gone, nothing
- * else would ever end it (an upstream that sent headers and then stalled held its fetch, and
- * pulls of the blob joined it, for as long as the connection stayed up: found by probing).
- * Only time spent waiting for the upstream counts, not time waiting for storage to drain.
+ * An upstream that sends less than MIN_PROGRESS_BYTES in this long is given up on
+ * (progress-watch.ts). Its fetch holds one of proxy.maxBlobFetches, a storage writer and its
+ * replay bytes; with its clients gone, nothing else would ever end it (an upstream that sent
+ * headers and then stalled held its fetch, and pulls of the blob joined it, for as long as the
+ * connection stayed up; one that sent a byte every 9 s got past the 10 s byte-idle timeout
+ * that came first: the first found by probing, the second a known gap). Only time spent waiting for the upstream counts,
+ * not time waiting for storage and the hashing pool to take what came (the pump never waits
+ * for clients: a slow one falls behind and continues from storage). HOIST_TEST_PROXY_BLOB_WINDOW_MS
+ * shortens it for the tests (config.ts testSettings).
  */
-const BODY_IDLE_MS = 10_000;
+export const PROGRESS_WINDOW_MS = 10_000;
+/**
+ * 32 KiB in 10 s: 3.2 KiB/s, some 26 kbit/s. A link that slow is still served (64 fetches at
+ * once need 1.6 Mbit/s of it), and a hostile upstream holds a fetch for at most the blob's
+ * size at that rate (uploads.maxBlobBytes bounds the size).
+ */
+export const MIN_PROGRESS_BYTES = 32 * 1024;
 
 export interface FlightDeps {
   readonly driver: StorageDriver;
@@ -71,6 +83,8 @@ export interface FlightDeps {
   readonly guard: GcGuard;
   readonly log: Logger;
   readonly remote: string;
+  /** PROGRESS_WINDOW_MS, unless the tests shortened it. */
+  readonly progressWindowMs?: number;
 }
 
 type State = 'fetching' | 'verified' | 'failed';
@@ -186,16 +200,13 @@ export class BlobFlight {
   async #pump(body: ReadableStream<Uint8Array>, sink: { write(chunk: Uint8Array): boolean; drained(): Promise<void> }): Promise<number> {
     const reader = body.getReader();
     let complete = false;
-    // One timer, pushed back by every chunk (refresh() reuses it: no allocation per chunk).
-    // While the pump waits for the sink (storage, hashing), the upstream is not the one late.
-    let waitingForSink = false;
-    const idle: NodeJS.Timeout = setTimeout(() => {
-      if (waitingForSink) idle.refresh();
-      else this.#abort.abort(new Error(`upstream sent nothing for ${BODY_IDLE_MS / 1000} s`));
-    }, BODY_IDLE_MS);
+    const progress = new ProgressWatch({
+      windowMs: this.#d.progressWindowMs ?? PROGRESS_WINDOW_MS,
+      minBytes: MIN_PROGRESS_BYTES,
+      onStall: (reason) => this.#abort.abort(new Error(reason)),
+    });
     try {
       for (;;) {
-        idle.refresh();
         let next: ReadableStreamReadResult<Uint8Array>;
         try {
           next = await reader.read();
@@ -204,17 +215,19 @@ export class BlobFlight {
         }
         if (next.done) break;
         const chunk = next.value;
+        progress.add(chunk.byteLength);
         this.#broadcast(chunk);
         // The sink copies what it keeps; the chunk itself is shared by the readers.
         if (!sink.write(chunk)) {
-          waitingForSink = true;
+          // Storage or hashing is the one late now, not the upstream.
+          progress.pause();
           await sink.drained();
-          waitingForSink = false;
+          progress.resume();
         }
       }
       complete = true;
     } finally {
-      clearTimeout(idle);
+      progress.stop();
       // Stopped early (the sink failed): close the upstream connection rather than drain it.
       if (!complete) this.#abort.abort(new Error('fetch abandoned'));
       reader.releaseLock();

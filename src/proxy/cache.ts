@@ -26,6 +26,8 @@ export interface PullThroughCacheOptions {
   readonly ttlMs: number;
   /** Upstream blob fetches at once (proxy.maxBlobFetches); a pull needing one more gets 429. */
   readonly maxBlobFetches: number;
+  /** The window an upstream blob body must progress in (blob-flight.ts), when the tests shorten it. */
+  readonly progressWindowMs?: number;
   readonly log: Logger;
 }
 
@@ -375,7 +377,7 @@ export class PullThroughCache implements Mirror {
       const abort = new AbortController();
       const upstream = await this.#up.openBlob(repo, digest.value, abort.signal, this.#core.uploads.maxBlobBytes);
       const flight = new BlobFlight(
-        { driver: this.#core.driver, blobs: this.#core.blobs, uploads: this.#core.uploads, guard: this.#core.guard, log: this.#log, remote: this.#up.remote },
+        { driver: this.#core.driver, blobs: this.#core.blobs, uploads: this.#core.uploads, guard: this.#core.guard, log: this.#log, remote: this.#up.remote, progressWindowMs: this.#o.progressWindowMs },
         repo, digest, upstream, abort,
       );
       this.#running.add(flight);

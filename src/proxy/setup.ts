@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { ConfigError, type ProxyConfig } from '../config.js';
+import { ConfigError, type ProxyConfig, type TestSettings } from '../config.js';
 import type { MirrorFactory } from '../registry/mirror.js';
 import { PullThroughCache } from './cache.js';
 import { UpstreamClient } from './upstream.js';
@@ -18,7 +18,7 @@ export interface LoadedMirror {
   blobFetches(): number;
 }
 
-export async function loadMirror(proxy: ProxyConfig, option: string, log: Logger): Promise<LoadedMirror> {
+export async function loadMirror(proxy: ProxyConfig, option: string, log: Logger, test: TestSettings = {}): Promise<LoadedMirror> {
   let password = proxy.password;
   if (proxy.passwordFile !== undefined) {
     try {
@@ -31,7 +31,7 @@ export async function loadMirror(proxy: ProxyConfig, option: string, log: Logger
   const upstream = new UpstreamClient({ remoteUrl: proxy.remoteUrl, username: proxy.username, password, log: plog });
   let cache: PullThroughCache | undefined;
   return {
-    factory: (core) => (cache = new PullThroughCache(core, { upstream, tagTtlMs: proxy.tagTtl, ttlMs: proxy.ttl, maxBlobFetches: proxy.maxBlobFetches, log: plog })),
+    factory: (core) => (cache = new PullThroughCache(core, { upstream, tagTtlMs: proxy.tagTtl, ttlMs: proxy.ttl, maxBlobFetches: proxy.maxBlobFetches, progressWindowMs: test.proxyBlobWindowMs, log: plog })),
     close: () => cache?.close(),
     blobFetches: () => cache?.blobFetches ?? 0,
   };
