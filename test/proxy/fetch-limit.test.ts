@@ -73,6 +73,10 @@ beforeAll(async () => {
       // A slab each, so that every fetch takes its MiB at once rather than wait for a buffer.
       HOIST_UPLOADS_CHUNK_BYTES: '1MiB',
       HOIST_UPLOADS_MAX_BUFFERED_BYTES: '128MiB',
+      // Its fetches get their MiB and then nothing: they must hold it until the 65th has
+      // started. With the default window (10 s, from their first bytes) some were given up on
+      // before that on a loaded machine (load average 13), and the 65th found budget.
+      HOIST_TEST_PROXY_BLOB_WINDOW_MS: '20000',
       HOIST_LOG_LEVEL: 'debug',
     },
   });
@@ -167,7 +171,7 @@ describe('bytes kept for late joiners of upstream blob fetches', () => {
     for (const hangUp of hangUps) hangUp();
     expect((await joiner).status).toBe(503);
     // Every fetch above was given up on, and gave its bytes back: a new fetch keeps some again.
-    await waitFor('the stalled fetches given up on', () => (stalled.every((x) => x.closed) ? true : undefined), 14_000);
+    await waitFor('the stalled fetches given up on', () => (stalled.every((x) => x.closed) ? true : undefined), 25_000);
     const again = newBlob(200_000);
     const first = await getUntil(roomy, `/v2/stall/img/blobs/${again.digest}`, 999);
     const late = await openGet(`/v2/stall/img/blobs/${again.digest}`, roomy);
