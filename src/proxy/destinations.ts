@@ -37,10 +37,9 @@ export function isInternalAddress(address: string): boolean {
  * an internal address: any of its addresses counts, as the connection may take any. A name
  * that does not resolve is not internal: the request to it fails on its own.
  *
- * A name is resolved here and again when the request connects; a DNS server of the attacker's
- * that answers differently the second time (rebinding, TTL 0) is not caught. Closing that
- * needs the connection itself to check the address it connects to (an undici dispatcher with
- * its own lookup), which Node's bundled fetch does not take without the undici package.
+ * For the upstream's own host only (is the upstream at one itself?): where the upstream sends
+ * the cache is checked by the connection's own lookup (http-client.ts), since a name resolved
+ * here and again to connect may resolve otherwise the second time (DNS rebinding, TTL 0).
  */
 export async function isInternalHost(hostname: string): Promise<boolean> {
   const host = hostname.startsWith('[') && hostname.endsWith(']') ? hostname.slice(1, -1) : hostname;

@@ -3,11 +3,13 @@ import { BlobTooLargeError, RegistryError, TooManyRequestsError, type ErrorCode 
 import { MANIFEST_MEDIA_TYPES } from '../registry/manifest-schema.js';
 import type { Page } from '../registry/manifests.js';
 import { parseChallenge, type Challenge } from './challenge.js';
-import { isInternalHost } from './destinations.js';
+import { isInternalAddress, isInternalHost } from './destinations.js';
+import { internalAddressError, UpstreamHttp } from './http-client.js';
 
 /**
  * The upstream registry of a pull-through cache, spoken to as a client does (distribution-spec
- * v1.1 "Pulling"), with Node's fetch (undici: pooled keep-alive connections, streamed bodies).
+ * v1.1 "Pulling"), over keep-alive connections of its own (http-client.ts: fetch()'s Response
+ * and streamed bodies, and a check of every address connected to).
  *
  * Authentication, as docker and containerd do it: a request goes out with what worked last
  * time for that repository (nothing, HTTP Basic, or a bearer token); a 401 names what the
@@ -24,10 +26,12 @@ import { isInternalHost } from './destinations.js';
  * Tokens are kept per scope until shortly before they expire (Docker token spec: `expires_in`,
  * 60 s when absent), so a pull of many blobs fetches one token, not one per blob.
  *
- * Redirects are followed by hand (#request), not by fetch(): at most MAX_REDIRECTS, never from
+ * Redirects are followed by hand (#request), as fetch() would not: at most MAX_REDIRECTS, never from
  * https to http, never to an address of this machine or its link (destinations.ts) unless the
- * upstream itself is at one, and the credentials only to the origin they are for. A redirect
- * refused is the upstream failing: 503, and a warning in the log. fetch() followed any
+ * upstream itself is at one, and the credentials only to the origin they are for. A host
+ * name is checked where it is connected to (http-client.ts), by the addresses it resolves to
+ * then, not before: a DNS server that answers otherwise the second time has no second time.
+ * A redirect refused is the upstream failing: 503, and a warning in the log. fetch() followed any
  * redirect (20 of them, to http://127.0.0.1 or the cloud's metadata service alike, found by
  * probing): an upstream, or whoever controls where it redirects, could make the cache fetch
  * from services only this host may reach.
@@ -124,6 +128,7 @@ export class UpstreamClient {
   #bearer: { realm: string; service: string | undefined } | undefined;
   readonly #tokens = new Map<string, CachedToken>();
   readonly #fetchingTokens = new Map<string, Promise<string>>();
+  readonly #http: UpstreamHttp;
 
   constructor(o: UpstreamOptions) {
     this.#o = o;
@@ -133,6 +138,7 @@ export class UpstreamClient {
       ? `Basic ${Buffer.from(`${o.username}:${o.password}`).toString('base64')}`
       : undefined;
     this.#headersTimeoutMs = o.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS;
+    this.#http = new UpstreamHttp(() => this.#isLocal());
   }
 
   // --- the operations ---------------------------------------------------------------------
@@ -193,7 +199,7 @@ export class UpstreamClient {
     // upstream sending without end filled the disk), and clients would wait for it headerless.
     const length = res.headers.get('content-length');
     const size = length !== null && /^\d{1,15}$/.test(length) ? Number(length) : undefined;
-    // Re-encoded despite Accept-Encoding: identity: fetch() decodes it, so its length is not the blob's.
+    // Re-encoded despite Accept-Encoding: identity: http-client.ts decodes it (as fetch() did), so its length is not the blob's.
     const encoding = res.headers.get('content-encoding');
     const encoded = encoding !== null && encoding.trim().toLowerCase() !== 'identity';
     if (size === undefined || encoded || (maxBytes > 0 && size > maxBytes)) {
@@ -264,17 +270,33 @@ export class UpstreamClient {
    */
   async #request(
     url: URL,
-    o: { method: string; headers: Record<string, string>; authorization: string | undefined; home: string; signal?: AbortSignal; follow: boolean },
+    o: {
+      method: string; headers: Record<string, string>; authorization: string | undefined; home: string; signal?: AbortSignal; follow: boolean;
+      /** Throws what `url` itself connecting to an internal `address` is (a redirect's is a redirect refused). */
+      refusedStart?: (address: string) => never;
+    },
   ): Promise<Answered> {
     let at = url;
+    let from: URL | undefined;
     for (let hop = 1; ; hop++) {
       const headers = o.authorization !== undefined && at.origin === o.home ? { ...o.headers, authorization: o.authorization } : o.headers;
-      const res = await this.#fetch(at.href, { method: o.method, headers, redirect: 'manual' }, o.signal);
+      let res: Response;
+      try {
+        res = await this.#fetch(at, o.method, headers, o.signal);
+      } catch (err) {
+        // The name resolved to an internal address where it was connected to (http-client.ts).
+        const internal = internalAddressError(err);
+        if (!internal) throw err;
+        if (from) this.#refuseRedirect(from, at, hop - 1, 'to a loopback or link-local address', internal.address);
+        o.refusedStart?.(internal.address);
+        throw err;
+      }
       const location = res.headers.get('location');
       // A redirect status without a Location is the answer, as fetch() has it.
       if (!o.follow || !REDIRECT_STATUSES.has(res.status) || location === null) return { res, url: at };
       await res.body?.cancel().catch(() => undefined);
       // We send only GET and HEAD, which every redirect status repeats as they are (303 included).
+      from = at;
       at = await this.#redirectTarget(at, location, hop);
     }
   }
@@ -294,20 +316,33 @@ export class UpstreamClient {
       : (await this.#refusesInternal(to)) ? 'to a loopback or link-local address'
       : undefined;
     if (reason === undefined) return to!;
+    return this.#refuseRedirect(from, to, hop, reason);
+  }
+
+  /** A redirect refused: logged, and the upstream failing. `address`: what `to` resolved to, when that was why. */
+  #refuseRedirect(from: URL, to: URL | undefined, hop: number, reason: string, address?: string): never {
     // Hosts only: a presigned URL's query is a credential.
-    this.#o.log.warn({ upstream: this.remote, from: from.host, to: to?.host, hop, reason }, 'upstream redirect refused');
+    this.#o.log.warn({ upstream: this.remote, from: from.host, to: to?.host, hop, reason, ...(address !== undefined ? { address } : {}) }, 'upstream redirect refused');
     throw new UpstreamUnavailableError(this.remote, `redirect refused (${reason})`);
   }
 
   /**
-   * Whether `to` is at an address of this machine or its link (destinations.ts) where the
-   * upstream is not: an upstream configured at one (a registry beside the cache, the tests'
-   * upstreams on 127.0.0.1) may send the cache there, it is where the operator pointed it.
+   * Whether `to` names an internal address (destinations.ts) by an IP literal where the
+   * upstream is not at one: those node:net connects to without a lookup, so they are checked
+   * here; names are checked where they are connected to (http-client.ts, the same rule).
    */
   async #refusesInternal(to: URL): Promise<boolean> {
-    if (!(await isInternalHost(to.hostname))) return false;
-    this.#local ??= isInternalHost(new URL(this.#o.remoteUrl).hostname);
-    return !(await this.#local);
+    const host = to.hostname.startsWith('[') && to.hostname.endsWith(']') ? to.hostname.slice(1, -1) : to.hostname;
+    return isInternalAddress(host) && !(await this.#isLocal());
+  }
+
+  /**
+   * Whether the upstream is at an internal address itself: an upstream configured at one (a
+   * registry beside the cache, the tests' upstreams on 127.0.0.1) may send the cache there,
+   * it is where the operator pointed it.
+   */
+  #isLocal(): Promise<boolean> {
+    return (this.#local ??= isInternalHost(new URL(this.#o.remoteUrl).hostname));
   }
 
   /**
@@ -371,11 +406,12 @@ export class UpstreamClient {
     if (this.#o.username) url.searchParams.set('account', this.#o.username);
     const headers: Record<string, string> = { 'user-agent': USER_AGENT, accept: 'application/json' };
     // The realm is where the upstream sends us, as a redirect is: held to the same rules.
-    if (await this.#refusesInternal(url)) {
-      this.#o.log.warn({ upstream: this.remote, realm: url.host }, 'upstream token realm refused: a loopback or link-local address');
+    const refuseRealm = (address?: string): never => {
+      this.#o.log.warn({ upstream: this.remote, realm: url.host, ...(address !== undefined ? { address } : {}) }, 'upstream token realm refused: a loopback or link-local address');
       throw new UpstreamUnavailableError(this.remote, 'token realm refused (a loopback or link-local address)');
-    }
-    const { res: answered } = await this.#request(url, { method: 'GET', headers, authorization: this.#basic, home: url.origin, follow: true });
+    };
+    if (await this.#refusesInternal(url)) refuseRealm();
+    const { res: answered } = await this.#request(url, { method: 'GET', headers, authorization: this.#basic, home: url.origin, follow: true, refusedStart: refuseRealm });
     const res = this.#checkAvailable(answered);
     if (res.status === 401 || res.status === 403) {
       await res.body?.cancel().catch(() => undefined);
@@ -405,8 +441,8 @@ export class UpstreamClient {
     return { value, expiresAtMs: Date.now() + lifetimeMs - Math.min(30_000, lifetimeMs / 10) };
   }
 
-  /** fetch() with a bound on the time to the response headers; failures become UpstreamUnavailableError. */
-  async #fetch(url: string, init: RequestInit, signal?: AbortSignal): Promise<Response> {
+  /** One request (no redirect followed) with a bound on the time to the response headers; failures become UpstreamUnavailableError. */
+  async #fetch(url: URL, method: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Response> {
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(new Error(`no response within ${this.#headersTimeoutMs} ms`)), this.#headersTimeoutMs);
     // The caller's signal stays wired for the body too: aborting it cuts a streaming blob.
@@ -415,7 +451,7 @@ export class UpstreamClient {
       else signal.addEventListener('abort', () => ac.abort(signal.reason), { once: true });
     }
     try {
-      return await fetch(url, { ...init, signal: ac.signal });
+      return await this.#http.request(url, method, headers, ac.signal);
     } catch (err) {
       throw new UpstreamUnavailableError(this.remote, reasonOf(ac.signal.aborted ? ac.signal.reason : err), err);
     } finally {

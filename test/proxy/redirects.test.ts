@@ -71,10 +71,11 @@ function targetHost(code: string): string {
  *   auth/<code>    wants the credentials; 307 within the upstream to /same/<code>/..., which
  *                  wants them too, then 302 to the target
  *   chain/<n>      n redirects within the upstream (/hop/<left>/...), then the blob
+ *   realm/<code>   401 with a bearer challenge whose realm is the target (targetHost)
  */
 function handler(req: http.IncomingMessage, res: http.ServerResponse): void {
   const url = req.url ?? '/';
-  const m = /^\/v2\/(away|auth|chain)\/(\w+)\/blobs\/sha256:[0-9a-f]{64}$/.exec(url) ?? /^\/(same|hop)\/(\w+)\/sha256:[0-9a-f]{64}$/.exec(url);
+  const m = /^\/v2\/(away|auth|chain|realm)\/(\w+)\/blobs\/sha256:[0-9a-f]{64}$/.exec(url) ?? /^\/(same|hop)\/(\w+)\/sha256:[0-9a-f]{64}$/.exec(url);
   if (!m) {
     res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"NAME_UNKNOWN"}]}');
     return;
@@ -82,6 +83,8 @@ function handler(req: http.IncomingMessage, res: http.ServerResponse): void {
   const [, kind, param] = m as unknown as [string, string, string];
   if ((kind === 'auth' || kind === 'same') && req.headers.authorization !== BASIC) {
     res.writeHead(401, { 'www-authenticate': 'Basic realm="upstream"' }).end();
+  } else if (kind === 'realm') {
+    res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${targetHost(param)}/token",service="upstream"` }).end();
   } else if (kind === 'auth') {
     res.writeHead(307, { location: `/same/${param}/${digest}` }).end();
   } else if (kind === 'chain' || kind === 'hop') {
@@ -189,6 +192,31 @@ describe('redirects of a pull-through cache\'s upstream', () => {
       expect(r.text()).toContain('redirect refused (to a loopback or link-local address)');
       expect(targetSaw, 'the target was never asked').toEqual([]);
       await refusedLog(remote!, 'to a loopback or link-local address', seen);
+    });
+
+    // A name is checked by what it resolves to where it is connected to, not by a lookup
+    // before: one DNS server answering a public address for the check and 127.0.0.1 for the
+    // connection (rebinding) got the cache to its own loopback. The log names the address
+    // the connection resolved it to.
+    it('refuses localhost where it connects (the log names the address it resolved to)', async () => {
+      targetSaw.length = 0;
+      const r = await request(remote!.url, `/v2/away/localhost/blobs/${digest}`);
+      expectError(r, 503, 'UNAVAILABLE');
+      expect(r.text()).toContain('redirect refused (to a loopback or link-local address)');
+      const logged = await waitFor('the refusal at connect', () => remote!.records().find((x) => x.msg === 'upstream redirect refused' && x.to === `localhost:${portOf(target)}` && x.address !== undefined));
+      expect(['127.0.0.1', '::1']).toContain(logged.address);
+      expect(logged.hop).toBe(1);
+      expect(targetSaw, 'the target was never asked').toEqual([]);
+    });
+
+    it('refuses a token realm at localhost where it connects (503, logged; the realm never asked)', async () => {
+      targetSaw.length = 0;
+      const r = await request(remote!.url, `/v2/realm/localhost/blobs/${digest}`);
+      expectError(r, 503, 'UNAVAILABLE');
+      expect(r.text()).toContain('token realm refused (a loopback or link-local address)');
+      const logged = await waitFor('the realm refused', () => remote!.records().find((x) => x.msg === 'upstream token realm refused: a loopback or link-local address'));
+      expect(['127.0.0.1', '::1']).toContain(logged.address);
+      expect(targetSaw, 'the realm was never asked').toEqual([]);
     });
   }
 });
