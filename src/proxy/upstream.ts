@@ -128,6 +128,8 @@ export class UpstreamClient {
   #bearer: { realm: string; service: string | undefined } | undefined;
   readonly #tokens = new Map<string, CachedToken>();
   readonly #fetchingTokens = new Map<string, Promise<string>>();
+  /** Blob HEADs in flight, by `<repo> <digest>`: one per blob and repository at a time. */
+  readonly #heads = new Map<string, Promise<number>>();
   readonly #http: UpstreamHttp;
 
   constructor(o: UpstreamOptions) {
@@ -163,7 +165,15 @@ export class UpstreamClient {
    * `maxBytes` (when not 0) it is SIZE_INVALID, as openBlob answers a GET of it.
    */
   async headBlob(repo: string, digest: string, maxBytes = 0): Promise<number> {
-    const size = await this.#headBlob(repo, digest);
+    // Pulls of one blob through a repository it is not linked in yet (a fleet pulling a base
+    // layer by a new name) each asked the upstream: 20 at once sent 20 HEADs. They share one.
+    const key = `${repo} ${digest}`;
+    let head = this.#heads.get(key);
+    if (!head) {
+      head = this.#headBlob(repo, digest).finally(() => this.#heads.delete(key));
+      this.#heads.set(key, head);
+    }
+    const size = await head;
     if (maxBytes > 0 && size > maxBytes) throw new BlobTooLargeError(maxBytes, { size, upstream: this.remote });
     return size;
   }
