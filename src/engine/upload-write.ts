@@ -67,8 +67,12 @@ interface Batch {
   copied: number;
   /** The last part is a run of copies that the next copy extends. */
   run: CopyRun | undefined;
-  /** Sends the batch on if it is still filling after MAX_FILL_MS (armed with its first byte). */
+  /** Looks at the batch every IDLE_MS from its first byte, until it is sent on (#checkFill()). */
   timer: NodeJS.Timeout | undefined;
+  /** When its first byte came (Date.now()). */
+  startedAt: number;
+  /** `bytes` at the timer's last look: unchanged at the next one, no byte came in between. */
+  seenBytes: number;
 }
 
 /**
@@ -81,15 +85,30 @@ interface Batch {
 const MAX_FILL_MS = 500;
 
 /**
+ * While other uploads wait for a slab, a batch that received no byte for this long (its timer
+ * looks every IDLE_MS, so it goes after IDLE_MS to twice that) is sent on at once, rather than
+ * after MAX_FILL_MS: its slab is then the next waiter's. Requests that sent a little over the
+ * stage (20 KB) at once and then nothing, ~36 a second, each held a slab for MAX_FILL_MS,
+ * which kept the default pool's 8 slabs in use, and the line behind them grew until a 4 KiB
+ * push waited ~5 s in it (found by probing, fs storage). A body that is still coming brings
+ * its next chunk within microseconds to a few milliseconds, and keeps filling its batch; one
+ * that pauses longer while the pool is contended pays with a part-filled batch (and stages
+ * its next bytes, as after MAX_FILL_MS). No timer per chunk: the batch's one timer compares
+ * byte counts; a batch filled in less than IDLE_MS (a fast push's) never sees it fire.
+ */
+const IDLE_MS = 25;
+
+/**
  * Staging, up to this fraction of a slab (16 KiB of the default 4 MiB): a request's first
  * bytes wait in memory of their own rather than in a slab, until more come or the body ends.
  * A slab is a place in the one line every upload waits in: clients sending a byte now and then
  * (200 of them, a byte every few seconds) each took one for MAX_FILL_MS per byte, and a push
  * behind them waited ~12 s for every batch. They now cost that much each, like a socket's own
  * buffers, and take a slab once, at their end. Before the request's first batch, and again
- * once a batch went out part-filled for want of bytes (its MAX_FILL_MS passed: the client is
- * slow) until one fills: a client that sent 20 KB at once and then a byte every few seconds
- * took a slab for every byte, and 200 of them held a 16 MiB push for 52 s (found by probing).
+ * once a batch went out part-filled for want of bytes (its MAX_FILL_MS passed, or IDLE_MS
+ * while others waited for a slab: the client is slow) until one fills: a client that sent
+ * 20 KB at once and then a byte every few seconds took a slab for every byte, and 200 of them
+ * held a 16 MiB push for 52 s (found by probing).
  * A body that comes as fast as it is taken never stages after its first bytes.
  */
 const STAGE_FRACTION = 256;
@@ -363,17 +382,34 @@ export class UploadWrite implements ByteSink {
   }
 
   #armFillTimer(b: Batch): void {
-    b.timer = setTimeout(() => {
-      b.timer = undefined;
-      if (this.#batch === b && b.bytes > 0 && this.#error === undefined) {
-        this.#dispatch(true);
-        this.#pump();
-      }
-    }, MAX_FILL_MS);
+    b.startedAt = Date.now();
+    b.seenBytes = 0;
+    b.timer = setTimeout(() => this.#checkFill(b), IDLE_MS);
     b.timer.unref();
   }
 
-  /** Sends the filling batch on: written to storage, then hashed. `timedOut`: its MAX_FILL_MS passed. */
+  /**
+   * The filling batch's timer: sends it on when MAX_FILL_MS passed, or when it received nothing
+   * since the last look while uploads wait for a slab (IDLE_MS). Not when this upload paused
+   * the socket itself (storage or hashing behind): then the client is not the one idle.
+   */
+  #checkFill(b: Batch): void {
+    if (this.#batch !== b || b.bytes === 0 || this.#error !== undefined) {
+      b.timer = undefined;
+      return;
+    }
+    const idle = b.bytes === b.seenBytes && this.#d.slabs.waiting > 0 && !this.#mustPause();
+    if (idle || Date.now() - b.startedAt >= MAX_FILL_MS) {
+      b.timer = undefined;
+      this.#dispatch(true);
+      this.#pump();
+      return;
+    }
+    b.seenBytes = b.bytes;
+    b.timer!.refresh();
+  }
+
+  /** Sends the filling batch on: written to storage, then hashed. `timedOut`: it stopped filling (#checkFill()). */
   #dispatch(timedOut = false): void {
     const b = this.#batch!;
     this.#batch = undefined;
@@ -436,7 +472,7 @@ export class UploadWrite implements ByteSink {
 }
 
 function newBatch(slab: Slab): Batch {
-  return { slab, parts: [], bytes: 0, copied: 0, run: undefined, timer: undefined };
+  return { slab, parts: [], bytes: 0, copied: 0, run: undefined, timer: undefined, startedAt: 0, seenBytes: 0 };
 }
 
 /** A view of all of a private ArrayBuffer: one the sink can keep, and move to another thread. */

@@ -381,6 +381,17 @@ export function patchChunk(base: string, location: string, chunk: Uint8Array, st
   });
 }
 
+/** Opens a PATCH declaring `declared` bytes, sends `sent` of them, and keeps the connection open. */
+export function stallingPatch(port: number, path: string, declared: number, sent: Buffer): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1', () => {
+      socket.write(`PATCH ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/octet-stream\r\ncontent-length: ${declared}\r\n\r\n`);
+      socket.write(sent, () => resolve(socket));
+    });
+    socket.on('error', reject);
+  });
+}
+
 /** Splits `data` into pieces of `pieceBytes` (the last may be shorter). */
 export function pieces(data: Uint8Array, pieceBytes: number): Uint8Array[] {
   const out: Uint8Array[] = [];

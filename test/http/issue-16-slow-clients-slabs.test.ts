@@ -9,19 +9,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pathOf, request } from '../helpers/http.js';
+import { pathOf, request, stallingPatch } from '../helpers/http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
-
-/** Opens a PATCH declaring `declared` bytes, sends `sent` of them, and keeps the connection open. */
-function stallingPatch(port: number, path: string, declared: number, sent: Buffer): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, '127.0.0.1', () => {
-      socket.write(`PATCH ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/octet-stream\r\ncontent-length: ${declared}\r\n\r\n`);
-      socket.write(sent, () => resolve(socket));
-    });
-    socket.on('error', reject);
-  });
-}
 
 describe.each(['node', 'uws'] as const)('slow clients do not hold the upload buffers (%s front end)', (frontend) => {
   let server: TestServer;

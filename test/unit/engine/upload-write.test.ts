@@ -235,6 +235,60 @@ describe('UploadWrite', () => {
     expect(slabs.inUse).toBe(0);
   });
 
+  // Found by probing (fs): requests that sent 20 KB at once and then nothing, ~36 a second,
+  // each held a slab for MAX_FILL_MS (500 ms); the pool's line grew and a 4 KiB push waited ~5 s.
+  it('a batch that stopped filling gives its slab up at once when another upload waits for one, and keeps it when none does', async () => {
+    const slabs = new SlabPool(SLAB, 2 * SLAB);
+    const stalled = await Promise.all([0, 1].map(() => harness({ slabs })));
+    const sent = stalled.map(() => randomBytes(SLAB / 8));
+    stalled.forEach((s, i) => expect(s.write.write(new Uint8Array(sent[i]!), true)).toBe(true));
+    expect(slabs.inUse).toBe(2);
+    // Nobody waits: they keep their slabs (a body may yet fill them).
+    await sleep(150);
+    expect(slabs.inUse).toBe(2);
+    expect(stalled.map((s) => s.write.stats.batches)).toEqual([0, 0]);
+
+    const push = await harness({ slabs });
+    const data = randomBytes(3 * SLAB + 7);
+    const t0 = Date.now();
+    await bodyOf(data, { sizes: ODD_SIZES })(push.write);
+    await push.write.flush();
+    // Within IDLE_MS to twice that, not MAX_FILL_MS (less the 150 ms already waited).
+    expect(Date.now() - t0).toBeLessThan(250);
+    expectSameBytes(await stored(push.driver), data);
+    expect(await runningDigest(push)).toBe(sha256(data));
+    for (const [i, s] of stalled.entries()) {
+      expect(s.write.stats.batches).toBe(1);
+      await s.write.flush();
+      expectSameBytes(await stored(s.driver), sent[i]!);
+      expect(await runningDigest(s)).toBe(sha256(sent[i]!));
+    }
+    expect(slabs.inUse).toBe(0);
+  });
+
+  it('a body still coming keeps filling its batch while others wait for a slab', async () => {
+    const slabs = new SlabPool(SLAB, SLAB);
+    const steady = await harness({ slabs });
+    const data = randomBytes(SLAB);
+    const piece = SLAB / 32;
+    steady.write.write(new Uint8Array(data.subarray(0, piece)), true);
+    const waiter = await harness({ slabs });
+    const other = randomBytes(SLAB / 2);
+    waiter.write.write(new Uint8Array(other), true);
+    expect(slabs.waiting).toBe(1);
+    // A chunk every 5 ms, well inside IDLE_MS: one full batch, however long the others wait.
+    for (let pos = piece; pos < data.length; pos += piece) {
+      await sleep(5);
+      steady.write.write(new Uint8Array(data.subarray(pos, pos + piece)), true);
+    }
+    await steady.write.flush();
+    expect(steady.write.stats.batches).toBe(1);
+    expectSameBytes(await stored(steady.driver), data);
+    await waiter.write.flush();
+    expectSameBytes(await stored(waiter.driver), other);
+    expect(slabs.inUse).toBe(0);
+  });
+
   it('copies an owned chunk that is a view into a larger buffer, and leaves that buffer alone', async () => {
     const h = await harness();
     const big = randomBytes(3 * SLAB);
