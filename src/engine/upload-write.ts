@@ -390,23 +390,46 @@ export class UploadWrite implements ByteSink {
 
   /**
    * The filling batch's timer: sends it on when MAX_FILL_MS passed, or when it received nothing
-   * since the last look while uploads wait for a slab (IDLE_MS). Not when this upload paused
-   * the socket itself (storage or hashing behind): then the client is not the one idle.
+   * since the last look while uploads wait for a slab (IDLE_MS).
    */
   #checkFill(b: Batch): void {
     if (this.#batch !== b || b.bytes === 0 || this.#error !== undefined) {
       b.timer = undefined;
       return;
     }
-    const idle = b.bytes === b.seenBytes && this.#d.slabs.waiting > 0 && !this.#mustPause();
-    if (idle || Date.now() - b.startedAt >= MAX_FILL_MS) {
-      b.timer = undefined;
-      this.#dispatch(true);
-      this.#pump();
-      return;
+    if (Date.now() - b.startedAt >= MAX_FILL_MS) {
+      this.#sendOnStalled(b);
+    } else if (b.bytes === b.seenBytes && this.#othersWait()) {
+      // Timers run before the event loop reads sockets: after a busy spell, bytes may be
+      // waiting that it has not handed over yet. Look again once it has (setImmediate runs
+      // after this turn's reads).
+      setImmediate(() => {
+        if (this.#batch !== b || this.#error !== undefined) return;
+        if (b.bytes === b.seenBytes && this.#othersWait()) this.#sendOnStalled(b);
+        else this.#lookAgain(b);
+      });
+    } else {
+      this.#lookAgain(b);
     }
+  }
+
+  /**
+   * Uploads wait for a slab, and this one has not paused its socket itself (storage or
+   * hashing behind): if no bytes come, it is the client's doing.
+   */
+  #othersWait(): boolean {
+    return this.#d.slabs.waiting > 0 && !this.#mustPause();
+  }
+
+  #lookAgain(b: Batch): void {
     b.seenBytes = b.bytes;
     b.timer!.refresh();
+  }
+
+  #sendOnStalled(b: Batch): void {
+    b.timer = undefined;
+    this.#dispatch(true);
+    this.#pump();
   }
 
   /** Sends the filling batch on: written to storage, then hashed. `timedOut`: it stopped filling (#checkFill()). */

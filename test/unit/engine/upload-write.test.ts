@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import net from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { RegistryError } from '../../../src/errors.js';
 import { HashPool } from '../../../src/engine/hash-pool.js';
@@ -287,6 +288,41 @@ describe('UploadWrite', () => {
     await waiter.write.flush();
     expectSameBytes(await stored(waiter.driver), other);
     expect(slabs.inUse).toBe(0);
+  });
+
+  // Timers run before the event loop reads sockets: after the loop was busy for longer than
+  // IDLE_MS, a look finds no new bytes although the socket holds them.
+  it('a body whose bytes wait in its socket while the event loop is busy is not taken for stalled', async () => {
+    const slabs = new SlabPool(SLAB, SLAB);
+    const h = await harness({ slabs });
+    const data = randomBytes(SLAB);
+    const server = net.createServer((sock) => sock.on('data', (d: Buffer) => h.write.write(d)));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+    try {
+      await new Promise<void>((resolve) => client.once('connect', resolve));
+      client.write(data.subarray(0, SLAB / 2));
+      while (h.write.received < SLAB / 2) await sleep(1);
+      // The batch's timer has looked once (bytes seen), and then another upload comes to wait.
+      await sleep(30);
+      const waiter = await harness({ slabs });
+      const other = randomBytes(SLAB / 2);
+      waiter.write.write(new Uint8Array(other), true);
+      expect(slabs.waiting).toBe(1);
+      client.write(data.subarray(SLAB / 2));
+      const until = Date.now() + 80;
+      while (Date.now() < until); // busy: the rest is in the socket, unread
+      while (h.write.received < SLAB) await sleep(1);
+      await h.write.flush();
+      expect(h.write.stats.batches).toBe(1);
+      expectSameBytes(await stored(h.driver), data);
+      await waiter.write.flush();
+      expectSameBytes(await stored(waiter.driver), other);
+      expect(slabs.inUse).toBe(0);
+    } finally {
+      client.destroy();
+      server.close();
+    }
   });
 
   it('copies an owned chunk that is a view into a larger buffer, and leaves that buffer alone', async () => {
