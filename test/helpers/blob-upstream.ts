@@ -28,6 +28,17 @@ export class UpstreamBlobs {
   }
 }
 
+/**
+ * Starts a 200 answer to `ask` with the blob's length; a HEAD is then complete. Whether the
+ * body is still to be sent (a GET).
+ */
+export function startBlobAnswer({ req, res, bytes }: BlobAsk): boolean {
+  res.writeHead(200, { 'content-length': String(bytes.byteLength), 'content-type': 'application/octet-stream' });
+  if (req.method !== 'HEAD') return true;
+  res.end();
+  return false;
+}
+
 export interface BlobUpstream {
   /** `http://127.0.0.1:<port>`: what a cache's HOIST_PROXY_REMOTE_URL names. */
   readonly url: string;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startBlobUpstream, UpstreamBlobs, type BlobUpstream } from '../helpers/blob-upstream.js';
+import { startBlobAnswer, startBlobUpstream, UpstreamBlobs, type BlobUpstream } from '../helpers/blob-upstream.js';
 import { expectError, rawGet, request, tempDir, waitFor, waitForLog } from '../helpers/http.js';
 import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { startServer, type TestServer } from '../helpers/server.js';
@@ -39,11 +39,10 @@ let metricsUrl: string;
 let cleanup: () => Promise<void>;
 
 beforeAll(async () => {
-  upstream = await startBlobUpstream(blobs, ({ req, res, repo, digest, bytes }) => {
-    res.writeHead(200, { 'content-length': String(bytes.byteLength), 'content-type': 'application/octet-stream' });
-    if (req.method === 'HEAD') {
-      res.end();
-    } else if (repo.startsWith('stall/') || repo.startsWith('hold/')) {
+  upstream = await startBlobUpstream(blobs, (ask) => {
+    const { res, repo, digest, bytes } = ask;
+    if (!startBlobAnswer(ask)) return;
+    if (repo.startsWith('stall/') || repo.startsWith('hold/')) {
       const entry = { digest, closed: false };
       stalled.push(entry);
       res.write(bytes.subarray(0, repo.startsWith('hold/') ? 1024 * 1024 : 1000));

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startBlobUpstream, UpstreamBlobs, type BlobUpstream } from '../helpers/blob-upstream.js';
+import { startBlobAnswer, startBlobUpstream, UpstreamBlobs, type BlobUpstream } from '../helpers/blob-upstream.js';
 import { rawGet, tempDir, waitFor, waitForLog } from '../helpers/http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -26,12 +26,9 @@ let mirror: TestServer;
 let cleanup: () => Promise<void>;
 
 beforeAll(async () => {
-  upstream = await startBlobUpstream(blobs, ({ req, res, repo, digest, bytes }) => {
-    res.writeHead(200, { 'content-length': String(bytes.byteLength), 'content-type': 'application/octet-stream' });
-    if (req.method === 'HEAD') {
-      res.end();
-      return;
-    }
+  upstream = await startBlobUpstream(blobs, (ask) => {
+    const { res, repo, digest, bytes } = ask;
+    if (!startBlobAnswer(ask)) return;
     const [every, step] = repo.startsWith('trickle/') ? [300, 1] : [100, 16 * 1024];
     const entry = { digest, startedMs: Date.now(), closedMs: undefined as number | undefined };
     if (repo.startsWith('trickle/')) trickled.push(entry);
