@@ -48,3 +48,25 @@ export function primeMemory(dir: string, bytes: number): void {
     rmSync(file, { force: true });
   }
 }
+
+/**
+ * What copying bytes into the page cache of `dir` (a tmpfs) costs this process: `bytes`
+ * written to a new file in 4 MiB writes (a registry's batches), CPU seconds (user + sys) per
+ * GiB; the file is then deleted. Measured right after primeMemory(), on the pages the push
+ * next finds. It is the third part of a push's floor on tmpfs (report.ts engineGoalsTable),
+ * beside receiving the body (the sink's CPU) and hashing it once (SHA-256 on one core).
+ */
+export function pageCacheCpuSecPerGiB(dir: string, bytes: number): number {
+  const file = join(dir, `hoist-bench-copy-${process.pid}`);
+  const block = Buffer.alloc(4 * MiB, 1);
+  const before = process.cpuUsage();
+  const fd = openSync(file, 'w');
+  try {
+    for (let left = bytes; left > 0; left -= block.length) writeSync(fd, block, 0, Math.min(left, block.length));
+  } finally {
+    closeSync(fd);
+  }
+  const used = process.cpuUsage(before);
+  rmSync(file, { force: true });
+  return (used.user + used.system) / 1e6 / (bytes / (1024 * MiB));
+}

@@ -12,7 +12,7 @@ import { Progress } from './progress.js';
 import { addRatios, charts, markdown, type Report, type Row, type ScenarioInfo } from './report.js';
 import { runTagScenario, TAG_SCENARIO, tagTables, type TagResult } from './tags.js';
 import { objectParts, s3EndpointFromEnv, trafficBetween, unreachable as s3Unreachable, uploadsInProgress, type PartLayout } from './s3.js';
-import { durableWriteMiBps, primeMemory } from './disk.js';
+import { durableWriteMiBps, pageCacheCpuSecPerGiB, primeMemory } from './disk.js';
 import {
   DOCKER_REGISTRY, referenceOf, ROOT, S3_PART_BYTES, sample, SHM, start, storageOf, TARGETS, TMP, unavailable, type Target, type TargetName,
 } from './targets.js';
@@ -302,6 +302,8 @@ async function main(): Promise<void> {
         spawnSync('sync');
         // tmpfs storage: memory the hypervisor backs (disk.ts, primeMemory).
         if (p.storage === 'tmpfs') primeMemory(SHM, s.count * s.sizeBytes + GiB);
+        // And what copying a push's bytes into those pages costs: part of the push's floor.
+        const pageCache = p.storage === 'tmpfs' && s.kind === 'push' ? pageCacheCpuSecPerGiB(SHM, s.count * s.sizeBytes) : undefined;
         let diskMiBps: number | undefined;
         if (s.diskLimit && p.storage === 'fs') {
           diskMiBps = durableWriteMiBps(TMP, s.count * s.sizeBytes);
@@ -325,6 +327,7 @@ async function main(): Promise<void> {
           // What a GiB cost the server in CPU: all its threads, user + sys (targets.ts sample()).
           ...(u && r.bytes > 0 ? { cpuSecPerGiB: u.cpuSeconds / (r.bytes / GiB) } : {}),
           ...(diskMiBps !== undefined ? { diskMiBps } : {}),
+          ...(pageCache !== undefined ? { pageCacheCpuSecPerGiB: pageCache } : {}),
           ...(store ? { store } : {}),
         };
         rows.push(row);
