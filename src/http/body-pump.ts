@@ -151,7 +151,18 @@ export class BodyPump {
   start(sink: BodySink): Promise<number> {
     if (this.#claimed) return Promise.reject(new Error('BodyPump.start() called twice'));
     this.#claimed = true;
-    if (this.#stopped) return Promise.reject(this.#stopError);
+    if (this.#stopped) {
+      // The read stopped before it was started (the client went away after sending some of
+      // its body): what it sent is still written, so the upload resumes from there.
+      const pending = this.#pending;
+      this.#pending = [];
+      try {
+        for (const chunk of pending) this.#sinkWrite(sink, chunk);
+      } catch {
+        // The sink refused them: the read's own error is what the caller is told.
+      }
+      return Promise.reject(this.#stopError);
+    }
     if (sink.signal?.aborted) {
       this.#stop(sink.signal.reason);
       return Promise.reject(this.#stopError);
@@ -206,6 +217,11 @@ export class BodyPump {
    */
   fail(err: unknown): void {
     this.#stop(err);
+  }
+
+  /** Writes a chunk kept from before start() (owned by then: copied unless the front end's was). */
+  #sinkWrite(sink: BodySink, chunk: Uint8Array): boolean {
+    return sink.write(chunk, true);
   }
 
   #write(chunk: Uint8Array, owned: boolean): void {
@@ -265,7 +281,12 @@ export class BodyPump {
     this.#stopError = err;
     this.#settle = undefined;
     this.#sink = undefined;
-    this.#pending = [];
+    // Chunks kept before start() stay for a start() that may still come (it writes them, then
+    // fails): with uWS reading on towards READY_BYTES, a client's FIN after its first bytes is
+    // seen before the handler reads the body, and those bytes are the client's all the same.
+    // They no longer count against the early budget: at most READY_BYTES and one read, gone
+    // with the request.
+    if (this.#claimed) this.#pending = [];
     this.#releaseEarly();
     this.#flow.stop(this.#ended);
     settle?.reject(err);

@@ -292,7 +292,8 @@ class UwsExchange implements IncomingRequest, OutgoingResponse {
 
   readBody(sink: BodySink): Promise<number> {
     if (this.#body.started) return Promise.reject(new Error('readBody() called twice'));
-    if (this.#aborted) return Promise.reject(new ClientAbortError());
+    // Aborted: the pump still hands over what came before (BodyPump.start) and then fails.
+    if (this.#aborted) return this.#body.start(sink);
     if (this.#started) return Promise.reject(new Error('readBody() called after the response was sent'));
     return this.#body.start(sink);
   }
