@@ -258,9 +258,12 @@ describe('UploadWrite', () => {
     expect(Date.now() - t0).toBeLessThan(250);
     expectSameBytes(await stored(push.driver), data);
     expect(await runningDigest(push)).toBe(sha256(data));
+    // At least one gave its slab up to the push; the other may have kept its own, when the
+    // push got through on one slab and nobody waited by the time it looked (a loaded machine).
+    expect(stalled.reduce((n, s) => n + s.write.stats.batches, 0)).toBeGreaterThanOrEqual(1);
     for (const [i, s] of stalled.entries()) {
-      expect(s.write.stats.batches).toBe(1);
       await s.write.flush();
+      expect(s.write.stats.batches).toBe(1);
       expectSameBytes(await stored(s.driver), sent[i]!);
       expect(await runningDigest(s)).toBe(sha256(sent[i]!));
     }
