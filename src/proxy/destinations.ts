@@ -42,7 +42,7 @@ export function isInternalAddress(address: string): boolean {
  * here and again to connect may resolve otherwise the second time (DNS rebinding, TTL 0).
  */
 export async function isInternalHost(hostname: string): Promise<boolean> {
-  const host = hostname.startsWith('[') && hostname.endsWith(']') ? hostname.slice(1, -1) : hostname;
+  const host = bareHost(hostname);
   if (isIP(host) !== 0) return isInternalAddress(host);
   try {
     const addresses = await lookup(host, { all: true, verbatim: true });
@@ -50,4 +50,9 @@ export async function isInternalHost(hostname: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** A URL's hostname without the brackets of an IPv6 literal (`[::1]` is `::1`), as node:net takes it. */
+export function bareHost(hostname: string): string {
+  return hostname.startsWith('[') && hostname.endsWith(']') ? hostname.slice(1, -1) : hostname;
 }

@@ -3,7 +3,7 @@ import { BlobTooLargeError, RegistryError, TooManyRequestsError, type ErrorCode 
 import { MANIFEST_MEDIA_TYPES } from '../registry/manifest-schema.js';
 import type { Page } from '../registry/manifests.js';
 import { parseChallenge, type Challenge } from './challenge.js';
-import { isInternalAddress, isInternalHost } from './destinations.js';
+import { bareHost, isInternalAddress, isInternalHost } from './destinations.js';
 import { internalAddressError, UpstreamHttp } from './http-client.js';
 
 /**
@@ -342,8 +342,7 @@ export class UpstreamClient {
    * here; names are checked where they are connected to (http-client.ts, the same rule).
    */
   async #refusesInternal(to: URL): Promise<boolean> {
-    const host = to.hostname.startsWith('[') && to.hostname.endsWith(']') ? to.hostname.slice(1, -1) : to.hostname;
-    return isInternalAddress(host) && !(await this.#isLocal());
+    return isInternalAddress(bareHost(to.hostname)) && !(await this.#isLocal());
   }
 
   /**
