@@ -157,7 +157,8 @@ export class BodyPump {
       const pending = this.#pending;
       this.#pending = [];
       try {
-        for (const chunk of pending) this.#sinkWrite(sink, chunk);
+        // Owned by now: copied on arrival unless the front end's were.
+        for (const chunk of pending) sink.write(chunk, true);
       } catch {
         // The sink refused them: the read's own error is what the caller is told.
       }
@@ -217,11 +218,6 @@ export class BodyPump {
    */
   fail(err: unknown): void {
     this.#stop(err);
-  }
-
-  /** Writes a chunk kept from before start() (owned by then: copied unless the front end's was). */
-  #sinkWrite(sink: BodySink, chunk: Uint8Array): boolean {
-    return sink.write(chunk, true);
   }
 
   #write(chunk: Uint8Array, owned: boolean): void {
