@@ -247,9 +247,14 @@ export class GcGuard {
     if (!this.collecting) return false;
     const intent = paths.gcTagIntent(repo, tag);
     if (!(await objectExists(this.#driver, intent))) return false;
-    const deadline = Date.now() + INTENT_WAIT_MS;
-    while (Date.now() < deadline && (await objectExists(this.#driver, intent))) await sleep(20);
+    await this.#waitGone(intent);
     return true;
+  }
+
+  /** Waits while a collector's intent at `path` exists, INTENT_WAIT_MS at most (it holds one for milliseconds). */
+  async #waitGone(path: string): Promise<void> {
+    const deadline = Date.now() + INTENT_WAIT_MS;
+    while (Date.now() < deadline && (await objectExists(this.#driver, path))) await sleep(20);
   }
 
   /**
@@ -265,9 +270,7 @@ export class GcGuard {
       // A collector that looked for the tombstone before it was written may be putting the
       // path back: the delete waits for that to be done, or it would be undone
       // (gc/collector.ts #putBackUnlessDeleted). One stat more, and only while a note exists.
-      const intent = paths.gcPutBackIntent(target);
-      const deadline = Date.now() + INTENT_WAIT_MS;
-      while (Date.now() < deadline && (await objectExists(this.#driver, intent))) await sleep(20);
+      await this.#waitGone(paths.gcPutBackIntent(target));
     }));
   }
 
