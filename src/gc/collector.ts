@@ -9,6 +9,7 @@ import type { PresenceRecord, TouchRecord } from './guard.js';
 import { lockInForce, lockLeftOver } from '../engine/upload-lock.js';
 import { processGone } from '../process-identity.js';
 import { ClockSkewError, Lease, MAX_CLOCK_SKEW_MS } from './lease.js';
+import { INTENT_SEND_SHARE, INTENT_WAIT_MS, type IntentRecord } from './intent.js';
 import { manifestRefs, Marker } from './mark.js';
 import {
   basename, listData, listOrEmpty, listRepositories, readOrUndefined, scanBlobs, scanRepository, type RepositoryScan,
@@ -161,6 +162,8 @@ import { tryParseDigest, type Digest } from '../registry/reference.js';
  *    written, so the tag was written before the collector's re-read, which saw it changed
  *    and kept it; or it came after the intent was deleted, so the read that follows sees
  *    any delete the collector made. So a tag pushed again just as it expires is never lost.
+ *    The PUT waits no longer than the intent's window (gc/intent.ts): the collector deletes
+ *    within it, or writes the intent again and re-reads the tag, which then sees the PUT's.
  *
  * G. One collector at a time (gc/lease.ts); it checks that it still holds the lease before
  *    each phase that deletes, and stops if another took over (only possible after it missed
@@ -246,6 +249,11 @@ export interface GcOptions {
   leaseTtlMs?: number;
   /** A registration in /gc/inflight/ older than this was left by a crash (default 10 min). */
   inflightTimeoutMs?: number;
+  /**
+   * How long after writing an intent the writes it covers land at the latest (default and at
+   * most 30 s, which servers wait for an intent at most; gc/intent.ts). Tests shorten it.
+   */
+  intentWindowMs?: number;
   /** Stops the collection between steps (the lease is released); it rejects with the signal's reason. */
   signal?: AbortSignal;
 }
@@ -335,6 +343,10 @@ function batches<T>(items: T[], bytes: (item: T) => number): T[][] {
   if (current.length > 0) out.push(current);
   return out;
 }
+/** Returned by a body of #underIntent that was too late to write: it runs again. */
+const LATE = Symbol('late');
+/** Runs of an #underIntent body, at most. */
+const INTENT_ATTEMPTS = 3;
 /** Progress callbacks per phase, at most. */
 const PROGRESS_STEPS = 200;
 
@@ -355,7 +367,7 @@ export async function collectGarbage(opts: GcOptions): Promise<GcReport> {
   }
 }
 
-export type SweepReplayOptions = Pick<GcOptions, 'driver' | 'owner' | 'concurrency' | 'leaseTtlMs'>;
+export type SweepReplayOptions = Pick<GcOptions, 'driver' | 'owner' | 'concurrency' | 'leaseTtlMs' | 'intentWindowMs'>;
 
 /**
  * Replays the sweep note of a collector that died mid-batch (J) without waiting for the next
@@ -586,18 +598,23 @@ class Collection {
       if (this.#dry) {
         this.#report.expiredTags++;
       } else {
-        const intent = paths.gcTagIntent(repo, tag);
-        await this.#d.putContent(intent, json({ gen: this.#lease!.gen, at: new Date().toISOString() }));
-        try {
+        let deleted = false;
+        await this.#underIntent(paths.gcTagIntent(repo, tag), async (inTime) => {
           const now = await readOrUndefined(this.#d, paths.tag(repo, tag));
-          if (now?.toString('utf8') === raw) {
+          if (!deleted) {
+            if (now?.toString('utf8') !== raw) return;
+            if (!inTime()) return LATE;
             await ignoreNotFound(this.#d.delete(paths.tag(repo, tag)));
-            if (this.#repos.get(repo)?.expiring.has(tag)) await ignoreNotFound(this.#d.delete(paths.tagExpiring(repo, tag)));
+            deleted = true;
             this.#report.expiredTags++;
+          } else if (now) {
+            // Pushed again since our delete (late, we looked again): the index entry is its.
+            return;
           }
-        } finally {
-          await ignoreNotFound(this.#d.delete(intent));
-        }
+          if (!this.#repos.get(repo)?.expiring.has(tag)) return;
+          if (!inTime()) return LATE;
+          await ignoreNotFound(this.#d.delete(paths.tagExpiring(repo, tag)));
+        });
       }
       this.#progress('tags', ++done, expired.length);
     })));
@@ -620,9 +637,7 @@ class Collection {
     if (stale.length === 0 || this.#dry) return;
     await this.#checkLease();
     await Promise.all(stale.map(([repo, tag]) => this.#limit(async () => {
-      const intent = paths.gcTagIntent(repo, tag);
-      await this.#d.putContent(intent, json({ gen: this.#lease!.gen, at: new Date().toISOString() }));
-      try {
+      await this.#underIntent(paths.gcTagIntent(repo, tag), async (inTime) => {
         const raw = await readOrUndefined(this.#d, paths.tag(repo, tag));
         let expiresAt: unknown;
         try {
@@ -630,10 +645,10 @@ class Collection {
         } catch {
           // Not a record: no expiry either.
         }
-        if (expiresAt === undefined) await ignoreNotFound(this.#d.delete(paths.tagExpiring(repo, tag)));
-      } finally {
-        await ignoreNotFound(this.#d.delete(intent));
-      }
+        if (expiresAt !== undefined) return;
+        if (!inTime()) return LATE;
+        await ignoreNotFound(this.#d.delete(paths.tagExpiring(repo, tag)));
+      });
     })));
   }
 
@@ -692,10 +707,10 @@ class Collection {
           await this.#deleteMany(batch.map((x) => x.revisionPath));
           await Promise.all(batch.map((x) => this.#limit(async () => {
             // A: vouched for while we deleted it: put it back, and keep everything it reaches.
-            if ((await this.#touchedSinceFirstRead(x.d)) && (await this.#putBackUnlessDeleted(x.revisionPath, async () => {
-              await this.#d.putContent(x.revisionPath, x.revision, { ifNotExists: true });
-              if (x.entryPath && x.entry) await this.#d.putContent(x.entryPath, x.entry);
-            }))) {
+            if ((await this.#touchedSinceFirstRead(x.d)) && (await this.#putBackUnlessDeleted(x.revisionPath, [
+              () => this.#d.putContent(x.revisionPath, x.revision, { ifNotExists: true }),
+              ...(x.entryPath && x.entry ? [() => this.#d.putContent(x.entryPath!, x.entry!)] : []),
+            ]))) {
               await this.#spare(x.repo, x.d);
             } else {
               this.#report.manifests++;
@@ -779,7 +794,7 @@ class Collection {
         await this.#sweepNoted(batch.map((x) => ({ path: x.link, raw: Buffer.from(x.d), d: x.d })), async () => {
           await this.#deleteMany(batch.map((x) => x.link));
           await Promise.all(batch.map((x) => this.#limit(async () => {
-            if ((await this.#touchedSinceFirstRead(x.d)) && (await this.#putBackUnlessDeleted(x.link, () => this.#d.putContent(x.link, Buffer.from(x.d)).then(() => undefined)))) {
+            if ((await this.#touchedSinceFirstRead(x.d)) && (await this.#putBackUnlessDeleted(x.link, [() => this.#d.putContent(x.link, Buffer.from(x.d))]))) {
               this.#report.spared++;
               this.#report.links--;
             }
@@ -1146,22 +1161,50 @@ class Collection {
   }
 
   /**
-   * Puts `path` back by `write` unless a client deleted it while a note existed (J). The look
-   * for the client's tombstone and the write are two steps, and a client's delete between
+   * Puts `path` back by `writes` unless a client deleted it while a note existed (J). The look
+   * for the client's tombstone and the writes are two steps, and a client's delete between
    * them was undone: the manifest answered 200 after the client's 202 (found by probing). So
-   * an intent for the path is held from before the look until the write is done, and a
+   * an intent for the path is held from before the look until the writes are done, and a
    * client that wrote a tombstone waits for it to go before it deletes (gc/guard.ts
    * deleting()): either the client sees the intent and deletes after the put-back, or its
-   * tombstone came before the look, which then sees it. Two requests more per put-back.
-   * Returns whether it wrote.
+   * tombstone came before the look, which then sees it. The client waits only for the
+   * intent's window (gc/intent.ts): a put-back that would write later looks again. Two
+   * requests more per put-back. Returns whether it wrote.
    */
-  async #putBackUnlessDeleted(path: string, write: () => Promise<void>): Promise<boolean> {
-    const intent = paths.gcPutBackIntent(path);
-    await this.#d.putContent(intent, json({ gen: this.#lease?.gen, at: new Date().toISOString() }));
-    try {
+  async #putBackUnlessDeleted(path: string, writes: Array<() => Promise<unknown>>): Promise<boolean> {
+    return (await this.#underIntent(paths.gcPutBackIntent(path), async (inTime) => {
       if (await this.#clientDeleted(path)) return false;
-      await write();
+      // All of them again after a late one: each writes the same bytes.
+      for (const write of writes) {
+        if (!inTime()) return LATE;
+        await write();
+      }
       return true;
+    })) ?? false;
+  }
+
+  /**
+   * Runs `body` under an intent at `intent` (F, J), and deletes the intent after. Servers wait
+   * for an intent only for its window (gc/intent.ts), so `body` sends a write the intent covers
+   * only while `inTime()`; else it returns LATE, and runs again under the intent written anew:
+   * what it read before it wrote (a tombstone, a tag) is read again, since a server that gave
+   * up waiting wrote its own before it looked. INTENT_ATTEMPTS at most: a store that slow
+   * fails the collection (a batch's note stays, and its replay puts back what it must).
+   */
+  async #underIntent<T>(intent: string, body: (inTime: () => boolean) => Promise<T | typeof LATE>): Promise<T> {
+    const windowMs = Math.min(this.#o.intentWindowMs ?? INTENT_WAIT_MS, INTENT_WAIT_MS);
+    try {
+      for (let attempt = 1; ; attempt++) {
+        // Taken before the intent is sent: it is stored after this, and the window runs from there.
+        const startedAt = performance.now();
+        const record: IntentRecord = { gen: this.#lease?.gen, at: new Date().toISOString(), windowMs };
+        await this.#d.putContent(intent, json(record));
+        const result = await body(() => performance.now() - startedAt < windowMs * INTENT_SEND_SHARE);
+        if (result !== LATE) return result;
+        if (attempt >= INTENT_ATTEMPTS) {
+          throw new Error(`storage too slow for garbage collection: ${INTENT_ATTEMPTS} times it took longer than ${Math.round(windowMs * INTENT_SEND_SHARE)} ms to write an intent (${intent}) and read what it decides on`);
+        }
+      }
     } finally {
       await ignoreNotFound(this.#d.delete(intent));
     }
@@ -1261,9 +1304,9 @@ class Collection {
       const bytes = Buffer.from(e.raw, 'base64');
       if (e.record === true && !(await this.#hasData(parseBlobRecord(bytes)))) return;
       try {
-        await this.#putBackUnlessDeleted(path, async () => {
+        await this.#putBackUnlessDeleted(path, [async () => {
           if (await this.#d.putContent(path, bytes, { ifNotExists: true })) this.#report.spared++;
-        });
+        }]);
       } catch (err) {
         // A path this version cannot write is no path it noted.
         if (!(err instanceof InvalidPathError)) throw err;

@@ -1,9 +1,12 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { objectExists, type StorageDriver } from '../storage/driver.js';
 import { WELL_KNOWN_BLOBS } from '../registry/blobs.js';
 import { clockSkew, defaultOwner, runningGeneration } from './lease.js';
+import { intentRemaining, intentWindow, statOrUndefined } from './intent.js';
+import { readOrUndefined } from './scan.js';
 import { processIdentity, type ProcessIdentity } from '../process-identity.js';
 import { paths } from '../registry/paths.js';
 import { tryParseDigest, type Digest } from '../registry/reference.js';
@@ -85,12 +88,6 @@ class Epoch {
 /** Touches written at once; a manifest lists a config, its layers or its children. */
 const TOUCH_CONCURRENCY = 8;
 /**
- * How long a tag write waits for a collector to finish deleting that tag, and a client's
- * delete for a collector to finish putting the path back (gc/collector.ts holds an intent for
- * milliseconds; one a collector that died left is waited out, until the next replay clears it).
- */
-const INTENT_WAIT_MS = 30_000;
-/**
  * When a check right after a touch finds a reference missing while a collection runs, it is
  * looked for again after these pauses (3 s in all): the collector puts back within three
  * store requests what it deleted under a fresh touch (gc/collector.ts A).
@@ -131,13 +128,15 @@ const DEFAULT_HEARTBEAT_MS = 60_000;
  *
  * 3. tagIntent() (F): a collector deleting an expired tag first writes an intent, then re-reads
  *    the tag; a PUT that knew a collection was running looks for the intent after writing its
- *    tag, waits for the collector to be done, and repairs the tag if it was deleted under it
- *    (ManifestStore.repairTag).
+ *    tag, waits for the collector to be done (or for the intent's window to pass: one a killed
+ *    collector left is not waited for, gc/intent.ts), and repairs the tag if it was deleted
+ *    under it (ManifestStore.repairTag).
  *
  * 4. deleting() (J): before a client's delete of a manifest, a referrer entry or a link, if a
  *    collector's sweep note exists (it is mid-batch, or it died there), writes down that the
  *    client deleted it, so that the note's replay, or the collector's own putting back,
- *    does not bring it back. One stat of the note per delete while none exists.
+ *    does not bring it back, and waits for a put-back under way (its intent), as duty 3 waits.
+ *    One stat of the note per delete while none exists.
  */
 export class GcGuard {
   readonly #driver: StorageDriver;
@@ -245,16 +244,27 @@ export class GcGuard {
    */
   async tagIntent(repo: string, tag: string): Promise<boolean> {
     if (!this.collecting) return false;
-    const intent = paths.gcTagIntent(repo, tag);
-    if (!(await objectExists(this.#driver, intent))) return false;
-    await this.#waitGone(intent);
-    return true;
+    return this.#waitGone(paths.gcTagIntent(repo, tag), paths.tag(repo, tag));
   }
 
-  /** Waits while a collector's intent at `path` exists, INTENT_WAIT_MS at most (it holds one for milliseconds). */
-  async #waitGone(path: string): Promise<void> {
-    const deadline = Date.now() + INTENT_WAIT_MS;
-    while (Date.now() < deadline && (await objectExists(this.#driver, path))) await sleep(20);
+  /**
+   * Waits while a collector's intent at `intent` exists, for as long as its collector may still
+   * write under it (gc/intent.ts: its window, which one a killed collector left has long
+   * passed). `mine`: the object this server wrote just before it called this (its tag, its
+   * tombstone), whose date tells how old the intent is by the store's clock. Returns whether
+   * there was one. While there is none: one stat; else one read and one stat more.
+   */
+  async #waitGone(intent: string, mine: string): Promise<boolean> {
+    const found = await statOrUndefined(this.#driver, intent);
+    if (!found) return false;
+    // It was written before that stat answered: its window has passed by then + window.
+    const seenAt = performance.now();
+    const windowMs = intentWindow(await readOrUndefined(this.#driver, intent));
+    let until = seenAt + windowMs;
+    const own = await statOrUndefined(this.#driver, mine);
+    if (own) until = Math.min(until, performance.now() + intentRemaining(found, own, windowMs));
+    while (performance.now() < until && (await objectExists(this.#driver, intent))) await sleep(20);
+    return true;
   }
 
   /**
@@ -266,11 +276,13 @@ export class GcGuard {
     if (!(await objectExists(this.#driver, paths.gcSweeping()))) return;
     await Promise.all(targets.map(async (target) => {
       if (!(await objectExists(this.#driver, target))) return;
-      await this.#driver.putContent(paths.gcDeleted(target), Buffer.from(target));
+      const tombstone = paths.gcDeleted(target);
+      await this.#driver.putContent(tombstone, Buffer.from(target));
       // A collector that looked for the tombstone before it was written may be putting the
       // path back: the delete waits for that to be done, or it would be undone
       // (gc/collector.ts #putBackUnlessDeleted). One stat more, and only while a note exists.
-      await this.#waitGone(paths.gcPutBackIntent(target));
+      // The tombstone's date tells how old an intent found is (gc/intent.ts).
+      await this.#waitGone(paths.gcPutBackIntent(target), tombstone);
     }));
   }
 

@@ -8,6 +8,8 @@ export interface StageHooks {
   before?: (op: StagedOp, path: string, args: readonly unknown[]) => Promise<void> | void;
   /** Sees the call's result once it returned, and may replace it. */
   after?: (op: StagedOp, path: string, result: unknown) => unknown;
+  /** Runs once the call is done at the store, whether it returned or threw; the caller waits for it. */
+  settled?: (op: StagedOp, path: string) => Promise<void> | void;
 }
 
 /**
@@ -28,7 +30,12 @@ export function staged(base: StorageDriver, hooks: StageHooks): StorageDriver {
       const op = prop as StagedOp;
       return async (path: string, ...rest: unknown[]) => {
         await hooks.before?.(op, path, rest);
-        const result = await fn(path, ...rest);
+        let result: unknown;
+        try {
+          result = await fn(path, ...rest);
+        } finally {
+          await hooks.settled?.(op, path);
+        }
         return hooks.after ? hooks.after(op, path, result) : result;
       };
     },
