@@ -87,12 +87,15 @@ export class Admission {
   /**
    * Runs `fn` once a slot is free; `fn` shows its body to the ticket while it reads one.
    * `ready`: whether the request's body is arriving or there, asked while it waits.
+   * `onWait`: called once if the request has to wait, as it starts to: a body whose client
+   * holds it back until asked (BodySource.invite) can only become ready if it comes now.
    */
-  async run<T>(fn: (ticket: Ticket) => Promise<T>, ready: () => boolean = () => false): Promise<T> {
+  async run<T>(fn: (ticket: Ticket) => Promise<T>, ready: () => boolean = () => false, onWait?: () => void): Promise<T> {
     if (this.#running < this.#slots) {
       this.#running++;
     } else {
       if (this.#waiting.length >= this.#maxWaiting) throw new AdmissionFullError(this.#waiting.length);
+      onWait?.();
       // The slot is handed over by the one that leaves it (#next): #running stays counted.
       await new Promise<void>((admit) => this.#waiting.push({ ready, admit }));
     }

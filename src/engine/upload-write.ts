@@ -27,6 +27,15 @@ export interface BodySource {
    * go first; absent, the body is taken for not ready.
    */
   readonly ready?: () => boolean;
+  /**
+   * Tells the source that the body will be read, though not yet: the request passed the
+   * checks made before admission and now waits for a slot. A client that sends its body
+   * only once asked (HTTP's `Expect: 100-continue`) is asked now, so that its body can
+   * become ready (above) while it waits rather than only once its turn came, which a steady
+   * stream of ready requests could put off for good. Only what the front end reads early
+   * of a body arrives before the pump (a few KiB, as for any body); the rest waits.
+   */
+  readonly invite?: () => void;
 }
 
 export interface UploadWriteDeps {

@@ -186,7 +186,7 @@ export class UploadEngine {
         }
         this.#checkLength(repo, id, range, offset - start, offset);
         return { id, offset };
-      }, range.length, readiness(body));
+      }, range.length, body);
     });
   }
 
@@ -251,7 +251,7 @@ export class UploadEngine {
         throw new RegistryError('DIGEST_INVALID', { detail: { expected: digest.value, actual: `${digest.algorithm}:${actual}` } });
       }
       return { dataPath: s.dataPath, size };
-    }, body ? range.length : undefined, readiness(body));
+    }, body ? range.length : undefined, body);
     if (adopt) {
       // The upload record goes out before the blob record comes in. The other way round, a
       // crash between the two (kill -9, found by probing) left an upload whose data a blob
@@ -512,11 +512,13 @@ export class UploadEngine {
   /**
    * Runs `fn` with the upload's writer (the caller holds the upload: #locked, or a monolithic
    * upload's own id). `sizeHintBytes`, the body's declared length, goes to the driver
-   * (StorageDriver.writer: S3 sizes a new upload's parts after it). `ready`: whether the
-   * request may go before others waiting for admission (readiness()).
+   * (StorageDriver.writer: S3 sizes a new upload's parts after it). `body`, the request's, if
+   * it has one, tells whether it may go before others waiting for admission (readiness()),
+   * and is invited (BodySource.invite) if the request has to wait.
    */
   async #exclusive<T>(
-    s: Session, fn: (writer: FileWriter, ticket: Ticket | undefined) => Promise<T>, sizeHintBytes: number | undefined, ready: () => boolean,
+    s: Session, fn: (writer: FileWriter, ticket: Ticket | undefined) => Promise<T>, sizeHintBytes: number | undefined,
+    body: BodySource | undefined,
   ): Promise<T> {
     const run = async (ticket?: Ticket): Promise<T> => {
       s.lock?.assertHeld();
@@ -535,8 +537,11 @@ export class UploadEngine {
     this.#writing++;
     try {
       // Waiting here holds no engine buffer: the front end keeps at most the body's first few
-      // KiB, which tell whether it is ready (BodySource.ready), and pauses the socket.
-      return await (this.#admission ? this.#admission.run(run, ready) : run());
+      // KiB, which tell whether it is ready (BodySource.ready), and pauses the socket. The
+      // refusals that need no slot (an unknown or busy upload) were made; those that need the
+      // writer's size (a chunk out of order, a blob past maxBlobBytes) come once admitted,
+      // after the invited body's first bytes.
+      return await (this.#admission ? this.#admission.run(run, readiness(body), () => body?.invite?.()) : run());
     } finally {
       this.#writing--;
     }

@@ -35,6 +35,13 @@ export interface IncomingRequest {
    * such requests first (engine/admission.ts). Absent: not known, taken for not ready.
    */
   readonly bodyReady?: boolean;
+  /**
+   * The body will be read, but not yet (the request waits for an upload slot): a front end
+   * that holds a client's body back until it is read (node:http's `100 Continue`) lets it
+   * come now, so that it can become bodyReady. It reads no more of it early than of any
+   * other body. Absent: the front end holds nothing back (uWS answers the 100 itself).
+   */
+  inviteBody?(): void;
 }
 
 export interface BodySink {

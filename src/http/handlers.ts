@@ -386,7 +386,7 @@ function bodyOf(c: Ctx): BodySource {
     };
     return c.req.readBody(counting);
   };
-  return Object.assign(pump, { ready: () => c.req.bodyReady ?? false });
+  return Object.assign(pump, { ready: () => c.req.bodyReady ?? false, invite: () => c.req.inviteBody?.() });
 }
 
 function blobCreated(c: Ctx, digest: string): void {

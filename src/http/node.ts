@@ -183,9 +183,10 @@ export class NodeFrontEnd implements FrontEnd {
     // node:http's own (_http_server.js), not in its typings.
     (this.#server as { httpAllowHalfOpen?: boolean }).httpAllowHalfOpen = true;
     if (opts.tls) answerPlainHttp(this.#server as HttpsServer, idleMs, opts.onRefused);
-    // `Expect: 100-continue`: the 100 goes out when the handler starts reading the body, so
-    // a request refused first (401, 404, 416...) gets its answer before the client sends
-    // the body at all; node:http then closes the connection, whose framing is unknown.
+    // `Expect: 100-continue`: the 100 goes out when the handler starts reading the body, or
+    // when the request starts waiting for an upload slot (inviteBody), so a request refused
+    // first (401, 404, 416...) gets its answer before the client sends the body at all;
+    // node:http then closes the connection, whose framing is unknown.
     this.#server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
     // Any other expectation: node:http would answer a bare 417 (no error envelope) where uWS
     // serves the request; RFC 9110 §10.1.1 makes the 417 a MAY, so serve it here too.
@@ -283,6 +284,8 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
   #closeAfterResponse = false;
   /** The client waits for `100 Continue` before it sends the body. */
   readonly #expectsContinue: boolean;
+  /** `100 Continue` went out (inviteBody() or readBody()). */
+  #continued = false;
   /** The request-target's authority, when it came in absolute-form. */
   readonly #authority: string | undefined;
   /** Why the request is refused before any handler sees it (host.ts), if it is. */
@@ -348,6 +351,25 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
     if (this.#body !== undefined) return this.#body.ready;
     const req = this.#req;
     return this.#aborted || req.complete || req.readableLength >= Math.min(READY_BYTES, req.readableHighWaterMark);
+  }
+
+  /**
+   * A client waiting for `100 Continue` gets it now: its body then arrives into node's stream
+   * buffer (bodyReady), and node stops reading the socket once that holds its highWaterMark,
+   * as for a body sent without Expect. Called when the request starts waiting for an upload
+   * slot (engine/admission.ts), after the refusals made before it (401, 404, 416 for a busy
+   * upload), which go out instead of the 100; without it, a request waiting for the 100 sent
+   * nothing, so was never ready, and ready pushes that kept coming went first for as long as
+   * they came (measured: 25 s, while 12 clients pushed without Expect, until they stopped).
+   */
+  inviteBody(): void {
+    this.#writeContinue();
+  }
+
+  #writeContinue(): void {
+    if (!this.#expectsContinue || this.#continued || this.#started || this.#aborted) return;
+    this.#continued = true;
+    this.#res.writeContinue();
   }
 
   header(name: string): string | undefined {
@@ -430,7 +452,7 @@ class NodeExchange implements IncomingRequest, OutgoingResponse {
       },
     }, { chunksOwned: true });
     this.#body = body;
-    if (this.#expectsContinue) this.#res.writeContinue();
+    this.#writeContinue();
     req.on('data', onData).once('end', onEnd).once('error', onError);
     if (idleMs > 0 && !req.complete) req.on('timeout', onIdle);
     return body.start(sink);

@@ -36,6 +36,21 @@ describe('Admission', () => {
     expect(order).toEqual(['b', 'd', 'a', 'c']);
   });
 
+  it('tells a request that has to wait, once, as it starts to, and one admitted at once nothing', async () => {
+    const admission = new Admission(1);
+    const told: string[] = [];
+    const hold = deferred();
+    const first = admission.run(() => hold.promise, () => false, () => told.push('first'));
+    const second = admission.run(async () => undefined, () => false, () => told.push('second'));
+    await tick();
+    // Told while it waits: its body (BodySource.invite) may come meanwhile.
+    expect(admission.waiting).toBe(1);
+    expect(told).toEqual(['second']);
+    hold.resolve();
+    await Promise.all([first, second]);
+    expect(told).toEqual(['second']);
+  });
+
   it('refuses more waiting requests than maxWaiting with 503', async () => {
     const admission = new Admission(1, { maxWaiting: 2 });
     const hold = deferred();
