@@ -88,7 +88,8 @@ const HOSTNAME = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9
  * it does not hold are fetched from the upstream, stored and served; pushes and deletes are
  * refused. `tagTtl`: a tag confirmed by the upstream longer ago than this is checked again (a
  * HEAD) on its next pull. `ttl`: what nobody pulled for this long is collected (`hoist gc`).
- * `maxBlobFetches`: upstream blob fetches at once (src/proxy/cache.ts).
+ * `maxBlobFetches`: upstream blob fetches at once (src/proxy/cache.ts). `maxMetadataRequests`:
+ * upstream manifest, blob HEAD and tag list requests at once (src/proxy/upstream.ts).
  */
 const proxy = z.object({
   remoteUrl: z
@@ -109,6 +110,17 @@ const proxy = z.object({
    * upstream connection, a storage writer and up to 1 MiB kept for clients that join it.
    */
   maxBlobFetches: integerish.pipe(z.number().min(1).max(100_000)).default(64),
+  /**
+   * Upstream metadata requests (manifests, blob HEADs, tag lists) at once; four times as many
+   * wait for a place, for 10 s at most, and the rest get 429 with Retry-After. Requests for
+   * one reference share one upstream request and take one place. Why 32: a pull asks them one
+   * after another (tag, index, platform manifest, then its blobs), so 32 pulls resolve at the
+   * same moment and the next wait a round trip (a HEAD to a registry takes some 50-300 ms:
+   * 100 or more a second get through); half of maxBlobFetches' 64, which each hold their
+   * connection far longer. Each holds an upstream socket and up to a manifest's bytes
+   * (manifests.maxBytes) or a tag list's (16 MiB) while it is read.
+   */
+  maxMetadataRequests: integerish.pipe(z.number().min(1).max(10_000)).default(32),
 }).strict()
   .refine((p) => !(p.password !== undefined && p.passwordFile !== undefined), { message: 'password and passwordFile exclude each other' })
   .refine((p) => (p.username === undefined) === (p.password === undefined && p.passwordFile === undefined), {

@@ -70,9 +70,10 @@ export interface AuthDecisionMessage {
 export interface LimitRefusalMessage {
   /**
    * rate: requests per second; uploads: uploads in flight per client; blob_fetches: a
-   * pull-through cache's upstream blob fetches at once (proxy.maxBlobFetches).
+   * pull-through cache's upstream blob fetches at once (proxy.maxBlobFetches);
+   * upstream_requests: its upstream metadata requests at once and waiting (proxy.maxMetadataRequests).
    */
-  readonly limit: 'rate' | 'uploads' | 'blob_fetches';
+  readonly limit: 'rate' | 'uploads' | 'blob_fetches' | 'upstream_requests';
 }
 
 export interface StorageRequestMessage {

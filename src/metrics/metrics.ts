@@ -231,7 +231,7 @@ export class HoistMetrics {
     });
     const limitRefusals = new Counter({
       name: 'hoist_limit_refusals_total',
-      help: 'Requests refused with 429 by a limit: rate (limits.requestsPerSecond), uploads (limits.maxConcurrentUploads), blob_fetches (proxy.maxBlobFetches)',
+      help: 'Requests refused with 429 by a limit: rate (limits.requestsPerSecond), uploads (limits.maxConcurrentUploads), blob_fetches (proxy.maxBlobFetches), upstream_requests (proxy.maxMetadataRequests)',
       labelNames: ['limit'], registers,
     });
     const stoppedBodies = new Counter({
@@ -240,7 +240,7 @@ export class HoistMetrics {
       registers,
     });
     for (const decision of ['allowed', 'unauthorized', 'denied']) authDecisions.inc({ decision }, 0);
-    for (const limit of ['rate', 'uploads', 'blob_fetches']) limitRefusals.inc({ limit }, 0);
+    for (const limit of ['rate', 'uploads', 'blob_fetches', 'upstream_requests']) limitRefusals.inc({ limit }, 0);
 
     // --- subscriptions ------------------------------------------------------------------
     this.#on(channels.httpRequest, (m: HttpRequestMessage) => {

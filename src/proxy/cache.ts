@@ -56,7 +56,10 @@ export interface PullThroughCacheOptions {
  * connection, a storage writer and bytes kept for late joiners, and pulls of a thousand
  * different digests at once started a thousand fetches (found by probing). A pull that would
  * start one more gets 429 with Retry-After, as the per-client limits answer (src/http/limits.ts);
- * one joining a fetch in progress costs nothing and is never refused. Everything is stored through the core's own stores, under the GC guard,
+ * one joining a fetch in progress costs nothing and is never refused. The other upstream
+ * requests (manifests, blob HEADs, tag lists) are bounded by the UpstreamClient itself
+ * (proxy.maxMetadataRequests, upstream.ts): 429 past them, or what the cache holds, as when
+ * the upstream cannot be asked. Everything is stored through the core's own stores, under the GC guard,
  * as pushes are (gc/collector.ts, H).
  */
 export class PullThroughCache implements Mirror {

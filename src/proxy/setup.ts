@@ -28,7 +28,7 @@ export async function loadMirror(proxy: ProxyConfig, option: string, log: Logger
     }
   }
   const plog = log.child({ component: 'proxy', upstream: new URL(proxy.remoteUrl).host });
-  const upstream = new UpstreamClient({ remoteUrl: proxy.remoteUrl, username: proxy.username, password, log: plog });
+  const upstream = new UpstreamClient({ remoteUrl: proxy.remoteUrl, username: proxy.username, password, log: plog, maxMetadataRequests: proxy.maxMetadataRequests });
   let cache: PullThroughCache | undefined;
   return {
     factory: (core) => (cache = new PullThroughCache(core, { upstream, tagTtlMs: proxy.tagTtl, ttlMs: proxy.ttl, maxBlobFetches: proxy.maxBlobFetches, progressWindowMs: test.proxyBlobWindowMs, log: plog })),

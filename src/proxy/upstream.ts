@@ -1,10 +1,12 @@
 import type { Logger } from 'pino';
+import { channels, type LimitRefusalMessage } from '../diagnostics.js';
 import { BlobTooLargeError, RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
 import { MANIFEST_MEDIA_TYPES } from '../registry/manifest-schema.js';
 import type { Page } from '../registry/manifests.js';
 import { parseChallenge, type Challenge } from './challenge.js';
 import { bareHost, isInternalAddress, isInternalHost } from './destinations.js';
 import { internalAddressError, UpstreamHttp } from './http-client.js';
+import { RequestSlots } from './request-slots.js';
 
 /**
  * The upstream registry of a pull-through cache, spoken to as a client does (distribution-spec
@@ -44,6 +46,8 @@ export interface UpstreamOptions {
   readonly log: Logger;
   /** How long to wait for a response's headers (connecting included). */
   readonly headersTimeoutMs?: number;
+  /** Metadata requests (manifests, blob HEADs, tag lists) at once (proxy.maxMetadataRequests); the rest wait in a bounded line. */
+  readonly maxMetadataRequests: number;
 }
 
 const DEFAULT_HEADERS_TIMEOUT_MS = 30_000;
@@ -66,6 +70,20 @@ const MAX_REDIRECTS = 5;
 /** What fetch() follows (Fetch standard, "redirect status"). */
 const REDIRECT_STATUSES: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
 const MANIFEST_ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
+/**
+ * Requests that wait for a place, per place: a burst of four times as many as run (a fleet
+ * starting at once) waits rather than being refused; past that the client gets 429, as past
+ * proxy.maxBlobFetches. Waiters are client requests holding connections; a line that only
+ * grew while the upstream was slow would be the pile-up the limit is there to stop.
+ */
+const QUEUED_PER_METADATA_REQUEST = 4;
+/**
+ * The longest a metadata request waits in line: past it, 429 (the client retries) rather than
+ * a wait that the line's length times the upstream's timeouts (30 s for headers and 30 s for
+ * a body) would allow, minutes behind a stalled upstream. A healthy upstream clears a full
+ * line in well under it (4 rounds of a round trip).
+ */
+const MAX_METADATA_WAIT_MS = 10_000;
 
 /**
  * The upstream could not be asked (refused connection, timeout, reset, 5xx). A tag the cache
@@ -84,9 +102,23 @@ export class UpstreamThrottledError extends TooManyRequestsError {
   }
 }
 
-/** Whether the cache may answer from what it holds instead: the upstream could not say. */
+/**
+ * The cache's own bound on upstream metadata requests (proxy.maxMetadataRequests) is reached,
+ * and the line behind it too (or this one waited too long in it): 429, as past
+ * proxy.maxBlobFetches, unless the cache has the content.
+ */
+export class UpstreamBusyError extends TooManyRequestsError {
+  constructor(remote: string, why: 'full' | 'waited') {
+    super(1, {
+      message: why === 'full' ? 'too many requests to the upstream registry waiting; retry' : 'waited too long for a request to the upstream registry; retry',
+      detail: { upstream: remote },
+    });
+  }
+}
+
+/** Whether the cache may answer from what it holds instead: the upstream could not say (or not now). */
 export function isUpstreamDown(err: unknown): boolean {
-  return err instanceof UpstreamUnavailableError || err instanceof UpstreamThrottledError;
+  return err instanceof UpstreamUnavailableError || err instanceof UpstreamThrottledError || err instanceof UpstreamBusyError;
 }
 
 export interface UpstreamManifest {
@@ -131,6 +163,8 @@ export class UpstreamClient {
   /** Blob HEADs in flight, by `<repo> <digest>`: one per blob and repository at a time. */
   readonly #heads = new Map<string, Promise<number>>();
   readonly #http: UpstreamHttp;
+  /** What bounds the metadata requests (not blob GETs: the cache bounds those, proxy.maxBlobFetches). */
+  readonly #metadata: RequestSlots;
 
   constructor(o: UpstreamOptions) {
     this.#o = o;
@@ -141,23 +175,37 @@ export class UpstreamClient {
       : undefined;
     this.#headersTimeoutMs = o.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS;
     this.#http = new UpstreamHttp(() => this.#isLocal());
+    const max = o.maxMetadataRequests;
+    this.#metadata = new RequestSlots({
+      max, maxQueued: max * QUEUED_PER_METADATA_REQUEST, maxWaitMs: MAX_METADATA_WAIT_MS,
+      refuse: (why) => {
+        if (channels.limitRefusal.hasSubscribers) channels.limitRefusal.publish({ limit: 'upstream_requests' } satisfies LimitRefusalMessage);
+        this.#o.log.debug({ upstream: this.remote, why, active: this.#metadata.active, queued: this.#metadata.queued }, 'upstream metadata request refused: proxy.maxMetadataRequests busy');
+        return new UpstreamBusyError(this.remote, why);
+      },
+    });
   }
 
   // --- the operations ---------------------------------------------------------------------
 
   /** HEAD a manifest: its digest (Docker-Content-Digest, when sent). MANIFEST_UNKNOWN, DENIED, or unavailable. */
-  async headManifest(repo: string, reference: string): Promise<{ digest: string | undefined }> {
-    const res = await this.#send('HEAD', repo, `manifests/${reference}`, { accept: MANIFEST_ACCEPT });
-    await this.#expectOk(res, 'MANIFEST_UNKNOWN', { reference });
-    return { digest: res.headers.get('docker-content-digest') ?? undefined };
+  headManifest(repo: string, reference: string): Promise<{ digest: string | undefined }> {
+    return this.#metadata.run(async () => {
+      const res = await this.#send('HEAD', repo, `manifests/${reference}`, { accept: MANIFEST_ACCEPT });
+      await this.#expectOk(res, 'MANIFEST_UNKNOWN', { reference });
+      return { digest: res.headers.get('docker-content-digest') ?? undefined };
+    });
   }
 
   /** GET a manifest, at most `maxBytes` of it. */
-  async getManifest(repo: string, reference: string, maxBytes: number): Promise<UpstreamManifest> {
-    const res = await this.#send('GET', repo, `manifests/${reference}`, { accept: MANIFEST_ACCEPT });
-    await this.#expectOk(res, 'MANIFEST_UNKNOWN', { reference });
-    const bytes = await this.#readCapped(res, maxBytes);
-    return { bytes, contentType: res.headers.get('content-type') ?? undefined, digest: res.headers.get('docker-content-digest') ?? undefined };
+  getManifest(repo: string, reference: string, maxBytes: number): Promise<UpstreamManifest> {
+    // Its body is read within its place: the bytes in memory are what the bound is for too.
+    return this.#metadata.run(async () => {
+      const res = await this.#send('GET', repo, `manifests/${reference}`, { accept: MANIFEST_ACCEPT });
+      await this.#expectOk(res, 'MANIFEST_UNKNOWN', { reference });
+      const bytes = await this.#readCapped(res, maxBytes);
+      return { bytes, contentType: res.headers.get('content-type') ?? undefined, digest: res.headers.get('docker-content-digest') ?? undefined };
+    });
   }
 
   /**
@@ -170,7 +218,8 @@ export class UpstreamClient {
     const key = `${repo} ${digest}`;
     let head = this.#heads.get(key);
     if (!head) {
-      head = this.#headBlob(repo, digest).finally(() => this.#heads.delete(key));
+      // Its place is taken inside the shared HEAD: those who share it take none.
+      head = this.#metadata.run(() => this.#headBlob(repo, digest)).finally(() => this.#heads.delete(key));
       this.#heads.set(key, head);
     }
     const size = await head;
@@ -222,7 +271,11 @@ export class UpstreamClient {
   }
 
   /** The upstream's tags/list, one page (distribution-spec "Listing Tags"). */
-  async listTags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {
+  listTags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {
+    return this.#metadata.run(() => this.#listTags(repo, n, last));
+  }
+
+  async #listTags(repo: string, n: number | undefined, last: string | undefined): Promise<Page<string>> {
     const q = new URLSearchParams();
     if (n !== undefined) q.set('n', String(n));
     if (last !== undefined) q.set('last', last);

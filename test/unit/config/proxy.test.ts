@@ -10,12 +10,13 @@ describe('config proxy (pull-through cache)', () => {
     expect(loadConfig().proxy).toBeUndefined();
   });
 
-  it('takes the upstream URL, with tagTtl 5m, ttl 7d and maxBlobFetches 64 by default', () => {
+  it('takes the upstream URL, with tagTtl 5m, ttl 7d, maxBlobFetches 64 and maxMetadataRequests 32 by default', () => {
     expect(loadConfig({ overrides: { proxy: { remoteUrl: 'https://registry-1.docker.io/' } } }).proxy).toEqual({
       remoteUrl: 'https://registry-1.docker.io',
       tagTtl: 300_000,
       ttl: 7 * 86_400_000,
       maxBlobFetches: 64,
+      maxMetadataRequests: 32,
     });
   });
 
@@ -28,11 +29,12 @@ describe('config proxy (pull-through cache)', () => {
         HOIST_PROXY_TAG_TTL: '30s',
         HOIST_PROXY_TTL: '2d',
         HOIST_PROXY_MAX_BLOB_FETCHES: '16',
+        HOIST_PROXY_MAX_METADATA_REQUESTS: '8',
         HOIST_NAMESPACES: '[{"name":"ghcr","host":"ghcr.mirror.example","proxy":{"remoteUrl":"https://ghcr.io"}}]',
       },
     });
-    expect(cfg.proxy).toEqual({ remoteUrl: 'http://upstream:5000', username: 'me', passwordFile: '/run/secrets/upstream', tagTtl: 30_000, ttl: 172_800_000, maxBlobFetches: 16 });
-    expect(cfg.namespaces[0]!.proxy).toEqual({ remoteUrl: 'https://ghcr.io', tagTtl: 300_000, ttl: 604_800_000, maxBlobFetches: 64 });
+    expect(cfg.proxy).toEqual({ remoteUrl: 'http://upstream:5000', username: 'me', passwordFile: '/run/secrets/upstream', tagTtl: 30_000, ttl: 172_800_000, maxBlobFetches: 16, maxMetadataRequests: 8 });
+    expect(cfg.namespaces[0]!.proxy).toEqual({ remoteUrl: 'https://ghcr.io', tagTtl: 300_000, ttl: 604_800_000, maxBlobFetches: 64, maxMetadataRequests: 32 });
   });
 
   it.each<[string, object, RegExp]>([
@@ -46,6 +48,7 @@ describe('config proxy (pull-through cache)', () => {
     ['a ttl under a second', { remoteUrl: 'https://x', ttl: '10ms' }, /proxy\.ttl: at least 1s/],
     ['no blob fetches at all', { remoteUrl: 'https://x', maxBlobFetches: 0 }, /proxy\.maxBlobFetches/],
     ['a fraction of a blob fetch', { remoteUrl: 'https://x', maxBlobFetches: 1.5 }, /proxy\.maxBlobFetches/],
+    ['no metadata requests at all', { remoteUrl: 'https://x', maxMetadataRequests: 0 }, /proxy\.maxMetadataRequests/],
     ['an unknown key', { remoteUrl: 'https://x', mirror: true }, /mirror/],
   ])('refuses %s', (_label, proxy, message) => {
     expect(configError({ overrides: { proxy } }).message).toMatch(message);
@@ -61,7 +64,7 @@ describe('config proxy (pull-through cache)', () => {
       writeFileSync(join(dir, 'hoist.yaml'), yaml!);
       const cfg = loadConfig({ file: join(dir, 'hoist.yaml') });
       expect(cfg.proxy).toEqual({
-        remoteUrl: 'https://registry-1.docker.io', username: 'ci-puller', passwordFile: '/run/secrets/dockerhub', tagTtl: 300_000, ttl: 604_800_000, maxBlobFetches: 64,
+        remoteUrl: 'https://registry-1.docker.io', username: 'ci-puller', passwordFile: '/run/secrets/dockerhub', tagTtl: 300_000, ttl: 604_800_000, maxBlobFetches: 64, maxMetadataRequests: 32,
       });
       expect(cfg.namespaces[0]).toMatchObject({ name: 'ghcr', host: 'ghcr.mirror.example.com', proxy: { remoteUrl: 'https://ghcr.io' } });
     } finally {

@@ -62,6 +62,7 @@ const client = (): UpstreamClient => new UpstreamClient({
   remoteUrl: url,
   log: createLogger('silent', new Writable({ write: (_c, _e, cb) => cb() })),
   headersTimeoutMs: 500,
+  maxMetadataRequests: 32,
 });
 
 describe('UpstreamClient: small bodies arrive whole in time, or the upstream is unavailable', () => {
