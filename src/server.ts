@@ -10,7 +10,7 @@ import { ReadinessCheck } from './health.js';
 import { MetricsListener } from './metrics/listener.js';
 import { HoistMetrics } from './metrics/metrics.js';
 import { MirrorExpiry } from './gc/mirror.js';
-import { loadMirror, type LoadedMirror } from './proxy/setup.js';
+import { loadMirror, proxyClientBufferedBytes, type LoadedMirror } from './proxy/setup.js';
 import { ExpiryPolicy } from './registry/expiry.js';
 import { HashPool } from './engine/hash-pool.js';
 import { Registry } from './registry/registry.js';
@@ -116,6 +116,7 @@ export async function startServer(config: Readonly<Config>, log: Logger, test: T
       writeBufferBytes: () => ({ inUse: driver.writeBuffers?.inUseBytes ?? 0, held: driver.writeBuffers?.heldBytes ?? 0 }),
       uploadsInProgress: () => registries.reduce((n, r) => n + r.uploadsInProgress, 0),
       proxyBlobFetches: () => [...mirrors.values()].reduce((n, m) => n + m.blobFetches(), 0),
+      proxyClientBufferedBytes,
     });
     const listener = new MetricsListener(m, readiness);
     try {

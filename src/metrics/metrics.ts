@@ -32,6 +32,8 @@ export interface MetricSources {
   uploadsInProgress(): number;
   /** Blob fetches from upstreams in flight now, over every pull-through cache (src/proxy/). */
   proxyBlobFetches(): number;
+  /** Bytes of upstream blob fetches that clients receiving them live have not read yet, process-wide (src/proxy/blob-flight.ts). */
+  proxyClientBufferedBytes(): number;
   /** The storage driver's name (fs, memory, s3), for hoist_info. */
   readonly storage: string;
 }
@@ -119,6 +121,12 @@ export class HoistMetrics {
       name: 'hoist_proxy_blob_fetches', help: 'Blob fetches from upstream registries in flight now (at most proxy.maxBlobFetches per cache)', registers,
       collect() {
         this.set(sources.proxyBlobFetches());
+      },
+    });
+    new Gauge({
+      name: 'hoist_proxy_client_buffered_bytes', help: 'Bytes of blobs being fetched from upstream registries that clients receiving them live have not read yet (counted per client)', registers,
+      collect() {
+        this.set(sources.proxyClientBufferedBytes());
       },
     });
 

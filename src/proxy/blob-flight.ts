@@ -58,6 +58,18 @@ let replayBytesInUse = 0;
 /** A reader's unread bytes past which it stops getting live bytes (it continues from storage). */
 const READER_MAX_BUFFERED = 8 * 1024 * 1024;
 /**
+ * Live bytes (pushed by a fetch as they came, not read back from storage) that readers of
+ * every fetch in the process hold unread: their clients have not taken them yet. Counted per
+ * reader, so bytes that several readers share count once for each: what this says is at
+ * least what they hold.
+ */
+let liveBytesInUse = 0;
+
+/** Live bytes of upstream blob fetches that their clients hold unread now, process-wide (metrics). */
+export function liveClientBytes(): number {
+  return liveBytesInUse;
+}
+/**
  * An upstream that sends less than MIN_PROGRESS_BYTES in this long is given up on
  * (progress-watch.ts). Its fetch holds one of proxy.maxBlobFetches, a storage writer and its
  * replay bytes; with its clients gone, nothing else would ever end it (an upstream that sent
@@ -305,6 +317,11 @@ export class FlightReader extends Readable {
   #storage: Readable | undefined;
   #wantMore: (() => void) | undefined;
   #eof = false;
+  /** Bytes pushed live (by the flight), and in all (storage's too): live ones all come first. */
+  #pushedLive = 0;
+  #pushedTotal = 0;
+  /** This reader's share of liveBytesInUse. */
+  #liveHeld = 0;
 
   constructor(flight: BlobFlight, start: number, end: number) {
     super({ highWaterMark: 1024 * 1024 });
@@ -323,7 +340,7 @@ export class FlightReader extends Readable {
       // Never the response's last byte before the blob is verified: keep it aside.
       const upto = last === this.#end ? last - 1 : last;
       if (upto >= this.#pos) {
-        this.push(chunk.subarray(this.#pos - at, upto - at + 1));
+        this.#pushed(chunk.subarray(this.#pos - at, upto - at + 1), true);
         this.#pos = upto + 1;
         this.#began();
       }
@@ -335,10 +352,42 @@ export class FlightReader extends Readable {
   /** The blob is verified: the held-back byte, then the end. */
   finish(): void {
     if (this.#final !== undefined && this.#pos === this.#end) {
-      this.push(this.#final);
+      this.#pushed(this.#final, true);
       this.#pos = this.#end + 1;
     }
     if (this.#pos > this.#end) this.#endStream();
+  }
+
+  /** push(), counted: `live` bytes come from the flight, the others from storage. */
+  #pushed(chunk: Uint8Array, live: boolean): boolean {
+    this.#pushedTotal += chunk.byteLength;
+    if (live) this.#pushedLive += chunk.byteLength;
+    const more = this.push(chunk);
+    this.#account();
+    return more;
+  }
+
+  /**
+   * Brings this reader's share of liveBytesInUse up to date: the live bytes pushed and not
+   * yet read. Reads are first in, first out, so what was read is the first bytes pushed, the
+   * live ones before any from storage.
+   */
+  #account(): void {
+    const read = this.#pushedTotal - this.readableLength;
+    const held = this.destroyed ? 0 : Math.max(0, this.#pushedLive - read);
+    liveBytesInUse += held - this.#liveHeld;
+    this.#liveHeld = held;
+  }
+
+  /**
+   * Every way the front end takes bytes goes through read(): its 'data' listener in flowing
+   * mode (stream flow() calls it), and after a resume(). A chunk handed to a 'data' listener
+   * straight from push() was never held: #pushed counts it as read at once.
+   */
+  override read(size?: number): unknown {
+    const chunk: unknown = super.read(size);
+    this.#account();
+    return chunk;
   }
 
   #endStream(): void {
@@ -375,7 +424,7 @@ export class FlightReader extends Readable {
       for await (const chunk of this.#storage as AsyncIterable<Buffer>) {
         if (this.destroyed) return;
         this.#pos += chunk.byteLength;
-        const more = this.push(chunk);
+        const more = this.#pushed(chunk, false);
         this.#began();
         if (!more) await new Promise<void>((resolve) => (this.#wantMore = resolve));
       }
@@ -416,6 +465,8 @@ export class FlightReader extends Readable {
     this.#start?.reject(err ?? new Error('response body destroyed before it started'));
     this.#start = undefined;
     this.#flight.detach(this);
+    // What it held unread goes with it (destroyed: #account counts none).
+    this.#account();
     this.#storage?.destroy();
     const w = this.#wantMore;
     this.#wantMore = undefined;

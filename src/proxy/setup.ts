@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { ConfigError, type ProxyConfig, type TestSettings } from '../config.js';
 import type { MirrorFactory } from '../registry/mirror.js';
+import { liveClientBytes } from './blob-flight.js';
 import { PullThroughCache } from './cache.js';
 import { UpstreamClient } from './upstream.js';
 
@@ -17,6 +18,9 @@ export interface LoadedMirror {
   /** Upstream blob fetches in flight (metrics). */
   blobFetches(): number;
 }
+
+/** Bytes of upstream blob fetches that their clients hold unread now, over every cache (metrics). */
+export const proxyClientBufferedBytes = liveClientBytes;
 
 export async function loadMirror(proxy: ProxyConfig, option: string, log: Logger, test: TestSettings = {}): Promise<LoadedMirror> {
   let password = proxy.password;

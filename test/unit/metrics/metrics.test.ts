@@ -44,6 +44,7 @@ function start(over: Partial<MetricSources> = {}): { metrics: HoistMetrics; slab
     frontend: { kind: 'node', inFlight: 3, pausedSockets: 2 },
     uploadsInProgress: () => ++uploads,
     proxyBlobFetches: () => 5,
+    proxyClientBufferedBytes: () => 0,
     readBufferBytes: () => 3 * 1024 * 1024,
     writeBufferBytes: () => ({ inUse: 16 * 1024 * 1024, held: 80 * 1024 * 1024 }),
     storage: 'memory',
