@@ -21,7 +21,8 @@ import { isUpstreamDown, reasonOf, UpstreamUnavailableError, type UpstreamBlob }
  *
  * The fetch runs at the pace of storage and the hashing pool, never at a client's: a client
  * that falls more than READER_MAX_BUFFERED behind stops getting live bytes and continues from
- * storage once the blob is stored. A client arriving after the first REPLAY_BYTES went by
+ * storage once the blob is stored, and so does one that would take the live bytes all
+ * clients hold unread past LIVE_BUDGET_BYTES. A client arriving after the first REPLAY_BYTES went by
  * does the same from the start; until then the fetch keeps those bytes for latecomers (a
  * fleet asking for one layer at once arrives within that window), within a budget for the
  * whole process (REPLAY_BUDGET_BYTES). An upstream that sends less than MIN_PROGRESS_BYTES
@@ -64,11 +65,26 @@ const READER_MAX_BUFFERED = 8 * 1024 * 1024;
  * least what they hold.
  */
 let liveBytesInUse = 0;
+/**
+ * What liveBytesInUse may reach. READER_MAX_BUFFERED bounds one reader, but nothing bounded
+ * the readers: 24 clients of one 24 MiB fetch that read nothing held 193 MiB, and a few
+ * hundred slow connections would hold GiBs. A reader whose next live bytes would take the
+ * total past this stops getting live bytes, as one 8 MiB behind does, and continues from
+ * storage once the blob is stored: that costs no memory, no second upstream fetch and no
+ * refusal, and keeps its bytes right; it only starts (or goes on) later. That goes for clients
+ * keeping up too, while slow ones hold the budget (a reader's bytes are pushed before its
+ * front end takes them, and would be held if it paused): slow clients can make others wait
+ * for storage, never make them wrong. 128 MiB: sixteen clients a full READER_MAX_BUFFERED behind,
+ * twice the bytes kept for late joiners (REPLAY_BUDGET_BYTES); honest clients of a fetch read
+ * as fast as the upstream sends (a LAN client behind a WAN upstream) and hold next to nothing.
+ */
+const LIVE_BUDGET_BYTES = 128 * 1024 * 1024;
 
 /** Live bytes of upstream blob fetches that their clients hold unread now, process-wide (metrics). */
 export function liveClientBytes(): number {
   return liveBytesInUse;
 }
+
 /**
  * An upstream that sends less than MIN_PROGRESS_BYTES in this long is given up on
  * (progress-watch.ts). Its fetch holds one of proxy.maxBlobFetches, a storage writer and its
@@ -155,7 +171,11 @@ export class BlobFlight {
     if (live) {
       let at = 0;
       for (const chunk of this.#replay!) {
-        if (!r.offer(chunk, at)) live = false;
+        // No more once refused: a reader's bytes must come in order, the rest from storage.
+        if (!r.offer(chunk, at)) {
+          live = false;
+          break;
+        }
         at += chunk.byteLength;
       }
     }
@@ -266,7 +286,7 @@ export class BlobFlight {
       if (!r.offer(chunk, at)) {
         this.#live.delete(r);
         this.#waiting.add(r);
-        this.#d.log.debug({ repository: this.repo, digest: this.digest.value, receivedBytes: this.#received }, 'client fell behind a blob fetch: it continues from storage');
+        this.#d.log.debug({ repository: this.repo, digest: this.digest.value, receivedBytes: this.#received, clientBufferedBytes: liveBytesInUse }, 'client fell behind a blob fetch: it continues from storage');
       }
     }
   }
@@ -320,6 +340,8 @@ export class FlightReader extends Readable {
   /** Bytes pushed live (by the flight), and in all (storage's too): live ones all come first. */
   #pushedLive = 0;
   #pushedTotal = 0;
+  /** Refused live bytes once (too far behind, or over the budget): the rest comes from storage. */
+  #behind = false;
   /** This reader's share of liveBytesInUse. */
   #liveHeld = 0;
 
@@ -333,20 +355,31 @@ export class FlightReader extends Readable {
     this.#end = end;
   }
 
-  /** Takes the live bytes [at, at + chunk.length); false when this reader fell too far behind. */
+  /**
+   * Takes the live bytes [at, at + chunk.length); false when this reader fell too far behind,
+   * or its bytes would take the live bytes held unread past LIVE_BUDGET_BYTES. Then it takes
+   * none of them, nor any later: it goes on from #pos, from storage.
+   */
   offer(chunk: Uint8Array, at: number): boolean {
+    if (this.#behind) return false;
     const last = Math.min(this.#end, at + chunk.byteLength - 1);
     if (last >= this.#pos) {
       // Never the response's last byte before the blob is verified: keep it aside.
       const upto = last === this.#end ? last - 1 : last;
       if (upto >= this.#pos) {
-        this.#pushed(chunk.subarray(this.#pos - at, upto - at + 1), true);
+        const piece = chunk.subarray(this.#pos - at, upto - at + 1);
+        if (liveBytesInUse + piece.byteLength > LIVE_BUDGET_BYTES) {
+          this.#behind = true;
+          return false;
+        }
+        this.#pushed(piece, true);
         this.#pos = upto + 1;
         this.#began();
       }
       if (last === this.#end && this.#final === undefined) this.#final = chunk.slice(last - at, last - at + 1);
     }
-    return this.readableLength <= READER_MAX_BUFFERED;
+    if (this.readableLength > READER_MAX_BUFFERED) this.#behind = true;
+    return !this.#behind;
   }
 
   /** The blob is verified: the held-back byte, then the end. */
