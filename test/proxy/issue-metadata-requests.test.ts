@@ -1,7 +1,8 @@
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectError, request, tempDir } from '../helpers/http.js';
+import { expectError, request, tempDir, waitForLog } from '../helpers/http.js';
 import { metricsUrlOf, scrape } from '../helpers/metrics.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
@@ -15,16 +16,23 @@ import { startServer, type TestServer } from '../helpers/server.js';
  * at once; nobody waits longer than 10 s for a place (429 then too), however long the
  * upstream takes.
  *
+ * While the limit turns requests away, a tag the cache holds is served from the cache, as when
+ * the upstream cannot be asked at all.
+ *
  * The upstream is a small HTTP server of the test's own that answers 404 to everything after
- * a delay and counts the requests it has open at once.
+ * a delay (but one tag, /v2/cached/img:v1) and counts the requests it has open at once.
  */
 const CAP = 8;
 
 let open = 0;
 let mostOpen = 0;
 let upstreamRequests = 0;
-/** Requests under /v2/hold/ get no answer until released (then 404). */
+/** The one manifest the upstream has. */
+const INDEX = Buffer.from('{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}');
+const INDEX_DIGEST = `sha256:${createHash('sha256').update(INDEX).digest('hex')}`;
+/** Requests under /v2/hold/ get no answer until released (then 404), while `holding`. */
 const held: Array<() => void> = [];
+let holding = true;
 let upstream: http.Server;
 let mirror: TestServer;
 let cleanup: () => Promise<void>;
@@ -40,7 +48,12 @@ beforeAll(async () => {
       res.writeHead(404, { 'content-type': 'application/json' }).end(req.method === 'HEAD' ? undefined : `{"errors":[{"code":"${code}"}]}`);
     };
     res.on('close', () => open--);
-    if (req.url?.startsWith('/v2/hold/')) held.push(answer);
+    if (req.url === '/v2/cached/img/manifests/v1') {
+      res.writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json', 'docker-content-digest': INDEX_DIGEST, 'content-length': String(INDEX.byteLength) });
+      res.end(req.method === 'HEAD' ? undefined : INDEX);
+      return;
+    }
+    if (holding && req.url?.startsWith('/v2/hold/')) held.push(answer);
     else setTimeout(answer, 200);
   });
   await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
@@ -52,12 +65,15 @@ beforeAll(async () => {
     env: {
       HOIST_PROXY_REMOTE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
       HOIST_PROXY_MAX_METADATA_REQUESTS: String(CAP),
+      // Tags are checked again (HEAD) a second after the upstream confirmed them.
+      HOIST_PROXY_TAG_TTL: '1s',
       HOIST_METRICS_LISTEN: '127.0.0.1:0',
     },
   });
 });
 
 afterAll(async () => {
+  holding = false;
   for (const answer of held.splice(0)) answer();
   await mirror?.stop();
   upstream?.closeAllConnections();
@@ -115,5 +131,27 @@ describe('upstream metadata requests of a pull-through cache', () => {
     for (const r of await Promise.all(holding)) expect(r.status).toBe(404);
     // The places are free again.
     expect((await request(mirror.url, '/v2/img/manifests/after')).status).toBe(404);
+  }, 30_000);
+
+  it('while every place and the line are taken, a tag the cache holds is served from the cache (not 429)', async () => {
+    const first = await request(mirror.url, '/v2/cached/img/manifests/v1');
+    expect(first.status).toBe(200);
+    // Past tagTtl: the next pull would ask the upstream (HEAD) whether the tag moved.
+    await new Promise((r) => setTimeout(r, 1_100));
+    upstreamRequests = 0;
+    const waiting = Array.from({ length: CAP + 4 * CAP }, (_, i) => request(mirror.url, `/v2/hold/img/manifests/w${i}`, { timeoutMs: 60_000 }));
+    for (let i = 0; i < 100 && upstreamRequests < CAP; i++) await new Promise((r) => setTimeout(r, 50));
+    // Their requests reach the cache's line too (it is full once a 429 comes back).
+    const probe = await request(mirror.url, '/v2/img/manifests/probe');
+    expectError(probe, 429, 'TOOMANYREQUESTS');
+    const cached = await request(mirror.url, '/v2/cached/img/manifests/v1');
+    expect(cached.status).toBe(200);
+    expect(cached.body.equals(INDEX)).toBe(true);
+    expect(cached.header('docker-content-digest')).toBe(INDEX_DIGEST);
+    await waitForLog(mirror, 'the cached tag served', (r) => r.msg === 'upstream unavailable: serving the cached tag' && r.tag === 'v1', 5_000);
+    holding = false;
+    for (const answer of held.splice(0)) answer();
+    // Those in line get their places in turn (and the upstream's 404 for them).
+    for (const r of await Promise.all(waiting)) expect(r.status).toBe(404);
   }, 30_000);
 });
