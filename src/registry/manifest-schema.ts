@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { RegistryError } from '../errors.js';
 import { tryParseDigest } from './reference.js';
@@ -236,6 +237,7 @@ export function parseManifest(bytes: Uint8Array, contentType: string | undefined
   };
   // Docker's schemas have no artifactType or subject: a field by that name there means nothing.
   const oci = type === MEDIA_TYPES.ociManifest || type === MEDIA_TYPES.ociIndex;
+  checkEmbeddedData({ ...m, subject: oci ? m.subject : undefined });
   const common: ParsedCommon = {
     mediaType: type,
     ...(oci && m.artifactType !== undefined ? { artifactType: m.artifactType } : {}),
@@ -244,6 +246,36 @@ export function parseManifest(bytes: Uint8Array, contentType: string | undefined
   };
   if (type === MEDIA_TYPES.ociIndex || type === MEDIA_TYPES.dockerManifestList) return { ...common, kind: 'index', manifests: m.manifests! };
   return { ...common, kind: 'manifest', config: m.config!, layers: m.layers! };
+}
+
+/**
+ * A descriptor's `data` embeds the content it names, and image-spec (descriptor.md "data")
+ * says its decoded bytes MUST be that content. Clients that use it read it instead of
+ * fetching the blob: go-containerregistry then fails the pull when it is not the content
+ * (verify.Descriptor), containerd fetches the blob instead, and a client that trusts it
+ * reads a config or layer other than the one this registry checked (found by probing: a
+ * config whose `data` held other bytes was stored, 201).
+ */
+function checkEmbeddedData(m: { config?: Descriptor; layers?: Descriptor[]; manifests?: Descriptor[]; subject?: Descriptor }): void {
+  const named: Array<[string, Descriptor | undefined]> = [
+    ['config', m.config],
+    ...(m.layers ?? []).map((d, i): [string, Descriptor] => [`layers.${i}`, d]),
+    ...(m.manifests ?? []).map((d, i): [string, Descriptor] => [`manifests.${i}`, d]),
+    ['subject', m.subject],
+  ];
+  for (const [path, d] of named) {
+    if (d?.data === undefined) continue;
+    // The schema let through padded standard base64 only (what Go's encoding/json writes for
+    // a []byte), which Buffer decodes as Go does.
+    const bytes = Buffer.from(d.data, 'base64');
+    const digest = tryParseDigest(d.digest)!;
+    const actual = createHash(digest.algorithm).update(bytes).digest('hex');
+    if (bytes.length !== d.size || actual !== digest.hex) {
+      throw invalid('a descriptor\'s data is not the content it names', {
+        path, digest: d.digest, size: d.size, dataDigest: `${digest.algorithm}:${actual}`, dataSize: bytes.length,
+      });
+    }
+  }
 }
 
 export function isManifestMediaType(type: string): type is ManifestMediaType {

@@ -220,6 +220,25 @@ describe.each(combos)('manifest validation ($frontend front end, $storage storag
       expectStatus(await put(name, 'v1', fine, MEDIA_TYPES.imageManifest), 201);
     });
 
+    // Found by probing (2026-12-04): a config descriptor whose `data` held other bytes than
+    // the config was stored (201); image-spec says the decoded data MUST be the content, and
+    // a client that reads `data` instead of fetching the blob read a config nobody checked.
+    it('for a descriptor whose embedded data is not the content it names, naming where', async () => {
+      const name = repo('data');
+      const image = makeImage({ layerSizesBytes: [10] });
+      for (const b of [image.config, ...image.layers]) await pushBlob(base, name, b.bytes);
+      const withData = (config: Record<string, unknown>): Buffer => Buffer.from(JSON.stringify({ ...image.manifest, config }));
+      const other = Buffer.from('{"architecture":"arm64","os":"linux"}');
+      const [e] = expectError(
+        await put(name, 'v1', withData({ ...image.config.descriptor, data: other.toString('base64') }), image.mediaType), 400, 'MANIFEST_INVALID', 'PUT',
+      );
+      expect(e!.message).toMatch(/data is not the content/);
+      expect(e!.detail).toMatchObject({ path: 'config', digest: image.config.descriptor.digest, dataDigest: sha256(other) });
+      await expectNothingStored(name, 'v1');
+      // The config's own bytes as its data: stored.
+      expectStatus(await put(name, 'v1', withData({ ...image.config.descriptor, data: image.config.bytes.toString('base64') }), image.mediaType), 201);
+    });
+
     it('for a media type that is not a manifest', async () => {
       const name = repo('unsupported');
       expectError(await put(name, 'v1', '{"schemaVersion":2}', 'text/plain'), 400, 'MANIFEST_INVALID', 'PUT');

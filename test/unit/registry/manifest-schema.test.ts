@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { RegistryError } from '../../../src/errors.js';
 import { artifactTypeOf, isNonDistributable, MEDIA_TYPES, parseManifest } from '../../../src/registry/manifest-schema.js';
@@ -166,6 +167,29 @@ describe('parseManifest: refusals (MANIFEST_INVALID)', () => {
   it('requires the mediaType field in Docker documents', () => {
     invalid(dockerManifest({ mediaType: undefined }), MEDIA_TYPES.dockerManifest);
     invalid(dockerList({ mediaType: undefined }), MEDIA_TYPES.dockerManifestList);
+  });
+
+  it('refuses a descriptor whose data is not the content it names (image-spec descriptor.md), wherever it is', () => {
+    const content = Buffer.from('{"architecture":"amd64","os":"linux"}');
+    const digestOf = (b: Buffer, alg = 'sha256'): string => `${alg}:${createHash(alg).update(b).digest('hex')}`;
+    const other = Buffer.from('{"architecture":"arm64","os":"linux"}');
+    const named = { mediaType: MEDIA_TYPES.ociImageConfig, digest: digestOf(content), size: content.length };
+    const lying = { ...named, data: other.toString('base64') };
+    const e = invalid(ociManifest({ config: lying }), MEDIA_TYPES.ociManifest);
+    expect(e.message).toMatch(/data is not the content/);
+    expect(e.detail).toEqual({ path: 'config', digest: named.digest, size: content.length, dataDigest: digestOf(other), dataSize: other.length });
+    // Right bytes, wrong size: the size is what a client allots.
+    invalid(ociManifest({ config: { ...named, size: content.length + 1, data: content.toString('base64') } }), MEDIA_TYPES.ociManifest);
+    expect(invalid(ociManifest({ layers: [desc(MEDIA_TYPES.ociEmpty), lying] }), MEDIA_TYPES.ociManifest).detail).toMatchObject({ path: 'layers.1' });
+    expect(invalid(ociManifest({ subject: { ...lying, mediaType: MEDIA_TYPES.ociManifest } }), MEDIA_TYPES.ociManifest).detail).toMatchObject({ path: 'subject' });
+    expect(invalid(ociIndex({ manifests: [{ ...lying, mediaType: MEDIA_TYPES.ociManifest }] }), MEDIA_TYPES.ociIndex).detail).toMatchObject({ path: 'manifests.0' });
+    invalid(dockerManifest({ config: { ...lying, mediaType: MEDIA_TYPES.dockerImageConfig } }), MEDIA_TYPES.dockerManifest);
+    // Data that is the content, by sha256 or sha512, is fine; so is a Docker document's
+    // subject, which its schema does not have and nobody reads.
+    parseManifest(bytes(ociManifest({ config: { ...named, data: content.toString('base64') } })), MEDIA_TYPES.ociManifest);
+    parseManifest(bytes(ociManifest({ config: { ...named, digest: digestOf(content, 'sha512'), data: content.toString('base64') } })), MEDIA_TYPES.ociManifest);
+    parseManifest(bytes(ociManifest({ config: { ...named, size: 0, digest: digestOf(Buffer.alloc(0)), data: '' } })), MEDIA_TYPES.ociManifest);
+    parseManifest(bytes(dockerManifest({ subject: { data: 5 } })), MEDIA_TYPES.dockerManifest);
   });
 
   it('names where the schema was violated', () => {
