@@ -177,6 +177,13 @@ export class NodeFrontEnd implements FrontEnd {
       // connects and says nothing is dropped as soon as on plain HTTP.
       ? createHttpsServer({ ...options, cert: opts.tls.cert, key: opts.tls.key, ...(idleMs > 0 ? { handshakeTimeout: Math.min(idleMs, 120_000) } : {}) }, onRequest)
       : createServer(options, onRequest);
+    // An idle keep-alive connection stays for the idle timeout too (0: for good), not node's
+    // 5 s: load balancers keep connections to a backend for their own idle timeout (AWS ALB
+    // 60 s) and sent their next request on one node had just closed (a 502 to the client);
+    // and a client reading a large blob's last MiBs out of the kernel's buffers raced the
+    // timer, which node starts once the answer is handed to the kernel (found by probing:
+    // "other side closed" on the request after a 40 MiB pull, under load).
+    this.#server.keepAliveTimeout = idleMs;
     // A client that half-closes after its request (shutdown(SHUT_WR), as `nc -N` does) gets
     // its answer, as from Go's servers: node:http would abort the request at the FIN, and a
     // PATCH whose bytes were all stored went unanswered (found by probing). The switch is
