@@ -74,4 +74,15 @@ export function scrubSecrets(line: string): string {
     .replace(/\b([a-z][a-z0-9+.-]*:\/\/)[^/\s"@]+@/gi, '$1[redacted]@');
 }
 
+/**
+ * A field a client chose (a request's path, repository, upload id), cut to `maxChars` with
+ * the length that was cut: a request within limits.maxUrlBytes made a line of 32 KB (a path
+ * of backslashes, each written `\\` in JSON, logged as path and again as repository), and
+ * Docker's json-file and journald log drivers split lines over 16 KiB into pieces that a
+ * collector cannot parse. Valid values are shorter than the bounds callers pick, so they stay whole.
+ */
+export function clientField(value: string, maxChars: number): string {
+  return value.length <= maxChars ? value : `${value.slice(0, maxChars)}…(${value.length - maxChars} more characters)`;
+}
+
 export type { Logger };

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { channels, type HttpRequestMessage } from '../diagnostics.js';
 import { ClientAbortError, MethodNotAllowedError, RegistryError } from '../errors.js';
 import type { ReadinessCheck } from '../health.js';
+import { clientField } from '../logger.js';
 import type { ByteRange } from '../registry/blobs.js';
 import { MEDIA_TYPES } from '../registry/manifest-schema.js';
 import type { Page } from '../registry/manifests.js';
@@ -85,6 +86,15 @@ function assertChunkedOnly(req: IncomingRequest): void {
   throw new RegistryError('NOT_IMPLEMENTED', { message: 'transfer coding not implemented: only chunked is', detail: { transferEncoding: coding.slice(0, 100) } });
 }
 
+/**
+ * What a request's log line keeps of the fields its client chose (logger.ts clientField): a
+ * valid name is at most 255 characters, an upload id a UUID (36), a valid path well under a
+ * kilobyte; an 8 KiB target logs a line under 4 KiB.
+ */
+const LOG_NAME_CHARS = 256;
+const LOG_UPLOAD_ID_CHARS = 128;
+const LOG_PATH_CHARS = 1024;
+
 export function createHandler(o: HandlerOptions): RegistryHandler {
   const running = new Set<Promise<void>>();
   const namespaces = new NamespaceRouter(o.registry, o.namespaces ?? []);
@@ -97,7 +107,7 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
     const res = ns.prefix ? withPathPrefix(rawRes, ns.prefix) : rawRes;
     const matched = matchRoute(req.path);
     const m = matched?.route.name === 'token' && !o.gate?.issuesTokens ? undefined : matched;
-    const log = o.log.child({ reqId, ...(ns.name ? { namespace: ns.name } : {}), ...(m?.name ? { repository: m.name } : {}) });
+    const log = o.log.child({ reqId, ...(ns.name ? { namespace: ns.name } : {}), ...(m?.name ? { repository: clientField(m.name, LOG_NAME_CHARS) } : {}) });
     const c: Ctx | undefined = m ? { req, res, m, registry: ns.registry, o, namespace: ns.name } : undefined;
     let status = 0;
     try {
@@ -125,11 +135,11 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
     log.info(
       {
         method: req.method,
-        path: rawReq.path,
+        path: clientField(rawReq.path, LOG_PATH_CHARS),
         status: finalStatus,
         bytesIn: c?.bytesIn ?? 0,
         ms: Math.round(ms * 10) / 10,
-        ...(c?.uploadId ? { uploadId: c.uploadId } : {}),
+        ...(c?.uploadId ? { uploadId: clientField(c.uploadId, LOG_UPLOAD_ID_CHARS) } : {}),
         ...(c?.admission?.user !== undefined ? { user: c.admission.user } : {}),
       },
       'request',
