@@ -77,7 +77,21 @@ const storage = z.string().refine((v) => /^(fs|memory|s3):/.test(v), {
   message: 'expected fs:PATH, memory: or s3://BUCKET/PREFIX?...',
 });
 
-const integerish = z.union([z.number(), z.string().regex(/^\d+$/).transform(Number)]).pipe(z.number().int());
+/** A bad value as the message quotes it: JSON, but a number as itself (JSON has no Infinity). */
+const shown = (v: unknown): string => (typeof v === 'number' ? String(v) : JSON.stringify(v));
+
+/**
+ * A count: a whole number, or (from the environment) its digits. Anything else is refused
+ * saying so and quoting it (zod's union said only "Invalid input").
+ */
+const integerish = z.unknown().transform((v, ctx) => {
+  const n = typeof v === 'number' ? v : typeof v === 'string' && /^\s*\d+\s*$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n)) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected a whole number, got ${shown(v)}` });
+    return z.NEVER;
+  }
+  return n;
+});
 
 /** A namespace's name and path prefix segments: what a storage path segment and a URL allow. */
 const NAMESPACE_SEGMENT = /^[a-z0-9]+(?:[._-][a-z0-9]+)*$/;
@@ -273,7 +287,19 @@ const auth = z.object({
   access: jsonOr(z.array(accessRule), '[{"repository":"team-a/*","users":["alice"],"actions":["pull","push"]}]').optional(),
 }).strict().refine((a) => a.htpasswd !== undefined || a.token !== undefined, { message: 'needs htpasswd, token, or both' });
 
-const numberish = z.union([z.number(), z.string().regex(/^\d+(?:\.\d+)?$/).transform(Number)]);
+/**
+ * A rate: a finite number, or (from the environment) its decimal digits. YAML's `.inf` and
+ * `.nan`, and digits past a double's range, are refused: an infinite rate turns the token
+ * bucket's arithmetic into NaN (0 × Infinity) rather than meaning "no limit", which is 0.
+ */
+const numberish = z.unknown().transform((v, ctx) => {
+  const n = typeof v === 'number' ? v : typeof v === 'string' && /^\s*\d+(?:\.\d+)?\s*$/.test(v) ? Number(v) : NaN;
+  if (!Number.isFinite(n)) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected a finite number, got ${shown(v)}` });
+    return z.NEVER;
+  }
+  return n;
+});
 
 /** Limits on what one request or one client may ask for (src/http/limits.ts). */
 const limits = z.object({
@@ -338,7 +364,11 @@ export const ConfigSchema = z.object({
     maxBlobBytes: bytes.default(0),
   }).strict().default({}),
   manifests: z.object({
-    maxBytes: bytes.default('4MiB'),
+    /**
+     * A manifest is read whole into memory before it is parsed. Not 0: read as "no limit",
+     * as uploads.maxBlobBytes has it, it refused every manifest push with 413.
+     */
+    maxBytes: bytes.pipe(z.number().min(1024, 'at least 1KiB (0 is not "no limit" here: every manifest would be refused)')).default('4MiB'),
   }).strict().default({}),
   /** Online garbage collection (src/gc/collector.ts; `hoist gc` runs one by hand). */
   gc: z.object({
