@@ -56,6 +56,15 @@ program
     try {
       server = await startServer(config, log, testSettings(process.env));
     } catch (err) {
+      // A file an option names that holds the wrong thing (htpasswd, certificate, key) is a
+      // configuration error like a bad value: one line naming the option, exit 2, and no
+      // stack trace, which says nothing about the file to whoever must fix it.
+      if (err instanceof ConfigError) {
+        log.fatal(`invalid configuration: ${err.message}`);
+        process.stderr.write(`hoist: ${scrubSecrets(err.message)}\n`);
+        log.flush();
+        process.exit(2);
+      }
       log.fatal({ err }, 'start-up failed');
       process.stderr.write(`hoist: start-up failed: ${scrubSecrets((err as Error).message)}\n`);
       log.flush();

@@ -1,3 +1,6 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runCli, startServer } from '../helpers/server.js';
 
@@ -39,6 +42,36 @@ describe('hoist serve start-up', () => {
       });
     } finally {
       expect(await server.stop()).toBe(0);
+    }
+  });
+
+  // Found by probing: a file an option names that does not hold what it should (an htpasswd
+  // line that is not bcrypt, a certificate file without a certificate) stopped start-up with
+  // exit 1, a fatal log line carrying the error's stack trace and the message again on
+  // stderr, where a bad value in the configuration itself exits 2 with one line.
+  it('a file an option names that holds the wrong thing → exit 2, one line naming the option, no stack trace', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'hoist-start-up-'));
+    try {
+      const htpasswd = join(dir, 'htpasswd');
+      await writeFile(htpasswd, 'dave:plaintextPassw0rd\n');
+      const cert = join(dir, 'tls.crt');
+      await writeFile(cert, 'not a certificate\n');
+      const cases: [Record<string, string>, string][] = [
+        [{ HOIST_AUTH_HTPASSWD: htpasswd }, `hoist: auth.htpasswd: ${htpasswd} line 1: the hash of "dave" is not bcrypt (create it with htpasswd -B)\n`],
+        [{ HOIST_TLS_CERT_FILE: cert, HOIST_TLS_KEY_FILE: cert }, `hoist: tls.certFile: ${cert} holds no PEM certificate\n`],
+      ];
+      for (const [env, stderr] of cases) {
+        const r = await runCli(SERVE, { ...env, HOIST_LOG_FORMAT: 'json' }, 15_000);
+        expect(r.code, r.stderr).toBe(2);
+        expect(r.stderr).toBe(stderr);
+        expect(r.stdout + r.stderr, 'no stack trace').not.toMatch(/\bat .*\.js:\d+/);
+        expect(r.stdout, 'the password is not quoted').not.toContain('plaintextPassw0rd');
+        const fatal = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.level === 60);
+        expect(fatal).toHaveLength(1);
+        expect(fatal[0]!.msg).toBe(`invalid configuration: ${stderr.slice('hoist: '.length, -1)}`);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });
