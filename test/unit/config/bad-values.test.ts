@@ -77,4 +77,13 @@ describe('loadConfig refuses values that would run a server wrongly', () => {
     expect(configError({ env: { HOIST_UPLOADS_HASH_THREADS: '65' } }).message).toContain('uploads.hashThreads (from HOIST_UPLOADS_HASH_THREADS)');
     expect(configError({ file: await yamlFile('limits:\n  burst: -1\n') }).message).toContain('limits.burst');
   });
+
+  // Found by probing: uploads.maxBlobBytes: 1TiB, a limit a registry of VM images might well
+  // set, was refused as "not a byte size" (the units stopped at GiB, so it took 1024GiB).
+  it('takes terabytes as a size unit, decimal and binary', () => {
+    expect(loadConfig({ env: { HOIST_UPLOADS_MAX_BLOB_BYTES: '1TiB' } }).uploads.maxBlobBytes).toBe(1024 ** 4);
+    expect(loadConfig({ env: { HOIST_UPLOADS_MAX_BLOB_BYTES: '2T' } }).uploads.maxBlobBytes).toBe(2e12);
+    expect(loadConfig({ env: { HOIST_UPLOADS_MAX_BLOB_BYTES: '1.5TB' } }).uploads.maxBlobBytes).toBe(1.5e12);
+    expect(configError({ env: { HOIST_UPLOADS_MAX_BLOB_BYTES: '1PiB' } }).message).toContain('not a byte size: "1PiB"');
+  });
 });
