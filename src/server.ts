@@ -153,7 +153,7 @@ export async function startServer(config: Readonly<Config>, log: Logger, test: T
         // Probes say so at once, so that load balancers stop sending before the port closes.
         readiness.shuttingDown();
         const gcStopped = Promise.all([gc?.stop(), sweepWatch?.stop()]);
-        await frontend.close(config.shutdownTimeoutMs);
+        await frontend.close(config.shutdownTimeoutMs, () => handler.cutting());
         // Fetches no client waits for any more would outlive the hashing pool.
         for (const m of mirrors.values()) m.close();
         // Requests cut off at the deadline flush what they received, so their uploads resume.

@@ -139,8 +139,10 @@ export interface FrontEnd {
   /**
    * Stops accepting new connections and waits up to `timeoutMs` for in-flight requests to
    * finish, then closes every remaining connection. Resolves when everything is closed.
+   * `onDeadline` runs once the wait ended with requests still in flight, just before their
+   * connections are closed, so that what they log says they were cut, not left.
    */
-  close(timeoutMs: number): Promise<void>;
+  close(timeoutMs: number, onDeadline?: () => void): Promise<void>;
 }
 
 export type FrontEndKind = FrontEnd['kind'];

@@ -70,6 +70,12 @@ const HANDLERS: Record<RouteMatch['route']['name'], Partial<Record<string, Handl
 export interface RegistryHandler extends RequestHandler {
   /** Waits for running handlers (their uploads flush to storage) up to `timeoutMs`. */
   drain(timeoutMs: number): Promise<void>;
+  /**
+   * The shutdown grace period ended: the front end is about to close the connections of the
+   * requests still running. Their lines say `cut: 'shutdown'` beside the 499, which alone
+   * reads as "the client went away".
+   */
+  cutting(): void;
 }
 
 /**
@@ -99,6 +105,7 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
   const running = new Set<Promise<void>>();
   const namespaces = new NamespaceRouter(o.registry, o.namespaces ?? []);
   let seq = 0;
+  let cut = false;
   const handle = async (rawReq: IncomingRequest, rawRes: OutgoingResponse): Promise<void> => {
     const started = performance.now();
     const reqId = (++seq).toString(36);
@@ -141,6 +148,7 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
         ms: Math.round(ms * 10) / 10,
         ...(c?.uploadId ? { uploadId: clientField(c.uploadId, LOG_UPLOAD_ID_CHARS) } : {}),
         ...(c?.admission?.user !== undefined ? { user: c.admission.user } : {}),
+        ...(finalStatus === 499 && cut ? { cut: 'shutdown' } : {}),
       },
       'request',
     );
@@ -151,6 +159,9 @@ export function createHandler(o: HandlerOptions): RegistryHandler {
     void p.finally(() => running.delete(p));
     return p;
   }) as RegistryHandler;
+  handler.cutting = () => {
+    cut = true;
+  };
   handler.drain = async (timeoutMs) => {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([

@@ -249,7 +249,7 @@ export class NodeFrontEnd implements FrontEnd {
     });
   }
 
-  async close(timeoutMs: number): Promise<void> {
+  async close(timeoutMs: number, onDeadline?: () => void): Promise<void> {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     this.#server.closeIdleConnections();
     if (this.#exchanges.size > 0) {
@@ -260,6 +260,7 @@ export class NodeFrontEnd implements FrontEnd {
       });
       clearTimeout(timer);
     }
+    if (this.#exchanges.size > 0) onDeadline?.();
     // Idle keep-alive connections and whatever is still running.
     this.#server.closeAllConnections();
     await closed;

@@ -161,7 +161,7 @@ export class UwsFrontEnd implements FrontEnd {
     });
   }
 
-  async close(timeoutMs: number): Promise<void> {
+  async close(timeoutMs: number, onDeadline?: () => void): Promise<void> {
     if (this.#listenSocket !== undefined) uws.us_listen_socket_close(this.#listenSocket);
     this.#listenSocket = undefined;
     if (this.#exchanges.size > 0) {
@@ -172,6 +172,7 @@ export class UwsFrontEnd implements FrontEnd {
       });
       clearTimeout(timer);
     }
+    if (this.#exchanges.size > 0) onDeadline?.();
     for (const exchange of this.#exchanges) exchange.forceClose();
     // Also drops idle keep-alive connections, which would otherwise hold the process for
     // uWS's idle timeout.
