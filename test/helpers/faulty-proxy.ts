@@ -26,10 +26,20 @@ import type { AddressInfo } from 'node:net';
  *                 CompleteMultipartUpload with its result document (a store that lost a
  *                 write it acknowledged)
  *   etag-foreign  passed on; the answer's ETag is replaced by one the store never gave
+ *   error-200     not passed on; answered 200 with an <Error> document, as S3 answers a
+ *                 CompleteMultipartUpload that failed after it started sending its answer
+ *   error-after-200  passed on and carried out; the answer is then replaced by a 200 with an
+ *                 <Error> document (the Complete happened, the answer says it failed)
+ *   repeat-page   passed on; a list answer (ListParts, ListObjectsV2) is rewritten to say it
+ *                 is truncated and goes on from where this page started: a store whose
+ *                 pagination never advances
  */
 export type Fault =
   | 'slowdown' | 'unavailable' | 'internal' | 'reset' | 'stall' | 'stall-midway' | 'lose-answer' | 'internal-after' | 'keys-failed'
-  | 'ignore-range' | 'shift-range' | 'pretend' | 'etag-foreign' | ResponseFault | undefined;
+  | 'ignore-range' | 'shift-range' | 'pretend' | 'etag-foreign' | 'error-200' | 'error-after-200' | 'repeat-page' | ResponseFault | undefined;
+
+/** The continuation token a repeat-page answer hands out; the proxy takes it off the next request. */
+const REPEAT_TOKEN = 'hoist-test-repeat-page';
 
 /** More about a request, for `decide`. */
 export interface RequestInfo {
@@ -76,6 +86,7 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
   const to = new URL(target);
   const seen = new Map<string, number>();
   const held = new Set<IncomingMessage>();
+  let repeatedPage: string | undefined;
   const hold = (req: IncomingMessage): void => {
     held.add(req);
     req.socket.once('close', () => held.delete(req));
@@ -117,6 +128,11 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
       res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
       res.end(body);
     };
+    if (fault === 'error-200') {
+      req.resume();
+      req.on('end', () => answerError(200, 'InternalError'));
+      return;
+    }
     if (fault === 'pretend') {
       req.resume();
       req.on('end', () => {
@@ -140,11 +156,46 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
       return;
     }
     const headers = { ...req.headers };
+    const repeated = url.searchParams.get('continuation-token') === REPEAT_TOKEN ? repeatedPage : undefined;
+    if (repeated !== undefined) {
+      // A token the store never gave (and the query is signed): the page it stands for is
+      // answered from here, the same page again.
+      req.resume();
+      res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(repeated) });
+      res.end(repeated);
+      return;
+    }
     if (fault === 'ignore-range') delete headers.range;
     if (fault === 'shift-range') headers.range = headers.range?.replace(/^bytes=(\d+)-(\d*)/, (_, a: string, b: string) => `bytes=${Number(a) + 1}-${b === '' ? '' : Number(b) + 1}`);
     const upstream = request(
       { host: to.hostname, port: to.port, method: req.method, path: req.url, headers },
       (up) => {
+        if (fault === 'error-after-200') {
+          up.resume();
+          up.on('end', () => answerError(200, 'InternalError'));
+          return;
+        }
+        if (fault === 'repeat-page') {
+          const chunks: Buffer[] = [];
+          up.on('data', (c: Buffer) => chunks.push(c));
+          up.on('end', () => {
+            let body = Buffer.concat(chunks).toString('utf8').replace(/<IsTruncated>false<\/IsTruncated>/, '<IsTruncated>true</IsTruncated>');
+            if (op === 'ListParts') {
+              const marker = url.searchParams.get('part-number-marker') ?? '0';
+              body = body.replace(/<NextPartNumberMarker>\d*<\/NextPartNumberMarker>/, '');
+              body = body.replace('<IsTruncated>', `<NextPartNumberMarker>${marker}</NextPartNumberMarker><IsTruncated>`);
+            } else {
+              body = body.replace(/<NextContinuationToken>[^<]*<\/NextContinuationToken>/, '');
+              body = body.replace('<IsTruncated>', `<NextContinuationToken>${REPEAT_TOKEN}</NextContinuationToken><IsTruncated>`);
+              repeatedPage = body;
+            }
+            const answer = { ...up.headers, 'content-length': String(Buffer.byteLength(body)) };
+            delete answer['transfer-encoding'];
+            res.writeHead(up.statusCode ?? 502, answer);
+            res.end(body);
+          });
+          return;
+        }
         if (fault === 'lose-answer') {
           up.resume();
           up.on('end', () => req.socket.destroy());

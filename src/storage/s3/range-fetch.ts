@@ -39,13 +39,18 @@ export interface RangeFetchOptions {
   buffers: ReadBuffers;
 }
 
-/** A store answer to a ranged GET: its body, and the object's whole size (Content-Range). */
+/** A store answer to a ranged GET: its body, the object's whole size (Content-Range) and its ETag. */
 export interface RangeAnswer {
   body: Readable;
   objectSize: number | undefined;
+  etag: string | undefined;
 }
 
-export type RangeFetch = (key: string, from: number, to: number, signal: AbortSignal) => Promise<RangeAnswer>;
+/**
+ * `ifMatch`: the ETag the read's first answer had; the store answers 412 when the object is
+ * another one now (reader.ts).
+ */
+export type RangeFetch = (key: string, from: number, to: number, signal: AbortSignal, ifMatch?: string) => Promise<RangeAnswer>;
 
 /** Presigned URLs are good for an hour and reused for half of it. */
 const URL_EXPIRY_SECONDS = 3600;
@@ -81,7 +86,9 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
     return serviceError(status, text, `S3 GET of ${key}`);
   };
 
-  return async (key, from, to, signal) => {
+  return async (key, from, to, signal, ifMatch) => {
+    const headers: Record<string, string> = { range: `bytes=${from}-${to - 1}` };
+    if (ifMatch !== undefined) headers['if-match'] = ifMatch;
     const url = new URL(await urlOf(key));
     const secure = url.protocol === 'https:';
     const ch = channels.s3Request;
@@ -92,7 +99,7 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
     if (url.protocol === 'http:') {
       let answer;
       try {
-        answer = await plain.get(url, { range: `bytes=${from}-${to - 1}` }, { timeoutMs: o.timeoutMs, onTimeout: () => timedOut(key), signal });
+        answer = await plain.get(url, headers, { timeoutMs: o.timeoutMs, onTimeout: () => timedOut(key), signal });
       } catch (err) {
         report(errorName(err as Error));
         throw err;
@@ -112,13 +119,13 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
       // Reported once the body has been read, or broke off.
       body.once('end', () => report(undefined));
       body.once('error', (err: Error) => report(errorName(err)));
-      return { body, objectSize };
+      return { body, objectSize, etag: answer.headers.get('etag') };
     }
     return new Promise<RangeAnswer>((resolve, reject) => {
       let body: http.IncomingMessage | undefined;
       const req = (secure ? https : http).request(url, {
         agent: secure ? o.httpsAgent : o.httpAgent,
-        headers: { range: `bytes=${from}-${to - 1}` },
+        headers,
         signal,
       }, (res) => {
         const status = res.statusCode ?? 0;
@@ -134,7 +141,7 @@ export function rangeFetch(o: RangeFetchOptions): RangeFetch {
           // Reported once the body has been read, or broke off.
           res.once('end', () => report(undefined));
           res.once('error', (err: Error & { code?: string }) => report(err.name && err.name !== 'Error' ? err.name : (err.code ?? 'Error')));
-          resolve({ body: res, objectSize });
+          resolve({ body: res, objectSize, etag: res.headers.etag });
           return;
         }
         // An S3 error document: keep its code for errors.ts.

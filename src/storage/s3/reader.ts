@@ -34,6 +34,15 @@ import type { RangeAnswer, RangeFetch } from './range-fetch.js';
  * that the read fails with StorageUnavailableError. A read without windows (no budget) is
  * the store's answer itself and is not asked again. Either way the response has started by
  * then: the client sees a short body.
+ *
+ * Every GET after the first names the object the first answer was (If-Match its ETag) and
+ * its answer must say the same ETag and size: a read's bytes all come from one object. An
+ * object replaced under a read (a window asked again after the key was written anew, a
+ * replica that serves an older version) would otherwise hand the client bytes of two objects
+ * under one digest, a complete body the client cannot tell from the blob (found by probing:
+ * a window's GET broken off and asked again after the object was replaced served 40 MiB of
+ * which 24 were the other object's, 200 and complete). Such a read fails, not retried: the
+ * client sees a short body.
  */
 export interface RangedReadOptions {
   /** Sends one ranged GET (range-fetch.ts). */
@@ -98,6 +107,11 @@ interface Window {
   readonly abort: AbortController;
 }
 
+/** A later answer of a read was of another object than its first (If-Match refused, or another ETag or size). */
+class ObjectChangedError extends Error {
+  override readonly name = 'ObjectChangedError';
+}
+
 export class RangedReader extends Readable implements RecyclingReadable {
   readonly #o: RangedReadOptions;
   readonly #windows: Window[] = [];
@@ -105,6 +119,9 @@ export class RangedReader extends Readable implements RecyclingReadable {
   #next: number;
   #end: number;
   #wanting = false;
+  /** The object the first answer was (its ETag and size): every later answer must be it too. */
+  #etag: string | undefined;
+  #objectSize: number | undefined;
 
   private constructor(o: RangedReadOptions) {
     super({ highWaterMark: 256 * 1024 });
@@ -125,6 +142,8 @@ export class RangedReader extends Readable implements RecyclingReadable {
     const head = r.#startHead();
     const answer = await r.#firstAnswer(head);
     if (head.end === r.#end) return answer.body;
+    r.#etag = answer.etag;
+    r.#objectSize = answer.objectSize;
     if (answer.objectSize !== undefined && answer.objectSize < r.#end) {
       // Asked past the end: the object ends sooner (the store's Content-Range says where).
       r.#end = answer.objectSize;
@@ -206,10 +225,26 @@ export class RangedReader extends Readable implements RecyclingReadable {
   /** Asks for what the window still owes. */
   #request(w: Window): void {
     w.dropped = false;
-    this.#o.fetch(this.#o.key, w.start + w.received, w.end, w.abort.signal).then(
-      (answer) => this.#answered(w, answer.body),
+    this.#o.fetch(this.#o.key, w.start + w.received, w.end, w.abort.signal, this.#etag).then(
+      (answer) => {
+        const changed = this.#changed(answer);
+        if (changed) {
+          answer.body.destroy();
+          this.#broken(w, changed);
+        } else {
+          this.#answered(w, answer.body);
+        }
+      },
       (err: unknown) => this.#broken(w, err),
     );
+  }
+
+  /** An error when the answer is not of the object the read's first answer was. */
+  #changed(answer: RangeAnswer): ObjectChangedError | undefined {
+    const etagDiffers = this.#etag !== undefined && answer.etag !== undefined && answer.etag !== this.#etag;
+    const sizeDiffers = this.#objectSize !== undefined && answer.objectSize !== undefined && answer.objectSize !== this.#objectSize;
+    if (!etagDiffers && !sizeDiffers) return undefined;
+    return new ObjectChangedError(`S3 GET of ${this.#o.key}: the object changed during the read (ETag ${this.#etag} of ${this.#objectSize} bytes, now ${answer.etag} of ${answer.objectSize})`);
   }
 
   /** A GET answered: the head streams it on; a window ahead leaves it paused until its turn. */
@@ -279,6 +314,7 @@ export class RangedReader extends Readable implements RecyclingReadable {
       return;
     }
     w.failingSince ||= Date.now();
+    // Not a 412 (If-Match refused) nor an ObjectChangedError: no retry would serve this read's bytes.
     const unavailable = isStoreUnavailable(err);
     // 403: the presigned URL may have expired with its credentials; a new one is made.
     const again = unavailable || (httpStatus(err) === 403 && w.attempts === 1);
