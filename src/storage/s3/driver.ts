@@ -22,6 +22,7 @@ import {
   errorName, explainBucketError, isConditionalConflict, isInvalidRange, isNoSuchKey, isNoSuchUpload, isPreconditionFailed,
 } from './errors.js';
 import { INTERNAL_SEGMENT, Layout } from './layout.js';
+import { pageMarkers } from './pages.js';
 import { PartBufferPool } from './part-buffers.js';
 import { rangeFetch } from './range-fetch.js';
 import { RangedReader, ReadAhead, type RangedReadOptions } from './reader.js';
@@ -345,6 +346,7 @@ export class S3Driver implements StorageDriver {
     const children: ListedChild[] = [];
     let token: string | undefined;
     let truncated = false;
+    const nextPage = pageMarkers(`listing of ${prefix}`);
     do {
       const out = await this.#client.send(new ListObjectsV2Command({
         Bucket: this.bucket, Prefix: prefix, Delimiter: '/', MaxKeys: Math.min(1000, limit - children.length),
@@ -366,7 +368,7 @@ export class S3Driver implements StorageDriver {
       found.sort((a, b) => compareKeys(a.key, b.key));
       for (const f of found) if (this.#layout.pathOf(this.#layout.key(f.child.path)) !== undefined) children.push(f.child);
       truncated = out.IsTruncated === true;
-      token = truncated ? out.NextContinuationToken : undefined;
+      token = nextPage(truncated ? out.NextContinuationToken : undefined);
     } while (token && children.length < limit);
     return { children, truncated };
   }
@@ -430,6 +432,7 @@ export class S3Driver implements StorageDriver {
     };
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
+    const nextPage = pageMarkers(`listing of the multipart uploads under ${this.prefix}`);
     do {
       const out = await this.#client.send(new ListMultipartUploadsCommand({
         Bucket: this.bucket, Prefix: this.prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker,
@@ -449,6 +452,7 @@ export class S3Driver implements StorageDriver {
       }
       keyMarker = out.IsTruncated ? out.NextKeyMarker : undefined;
       uploadIdMarker = out.IsTruncated ? out.NextUploadIdMarker : undefined;
+      if (keyMarker !== undefined) nextPage(`${keyMarker}\n${uploadIdMarker ?? ''}`);
     } while (keyMarker);
     const area = this.#layout.writersArea;
     for (const o of await this.#listObjects(area)) {
@@ -488,10 +492,11 @@ export class S3Driver implements StorageDriver {
   async #listParts(key: string, uploadId: string): Promise<Array<{ size: number; lastModified: Date }>> {
     const parts: Array<{ size: number; lastModified: Date }> = [];
     let marker: string | undefined;
+    const nextPage = pageMarkers(`ListParts of ${key}`);
     do {
       const out = await this.#client.send(new ListPartsCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumberMarker: marker }));
       for (const p of out.Parts ?? []) parts.push({ size: p.Size ?? 0, lastModified: p.LastModified ?? new Date(0) });
-      marker = out.IsTruncated ? out.NextPartNumberMarker : undefined;
+      marker = nextPage(out.IsTruncated ? out.NextPartNumberMarker : undefined);
     } while (marker);
     return parts;
   }
@@ -499,10 +504,11 @@ export class S3Driver implements StorageDriver {
   async #listObjects(prefix: string): Promise<Array<{ key: string; size: number; lastModified: Date }>> {
     const objects: Array<{ key: string; size: number; lastModified: Date }> = [];
     let token: string | undefined;
+    const nextPage = pageMarkers(`listing of ${prefix}`);
     do {
       const out = await this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }));
       for (const c of out.Contents ?? []) if (c.Key) objects.push({ key: c.Key, size: c.Size ?? 0, lastModified: c.LastModified ?? new Date(0) });
-      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+      token = nextPage(out.IsTruncated ? out.NextContinuationToken : undefined);
     } while (token);
     return objects;
   }
@@ -530,11 +536,12 @@ export class S3Driver implements StorageDriver {
     const files: string[] = [];
     const dirs: string[] = [];
     let token: string | undefined;
+    const nextPage = pageMarkers(`listing of ${prefix}`);
     do {
       const out = await this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, Delimiter: '/', ContinuationToken: token }));
       for (const c of out.Contents ?? []) if (c.Key && c.Key.length > prefix.length) files.push(c.Key.slice(prefix.length));
       for (const p of out.CommonPrefixes ?? []) if (p.Prefix) dirs.push(p.Prefix.slice(prefix.length, -1));
-      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+      token = nextPage(out.IsTruncated ? out.NextContinuationToken : undefined);
     } while (token);
     return { files, dirs };
   }
@@ -542,10 +549,11 @@ export class S3Driver implements StorageDriver {
   async #listKeys(prefix: string): Promise<string[]> {
     const keys: string[] = [];
     let token: string | undefined;
+    const nextPage = pageMarkers(`listing of ${prefix}`);
     do {
       const out = await this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }));
       for (const c of out.Contents ?? []) if (c.Key) keys.push(c.Key);
-      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+      token = nextPage(out.IsTruncated ? out.NextContinuationToken : undefined);
     } while (token);
     return keys;
   }

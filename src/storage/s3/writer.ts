@@ -9,6 +9,7 @@ import { copyInto } from '../buffer-pool.js';
 import { PathNotFoundError, StorageUnavailableError, type FileWriter } from '../driver.js';
 import { httpStatus, isNoSuchKey, isNoSuchUpload } from './errors.js';
 import type { Layout } from './layout.js';
+import { pageMarkers } from './pages.js';
 import { PartBufferWaitError, type PartBuffer, type PartBufferPool } from './part-buffers.js';
 import type { SmallRequests } from './small-requests.js';
 import type { TailCache } from './tail-cache.js';
@@ -691,6 +692,7 @@ export class S3FileWriter implements FileWriter {
     const unquote = (etag: string | undefined): string => (etag ?? '').replace(/"/g, '');
     const extra: { partNumber: number; etag: string }[] = [];
     let marker: string | undefined;
+    const nextPage = pageMarkers(`ListParts of ${this.#key}`);
     try {
       do {
         const out = await c.client.send(new ListPartsCommand({ Bucket: c.bucket, Key: this.#key, UploadId: uploadId, PartNumberMarker: marker }));
@@ -707,7 +709,7 @@ export class S3FileWriter implements FileWriter {
             extra.push({ partNumber: p.PartNumber!, etag: p.ETag ?? '' });
           }
         }
-        marker = out.IsTruncated ? String(out.NextPartNumberMarker ?? '') || undefined : undefined;
+        marker = nextPage(out.IsTruncated ? String(out.NextPartNumberMarker ?? '') || undefined : undefined);
       } while (marker !== undefined);
     } catch (err) {
       if (isNoSuchUpload(err)) return [];
