@@ -30,13 +30,15 @@ import type { AddressInfo } from 'node:net';
  *                 CompleteMultipartUpload that failed after it started sending its answer
  *   error-after-200  passed on and carried out; the answer is then replaced by a 200 with an
  *                 <Error> document (the Complete happened, the answer says it failed)
+ *   ignore-if-match  passed on without its If-Match header (a store, or a cache in between,
+ *                 that does not honour it)
  *   repeat-page   passed on; a list answer (ListParts, ListObjectsV2) is rewritten to say it
  *                 is truncated and goes on from where this page started: a store whose
  *                 pagination never advances
  */
 export type Fault =
   | 'slowdown' | 'unavailable' | 'internal' | 'reset' | 'stall' | 'stall-midway' | 'lose-answer' | 'internal-after' | 'keys-failed'
-  | 'ignore-range' | 'shift-range' | 'pretend' | 'etag-foreign' | 'error-200' | 'error-after-200' | 'repeat-page' | ResponseFault | undefined;
+  | 'ignore-range' | 'shift-range' | 'pretend' | 'etag-foreign' | 'error-200' | 'error-after-200' | 'ignore-if-match' | 'repeat-page' | ResponseFault | undefined;
 
 /** The continuation token a repeat-page answer hands out; the proxy takes it off the next request. */
 const REPEAT_TOKEN = 'hoist-test-repeat-page';
@@ -166,6 +168,7 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
       return;
     }
     if (fault === 'ignore-range') delete headers.range;
+    if (fault === 'ignore-if-match') delete headers['if-match'];
     if (fault === 'shift-range') headers.range = headers.range?.replace(/^bytes=(\d+)-(\d*)/, (_, a: string, b: string) => `bytes=${Number(a) + 1}-${b === '' ? '' : Number(b) + 1}`);
     const upstream = request(
       { host: to.hostname, port: to.port, method: req.method, path: req.url, headers },
