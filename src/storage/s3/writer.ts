@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { copyInto } from '../buffer-pool.js';
 import { PathNotFoundError, StorageUnavailableError, type FileWriter } from '../driver.js';
-import { httpStatus, isNoSuchKey, isNoSuchUpload } from './errors.js';
+import { errorCode, httpStatus, isNoSuchKey, isNoSuchUpload } from './errors.js';
 import type { Layout } from './layout.js';
 import { pageMarkers } from './pages.js';
 import { PartBufferWaitError, type PartBuffer, type PartBufferPool } from './part-buffers.js';
@@ -485,6 +485,13 @@ export class S3FileWriter implements FileWriter {
             MultipartUpload: { Parts: parts.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })) },
           }));
         } catch (err) {
+          // The recorded parts were checked against ListParts above, so a part the store
+          // refuses is the final one this commit sent, acknowledged with an ETag that is not
+          // its own (an answer altered on the way): the next commit sends it again. The
+          // client is told to try again, not that the registry failed (a 500 before).
+          if (errorCode(err) === 'InvalidPart') {
+            throw new StorageUnavailableError(`S3 upload ${this.#path}: the store refused the final part's ETag at CompleteMultipartUpload`, { cause: err });
+          }
           // A retry of a Complete whose answer was lost finds the upload gone: if the object
           // is there, whole, the first try did it.
           if (!isNoSuchUpload(err) || (await c.small.headIfAny(this.#key))?.size !== this.#size) throw err;
