@@ -7,7 +7,7 @@ import type { ExpiryPolicy } from '../registry/expiry.js';
 import { decodeRevision } from '../registry/manifests.js';
 import type { PresenceRecord, TouchRecord } from './guard.js';
 import { lockInForce, lockLeftOver } from '../engine/upload-lock.js';
-import { processGone } from '../process-identity.js';
+import { processGone, processIdentity } from '../process-identity.js';
 import { ClockSkewError, Lease, MAX_CLOCK_SKEW_MS } from './lease.js';
 import { INTENT_SEND_SHARE, INTENT_WAIT_MS, type IntentRecord } from './intent.js';
 import { manifestRefs, Marker } from './mark.js';
@@ -1197,7 +1197,7 @@ class Collection {
       for (let attempt = 1; ; attempt++) {
         // Taken before the intent is sent: it is stored after this, and the window runs from there.
         const startedAt = performance.now();
-        const record: IntentRecord = { gen: this.#lease?.gen, at: new Date().toISOString(), windowMs };
+        const record: IntentRecord = { gen: this.#lease?.gen, at: new Date().toISOString(), windowMs, ...processIdentity() };
         await this.#d.putContent(intent, json(record));
         const result = await body(() => performance.now() - startedAt < windowMs * INTENT_SEND_SHARE);
         if (result !== LATE) return result;

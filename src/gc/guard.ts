@@ -250,7 +250,7 @@ export class GcGuard {
   /**
    * Waits while a collector's intent at `intent` exists, for as long as its collector may still
    * write under it (gc/intent.ts: its window, which one a killed collector left has long
-   * passed). `mine`: the object this server wrote just before it called this (its tag, its
+   * passed; on local storage none once its process is gone). `mine`: the object this server wrote just before it called this (its tag, its
    * tombstone), whose date tells how old the intent is by the store's clock. Returns whether
    * there was one. While there is none: one stat; else one read and one stat more.
    */
@@ -259,7 +259,7 @@ export class GcGuard {
     if (!found) return false;
     // It was written before that stat answered: its window has passed by then + window.
     const seenAt = performance.now();
-    const windowMs = intentWindow(await readOrUndefined(this.#driver, intent));
+    const windowMs = intentWindow(await readOrUndefined(this.#driver, intent), this.#driver.local);
     let until = seenAt + windowMs;
     const own = await statOrUndefined(this.#driver, mine);
     if (own) until = Math.min(until, performance.now() + intentRemaining(found, own, windowMs));

@@ -1,4 +1,5 @@
 import { isPathNotFound, type FileInfo, type StorageDriver } from '../storage/driver.js';
+import { processGone, type ProcessIdentity } from '../process-identity.js';
 
 /**
  * How long a collector's intent (F: deleting a tag; J: putting a path back) binds it, and how
@@ -28,6 +29,12 @@ import { isPathNotFound, type FileInfo, type StorageDriver } from '../storage/dr
  *              the intent is at least their difference old then, less the stamps' granularity).
  *              No host's clock is compared with another's: an intent a killed collector left
  *              long ago is not waited for at all, whatever the clocks say.
+ *   local      on local storage (fs, StorageDriver.local) a dead process's writes are done or
+ *              never happen, so an intent whose writer is a process of this host that is gone
+ *              binds nothing: the waiter stops at once, as gc/lease.ts takes over such a
+ *              collector's lease at once. (Found by probing with a real kill -9 of `hoist gc`:
+ *              the next PUT of the tag it held the intent of waited 30 s, the whole window.) On
+ *              S3 a request the dead process sent may still land, so the window is waited out.
  *
  * The window is the collector's to state (GcOptions.intentWindowMs, tests shorten it), and at
  * most INTENT_WAIT_MS; an intent that states none (an older collector) has INTENT_WAIT_MS.
@@ -40,8 +47,8 @@ export const INTENT_SEND_SHARE = 1 / 6;
 /** The coarsest dates a store gives objects (S3: whole seconds; some file systems: 2 s). */
 const STAMP_GRANULARITY_MS = 2_000;
 
-/** What an intent object holds. */
-export interface IntentRecord {
+/** What an intent object holds: its writer's process too (the collector's, or a server's replaying). */
+export interface IntentRecord extends Partial<ProcessIdentity> {
   /** The collection (its lease generation); undefined for none (a dry run writes no intents). */
   readonly gen: number | undefined;
   /** When (the collector's clock), for people. */
@@ -50,14 +57,21 @@ export interface IntentRecord {
   readonly windowMs: number;
 }
 
-/** The window an intent's bytes state: INTENT_WAIT_MS when they state none, at most that. */
-export function intentWindow(raw: Buffer | undefined): number {
-  let w: unknown;
+/**
+ * What an intent's bytes bind a waiter to: the window they state (INTENT_WAIT_MS when they
+ * state none, at most that), or none at all when `local` and its writer is a process of this
+ * host that is gone (an intent of an older version names none: the window).
+ */
+export function intentWindow(raw: Buffer | undefined, local: boolean | undefined): number {
+  let record: Partial<Record<keyof IntentRecord, unknown>> = {};
   try {
-    w = raw ? (JSON.parse(raw.toString('utf8')) as { windowMs?: unknown }).windowMs : undefined;
+    const parsed: unknown = raw ? JSON.parse(raw.toString('utf8')) : undefined;
+    if (parsed && typeof parsed === 'object') record = parsed;
   } catch {
     // Not ours: the default.
   }
+  if (local === true && processGone(record) === true) return 0;
+  const w = record.windowMs;
   return typeof w === 'number' && Number.isFinite(w) && w >= 0 ? Math.min(w, INTENT_WAIT_MS) : INTENT_WAIT_MS;
 }
 
