@@ -1,13 +1,12 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { HashPool } from '../../src/engine/hash-pool.js';
 import { UploadLocks } from '../../src/engine/upload-lock.js';
 import { paths } from '../../src/registry/paths.js';
-import { createDriver, objectExists, type StorageDriver } from '../../src/storage/index.js';
+import { objectExists, type StorageDriver } from '../../src/storage/index.js';
 import { GcFixture, sha256 } from '../helpers/gc.js';
-import { tempDir } from '../helpers/http.js';
-import { describeS3, useTestBucket } from '../helpers/s3-http.js';
+import { describeOnEveryDriver } from '../helpers/drivers.js';
 import { signal, staged, type StageHooks } from '../helpers/staged-driver.js';
 import { bodyOf } from '../helpers/uploads.js';
 
@@ -182,23 +181,4 @@ function races(open: () => Promise<StorageDriver>): void {
   });
 }
 
-describe('gc racing an upload\'s PUT or PATCH: memory', () => {
-  races(() => createDriver('memory:'));
-});
-
-describe('gc racing an upload\'s PUT or PATCH: fs', () => {
-  const dirs: Array<Awaited<ReturnType<typeof tempDir>>> = [];
-  afterAll(async () => {
-    for (const d of dirs) await d.cleanup();
-  });
-  races(async () => {
-    const dir = await tempDir('hoist-gc-upload-race-');
-    dirs.push(dir);
-    return createDriver(`fs:${dir.path}`);
-  });
-});
-
-describeS3('gc racing an upload\'s PUT or PATCH: S3', (env) => {
-  const bucket = useTestBucket(env, 'gc-upload-race');
-  races(() => createDriver(bucket.url(randomUUID().slice(0, 8))));
-});
+describeOnEveryDriver('gc racing an upload\'s PUT or PATCH', 'gc-upload-race', races);

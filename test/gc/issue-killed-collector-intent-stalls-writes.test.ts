@@ -1,15 +1,13 @@
-import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { HashPool } from '../../src/engine/hash-pool.js';
 import { MEDIA_TYPES } from '../../src/registry/manifest-schema.js';
 import { paths } from '../../src/registry/paths.js';
 import { parseDigest } from '../../src/registry/reference.js';
-import { createDriver, objectExists, type StorageDriver } from '../../src/storage/index.js';
+import { objectExists, type StorageDriver } from '../../src/storage/index.js';
 import { BY_DIGEST, GcFixture } from '../helpers/gc.js';
-import { tempDir } from '../helpers/http.js';
-import { describeS3, useTestBucket } from '../helpers/s3-http.js';
+import { describeOnEveryDriver } from '../helpers/drivers.js';
 import { signal, staged, type StagedOp, type StageHooks } from '../helpers/staged-driver.js';
 
 /**
@@ -175,23 +173,4 @@ function killedCollector(open: () => Promise<StorageDriver>): void {
   }, 120_000);
 }
 
-describe('a killed collector\'s intent: memory', () => {
-  killedCollector(() => createDriver('memory:'));
-});
-
-describe('a killed collector\'s intent: fs', () => {
-  const dirs: Array<Awaited<ReturnType<typeof tempDir>>> = [];
-  afterEach(async () => {
-    for (const d of dirs.splice(0)) await d.cleanup();
-  });
-  killedCollector(async () => {
-    const dir = await tempDir('hoist-killed-intent-');
-    dirs.push(dir);
-    return createDriver(`fs:${dir.path}`);
-  });
-});
-
-describeS3('a killed collector\'s intent: S3', (env) => {
-  const bucket = useTestBucket(env, 'killed-intent');
-  killedCollector(() => createDriver(bucket.url(randomUUID().slice(0, 8))));
-});
+describeOnEveryDriver('a killed collector\'s intent', 'killed-intent', killedCollector);

@@ -1,13 +1,12 @@
-import { randomBytes, randomUUID } from 'node:crypto';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { HashPool } from '../../src/engine/hash-pool.js';
 import { MEDIA_TYPES } from '../../src/registry/manifest-schema.js';
 import { paths } from '../../src/registry/paths.js';
 import { parseDigest } from '../../src/registry/reference.js';
-import { createDriver, objectExists, type StorageDriver } from '../../src/storage/index.js';
+import { objectExists, type StorageDriver } from '../../src/storage/index.js';
 import { GcFixture, sha256 } from '../helpers/gc.js';
-import { tempDir } from '../helpers/http.js';
-import { describeS3, useTestBucket } from '../helpers/s3-http.js';
+import { describeOnEveryDriver } from '../helpers/drivers.js';
 import { staged, type StageHooks } from '../helpers/staged-driver.js';
 import { bodyOf } from '../helpers/uploads.js';
 
@@ -145,23 +144,4 @@ function lateRecord(open: () => Promise<StorageDriver>): void {
   });
 }
 
-describe('a write of an upload record the store applies after the commit: memory', () => {
-  lateRecord(() => createDriver('memory:'));
-});
-
-describe('a write of an upload record the store applies after the commit: fs', () => {
-  const dirs: Array<Awaited<ReturnType<typeof tempDir>>> = [];
-  afterAll(async () => {
-    for (const d of dirs) await d.cleanup();
-  });
-  lateRecord(async () => {
-    const dir = await tempDir('hoist-late-record-');
-    dirs.push(dir);
-    return createDriver(`fs:${dir.path}`);
-  });
-});
-
-describeS3('a write of an upload record the store applies after the commit: S3', (env) => {
-  const bucket = useTestBucket(env, 'late-record');
-  lateRecord(() => createDriver(bucket.url(randomUUID().slice(0, 8))));
-});
+describeOnEveryDriver('a write of an upload record the store applies after the commit', 'late-record', lateRecord);

@@ -1,14 +1,12 @@
-import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { HashPool } from '../../src/engine/hash-pool.js';
 import { MEDIA_TYPES } from '../../src/registry/manifest-schema.js';
 import { paths } from '../../src/registry/paths.js';
 import { parseDigest } from '../../src/registry/reference.js';
-import { createDriver, objectExists, type StorageDriver } from '../../src/storage/index.js';
+import { objectExists, type StorageDriver } from '../../src/storage/index.js';
 import { BY_DIGEST, GcFixture } from '../helpers/gc.js';
-import { tempDir } from '../helpers/http.js';
-import { describeS3, useTestBucket } from '../helpers/s3-http.js';
+import { describeOnEveryDriver } from '../helpers/drivers.js';
 import { staged, type StageHooks } from '../helpers/staged-driver.js';
 
 /**
@@ -79,23 +77,4 @@ function putBackRace(open: () => Promise<StorageDriver>): void {
   });
 }
 
-describe('a client delete during a collector\'s put-back: memory', () => {
-  putBackRace(() => createDriver('memory:'));
-});
-
-describe('a client delete during a collector\'s put-back: fs', () => {
-  const dirs: Array<Awaited<ReturnType<typeof tempDir>>> = [];
-  afterEach(async () => {
-    for (const d of dirs.splice(0)) await d.cleanup();
-  });
-  putBackRace(async () => {
-    const dir = await tempDir('hoist-put-back-');
-    dirs.push(dir);
-    return createDriver(`fs:${dir.path}`);
-  });
-});
-
-describeS3('a client delete during a collector\'s put-back: S3', (env) => {
-  const bucket = useTestBucket(env, 'put-back');
-  putBackRace(() => createDriver(bucket.url(randomUUID().slice(0, 8))));
-});
+describeOnEveryDriver('a client delete during a collector\'s put-back', 'put-back', putBackRace);
