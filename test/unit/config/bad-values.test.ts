@@ -1,9 +1,6 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../../src/config.js';
-import { configError } from '../../helpers/config.js';
+import { configError, useYamlFiles } from '../../helpers/config.js';
 
 /**
  * Values a start-up must refuse, naming the option and saying what it takes. Found by probing
@@ -18,22 +15,7 @@ import { configError } from '../../helpers/config.js';
  *   was refused with zod's bare "Invalid input", which says nothing of what the option takes.
  */
 
-let dir: string;
-let n = 0;
-
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'hoist-config-bad-'));
-});
-
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
-
-async function yamlFile(text: string): Promise<string> {
-  const file = join(dir, `config-${n++}.yaml`);
-  await writeFile(file, text);
-  return file;
-}
+const yamlFile = useYamlFiles('hoist-config-bad-');
 
 describe('loadConfig refuses values that would run a server wrongly', () => {
   it('refuses an infinite or NaN limits.requestsPerSecond from YAML, and a number too large for a double from the environment', async () => {

@@ -1,29 +1,12 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { durationMs, envName, loadConfig, unknownEnvNames } from '../../../src/config.js';
-import { configError } from '../../helpers/config.js';
+import { configError, useYamlFiles } from '../../helpers/config.js';
 
 const MiB = 1024 ** 2;
 
-let dir: string;
-let n = 0;
-
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'hoist-config-'));
-});
-
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
-
-/** Writes a YAML config file and returns its path. */
-async function yamlFile(text: string): Promise<string> {
-  const file = join(dir, `config-${n++}.yaml`);
-  await writeFile(file, text);
-  return file;
-}
+const yamlFile = useYamlFiles('hoist-config-');
 
 describe('loadConfig defaults', () => {
   it('fills every option with its default', () => {
@@ -372,7 +355,7 @@ describe('loadConfig file errors', () => {
   it('rejects invalid YAML and unreadable files, naming the file', async () => {
     const bad = await yamlFile('listen: [unclosed\n');
     expect(configError({ file: bad }).message).toContain(`config file ${bad} is not valid YAML`);
-    const missing = join(dir, 'missing.yaml');
+    const missing = join(tmpdir(), `hoist-config-missing-${process.pid}.yaml`);
     expect(configError({ file: missing }).message).toContain(`cannot read config file ${missing}`);
   });
 
