@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { RegistryError } from '../errors.js';
-import { deleteObject, isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { deleteObject, isPathNotFound, readOrUndefined, type StorageDriver } from '../storage/driver.js';
 import { removeStale } from '../registry/takeover.js';
 import { processGone, processIdentity, type ProcessIdentity } from '../process-identity.js';
 
@@ -385,13 +385,4 @@ function parseRecord(raw: Buffer): Partial<LockRecord> {
 function lockBytes(token: string, expiresAtMs: number): Buffer {
   const record: LockRecord = { token, expiresAt: new Date(expiresAtMs).toISOString(), ...processIdentity() };
   return Buffer.from(JSON.stringify(record));
-}
-
-async function readOrUndefined(driver: StorageDriver, path: string): Promise<Buffer | undefined> {
-  try {
-    return await driver.getContent(path);
-  } catch (err) {
-    if (isPathNotFound(err)) return undefined;
-    throw err;
-  }
 }

@@ -1,7 +1,7 @@
 import pLimit, { type LimitFunction } from 'p-limit';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { InvalidPathError, isPathNotFound, listPage, objectExists, type ListedChild, type StorageDriver } from '../storage/driver.js';
+import { InvalidPathError, isPathNotFound, listPage, objectExists, readOrUndefined, type ListedChild, type StorageDriver } from '../storage/driver.js';
 import { BlobStore, WELL_KNOWN_BLOBS } from '../registry/blobs.js';
 import type { ExpiryPolicy } from '../registry/expiry.js';
 import { decodeRevision } from '../registry/manifests.js';
@@ -12,7 +12,7 @@ import { ClockSkewError, Lease, MAX_CLOCK_SKEW_MS } from './lease.js';
 import { INTENT_SEND_SHARE, INTENT_WAIT_MS, type IntentRecord } from './intent.js';
 import { manifestRefs, Marker } from './mark.js';
 import {
-  basename, listData, listOrEmpty, listRepositories, readOrUndefined, scanBlobs, scanRepository, type RepositoryScan,
+  basename, listData, listOrEmpty, listRepositories, scanBlobs, scanRepository, type RepositoryScan,
 } from './scan.js';
 import { paths } from '../registry/paths.js';
 import { removeStale } from '../registry/takeover.js';

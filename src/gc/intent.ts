@@ -84,11 +84,3 @@ export function intentRemaining(intent: FileInfo, mine: FileInfo, windowMs: numb
   return windowMs - (mine.modTime.getTime() - intent.modTime.getTime() - STAMP_GRANULARITY_MS);
 }
 
-export async function statOrUndefined(driver: StorageDriver, path: string): Promise<FileInfo | undefined> {
-  try {
-    return await driver.stat(path);
-  } catch (err) {
-    if (isPathNotFound(err)) return undefined;
-    throw err;
-  }
-}

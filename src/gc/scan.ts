@@ -1,5 +1,5 @@
 import type { LimitFunction } from 'p-limit';
-import { isPathNotFound, listPage, type StorageDriver } from '../storage/driver.js';
+import { isPathNotFound, listPage, readOrUndefined, type StorageDriver } from '../storage/driver.js';
 import { paths, REPOSITORY_MARKERS, uploadEntry } from '../registry/paths.js';
 import { DIGEST_ALGORITHMS, tryParseDigest } from '../registry/reference.js';
 
@@ -80,14 +80,6 @@ export async function listOrEmpty(driver: StorageDriver, path: string): Promise<
   }
 }
 
-export async function readOrUndefined(driver: StorageDriver, path: string): Promise<Buffer | undefined> {
-  try {
-    return await driver.getContent(path);
-  } catch (err) {
-    if (isPathNotFound(err)) return undefined;
-    throw err;
-  }
-}
 
 /** Repository names, as the catalog finds them (a directory with `_layers`, `_manifests` or `_uploads`). */
 export async function listRepositories(driver: StorageDriver): Promise<string[]> {

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import { RegistryError } from '../errors.js';
-import { readOrUndefined } from '../gc/scan.js';
-import { isPathNotFound, listPage, objectExists, type ListedChild, type ListPage, type StorageDriver } from '../storage/driver.js';
+import { isPathNotFound, listPage, objectExists, readOrUndefined, type ListedChild, type ListPage, type StorageDriver } from '../storage/driver.js';
 import { recyclerOf } from '../storage/file-reader.js';
 import type { BlobLocation, BlobStore } from './blobs.js';
 import { ExpiryPolicy } from './expiry.js';

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { deleteObject, isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { deleteObject, isPathNotFound, readOrUndefined, type StorageDriver } from '../storage/driver.js';
 import { paths } from './paths.js';
 
 /**
@@ -80,14 +80,5 @@ async function markerTime(driver: StorageDriver, marker: string): Promise<number
   } catch {
     // A transient object after a machine crash (fs) can be empty: its creator is dead.
     return 0;
-  }
-}
-
-async function readOrUndefined(driver: StorageDriver, path: string): Promise<Buffer | undefined> {
-  try {
-    return await driver.getContent(path);
-  } catch (err) {
-    if (isPathNotFound(err)) return undefined;
-    throw err;
   }
 }

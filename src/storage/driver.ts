@@ -370,6 +370,26 @@ export async function objectExists(driver: StorageDriver, path: string): Promise
   }
 }
 
+/** The object's bytes, or undefined when there is none. */
+export async function readOrUndefined(driver: StorageDriver, path: string): Promise<Buffer | undefined> {
+  try {
+    return await driver.getContent(path);
+  } catch (err) {
+    if (isPathNotFound(err)) return undefined;
+    throw err;
+  }
+}
+
+/** The object's size and date, or undefined when there is none. */
+export async function statOrUndefined(driver: StorageDriver, path: string): Promise<FileInfo | undefined> {
+  try {
+    return await driver.stat(path);
+  } catch (err) {
+    if (isPathNotFound(err)) return undefined;
+    throw err;
+  }
+}
+
 /**
  * Deletes one object (not a directory, not an upload in progress), the cheapest way the driver
  * has: deleteObjects() is one request on S3, where delete() also looks for what lies below
