@@ -38,7 +38,16 @@ import type { AddressInfo } from 'node:net';
  */
 export type Fault =
   | 'slowdown' | 'unavailable' | 'internal' | 'reset' | 'stall' | 'stall-midway' | 'lose-answer' | 'internal-after' | 'keys-failed'
-  | 'ignore-range' | 'shift-range' | 'pretend' | 'etag-foreign' | 'error-200' | 'error-after-200' | 'ignore-if-match' | 'repeat-page' | ResponseFault | undefined;
+  | 'ignore-range' | 'shift-range' | 'pretend' | 'etag-foreign' | 'error-200' | 'error-after-200' | 'ignore-if-match' | 'repeat-page' | ResponseFault | DeferredFault | undefined;
+
+/**
+ * A request held in the proxy until `after` resolves, then passed on with `fault`: one that
+ * reaches the store only once the test has changed it (an object replaced meanwhile).
+ */
+export interface DeferredFault {
+  readonly after: Promise<unknown>;
+  readonly fault: Exclude<Fault, DeferredFault>;
+}
 
 /** The continuation token a repeat-page answer hands out; the proxy takes it off the next request. */
 const REPEAT_TOKEN = 'hoist-test-repeat-page';
@@ -98,134 +107,142 @@ export async function startFaultyProxy(target: string, decide: (op: string, n: n
     const op = s3Operation(req.method ?? 'GET', url.searchParams);
     const n = (seen.get(op) ?? 0) + 1;
     seen.set(op, n);
-    const fault = decide(op, n, url, { bytes: Number(req.headers['content-length'] ?? 0) });
-    if (typeof fault === 'object') {
-      forwardWithFault(to, req, res, fault);
-      return;
-    }
-    if (fault === 'reset') {
-      req.socket.destroy();
-      return;
-    }
-    if (fault === 'stall') {
-      // Read the body, as a store does, and then say nothing.
-      req.resume();
-      hold(req);
-      return;
-    }
-    if (fault === 'keys-failed') {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        const keys = [...Buffer.concat(chunks).toString('utf8').matchAll(/<Key>([^<]*)<\/Key>/g)].map((m) => m[1]!);
-        const errors = keys.map((k) => `<Error><Key>${k}</Key><Code>UnknownError</Code><Message>injected by the test proxy</Message></Error>`).join('');
-        const body = `<?xml version="1.0" encoding="UTF-8"?><DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">${errors}</DeleteResult>`;
-        res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
+    const decided = decide(op, n, url, { bytes: Number(req.headers['content-length'] ?? 0) });
+    const serve = (fault: Exclude<Fault, DeferredFault>): void => {
+      if (typeof fault === 'object') {
+        forwardWithFault(to, req, res, fault);
+        return;
+      }
+      if (fault === 'reset') {
+        req.socket.destroy();
+        return;
+      }
+      if (fault === 'stall') {
+        // Read the body, as a store does, and then say nothing.
+        req.resume();
+        hold(req);
+        return;
+      }
+      if (fault === 'keys-failed') {
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(c));
+        req.on('end', () => {
+          const keys = [...Buffer.concat(chunks).toString('utf8').matchAll(/<Key>([^<]*)<\/Key>/g)].map((m) => m[1]!);
+          const errors = keys.map((k) => `<Error><Key>${k}</Key><Code>UnknownError</Code><Message>injected by the test proxy</Message></Error>`).join('');
+          const body = `<?xml version="1.0" encoding="UTF-8"?><DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">${errors}</DeleteResult>`;
+          res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
+          res.end(body);
+        });
+        return;
+      }
+      const answerError = (status: number, code: string): void => {
+        const body = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the test proxy</Message></Error>`;
+        res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
         res.end(body);
-      });
-      return;
-    }
-    const answerError = (status: number, code: string): void => {
-      const body = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the test proxy</Message></Error>`;
-      res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
-      res.end(body);
+      };
+      if (fault === 'error-200') {
+        req.resume();
+        req.on('end', () => answerError(200, 'InternalError'));
+        return;
+      }
+      if (fault === 'pretend') {
+        req.resume();
+        req.on('end', () => {
+          const etag = '"0123456789abcdef0123456789abcdef-1"';
+          const body = op === 'CompleteMultipartUpload'
+            ? `<?xml version="1.0" encoding="UTF-8"?><CompleteMultipartUploadResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Location>${url.pathname}</Location><Key>${url.pathname}</Key><ETag>${etag}</ETag></CompleteMultipartUploadResult>`
+            : '';
+          res.writeHead(200, { etag, 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
+          res.end(body);
+        });
+        return;
+      }
+      if (fault === 'slowdown' || fault === 'unavailable' || fault === 'internal') {
+        // Read the body first, as a server does before it answers an upload.
+        req.resume();
+        req.on('end', () => {
+          if (fault === 'slowdown') answerError(503, 'SlowDown');
+          else if (fault === 'unavailable') answerError(503, 'ServiceUnavailable');
+          else answerError(500, 'InternalError');
+        });
+        return;
+      }
+      const headers = { ...req.headers };
+      const repeated = url.searchParams.get('continuation-token') === REPEAT_TOKEN ? repeatedPage : undefined;
+      if (repeated !== undefined) {
+        // A token the store never gave (and the query is signed): the page it stands for is
+        // answered from here, the same page again.
+        req.resume();
+        res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(repeated) });
+        res.end(repeated);
+        return;
+      }
+      if (fault === 'ignore-range') delete headers.range;
+      if (fault === 'ignore-if-match') delete headers['if-match'];
+      if (fault === 'shift-range') headers.range = headers.range?.replace(/^bytes=(\d+)-(\d*)/, (_, a: string, b: string) => `bytes=${Number(a) + 1}-${b === '' ? '' : Number(b) + 1}`);
+      const upstream = request(
+        { host: to.hostname, port: to.port, method: req.method, path: req.url, headers },
+        (up) => {
+          if (fault === 'error-after-200') {
+            up.resume();
+            up.on('end', () => answerError(200, 'InternalError'));
+            return;
+          }
+          if (fault === 'repeat-page') {
+            const chunks: Buffer[] = [];
+            up.on('data', (c: Buffer) => chunks.push(c));
+            up.on('end', () => {
+              let body = Buffer.concat(chunks).toString('utf8').replace(/<IsTruncated>false<\/IsTruncated>/, '<IsTruncated>true</IsTruncated>');
+              if (op === 'ListParts') {
+                const marker = url.searchParams.get('part-number-marker') ?? '0';
+                body = body.replace(/<NextPartNumberMarker>\d*<\/NextPartNumberMarker>/, '');
+                body = body.replace('<IsTruncated>', `<NextPartNumberMarker>${marker}</NextPartNumberMarker><IsTruncated>`);
+              } else {
+                body = body.replace(/<NextContinuationToken>[^<]*<\/NextContinuationToken>/, '');
+                body = body.replace('<IsTruncated>', `<NextContinuationToken>${REPEAT_TOKEN}</NextContinuationToken><IsTruncated>`);
+                repeatedPage = body;
+              }
+              const answer = { ...up.headers, 'content-length': String(Buffer.byteLength(body)) };
+              delete answer['transfer-encoding'];
+              res.writeHead(up.statusCode ?? 502, answer);
+              res.end(body);
+            });
+            return;
+          }
+          if (fault === 'lose-answer') {
+            up.resume();
+            up.on('end', () => req.socket.destroy());
+            return;
+          }
+          if (fault === 'internal-after') {
+            up.resume();
+            up.on('end', () => answerError(500, 'InternalError'));
+            return;
+          }
+          const answer = { ...up.headers };
+          if (fault === 'etag-foreign' && answer.etag) answer.etag = '"0123456789abcdef0123456789abcdef"';
+          res.writeHead(up.statusCode ?? 502, answer);
+          if (fault === 'stall-midway') {
+            hold(req);
+            let sent = 0;
+            up.on('data', (chunk: Buffer) => {
+              if (sent < MIDWAY_BYTES) res.write(chunk.subarray(0, MIDWAY_BYTES - sent));
+              sent += chunk.length;
+            });
+            return;
+          }
+          up.pipe(res);
+        },
+      );
+      upstream.on('error', () => req.socket.destroy());
+      req.pipe(upstream);
     };
-    if (fault === 'error-200') {
-      req.resume();
-      req.on('end', () => answerError(200, 'InternalError'));
-      return;
+    if (typeof decided === 'object' && 'after' in decided) {
+      req.pause();
+      void decided.after.then(() => serve(decided.fault), () => req.socket.destroy());
+    } else {
+      serve(decided);
     }
-    if (fault === 'pretend') {
-      req.resume();
-      req.on('end', () => {
-        const etag = '"0123456789abcdef0123456789abcdef-1"';
-        const body = op === 'CompleteMultipartUpload'
-          ? `<?xml version="1.0" encoding="UTF-8"?><CompleteMultipartUploadResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Location>${url.pathname}</Location><Key>${url.pathname}</Key><ETag>${etag}</ETag></CompleteMultipartUploadResult>`
-          : '';
-        res.writeHead(200, { etag, 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
-        res.end(body);
-      });
-      return;
-    }
-    if (fault === 'slowdown' || fault === 'unavailable' || fault === 'internal') {
-      // Read the body first, as a server does before it answers an upload.
-      req.resume();
-      req.on('end', () => {
-        if (fault === 'slowdown') answerError(503, 'SlowDown');
-        else if (fault === 'unavailable') answerError(503, 'ServiceUnavailable');
-        else answerError(500, 'InternalError');
-      });
-      return;
-    }
-    const headers = { ...req.headers };
-    const repeated = url.searchParams.get('continuation-token') === REPEAT_TOKEN ? repeatedPage : undefined;
-    if (repeated !== undefined) {
-      // A token the store never gave (and the query is signed): the page it stands for is
-      // answered from here, the same page again.
-      req.resume();
-      res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(repeated) });
-      res.end(repeated);
-      return;
-    }
-    if (fault === 'ignore-range') delete headers.range;
-    if (fault === 'ignore-if-match') delete headers['if-match'];
-    if (fault === 'shift-range') headers.range = headers.range?.replace(/^bytes=(\d+)-(\d*)/, (_, a: string, b: string) => `bytes=${Number(a) + 1}-${b === '' ? '' : Number(b) + 1}`);
-    const upstream = request(
-      { host: to.hostname, port: to.port, method: req.method, path: req.url, headers },
-      (up) => {
-        if (fault === 'error-after-200') {
-          up.resume();
-          up.on('end', () => answerError(200, 'InternalError'));
-          return;
-        }
-        if (fault === 'repeat-page') {
-          const chunks: Buffer[] = [];
-          up.on('data', (c: Buffer) => chunks.push(c));
-          up.on('end', () => {
-            let body = Buffer.concat(chunks).toString('utf8').replace(/<IsTruncated>false<\/IsTruncated>/, '<IsTruncated>true</IsTruncated>');
-            if (op === 'ListParts') {
-              const marker = url.searchParams.get('part-number-marker') ?? '0';
-              body = body.replace(/<NextPartNumberMarker>\d*<\/NextPartNumberMarker>/, '');
-              body = body.replace('<IsTruncated>', `<NextPartNumberMarker>${marker}</NextPartNumberMarker><IsTruncated>`);
-            } else {
-              body = body.replace(/<NextContinuationToken>[^<]*<\/NextContinuationToken>/, '');
-              body = body.replace('<IsTruncated>', `<NextContinuationToken>${REPEAT_TOKEN}</NextContinuationToken><IsTruncated>`);
-              repeatedPage = body;
-            }
-            const answer = { ...up.headers, 'content-length': String(Buffer.byteLength(body)) };
-            delete answer['transfer-encoding'];
-            res.writeHead(up.statusCode ?? 502, answer);
-            res.end(body);
-          });
-          return;
-        }
-        if (fault === 'lose-answer') {
-          up.resume();
-          up.on('end', () => req.socket.destroy());
-          return;
-        }
-        if (fault === 'internal-after') {
-          up.resume();
-          up.on('end', () => answerError(500, 'InternalError'));
-          return;
-        }
-        const answer = { ...up.headers };
-        if (fault === 'etag-foreign' && answer.etag) answer.etag = '"0123456789abcdef0123456789abcdef"';
-        res.writeHead(up.statusCode ?? 502, answer);
-        if (fault === 'stall-midway') {
-          hold(req);
-          let sent = 0;
-          up.on('data', (chunk: Buffer) => {
-            if (sent < MIDWAY_BYTES) res.write(chunk.subarray(0, MIDWAY_BYTES - sent));
-            sent += chunk.length;
-          });
-          return;
-        }
-        up.pipe(res);
-      },
-    );
-    upstream.on('error', () => req.socket.destroy());
-    req.pipe(upstream);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;

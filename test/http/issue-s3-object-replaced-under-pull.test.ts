@@ -73,16 +73,25 @@ describeS3('a blob replaced in the store under a pull', (env) => {
       await pushBlob(server.url, name, data);
       const key = (await listAllKeys(bucket.client, bucket.name, 'r/blobs/data/')).find((k) => !before.has(k.key))!.key;
       // The second GET of the object (the window after the head's) breaks off after 1 MiB, so
-      // it is asked again when its turn comes: after the object was replaced.
+      // it is asked again when its turn comes; the object is replaced as it breaks off, and
+      // every later GET reaches the store only once that is done. (Replaced while the client
+      // paused instead, the server had read on into its socket buffers and asked again before
+      // the replacement landed, on a loaded machine: a complete body, of the right bytes.)
       let gets = 0;
+      let replaced: Promise<unknown> | undefined;
       // A store that ignores If-Match is caught by the answer's other ETag.
       decide = (op, url) => {
         if (op !== 'GET' || !decodeURIComponent(url.pathname).endsWith(key)) return undefined;
-        return ++gets === 2 ? { cutAfter: MiB } : ifMatch ? undefined : 'ignore-if-match';
+        if (++gets === 2) {
+          replaced = bucket.client.send(new PutObjectCommand({ Bucket: bucket.name, Key: key, Body: randomBlob(data.length) }));
+          return { cutAfter: MiB };
+        }
+        const fault = ifMatch ? undefined : 'ignore-if-match';
+        return replaced ? { after: replaced, fault } : fault;
       };
       const from = ranged ? 1000 : 0;
       const got = await pausingGet(`/v2/${name}/blobs/${sha256(data)}`, ranged ? { range: `bytes=${from}-` } : {}, 2 * MiB, async () => {
-        await bucket.client.send(new PutObjectCommand({ Bucket: bucket.name, Key: key, Body: randomBlob(data.length) }));
+        await replaced;
       });
       decide = () => undefined;
       const want = data.subarray(from);
