@@ -1,12 +1,12 @@
 import type { Logger } from 'pino';
 import { channels, type LimitRefusalMessage } from '../diagnostics.js';
 import { BlobTooLargeError, RegistryError, TooManyRequestsError, type ErrorCode } from '../errors.js';
+import { Slots } from '../engine/slots.js';
 import { MANIFEST_MEDIA_TYPES } from '../registry/manifest-schema.js';
 import type { Page } from '../registry/manifests.js';
 import { parseChallenge, type Challenge } from './challenge.js';
 import { bareHost, isInternalAddress, isInternalHost } from './destinations.js';
 import { internalAddressError, UpstreamHttp } from './http-client.js';
-import { RequestSlots } from './request-slots.js';
 
 /**
  * The upstream registry of a pull-through cache, spoken to as a client does (distribution-spec
@@ -164,7 +164,7 @@ export class UpstreamClient {
   readonly #heads = new Map<string, Promise<number>>();
   readonly #http: UpstreamHttp;
   /** What bounds the metadata requests (not blob GETs: the cache bounds those, proxy.maxBlobFetches). */
-  readonly #metadata: RequestSlots;
+  readonly #metadata: Slots;
 
   constructor(o: UpstreamOptions) {
     this.#o = o;
@@ -176,11 +176,11 @@ export class UpstreamClient {
     this.#headersTimeoutMs = o.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS;
     this.#http = new UpstreamHttp(() => this.#isLocal());
     const max = o.maxMetadataRequests;
-    this.#metadata = new RequestSlots({
-      max, maxQueued: max * QUEUED_PER_METADATA_REQUEST, maxWaitMs: MAX_METADATA_WAIT_MS,
+    this.#metadata = new Slots(max, {
+      maxWaiting: max * QUEUED_PER_METADATA_REQUEST, maxWaitMs: MAX_METADATA_WAIT_MS,
       refuse: (why) => {
         if (channels.limitRefusal.hasSubscribers) channels.limitRefusal.publish({ limit: 'upstream_requests' } satisfies LimitRefusalMessage);
-        this.#o.log.debug({ upstream: this.remote, why, active: this.#metadata.active, queued: this.#metadata.queued }, 'upstream metadata request refused: proxy.maxMetadataRequests busy');
+        this.#o.log.debug({ upstream: this.remote, why, active: this.#metadata.inflight, queued: this.#metadata.waiting }, 'upstream metadata request refused: proxy.maxMetadataRequests busy');
         return new UpstreamBusyError(this.remote, why);
       },
     });
