@@ -1,6 +1,6 @@
 import {
   AbortMultipartUploadCommand, CopyObjectCommand, DeleteObjectsCommand, GetObjectCommand, HeadBucketCommand,
-  ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand, S3Client,
+  ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand, type ListObjectsV2CommandOutput, S3Client,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
@@ -503,14 +503,21 @@ export class S3Driver implements StorageDriver {
 
   async #listObjects(prefix: string): Promise<Array<{ key: string; size: number; lastModified: Date }>> {
     const objects: Array<{ key: string; size: number; lastModified: Date }> = [];
+    for await (const out of this.#objectPages(prefix)) {
+      for (const c of out.Contents ?? []) if (c.Key) objects.push({ key: c.Key, size: c.Size ?? 0, lastModified: c.LastModified ?? new Date(0) });
+    }
+    return objects;
+  }
+
+  /** Every page of a ListObjectsV2 under `prefix`, in order; a page marker given twice fails it (pages.ts). */
+  async *#objectPages(prefix: string, delimiter?: string): AsyncGenerator<ListObjectsV2CommandOutput> {
     let token: string | undefined;
     const nextPage = pageMarkers(`listing of ${prefix}`);
     do {
-      const out = await this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }));
-      for (const c of out.Contents ?? []) if (c.Key) objects.push({ key: c.Key, size: c.Size ?? 0, lastModified: c.LastModified ?? new Date(0) });
+      const out = await this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, Delimiter: delimiter, ContinuationToken: token }));
+      yield out;
       token = nextPage(out.IsTruncated ? out.NextContinuationToken : undefined);
     } while (token);
-    return objects;
   }
 
   #key(path: string): string {
@@ -535,28 +542,17 @@ export class S3Driver implements StorageDriver {
   async #listChildren(prefix: string): Promise<{ files: string[]; dirs: string[] }> {
     const files: string[] = [];
     const dirs: string[] = [];
-    let token: string | undefined;
-    const nextPage = pageMarkers(`listing of ${prefix}`);
-    do {
-      const out = await this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, Delimiter: '/', ContinuationToken: token }));
+    for await (const out of this.#objectPages(prefix, '/')) {
       for (const c of out.Contents ?? []) if (c.Key && c.Key.length > prefix.length) files.push(c.Key.slice(prefix.length));
       for (const p of out.CommonPrefixes ?? []) if (p.Prefix) dirs.push(p.Prefix.slice(prefix.length, -1));
-      token = nextPage(out.IsTruncated ? out.NextContinuationToken : undefined);
-    } while (token);
+    }
     return { files, dirs };
   }
 
   async #listKeys(prefix: string): Promise<string[]> {
-    const keys: string[] = [];
-    let token: string | undefined;
-    const nextPage = pageMarkers(`listing of ${prefix}`);
-    do {
-      const out = await this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }));
-      for (const c of out.Contents ?? []) if (c.Key) keys.push(c.Key);
-      token = nextPage(out.IsTruncated ? out.NextContinuationToken : undefined);
-    } while (token);
-    return keys;
+    return (await this.#listObjects(prefix)).map((o) => o.key);
   }
+
 
   async #deleteKeys(keys: string[]): Promise<void> {
     if (keys.length === 1) {
